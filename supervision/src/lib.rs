@@ -6,7 +6,22 @@
 //!
 //! ## Layout
 //! - [`types`]: node ids, epochs, roles and the cluster key (HMAC-SHA256).
+//! - [`wire`]: the authenticated, versioned UDP datagram format (heartbeats, claims).
+//! - [`detector`]: the failure detector, a pure state machine.
+//! - [`election`]: Control election with persisted epochs and fencing, a pure state machine.
+//! - [`engine`]: membership + detector + election composed into one node engine that the
+//!   runtime shell drives with inputs and time, executing the commands it returns.
+//! - [`restart`]: restart intensity policy for the supervision tree.
+//! - [`frame`]: TCP frames (length prefix, size limit, postcard envelope) and handshake.
+//! - [`transport`]: the transport trait, its TCP and in-memory implementations, peer actors.
 
+pub mod detector;
+pub mod election;
+pub mod engine;
+pub mod frame;
+pub mod restart;
+pub mod transport;
 pub mod types;
+pub mod wire;
 
 pub use types::{ClusterKey, Epoch, Incarnation, NodeId, Role};
