@@ -14,6 +14,7 @@
 //! - [`restart`]: restart intensity policy for the supervision tree.
 //! - [`frame`]: TCP frames (length prefix, size limit, postcard envelope) and handshake.
 //! - [`transport`]: the transport trait, its TCP and in-memory implementations, peer actors.
+//! - [`udp`]: socket2 setup of the unicast and multicast heartbeat sockets.
 
 pub mod detector;
 pub mod election;
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod restart;
 pub mod transport;
 pub mod types;
+pub mod udp;
 pub mod wire;
 
 pub use types::{ClusterKey, Epoch, Incarnation, NodeId, Role};

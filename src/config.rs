@@ -1,0 +1,432 @@
+//! Node configuration: the TOML file given to `smart node --config FILE`.
+//!
+//! Every key has a documented default (see `config/example.toml`), so a minimal file only
+//! names the node, its address and the cluster key. Relative paths (`data_dir`,
+//! `cluster_key_file`) are resolved against the directory of the config file, so a cluster
+//! directory such as `config/loopback-3/` can be used from anywhere.
+//!
+//! A bad file fails with the file name, the key and what is wrong: parse and type errors come
+//! from `toml` with line, column and the offending line; unknown keys are refused (a typo must
+//! not silently fall back to a default); semantic checks name the key themselves.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use smart_supervision::{NodeId, Role};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or a value had the wrong type.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message (line, column, key).
+        source: Box<toml::de::Error>,
+    },
+    /// A value parsed but makes no sense.
+    #[error("invalid config file {path}: key `{key}`: {reason}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The key at fault, dotted.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Election safety mode (DESIGN §2.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ElectionMode {
+    /// Thesis behaviour: any live node can become Control and regenerate the cluster.
+    #[default]
+    Available,
+    /// The Control acts only while a majority of `election.members` grant it a lease.
+    Majority,
+}
+
+/// `[multicast]`: the heartbeat channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MulticastConfig {
+    /// Set to false on networks without multicast: heartbeats then go to `seeds` only.
+    pub enabled: bool,
+    /// IPv4 multicast group.
+    pub group: Ipv4Addr,
+    /// UDP port of the group.
+    pub port: u16,
+    /// Interface to send and receive on, by name (`eth0`) or IPv4 address. Named explicitly
+    /// so that a multi-homed node never heartbeats on the wrong network.
+    pub interface: String,
+    /// Multicast TTL (1 = never leaves the local network).
+    pub ttl: u32,
+    /// Deliver our own group datagrams to sockets on this host. Needed when several nodes
+    /// share one host (the loopback cluster); our own datagrams are dropped by node id.
+    pub loopback: bool,
+}
+
+impl Default for MulticastConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            group: Ipv4Addr::new(239, 255, 77, 1),
+            port: 7100,
+            interface: "127.0.0.1".into(),
+            ttl: 1,
+            loopback: true,
+        }
+    }
+}
+
+/// `[timing]`: heartbeat, failure detection, election and request timings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingConfig {
+    /// Heartbeat interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A member not heard from for this long is declared dead.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// Election backoff window B: a node waits a random time in `[0, B]` before claiming.
+    #[serde(with = "humantime_serde")]
+    pub election_backoff: Duration,
+    /// Shorter backoff window for profiler nodes, which the thesis prefers as Control.
+    #[serde(with = "humantime_serde")]
+    pub profiler_backoff: Duration,
+    /// Default timeout of every request between nodes.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            dead_after: Duration::from_millis(450),
+            election_backoff: Duration::from_millis(300),
+            profiler_backoff: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[election]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElectionConfig {
+    /// `available` (default) or `majority`.
+    pub mode: ElectionMode,
+    /// The configured cluster members (node ids); required in `majority` mode.
+    pub members: Vec<u64>,
+}
+
+/// `[supervision]`: restart intensity of the node supervision tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// At most this many restarts of children ...
+    pub max_restarts: u32,
+    /// ... within this window; one more and the node exits non-zero (escalation).
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            within: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique, stable node id (a positive integer).
+    pub node_id: u64,
+    /// Where the node persists its incarnation and the highest epoch it has seen.
+    pub data_dir: PathBuf,
+    /// TCP address for node-to-node traffic and the message API; the same address, in UDP,
+    /// receives unicast heartbeats from nodes that list it as a seed.
+    pub listen: SocketAddr,
+    /// File holding the shared cluster key (at least 16 bytes; surrounding whitespace ignored).
+    pub cluster_key_file: PathBuf,
+    /// Roles of this node. Default: agent and control.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    /// Other nodes' `listen` addresses: heartbeats are also sent there by unicast UDP, for
+    /// networks without multicast or as a fallback.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// Heartbeat multicast channel.
+    #[serde(default)]
+    pub multicast: MulticastConfig,
+    /// Timings.
+    #[serde(default)]
+    pub timing: TimingConfig,
+    /// Election mode.
+    #[serde(default)]
+    pub election: ElectionConfig,
+    /// Restart policy.
+    #[serde(default)]
+    pub supervision: SupervisionConfig,
+    /// Front-end HTTP address (`GET /watch/{video}`), for nodes with the front-end role.
+    #[serde(default)]
+    pub frontend_http: Option<SocketAddr>,
+    /// NIC bandwidth this node offers to services, in bits per second.
+    #[serde(default = "default_nic_bps")]
+    pub nic_bps: u64,
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Agent, Role::Control]
+}
+
+fn default_nic_bps() -> u64 {
+    1_000_000_000
+}
+
+impl NodeConfig {
+    /// Reads, parses, resolves relative paths and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.data_dir.is_relative() {
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        if cfg.cluster_key_file.is_relative() {
+            cfg.cluster_key_file = base.join(&cfg.cluster_key_file);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    /// True when the node has `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        if self.node_id == 0 {
+            return Err(bad("node_id", "must be a positive integer".into()));
+        }
+        if self.listen.port() == 0 {
+            return Err(bad(
+                "listen",
+                "needs a fixed port: other nodes list it as a seed".into(),
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(bad("roles", "at least one role is required".into()));
+        }
+        if self.multicast.enabled && !self.multicast.group.is_multicast() {
+            return Err(bad(
+                "multicast.group",
+                format!("{} is not an IPv4 multicast address", self.multicast.group),
+            ));
+        }
+        if self.multicast.enabled && self.multicast.port == 0 {
+            return Err(bad("multicast.port", "must not be 0".into()));
+        }
+        if self.multicast.enabled && self.multicast.interface.trim().is_empty() {
+            return Err(bad(
+                "multicast.interface",
+                "name the interface (e.g. eth0 or 10.0.0.1)".into(),
+            ));
+        }
+        if !self.multicast.enabled && self.seeds.is_empty() {
+            return Err(bad(
+                "seeds",
+                "with multicast disabled, at least one seed is needed".into(),
+            ));
+        }
+        if self.multicast.ttl == 0 || self.multicast.ttl > 255 {
+            return Err(bad("multicast.ttl", "must be in 1..=255".into()));
+        }
+        let t = &self.timing;
+        if t.heartbeat_interval.is_zero() {
+            return Err(bad("timing.heartbeat_interval", "must be > 0".into()));
+        }
+        if t.dead_after < t.heartbeat_interval * 2 {
+            return Err(bad(
+                "timing.dead_after",
+                format!(
+                    "{:?} is less than two heartbeat intervals ({:?}): every member would flap",
+                    t.dead_after, t.heartbeat_interval
+                ),
+            ));
+        }
+        if t.request_timeout.is_zero() {
+            return Err(bad("timing.request_timeout", "must be > 0".into()));
+        }
+        if self.election.mode == ElectionMode::Majority {
+            if self.election.members.is_empty() {
+                return Err(bad(
+                    "election.members",
+                    "majority mode needs the list of configured node ids".into(),
+                ));
+            }
+            if !self.election.members.contains(&self.node_id) {
+                return Err(bad(
+                    "election.members",
+                    format!("does not contain this node's id {}", self.node_id),
+                ));
+            }
+        }
+        if self.supervision.max_restarts == 0 || self.supervision.within.is_zero() {
+            return Err(bad(
+                "supervision",
+                "max_restarts and within must be > 0".into(),
+            ));
+        }
+        if self.has_role(Role::FrontEnd) && self.frontend_http.is_none() {
+            return Err(bad(
+                "frontend_http",
+                "nodes with the front-end role need an HTTP address".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The IP heartbeats are sent from when the interface is given by address.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.listen.ip()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+node_id = 1
+data_dir = "data"
+listen = "127.0.0.1:7101"
+cluster_key_file = "cluster.key"
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = NodeConfig::parse(MINIMAL, Path::new("n1.toml")).unwrap();
+        assert_eq!(c.id(), NodeId(1));
+        assert_eq!(c.timing.heartbeat_interval, Duration::from_millis(100));
+        assert!(c.timing.dead_after <= Duration::from_millis(500));
+        assert_eq!(c.election.mode, ElectionMode::Available);
+        assert_eq!(c.roles, vec![Role::Agent, Role::Control]);
+        assert!(c.multicast.enabled);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let text = format!("{MINIMAL}\nheartbeat_intervall = \"1s\"\n");
+        let err = NodeConfig::parse(&text, Path::new("conf/n1.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("conf/n1.toml"), "{err}");
+        assert!(err.contains("heartbeat_intervall"), "{err}");
+    }
+
+    #[test]
+    fn bad_type_names_line() {
+        let text = MINIMAL.replace("node_id = 1", "node_id = \"one\"");
+        let err = NodeConfig::parse(&text, Path::new("n1.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n1.toml") && err.contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            (MINIMAL.replace("node_id = 1", "node_id = 0"), "node_id"),
+            (
+                format!("{MINIMAL}[multicast]\ngroup = \"10.0.0.1\"\n"),
+                "multicast.group",
+            ),
+            (
+                format!("{MINIMAL}[timing]\nheartbeat_interval = \"1s\"\ndead_after = \"1s\"\n"),
+                "timing.dead_after",
+            ),
+            (
+                format!("{MINIMAL}[election]\nmode = \"majority\"\n"),
+                "election.members",
+            ),
+            (
+                format!("{MINIMAL}[timing]\nrequest_timeout = \"soon\"\n"),
+                "request_timeout",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = NodeConfig::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("x.toml"), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n1.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.cluster_key_file, dir.path().join("cluster.key"));
+    }
+
+    #[test]
+    fn shipped_example_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in [
+            "example.toml",
+            "loopback-3/n1.toml",
+            "loopback-3/n2.toml",
+            "loopback-3/n3.toml",
+        ] {
+            let p = root.join(entry);
+            NodeConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+    }
+}

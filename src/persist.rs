@@ -1,0 +1,150 @@
+//! The node's durable state: its incarnation (boot counter) and the highest Control epoch it
+//! has seen (DESIGN §2.1: persisted before the node acts on it).
+//!
+//! Stored as a small JSON file in the data directory, replaced atomically (write to a
+//! temporary file, fsync, rename, fsync the directory) so that a crash at any point leaves
+//! either the old or the new value, never a torn file.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a node keeps across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Durable {
+    /// Incremented at every start.
+    pub incarnation: u64,
+    /// Highest Control epoch this node has seen.
+    pub highest_epoch: u64,
+}
+
+/// Why the durable state could not be read or written. Both are fatal for the node: it must
+/// not act on an epoch it could not persist.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// File system error.
+    #[error("data dir {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state file exists but is corrupt: refuse to start rather than reuse epochs.
+    #[error(
+        "state file {path} is corrupt ({reason}); move it away only if you know the cluster's highest epoch"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        reason: String,
+    },
+}
+
+/// The state file in a data directory.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+    current: Durable,
+}
+
+const FILE_NAME: &str = "node-state.json";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
+    move |source| PersistError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl StateFile {
+    /// Opens (creating the directory if needed), bumps the incarnation and persists it.
+    pub fn open_and_boot(data_dir: &Path) -> Result<Self, PersistError> {
+        fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+        let path = data_dir.join(FILE_NAME);
+        let current = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| PersistError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Durable::default(),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut file = Self { path, current };
+        let next = Durable {
+            incarnation: current.incarnation + 1,
+            ..current
+        };
+        file.write(next)?;
+        Ok(file)
+    }
+
+    /// The current durable values.
+    pub fn get(&self) -> Durable {
+        self.current
+    }
+
+    /// Persists a new highest epoch (no-op when not higher). Returns once it is on disk.
+    pub fn raise_epoch(&mut self, epoch: u64) -> Result<(), PersistError> {
+        if epoch <= self.current.highest_epoch {
+            return Ok(());
+        }
+        self.write(Durable {
+            highest_epoch: epoch,
+            ..self.current
+        })
+    }
+
+    fn write(&mut self, value: Durable) -> Result<(), PersistError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io(&tmp))?;
+            let body = serde_json::to_vec(&value).expect("plain struct serialises");
+            f.write_all(&body).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        // The rename is durable only once the directory entry is.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        self.current = value;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incarnation_grows_and_epoch_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateFile::open_and_boot(dir.path()).unwrap();
+        assert_eq!(s.get().incarnation, 1);
+        s.raise_epoch(7).unwrap();
+        s.raise_epoch(3).unwrap(); // lower: ignored
+        assert_eq!(s.get().highest_epoch, 7);
+        drop(s);
+        let s = StateFile::open_and_boot(dir.path()).unwrap();
+        assert_eq!(
+            s.get(),
+            Durable {
+                incarnation: 2,
+                highest_epoch: 7
+            }
+        );
+    }
+
+    #[test]
+    fn corrupt_file_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), b"{\"incarn").unwrap();
+        let err = StateFile::open_and_boot(dir.path()).unwrap_err();
+        assert!(matches!(err, PersistError::Corrupt { .. }), "{err}");
+    }
+}
