@@ -1,3 +1,27 @@
 //! # smart-actors
 //!
-//! The SMART actors of thesis chapter 4: Control, Agent86, Agent99 and the front-end.
+//! The SMART actors of thesis chapter 4, each a ractor actor with one message enum and reply
+//! ports (DESIGN §1):
+//!
+//! - [`agent86`]: the node agent. Executes Control commands, **fenced by epoch at execution
+//!   time** (DESIGN §2.4), and reports its state so that a new Control can rebuild.
+//! - [`control`]: runs only on the elected node. Rebuilds its state from Agent86 reports
+//!   before acting (DESIGN §2.5), then keeps the registry fresh; steps down when an agent
+//!   tells it a higher epoch exists.
+//! - [`agent99`]: the profiler role (its engine is `smart-instance`'s profiler).
+//! - [`frontend`]: the front-end role (message API entry point for clients).
+//!
+//! ## Layout
+//! - [`proto`]: the node-to-node request/response types carried by the transport.
+//! - [`epoch`]: the [`epoch::EpochStore`] seam through which actors persist epochs.
+//!
+//! The actors never touch sockets: the node runtime (the `smart` crate) gives them a
+//! [`proto::PeerClient`] for outgoing requests and routes incoming ones to them, so the same
+//! actors run over TCP in production and over an in-memory transport in tests.
+
+pub mod agent86;
+pub mod agent99;
+pub mod control;
+pub mod epoch;
+pub mod frontend;
+pub mod proto;
