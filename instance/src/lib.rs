@@ -1,4 +1,19 @@
 //! # smart-instance
 //!
 //! Service instances under isolation (process groups, cgroup v1/v2), per-interval resource
-//! sampling, and the Agent99 profiler behind `smart profile`.
+//! sampling, the Agent86 node-agent engine and the Agent99 profiler behind `smart profile`
+//! (DESIGN §1, §3, §5; thesis §4.1.1, §5.3).
+//!
+//! # Layout
+//! - [`procfs`]: parsers/readers for `/proc` (process stat, meminfo, net/dev).
+//! - [`cgroup`]: cgroup v2/v1 detection, per-instance groups, limits, stale clean-up.
+//! - [`runtime`]: the [`runtime::InstanceRuntime`] trait and its `process`/`cgroup` drivers.
+//! - [`control`]: client of the workload control API (`usage`), with back-off.
+//! - [`sample`]: the per-interval sampler of instances and node.
+#![warn(missing_docs)]
+
+pub mod cgroup;
+pub mod control;
+pub mod procfs;
+pub mod runtime;
+pub mod sample;

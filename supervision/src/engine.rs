@@ -1,1 +1,724 @@
-//! (in progress)
+//! The node engine: heartbeats, replay guard, failure detector, member table and Control
+//! election composed into one pure state machine that the runtime shell drives.
+//!
+//! The shell owns the sockets, the clock and the disk. It calls
+//! [`NodeEngine::handle`] with an [`Input`] and the current monotonic time — a `Tick` every
+//! 10-20 ms, every datagram that [`crate::wire::decode`] accepted, `RebuildDone` when the new
+//! Control has rebuilt its state — and executes the returned [`Output`]s **in order**: in
+//! particular a [`Output::PersistEpoch`] must be durable before any later output of the same
+//! batch is executed (DESIGN §2 rule 1). The engine never reads a clock, never sleeps and
+//! never does I/O; randomness (the election backoff) comes from the injected `R: Rng`.
+//!
+//! Only the monotonic [`tokio::time::Instant`] is used and no absolute time crosses the wire
+//! (lease grants carry durations), so wall-clock jumps and clock offsets between nodes have
+//! no effect. A jump of the *monotonic* clock between two inputs longer than the dead time
+//! means this process did not run (SIGSTOP, stalled VM): the engine then steps down if it was
+//! Control and gives every peer a fresh grace period instead of declaring them all dead.
+//!
+//! Majority mode: every heartbeat carries a [`LeaseGrant`] to the Control the sender follows
+//! (at most one Control at a time per granter, see [`LeaseGranter`]); the Control counts the
+//! unexpired grants of configured members and reports [`Output::ControlActing`]. The Control
+//! dates a grant from when it *sent* the datagram the granter acknowledged (`ack_seq`), minus
+//! a 10 % margin, so its view of the lease always ends before the granter's promise does. The
+//! shell should also check [`NodeEngine::may_act`] right before executing a decision.
+//!
+//! ## Layout
+//! - [`EngineConfig`] — identity, timings, election mode.
+//! - [`Input`], [`Output`], [`Dest`], [`DropReason`], [`ControlInfo`]: the step interface.
+//! - [`NodeEngine`] — `handle` and the queries ([`MemberView`], [`Counters`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::detector::{Detector, DetectorConfig, DetectorEvent};
+use crate::election::{
+    Action, Candidate, Election, ElectionConfig, ElectionState, LeaseGranter, LeaseHolder, Mode,
+    StepDownReason,
+};
+use crate::types::{Epoch, Incarnation, NodeId, Role};
+use crate::wire::{
+    Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant, LoadSummary, Message, ReplayError,
+    ReplayGuard,
+};
+
+/// Everything the engine needs to know about this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// This boot's incarnation (persisted, incremented at every start).
+    pub incarnation: Incarnation,
+    /// Where this node's TCP transport listens (announced in heartbeats).
+    pub tcp_addr: SocketAddr,
+    /// This node's roles (deduplicated when sent).
+    pub roles: Vec<Role>,
+    /// How often to send a heartbeat (default 100 ms).
+    pub heartbeat_interval: Duration,
+    /// Failure detector timings.
+    pub detector: DetectorConfig,
+    /// Election timings and mode.
+    pub election: ElectionConfig,
+    /// Whether static seeds are configured: heartbeats and claims then also go to
+    /// [`Dest::Seeds`].
+    pub use_seeds: bool,
+}
+
+impl EngineConfig {
+    /// LAN defaults (100 ms heartbeats, Down after 400 ms of silence, backoff 300 ms /
+    /// 100 ms for profilers, available mode). A node may be elected iff it has
+    /// [`Role::Control`]; [`Role::Profiler`] gives the shorter backoff.
+    pub fn new(
+        node_id: NodeId,
+        incarnation: Incarnation,
+        tcp_addr: SocketAddr,
+        roles: Vec<Role>,
+    ) -> Self {
+        let mut election = ElectionConfig::new(node_id);
+        election.eligible = roles.contains(&Role::Control);
+        election.is_profiler = roles.contains(&Role::Profiler);
+        let detector = DetectorConfig::default();
+        election.listen = detector.dead_after;
+        Self {
+            node_id,
+            incarnation,
+            tcp_addr,
+            roles,
+            heartbeat_interval: detector.interval,
+            detector,
+            election,
+            use_seeds: false,
+        }
+    }
+}
+
+/// What the shell feeds the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Time passed (call every 10-20 ms).
+    Tick,
+    /// A datagram that passed [`crate::wire::decode`].
+    Received(Message),
+    /// This node, Control since `epoch`, finished rebuilding its state.
+    RebuildDone {
+        /// The epoch announced in [`Output::BecomeControl`].
+        epoch: Epoch,
+    },
+    /// This node's load, for the next heartbeats.
+    SetLoad(LoadSummary),
+}
+
+/// Where to send a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dest {
+    /// The multicast group.
+    Multicast,
+    /// Every configured seed (unicast fallback).
+    Seeds,
+    /// One address. Not emitted by the engine today; kept for shells that answer unicast.
+    Addr(SocketAddr),
+}
+
+/// The Control as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ControlInfo {
+    /// The Control's node id.
+    pub node_id: NodeId,
+    /// Its current epoch.
+    pub epoch: Epoch,
+}
+
+/// Why a received message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Our own datagram (multicast loopback).
+    Own,
+    /// Replayed or too old sequence number.
+    Replayed,
+    /// From an older incarnation of the sender.
+    StaleIncarnation,
+}
+
+/// What the engine asks the shell to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Encode, sign and send `msg` to `dest`.
+    Send {
+        /// Where.
+        dest: Dest,
+        /// What.
+        msg: Message,
+    },
+    /// Persist `highest_epoch_seen`; must be durable before the next outputs run.
+    PersistEpoch(Epoch),
+    /// This node became Control at `epoch`: start rebuilding from Agent86 reports, then
+    /// send [`Input::RebuildDone`]. Do not act before [`Output::ControlActing`].
+    BecomeControl {
+        /// The new epoch.
+        epoch: Epoch,
+    },
+    /// This node is still Control but at a higher `epoch`: use it for every later command.
+    Reasserted {
+        /// The new epoch.
+        epoch: Epoch,
+    },
+    /// Whether the local Control may act (admit, place, command agents) at `epoch`. Emitted
+    /// on every change: true once rebuilt (and, in majority mode, while a majority of
+    /// leases is held), false when that stops.
+    ControlActing {
+        /// The epoch.
+        epoch: Epoch,
+        /// May act.
+        acting: bool,
+    },
+    /// This node stopped being Control.
+    StepDown {
+        /// The epoch it held.
+        epoch: Epoch,
+        /// Why.
+        reason: StepDownReason,
+    },
+    /// The Control this node sees changed (node or epoch), or there is none.
+    ControlChanged(Option<ControlInfo>),
+    /// A member is alive (first heard, or back).
+    MemberUp(NodeId),
+    /// A member was declared dead.
+    MemberDown(NodeId),
+    /// A received message was dropped.
+    Dropped {
+        /// Claimed sender.
+        from: NodeId,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+/// A member as shown by `smart status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// Its TCP address.
+    pub tcp_addr: SocketAddr,
+    /// Alive according to the failure detector.
+    pub alive: bool,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// When its last valid datagram arrived.
+    pub last_heard: Instant,
+    /// Its incarnation.
+    pub incarnation: Incarnation,
+    /// Its load summary.
+    pub load: LoadSummary,
+    /// Highest epoch it reported.
+    pub highest_epoch: Epoch,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages accepted.
+    pub accepted: u64,
+    /// Own datagrams dropped.
+    pub own: u64,
+    /// Replays dropped.
+    pub replayed: u64,
+    /// Older-incarnation datagrams dropped.
+    pub stale_incarnation: u64,
+    /// Accepted messages asserting a Control epoch below our highest.
+    pub stale_epoch: u64,
+    /// Heartbeats sent.
+    pub heartbeats_sent: u64,
+    /// Claims sent.
+    pub claims_sent: u64,
+    /// Times this process found it had not run for longer than the dead time.
+    pub pauses: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    incarnation: Incarnation,
+    /// Sequence number of the latest datagram from it (for lease acknowledgements).
+    last_seq: u64,
+    /// Filled by its first heartbeat (a claim alone does not carry it).
+    info: Option<HbInfo>,
+    /// Set while it asserts being Control.
+    asserts: Option<ControlAssert>,
+}
+
+#[derive(Debug, Clone)]
+struct HbInfo {
+    tcp_addr: SocketAddr,
+    roles: Vec<Role>,
+    load: LoadSummary,
+    highest_epoch: Epoch,
+}
+
+/// How many of our own recent sends we remember to date lease acknowledgements (at 100 ms
+/// this covers 6.4 s, far more than a lease).
+const SENT_MEMORY: usize = 64;
+
+/// The engine of one node. See the module docs.
+#[derive(Debug)]
+pub struct NodeEngine<R> {
+    cfg: EngineConfig,
+    rng: R,
+    guard: ReplayGuard,
+    detector: Detector,
+    election: Election,
+    members: BTreeMap<NodeId, Member>,
+    seq: u64,
+    next_heartbeat: Option<Instant>,
+    last_input: Option<Instant>,
+    load: LoadSummary,
+    /// Last emitted view of the Control.
+    view: Option<ControlInfo>,
+    /// Last emitted acting state: `Some(epoch)` while acting.
+    acting: Option<Epoch>,
+    granter: LeaseGranter,
+    holder: LeaseHolder,
+    sent: VecDeque<(u64, Instant)>,
+    counters: Counters,
+}
+
+impl<R: Rng> NodeEngine<R> {
+    /// A fresh engine for a node that has persisted `highest_epoch_seen = persisted_highest`.
+    pub fn new(cfg: EngineConfig, persisted_highest: Epoch, rng: R) -> Self {
+        let mut roles = cfg.roles.clone();
+        roles.sort();
+        roles.dedup();
+        let cfg = EngineConfig { roles, ..cfg };
+        Self {
+            guard: ReplayGuard::new(),
+            detector: Detector::new(cfg.detector),
+            election: Election::new(cfg.election.clone(), persisted_highest),
+            granter: LeaseGranter::new(cfg.election.lease),
+            holder: LeaseHolder::new(),
+            members: BTreeMap::new(),
+            seq: 0,
+            next_heartbeat: None,
+            last_input: None,
+            load: LoadSummary::default(),
+            view: None,
+            acting: None,
+            sent: VecDeque::with_capacity(SENT_MEMORY),
+            counters: Counters::default(),
+            rng,
+            cfg,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// One step: feed `input` at `now`, get the outputs to execute in order.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.check_pause(now, &mut out);
+        match input {
+            Input::Tick => {
+                for ev in self.detector.tick(now) {
+                    if let DetectorEvent::Down(n) = ev {
+                        if let Some(m) = self.members.get_mut(&n) {
+                            m.asserts = None;
+                        }
+                        out.push(Output::MemberDown(n));
+                    }
+                }
+                self.settle(now, &mut out);
+                let mut actions = Vec::new();
+                self.election.tick(now, &mut actions);
+                self.apply(actions, now, &mut out);
+                self.settle(now, &mut out);
+                if self.next_heartbeat.is_none_or(|t| now >= t) {
+                    self.send_heartbeat(now, &mut out);
+                }
+            }
+            Input::Received(msg) => {
+                self.receive(msg, now, &mut out);
+                self.settle(now, &mut out);
+            }
+            Input::RebuildDone { epoch } => {
+                self.election.rebuild_done(epoch);
+                self.settle(now, &mut out);
+            }
+            Input::SetLoad(load) => self.load = load,
+        }
+        out
+    }
+
+    /// Detects that this process did not run for longer than the dead time.
+    fn check_pause(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let dead_after = self.cfg.detector.dead_after;
+        match self.last_input {
+            None => {
+                self.election.start(now);
+                self.granter.start(now);
+            }
+            Some(last) => {
+                let gap = now.saturating_duration_since(last);
+                if gap > dead_after {
+                    tracing::warn!(
+                        gap_ms = gap.as_millis() as u64,
+                        "node did not run for longer than the dead time"
+                    );
+                    self.counters.pauses += 1;
+                    self.detector.grace_all(now);
+                    self.holder.clear();
+                    let mut actions = Vec::new();
+                    self.election.paused(gap, now, &mut actions);
+                    self.apply(actions, now, out);
+                    // Tell the others at once that we are no longer Control.
+                    self.next_heartbeat = Some(now);
+                }
+            }
+        }
+        self.last_input = Some(self.last_input.map_or(now, |l| l.max(now)));
+    }
+
+    fn receive(&mut self, msg: Message, now: Instant, out: &mut Vec<Output>) {
+        let from = msg.from();
+        if from == self.cfg.node_id {
+            self.counters.own += 1;
+            out.push(Output::Dropped {
+                from,
+                reason: DropReason::Own,
+            });
+            return;
+        }
+        if let Err(e) = self.guard.check(from, msg.incarnation(), msg.seq()) {
+            let reason = match e {
+                ReplayError::Replayed { .. } => {
+                    self.counters.replayed += 1;
+                    DropReason::Replayed
+                }
+                ReplayError::StaleIncarnation { .. } => {
+                    self.counters.stale_incarnation += 1;
+                    DropReason::StaleIncarnation
+                }
+            };
+            tracing::debug!(%from, error = %e, "dropped datagram");
+            out.push(Output::Dropped { from, reason });
+            return;
+        }
+        self.counters.accepted += 1;
+        if let Some(DetectorEvent::Up(n)) = self.detector.heard(from, now) {
+            out.push(Output::MemberUp(n));
+        }
+        let member = self.members.entry(from).or_insert(Member {
+            incarnation: msg.incarnation(),
+            last_seq: msg.seq(),
+            info: None,
+            asserts: None,
+        });
+        if msg.incarnation() > member.incarnation {
+            // A new life: whatever it asserted before is void.
+            member.incarnation = msg.incarnation();
+            member.asserts = None;
+            member.last_seq = msg.seq();
+        }
+        member.last_seq = member.last_seq.max(msg.seq());
+        let mut epochs = Vec::new();
+        match msg {
+            Message::Heartbeat(h) => {
+                member.asserts = h.as_control;
+                member.info = Some(HbInfo {
+                    tcp_addr: h.tcp_addr,
+                    roles: h.roles,
+                    load: h.load,
+                    highest_epoch: h.highest_epoch,
+                });
+                epochs.push(h.highest_epoch);
+                if let Some(v) = h.control {
+                    epochs.push(v.epoch);
+                }
+                if let Some(g) = h.lease {
+                    self.lease_received(from, g);
+                }
+            }
+            Message::Claim(c) => {
+                member.asserts = Some(ControlAssert {
+                    established_epoch: c.epoch,
+                    epoch: c.epoch,
+                });
+            }
+        }
+        if let Some(a) = self.members[&from].asserts {
+            if a.epoch < self.election.highest() {
+                self.counters.stale_epoch += 1;
+            }
+            epochs.push(a.epoch);
+        }
+        let mut actions = Vec::new();
+        for e in epochs {
+            self.election.observe_epoch(e, &mut actions);
+        }
+        self.apply(actions, now, out);
+    }
+
+    fn lease_received(&mut self, from: NodeId, g: LeaseGrant) {
+        let Some((established, _)) = self.election.my_control() else {
+            return;
+        };
+        if g.control != self.cfg.node_id || g.epoch < established {
+            return;
+        }
+        if let Some(&(_, sent_at)) = self.sent.iter().find(|(s, _)| *s == g.ack_seq) {
+            let d = Duration::from_millis(u64::from(g.duration_ms));
+            self.holder.record(from, sent_at + d - d / 10);
+        }
+    }
+
+    /// Runs the election over the current live Controls, then reports view/acting changes.
+    fn settle(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let others = self.live_controls();
+        let mut actions = Vec::new();
+        self.election
+            .on_controls(&others, now, &mut self.rng, &mut actions);
+        self.apply(actions, now, out);
+
+        let view = match self.election.my_control() {
+            Some((_, epoch)) => Some(ControlInfo {
+                node_id: self.cfg.node_id,
+                epoch,
+            }),
+            None => self
+                .live_controls()
+                .into_iter()
+                // Highest epoch first; equal epochs: the older survives.
+                .max_by(|a, b| a.epoch.cmp(&b.epoch).then(b.age().cmp(&a.age())))
+                .map(|c| ControlInfo {
+                    node_id: c.node_id,
+                    epoch: c.epoch,
+                }),
+        };
+        if view != self.view {
+            self.view = view;
+            out.push(Output::ControlChanged(view));
+        }
+
+        let acting = self.compute_acting(now);
+        if acting != self.acting {
+            match (self.acting, acting) {
+                (Some(old), None) => out.push(Output::ControlActing {
+                    epoch: old,
+                    acting: false,
+                }),
+                (_, Some(epoch)) => out.push(Output::ControlActing {
+                    epoch,
+                    acting: true,
+                }),
+                (None, None) => {}
+            }
+            self.acting = acting;
+        }
+    }
+
+    fn compute_acting(&self, now: Instant) -> Option<Epoch> {
+        let ElectionState::Control {
+            epoch,
+            rebuilding: false,
+            ..
+        } = self.election.state()
+        else {
+            return None;
+        };
+        match &self.cfg.election.mode {
+            Mode::Available => Some(epoch),
+            Mode::Majority { members } => {
+                let quorum = members.len() / 2 + 1;
+                (self.holder.valid(members, now) >= quorum).then_some(epoch)
+            }
+        }
+    }
+
+    fn live_controls(&self) -> Vec<Candidate> {
+        self.members
+            .iter()
+            .filter(|(id, _)| self.detector.is_alive(**id))
+            .filter_map(|(id, m)| {
+                m.asserts.map(|a| Candidate {
+                    node_id: *id,
+                    established_epoch: a.established_epoch,
+                    epoch: a.epoch,
+                })
+            })
+            .collect()
+    }
+
+    /// Translates election actions into outputs.
+    fn apply(&mut self, actions: Vec<Action>, now: Instant, out: &mut Vec<Output>) {
+        for a in actions {
+            match a {
+                Action::Persist(e) => out.push(Output::PersistEpoch(e)),
+                Action::Claim { epoch } => {
+                    let seq = self.next_seq(now);
+                    let msg = Message::Claim(Claim {
+                        from: self.cfg.node_id,
+                        incarnation: self.cfg.incarnation,
+                        seq,
+                        epoch,
+                    });
+                    tracing::info!(node = %self.cfg.node_id, epoch, "claiming Control");
+                    self.counters.claims_sent += 1;
+                    self.push_send(msg, out);
+                }
+                Action::BecomeControl { epoch } => {
+                    self.holder.clear();
+                    out.push(Output::BecomeControl { epoch });
+                }
+                Action::Reassert { epoch } => {
+                    tracing::info!(node = %self.cfg.node_id, epoch, "re-asserting Control");
+                    self.next_heartbeat = Some(now);
+                    out.push(Output::Reasserted { epoch });
+                }
+                Action::StepDown { epoch, reason } => {
+                    tracing::warn!(node = %self.cfg.node_id, epoch, ?reason, "stepping down");
+                    self.holder.clear();
+                    self.next_heartbeat = Some(now);
+                    out.push(Output::StepDown { epoch, reason });
+                }
+            }
+        }
+    }
+
+    fn next_seq(&mut self, now: Instant) -> u64 {
+        self.seq += 1;
+        if self.sent.len() == SENT_MEMORY {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((self.seq, now));
+        self.seq
+    }
+
+    fn push_send(&self, msg: Message, out: &mut Vec<Output>) {
+        if self.cfg.use_seeds {
+            out.push(Output::Send {
+                dest: Dest::Multicast,
+                msg: msg.clone(),
+            });
+            out.push(Output::Send {
+                dest: Dest::Seeds,
+                msg,
+            });
+        } else {
+            out.push(Output::Send {
+                dest: Dest::Multicast,
+                msg,
+            });
+        }
+    }
+
+    fn send_heartbeat(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let seq = self.next_seq(now);
+        let lease = self.grant_lease(seq, now);
+        let as_control = self
+            .election
+            .my_control()
+            .map(|(established_epoch, epoch)| ControlAssert {
+                established_epoch,
+                epoch,
+            });
+        let hb = Heartbeat {
+            from: self.cfg.node_id,
+            incarnation: self.cfg.incarnation,
+            seq,
+            tcp_addr: self.cfg.tcp_addr,
+            roles: self.cfg.roles.clone(),
+            highest_epoch: self.election.highest(),
+            control: self.view.map(|v| ControlView {
+                node_id: v.node_id,
+                epoch: v.epoch,
+            }),
+            as_control,
+            lease,
+            load: self.load,
+        };
+        self.counters.heartbeats_sent += 1;
+        self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
+        self.push_send(Message::Heartbeat(hb), out);
+        // A self-grant may have completed the quorum.
+        self.settle(now, out);
+    }
+
+    /// Majority mode: the grant this heartbeat carries, to the Control we follow.
+    fn grant_lease(&mut self, seq: u64, now: Instant) -> Option<LeaseGrant> {
+        if !matches!(self.cfg.election.mode, Mode::Majority { .. }) {
+            return None;
+        }
+        let view = self.view?;
+        let d = self.granter.grant(view.node_id, now)?;
+        let ack_seq = if view.node_id == self.cfg.node_id {
+            // Our own grant is exact: no transit, same clock.
+            self.holder.record(view.node_id, now + d);
+            seq
+        } else {
+            self.members.get(&view.node_id)?.last_seq
+        };
+        Some(LeaseGrant {
+            control: view.node_id,
+            epoch: view.epoch,
+            ack_seq,
+            duration_ms: u32::try_from(d.as_millis()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Members known from at least one heartbeat, by node id.
+    pub fn members(&self) -> Vec<MemberView> {
+        self.members
+            .iter()
+            .filter_map(|(id, m)| {
+                let info = m.info.as_ref()?;
+                Some(MemberView {
+                    node_id: *id,
+                    tcp_addr: info.tcp_addr,
+                    alive: self.detector.is_alive(*id),
+                    roles: info.roles.clone(),
+                    last_heard: self.detector.last_heard(*id)?,
+                    incarnation: m.incarnation,
+                    load: info.load,
+                    highest_epoch: info.highest_epoch,
+                })
+            })
+            .collect()
+    }
+
+    /// The Control this node sees (itself when it is Control).
+    pub fn control(&self) -> Option<ControlInfo> {
+        self.view
+    }
+
+    /// Highest epoch seen.
+    pub fn highest_epoch(&self) -> Epoch {
+        self.election.highest()
+    }
+
+    /// Whether this node is Control (acting or not).
+    pub fn is_control(&self) -> bool {
+        self.election.my_control().is_some()
+    }
+
+    /// The election state.
+    pub fn election_state(&self) -> ElectionState {
+        self.election.state()
+    }
+
+    /// Whether the local Control may act at `now`: Control, rebuilt, and in majority mode a
+    /// majority of leases valid at `now` (checked against the clock, not the last tick).
+    pub fn may_act(&self, now: Instant) -> bool {
+        self.compute_acting(now).is_some()
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests;

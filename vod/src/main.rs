@@ -1,4 +1,363 @@
-fn main() {
-    eprintln!("vod: not built yet");
-    std::process::exit(2);
+//! `vod`: the Smart-GloVE data plane on the command line.
+//!
+//! ## Layout
+//! Subcommands: `make-video`, `origin`, `distributor`, `viewers`, `frontend`,
+//! `bench streams`, `bench handoff`. Each is a thin shell over the `smart_vod` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use smart_vod::distributor::{Distributor, DistributorConfig, bind};
+use smart_vod::http::Url;
+use smart_vod::origin::{Origin, Video};
+use smart_vod::ts::{self, VideoParams};
+use smart_vod::viewer::{self, LoadConfig, Shared, ViewerConfig};
+use smart_vod::{bench, control, frontend};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Parser)]
+#[command(
+    name = "vod",
+    about = "Smart-GloVE video distribution: origin, distributor, viewers, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes a generated MPEG-TS file (constant bitrate, PAT/PMT, silent MPEG audio).
+    MakeVideo {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 400)]
+        bitrate_kbps: u64,
+        #[arg(long, default_value_t = 60)]
+        duration_s: u64,
+    },
+    /// Serves videos over HTTP with Range and X-Bitrate/X-Duration-Ms headers.
+    Origin {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// NAME=PATH of a TS file (bitrate from its PCRs unless --bitrate-kbps).
+        #[arg(long)]
+        file: Vec<String>,
+        /// NAME:KBPS:SECONDS of a generated video.
+        #[arg(long)]
+        synthetic: Vec<String>,
+        #[arg(long)]
+        bitrate_kbps: Option<u64>,
+    },
+    /// A GloVE distributor (control socket from --control or $SMART_CONTROL_SOCKET).
+    Distributor {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long)]
+        origin: String,
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Start in restore mode from the instance listening at this control socket.
+        #[arg(long)]
+        restore_from: Option<PathBuf>,
+        #[arg(long, default_value_t = 0.2)]
+        window_fraction: f64,
+        #[arg(long)]
+        window_mb: Option<u64>,
+        #[arg(long, default_value_t = 64)]
+        block_kb: u64,
+        #[arg(long, default_value_t = 2000)]
+        prefetch_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        tick_ms: u64,
+    },
+    /// Load generator: N viewers with QoE summary.
+    Viewers {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        frontend: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value_t = 30)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 2000)]
+        ramp_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        start_buffer_ms: u64,
+        /// Bitrate if the server does not say (nginx).
+        #[arg(long, default_value_t = 400)]
+        bitrate_kbps: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Redirects every request (302) to the same path at --target.
+    Frontend {
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        listen: SocketAddr,
+        #[arg(long)]
+        target: String,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Concurrent paced viewers one distributor sustains (and nginx with limit_rate).
+    Streams {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        /// Ramp; default 1 ms per 2 viewers, at least 2 s.
+        #[arg(long)]
+        ramp_ms: Option<u64>,
+        #[arg(long, default_value_t = 400)]
+        bitrate_kbps: u64,
+        #[arg(long, default_value_t = 2000)]
+        prefetch_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        tick_ms: u64,
+        #[arg(long)]
+        no_nginx: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pre-copy migration of a distributor with a full cache and viewers.
+    Handoff {
+        #[arg(long, default_value_t = 72)]
+        cache_mb: u64,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 400)]
+        bitrate_kbps: u64,
+        #[arg(long, default_value_t = 3000)]
+        prefetch_ms: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Raises the open-file limit to the hard limit (10k viewers need 10k sockets).
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn print(v: &serde_json::Value, json: bool) {
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    raise_nofile();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::MakeVideo {
+            out,
+            bitrate_kbps,
+            duration_s,
+        } => {
+            let data = ts::generate(VideoParams {
+                bitrate_bps: bitrate_kbps * 1000,
+                duration_ms: duration_s * 1000,
+            })?;
+            std::fs::write(&out, &data).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}: {} bytes", out.display(), data.len());
+        }
+        Cmd::Origin {
+            listen,
+            file,
+            synthetic,
+            bitrate_kbps,
+        } => {
+            let mut o = Origin::new();
+            for f in &file {
+                let (name, path) = f
+                    .split_once('=')
+                    .with_context(|| format!("--file {f:?}: expected NAME=PATH"))?;
+                let v = Video::from_file(path.as_ref(), bitrate_kbps.map(|k| k * 1000))
+                    .with_context(|| format!("--file {f}"))?;
+                o.add(name, v);
+            }
+            for s in &synthetic {
+                let p: Vec<&str> = s.split(':').collect();
+                let [name, kbps, secs] = p[..] else {
+                    bail!("--synthetic {s:?}: expected NAME:KBPS:SECONDS")
+                };
+                let params = VideoParams {
+                    bitrate_bps: kbps.parse::<u64>()? * 1000,
+                    duration_ms: secs.parse::<u64>()? * 1000,
+                };
+                o.add(name, Video::generated(params)?);
+            }
+            let l = bind(listen).with_context(|| format!("binding {listen}"))?;
+            println!("listening on {}", l.local_addr()?);
+            Arc::new(o).serve(l).await;
+        }
+        Cmd::Distributor {
+            listen,
+            origin,
+            control,
+            restore_from,
+            window_fraction,
+            window_mb,
+            block_kb,
+            prefetch_ms,
+            tick_ms,
+        } => {
+            let mut cfg = DistributorConfig::new(
+                Url::parse(&origin)
+                    .map_err(anyhow::Error::msg)
+                    .context("--origin")?,
+            );
+            cfg.window_fraction = window_fraction;
+            cfg.window_bytes = window_mb.map(|m| m * 1_000_000);
+            cfg.block_size = block_kb.max(1) * 1024;
+            cfg.prefetch_ms = prefetch_ms;
+            cfg.tick = Duration::from_millis(tick_ms.max(1));
+            let d = Distributor::new(cfg);
+            if let Some(src) = &restore_from {
+                let r = control::restore(&d, src)
+                    .await
+                    .with_context(|| format!("restore from {}", src.display()))?;
+                eprintln!("restored {} bytes in {:.1} ms", r.bytes, r.ms);
+            }
+            let stopped = Arc::new(tokio::sync::Notify::new());
+            let control =
+                control.or_else(|| std::env::var_os(control::ENV_SOCKET).map(PathBuf::from));
+            if let Some(path) = &control {
+                let _ = std::fs::remove_file(path);
+                let l = tokio::net::UnixListener::bind(path)
+                    .with_context(|| format!("control socket {}", path.display()))?;
+                tokio::spawn(control::serve(d.clone(), l, stopped.clone()));
+            }
+            let l = bind(listen).with_context(|| format!("binding {listen}"))?;
+            let mut out = tokio::io::stdout();
+            out.write_all(format!("listening on {}\n", l.local_addr()?).as_bytes())
+                .await?;
+            out.flush().await?;
+            tokio::spawn(d.clone().serve(l));
+            tokio::select! {
+                _ = stopped.notified() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            if let Some(path) = &control {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Cmd::Viewers {
+            url,
+            frontend,
+            clients,
+            duration_s,
+            ramp_ms,
+            start_buffer_ms,
+            bitrate_kbps,
+            json,
+        } => {
+            let cfg = LoadConfig {
+                viewer: ViewerConfig {
+                    url: Url::parse(&url).map_err(anyhow::Error::msg)?,
+                    frontend: frontend
+                        .as_deref()
+                        .map(Url::parse)
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?,
+                    bitrate_bps: bitrate_kbps * 1000,
+                    prefetch_bytes: 0,
+                    start_buffer: Duration::from_millis(start_buffer_ms),
+                    start_offset: 0,
+                },
+                clients,
+                ramp: Duration::from_millis(ramp_ms),
+                duration: Duration::from_secs(duration_s),
+            };
+            let shared = Arc::new(Shared::default());
+            let reports = viewer::run_load(&cfg, shared.clone()).await;
+            print(
+                &serde_json::to_value(viewer::summarize(&reports, &shared))?,
+                json,
+            );
+        }
+        Cmd::Frontend { listen, target } => {
+            let f = frontend::Frontend::new(Url::parse(&target).map_err(anyhow::Error::msg)?);
+            let l = bind(listen)?;
+            println!("listening on {}", l.local_addr()?);
+            f.serve(l).await;
+        }
+        Cmd::Bench { which } => {
+            let exe = std::env::current_exe()?;
+            match which {
+                BenchCmd::Streams {
+                    clients,
+                    duration_s,
+                    ramp_ms,
+                    bitrate_kbps,
+                    prefetch_ms,
+                    tick_ms,
+                    no_nginx,
+                    json,
+                } => {
+                    let ramp =
+                        Duration::from_millis(ramp_ms.unwrap_or((clients as u64 / 2).max(2000)));
+                    let args = bench::StreamsArgs {
+                        clients,
+                        bitrate_bps: bitrate_kbps * 1000,
+                        duration: Duration::from_secs(duration_s),
+                        ramp,
+                        prefetch_ms,
+                        tick_ms,
+                        nginx: !no_nginx,
+                        exe,
+                    };
+                    print(&bench::streams(args).await?, json);
+                }
+                BenchCmd::Handoff {
+                    cache_mb,
+                    clients,
+                    bitrate_kbps,
+                    prefetch_ms,
+                    json,
+                } => {
+                    let args = bench::HandoffArgs {
+                        cache_mb,
+                        clients,
+                        bitrate_bps: bitrate_kbps * 1000,
+                        prefetch_ms,
+                        exe,
+                    };
+                    print(&bench::handoff(args).await?, json);
+                }
+            }
+        }
+    }
+    Ok(())
 }

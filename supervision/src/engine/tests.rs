@@ -1,0 +1,609 @@
+//! Engine tests on the exact outputs emitted: one engine fed crafted messages, and a small
+//! direct-delivery net of engines for multi-node scenarios (the serialising cluster
+//! simulation lives in `tests/cluster_sim.rs`).
+
+use std::collections::BTreeSet;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::election::Fence;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn addr(n: u64) -> SocketAddr {
+    format!("127.0.0.{n}:7000").parse().unwrap()
+}
+
+fn cfg(n: u64) -> EngineConfig {
+    EngineConfig::new(NodeId(n), 1, addr(n), vec![Role::Agent, Role::Control])
+}
+
+fn engine(n: u64, seed: u64) -> NodeEngine<ChaCha8Rng> {
+    NodeEngine::new(cfg(n), 0, ChaCha8Rng::seed_from_u64(seed))
+}
+
+fn heartbeat(from: u64, seq: u64, as_control: Option<(Epoch, Epoch)>) -> Message {
+    Message::Heartbeat(Heartbeat {
+        from: NodeId(from),
+        incarnation: 1,
+        seq,
+        tcp_addr: addr(from),
+        roles: vec![Role::Agent, Role::Control],
+        highest_epoch: as_control.map_or(0, |(_, e)| e),
+        control: as_control.map(|(_, e)| ControlView {
+            node_id: NodeId(from),
+            epoch: e,
+        }),
+        as_control: as_control.map(|(established_epoch, epoch)| ControlAssert {
+            established_epoch,
+            epoch,
+        }),
+        lease: None,
+        load: LoadSummary::default(),
+    })
+}
+
+/// Drives one engine with Ticks every 10 ms from `from` (exclusive) to `to` (inclusive),
+/// returning all outputs.
+fn tick_until<R: Rng>(e: &mut NodeEngine<R>, from: Instant, to: Instant) -> Vec<Output> {
+    let mut out = vec![];
+    let mut t = from;
+    while t < to {
+        t = (t + ms(10)).min(to);
+        out.extend(e.handle(Input::Tick, t));
+    }
+    out
+}
+
+fn non_sends(out: &[Output]) -> Vec<Output> {
+    out.iter()
+        .filter(|o| !matches!(o, Output::Send { .. }))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn first_tick_sends_a_heartbeat_to_multicast_and_seeds() {
+    let t0 = Instant::now();
+    let mut c = cfg(4);
+    c.use_seeds = true;
+    c.roles = vec![Role::Control, Role::Agent, Role::Control];
+    let mut e = NodeEngine::new(c, 3, ChaCha8Rng::seed_from_u64(0));
+    let hb = Message::Heartbeat(Heartbeat {
+        from: NodeId(4),
+        incarnation: 1,
+        seq: 1,
+        tcp_addr: addr(4),
+        roles: vec![Role::Agent, Role::Control],
+        highest_epoch: 3,
+        control: None,
+        as_control: None,
+        lease: None,
+        load: LoadSummary::default(),
+    });
+    assert_eq!(
+        e.handle(Input::Tick, t0),
+        vec![
+            Output::Send {
+                dest: Dest::Multicast,
+                msg: hb.clone()
+            },
+            Output::Send {
+                dest: Dest::Seeds,
+                msg: hb
+            },
+        ]
+    );
+    // Nothing until the interval has passed.
+    assert_eq!(e.handle(Input::Tick, t0 + ms(99)), vec![]);
+    let out = e.handle(Input::Tick, t0 + ms(100));
+    assert!(matches!(&out[0], Output::Send { msg: Message::Heartbeat(h), .. } if h.seq == 2));
+}
+
+#[test]
+fn lone_node_claims_after_listening_and_acts_after_rebuild() {
+    let t0 = Instant::now();
+    let mut e = engine(1, 7);
+    e.handle(Input::Tick, t0);
+    // Listening (400 ms) plus backoff (at most 300 ms): claimed by 710 ms, not before 400.
+    let out = tick_until(&mut e, t0, t0 + ms(390));
+    assert!(non_sends(&out).is_empty(), "{out:?}");
+    let out = tick_until(&mut e, t0 + ms(390), t0 + ms(720));
+    let claim = Message::Claim(Claim {
+        from: NodeId(1),
+        incarnation: 1,
+        seq: out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send {
+                    msg: Message::Claim(c),
+                    ..
+                } => Some(c.seq),
+                _ => None,
+            })
+            .expect("a claim was sent"),
+        epoch: 1,
+    });
+    let i = out
+        .iter()
+        .position(|o| *o == Output::PersistEpoch(1))
+        .unwrap();
+    assert_eq!(
+        out[i..i + 4],
+        [
+            Output::PersistEpoch(1),
+            Output::Send {
+                dest: Dest::Multicast,
+                msg: claim
+            },
+            Output::BecomeControl { epoch: 1 },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 1
+            })),
+        ]
+    );
+    assert!(e.is_control());
+    assert!(!e.may_act(t0 + ms(720)), "rebuilding");
+    assert_eq!(
+        e.handle(Input::RebuildDone { epoch: 1 }, t0 + ms(725)),
+        vec![Output::ControlActing {
+            epoch: 1,
+            acting: true
+        }]
+    );
+    // Its heartbeats now assert Control.
+    let out = tick_until(&mut e, t0 + ms(725), t0 + ms(900));
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Send { msg: Message::Heartbeat(h), .. }
+            if h.as_control == Some(ControlAssert { established_epoch: 1, epoch: 1 }))));
+}
+
+#[test]
+fn follower_adopts_a_claim_and_stops_waiting() {
+    let t0 = Instant::now();
+    let mut e = engine(2, 1);
+    e.handle(Input::Tick, t0);
+    assert_eq!(
+        e.handle(Input::Received(heartbeat(1, 1, None)), t0 + ms(5)),
+        vec![Output::MemberUp(NodeId(1))]
+    );
+    let claim = Message::Claim(Claim {
+        from: NodeId(1),
+        incarnation: 1,
+        seq: 2,
+        epoch: 5,
+    });
+    assert_eq!(
+        e.handle(Input::Received(claim.clone()), t0 + ms(10)),
+        vec![
+            Output::PersistEpoch(5),
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 5
+            })),
+        ]
+    );
+    // The same claim again is a replay.
+    assert_eq!(
+        e.handle(Input::Received(claim), t0 + ms(11)),
+        vec![Output::Dropped {
+            from: NodeId(1),
+            reason: DropReason::Replayed
+        }]
+    );
+    assert_eq!(e.counters().replayed, 1);
+    assert_eq!(e.highest_epoch(), 5);
+    // Keeps following while node 1's heartbeats assert Control: never claims.
+    let mut out = vec![];
+    for i in 1..30u64 {
+        let t = t0 + ms(10 + i * 100);
+        out.extend(e.handle(Input::Received(heartbeat(1, 2 + i, Some((5, 5)))), t));
+        out.extend(tick_until(&mut e, t, t + ms(100)));
+    }
+    assert!(non_sends(&out).is_empty(), "{:?}", non_sends(&out));
+}
+
+#[test]
+fn control_loss_is_detected_then_a_new_epoch_is_claimed() {
+    let t0 = Instant::now();
+    let mut e = engine(2, 3);
+    e.handle(Input::Tick, t0);
+    e.handle(Input::Received(heartbeat(1, 1, Some((4, 4)))), t0);
+    let last = t0 + ms(100);
+    e.handle(Input::Received(heartbeat(1, 2, Some((4, 4)))), last);
+    assert_eq!(
+        e.control(),
+        Some(ControlInfo {
+            node_id: NodeId(1),
+            epoch: 4
+        })
+    );
+    // Silence: Down just after 400 ms.
+    let out = tick_until(&mut e, last, last + ms(400));
+    assert!(non_sends(&out).is_empty());
+    let out = tick_until(&mut e, last + ms(400), last + ms(410));
+    assert_eq!(
+        non_sends(&out),
+        vec![Output::MemberDown(NodeId(1)), Output::ControlChanged(None)]
+    );
+    // Backoff at most 300 ms, then claim epoch 5.
+    let out = tick_until(&mut e, last + ms(410), last + ms(720));
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::PersistEpoch(5),
+            Output::BecomeControl { epoch: 5 },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(2),
+                epoch: 5
+            })),
+        ]
+    );
+    let members = e.members();
+    assert_eq!(members.len(), 1);
+    assert!(!members[0].alive);
+    assert_eq!(members[0].last_heard, last);
+}
+
+#[test]
+fn own_and_stale_incarnation_datagrams_are_dropped() {
+    let t0 = Instant::now();
+    let mut e = engine(1, 0);
+    assert_eq!(
+        e.handle(Input::Received(heartbeat(1, 1, None)), t0),
+        vec![Output::Dropped {
+            from: NodeId(1),
+            reason: DropReason::Own
+        }]
+    );
+    let mut newer = heartbeat(2, 1, None);
+    if let Message::Heartbeat(h) = &mut newer {
+        h.incarnation = 2;
+    }
+    assert_eq!(
+        e.handle(Input::Received(newer), t0),
+        vec![Output::MemberUp(NodeId(2))]
+    );
+    assert_eq!(
+        e.handle(Input::Received(heartbeat(2, 99, None)), t0),
+        vec![Output::Dropped {
+            from: NodeId(2),
+            reason: DropReason::StaleIncarnation
+        }]
+    );
+    let c = e.counters();
+    assert_eq!((c.own, c.stale_incarnation, c.accepted), (1, 1, 1));
+}
+
+#[test]
+fn younger_control_steps_down_when_it_hears_the_older_one() {
+    let t0 = Instant::now();
+    // n2 became Control at epoch 6 (alone); then it hears n1, Control since 5, now at 7.
+    let mut e = NodeEngine::new(cfg(2), 5, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    assert!(e.is_control());
+    assert_eq!(e.highest_epoch(), 6);
+    e.handle(Input::RebuildDone { epoch: 6 }, t0 + ms(800));
+    let out = e.handle(Input::Received(heartbeat(1, 1, Some((5, 7)))), t0 + ms(805));
+    assert_eq!(
+        out,
+        vec![
+            Output::MemberUp(NodeId(1)),
+            Output::PersistEpoch(7),
+            Output::StepDown {
+                epoch: 6,
+                reason: StepDownReason::YoungerThan {
+                    other: NodeId(1),
+                    established_epoch: 5
+                }
+            },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 7
+            })),
+            Output::ControlActing {
+                epoch: 6,
+                acting: false
+            },
+        ]
+    );
+    // Its next heartbeat (sent at once) no longer asserts Control.
+    let out = e.handle(Input::Tick, t0 + ms(810));
+    assert!(
+        matches!(&out[..], [Output::Send { msg: Message::Heartbeat(h), .. }]
+        if h.as_control.is_none() && h.control == Some(ControlView { node_id: NodeId(1), epoch: 7 }))
+    );
+}
+
+#[test]
+fn older_control_reasserts_above_the_younger() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(cfg(1), 4, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    assert_eq!(e.control().map(|c| c.epoch), Some(5));
+    e.handle(Input::RebuildDone { epoch: 5 }, t0 + ms(800));
+    let out = e.handle(Input::Received(heartbeat(2, 1, Some((6, 6)))), t0 + ms(805));
+    assert_eq!(
+        out,
+        vec![
+            Output::MemberUp(NodeId(2)),
+            Output::PersistEpoch(6),
+            Output::PersistEpoch(7),
+            Output::Reasserted { epoch: 7 },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 7
+            })),
+            Output::ControlActing {
+                epoch: 7,
+                acting: true
+            },
+        ]
+    );
+    // Still established at 5 in its heartbeats.
+    let out = e.handle(Input::Tick, t0 + ms(806));
+    assert!(
+        matches!(&out[..], [Output::Send { msg: Message::Heartbeat(h), .. }]
+        if h.as_control == Some(ControlAssert { established_epoch: 5, epoch: 7 }))
+    );
+}
+
+#[test]
+fn paused_zombie_control_steps_down_and_its_epoch_is_fenced() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(cfg(1), 4, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    e.handle(Input::RebuildDone { epoch: 5 }, t0 + ms(800));
+    assert!(e.may_act(t0 + ms(800)));
+    // SIGSTOP for 2 s: no input at all. Meanwhile the others elected n2 at epoch 6; an
+    // agent's fence saw it.
+    let mut agent_fence = Fence::new(5);
+    assert_eq!(agent_fence.admit(6), Ok(true));
+    let resume = t0 + ms(2800);
+    let out = e.handle(Input::Tick, resume);
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::StepDown {
+                epoch: 5,
+                reason: StepDownReason::Paused { gap: ms(2000) }
+            },
+            Output::ControlChanged(None),
+            Output::ControlActing {
+                epoch: 5,
+                acting: false
+            },
+        ]
+    );
+    assert!(
+        matches!(out.last(), Some(Output::Send { msg: Message::Heartbeat(h), .. })
+        if h.as_control.is_none())
+    );
+    assert_eq!(e.counters().pauses, 1);
+    // A command the zombie issued at epoch 5 is refused where it would execute.
+    assert!(agent_fence.check(5).is_err());
+    // It now follows the new Control.
+    let out = e.handle(
+        Input::Received(heartbeat(2, 1, Some((6, 6)))),
+        resume + ms(50),
+    );
+    assert_eq!(
+        out,
+        vec![
+            Output::MemberUp(NodeId(2)),
+            Output::PersistEpoch(6),
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(2),
+                epoch: 6
+            })),
+        ]
+    );
+}
+
+#[test]
+fn paused_follower_does_not_declare_everyone_dead() {
+    let t0 = Instant::now();
+    let mut e = engine(3, 0);
+    e.handle(Input::Tick, t0);
+    e.handle(Input::Received(heartbeat(1, 1, Some((1, 1)))), t0);
+    e.handle(Input::Received(heartbeat(2, 1, None)), t0);
+    // Paused 3 s, then the buffered heartbeats of the others arrive right after resuming.
+    let out = e.handle(Input::Tick, t0 + ms(3000));
+    assert!(non_sends(&out).is_empty(), "{out:?}");
+    let out = e.handle(
+        Input::Received(heartbeat(1, 2, Some((1, 1)))),
+        t0 + ms(3001),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert!(e.members().iter().all(|m| m.alive));
+}
+
+// ---------- a small direct-delivery net of engines ----------
+
+struct Net {
+    nodes: Vec<NodeEngine<ChaCha8Rng>>,
+    /// Per-node clock offset: each node lives in its own monotonic clock domain.
+    offsets: Vec<Duration>,
+    base: Instant,
+    now: Duration,
+    /// `side[i]`: partition side of node i; messages cross only within a side.
+    side: Vec<u8>,
+    outputs: Vec<Vec<Output>>,
+}
+
+impl Net {
+    fn new(n: u64, seed: u64, offsets: Vec<Duration>, mode: Mode) -> Self {
+        let nodes = (1..=n)
+            .map(|i| {
+                let mut c = cfg(i);
+                c.election.mode = mode.clone();
+                NodeEngine::new(c, 0, ChaCha8Rng::seed_from_u64(seed * 1000 + i))
+            })
+            .collect();
+        Net {
+            nodes,
+            offsets,
+            base: Instant::now(),
+            now: Duration::ZERO,
+            side: vec![0; n as usize],
+            outputs: vec![vec![]; n as usize],
+        }
+    }
+
+    fn at(&self, i: usize) -> Instant {
+        self.base + self.offsets[i] + self.now
+    }
+
+    /// Runs `d` of time in 10 ms ticks, delivering every send at once within a side, and
+    /// completing rebuilds at once.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += ms(10);
+            let mut queue: Vec<(usize, Input)> =
+                (0..self.nodes.len()).map(|i| (i, Input::Tick)).collect();
+            while let Some((i, input)) = queue.pop() {
+                let now = self.at(i);
+                let out = self.nodes[i].handle(input, now);
+                for o in &out {
+                    match o {
+                        Output::Send { msg, .. } => {
+                            for j in 0..self.nodes.len() {
+                                if j != i && self.side[j] == self.side[i] {
+                                    queue.push((j, Input::Received(msg.clone())));
+                                }
+                            }
+                        }
+                        Output::BecomeControl { epoch } => {
+                            queue.push((i, Input::RebuildDone { epoch: *epoch }))
+                        }
+                        _ => {}
+                    }
+                }
+                self.outputs[i].extend(out);
+            }
+        }
+    }
+
+    fn controls(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_control())
+            .collect()
+    }
+
+    fn views(&self) -> Vec<Option<ControlInfo>> {
+        self.nodes.iter().map(|n| n.control()).collect()
+    }
+}
+
+#[test]
+fn three_nodes_elect_one_control_that_everyone_sees() {
+    let mut net = Net::new(3, 1, vec![Duration::ZERO; 3], Mode::Available);
+    net.run(ms(1500));
+    let c = net.controls();
+    assert_eq!(c.len(), 1, "{:?}", net.views());
+    let view = net.nodes[c[0]].control();
+    assert!(net.views().iter().all(|v| *v == view));
+    assert_eq!(view.unwrap().epoch, 1);
+}
+
+#[test]
+fn partition_then_heal_leaves_the_older_control_at_a_higher_epoch() {
+    let mut net = Net::new(4, 2, vec![Duration::ZERO; 4], Mode::Available);
+    net.run(ms(1500));
+    let first = net.controls()[0];
+    let e1 = net.nodes[first].control().unwrap().epoch;
+    // Cut the Control and one other node away from the rest.
+    let other = (first + 1) % 4;
+    net.side = vec![1; 4];
+    net.side[first] = 0;
+    net.side[other] = 0;
+    net.run(ms(1500));
+    let controls = net.controls();
+    assert_eq!(controls.len(), 2, "one Control per side: {:?}", net.views());
+    let second = *controls.iter().find(|c| **c != first).unwrap();
+    let e2 = net.nodes[second].control().unwrap().epoch;
+    assert!(e2 > e1);
+    net.side = vec![0; 4];
+    net.run(ms(500));
+    assert_eq!(net.controls(), vec![first], "the older Control survives");
+    let final_epoch = net.nodes[first].control().unwrap().epoch;
+    assert!(final_epoch > e2, "re-asserted above the younger's epoch");
+    assert!(
+        net.views()
+            .iter()
+            .all(|v| v.map(|c| c.node_id) == Some(NodeId(first as u64 + 1))
+                && v.unwrap().epoch == final_epoch)
+    );
+    assert!(net.outputs[second].iter().any(|o| matches!(o,
+        Output::StepDown { reason: StepDownReason::YoungerThan { .. }, epoch } if *epoch == e2)));
+}
+
+/// Wall-clock jumps cannot matter: the engine takes no wall-clock time at all, only the
+/// monotonic instants passed in, and no absolute time crosses the wire. Run the same
+/// scenario with every node in a different clock domain (offsets up to ten years) and check
+/// that every node emits exactly the same outputs.
+#[test]
+fn clock_domains_of_nodes_do_not_change_any_output() {
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let run = |offsets: Vec<Duration>| {
+        let mut net = Net::new(3, 9, offsets, Mode::Available);
+        net.run(ms(1200));
+        let c = net.controls()[0];
+        net.side = vec![1; 3];
+        net.side[c] = 0;
+        net.run(ms(1200));
+        net.side = vec![0; 3];
+        net.run(ms(600));
+        net.outputs
+    };
+    let same = run(vec![Duration::ZERO; 3]);
+    let skewed = run(vec![Duration::ZERO, 10 * year, year / 3]);
+    assert_eq!(same, skewed);
+    assert!(
+        same.iter()
+            .flatten()
+            .any(|o| matches!(o, Output::StepDown { .. }))
+    );
+}
+
+#[test]
+fn majority_mode_minority_control_never_acts() {
+    let members: BTreeSet<NodeId> = (1..=3).map(NodeId).collect();
+    let mode = Mode::Majority { members };
+    let mut net = Net::new(3, 4, vec![Duration::ZERO; 3], mode);
+    net.run(ms(2000));
+    let c = net.controls();
+    assert_eq!(c.len(), 1);
+    let first = c[0];
+    let t = net.at(first);
+    assert!(net.nodes[first].may_act(t), "holds 3 of 3 leases");
+    // Isolate the Control: it loses its leases and stops acting; the majority side elects
+    // a new Control which acts once the old grants have expired.
+    net.side = vec![1; 3];
+    net.side[first] = 0;
+    net.run(ms(2000));
+    assert!(
+        net.outputs[first]
+            .iter()
+            .any(|o| matches!(o, Output::ControlActing { acting: false, .. }))
+    );
+    assert!(
+        net.nodes[first].is_control(),
+        "still Control in isolation, but not acting"
+    );
+    assert!(!net.nodes[first].may_act(net.at(first)));
+    let acting: Vec<usize> = (0..3)
+        .filter(|i| net.nodes[*i].may_act(net.at(*i)))
+        .collect();
+    assert_eq!(acting.len(), 1);
+    assert_ne!(acting[0], first);
+}

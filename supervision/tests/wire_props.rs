@@ -1,0 +1,161 @@
+//! Property tests of the datagram codec: arbitrary messages round-trip, arbitrary bytes never
+//! panic (and never authenticate), any single bit flip of a valid datagram is rejected, a
+//! wrong key is always rejected, and the replay guard never accepts a (node, incarnation,
+//! seq) twice.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use proptest::prelude::*;
+use smart_supervision::types::{ClusterKey, NodeId, Role};
+use smart_supervision::wire::{
+    self, Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant, LoadSummary, MAX_DATAGRAM,
+    Message, ReplayGuard, WireError,
+};
+
+fn key() -> ClusterKey {
+    ClusterKey::from_bytes(b"property-test-cluster-key!!").unwrap()
+}
+
+fn addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), p)),
+        (any::<[u8; 16]>(), any::<u16>())
+            .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), p)),
+    ]
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![
+        Just(Role::Agent),
+        Just(Role::Profiler),
+        Just(Role::FrontEnd),
+        Just(Role::Control)
+    ]
+}
+
+fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u64>(), addr()),
+        proptest::collection::vec(role(), 0..4),
+        any::<u64>(),
+        proptest::option::of((any::<u64>(), any::<u64>())),
+        proptest::option::of((any::<u64>(), any::<u64>())),
+        proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>())),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u16>()),
+    )
+        .prop_map(
+            |((from, inc, seq, tcp_addr), roles, highest, view, assert, lease, load)| Heartbeat {
+                from: NodeId(from),
+                incarnation: inc,
+                seq,
+                tcp_addr,
+                roles,
+                highest_epoch: highest,
+                control: view.map(|(n, e)| ControlView {
+                    node_id: NodeId(n),
+                    epoch: e,
+                }),
+                as_control: assert.map(|(a, b)| ControlAssert {
+                    established_epoch: a,
+                    epoch: b,
+                }),
+                lease: lease.map(|(c, e, s, d)| LeaseGrant {
+                    control: NodeId(c),
+                    epoch: e,
+                    ack_seq: s,
+                    duration_ms: d,
+                }),
+                load: LoadSummary {
+                    cpu_milli: load.0,
+                    mem_used_mib: load.1,
+                    net_kbps: load.2,
+                    instances: load.3,
+                },
+            },
+        )
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        heartbeat().prop_map(Message::Heartbeat),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(f, i, s, e)| {
+            Message::Claim(Claim {
+                from: NodeId(f),
+                incarnation: i,
+                seq: s,
+                epoch: e,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn round_trip(m in message()) {
+        let k = key();
+        let bytes = wire::encode(&m, &k);
+        prop_assert!(bytes.len() <= MAX_DATAGRAM);
+        prop_assert_eq!(wire::decode(&bytes, &k), Ok(m));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_nor_authenticate(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        prop_assert!(wire::decode(&bytes, &key()).is_err());
+    }
+
+    #[test]
+    fn arbitrary_payload_behind_a_valid_header_is_refused(tail in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut bytes = b"SMRT\x01\x01".to_vec();
+        bytes.extend_from_slice(&tail);
+        prop_assert!(wire::decode(&bytes, &key()).is_err());
+    }
+
+    #[test]
+    fn any_single_bit_flip_is_rejected(m in message(), bit in any::<prop::sample::Index>()) {
+        let k = key();
+        let mut bytes = wire::encode(&m, &k);
+        let i = bit.index(bytes.len() * 8);
+        bytes[i / 8] ^= 1 << (i % 8);
+        let r = wire::decode(&bytes, &k);
+        prop_assert!(
+            matches!(r, Err(WireError::BadMagic | WireError::BadVersion(_) | WireError::BadTag)),
+            "bit {} flipped: {:?}", i, r
+        );
+    }
+
+    #[test]
+    fn wrong_key_is_rejected(m in message()) {
+        let other = ClusterKey::from_bytes(b"some-other-cluster-key-xyz").unwrap();
+        prop_assert_eq!(wire::decode(&wire::encode(&m, &key()), &other), Err(WireError::BadTag));
+    }
+
+    #[test]
+    fn truncations_are_rejected(m in message(), cut in any::<prop::sample::Index>()) {
+        let k = key();
+        let bytes = wire::encode(&m, &k);
+        let n = cut.index(bytes.len());
+        prop_assert!(wire::decode(&bytes[..n], &k).is_err());
+    }
+
+    #[test]
+    fn replay_guard_accepts_each_triple_at_most_once(
+        seqs in proptest::collection::vec((0u64..3, 0u64..3, 0u64..200), 1..400)
+    ) {
+        let mut g = ReplayGuard::new();
+        let mut accepted = HashSet::new();
+        let mut max_inc = std::collections::HashMap::new();
+        for (node, inc, seq) in seqs {
+            let ok = g.check(NodeId(node), inc, seq).is_ok();
+            if ok {
+                prop_assert!(accepted.insert((node, inc, seq)), "accepted twice: {:?}", (node, inc, seq));
+                let m = max_inc.entry(node).or_insert(inc);
+                prop_assert!(inc >= *m, "accepted an older incarnation");
+                *m = inc;
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Benchmarks that print figures: `vod bench streams` (how many paced viewers one distributor
+//! process sustains, against nginx with `limit_rate` under the same load generator) and
+//! `vod bench handoff` (workload-level pre-copy migration of a distributor with viewers).
+//!
+//! Both run the origin and the load generator in this process and each server (distributor
+//! or nginx) as a child process, so CPU is measured per process from `/proc`.
+//!
+//! ## Layout
+//! - [`StreamsArgs`], [`streams`]; [`HandoffArgs`], [`handoff`].
+//! - helpers: child distributors (`spawn_distributor`), nginx (`run_nginx`), `/proc` CPU.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::control::{self, Client};
+use crate::distributor::bind;
+use crate::http::Url;
+use crate::origin::{Origin, Video};
+use crate::ts::VideoParams;
+use crate::viewer::{self, LoadConfig, Shared, ViewerConfig};
+
+/// Bench failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// I/O.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Setup failed.
+    #[error("{0}")]
+    Setup(String),
+    /// Control API.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
+    move |e| BenchError::Setup(format!("{what}: {e}"))
+}
+
+/// CPU seconds (user + system) of a process.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 2..].to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// A distributor child process.
+struct ChildDistributor {
+    child: Child,
+    pid: u32,
+    url: String,
+    control: PathBuf,
+}
+
+async fn spawn_distributor(
+    exe: &Path,
+    origin: &str,
+    control: PathBuf,
+    extra: &[String],
+) -> Result<ChildDistributor, BenchError> {
+    let mut child = Command::new(exe)
+        .arg("distributor")
+        .args(["--listen", "127.0.0.1:0", "--origin", origin, "--control"])
+        .arg(&control)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(setup("spawn distributor"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| BenchError::Setup("distributor exited".into()))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Setup("no stdout".into()))?;
+    let mut lines = BufReader::new(out).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .map_err(setup("distributor start"))??
+        .ok_or_else(|| BenchError::Setup("distributor printed nothing".into()))?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| BenchError::Setup(format!("unexpected: {line}")))?;
+    for _ in 0..200 {
+        if control.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(ChildDistributor {
+        child,
+        pid,
+        url: format!("http://{addr}"),
+        control,
+    })
+}
+
+impl ChildDistributor {
+    async fn stop(mut self) {
+        if let Ok(mut c) = Client::connect(&self.control).await {
+            let _ = c.stop().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+async fn start_origin(name: &str, video: Video) -> Result<(Arc<Origin>, String), BenchError> {
+    let mut o = Origin::new();
+    o.add(name, video);
+    let o = Arc::new(o);
+    let l = bind("127.0.0.1:0".parse().map_err(setup("addr"))?)?;
+    let addr = l.local_addr()?;
+    tokio::spawn(o.clone().serve(l));
+    Ok((o, format!("http://{addr}")))
+}
+
+/// Settings of `vod bench streams`.
+#[derive(Debug, Clone)]
+pub struct StreamsArgs {
+    /// Viewers.
+    pub clients: usize,
+    /// Video bitrate.
+    pub bitrate_bps: u64,
+    /// Steady-state time after the ramp.
+    pub duration: Duration,
+    /// Ramp time (viewers join evenly).
+    pub ramp: Duration,
+    /// Prefetch burst in ms of video (distributor and nginx `limit_rate_after`).
+    pub prefetch_ms: u64,
+    /// Pacing tick of the distributor.
+    pub tick_ms: u64,
+    /// Also run nginx when installed.
+    pub nginx: bool,
+    /// The `vod` executable (to start distributors).
+    pub exe: PathBuf,
+}
+
+fn load_figures(
+    reports: &[viewer::ViewerReport],
+    shared: &Shared,
+    cpu_s: f64,
+    secs: f64,
+    rss: Option<f64>,
+) -> Value {
+    let s = viewer::summarize(reports, shared);
+    let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+    let n = reports.len().max(1) as f64;
+    v["server_cpu_s"] = json!(cpu_s);
+    v["server_cpu_pct"] = json!(cpu_s / secs * 100.0);
+    v["cpu_us_per_viewer_s"] = json!(cpu_s / secs / n * 1e6);
+    if let Some(r) = rss {
+        v["server_rss_mb"] = json!(r);
+    }
+    v
+}
+
+/// `vod bench streams`: one JSON object with the distributor run and (if installed) nginx.
+pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let video_ms = (a.ramp + a.duration).as_millis() as u64 + 60_000;
+    let params = VideoParams {
+        bitrate_bps: a.bitrate_bps,
+        duration_ms: video_ms,
+    };
+    let video = Video::generated(params).map_err(setup("generate"))?;
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("v.ts"), &video.data)?;
+    let (origin, origin_url) = start_origin("v.ts", video).await?;
+    let prefetch_bytes = a.bitrate_bps / 8 * a.prefetch_ms / 1000;
+    let load = |url: String| LoadConfig {
+        viewer: ViewerConfig {
+            url: Url::parse(&url).unwrap_or_else(|_| Url {
+                host: "127.0.0.1".into(),
+                port: 1,
+                path: "/".into(),
+            }),
+            frontend: None,
+            bitrate_bps: a.bitrate_bps,
+            prefetch_bytes,
+            start_buffer: Duration::from_millis(1000),
+            start_offset: 0,
+        },
+        clients: a.clients,
+        ramp: a.ramp,
+        duration: a.ramp + a.duration,
+    };
+    let extra = vec![
+        "--prefetch-ms".into(),
+        a.prefetch_ms.to_string(),
+        "--tick-ms".into(),
+        a.tick_ms.to_string(),
+    ];
+    let d = spawn_distributor(&a.exe, &origin_url, dir.path().join("d.sock"), &extra).await?;
+    let (cpu0, self0, t0) = (
+        cpu_seconds(d.pid).unwrap_or(0.0),
+        cpu_seconds(std::process::id()).unwrap_or(0.0),
+        Instant::now(),
+    );
+    let shared = Arc::new(Shared::default());
+    let reports = viewer::run_load(&load(format!("{}/v.ts", d.url)), shared.clone()).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(d.pid).unwrap_or(0.0) - cpu0;
+    let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
+    let rss = rss_mb(d.pid);
+    let usage = Client::connect(&d.control).await?.usage().await?;
+    d.stop().await;
+    let mut out = load_figures(&reports, &shared, cpu, secs, rss);
+    out["origin_streams"] = json!(usage.origin_streams);
+    out["origin_streams_seen_by_origin"] = json!(
+        origin
+            .stats
+            .streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    out["loadgen_cpu_pct"] = json!(gen_cpu / secs * 100.0);
+    out["bitrate_bps"] = json!(a.bitrate_bps);
+    out["seconds"] = json!(secs);
+    if a.nginx {
+        match which("nginx") {
+            Some(nginx) => {
+                let n = run_nginx(&nginx, dir.path(), &a, prefetch_bytes, &load).await?;
+                if let (Some(dc), Some(nc)) = (
+                    out["cpu_us_per_viewer_s"].as_f64(),
+                    n["cpu_us_per_viewer_s"].as_f64(),
+                ) {
+                    out["nginx_cpu_ratio"] = json!(nc / dc.max(1e-9));
+                }
+                out["nginx"] = n;
+            }
+            None => println!("nginx comparison skipped: nginx not installed"),
+        }
+    }
+    Ok(out)
+}
+
+/// Finds an executable on PATH (or in sbin directories).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+async fn run_nginx(
+    nginx: &Path,
+    dir: &Path,
+    a: &StreamsArgs,
+    prefetch_bytes: u64,
+    load: &dyn Fn(String) -> LoadConfig,
+) -> Result<Value, BenchError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let d = dir.display();
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user root;\n"
+    } else {
+        ""
+    };
+    let conf = format!(
+        "{user}worker_processes 2;\nworker_rlimit_nofile 40000;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log warn;\nevents {{ worker_connections 20000; multi_accept on; }}\n\
+         http {{\n  access_log off;\n  default_type video/mp2t;\n  sendfile on;\n\
+           client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3; uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
+           server {{\n    listen 127.0.0.1:{port} backlog=8192;\n    root {d}/www;\n\
+             location / {{ limit_rate {}; limit_rate_after {prefetch_bytes}; }}\n  }}\n}}\n",
+        a.bitrate_bps / 8
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut child = Command::new(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf_path)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(setup("spawn nginx"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| BenchError::Setup("nginx exited".into()))?;
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !up {
+        let _ = child.kill().await;
+        let log = std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default();
+        return Err(BenchError::Setup(format!("nginx did not start: {log}")));
+    }
+    let cpu_all = || -> f64 {
+        std::iter::once(pid)
+            .chain(children_of(pid))
+            .filter_map(cpu_seconds)
+            .sum()
+    };
+    let rss_all = || -> f64 {
+        std::iter::once(pid)
+            .chain(children_of(pid))
+            .filter_map(rss_mb)
+            .sum()
+    };
+    let (c0, t0) = (cpu_all(), Instant::now());
+    let shared = Arc::new(Shared::default());
+    let reports = viewer::run_load(
+        &load(format!("http://127.0.0.1:{port}/v.ts")),
+        shared.clone(),
+    )
+    .await;
+    let secs = t0.elapsed().as_secs_f64();
+    let (cpu, rss) = (cpu_all() - c0, rss_all());
+    // SAFETY: signalling our own child process by its id.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    let mut v = load_figures(&reports, &shared, cpu, secs, Some(rss));
+    v["workers"] = json!(2);
+    Ok(v)
+}
+
+/// Settings of `vod bench handoff`.
+#[derive(Debug, Clone)]
+pub struct HandoffArgs {
+    /// Cache to migrate, in MB (10^6 bytes); the video is 5× longer (20 % window).
+    pub cache_mb: u64,
+    /// Viewers.
+    pub clients: usize,
+    /// Video bitrate.
+    pub bitrate_bps: u64,
+    /// Prefetch burst of the distributors, ms of video.
+    pub prefetch_ms: u64,
+    /// The `vod` executable.
+    pub exe: PathBuf,
+}
+
+/// `vod bench handoff`: distributor A with a full cache and viewers; B restores from A while
+/// A serves (pre-copy), then A hands its viewers over (they follow A's 307 to B and resume
+/// with Range at the exact byte). One JSON object.
+pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let window = a.cache_mb * 1_000_000;
+    let size = window * 5;
+    let duration_ms = (size as u128 * 8000 / a.bitrate_bps as u128) as u64;
+    let video = Video::generated(VideoParams {
+        bitrate_bps: a.bitrate_bps,
+        duration_ms,
+    })
+    .map_err(setup("generate"))?;
+    let (_origin, origin_url) = start_origin("v.ts", video).await?;
+    let extra = vec!["--prefetch-ms".into(), a.prefetch_ms.to_string()];
+    let da = spawn_distributor(&a.exe, &origin_url, dir.path().join("a.sock"), &extra).await?;
+    let db = spawn_distributor(&a.exe, &origin_url, dir.path().join("b.sock"), &extra).await?;
+    let load = LoadConfig {
+        viewer: ViewerConfig {
+            url: Url::parse(&format!("{}/v.ts", da.url)).map_err(BenchError::Setup)?,
+            frontend: None,
+            bitrate_bps: a.bitrate_bps,
+            prefetch_bytes: 0,
+            start_buffer: Duration::from_millis(1000),
+            start_offset: 0,
+        },
+        clients: a.clients,
+        ramp: Duration::from_millis(500),
+        duration: Duration::from_secs(12),
+    };
+    let shared = Arc::new(Shared::default());
+    let run = {
+        let shared = shared.clone();
+        tokio::spawn(async move { viewer::run_load(&load, shared).await })
+    };
+    // Wait for a full cache (the fetcher reads ahead to the window) and settled viewers.
+    let mut ca = Client::connect(&da.control).await?;
+    let t_wait = Instant::now();
+    let mut usage_a = ca.usage().await?;
+    while (usage_a.cache_bytes < window * 99 / 100 || t_wait.elapsed() < Duration::from_secs(4))
+        && t_wait.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        usage_a = ca.usage().await?;
+    }
+    let since_base = shared.base.elapsed();
+    let report = control::migrate(&da.control, &db.control, &db.url).await?;
+    let reports = run.await.map_err(setup("load task"))?;
+    let last_resume = shared.last_resume();
+    let total_ms = last_resume.saturating_sub(since_base).as_secs_f64() * 1000.0;
+    let usage_b = Client::connect(&db.control).await?.usage().await?;
+    da.stop().await;
+    db.stop().await;
+    let s = viewer::summarize(&reports, &shared);
+    let buffered_2s: Vec<&viewer::ViewerReport> = reports
+        .iter()
+        .filter(|r| r.buffered_at_disconnect_ms.iter().all(|b| *b >= 2000.0))
+        .collect();
+    let mut min_buf: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| r.buffered_at_disconnect_ms.iter().copied())
+        .collect();
+    Ok(json!({
+        "clients": s.clients,
+        "cache_bytes_before": usage_a.cache_bytes,
+        "cache_bytes_copied": report.restore.bytes,
+        "restore_ms": report.restore.ms,
+        "handoff_ms": report.handoff.ms,
+        "total_ms": total_ms,
+        "viewers_handed_off": report.handoff.viewers,
+        "reconnects": s.reconnects,
+        "gap_p50_ms": s.gap_p50_ms,
+        "gap_p99_ms": s.gap_p99_ms,
+        "gap_max_ms": s.gap_max_ms,
+        "stalls": s.stalls,
+        "stalls_buffered_2s": buffered_2s.iter().map(|r| r.stalls as u64).sum::<u64>(),
+        "viewers_buffered_2s": buffered_2s.len(),
+        "buffer_at_handoff_p1_ms": viewer::percentile(&mut min_buf, 0.01),
+        "corrupt": s.corrupt,
+        "refused": s.refused,
+        "target_origin_streams": usage_b.origin_streams,
+        "target_clients": usage_b.clients,
+        "bitrate_bps": a.bitrate_bps,
+    }))
+}

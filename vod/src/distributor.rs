@@ -1,0 +1,670 @@
+//! The distributor (GloVE): one origin stream per video into a shared block cache, every
+//! viewer served from those blocks, each paced at the video's bitrate after a prefetch burst.
+//!
+//! Per viewer the distributor keeps one task with a socket, a byte position and a watch on the
+//! distributor's mode: no buffers (writes slice shared `Bytes` blocks). Pacing: at each tick
+//! (100 ms by default, on tokio's timer wheel) a viewer may have received
+//! `prefetch + bitrate × (elapsed + tick)` bytes; the distributor writes up to that, so bytes
+//! are never late unless the process is overloaded, and at most one tick early.
+//!
+//! Modes: `Serving`; `Draining` (existing viewers continue, new requests get 503);
+//! `HandedOff(url)` (every viewer connection is closed at once; any request, including the
+//! viewers' reconnects, gets `307` to the same path at `url`, so viewers resume there with
+//! `Range` at their exact byte).
+//!
+//! ## Layout
+//! - [`DistributorConfig`], [`Distributor`], [`Mode`], [`Stats`].
+//! - [`Distributor::serve`]: accept loop; `handle` parses, answers errors, runs `stream_to`.
+//! - `fetch_loop`: the origin fetcher of one video, driven by [`crate::cache::BlockCache`].
+//! - [`Distributor::checkpoint`] / [`Distributor::restore`] / [`Distributor::handoff`]:
+//!   what the control API ([`crate::control`]) calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OnceCell, watch};
+
+use crate::cache::BlockCache;
+use crate::http::{self, ResponseHead, Url};
+
+/// Distributor settings.
+#[derive(Debug, Clone)]
+pub struct DistributorConfig {
+    /// Origin base URL (video paths are appended).
+    pub origin: Url,
+    /// Cache window as a fraction of the video's duration (GloVE default 0.2).
+    pub window_fraction: f64,
+    /// Fixed cache window in bytes; overrides the fraction.
+    pub window_bytes: Option<u64>,
+    /// Cache block size in bytes.
+    pub block_size: u64,
+    /// Prefetch burst sent at once to a new connection, in milliseconds of video.
+    pub prefetch_ms: u64,
+    /// Pacing tick.
+    pub tick: Duration,
+}
+
+impl DistributorConfig {
+    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 100 ms tick.
+    pub fn new(origin: Url) -> Self {
+        Self {
+            origin,
+            window_fraction: 0.2,
+            window_bytes: None,
+            block_size: 64 * 1024,
+            prefetch_ms: 2000,
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Metadata of a video, learned from the origin (or from a checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoMeta {
+    /// Request path, e.g. `/movie.ts`.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bitrate in bits per second.
+    pub bitrate_bps: u64,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// What the distributor does with requests and viewers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Normal service.
+    Serving,
+    /// No new viewers (503); existing ones continue.
+    Draining,
+    /// Viewers were sent to this base URL; every request is redirected there (307).
+    HandedOff(Url),
+    /// Viewers closed, requests refused (503), fetchers stopped.
+    Stopped,
+}
+
+/// Counters (monotonic unless noted).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Body bytes sent to viewers.
+    pub bytes_sent: AtomicU64,
+    /// Bytes received from the origin.
+    pub bytes_received: AtomicU64,
+    /// Origin streams opened (GET requests to the origin).
+    pub origin_streams: AtomicU64,
+    /// Viewer connections served.
+    pub viewers_total: AtomicU64,
+    /// Viewer connections now (gauge).
+    pub viewers_active: AtomicU64,
+    /// Requests answered with an error status.
+    pub errors: AtomicU64,
+    /// Requests redirected after a handoff.
+    pub redirects: AtomicU64,
+}
+
+/// Why a video cannot be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VideoError {
+    /// The origin does not have it (404).
+    #[error("no such video")]
+    NotFound,
+    /// The origin failed or answered nonsense (502).
+    #[error("origin: {0}")]
+    Origin(String),
+}
+
+/// One video: metadata, cache, and the two wake-ups (data for viewers, work for the fetcher).
+#[derive(Debug)]
+struct VideoEntry {
+    meta: VideoMeta,
+    cache: Mutex<BlockCache>,
+    data_ready: Notify,
+    fetch_wake: Notify,
+}
+
+/// The distributor.
+#[derive(Debug)]
+pub struct Distributor {
+    cfg: DistributorConfig,
+    videos: Mutex<HashMap<String, Arc<OnceCell<Arc<VideoEntry>>>>>,
+    /// Counters.
+    pub stats: Stats,
+    mode: watch::Sender<Mode>,
+}
+
+/// A consistent-enough copy of the cache for a checkpoint: metadata, block references and
+/// viewer positions. Blocks are reference-counted, so taking it costs no copy.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Videos.
+    pub videos: Vec<VideoMeta>,
+    /// `(video index, block index, block size used, data)`.
+    pub blocks: Vec<(usize, u64, u64, Bytes)>,
+    /// `(video index, block, viewers)` positions at block granularity.
+    pub viewers: Vec<(usize, u64, u32)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave BlockCache half-updated in a way that
+    // matters more than stopping service would, so keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Distributor {
+    /// A new distributor in `Serving` mode.
+    pub fn new(cfg: DistributorConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            videos: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            mode: watch::channel(Mode::Serving).0,
+        })
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> Mode {
+        self.mode.borrow().clone()
+    }
+
+    /// Stops taking new viewers (503); existing ones continue.
+    pub fn drain(&self) {
+        self.mode.send_if_modified(|m| {
+            if *m == Mode::Serving {
+                *m = Mode::Draining;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Back to normal service (undoes drain or handoff).
+    pub fn resume(&self) {
+        self.mode.send_replace(Mode::Serving);
+    }
+
+    /// Sends every viewer to `to` (a base URL): closes their connections now and redirects
+    /// every later request there. Returns the viewers that were connected, once all of them
+    /// are closed (or after `wait`).
+    pub async fn handoff(&self, to: Url, wait: Duration) -> u64 {
+        let before = self.stats.viewers_active.load(Ordering::Relaxed);
+        self.mode.send_replace(Mode::HandedOff(to));
+        let deadline = Instant::now() + wait;
+        while self.stats.viewers_active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        before
+    }
+
+    /// Closes every viewer, refuses requests and stops the origin fetchers.
+    pub fn stop(&self) {
+        self.mode.send_replace(Mode::Stopped);
+        for e in self.entries() {
+            e.fetch_wake.notify_one();
+        }
+    }
+
+    /// Bytes held by all caches.
+    pub fn cache_bytes(&self) -> u64 {
+        self.entries().iter().map(|e| lock(&e.cache).bytes()).sum()
+    }
+
+    /// `(hits, misses, evictions, peak bytes)` summed over videos.
+    pub fn cache_counters(&self) -> (u64, u64, u64, u64) {
+        self.entries().iter().fold((0, 0, 0, 0), |a, e| {
+            let c = lock(&e.cache);
+            (
+                a.0 + c.hits,
+                a.1 + c.misses,
+                a.2 + c.evictions,
+                a.3 + c.peak_bytes,
+            )
+        })
+    }
+
+    fn entries(&self) -> Vec<Arc<VideoEntry>> {
+        lock(&self.videos)
+            .values()
+            .filter_map(|c| c.get().cloned())
+            .collect()
+    }
+
+    /// Takes a checkpoint of the caches and viewer positions.
+    pub fn checkpoint(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (i, e) in self.entries().into_iter().enumerate() {
+            let c = lock(&e.cache);
+            s.videos.push(e.meta.clone());
+            let bs = c.block_size();
+            s.blocks
+                .extend(c.snapshot().into_iter().map(|(b, d)| (i, b, bs, d)));
+            s.viewers.extend(c.viewer_blocks().map(|(b, n)| (i, b, n)));
+        }
+        s
+    }
+
+    /// Loads a checkpoint: creates the videos (no origin contact) and stores their blocks.
+    /// Blocks cut with another block size are stored only if they align with ours.
+    pub fn restore(self: &Arc<Self>, snap: Snapshot) -> u64 {
+        let mut stored = 0;
+        let entries: Vec<Arc<VideoEntry>> = snap
+            .videos
+            .iter()
+            .map(|m| self.install(m.clone()))
+            .collect();
+        for (vi, b, bs, data) in snap.blocks {
+            let Some(e) = entries.get(vi) else { continue };
+            let mut c = lock(&e.cache);
+            let (off, ours) = (b * bs, c.block_size());
+            if off % ours == 0 && data.len() as u64 == c.block_len(off / ours) {
+                stored += data.len() as u64;
+                c.insert(off / ours, data);
+            }
+        }
+        for e in &entries {
+            e.data_ready.notify_waiters();
+        }
+        stored
+    }
+
+    fn window_for(&self, meta: &VideoMeta) -> u64 {
+        self.cfg
+            .window_bytes
+            .unwrap_or_else(|| (meta.size as f64 * self.cfg.window_fraction.clamp(0.0, 1.0)) as u64)
+    }
+
+    fn install(self: &Arc<Self>, meta: VideoMeta) -> Arc<VideoEntry> {
+        let cell = lock(&self.videos)
+            .entry(meta.path.clone())
+            .or_default()
+            .clone();
+        if let Some(e) = cell.get() {
+            return e.clone();
+        }
+        let entry = self.new_entry(meta);
+        match cell.set(entry.clone()) {
+            Ok(()) => entry,
+            Err(_) => cell.get().cloned().unwrap_or(entry),
+        }
+    }
+
+    fn new_entry(self: &Arc<Self>, meta: VideoMeta) -> Arc<VideoEntry> {
+        let cache = BlockCache::new(self.cfg.block_size, meta.size, self.window_for(&meta));
+        let entry = Arc::new(VideoEntry {
+            meta,
+            cache: Mutex::new(cache),
+            data_ready: Notify::new(),
+            fetch_wake: Notify::new(),
+        });
+        tokio::spawn(fetch_loop(self.clone(), entry.clone()));
+        entry
+    }
+
+    async fn video(self: &Arc<Self>, path: &str) -> Result<Arc<VideoEntry>, VideoError> {
+        let cell = lock(&self.videos)
+            .entry(path.to_string())
+            .or_default()
+            .clone();
+        let r = cell
+            .get_or_try_init(|| async {
+                let url = self.cfg.origin.with_path(path);
+                let resp = http::head(&url, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| VideoError::Origin(e.to_string()))?;
+                match resp.status {
+                    404 => return Err(VideoError::NotFound),
+                    200 | 206 => {}
+                    s => return Err(VideoError::Origin(format!("status {s}"))),
+                }
+                let size = resp
+                    .content_range()
+                    .map(|(_, t)| t)
+                    .or_else(|| resp.header_u64("content-length"))
+                    .ok_or_else(|| VideoError::Origin("no size".into()))?;
+                let bitrate_bps = resp
+                    .header_u64("x-bitrate")
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| VideoError::Origin("no X-Bitrate".into()))?;
+                let duration_ms = resp
+                    .header_u64("x-duration-ms")
+                    .unwrap_or((size as u128 * 8000 / bitrate_bps as u128) as u64);
+                let meta = VideoMeta {
+                    path: path.to_string(),
+                    size,
+                    bitrate_bps,
+                    duration_ms,
+                };
+                Ok(self.new_entry(meta))
+            })
+            .await
+            .cloned();
+        if r.is_err() {
+            // Forget failures so that a later request retries the origin.
+            let mut v = lock(&self.videos);
+            if v.get(path).is_some_and(|c| c.get().is_none()) {
+                v.remove(path);
+            }
+        }
+        r
+    }
+
+    /// Runs the accept loop.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.handle(stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "distributor accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let req = match http::read_request(&mut stream, Duration::from_secs(10)).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(s) = e.status() {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    http::write_error(&mut stream, s, &[]).await;
+                }
+                return;
+            }
+        };
+        match self.mode() {
+            Mode::Serving => {}
+            Mode::Draining | Mode::Stopped => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                http::write_error(&mut stream, 503, &[("Retry-After", "1".into())]).await;
+                return;
+            }
+            Mode::HandedOff(to) => {
+                self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                http::write_error(
+                    &mut stream,
+                    307,
+                    &[("Location", to.with_path(&req.path).to_string())],
+                )
+                .await;
+                return;
+            }
+        }
+        let entry = match self.video(&req.path).await {
+            Ok(e) => e,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let status = if matches!(e, VideoError::NotFound) {
+                    404
+                } else {
+                    502
+                };
+                http::write_error(&mut stream, status, &[]).await;
+                return;
+            }
+        };
+        let size = entry.meta.size;
+        let (status, start, end) = match req.range.as_deref() {
+            None => (200, 0, size),
+            Some(r) => match http::parse_range(r)
+                .ok()
+                .and_then(|s| http::resolve_range(s, size))
+            {
+                Some((a, b)) => (206, a, b),
+                None => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    http::write_error(
+                        &mut stream,
+                        416,
+                        &[("Content-Range", format!("bytes */{size}"))],
+                    )
+                    .await;
+                    return;
+                }
+            },
+        };
+        let rate = entry.meta.bitrate_bps as f64 / 8.0;
+        let prefetch = (rate * self.cfg.prefetch_ms as f64 / 1000.0) as u64;
+        let mut head = ResponseHead::new(status)
+            .header("Content-Type", "video/mp2t")
+            .header("Accept-Ranges", "bytes")
+            .header("Content-Length", end - start)
+            .header("X-Bitrate", entry.meta.bitrate_bps)
+            .header("X-Duration-Ms", entry.meta.duration_ms)
+            .header("X-Prefetch-Bytes", prefetch);
+        if status == 206 {
+            head = head.header("Content-Range", format!("bytes {start}-{}/{size}", end - 1));
+        }
+        if stream.write_all(&head.finish()).await.is_err() || req.head_only {
+            return;
+        }
+        self.stats.viewers_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.viewers_active.fetch_add(1, Ordering::Relaxed);
+        let bs = lock(&entry.cache).block_size();
+        let mut block = start / bs;
+        lock(&entry.cache).add_viewer(block);
+        entry.fetch_wake.notify_one();
+        let mut mode = self.mode.subscribe();
+        let _ = self
+            .stream_to(
+                &entry,
+                &mut stream,
+                start,
+                end,
+                prefetch,
+                &mut block,
+                &mut mode,
+            )
+            .await;
+        lock(&entry.cache).remove_viewer(block);
+        entry.fetch_wake.notify_one();
+        self.stats.viewers_active.fetch_sub(1, Ordering::Relaxed);
+        let _ = stream.shutdown().await;
+    }
+
+    /// Paced send of `[start, end)`. Returns when done, on a write error, or on handoff.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_to(
+        &self,
+        entry: &VideoEntry,
+        stream: &mut TcpStream,
+        start: u64,
+        end: u64,
+        prefetch: u64,
+        block: &mut u64,
+        mode: &mut watch::Receiver<Mode>,
+    ) -> std::io::Result<()> {
+        let rate = entry.meta.bitrate_bps as f64 / 8.0;
+        let tick = self.cfg.tick;
+        let t0 = tokio::time::Instant::now();
+        let bs = lock(&entry.cache).block_size();
+        let mut pos = start;
+        loop {
+            let ahead = t0.elapsed() + tick;
+            let target = (start + prefetch + (rate * ahead.as_secs_f64()) as u64).min(end);
+            while pos < target {
+                let b = pos / bs;
+                if b != *block {
+                    lock(&entry.cache).move_viewer(*block, b);
+                    entry.fetch_wake.notify_one();
+                    *block = b;
+                }
+                let Some(data) = wait_block(entry, b, mode).await else {
+                    return Ok(());
+                };
+                let off = (pos - b * bs) as usize;
+                let n = (data.len().saturating_sub(off) as u64).min(target - pos) as usize;
+                if n == 0 {
+                    return Err(std::io::Error::other("short block"));
+                }
+                tokio::select! {
+                    r = stream.write_all(&data[off..off + n]) => r?,
+                    _ = handed_off(mode) => return Ok(()),
+                }
+                pos += n as u64;
+                self.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if pos >= end {
+                return Ok(());
+            }
+            let k = t0.elapsed().as_nanos() / tick.as_nanos().max(1) + 1;
+            let deadline = t0 + tick * k as u32;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = handed_off(mode) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Resolves when the mode becomes `HandedOff` (or the distributor is gone).
+async fn handed_off(mode: &mut watch::Receiver<Mode>) {
+    let _ = mode
+        .wait_for(|m| matches!(m, Mode::HandedOff(_) | Mode::Stopped))
+        .await;
+}
+
+/// Block `b`, waiting for the fetcher when it is missing; None on handoff.
+async fn wait_block(entry: &VideoEntry, b: u64, mode: &mut watch::Receiver<Mode>) -> Option<Bytes> {
+    loop {
+        let notified = entry.data_ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut c = lock(&entry.cache);
+            if let Some(d) = c.get(b) {
+                return Some(d);
+            }
+            c.want(b);
+        }
+        entry.fetch_wake.notify_one();
+        tokio::select! {
+            _ = notified => {}
+            _ = handed_off(mode) => return None,
+            // Bound the wait so a lost origin never parks a viewer forever unnoticed.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// An open origin stream positioned at a block boundary.
+struct OriginConn {
+    stream: TcpStream,
+    next_block: u64,
+    leftover: Vec<u8>,
+}
+
+async fn open_origin(
+    d: &Distributor,
+    e: &VideoEntry,
+    b: u64,
+    bs: u64,
+) -> Result<OriginConn, String> {
+    let url = d.cfg.origin.with_path(&e.meta.path);
+    let from = b * bs;
+    let resp = http::get(&url, Some(from), Duration::from_secs(5))
+        .await
+        .map_err(|x| x.to_string())?;
+    d.stats.origin_streams.fetch_add(1, Ordering::Relaxed);
+    match (resp.status, resp.content_range()) {
+        (206, Some((s, total))) if s == from && total == e.meta.size => {}
+        (200, _) if from == 0 => {}
+        (s, cr) => return Err(format!("origin answered {s} {cr:?} for bytes={from}-")),
+    }
+    Ok(OriginConn {
+        stream: resp.stream,
+        next_block: b,
+        leftover: resp.leftover,
+    })
+}
+
+async fn read_block(conn: &mut OriginConn, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(len);
+    let take = conn.leftover.len().min(len);
+    buf.extend_from_slice(&conn.leftover[..take]);
+    conn.leftover.drain(..take);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let n = (&mut conn.stream)
+            .take(want as u64)
+            .read_buf(&mut buf)
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    conn.next_block += 1;
+    Ok(buf.freeze())
+}
+
+/// The single origin fetcher of one video.
+async fn fetch_loop(d: Arc<Distributor>, e: Arc<VideoEntry>) {
+    let mut conn: Option<OriginConn> = None;
+    let mut failures = 0u32;
+    loop {
+        if d.mode() == Mode::Stopped {
+            return;
+        }
+        let next = lock(&e.cache).next_fetch();
+        let Some(b) = next else {
+            e.fetch_wake.notified().await;
+            continue;
+        };
+        let (bs, len) = {
+            let c = lock(&e.cache);
+            (c.block_size(), c.block_len(b) as usize)
+        };
+        if conn.as_ref().is_none_or(|c| c.next_block != b) {
+            conn = match open_origin(&d, &e, b, bs).await {
+                Ok(c) => Some(c),
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!(video = %e.meta.path, block = b, cause = %err, "origin fetch failed");
+                    tokio::time::sleep(Duration::from_millis((50 * failures as u64).min(1000)))
+                        .await;
+                    continue;
+                }
+            };
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match read_block(c, len).await {
+            Ok(data) => {
+                failures = 0;
+                d.stats
+                    .bytes_received
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                lock(&e.cache).insert(b, data);
+                e.data_ready.notify_waiters();
+            }
+            Err(err) => {
+                tracing::warn!(video = %e.meta.path, block = b, cause = %err, "origin stream broke");
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Binds a TCP listener with a large accept backlog (bursts of thousands of viewers).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(8192)?;
+    TcpListener::from_std(sock.into())
+}

@@ -1,0 +1,523 @@
+//! A lean HTTP/1.1 layer for long paced streams: request heads parsed with `httparse`,
+//! byte ranges, response heads, URLs, and a minimal client.
+//!
+//! Why not hyper: every connection here is one GET answered by one long body written from
+//! shared cache blocks at a paced rate, then closed. That needs no keep-alive, no chunked
+//! encoding and no body channel; hand-rolling it keeps a paced connection at one task, one
+//! socket and a few words of state (no per-connection buffers once the head is parsed), and
+//! lets the load generator read 10k sockets into a per-thread buffer. Parsing, the part that
+//! must be robust against hostile input, is `httparse`'s.
+//!
+//! ## Layout
+//! - [`read_request`], [`Request`], [`HttpError`]: server side request heads with limits.
+//! - [`RangeSpec`], [`parse_range`], [`resolve_range`]: `Range: bytes=...`.
+//! - [`ResponseHead`]: builds status line and headers.
+//! - [`Url`], [`get`], [`ClientResponse`]: client side.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest request or response head accepted.
+pub const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// True for HEAD (no body), false for GET.
+    pub head_only: bool,
+    /// Path without query string.
+    pub path: String,
+    /// Raw value of the Range header, if any.
+    pub range: Option<String>,
+}
+
+/// A request that must be answered with an error status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HttpError {
+    /// Syntax error in the request head.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Head larger than [`MAX_HEAD`] or too many headers.
+    #[error("request head too large")]
+    TooLarge,
+    /// Method other than GET or HEAD.
+    #[error("method not allowed")]
+    Method,
+    /// The client did not send a complete head in time.
+    #[error("request timeout")]
+    Timeout,
+    /// The connection closed or failed before a complete head.
+    #[error("connection closed before a complete request")]
+    Closed,
+}
+
+impl HttpError {
+    /// Status code to answer with, or None when nothing can be answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Malformed(_) => Some(400),
+            HttpError::TooLarge => Some(431),
+            HttpError::Method => Some(405),
+            HttpError::Timeout => Some(408),
+            HttpError::Closed => None,
+        }
+    }
+}
+
+/// Parses a complete request head from `buf`; Ok(None) means more bytes are needed.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= MAX_HEAD {
+                Err(HttpError::TooLarge)
+            } else {
+                Ok(None)
+            }
+        }
+        Ok(httparse::Status::Complete(_)) => {
+            let head_only = match req.method {
+                Some("GET") => false,
+                Some("HEAD") => true,
+                _ => return Err(HttpError::Method),
+            };
+            let raw = req.path.unwrap_or("");
+            let path = raw.split('?').next().unwrap_or("");
+            if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
+                return Err(HttpError::Malformed(format!("bad path {raw:?}")));
+            }
+            let range = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("range"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned());
+            Ok(Some(Request {
+                head_only,
+                path: path.to_string(),
+                range,
+            }))
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooLarge),
+        Err(e) => Err(HttpError::Malformed(e.to_string())),
+    }
+}
+
+/// Reads one request head from a fresh connection, with a size limit and a deadline.
+pub async fn read_request(stream: &mut TcpStream, timeout: Duration) -> Result<Request, HttpError> {
+    let fut = async {
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|_| HttpError::Closed)?;
+            if n == 0 {
+                return Err(if buf.is_empty() {
+                    HttpError::Closed
+                } else {
+                    HttpError::Malformed("truncated head".into())
+                });
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(r) = parse_request(&buf)? {
+                return Ok(r);
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| HttpError::Timeout)?
+}
+
+/// A `Range: bytes=` request for a single range (multiple ranges are not supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=a-`
+    From(u64),
+    /// `bytes=a-b` (inclusive end)
+    FromTo(u64, u64),
+    /// `bytes=-n`: the last n bytes
+    Suffix(u64),
+}
+
+/// Parses a Range header value. Any form this server does not serve is an error, answered 416.
+pub fn parse_range(value: &str) -> Result<RangeSpec, String> {
+    let spec = value
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(|| format!("unsupported range unit in {value:?}"))?;
+    if spec.contains(',') {
+        return Err("multiple ranges are not supported".into());
+    }
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| format!("bad range {value:?}"))?;
+    let num = |s: &str| -> Result<u64, String> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(format!("bad range {value:?}"));
+        }
+        s.parse::<u64>()
+            .map_err(|_| format!("range number out of bounds in {value:?}"))
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => Err(format!("bad range {value:?}")),
+        (true, false) => Ok(RangeSpec::Suffix(num(b)?)),
+        (false, true) => Ok(RangeSpec::From(num(a)?)),
+        (false, false) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if b < a {
+                return Err(format!("range end before start in {value:?}"));
+            }
+            Ok(RangeSpec::FromTo(a, b))
+        }
+    }
+}
+
+/// Turns a range into `[start, end)` within a resource of `size` bytes, or None when it
+/// cannot be satisfied (416).
+pub fn resolve_range(spec: RangeSpec, size: u64) -> Option<(u64, u64)> {
+    match spec {
+        RangeSpec::From(a) if a < size => Some((a, size)),
+        RangeSpec::FromTo(a, b) if a < size => Some((a, b.saturating_add(1).min(size))),
+        RangeSpec::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size)),
+        _ => None,
+    }
+}
+
+/// Builder for a response head. Every response closes the connection after its body.
+#[derive(Debug)]
+pub struct ResponseHead(String);
+
+impl ResponseHead {
+    /// Starts a head with the status line.
+    pub fn new(status: u16) -> Self {
+        let reason = match status {
+            200 => "OK",
+            206 => "Partial Content",
+            302 => "Found",
+            307 => "Temporary Redirect",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            416 => "Range Not Satisfiable",
+            431 => "Request Header Fields Too Large",
+            502 => "Bad Gateway",
+            503 => "Service Unavailable",
+            _ => "Status",
+        };
+        Self(format!("HTTP/1.1 {status} {reason}\r\n"))
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: impl std::fmt::Display) -> Self {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{name}: {value}\r\n");
+        self
+    }
+
+    /// Finishes the head (adds `Connection: close`).
+    pub fn finish(self) -> Vec<u8> {
+        let mut s = self.0;
+        s.push_str("Connection: close\r\n\r\n");
+        s.into_bytes()
+    }
+}
+
+/// Writes a short error response (with a text body) and closes.
+pub async fn write_error(stream: &mut TcpStream, status: u16, extra: &[(&str, String)]) {
+    let body = format!("{status}\n");
+    let mut head = ResponseHead::new(status)
+        .header("Content-Type", "text/plain")
+        .header("Content-Length", body.len());
+    for (k, v) in extra {
+        head = head.header(k, v);
+    }
+    let mut bytes = head.finish();
+    bytes.extend_from_slice(body.as_bytes());
+    let _ = stream.write_all(&bytes).await;
+    let _ = stream.shutdown().await;
+}
+
+/// An `http://host:port/path` URL (no TLS, no user info).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Host name or IP literal.
+    pub host: String,
+    /// TCP port (80 when absent).
+    pub port: u16,
+    /// Path, starting with `/`.
+    pub path: String,
+}
+
+impl Url {
+    /// Parses an absolute http URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("not an http:// URL: {s:?}"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>().map_err(|_| format!("bad port in {s:?}"))?,
+            ),
+            _ => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("empty host in {s:?}"));
+        }
+        Ok(Url {
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
+    }
+
+    /// Resolves a Location header against this URL (absolute URL or absolute path).
+    pub fn join(&self, location: &str) -> Result<Url, String> {
+        if location.starts_with("http://") {
+            Url::parse(location)
+        } else if location.starts_with('/') {
+            Ok(Url {
+                path: location.to_string(),
+                ..self.clone()
+            })
+        } else {
+            Err(format!("unsupported Location {location:?}"))
+        }
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// This URL with another path.
+    pub fn with_path(&self, path: &str) -> Url {
+        Url {
+            path: path.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+    }
+}
+
+/// Client side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket error.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The response head was not valid HTTP.
+    #[error("bad response: {0}")]
+    Bad(String),
+    /// No complete head in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// A response head plus the connection positioned at the start of the body.
+#[derive(Debug)]
+pub struct ClientResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers with lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes that arrived with the head.
+    pub leftover: Vec<u8>,
+    /// The connection.
+    pub stream: TcpStream,
+}
+
+impl ClientResponse {
+    /// First header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Header parsed as a number.
+    pub fn header_u64(&self, name: &str) -> Option<u64> {
+        self.header(name).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `(start, total)` from `Content-Range: bytes a-b/total`.
+    pub fn content_range(&self) -> Option<(u64, u64)> {
+        let v = self.header("content-range")?.strip_prefix("bytes ")?;
+        let (range, total) = v.split_once('/')?;
+        let (a, _) = range.split_once('-')?;
+        Some((a.trim().parse().ok()?, total.trim().parse().ok()?))
+    }
+}
+
+/// Sends `GET url` (with `Range: bytes=from-` when `from` is given) and reads the head.
+pub async fn get(
+    url: &Url,
+    from: Option<u64>,
+    timeout: Duration,
+) -> Result<ClientResponse, ClientError> {
+    request("GET", url, from, timeout).await
+}
+
+/// Sends `HEAD url` and reads the head.
+pub async fn head(url: &Url, timeout: Duration) -> Result<ClientResponse, ClientError> {
+    request("HEAD", url, None, timeout).await
+}
+
+async fn request(
+    method: &str,
+    url: &Url,
+    from: Option<u64>,
+    timeout: Duration,
+) -> Result<ClientResponse, ClientError> {
+    let fut = async {
+        let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
+        stream.set_nodelay(true)?;
+        let mut req = format!(
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: smart-vod\r\n",
+            url.path,
+            url.authority()
+        );
+        if let Some(f) = from {
+            req.push_str(&format!("Range: bytes={f}-\r\n"));
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(ClientError::Bad(
+                    "connection closed before response head".into(),
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let headers = resp
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let leftover = buf[len..].to_vec();
+                    return Ok(ClientResponse {
+                        status,
+                        headers,
+                        leftover,
+                        stream,
+                    });
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+                Ok(httparse::Status::Partial) => {
+                    return Err(ClientError::Bad("response head too large".into()));
+                }
+                Err(e) => return Err(ClientError::Bad(e.to_string())),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ClientError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_get_with_range() {
+        let r = parse_request(b"GET /v.ts?x=1 HTTP/1.1\r\nHost: a\r\nRange: bytes=10-\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r,
+            Request {
+                head_only: false,
+                path: "/v.ts".into(),
+                range: Some("bytes=10-".into())
+            }
+        );
+        assert_eq!(parse_request(b"GET /v.ts HTTP/1.1\r\nHost"), Ok(None));
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_statuses() {
+        let status = |b: &[u8]| parse_request(b).unwrap_err().status();
+        assert_eq!(status(b"POST /v HTTP/1.1\r\n\r\n"), Some(405));
+        assert_eq!(status(b"GET /../etc HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(status(b"\x00\x01garbage\r\n\r\n"), Some(400));
+        assert_eq!(status(b"GET nopath HTTP/1.1\r\n\r\n"), Some(400));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(status(big.as_bytes()), Some(431));
+        let many: String = (0..40).map(|i| format!("H{i}: v\r\n")).collect();
+        assert_eq!(
+            status(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Some(431)
+        );
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=5-"), Ok(RangeSpec::From(5)));
+        assert_eq!(parse_range("bytes=5-9"), Ok(RangeSpec::FromTo(5, 9)));
+        assert_eq!(parse_range("bytes=-3"), Ok(RangeSpec::Suffix(3)));
+        for bad in [
+            "bytes=9-5",
+            "bytes=a-",
+            "items=1-",
+            "bytes=1-2,4-5",
+            "bytes=-",
+            "bytes=99999999999999999999999-",
+        ] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+        assert_eq!(resolve_range(RangeSpec::From(5), 10), Some((5, 10)));
+        assert_eq!(resolve_range(RangeSpec::From(10), 10), None);
+        assert_eq!(
+            resolve_range(RangeSpec::FromTo(2, u64::MAX), 10),
+            Some((2, 10))
+        );
+        assert_eq!(resolve_range(RangeSpec::Suffix(30), 10), Some((0, 10)));
+        assert_eq!(resolve_range(RangeSpec::Suffix(0), 10), None);
+    }
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("http://127.0.0.1:8080/a/v.ts").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/a/v.ts")
+        );
+        assert_eq!(Url::parse("http://h").unwrap().path, "/");
+        assert_eq!(u.join("/b").unwrap().to_string(), "http://127.0.0.1:8080/b");
+        assert_eq!(u.join("http://x:1/c").unwrap().authority(), "x:1");
+        assert!(Url::parse("https://h/").is_err());
+        assert!(Url::parse("http://h:99999/").is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The origin: serves whole videos over HTTP/1.1 with `Range` (206), unpaced, with the video's
+//! bitrate and duration as response headers (`X-Bitrate`, `X-Duration-Ms`).
+//!
+//! The catalogue is held in memory (`Bytes`), loaded from files or generated. Bitrates come
+//! from the generator, a `--bitrate` given by the operator, or the file's PCRs.
+//!
+//! ## Layout
+//! - [`Video`]: one catalogue entry; [`Video::generated`], [`Video::from_file`].
+//! - [`Origin`]: the catalogue and counters; [`Origin::serve`] runs the accept loop.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::http::{self, ResponseHead};
+use crate::ts;
+
+/// One video of the catalogue.
+#[derive(Debug, Clone)]
+pub struct Video {
+    /// The MPEG-TS bytes.
+    pub data: Bytes,
+    /// Bitrate in bits per second.
+    pub bitrate_bps: u64,
+}
+
+impl Video {
+    /// A generated video.
+    pub fn generated(params: ts::VideoParams) -> Result<Self, ts::TsError> {
+        Ok(Self {
+            data: Bytes::from(ts::generate(params)?),
+            bitrate_bps: params.bitrate_bps,
+        })
+    }
+
+    /// A file; its bitrate is `bitrate_bps` or else estimated from its PCRs.
+    pub fn from_file(path: &Path, bitrate_bps: Option<u64>) -> std::io::Result<Self> {
+        let data = std::fs::read(path)?;
+        let bitrate_bps = bitrate_bps
+            .or_else(|| ts::estimate_bitrate(&data))
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{}: no PCR found; give its bitrate",
+                    path.display()
+                ))
+            })?;
+        Ok(Self {
+            data: Bytes::from(data),
+            bitrate_bps,
+        })
+    }
+
+    /// Duration in milliseconds implied by size and bitrate.
+    pub fn duration_ms(&self) -> u64 {
+        (self.data.len() as u128 * 8000 / self.bitrate_bps.max(1) as u128) as u64
+    }
+}
+
+/// Origin counters.
+#[derive(Debug, Default)]
+pub struct OriginStats {
+    /// Video responses started (each is one origin stream).
+    pub streams: AtomicU64,
+    /// Body bytes sent.
+    pub bytes_sent: AtomicU64,
+}
+
+/// The origin server.
+#[derive(Debug, Default)]
+pub struct Origin {
+    videos: HashMap<String, Video>,
+    /// Counters.
+    pub stats: OriginStats,
+}
+
+impl Origin {
+    /// An empty catalogue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a video under `name` (served at `/name`).
+    pub fn add(&mut self, name: &str, video: Video) {
+        self.videos
+            .insert(format!("/{}", name.trim_start_matches('/')), video);
+    }
+
+    /// Runs the accept loop until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.handle(stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "origin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, mut stream: TcpStream) {
+        let req = match http::read_request(&mut stream, Duration::from_secs(10)).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(s) = e.status() {
+                    http::write_error(&mut stream, s, &[]).await;
+                }
+                return;
+            }
+        };
+        let Some(video) = self.videos.get(&req.path) else {
+            http::write_error(&mut stream, 404, &[]).await;
+            return;
+        };
+        let size = video.data.len() as u64;
+        let (status, start, end) = match req.range.as_deref() {
+            None => (200, 0, size),
+            Some(r) => match http::parse_range(r)
+                .ok()
+                .and_then(|s| http::resolve_range(s, size))
+            {
+                Some((a, b)) => (206, a, b),
+                None => {
+                    http::write_error(
+                        &mut stream,
+                        416,
+                        &[("Content-Range", format!("bytes */{size}"))],
+                    )
+                    .await;
+                    return;
+                }
+            },
+        };
+        let mut head = ResponseHead::new(status)
+            .header("Content-Type", "video/mp2t")
+            .header("Accept-Ranges", "bytes")
+            .header("Content-Length", end - start)
+            .header("X-Bitrate", video.bitrate_bps)
+            .header("X-Duration-Ms", video.duration_ms());
+        if status == 206 {
+            head = head.header("Content-Range", format!("bytes {start}-{}/{size}", end - 1));
+        }
+        if stream.write_all(&head.finish()).await.is_err() || req.head_only {
+            return;
+        }
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        let body = video.data.slice(start as usize..end as usize);
+        for chunk in body.chunks(256 * 1024) {
+            if stream.write_all(chunk).await.is_err() {
+                return;
+            }
+            self.stats
+                .bytes_sent
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        let _ = stream.shutdown().await;
+    }
+}
