@@ -1,1 +1,439 @@
-//! (in progress)
+//! TCP frames: the length prefix, the size limit, the postcard envelope and the per-frame tag.
+//!
+//! Everything that crosses a SMART TCP connection is a *frame*. This module is the pure codec
+//! (no sockets, no `.await`): it turns values into frame bytes and frame bytes back into
+//! values, refusing anything malformed with a typed [`FrameError`], never with a panic, and
+//! never allocating more than the configured maximum frame size.
+//!
+//! # Wire format (enough to write a compatible peer in any language)
+//!
+//! ## Frame
+//!
+//! ```text
+//! +----------------------+---------------------------+
+//! | length: u32, big end | payload: `length` bytes   |
+//! +----------------------+---------------------------+
+//! ```
+//!
+//! `length` counts the payload only (not the 4 prefix bytes). A receiver reads the 4 bytes,
+//! compares `length` with its limit (default [`DEFAULT_MAX_FRAME`] = 1 MiB for data frames,
+//! [`HANDSHAKE_MAX_FRAME`] = 512 bytes until the handshake has succeeded) and closes the
+//! connection if it is larger, *before* allocating anything. A length of 0 is legal at this
+//! level but no SMART payload is empty, so it is then refused as truncated.
+//!
+//! ## Postcard
+//!
+//! Payload values are encoded with [postcard](https://postcard.jamesmunns.com/wire-format)
+//! 1.x: `u8` is one raw byte; `u16`/`u32`/`u64` are unsigned LEB128 varints (7 bits per byte,
+//! least significant group first, high bit set on every byte but the last); `bool` is one
+//! byte 0/1; a fixed array `[u8; N]` is its `N` raw bytes with no length; a byte string,
+//! `String` or `Vec<T>` is a varint count followed by the elements; `Option<T>` is a byte 0
+//! (None) or 1 followed by `T`; an enum is a varint variant index (in declaration order,
+//! starting at 0) followed by the variant's fields in order; a struct is its fields in order.
+//!
+//! ## Handshake payloads
+//!
+//! The first frames on a connection are handshake messages (see
+//! [`crate::transport::handshake`]): the payload is the postcard encoding of one message,
+//! with no tag, and at most [`HANDSHAKE_MAX_FRAME`] bytes.
+//!
+//! ## Data payloads
+//!
+//! After the handshake every payload is an [`Envelope`] followed by a 32-byte tag:
+//!
+//! ```text
+//! payload = postcard(Envelope<B>) || tag
+//! Envelope = version: u8 (= PROTOCOL_VERSION, raw byte, always the first payload byte)
+//!            from: u64 varint         sender node id (client id for message-API clients)
+//!            incarnation: u64 varint  sender boot counter (0 for clients)
+//!            epoch: u64 varint        highest Control epoch the sender knows
+//!            seq: u64 varint          per connection and direction, starts at 1, +1 per frame
+//!            body: B                  the application body (see `transport::Message`)
+//! tag = HMAC-SHA256(session_key, direction_byte || postcard(Envelope<B>))   (32 bytes)
+//! ```
+//!
+//! `session_key` is derived by the handshake; `direction_byte` is [`Direction::ToAcceptor`]
+//! (1) for frames sent by the side that opened the connection and [`Direction::ToInitiator`]
+//! (2) for frames sent by the side that accepted it, so a frame cannot be reflected back to
+//! its sender. A receiver checks, in this order: length limit, tag (before parsing anything),
+//! version byte, postcard decoding with no trailing bytes between the envelope and the tag,
+//! `seq` strictly greater than the previous frame's (replays and reordering refused), and
+//! `from`/`incarnation` equal to the identity proven in the handshake. Any failure closes the
+//! connection: a byte stream that failed once cannot be trusted to be in sync again.
+//!
+//! ## Layout
+//! - [`Envelope`] and [`PROTOCOL_VERSION`]: the header every data frame carries.
+//! - [`FrameError`]: every way a frame can be refused.
+//! - [`check_len`], [`encode_value`]/[`decode_value`]: prefix and plain (handshake) payloads.
+//! - [`seal_frame`]/[`open_payload`]: tagged data frames.
+//! - [`decode_frame`]: a pure structural parser of a whole data frame, for fuzzing.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ClusterKey, Epoch, Incarnation, NodeId, TAG_LEN};
+
+/// The envelope version this build speaks. Bumped on any incompatible wire change.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Length of the frame length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Default limit on a data frame's payload (1 MiB).
+pub const DEFAULT_MAX_FRAME: u32 = 1024 * 1024;
+
+/// Limit on a payload before the peer has proven the cluster key: an unauthenticated peer
+/// can make us allocate at most this much.
+pub const HANDSHAKE_MAX_FRAME: u32 = 512;
+
+/// The header carried by every data frame, around the application body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    /// Always [`PROTOCOL_VERSION`]; first byte of the payload.
+    pub version: u8,
+    /// The sender's node id (for a message-API client, its client id).
+    pub from: NodeId,
+    /// The sender's incarnation (0 for clients).
+    pub incarnation: Incarnation,
+    /// The highest Control epoch the sender has seen when it sent the frame.
+    pub epoch: Epoch,
+    /// Per connection and direction; strictly increasing (starts at 1).
+    pub seq: u64,
+    /// The application body.
+    pub body: B,
+}
+
+/// Which way a data frame travels; part of its tag so frames cannot be reflected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Direction {
+    /// Sent by the side that opened the connection.
+    ToAcceptor = 1,
+    /// Sent by the side that accepted the connection.
+    ToInitiator = 2,
+}
+
+impl Direction {
+    /// The other direction.
+    pub fn reverse(self) -> Self {
+        match self {
+            Direction::ToAcceptor => Direction::ToInitiator,
+            Direction::ToInitiator => Direction::ToAcceptor,
+        }
+    }
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the limit; nothing was allocated.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced (or encoded) payload length.
+        len: u64,
+        /// The limit in force.
+        max: u32,
+    },
+    /// The bytes end before the frame does.
+    #[error("frame truncated: {0} incomplete")]
+    Truncated(&'static str),
+    /// The payload is not a valid postcard encoding of the expected type.
+    #[error("malformed frame: {0}")]
+    Malformed(#[source] postcard::Error),
+    /// Bytes left over after the value: refused so that one frame has one meaning.
+    #[error("{0} unexpected trailing bytes in frame")]
+    TrailingBytes(usize),
+    /// The envelope version is not ours.
+    #[error("unsupported protocol version {got} (this node speaks {expected})")]
+    BadVersion {
+        /// The version byte received.
+        got: u8,
+        /// [`PROTOCOL_VERSION`].
+        expected: u8,
+    },
+    /// The tag does not match: forged, corrupted, or sealed with another session key.
+    #[error("frame authentication failed (forged or corrupted frame)")]
+    BadTag,
+    /// The sequence number did not grow: a replayed or reordered frame.
+    #[error("frame sequence number {got} is not above {last}: replayed or reordered")]
+    Replayed {
+        /// The received sequence number.
+        got: u64,
+        /// The last accepted one.
+        last: u64,
+    },
+    /// The envelope names someone else than the peer authenticated by the handshake.
+    #[error("frame claims to come from {claimed} but the connection is authenticated as {actual}")]
+    WrongSender {
+        /// `from` in the envelope.
+        claimed: NodeId,
+        /// The authenticated identity.
+        actual: NodeId,
+    },
+    /// The peer closed the connection cleanly between frames.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The connection failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    /// True for errors caused by the bytes a peer sent (counted as rejected frames), false
+    /// for connection-level events (close, I/O error).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, FrameError::Closed | FrameError::Io(_))
+    }
+}
+
+fn malformed(e: postcard::Error) -> FrameError {
+    match e {
+        postcard::Error::DeserializeUnexpectedEnd => FrameError::Truncated("value"),
+        other => FrameError::Malformed(other),
+    }
+}
+
+/// Validates a length prefix against `max`; returns the payload length to read.
+pub fn check_len(prefix: [u8; LEN_PREFIX], max: u32) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix);
+    if len > max {
+        return Err(FrameError::TooLarge {
+            len: len.into(),
+            max,
+        });
+    }
+    Ok(len as usize)
+}
+
+/// Writes the big-endian length prefix into the first 4 bytes of `frame`, checking `max`.
+fn finish_prefix(frame: &mut [u8], max: u32) -> Result<(), FrameError> {
+    let len = frame.len() - LEN_PREFIX;
+    if len > max as usize {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    frame[..LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Encodes `value` as a whole frame with no tag (handshake messages).
+pub fn encode_value<T: Serialize>(value: &T, max: u32) -> Result<Vec<u8>, FrameError> {
+    let mut frame = postcard::to_extend(value, vec![0u8; LEN_PREFIX]).map_err(malformed)?;
+    finish_prefix(&mut frame, max)?;
+    Ok(frame)
+}
+
+/// Decodes a payload holding exactly one postcard value (handshake messages).
+pub fn decode_value<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    if payload.is_empty() {
+        return Err(FrameError::Truncated("value"));
+    }
+    let (value, rest) = postcard::take_from_bytes(payload).map_err(malformed)?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+fn decode_envelope<B: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<B>, FrameError> {
+    // The version byte is checked before decoding the rest so that a peer speaking another
+    // version gets `BadVersion`, not a confusing decoding error.
+    match bytes.first() {
+        None => return Err(FrameError::Truncated("envelope")),
+        Some(&v) if v != PROTOCOL_VERSION => {
+            return Err(FrameError::BadVersion {
+                got: v,
+                expected: PROTOCOL_VERSION,
+            });
+        }
+        Some(_) => {}
+    }
+    decode_value(bytes)
+}
+
+/// Encodes `env` as a whole data frame: prefix, postcard envelope, tag under `key`.
+///
+/// Refuses (with [`FrameError::TooLarge`]) a frame the receiver would refuse, so an oversized
+/// message fails at its sender with a clear error instead of killing the connection.
+pub fn seal_frame<B: Serialize>(
+    env: &Envelope<B>,
+    key: &ClusterKey,
+    dir: Direction,
+    max: u32,
+) -> Result<Vec<u8>, FrameError> {
+    let mut frame = postcard::to_extend(env, vec![0u8; LEN_PREFIX]).map_err(malformed)?;
+    let tag = key.sign(&[&[dir as u8], &frame[LEN_PREFIX..]]);
+    frame.extend_from_slice(&tag);
+    finish_prefix(&mut frame, max)?;
+    Ok(frame)
+}
+
+/// Verifies the tag of a data payload (prefix already stripped), then decodes its envelope.
+pub fn open_payload<B: DeserializeOwned>(
+    payload: &[u8],
+    key: &ClusterKey,
+    dir: Direction,
+) -> Result<Envelope<B>, FrameError> {
+    let Some(split) = payload.len().checked_sub(TAG_LEN) else {
+        return Err(FrameError::Truncated("tag"));
+    };
+    let (body, tag) = payload.split_at(split);
+    if !key.verify(&[&[dir as u8], body], tag) {
+        return Err(FrameError::BadTag);
+    }
+    decode_envelope(body)
+}
+
+/// Parses one whole data frame (prefix included) without checking its tag: the structural
+/// half of [`open_payload`], pure and panic-free, meant for fuzz targets and diagnostics.
+/// `frame` must hold exactly one frame; extra bytes are [`FrameError::TrailingBytes`].
+pub fn decode_frame<B: DeserializeOwned>(
+    frame: &[u8],
+    max: u32,
+) -> Result<Envelope<B>, FrameError> {
+    let Some((prefix, rest)) = frame.split_first_chunk::<LEN_PREFIX>() else {
+        return Err(FrameError::Truncated("length prefix"));
+    };
+    let len = check_len(*prefix, max)?;
+    if rest.len() < len {
+        return Err(FrameError::Truncated("payload"));
+    }
+    if rest.len() > len {
+        return Err(FrameError::TrailingBytes(rest.len() - len));
+    }
+    let Some(split) = rest.len().checked_sub(TAG_LEN) else {
+        return Err(FrameError::Truncated("tag"));
+    };
+    decode_envelope(&rest[..split])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_bytes(b"0123456789abcdef-session").unwrap()
+    }
+
+    fn env(body: Vec<u8>) -> Envelope<Vec<u8>> {
+        Envelope {
+            version: PROTOCOL_VERSION,
+            from: NodeId(7),
+            incarnation: 3,
+            epoch: 42,
+            seq: 1,
+            body,
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip() {
+        let e = env(b"hello".to_vec());
+        let frame = seal_frame(&e, &key(), Direction::ToAcceptor, DEFAULT_MAX_FRAME).unwrap();
+        let len = check_len(frame[..4].try_into().unwrap(), DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        let back: Envelope<Vec<u8>> =
+            open_payload(&frame[4..], &key(), Direction::ToAcceptor).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(
+            decode_frame::<Vec<u8>>(&frame, DEFAULT_MAX_FRAME).unwrap(),
+            e
+        );
+    }
+
+    #[test]
+    fn wire_layout_is_as_documented() {
+        let e = env(vec![0xAA]);
+        let frame = seal_frame(&e, &key(), Direction::ToInitiator, DEFAULT_MAX_FRAME).unwrap();
+        // version, from=7, incarnation=3, epoch=42, seq=1, body = len 1 + 0xAA, then the tag.
+        assert_eq!(&frame[4..11], &[1, 7, 3, 42, 1, 1, 0xAA]);
+        assert_eq!(frame.len(), 4 + 7 + TAG_LEN);
+        assert_eq!(&frame[..4], &((7 + TAG_LEN) as u32).to_be_bytes());
+        let tag = key().sign(&[&[2], &frame[4..11]]);
+        assert_eq!(&frame[11..], &tag);
+    }
+
+    #[test]
+    fn wrong_direction_or_key_or_flipped_bit_is_bad_tag() {
+        let frame = seal_frame(
+            &env(vec![1, 2]),
+            &key(),
+            Direction::ToAcceptor,
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        let other = ClusterKey::from_bytes(b"another-key-of-enough-length").unwrap();
+        assert!(matches!(
+            open_payload::<Vec<u8>>(&frame[4..], &key(), Direction::ToInitiator),
+            Err(FrameError::BadTag)
+        ));
+        assert!(matches!(
+            open_payload::<Vec<u8>>(&frame[4..], &other, Direction::ToAcceptor),
+            Err(FrameError::BadTag)
+        ));
+        let mut flipped = frame.clone();
+        flipped[6] ^= 1;
+        assert!(matches!(
+            open_payload::<Vec<u8>>(&flipped[4..], &key(), Direction::ToAcceptor),
+            Err(FrameError::BadTag)
+        ));
+    }
+
+    #[test]
+    fn oversized_refused_at_sender_and_receiver() {
+        let e = env(vec![0; 100]);
+        assert!(matches!(
+            seal_frame(&e, &key(), Direction::ToAcceptor, 64),
+            Err(FrameError::TooLarge { max: 64, .. })
+        ));
+        assert!(matches!(
+            check_len(u32::MAX.to_be_bytes(), DEFAULT_MAX_FRAME),
+            Err(FrameError::TooLarge { len, .. }) if len == u64::from(u32::MAX)
+        ));
+    }
+
+    #[test]
+    fn bad_version_detected_before_decoding() {
+        let mut e = env(vec![]);
+        e.version = 9;
+        let frame = seal_frame(&e, &key(), Direction::ToAcceptor, DEFAULT_MAX_FRAME).unwrap();
+        assert!(matches!(
+            open_payload::<Vec<u8>>(&frame[4..], &key(), Direction::ToAcceptor),
+            Err(FrameError::BadVersion {
+                got: 9,
+                expected: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_inside_tagged_payload_refused() {
+        // A correctly tagged payload whose envelope is followed by junk before the tag.
+        let mut body = postcard::to_allocvec(&env(vec![5])).unwrap();
+        body.push(0);
+        let tag = key().sign(&[&[1], &body]);
+        body.extend_from_slice(&tag);
+        assert!(matches!(
+            open_payload::<Vec<u8>>(&body, &key(), Direction::ToAcceptor),
+            Err(FrameError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn plain_values_round_trip_and_reject_trailing() {
+        let frame = encode_value(&(5u32, true), HANDSHAKE_MAX_FRAME).unwrap();
+        assert_eq!(decode_value::<(u32, bool)>(&frame[4..]).unwrap(), (5, true));
+        let mut extra = frame[4..].to_vec();
+        extra.push(9);
+        assert!(matches!(
+            decode_value::<(u32, bool)>(&extra),
+            Err(FrameError::TrailingBytes(1))
+        ));
+        assert!(matches!(
+            decode_value::<(u32, bool)>(&[]),
+            Err(FrameError::Truncated(_))
+        ));
+    }
+}

@@ -1,0 +1,543 @@
+//! One conformance suite run against both transports (TCP on 127.0.0.1 port 0 and the
+//! in-memory network): round trips, pushes, timeouts, and bad input (wrong key, garbage,
+//! oversized, truncated, forged, replayed frames) that must close only the offending
+//! connection, be counted, and leave the server serving others.
+
+mod transport_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smart_supervision::frame::{
+    self, Direction, Envelope, FrameError, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION,
+};
+use smart_supervision::transport::client::ConnectError;
+use smart_supervision::transport::{
+    Client, Endpoint, HandshakeError, Identity, Message, MessageOf, RawConn, RequestError, Server,
+    ServerHandle, handshake,
+};
+use smart_supervision::{ClusterKey, NodeId};
+use transport_common::*;
+
+async fn start(fx: &dyn Fixture) -> (ServerHandle, Arc<TestHandler>) {
+    let h = Arc::new(TestHandler::default());
+    let s = Server::bind(
+        fx.transport("srv").as_ref(),
+        &fx.listen_addr(),
+        server_endpoint(),
+        h.clone(),
+    )
+    .await
+    .expect("bind");
+    (s, h)
+}
+
+async fn client(fx: &dyn Fixture, s: &ServerHandle, who: &str) -> Client<Test> {
+    Client::connect(
+        fx.transport(who).as_ref(),
+        s.local_addr(),
+        Endpoint::client(key()),
+    )
+    .await
+    .expect("connect")
+}
+
+/// A good client can still do a round trip: the server survived whatever came before.
+async fn still_serving(fx: &dyn Fixture, s: &ServerHandle) {
+    let c = client(fx, s, "good").await;
+    assert_eq!(
+        c.request(Req::Echo("still here".into()), T).await.unwrap(),
+        Resp::Text("still here".into())
+    );
+}
+
+/// A raw connection that completed the handshake as node 9.
+async fn raw_authenticated(fx: &dyn Fixture, s: &ServerHandle) -> (RawConn, handshake::Session) {
+    let mut raw = fx.transport("raw").connect(s.local_addr()).await.unwrap();
+    let session = handshake::initiate(&mut raw, &node_endpoint(9), Some(NodeId(1)))
+        .await
+        .expect("handshake");
+    (raw, session)
+}
+
+fn env(seq: u64, from: u64, body: MessageOf<Test>) -> Envelope<MessageOf<Test>> {
+    Envelope {
+        version: PROTOCOL_VERSION,
+        from: NodeId(from),
+        incarnation: 1,
+        epoch: 0,
+        seq,
+        body,
+    }
+}
+
+fn request(id: u64, s: &str) -> MessageOf<Test> {
+    Message::Request {
+        id,
+        body: Req::Echo(s.into()),
+    }
+}
+
+/// Reads until the connection ends; returns the frames' count and the ending error.
+async fn drain(raw: &mut RawConn) -> (usize, FrameError) {
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout(T, raw.source.recv(1 << 20)).await {
+            Ok(Ok(_)) => n += 1,
+            Ok(Err(e)) => return (n, e),
+            Err(_) => panic!("connection was not closed by the server"),
+        }
+    }
+}
+
+async fn round_trip(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let c = client(fx, &s, "c1").await;
+    assert_eq!(
+        c.peer(),
+        Identity::Node {
+            id: NodeId(1),
+            incarnation: 7
+        }
+    );
+    assert_eq!(
+        c.request(Req::Echo("hi".into()), T).await.unwrap(),
+        Resp::Text("hi".into())
+    );
+    assert_eq!(
+        c.request(Req::Fail, T).await,
+        Err(RequestError::Fault("boom".into()))
+    );
+    // Concurrent requests are correlated by id.
+    let c = Arc::new(c);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.request(Req::Echo(format!("m{i}")), T).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap(), Resp::Text(format!("m{i}")));
+    }
+    // The envelope carries the sender's epoch.
+    let ep = node_endpoint(5);
+    ep.epoch.store(33, std::sync::atomic::Ordering::Relaxed);
+    let n = Client::<Test>::connect(fx.transport("n5").as_ref(), s.local_addr(), ep)
+        .await
+        .unwrap();
+    assert_eq!(
+        n.request(Req::WhoAmI, T).await.unwrap(),
+        Resp::Text("n5/1 epoch 33".into())
+    );
+    let snap = s.counters();
+    assert!(snap.handshakes_ok >= 2, "{snap:?}");
+    assert!(snap.frames_received >= 43, "{snap:?}");
+    assert_eq!(snap.frames_rejected, 0);
+}
+
+async fn notifications_both_ways(fx: &dyn Fixture) {
+    let (s, h) = start(fx).await;
+    let sub = client(fx, &s, "sub").await;
+    sub.request(Req::Subscribe, T).await.unwrap();
+    let pusher = client(fx, &s, "pusher").await;
+    for i in 0..3 {
+        assert_eq!(
+            pusher.request(Req::Push(format!("e{i}")), T).await.unwrap(),
+            Resp::Text("pushed to 1".into())
+        );
+    }
+    for i in 0..3 {
+        let n = tokio::time::timeout(T, sub.next_notification())
+            .await
+            .unwrap();
+        assert_eq!(n, Some(format!("e{i}")));
+    }
+    sub.notify("from client".into()).unwrap();
+    assert!(
+        eventually(T, || h.notes.lock().unwrap().iter().any(|(who, n)| *who
+            == sub_identity(&sub, &h)
+            && n == "from client"))
+        .await
+    );
+}
+
+fn sub_identity(_c: &Client<Test>, h: &TestHandler) -> Identity {
+    h.subscribers.lock().unwrap()[0].peer()
+}
+
+async fn request_timeout(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let c = client(fx, &s, "c").await;
+    let t = Duration::from_millis(200);
+    assert_eq!(
+        c.request(Req::Sleep(u64::MAX), t).await,
+        Err(RequestError::Timeout(t))
+    );
+    // The connection is still usable and a late answer does not confuse later requests.
+    assert_eq!(
+        c.request(Req::Echo("after".into()), T).await.unwrap(),
+        Resp::Text("after".into())
+    );
+    assert_eq!(
+        c.request(Req::Sleep(10), T).await.unwrap(),
+        Resp::Text("slept".into())
+    );
+}
+
+async fn oversized_messages_fail_at_the_sender(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let c = client(fx, &s, "c").await;
+    // A response above the limit becomes a fault instead of killing the connection.
+    match c.request(Req::Big(2 << 20), T).await {
+        Err(RequestError::Fault(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
+        other => panic!("expected a fault, got {other:?}"),
+    }
+    match c.request(Req::Blob(vec![1; 2 << 20]), T).await {
+        Err(RequestError::NotSent(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
+        other => panic!("expected NotSent, got {other:?}"),
+    }
+    assert_eq!(
+        c.request(Req::Big(1000), T).await.unwrap(),
+        Resp::Bytes(vec![7; 1000])
+    );
+}
+
+async fn wrong_key_refused_and_counted(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let r = Client::<Test>::connect(
+        fx.transport("evil").as_ref(),
+        s.local_addr(),
+        Endpoint::client(other_key()),
+    )
+    .await;
+    match r {
+        Err(ConnectError::Handshake {
+            source: HandshakeError::BadKey,
+            ..
+        }) => {}
+        other => panic!("expected BadKey, got {other:?}"),
+    }
+    // The server saw our HelloAck-less... no: the client stopped after checking the server's
+    // proof, so the server sees the connection close during its handshake.
+    assert!(eventually(T, || s.counters().handshakes_failed >= 1).await);
+    still_serving(fx, &s).await;
+
+    // An attacker that does not check the server's proof and sends a made-up one is told
+    // so and counted as a bad key on the server.
+    let mut raw = fx.transport("evil2").connect(s.local_addr()).await.unwrap();
+    let hello = handshake::HandshakeMsg::Hello {
+        magic: handshake::MAGIC,
+        version: PROTOCOL_VERSION,
+        identity: Identity::Client { id: 1 },
+        nonce: [3; 32],
+    };
+    raw.sink
+        .send(frame::encode_value(&hello, HANDSHAKE_MAX_FRAME).unwrap())
+        .await
+        .unwrap();
+    let ack = raw.source.recv(HANDSHAKE_MAX_FRAME).await.unwrap();
+    assert!(matches!(
+        frame::decode_value::<handshake::HandshakeMsg>(&ack).unwrap(),
+        handshake::HandshakeMsg::HelloAck { .. }
+    ));
+    let bad = handshake::HandshakeMsg::Proof { proof: [0; 32] };
+    raw.sink
+        .send(frame::encode_value(&bad, HANDSHAKE_MAX_FRAME).unwrap())
+        .await
+        .unwrap();
+    let refusal = raw.source.recv(HANDSHAKE_MAX_FRAME).await.unwrap();
+    assert_eq!(
+        frame::decode_value::<handshake::HandshakeMsg>(&refusal).unwrap(),
+        handshake::HandshakeMsg::Refused {
+            reason: handshake::Refusal::BadProof
+        }
+    );
+    assert!(matches!(
+        raw.source.recv(HANDSHAKE_MAX_FRAME).await,
+        Err(FrameError::Closed | FrameError::Io(_))
+    ));
+    assert!(eventually(T, || s.counters().handshakes_bad_key >= 1).await);
+    still_serving(fx, &s).await;
+}
+
+async fn garbage_and_oversized_handshakes_refused(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    // Garbage instead of a Hello.
+    let mut raw = fx.transport("g1").connect(s.local_addr()).await.unwrap();
+    let mut junk = 200u32.to_be_bytes().to_vec();
+    junk.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
+    raw.sink.send(junk).await.unwrap();
+    let (_, end) = drain(&mut raw).await;
+    assert!(!matches!(end, FrameError::TooLarge { .. }), "{end}");
+    // A Hello announcing a huge frame: refused from the prefix alone.
+    let mut raw = fx.transport("g2").connect(s.local_addr()).await.unwrap();
+    let mut huge = (HANDSHAKE_MAX_FRAME + 1).to_be_bytes().to_vec();
+    huge.extend(vec![0u8; HANDSHAKE_MAX_FRAME as usize + 1]);
+    raw.sink.send(huge).await.unwrap();
+    drain(&mut raw).await;
+    // A Hello with a wrong magic.
+    let mut raw = fx.transport("g3").connect(s.local_addr()).await.unwrap();
+    let hello = handshake::HandshakeMsg::Hello {
+        magic: *b"HTTP",
+        version: PROTOCOL_VERSION,
+        identity: Identity::Client { id: 1 },
+        nonce: [3; 32],
+    };
+    raw.sink
+        .send(frame::encode_value(&hello, HANDSHAKE_MAX_FRAME).unwrap())
+        .await
+        .unwrap();
+    drain(&mut raw).await;
+    assert!(eventually(T, || s.counters().handshakes_failed >= 3).await);
+    assert_eq!(s.counters().handshakes_bad_key, 0);
+    still_serving(fx, &s).await;
+}
+
+async fn stalled_handshake_times_out(fx: &dyn Fixture) {
+    let h = Arc::new(TestHandler::default());
+    let mut ep = server_endpoint();
+    ep.limits.handshake_timeout = Duration::from_millis(200);
+    let s = Server::bind(fx.transport("srv").as_ref(), &fx.listen_addr(), ep, h)
+        .await
+        .unwrap();
+    let mut raw = fx.transport("slow").connect(s.local_addr()).await.unwrap();
+    // Say nothing: the server gives up and closes.
+    let (frames, _) = drain(&mut raw).await;
+    assert_eq!(frames, 0);
+    assert!(eventually(T, || s.counters().handshakes_failed >= 1).await);
+    still_serving(fx, &s).await;
+}
+
+/// Sends `frame` after a valid handshake and checks the server drops the connection and
+/// counts one rejected frame, and keeps serving.
+async fn bad_data_frame(fx: &dyn Fixture, make: impl FnOnce(&handshake::Session) -> Vec<u8>) {
+    let (s, _h) = start(fx).await;
+    let (mut raw, session) = raw_authenticated(fx, &s).await;
+    raw.sink.send(make(&session)).await.unwrap();
+    let (frames, _) = drain(&mut raw).await;
+    assert_eq!(frames, 0, "the bad frame must not be answered");
+    assert!(
+        eventually(T, || s.counters().frames_rejected == 1).await,
+        "{:?}",
+        s.counters()
+    );
+    still_serving(fx, &s).await;
+}
+
+async fn oversized_data_frame(fx: &dyn Fixture) {
+    bad_data_frame(fx, |_| {
+        let mut f = (2u32 << 20).to_be_bytes().to_vec();
+        f.extend([0u8; 64]);
+        f
+    })
+    .await;
+}
+
+async fn forged_data_frame(fx: &dyn Fixture) {
+    // Sealed with the cluster key itself instead of the session key.
+    bad_data_frame(fx, |_| {
+        frame::seal_frame(
+            &env(1, 9, request(1, "x")),
+            &key(),
+            Direction::ToAcceptor,
+            1 << 20,
+        )
+        .unwrap()
+    })
+    .await;
+}
+
+async fn reflected_data_frame(fx: &dyn Fixture) {
+    // Right key, wrong direction.
+    bad_data_frame(fx, |s| {
+        frame::seal_frame(
+            &env(1, 9, request(1, "x")),
+            &s.key,
+            Direction::ToInitiator,
+            1 << 20,
+        )
+        .unwrap()
+    })
+    .await;
+}
+
+async fn wrong_sender_frame(fx: &dyn Fixture) {
+    bad_data_frame(fx, |s| {
+        frame::seal_frame(&env(1, 4, request(1, "x")), &s.key, s.send_dir, 1 << 20).unwrap()
+    })
+    .await;
+}
+
+async fn malformed_tagged_frame(fx: &dyn Fixture) {
+    // Correct tag over bytes that are not an envelope.
+    bad_data_frame(fx, |s| {
+        let body = [PROTOCOL_VERSION, 9, 1, 0, 1, 0xFF, 0xFF, 0xFF];
+        let tag = s.key.sign(&[&[s.send_dir as u8], &body]);
+        let mut f = ((body.len() + 32) as u32).to_be_bytes().to_vec();
+        f.extend(body);
+        f.extend(tag);
+        f
+    })
+    .await;
+}
+
+async fn replayed_frame(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let (mut raw, session) = raw_authenticated(fx, &s).await;
+    let f = frame::seal_frame(
+        &env(1, 9, request(1, "once")),
+        &session.key,
+        session.send_dir,
+        1 << 20,
+    )
+    .unwrap();
+    raw.sink.send(f.clone()).await.unwrap();
+    // The first copy is served.
+    let payload = raw.source.recv(1 << 20).await.unwrap();
+    let answer: Envelope<MessageOf<Test>> =
+        frame::open_payload(&payload, &session.key, session.send_dir.reverse()).unwrap();
+    assert_eq!(
+        answer.body,
+        Message::Response {
+            id: 1,
+            body: Resp::Text("once".into())
+        }
+    );
+    assert_eq!(answer.from, NodeId(1));
+    assert_eq!(answer.seq, 1);
+    // The replay is refused and closes the connection.
+    raw.sink.send(f).await.unwrap();
+    let (frames, _) = drain(&mut raw).await;
+    assert_eq!(frames, 0);
+    assert!(eventually(T, || s.counters().frames_rejected == 1).await);
+    still_serving(fx, &s).await;
+}
+
+async fn truncated_frame(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let (mut raw, _session) = raw_authenticated(fx, &s).await;
+    let mut f = 100u32.to_be_bytes().to_vec();
+    f.extend([1u8; 10]);
+    raw.sink.send(f).await.unwrap();
+    // Half-close: the server sees the stream end inside the frame.
+    drop(raw.sink);
+    assert!(
+        eventually(T, || s.counters().frames_rejected == 1).await,
+        "{:?}",
+        s.counters()
+    );
+    still_serving(fx, &s).await;
+}
+
+async fn client_identity_can_be_refused(fx: &dyn Fixture) {
+    struct NodesOnly;
+    impl smart_supervision::transport::Handler<Test> for NodesOnly {
+        async fn handle(
+            &self,
+            _ctx: smart_supervision::transport::RequestContext<Test>,
+            _req: Req,
+        ) -> Result<Resp, String> {
+            Ok(Resp::Text("node".into()))
+        }
+        fn allow(&self, peer: &Identity) -> bool {
+            matches!(peer, Identity::Node { .. })
+        }
+    }
+    let s = Server::bind(
+        fx.transport("srv").as_ref(),
+        &fx.listen_addr(),
+        server_endpoint(),
+        Arc::new(NodesOnly),
+    )
+    .await
+    .unwrap();
+    let r = Client::<Test>::connect(
+        fx.transport("c").as_ref(),
+        s.local_addr(),
+        Endpoint::client(key()),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(ConnectError::Handshake {
+                source: HandshakeError::Refused(handshake::Refusal::NotAllowed),
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let n = Client::<Test>::connect(fx.transport("n").as_ref(), s.local_addr(), node_endpoint(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        n.request(Req::WhoAmI, T).await.unwrap(),
+        Resp::Text("node".into())
+    );
+}
+
+async fn server_shutdown_closes_clients(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let c = client(fx, &s, "c").await;
+    c.request(Req::Echo("x".into()), T).await.unwrap();
+    s.shutdown().await;
+    assert_eq!(
+        tokio::time::timeout(T, c.next_notification())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(c.is_closed());
+    assert_eq!(
+        c.request(Req::Echo("y".into()), T).await,
+        Err(RequestError::Disconnected)
+    );
+}
+
+#[test]
+fn unused_key_helper_is_distinct() {
+    // Guards the fixtures: the "wrong key" really differs from the cluster key.
+    let a: &ClusterKey = &key();
+    assert!(!other_key().verify(&[b"x"], &a.sign(&[b"x"])));
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod tcp {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::TcpFix).await
+                }
+            )*
+        }
+        mod mem {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::MemFix::new()).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    round_trip,
+    notifications_both_ways,
+    request_timeout,
+    oversized_messages_fail_at_the_sender,
+    wrong_key_refused_and_counted,
+    garbage_and_oversized_handshakes_refused,
+    stalled_handshake_times_out,
+    oversized_data_frame,
+    forged_data_frame,
+    reflected_data_frame,
+    wrong_sender_frame,
+    malformed_tagged_frame,
+    replayed_frame,
+    truncated_frame,
+    client_identity_can_be_refused,
+    server_shutdown_closes_clients,
+);
