@@ -7,6 +7,12 @@
 //! ## Layout
 //! - [`config`]: the node's TOML configuration, defaults and validation.
 //! - [`persist`]: durable incarnation and highest epoch, replaced atomically.
+//! - [`node`]: the node runtime: supervision tree, membership shell, TCP port.
+//! - [`cluster`]: a local cluster of real node processes (demo, benchmarks, tests).
+//! - [`demo`]: `smart demo` and `smart bench failover`.
 
+pub mod cluster;
 pub mod config;
+pub mod demo;
+pub mod node;
 pub mod persist;

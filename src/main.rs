@@ -1,5 +1,181 @@
-//! `smart`: the SMART peer binary. See the README and `../shared/DESIGN.md`.
+//! `smart`: the SMART peer binary and its admin commands. See the README.
 
-fn main() {
-    println!("smart");
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use smart::config::NodeConfig;
+use smart::node::{self, Faults, supervisor::Exit};
+use smart_api::client::ApiClient;
+use smart_supervision::ClusterKey;
+
+/// Exit code when the supervision tree escalates (BSD EX_SOFTWARE): a service manager
+/// restarts the node.
+const EXIT_ESCALATED: u8 = 70;
+
+#[derive(Parser)]
+#[command(
+    name = "smart",
+    version,
+    about = "SMART: many streaming services on a shared cluster, with QoS and no single point of failure"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a SMART peer.
+    Node {
+        /// The node's TOML configuration (see config/example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show members and the Control as a node sees them.
+    Status(StatusArgs),
+    /// Run a local cluster on loopback and show a Control failover.
+    Demo(smart::demo::DemoArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Control failover time (kill -9 until every survivor reports the new Control).
+    Failover(smart::demo::FailoverBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// A node's `listen` address. Default: the `listen` of `--config`.
+    #[arg(long)]
+    connect: Option<String>,
+    /// A node config to take the address and the cluster key from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The cluster key file (overrides the one in `--config`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SMART_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(p) => Some(NodeConfig::load(p)?),
+        None => None,
+    };
+    let addr = match (&args.connect, &cfg) {
+        (Some(a), _) => a.clone(),
+        (None, Some(c)) => c.listen.to_string(),
+        (None, None) => bail!("give --connect ADDR (with --key FILE) or --config FILE"),
+    };
+    let key_path = match (&args.key, &cfg) {
+        (Some(k), _) => k.clone(),
+        (None, Some(c)) => c.cluster_key_file.clone(),
+        (None, None) => bail!("give --key FILE or --config FILE for the cluster key"),
+    };
+    let key = ClusterKey::load(&key_path)?;
+    let client = ApiClient::connect(&addr, key)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let s = client.status().await.context("status request")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    match &s.control {
+        Some(c) => println!("control: n{} at epoch {}", c.node_id, c.epoch),
+        None => println!("control: none (election in progress)"),
+    }
+    println!(
+        "answered by n{} (highest epoch {})",
+        s.node_id, s.highest_epoch
+    );
+    println!(
+        "{:<6} {:<22} {:<6} {:<28} {:>10} {:>6}",
+        "node", "address", "alive", "roles", "heard(ms)", "incarn"
+    );
+    for m in &s.members {
+        println!(
+            "{:<6} {:<22} {:<6} {:<28} {:>10} {:>6}",
+            format!("n{}", m.node_id),
+            m.address,
+            if m.alive { "yes" } else { "no" },
+            m.roles.join(","),
+            m.last_heard_ms,
+            m.incarnation
+        );
+    }
+    let nonzero: Vec<String> = s
+        .counters
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("counters: {}", nonzero.join(" "));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Node { config } => {
+            let cfg = NodeConfig::load(&config)?;
+            match node::run(cfg, Faults::from_env(), shutdown_signal()).await? {
+                Exit::Escalated(reason) => {
+                    eprintln!("smart: node escalated: {reason}");
+                    Ok(ExitCode::from(EXIT_ESCALATED))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Cmd::Status(args) => status(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Demo(args) => {
+            smart::demo::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::Failover(args)) => {
+            smart::demo::bench_failover(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(real_main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smart: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

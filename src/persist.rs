@@ -74,12 +74,20 @@ impl StateFile {
             Err(e) => return Err(io(&path)(e)),
         };
         let mut file = Self { path, current };
-        let next = Durable {
-            incarnation: current.incarnation + 1,
-            ..current
-        };
-        file.write(next)?;
+        file.boot()?;
         Ok(file)
+    }
+
+    /// Starts a new incarnation and persists it: called at node start and whenever the
+    /// heartbeat engine restarts, so that its sequence numbers, which restart at zero, are
+    /// never taken for replays by the other nodes.
+    pub fn boot(&mut self) -> Result<u64, PersistError> {
+        let next = Durable {
+            incarnation: self.current.incarnation + 1,
+            ..self.current
+        };
+        self.write(next)?;
+        Ok(next.incarnation)
     }
 
     /// The current durable values.

@@ -68,6 +68,16 @@ pub enum ControlMsg {
     Api(Request, RpcReplyPort<Response>),
     /// The Control's own view.
     Status(RpcReplyPort<ControlStatus>),
+    /// The election engine re-asserted this Control at a higher epoch: use it from now on.
+    SetEpoch(Epoch),
+    /// Whether the Control may act (rebuilt and, in majority mode, holding a majority of
+    /// leases), as decided by the election engine.
+    SetActing {
+        /// The epoch the decision is about.
+        epoch: Epoch,
+        /// May act.
+        acting: bool,
+    },
 }
 
 /// The Control's view, for status and tests.
@@ -75,8 +85,10 @@ pub enum ControlMsg {
 pub struct ControlStatus {
     /// Its epoch.
     pub epoch: Epoch,
-    /// Rebuilt and acting.
+    /// Rebuilt from agent reports.
     pub rebuilt: bool,
+    /// Allowed to act by the election engine.
+    pub acting: bool,
     /// Last report of each agent.
     pub agents: BTreeMap<u64, AgentReport>,
 }
@@ -85,7 +97,7 @@ pub struct ControlStatus {
 pub struct Control {
     /// This node.
     pub node: NodeId,
-    /// The epoch this Control was elected at.
+    /// The epoch this Control was elected at (it may be re-asserted higher later).
     pub epoch: Epoch,
     /// Outgoing requests.
     pub peers: Arc<dyn PeerClient>,
@@ -101,19 +113,21 @@ pub struct Control {
 
 /// Control's mutable state.
 pub struct ControlState {
+    epoch: Epoch,
     rebuilt: bool,
+    acting: bool,
     registry: BTreeMap<u64, AgentReport>,
     stale: bool,
 }
 
 impl Control {
-    fn round(&self) -> JoinSet<(AgentAddr, Result<PeerResponse, PeerError>)> {
+    fn round(&self, epoch: Epoch) -> JoinSet<(AgentAddr, Result<PeerResponse, PeerError>)> {
         let mut set = JoinSet::new();
         for agent in self.agents.borrow().iter().copied() {
             let peers = self.peers.clone();
             let req = PeerRequest::Agent {
                 from: self.node,
-                epoch: self.epoch,
+                epoch,
                 cmd: AgentCommand::Report,
             };
             let timeout = self.request_timeout;
@@ -137,11 +151,11 @@ impl Control {
                     st.registry.insert(agent.node.0, rep);
                 }
                 Ok(PeerResponse::Refused { highest, .. }) => {
-                    warn!(node = %self.node, epoch = self.epoch, highest, agent = %agent.node,
+                    warn!(node = %self.node, epoch = st.epoch, highest, agent = %agent.node,
                         "agent refused our epoch: stepping down");
                     st.stale = true;
                     (self.events)(ControlEvent::Stale {
-                        epoch: self.epoch,
+                        epoch: st.epoch,
                         highest,
                     });
                     return false;
@@ -170,7 +184,9 @@ impl Actor for Control {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(ControlState {
+            epoch: self.epoch,
             rebuilt: false,
+            acting: false,
             registry: BTreeMap::new(),
             stale: false,
         })
@@ -183,15 +199,15 @@ impl Actor for Control {
     ) -> Result<(), ActorProcessingErr> {
         // Rebuild before acting: ask every live agent once, waiting for all answers (each
         // bounded by the request timeout).
-        let results = self.round().join_all().await;
+        let results = self.round(st.epoch).join_all().await;
         if !self.apply(st, results) {
             myself.stop(Some("stale".into()));
             return Ok(());
         }
         st.rebuilt = true;
-        info!(node = %self.node, epoch = self.epoch, agents = st.registry.len(), "control rebuilt its state");
+        info!(node = %self.node, epoch = st.epoch, agents = st.registry.len(), "control rebuilt its state");
         (self.events)(ControlEvent::Rebuilt {
-            epoch: self.epoch,
+            epoch: st.epoch,
             agents: st.registry.len(),
         });
         myself.send_interval(self.refresh, || ControlMsg::Refresh);
@@ -206,10 +222,10 @@ impl Actor for Control {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ControlMsg::Refresh => {
-                if st.stale {
+                if st.stale || !st.acting {
                     return Ok(());
                 }
-                let set = self.round();
+                let set = self.round(st.epoch);
                 let me = myself.clone();
                 tokio::spawn(async move {
                     let results = set.join_all().await;
@@ -224,6 +240,8 @@ impl Actor for Control {
             ControlMsg::Api(req, reply) => {
                 let resp = if !st.rebuilt {
                     Response::Error(ApiError::Rebuilding)
+                } else if !st.acting {
+                    Response::Error(ApiError::NoMajority)
                 } else {
                     match req {
                         Request::Status => Response::Error(ApiError::BadRequest {
@@ -236,10 +254,17 @@ impl Actor for Control {
                 };
                 let _ = reply.send(resp);
             }
+            ControlMsg::SetEpoch(epoch) => st.epoch = st.epoch.max(epoch),
+            ControlMsg::SetActing { epoch, acting } => {
+                if epoch == st.epoch {
+                    st.acting = acting;
+                }
+            }
             ControlMsg::Status(reply) => {
                 let _ = reply.send(ControlStatus {
-                    epoch: self.epoch,
+                    epoch: st.epoch,
                     rebuilt: st.rebuilt,
+                    acting: st.acting,
                     agents: st.registry.clone(),
                 });
             }
@@ -341,7 +366,15 @@ mod tests {
         .await
         .unwrap();
         let s = call_t!(c, ControlMsg::Status, 1000).unwrap();
-        assert!(s.rebuilt);
+        assert!(
+            s.rebuilt && !s.acting,
+            "rebuilt, but not acting until the engine says so"
+        );
+        c.send_message(ControlMsg::SetActing {
+            epoch: 3,
+            acting: true,
+        })
+        .unwrap();
         assert_eq!(s.agents.len(), 2);
         assert_eq!(
             events.lock().unwrap()[0],

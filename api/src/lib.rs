@@ -9,17 +9,23 @@
 //! - [`Event`]: what subscribers are pushed (admissions, migrations, failures, Control changes).
 //! - [`ClusterStatus`]: the answer to `Status`, also printed by `smart status --json`.
 //! - [`ApiError`]: typed errors, each saying whether a retry can help.
+//! - [`NodeRequest`] / [`NodeResponse`] / [`NodeProtocol`]: what a node's TCP port speaks:
+//!   the message API, plus node-to-node messages that external clients never send.
+//! - [`client`]: [`client::ApiClient`], the async client.
 //!
 //! ## Wire format
-//! Messages travel inside the SMART TCP transport (see `smart_supervision::frame`): a
-//! 4-byte big-endian length, then a postcard-encoded envelope whose body is a [`Request`],
-//! [`Response`] or [`Event`] encoded with postcard (serde's data model: enums are a varint
+//! Messages travel inside the SMART TCP transport (`smart_supervision::transport`: a
+//! 4-byte big-endian length, a postcard envelope, a mutual HMAC handshake with the cluster
+//! key). A client sends `NodeRequest::Api(Request)` and receives `NodeResponse::Api(Response)`;
+//! subscribers receive [`Event`] notifications. All are encoded with postcard (serde's data model: enums are a varint
 //! variant index followed by the fields in order; integers are varints; strings and vectors
 //! are a varint length then the bytes/elements; `Option` is a 0/1 byte then the value).
 //! Variant indices are the declaration order below and are never reused: new variants are
 //! only appended, and [`API_VERSION`] changes when a message changes shape.
 
 use serde::{Deserialize, Serialize};
+
+pub mod client;
 
 /// Version of the message API's types.
 pub const API_VERSION: u8 = 1;
@@ -223,6 +229,35 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// Counters: dropped datagrams by reason, failed handshakes, restarts, ...
     pub counters: Vec<(String, u64)>,
+}
+
+/// What a node's TCP port receives as a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// A message-API request (from any authenticated client or node).
+    Api(Request),
+    /// A node-to-node message (Control to Agent86, ...), postcard-encoded by the node
+    /// runtime. Refused from clients that are not nodes.
+    Internal(Vec<u8>),
+}
+
+/// What a node's TCP port answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeResponse {
+    /// Answer to [`NodeRequest::Api`].
+    Api(Response),
+    /// Answer to [`NodeRequest::Internal`].
+    Internal(Vec<u8>),
+}
+
+/// The protocol of a node's TCP port, for `smart_supervision::transport`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeProtocol;
+
+impl smart_supervision::transport::Protocol for NodeProtocol {
+    type Request = NodeRequest;
+    type Response = NodeResponse;
+    type Notify = Event;
 }
 
 #[cfg(test)]

@@ -1,0 +1,338 @@
+//! A local cluster of real `smart node` processes on loopback, for the demo, the failover
+//! benchmark and the multi-process tests.
+//!
+//! Every cluster gets its own loopback addresses (`127.X.Y.n`), TCP/UDP port and multicast
+//! port, derived from the process id and a counter, so that clusters started by parallel
+//! tests or a running demo never hear each other. Its files (configs, key, data dirs, logs)
+//! live in a temporary directory removed on drop, and every child process is killed on drop.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use smart_api::ClusterStatus;
+use smart_api::client::ApiClient;
+use smart_supervision::ClusterKey;
+use tokio::time::Instant;
+
+use crate::config::ElectionMode;
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// File or process error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A condition was not reached in time.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+    /// A node could not be asked.
+    #[error("node n{node}: {reason}")]
+    Node {
+        /// The node.
+        node: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The `smart` executable.
+    pub exe: PathBuf,
+    /// Number of nodes (ids 1..=n).
+    pub nodes: usize,
+    /// Election mode.
+    pub mode: ElectionMode,
+    /// Extra TOML appended to every node's config (e.g. timing overrides).
+    pub extra_toml: String,
+    /// `SMART_LOG` filter for the children.
+    pub log: String,
+    /// Environment for every child (e.g. `SMART_FAULT`).
+    pub env: Vec<(String, String)>,
+}
+
+impl ClusterSpec {
+    /// `n` nodes with default timings, available mode.
+    pub fn new(exe: impl Into<PathBuf>, nodes: usize) -> Self {
+        Self {
+            exe: exe.into(),
+            nodes,
+            mode: ElectionMode::Available,
+            extra_toml: String::new(),
+            log: "info".into(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// One node process.
+#[derive(Debug)]
+pub struct NodeProc {
+    /// Node id.
+    pub id: u64,
+    /// Its `listen` address.
+    pub addr: SocketAddr,
+    /// Its config file.
+    pub config: PathBuf,
+    /// The running process, if any.
+    pub child: Option<Child>,
+}
+
+/// A running local cluster. Dropping it kills every node and removes its files.
+#[derive(Debug)]
+pub struct LocalCluster {
+    dir: PathBuf,
+    key: ClusterKey,
+    spec: ClusterSpec,
+    /// The nodes, index `i` is node `i + 1`.
+    pub nodes: Vec<NodeProc>,
+}
+
+static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+impl LocalCluster {
+    /// Writes the configs and key, and starts every node.
+    pub fn start(spec: ClusterSpec) -> Result<Self, ClusterError> {
+        let seq = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // 127.X.Y.n: X from the pid, Y from the counter, so that parallel clusters differ.
+        let x = 100 + (pid % 100) as u8;
+        let y = (seq % 250) as u8 + 1;
+        let port = 20_000 + ((pid * 7 + seq * 13) % 20_000) as u16;
+        let mport = port + 1;
+        let group = Ipv4Addr::new(239, 255, 78, y);
+        let dir = std::env::temp_dir().join(format!("smart-cluster-{pid}-{seq}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let key_bytes: [u8; 32] = rand::random();
+        let key_hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let key_path = dir.join("cluster.key");
+        fs::write(&key_path, &key_hex).map_err(io("writing cluster.key"))?;
+        let key = ClusterKey::from_bytes(key_hex.as_bytes()).expect("64-byte key");
+        let members: Vec<String> = (1..=spec.nodes).map(|i| i.to_string()).collect();
+        let mut nodes = Vec::new();
+        for i in 1..=spec.nodes {
+            let addr = SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port));
+            let mode = match spec.mode {
+                ElectionMode::Available => "available",
+                ElectionMode::Majority => "majority",
+            };
+            let roles = if i == 1 {
+                r#"["agent", "control", "profiler"]"#
+            } else {
+                r#"["agent", "control"]"#
+            };
+            let toml = format!(
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\n\n[multicast]\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                members.join(", "),
+                spec.extra_toml
+            );
+            let config = dir.join(format!("n{i}.toml"));
+            fs::write(&config, toml).map_err(io("writing node config"))?;
+            nodes.push(NodeProc {
+                id: i as u64,
+                addr,
+                config,
+                child: None,
+            });
+        }
+        let mut c = Self {
+            dir,
+            key,
+            spec,
+            nodes,
+        };
+        for i in 1..=c.spec.nodes as u64 {
+            c.start_node(i)?;
+        }
+        Ok(c)
+    }
+
+    /// The cluster's directory (configs, data, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn node(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts (or restarts) node `id`.
+    pub fn start_node(&mut self, id: u64) -> Result<(), ClusterError> {
+        let exe = self.spec.exe.clone();
+        let log_path = self.dir.join(format!("n{id}.log"));
+        let env = self.spec.env.clone();
+        let filter = self.spec.log.clone();
+        let n = self.node(id);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io("opening node log"))?;
+        let log2 = log.try_clone().map_err(io("cloning log handle"))?;
+        let child = Command::new(&exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&n.config)
+            .env("SMART_LOG", filter)
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(io(format!("starting {}", exe.display())))?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    fn signal(&mut self, id: u64, sig: nix::sys::signal::Signal) -> Result<(), ClusterError> {
+        let n = self.node(id);
+        let Some(child) = n.child.as_ref() else {
+            return Err(ClusterError::Node {
+                node: id,
+                reason: "not running".into(),
+            });
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).map_err(|e| {
+            ClusterError::Node {
+                node: id,
+                reason: format!("signal {sig}: {e}"),
+            }
+        })
+    }
+
+    /// `kill -9` node `id` and reap it.
+    pub fn kill(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, nix::sys::signal::Signal::SIGKILL)?;
+        if let Some(mut c) = self.node(id).child.take() {
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP node `id` (it stays in memory, silent: a "zombie" Control).
+    pub fn pause(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONT node `id`.
+    pub fn resume(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    /// Whether node `id`'s process has exited, with its exit code.
+    pub fn exited(&mut self, id: u64) -> Option<Option<i32>> {
+        let c = self.node(id).child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(st)) => Some(st.code()),
+            _ => None,
+        }
+    }
+
+    /// The ids of nodes whose process is running.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Asks node `id` for its status (one connection per call).
+    pub async fn status(&self, id: u64) -> Result<ClusterStatus, ClusterError> {
+        let addr = self.nodes[(id - 1) as usize].addr.to_string();
+        let client = ApiClient::connect(&addr, self.key.clone())
+            .await
+            .map_err(|e| ClusterError::Node {
+                node: id,
+                reason: e.to_string(),
+            })?
+            .with_timeout(Duration::from_millis(500));
+        client.status().await.map_err(|e| ClusterError::Node {
+            node: id,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Waits until every node in `nodes` reports the same Control, which satisfies `pred`,
+    /// polling every 10 ms. Returns that Control's `(node id, epoch)`.
+    pub async fn wait_agreed_control(
+        &self,
+        nodes: &[u64],
+        timeout: Duration,
+        pred: impl Fn(u64, u64) -> bool,
+    ) -> Result<(u64, u64), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut agreed: Option<(u64, u64)> = None;
+            let mut ok = true;
+            for &n in nodes {
+                match self.status(n).await {
+                    Ok(ClusterStatus {
+                        control: Some(c), ..
+                    }) if pred(c.node_id, c.epoch) => match agreed {
+                        None => agreed = Some((c.node_id, c.epoch)),
+                        Some(a) if a == (c.node_id, c.epoch) => {}
+                        Some(_) => ok = false,
+                    },
+                    _ => ok = false,
+                }
+                if !ok {
+                    break;
+                }
+            }
+            if ok && let Some(a) = agreed {
+                return Ok(a);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    what: format!("nodes {nodes:?} to agree on a control"),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The last lines of node `id`'s log, for failure messages.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = fs::read_to_string(self.dir.join(format!("n{id}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                // SIGKILL also ends a stopped process; reap it so no zombie is left.
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::env::var_os("SMART_KEEP_CLUSTER").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

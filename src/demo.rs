@@ -1,0 +1,213 @@
+//! `smart demo` and `smart bench failover`: a real cluster of `smart node` processes on
+//! loopback, a Control killed with `kill -9`, and the failover time measured from the kill
+//! until **every** surviving node reports the same new Control.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cluster::{ClusterError, ClusterSpec, LocalCluster};
+
+/// `smart demo` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Number of Control kills.
+    #[arg(long, default_value_t = 1)]
+    pub kills: usize,
+    /// Print one JSON object at the end instead of the narrative.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `smart bench failover` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FailoverBenchArgs {
+    /// Number of kill -9 trials.
+    #[arg(long, default_value_t = 20)]
+    pub trials: usize,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One failover.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    /// The killed Control.
+    pub killed: u64,
+    /// Its epoch.
+    pub old_epoch: u64,
+    /// The new Control.
+    pub new_control: u64,
+    /// Its epoch.
+    pub new_epoch: u64,
+    /// Kill to every survivor reporting the new Control, in milliseconds.
+    pub failover_ms: f64,
+}
+
+/// Kills the current Control and measures until every survivor agrees on a new one.
+pub async fn kill_control_and_measure(
+    cluster: &mut LocalCluster,
+) -> Result<Failover, ClusterError> {
+    let running = cluster.running();
+    let (old, old_epoch) = cluster
+        .wait_agreed_control(&running, Duration::from_secs(10), |_, _| true)
+        .await?;
+    let t0 = Instant::now();
+    cluster.kill(old)?;
+    let survivors: Vec<u64> = running.into_iter().filter(|&n| n != old).collect();
+    let (new_control, new_epoch) = cluster
+        .wait_agreed_control(&survivors, Duration::from_secs(10), |n, e| {
+            n != old && e > old_epoch
+        })
+        .await?;
+    Ok(Failover {
+        killed: old,
+        old_epoch,
+        new_control,
+        new_epoch,
+        failover_ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+fn exe() -> Result<std::path::PathBuf, ClusterError> {
+    std::env::current_exe().map_err(|source| ClusterError::Io {
+        what: "locating the smart executable".into(),
+        source,
+    })
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
+    let n = args.nodes.max(2);
+    let mut spec = ClusterSpec::new(exe()?, n);
+    spec.log = "warn".into();
+    let started = Instant::now();
+    let mut cluster = LocalCluster::start(spec)?;
+    let say = |s: String| {
+        if !args.json {
+            println!("{s}");
+        }
+    };
+    say(format!(
+        "SMART demo: {n} nodes on loopback, multicast heartbeats (files in {})",
+        cluster.dir().display()
+    ));
+    let all = cluster.running();
+    let (c, e) = cluster
+        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await?;
+    say(format!(
+        "elected control: n{c} at epoch {e}, {} ms after start",
+        started.elapsed().as_millis()
+    ));
+    let mut failovers = Vec::new();
+    for _ in 0..args.kills.min(n - 1) {
+        let running = cluster.running();
+        let (c, _) = cluster
+            .wait_agreed_control(&running, Duration::from_secs(10), |_, _| true)
+            .await?;
+        say(format!("kill -9 control n{c} ..."));
+        let f = kill_control_and_measure(&mut cluster).await?;
+        say(format!(
+            "new control: n{} at epoch {}; failover {:.0} ms (kill -9 until every survivor reports it)",
+            f.new_control, f.new_epoch, f.failover_ms
+        ));
+        failovers.push(f);
+    }
+    let last = failovers.last().map(|f| f.new_control);
+    if let Some(c) = last {
+        let st = cluster.status(c).await?;
+        say("members as the new control sees them:".into());
+        for m in &st.members {
+            say(format!(
+                "  n{:<3} {:<20} {}",
+                m.node_id,
+                m.address,
+                if m.alive { "alive" } else { "dead" }
+            ));
+        }
+    }
+    if args.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            nodes: usize,
+            failovers: &'a [Failover],
+            control_failover_ms: Option<f64>,
+        }
+        let out = Out {
+            nodes: n,
+            failovers: &failovers,
+            control_failover_ms: failovers.iter().map(|f| f.failover_ms).reduce(f64::max),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("plain data")
+        );
+    }
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs the failover benchmark: `trials` kills, the killed node restarted after each.
+pub async fn bench_failover(args: FailoverBenchArgs) -> Result<(), ClusterError> {
+    let mut spec = ClusterSpec::new(exe()?, args.nodes.max(2));
+    spec.log = "warn".into();
+    let mut cluster = LocalCluster::start(spec)?;
+    let mut times = Vec::new();
+    for t in 0..args.trials {
+        let f = kill_control_and_measure(&mut cluster).await?;
+        if !args.json {
+            println!(
+                "trial {:>2}: killed n{} -> n{} epoch {} in {:.0} ms",
+                t + 1,
+                f.killed,
+                f.new_control,
+                f.new_epoch,
+                f.failover_ms
+            );
+        }
+        times.push(f.failover_ms);
+        cluster.start_node(f.killed)?;
+        // Wait until the restarted node is back and agrees, so every trial starts from a
+        // full cluster.
+        let all = cluster.running();
+        cluster
+            .wait_agreed_control(&all, Duration::from_secs(10), |_, _| true)
+            .await?;
+    }
+    times.sort_by(f64::total_cmp);
+    let p50 = percentile(&times, 50.0);
+    let p99 = percentile(&times, 99.0);
+    let max = times.last().copied().unwrap_or(f64::NAN);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"trials": times.len(), "nodes": args.nodes, "failover_p50_ms": p50, "failover_p99_ms": p99, "failover_max_ms": max})
+        );
+    } else {
+        println!(
+            "control failover over {} trials ({} nodes, default timings): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            times.len(),
+            args.nodes,
+            p50,
+            p99,
+            max
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `smart node`: one SMART peer (DESIGN §1).
+//!
+//! [`run`] loads the key and durable state, starts the supervision tree
+//! ([`supervisor::NodeSupervisor`]) and waits until the tree escalates or `shutdown`
+//! resolves. Everything is injected — configuration, shutdown signal, fault injection — so
+//! tests run several nodes in one process as easily as the binary runs one.
+//!
+//! ## Layout
+//! - [`shared`]: state shared by the node's actors (durable epochs, views, counters).
+//! - [`membership`]: the actor shell around the heartbeat/election engine.
+//! - [`server`]: the TCP port (node-to-node and message API) and outgoing peers.
+//! - [`supervisor`]: the supervision tree and its restart policy.
+
+pub mod membership;
+pub mod server;
+pub mod shared;
+pub mod supervisor;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+
+use ractor::Actor;
+use smart_supervision::ClusterKey;
+use smart_supervision::transport::Endpoint;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::NodeConfig;
+use crate::persist::StateFile;
+use server::TransportPeers;
+use shared::{Counters, DiskEpochs, Shared};
+use supervisor::{Exit, NodeMsg, NodeSupervisor};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The cluster key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] smart_supervision::types::KeyError),
+    /// The data directory could not be used.
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
+    /// The supervision tree could not start (a socket could not be bound, ...).
+    #[error("node failed to start: {0}")]
+    Start(String),
+}
+
+/// Fault injection for tests, from the `SMART_FAULT` environment variable:
+/// `agent86-panics=N` makes Agent86 panic on its first N messages (over all its restarts).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Panics left for Agent86.
+    pub agent86_panics: Option<u32>,
+}
+
+impl Faults {
+    /// Parses `SMART_FAULT` (unknown entries are ignored with a warning).
+    pub fn from_env() -> Self {
+        let mut f = Faults::default();
+        if let Ok(spec) = std::env::var("SMART_FAULT") {
+            for part in spec.split(',').filter(|p| !p.is_empty()) {
+                match part.split_once('=') {
+                    Some(("agent86-panics", n)) => f.agent86_panics = n.parse().ok(),
+                    _ => tracing::warn!(%part, "unknown SMART_FAULT entry ignored"),
+                }
+            }
+        }
+        f
+    }
+}
+
+/// Runs a node until `shutdown` resolves (`Ok(Exit::Shutdown)`) or its supervision tree
+/// escalates (`Ok(Exit::Escalated(reason))`: the caller should exit non-zero).
+pub async fn run(
+    cfg: NodeConfig,
+    faults: Faults,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, NodeError> {
+    let key = ClusterKey::load(&cfg.cluster_key_file)?;
+    let state = StateFile::open_and_boot(&cfg.data_dir)?;
+    let durable = state.get();
+    let epochs = Arc::new(DiskEpochs::new(state));
+    let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation, key.clone());
+    endpoint.epoch = epochs.cell();
+    let peers = Arc::new(TransportPeers::new(endpoint.clone()));
+    let (control_addr, _) = watch::channel(None);
+    let (agents, _) = watch::channel(Vec::new());
+    let shared = Arc::new(Shared {
+        key,
+        epochs,
+        control_addr,
+        agents,
+        counters: Counters::default(),
+        incarnation: AtomicU64::new(durable.incarnation),
+        membership_started: AtomicBool::new(false),
+        subscribers: Default::default(),
+        cfg,
+    });
+    info!(node = %shared.id(), incarnation = durable.incarnation, highest_epoch = durable.highest_epoch, "node starting");
+    let (exit_tx, mut exit_rx) = watch::channel(Exit::Running);
+    let (sup, handle) = Actor::spawn(
+        Some(shared.name("supervisor")),
+        NodeSupervisor {
+            shared: shared.clone(),
+            peers: peers.clone(),
+            endpoint,
+            exit: exit_tx,
+            agent86_panics: faults.agent86_panics.map(|n| Arc::new(AtomicU32::new(n))),
+        },
+        (),
+    )
+    .await
+    .map_err(|e| NodeError::Start(e.to_string()))?;
+    tokio::pin!(shutdown);
+    let exit = tokio::select! {
+        _ = &mut shutdown => {
+            let _ = sup.send_message(NodeMsg::Shutdown);
+            Exit::Shutdown
+        }
+        r = exit_rx.wait_for(|e| *e != Exit::Running) => {
+            r.map(|e| e.clone()).unwrap_or(Exit::Shutdown)
+        }
+    };
+    // Bounded: a wedged actor must not keep the process alive.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), handle)
+        .await
+        .is_err()
+    {
+        error!(node = %shared.id(), "supervision tree did not stop within 5 s");
+    }
+    peers.stop_all();
+    Ok(exit)
+}

@@ -1,0 +1,463 @@
+//! Membership: the thin actor shell around `smart_supervision::engine::NodeEngine`.
+//!
+//! It owns the heartbeat sockets, feeds the engine every datagram that authenticates and a
+//! tick every [`TICK`], and executes the engine's outputs in order: sends, durable epoch
+//! raises (before anything that follows), Control start/stop (through the node supervisor),
+//! and the views that other actors read (who is Control, which agents are alive).
+//!
+//! Datagrams that fail to decode (bad size, magic, version, tag, payload) are dropped and
+//! counted by reason; the engine counts replays and stale incarnations. Nothing a remote
+//! sends can panic this actor: the codec returns typed errors for any byte string.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use smart_actors::control::AgentAddr;
+use smart_actors::epoch::EpochStore;
+use smart_api::{ClusterStatus, ControlView, Event, MemberStatus};
+use smart_supervision::detector::DetectorConfig;
+use smart_supervision::election::Mode;
+use smart_supervision::engine::{Dest, EngineConfig, Input, NodeEngine, Output};
+use smart_supervision::udp::{self, MulticastParams};
+use smart_supervision::{Epoch, Role, wire};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::shared::Shared;
+use super::supervisor::NodeMsg;
+use crate::config::ElectionMode;
+
+/// How often the engine is ticked. Well below the heartbeat interval so that timers (backoff,
+/// detector) fire within a few milliseconds of their deadline.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Membership's messages.
+pub enum MembershipMsg {
+    /// Time passed.
+    Tick,
+    /// Raw bytes from a socket.
+    Datagram(Vec<u8>, SocketAddr),
+    /// The local Control finished rebuilding at `epoch`.
+    RebuildDone(Epoch),
+    /// The local Control learned from an agent that a newer epoch exists.
+    ControlStale(Epoch),
+    /// Members and Control as this node sees them.
+    Status(RpcReplyPort<ClusterStatus>),
+}
+
+/// The actor.
+pub struct Membership {
+    /// Node-wide shared state.
+    pub shared: Arc<Shared>,
+    /// The node supervisor, which starts and stops the Control.
+    pub supervisor: ActorRef<NodeMsg>,
+}
+
+/// Its state.
+pub struct MembershipState {
+    engine: NodeEngine<StdRng>,
+    socket: Arc<UdpSocket>,
+    group: Option<SocketAddr>,
+    readers: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+fn engine_config(shared: &Shared, incarnation: u64) -> EngineConfig {
+    let cfg = &shared.cfg;
+    let mut e = EngineConfig::new(cfg.id(), incarnation, cfg.listen, cfg.roles.clone());
+    e.heartbeat_interval = cfg.timing.heartbeat_interval;
+    e.detector = DetectorConfig {
+        interval: cfg.timing.heartbeat_interval,
+        dead_after: cfg.timing.dead_after,
+    };
+    e.election.backoff = cfg.timing.election_backoff;
+    e.election.profiler_backoff = cfg.timing.profiler_backoff;
+    e.election.listen = cfg.timing.dead_after;
+    e.election.mode = match cfg.election.mode {
+        ElectionMode::Available => Mode::Available,
+        ElectionMode::Majority => Mode::Majority {
+            members: cfg
+                .election
+                .members
+                .iter()
+                .map(|&n| smart_supervision::NodeId(n))
+                .collect(),
+        },
+    };
+    e.use_seeds = !cfg.seeds.is_empty();
+    e
+}
+
+fn spawn_reader(
+    sock: Arc<UdpSocket>,
+    me: ActorRef<MembershipMsg>,
+    shared: Arc<Shared>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // One byte more than the largest valid datagram, so that oversized ones are seen as
+        // such (and counted) instead of silently truncated.
+        let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
+        loop {
+            match sock.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    if me
+                        .send_message(MembershipMsg::Datagram(buf[..n].to_vec(), from))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // ICMP errors from unicast sends surface here on Linux: not fatal.
+                    shared.counters.incr("udp_recv_errors");
+                    debug!(node = %shared.id(), error = %e, "udp receive error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+}
+
+impl Membership {
+    async fn execute(
+        &self,
+        st: &mut MembershipState,
+        outputs: Vec<Output>,
+    ) -> Result<(), ActorProcessingErr> {
+        let shared = &self.shared;
+        let id = shared.id();
+        for out in outputs {
+            match out {
+                Output::Send { dest, msg } => {
+                    let bytes = wire::encode(&msg, &shared.key);
+                    let targets: Vec<SocketAddr> = match dest {
+                        Dest::Multicast => st.group.into_iter().collect(),
+                        Dest::Seeds => shared.cfg.seeds.clone(),
+                        Dest::Addr(a) => vec![a],
+                    };
+                    for t in targets {
+                        if let Err(e) = st.socket.send_to(&bytes, t).await {
+                            shared.counters.incr("udp_send_errors");
+                            debug!(node = %id, to = %t, error = %e, "heartbeat send failed");
+                        }
+                    }
+                }
+                Output::PersistEpoch(e) => {
+                    // Fatal on failure: acting on an epoch we could not persist could let a
+                    // restarted node reuse it.
+                    shared.epochs.raise(e).map_err(|err| {
+                        error!(node = %id, epoch = e, error = %err, "cannot persist epoch");
+                        ActorProcessingErr::from(format!("cannot persist epoch {e}: {err}"))
+                    })?;
+                }
+                Output::BecomeControl { epoch } => {
+                    info!(node = %id, epoch, "became control; rebuilding state");
+                    shared.counters.incr("became_control");
+                    let _ = self
+                        .supervisor
+                        .send_message(NodeMsg::StartControl { epoch });
+                }
+                Output::Reasserted { epoch } => {
+                    info!(node = %id, epoch, "control re-asserted at a higher epoch");
+                    let _ = self
+                        .supervisor
+                        .send_message(NodeMsg::ControlEpoch { epoch });
+                }
+                Output::ControlActing { epoch, acting } => {
+                    info!(node = %id, epoch, acting, "control acting state");
+                    let _ = self
+                        .supervisor
+                        .send_message(NodeMsg::ControlActing { epoch, acting });
+                }
+                Output::StepDown { epoch, reason } => {
+                    warn!(node = %id, epoch, ?reason, "stepping down as control");
+                    shared.counters.incr("stepped_down");
+                    let _ = self.supervisor.send_message(NodeMsg::StopControl);
+                }
+                Output::ControlChanged(view) => {
+                    info!(node = %id, control = ?view.map(|v| (v.node_id.0, v.epoch)), "control changed");
+                    self.publish(st);
+                    if let Some(v) = view {
+                        shared.publish(Event::ControlChanged {
+                            node: v.node_id.0,
+                            epoch: v.epoch,
+                        });
+                    }
+                }
+                Output::MemberUp(n) => {
+                    info!(node = %id, member = %n, "member up");
+                    self.publish(st);
+                    shared.publish(Event::MemberChanged {
+                        node: n.0,
+                        alive: true,
+                    });
+                }
+                Output::MemberDown(n) => {
+                    warn!(node = %id, member = %n, "member down");
+                    self.publish(st);
+                    shared.publish(Event::MemberChanged {
+                        node: n.0,
+                        alive: false,
+                    });
+                }
+                Output::Dropped { from, reason } => {
+                    debug!(node = %id, %from, ?reason, "datagram dropped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the views other actors read: the Control's address and the live agents.
+    fn publish(&self, st: &MembershipState) {
+        let shared = &self.shared;
+        let members = st.engine.members();
+        let control = st.engine.control().and_then(|c| {
+            if c.node_id == shared.id() {
+                Some(shared.cfg.listen)
+            } else {
+                members
+                    .iter()
+                    .find(|m| m.node_id == c.node_id)
+                    .map(|m| m.tcp_addr)
+            }
+        });
+        shared.control_addr.send_if_modified(|cur| {
+            let changed = *cur != control;
+            *cur = control;
+            changed
+        });
+        let mut agents: Vec<AgentAddr> = members
+            .iter()
+            .filter(|m| m.alive && m.roles.contains(&Role::Agent))
+            .map(|m| AgentAddr {
+                node: m.node_id,
+                addr: m.tcp_addr,
+            })
+            .collect();
+        if shared.cfg.has_role(Role::Agent) {
+            agents.push(AgentAddr {
+                node: shared.id(),
+                addr: shared.cfg.listen,
+            });
+        }
+        agents.sort_by_key(|a| a.node);
+        shared.agents.send_if_modified(|cur| {
+            let changed = *cur != agents;
+            *cur = agents;
+            changed
+        });
+    }
+
+    fn status(&self, st: &MembershipState) -> ClusterStatus {
+        let shared = &self.shared;
+        let now = Instant::now();
+        let role_names = |roles: &[Role]| -> Vec<String> {
+            roles
+                .iter()
+                .map(|r| {
+                    match r {
+                        Role::Agent => "agent",
+                        Role::Profiler => "profiler",
+                        Role::FrontEnd => "front-end",
+                        Role::Control => "control",
+                    }
+                    .to_string()
+                })
+                .collect()
+        };
+        let mut members: Vec<MemberStatus> = st
+            .engine
+            .members()
+            .into_iter()
+            .map(|m| MemberStatus {
+                node_id: m.node_id.0,
+                address: m.tcp_addr.to_string(),
+                alive: m.alive,
+                roles: role_names(&m.roles),
+                last_heard_ms: now.saturating_duration_since(m.last_heard).as_millis() as u64,
+                incarnation: m.incarnation,
+            })
+            .collect();
+        members.push(MemberStatus {
+            node_id: shared.id().0,
+            address: shared.cfg.listen.to_string(),
+            alive: true,
+            roles: role_names(&shared.cfg.roles),
+            last_heard_ms: 0,
+            incarnation: shared.incarnation.load(Ordering::SeqCst),
+        });
+        members.sort_by_key(|m| m.node_id);
+        let c = st.engine.counters();
+        let mut counters: Vec<(String, u64)> = shared.counters.snapshot().into_iter().collect();
+        counters.extend([
+            ("accepted".to_string(), c.accepted),
+            ("dropped_replayed".to_string(), c.replayed),
+            ("dropped_stale_incarnation".to_string(), c.stale_incarnation),
+            ("stale_epoch_asserts".to_string(), c.stale_epoch),
+            ("heartbeats_sent".to_string(), c.heartbeats_sent),
+            ("claims_sent".to_string(), c.claims_sent),
+            ("pauses".to_string(), c.pauses),
+            (
+                "uptime_ms".to_string(),
+                now.saturating_duration_since(st.started).as_millis() as u64,
+            ),
+        ]);
+        counters.sort();
+        ClusterStatus {
+            node_id: shared.id().0,
+            highest_epoch: st.engine.highest_epoch(),
+            control: st.engine.control().map(|c| ControlView {
+                node_id: c.node_id.0,
+                epoch: c.epoch,
+            }),
+            members,
+            counters,
+        }
+    }
+}
+
+impl Actor for Membership {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let shared = &self.shared;
+        let cfg = &shared.cfg;
+        // A restarted engine starts its sequence numbers again: a new incarnation keeps them
+        // from being taken for replays. (The node's start already booted one.)
+        if shared.membership_started.swap(true, Ordering::SeqCst) {
+            let incarnation = shared.epochs.boot().map_err(ActorProcessingErr::from)?;
+            shared.incarnation.store(incarnation, Ordering::SeqCst);
+        }
+        let incarnation = shared.incarnation.load(Ordering::SeqCst);
+        let mcast = if cfg.multicast.enabled {
+            Some(MulticastParams {
+                group: cfg.multicast.group,
+                port: cfg.multicast.port,
+                interface: udp::resolve_interface(&cfg.multicast.interface).map_err(|e| {
+                    format!("multicast.interface `{}`: {e}", cfg.multicast.interface)
+                })?,
+                ttl: cfg.multicast.ttl,
+                loopback: cfg.multicast.loopback,
+            })
+        } else {
+            None
+        };
+        let socket = Arc::new(
+            udp::unicast_socket(cfg.listen, mcast.as_ref())
+                .map_err(|e| format!("cannot bind heartbeat socket {}: {e}", cfg.listen))?,
+        );
+        let mut readers = vec![spawn_reader(socket.clone(), myself.clone(), shared.clone())];
+        let mut group = None;
+        if let Some(m) = &mcast {
+            let g = udp::group_socket(m).map_err(|e| {
+                format!(
+                    "cannot join multicast group {}:{} on {}: {e}",
+                    m.group, m.port, m.interface
+                )
+            })?;
+            readers.push(spawn_reader(Arc::new(g), myself.clone(), shared.clone()));
+            group = Some(SocketAddr::from((m.group, m.port)));
+        }
+        let engine = NodeEngine::new(
+            engine_config(shared, incarnation),
+            shared.epochs.highest(),
+            StdRng::from_os_rng(),
+        );
+        info!(node = %shared.id(), incarnation, listen = %cfg.listen, "membership started");
+        Ok(MembershipState {
+            engine,
+            socket,
+            group,
+            readers,
+            started: Instant::now(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.send_interval(TICK, || MembershipMsg::Tick);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for r in &st.readers {
+            r.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        let outputs = match msg {
+            MembershipMsg::Tick => st.engine.handle(Input::Tick, now),
+            MembershipMsg::Datagram(bytes, from) => match wire::decode(&bytes, &self.shared.key) {
+                Ok(m) => st.engine.handle(Input::Received(m), now),
+                Err(e) => {
+                    self.shared
+                        .counters
+                        .incr(&format!("dropped_{}", drop_name(&e)));
+                    debug!(node = %self.shared.id(), %from, error = %e, "datagram dropped");
+                    Vec::new()
+                }
+            },
+            MembershipMsg::RebuildDone(epoch) => {
+                st.engine.handle(Input::RebuildDone { epoch }, now)
+            }
+            MembershipMsg::ControlStale(highest) => {
+                // Learned from an agent's refusal: persist the higher epoch so that this node
+                // never acts below it again; the engine steps down when it hears the newer
+                // Control (its heartbeats carry the epoch).
+                self.shared
+                    .epochs
+                    .raise(highest)
+                    .map_err(ActorProcessingErr::from)?;
+                Vec::new()
+            }
+            MembershipMsg::Status(reply) => {
+                let _ = reply.send(self.status(st));
+                Vec::new()
+            }
+        };
+        self.execute(st, outputs).await
+    }
+}
+
+/// A short, stable counter name for a decode error.
+fn drop_name(e: &wire::WireError) -> String {
+    let dbg = format!("{e:?}");
+    let variant: String = dbg.chars().take_while(|c| c.is_alphanumeric()).collect();
+    let mut out = String::new();
+    for (i, ch) in variant.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
