@@ -168,6 +168,11 @@ impl LocalCluster {
         Ok(c)
     }
 
+    /// The cluster key.
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
     /// The cluster's directory (configs, data, logs).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -95,6 +95,7 @@ pub async fn run(
         incarnation: AtomicU64::new(durable.incarnation),
         membership_started: AtomicBool::new(false),
         subscribers: Default::default(),
+        transport: endpoint.counters.clone(),
         cfg,
     });
     info!(node = %shared.id(), incarnation = durable.incarnation, highest_epoch = durable.highest_epoch, "node starting");

@@ -131,6 +131,36 @@ impl NodeHandler {
         self.shared.cfg.timing.request_timeout.as_millis() as u64
     }
 
+    /// Adds the transport's counters and Agent86's fencing figures to a status answer.
+    async fn extend_counters(&self, counters: &mut Vec<(String, u64)>) {
+        if let Ok(serde_json::Value::Object(map)) =
+            serde_json::to_value(self.shared.transport.snapshot())
+        {
+            for (k, v) in map {
+                counters.push((format!("transport_{k}"), v.as_u64().unwrap_or(0)));
+            }
+        }
+        if let Some(a) = ractor::registry::where_is(self.shared.name("agent86")) {
+            let a: ActorRef<Agent86Msg> = a.into();
+            if let Ok(r) = call_t!(a, Agent86Msg::Report, self.timeout_ms()) {
+                // Executed epochs must never go down: this counts violations, from the
+                // agent's own record of what it executed.
+                let regressions = r
+                    .recent_commands
+                    .windows(2)
+                    .filter(|w| w[1].0 < w[0].0)
+                    .count() as u64;
+                counters.push(("agent_refused_stale".into(), r.refused_stale));
+                counters.push(("agent_epoch_regressions".into(), regressions));
+                counters.push((
+                    "agent_recent_commands".into(),
+                    r.recent_commands.len() as u64,
+                ));
+            }
+        }
+        counters.sort();
+    }
+
     async fn internal(&self, req: PeerRequest) -> Result<PeerResponse, String> {
         match req {
             PeerRequest::Agent { from, epoch, cmd } => {
@@ -164,7 +194,10 @@ impl NodeHandler {
                 };
                 let m: ActorRef<MembershipMsg> = m.into();
                 match call_t!(m, MembershipMsg::Status, self.timeout_ms()) {
-                    Ok(s) => Response::Status(s),
+                    Ok(mut s) => {
+                        self.extend_counters(&mut s.counters).await;
+                        Response::Status(s)
+                    }
                     Err(e) => Response::Error(ApiError::Internal {
                         reason: format!("membership: {e}"),
                     }),

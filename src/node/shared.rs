@@ -94,6 +94,8 @@ pub struct Shared {
     pub incarnation: AtomicU64,
     /// Set once membership has started: later starts are restarts and bump the incarnation.
     pub membership_started: std::sync::atomic::AtomicBool,
+    /// The transport's counters (handshakes, rejected frames, ...).
+    pub transport: Arc<smart_supervision::transport::Counters>,
     /// Message-API connections that subscribed to events.
     pub subscribers: Mutex<Vec<Connection<NodeProtocol>>>,
 }
