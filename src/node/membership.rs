@@ -306,6 +306,10 @@ impl Membership {
             ("claims_sent".to_string(), c.claims_sent),
             ("pauses".to_string(), c.pauses),
             (
+                "control_acting".to_string(),
+                u64::from(st.engine.may_act(now)),
+            ),
+            (
                 "uptime_ms".to_string(),
                 now.saturating_duration_since(st.started).as_millis() as u64,
             ),
