@@ -69,6 +69,8 @@ pub struct ClusterSpec {
     pub log: String,
     /// Environment for every child (e.g. `SMART_FAULT`).
     pub env: Vec<(String, String)>,
+    /// Disable multicast: heartbeats go to the other nodes as unicast seeds only.
+    pub unicast_only: bool,
 }
 
 impl ClusterSpec {
@@ -81,6 +83,7 @@ impl ClusterSpec {
             extra_toml: String::new(),
             log: "info".into(),
             env: Vec::new(),
+            unicast_only: false,
         }
     }
 }
@@ -130,9 +133,14 @@ impl LocalCluster {
         fs::write(&key_path, &key_hex).map_err(io("writing cluster.key"))?;
         let key = ClusterKey::from_bytes(key_hex.as_bytes()).expect("64-byte key");
         let members: Vec<String> = (1..=spec.nodes).map(|i| i.to_string()).collect();
+        let addr_of = |i: usize| SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port));
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes {
-            let addr = SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port));
+            let addr = addr_of(i);
+            let seeds: Vec<String> = (1..=spec.nodes)
+                .filter(|&j| j != i && spec.unicast_only)
+                .map(|j| format!("\"{}\"", addr_of(j)))
+                .collect();
             let mode = match spec.mode {
                 ElectionMode::Available => "available",
                 ElectionMode::Majority => "majority",
@@ -143,7 +151,9 @@ impl LocalCluster {
                 r#"["agent", "control"]"#
             };
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\n\n[multicast]\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\nseeds = [{}]\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                seeds.join(", "),
+                !spec.unicast_only,
                 members.join(", "),
                 spec.extra_toml
             );

@@ -73,6 +73,20 @@ async fn kill_9_of_the_control_elects_a_new_one() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_multicast_unicast_seeds_carry_the_heartbeats() {
+    let mut s = spec(3);
+    s.unicast_only = true;
+    let mut c = LocalCluster::start(s).unwrap();
+    let f = kill_control_and_measure(&mut c).await.unwrap();
+    assert_ne!(f.new_control, f.killed);
+    for n in c.running() {
+        let st = c.status(n).await.unwrap();
+        assert!(counter(&st, "accepted") > 0);
+        assert_eq!(st.members.iter().filter(|m| m.alive).count(), 2);
+    }
+}
+
 /// Sends a Control command with `epoch` to node `to`, as node `from`: what a deposed
 /// Control would send.
 async fn command_as(c: &LocalCluster, from: u64, to: u64, epoch: u64) -> PeerResponse {
