@@ -10,8 +10,11 @@
 //! - [`runtime`]: the [`runtime::InstanceRuntime`] trait and its `process`/`cgroup` drivers.
 //! - [`control`]: client of the workload control API (`usage`), with back-off.
 //! - [`sample`]: the per-interval sampler of instances and node.
+//! - [`agent86`]: the Agent86 node-agent engine (pure step function: fencing, restarts,
+//!   anomalies, health, state reports).
 #![warn(missing_docs)]
 
+pub mod agent86;
 pub mod cgroup;
 pub mod control;
 pub mod procfs;

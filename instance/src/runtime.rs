@@ -84,7 +84,7 @@ pub struct InstanceSpec {
 }
 
 /// How an instance ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExitInfo {
     /// Exit code, when it exited normally.
     pub code: Option<i32>,
