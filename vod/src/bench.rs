@@ -400,7 +400,12 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
     })
     .map_err(setup("generate"))?;
     let (_origin, origin_url) = start_origin("v.ts", video).await?;
-    let extra = vec!["--prefetch-ms".into(), a.prefetch_ms.to_string()];
+    // A pre-fills its window so that the migrated cache is the full 72 MB at once.
+    let extra = vec![
+        "--prefetch-ms".into(),
+        a.prefetch_ms.to_string(),
+        "--prefill".into(),
+    ];
     let da = spawn_distributor(&a.exe, &origin_url, dir.path().join("a.sock"), &extra).await?;
     let db = spawn_distributor(&a.exe, &origin_url, dir.path().join("b.sock"), &extra).await?;
     let load = LoadConfig {

@@ -48,10 +48,13 @@ pub struct DistributorConfig {
     pub prefetch_ms: u64,
     /// Pacing tick.
     pub tick: Duration,
+    /// Read-ahead beyond the fastest viewer, bytes (None: the whole window ahead of the
+    /// slowest viewer, which pre-fills the cache).
+    pub readahead: Option<u64>,
 }
 
 impl DistributorConfig {
-    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 100 ms tick.
+    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 100 ms tick, 256 KiB read-ahead.
     pub fn new(origin: Url) -> Self {
         Self {
             origin,
@@ -60,6 +63,7 @@ impl DistributorConfig {
             block_size: 64 * 1024,
             prefetch_ms: 2000,
             tick: Duration::from_millis(100),
+            readahead: Some(256 * 1024),
         }
     }
 }
@@ -296,7 +300,10 @@ impl Distributor {
     }
 
     fn new_entry(self: &Arc<Self>, meta: VideoMeta) -> Arc<VideoEntry> {
-        let cache = BlockCache::new(self.cfg.block_size, meta.size, self.window_for(&meta));
+        let mut cache = BlockCache::new(self.cfg.block_size, meta.size, self.window_for(&meta));
+        if let Some(r) = self.cfg.readahead {
+            cache = cache.with_readahead(r);
+        }
         let entry = Arc::new(VideoEntry {
             meta,
             cache: Mutex::new(cache),
@@ -573,6 +580,7 @@ async fn open_origin(
 ) -> Result<OriginConn, String> {
     let url = d.cfg.origin.with_path(&e.meta.path);
     let from = b * bs;
+
     let resp = http::get(&url, Some(from), Duration::from_secs(5))
         .await
         .map_err(|x| x.to_string())?;
