@@ -12,11 +12,17 @@
 //! - [`sample`]: the per-interval sampler of instances and node.
 //! - [`agent86`]: the Agent86 node-agent engine (pure step function: fencing, restarts,
 //!   anomalies, health, state reports).
+//! - [`profiler`]: Agent99, `smart profile` ([`profiler::ProfileArgs`], [`profiler::run`]).
+//! - [`refine`]: online refinement of profiles from Agent86 samples (bounded window).
+//! - [`stats`]: summaries and distribution tables (thesis Tables 5.2/5.3).
 #![warn(missing_docs)]
 
 pub mod agent86;
 pub mod cgroup;
 pub mod control;
 pub mod procfs;
+pub mod profiler;
+pub mod refine;
 pub mod runtime;
 pub mod sample;
+pub mod stats;
