@@ -65,7 +65,7 @@ impl Reservation {
     fn add(&mut self, o: &Reservation) {
         self.cpu_cores += o.cpu_cores;
         self.net_bps += o.net_bps;
-        self.mem_bytes += o.mem_bytes;
+        self.mem_bytes = self.mem_bytes.saturating_add(o.mem_bytes);
     }
 }
 

@@ -152,15 +152,16 @@ fn sum_ifaces(text: &str, only: &[String]) -> u64 {
                 only.contains(&i.name)
             }
         })
-        .map(|i| i.rx_bytes + i.tx_bytes)
-        .sum()
+        .fold(0u64, |a, i| {
+            a.saturating_add(i.rx_bytes).saturating_add(i.tx_bytes)
+        })
 }
 
-fn rate(d: u64, dt: Duration) -> f64 {
+fn rate(d: f64, dt: Duration) -> f64 {
     if dt.is_zero() {
         0.0
     } else {
-        d as f64 / dt.as_secs_f64()
+        d / dt.as_secs_f64()
     }
 }
 
@@ -279,8 +280,8 @@ impl Sampler {
                     .filter(|i| i.name != "lo")
                     .collect();
                 counters = Some((
-                    all.iter().map(|i| i.tx_bytes).sum(),
-                    all.iter().map(|i| i.rx_bytes).sum(),
+                    all.iter().fold(0u64, |a, i| a.saturating_add(i.tx_bytes)),
+                    all.iter().fold(0u64, |a, i| a.saturating_add(i.rx_bytes)),
                 ));
             }
         }
@@ -290,7 +291,10 @@ impl Sampler {
             }
             _ => None,
         };
-        let net_bps = deltas.zip(dt).map(|((s, r), dt)| rate((s + r) * 8, dt));
+        // Counters come from the instance itself: no arithmetic on them may overflow.
+        let net_bps = deltas
+            .zip(dt)
+            .map(|((s, r), dt)| rate((s as f64 + r as f64) * 8.0, dt));
 
         prev.at = Some(now);
         prev.cpu_ns = cpu_ns;
@@ -335,7 +339,7 @@ impl Sampler {
             }
             if let (Some(n0), Some(n1)) = (n0, net) {
                 net_bps = Some(rate(
-                    n1.saturating_sub(n0) * 8,
+                    n1.saturating_sub(n0) as f64 * 8.0,
                     now.saturating_duration_since(t0),
                 ));
             }
