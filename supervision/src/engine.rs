@@ -27,7 +27,7 @@
 //! - [`Input`], [`Output`], [`Dest`], [`DropReason`], [`ControlInfo`]: the step interface.
 //! - [`NodeEngine`] — `handle` and the queries ([`MemberView`], [`Counters`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -270,6 +270,9 @@ pub struct NodeEngine<R> {
     detector: Detector,
     election: Election,
     members: BTreeMap<NodeId, Member>,
+    /// Members whose `asserts` is set: an index so that each message costs O(controls),
+    /// not O(members).
+    asserting: BTreeSet<NodeId>,
     seq: u64,
     next_heartbeat: Option<Instant>,
     last_input: Option<Instant>,
@@ -298,6 +301,7 @@ impl<R: Rng> NodeEngine<R> {
             granter: LeaseGranter::new(cfg.election.lease),
             holder: LeaseHolder::new(),
             members: BTreeMap::new(),
+            asserting: BTreeSet::new(),
             seq: 0,
             next_heartbeat: None,
             last_input: None,
@@ -327,6 +331,7 @@ impl<R: Rng> NodeEngine<R> {
                         if let Some(m) = self.members.get_mut(&n) {
                             m.asserts = None;
                         }
+                        self.asserting.remove(&n);
                         out.push(Output::MemberDown(n));
                     }
                 }
@@ -448,7 +453,13 @@ impl<R: Rng> NodeEngine<R> {
                 });
             }
         }
-        if let Some(a) = self.members[&from].asserts {
+        let asserts = self.members[&from].asserts;
+        if asserts.is_some() {
+            self.asserting.insert(from);
+        } else {
+            self.asserting.remove(&from);
+        }
+        if let Some(a) = asserts {
             if a.epoch < self.election.highest() {
                 self.counters.stale_epoch += 1;
             }
@@ -538,11 +549,11 @@ impl<R: Rng> NodeEngine<R> {
     }
 
     fn live_controls(&self) -> Vec<Candidate> {
-        self.members
+        self.asserting
             .iter()
-            .filter(|(id, _)| self.detector.is_alive(**id))
-            .filter_map(|(id, m)| {
-                m.asserts.map(|a| Candidate {
+            .filter(|id| self.detector.is_alive(**id))
+            .filter_map(|id| {
+                self.members[id].asserts.map(|a| Candidate {
                     node_id: *id,
                     established_epoch: a.established_epoch,
                     epoch: a.epoch,
