@@ -43,6 +43,7 @@
 //! - [`handshake`]: the mutual HMAC challenge.
 //! - [`session`]: sealing/opening data frames on an authenticated connection.
 //! - [`peer`]: the per-peer ractor actor (reconnect with backoff, request correlation).
+//! - [`peer_set`]: a node's peer actors keyed by node id, kept in step with membership.
 //! - [`server`]: the listener, handshake and dispatch of inbound connections.
 //! - [`client`]: the plain async client for `smart status` and the message API.
 
@@ -63,6 +64,7 @@ pub mod client;
 pub mod handshake;
 pub mod mem;
 pub mod peer;
+pub mod peer_set;
 pub mod server;
 pub mod session;
 pub mod tcp;
@@ -70,6 +72,7 @@ pub mod tcp;
 pub use client::Client;
 pub use handshake::{HandshakeError, Identity};
 pub use peer::{Backoff, Peer, PeerArgs, PeerMsg, PeerStatus};
+pub use peer_set::PeerSet;
 pub use server::{Connection, Handler, RequestContext, Server, ServerHandle};
 
 /// A boxed, sendable future: the return type of the [`Transport`] seam's methods, so that the
@@ -182,6 +185,9 @@ pub struct Limits {
     pub send_queue: usize,
     /// Requests served concurrently per inbound connection; beyond it reading pauses.
     pub max_in_flight: usize,
+    /// Connections a server holds at once (handshaking or established); beyond it new
+    /// connections are closed at once and counted in `connections_refused`.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -192,6 +198,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(2),
             send_queue: 256,
             max_in_flight: 64,
+            max_connections: 1024,
         }
     }
 }
@@ -236,6 +243,8 @@ counters! {
     handshakes_bad_key,
     /// Inbound connections accepted by a server (before the handshake).
     connections_accepted,
+    /// Inbound connections closed at once because the server held `max_connections`.
+    connections_refused,
     /// Outbound connection attempts that failed (connect or handshake).
     connects_failed,
     /// Reconnection attempts by peers after losing or failing to open a connection.

@@ -495,6 +495,35 @@ async fn server_shutdown_closes_clients(fx: &dyn Fixture) {
     );
 }
 
+async fn connection_limit(fx: &dyn Fixture) {
+    let mut ep = server_endpoint();
+    ep.limits.max_connections = 2;
+    let s = Server::bind(
+        fx.transport("srv").as_ref(),
+        &fx.listen_addr(),
+        ep,
+        Arc::new(TestHandler::default()),
+    )
+    .await
+    .unwrap();
+    // Two idle connections hold both slots while they (never) handshake.
+    let _a = fx.transport("a").connect(s.local_addr()).await.unwrap();
+    let _b = fx.transport("b").connect(s.local_addr()).await.unwrap();
+    assert!(eventually(T, || s.counters().connections_accepted == 2).await);
+    let mut c = fx.transport("c").connect(s.local_addr()).await.unwrap();
+    let (frames, _) = drain(&mut c).await;
+    assert_eq!(frames, 0);
+    assert_eq!(s.counters().connections_refused, 1);
+    // Once the slots free up, clients are served again.
+    drop((_a, _b));
+    assert!(
+        eventually(T, || s.counters().handshakes_failed == 2).await,
+        "{:?}",
+        s.counters()
+    );
+    still_serving(fx, &s).await;
+}
+
 #[test]
 fn unused_key_helper_is_distinct() {
     // Guards the fixtures: the "wrong key" really differs from the cluster key.
@@ -540,4 +569,5 @@ suite!(
     truncated_frame,
     client_identity_can_be_refused,
     server_shutdown_closes_clients,
+    connection_limit,
 );

@@ -286,3 +286,62 @@ async fn mem_under_paused_time() {
     assert_eq!(echo(&p, "back").await, Ok(Resp::Text("back".into())));
     p.stop(None);
 }
+
+#[tokio::test]
+async fn peer_set_addresses_nodes_by_id() {
+    use smart_supervision::transport::PeerSet;
+    let net = smart_supervision::transport::mem::MemNetwork::new(1);
+    let mut servers = Vec::new();
+    for i in 1..=3u64 {
+        let name = format!("n{i}");
+        let s = Server::bind(
+            &net.transport(&name),
+            &name,
+            node_endpoint(i),
+            Arc::new(TestHandler::default()),
+        )
+        .await
+        .unwrap();
+        servers.push(s);
+    }
+    let ep = node_endpoint(10);
+    let set = PeerSet::<Test>::new(
+        Arc::new(net.transport("n10")),
+        ep,
+        fast_backoff(),
+        None,
+        None,
+    );
+    for i in 1..=3u64 {
+        set.ensure(NodeId(i), &format!("n{i}")).await.unwrap();
+    }
+    // Idempotent for the same address.
+    let again = set.ensure(NodeId(2), "n2").await.unwrap();
+    assert_eq!(again.get_id(), set.get(NodeId(2)).unwrap().get_id());
+    assert_eq!(set.nodes(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+    for i in 1..=3u64 {
+        assert_eq!(
+            set.request(NodeId(i), Req::WhoAmI, T).await,
+            Ok(Resp::Text("n10/1 epoch 0".into()))
+        );
+    }
+    // Node 3 "moves" to node 1's address: the handshake sees node 1 and refuses.
+    set.ensure(NodeId(3), "n1").await.unwrap();
+    let r = set.request(NodeId(3), Req::Echo("x".into()), T).await;
+    assert!(
+        matches!(&r, Err(RequestError::Unavailable(m)) if m.contains("expected node n3")),
+        "{r:?}"
+    );
+    set.remove(NodeId(3));
+    assert!(matches!(
+        set.request(NodeId(3), Req::Echo("x".into()), T).await,
+        Err(RequestError::Unavailable(_))
+    ));
+    let st = set.statuses(T).await;
+    assert_eq!(st.len(), 2);
+    assert!(
+        st.iter()
+            .all(|(_, s)| matches!(s.state, LinkState::Up { .. }))
+    );
+    set.stop_all();
+}

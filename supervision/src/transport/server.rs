@@ -213,6 +213,10 @@ impl Server {
                     _ = &mut stopped => break,
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                     r = listener.accept() => match r {
+                        Ok(raw) if conns.len() >= ep.limits.max_connections => {
+                            Counters::inc(&ep.counters.connections_refused);
+                            tracing::warn!(peer_addr = %raw.peer_addr, limit = ep.limits.max_connections, "too many connections, refusing");
+                        }
                         Ok(raw) => {
                             Counters::inc(&ep.counters.connections_accepted);
                             let id = next_conn.fetch_add(1, Ordering::Relaxed);
