@@ -1009,6 +1009,35 @@ fn reply(
     }
 }
 
+/// Turn one sampler tick into the engine's [`Event::Usage`]. Instances without a CPU rate
+/// yet (their first tick) or that could not be read are left out.
+pub fn usage_event(s: &crate::sample::NodeSample) -> Event {
+    Event::Usage {
+        node: NodeUsage {
+            cpus: s.cpus,
+            cpu_busy_cores: s.cpu_busy_cores.unwrap_or(0.0),
+            mem_total_bytes: s.mem_total_bytes,
+            mem_available_bytes: s.mem_available_bytes,
+            nic_capacity_bps: s.nic_capacity_bps,
+            net_bps: s.net_bps.unwrap_or(0.0),
+        },
+        instances: s
+            .instances
+            .iter()
+            .filter(|i| i.alive)
+            .filter_map(|i| {
+                Some(UsageReading {
+                    instance: i.name.clone(),
+                    cpu_cores: i.cpu_cores?,
+                    net_bps: i.net_bps,
+                    mem_bytes: i.working_set_bytes,
+                    clients: i.clients,
+                })
+            })
+            .collect(),
+    }
+}
+
 /// Read the health inputs: `<proc>/meminfo`, `<proc>/pressure/memory` (PSI, when present)
 /// and `<sys>/class/thermal/thermal_zone*/{type,temp}` (when present).
 pub fn read_health(proc_root: &Path, sys_root: &Path) -> HealthReading {

@@ -848,6 +848,55 @@ pub fn run_with(args: &ProfileArgs, w: &mut dyn Write) -> Result<ProfileReport, 
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProfileArgs,
+    }
+
+    #[test]
+    fn command_line_shape() {
+        use clap::Parser;
+        let c = Cli::try_parse_from([
+            "profile",
+            "--cpu-limit",
+            "0.5",
+            "--memory-limit",
+            "64M",
+            "--interval",
+            "500ms",
+            "--duration",
+            "10s",
+            "--load",
+            "viewers -n {clients}",
+            "--clients",
+            "1",
+            "10",
+            "--json",
+            "--",
+            "distributor",
+            "--port",
+            "0",
+        ])
+        .unwrap();
+        let a = c.args;
+        assert_eq!(a.cpu_limit, Some(0.5));
+        assert_eq!(a.memory_limit, Some(64 << 20));
+        assert_eq!(a.interval, Duration::from_millis(500));
+        assert_eq!(a.duration, Duration::from_secs(10));
+        assert_eq!(a.clients, vec![1, 10]);
+        assert!(a.json);
+        assert_eq!(a.command, vec!["distributor", "--port", "0"]);
+        let d = Cli::try_parse_from(["profile", "--", "x"]).unwrap().args;
+        assert_eq!(d.interval, Duration::from_secs(1));
+        assert!(d.clients.is_empty());
+        assert!(
+            Cli::try_parse_from(["profile", "--json"]).is_err(),
+            "COMMAND is required"
+        );
+        assert!(Cli::try_parse_from(["profile", "--memory-limit", "lots", "--", "x"]).is_err());
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_bytes("1048576"), Ok(1 << 20));

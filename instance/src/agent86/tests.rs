@@ -620,3 +620,54 @@ fn psi_and_health_reader() {
     let h = read_health(Path::new("/proc"), Path::new("/sys"));
     assert!(h.mem_total_bytes > 0 && h.mem_available_bytes <= h.mem_total_bytes);
 }
+
+#[test]
+fn sampler_ticks_become_usage_events() {
+    use crate::sample::{InstanceSample, NetSource, NodeSample};
+    let inst = |name: &str, cpu: Option<f64>, alive: bool| InstanceSample {
+        name: name.into(),
+        cpu_cores: cpu,
+        rss_bytes: 5,
+        working_set_bytes: 7,
+        net_bps: Some(8.0),
+        net_sent_bytes: Some(1),
+        net_received_bytes: Some(0),
+        net_source: NetSource::ControlApi,
+        clients: Some(2),
+        cache_bytes: Some(0),
+        alive,
+    };
+    let s = NodeSample {
+        cpus: 2,
+        cpu_busy_cores: Some(0.5),
+        mem_total_bytes: 100,
+        mem_available_bytes: 60,
+        nic_capacity_bps: 1000,
+        net_bps: None,
+        instances: vec![
+            inst("a", Some(0.25), true),
+            inst("first-tick", None, true),
+            inst("gone", Some(0.0), false),
+        ],
+    };
+    assert_eq!(
+        usage_event(&s),
+        Event::Usage {
+            node: NodeUsage {
+                cpus: 2,
+                cpu_busy_cores: 0.5,
+                mem_total_bytes: 100,
+                mem_available_bytes: 60,
+                nic_capacity_bps: 1000,
+                net_bps: 0.0,
+            },
+            instances: vec![UsageReading {
+                instance: "a".into(),
+                cpu_cores: 0.25,
+                net_bps: Some(8.0),
+                mem_bytes: 7,
+                clients: Some(2),
+            }],
+        }
+    );
+}
