@@ -167,6 +167,8 @@ pub enum StepDownReason {
         /// How long it was silent.
         gap: Duration,
     },
+    /// The node is shutting down ([`Election::leave`]).
+    Leaving,
 }
 
 /// What the election asks the engine to do, in order.
@@ -401,6 +403,19 @@ impl Election {
         }
         self.state = ElectionState::Follower;
         self.quiet_until = Some(now + self.cfg.listen);
+    }
+
+    /// Graceful shutdown: step down if Control and never claim again, so that the others
+    /// can elect a successor without waiting for the failure detector.
+    pub fn leave(&mut self, out: &mut Vec<Action>) {
+        if let ElectionState::Control { epoch, .. } = self.state {
+            out.push(Action::StepDown {
+                epoch,
+                reason: StepDownReason::Leaving,
+            });
+        }
+        self.state = ElectionState::Follower;
+        self.cfg.eligible = false;
     }
 }
 

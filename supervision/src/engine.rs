@@ -109,6 +109,10 @@ pub enum Input {
     },
     /// This node's load, for the next heartbeats.
     SetLoad(LoadSummary),
+    /// Graceful shutdown: step down if Control, announce it at once (one last heartbeat that
+    /// no longer asserts Control, so a successor is elected without waiting for the failure
+    /// detector), then stay silent. The shell exits after executing the outputs.
+    Leave,
 }
 
 /// Where to send a datagram.
@@ -185,6 +189,14 @@ pub enum Output {
     ControlChanged(Option<ControlInfo>),
     /// A member is alive (first heard, or back).
     MemberUp(NodeId),
+    /// A member restarted (its incarnation grew without it being declared dead first):
+    /// whatever it ran before is gone.
+    MemberRestarted {
+        /// The member.
+        node: NodeId,
+        /// Its new incarnation.
+        incarnation: Incarnation,
+    },
     /// A member was declared dead.
     MemberDown(NodeId),
     /// A received message was dropped.
@@ -285,6 +297,8 @@ pub struct NodeEngine<R> {
     holder: LeaseHolder,
     sent: VecDeque<(u64, Instant)>,
     counters: Counters,
+    /// After [`Input::Leave`]: no more heartbeats.
+    left: bool,
 }
 
 impl<R: Rng> NodeEngine<R> {
@@ -310,6 +324,7 @@ impl<R: Rng> NodeEngine<R> {
             acting: None,
             sent: VecDeque::with_capacity(SENT_MEMORY),
             counters: Counters::default(),
+            left: false,
             rng,
             cfg,
         }
@@ -340,7 +355,7 @@ impl<R: Rng> NodeEngine<R> {
                 self.election.tick(now, &mut actions);
                 self.apply(actions, now, &mut out);
                 self.settle(now, &mut out);
-                if self.next_heartbeat.is_none_or(|t| now >= t) {
+                if !self.left && self.next_heartbeat.is_none_or(|t| now >= t) {
                     self.send_heartbeat(now, &mut out);
                 }
             }
@@ -353,6 +368,16 @@ impl<R: Rng> NodeEngine<R> {
                 self.settle(now, &mut out);
             }
             Input::SetLoad(load) => self.load = load,
+            Input::Leave => {
+                let mut actions = Vec::new();
+                self.election.leave(&mut actions);
+                self.apply(actions, now, &mut out);
+                self.settle(now, &mut out);
+                if !self.left {
+                    self.send_heartbeat(now, &mut out);
+                    self.left = true;
+                }
+            }
         }
         out
     }
@@ -426,6 +451,10 @@ impl<R: Rng> NodeEngine<R> {
             member.incarnation = msg.incarnation();
             member.asserts = None;
             member.last_seq = msg.seq();
+            out.push(Output::MemberRestarted {
+                node: from,
+                incarnation: msg.incarnation(),
+            });
         }
         member.last_seq = member.last_seq.max(msg.seq());
         let mut epochs = Vec::new();

@@ -607,3 +607,77 @@ fn majority_mode_minority_control_never_acts() {
     assert_eq!(acting.len(), 1);
     assert_ne!(acting[0], first);
 }
+
+#[test]
+fn leaving_control_hands_over_without_waiting_for_the_detector() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(cfg(1), 4, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    e.handle(Input::RebuildDone { epoch: 5 }, t0 + ms(800));
+    let out = e.handle(Input::Leave, t0 + ms(801));
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::StepDown {
+                epoch: 5,
+                reason: StepDownReason::Leaving
+            },
+            Output::ControlChanged(None),
+            Output::ControlActing {
+                epoch: 5,
+                acting: false
+            },
+        ]
+    );
+    let last = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .expect("one last heartbeat");
+    assert!(matches!(&last, Message::Heartbeat(h) if h.as_control.is_none()));
+    // Silent afterwards, and never claims again.
+    assert_eq!(tick_until(&mut e, t0 + ms(801), t0 + ms(3000)), vec![]);
+
+    // A follower that hears the last heartbeat elects a successor at once.
+    let mut f = engine(2, 5);
+    f.handle(Input::Tick, t0);
+    for i in 0..8u64 {
+        let t = t0 + ms(i * 100);
+        f.handle(Input::Received(heartbeat(1, i + 1, Some((5, 5)))), t);
+        tick_until(&mut f, t, t + ms(100));
+    }
+    assert_eq!(f.control().map(|c| c.node_id), Some(NodeId(1)));
+    assert_eq!(
+        f.handle(Input::Received(last), t0 + ms(802)),
+        vec![Output::ControlChanged(None)]
+    );
+    // Backoff only (≤ 300 ms), no 400 ms detection.
+    let out = tick_until(&mut f, t0 + ms(802), t0 + ms(1110));
+    assert!(out.contains(&Output::BecomeControl { epoch: 6 }), "{out:?}");
+}
+
+#[test]
+fn a_fast_restart_is_reported_even_without_a_down() {
+    let t0 = Instant::now();
+    let mut e = engine(2, 0);
+    e.handle(Input::Tick, t0);
+    e.handle(Input::Received(heartbeat(1, 50, Some((3, 3)))), t0);
+    let mut reborn = heartbeat(1, 1, None);
+    if let Message::Heartbeat(h) = &mut reborn {
+        h.incarnation = 2;
+    }
+    assert_eq!(
+        e.handle(Input::Received(reborn), t0 + ms(150)),
+        vec![
+            Output::MemberRestarted {
+                node: NodeId(1),
+                incarnation: 2
+            },
+            Output::ControlChanged(None),
+        ]
+    );
+    assert_eq!(e.members()[0].incarnation, 2);
+}
