@@ -239,7 +239,8 @@ async fn mem_dropped_frames_time_out() {
     p.stop(None);
 }
 
-#[tokio::test]
+/// Under paused time so that a slow machine cannot turn a delivered request into a timeout.
+#[tokio::test(start_paused = true)]
 async fn mem_partial_loss_is_seeded_and_counted() {
     let fx = MemFix::new();
     let (s, _) = start_at(&fx, "srv").await;

@@ -5,6 +5,10 @@
 //! [`Client::next_notification`]. The client does not reconnect: when the connection is lost
 //! every pending request fails with [`RequestError::Disconnected`], `next_notification`
 //! returns `None`, and the caller connects again (to the same or another node).
+//!
+//! ## Layout
+//! - [`Client`]: connect, request, notify, next_notification.
+//! - [`ConnectError`]: why connecting failed.
 
 use std::collections::HashMap;
 use std::io;

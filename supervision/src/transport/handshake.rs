@@ -48,6 +48,12 @@
 //! What this does not give: confidentiality (frames are readable on the wire; run over a
 //! trusted LAN or a VPN/TLS tunnel if that matters) and protection against an attacker who
 //! simply resets connections.
+//!
+//! ## Layout
+//! - [`Identity`], [`HandshakeMsg`], [`Refusal`]: what is exchanged.
+//! - [`proof`]: the proof computation (pure).
+//! - [`initiate`] / [`accept`]: the two sides, with the timeout and counters.
+//! - [`Session`], [`HandshakeError`]: the outcome.
 
 use std::fmt;
 

@@ -13,6 +13,11 @@
 //!   dropped frame is lost silently, so the request it carried times out).
 //!
 //! Senders wait when the receiver's queue is full (backpressure, like a TCP window).
+//!
+//! ## Layout
+//! - [`MemNetwork`]: the switchboard and its fault controls (`cut`, `heal`, `isolate`,
+//!   `set_drop_rate`).
+//! - [`MemTransport`]: one node's [`Transport`] on it; private sink/source/listener types.
 
 use std::collections::HashMap;
 use std::io;

@@ -4,6 +4,9 @@
 //! (or its address changes), [`PeerSet::remove`] when it leaves. Callers then address nodes
 //! by id: [`PeerSet::request`], [`PeerSet::notify`]. Peer actors are spawned linked to the
 //! supervisor given at construction, if any.
+//!
+//! ## Layout
+//! - [`PeerSet`]: the map and its methods; peers are the [`Peer`] actors of [`super::peer`].
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,11 @@
 //!
 //! Stopping the server ([`ServerHandle::shutdown`], or dropping the handle) stops accepting
 //! and closes every connection.
+//!
+//! ## Layout
+//! - [`Handler`], [`RequestContext`]: what the application implements and receives.
+//! - [`Connection`]: a handle to push notifications to one connection.
+//! - [`Server`], [`ServerHandle`]: starting and stopping; private accept and per-connection loops.
 
 use std::future::Future;
 use std::io;
@@ -16,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::handshake::{self, Identity};
 use super::session;
@@ -220,7 +226,10 @@ impl Server {
                         Ok(raw) => {
                             Counters::inc(&ep.counters.connections_accepted);
                             let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                            conns.spawn(serve_conn(raw, id, ep.clone(), handler.clone()));
+                            let span = tracing::info_span!("conn", conn = id, node = %ep.identity);
+                            conns.spawn(
+                                serve_conn(raw, id, ep.clone(), handler.clone()).instrument(span),
+                            );
                         }
                         Err(e) => {
                             tracing::warn!(cause = %e, "accept failed");

@@ -3,6 +3,10 @@
 //! Frames are written with one `write_all` each (prefix and payload are already contiguous)
 //! and read through a buffered reader; the length prefix is checked against the caller's
 //! limit before the payload buffer is allocated.
+//!
+//! ## Layout
+//! - [`TcpTransport`]: the [`Transport`] implementation; private sink, source and listener
+//!   types wrap tokio's socket halves.
 
 use std::io;
 
