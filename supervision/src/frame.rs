@@ -264,6 +264,14 @@ pub fn seal_frame<B: Serialize>(
     max: u32,
 ) -> Result<Vec<u8>, FrameError> {
     let mut frame = postcard::to_extend(env, vec![0u8; LEN_PREFIX]).map_err(malformed)?;
+    let len = frame.len() - LEN_PREFIX + TAG_LEN;
+    if len > max as usize {
+        // Refused before paying for the tag.
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
     let tag = key.sign(&[&[dir as u8], &frame[LEN_PREFIX..]]);
     frame.extend_from_slice(&tag);
     finish_prefix(&mut frame, max)?;

@@ -186,20 +186,38 @@ async fn request_timeout(fx: &dyn Fixture) {
 }
 
 async fn oversized_messages_fail_at_the_sender(fx: &dyn Fixture) {
-    let (s, _h) = start(fx).await;
-    let c = client(fx, &s, "c").await;
+    // A small limit keeps this cheap on a loaded machine; the logic is the same at 1 MiB.
+    let limits = smart_supervision::transport::Limits {
+        max_frame: 64 * 1024,
+        ..Default::default()
+    };
+    let s = Server::bind(
+        fx.transport("srv").as_ref(),
+        &fx.listen_addr(),
+        server_endpoint().with_limits(limits),
+        Arc::new(TestHandler::default()),
+    )
+    .await
+    .unwrap();
+    let c = Client::<Test>::connect(
+        fx.transport("c").as_ref(),
+        s.local_addr(),
+        Endpoint::client(key()).with_limits(limits),
+    )
+    .await
+    .unwrap();
     // A response above the limit becomes a fault instead of killing the connection.
-    match c.request(Req::Big(2 << 20), T).await {
+    match c.request(Req::Big(100_000), T).await {
         Err(RequestError::Fault(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
         other => panic!("expected a fault, got {other:?}"),
     }
-    match c.request(Req::Blob(vec![1; 2 << 20]), T).await {
+    match c.request(Req::Blob(vec![1; 100_000]), T).await {
         Err(RequestError::NotSent(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
         other => panic!("expected NotSent, got {other:?}"),
     }
     assert_eq!(
-        c.request(Req::Big(1000), T).await.unwrap(),
-        Resp::Bytes(vec![7; 1000])
+        c.request(Req::Big(60_000), T).await.unwrap(),
+        Resp::Bytes(vec![7; 60_000])
     );
 }
 
