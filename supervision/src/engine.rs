@@ -680,7 +680,13 @@ impl<R: Rng> NodeEngine<R> {
             load: self.load,
         };
         self.counters.heartbeats_sent += 1;
-        self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
+        // Keep the cadence of the schedule, not of the ticks: with 20 ms ticks, `now + interval`
+        // would stretch 100 ms into up to 120 ms. After a long stall, restart from `now`.
+        let interval = self.cfg.heartbeat_interval;
+        self.next_heartbeat = Some(match self.next_heartbeat {
+            Some(due) if now.saturating_duration_since(due) < interval => due + interval,
+            _ => now + interval,
+        });
         self.push_send(Message::Heartbeat(hb), out);
         // A self-grant may have completed the quorum.
         self.settle(now, out);

@@ -681,3 +681,48 @@ fn a_fast_restart_is_reported_even_without_a_down() {
     );
     assert_eq!(e.members()[0].incarnation, 2);
 }
+
+#[test]
+fn heartbeat_cadence_follows_the_schedule_not_the_tick_granularity() {
+    let t0 = Instant::now();
+    let mut e = engine(1, 0);
+    let mut sent_at = vec![];
+    // Ticks every 30 ms: heartbeats still average one per 100 ms.
+    for i in 0..100u64 {
+        let t = t0 + ms(i * 30);
+        for o in e.handle(Input::Tick, t) {
+            if matches!(
+                o,
+                Output::Send {
+                    msg: Message::Heartbeat(_),
+                    ..
+                }
+            ) {
+                sent_at.push(i * 30);
+            }
+        }
+    }
+    // 3 s of ticks → 30 heartbeats (0, 100, ..., 2900 rounded up to the next tick).
+    assert_eq!(sent_at.len(), 30, "{sent_at:?}");
+    assert!(sent_at.windows(2).all(|w| w[1] - w[0] <= 120));
+}
+
+/// The shell runs under tokio; in its tests time is paused and advanced by hand. The engine
+/// works the same with `tokio::time::Instant::now()` of a paused runtime.
+#[tokio::test(start_paused = true)]
+async fn works_under_paused_tokio_time() {
+    let start = Instant::now();
+    let mut e = engine(1, 11);
+    let mut became = None;
+    for _ in 0..100 {
+        for o in e.handle(Input::Tick, Instant::now()) {
+            if let Output::BecomeControl { epoch } = o {
+                became = Some((epoch, Instant::now() - start));
+            }
+        }
+        tokio::time::advance(ms(10)).await;
+    }
+    let (epoch, after) = became.expect("claimed");
+    assert_eq!(epoch, 1);
+    assert!(after >= ms(400) && after <= ms(710), "{after:?}");
+}
