@@ -312,6 +312,32 @@ async fn garbage_and_oversized_handshakes_refused(fx: &dyn Fixture) {
     still_serving(fx, &s).await;
 }
 
+async fn other_protocol_version_refused(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let mut raw = fx.transport("v9").connect(s.local_addr()).await.unwrap();
+    let hello = handshake::HandshakeMsg::Hello {
+        magic: handshake::MAGIC,
+        version: 9,
+        identity: Identity::Client { id: 1 },
+        nonce: [3; 32],
+    };
+    raw.sink
+        .send(frame::encode_value(&hello, HANDSHAKE_MAX_FRAME).unwrap())
+        .await
+        .unwrap();
+    let answer = raw.source.recv(HANDSHAKE_MAX_FRAME).await.unwrap();
+    assert_eq!(
+        frame::decode_value::<handshake::HandshakeMsg>(&answer).unwrap(),
+        handshake::HandshakeMsg::Refused {
+            reason: handshake::Refusal::BadVersion
+        }
+    );
+    let (frames, _) = drain(&mut raw).await;
+    assert_eq!(frames, 0);
+    assert!(eventually(T, || s.counters().handshakes_failed == 1).await);
+    still_serving(fx, &s).await;
+}
+
 async fn stalled_handshake_times_out(fx: &dyn Fixture) {
     let h = Arc::new(TestHandler::default());
     let mut ep = server_endpoint();
@@ -331,6 +357,12 @@ async fn stalled_handshake_times_out(fx: &dyn Fixture) {
 /// counts one rejected frame, and keeps serving.
 async fn bad_data_frame(fx: &dyn Fixture, make: impl FnOnce(&handshake::Session) -> Vec<u8>) {
     let (s, _h) = start(fx).await;
+    // A peer connected before the attack keeps its connection.
+    let bystander = client(fx, &s, "bystander").await;
+    bystander
+        .request(Req::Echo("before".into()), T)
+        .await
+        .unwrap();
     let (mut raw, session) = raw_authenticated(fx, &s).await;
     raw.sink.send(make(&session)).await.unwrap();
     let (frames, _) = drain(&mut raw).await;
@@ -340,6 +372,11 @@ async fn bad_data_frame(fx: &dyn Fixture, make: impl FnOnce(&handshake::Session)
         "{:?}",
         s.counters()
     );
+    assert_eq!(
+        bystander.request(Req::Echo("after".into()), T).await,
+        Ok(Resp::Text("after".into()))
+    );
+    assert!(!bystander.is_closed());
     still_serving(fx, &s).await;
 }
 
@@ -577,6 +614,7 @@ suite!(
     oversized_messages_fail_at_the_sender,
     wrong_key_refused_and_counted,
     garbage_and_oversized_handshakes_refused,
+    other_protocol_version_refused,
     stalled_handshake_times_out,
     oversized_data_frame,
     forged_data_frame,

@@ -346,3 +346,77 @@ async fn peer_set_addresses_nodes_by_id() {
     );
     set.stop_all();
 }
+
+#[tokio::test]
+async fn mem_partition_and_heal_all() {
+    use smart_supervision::transport::PeerSet;
+    let net = smart_supervision::transport::mem::MemNetwork::new(3);
+    let mut servers = Vec::new();
+    let mut sets = Vec::new();
+    for i in 1..=3u64 {
+        let name = format!("n{i}");
+        servers.push(
+            Server::bind(
+                &net.transport(&name),
+                &name,
+                node_endpoint(i),
+                Arc::new(TestHandler::default()),
+            )
+            .await
+            .unwrap(),
+        );
+        let set = PeerSet::<Test>::new(
+            Arc::new(net.transport(&name)),
+            node_endpoint(i),
+            fast_backoff(),
+            None,
+            None,
+        );
+        for j in (1..=3u64).filter(|j| *j != i) {
+            set.ensure(NodeId(j), &format!("n{j}")).await.unwrap();
+        }
+        sets.push(set);
+    }
+    let ask = |from: usize, to: u64| {
+        let set = &sets[from - 1];
+        async move {
+            set.request(
+                NodeId(to),
+                Req::Echo("p".into()),
+                Duration::from_millis(300),
+            )
+            .await
+        }
+    };
+    for (a, b) in [(1, 2), (2, 3), (3, 1)] {
+        assert_eq!(ask(a, b).await, Ok(Resp::Text("p".into())));
+    }
+    net.partition(&[&["n1"], &["n2", "n3"]]);
+    assert!(ask(1, 2).await.is_err());
+    assert!(ask(3, 1).await.is_err());
+    // Inside the majority side, traffic flows.
+    assert_eq!(ask(2, 3).await, Ok(Resp::Text("p".into())));
+    assert_eq!(ask(3, 2).await, Ok(Resp::Text("p".into())));
+    net.heal_all();
+    for (a, b) in [(1u64, 2u64), (3, 1)] {
+        let set = &sets[a as usize - 1];
+        let start = std::time::Instant::now();
+        loop {
+            if set
+                .request(NodeId(b), Req::Echo("h".into()), T)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{a}->{b} not healed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for s in &sets {
+        s.stop_all();
+    }
+}
