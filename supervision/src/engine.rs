@@ -22,6 +22,34 @@
 //! a 10 % margin, so its view of the lease always ends before the granter's promise does. The
 //! shell should also check [`NodeEngine::may_act`] right before executing a decision.
 //!
+//! ## Driving it (what the shell does)
+//! ```text
+//! let mut engine = NodeEngine::new(config, disk.highest_epoch, ChaCha8Rng::from_os_rng());
+//! loop {
+//!     let (input, now) = select! {
+//!         every 10-20 ms            => (Input::Tick, Instant::now()),
+//!         datagram from a socket    => match wire::decode(&buf, &key) {
+//!                                        Ok(msg) => (Input::Received(msg), Instant::now()),
+//!                                        Err(e)  => { count(e); continue }   // never fed
+//!                                      },
+//!         control actor rebuilt     => (Input::RebuildDone { epoch }, Instant::now()),
+//!         shutdown                  => (Input::Leave, Instant::now()),
+//!     };
+//!     for output in engine.handle(input, now) {            // strictly in order
+//!         match output {
+//!             Output::PersistEpoch(e) => disk.store_highest_epoch(e)?,   // fsync before going on
+//!             Output::Send { dest, msg } => send(dest, wire::encode(&msg, &key)),
+//!             Output::BecomeControl { epoch } => start Control actor (rebuilding),
+//!             Output::ControlActing { epoch, acting } => let Control admit/command or not,
+//!             Output::StepDown { .. } => stop the Control actor,
+//!             other => update status / tell the actors,
+//!         }
+//!     }
+//! }
+//! ```
+//! Agent86 keeps an [`crate::election::Fence`]: raise it with every `PersistEpoch` and every
+//! command epoch, and check it again right before executing a command.
+//!
 //! ## Layout
 //! - [`EngineConfig`] — identity, timings, election mode.
 //! - [`Input`], [`Output`], [`Dest`], [`DropReason`], [`ControlInfo`]: the step interface.
