@@ -465,6 +465,8 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
         "gap_p50_ms": s.gap_p50_ms,
         "gap_p99_ms": s.gap_p99_ms,
         "gap_max_ms": s.gap_max_ms,
+        "silence_p50_ms": s.silence_p50_ms,
+        "silence_p99_ms": s.silence_p99_ms,
         "stalls": s.stalls,
         "stalls_buffered_2s": buffered_2s.iter().map(|r| r.stalls as u64).sum::<u64>(),
         "viewers_buffered_2s": buffered_2s.len(),

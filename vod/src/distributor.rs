@@ -68,6 +68,9 @@ impl DistributorConfig {
     }
 }
 
+/// How long restored viewer positions stay pinned in the cache (see [`Distributor::restore`]).
+pub const PIN_TTL: Duration = Duration::from_secs(10);
+
 /// Metadata of a video, learned from the origin (or from a checkpoint).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoMeta {
@@ -151,7 +154,7 @@ pub struct Snapshot {
     pub videos: Vec<VideoMeta>,
     /// `(video index, block index, block size used, data)`.
     pub blocks: Vec<(usize, u64, u64, Bytes)>,
-    /// `(video index, block, viewers)` positions at block granularity.
+    /// `(video index, byte offset of the block, viewers)`: positions at block granularity.
     pub viewers: Vec<(usize, u64, u32)>,
 }
 
@@ -249,13 +252,17 @@ impl Distributor {
             let bs = c.block_size();
             s.blocks
                 .extend(c.snapshot().into_iter().map(|(b, d)| (i, b, bs, d)));
-            s.viewers.extend(c.viewer_blocks().map(|(b, n)| (i, b, n)));
+            s.viewers
+                .extend(c.viewer_blocks().map(|(b, n)| (i, b * bs, n)));
         }
         s
     }
 
     /// Loads a checkpoint: creates the videos (no origin contact) and stores their blocks.
     /// Blocks cut with another block size are stored only if they align with ours.
+    ///
+    /// The source's viewer positions are pinned for [`PIN_TTL`]: until the handed-off viewers
+    /// arrive, the blocks they will ask for count as watched and are not evicted.
     pub fn restore(self: &Arc<Self>, snap: Snapshot) -> u64 {
         let mut stored = 0;
         let entries: Vec<Arc<VideoEntry>> = snap
@@ -263,6 +270,29 @@ impl Distributor {
             .iter()
             .map(|m| self.install(m.clone()))
             .collect();
+        let mut pins = Vec::new();
+        for &(vi, off, n) in &snap.viewers {
+            let Some(e) = entries.get(vi) else { continue };
+            let mut c = lock(&e.cache);
+            let b = off / c.block_size();
+            for _ in 0..n.min(1_000_000) {
+                c.add_viewer(b);
+            }
+            pins.push((e.clone(), b, n.min(1_000_000)));
+        }
+        if !pins.is_empty() {
+            tokio::spawn(async move {
+                tokio::time::sleep(PIN_TTL).await;
+                for (e, b, n) in pins {
+                    let mut c = lock(&e.cache);
+                    for _ in 0..n {
+                        c.remove_viewer(b);
+                    }
+                    drop(c);
+                    e.fetch_wake.notify_one();
+                }
+            });
+        }
         for (vi, b, bs, data) in snap.blocks {
             let Some(e) = entries.get(vi) else { continue };
             let mut c = lock(&e.cache);

@@ -243,8 +243,12 @@ pub struct ViewerReport {
     pub reconnects: u32,
     /// Redirects followed.
     pub redirects: u32,
-    /// Time without data across each reconnect (last byte before to first byte after).
+    /// Service gap of each reconnect: from seeing the old connection close to the first
+    /// byte from the new one.
     pub gaps_ms: Vec<f64>,
+    /// Silence across each reconnect: last byte before to first byte after (includes the
+    /// idle part of a pacing tick).
+    pub silences_ms: Vec<f64>,
     /// Buffered video when each reconnect started.
     pub buffered_at_disconnect_ms: Vec<f64>,
     /// Bytes received.
@@ -305,7 +309,8 @@ struct Session<'a> {
     checker: TsChecker,
     report: ViewerReport,
     last_data: Option<Instant>,
-    reconnecting: bool,
+    /// When the previous connection was seen closing, while reconnecting.
+    reconnecting: Option<Instant>,
 }
 
 impl Session<'_> {
@@ -320,15 +325,18 @@ impl Session<'_> {
             return;
         }
         let now_i = Instant::now();
-        if self.reconnecting {
+        if let Some(closed) = self.reconnecting {
+            self.report
+                .gaps_ms
+                .push(now_i.duration_since(closed).as_secs_f64() * 1000.0);
             if let Some(last) = self.last_data {
                 self.report
-                    .gaps_ms
+                    .silences_ms
                     .push(now_i.duration_since(last).as_secs_f64() * 1000.0);
             }
             let us = now_i.duration_since(self.shared.base).as_micros() as u64;
             self.shared.last_resume_us.fetch_max(us, Ordering::Relaxed);
-            self.reconnecting = false;
+            self.reconnecting = None;
         }
         self.last_data = Some(now_i);
         self.checker.feed(data);
@@ -367,7 +375,7 @@ pub async fn run_viewer(
             ..Default::default()
         },
         last_data: None,
-        reconnecting: false,
+        reconnecting: None,
     };
     let mut url = cfg.url.clone();
     let mut total: Option<u64> = None;
@@ -488,7 +496,7 @@ pub async fn run_viewer(
         s.report
             .buffered_at_disconnect_ms
             .push(s.play.buffered_ms(now));
-        s.reconnecting = true;
+        s.reconnecting = Some(Instant::now());
     }
     let now = s.now();
     s.play.finish(now);
@@ -542,6 +550,10 @@ pub struct QoeSummary {
     pub gap_p99_ms: f64,
     /// Reconnect gap max.
     pub gap_max_ms: f64,
+    /// Silence across reconnects p50 (last byte before to first byte after).
+    pub silence_p50_ms: f64,
+    /// Silence across reconnects p99.
+    pub silence_p99_ms: f64,
     /// Pacing lateness p50 over all reads.
     pub pacing_error_p50_ms: f64,
     /// Pacing lateness p99 over all reads.
@@ -565,10 +577,8 @@ pub fn percentile(v: &mut [f64], q: f64) -> f64 {
 /// Summarises viewer reports.
 pub fn summarize(reports: &[ViewerReport], shared: &Shared) -> QoeSummary {
     let mut startup: Vec<f64> = reports.iter().filter_map(|r| r.startup_ms).collect();
-    let mut gaps: Vec<f64> = reports
-        .iter()
-        .flat_map(|r| r.gaps_ms.iter().copied())
-        .collect();
+    let mut gaps: Vec<f64> = reports.iter().flat_map(|r| r.gaps_ms.clone()).collect();
+    let mut silences: Vec<f64> = reports.iter().flat_map(|r| r.silences_ms.clone()).collect();
     let session: f64 = reports.iter().map(|r| r.session_ms).sum();
     let rebuffer: f64 = reports.iter().map(|r| r.rebuffer_ms).sum();
     QoeSummary {
@@ -589,6 +599,8 @@ pub fn summarize(reports: &[ViewerReport], shared: &Shared) -> QoeSummary {
         gap_p50_ms: percentile(&mut gaps, 0.5),
         gap_p99_ms: percentile(&mut gaps, 0.99),
         gap_max_ms: gaps.iter().copied().fold(0.0, f64::max),
+        silence_p50_ms: percentile(&mut silences, 0.5),
+        silence_p99_ms: percentile(&mut silences, 0.99),
         pacing_error_p50_ms: shared.pacing.quantile(0.5),
         pacing_error_p99_ms: shared.pacing.quantile(0.99),
         bytes: reports.iter().map(|r| r.bytes).sum(),
