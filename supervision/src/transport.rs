@@ -73,7 +73,7 @@ pub use client::Client;
 pub use handshake::{HandshakeError, Identity};
 pub use peer::{Backoff, Peer, PeerArgs, PeerMsg, PeerStatus};
 pub use peer_set::PeerSet;
-pub use server::{Connection, Handler, RequestContext, Server, ServerHandle};
+pub use server::{ActorHandler, Connection, Handler, RequestContext, Server, ServerHandle};
 
 /// A boxed, sendable future: the return type of the [`Transport`] seam's methods, so that the
 /// trait stays object-safe and a node can hold an `Arc<dyn Transport>`.
@@ -175,7 +175,8 @@ pub type MessageOf<P> =
 /// Sizes and timeouts of the transport. All are configuration; the defaults suit a LAN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest data payload accepted or sent.
+    /// Largest data payload accepted or sent. Use the same value on every node: a frame
+    /// above the receiver's limit closes the connection.
     pub max_frame: u32,
     /// Time allowed for the whole handshake; a peer that stalls it is dropped.
     pub handshake_timeout: Duration,
