@@ -726,3 +726,67 @@ async fn works_under_paused_tokio_time() {
     assert_eq!(epoch, 1);
     assert!(after >= ms(400) && after <= ms(710), "{after:?}");
 }
+
+#[test]
+fn simultaneous_claims_resolve_to_the_lower_node_id_at_a_higher_epoch() {
+    let t0 = Instant::now();
+    let mk = |n| {
+        let mut c = cfg(n);
+        c.election.backoff = Duration::ZERO;
+        NodeEngine::new(c, 2, ChaCha8Rng::seed_from_u64(n))
+    };
+    let (mut a, mut b) = (mk(1), mk(2));
+    // Both start together, hear nothing, and claim epoch 3 in the same tick.
+    let claims: Vec<Vec<Message>> = [&mut a, &mut b]
+        .into_iter()
+        .map(|e| {
+            e.handle(Input::Tick, t0);
+            tick_until(e, t0, t0 + ms(410))
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Send { msg, .. } => Some(msg),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    assert!(a.is_control() && b.is_control());
+    let now = t0 + ms(411);
+    let mut out_b = vec![];
+    for m in &claims[0] {
+        out_b.extend(b.handle(Input::Received(m.clone()), now));
+    }
+    assert_eq!(
+        non_sends(&out_b),
+        vec![
+            Output::MemberUp(NodeId(1)),
+            Output::StepDown {
+                epoch: 3,
+                reason: StepDownReason::YoungerThan {
+                    other: NodeId(1),
+                    established_epoch: 3
+                }
+            },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 3
+            })),
+        ]
+    );
+    let mut out_a = vec![];
+    for m in &claims[1] {
+        out_a.extend(a.handle(Input::Received(m.clone()), now));
+    }
+    assert_eq!(
+        non_sends(&out_a),
+        vec![
+            Output::MemberUp(NodeId(2)),
+            Output::PersistEpoch(4),
+            Output::Reasserted { epoch: 4 },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 4
+            })),
+        ]
+    );
+}
