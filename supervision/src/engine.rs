@@ -784,8 +784,13 @@ impl<R: Rng> NodeEngine<R> {
 
     /// Whether the local Control may act at `now`: Control, rebuilt, and in majority mode a
     /// majority of leases valid at `now` (checked against the clock, not the last tick).
+    /// Also false when the engine has not been fed for longer than the dead time: right after
+    /// a SIGCONT the Control actor may wake up before the engine notices the pause.
     pub fn may_act(&self, now: Instant) -> bool {
-        self.compute_acting(now).is_some()
+        let fresh = self
+            .last_input
+            .is_some_and(|l| now.saturating_duration_since(l) <= self.cfg.detector.dead_after);
+        fresh && self.compute_acting(now).is_some()
     }
 
     /// Counters.

@@ -365,6 +365,8 @@ fn paused_zombie_control_steps_down_and_its_epoch_is_fenced() {
     assert!(e.may_act(t0 + ms(800)));
     // SIGSTOP for 2 s: no input at all. Meanwhile the others elected n2 at epoch 6; an
     // agent's fence saw it.
+    // Before the engine is fed again, the Control actor asking may_act gets false.
+    assert!(!e.may_act(t0 + ms(2800)));
     let mut agent_fence = Fence::new(5);
     assert_eq!(agent_fence.admit(6), Ok(true));
     let resume = t0 + ms(2800);
