@@ -532,6 +532,26 @@ async fn client_identity_can_be_refused(fx: &dyn Fixture) {
     );
 }
 
+async fn client_connects_to_any_reachable_node(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let dead = fx.dead_addr();
+    let c = Client::<Test>::connect_any(
+        fx.transport("c").as_ref(),
+        &[dead.clone(), s.local_addr().to_owned()],
+        Endpoint::client(key()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.request(Req::Echo("any".into()), T).await.unwrap(),
+        Resp::Text("any".into())
+    );
+    let none =
+        Client::<Test>::connect_any(fx.transport("c").as_ref(), &[dead], Endpoint::client(key()))
+            .await;
+    assert!(matches!(none, Err(ConnectError::Io { .. })), "{none:?}");
+}
+
 async fn server_shutdown_closes_clients(fx: &dyn Fixture) {
     let (s, _h) = start(fx).await;
     let c = client(fx, &s, "c").await;
@@ -625,5 +645,6 @@ suite!(
     truncated_frame,
     client_identity_can_be_refused,
     server_shutdown_closes_clients,
+    client_connects_to_any_reachable_node,
     connection_limit,
 );
