@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::control::UsagePoller;
+use crate::control::{Usage, UsagePoller};
 use crate::procfs::{self, GroupTotals};
 use crate::runtime::Probe;
 
@@ -205,9 +205,37 @@ impl Sampler {
             .collect();
         let groups = procfs::scan_process_groups(&self.cfg.proc_root, &pgids);
 
+        // Control API: send to every instance first, then collect the replies against one
+        // deadline, so instances answer in parallel and a silent one costs one timeout per
+        // tick at most (and then backs off).
+        let mut asked = Vec::new();
+        for p in probes {
+            let poller = self
+                .pollers
+                .entry(p.name.clone())
+                .or_insert_with(|| UsagePoller::new(&p.control_socket, self.cfg.control_timeout));
+            if poller.begin(now) {
+                asked.push(p.name.as_str());
+            }
+        }
+        let deadline = Instant::now() + self.cfg.control_timeout;
+        let mut usage: HashMap<&str, Usage> = HashMap::with_capacity(asked.len());
+        for name in asked {
+            if let Some(u) = self
+                .pollers
+                .get_mut(name)
+                .and_then(|p| p.finish(deadline, now))
+            {
+                usage.insert(name, u);
+            }
+        }
+
         let instances = probes
             .iter()
-            .map(|p| self.sample_instance(p, groups.get(&p.pgid).copied(), now))
+            .map(|p| {
+                let u = usage.get(p.name.as_str()).copied();
+                self.sample_instance(p, groups.get(&p.pgid).copied(), u, now)
+            })
             .collect();
         let mut node = self.sample_node(now);
         node.instances = instances;
@@ -218,6 +246,7 @@ impl Sampler {
         &mut self,
         p: &Probe,
         g: Option<GroupTotals>,
+        usage: Option<Usage>,
         now: Instant,
     ) -> InstanceSample {
         let (cpu_ns, rss, ws, alive) = match &p.group {
@@ -236,11 +265,7 @@ impl Sampler {
             },
         };
 
-        let poller = self
-            .pollers
-            .entry(p.name.clone())
-            .or_insert_with(|| UsagePoller::new(&p.control_socket, self.cfg.control_timeout));
-        let usage = if alive { poller.poll(now) } else { None };
+        let usage = if alive { usage } else { None };
 
         let prev = self.prev.entry(p.name.clone()).or_default();
         let dt = prev.at.map(|t| now.saturating_duration_since(t));
