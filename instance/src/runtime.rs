@@ -270,7 +270,6 @@ impl Core {
             )?),
             None => None,
         };
-        let spawn_err = io_err;
         // Open the cgroup.procs files here (close-on-exec) so the child only has to write
         // "0" into them between fork and exec: it then runs its first instruction inside
         // the group.
@@ -284,7 +283,7 @@ impl Core {
                 Ok(v) => v,
                 Err(e) => {
                     let _ = g.destroy(Duration::from_secs(1));
-                    return Err(spawn_err(e));
+                    return Err(io_err(e));
                 }
             },
             None => Vec::new(),
@@ -309,9 +308,9 @@ impl Core {
         if let Some(d) = &spec.cwd {
             cmd.current_dir(d);
         }
-        // SAFETY: the closure only calls async-signal-safe functions (setsid, open, write, close,
-        // setpriority, setrlimit) on
-        // values prepared before fork, and allocates nothing.
+        // SAFETY: the closure only calls async-signal-safe functions (setsid, open, write,
+        // close, setpriority, setrlimit) on values prepared before fork, and allocates
+        // nothing.
         unsafe {
             cmd.pre_exec(move || {
                 // Own session, hence own process group (pgid = pid) and, on kernels with
@@ -361,7 +360,7 @@ impl Core {
                 if let Some(g) = &group {
                     let _ = g.destroy(Duration::from_secs(1));
                 }
-                return Err(spawn_err(e));
+                return Err(io_err(e));
             }
         };
         drop(procs);
