@@ -683,7 +683,8 @@ pub struct ProfileReport {
     pub summary: serde_json::Value,
 }
 
-fn run_summary(r: &RunData, ws_quantile: f64) -> serde_json::Value {
+fn run_summary(r: &RunData, ws_quantile: f64, nic_bps: u64) -> serde_json::Value {
+    let cpus = crate::procfs::online_cpus() as f64;
     let cpu = Summary::of(&r.series.cpu_cores);
     let net = Summary::of(&r.series.net_bps);
     let mem: Vec<f64> = r.series.mem_bytes.iter().map(|&b| b as f64).collect();
@@ -700,6 +701,10 @@ fn run_summary(r: &RunData, ws_quantile: f64) -> serde_json::Value {
             "working_set_bytes":
                 crate::stats::percentile_sorted(&ws, ws_quantile).unwrap_or(0.0) as u64,
             "rss_max_bytes": Summary::of(&mem).max as u64,
+        },
+        "distribution": {
+            "cpu_pct_of_node": distribution(&r.series.cpu_cores, cpus, DEFAULT_EDGES_PCT),
+            "net_pct_of_nic": distribution(&r.series.net_bps, nic_bps as f64, DEFAULT_EDGES_PCT),
         },
         "exit": r.exit,
         "flags": r.flags,
@@ -758,14 +763,18 @@ pub fn run_with(args: &ProfileArgs, w: &mut dyn Write) -> Result<ProfileReport, 
         None => Vec::new(),
     };
 
-    let first = run_summary(&runs[0], q);
+    let first = run_summary(&runs[0], q, args.nic_bps);
     let mut summary = first.clone();
     summary["service"] = json!(service);
     summary["interval_ms"] = json!(profile.interval_ms);
     summary["driver"] = json!(runs[0].driver);
     summary["profile"] = json!(out);
     summary["plots"] = json!(plots);
-    summary["runs"] = json!(runs.iter().map(|r| run_summary(r, q)).collect::<Vec<_>>());
+    summary["runs"] = json!(
+        runs.iter()
+            .map(|r| run_summary(r, q, args.nic_bps))
+            .collect::<Vec<_>>()
+    );
     if let Some(pc) = &profile.per_client {
         let c = Summary::of(&pc.cpu_cores);
         let n = Summary::of(&pc.net_bps);

@@ -79,6 +79,9 @@ fn busy_loop_profile_reads_one_core_and_writes_the_profile() {
         println!("note: not root, no priority boost: range not checked");
     }
     assert!(v["cpu"]["max"].as_f64().unwrap() <= 1.1);
+    let dist = v["distribution"]["cpu_pct_of_node"].as_array().unwrap();
+    let total: f64 = dist.iter().map(|b| b["share"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "shares add up to 1: {dist:?}");
     // The profile file is what admission reads.
     let p = ServiceProfile::from_json(&std::fs::read_to_string(&rep.out).unwrap()).unwrap();
     assert_eq!(p.base.len() as u64, samples);
