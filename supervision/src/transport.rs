@@ -35,6 +35,47 @@
 //! both ways, and are how a server streams events to message-API subscribers. `Req`, `Resp`
 //! and `Note` are the application's types, bundled by a [`Protocol`].
 //!
+//! # Example
+//!
+//! A protocol, a handler, a server and a client, here over the in-memory network (use
+//! [`tcp::TcpTransport`] and `"127.0.0.1:0"` for real sockets; nothing else changes):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use smart_supervision::transport::{
+//!     mem::MemNetwork, Client, Endpoint, Handler, Protocol, RequestContext, Server,
+//! };
+//! use smart_supervision::{ClusterKey, NodeId};
+//!
+//! struct Status;
+//! impl Protocol for Status {
+//!     type Request = String;
+//!     type Response = usize;
+//!     type Notify = String;
+//! }
+//!
+//! struct Len;
+//! impl Handler<Status> for Len {
+//!     async fn handle(&self, _ctx: RequestContext<Status>, req: String) -> Result<usize, String> {
+//!         Ok(req.len())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let key = ClusterKey::from_bytes(b"a cluster key of enough length").unwrap();
+//! let net = MemNetwork::new(1);
+//! let node = Endpoint::node(NodeId(1), 1, key.clone());
+//! let server = Server::bind(&net.transport("n1"), "n1", node, Arc::new(Len)).await.unwrap();
+//!
+//! let client = Client::<Status>::connect(&net.transport("cli"), server.local_addr(), Endpoint::client(key))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(client.request("hello".into(), Duration::from_secs(1)).await, Ok(5));
+//! assert_eq!(server.counters().handshakes_ok, 1);
+//! # });
+//! ```
+//!
 //! ## Layout
 //! - this file: the [`Transport`] seam, [`Protocol`], [`Message`], [`Endpoint`], [`Limits`],
 //!   [`Counters`].

@@ -155,6 +155,23 @@ async fn wrong_node_at_address(fx: &dyn Fixture) {
     p.stop(None);
 }
 
+async fn wrong_key_peer_keeps_failing_and_counting(fx: &dyn Fixture) {
+    let (s, _) = start_at(fx, &fx.listen_addr()).await;
+    let ep = Endpoint::node(NodeId(2), 1, other_key());
+    let counters = ep.counters.clone();
+    let (p, _) = spawn_peer(fx, s.local_addr(), ep, Some(NodeId(1))).await;
+    let r = echo(&p, "x").await;
+    assert!(
+        matches!(&r, Err(RequestError::Unavailable(m)) if m.contains("wrong cluster key")),
+        "{r:?}"
+    );
+    // It retries with backoff, failing each time, and both sides count.
+    assert!(eventually(T, || counters.snapshot().reconnects >= 2).await);
+    assert!(eventually(T, || counters.snapshot().handshakes_bad_key >= 2).await);
+    assert!(s.counters().handshakes_failed >= 2, "{:?}", s.counters());
+    p.stop(None);
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod tcp {
@@ -181,6 +198,7 @@ suite!(
     request_deadline,
     server_push_reaches_peer,
     wrong_node_at_address,
+    wrong_key_peer_keeps_failing_and_counting,
 );
 
 #[tokio::test]
