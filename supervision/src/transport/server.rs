@@ -59,7 +59,7 @@ pub trait Handler<P: Protocol>: Send + Sync + 'static {
         let _ = conn;
     }
 
-    /// A connection closed.
+    /// A connection closed (not called for the connections cut by the server's own stop).
     fn disconnected(&self, conn: &Connection<P>) {
         let _ = conn;
     }
