@@ -108,6 +108,12 @@ async fn round_trip(fx: &dyn Fixture) {
         c.request(Req::Fail, T).await,
         Err(RequestError::Fault("boom".into()))
     );
+    // A panicking handler answers with a fault and the connection stays up.
+    assert_eq!(
+        c.request(Req::Panic, T).await,
+        Err(RequestError::Fault("request handler failed".into()))
+    );
+    assert!(!c.is_closed());
     // Concurrent requests are correlated by id.
     let c = Arc::new(c);
     let mut tasks = Vec::new();

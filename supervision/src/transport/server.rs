@@ -383,9 +383,19 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
                 let h = handler.clone();
                 handlers.spawn(async move {
                     let tx = ctx.conn.tx.clone();
-                    let reply = match h.handle(ctx, body).await {
-                        Ok(body) => Message::Response { id, body },
-                        Err(message) => Message::Fault { id, message },
+                    // In its own task so that a panicking handler becomes a fault for this
+                    // request instead of a silent timeout.
+                    let served = tokio::spawn(async move { h.handle(ctx, body).await }).await;
+                    let reply = match served {
+                        Ok(Ok(body)) => Message::Response { id, body },
+                        Ok(Err(message)) => Message::Fault { id, message },
+                        Err(e) => {
+                            tracing::error!(%peer, request = id, cause = %e, "request handler failed");
+                            Message::Fault {
+                                id,
+                                message: "request handler failed".into(),
+                            }
+                        }
                     };
                     let _ = tx.send(reply).await;
                     drop(permit);

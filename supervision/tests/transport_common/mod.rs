@@ -33,6 +33,8 @@ pub enum Req {
     /// Carries a blob (for oversized requests).
     Blob(Vec<u8>),
     Fail,
+    /// The handler panics.
+    Panic,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +88,7 @@ impl Handler<Test> for TestHandler {
             Req::Big(n) => Ok(Resp::Bytes(vec![7; n])),
             Req::Blob(b) => Ok(Resp::Text(format!("{} bytes", b.len()))),
             Req::Fail => Err("boom".into()),
+            Req::Panic => panic!("handler panic requested by the test"),
         }
     }
 
