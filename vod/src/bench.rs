@@ -242,10 +242,16 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
     let cpu = cpu_seconds(d.pid).unwrap_or(0.0) - cpu0;
     let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
     let rss = rss_mb(d.pid);
-    let usage = Client::connect(&d.control).await?.usage().await?;
+    let usage_raw = Client::connect(&d.control)
+        .await?
+        .call(&json!({"op": "usage"}))
+        .await?;
+    let usage: control::Usage =
+        serde_json::from_value(usage_raw.clone()).map_err(setup("usage"))?;
     d.stop().await;
     let mut out = load_figures(&reports, &shared, cpu, secs, rss);
     out["origin_streams"] = json!(usage.origin_streams);
+    out["distributor_usage"] = usage_raw;
     out["origin_streams_seen_by_origin"] = json!(
         origin
             .stats

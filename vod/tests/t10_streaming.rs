@@ -467,3 +467,39 @@ async fn viewer_returns_to_frontend_when_its_distributor_is_gone() {
         "B read ahead from the origin once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_speaks_the_documented_line_protocol() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let env = origin(400_000, 2_000).await;
+    let dist = distributor(&env, |_| {}).await;
+    let path = control_socket(&dist.d, dir.path(), "c.sock");
+    let (_, body) = fetch_all(&dist.url, Some(0), 30_000).await;
+    assert!(body.len() >= 30_000);
+    let s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (rd, mut wr) = s.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    wr.write_all(b"{\"op\":\"usage\"}\nnot json\n{\"op\":\"frobnicate\"}\n{\"op\":\"drain\"}\n")
+        .await
+        .unwrap();
+    let usage: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    for key in ["bytes_sent", "bytes_received", "clients", "cache_bytes"] {
+        assert!(usage[key].is_u64(), "{key} missing in {usage}");
+    }
+    assert!(usage["bytes_sent"].as_u64().unwrap() >= 30_000);
+    assert!(usage["cache_bytes"].as_u64().unwrap() > 0);
+    for _ in 0..2 {
+        let bad: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(bad["ok"], false);
+        assert!(bad["error"].is_string());
+    }
+    let drained: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(drained["ok"], true);
+    // Draining: new viewers are refused with 503.
+    let (status, _) = raw(&dist.url, "GET /v.ts HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, 503);
+}
