@@ -324,6 +324,8 @@ pub struct Engine<E: Estimator> {
     clients: HashMap<ClientId, ServiceId>,
     cluster: [E::Agg; 2],
     cluster_limit: [f64; 2],
+    /// Set by node changes; the limit is summed again (O(n)) before the next admission.
+    cluster_limit_stale: bool,
     index: PlacementIndex,
     scratch: Vec<u64>,
     next_service: u64,
@@ -386,6 +388,7 @@ impl<E: Estimator> Engine<E> {
             clients: HashMap::new(),
             cluster,
             cluster_limit: [0.0; 2],
+            cluster_limit_stale: false,
             index: PlacementIndex::new(),
             scratch: Vec::new(),
             next_service: 1,
@@ -578,7 +581,7 @@ impl<E: Estimator> Engine<E> {
         };
         self.by_key.insert(key, slot);
         self.refresh(slot);
-        self.recompute_cluster_limit();
+        self.cluster_limit_stale = true;
         tracing::debug!(node = key.0, slot, "node added");
         Ok(())
     }
@@ -615,7 +618,7 @@ impl<E: Estimator> Engine<E> {
         self.index.set(slot, Leaf::DEAD);
         self.by_key.remove(&key);
         self.free_slots.push(slot);
-        self.recompute_cluster_limit();
+        self.cluster_limit_stale = true;
         tracing::debug!(node = key.0, evicted = out.len(), "node removed");
         Ok(out)
     }
@@ -690,6 +693,10 @@ impl<E: Estimator> Engine<E> {
     // -----------------------------------------------------------------------------------
 
     fn cluster_fits(&mut self, load: &Load<E>) -> Result<(), Rejection> {
+        if self.cluster_limit_stale {
+            self.recompute_cluster_limit();
+            self.cluster_limit_stale = false;
+        }
         for r in Resource::ALL {
             let i = r.idx();
             let lvl = self.est.level_merged(
