@@ -792,3 +792,85 @@ fn simultaneous_claims_resolve_to_the_lower_node_id_at_a_higher_epoch() {
         ]
     );
 }
+
+#[test]
+fn majority_control_acts_only_while_a_majority_of_grants_is_valid() {
+    let t0 = Instant::now();
+    let mut c = cfg(1);
+    c.election.mode = Mode::Majority {
+        members: (1..=3).map(NodeId).collect(),
+    };
+    let mut e = NodeEngine::new(c, 0, ChaCha8Rng::seed_from_u64(2));
+    e.handle(Input::Tick, t0);
+    let out = tick_until(&mut e, t0, t0 + ms(1000));
+    let epoch = out
+        .iter()
+        .find_map(|o| match o {
+            Output::BecomeControl { epoch } => Some(*epoch),
+            _ => None,
+        })
+        .expect("claimed");
+    let out = e.handle(Input::RebuildDone { epoch }, t0 + ms(1000));
+    assert_eq!(
+        out,
+        vec![],
+        "rebuilt, but 1 grant (its own) of 3 is no majority"
+    );
+    // Find the seq of the latest heartbeat n1 sent: n2 acknowledges it in its grant.
+    let out = tick_until(&mut e, t0 + ms(1000), t0 + ms(1100));
+    let acked = out
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Send {
+                msg: Message::Heartbeat(h),
+                ..
+            } => Some(h.seq),
+            _ => None,
+        })
+        .unwrap();
+    // Its own grant is in its heartbeats.
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Send { msg: Message::Heartbeat(h), .. }
+        if h.lease.is_some_and(|g| g.control == NodeId(1)))
+    ));
+    let mut grant = heartbeat(2, 1, None);
+    if let Message::Heartbeat(h) = &mut grant {
+        h.control = Some(ControlView {
+            node_id: NodeId(1),
+            epoch,
+        });
+        h.lease = Some(LeaseGrant {
+            control: NodeId(1),
+            epoch,
+            ack_seq: acked,
+            duration_ms: 500,
+        });
+    }
+    let at = t0 + ms(1105);
+    assert_eq!(
+        e.handle(Input::Received(grant), at),
+        vec![
+            Output::MemberUp(NodeId(2)),
+            Output::ControlActing {
+                epoch,
+                acting: true
+            }
+        ]
+    );
+    assert!(e.may_act(at));
+    // n2 falls silent: Down after 400 ms; its grant, dated from n1's send time (≤ 1100)
+    // minus 10 %, lapses by 1550 at the latest.
+    let out = tick_until(&mut e, at, t0 + ms(1560));
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::MemberDown(NodeId(2)),
+            Output::ControlActing {
+                epoch,
+                acting: false
+            }
+        ]
+    );
+    assert!(e.is_control(), "still Control, only not acting");
+}
