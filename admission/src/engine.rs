@@ -125,7 +125,8 @@ pub struct EngineConfig {
     pub ms_depth: u32,
     /// Nodes tried per MS level (most free memory first).
     pub ms_candidates: usize,
-    /// Budget of node tests one MS decision may spend, so a full cluster rejects quickly.
+    /// Budget of node tests (searches and eviction checks) one MS decision may spend, so a
+    /// full cluster rejects quickly.
     pub ms_max_tests: usize,
     /// Sum per-client increments without a phase shift (assume viewers burst together).
     pub align_clients: bool,
@@ -139,7 +140,7 @@ impl Default for EngineConfig {
             cluster_conf: 0.95,
             ms_depth: 2,
             ms_candidates: 4,
-            ms_max_tests: 32,
+            ms_max_tests: 48,
             align_clients: false,
         }
     }
@@ -278,17 +279,20 @@ struct Node<E: Estimator> {
     services: Vec<ServiceId>,
 }
 
-struct Service {
+struct Service<E: Estimator> {
     profile: ProfileId,
     slot: usize,
     clients: Vec<ClientId>,
+    /// The service's own aggregate (base plus clients), kept so that moving or testing a
+    /// distributor with many clients costs one merge, not one add per client.
+    agg: [E::Agg; 2],
 }
 
-/// The usage of a service (or of one client) as components for the estimator.
+/// The usage of a service (or of one client), summed into one aggregate per resource.
 struct Load<E: Estimator> {
     mem: u64,
     lb: [f64; 2],
-    comps: [Vec<(E::Item, usize)>; 2],
+    agg: [E::Agg; 2],
 }
 
 impl<E: Estimator> Load<E> {
@@ -316,10 +320,12 @@ pub struct Engine<E: Estimator> {
     nodes: Vec<Node<E>>,
     free_slots: Vec<usize>,
     by_key: HashMap<NodeKey, usize>,
-    services: HashMap<ServiceId, Service>,
+    services: HashMap<ServiceId, Service<E>>,
     clients: HashMap<ClientId, ServiceId>,
     cluster: [E::Agg; 2],
     cluster_limit: [f64; 2],
+    /// Set by node changes; the limit is summed again (O(n)) before the next admission.
+    cluster_limit_stale: bool,
     index: PlacementIndex,
     scratch: Vec<u64>,
     next_service: u64,
@@ -345,13 +351,11 @@ fn node_fits<E: Estimator>(
     }
     for r in 0..2 {
         let lvl = match remove {
-            None => est.level_with(&node.agg[r], &add.comps[r], node.spec.conf, scratch),
+            None => est.level_merged(&node.agg[r], &add.agg[r], node.spec.conf, scratch),
             Some(rm) => {
                 let mut a = node.agg[r].clone();
-                for (item, phase) in &rm.comps[r] {
-                    est.remove(&mut a, item, *phase);
-                }
-                est.level_with(&a, &add.comps[r], node.spec.conf, scratch)
+                est.merge(&mut a, &rm.agg[r], true);
+                est.level_merged(&a, &add.agg[r], node.spec.conf, scratch)
             }
         };
         if lvl >= node.limit[r] {
@@ -384,6 +388,7 @@ impl<E: Estimator> Engine<E> {
             clients: HashMap::new(),
             cluster,
             cluster_limit: [0.0; 2],
+            cluster_limit_stale: false,
             index: PlacementIndex::new(),
             scratch: Vec::new(),
             next_service: 1,
@@ -489,16 +494,19 @@ impl<E: Estimator> Engine<E> {
 
     fn load_of(&self, profile: ProfileId, base: bool, clients: &[ClientId]) -> Load<E> {
         let p = &self.profiles[profile.0 as usize];
+        let grid = self.cfg.grid;
         let mut load = Load {
             mem: 0,
             lb: [0.0; 2],
-            comps: [Vec::new(), Vec::new()],
+            agg: [
+                self.est.empty(Resource::Cpu, grid),
+                self.est.empty(Resource::Net, grid),
+            ],
         };
         if base {
             load.mem += p.ws;
             for r in 0..2 {
-                load.lb[r] += p.lb_base[r];
-                load.comps[r].push((p.base[r].clone(), 0));
+                self.est.add(&mut load.agg[r], &p.base[r], 0);
             }
         }
         load.mem += p.client_mem * clients.len() as u64;
@@ -506,17 +514,37 @@ impl<E: Estimator> Engine<E> {
             for &c in clients {
                 let ph = self.client_phase(c);
                 for (r, item) in items.iter().enumerate() {
-                    load.lb[r] += p.lb_client[r];
-                    load.comps[r].push((item.clone(), ph));
+                    self.est.add(&mut load.agg[r], item, ph);
                 }
             }
         }
+        load.lb = self.lower_bounds(profile, base, clients.len());
         load
+    }
+
+    /// Lower bounds recomputed from the profile (never accumulated, so they cannot drift).
+    fn lower_bounds(&self, profile: ProfileId, base: bool, clients: usize) -> [f64; 2] {
+        let p = &self.profiles[profile.0 as usize];
+        let mut lb = [0.0; 2];
+        for (r, l) in lb.iter_mut().enumerate() {
+            if base {
+                *l += p.lb_base[r];
+            }
+            if p.client.is_some() {
+                *l += p.lb_client[r] * clients as f64;
+            }
+        }
+        lb
     }
 
     fn service_load(&self, sid: ServiceId) -> Load<E> {
         let s = &self.services[&sid];
-        self.load_of(s.profile, true, &s.clients)
+        let p = &self.profiles[s.profile.0 as usize];
+        Load {
+            mem: p.ws + p.client_mem * s.clients.len() as u64,
+            lb: self.lower_bounds(s.profile, true, s.clients.len()),
+            agg: s.agg.clone(),
+        }
     }
 
     // -----------------------------------------------------------------------------------
@@ -553,7 +581,7 @@ impl<E: Estimator> Engine<E> {
         };
         self.by_key.insert(key, slot);
         self.refresh(slot);
-        self.recompute_cluster_limit();
+        self.cluster_limit_stale = true;
         tracing::debug!(node = key.0, slot, "node added");
         Ok(())
     }
@@ -566,11 +594,7 @@ impl<E: Estimator> Engine<E> {
         let mut out = Vec::with_capacity(sids.len());
         for sid in sids {
             let load = self.service_load(sid);
-            for r in 0..2 {
-                for (item, ph) in &load.comps[r] {
-                    self.est.remove(&mut self.cluster[r], item, *ph);
-                }
-            }
+            self.apply_cluster(&load, true);
             let s = self
                 .services
                 .remove(&sid)
@@ -594,7 +618,7 @@ impl<E: Estimator> Engine<E> {
         self.index.set(slot, Leaf::DEAD);
         self.by_key.remove(&key);
         self.free_slots.push(slot);
-        self.recompute_cluster_limit();
+        self.cluster_limit_stale = true;
         tracing::debug!(node = key.0, evicted = out.len(), "node removed");
         Ok(out)
     }
@@ -632,13 +656,7 @@ impl<E: Estimator> Engine<E> {
     fn apply(&mut self, slot: usize, load: &Load<E>, sub: bool) {
         let node = &mut self.nodes[slot];
         for r in 0..2 {
-            for (item, ph) in &load.comps[r] {
-                if sub {
-                    self.est.remove(&mut node.agg[r], item, *ph);
-                } else {
-                    self.est.add(&mut node.agg[r], item, *ph);
-                }
-            }
+            self.est.merge(&mut node.agg[r], &load.agg[r], sub);
         }
         node.used_mem = if sub {
             node.used_mem - load.mem
@@ -650,13 +668,7 @@ impl<E: Estimator> Engine<E> {
 
     fn apply_cluster(&mut self, load: &Load<E>, sub: bool) {
         for r in 0..2 {
-            for (item, ph) in &load.comps[r] {
-                if sub {
-                    self.est.remove(&mut self.cluster[r], item, *ph);
-                } else {
-                    self.est.add(&mut self.cluster[r], item, *ph);
-                }
-            }
+            self.est.merge(&mut self.cluster[r], &load.agg[r], sub);
         }
     }
 
@@ -681,11 +693,15 @@ impl<E: Estimator> Engine<E> {
     // -----------------------------------------------------------------------------------
 
     fn cluster_fits(&mut self, load: &Load<E>) -> Result<(), Rejection> {
+        if self.cluster_limit_stale {
+            self.recompute_cluster_limit();
+            self.cluster_limit_stale = false;
+        }
         for r in Resource::ALL {
             let i = r.idx();
-            let lvl = self.est.level_with(
+            let lvl = self.est.level_merged(
                 &self.cluster[i],
-                &load.comps[i],
+                &load.agg[i],
                 self.cfg.cluster_conf,
                 &mut self.scratch,
             );
@@ -696,18 +712,30 @@ impl<E: Estimator> Engine<E> {
         Ok(())
     }
 
-    /// Index search for `load` among live nodes not in `exclude`.
-    fn search(&mut self, load: &Load<E>, exclude: &[usize]) -> Option<usize> {
+    /// Index search for `load` among live nodes not in `exclude`. Inside Migrate the
+    /// Smallest (`limited`), every node test spends the decision's test budget, so that a
+    /// full cluster rejects in bounded time.
+    fn search(&mut self, load: &Load<E>, exclude: &[usize], limited: bool) -> Option<usize> {
         let Engine {
             index,
             nodes,
             est,
             scratch,
             cfg,
+            ms_tests_left,
             ..
         } = self;
         index.search(cfg.policy, &load.need(), |slot| {
-            !exclude.contains(&slot) && node_fits(est, &nodes[slot], load, None, scratch)
+            if exclude.contains(&slot) {
+                return false;
+            }
+            if limited {
+                if *ms_tests_left == 0 {
+                    return false;
+                }
+                *ms_tests_left -= 1;
+            }
+            node_fits(est, &nodes[slot], load, None, scratch)
         })
     }
 
@@ -739,7 +767,7 @@ impl<E: Estimator> Engine<E> {
             .map(|i| ClientId(self.next_client + i))
             .collect();
         let load = self.load_of(profile, true, &ids);
-        self.search(&load, &[]).map(|s| self.nodes[s].key)
+        self.search(&load, &[], false).map(|s| self.nodes[s].key)
     }
 
     /// Admits a new service of `profile` with `initial_clients` clients (a distributor
@@ -791,7 +819,7 @@ impl<E: Estimator> Engine<E> {
         let load = self.load_of(profile, true, &clients);
         self.cluster_fits(&load)?;
         let mut migrations = Vec::new();
-        let slot = match self.search(&load, &[]) {
+        let slot = match self.search(&load, &[], false) {
             Some(s) => s,
             None => {
                 self.ms_tests_left = self.cfg.ms_max_tests;
@@ -814,6 +842,7 @@ impl<E: Estimator> Engine<E> {
                 profile,
                 slot,
                 clients: clients.clone(),
+                agg: load.agg.clone(),
             },
         );
         self.place(slot, sid, &load);
@@ -842,7 +871,10 @@ impl<E: Estimator> Engine<E> {
         exclude: &mut Vec<usize>,
         migs: &mut Vec<Migration>,
     ) -> Option<usize> {
-        if let Some(s) = self.search(load, exclude) {
+        if self.ms_tests_left == 0 {
+            return None;
+        }
+        if let Some(s) = self.search(load, exclude, true) {
             return Some(s);
         }
         if budget == 0 {
@@ -951,11 +983,11 @@ impl<E: Estimator> Engine<E> {
         self.apply(slot, &load, false);
         self.apply_cluster(&load, false);
         self.clients.insert(cid, service);
-        self.services
-            .get_mut(&service)
-            .expect("checked above")
-            .clients
-            .push(cid);
+        let s = self.services.get_mut(&service).expect("checked above");
+        s.clients.push(cid);
+        for r in 0..2 {
+            self.est.merge(&mut s.agg[r], &load.agg[r], false);
+        }
         Ok(ClientDecision {
             client: cid,
             service,
@@ -980,13 +1012,15 @@ impl<E: Estimator> Engine<E> {
         self.apply(slot, &load, true);
         self.apply_cluster(&load, true);
         self.clients.remove(&client);
-        let list = &mut self
+        let s = self
             .services
             .get_mut(&sid)
-            .expect("client maps to a service")
-            .clients;
-        if let Some(i) = list.iter().position(|c| *c == client) {
-            list.swap_remove(i);
+            .expect("client maps to a service");
+        if let Some(i) = s.clients.iter().position(|c| *c == client) {
+            s.clients.swap_remove(i);
+        }
+        for r in 0..2 {
+            self.est.merge(&mut s.agg[r], &load.agg[r], true);
         }
         Ok(sid)
     }
@@ -1107,13 +1141,15 @@ impl<E: Estimator> Engine<E> {
                         s.slot
                     ));
                 }
-                let load = self.service_load(*sid);
+                // Rebuild the service from its profile and clients, not from its cache.
+                let load = self.load_of(s.profile, true, &s.clients);
+                if load.agg != s.agg {
+                    return Err(format!("{sid:?} aggregate drifted"));
+                }
                 mem += load.mem;
                 for r in 0..2 {
-                    for (item, ph) in &load.comps[r] {
-                        self.est.add(&mut agg[r], item, *ph);
-                        self.est.add(&mut cluster[r], item, *ph);
-                    }
+                    self.est.merge(&mut agg[r], &load.agg[r], false);
+                    self.est.merge(&mut cluster[r], &load.agg[r], false);
                 }
             }
             if agg != n.agg {

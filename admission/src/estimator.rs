@@ -125,6 +125,21 @@ pub trait Estimator: Clone + Debug + Send + Sync + 'static {
         }
         self.level(&a, conf, scratch)
     }
+    /// Adds (or with `sub`, removes) a whole aggregate: aggregates are sums, so a service's
+    /// own aggregate moves between nodes in one step whatever its number of clients.
+    fn merge(&self, into: &mut Self::Agg, from: &Self::Agg, sub: bool);
+    /// The level of `agg` plus the aggregate `extra`, without changing `agg`.
+    fn level_merged(
+        &self,
+        agg: &Self::Agg,
+        extra: &Self::Agg,
+        conf: f64,
+        scratch: &mut Vec<u64>,
+    ) -> f64 {
+        let mut a = agg.clone();
+        self.merge(&mut a, extra, false);
+        self.level(&a, conf, scratch)
+    }
     /// A lower bound on how much adding `item` raises any aggregate's level, so the placement
     /// index can skip whole subtrees whose headroom is below it.
     fn lower_bound(&self, item: &Self::Item) -> f64;
@@ -209,6 +224,20 @@ impl Estimator for Empirical {
         for (item, phase) in extra {
             add_shifted(scratch, &item.values, *phase, false);
         }
+        select(scratch, conf)
+    }
+    fn merge(&self, into: &mut Vec<u64>, from: &Vec<u64>, sub: bool) {
+        add_shifted(into, from, 0, sub);
+    }
+    fn level_merged(
+        &self,
+        agg: &Vec<u64>,
+        extra: &Vec<u64>,
+        conf: f64,
+        scratch: &mut Vec<u64>,
+    ) -> f64 {
+        scratch.clear();
+        scratch.extend(agg.iter().zip(extra).map(|(a, b)| a.wrapping_add(*b)));
         select(scratch, conf)
     }
     fn lower_bound(&self, item: &EmpiricalItem) -> f64 {
@@ -297,6 +326,18 @@ impl MomentSums {
             self.peak = self.peak.wrapping_add(m.peak as u128);
         }
     }
+    fn merge(&mut self, o: &MomentSums, sub: bool) {
+        let op = |a: u128, b: u128| {
+            if sub {
+                a.wrapping_sub(b)
+            } else {
+                a.wrapping_add(b)
+            }
+        };
+        self.sum = op(self.sum, o.sum);
+        self.var_num = op(self.var_num, o.var_num);
+        self.peak = op(self.peak, o.peak);
+    }
     fn mean(&self) -> f64 {
         if self.n == 0 {
             0.0
@@ -335,6 +376,9 @@ impl Estimator for Gaussian {
     fn level(&self, agg: &MomentSums, conf: f64, _scratch: &mut Vec<u64>) -> f64 {
         agg.mean() + normal_quantile(conf).max(0.0) * agg.std()
     }
+    fn merge(&self, into: &mut MomentSums, from: &MomentSums, sub: bool) {
+        into.merge(from, sub);
+    }
     fn lower_bound(&self, item: &Moments) -> f64 {
         item.mean()
     }
@@ -371,6 +415,9 @@ impl Estimator for Peak {
     fn level(&self, agg: &MomentSums, _conf: f64, _scratch: &mut Vec<u64>) -> f64 {
         agg.peak as f64
     }
+    fn merge(&self, into: &mut MomentSums, from: &MomentSums, sub: bool) {
+        into.merge(from, sub);
+    }
     fn lower_bound(&self, item: &Moments) -> f64 {
         item.peak as f64
     }
@@ -401,6 +448,9 @@ impl Estimator for Mean {
     }
     fn level(&self, agg: &MomentSums, _conf: f64, _scratch: &mut Vec<u64>) -> f64 {
         agg.mean()
+    }
+    fn merge(&self, into: &mut MomentSums, from: &MomentSums, sub: bool) {
+        into.merge(from, sub);
     }
     fn lower_bound(&self, item: &Moments) -> f64 {
         item.mean()
@@ -503,6 +553,16 @@ impl Estimator for Chernoff {
             }
         }
         best
+    }
+    fn merge(&self, into: &mut ChernoffAgg, from: &ChernoffAgg, sub: bool) {
+        for (a, l) in into.lmgf.iter_mut().zip(&from.lmgf) {
+            *a = if sub {
+                a.wrapping_sub(*l)
+            } else {
+                a.wrapping_add(*l)
+            };
+        }
+        into.moments.merge(&from.moments, sub);
     }
     fn lower_bound(&self, item: &ChernoffItem) -> f64 {
         item.moments.mean()

@@ -331,11 +331,14 @@ impl Cgroups {
             hierarchy,
             prefix_depth: cfg.prefix.components().count(),
         };
-        me.ensure_prefix().map_err(|e| {
-            CgroupError::NotAvailable(format!("cannot create the group prefix: {e}"))
+        me.ensure_prefix().map_err(|e| match e {
+            CgroupError::NotAvailable(_) => e,
+            e => CgroupError::NotAvailable(format!("cannot create the group prefix: {e}")),
         })?;
         if let Some(shares) = cfg.prefix_cpu_shares {
-            me.set_prefix_shares(shares, me.prefix_depth)?;
+            me.set_prefix_shares(shares, me.prefix_depth).map_err(|e| {
+                CgroupError::NotAvailable(format!("cannot set the CPU weight: {e}"))
+            })?;
         }
         Ok(me)
     }
@@ -413,6 +416,19 @@ impl Cgroups {
             }
             for l in levels {
                 let _ = fs::write(l.join("cgroup.subtree_control"), "+cpu +memory");
+            }
+            // Writes fail, for instance, on a level that holds processes (a container's
+            // namespace root): then children get no cpu/memory files and every limit write
+            // would fail later. Refuse now, with the reason.
+            let enabled =
+                fs::read_to_string(prefix_dir.join("cgroup.subtree_control")).unwrap_or_default();
+            let have: Vec<&str> = enabled.split_ascii_whitespace().collect();
+            if !(have.contains(&"cpu") && have.contains(&"memory")) {
+                return Err(CgroupError::NotAvailable(format!(
+                    "cpu and memory controllers cannot be enabled under {} (an ancestor \
+                     holds processes or does not delegate them)",
+                    prefix_dir.display()
+                )));
             }
         }
         Ok(())

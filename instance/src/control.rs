@@ -11,8 +11,10 @@
 //!
 //! # Layout
 //! - [`Usage`]: the reply; [`ControlError`]: why a query failed.
-//! - [`ControlClient`]: one connection, kept open and reused; reconnects once per query.
-//! - [`UsagePoller`]: a client with back-off, what the sampler holds per instance.
+//! - [`ControlClient`]: one connection, kept open and reused; reconnects once per query;
+//!   a query is `send` then `recv`, so a sampler can ask all instances before reading.
+//! - [`UsagePoller`]: a client with back-off (`begin`/`finish`), what the sampler holds per
+//!   instance.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -61,21 +63,31 @@ pub enum ControlError {
 }
 
 /// A connection to one instance's control socket.
+///
+/// A query has two halves, [`ControlClient::send`] and [`ControlClient::recv`], so that a
+/// sampler can send to every instance first and then collect the replies: instances answer
+/// in parallel and one slow instance delays the tick once, not once per instance.
 #[derive(Debug)]
 pub struct ControlClient {
     path: PathBuf,
     timeout: Duration,
     conn: Option<BufReader<UnixStream>>,
+    /// The request in flight went over a connection kept from an earlier query (which the
+    /// server may have closed since): a failure then earns one retry on a new connection.
+    reused: bool,
     line: String,
 }
 
+const REQUEST: &[u8] = b"{\"op\":\"usage\"}\n";
+
 impl ControlClient {
-    /// A client for `path`; `timeout` bounds connect-to-reply of one query.
+    /// A client for `path`; `timeout` bounds connect, send, and the reply of one query.
     pub fn new(path: impl Into<PathBuf>, timeout: Duration) -> Self {
         Self {
             path: path.into(),
             timeout,
             conn: None,
+            reused: false,
             line: String::new(),
         }
     }
@@ -99,14 +111,41 @@ impl ControlClient {
         Ok(BufReader::new(s))
     }
 
-    fn exchange(conn: &mut BufReader<UnixStream>, line: &mut String) -> io::Result<()> {
-        conn.get_mut().write_all(b"{\"op\":\"usage\"}\n")?;
-        line.clear();
-        let n = conn.by_ref().take(MAX_REPLY_BYTES).read_line(line)?;
+    fn fresh_send(&mut self) -> Result<(), ControlError> {
+        self.conn = None;
+        self.reused = false;
+        let mut c = self.connect().map_err(|e| self.io(e))?;
+        c.get_mut().write_all(REQUEST).map_err(|e| self.io(e))?;
+        self.conn = Some(c);
+        Ok(())
+    }
+
+    /// Send a `usage` request (connecting if needed).
+    pub fn send(&mut self) -> Result<(), ControlError> {
+        if let Some(c) = self.conn.as_mut() {
+            if c.get_mut().write_all(REQUEST).is_ok() {
+                self.reused = true;
+                return Ok(());
+            }
+        }
+        self.fresh_send()
+    }
+
+    fn read_reply(&mut self, deadline: Instant) -> io::Result<()> {
+        let conn = self.conn.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        conn.get_ref().set_read_timeout(Some(left))?;
+        self.line.clear();
+        let n = conn
+            .by_ref()
+            .take(MAX_REPLY_BYTES)
+            .read_line(&mut self.line)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if !line.ends_with('\n') {
+        if !self.line.ends_with('\n') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "reply line too long or unterminated",
@@ -115,33 +154,39 @@ impl ControlClient {
         Ok(())
     }
 
-    /// Ask for usage. A kept connection that turns out closed is replaced once.
-    pub fn usage(&mut self) -> Result<Usage, ControlError> {
-        let reused = self.conn.is_some();
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => self.connect().map_err(|e| self.io(e))?,
-        };
-        let mut line = std::mem::take(&mut self.line);
-        let mut r = Self::exchange(&mut conn, &mut line);
-        if r.is_err() && reused {
-            conn = self.connect().map_err(|e| self.io(e))?;
-            r = Self::exchange(&mut conn, &mut line);
+    /// Read the reply to the request sent, waiting at most until `deadline` (at least
+    /// 1 ms). A kept connection that turns out closed is replaced once.
+    pub fn recv(&mut self, deadline: Instant) -> Result<Usage, ControlError> {
+        let mut r = self.read_reply(deadline);
+        if r.as_ref().is_err_and(|e| {
+            e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut
+        }) && self.reused
+        {
+            self.fresh_send()?;
+            r = self.read_reply(deadline.max(Instant::now() + self.timeout));
         }
         let res = match r {
-            Ok(()) => {
-                serde_json::from_str::<Usage>(line.trim()).map_err(|e| ControlError::BadReply {
+            Ok(()) => serde_json::from_str::<Usage>(self.line.trim()).map_err(|e| {
+                ControlError::BadReply {
                     path: self.path.clone(),
                     reason: e.to_string(),
-                })
-            }
+                }
+            }),
             Err(e) => Err(self.io(e)),
         };
-        if res.is_ok() {
-            self.conn = Some(conn);
+        if res.is_err() {
+            // Never reuse a connection in an unknown state (a late reply would be taken
+            // for the answer to the next request).
+            self.conn = None;
         }
-        self.line = line;
+        self.reused = false;
         res
+    }
+
+    /// Ask for usage: [`send`](Self::send) then [`recv`](Self::recv) within the timeout.
+    pub fn usage(&mut self) -> Result<Usage, ControlError> {
+        self.send()?;
+        self.recv(Instant::now() + self.timeout)
     }
 }
 
@@ -152,6 +197,7 @@ pub struct UsagePoller {
     failures: u32,
     next_try: Option<Instant>,
     speaks: bool,
+    in_flight: bool,
 }
 
 /// Longest wait between retries of a silent instance.
@@ -165,6 +211,7 @@ impl UsagePoller {
             failures: 0,
             next_try: None,
             speaks: false,
+            in_flight: false,
         }
     }
 
@@ -173,12 +220,37 @@ impl UsagePoller {
         self.speaks
     }
 
-    /// Query now unless backing off; `None` means "no answer this tick".
-    pub fn poll(&mut self, now: Instant) -> Option<Usage> {
+    fn failed(&mut self, e: &ControlError, now: Instant) {
+        if self.speaks {
+            tracing::debug!(error = %e, "instance stopped answering the control API");
+        }
+        self.speaks = false;
+        self.failures = self.failures.saturating_add(1);
+        let wait = Duration::from_secs(1 << self.failures.min(6)).min(MAX_BACKOFF);
+        self.next_try = Some(now + wait);
+    }
+
+    /// First half of a poll: send the request unless backing off. True when a reply is
+    /// now expected from [`finish`](Self::finish).
+    pub fn begin(&mut self, now: Instant) -> bool {
+        self.in_flight = false;
         if self.next_try.is_some_and(|t| now < t) {
+            return false;
+        }
+        match self.client.send() {
+            Ok(()) => self.in_flight = true,
+            Err(e) => self.failed(&e, now),
+        }
+        self.in_flight
+    }
+
+    /// Second half: the reply, waiting at most until `deadline`; `None` when no request
+    /// is in flight or the instance did not answer in time.
+    pub fn finish(&mut self, deadline: Instant, now: Instant) -> Option<Usage> {
+        if !std::mem::take(&mut self.in_flight) {
             return None;
         }
-        match self.client.usage() {
+        match self.client.recv(deadline) {
             Ok(u) => {
                 self.failures = 0;
                 self.next_try = None;
@@ -186,16 +258,19 @@ impl UsagePoller {
                 Some(u)
             }
             Err(e) => {
-                if self.speaks {
-                    tracing::debug!(error = %e, "instance stopped answering the control API");
-                }
-                self.speaks = false;
-                self.failures = self.failures.saturating_add(1);
-                let wait = Duration::from_secs(1 << self.failures.min(6)).min(MAX_BACKOFF);
-                self.next_try = Some(now + wait);
+                self.failed(&e, now);
                 None
             }
         }
+    }
+
+    /// Query now unless backing off; `None` means "no answer this tick".
+    pub fn poll(&mut self, now: Instant) -> Option<Usage> {
+        if !self.begin(now) {
+            return None;
+        }
+        let deadline = Instant::now() + self.client.timeout;
+        self.finish(deadline, now)
     }
 }
 
@@ -285,6 +360,34 @@ mod tests {
             );
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn two_phase_polls_share_one_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.sock");
+        let _srv = serve(&good, 10);
+        let silent: Vec<_> = (0..5)
+            .map(|i| {
+                let p = dir.path().join(format!("silent{i}.sock"));
+                (UnixListener::bind(&p).unwrap(), p)
+            })
+            .collect();
+        let timeout = Duration::from_millis(200);
+        let mut polls: Vec<UsagePoller> = silent
+            .iter()
+            .map(|(_, p)| UsagePoller::new(p, timeout))
+            .collect();
+        polls.push(UsagePoller::new(&good, timeout));
+        let t0 = Instant::now();
+        assert!(polls.iter_mut().all(|p| p.begin(t0)), "all requests sent");
+        let deadline = Instant::now() + timeout;
+        let got: Vec<Option<Usage>> = polls.iter_mut().map(|p| p.finish(deadline, t0)).collect();
+        let took = t0.elapsed();
+        assert!(got[..5].iter().all(Option::is_none));
+        assert_eq!(got[5].unwrap().bytes_sent, 1000);
+        // Five silent instances cost one shared timeout, not five.
+        assert!(took < timeout * 3, "{took:?}");
     }
 
     #[test]

@@ -39,7 +39,10 @@ impl ProcStat {
     /// CPU ticks of the process and of the children it has reaped. Summing this over the
     /// members of a group counts an exited member once: in its reaping parent's `c*time`.
     pub fn total_ticks(&self) -> u64 {
-        self.utime + self.stime + self.cutime + self.cstime
+        self.utime
+            .saturating_add(self.stime)
+            .saturating_add(self.cutime)
+            .saturating_add(self.cstime)
     }
 }
 
@@ -117,8 +120,10 @@ pub fn scan_process_groups(proc_root: &Path, pgids: &HashSet<i32>) -> HashMap<i3
             && pgids.contains(&st.pgrp)
         {
             let t = out.entry(st.pgrp).or_default();
-            t.cpu_ticks += st.total_ticks();
-            t.rss_bytes += st.rss_pages * page;
+            t.cpu_ticks = t.cpu_ticks.saturating_add(st.total_ticks());
+            t.rss_bytes = t
+                .rss_bytes
+                .saturating_add(st.rss_pages.saturating_mul(page));
             t.processes += 1;
         }
     }
@@ -143,8 +148,8 @@ pub fn parse_meminfo(text: &str) -> Option<MemInfo> {
         let key = it.next();
         let val = it.next().and_then(|v| v.parse::<u64>().ok());
         match (key, val) {
-            (Some("MemTotal:"), Some(v)) => total = Some(v * 1024),
-            (Some("MemAvailable:"), Some(v)) => available = Some(v * 1024),
+            (Some("MemTotal:"), Some(v)) => total = Some(v.saturating_mul(1024)),
+            (Some("MemAvailable:"), Some(v)) => available = Some(v.saturating_mul(1024)),
             _ => {}
         }
     }
@@ -200,8 +205,8 @@ pub fn parse_proc_stat_cpu(text: &str) -> Option<(u64, u64)> {
     }
     // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
     // already inside user/nice, so the total is the first eight fields.
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+    let total = v.iter().take(8).fold(0u64, |a, b| a.saturating_add(*b));
+    let idle = v[3].saturating_add(v.get(4).copied().unwrap_or(0));
     Some((total - idle.min(total), total))
 }
 
@@ -283,6 +288,32 @@ mod tests {
                 tx_bytes: 300
             }]
         );
+    }
+
+    #[test]
+    fn huge_numbers_saturate() {
+        let m = u64::MAX;
+        let line = format!("cpu {m} {m} {m} {m} {m} {m} {m} {m}");
+        assert_eq!(parse_proc_stat_cpu(&line), Some((0, m)));
+        let mi = parse_meminfo(&format!("MemTotal: {m} kB\nMemAvailable: 1 kB\n")).unwrap();
+        assert_eq!(mi.total, m);
+    }
+
+    proptest::proptest! {
+        /// Whatever the kernel (or a hostile file) gives, parsing never panics.
+        #[test]
+        fn parsers_never_panic(text in "\\PC{0,300}", noisy in "[0-9 ()a-z:\n-]{0,300}") {
+            for t in [&text, &noisy] {
+                let _ = parse_stat(t);
+                let _ = parse_meminfo(t);
+                let _ = parse_net_dev(t);
+                let _ = parse_proc_stat_cpu(t);
+                let _ = crate::cgroup::parse_mountinfo(t);
+                let _ = crate::cgroup::parse_self_cgroup(t);
+                let _ = crate::cgroup::parse_memory_stat(t);
+                let _ = crate::agent86::parse_psi_some_avg10(t);
+            }
+        }
     }
 
     #[test]

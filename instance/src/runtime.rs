@@ -84,7 +84,7 @@ pub struct InstanceSpec {
 }
 
 /// How an instance ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExitInfo {
     /// Exit code, when it exited normally.
     pub code: Option<i32>,
@@ -251,6 +251,13 @@ impl Core {
             .clone()
             .unwrap_or_else(|| self.socket_dir.join(format!("{}.sock", spec.name)));
         let _ = std::fs::remove_file(&socket);
+        // Everything that can fail without side effects comes before the group exists.
+        let io_err = |source| RuntimeError::Spawn {
+            name: spec.name.clone(),
+            source,
+        };
+        let stdout = stdio(&spec.stdout).map_err(io_err)?;
+        let stderr = stdio(&spec.stderr).map_err(io_err)?;
 
         let group = match &self.cgroups {
             Some(cg) => Some(cg.create(
@@ -263,20 +270,22 @@ impl Core {
             )?),
             None => None,
         };
-        let spawn_err = |source| RuntimeError::Spawn {
-            name: spec.name.clone(),
-            source,
-        };
         // Open the cgroup.procs files here (close-on-exec) so the child only has to write
         // "0" into them between fork and exec: it then runs its first instruction inside
         // the group.
         let procs: Vec<File> = match &group {
-            Some(g) => g
+            Some(g) => match g
                 .procs_files()
                 .iter()
                 .map(|p| File::options().write(true).open(p))
                 .collect::<io::Result<_>>()
-                .map_err(spawn_err)?,
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = g.destroy(Duration::from_secs(1));
+                    return Err(io_err(e));
+                }
+            },
             None => Vec::new(),
         };
         let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
@@ -294,14 +303,14 @@ impl Core {
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env(CONTROL_SOCKET_ENV, &socket)
             .stdin(Stdio::null())
-            .stdout(stdio(&spec.stdout).map_err(spawn_err)?)
-            .stderr(stdio(&spec.stderr).map_err(spawn_err)?);
+            .stdout(stdout)
+            .stderr(stderr);
         if let Some(d) = &spec.cwd {
             cmd.current_dir(d);
         }
-        // SAFETY: the closure only calls async-signal-safe functions (setsid, open, write, close,
-        // setpriority, setrlimit) on
-        // values prepared before fork, and allocates nothing.
+        // SAFETY: the closure only calls async-signal-safe functions (setsid, open, write,
+        // close, setpriority, setrlimit) on values prepared before fork, and allocates
+        // nothing.
         unsafe {
             cmd.pre_exec(move || {
                 // Own session, hence own process group (pgid = pid) and, on kernels with
@@ -351,7 +360,7 @@ impl Core {
                 if let Some(g) = &group {
                     let _ = g.destroy(Duration::from_secs(1));
                 }
-                return Err(spawn_err(e));
+                return Err(io_err(e));
             }
         };
         drop(procs);

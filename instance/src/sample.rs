@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::control::UsagePoller;
+use crate::control::{Usage, UsagePoller};
 use crate::procfs::{self, GroupTotals};
 use crate::runtime::Probe;
 
@@ -152,15 +152,16 @@ fn sum_ifaces(text: &str, only: &[String]) -> u64 {
                 only.contains(&i.name)
             }
         })
-        .map(|i| i.rx_bytes + i.tx_bytes)
-        .sum()
+        .fold(0u64, |a, i| {
+            a.saturating_add(i.rx_bytes).saturating_add(i.tx_bytes)
+        })
 }
 
-fn rate(d: u64, dt: Duration) -> f64 {
+fn rate(d: f64, dt: Duration) -> f64 {
     if dt.is_zero() {
         0.0
     } else {
-        d as f64 / dt.as_secs_f64()
+        d / dt.as_secs_f64()
     }
 }
 
@@ -204,9 +205,37 @@ impl Sampler {
             .collect();
         let groups = procfs::scan_process_groups(&self.cfg.proc_root, &pgids);
 
+        // Control API: send to every instance first, then collect the replies against one
+        // deadline, so instances answer in parallel and a silent one costs one timeout per
+        // tick at most (and then backs off).
+        let mut asked = Vec::new();
+        for p in probes {
+            let poller = self
+                .pollers
+                .entry(p.name.clone())
+                .or_insert_with(|| UsagePoller::new(&p.control_socket, self.cfg.control_timeout));
+            if poller.begin(now) {
+                asked.push(p.name.as_str());
+            }
+        }
+        let deadline = Instant::now() + self.cfg.control_timeout;
+        let mut usage: HashMap<&str, Usage> = HashMap::with_capacity(asked.len());
+        for name in asked {
+            if let Some(u) = self
+                .pollers
+                .get_mut(name)
+                .and_then(|p| p.finish(deadline, now))
+            {
+                usage.insert(name, u);
+            }
+        }
+
         let instances = probes
             .iter()
-            .map(|p| self.sample_instance(p, groups.get(&p.pgid).copied(), now))
+            .map(|p| {
+                let u = usage.get(p.name.as_str()).copied();
+                self.sample_instance(p, groups.get(&p.pgid).copied(), u, now)
+            })
             .collect();
         let mut node = self.sample_node(now);
         node.instances = instances;
@@ -217,6 +246,7 @@ impl Sampler {
         &mut self,
         p: &Probe,
         g: Option<GroupTotals>,
+        usage: Option<Usage>,
         now: Instant,
     ) -> InstanceSample {
         let (cpu_ns, rss, ws, alive) = match &p.group {
@@ -235,11 +265,7 @@ impl Sampler {
             },
         };
 
-        let poller = self
-            .pollers
-            .entry(p.name.clone())
-            .or_insert_with(|| UsagePoller::new(&p.control_socket, self.cfg.control_timeout));
-        let usage = if alive { poller.poll(now) } else { None };
+        let usage = if alive { usage } else { None };
 
         let prev = self.prev.entry(p.name.clone()).or_default();
         let dt = prev.at.map(|t| now.saturating_duration_since(t));
@@ -279,8 +305,8 @@ impl Sampler {
                     .filter(|i| i.name != "lo")
                     .collect();
                 counters = Some((
-                    all.iter().map(|i| i.tx_bytes).sum(),
-                    all.iter().map(|i| i.rx_bytes).sum(),
+                    all.iter().fold(0u64, |a, i| a.saturating_add(i.tx_bytes)),
+                    all.iter().fold(0u64, |a, i| a.saturating_add(i.rx_bytes)),
                 ));
             }
         }
@@ -290,7 +316,10 @@ impl Sampler {
             }
             _ => None,
         };
-        let net_bps = deltas.zip(dt).map(|((s, r), dt)| rate((s + r) * 8, dt));
+        // Counters come from the instance itself: no arithmetic on them may overflow.
+        let net_bps = deltas
+            .zip(dt)
+            .map(|((s, r), dt)| rate((s as f64 + r as f64) * 8.0, dt));
 
         prev.at = Some(now);
         prev.cpu_ns = cpu_ns;
@@ -335,7 +364,7 @@ impl Sampler {
             }
             if let (Some(n0), Some(n1)) = (n0, net) {
                 net_bps = Some(rate(
-                    n1.saturating_sub(n0) * 8,
+                    n1.saturating_sub(n0) as f64 * 8.0,
                     now.saturating_duration_since(t0),
                 ));
             }

@@ -167,6 +167,8 @@ pub enum StepDownReason {
         /// How long it was silent.
         gap: Duration,
     },
+    /// The node is shutting down ([`Election::leave`]).
+    Leaving,
 }
 
 /// What the election asks the engine to do, in order.
@@ -275,7 +277,14 @@ impl Election {
 
     fn reassert(&mut self, out: &mut Vec<Action>) {
         if let ElectionState::Control { epoch, .. } = &mut self.state {
-            let next = self.highest + 1;
+            // Only a hostile insider can push epochs to the end of u64: refuse, never wrap.
+            let Some(next) = self.highest.checked_add(1) else {
+                tracing::error!(
+                    epoch = self.highest,
+                    "epoch space exhausted; not re-asserting"
+                );
+                return;
+            };
             self.highest = next;
             *epoch = next;
             out.push(Action::Persist(next));
@@ -349,7 +358,11 @@ impl Election {
         if let ElectionState::Waiting { deadline } = self.state
             && now >= deadline
         {
-            let epoch = self.highest + 1;
+            let Some(epoch) = self.highest.checked_add(1) else {
+                tracing::error!(epoch = self.highest, "epoch space exhausted; not claiming");
+                self.state = ElectionState::Follower;
+                return;
+            };
             self.highest = epoch;
             self.state = ElectionState::Control {
                 established: epoch,
@@ -390,6 +403,19 @@ impl Election {
         }
         self.state = ElectionState::Follower;
         self.quiet_until = Some(now + self.cfg.listen);
+    }
+
+    /// Graceful shutdown: step down if Control and never claim again, so that the others
+    /// can elect a successor without waiting for the failure detector.
+    pub fn leave(&mut self, out: &mut Vec<Action>) {
+        if let ElectionState::Control { epoch, .. } = self.state {
+            out.push(Action::StepDown {
+                epoch,
+                reason: StepDownReason::Leaving,
+            });
+        }
+        self.state = ElectionState::Follower;
+        self.cfg.eligible = false;
     }
 }
 
@@ -731,6 +757,29 @@ mod tests {
         assert_eq!(n1.highest(), 9);
         // The rebuild of the same reign (established 3) still counts after re-assertion.
         assert!(n1.rebuild_done(3));
+    }
+
+    #[test]
+    fn epoch_space_exhaustion_never_wraps() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let mut n1 = control_at(1, 3);
+        let mut out = vec![];
+        n1.on_controls(&[cand(2, u64::MAX, u64::MAX)], t0, &mut rng, &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Persist(u64::MAX)],
+            "no re-assertion past u64::MAX"
+        );
+        let mut cfg = ElectionConfig::new(NodeId(4));
+        cfg.listen = Duration::ZERO;
+        let mut e = Election::new(cfg, u64::MAX);
+        e.start(t0);
+        e.on_controls(&[], t0, &mut rng, &mut vec![]);
+        let mut out = vec![];
+        e.tick(t0 + ms(1000), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(e.state(), ElectionState::Follower);
     }
 
     #[test]

@@ -22,12 +22,40 @@
 //! a 10 % margin, so its view of the lease always ends before the granter's promise does. The
 //! shell should also check [`NodeEngine::may_act`] right before executing a decision.
 //!
+//! ## Driving it (what the shell does)
+//! ```text
+//! let mut engine = NodeEngine::new(config, disk.highest_epoch, ChaCha8Rng::from_os_rng());
+//! loop {
+//!     let (input, now) = select! {
+//!         every 10-20 ms            => (Input::Tick, Instant::now()),
+//!         datagram from a socket    => match wire::decode(&buf, &key) {
+//!                                        Ok(msg) => (Input::Received(msg), Instant::now()),
+//!                                        Err(e)  => { count(e); continue }   // never fed
+//!                                      },
+//!         control actor rebuilt     => (Input::RebuildDone { epoch }, Instant::now()),
+//!         shutdown                  => (Input::Leave, Instant::now()),
+//!     };
+//!     for output in engine.handle(input, now) {            // strictly in order
+//!         match output {
+//!             Output::PersistEpoch(e) => disk.store_highest_epoch(e)?,   // fsync before going on
+//!             Output::Send { dest, msg } => send(dest, wire::encode(&msg, &key)),
+//!             Output::BecomeControl { epoch } => start Control actor (rebuilding),
+//!             Output::ControlActing { epoch, acting } => let Control admit/command or not,
+//!             Output::StepDown { .. } => stop the Control actor,
+//!             other => update status / tell the actors,
+//!         }
+//!     }
+//! }
+//! ```
+//! Agent86 keeps an [`crate::election::Fence`]: raise it with every `PersistEpoch` and every
+//! command epoch, and check it again right before executing a command.
+//!
 //! ## Layout
 //! - [`EngineConfig`] — identity, timings, election mode.
 //! - [`Input`], [`Output`], [`Dest`], [`DropReason`], [`ControlInfo`]: the step interface.
 //! - [`NodeEngine`] — `handle` and the queries ([`MemberView`], [`Counters`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -109,6 +137,10 @@ pub enum Input {
     },
     /// This node's load, for the next heartbeats.
     SetLoad(LoadSummary),
+    /// Graceful shutdown: step down if Control, announce it at once (one last heartbeat that
+    /// no longer asserts Control, so a successor is elected without waiting for the failure
+    /// detector), then stay silent. The shell exits after executing the outputs.
+    Leave,
 }
 
 /// Where to send a datagram.
@@ -185,6 +217,14 @@ pub enum Output {
     ControlChanged(Option<ControlInfo>),
     /// A member is alive (first heard, or back).
     MemberUp(NodeId),
+    /// A member restarted (its incarnation grew without it being declared dead first):
+    /// whatever it ran before is gone.
+    MemberRestarted {
+        /// The member.
+        node: NodeId,
+        /// Its new incarnation.
+        incarnation: Incarnation,
+    },
     /// A member was declared dead.
     MemberDown(NodeId),
     /// A received message was dropped.
@@ -270,6 +310,9 @@ pub struct NodeEngine<R> {
     detector: Detector,
     election: Election,
     members: BTreeMap<NodeId, Member>,
+    /// Members whose `asserts` is set: an index so that each message costs O(controls),
+    /// not O(members).
+    asserting: BTreeSet<NodeId>,
     seq: u64,
     next_heartbeat: Option<Instant>,
     last_input: Option<Instant>,
@@ -282,6 +325,8 @@ pub struct NodeEngine<R> {
     holder: LeaseHolder,
     sent: VecDeque<(u64, Instant)>,
     counters: Counters,
+    /// After [`Input::Leave`]: no more heartbeats.
+    left: bool,
 }
 
 impl<R: Rng> NodeEngine<R> {
@@ -298,6 +343,7 @@ impl<R: Rng> NodeEngine<R> {
             granter: LeaseGranter::new(cfg.election.lease),
             holder: LeaseHolder::new(),
             members: BTreeMap::new(),
+            asserting: BTreeSet::new(),
             seq: 0,
             next_heartbeat: None,
             last_input: None,
@@ -306,6 +352,7 @@ impl<R: Rng> NodeEngine<R> {
             acting: None,
             sent: VecDeque::with_capacity(SENT_MEMORY),
             counters: Counters::default(),
+            left: false,
             rng,
             cfg,
         }
@@ -327,6 +374,7 @@ impl<R: Rng> NodeEngine<R> {
                         if let Some(m) = self.members.get_mut(&n) {
                             m.asserts = None;
                         }
+                        self.asserting.remove(&n);
                         out.push(Output::MemberDown(n));
                     }
                 }
@@ -335,7 +383,7 @@ impl<R: Rng> NodeEngine<R> {
                 self.election.tick(now, &mut actions);
                 self.apply(actions, now, &mut out);
                 self.settle(now, &mut out);
-                if self.next_heartbeat.is_none_or(|t| now >= t) {
+                if !self.left && self.next_heartbeat.is_none_or(|t| now >= t) {
                     self.send_heartbeat(now, &mut out);
                 }
             }
@@ -348,6 +396,16 @@ impl<R: Rng> NodeEngine<R> {
                 self.settle(now, &mut out);
             }
             Input::SetLoad(load) => self.load = load,
+            Input::Leave => {
+                let mut actions = Vec::new();
+                self.election.leave(&mut actions);
+                self.apply(actions, now, &mut out);
+                self.settle(now, &mut out);
+                if !self.left {
+                    self.send_heartbeat(now, &mut out);
+                    self.left = true;
+                }
+            }
         }
         out
     }
@@ -421,6 +479,10 @@ impl<R: Rng> NodeEngine<R> {
             member.incarnation = msg.incarnation();
             member.asserts = None;
             member.last_seq = msg.seq();
+            out.push(Output::MemberRestarted {
+                node: from,
+                incarnation: msg.incarnation(),
+            });
         }
         member.last_seq = member.last_seq.max(msg.seq());
         let mut epochs = Vec::new();
@@ -448,7 +510,13 @@ impl<R: Rng> NodeEngine<R> {
                 });
             }
         }
-        if let Some(a) = self.members[&from].asserts {
+        let asserts = self.members[&from].asserts;
+        if asserts.is_some() {
+            self.asserting.insert(from);
+        } else {
+            self.asserting.remove(&from);
+        }
+        if let Some(a) = asserts {
             if a.epoch < self.election.highest() {
                 self.counters.stale_epoch += 1;
             }
@@ -538,11 +606,11 @@ impl<R: Rng> NodeEngine<R> {
     }
 
     fn live_controls(&self) -> Vec<Candidate> {
-        self.members
+        self.asserting
             .iter()
-            .filter(|(id, _)| self.detector.is_alive(**id))
-            .filter_map(|(id, m)| {
-                m.asserts.map(|a| Candidate {
+            .filter(|id| self.detector.is_alive(**id))
+            .filter_map(|id| {
+                self.members[id].asserts.map(|a| Candidate {
                     node_id: *id,
                     established_epoch: a.established_epoch,
                     epoch: a.epoch,
@@ -640,7 +708,13 @@ impl<R: Rng> NodeEngine<R> {
             load: self.load,
         };
         self.counters.heartbeats_sent += 1;
-        self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
+        // Keep the cadence of the schedule, not of the ticks: with 20 ms ticks, `now + interval`
+        // would stretch 100 ms into up to 120 ms. After a long stall, restart from `now`.
+        let interval = self.cfg.heartbeat_interval;
+        self.next_heartbeat = Some(match self.next_heartbeat {
+            Some(due) if now.saturating_duration_since(due) < interval => due + interval,
+            _ => now + interval,
+        });
         self.push_send(Message::Heartbeat(hb), out);
         // A self-grant may have completed the quorum.
         self.settle(now, out);
@@ -710,8 +784,13 @@ impl<R: Rng> NodeEngine<R> {
 
     /// Whether the local Control may act at `now`: Control, rebuilt, and in majority mode a
     /// majority of leases valid at `now` (checked against the clock, not the last tick).
+    /// Also false when the engine has not been fed for longer than the dead time: right after
+    /// a SIGCONT the Control actor may wake up before the engine notices the pause.
     pub fn may_act(&self, now: Instant) -> bool {
-        self.compute_acting(now).is_some()
+        let fresh = self
+            .last_input
+            .is_some_and(|l| now.saturating_duration_since(l) <= self.cfg.detector.dead_after);
+        fresh && self.compute_acting(now).is_some()
     }
 
     /// Counters.

@@ -24,12 +24,16 @@
 //! ## Postcard
 //!
 //! Payload values are encoded with [postcard](https://postcard.jamesmunns.com/wire-format)
-//! 1.x: `u8` is one raw byte; `u16`/`u32`/`u64` are unsigned LEB128 varints (7 bits per byte,
-//! least significant group first, high bit set on every byte but the last); `bool` is one
-//! byte 0/1; a fixed array `[u8; N]` is its `N` raw bytes with no length; a byte string,
-//! `String` or `Vec<T>` is a varint count followed by the elements; `Option<T>` is a byte 0
+//! 1.x: `u8`/`i8` are one raw byte; `u16`/`u32`/`u64`/`u128`/`usize` are unsigned LEB128
+//! varints (7 bits per byte, least significant group first, high bit set on every byte but
+//! the last; e.g. 300 = `ac 02`); signed integers are zigzag-mapped (`0,-1,1,-2 → 0,1,2,3`)
+//! then varints; `f32`/`f64` are 4/8 bytes little-endian; `bool` is one byte 0/1; `()` and
+//! unit structs are nothing; a fixed array `[T; N]` and a tuple are their elements with no
+//! length; a byte string, `String` (UTF-8) or `Vec<T>` is a varint count followed by the
+//! elements; a map is a varint count followed by key, value pairs; `Option<T>` is a byte 0
 //! (None) or 1 followed by `T`; an enum is a varint variant index (in declaration order,
-//! starting at 0) followed by the variant's fields in order; a struct is its fields in order.
+//! starting at 0) followed by the variant's fields in order; a struct is its fields in order,
+//! a newtype struct (like `NodeId(u64)`) its single field.
 //!
 //! ## Handshake payloads
 //!
@@ -264,6 +268,14 @@ pub fn seal_frame<B: Serialize>(
     max: u32,
 ) -> Result<Vec<u8>, FrameError> {
     let mut frame = postcard::to_extend(env, vec![0u8; LEN_PREFIX]).map_err(malformed)?;
+    let len = frame.len() - LEN_PREFIX + TAG_LEN;
+    if len > max as usize {
+        // Refused before paying for the tag.
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
     let tag = key.sign(&[&[dir as u8], &frame[LEN_PREFIX..]]);
     frame.extend_from_slice(&tag);
     finish_prefix(&mut frame, max)?;
@@ -341,6 +353,32 @@ mod tests {
             decode_frame::<Vec<u8>>(&frame, DEFAULT_MAX_FRAME).unwrap(),
             e
         );
+    }
+
+    /// The postcard rules stated in the module docs.
+    #[test]
+    fn postcard_rules_as_documented() {
+        assert_eq!(postcard::to_allocvec(&300u64).unwrap(), [0xac, 0x02]);
+        assert_eq!(postcard::to_allocvec(&300usize).unwrap(), [0xac, 0x02]);
+        assert_eq!(postcard::to_allocvec(&-1i32).unwrap(), [1]);
+        assert_eq!(postcard::to_allocvec(&1i64).unwrap(), [2]);
+        assert_eq!(postcard::to_allocvec(&-2i8).unwrap(), [0xfe]);
+        assert_eq!(postcard::to_allocvec(&1.0f32).unwrap(), [0, 0, 0x80, 0x3f]);
+        assert_eq!(postcard::to_allocvec(&true).unwrap(), [1]);
+        assert_eq!(postcard::to_allocvec(&()).unwrap(), [0u8; 0]);
+        assert_eq!(postcard::to_allocvec(&[7u8, 8]).unwrap(), [7, 8]);
+        assert_eq!(postcard::to_allocvec(&(1u8, 2u16)).unwrap(), [1, 2]);
+        assert_eq!(postcard::to_allocvec(&"hi").unwrap(), [2, b'h', b'i']);
+        assert_eq!(
+            postcard::to_allocvec(&vec![1u16, 300]).unwrap(),
+            [2, 1, 0xac, 0x02]
+        );
+        assert_eq!(postcard::to_allocvec(&Some(5u8)).unwrap(), [1, 5]);
+        assert_eq!(postcard::to_allocvec(&None::<u8>).unwrap(), [0]);
+        assert_eq!(postcard::to_allocvec(&NodeId(300)).unwrap(), [0xac, 0x02]);
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(1u8, 2u8);
+        assert_eq!(postcard::to_allocvec(&m).unwrap(), [1, 1, 2]);
     }
 
     #[test]

@@ -35,6 +35,47 @@
 //! both ways, and are how a server streams events to message-API subscribers. `Req`, `Resp`
 //! and `Note` are the application's types, bundled by a [`Protocol`].
 //!
+//! # Example
+//!
+//! A protocol, a handler, a server and a client, here over the in-memory network (use
+//! [`tcp::TcpTransport`] and `"127.0.0.1:0"` for real sockets; nothing else changes):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use smart_supervision::transport::{
+//!     mem::MemNetwork, Client, Endpoint, Handler, Protocol, RequestContext, Server,
+//! };
+//! use smart_supervision::{ClusterKey, NodeId};
+//!
+//! struct Status;
+//! impl Protocol for Status {
+//!     type Request = String;
+//!     type Response = usize;
+//!     type Notify = String;
+//! }
+//!
+//! struct Len;
+//! impl Handler<Status> for Len {
+//!     async fn handle(&self, _ctx: RequestContext<Status>, req: String) -> Result<usize, String> {
+//!         Ok(req.len())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let key = ClusterKey::from_bytes(b"a cluster key of enough length").unwrap();
+//! let net = MemNetwork::new(1);
+//! let node = Endpoint::node(NodeId(1), 1, key.clone());
+//! let server = Server::bind(&net.transport("n1"), "n1", node, Arc::new(Len)).await.unwrap();
+//!
+//! let client = Client::<Status>::connect(&net.transport("cli"), server.local_addr(), Endpoint::client(key))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(client.request("hello".into(), Duration::from_secs(1)).await, Ok(5));
+//! assert_eq!(server.counters().handshakes_ok, 1);
+//! # });
+//! ```
+//!
 //! ## Layout
 //! - this file: the [`Transport`] seam, [`Protocol`], [`Message`], [`Endpoint`], [`Limits`],
 //!   [`Counters`].
@@ -43,6 +84,7 @@
 //! - [`handshake`]: the mutual HMAC challenge.
 //! - [`session`]: sealing/opening data frames on an authenticated connection.
 //! - [`peer`]: the per-peer ractor actor (reconnect with backoff, request correlation).
+//! - [`peer_set`]: a node's peer actors keyed by node id, kept in step with membership.
 //! - [`server`]: the listener, handshake and dispatch of inbound connections.
 //! - [`client`]: the plain async client for `smart status` and the message API.
 
@@ -63,6 +105,7 @@ pub mod client;
 pub mod handshake;
 pub mod mem;
 pub mod peer;
+pub mod peer_set;
 pub mod server;
 pub mod session;
 pub mod tcp;
@@ -70,7 +113,8 @@ pub mod tcp;
 pub use client::Client;
 pub use handshake::{HandshakeError, Identity};
 pub use peer::{Backoff, Peer, PeerArgs, PeerMsg, PeerStatus};
-pub use server::{Connection, Handler, RequestContext, Server, ServerHandle};
+pub use peer_set::PeerSet;
+pub use server::{ActorHandler, Connection, Handler, RequestContext, Server, ServerHandle};
 
 /// A boxed, sendable future: the return type of the [`Transport`] seam's methods, so that the
 /// trait stays object-safe and a node can hold an `Arc<dyn Transport>`.
@@ -172,7 +216,8 @@ pub type MessageOf<P> =
 /// Sizes and timeouts of the transport. All are configuration; the defaults suit a LAN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest data payload accepted or sent.
+    /// Largest data payload accepted or sent. Use the same value on every node: a frame
+    /// above the receiver's limit closes the connection.
     pub max_frame: u32,
     /// Time allowed for the whole handshake; a peer that stalls it is dropped.
     pub handshake_timeout: Duration,
@@ -182,6 +227,9 @@ pub struct Limits {
     pub send_queue: usize,
     /// Requests served concurrently per inbound connection; beyond it reading pauses.
     pub max_in_flight: usize,
+    /// Connections a server holds at once (handshaking or established); beyond it new
+    /// connections are closed at once and counted in `connections_refused`.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -192,6 +240,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(2),
             send_queue: 256,
             max_in_flight: 64,
+            max_connections: 1024,
         }
     }
 }
@@ -236,6 +285,8 @@ counters! {
     handshakes_bad_key,
     /// Inbound connections accepted by a server (before the handshake).
     connections_accepted,
+    /// Inbound connections closed at once because the server held `max_connections`.
+    connections_refused,
     /// Outbound connection attempts that failed (connect or handshake).
     connects_failed,
     /// Reconnection attempts by peers after losing or failing to open a connection.

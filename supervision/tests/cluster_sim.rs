@@ -68,6 +68,8 @@ enum Op {
     StartAll,
     /// Kill a node (its disk survives).
     Kill(Who),
+    /// Graceful shutdown: `Input::Leave`, its outputs executed, then the process exits.
+    Leave(Who),
     /// Stop a node's process (SIGSTOP): it handles nothing; datagrams queue up.
     Pause(Who),
     /// Resume every paused node.
@@ -109,6 +111,7 @@ impl fmt::Display for Op {
             Op::Start(i) => write!(f, "start n{i}"),
             Op::StartAll => write!(f, "start all"),
             Op::Kill(w) => write!(f, "kill {w}"),
+            Op::Leave(w) => write!(f, "{w} leaves"),
             Op::Pause(w) => write!(f, "pause {w}"),
             Op::ResumeAll => write!(f, "resume all"),
             Op::Partition(sides) => write!(f, "partition {sides:?}"),
@@ -405,7 +408,10 @@ impl Sim {
             Output::ControlActing { .. } | Output::ControlChanged(_) => {
                 self.note(format!("n{i} {o:?}"))
             }
-            Output::MemberUp(_) | Output::MemberDown(_) | Output::Dropped { .. } => {}
+            Output::MemberUp(_)
+            | Output::MemberDown(_)
+            | Output::MemberRestarted { .. }
+            | Output::Dropped { .. } => {}
         }
         Ok(())
     }
@@ -581,6 +587,15 @@ impl Sim {
                 if let Some(i) = self.who(*w) {
                     self.nodes[i].engine = None;
                     self.note(format!("n{i} killed"));
+                }
+            }
+            Op::Leave(w) => {
+                if let Some(i) = self.who(*w)
+                    && self.running(i)
+                {
+                    self.feed(i, Input::Leave)?;
+                    self.nodes[i].engine = None;
+                    self.note(format!("n{i} left"));
                 }
             }
             Op::Pause(w) => {
@@ -776,6 +791,23 @@ fn killed_control_is_replaced_within_a_second_and_commands_flow() {
 }
 
 #[test]
+fn leaving_control_is_replaced_faster_than_a_dead_one() {
+    for seed in 0..10 {
+        run(
+            setup(4),
+            seed,
+            &[
+                Op::StartAll,
+                Op::AssertOneControl { within: ms(1500) },
+                Op::Leave(Who::Control),
+                // Backoff ≤ 0.3 s + rebuild 50 ms: no detection time.
+                Op::AssertOneControl { within: ms(400) },
+            ],
+        );
+    }
+}
+
+#[test]
 fn paused_zombie_control_steps_down_and_its_commands_are_refused() {
     for seed in 0..10 {
         let mut sim = Sim::new(setup(3), seed);
@@ -921,8 +953,9 @@ fn lossy_network_still_converges() {
 fn random_scenario(rng: &mut ChaCha8Rng, n: usize) -> Vec<Op> {
     let mut ops = vec![Op::StartAll, Op::Wait(ms(rng.random_range(200..1500)))];
     for _ in 0..rng.random_range(4..12) {
-        let op = match rng.random_range(0..11) {
+        let op = match rng.random_range(0..12) {
             0 => Op::Kill(Who::Control),
+            11 => Op::Leave(Who::N(rng.random_range(0..n))),
             1 => Op::Kill(Who::N(rng.random_range(0..n))),
             2 => Op::Start(rng.random_range(0..n)),
             3 => Op::Pause(Who::Control),

@@ -108,6 +108,12 @@ async fn round_trip(fx: &dyn Fixture) {
         c.request(Req::Fail, T).await,
         Err(RequestError::Fault("boom".into()))
     );
+    // A panicking handler answers with a fault and the connection stays up.
+    assert_eq!(
+        c.request(Req::Panic, T).await,
+        Err(RequestError::Fault("request handler failed".into()))
+    );
+    assert!(!c.is_closed());
     // Concurrent requests are correlated by id.
     let c = Arc::new(c);
     let mut tasks = Vec::new();
@@ -186,20 +192,38 @@ async fn request_timeout(fx: &dyn Fixture) {
 }
 
 async fn oversized_messages_fail_at_the_sender(fx: &dyn Fixture) {
-    let (s, _h) = start(fx).await;
-    let c = client(fx, &s, "c").await;
+    // A small limit keeps this cheap on a loaded machine; the logic is the same at 1 MiB.
+    let limits = smart_supervision::transport::Limits {
+        max_frame: 64 * 1024,
+        ..Default::default()
+    };
+    let s = Server::bind(
+        fx.transport("srv").as_ref(),
+        &fx.listen_addr(),
+        server_endpoint().with_limits(limits),
+        Arc::new(TestHandler::default()),
+    )
+    .await
+    .unwrap();
+    let c = Client::<Test>::connect(
+        fx.transport("c").as_ref(),
+        s.local_addr(),
+        Endpoint::client(key()).with_limits(limits),
+    )
+    .await
+    .unwrap();
     // A response above the limit becomes a fault instead of killing the connection.
-    match c.request(Req::Big(2 << 20), T).await {
+    match c.request(Req::Big(100_000), T).await {
         Err(RequestError::Fault(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
         other => panic!("expected a fault, got {other:?}"),
     }
-    match c.request(Req::Blob(vec![1; 2 << 20]), T).await {
+    match c.request(Req::Blob(vec![1; 100_000]), T).await {
         Err(RequestError::NotSent(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
         other => panic!("expected NotSent, got {other:?}"),
     }
     assert_eq!(
-        c.request(Req::Big(1000), T).await.unwrap(),
-        Resp::Bytes(vec![7; 1000])
+        c.request(Req::Big(60_000), T).await.unwrap(),
+        Resp::Bytes(vec![7; 60_000])
     );
 }
 
@@ -294,6 +318,32 @@ async fn garbage_and_oversized_handshakes_refused(fx: &dyn Fixture) {
     still_serving(fx, &s).await;
 }
 
+async fn other_protocol_version_refused(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let mut raw = fx.transport("v9").connect(s.local_addr()).await.unwrap();
+    let hello = handshake::HandshakeMsg::Hello {
+        magic: handshake::MAGIC,
+        version: 9,
+        identity: Identity::Client { id: 1 },
+        nonce: [3; 32],
+    };
+    raw.sink
+        .send(frame::encode_value(&hello, HANDSHAKE_MAX_FRAME).unwrap())
+        .await
+        .unwrap();
+    let answer = raw.source.recv(HANDSHAKE_MAX_FRAME).await.unwrap();
+    assert_eq!(
+        frame::decode_value::<handshake::HandshakeMsg>(&answer).unwrap(),
+        handshake::HandshakeMsg::Refused {
+            reason: handshake::Refusal::BadVersion
+        }
+    );
+    let (frames, _) = drain(&mut raw).await;
+    assert_eq!(frames, 0);
+    assert!(eventually(T, || s.counters().handshakes_failed == 1).await);
+    still_serving(fx, &s).await;
+}
+
 async fn stalled_handshake_times_out(fx: &dyn Fixture) {
     let h = Arc::new(TestHandler::default());
     let mut ep = server_endpoint();
@@ -313,6 +363,12 @@ async fn stalled_handshake_times_out(fx: &dyn Fixture) {
 /// counts one rejected frame, and keeps serving.
 async fn bad_data_frame(fx: &dyn Fixture, make: impl FnOnce(&handshake::Session) -> Vec<u8>) {
     let (s, _h) = start(fx).await;
+    // A peer connected before the attack keeps its connection.
+    let bystander = client(fx, &s, "bystander").await;
+    bystander
+        .request(Req::Echo("before".into()), T)
+        .await
+        .unwrap();
     let (mut raw, session) = raw_authenticated(fx, &s).await;
     raw.sink.send(make(&session)).await.unwrap();
     let (frames, _) = drain(&mut raw).await;
@@ -322,6 +378,11 @@ async fn bad_data_frame(fx: &dyn Fixture, make: impl FnOnce(&handshake::Session)
         "{:?}",
         s.counters()
     );
+    assert_eq!(
+        bystander.request(Req::Echo("after".into()), T).await,
+        Ok(Resp::Text("after".into()))
+    );
+    assert!(!bystander.is_closed());
     still_serving(fx, &s).await;
 }
 
@@ -477,6 +538,26 @@ async fn client_identity_can_be_refused(fx: &dyn Fixture) {
     );
 }
 
+async fn client_connects_to_any_reachable_node(fx: &dyn Fixture) {
+    let (s, _h) = start(fx).await;
+    let dead = fx.dead_addr();
+    let c = Client::<Test>::connect_any(
+        fx.transport("c").as_ref(),
+        &[dead.clone(), s.local_addr().to_owned()],
+        Endpoint::client(key()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.request(Req::Echo("any".into()), T).await.unwrap(),
+        Resp::Text("any".into())
+    );
+    let none =
+        Client::<Test>::connect_any(fx.transport("c").as_ref(), &[dead], Endpoint::client(key()))
+            .await;
+    assert!(matches!(none, Err(ConnectError::Io { .. })), "{none:?}");
+}
+
 async fn server_shutdown_closes_clients(fx: &dyn Fixture) {
     let (s, _h) = start(fx).await;
     let c = client(fx, &s, "c").await;
@@ -493,6 +574,35 @@ async fn server_shutdown_closes_clients(fx: &dyn Fixture) {
         c.request(Req::Echo("y".into()), T).await,
         Err(RequestError::Disconnected)
     );
+}
+
+async fn connection_limit(fx: &dyn Fixture) {
+    let mut ep = server_endpoint();
+    ep.limits.max_connections = 2;
+    let s = Server::bind(
+        fx.transport("srv").as_ref(),
+        &fx.listen_addr(),
+        ep,
+        Arc::new(TestHandler::default()),
+    )
+    .await
+    .unwrap();
+    // Two idle connections hold both slots while they (never) handshake.
+    let _a = fx.transport("a").connect(s.local_addr()).await.unwrap();
+    let _b = fx.transport("b").connect(s.local_addr()).await.unwrap();
+    assert!(eventually(T, || s.counters().connections_accepted == 2).await);
+    let mut c = fx.transport("c").connect(s.local_addr()).await.unwrap();
+    let (frames, _) = drain(&mut c).await;
+    assert_eq!(frames, 0);
+    assert_eq!(s.counters().connections_refused, 1);
+    // Once the slots free up, clients are served again.
+    drop((_a, _b));
+    assert!(
+        eventually(T, || s.counters().handshakes_failed == 2).await,
+        "{:?}",
+        s.counters()
+    );
+    still_serving(fx, &s).await;
 }
 
 #[test]
@@ -530,6 +640,7 @@ suite!(
     oversized_messages_fail_at_the_sender,
     wrong_key_refused_and_counted,
     garbage_and_oversized_handshakes_refused,
+    other_protocol_version_refused,
     stalled_handshake_times_out,
     oversized_data_frame,
     forged_data_frame,
@@ -540,4 +651,6 @@ suite!(
     truncated_frame,
     client_identity_can_be_refused,
     server_shutdown_closes_clients,
+    client_connects_to_any_reachable_node,
+    connection_limit,
 );

@@ -242,10 +242,16 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
     let cpu = cpu_seconds(d.pid).unwrap_or(0.0) - cpu0;
     let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
     let rss = rss_mb(d.pid);
-    let usage = Client::connect(&d.control).await?.usage().await?;
+    let usage_raw = Client::connect(&d.control)
+        .await?
+        .call(&json!({"op": "usage"}))
+        .await?;
+    let usage: control::Usage =
+        serde_json::from_value(usage_raw.clone()).map_err(setup("usage"))?;
     d.stop().await;
     let mut out = load_figures(&reports, &shared, cpu, secs, rss);
     out["origin_streams"] = json!(usage.origin_streams);
+    out["distributor_usage"] = usage_raw;
     out["origin_streams_seen_by_origin"] = json!(
         origin
             .stats
@@ -400,7 +406,12 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
     })
     .map_err(setup("generate"))?;
     let (_origin, origin_url) = start_origin("v.ts", video).await?;
-    let extra = vec!["--prefetch-ms".into(), a.prefetch_ms.to_string()];
+    // A pre-fills its window so that the migrated cache is the full 72 MB at once.
+    let extra = vec![
+        "--prefetch-ms".into(),
+        a.prefetch_ms.to_string(),
+        "--prefill".into(),
+    ];
     let da = spawn_distributor(&a.exe, &origin_url, dir.path().join("a.sock"), &extra).await?;
     let db = spawn_distributor(&a.exe, &origin_url, dir.path().join("b.sock"), &extra).await?;
     let load = LoadConfig {
@@ -460,6 +471,8 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
         "gap_p50_ms": s.gap_p50_ms,
         "gap_p99_ms": s.gap_p99_ms,
         "gap_max_ms": s.gap_max_ms,
+        "silence_p50_ms": s.silence_p50_ms,
+        "silence_p99_ms": s.silence_p99_ms,
         "stalls": s.stalls,
         "stalls_buffered_2s": buffered_2s.iter().map(|r| r.stalls as u64).sum::<u64>(),
         "viewers_buffered_2s": buffered_2s.len(),

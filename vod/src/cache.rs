@@ -4,8 +4,9 @@
 //! writes without copying). The cache knows where its viewers are (block granularity), which
 //! blocks viewers are waiting for, and decides what the single origin fetcher reads next:
 //! demanded blocks first, then sequential read-ahead up to the window ahead of the slowest
-//! viewer. Blocks behind the slowest viewer are evicted; the cache never holds more than the
-//! window (one block more for a demanded block that has to displace read-ahead).
+//! viewer. When a new block needs room, blocks behind the slowest viewer go first (oldest
+//! first), so viewers who join later still find the start while the window allows; only if
+//! none is behind, the block farthest ahead goes. The cache never holds more than the window.
 //!
 //! ## Layout
 //! - [`BlockCache`]: the state; every method is synchronous and I/O free, so the distributor
@@ -26,6 +27,7 @@ pub struct BlockCache {
     viewers: BTreeMap<u64, u32>,
     demand: BTreeSet<u64>,
     read_ahead: u64,
+    readahead_blocks: u64,
     /// Lookups answered from the cache.
     pub hits: u64,
     /// Lookups that had to wait for the origin.
@@ -51,11 +53,21 @@ impl BlockCache {
             viewers: BTreeMap::new(),
             demand: BTreeSet::new(),
             read_ahead: 0,
+            readahead_blocks: u64::MAX,
             hits: 0,
             misses: 0,
             evictions: 0,
             peak_bytes: 0,
         }
+    }
+
+    /// Limits read-ahead to `bytes` beyond the fastest viewer (default: the whole window
+    /// ahead of the slowest), and to at most a quarter of the window. A short read-ahead
+    /// keeps the window for blocks behind the viewers, so that viewers joining later find them.
+    pub fn with_readahead(mut self, bytes: u64) -> Self {
+        let quarter = self.window / self.block_size / 4;
+        self.readahead_blocks = bytes.div_ceil(self.block_size).min(quarter).max(1);
+        self
     }
 
     /// Block size in bytes.
@@ -148,7 +160,14 @@ impl BlockCache {
                 self.viewers.remove(&b);
             }
         }
-        self.evict(None);
+    }
+
+    /// Bytes held behind the slowest viewer (evictable first).
+    fn behind_bytes(&self) -> u64 {
+        match self.slowest() {
+            Some(s) => self.blocks.range(..s).map(|(_, d)| d.len() as u64).sum(),
+            None => 0,
+        }
     }
 
     /// A viewer moves from block `from` to block `to`.
@@ -168,37 +187,43 @@ impl BlockCache {
         }
         let total = self.total_blocks();
         let window_blocks = self.window / self.block_size;
-        let mut b = self.read_ahead;
-        if let Some(s) = self.slowest() {
-            b = b.max(s);
-        }
-        let limit = self.slowest().map_or(u64::MAX, |s| s + window_blocks);
-        while b < total && b < limit && self.blocks.contains_key(&b) {
+        // With viewers: the first hole at or after the slowest one, within the window ahead
+        // of it. Without: continue the sequential prefill.
+        let (mut b, limit) = match self.slowest() {
+            Some(s) => {
+                let fastest = self.viewers.keys().next_back().copied().unwrap_or(s);
+                (
+                    s,
+                    (s + window_blocks).min(fastest.saturating_add(self.readahead_blocks)),
+                )
+            }
+            None => (self.read_ahead, u64::MAX),
+        };
+        for (&k, _) in self.blocks.range(b..) {
+            if k != b || b >= limit {
+                break;
+            }
             b += 1;
         }
-        if b < total && b < limit && self.bytes + self.block_len(b) <= self.window {
+        if b < total
+            && b < limit
+            && self.bytes - self.behind_bytes() + self.block_len(b) <= self.window
+        {
             Some(b)
         } else {
             None
         }
     }
 
-    /// Evicts blocks behind the slowest viewer, then, if still over the window, the block
-    /// farthest ahead (never `keep`, the block just inserted).
+    /// While over the window: the oldest block behind the slowest viewer, else (no viewer)
+    /// the oldest block, else the block farthest ahead; never `keep`, the block just inserted.
     fn evict(&mut self, keep: Option<u64>) {
-        if let Some(slowest) = self.slowest() {
-            while let Some((&b, _)) = self.blocks.first_key_value() {
-                if b >= slowest {
-                    break;
-                }
-                self.drop_block(b);
-            }
-        }
         while self.bytes > self.window && self.blocks.len() > 1 {
-            let victim = if self.slowest().is_none() {
-                self.blocks.keys().copied().find(|b| Some(*b) != keep)
-            } else {
-                self.blocks.keys().rev().copied().find(|b| Some(*b) != keep)
+            let oldest = self.blocks.keys().copied().find(|b| Some(*b) != keep);
+            let victim = match self.slowest() {
+                None => oldest,
+                Some(s) if oldest.is_some_and(|o| o < s) => oldest,
+                Some(_) => self.blocks.keys().rev().copied().find(|b| Some(*b) != keep),
             };
             match victim {
                 Some(b) => self.drop_block(b),
@@ -256,10 +281,13 @@ mod tests {
         c.insert(50, block(1000));
         assert!(c.bytes() <= c.window());
         assert!(c.contains(50));
-        // The slow viewer moves on: blocks behind it go.
+        // The slow viewer moves on: read-ahead resumes and the blocks behind it go first.
         c.move_viewer(0, 2);
-        assert!(!c.contains(0) && !c.contains(1));
-        assert!(c.evictions >= 2);
+        assert!(c.contains(0), "kept while the window allows");
+        let next = c.next_fetch().unwrap();
+        c.insert(next, block(1000));
+        assert!(!c.contains(0) && c.contains(2) && c.contains(next));
+        assert!(c.bytes() <= c.window());
     }
 
     #[test]
@@ -290,6 +318,23 @@ mod tests {
             );
         }
         assert!(c.hits > 0 && c.evictions > 0);
+    }
+
+    #[test]
+    fn short_readahead_keeps_blocks_for_late_joiners() {
+        let mut c = BlockCache::new(1000, 100_000, 10_000).with_readahead(2000);
+        c.add_viewer(0);
+        let mut fetched = vec![];
+        for step in 0..6 {
+            while let Some(b) = c.next_fetch() {
+                fetched.push(b);
+                c.insert(b, block(1000));
+            }
+            c.move_viewer(step, step + 1);
+        }
+        assert_eq!(fetched, (0..=6).collect::<Vec<_>>());
+        // A viewer joining at the start still finds block 0.
+        assert!(c.contains(0));
     }
 
     #[test]

@@ -20,11 +20,12 @@
 //! | `{"op":"stop"}` | `{"ok":true}`; the process then exits |
 //!
 //! **checkpoint** header: `{"ok":true,"format":1,"videos":[{"path","size","bitrate_bps",
-//! "duration_ms"}],"blocks":[[video,block,block_size,len],...],"viewers":[[video,block,count],
+//! "duration_ms"}],"blocks":[[video,block,block_size,len],...],"viewers":[[video,offset,count],
 //! ...],"data_len":N}` followed on the same connection by exactly `N` bytes: the blocks' data
 //! concatenated in the order of `blocks` (block `b` of size `block_size` starts at byte
-//! `b*block_size` of the video). Viewer positions are at block granularity; viewers themselves
-//! know their exact byte. The cache is taken by reference while the instance keeps serving
+//! `b*block_size` of the video). Viewer positions are block start offsets (viewers themselves
+//! know their exact byte); the restoring instance pins them for 10 s so the blocks the
+//! handed-off viewers will ask for are not evicted before they arrive. The cache is taken by reference while the instance keeps serving
 //! (blocks never change), so the checkpoint is one consistent pass.
 //!
 //! **restore** makes the instance (started empty, in restore mode) connect to the source's

@@ -48,10 +48,13 @@ pub struct DistributorConfig {
     pub prefetch_ms: u64,
     /// Pacing tick.
     pub tick: Duration,
+    /// Read-ahead beyond the fastest viewer, bytes (None: the whole window ahead of the
+    /// slowest viewer, which pre-fills the cache).
+    pub readahead: Option<u64>,
 }
 
 impl DistributorConfig {
-    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 100 ms tick.
+    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 100 ms tick, 256 KiB read-ahead.
     pub fn new(origin: Url) -> Self {
         Self {
             origin,
@@ -60,9 +63,13 @@ impl DistributorConfig {
             block_size: 64 * 1024,
             prefetch_ms: 2000,
             tick: Duration::from_millis(100),
+            readahead: Some(256 * 1024),
         }
     }
 }
+
+/// How long restored viewer positions stay pinned in the cache (see [`Distributor::restore`]).
+pub const PIN_TTL: Duration = Duration::from_secs(10);
 
 /// Metadata of a video, learned from the origin (or from a checkpoint).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +154,7 @@ pub struct Snapshot {
     pub videos: Vec<VideoMeta>,
     /// `(video index, block index, block size used, data)`.
     pub blocks: Vec<(usize, u64, u64, Bytes)>,
-    /// `(video index, block, viewers)` positions at block granularity.
+    /// `(video index, byte offset of the block, viewers)`: positions at block granularity.
     pub viewers: Vec<(usize, u64, u32)>,
 }
 
@@ -245,13 +252,17 @@ impl Distributor {
             let bs = c.block_size();
             s.blocks
                 .extend(c.snapshot().into_iter().map(|(b, d)| (i, b, bs, d)));
-            s.viewers.extend(c.viewer_blocks().map(|(b, n)| (i, b, n)));
+            s.viewers
+                .extend(c.viewer_blocks().map(|(b, n)| (i, b * bs, n)));
         }
         s
     }
 
     /// Loads a checkpoint: creates the videos (no origin contact) and stores their blocks.
     /// Blocks cut with another block size are stored only if they align with ours.
+    ///
+    /// The source's viewer positions are pinned for [`PIN_TTL`]: until the handed-off viewers
+    /// arrive, the blocks they will ask for count as watched and are not evicted.
     pub fn restore(self: &Arc<Self>, snap: Snapshot) -> u64 {
         let mut stored = 0;
         let entries: Vec<Arc<VideoEntry>> = snap
@@ -259,6 +270,29 @@ impl Distributor {
             .iter()
             .map(|m| self.install(m.clone()))
             .collect();
+        let mut pins = Vec::new();
+        for &(vi, off, n) in &snap.viewers {
+            let Some(e) = entries.get(vi) else { continue };
+            let mut c = lock(&e.cache);
+            let b = off / c.block_size();
+            for _ in 0..n.min(1_000_000) {
+                c.add_viewer(b);
+            }
+            pins.push((e.clone(), b, n.min(1_000_000)));
+        }
+        if !pins.is_empty() {
+            tokio::spawn(async move {
+                tokio::time::sleep(PIN_TTL).await;
+                for (e, b, n) in pins {
+                    let mut c = lock(&e.cache);
+                    for _ in 0..n {
+                        c.remove_viewer(b);
+                    }
+                    drop(c);
+                    e.fetch_wake.notify_one();
+                }
+            });
+        }
         for (vi, b, bs, data) in snap.blocks {
             let Some(e) = entries.get(vi) else { continue };
             let mut c = lock(&e.cache);
@@ -296,7 +330,10 @@ impl Distributor {
     }
 
     fn new_entry(self: &Arc<Self>, meta: VideoMeta) -> Arc<VideoEntry> {
-        let cache = BlockCache::new(self.cfg.block_size, meta.size, self.window_for(&meta));
+        let mut cache = BlockCache::new(self.cfg.block_size, meta.size, self.window_for(&meta));
+        if let Some(r) = self.cfg.readahead {
+            cache = cache.with_readahead(r);
+        }
         let entry = Arc::new(VideoEntry {
             meta,
             cache: Mutex::new(cache),
@@ -490,41 +527,64 @@ impl Distributor {
         let t0 = tokio::time::Instant::now();
         let bs = lock(&entry.cache).block_size();
         let mut pos = start;
-        loop {
-            let ahead = t0.elapsed() + tick;
-            let target = (start + prefetch + (rate * ahead.as_secs_f64()) as u64).min(end);
-            while pos < target {
-                let b = pos / bs;
-                if b != *block {
-                    lock(&entry.cache).move_viewer(*block, b);
-                    entry.fetch_wake.notify_one();
-                    *block = b;
+        // The block being sent, held between ticks so that a tick costs no lock; the byte
+        // counter is flushed per block, not per write (one shared atomic for 10k viewers).
+        let mut current: Option<(u64, Bytes)> = None;
+        let mut unflushed = 0u64;
+        let result = async {
+            loop {
+                let ahead = t0.elapsed() + tick;
+                let target = (start + prefetch + (rate * ahead.as_secs_f64()) as u64).min(end);
+                while pos < target {
+                    let b = pos / bs;
+                    if current.as_ref().is_none_or(|(cb, _)| *cb != b) {
+                        if b != *block {
+                            lock(&entry.cache).move_viewer(*block, b);
+                            entry.fetch_wake.notify_one();
+                            *block = b;
+                        }
+                        self.stats
+                            .bytes_sent
+                            .fetch_add(std::mem::take(&mut unflushed), Ordering::Relaxed);
+                        match wait_block(entry, b, mode).await {
+                            Some(d) => current = Some((b, d)),
+                            None => return Ok(()),
+                        }
+                    }
+                    let Some((_, data)) = current.as_ref() else {
+                        return Ok(());
+                    };
+                    let off = (pos - b * bs) as usize;
+                    let n = (data.len().saturating_sub(off) as u64).min(target - pos) as usize;
+                    if n == 0 {
+                        return Err(std::io::Error::other("short block"));
+                    }
+                    // Biased: the write usually completes at once and the handoff watch is
+                    // then never polled (no waker registration per write).
+                    tokio::select! {
+                        biased;
+                        r = stream.write_all(&data[off..off + n]) => r?,
+                        _ = handed_off(mode) => return Ok(()),
+                    }
+                    pos += n as u64;
+                    unflushed += n as u64;
                 }
-                let Some(data) = wait_block(entry, b, mode).await else {
+                if pos >= end {
                     return Ok(());
-                };
-                let off = (pos - b * bs) as usize;
-                let n = (data.len().saturating_sub(off) as u64).min(target - pos) as usize;
-                if n == 0 {
-                    return Err(std::io::Error::other("short block"));
                 }
+                let k = t0.elapsed().as_nanos() / tick.as_nanos().max(1) + 1;
+                let deadline = t0 + tick * k as u32;
                 tokio::select! {
-                    r = stream.write_all(&data[off..off + n]) => r?,
+                    _ = tokio::time::sleep_until(deadline) => {}
                     _ = handed_off(mode) => return Ok(()),
                 }
-                pos += n as u64;
-                self.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            if pos >= end {
-                return Ok(());
-            }
-            let k = t0.elapsed().as_nanos() / tick.as_nanos().max(1) + 1;
-            let deadline = t0 + tick * k as u32;
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = handed_off(mode) => return Ok(()),
             }
         }
+        .await;
+        self.stats
+            .bytes_sent
+            .fetch_add(unflushed, Ordering::Relaxed);
+        result
     }
 }
 
@@ -573,6 +633,7 @@ async fn open_origin(
 ) -> Result<OriginConn, String> {
     let url = d.cfg.origin.with_path(&e.meta.path);
     let from = b * bs;
+
     let resp = http::get(&url, Some(from), Duration::from_secs(5))
         .await
         .map_err(|x| x.to_string())?;

@@ -74,6 +74,12 @@ enum Cmd {
         prefetch_ms: u64,
         #[arg(long, default_value_t = 100)]
         tick_ms: u64,
+        /// Read-ahead beyond the fastest viewer (capped at a quarter of the window).
+        #[arg(long, default_value_t = 256)]
+        readahead_kb: u64,
+        /// Read the whole window ahead of the slowest viewer (pre-fills the cache).
+        #[arg(long)]
+        prefill: bool,
     },
     /// Load generator: N viewers with QoE summary.
     Viewers {
@@ -232,6 +238,8 @@ async fn main() -> anyhow::Result<()> {
             block_kb,
             prefetch_ms,
             tick_ms,
+            readahead_kb,
+            prefill,
         } => {
             let mut cfg = DistributorConfig::new(
                 Url::parse(&origin)
@@ -243,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.block_size = block_kb.max(1) * 1024;
             cfg.prefetch_ms = prefetch_ms;
             cfg.tick = Duration::from_millis(tick_ms.max(1));
+            cfg.readahead = (!prefill).then_some(readahead_kb * 1024);
             let d = Distributor::new(cfg);
             if let Some(src) = &restore_from {
                 let r = control::restore(&d, src)

@@ -365,6 +365,8 @@ fn paused_zombie_control_steps_down_and_its_epoch_is_fenced() {
     assert!(e.may_act(t0 + ms(800)));
     // SIGSTOP for 2 s: no input at all. Meanwhile the others elected n2 at epoch 6; an
     // agent's fence saw it.
+    // Before the engine is fed again, the Control actor asking may_act gets false.
+    assert!(!e.may_act(t0 + ms(2800)));
     let mut agent_fence = Fence::new(5);
     assert_eq!(agent_fence.admit(6), Ok(true));
     let resume = t0 + ms(2800);
@@ -606,4 +608,269 @@ fn majority_mode_minority_control_never_acts() {
         .collect();
     assert_eq!(acting.len(), 1);
     assert_ne!(acting[0], first);
+}
+
+#[test]
+fn leaving_control_hands_over_without_waiting_for_the_detector() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(cfg(1), 4, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    e.handle(Input::RebuildDone { epoch: 5 }, t0 + ms(800));
+    let out = e.handle(Input::Leave, t0 + ms(801));
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::StepDown {
+                epoch: 5,
+                reason: StepDownReason::Leaving
+            },
+            Output::ControlChanged(None),
+            Output::ControlActing {
+                epoch: 5,
+                acting: false
+            },
+        ]
+    );
+    let last = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .expect("one last heartbeat");
+    assert!(matches!(&last, Message::Heartbeat(h) if h.as_control.is_none()));
+    // Silent afterwards, and never claims again.
+    assert_eq!(tick_until(&mut e, t0 + ms(801), t0 + ms(3000)), vec![]);
+
+    // A follower that hears the last heartbeat elects a successor at once.
+    let mut f = engine(2, 5);
+    f.handle(Input::Tick, t0);
+    for i in 0..8u64 {
+        let t = t0 + ms(i * 100);
+        f.handle(Input::Received(heartbeat(1, i + 1, Some((5, 5)))), t);
+        tick_until(&mut f, t, t + ms(100));
+    }
+    assert_eq!(f.control().map(|c| c.node_id), Some(NodeId(1)));
+    assert_eq!(
+        f.handle(Input::Received(last), t0 + ms(802)),
+        vec![Output::ControlChanged(None)]
+    );
+    // Backoff only (≤ 300 ms), no 400 ms detection.
+    let out = tick_until(&mut f, t0 + ms(802), t0 + ms(1110));
+    assert!(out.contains(&Output::BecomeControl { epoch: 6 }), "{out:?}");
+}
+
+#[test]
+fn a_fast_restart_is_reported_even_without_a_down() {
+    let t0 = Instant::now();
+    let mut e = engine(2, 0);
+    e.handle(Input::Tick, t0);
+    e.handle(Input::Received(heartbeat(1, 50, Some((3, 3)))), t0);
+    let mut reborn = heartbeat(1, 1, None);
+    if let Message::Heartbeat(h) = &mut reborn {
+        h.incarnation = 2;
+    }
+    assert_eq!(
+        e.handle(Input::Received(reborn), t0 + ms(150)),
+        vec![
+            Output::MemberRestarted {
+                node: NodeId(1),
+                incarnation: 2
+            },
+            Output::ControlChanged(None),
+        ]
+    );
+    assert_eq!(e.members()[0].incarnation, 2);
+}
+
+#[test]
+fn heartbeat_cadence_follows_the_schedule_not_the_tick_granularity() {
+    let t0 = Instant::now();
+    let mut e = engine(1, 0);
+    let mut sent_at = vec![];
+    // Ticks every 30 ms: heartbeats still average one per 100 ms.
+    for i in 0..100u64 {
+        let t = t0 + ms(i * 30);
+        for o in e.handle(Input::Tick, t) {
+            if matches!(
+                o,
+                Output::Send {
+                    msg: Message::Heartbeat(_),
+                    ..
+                }
+            ) {
+                sent_at.push(i * 30);
+            }
+        }
+    }
+    // 3 s of ticks → 30 heartbeats (0, 100, ..., 2900 rounded up to the next tick).
+    assert_eq!(sent_at.len(), 30, "{sent_at:?}");
+    assert!(sent_at.windows(2).all(|w| w[1] - w[0] <= 120));
+}
+
+/// The shell runs under tokio; in its tests time is paused and advanced by hand. The engine
+/// works the same with `tokio::time::Instant::now()` of a paused runtime.
+#[tokio::test(start_paused = true)]
+async fn works_under_paused_tokio_time() {
+    let start = Instant::now();
+    let mut e = engine(1, 11);
+    let mut became = None;
+    for _ in 0..100 {
+        for o in e.handle(Input::Tick, Instant::now()) {
+            if let Output::BecomeControl { epoch } = o {
+                became = Some((epoch, Instant::now() - start));
+            }
+        }
+        tokio::time::advance(ms(10)).await;
+    }
+    let (epoch, after) = became.expect("claimed");
+    assert_eq!(epoch, 1);
+    assert!(after >= ms(400) && after <= ms(710), "{after:?}");
+}
+
+#[test]
+fn simultaneous_claims_resolve_to_the_lower_node_id_at_a_higher_epoch() {
+    let t0 = Instant::now();
+    let mk = |n| {
+        let mut c = cfg(n);
+        c.election.backoff = Duration::ZERO;
+        NodeEngine::new(c, 2, ChaCha8Rng::seed_from_u64(n))
+    };
+    let (mut a, mut b) = (mk(1), mk(2));
+    // Both start together, hear nothing, and claim epoch 3 in the same tick.
+    let claims: Vec<Vec<Message>> = [&mut a, &mut b]
+        .into_iter()
+        .map(|e| {
+            e.handle(Input::Tick, t0);
+            tick_until(e, t0, t0 + ms(410))
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Send { msg, .. } => Some(msg),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    assert!(a.is_control() && b.is_control());
+    let now = t0 + ms(411);
+    let mut out_b = vec![];
+    for m in &claims[0] {
+        out_b.extend(b.handle(Input::Received(m.clone()), now));
+    }
+    assert_eq!(
+        non_sends(&out_b),
+        vec![
+            Output::MemberUp(NodeId(1)),
+            Output::StepDown {
+                epoch: 3,
+                reason: StepDownReason::YoungerThan {
+                    other: NodeId(1),
+                    established_epoch: 3
+                }
+            },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 3
+            })),
+        ]
+    );
+    let mut out_a = vec![];
+    for m in &claims[1] {
+        out_a.extend(a.handle(Input::Received(m.clone()), now));
+    }
+    assert_eq!(
+        non_sends(&out_a),
+        vec![
+            Output::MemberUp(NodeId(2)),
+            Output::PersistEpoch(4),
+            Output::Reasserted { epoch: 4 },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 4
+            })),
+        ]
+    );
+}
+
+#[test]
+fn majority_control_acts_only_while_a_majority_of_grants_is_valid() {
+    let t0 = Instant::now();
+    let mut c = cfg(1);
+    c.election.mode = Mode::Majority {
+        members: (1..=3).map(NodeId).collect(),
+    };
+    let mut e = NodeEngine::new(c, 0, ChaCha8Rng::seed_from_u64(2));
+    e.handle(Input::Tick, t0);
+    let out = tick_until(&mut e, t0, t0 + ms(1000));
+    let epoch = out
+        .iter()
+        .find_map(|o| match o {
+            Output::BecomeControl { epoch } => Some(*epoch),
+            _ => None,
+        })
+        .expect("claimed");
+    let out = e.handle(Input::RebuildDone { epoch }, t0 + ms(1000));
+    assert_eq!(
+        out,
+        vec![],
+        "rebuilt, but 1 grant (its own) of 3 is no majority"
+    );
+    // Find the seq of the latest heartbeat n1 sent: n2 acknowledges it in its grant.
+    let out = tick_until(&mut e, t0 + ms(1000), t0 + ms(1100));
+    let acked = out
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Send {
+                msg: Message::Heartbeat(h),
+                ..
+            } => Some(h.seq),
+            _ => None,
+        })
+        .unwrap();
+    // Its own grant is in its heartbeats.
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Send { msg: Message::Heartbeat(h), .. }
+        if h.lease.is_some_and(|g| g.control == NodeId(1)))
+    ));
+    let mut grant = heartbeat(2, 1, None);
+    if let Message::Heartbeat(h) = &mut grant {
+        h.control = Some(ControlView {
+            node_id: NodeId(1),
+            epoch,
+        });
+        h.lease = Some(LeaseGrant {
+            control: NodeId(1),
+            epoch,
+            ack_seq: acked,
+            duration_ms: 500,
+        });
+    }
+    let at = t0 + ms(1105);
+    assert_eq!(
+        e.handle(Input::Received(grant), at),
+        vec![
+            Output::MemberUp(NodeId(2)),
+            Output::ControlActing {
+                epoch,
+                acting: true
+            }
+        ]
+    );
+    assert!(e.may_act(at));
+    // n2 falls silent: Down after 400 ms; its grant, dated from n1's send time (≤ 1100)
+    // minus 10 %, lapses by 1550 at the latest.
+    let out = tick_until(&mut e, at, t0 + ms(1560));
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::MemberDown(NodeId(2)),
+            Output::ControlActing {
+                epoch,
+                acting: false
+            }
+        ]
+    );
+    assert!(e.is_control(), "still Control, only not acting");
 }

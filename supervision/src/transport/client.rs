@@ -5,6 +5,11 @@
 //! [`Client::next_notification`]. The client does not reconnect: when the connection is lost
 //! every pending request fails with [`RequestError::Disconnected`], `next_notification`
 //! returns `None`, and the caller connects again (to the same or another node).
+//!
+//! ## Layout
+//! - [`Client`]: connect (to one address or the first of several), request, notify,
+//!   next_notification.
+//! - [`ConnectError`]: why connecting failed.
 
 use std::collections::HashMap;
 use std::io;
@@ -176,6 +181,29 @@ impl<P: Protocol> Client<P> {
         })
     }
 
+    /// Connects to the first of `addrs` that accepts (in order); the error of the last
+    /// attempt if none does. For clients that may talk to any node of the cluster.
+    pub async fn connect_any(
+        transport: &dyn Transport,
+        addrs: &[String],
+        ep: Endpoint,
+    ) -> Result<Self, ConnectError> {
+        let mut last = ConnectError::Io {
+            addr: String::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no address given"),
+        };
+        for a in addrs {
+            match Self::connect(transport, a, ep.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(addr = %a, cause = %e, "node not reachable, trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// The node at the other end.
     pub fn peer(&self) -> Identity {
         self.peer
@@ -198,6 +226,12 @@ impl<P: Protocol> Client<P> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (w_tx, w_rx) = oneshot::channel();
         lock(&self.waiters).insert(id, w_tx);
+        // The reader sets `closed` before failing the waiters it finds, so a waiter inserted
+        // after that is caught here instead of waiting for its timeout.
+        if self.is_closed() {
+            lock(&self.waiters).remove(&id);
+            return Err(RequestError::Disconnected);
+        }
         let outcome = tokio::time::timeout(timeout, async {
             if self.tx.send(Message::Request { id, body }).await.is_err() {
                 return Err(RequestError::Disconnected);

@@ -13,6 +13,11 @@
 //!   dropped frame is lost silently, so the request it carried times out).
 //!
 //! Senders wait when the receiver's queue is full (backpressure, like a TCP window).
+//!
+//! ## Layout
+//! - [`MemNetwork`]: the switchboard and its fault controls (`cut`, `heal`, `isolate`,
+//!   `partition`, `heal_all`, `set_drop_rate`).
+//! - [`MemTransport`]: one node's [`Transport`] on it; private sink/source/listener types.
 
 use std::collections::HashMap;
 use std::io;
@@ -133,6 +138,20 @@ impl MemNetwork {
         for o in others {
             if *o != node {
                 self.cut(node, o);
+            }
+        }
+    }
+
+    /// Splits the network: every node of a group is cut from every node of the other
+    /// groups (links inside a group are left as they are).
+    pub fn partition(&self, groups: &[&[&str]]) {
+        for (i, g) in groups.iter().enumerate() {
+            for h in &groups[i + 1..] {
+                for a in g.iter() {
+                    for b in h.iter() {
+                        self.cut(a, b);
+                    }
+                }
             }
         }
     }

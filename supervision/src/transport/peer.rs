@@ -15,6 +15,11 @@
 //!
 //! States: `Connecting` → `Up` → (lost) → `Backoff` → `Connecting` → … ; a generation number
 //! tags each attempt so that late events from an old connection are ignored.
+//!
+//! ## Layout
+//! - [`Backoff`]: the reconnection delay policy (pure).
+//! - [`PeerArgs`], [`PeerMsg`], [`PeerStatus`]: how a peer is started, called and observed.
+//! - [`Peer`] and its private state machine; [`request`] and [`status`]: typed call helpers.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -28,6 +33,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::handshake::{self, Identity};
 use super::session::{self, AbortOnDrop};
@@ -291,73 +297,78 @@ impl<P: Protocol> PeerState<P> {
         let addr = self.args.addr.clone();
         let ep = self.args.endpoint.clone();
         let expect = self.args.expect;
-        let task = tokio::spawn(async move {
-            let opened = async {
-                let mut raw =
-                    tokio::time::timeout(ep.limits.connect_timeout, transport.connect(&addr))
+        let span = tracing::info_span!("peer", node = %ep.identity, peer_addr = %addr, generation);
+        let task = tokio::spawn(
+            async move {
+                let opened = async {
+                    let mut raw =
+                        tokio::time::timeout(ep.limits.connect_timeout, transport.connect(&addr))
+                            .await
+                            .map_err(|_| format!("connect to {addr} timed out"))?
+                            .map_err(|e| format!("connect to {addr}: {e}"))?;
+                    let session = handshake::initiate(&mut raw, &ep, expect)
                         .await
-                        .map_err(|_| format!("connect to {addr} timed out"))?
-                        .map_err(|e| format!("connect to {addr}: {e}"))?;
-                let session = handshake::initiate(&mut raw, &ep, expect)
-                    .await
-                    .map_err(|e| format!("handshake with {addr}: {e}"))?;
-                Ok::<_, String>((raw, session))
-            };
-            let (raw, session) = match opened.await {
-                Ok(x) => x,
-                Err(error) => {
-                    Counters::inc(&ep.counters.connects_failed);
-                    let _ = me.send_message(PeerMsg::Event(PeerEvent(Ev::ConnectFailed {
+                        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+                    Ok::<_, String>((raw, session))
+                };
+                let (raw, session) = match opened.await {
+                    Ok(x) => x,
+                    Err(error) => {
+                        Counters::inc(&ep.counters.connects_failed);
+                        let _ = me.send_message(PeerMsg::Event(PeerEvent(Ev::ConnectFailed {
+                            generation,
+                            error,
+                        })));
+                        return;
+                    }
+                };
+                let hook_me = me.clone();
+                let est = session::establish::<P>(
+                    raw,
+                    session,
+                    &ep,
+                    Some(Box::new(move |id, e: FrameError| {
+                        let _ = hook_me.send_message(PeerMsg::Event(PeerEvent(Ev::NotSent {
+                            id,
+                            error: e.to_string(),
+                        })));
+                    })),
+                );
+                let mut reader = est.reader;
+                // Sent before any inbound message, from this same task: the actor sees them in
+                // this order.
+                if me
+                    .send_message(PeerMsg::Event(PeerEvent(Ev::Connected {
                         generation,
-                        error,
-                    })));
+                        tx: est.tx,
+                        peer: est.peer,
+                        writer: est.writer,
+                    })))
+                    .is_err()
+                {
                     return;
                 }
-            };
-            let hook_me = me.clone();
-            let est = session::establish::<P>(
-                raw,
-                session,
-                &ep,
-                Some(Box::new(move |id, e: FrameError| {
-                    let _ = hook_me.send_message(PeerMsg::Event(PeerEvent(Ev::NotSent {
-                        id,
-                        error: e.to_string(),
-                    })));
-                })),
-            );
-            let mut reader = est.reader;
-            // Sent before any inbound message, from this same task: the actor sees them in
-            // this order.
-            if me
-                .send_message(PeerMsg::Event(PeerEvent(Ev::Connected {
-                    generation,
-                    tx: est.tx,
-                    peer: est.peer,
-                    writer: est.writer,
-                })))
-                .is_err()
-            {
-                return;
-            }
-            let error = loop {
-                match reader.next().await {
-                    Ok(env) => {
-                        if me
-                            .send_message(PeerMsg::Event(PeerEvent(Ev::Inbound {
-                                generation,
-                                msg: env.body,
-                            })))
-                            .is_err()
-                        {
-                            return;
+                let error = loop {
+                    match reader.next().await {
+                        Ok(env) => {
+                            if me
+                                .send_message(PeerMsg::Event(PeerEvent(Ev::Inbound {
+                                    generation,
+                                    msg: env.body,
+                                })))
+                                .is_err()
+                            {
+                                return;
+                            }
                         }
+                        Err(e) => break e.to_string(),
                     }
-                    Err(e) => break e.to_string(),
-                }
-            };
-            let _ = me.send_message(PeerMsg::Event(PeerEvent(Ev::Closed { generation, error })));
-        });
+                };
+                let _ =
+                    me.send_message(PeerMsg::Event(PeerEvent(Ev::Closed { generation, error })));
+            }
+            .instrument(span),
+        );
         self.conn_task = Some(AbortOnDrop(task));
     }
 

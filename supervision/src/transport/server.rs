@@ -8,6 +8,12 @@
 //!
 //! Stopping the server ([`ServerHandle::shutdown`], or dropping the handle) stops accepting
 //! and closes every connection.
+//!
+//! ## Layout
+//! - [`Handler`], [`RequestContext`]: what the application implements and receives.
+//! - [`ActorHandler`]: a ready handler that forwards requests to a ractor actor.
+//! - [`Connection`]: a handle to push notifications to one connection.
+//! - [`Server`], [`ServerHandle`]: starting and stopping; private accept and per-connection loops.
 
 use std::future::Future;
 use std::io;
@@ -16,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::handshake::{self, Identity};
 use super::session;
@@ -52,9 +59,90 @@ pub trait Handler<P: Protocol>: Send + Sync + 'static {
         let _ = conn;
     }
 
-    /// A connection closed.
+    /// A connection closed (not called for the connections cut by the server's own stop).
     fn disconnected(&self, conn: &Connection<P>) {
         let _ = conn;
+    }
+}
+
+/// A [`Handler`] that forwards every request to a ractor actor and waits for its reply, at
+/// most `timeout` (a handler must never hang a connection's request slot forever).
+///
+/// `build` wraps the request, its context and the reply port into the actor's message type,
+/// e.g. `|ctx, req, reply| ControlMsg::Remote { epoch: ctx.epoch, req, reply }`. Notifications
+/// are ignored unless `on_notify` is set.
+pub struct ActorHandler<P: Protocol, M: ractor::Message> {
+    actor: ractor::ActorRef<M>,
+    build: RequestBuilder<P, M>,
+    on_notify: Option<NotifyBuilder<P, M>>,
+    timeout: std::time::Duration,
+}
+
+/// Wraps a request into an actor message (see [`ActorHandler`]).
+pub type RequestBuilder<P, M> = Box<
+    dyn Fn(
+            RequestContext<P>,
+            <P as Protocol>::Request,
+            ractor::RpcReplyPort<Result<<P as Protocol>::Response, String>>,
+        ) -> M
+        + Send
+        + Sync,
+>;
+
+/// Wraps a notification into an actor message (see [`ActorHandler`]).
+pub type NotifyBuilder<P, M> =
+    Box<dyn Fn(RequestContext<P>, <P as Protocol>::Notify) -> M + Send + Sync>;
+
+impl<P: Protocol, M: ractor::Message> ActorHandler<P, M> {
+    /// Forwards requests to `actor`, built into messages by `build`, waiting `timeout`.
+    pub fn new(
+        actor: ractor::ActorRef<M>,
+        timeout: std::time::Duration,
+        build: impl Fn(
+            RequestContext<P>,
+            P::Request,
+            ractor::RpcReplyPort<Result<P::Response, String>>,
+        ) -> M
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self {
+            actor,
+            build: Box::new(build),
+            on_notify: None,
+            timeout,
+        }
+    }
+
+    /// Also forwards notifications, built into messages by `f`.
+    pub fn with_notifications(
+        mut self,
+        f: impl Fn(RequestContext<P>, P::Notify) -> M + Send + Sync + 'static,
+    ) -> Self {
+        self.on_notify = Some(Box::new(f));
+        self
+    }
+}
+
+impl<P: Protocol, M: ractor::Message> Handler<P> for ActorHandler<P, M> {
+    async fn handle(&self, ctx: RequestContext<P>, req: P::Request) -> Result<P::Response, String> {
+        use ractor::rpc::CallResult;
+        match self
+            .actor
+            .call(|reply| (self.build)(ctx, req, reply), Some(self.timeout))
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => Err(format!("no answer within {:?}", self.timeout)),
+            Ok(CallResult::SenderError) | Err(_) => Err("service unavailable".into()),
+        }
+    }
+
+    async fn notified(&self, ctx: RequestContext<P>, note: P::Notify) {
+        if let Some(f) = &self.on_notify {
+            let _ = self.actor.send_message(f(ctx, note));
+        }
     }
 }
 
@@ -213,10 +301,17 @@ impl Server {
                     _ = &mut stopped => break,
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                     r = listener.accept() => match r {
+                        Ok(raw) if conns.len() >= ep.limits.max_connections => {
+                            Counters::inc(&ep.counters.connections_refused);
+                            tracing::warn!(peer_addr = %raw.peer_addr, limit = ep.limits.max_connections, "too many connections, refusing");
+                        }
                         Ok(raw) => {
                             Counters::inc(&ep.counters.connections_accepted);
                             let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                            conns.spawn(serve_conn(raw, id, ep.clone(), handler.clone()));
+                            let span = tracing::info_span!("conn", conn = id, node = %ep.identity);
+                            conns.spawn(
+                                serve_conn(raw, id, ep.clone(), handler.clone()).instrument(span),
+                            );
                         }
                         Err(e) => {
                             tracing::warn!(cause = %e, "accept failed");
@@ -288,9 +383,19 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
                 let h = handler.clone();
                 handlers.spawn(async move {
                     let tx = ctx.conn.tx.clone();
-                    let reply = match h.handle(ctx, body).await {
-                        Ok(body) => Message::Response { id, body },
-                        Err(message) => Message::Fault { id, message },
+                    // In its own task so that a panicking handler becomes a fault for this
+                    // request instead of a silent timeout.
+                    let served = tokio::spawn(async move { h.handle(ctx, body).await }).await;
+                    let reply = match served {
+                        Ok(Ok(body)) => Message::Response { id, body },
+                        Ok(Err(message)) => Message::Fault { id, message },
+                        Err(e) => {
+                            tracing::error!(%peer, request = id, cause = %e, "request handler failed");
+                            Message::Fault {
+                                id,
+                                message: "request handler failed".into(),
+                            }
+                        }
                     };
                     let _ = tx.send(reply).await;
                     drop(permit);

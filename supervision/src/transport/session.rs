@@ -6,6 +6,11 @@
 //! receiver's "sequence must grow" check holds. The reader refuses (and counts) any frame
 //! that is oversized, truncated, forged, replayed, malformed, or sent under another identity;
 //! its owner then closes the connection.
+//!
+//! ## Layout
+//! - [`establish`]: spawns the writer task and returns the [`Established`] parts.
+//! - [`SessionReader`]: opens and checks incoming frames.
+//! - [`AbortOnDrop`]: ties task lifetimes to their owner.
 
 use std::marker::PhantomData;
 use std::sync::Arc;

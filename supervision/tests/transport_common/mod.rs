@@ -33,6 +33,8 @@ pub enum Req {
     /// Carries a blob (for oversized requests).
     Blob(Vec<u8>),
     Fail,
+    /// The handler panics.
+    Panic,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +88,7 @@ impl Handler<Test> for TestHandler {
             Req::Big(n) => Ok(Resp::Bytes(vec![7; n])),
             Req::Blob(b) => Ok(Resp::Text(format!("{} bytes", b.len()))),
             Req::Fail => Err("boom".into()),
+            Req::Panic => panic!("handler panic requested by the test"),
         }
     }
 
@@ -116,6 +119,8 @@ pub trait Fixture: Send + Sync {
     fn transport(&self, who: &str) -> Arc<dyn Transport>;
     /// The address the server binds first.
     fn listen_addr(&self) -> String;
+    /// An address where nobody listens.
+    fn dead_addr(&self) -> String;
     /// The in-memory network, if this is the in-memory fixture.
     fn mem(&self) -> Option<&Arc<MemNetwork>> {
         None
@@ -130,6 +135,11 @@ impl Fixture for TcpFix {
     }
     fn listen_addr(&self) -> String {
         "127.0.0.1:0".into()
+    }
+    fn dead_addr(&self) -> String {
+        // Bound then closed: nothing listens there right after.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
     }
 }
 
@@ -147,6 +157,9 @@ impl Fixture for MemFix {
     }
     fn listen_addr(&self) -> String {
         "srv".into()
+    }
+    fn dead_addr(&self) -> String {
+        "nobody-here".into()
     }
     fn mem(&self) -> Option<&Arc<MemNetwork>> {
         Some(&self.0)

@@ -1,0 +1,12 @@
+//! Arbitrary bytes into `wire::decode`: must never panic, and (without the key) never
+//! authenticate.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use smart_supervision::types::ClusterKey;
+use smart_supervision::wire;
+
+fuzz_target!(|data: &[u8]| {
+    let key = ClusterKey::from_bytes(b"fuzz-cluster-key-0123456789").unwrap();
+    assert!(wire::decode(data, &key).is_err(), "unsigned bytes authenticated");
+});

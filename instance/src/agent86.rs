@@ -1,0 +1,1089 @@
+//! The Agent86 engine: the node agent's decisions as a pure step function (DESIGN §1, §2.4;
+//! thesis §4.1.1). No actors, sockets or clocks here: a shell feeds [`Event`]s with the
+//! current time into [`Agent86Engine::handle`] and executes the [`Command`]s it returns
+//! (runtime calls, epoch persistence, messages to the Control).
+//!
+//! **Fencing.** Every Control command carries the Control's epoch. The engine keeps the
+//! highest epoch it has seen (from commands or, via [`Event::EpochObserved`], from
+//! heartbeats) and the highest the shell has made durable. A command with an epoch below
+//! the highest seen is refused. A command with a new, higher epoch first makes the engine
+//! emit [`Command::PersistEpoch`] and waits in a queue; it is executed when
+//! [`Event::EpochPersisted`] confirms durability, and it is checked against the highest
+//! epoch seen *at that moment*: if a newer Control showed up meanwhile, the queued command
+//! is refused although it was valid when it arrived. This is "checked when it executes, not
+//! only when it receives".
+//!
+//! **Rebuild.** [`ControlOp::ReportState`] answers with a [`StateReport`] (instances,
+//! reservations, last usage) from which a new Control rebuilds its soft state.
+//!
+//! **Anomalies.** An instance whose CPU, network or memory stays more than
+//! `over_ratio` (10 %) above its reservation for `persist_intervals` consecutive samples is
+//! reported once ([`AgentEvent::Anomaly`]) and again when it has been back under for as
+//! long ([`AgentEvent::AnomalyCleared`]).
+//!
+//! **Health.** Configurable thresholds on memory availability, memory pressure (PSI) and
+//! thermal zones; each check reports its transitions ([`AgentEvent::NodeHealth`]).
+//!
+//! **Restarts.** An instance that exits without being asked to is restarted while it has
+//! crashed fewer than `max_restarts` times within `window`; each restart and the final
+//! give-up are reported.
+//!
+//! # Layout
+//! - Types: [`Reservation`], [`LaunchSpec`], [`ControlOp`], [`ControlCommand`], [`Event`],
+//!   [`Command`], [`Refusal`], [`AgentEvent`], [`StateReport`], [`UsageReading`],
+//!   [`HealthReading`].
+//! - Configuration: [`Agent86Config`], [`AnomalyConfig`], [`RestartPolicy`],
+//!   [`HealthConfig`].
+//! - [`Agent86Engine`]: the state and the step function.
+//! - [`read_health`]: the impure reader of health inputs (`/proc`, `/sys/class/thermal`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{ExitInfo, Limits};
+
+/// Node identifier (mapped by the lead to the cluster's node ids).
+pub type NodeId = u64;
+/// Control epoch.
+pub type Epoch = u64;
+
+/// Resources set aside for an instance or a pending arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Reservation {
+    /// CPU, cores.
+    pub cpu_cores: f64,
+    /// Network, bits/s.
+    pub net_bps: f64,
+    /// Memory working set, bytes.
+    pub mem_bytes: u64,
+}
+
+impl Reservation {
+    fn add(&mut self, o: &Reservation) {
+        self.cpu_cores += o.cpu_cores;
+        self.net_bps += o.net_bps;
+        self.mem_bytes = self.mem_bytes.saturating_add(o.mem_bytes);
+    }
+}
+
+/// What the shell needs to start an instance.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Service (class) name, the key of its profile.
+    pub service: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// CPU cap in cores.
+    pub cpu_cores: Option<f64>,
+    /// Memory cap in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+impl LaunchSpec {
+    /// The runtime limits of this spec.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            cpu_cores: self.cpu_cores,
+            cpu_shares: None,
+            memory_bytes: self.memory_bytes,
+        }
+    }
+}
+
+/// What a Control asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlOp {
+    /// Start an instance with its reservation.
+    Start {
+        /// Instance name (unique in the cluster).
+        instance: String,
+        /// How to run it.
+        launch: LaunchSpec,
+        /// What admission reserved for it.
+        reservation: Reservation,
+    },
+    /// Stop an instance (graceful, then forced).
+    Stop {
+        /// Instance name.
+        instance: String,
+    },
+    /// Set resources aside (e.g. on a migration target) under an id.
+    Reserve {
+        /// Reservation id.
+        id: String,
+        /// Amount.
+        reservation: Reservation,
+    },
+    /// Drop a reservation (idempotent).
+    Release {
+        /// Reservation id.
+        id: String,
+    },
+    /// Hand an instance over to another node (workload control API `handoff`).
+    MigrateOut {
+        /// Instance name.
+        instance: String,
+        /// Target node.
+        target: NodeId,
+    },
+    /// Start an instance in restore mode, fed by its source node.
+    MigrateIn {
+        /// Instance name.
+        instance: String,
+        /// How to run it.
+        launch: LaunchSpec,
+        /// Its reservation here.
+        reservation: Reservation,
+        /// Source node.
+        source: NodeId,
+        /// Reservation made earlier for it, consumed on success.
+        reserved_as: Option<String>,
+    },
+    /// Send a full state report.
+    ReportState,
+}
+
+/// A Control command as received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlCommand {
+    /// Sending Control's node.
+    pub from: NodeId,
+    /// Sending Control's epoch.
+    pub epoch: Epoch,
+    /// Request id, echoed in the reply.
+    pub req: u64,
+    /// The operation.
+    pub op: ControlOp,
+}
+
+/// One instance's usage over one interval (from the sampler).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct UsageReading {
+    /// Instance name.
+    pub instance: String,
+    /// Cores used.
+    pub cpu_cores: f64,
+    /// Network, bits/s (`None` when not measurable).
+    pub net_bps: Option<f64>,
+    /// Working set, bytes.
+    pub mem_bytes: u64,
+    /// Clients served, when the instance reports them.
+    pub clients: Option<u32>,
+}
+
+/// Node-level usage for the state report.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// CPUs online.
+    pub cpus: u32,
+    /// Cores busy.
+    pub cpu_busy_cores: f64,
+    /// Memory capacity.
+    pub mem_total_bytes: u64,
+    /// Memory available.
+    pub mem_available_bytes: u64,
+    /// NIC capacity, bits/s.
+    pub nic_capacity_bps: u64,
+    /// Node traffic, bits/s.
+    pub net_bps: f64,
+}
+
+/// Inputs of the health checks.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HealthReading {
+    /// `MemTotal`.
+    pub mem_total_bytes: u64,
+    /// `MemAvailable`.
+    pub mem_available_bytes: u64,
+    /// `/proc/pressure/memory` `some avg10` (percent), when the kernel has PSI.
+    pub mem_pressure_some_avg10: Option<f64>,
+    /// Thermal zones `(type, degrees Celsius)`.
+    pub thermal: Vec<(String, f64)>,
+}
+
+/// Inputs of the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A command from a Control.
+    Control(ControlCommand),
+    /// An epoch seen elsewhere (heartbeat, claim).
+    EpochObserved(Epoch),
+    /// The shell made this epoch durable.
+    EpochPersisted(Epoch),
+    /// The runtime started an instance.
+    Started {
+        /// Instance.
+        instance: String,
+    },
+    /// The runtime could not start it.
+    StartFailed {
+        /// Instance.
+        instance: String,
+        /// Cause.
+        error: String,
+    },
+    /// Its main process ended.
+    Exited {
+        /// Instance.
+        instance: String,
+        /// How.
+        exit: ExitInfo,
+    },
+    /// A hand-over finished; the instance no longer runs here.
+    MigratedOut {
+        /// Instance.
+        instance: String,
+    },
+    /// A hand-over failed; the instance keeps running here.
+    MigrationFailed {
+        /// Instance.
+        instance: String,
+        /// Cause.
+        error: String,
+    },
+    /// One sampling tick.
+    Usage {
+        /// Node totals.
+        node: NodeUsage,
+        /// Per instance.
+        instances: Vec<UsageReading>,
+    },
+    /// Health check inputs.
+    Health(HealthReading),
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The command's epoch is below the highest seen here.
+    StaleEpoch {
+        /// Epoch of the command.
+        got: Epoch,
+        /// Highest epoch seen.
+        highest: Epoch,
+    },
+    /// No such instance here.
+    UnknownInstance,
+    /// Already running here.
+    AlreadyExists,
+    /// Busy with another operation.
+    Busy,
+    /// The runtime failed.
+    Failed(String),
+}
+
+/// A resource that can be over its reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Resource {
+    /// CPU.
+    Cpu,
+    /// Network.
+    Net,
+    /// Memory.
+    Memory,
+}
+
+/// Events for the Control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    /// Persistently over its reservation (thesis §4.1.1).
+    Anomaly {
+        /// Instance.
+        instance: String,
+        /// Resource.
+        resource: Resource,
+        /// Mean of the offending samples.
+        observed: f64,
+        /// Reserved amount.
+        reserved: f64,
+    },
+    /// Back under its reservation.
+    AnomalyCleared {
+        /// Instance.
+        instance: String,
+        /// Resource.
+        resource: Resource,
+    },
+    /// A health check changed state.
+    NodeHealth {
+        /// Check name (`memory_available`, `memory_pressure`, `thermal:<zone>`).
+        check: String,
+        /// True when fine.
+        healthy: bool,
+        /// Reading that decided it.
+        detail: String,
+    },
+    /// Crashed and was restarted.
+    InstanceRestarted {
+        /// Instance.
+        instance: String,
+        /// Restarts within the window so far.
+        attempt: u32,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// Crashed too often: given up, resources released.
+    InstanceFailed {
+        /// Instance.
+        instance: String,
+        /// Restarts made in the window.
+        restarts: u32,
+        /// How it ended last.
+        exit: ExitInfo,
+    },
+    /// Ended by itself with success; resources released.
+    InstanceFinished {
+        /// Instance.
+        instance: String,
+    },
+}
+
+/// Outputs of the engine, executed by the shell in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Make `highest_epoch_seen` durable, then feed [`Event::EpochPersisted`].
+    PersistEpoch(Epoch),
+    /// Start an instance (restore mode when `restore_from` is set).
+    Start {
+        /// Instance.
+        instance: String,
+        /// How.
+        launch: LaunchSpec,
+        /// Source node of a migration.
+        restore_from: Option<NodeId>,
+    },
+    /// Stop an instance: SIGTERM, then SIGKILL after `grace`.
+    Stop {
+        /// Instance.
+        instance: String,
+        /// Grace period.
+        grace: Duration,
+    },
+    /// Hand the instance over to `target` through its control API.
+    MigrateOut {
+        /// Instance.
+        instance: String,
+        /// Target node.
+        target: NodeId,
+    },
+    /// Answer a Control command.
+    Reply {
+        /// Control node.
+        to: NodeId,
+        /// Request id.
+        req: u64,
+        /// Epoch of the request.
+        epoch: Epoch,
+        /// Outcome.
+        result: Result<(), Refusal>,
+    },
+    /// Send the state report.
+    Report {
+        /// Control node.
+        to: NodeId,
+        /// Request id.
+        req: u64,
+        /// The report.
+        report: StateReport,
+    },
+    /// Tell the current Control.
+    Notify(AgentEvent),
+}
+
+/// Life-cycle state of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    /// Start issued, not confirmed.
+    Starting,
+    /// Running.
+    Running,
+    /// Stop issued.
+    Stopping,
+    /// Hand-over in progress.
+    MigratingOut,
+}
+
+/// One instance in a [`StateReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    /// Instance.
+    pub instance: String,
+    /// Service.
+    pub service: String,
+    /// State.
+    pub state: InstanceState,
+    /// Reservation.
+    pub reservation: Reservation,
+    /// Last usage sample.
+    pub usage: Option<UsageReading>,
+    /// Restarts within the current window.
+    pub restarts: u32,
+    /// Resources currently flagged over reservation.
+    pub anomalous: Vec<Resource>,
+}
+
+/// Everything a new Control needs from this node to rebuild (thesis §4.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateReport {
+    /// This node.
+    pub node: NodeId,
+    /// Highest epoch seen.
+    pub highest_epoch: Epoch,
+    /// Instances, by name.
+    pub instances: Vec<InstanceReport>,
+    /// Open reservations (id, amount).
+    pub reservations: Vec<(String, Reservation)>,
+    /// Sum of instance reservations and open reservations.
+    pub reserved_total: Reservation,
+    /// Last node usage.
+    pub usage: Option<NodeUsage>,
+}
+
+/// Anomaly detection settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnomalyConfig {
+    /// Tolerated excess over the reservation (0.10 = 10 %).
+    pub over_ratio: f64,
+    /// Consecutive samples over (or back under) before reporting.
+    pub persist_intervals: u32,
+}
+
+/// Crash restart policy: at most `max_restarts` within `window`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within the window.
+    pub max_restarts: u32,
+    /// Window.
+    pub window: Duration,
+    /// Restart also after a clean exit (code 0).
+    pub restart_on_success: bool,
+}
+
+/// Health check thresholds; `None` disables a check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthConfig {
+    /// Unhealthy below this fraction of memory available.
+    pub min_mem_available_ratio: Option<f64>,
+    /// Unhealthy above this PSI `some avg10` (percent).
+    pub max_mem_pressure: Option<f64>,
+    /// Unhealthy above this temperature in any zone (°C).
+    pub max_temperature_c: Option<f64>,
+}
+
+/// Engine configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agent86Config {
+    /// This node.
+    pub node: NodeId,
+    /// Grace period for stops.
+    pub stop_grace: Duration,
+    /// Anomaly detection.
+    pub anomaly: AnomalyConfig,
+    /// Crash restarts.
+    pub restart: RestartPolicy,
+    /// Health checks.
+    pub health: HealthConfig,
+}
+
+impl Agent86Config {
+    /// Defaults: 10 % over for 5 intervals; 3 restarts per 60 s; memory < 5 % available,
+    /// PSI > 20 %, or > 85 °C is unhealthy.
+    pub fn new(node: NodeId) -> Self {
+        Self {
+            node,
+            stop_grace: Duration::from_secs(5),
+            anomaly: AnomalyConfig {
+                over_ratio: 0.10,
+                persist_intervals: 5,
+            },
+            restart: RestartPolicy {
+                max_restarts: 3,
+                window: Duration::from_secs(60),
+                restart_on_success: false,
+            },
+            health: HealthConfig {
+                min_mem_available_ratio: Some(0.05),
+                max_mem_pressure: Some(20.0),
+                max_temperature_c: Some(85.0),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Streak {
+    over: u32,
+    under: u32,
+    flagged: bool,
+    sum: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    launch: LaunchSpec,
+    reservation: Reservation,
+    state: InstanceState,
+    /// Who waits for the outcome of the current operation.
+    waiting: Option<(NodeId, u64, Epoch)>,
+    restore_from: Option<NodeId>,
+    crashes: VecDeque<Instant>,
+    usage: Option<UsageReading>,
+    streaks: BTreeMap<Resource, Streak>,
+}
+
+/// The Agent86 state machine.
+#[derive(Debug)]
+pub struct Agent86Engine {
+    cfg: Agent86Config,
+    highest_seen: Epoch,
+    persisted: Epoch,
+    persist_requested: Epoch,
+    queue: VecDeque<ControlCommand>,
+    instances: BTreeMap<String, Instance>,
+    reservations: BTreeMap<String, Reservation>,
+    node_usage: Option<NodeUsage>,
+    health: BTreeMap<String, bool>,
+}
+
+impl Agent86Engine {
+    /// An engine that has durably seen `persisted_epoch` (read by the shell at boot).
+    pub fn new(cfg: Agent86Config, persisted_epoch: Epoch) -> Self {
+        Self {
+            cfg,
+            highest_seen: persisted_epoch,
+            persisted: persisted_epoch,
+            persist_requested: persisted_epoch,
+            queue: VecDeque::new(),
+            instances: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            node_usage: None,
+            health: BTreeMap::new(),
+        }
+    }
+
+    /// Highest epoch seen.
+    pub fn highest_epoch(&self) -> Epoch {
+        self.highest_seen
+    }
+
+    /// Names of the instances this agent manages.
+    pub fn instance_names(&self) -> Vec<String> {
+        self.instances.keys().cloned().collect()
+    }
+
+    /// The step function.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
+        let mut out = Vec::new();
+        match event {
+            Event::Control(c) => self.on_control(c, &mut out),
+            Event::EpochObserved(e) => self.observe_epoch(e, &mut out),
+            Event::EpochPersisted(e) => {
+                self.persisted = self.persisted.max(e);
+                self.drain_queue(&mut out);
+            }
+            Event::Started { instance } => self.on_started(&instance, &mut out),
+            Event::StartFailed { instance, error } => {
+                self.on_start_failed(&instance, error, &mut out)
+            }
+            Event::Exited { instance, exit } => self.on_exited(&instance, exit, now, &mut out),
+            Event::MigratedOut { instance } => {
+                if let Some(i) = self.instances.remove(&instance) {
+                    reply(&mut out, i.waiting, Ok(()));
+                }
+            }
+            Event::MigrationFailed { instance, error } => {
+                if let Some(i) = self.instances.get_mut(&instance)
+                    && i.state == InstanceState::MigratingOut
+                {
+                    i.state = InstanceState::Running;
+                    let w = i.waiting.take();
+                    reply(&mut out, w, Err(Refusal::Failed(error)));
+                }
+            }
+            Event::Usage { node, instances } => {
+                self.node_usage = Some(node);
+                for r in instances {
+                    self.on_usage(r, &mut out);
+                }
+            }
+            Event::Health(h) => self.on_health(&h, &mut out),
+        }
+        out
+    }
+
+    fn observe_epoch(&mut self, e: Epoch, out: &mut Vec<Command>) {
+        if e > self.highest_seen {
+            self.highest_seen = e;
+        }
+        if self.highest_seen > self.persist_requested {
+            self.persist_requested = self.highest_seen;
+            out.push(Command::PersistEpoch(self.highest_seen));
+        }
+    }
+
+    fn on_control(&mut self, c: ControlCommand, out: &mut Vec<Command>) {
+        if c.epoch < self.highest_seen {
+            out.push(refused(&c, self.highest_seen));
+            return;
+        }
+        self.observe_epoch(c.epoch, out);
+        self.queue.push_back(c);
+        self.drain_queue(out);
+    }
+
+    /// Execute queued commands whose epoch is durable, in arrival order, fencing each
+    /// against the highest epoch seen now.
+    fn drain_queue(&mut self, out: &mut Vec<Command>) {
+        while let Some(c) = self.queue.front() {
+            if c.epoch > self.persisted {
+                break;
+            }
+            let c = self.queue.pop_front().expect("front exists");
+            if c.epoch < self.highest_seen {
+                tracing::info!(
+                    epoch = c.epoch,
+                    highest = self.highest_seen,
+                    "refusing command fenced by a newer control"
+                );
+                out.push(refused(&c, self.highest_seen));
+                continue;
+            }
+            self.execute(c, out);
+        }
+    }
+
+    fn execute(&mut self, c: ControlCommand, out: &mut Vec<Command>) {
+        let waiter = Some((c.from, c.req, c.epoch));
+        match c.op {
+            ControlOp::Start {
+                instance,
+                launch,
+                reservation,
+            } => self.start(instance, launch, reservation, None, waiter, out),
+            ControlOp::MigrateIn {
+                instance,
+                launch,
+                reservation,
+                source,
+                reserved_as,
+            } => {
+                if !self.instances.contains_key(&instance)
+                    && let Some(id) = reserved_as
+                {
+                    self.reservations.remove(&id);
+                }
+                self.start(instance, launch, reservation, Some(source), waiter, out)
+            }
+            ControlOp::Stop { instance } => match self.instances.get_mut(&instance) {
+                None => reply(out, waiter, Err(Refusal::UnknownInstance)),
+                Some(i) if i.state == InstanceState::Stopping => {
+                    reply(out, waiter, Err(Refusal::Busy))
+                }
+                Some(i) => {
+                    if let Some(prev) = i.waiting.take() {
+                        reply(out, Some(prev), Err(Refusal::Failed("stopped".into())));
+                    }
+                    i.state = InstanceState::Stopping;
+                    i.waiting = waiter;
+                    out.push(Command::Stop {
+                        instance,
+                        grace: self.cfg.stop_grace,
+                    });
+                }
+            },
+            ControlOp::Reserve { id, reservation } => {
+                self.reservations.insert(id, reservation);
+                reply(out, waiter, Ok(()));
+            }
+            ControlOp::Release { id } => {
+                self.reservations.remove(&id);
+                reply(out, waiter, Ok(()));
+            }
+            ControlOp::MigrateOut { instance, target } => match self.instances.get_mut(&instance) {
+                None => reply(out, waiter, Err(Refusal::UnknownInstance)),
+                Some(i) if i.state != InstanceState::Running => {
+                    reply(out, waiter, Err(Refusal::Busy))
+                }
+                Some(i) => {
+                    i.state = InstanceState::MigratingOut;
+                    i.waiting = waiter;
+                    out.push(Command::MigrateOut { instance, target });
+                }
+            },
+            ControlOp::ReportState => out.push(Command::Report {
+                to: c.from,
+                req: c.req,
+                report: self.report(),
+            }),
+        }
+    }
+
+    fn start(
+        &mut self,
+        instance: String,
+        launch: LaunchSpec,
+        reservation: Reservation,
+        restore_from: Option<NodeId>,
+        waiter: Option<(NodeId, u64, Epoch)>,
+        out: &mut Vec<Command>,
+    ) {
+        if self.instances.contains_key(&instance) {
+            reply(out, waiter, Err(Refusal::AlreadyExists));
+            return;
+        }
+        out.push(Command::Start {
+            instance: instance.clone(),
+            launch: launch.clone(),
+            restore_from,
+        });
+        self.instances.insert(
+            instance,
+            Instance {
+                launch,
+                reservation,
+                state: InstanceState::Starting,
+                waiting: waiter,
+                restore_from,
+                crashes: VecDeque::new(),
+                usage: None,
+                streaks: BTreeMap::new(),
+            },
+        );
+    }
+
+    fn on_started(&mut self, name: &str, out: &mut Vec<Command>) {
+        if let Some(i) = self.instances.get_mut(name)
+            && i.state == InstanceState::Starting
+        {
+            i.state = InstanceState::Running;
+            let w = i.waiting.take();
+            reply(out, w, Ok(()));
+        }
+    }
+
+    fn on_start_failed(&mut self, name: &str, error: String, out: &mut Vec<Command>) {
+        if let Some(i) = self.instances.remove(name) {
+            if i.waiting.is_some() {
+                reply(out, i.waiting, Err(Refusal::Failed(error)));
+            } else {
+                // A restart that could not even start: give up.
+                out.push(Command::Notify(AgentEvent::InstanceFailed {
+                    instance: name.to_string(),
+                    restarts: i.crashes.len() as u32,
+                    exit: ExitInfo::default(),
+                }));
+            }
+        }
+    }
+
+    fn on_exited(&mut self, name: &str, exit: ExitInfo, now: Instant, out: &mut Vec<Command>) {
+        let Some(i) = self.instances.get_mut(name) else {
+            return;
+        };
+        match i.state {
+            InstanceState::Stopping => {
+                let i = self.instances.remove(name).expect("present");
+                reply(out, i.waiting, Ok(()));
+                return;
+            }
+            InstanceState::MigratingOut if exit.success() => {
+                let i = self.instances.remove(name).expect("present");
+                reply(out, i.waiting, Ok(()));
+                return;
+            }
+            InstanceState::MigratingOut | InstanceState::Starting | InstanceState::Running => {}
+        }
+        let w = i.waiting.take();
+        reply(
+            out,
+            w,
+            Err(Refusal::Failed(format!("instance exited: {exit:?}"))),
+        );
+        if exit.success() && !self.cfg.restart.restart_on_success {
+            self.instances.remove(name);
+            out.push(Command::Notify(AgentEvent::InstanceFinished {
+                instance: name.to_string(),
+            }));
+            return;
+        }
+        let window = self.cfg.restart.window;
+        while i
+            .crashes
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            i.crashes.pop_front();
+        }
+        if (i.crashes.len() as u32) < self.cfg.restart.max_restarts {
+            i.crashes.push_back(now);
+            i.state = InstanceState::Starting;
+            i.streaks.clear();
+            i.usage = None;
+            out.push(Command::Start {
+                instance: name.to_string(),
+                launch: i.launch.clone(),
+                restore_from: None,
+            });
+            out.push(Command::Notify(AgentEvent::InstanceRestarted {
+                instance: name.to_string(),
+                attempt: i.crashes.len() as u32,
+                exit,
+            }));
+        } else {
+            let restarts = i.crashes.len() as u32;
+            self.instances.remove(name);
+            out.push(Command::Notify(AgentEvent::InstanceFailed {
+                instance: name.to_string(),
+                restarts,
+                exit,
+            }));
+        }
+    }
+
+    fn on_usage(&mut self, r: UsageReading, out: &mut Vec<Command>) {
+        let a = self.cfg.anomaly;
+        let Some(i) = self.instances.get_mut(&r.instance) else {
+            return;
+        };
+        if i.state != InstanceState::Running {
+            return;
+        }
+        let checks = [
+            (Resource::Cpu, Some(r.cpu_cores), i.reservation.cpu_cores),
+            (Resource::Net, r.net_bps, i.reservation.net_bps),
+            (
+                Resource::Memory,
+                Some(r.mem_bytes as f64),
+                i.reservation.mem_bytes as f64,
+            ),
+        ];
+        for (res, observed, reserved) in checks {
+            let Some(observed) = observed else { continue };
+            if reserved <= 0.0 {
+                continue;
+            }
+            let s = i.streaks.entry(res).or_default();
+            if observed > reserved * (1.0 + a.over_ratio) {
+                s.over += 1;
+                s.sum += observed;
+                s.under = 0;
+                if !s.flagged && s.over >= a.persist_intervals {
+                    s.flagged = true;
+                    out.push(Command::Notify(AgentEvent::Anomaly {
+                        instance: r.instance.clone(),
+                        resource: res,
+                        observed: s.sum / s.over as f64,
+                        reserved,
+                    }));
+                }
+            } else {
+                s.over = 0;
+                s.sum = 0.0;
+                s.under += 1;
+                if s.flagged && s.under >= a.persist_intervals {
+                    s.flagged = false;
+                    out.push(Command::Notify(AgentEvent::AnomalyCleared {
+                        instance: r.instance.clone(),
+                        resource: res,
+                    }));
+                }
+            }
+        }
+        i.usage = Some(r);
+    }
+
+    fn on_health(&mut self, h: &HealthReading, out: &mut Vec<Command>) {
+        let c = self.cfg.health;
+        let mut verdicts: Vec<(String, bool, String)> = Vec::new();
+        if let Some(min) = c.min_mem_available_ratio
+            && h.mem_total_bytes > 0
+        {
+            let ratio = h.mem_available_bytes as f64 / h.mem_total_bytes as f64;
+            verdicts.push((
+                "memory_available".into(),
+                ratio >= min,
+                format!("{:.1} % available", ratio * 100.0),
+            ));
+        }
+        if let (Some(max), Some(p)) = (c.max_mem_pressure, h.mem_pressure_some_avg10) {
+            verdicts.push((
+                "memory_pressure".into(),
+                p <= max,
+                format!("some avg10 {p:.1} %"),
+            ));
+        }
+        if let Some(max) = c.max_temperature_c {
+            for (zone, t) in &h.thermal {
+                verdicts.push((format!("thermal:{zone}"), *t <= max, format!("{t:.1} °C")));
+            }
+        }
+        for (check, healthy, detail) in verdicts {
+            // Unknown checks start healthy: only a problem (or recovery) is news.
+            let prev = self.health.insert(check.clone(), healthy).unwrap_or(true);
+            if prev != healthy {
+                out.push(Command::Notify(AgentEvent::NodeHealth {
+                    check,
+                    healthy,
+                    detail,
+                }));
+            }
+        }
+    }
+
+    /// The current state report.
+    pub fn report(&self) -> StateReport {
+        let mut total = Reservation::default();
+        let instances = self
+            .instances
+            .iter()
+            .map(|(name, i)| {
+                total.add(&i.reservation);
+                InstanceReport {
+                    instance: name.clone(),
+                    service: i.launch.service.clone(),
+                    state: i.state,
+                    reservation: i.reservation,
+                    usage: i.usage.clone(),
+                    restarts: i.crashes.len() as u32,
+                    anomalous: i
+                        .streaks
+                        .iter()
+                        .filter(|(_, s)| s.flagged)
+                        .map(|(r, _)| *r)
+                        .collect(),
+                }
+            })
+            .collect();
+        for r in self.reservations.values() {
+            total.add(r);
+        }
+        StateReport {
+            node: self.cfg.node,
+            highest_epoch: self.highest_seen,
+            instances,
+            reservations: self
+                .reservations
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            reserved_total: total,
+            usage: self.node_usage,
+        }
+    }
+
+    /// Source node of an instance started in restore mode (for the shell).
+    pub fn restore_source(&self, instance: &str) -> Option<NodeId> {
+        self.instances.get(instance).and_then(|i| i.restore_from)
+    }
+}
+
+fn refused(c: &ControlCommand, highest: Epoch) -> Command {
+    Command::Reply {
+        to: c.from,
+        req: c.req,
+        epoch: c.epoch,
+        result: Err(Refusal::StaleEpoch {
+            got: c.epoch,
+            highest,
+        }),
+    }
+}
+
+fn reply(
+    out: &mut Vec<Command>,
+    waiter: Option<(NodeId, u64, Epoch)>,
+    result: Result<(), Refusal>,
+) {
+    if let Some((to, req, epoch)) = waiter {
+        out.push(Command::Reply {
+            to,
+            req,
+            epoch,
+            result,
+        });
+    }
+}
+
+/// Turn one sampler tick into the engine's [`Event::Usage`]. Instances without a CPU rate
+/// yet (their first tick) or that could not be read are left out.
+pub fn usage_event(s: &crate::sample::NodeSample) -> Event {
+    Event::Usage {
+        node: NodeUsage {
+            cpus: s.cpus,
+            cpu_busy_cores: s.cpu_busy_cores.unwrap_or(0.0),
+            mem_total_bytes: s.mem_total_bytes,
+            mem_available_bytes: s.mem_available_bytes,
+            nic_capacity_bps: s.nic_capacity_bps,
+            net_bps: s.net_bps.unwrap_or(0.0),
+        },
+        instances: s
+            .instances
+            .iter()
+            .filter(|i| i.alive)
+            .filter_map(|i| {
+                Some(UsageReading {
+                    instance: i.name.clone(),
+                    cpu_cores: i.cpu_cores?,
+                    net_bps: i.net_bps,
+                    mem_bytes: i.working_set_bytes,
+                    clients: i.clients,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Read the health inputs: `<proc>/meminfo`, `<proc>/pressure/memory` (PSI, when present)
+/// and `<sys>/class/thermal/thermal_zone*/{type,temp}` (when present).
+pub fn read_health(proc_root: &Path, sys_root: &Path) -> HealthReading {
+    let mem = std::fs::read_to_string(proc_root.join("meminfo"))
+        .ok()
+        .and_then(|t| crate::procfs::parse_meminfo(&t))
+        .unwrap_or_default();
+    let psi = std::fs::read_to_string(proc_root.join("pressure/memory"))
+        .ok()
+        .and_then(|t| parse_psi_some_avg10(&t));
+    let mut thermal = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(sys_root.join("class/thermal")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("thermal_zone") {
+                continue;
+            }
+            let temp = std::fs::read_to_string(e.path().join("temp"))
+                .ok()
+                .and_then(|t| t.trim().parse::<f64>().ok());
+            let kind = std::fs::read_to_string(e.path().join("type"))
+                .map(|t| t.trim().to_string())
+                .unwrap_or(name);
+            if let Some(milli) = temp {
+                thermal.push((kind, milli / 1000.0));
+            }
+        }
+    }
+    thermal.sort_by(|a, b| a.0.cmp(&b.0));
+    HealthReading {
+        mem_total_bytes: mem.total,
+        mem_available_bytes: mem.available,
+        mem_pressure_some_avg10: psi,
+        thermal,
+    }
+}
+
+/// `some avg10=` of a PSI file.
+pub fn parse_psi_some_avg10(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_ascii_whitespace()
+        .find_map(|kv| kv.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests;

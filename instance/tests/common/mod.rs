@@ -1,0 +1,20 @@
+//! Shared helpers of the integration tests.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// Hold this while measuring CPU: tests that expect a busy loop to get its core must not
+/// compete with each other (test binaries and nextest processes run in parallel on a
+/// machine that may have only two cores). A file lock works across processes.
+pub fn cpu_lock() -> File {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("smart-instance-cpu-tests.lock"))
+        .expect("lock file");
+    // SAFETY: flock on a file descriptor we own; blocks until the lock is ours.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
+    f
+}

@@ -1,0 +1,131 @@
+//! Transport figures, printed (not asserted on time). Run by hand, in release mode:
+//!
+//! ```text
+//! CARGO_TARGET_DIR=/work/target/transport cargo test --release -p smart-supervision \
+//!     --test transport_bench -- --ignored --nocapture
+//! ```
+//!
+//! Prints: frame seal+open cost for small and 64 KiB bodies; request round-trip time over
+//! TCP loopback (p50/p99) through the plain `Client` and through a `Peer` actor; and request
+//! throughput with concurrent requesters.
+
+mod transport_common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smart_supervision::frame::{
+    DEFAULT_MAX_FRAME, Direction, Envelope, LEN_PREFIX, PROTOCOL_VERSION, open_payload, seal_frame,
+};
+use smart_supervision::transport::tcp::TcpTransport;
+use smart_supervision::transport::{Client, Endpoint, Peer, PeerArgs, Server, peer};
+use smart_supervision::{ClusterKey, NodeId};
+use transport_common::*;
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn codec(body_len: usize, n: usize) {
+    let key = ClusterKey::from_bytes(&[9; 32]).unwrap();
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        from: NodeId(3),
+        incarnation: 1,
+        epoch: 5,
+        seq: 1,
+        body: vec![1u8; body_len],
+    };
+    let start = Instant::now();
+    let mut total = 0;
+    for _ in 0..n {
+        let f = seal_frame(&env, &key, Direction::ToAcceptor, DEFAULT_MAX_FRAME).unwrap();
+        let back: Envelope<Vec<u8>> =
+            open_payload(&f[LEN_PREFIX..], &key, Direction::ToAcceptor).unwrap();
+        total += back.body.len() + f.len();
+    }
+    let per = start.elapsed() / n as u32;
+    println!(
+        "codec: seal+open of a {body_len}-byte body: {:.2} us/frame (frame {} bytes, {total} checked)",
+        per.as_secs_f64() * 1e6,
+        body_len + 6 + 32 + LEN_PREFIX
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by hand with --ignored --nocapture"]
+async fn transport_figures() {
+    codec(100, 20_000);
+    codec(64 * 1024, 500);
+
+    let s = Server::bind(
+        &TcpTransport,
+        "127.0.0.1:0",
+        server_endpoint(),
+        Arc::new(TestHandler::default()),
+    )
+    .await
+    .unwrap();
+    let c = Arc::new(
+        Client::<Test>::connect(&TcpTransport, s.local_addr(), Endpoint::client(key()))
+            .await
+            .unwrap(),
+    );
+    let n = 2000;
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let r = c.request(Req::Echo(format!("{i}")), T).await.unwrap();
+        rtts.push(t.elapsed());
+        assert_eq!(r, Resp::Text(format!("{i}")));
+    }
+    rtts.sort();
+    println!(
+        "client rtt over TCP loopback, {n} sequential small requests: p50 {:?} p99 {:?}",
+        pct(&rtts, 0.5),
+        pct(&rtts, 0.99)
+    );
+
+    let mut args = PeerArgs::new(Arc::new(TcpTransport), s.local_addr(), node_endpoint(2));
+    args.expect = Some(NodeId(1));
+    let p = Peer::<Test>::start(None, args).await.unwrap();
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let r = peer::request(&p, Req::Echo(format!("{i}")), T)
+            .await
+            .unwrap();
+        rtts.push(t.elapsed());
+        assert_eq!(r, Resp::Text(format!("{i}")));
+    }
+    rtts.sort();
+    println!(
+        "peer actor rtt over TCP loopback, {n} sequential small requests: p50 {:?} p99 {:?}",
+        pct(&rtts, 0.5),
+        pct(&rtts, 0.99)
+    );
+
+    let workers = 32;
+    let per_worker = 500;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_worker {
+                let r = c.request(Req::Echo(format!("{w}.{i}")), T).await.unwrap();
+                assert_eq!(r, Resp::Text(format!("{w}.{i}")));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let el = start.elapsed();
+    println!(
+        "client throughput, {workers} concurrent requesters, {} requests: {:.0} req/s",
+        workers * per_worker,
+        (workers * per_worker) as f64 / el.as_secs_f64()
+    );
+    p.stop(None);
+}
