@@ -37,6 +37,10 @@ enum Cmd {
     Status(StatusArgs),
     /// Run a local cluster on loopback and show a Control failover.
     Demo(smart::demo::DemoArgs),
+    /// Simulate admission control and placement under a VoD workload (deterministic).
+    Sim(smart_admission::sim::SimArgs),
+    /// Agent99: profile a service's resource usage and write its profile.
+    Profile(smart_instance::profiler::ProfileArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -155,6 +159,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status(args) => status(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Demo(args) => {
             smart::demo::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sim(args) => {
+            smart_admission::sim::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Profile(args) => {
+            // The profiler samples on its own schedule with blocking I/O.
+            tokio::task::spawn_blocking(move || smart_instance::profiler::run(&args))
+                .await
+                .context("profiler task")??;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Failover(args)) => {

@@ -199,6 +199,16 @@ impl Membership {
                         alive: true,
                     });
                 }
+                Output::MemberRestarted { node, incarnation } => {
+                    // Whatever it ran before is gone; the Control learns it from the next
+                    // agent report, subscribers from this event.
+                    warn!(node = %id, member = %node, incarnation, "member restarted");
+                    self.publish(st);
+                    shared.publish(Event::MemberChanged {
+                        node: node.0,
+                        alive: true,
+                    });
+                }
                 Output::MemberDown(n) => {
                     warn!(node = %id, member = %n, "member down");
                     self.publish(st);
