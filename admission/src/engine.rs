@@ -1282,6 +1282,48 @@ mod tests {
     }
 
     #[test]
+    fn migrate_the_smallest_chains_up_to_its_depth() {
+        let setup = |depth: u32| {
+            let mut e = engine(&[(100, 4.0, 1e9), (60, 4.0, 1e9), (40, 4.0, 1e9)]);
+            e.cfg.ms_depth = depth;
+            let v = e.register_profile(&profile(50, 0.1, 1e6, None)).unwrap();
+            let w = e.register_profile(&profile(30, 0.1, 1e6, None)).unwrap();
+            let x = e.register_profile(&profile(80, 0.1, 1e6, None)).unwrap();
+            let dv = e.admit_service(v, 0).unwrap();
+            let dw = e.admit_service(w, 0).unwrap();
+            assert_eq!((dv.node, dw.node), (NodeKey(0), NodeKey(1)));
+            (e, x, dv.service, dw.service)
+        };
+        // 80 MB fits nowhere; v (50 MB) must leave node 0 for node 1, which needs w (30 MB)
+        // to leave for node 2 first: a chain of two.
+        let (mut e, x, v, w) = setup(2);
+        let d = e.admit_service(x, 0).unwrap();
+        assert_eq!(d.node, NodeKey(0));
+        assert_eq!(
+            d.migrations,
+            vec![
+                Migration {
+                    service: w,
+                    from: NodeKey(1),
+                    to: NodeKey(2),
+                },
+                Migration {
+                    service: v,
+                    from: NodeKey(0),
+                    to: NodeKey(1),
+                },
+            ]
+        );
+        e.verify().unwrap();
+        // With depth 1 the same request is refused and nothing moves.
+        let (mut e, x, _, _) = setup(1);
+        let before = e.placements();
+        assert_eq!(e.admit_service(x, 0), Err(Rejection::NoFit));
+        assert_eq!(e.placements(), before);
+        e.verify().unwrap();
+    }
+
+    #[test]
     fn failed_migration_changes_nothing() {
         let mut e = engine(&[(100, 4.0, 1e9), (40, 4.0, 1e9)]);
         let small = e.register_profile(&profile(50, 0.1, 1e6, None)).unwrap();
