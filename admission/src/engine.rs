@@ -283,10 +283,15 @@ struct Service<E: Estimator> {
     profile: ProfileId,
     slot: usize,
     clients: Vec<ClientId>,
-    /// The service's own aggregate (base plus clients), kept so that moving or testing a
-    /// distributor with many clients costs one merge, not one add per client.
-    agg: [E::Agg; 2],
+    /// The service's own aggregate (base plus clients), kept once it has
+    /// [`CACHE_MIN_CLIENTS`] clients, so that moving or testing a distributor with many
+    /// clients costs one merge, not one add per client. Small services are rebuilt on demand
+    /// instead, which keeps memory at a million services modest.
+    agg: Option<[E::Agg; 2]>,
 }
+
+/// Clients from which a service keeps its own aggregate.
+const CACHE_MIN_CLIENTS: usize = 8;
 
 /// The usage of a service (or of one client), summed into one aggregate per resource.
 struct Load<E: Estimator> {
@@ -540,10 +545,13 @@ impl<E: Estimator> Engine<E> {
     fn service_load(&self, sid: ServiceId) -> Load<E> {
         let s = &self.services[&sid];
         let p = &self.profiles[s.profile.0 as usize];
-        Load {
-            mem: p.ws + p.client_mem * s.clients.len() as u64,
-            lb: self.lower_bounds(s.profile, true, s.clients.len()),
-            agg: s.agg.clone(),
+        match &s.agg {
+            Some(agg) => Load {
+                mem: p.ws + p.client_mem * s.clients.len() as u64,
+                lb: self.lower_bounds(s.profile, true, s.clients.len()),
+                agg: agg.clone(),
+            },
+            None => self.load_of(s.profile, true, &s.clients),
         }
     }
 
@@ -842,7 +850,7 @@ impl<E: Estimator> Engine<E> {
                 profile,
                 slot,
                 clients: clients.clone(),
-                agg: load.agg.clone(),
+                agg: (clients.len() >= CACHE_MIN_CLIENTS).then(|| load.agg.clone()),
             },
         );
         self.place(slot, sid, &load);
@@ -985,8 +993,18 @@ impl<E: Estimator> Engine<E> {
         self.clients.insert(cid, service);
         let s = self.services.get_mut(&service).expect("checked above");
         s.clients.push(cid);
-        for r in 0..2 {
-            self.est.merge(&mut s.agg[r], &load.agg[r], false);
+        match &mut s.agg {
+            Some(agg) => {
+                for r in 0..2 {
+                    self.est.merge(&mut agg[r], &load.agg[r], false);
+                }
+            }
+            None if s.clients.len() >= CACHE_MIN_CLIENTS => {
+                let clients = s.clients.clone();
+                let full = self.load_of(profile, true, &clients);
+                self.services.get_mut(&service).expect("checked above").agg = Some(full.agg);
+            }
+            None => {}
         }
         Ok(ClientDecision {
             client: cid,
@@ -1019,8 +1037,10 @@ impl<E: Estimator> Engine<E> {
         if let Some(i) = s.clients.iter().position(|c| *c == client) {
             s.clients.swap_remove(i);
         }
-        for r in 0..2 {
-            self.est.merge(&mut s.agg[r], &load.agg[r], true);
+        if let Some(agg) = &mut s.agg {
+            for r in 0..2 {
+                self.est.merge(&mut agg[r], &load.agg[r], true);
+            }
         }
         Ok(sid)
     }
@@ -1143,7 +1163,7 @@ impl<E: Estimator> Engine<E> {
                 }
                 // Rebuild the service from its profile and clients, not from its cache.
                 let load = self.load_of(s.profile, true, &s.clients);
-                if load.agg != s.agg {
+                if s.agg.as_ref().is_some_and(|a| *a != load.agg) {
                     return Err(format!("{sid:?} aggregate drifted"));
                 }
                 mem += load.mem;
