@@ -995,8 +995,8 @@ impl<E: Estimator> Engine<E> {
         s.clients.push(cid);
         match &mut s.agg {
             Some(agg) => {
-                for r in 0..2 {
-                    self.est.merge(&mut agg[r], &load.agg[r], false);
+                for (a, l) in agg.iter_mut().zip(&load.agg) {
+                    self.est.merge(a, l, false);
                 }
             }
             None if s.clients.len() >= CACHE_MIN_CLIENTS => {
@@ -1038,8 +1038,8 @@ impl<E: Estimator> Engine<E> {
             s.clients.swap_remove(i);
         }
         if let Some(agg) = &mut s.agg {
-            for r in 0..2 {
-                self.est.merge(&mut agg[r], &load.agg[r], true);
+            for (a, l) in agg.iter_mut().zip(&load.agg) {
+                self.est.merge(a, l, true);
             }
         }
         Ok(sid)
