@@ -22,6 +22,12 @@
 //! a 10 % margin, so its view of the lease always ends before the granter's promise does. The
 //! shell should also check [`NodeEngine::may_act`] right before executing a decision.
 //!
+//! Asymmetric cuts: a heartbeat also says which Control its sender hears *directly*. A node
+//! that cannot hear the Control itself but hears live members that do keeps following it
+//! instead of electing a rival (otherwise a single broken link makes two Controls leapfrog
+//! each other's epochs for as long as it lasts). Second-hand knowledge is never repeated, so
+//! a dead Control cannot be kept alive by nodes quoting each other.
+//!
 //! ## Driving it (what the shell does)
 //! ```text
 //! let mut engine = NodeEngine::new(config, disk.highest_epoch, ChaCha8Rng::from_os_rng());
@@ -40,6 +46,7 @@
 //!             Output::PersistEpoch(e) => disk.store_highest_epoch(e)?,   // fsync before going on
 //!             Output::Send { dest, msg } => send(dest, wire::encode(&msg, &key)),
 //!             Output::BecomeControl { epoch } => start Control actor (rebuilding),
+//!             Output::Reasserted { epoch } => Control uses the new epoch from now on,
 //!             Output::ControlActing { epoch, acting } => let Control admit/command or not,
 //!             Output::StepDown { .. } => stop the Control actor,
 //!             other => update status / tell the actors,
