@@ -13,8 +13,9 @@
 //! - `AssertOneControl { within }`: after heal, exactly one Control that every live node
 //!   sees, within the bound.
 //!
-//! Each node lives in its own clock domain (a random offset of up to years): only durations
-//! cross the wire, so this must not matter. Time is simulated (an event queue of instants),
+//! Each node lives in its own clock domain (a random offset of up to years, and a rate off
+//! by up to ±2 %): only durations cross the wire, so offsets must not matter, and the lease
+//! margin must absorb the rate differences. Time is simulated (an event queue of instants),
 //! so runs are fast and deterministic: a failing run prints its seed and scenario; replay it
 //! with `SMART_SIM_SEED=<seed> cargo test -p smart-supervision --test cluster_sim`.
 //! `SMART_SIM_SEEDS=<n>` widens the randomized loop (default 40 seeds).
@@ -185,6 +186,8 @@ struct Node {
     incarnation: u64,
     /// This node's clock domain.
     offset: Duration,
+    /// Its clock rate error (±2 %, far beyond real oscillators, to exercise lease margins).
+    rate: f64,
     /// Agent86's fence (in memory; starts from the disk value).
     fence: Fence,
     ticks: u64,
@@ -232,6 +235,7 @@ impl Sim {
                 incarnation: 0,
                 // Clock domains up to ~30 years apart.
                 offset: Duration::from_secs(rng.random_range(0..1_000_000_000)),
+                rate: 1.0 + rng.random_range(-0.02..0.02),
                 fence: Fence::new(0),
                 ticks: 0,
                 recent: VecDeque::new(),
@@ -269,7 +273,7 @@ impl Sim {
     }
 
     fn clock(&self, i: usize) -> Instant {
-        self.base + self.nodes[i].offset + self.now
+        self.base + self.nodes[i].offset + self.now.mul_f64(self.nodes[i].rate)
     }
 
     fn push(&mut self, after: Duration, ev: Ev) {
