@@ -350,7 +350,11 @@ fn node_fits<E: Estimator>(
         return false;
     }
     let freed = remove.map_or(0, |l| l.mem);
-    let free = node.spec.mem_bytes.saturating_sub(node.used_mem) + freed;
+    let free = node
+        .spec
+        .mem_bytes
+        .saturating_sub(node.used_mem)
+        .saturating_add(freed);
     if free < add.mem {
         return false;
     }
@@ -514,7 +518,10 @@ impl<E: Estimator> Engine<E> {
                 self.est.add(&mut load.agg[r], &p.base[r], 0);
             }
         }
-        load.mem += p.client_mem * clients.len() as u64;
+        // Saturating: a hostile profile's memory can only make the load fit nowhere.
+        load.mem = load
+            .mem
+            .saturating_add(p.client_mem.saturating_mul(clients.len() as u64));
         if let Some(items) = &p.client {
             for &c in clients {
                 let ph = self.client_phase(c);
@@ -547,7 +554,9 @@ impl<E: Estimator> Engine<E> {
         let p = &self.profiles[s.profile.0 as usize];
         match &s.agg {
             Some(agg) => Load {
-                mem: p.ws + p.client_mem * s.clients.len() as u64,
+                mem: p
+                    .ws
+                    .saturating_add(p.client_mem.saturating_mul(s.clients.len() as u64)),
                 lb: self.lower_bounds(s.profile, true, s.clients.len()),
                 agg: agg.clone(),
             },
@@ -919,7 +928,10 @@ impl<E: Estimator> Engine<E> {
             .map(|s| {
                 let sv = &self.services[s];
                 let p = &self.profiles[sv.profile.0 as usize];
-                (p.ws + p.client_mem * sv.clients.len() as u64, *s)
+                (
+                    p.ws.saturating_add(p.client_mem.saturating_mul(sv.clients.len() as u64)),
+                    *s,
+                )
             })
             .collect();
         cands.sort_unstable();
@@ -1340,6 +1352,47 @@ mod tests {
         let before = e.placements();
         assert_eq!(e.admit_service(x, 0), Err(Rejection::NoFit));
         assert_eq!(e.placements(), before);
+        e.verify().unwrap();
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_clear_error() {
+        let mut e = engine(&[(1000, 4.0, 1e9)]);
+        let mut nan = profile(10, 0.1, 1e6, None);
+        nan.base.cpu_cores[1] = f64::NAN;
+        assert!(matches!(
+            e.register_profile(&nan),
+            Err(EngineError::BadProfile { .. })
+        ));
+        let mut empty = profile(10, 0.1, 1e6, None);
+        empty.base.mem_bytes.clear();
+        assert!(matches!(
+            e.register_profile(&empty),
+            Err(EngineError::BadProfile { .. })
+        ));
+        let mut spec = NodeSpec::new(MB, 1.0, 1e6);
+        spec.conf = 1.0;
+        assert!(matches!(
+            e.add_node(NodeKey(9), spec),
+            Err(EngineError::BadSpec(_))
+        ));
+        assert!(matches!(
+            e.add_node(NodeKey(0), NodeSpec::new(MB, 1.0, 1e6)),
+            Err(EngineError::DuplicateNode(NodeKey(0)))
+        ));
+        // A hostile per-client memory cannot overflow: the load simply fits nowhere.
+        let mut huge = profile(10, 0.1, 1e6, Some(1e3));
+        huge.per_client.as_mut().unwrap().mem_bytes = vec![u64::MAX; 4];
+        let p = e.register_profile(&huge).unwrap();
+        assert_eq!(e.admit_service(p, 3), Err(Rejection::NoFit));
+        assert_eq!(
+            e.admit_service(ProfileId(99), 0),
+            Err(Rejection::UnknownProfile(ProfileId(99)))
+        );
+        assert_eq!(
+            e.release_client(ClientId(5)),
+            Err(EngineError::UnknownClient(ClientId(5)))
+        );
         e.verify().unwrap();
     }
 

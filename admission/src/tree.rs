@@ -10,6 +10,12 @@
 //! supplied by the engine, so the index only ever prunes: it returns exactly the node a
 //! linear scan with the same policy would (the property tests check this).
 //!
+//! How much it prunes depends on the estimator's bound: the mean for `gaussian`, `chernoff`
+//! and `mean`, the peak for `peak`, but only the newcomer's smallest sample for `empirical`
+//! (the only sound bound on a percentile of sums). So with `empirical`, when the nodes with
+//! the most free memory are full in CPU or network, a worst-fit search still tests them one
+//! by one: the thesis's O(n) worst case remains for that estimator.
+//!
 //! ## Layout
 //! - [`Policy`]: worst-fit (thesis default), first-fit, best-fit.
 //! - [`Leaf`]: what the index knows of one node slot.
