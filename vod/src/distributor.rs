@@ -533,8 +533,7 @@ impl Distributor {
         let t0 = tokio::time::Instant::now();
         let bs = lock(&entry.cache).block_size();
         let mut pos = start;
-        // The block being sent, held between ticks so that a tick costs no lock; the byte
-        // counter is flushed per block, not per write (one shared atomic for 10k viewers).
+        // The block being sent, held between ticks so that a tick costs no lock.
         let mut current: Option<(u64, Bytes)> = None;
         let mut unflushed = 0u64;
         let result = async {
@@ -578,6 +577,10 @@ impl Distributor {
                 if pos >= end {
                     return Ok(());
                 }
+                // One shared atomic add per viewer tick keeps `usage` current to a tick.
+                self.stats
+                    .bytes_sent
+                    .fetch_add(std::mem::take(&mut unflushed), Ordering::Relaxed);
                 let k = t0.elapsed().as_nanos() / tick.as_nanos().max(1) + 1;
                 let deadline = t0 + tick * k as u32;
                 tokio::select! {
