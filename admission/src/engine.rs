@@ -742,18 +742,14 @@ impl<E: Estimator> Engine<E> {
             ms_tests_left,
             ..
         } = self;
-        index.search(cfg.policy, &load.need(), |slot| {
-            if exclude.contains(&slot) {
-                return false;
-            }
-            if limited {
-                if *ms_tests_left == 0 {
-                    return false;
-                }
-                *ms_tests_left -= 1;
-            }
-            node_fits(est, &nodes[slot], load, None, scratch)
-        })
+        let max = if limited { *ms_tests_left } else { usize::MAX };
+        let (found, used) = index.search_bounded(cfg.policy, &load.need(), max, |slot| {
+            !exclude.contains(&slot) && node_fits(est, &nodes[slot], load, None, scratch)
+        });
+        if limited {
+            *ms_tests_left -= used;
+        }
+        found
     }
 
     /// Reference placement by linear scan (for tests and benchmarks of the index).
