@@ -283,10 +283,15 @@ struct Service<E: Estimator> {
     profile: ProfileId,
     slot: usize,
     clients: Vec<ClientId>,
-    /// The service's own aggregate (base plus clients), kept so that moving or testing a
-    /// distributor with many clients costs one merge, not one add per client.
-    agg: [E::Agg; 2],
+    /// The service's own aggregate (base plus clients), kept once it has
+    /// [`CACHE_MIN_CLIENTS`] clients, so that moving or testing a distributor with many
+    /// clients costs one merge, not one add per client. Small services are rebuilt on demand
+    /// instead, which keeps memory at a million services modest.
+    agg: Option<[E::Agg; 2]>,
 }
+
+/// Clients from which a service keeps its own aggregate.
+const CACHE_MIN_CLIENTS: usize = 8;
 
 /// The usage of a service (or of one client), summed into one aggregate per resource.
 struct Load<E: Estimator> {
@@ -345,7 +350,11 @@ fn node_fits<E: Estimator>(
         return false;
     }
     let freed = remove.map_or(0, |l| l.mem);
-    let free = node.spec.mem_bytes.saturating_sub(node.used_mem) + freed;
+    let free = node
+        .spec
+        .mem_bytes
+        .saturating_sub(node.used_mem)
+        .saturating_add(freed);
     if free < add.mem {
         return false;
     }
@@ -509,7 +518,10 @@ impl<E: Estimator> Engine<E> {
                 self.est.add(&mut load.agg[r], &p.base[r], 0);
             }
         }
-        load.mem += p.client_mem * clients.len() as u64;
+        // Saturating: a hostile profile's memory can only make the load fit nowhere.
+        load.mem = load
+            .mem
+            .saturating_add(p.client_mem.saturating_mul(clients.len() as u64));
         if let Some(items) = &p.client {
             for &c in clients {
                 let ph = self.client_phase(c);
@@ -540,10 +552,15 @@ impl<E: Estimator> Engine<E> {
     fn service_load(&self, sid: ServiceId) -> Load<E> {
         let s = &self.services[&sid];
         let p = &self.profiles[s.profile.0 as usize];
-        Load {
-            mem: p.ws + p.client_mem * s.clients.len() as u64,
-            lb: self.lower_bounds(s.profile, true, s.clients.len()),
-            agg: s.agg.clone(),
+        match &s.agg {
+            Some(agg) => Load {
+                mem: p
+                    .ws
+                    .saturating_add(p.client_mem.saturating_mul(s.clients.len() as u64)),
+                lb: self.lower_bounds(s.profile, true, s.clients.len()),
+                agg: agg.clone(),
+            },
+            None => self.load_of(s.profile, true, &s.clients),
         }
     }
 
@@ -725,18 +742,14 @@ impl<E: Estimator> Engine<E> {
             ms_tests_left,
             ..
         } = self;
-        index.search(cfg.policy, &load.need(), |slot| {
-            if exclude.contains(&slot) {
-                return false;
-            }
-            if limited {
-                if *ms_tests_left == 0 {
-                    return false;
-                }
-                *ms_tests_left -= 1;
-            }
-            node_fits(est, &nodes[slot], load, None, scratch)
-        })
+        let max = if limited { *ms_tests_left } else { usize::MAX };
+        let (found, used) = index.search_bounded(cfg.policy, &load.need(), max, |slot| {
+            !exclude.contains(&slot) && node_fits(est, &nodes[slot], load, None, scratch)
+        });
+        if limited {
+            *ms_tests_left -= used;
+        }
+        found
     }
 
     /// Reference placement by linear scan (for tests and benchmarks of the index).
@@ -842,7 +855,7 @@ impl<E: Estimator> Engine<E> {
                 profile,
                 slot,
                 clients: clients.clone(),
-                agg: load.agg.clone(),
+                agg: (clients.len() >= CACHE_MIN_CLIENTS).then(|| load.agg.clone()),
             },
         );
         self.place(slot, sid, &load);
@@ -911,7 +924,10 @@ impl<E: Estimator> Engine<E> {
             .map(|s| {
                 let sv = &self.services[s];
                 let p = &self.profiles[sv.profile.0 as usize];
-                (p.ws + p.client_mem * sv.clients.len() as u64, *s)
+                (
+                    p.ws.saturating_add(p.client_mem.saturating_mul(sv.clients.len() as u64)),
+                    *s,
+                )
             })
             .collect();
         cands.sort_unstable();
@@ -985,8 +1001,18 @@ impl<E: Estimator> Engine<E> {
         self.clients.insert(cid, service);
         let s = self.services.get_mut(&service).expect("checked above");
         s.clients.push(cid);
-        for r in 0..2 {
-            self.est.merge(&mut s.agg[r], &load.agg[r], false);
+        match &mut s.agg {
+            Some(agg) => {
+                for (a, l) in agg.iter_mut().zip(&load.agg) {
+                    self.est.merge(a, l, false);
+                }
+            }
+            None if s.clients.len() >= CACHE_MIN_CLIENTS => {
+                let clients = s.clients.clone();
+                let full = self.load_of(profile, true, &clients);
+                self.services.get_mut(&service).expect("checked above").agg = Some(full.agg);
+            }
+            None => {}
         }
         Ok(ClientDecision {
             client: cid,
@@ -1019,8 +1045,10 @@ impl<E: Estimator> Engine<E> {
         if let Some(i) = s.clients.iter().position(|c| *c == client) {
             s.clients.swap_remove(i);
         }
-        for r in 0..2 {
-            self.est.merge(&mut s.agg[r], &load.agg[r], true);
+        if let Some(agg) = &mut s.agg {
+            for (a, l) in agg.iter_mut().zip(&load.agg) {
+                self.est.merge(a, l, true);
+            }
         }
         Ok(sid)
     }
@@ -1143,7 +1171,7 @@ impl<E: Estimator> Engine<E> {
                 }
                 // Rebuild the service from its profile and clients, not from its cache.
                 let load = self.load_of(s.profile, true, &s.clients);
-                if load.agg != s.agg {
+                if s.agg.as_ref().is_some_and(|a| *a != load.agg) {
                     return Err(format!("{sid:?} aggregate drifted"));
                 }
                 mem += load.mem;
@@ -1278,6 +1306,89 @@ mod tests {
             }]
         );
         assert_eq!(e.node_of(s.service), Some(NodeKey(1)));
+        e.verify().unwrap();
+    }
+
+    #[test]
+    fn migrate_the_smallest_chains_up_to_its_depth() {
+        let setup = |depth: u32| {
+            let mut e = engine(&[(100, 4.0, 1e9), (60, 4.0, 1e9), (40, 4.0, 1e9)]);
+            e.cfg.ms_depth = depth;
+            let v = e.register_profile(&profile(50, 0.1, 1e6, None)).unwrap();
+            let w = e.register_profile(&profile(30, 0.1, 1e6, None)).unwrap();
+            let x = e.register_profile(&profile(80, 0.1, 1e6, None)).unwrap();
+            let dv = e.admit_service(v, 0).unwrap();
+            let dw = e.admit_service(w, 0).unwrap();
+            assert_eq!((dv.node, dw.node), (NodeKey(0), NodeKey(1)));
+            (e, x, dv.service, dw.service)
+        };
+        // 80 MB fits nowhere; v (50 MB) must leave node 0 for node 1, which needs w (30 MB)
+        // to leave for node 2 first: a chain of two.
+        let (mut e, x, v, w) = setup(2);
+        let d = e.admit_service(x, 0).unwrap();
+        assert_eq!(d.node, NodeKey(0));
+        assert_eq!(
+            d.migrations,
+            vec![
+                Migration {
+                    service: w,
+                    from: NodeKey(1),
+                    to: NodeKey(2),
+                },
+                Migration {
+                    service: v,
+                    from: NodeKey(0),
+                    to: NodeKey(1),
+                },
+            ]
+        );
+        e.verify().unwrap();
+        // With depth 1 the same request is refused and nothing moves.
+        let (mut e, x, _, _) = setup(1);
+        let before = e.placements();
+        assert_eq!(e.admit_service(x, 0), Err(Rejection::NoFit));
+        assert_eq!(e.placements(), before);
+        e.verify().unwrap();
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_clear_error() {
+        let mut e = engine(&[(1000, 4.0, 1e9)]);
+        let mut nan = profile(10, 0.1, 1e6, None);
+        nan.base.cpu_cores[1] = f64::NAN;
+        assert!(matches!(
+            e.register_profile(&nan),
+            Err(EngineError::BadProfile { .. })
+        ));
+        let mut empty = profile(10, 0.1, 1e6, None);
+        empty.base.mem_bytes.clear();
+        assert!(matches!(
+            e.register_profile(&empty),
+            Err(EngineError::BadProfile { .. })
+        ));
+        let mut spec = NodeSpec::new(MB, 1.0, 1e6);
+        spec.conf = 1.0;
+        assert!(matches!(
+            e.add_node(NodeKey(9), spec),
+            Err(EngineError::BadSpec(_))
+        ));
+        assert!(matches!(
+            e.add_node(NodeKey(0), NodeSpec::new(MB, 1.0, 1e6)),
+            Err(EngineError::DuplicateNode(NodeKey(0)))
+        ));
+        // A hostile per-client memory cannot overflow: the load simply fits nowhere.
+        let mut huge = profile(10, 0.1, 1e6, Some(1e3));
+        huge.per_client.as_mut().unwrap().mem_bytes = vec![u64::MAX; 4];
+        let p = e.register_profile(&huge).unwrap();
+        assert_eq!(e.admit_service(p, 3), Err(Rejection::NoFit));
+        assert_eq!(
+            e.admit_service(ProfileId(99), 0),
+            Err(Rejection::UnknownProfile(ProfileId(99)))
+        );
+        assert_eq!(
+            e.release_client(ClientId(5)),
+            Err(EngineError::UnknownClient(ClientId(5)))
+        );
         e.verify().unwrap();
     }
 

@@ -890,6 +890,32 @@ mod tests {
     }
 
     #[test]
+    fn heavy_and_correlated_workloads_run_and_rank_the_baselines() {
+        let a = SimArgs {
+            workload: Workload::Heavy,
+            arrivals_per_sec: 0.2,
+            estimators: vec![EstimatorKind::Peak, EstimatorKind::Mean],
+            policies: vec![Policy::FirstFit],
+            ..small()
+        };
+        let r = run_data(&a).unwrap();
+        assert_eq!((r[0].admitted_clients, r[1].admitted_clients), (0, 0));
+        assert!(r[0].admitted_services > 0);
+        assert!(r[0].admitted_services <= r[1].admitted_services);
+        assert!(r[0].overload_probability <= r[1].overload_probability);
+        let c = SimArgs {
+            correlated: true,
+            align_clients: true,
+            estimators: vec![EstimatorKind::Empirical],
+            policies: vec![Policy::BestFit],
+            ..small()
+        };
+        let r = run_data(&c).unwrap();
+        assert!(r[0].admitted_clients > 0 && r[0].node_intervals > 0);
+        assert!(table(&c, &r).contains("correlated bursts"));
+    }
+
+    #[test]
     fn bad_args_are_refused() {
         let a = SimArgs {
             conf: 1.5,

@@ -10,6 +10,12 @@
 //! supplied by the engine, so the index only ever prunes: it returns exactly the node a
 //! linear scan with the same policy would (the property tests check this).
 //!
+//! How much it prunes depends on the estimator's bound: the mean for `gaussian`, `chernoff`
+//! and `mean`, the peak for `peak`, but only the newcomer's smallest sample for `empirical`
+//! (the only sound bound on a percentile of sums). So with `empirical`, when the nodes with
+//! the most free memory are full in CPU or network, a worst-fit search still tests them one
+//! by one: the thesis's O(n) worst case remains for that estimator.
+//!
 //! ## Layout
 //! - [`Policy`]: worst-fit (thesis default), first-fit, best-fit.
 //! - [`Leaf`]: what the index knows of one node slot.
@@ -192,10 +198,24 @@ impl PlacementIndex {
         &mut self,
         policy: Policy,
         need: &Need,
-        mut fits: impl FnMut(usize) -> bool,
+        fits: impl FnMut(usize) -> bool,
     ) -> Option<usize> {
+        self.search_bounded(policy, need, usize::MAX, fits).0
+    }
+
+    /// [`search`](Self::search) that calls `fits` at most `max_tests` times and then gives
+    /// up (returning the best slot found so far, for best-fit). Also returns the number of
+    /// calls made. Migrate the Smallest uses it to bound a decision's cost.
+    pub fn search_bounded(
+        &mut self,
+        policy: Policy,
+        need: &Need,
+        max_tests: usize,
+        mut fits: impl FnMut(usize) -> bool,
+    ) -> (Option<usize>, usize) {
+        let mut tests = 0usize;
         if self.leaves.is_empty() || self.pruned(1, need) {
-            return None;
+            return (None, 0);
         }
         match policy {
             Policy::WorstFit => {
@@ -206,7 +226,14 @@ impl PlacementIndex {
                 while let Some((_, _, i)) = heap.pop() {
                     if i >= self.cap {
                         let slot = i - self.cap;
-                        if self.leaves[slot].alive && fits(slot) {
+                        if !self.leaves[slot].alive {
+                            continue;
+                        }
+                        if tests == max_tests {
+                            break;
+                        }
+                        tests += 1;
+                        if fits(slot) {
                             found = Some(slot);
                             break;
                         }
@@ -219,7 +246,7 @@ impl PlacementIndex {
                     }
                 }
                 self.heap = heap;
-                found
+                (found, tests)
             }
             Policy::FirstFit | Policy::BestFit => {
                 let mut stack = std::mem::take(&mut self.stack);
@@ -240,7 +267,14 @@ impl PlacementIndex {
                     if i >= self.cap {
                         let slot = i - self.cap;
                         let leaf = self.leaves[slot];
-                        if leaf.alive && fits(slot) {
+                        if !leaf.alive {
+                            continue;
+                        }
+                        if tests == max_tests {
+                            break;
+                        }
+                        tests += 1;
+                        if fits(slot) {
                             best = Some((leaf.free_mem, slot));
                             if policy == Policy::FirstFit {
                                 break;
@@ -252,7 +286,7 @@ impl PlacementIndex {
                     stack.push(2 * i);
                 }
                 self.stack = stack;
-                best.map(|(_, s)| s)
+                (best.map(|(_, s)| s), tests)
             }
         }
     }
@@ -349,6 +383,32 @@ mod tests {
         t.set(2, Leaf::DEAD);
         assert_eq!(t.search(Policy::WorstFit, &need, fits), Some(3));
         assert_eq!(t.top_by_free_mem(2, |_| true), vec![1, 3]);
+    }
+
+    #[test]
+    fn bounded_search_stops_after_its_budget() {
+        let mut t = PlacementIndex::new();
+        for s in 0..8 {
+            t.set(s, leaf(100 - s as u64, 1.0, 1.0));
+        }
+        let need = Need {
+            mem: 1,
+            lb: [0.0, 0.0],
+        };
+        // Only slot 5 fits; worst-fit tries 0, 1, 2, ... in order of free memory.
+        let fits = |s: usize| s == 5;
+        assert_eq!(
+            t.search_bounded(Policy::WorstFit, &need, 3, fits),
+            (None, 3)
+        );
+        assert_eq!(
+            t.search_bounded(Policy::WorstFit, &need, 6, fits),
+            (Some(5), 6)
+        );
+        assert_eq!(
+            t.search_bounded(Policy::FirstFit, &need, 2, fits),
+            (None, 2)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use smart_supervision::types::ClusterKey;
 fuzz_target!(|data: &[u8]| {
     let _ = frame::decode_frame::<Vec<u8>>(data, DEFAULT_MAX_FRAME);
     let key = ClusterKey::from_bytes(b"fuzz-cluster-key-0123456789").unwrap();
-    let opened: Result<Envelope<Vec<u8>>, _> = frame::open_payload(data, &key, Direction::ToAcceptor);
+    let opened: Result<Envelope<Vec<u8>>, _> =
+        frame::open_payload(data, &key, Direction::ToAcceptor);
     assert!(opened.is_err(), "unsigned bytes authenticated");
 });

@@ -8,5 +8,8 @@ use smart_supervision::wire;
 
 fuzz_target!(|data: &[u8]| {
     let key = ClusterKey::from_bytes(b"fuzz-cluster-key-0123456789").unwrap();
-    assert!(wire::decode(data, &key).is_err(), "unsigned bytes authenticated");
+    assert!(
+        wire::decode(data, &key).is_err(),
+        "unsigned bytes authenticated"
+    );
 });

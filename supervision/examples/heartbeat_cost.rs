@@ -32,6 +32,7 @@ fn peer_heartbeat(from: u64, seq: u64, control: bool) -> Message {
         highest_epoch: 12,
         control: Some(ControlView {
             node_id: NodeId(2),
+            established_epoch: 10,
             epoch: 12,
         }),
         as_control: control.then_some(ControlAssert {

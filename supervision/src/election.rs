@@ -12,7 +12,9 @@
 //!    listens for [`ElectionConfig::listen`] so it does not claim over a Control it has not
 //!    heard yet.
 //! 3. Two Controls that hear each other: the younger by `(established_epoch, node_id)` steps
-//!    down; the survivor re-asserts at a new epoch above both.
+//!    down; the survivor re-asserts at a new epoch above both. A Control only *reported*
+//!    by live members (an asymmetric cut: they hear it, we do not) also stops a node from
+//!    claiming, and makes a younger Control step down once its epoch is above the younger's.
 //!    A Control also re-asserts whenever it sees any epoch above its own (a claim it never
 //!    heard raised the agents' fences: without a higher epoch its commands would be refused).
 //! 4. Fencing: [`Fence`] is what Agent86 uses to refuse commands of a stale epoch, checked
@@ -121,6 +123,9 @@ pub struct Candidate {
     pub established_epoch: Epoch,
     /// Its current epoch.
     pub epoch: Epoch,
+    /// Heard directly (its own claim or heartbeat), or only reported by a live member that
+    /// hears it (an asymmetric cut between it and us).
+    pub direct: bool,
 }
 
 impl Candidate {
@@ -306,9 +311,13 @@ impl Election {
         } = self.state
         {
             let me = (established, self.cfg.node_id);
+            // An older Control heard directly wins (DESIGN §2 rule 3). One only reported by
+            // others wins once its epoch is above ours: it has re-asserted after our claim, so
+            // it is alive, not a just-crashed Control that its observers have not timed out
+            // yet (stepping down for that one would only delay the failover).
             if let Some(older) = others
                 .iter()
-                .filter(|c| c.age() < me)
+                .filter(|c| c.age() < me && (c.direct || c.epoch > epoch))
                 .min_by_key(|c| c.age())
             {
                 self.state = ElectionState::Follower;
@@ -575,6 +584,7 @@ mod tests {
             node_id: NodeId(n),
             established_epoch: est,
             epoch,
+            direct: true,
         }
     }
 

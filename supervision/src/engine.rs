@@ -22,6 +22,12 @@
 //! a 10 % margin, so its view of the lease always ends before the granter's promise does. The
 //! shell should also check [`NodeEngine::may_act`] right before executing a decision.
 //!
+//! Asymmetric cuts: a heartbeat also says which Control its sender hears *directly*. A node
+//! that cannot hear the Control itself but hears live members that do keeps following it
+//! instead of electing a rival (otherwise a single broken link makes two Controls leapfrog
+//! each other's epochs for as long as it lasts). Second-hand knowledge is never repeated, so
+//! a dead Control cannot be kept alive by nodes quoting each other.
+//!
 //! ## Driving it (what the shell does)
 //! ```text
 //! let mut engine = NodeEngine::new(config, disk.highest_epoch, ChaCha8Rng::from_os_rng());
@@ -40,6 +46,7 @@
 //!             Output::PersistEpoch(e) => disk.store_highest_epoch(e)?,   // fsync before going on
 //!             Output::Send { dest, msg } => send(dest, wire::encode(&msg, &key)),
 //!             Output::BecomeControl { epoch } => start Control actor (rebuilding),
+//!             Output::Reasserted { epoch } => Control uses the new epoch from now on,
 //!             Output::ControlActing { epoch, acting } => let Control admit/command or not,
 //!             Output::StepDown { .. } => stop the Control actor,
 //!             other => update status / tell the actors,
@@ -313,6 +320,11 @@ pub struct NodeEngine<R> {
     /// Members whose `asserts` is set: an index so that each message costs O(controls),
     /// not O(members).
     asserting: BTreeSet<NodeId>,
+    /// The Control each member reports hearing directly ([`Heartbeat::control`]).
+    reports: BTreeMap<NodeId, ControlView>,
+    /// Live Controls other than us, direct and reported; recomputed when `dirty`.
+    cands: Vec<Candidate>,
+    dirty: bool,
     seq: u64,
     next_heartbeat: Option<Instant>,
     last_input: Option<Instant>,
@@ -344,6 +356,9 @@ impl<R: Rng> NodeEngine<R> {
             holder: LeaseHolder::new(),
             members: BTreeMap::new(),
             asserting: BTreeSet::new(),
+            reports: BTreeMap::new(),
+            cands: Vec::new(),
+            dirty: true,
             seq: 0,
             next_heartbeat: None,
             last_input: None,
@@ -375,6 +390,8 @@ impl<R: Rng> NodeEngine<R> {
                             m.asserts = None;
                         }
                         self.asserting.remove(&n);
+                        self.reports.remove(&n);
+                        self.dirty = true;
                         out.push(Output::MemberDown(n));
                     }
                 }
@@ -467,6 +484,7 @@ impl<R: Rng> NodeEngine<R> {
         self.counters.accepted += 1;
         if let Some(DetectorEvent::Up(n)) = self.detector.heard(from, now) {
             out.push(Output::MemberUp(n));
+            self.dirty = true;
         }
         let member = self.members.entry(from).or_insert(Member {
             incarnation: msg.incarnation(),
@@ -479,12 +497,15 @@ impl<R: Rng> NodeEngine<R> {
             member.incarnation = msg.incarnation();
             member.asserts = None;
             member.last_seq = msg.seq();
+            self.reports.remove(&from);
+            self.dirty = true;
             out.push(Output::MemberRestarted {
                 node: from,
                 incarnation: msg.incarnation(),
             });
         }
         member.last_seq = member.last_seq.max(msg.seq());
+        let asserted_before = member.asserts;
         let mut epochs = Vec::new();
         match msg {
             Message::Heartbeat(h) => {
@@ -499,6 +520,12 @@ impl<R: Rng> NodeEngine<R> {
                 if let Some(v) = h.control {
                     epochs.push(v.epoch);
                 }
+                let report = h.control.filter(|v| v.node_id != from);
+                let changed = match report {
+                    Some(v) => self.reports.insert(from, v) != Some(v),
+                    None => self.reports.remove(&from).is_some(),
+                };
+                self.dirty |= changed;
                 if let Some(g) = h.lease {
                     self.lease_received(from, g);
                 }
@@ -511,6 +538,7 @@ impl<R: Rng> NodeEngine<R> {
             }
         }
         let asserts = self.members[&from].asserts;
+        self.dirty |= asserts != asserted_before;
         if asserts.is_some() {
             self.asserting.insert(from);
         } else {
@@ -544,10 +572,10 @@ impl<R: Rng> NodeEngine<R> {
 
     /// Runs the election over the current live Controls, then reports view/acting changes.
     fn settle(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let others = self.live_controls();
+        self.refresh_candidates();
         let mut actions = Vec::new();
         self.election
-            .on_controls(&others, now, &mut self.rng, &mut actions);
+            .on_controls(&self.cands, now, &mut self.rng, &mut actions);
         self.apply(actions, now, out);
 
         let view = match self.election.my_control() {
@@ -555,15 +583,10 @@ impl<R: Rng> NodeEngine<R> {
                 node_id: self.cfg.node_id,
                 epoch,
             }),
-            None => self
-                .live_controls()
-                .into_iter()
-                // Highest epoch first; equal epochs: the older survives.
-                .max_by(|a, b| a.epoch.cmp(&b.epoch).then(b.age().cmp(&a.age())))
-                .map(|c| ControlInfo {
-                    node_id: c.node_id,
-                    epoch: c.epoch,
-                }),
+            None => best(self.cands.iter()).map(|c| ControlInfo {
+                node_id: c.node_id,
+                epoch: c.epoch,
+            }),
         };
         if view != self.view {
             self.view = view;
@@ -605,18 +628,67 @@ impl<R: Rng> NodeEngine<R> {
         }
     }
 
-    fn live_controls(&self) -> Vec<Candidate> {
-        self.asserting
-            .iter()
-            .filter(|id| self.detector.is_alive(**id))
-            .filter_map(|id| {
-                self.members[id].asserts.map(|a| Candidate {
-                    node_id: *id,
-                    established_epoch: a.established_epoch,
-                    epoch: a.epoch,
-                })
-            })
-            .collect()
+    /// Recomputes the live Controls other than us: those we hear asserting it (direct), and
+    /// those that live members report hearing while we cannot hear them ourselves (an
+    /// asymmetric cut). A node we hear directly is never taken from reports: what it tells us
+    /// itself is fresher.
+    fn refresh_candidates(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let mut found: BTreeMap<NodeId, Candidate> = BTreeMap::new();
+        for id in &self.asserting {
+            if let Some(a) = self.members[id].asserts
+                && self.detector.is_alive(*id)
+            {
+                found.insert(
+                    *id,
+                    Candidate {
+                        node_id: *id,
+                        established_epoch: a.established_epoch,
+                        epoch: a.epoch,
+                        direct: true,
+                    },
+                );
+            }
+        }
+        for (reporter, v) in &self.reports {
+            if v.node_id == self.cfg.node_id
+                || self.detector.is_alive(v.node_id)
+                || !self.detector.is_alive(*reporter)
+            {
+                continue;
+            }
+            let c = found.entry(v.node_id).or_insert(Candidate {
+                node_id: v.node_id,
+                established_epoch: v.established_epoch,
+                epoch: v.epoch,
+                direct: false,
+            });
+            if v.epoch > c.epoch {
+                c.epoch = v.epoch;
+                c.established_epoch = v.established_epoch;
+            }
+        }
+        self.cands = found.into_values().collect();
+    }
+
+    /// What our heartbeats report: ourselves when Control, else the best Control we hear
+    /// directly (never a second-hand one).
+    fn direct_view(&self) -> Option<ControlView> {
+        if let Some((established_epoch, epoch)) = self.election.my_control() {
+            return Some(ControlView {
+                node_id: self.cfg.node_id,
+                established_epoch,
+                epoch,
+            });
+        }
+        best(self.cands.iter().filter(|c| c.direct)).map(|c| ControlView {
+            node_id: c.node_id,
+            established_epoch: c.established_epoch,
+            epoch: c.epoch,
+        })
     }
 
     /// Translates election actions into outputs.
@@ -699,10 +771,7 @@ impl<R: Rng> NodeEngine<R> {
             tcp_addr: self.cfg.tcp_addr,
             roles: self.cfg.roles.clone(),
             highest_epoch: self.election.highest(),
-            control: self.view.map(|v| ControlView {
-                node_id: v.node_id,
-                epoch: v.epoch,
-            }),
+            control: self.direct_view(),
             as_control,
             lease,
             load: self.load,
@@ -797,6 +866,11 @@ impl<R: Rng> NodeEngine<R> {
     pub fn counters(&self) -> Counters {
         self.counters
     }
+}
+
+/// The Control to follow among several: highest epoch; equal epochs, the older.
+fn best<'a>(cands: impl Iterator<Item = &'a Candidate>) -> Option<&'a Candidate> {
+    cands.max_by(|a, b| a.epoch.cmp(&b.epoch).then(b.age().cmp(&a.age())))
 }
 
 #[cfg(test)]

@@ -51,11 +51,17 @@ pub const MAX_DATAGRAM: usize = 1200;
 const KIND_HEARTBEAT: u8 = 1;
 const KIND_CLAIM: u8 = 2;
 
-/// Who a node believes is the Control, and at which epoch.
+/// The Control a node hears *directly* (or itself, when it is the Control).
+///
+/// Never second-hand: a node does not repeat what others told it, so that nodes quoting each
+/// other can never keep a dead Control alive. Receivers use it to learn of a Control they
+/// cannot hear themselves (an asymmetric cut) instead of electing a rival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ControlView {
     /// The Control's node id.
     pub node_id: NodeId,
+    /// The epoch at which it became Control (its age).
+    pub established_epoch: Epoch,
     /// Its current epoch.
     pub epoch: Epoch,
 }
@@ -114,7 +120,7 @@ pub struct Heartbeat {
     pub roles: Vec<Role>,
     /// The highest epoch the sender has seen (and persisted).
     pub highest_epoch: Epoch,
-    /// Who the sender believes is the Control.
+    /// The Control the sender hears directly (itself if it is the Control).
     pub control: Option<ControlView>,
     /// Set when the sender is itself the Control.
     pub as_control: Option<ControlAssert>,
@@ -388,6 +394,7 @@ mod tests {
             highest_epoch: 9,
             control: Some(ControlView {
                 node_id: NodeId(1),
+                established_epoch: 8,
                 epoch: 9,
             }),
             as_control: None,

@@ -13,8 +13,9 @@
 //! - `AssertOneControl { within }`: after heal, exactly one Control that every live node
 //!   sees, within the bound.
 //!
-//! Each node lives in its own clock domain (a random offset of up to years): only durations
-//! cross the wire, so this must not matter. Time is simulated (an event queue of instants),
+//! Each node lives in its own clock domain (a random offset of up to years, and a rate off
+//! by up to ±2 %): only durations cross the wire, so offsets must not matter, and the lease
+//! margin must absorb the rate differences. Time is simulated (an event queue of instants),
 //! so runs are fast and deterministic: a failing run prints its seed and scenario; replay it
 //! with `SMART_SIM_SEED=<seed> cargo test -p smart-supervision --test cluster_sim`.
 //! `SMART_SIM_SEEDS=<n>` widens the randomized loop (default 40 seeds).
@@ -77,7 +78,7 @@ enum Op {
     /// Split the nodes into sides (nodes not listed form one more side).
     Partition(Vec<Vec<usize>>),
     /// Cut the link between two nodes, both ways.
-    Cut(usize, usize),
+    Cut(Who, Who),
     /// Remove every partition and cut.
     Heal,
     /// Datagram loss probability, in per mille.
@@ -90,6 +91,9 @@ enum Op {
         /// The bound.
         within: Duration,
     },
+    /// For this long: no Control change anywhere (no claim, step-down, re-assertion or
+    /// view change) and, at the end, one Control seen by all.
+    AssertStableFor(Duration),
     /// The node must have stepped down because it was paused.
     AssertSteppedDownPaused(usize),
     /// An attacker re-sends the last datagrams of a node to everyone, twice. The second
@@ -115,12 +119,13 @@ impl fmt::Display for Op {
             Op::Pause(w) => write!(f, "pause {w}"),
             Op::ResumeAll => write!(f, "resume all"),
             Op::Partition(sides) => write!(f, "partition {sides:?}"),
-            Op::Cut(a, b) => write!(f, "cut n{a}-n{b}"),
+            Op::Cut(a, b) => write!(f, "cut {a}-{b}"),
             Op::Heal => write!(f, "heal"),
             Op::Loss(p) => write!(f, "loss {p}‰"),
             Op::Wait(d) => write!(f, "wait {d:?}"),
             Op::AssertOneControl { within } => write!(f, "assert one Control within {within:?}"),
             Op::AssertSteppedDownPaused(i) => write!(f, "assert n{i} stepped down (paused)"),
+            Op::AssertStableFor(d) => write!(f, "assert stable for {d:?}"),
             Op::Replay { who, strict } => write!(f, "replay datagrams of {who} (strict: {strict})"),
             Op::Forge(n) => write!(f, "forge {n} datagrams"),
         }
@@ -181,6 +186,8 @@ struct Node {
     incarnation: u64,
     /// This node's clock domain.
     offset: Duration,
+    /// Its clock rate error (±2 %, far beyond real oscillators, to exercise lease margins).
+    rate: f64,
     /// Agent86's fence (in memory; starts from the disk value).
     fence: Fence,
     ticks: u64,
@@ -208,6 +215,10 @@ struct Sim {
     ops_done: Vec<String>,
     decode_failures: u64,
     max_acting: usize,
+    /// Control-related outputs so far (claims, step-downs, re-assertions, view changes).
+    changes: u64,
+    /// How long the last `AssertOneControl` waited.
+    last_convergence: Duration,
 }
 
 type SimResult = Result<(), String>;
@@ -224,6 +235,7 @@ impl Sim {
                 incarnation: 0,
                 // Clock domains up to ~30 years apart.
                 offset: Duration::from_secs(rng.random_range(0..1_000_000_000)),
+                rate: 1.0 + rng.random_range(-0.02..0.02),
                 fence: Fence::new(0),
                 ticks: 0,
                 recent: VecDeque::new(),
@@ -249,6 +261,8 @@ impl Sim {
             ops_done: vec![],
             decode_failures: 0,
             max_acting: 0,
+            changes: 0,
+            last_convergence: Duration::ZERO,
         }
     }
 
@@ -259,7 +273,7 @@ impl Sim {
     }
 
     fn clock(&self, i: usize) -> Instant {
-        self.base + self.nodes[i].offset + self.now
+        self.base + self.nodes[i].offset + self.now.mul_f64(self.nodes[i].rate)
     }
 
     fn push(&mut self, after: Duration, ev: Ev) {
@@ -387,6 +401,7 @@ impl Sim {
                 n.fence.observe(e);
             }
             Output::BecomeControl { epoch } | Output::Reasserted { epoch } => {
+                self.changes += 1;
                 if self.nodes[i].disk_highest < epoch {
                     return Err(format!(
                         "n{i} acts on epoch {epoch} before persisting it (disk {})",
@@ -400,13 +415,16 @@ impl Sim {
                 }
             }
             Output::StepDown { reason, .. } => {
+                self.changes += 1;
                 if matches!(reason, StepDownReason::Paused { .. }) {
                     self.nodes[i].step_downs_paused += 1;
                 }
                 self.note(format!("n{i} {o:?}"));
             }
-            Output::ControlActing { .. } | Output::ControlChanged(_) => {
-                self.note(format!("n{i} {o:?}"))
+            Output::ControlActing { .. } => self.note(format!("n{i} {o:?}")),
+            Output::ControlChanged(_) => {
+                self.changes += 1;
+                self.note(format!("n{i} {o:?}"));
             }
             Output::MemberUp(_)
             | Output::MemberDown(_)
@@ -626,7 +644,11 @@ impl Sim {
                 }
             }
             Op::Cut(a, b) => {
-                self.cuts.insert((*a.min(b), *a.max(b)));
+                if let (Some(a), Some(b)) = (self.who(*a), self.who(*b))
+                    && a != b
+                {
+                    self.cuts.insert((a.min(b), a.max(b)));
+                }
             }
             Op::Heal => {
                 self.side = vec![0; self.nodes.len()];
@@ -635,6 +657,7 @@ impl Sim {
             Op::Loss(p) => self.loss_permille = *p,
             Op::Wait(d) => self.run_for(*d)?,
             Op::AssertOneControl { within } => {
+                let start = self.now;
                 let end = self.now + *within;
                 while self.one_control().is_none() {
                     if self.now >= end {
@@ -644,6 +667,21 @@ impl Sim {
                         ));
                     }
                     self.run_for(ms(5))?;
+                }
+                self.last_convergence = self.now - start;
+            }
+            Op::AssertStableFor(d) => {
+                let before = self.changes;
+                self.run_for(*d)?;
+                if self.changes != before {
+                    return Err(format!(
+                        "{} Control changes while the cluster should be stable\n{}",
+                        self.changes - before,
+                        self.describe()
+                    ));
+                }
+                if self.one_control().is_none() {
+                    return Err(format!("not one Control seen by all\n{}", self.describe()));
                 }
             }
             Op::AssertSteppedDownPaused(i) => {
@@ -807,6 +845,39 @@ fn leaving_control_is_replaced_faster_than_a_dead_one() {
     }
 }
 
+/// Failover on simulated time (10 ms ticks, ≤ 2 ms latency, 50 ms rebuild): kill the
+/// Control, measure until every survivor sees one new acting Control. Printed with
+/// `--nocapture`; the bound is the protocol's, not the machine's.
+#[test]
+fn failover_time_distribution_on_simulated_time() {
+    let mut times: Vec<Duration> = (0..60)
+        .map(|seed| {
+            let mut sim = run(
+                setup(5),
+                seed,
+                &[
+                    Op::StartAll,
+                    Op::AssertOneControl { within: ms(1500) },
+                    Op::Wait(ms(300 + seed * 7)),
+                    Op::Kill(Who::Control),
+                    Op::AssertOneControl { within: ms(1500) },
+                ],
+            );
+            std::mem::take(&mut sim.last_convergence)
+        })
+        .collect();
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let p99 = times[times.len() * 99 / 100];
+    println!(
+        "simulated failover, 5 nodes, 60 trials: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        times.last().unwrap()
+    );
+    assert!(p99 <= ms(1000), "p99 {p99:?}");
+    // Detection alone takes 400 ms: anything faster would mean a false suspicion.
+    assert!(times[0] >= ms(400), "min {:?}", times[0]);
+}
+
 #[test]
 fn paused_zombie_control_steps_down_and_its_commands_are_refused() {
     for seed in 0..10 {
@@ -855,13 +926,46 @@ fn partition_and_heal_converge_to_one_control() {
                 Op::Wait(ms(2000)),
                 Op::Heal,
                 Op::AssertOneControl { within: ms(1500) },
-                Op::Cut(0, 4),
-                Op::Cut(1, 3),
+                Op::Cut(Who::N(0), Who::N(4)),
+                Op::Cut(Who::N(1), Who::N(3)),
                 Op::Wait(ms(2000)),
                 Op::Heal,
                 Op::AssertOneControl { within: ms(1500) },
             ],
         );
+    }
+}
+
+/// A cut link between the Control and one node (the others still hear both) must not cause
+/// an election: the cut-off node learns from the others' heartbeats that the Control lives.
+#[test]
+fn asymmetric_cut_from_the_control_changes_nothing() {
+    for majority in [false, true] {
+        for seed in 0..8 {
+            let sim = run(
+                Setup {
+                    majority,
+                    ..setup(5)
+                },
+                seed,
+                &[
+                    Op::StartAll,
+                    Op::AssertOneControl { within: ms(2000) },
+                    Op::Wait(ms(500)),
+                    // Two of five: in majority mode the Control keeps 3 grants (with its own).
+                    Op::Cut(Who::Control, Who::N(seed as usize % 5)),
+                    Op::Cut(Who::Control, Who::N((seed as usize + 1) % 5)),
+                    Op::AssertStableFor(ms(3000)),
+                    Op::Heal,
+                    Op::AssertStableFor(ms(1000)),
+                ],
+            );
+            let highest = sim.nodes.iter().map(|n| n.disk_highest).max().unwrap();
+            assert_eq!(
+                highest, 1,
+                "no new epoch (majority {majority}, seed {seed})"
+            );
+        }
     }
 }
 
@@ -975,7 +1079,11 @@ fn random_scenario(rng: &mut ChaCha8Rng, n: usize) -> Vec<Op> {
             }
             7 => {
                 let a = rng.random_range(0..n);
-                Op::Cut(a, (a + rng.random_range(1..n)) % n)
+                if rng.random_bool(0.5) {
+                    Op::Cut(Who::Control, Who::N(a))
+                } else {
+                    Op::Cut(Who::N(a), Who::N((a + rng.random_range(1..n)) % n))
+                }
             }
             8 => Op::Heal,
             9 => Op::Loss(rng.random_range(0..150)),

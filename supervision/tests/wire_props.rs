@@ -40,7 +40,7 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         (any::<u64>(), any::<u64>(), any::<u64>(), addr()),
         proptest::collection::vec(role(), 0..4),
         any::<u64>(),
-        proptest::option::of((any::<u64>(), any::<u64>())),
+        proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>())),
         proptest::option::of((any::<u64>(), any::<u64>())),
         proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>())),
         (any::<u32>(), any::<u32>(), any::<u32>(), any::<u16>()),
@@ -53,8 +53,9 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                 tcp_addr,
                 roles,
                 highest_epoch: highest,
-                control: view.map(|(n, e)| ControlView {
+                control: view.map(|(n, est, e)| ControlView {
                     node_id: NodeId(n),
+                    established_epoch: est,
                     epoch: e,
                 }),
                 as_control: assert.map(|(a, b)| ControlAssert {

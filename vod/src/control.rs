@@ -217,6 +217,9 @@ async fn connection(
                     "cache_hits": hits,
                     "cache_misses": misses,
                     "evictions": evictions,
+                    "errors": ld(&st.errors),
+                    "redirects": ld(&st.redirects),
+                    "write_errors": ld(&st.write_errors),
                     "mode": format!("{:?}", d.mode()),
                 })
             }

@@ -3,7 +3,7 @@
 //!
 //! Per viewer the distributor keeps one task with a socket, a byte position and a watch on the
 //! distributor's mode: no buffers (writes slice shared `Bytes` blocks). Pacing: at each tick
-//! (100 ms by default, on tokio's timer wheel) a viewer may have received
+//! (200 ms by default, on tokio's timer wheel) a viewer may have received
 //! `prefetch + bitrate × (elapsed + tick)` bytes; the distributor writes up to that, so bytes
 //! are never late unless the process is overloaded, and at most one tick early.
 //!
@@ -54,7 +54,7 @@ pub struct DistributorConfig {
 }
 
 impl DistributorConfig {
-    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 100 ms tick, 256 KiB read-ahead.
+    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 200 ms tick, 256 KiB read-ahead.
     pub fn new(origin: Url) -> Self {
         Self {
             origin,
@@ -62,7 +62,7 @@ impl DistributorConfig {
             window_bytes: None,
             block_size: 64 * 1024,
             prefetch_ms: 2000,
-            tick: Duration::from_millis(100),
+            tick: Duration::from_millis(200),
             readahead: Some(256 * 1024),
         }
     }
@@ -114,6 +114,8 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Requests redirected after a handoff.
     pub redirects: AtomicU64,
+    /// Viewer connections that ended with a write error (viewer gone or too slow).
+    pub write_errors: AtomicU64,
 }
 
 /// Why a video cannot be served.
@@ -493,7 +495,7 @@ impl Distributor {
         lock(&entry.cache).add_viewer(block);
         entry.fetch_wake.notify_one();
         let mut mode = self.mode.subscribe();
-        let _ = self
+        let r = self
             .stream_to(
                 &entry,
                 &mut stream,
@@ -504,6 +506,10 @@ impl Distributor {
                 &mut mode,
             )
             .await;
+        if let Err(e) = r {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(cause = %e, "viewer connection ended");
+        }
         lock(&entry.cache).remove_viewer(block);
         entry.fetch_wake.notify_one();
         self.stats.viewers_active.fetch_sub(1, Ordering::Relaxed);
@@ -527,8 +533,7 @@ impl Distributor {
         let t0 = tokio::time::Instant::now();
         let bs = lock(&entry.cache).block_size();
         let mut pos = start;
-        // The block being sent, held between ticks so that a tick costs no lock; the byte
-        // counter is flushed per block, not per write (one shared atomic for 10k viewers).
+        // The block being sent, held between ticks so that a tick costs no lock.
         let mut current: Option<(u64, Bytes)> = None;
         let mut unflushed = 0u64;
         let result = async {
@@ -572,6 +577,10 @@ impl Distributor {
                 if pos >= end {
                     return Ok(());
                 }
+                // One shared atomic add per viewer tick keeps `usage` current to a tick.
+                self.stats
+                    .bytes_sent
+                    .fetch_add(std::mem::take(&mut unflushed), Ordering::Relaxed);
                 let k = t0.elapsed().as_nanos() / tick.as_nanos().max(1) + 1;
                 let deadline = t0 + tick * k as u32;
                 tokio::select! {

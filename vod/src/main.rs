@@ -72,7 +72,7 @@ enum Cmd {
         block_kb: u64,
         #[arg(long, default_value_t = 2000)]
         prefetch_ms: u64,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 200)]
         tick_ms: u64,
         /// Read-ahead beyond the fastest viewer (capped at a quarter of the window).
         #[arg(long, default_value_t = 256)]
@@ -108,6 +108,13 @@ enum Cmd {
         #[arg(long)]
         target: String,
     },
+    /// Sends one control request (a JSON line, e.g. '{"op":"usage"}') and prints the reply.
+    Control {
+        /// The instance's control socket.
+        #[arg(long)]
+        socket: PathBuf,
+        request: String,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -123,14 +130,14 @@ enum BenchCmd {
         clients: usize,
         #[arg(long, default_value_t = 20)]
         duration_s: u64,
-        /// Ramp; default 1 ms per 2 viewers, at least 2 s.
+        /// Ramp; default 1 ms per viewer, at least 2 s.
         #[arg(long)]
         ramp_ms: Option<u64>,
         #[arg(long, default_value_t = 400)]
         bitrate_kbps: u64,
         #[arg(long, default_value_t = 2000)]
         prefetch_ms: u64,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 200)]
         tick_ms: u64,
         #[arg(long)]
         no_nginx: bool,
@@ -322,6 +329,17 @@ async fn main() -> anyhow::Result<()> {
             println!("listening on {}", l.local_addr()?);
             f.serve(l).await;
         }
+        Cmd::Control { socket, request } => {
+            let req: serde_json::Value =
+                serde_json::from_str(&request).context("request is not JSON")?;
+            if req.get("op").and_then(|o| o.as_str()) == Some("checkpoint") {
+                bail!("checkpoint streams binary data; use smart_vod::control::Client");
+            }
+            let mut c = control::Client::connect(&socket)
+                .await
+                .with_context(|| format!("connecting to {}", socket.display()))?;
+            println!("{}", c.call(&req).await?);
+        }
         Cmd::Bench { which } => {
             let exe = std::env::current_exe()?;
             match which {
@@ -335,8 +353,7 @@ async fn main() -> anyhow::Result<()> {
                     no_nginx,
                     json,
                 } => {
-                    let ramp =
-                        Duration::from_millis(ramp_ms.unwrap_or((clients as u64 / 2).max(2000)));
+                    let ramp = Duration::from_millis(ramp_ms.unwrap_or((clients as u64).max(2000)));
                     let args = bench::StreamsArgs {
                         clients,
                         bitrate_bps: bitrate_kbps * 1000,

@@ -34,8 +34,9 @@ fn heartbeat(from: u64, seq: u64, as_control: Option<(Epoch, Epoch)>) -> Message
         tcp_addr: addr(from),
         roles: vec![Role::Agent, Role::Control],
         highest_epoch: as_control.map_or(0, |(_, e)| e),
-        control: as_control.map(|(_, e)| ControlView {
+        control: as_control.map(|(est, e)| ControlView {
             node_id: NodeId(from),
+            established_epoch: est,
             epoch: e,
         }),
         as_control: as_control.map(|(established_epoch, epoch)| ControlAssert {
@@ -317,7 +318,7 @@ fn younger_control_steps_down_when_it_hears_the_older_one() {
     let out = e.handle(Input::Tick, t0 + ms(810));
     assert!(
         matches!(&out[..], [Output::Send { msg: Message::Heartbeat(h), .. }]
-        if h.as_control.is_none() && h.control == Some(ControlView { node_id: NodeId(1), epoch: 7 }))
+        if h.as_control.is_none() && h.control == Some(ControlView { node_id: NodeId(1), established_epoch: 5, epoch: 7 }))
     );
 }
 
@@ -838,6 +839,7 @@ fn majority_control_acts_only_while_a_majority_of_grants_is_valid() {
     if let Message::Heartbeat(h) = &mut grant {
         h.control = Some(ControlView {
             node_id: NodeId(1),
+            established_epoch: epoch,
             epoch,
         });
         h.lease = Some(LeaseGrant {
@@ -873,4 +875,112 @@ fn majority_control_acts_only_while_a_majority_of_grants_is_valid() {
         ]
     );
     assert!(e.is_control(), "still Control, only not acting");
+}
+
+fn reporting(from: u64, seq: u64, sees: Option<(u64, Epoch, Epoch)>) -> Message {
+    let mut m = heartbeat(from, seq, None);
+    if let Message::Heartbeat(h) = &mut m {
+        h.control = sees.map(|(n, est, e)| ControlView {
+            node_id: NodeId(n),
+            established_epoch: est,
+            epoch: e,
+        });
+        h.highest_epoch = sees.map_or(0, |(_, _, e)| e);
+    }
+    m
+}
+
+#[test]
+fn a_control_reported_by_live_members_is_followed_even_if_we_cannot_hear_it() {
+    let t0 = Instant::now();
+    let mut e = engine(3, 0);
+    e.handle(Input::Tick, t0);
+    let mut out = vec![];
+    // n1 (Control, epoch 2) and n2 heard for a while.
+    for i in 0..5u64 {
+        let t = t0 + ms(i * 100);
+        out.extend(e.handle(Input::Received(heartbeat(1, i + 1, Some((2, 2)))), t));
+        out.extend(e.handle(Input::Received(reporting(2, i + 1, Some((1, 2, 2)))), t));
+        out.extend(tick_until(&mut e, t, t + ms(100)));
+    }
+    // The n1-n3 link breaks; n2 still hears n1 and says so.
+    let mut after = vec![];
+    for i in 5..30u64 {
+        let t = t0 + ms(i * 100);
+        after.extend(e.handle(Input::Received(reporting(2, i + 1, Some((1, 2, 2)))), t));
+        after.extend(tick_until(&mut e, t, t + ms(100)));
+    }
+    assert_eq!(non_sends(&after), vec![Output::MemberDown(NodeId(1))]);
+    assert_eq!(
+        e.control(),
+        Some(ControlInfo {
+            node_id: NodeId(1),
+            epoch: 2
+        })
+    );
+    // Once n1 is Down for us, our heartbeats never pass the second-hand knowledge on.
+    let down = after
+        .iter()
+        .position(|o| *o == Output::MemberDown(NodeId(1)))
+        .unwrap();
+    let later: Vec<&Heartbeat> = after[down..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                msg: Message::Heartbeat(h),
+                ..
+            } => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert!(later.len() > 10);
+    assert!(later.iter().all(|h| h.control.is_none()));
+    // When n2 stops hearing n1 too, we elect.
+    let t = t0 + ms(3000);
+    assert_eq!(
+        e.handle(Input::Received(reporting(2, 40, None)), t),
+        vec![Output::ControlChanged(None)]
+    );
+    let out = tick_until(&mut e, t, t + ms(310));
+    assert!(out.contains(&Output::BecomeControl { epoch: 3 }), "{out:?}");
+}
+
+#[test]
+fn a_younger_control_yields_to_a_reported_older_one_only_once_it_moved_above() {
+    let t0 = Instant::now();
+    // n2 is Control at epoch 6 (claimed alone).
+    let mut e = NodeEngine::new(cfg(2), 5, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    assert_eq!(e.control().map(|c| c.epoch), Some(6));
+    // n3 reports hearing n1, older (established 4) but at epoch 5: maybe a Control that
+    // just died and n3 has not timed out yet. No step-down for that.
+    let out = e.handle(
+        Input::Received(reporting(3, 1, Some((1, 4, 5)))),
+        t0 + ms(801),
+    );
+    assert_eq!(out, vec![Output::MemberUp(NodeId(3))]);
+    assert!(e.is_control());
+    // n1 re-asserted above us (so it is alive): step down and follow it.
+    let out = e.handle(
+        Input::Received(reporting(3, 2, Some((1, 4, 7)))),
+        t0 + ms(802),
+    );
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::PersistEpoch(7),
+            Output::StepDown {
+                epoch: 6,
+                reason: StepDownReason::YoungerThan {
+                    other: NodeId(1),
+                    established_epoch: 4
+                }
+            },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 7
+            })),
+        ]
+    );
 }
