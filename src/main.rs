@@ -111,12 +111,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         s.node_id, s.highest_epoch
     );
     println!(
-        "{:<6} {:<22} {:<6} {:<28} {:>10} {:>6}",
+        "{:<6} {:<22} {:<6} {:<28} {:>10} {:>14}",
         "node", "address", "alive", "roles", "heard(ms)", "incarn"
     );
     for m in &s.members {
         println!(
-            "{:<6} {:<22} {:<6} {:<28} {:>10} {:>6}",
+            "{:<6} {:<22} {:<6} {:<28} {:>10} {:>14}",
             format!("n{}", m.node_id),
             m.address,
             if m.alive { "yes" } else { "no" },

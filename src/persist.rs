@@ -81,9 +81,18 @@ impl StateFile {
     /// Starts a new incarnation and persists it: called at node start and whenever the
     /// heartbeat engine restarts, so that its sequence numbers, which restart at zero, are
     /// never taken for replays by the other nodes.
+    ///
+    /// The incarnation is at least the wall clock in milliseconds: a node whose data dir was
+    /// lost restarts at 1 otherwise, and its peers would drop its datagrams as coming from
+    /// an older incarnation. The clock is only a floor; a clock set back changes nothing,
+    /// since the persisted value + 1 still wins.
     pub fn boot(&mut self) -> Result<u64, PersistError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let next = Durable {
-            incarnation: self.current.incarnation + 1,
+            incarnation: (self.current.incarnation + 1).max(now_ms),
             ..self.current
         };
         self.write(next)?;
@@ -133,19 +142,22 @@ mod tests {
     fn incarnation_grows_and_epoch_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = StateFile::open_and_boot(dir.path()).unwrap();
-        assert_eq!(s.get().incarnation, 1);
+        let first = s.get().incarnation;
+        assert!(first > 1, "floored by the clock");
         s.raise_epoch(7).unwrap();
         s.raise_epoch(3).unwrap(); // lower: ignored
         assert_eq!(s.get().highest_epoch, 7);
         drop(s);
-        let s = StateFile::open_and_boot(dir.path()).unwrap();
-        assert_eq!(
-            s.get(),
-            Durable {
-                incarnation: 2,
-                highest_epoch: 7
-            }
-        );
+        let mut s = StateFile::open_and_boot(dir.path()).unwrap();
+        assert!(s.get().incarnation > first);
+        assert_eq!(s.get().highest_epoch, 7);
+        // Even a persisted incarnation far in the future only grows.
+        s.write(Durable {
+            incarnation: u64::MAX / 2,
+            highest_epoch: 7,
+        })
+        .unwrap();
+        assert_eq!(s.boot().unwrap(), u64::MAX / 2 + 1);
     }
 
     #[test]
