@@ -122,11 +122,11 @@ impl ControlClient {
 
     /// Send a `usage` request (connecting if needed).
     pub fn send(&mut self) -> Result<(), ControlError> {
-        if let Some(c) = self.conn.as_mut() {
-            if c.get_mut().write_all(REQUEST).is_ok() {
-                self.reused = true;
-                return Ok(());
-            }
+        if let Some(c) = self.conn.as_mut()
+            && c.get_mut().write_all(REQUEST).is_ok()
+        {
+            self.reused = true;
+            return Ok(());
         }
         self.fresh_send()
     }
