@@ -36,6 +36,9 @@
 //! path under `to`; viewers follow it and resume with `Range: bytes=<last byte + 1>-`. A viewer
 //! that cannot reach the old instance goes back to its front-end URL, which must point at the
 //! new instance (SMART's FrontEnd answers `302`). The reply comes once all viewers are closed.
+//! Keep the source running for a grace period after the reply (a few seconds; `usage` counts
+//! the 307s it sent as `redirects`) so that reconnecting viewers find their redirect; then
+//! `stop` it. Viewers that arrive after it is gone need a front-end URL.
 //!
 //! **drain**: new viewers get `503`; existing ones continue. `resume` undoes drain/handoff.
 //!

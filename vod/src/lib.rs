@@ -16,6 +16,8 @@
 //! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers).
 //! - [`bench`]: `vod bench streams` and `vod bench handoff`.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod cache;
 pub mod control;
