@@ -18,8 +18,10 @@
 //!   headroom maxima) and the policies.
 //! - [`engine`]: admission (eq. 4.1 fast reject, per-node test), placement, Migrate the
 //!   Smallest, the Smart-GloVE client rule, releases, node changes.
+//! - [`any`]: [`AnyEngine`], the engine with the estimator chosen at run time (config).
 //! - [`sim`]: `smart sim`, the deterministic VoD simulation comparing estimators × policies.
 
+pub mod any;
 pub mod engine;
 pub mod estimator;
 pub mod profile;
@@ -27,6 +29,7 @@ pub mod sim;
 pub mod synthetic;
 pub mod tree;
 
+pub use any::AnyEngine;
 pub use engine::{
     ClientDecision, ClientId, Decision, Engine, EngineConfig, EngineError, Evicted, Migration,
     NodeKey, NodeSpec, NodeStatus, ProfileId, Rejection, ServiceId,

@@ -175,7 +175,7 @@ fn test_profile(i: usize, seed: u64) -> ServiceProfile {
         per_client: Some(Series {
             cpu_cores: s(0.01),
             net_bps: s(4e6),
-            mem_bytes: vec![if i % 2 == 0 { 1 << 20 } else { 0 }; GRID],
+            mem_bytes: vec![if i.is_multiple_of(2) { 1 << 20 } else { 0 }; GRID],
         }),
         working_set_bytes: (40 + 40 * i as u64) << 20,
     }
