@@ -467,7 +467,7 @@ impl Sim {
                 self.feed(i, Input::Tick)?;
                 self.nodes[i].ticks += 1;
                 // An acting Control sends a command to every agent every 100 ms.
-                if self.nodes[i].ticks % 10 == 0 {
+                if self.nodes[i].ticks.is_multiple_of(10) {
                     let now = self.clock(i);
                     let e = self.nodes[i].engine.as_ref().unwrap();
                     if e.may_act(now) {
