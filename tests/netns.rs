@@ -341,9 +341,11 @@ fn majority_mode_minority_control_stops_acting_and_heal_leaves_one_control() {
     }
     let net = Net::start(5, "majority");
     let all: Vec<usize> = (1..=5).collect();
-    let (c, _) = net.wait_agree(&all, Duration::from_secs(20), |_| true);
-    let c = c as usize;
-    net.wait_until(Duration::from_secs(10), || {
+    // An agreed Control that acts (the first election may still re-assert meanwhile).
+    let mut c = 0;
+    net.wait_until(Duration::from_secs(20), || {
+        let (n, _) = net.wait_agree(&all, Duration::from_secs(20), |_| true);
+        c = n as usize;
         net.counter(c, "control_acting") == Some(1)
     });
     net.unplug(c);

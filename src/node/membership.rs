@@ -444,13 +444,24 @@ impl Actor for Membership {
                 st.engine.handle(Input::RebuildDone { epoch }, now)
             }
             MembershipMsg::ControlStale(highest) => {
-                // Learned from an agent's refusal: persist the higher epoch so that this node
-                // never acts below it again; the engine steps down when it hears the newer
-                // Control (its heartbeats carry the epoch).
-                self.shared
-                    .epochs
-                    .raise(highest)
-                    .map_err(ActorProcessingErr::from)?;
+                match st.engine.control() {
+                    // The refusal came from our own re-assertion racing the Control actor
+                    // (the agent heard our heartbeat at the new epoch before the actor got
+                    // it): we are still the Control, so start it again at the current epoch.
+                    Some(c) if c.node_id == self.shared.id() && c.epoch >= highest => {
+                        info!(node = %self.shared.id(), epoch = c.epoch, "control actor fenced by our own re-assertion; restarting it");
+                        let _ = self
+                            .supervisor
+                            .send_message(NodeMsg::StartControl { epoch: c.epoch });
+                    }
+                    // Really stale: persist the higher epoch so that this node never acts
+                    // below it again; the engine steps down when it hears the newer Control.
+                    _ => self
+                        .shared
+                        .epochs
+                        .raise(highest)
+                        .map_err(ActorProcessingErr::from)?,
+                }
                 Vec::new()
             }
             MembershipMsg::Status(reply) => {
