@@ -71,6 +71,11 @@ async fn kill_9_of_the_control_elects_a_new_one() {
         "failover took {} ms",
         f.failover_ms
     );
+    // The new Control rebuilt and acts (its actor was not lost to a re-assertion race).
+    wait_status(&c, f.new_control, Duration::from_secs(5), |s| {
+        counter(s, "control_acting") == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
