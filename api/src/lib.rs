@@ -77,6 +77,14 @@ pub enum Request {
     },
     /// Start receiving [`Event`]s on this connection.
     Subscribe,
+    /// Where a service's clients connect now, without admitting a client (a viewer resuming
+    /// after its distributor moved or died). Answered with `Placed` or `NotFound`.
+    Locate {
+        /// The service.
+        service: ServiceName,
+    },
+    /// Every admitted service and where it runs (answered by the Control with `Services`).
+    Services,
 }
 
 /// Where an admitted service or client goes.
@@ -101,6 +109,19 @@ pub enum Response {
     Ok,
     /// The request failed.
     Error(ApiError),
+    /// Answer to `Services`: each service's placement and admitted clients.
+    Services(Vec<ServiceStatus>),
+}
+
+/// One admitted service, as the Control sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Where it runs.
+    pub placement: Placement,
+    /// Its instance's name (changes at each migration or restart).
+    pub instance: String,
+    /// Clients admitted.
+    pub clients: u64,
 }
 
 /// A push to subscribers.

@@ -207,6 +207,16 @@ impl Membership {
                         alive: false,
                     });
                 }
+                Output::MemberRestarted { node, incarnation } => {
+                    // What it ran is gone; the Control notices the missing instances in the
+                    // agent's next report and re-admits them.
+                    warn!(node = %id, member = %node, incarnation, "member restarted");
+                    self.publish(st);
+                    shared.publish(Event::MemberChanged {
+                        node: node.0,
+                        alive: true,
+                    });
+                }
                 Output::Dropped { from, reason } => {
                     debug!(node = %id, %from, ?reason, "datagram dropped");
                 }
