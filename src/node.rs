@@ -114,6 +114,7 @@ pub async fn run(
                 RuntimeDriver::Process => RuntimeKind::Process,
                 RuntimeDriver::Cgroup => RuntimeKind::Cgroup,
             },
+            ready_timeout: std::time::Duration::from_secs(5),
         },
         durable.highest_epoch,
     )

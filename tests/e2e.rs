@@ -322,3 +322,140 @@ async fn drain_moves_every_viewer_with_a_short_gap() {
     );
     assert!(p <= 1_000.0, "gap p99 {p} ms");
 }
+
+/// Sends `cmd` to node `to` as node `from` at `epoch`: what a deposed Control would send.
+async fn command_as(
+    c: &LocalCluster,
+    from: u64,
+    to: u64,
+    epoch: u64,
+    cmd: smart_actors::proto::AgentCommand,
+) -> smart_actors::proto::PeerResponse {
+    use smart_api::{NodeProtocol, NodeRequest, NodeResponse};
+    use smart_supervision::NodeId;
+    use smart_supervision::transport::tcp::TcpTransport;
+    use smart_supervision::transport::{Client, Endpoint};
+    let ep = Endpoint::node(NodeId(from), 9_999, c.key().clone());
+    let addr = c.nodes[(to - 1) as usize].addr.to_string();
+    let client = Client::<NodeProtocol>::connect(&TcpTransport, &addr, ep)
+        .await
+        .unwrap();
+    let req = smart_actors::proto::PeerRequest::Agent {
+        from: NodeId(from),
+        epoch,
+        cmd,
+    };
+    let body = NodeRequest::Internal(postcard::to_allocvec(&req).unwrap());
+    match client.request(body, Duration::from_secs(5)).await.unwrap() {
+        NodeResponse::Internal(b) => postcard::from_bytes(&b).unwrap(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_controls_start_is_refused_at_agent86_and_runs_nothing() {
+    use smart_actors::proto::{AgentCommand, LaunchSpec, PeerResponse};
+    let origin = origin(1, 30).await;
+    let mut c = LocalCluster::start(spec(3, &origin)).unwrap();
+    let all = c.running();
+    let (old, old_epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    // Depose it: kill -9, a new Control is elected at a higher epoch and commands the agents.
+    c.kill(old).unwrap();
+    let rest: Vec<u64> = all.iter().copied().filter(|&n| n != old).collect();
+    c.wait_agreed_control(&rest, Duration::from_secs(10), |n, e| {
+        n != old && e > old_epoch
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let agent = *rest.iter().find(|&&n| n != fe_node(&c)).unwrap();
+    let marker = c.dir().join("stale-start-ran");
+    let cmd = AgentCommand::Start {
+        instance: "zombie.1".into(),
+        launch: LaunchSpec {
+            service: "x".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("touch {}; sleep 30", marker.display()),
+            ],
+            ..Default::default()
+        },
+        reservation: Default::default(),
+    };
+    match command_as(&c, old, agent, old_epoch, cmd).await {
+        PeerResponse::Refused { epoch, highest } => {
+            assert_eq!(epoch, old_epoch);
+            assert!(highest > old_epoch);
+        }
+        other => panic!("n{agent} executed a stale start: {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!marker.exists(), "the stale start ran a process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_plays_through_the_front_end_while_its_distributor_migrates() {
+    let Some(ffmpeg) = smart_vod::bench::which("ffmpeg") else {
+        println!("skipped: ffmpeg not installed");
+        return;
+    };
+    let origin = origin(1, 20).await;
+    let c = LocalCluster::start(spec(3, &origin)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let url = format!("{fe}/watch/v0");
+    // ffmpeg reads at its own pace; -re makes it read at the video's rate, so the
+    // migration happens mid-stream.
+    let mut cmd = tokio::process::Command::new(&ffmpeg);
+    cmd.args(["-hide_banner", "-nostdin", "-v", "error", "-xerror", "-re"])
+        .args([
+            "-reconnect",
+            "1",
+            "-reconnect_streamed",
+            "1",
+            "-reconnect_delay_max",
+            "1",
+        ])
+        .args(["-i", &url, "-f", "null", "-"])
+        .kill_on_drop(true);
+    let child = cmd.output();
+    let player =
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(45), child).await });
+    let placed = wait_services(&c, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let node = placed[0].placement.node;
+    let cl = c
+        .client(fe_node(&c))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    assert_eq!(
+        cl.request(Request::Drain { node }).await.unwrap(),
+        Response::Ok
+    );
+    let out = player.await.unwrap().expect("ffmpeg timed out").unwrap();
+    let moved = services(&c, fe_node(&c)).await;
+    assert!(moved.iter().all(|s| s.placement.node != node), "{moved:?}");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ffmpeg logs its reconnect ("Stream ends prematurely"); decode errors are what count.
+    let err = String::from_utf8_lossy(&out.stderr);
+    for bad in [
+        "corrupt",
+        "rror while decoding",
+        "discontinuity",
+        "Invalid data",
+    ] {
+        assert!(!err.contains(bad), "ffmpeg saw {bad}: {err}");
+    }
+}

@@ -83,6 +83,10 @@ pub struct Agent86Settings {
     pub stop_grace: Duration,
     /// Runtime driver.
     pub runtime: RuntimeKind,
+    /// How long a start waits for the instance to accept connections on its `{listen}`
+    /// address; past it the instance counts as started anyway (a workload that never
+    /// listens is judged by its exit, like any other).
+    pub ready_timeout: Duration,
 }
 
 impl Agent86Settings {
@@ -95,6 +99,7 @@ impl Agent86Settings {
             interval: Duration::from_secs(1),
             stop_grace: Duration::from_secs(1),
             runtime: RuntimeKind::Process,
+            ready_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -553,27 +558,44 @@ impl Agent86 {
                     probe.pgid.to_string(),
                 );
                 info!(node = %self.node, %instance, %listen, "instance started");
-                match (restore, m.restore_from) {
-                    (true, Some(from)) => {
-                        let me = myself.clone();
-                        let name = instance.to_string();
-                        tokio::spawn(async move {
-                            let ev = match restore_from(&m.socket, &from).await {
-                                Ok(()) => Event::Started { instance: name },
-                                Err(error) => Event::StartFailed {
-                                    instance: name,
-                                    error: format!("restore: {error}"),
-                                },
-                            };
-                            let _ = me.send_message(Agent86Msg::Engine(ev));
-                        });
-                        // The engine waits for `Started`, sent when the restore is done.
-                        None
-                    }
-                    _ => Some(Event::Started {
+                // Started means ready: restored (migration) and accepting clients on its
+                // `{listen}` address, so the first viewer sent there is never refused.
+                let restore_src = if restore {
+                    m.restore_from.clone()
+                } else {
+                    None
+                };
+                if restore_src.is_none() && m.listen.is_none() {
+                    return Some(Event::Started {
                         instance: instance.into(),
-                    }),
+                    });
                 }
+                let me = myself.clone();
+                let name = instance.to_string();
+                let ready = self.core.settings.ready_timeout;
+                tokio::spawn(async move {
+                    let mut r = Ok(());
+                    if let Some(from) = restore_src {
+                        r = restore_from(&m.socket, &from)
+                            .await
+                            .map_err(|e| format!("restore: {e}"));
+                    }
+                    if r.is_ok()
+                        && let Some(addr) = m.listen
+                        && let Err(e) = wait_listening(addr, ready).await
+                    {
+                        warn!(instance = %name, error = %e, "instance not accepting yet");
+                    }
+                    let ev = match r {
+                        Ok(()) => Event::Started { instance: name },
+                        Err(error) => Event::StartFailed {
+                            instance: name,
+                            error,
+                        },
+                    };
+                    let _ = me.send_message(Agent86Msg::Engine(ev));
+                });
+                None
             }
             Err(e) => Some(Event::StartFailed {
                 instance: instance.into(),
@@ -629,6 +651,20 @@ async fn restore_from(socket: &Path, source: &str) -> Result<(), String> {
     control_call(socket, &req, Duration::from_secs(60))
         .await
         .map(|_| ())
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+async fn wait_listening(addr: SocketAddr, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("instance never listened on {addr}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A free TCP port on `host` (bound and released: the instance binds it right after).
@@ -801,7 +837,10 @@ mod tests {
     async fn spawn(store: MemoryEpochStore, dir: &Path) -> ActorRef<Agent86Msg> {
         let core = AgentCore::new(
             NodeId(9),
-            Agent86Settings::new(dir, "127.0.0.1".parse().unwrap()),
+            Agent86Settings {
+                ready_timeout: Duration::from_millis(100),
+                ..Agent86Settings::new(dir, "127.0.0.1".parse().unwrap())
+            },
             store.highest(),
         )
         .unwrap();

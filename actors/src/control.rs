@@ -700,6 +700,9 @@ impl Control {
         };
         s.generation += 1;
         s.busy = true;
+        // The old instance is gone: clients wait for the new one (Locate and AdmitClient
+        // queue until it runs) instead of being sent to a dead endpoint.
+        s.info = None;
         let generation = s.generation;
         let node = s.node;
         let instance = instance_name(name, generation);
@@ -999,9 +1002,16 @@ impl Control {
             },
             Request::Locate { service } => match st.placement(&service) {
                 Some(p) => Response::Placed(p),
-                None => Response::Error(ApiError::NotFound {
-                    what: format!("service {service} (or it is starting)"),
-                }),
+                None => match st.services.get_mut(&service) {
+                    // Starting or restarting: answered once it runs.
+                    Some(s) => {
+                        s.waiting.push(reply);
+                        return;
+                    }
+                    None => Response::Error(ApiError::NotFound {
+                        what: format!("service {service}"),
+                    }),
+                },
             },
             Request::Services => Response::Services(
                 st.services
@@ -1445,10 +1455,13 @@ mod admission_tests {
             let store = MemoryEpochStore::new(0);
             let core = AgentCore::new(
                 NodeId(n),
-                Agent86Settings::new(
-                    dir.path().join(format!("n{n}")),
-                    "127.0.0.1".parse().unwrap(),
-                ),
+                Agent86Settings {
+                    ready_timeout: Duration::from_millis(100),
+                    ..Agent86Settings::new(
+                        dir.path().join(format!("n{n}")),
+                        format!("127.0.0.{n}").parse().unwrap(),
+                    )
+                },
                 0,
             )
             .unwrap();
@@ -1508,7 +1521,10 @@ mod admission_tests {
             panic!("not placed")
         };
         assert_ne!(a.node, b.node);
-        assert!(a.endpoint.starts_with("http://127.0.0.1:"));
+        assert!(
+            a.endpoint
+                .starts_with(&format!("http://127.0.0.{}:", a.node))
+        );
         // A client joins its service's instance (Smart-GloVE rule).
         assert_eq!(
             api(Request::AdmitClient {
