@@ -73,7 +73,7 @@ pub struct ClusterSpec {
     pub unicast_only: bool,
     /// Nodes that also get the front-end role (HTTP on their address, port + 2).
     pub frontends: Vec<u64>,
-    /// Nodes without the agent role (they run no services).
+    /// Nodes without the agent and control roles (they run no services and never lead).
     pub no_agent: Vec<u64>,
     /// The videos' origin, for the front-ends' distributor template.
     pub origin: String,
@@ -160,9 +160,13 @@ impl LocalCluster {
                 ElectionMode::Available => "available",
                 ElectionMode::Majority => "majority",
             };
-            let mut roles = vec!["\"control\""];
+            // A node without the agent role is a pure front-end: it runs no services and is
+            // never elected Control, so killing service nodes or the Control never takes
+            // the viewers' entry point with it.
+            let mut roles = vec![];
             if !spec.no_agent.contains(&(i as u64)) {
                 roles.push("\"agent\"");
+                roles.push("\"control\"");
             }
             if i == 1 {
                 roles.push("\"profiler\"");

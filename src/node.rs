@@ -89,11 +89,13 @@ pub async fn run(
     let peers = Arc::new(TransportPeers::new(endpoint.clone()));
     let (control_addr, _) = watch::channel(None);
     let (agents, _) = watch::channel(Vec::new());
+    let (others, _) = watch::channel(Vec::new());
     let shared = Arc::new(Shared {
         key,
         epochs,
         control_addr,
         agents,
+        others,
         counters: Counters::default(),
         incarnation: AtomicU64::new(durable.incarnation),
         membership_started: AtomicBool::new(false),

@@ -132,6 +132,9 @@ pub enum PeerRequest {
     },
     /// A message-API request (from a client, or forwarded by a node to the Control).
     Api(smart_api::Request),
+    /// An event for the receiving node's subscribers (the Control fans its events out, so a
+    /// subscriber on any node hears them). Answered with `Done`.
+    Event(smart_api::Event),
 }
 
 /// The answer to a [`PeerRequest`].

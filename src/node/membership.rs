@@ -259,6 +259,16 @@ impl Membership {
             });
         }
         agents.sort_by_key(|a| a.node);
+        let others: Vec<SocketAddr> = members
+            .iter()
+            .filter(|m| m.alive && m.node_id != shared.id())
+            .map(|m| m.tcp_addr)
+            .collect();
+        shared.others.send_if_modified(|cur| {
+            let changed = *cur != others;
+            *cur = others;
+            changed
+        });
         shared.agents.send_if_modified(|cur| {
             let changed = *cur != agents;
             *cur = agents;

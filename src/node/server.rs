@@ -181,6 +181,10 @@ impl NodeHandler {
                 .map_err(|e| format!("agent86: {e}"))
             }
             PeerRequest::Api(r) => Ok(PeerResponse::Api(self.api(r, None).await)),
+            PeerRequest::Event(ev) => {
+                self.shared.publish(ev);
+                Ok(PeerResponse::Done)
+            }
         }
     }
 

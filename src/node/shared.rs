@@ -88,6 +88,8 @@ pub struct Shared {
     pub control_addr: watch::Sender<Option<SocketAddr>>,
     /// Live members with the agent role, kept by membership, read by the Control.
     pub agents: watch::Sender<Vec<AgentAddr>>,
+    /// Transport addresses of the other live members (any role), kept by membership.
+    pub others: watch::Sender<Vec<SocketAddr>>,
     /// Counters.
     pub counters: Counters,
     /// The current incarnation (changes when membership restarts).

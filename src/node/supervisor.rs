@@ -28,7 +28,7 @@ use smart_actors::agent86::{Agent86, AgentCore};
 use smart_actors::agent99::Agent99;
 use smart_actors::control::{Control, ControlEvent, ControlMsg};
 use smart_actors::frontend::FrontEnd;
-use smart_actors::proto::PeerClient;
+use smart_actors::proto::{PeerClient, PeerRequest};
 use smart_supervision::Role;
 use smart_supervision::restart::{Decision, RestartPolicy, RestartTracker};
 use smart_supervision::transport::Endpoint;
@@ -248,8 +248,21 @@ impl NodeSupervisor {
                 agents: shared.agents.subscribe(),
                 events,
                 publish: {
+                    // Local subscribers, and every other live node's (fire and forget).
                     let sh = shared.clone();
-                    Arc::new(move |ev| sh.publish(ev))
+                    let peers = self.peers.clone();
+                    Arc::new(move |ev: smart_api::Event| {
+                        sh.publish(ev.clone());
+                        let to: Vec<_> = sh.others.borrow().clone();
+                        let peers = peers.clone();
+                        let t = sh.cfg.timing.request_timeout;
+                        tokio::spawn(async move {
+                            for addr in to {
+                                let _ =
+                                    peers.request(addr, PeerRequest::Event(ev.clone()), t).await;
+                            }
+                        });
+                    })
                 },
                 refresh: Duration::from_secs(1),
                 request_timeout: shared.cfg.timing.request_timeout,
