@@ -312,6 +312,10 @@ impl Agent86 {
             control_socket: m
                 .map(|m| m.socket.display().to_string())
                 .unwrap_or_default(),
+            speaks_api: m.is_some_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::metadata(&m.socket).is_ok_and(|md| md.file_type().is_socket())
+            }),
             instance: i.instance,
             state: i.state,
             reservation: i.reservation,

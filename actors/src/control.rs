@@ -769,6 +769,33 @@ impl Control {
                 return;
             };
             let mut note = None;
+            if !old.speaks_api {
+                // No workload control API: restart on the target, then stop the old one;
+                // its clients reconnect through the front-end. The operator is told.
+                warn!(service = %name, instance = %old.instance,
+                    "no workload control API: restarting elsewhere instead of live migration");
+                let start = AgentCommand::Start {
+                    instance: new_instance.clone(),
+                    launch,
+                    reservation,
+                };
+                let result = agent_call(&*peers, dst, me_node, epoch, start, t * 5).await;
+                if result.is_ok() {
+                    let stop = AgentCommand::Stop {
+                        instance: old.instance.clone(),
+                    };
+                    let _ = agent_call(&*peers, src, me_node, epoch, stop, t * 5).await;
+                }
+                let _ = me.send_message(ControlMsg::Placed(Box::new(Outcome {
+                    service: name,
+                    generation,
+                    result: result.map(|i| (to, i)),
+                    from: Some(from),
+                    why: Some(why),
+                    note: Some("no workload control API".into()),
+                })));
+                return;
+            }
             let migrate_in = AgentCommand::MigrateIn {
                 instance: new_instance.clone(),
                 launch: launch.clone(),
@@ -1100,6 +1127,7 @@ async fn agent_call(
             reservation: Reservation::default(),
             endpoint: None,
             control_socket: String::new(),
+            speaks_api: false,
             usage: None,
             restarts: 0,
         }),
@@ -1585,6 +1613,52 @@ mod admission_tests {
         );
         let s = call_t!(c, ControlMsg::Status, 1000).unwrap();
         assert_eq!(s.services["video-a"].2, 1, "its client came along");
+        // Drain the surviving node's peer back? Only one node is left: a drain of it has
+        // nowhere to go and says so, leaving everything in place.
+        let survivor = moved.node;
+        let r = api(Request::Drain { node: survivor }).await;
+        assert!(
+            matches!(&r, Response::Error(ApiError::Rejected { reason }) if reason.contains("video-a")),
+            "{r:?}"
+        );
+        let Response::Placed(still) = api(Request::Locate {
+            service: "video-a".into(),
+        })
+        .await
+        else {
+            panic!()
+        };
+        assert_eq!(still.node, survivor);
+        // The dead node comes back (empty): a drain now moves both services there, by
+        // restart since `sleep` has no workload control API, and says so.
+        tx.send(addrs.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(api(Request::Drain { node: survivor }).await, Response::Ok);
+        let mut done = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let ev = published.lock().unwrap().clone();
+            let restarted = ev
+                .iter()
+                .filter(|e| matches!(e, Event::Migrated { reason, to, .. }
+                    if reason.starts_with("drain") && reason.contains("no workload control API") && *to == dead))
+                .count();
+            if restarted == 2 {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "{:?}", published.lock().unwrap());
+        for svc in ["video-a", "video-b"] {
+            let Response::Placed(p) = api(Request::Locate {
+                service: svc.into(),
+            })
+            .await
+            else {
+                panic!()
+            };
+            assert_eq!(p.node, dead, "{svc} moved off the drained node");
+        }
         for core in cores {
             core.stop_all();
         }

@@ -91,6 +91,9 @@ pub struct InstanceInfo {
     pub endpoint: Option<String>,
     /// Its workload control socket.
     pub control_socket: String,
+    /// The instance listens on its control socket: it can be live-migrated. Otherwise it
+    /// can only be restarted elsewhere.
+    pub speaks_api: bool,
     /// Last usage sample.
     pub usage: Option<UsageReading>,
     /// Crash restarts within the current window.
