@@ -26,7 +26,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// NIC bandwidth each node offers, Mbit/s (small enough for admission to matter).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     pub nic_mbps: u64,
     /// Print one JSON object at the end instead of the narrative.
     #[arg(long)]
