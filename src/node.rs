@@ -100,6 +100,7 @@ pub async fn run(
         incarnation: AtomicU64::new(durable.incarnation),
         membership_started: AtomicBool::new(false),
         subscribers: Default::default(),
+        replica: Default::default(),
         transport: endpoint.counters.clone(),
         cfg,
     });

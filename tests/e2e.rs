@@ -459,3 +459,62 @@ async fn ffmpeg_plays_through_the_front_end_while_its_distributor_migrates() {
         assert!(!err.contains(bad), "ffmpeg saw {bad}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
+    let origin = origin(4, 60).await;
+    let mut c = LocalCluster::start(spec(5, &origin)).unwrap();
+    let all = c.running();
+    let (control, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    // Services admitted through the message API, with no viewers to bring them back: only
+    // the Control's registry knows them.
+    let cl = c
+        .client(fe_node(&c))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(15));
+    let fe_cfg =
+        smart::config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(&c)))).unwrap();
+    for v in 0..4 {
+        let spec = smart::node::http_frontend::spec_for(&fe_cfg.frontend, &format!("v{v}"));
+        let r = cl.request(Request::AdmitService(spec)).await.unwrap();
+        assert!(matches!(r, Response::Placed(_)), "{r:?}");
+    }
+    let placed = services(&c, fe_node(&c)).await;
+    assert_eq!(placed.len(), 4);
+    let victim = placed
+        .iter()
+        .map(|s| s.placement.node)
+        .find(|&n| n != control)
+        .expect("a service off the control node");
+    // Let the registry copy reach every node (sent each refresh, 1 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.kill(control).unwrap();
+    c.kill(victim).unwrap();
+    let rest: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|&n| n != control && n != victim)
+        .collect();
+    c.wait_agreed_control(&rest, Duration::from_secs(10), |n, e| {
+        n != control && e > epoch
+    })
+    .await
+    .unwrap();
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        last = services(&c, fe_node(&c)).await;
+        if last.len() == 4
+            && last
+                .iter()
+                .all(|s| s.placement.node != control && s.placement.node != victim)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("services lost: {last:?}\n{}", c.log_tail(rest[0], 30));
+}

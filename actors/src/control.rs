@@ -57,7 +57,7 @@ use tracing::{info, warn};
 
 use crate::proto::{
     AgentCommand, AgentEvent, AgentReport, InstanceInfo, InstanceState, LaunchSpec, PeerClient,
-    PeerError, PeerRequest, PeerResponse, Reservation,
+    PeerError, PeerRequest, PeerResponse, ReplicaEntry, Reservation,
 };
 
 /// Environment variable carrying the service name in an instance's launch.
@@ -191,6 +191,8 @@ pub struct Control {
     pub refresh: Duration,
     /// Timeout of each request to an agent.
     pub request_timeout: Duration,
+    /// The registry copy this node last received from a Control (empty if none).
+    pub replica: Vec<ReplicaEntry>,
 }
 
 /// A service as the Control knows it.
@@ -430,6 +432,76 @@ impl Control {
             self.reconcile(myself, st, started, &answered);
         }
         true
+    }
+
+    /// After a rebuild: services in the replicated registry that no live agent runs (their
+    /// node died together with the old Control) are admitted again and started.
+    fn restore_replica(&self, myself: &ActorRef<ControlMsg>, st: &mut ControlState) {
+        for e in &self.replica {
+            if st.services.contains_key(&e.spec.name) {
+                continue;
+            }
+            let Ok(profile) = st.profile(&e.spec) else {
+                continue;
+            };
+            match st
+                .engine
+                .admit_service(profile, e.clients.min(u32::MAX as u64) as u32)
+            {
+                Ok(d) => {
+                    warn!(service = %e.spec.name, dead = e.node, node = d.node.0,
+                        "service known only from the registry copy: restarting it");
+                    let name = e.spec.name.clone();
+                    st.by_sid.insert(d.service, name.clone());
+                    st.services.insert(
+                        name.clone(),
+                        Svc {
+                            spec: e.spec.clone(),
+                            sid: d.service,
+                            profile,
+                            node: d.node.0,
+                            // Above any generation the old Control started, so a copy that
+                            // reappears later is the stray one.
+                            generation: 1000,
+                            info: None,
+                            clients: d.clients,
+                            busy: true,
+                            waiting: Vec::new(),
+                            placed_at: std::time::Instant::now(),
+                        },
+                    );
+                    self.start(myself, st, &name, Some(e.node), Why::NodeFailure);
+                }
+                Err(r) => (self.publish)(Event::Lost {
+                    service: e.spec.name.clone(),
+                    reason: r.to_string(),
+                }),
+            }
+        }
+    }
+
+    /// Sends the registry copy to every live agent node (this one included).
+    fn replicate(&self, st: &ControlState) {
+        let copy: Vec<ReplicaEntry> = st
+            .services
+            .values()
+            .map(|s| ReplicaEntry {
+                spec: s.spec.clone(),
+                node: s.node,
+                clients: s.clients.len() as u64,
+            })
+            .collect();
+        for a in self.agents.borrow().iter() {
+            let (peers, addr, req, t) = (
+                self.peers.clone(),
+                a.addr,
+                PeerRequest::Replica(copy.clone()),
+                self.request_timeout,
+            );
+            tokio::spawn(async move {
+                let _ = peers.request(addr, req, t).await;
+            });
+        }
     }
 
     /// Rebuild: every instance in the reports joins the engine where it runs; duplicates
@@ -1190,6 +1262,7 @@ impl Actor for Control {
             let max = rep.notices.iter().map(|(s, _)| *s).max().unwrap_or(0);
             st.notices_seen.insert(*n, max);
         }
+        self.restore_replica(&myself, st);
         info!(node = %self.node, epoch = st.epoch, agents = st.registry.len(), services = st.services.len(), "control rebuilt its state");
         (self.events)(ControlEvent::Rebuilt {
             epoch: st.epoch,
@@ -1219,6 +1292,7 @@ impl Actor for Control {
                 if st.stale || !st.acting {
                     return Ok(());
                 }
+                self.replicate(st);
                 let t0 = std::time::Instant::now();
                 let set = self.round(st.epoch);
                 let me = myself.clone();
@@ -1403,6 +1477,7 @@ mod tests {
                 publish: Arc::new(|_| {}),
                 refresh: Duration::from_millis(20),
                 request_timeout: Duration::from_millis(500),
+                replica: Vec::new(),
             },
             (),
         )
@@ -1542,6 +1617,7 @@ mod admission_tests {
                 publish: Arc::new(move |e| p2.lock().unwrap().push(e)),
                 refresh: Duration::from_millis(200),
                 request_timeout: Duration::from_secs(2),
+                replica: Vec::new(),
             },
             (),
         )

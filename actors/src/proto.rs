@@ -75,6 +75,17 @@ pub enum AgentCommand {
     },
 }
 
+/// One service in the Control's replicated registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaEntry {
+    /// What to run.
+    pub spec: smart_api::ServiceSpec,
+    /// Where it ran.
+    pub node: u64,
+    /// Clients admitted.
+    pub clients: u64,
+}
+
 /// One instance in an [`AgentReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceInfo {
@@ -135,6 +146,9 @@ pub enum PeerRequest {
     },
     /// A message-API request (from a client, or forwarded by a node to the Control).
     Api(smart_api::Request),
+    /// The Control's registry copy, kept by every agent node so that a new Control can
+    /// restore services whose node died together with the old Control. Answered `Done`.
+    Replica(Vec<ReplicaEntry>),
     /// An event for the receiving node's subscribers (the Control fans its events out, so a
     /// subscriber on any node hears them). Answered with `Done`.
     Event(smart_api::Event),

@@ -98,6 +98,8 @@ pub struct Shared {
     pub membership_started: std::sync::atomic::AtomicBool,
     /// The transport's counters (handshakes, rejected frames, ...).
     pub transport: Arc<smart_supervision::transport::Counters>,
+    /// The last registry copy a Control sent this node.
+    pub replica: Mutex<Vec<smart_actors::proto::ReplicaEntry>>,
     /// Message-API connections that subscribed to events.
     pub subscribers: Mutex<Vec<Connection<NodeProtocol>>>,
 }

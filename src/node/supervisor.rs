@@ -239,6 +239,11 @@ impl NodeSupervisor {
                 }
             };
         });
+        let replica = shared
+            .replica
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (actor, _) = Actor::spawn_linked(
             Some(shared.name("control")),
             Control {
@@ -265,6 +270,7 @@ impl NodeSupervisor {
                     })
                 },
                 refresh: Duration::from_secs(1),
+                replica,
                 request_timeout: shared.cfg.timing.request_timeout,
             },
             (),
