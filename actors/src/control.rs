@@ -18,7 +18,8 @@
 //! - `AdmitClient`: the Smart-GloVE rule (§5.6): the client joins its service's instance; if
 //!   that node is full, MS moves another service away first;
 //! - `ReleaseClient`, `StopService`, `Locate`, `Services`;
-//! - `Drain`: every service of the node is re-admitted elsewhere and live-migrated.
+//! - `Drain`: every service of the node is re-admitted elsewhere and live-migrated; a node
+//!   whose agent reports a failed health check is drained the same way (thesis §4.2.2).
 //!
 //! Node failures (an agent leaves the live set that membership publishes) re-admit the dead
 //! node's services elsewhere; a service whose instance crashed past its restart policy is
@@ -105,6 +106,7 @@ enum Why {
     Drain,
     NodeFailure,
     Crashed,
+    Health,
 }
 
 impl Why {
@@ -114,6 +116,7 @@ impl Why {
             Why::Drain => "drain",
             Why::NodeFailure => "node-failure",
             Why::Crashed => "crashed",
+            Why::Health => "health",
         }
     }
 }
@@ -598,6 +601,7 @@ impl Control {
         }
         // Notices: a crashed instance given up by its agent is re-admitted elsewhere.
         let mut crashed = Vec::new();
+        let mut unhealthy = Vec::new();
         for (node, rep) in &st.registry {
             let mut seen = st.notices_seen.get(node).copied().unwrap_or(0);
             let max = rep.notices.iter().map(|(s, _)| *s).max().unwrap_or(0);
@@ -606,13 +610,31 @@ impl Control {
                 seen = 0;
             }
             for (seq, ev) in &rep.notices {
-                if *seq > seen
-                    && let AgentEvent::InstanceFailed { instance, .. } = ev
-                {
-                    crashed.push((*node, instance.clone()));
+                if *seq <= seen {
+                    continue;
+                }
+                match ev {
+                    AgentEvent::InstanceFailed { instance, .. } => {
+                        crashed.push((*node, instance.clone()))
+                    }
+                    AgentEvent::NodeHealth {
+                        check,
+                        healthy: false,
+                        detail,
+                    } => unhealthy.push((*node, format!("{check}: {detail}"))),
+                    _ => {}
                 }
             }
             st.notices_seen.insert(*node, max);
+        }
+        // A node failing a health check is drained (thesis §4.2.2: migrate its services
+        // before it fails).
+        for (node, why) in unhealthy {
+            if st.drained.contains(&node) || !st.nodes.contains_key(&node) {
+                continue;
+            }
+            warn!(node, %why, "node unhealthy: draining it");
+            let _ = self.drain_node(myself, st, node, Why::Health);
         }
         for (node, instance) in crashed {
             let name = st
@@ -977,6 +999,54 @@ impl Control {
         }
     }
 
+    /// Moves every service off `node` (live migration where possible) and keeps the node
+    /// out of placement. What cannot move stays, and the node stays in service; the error
+    /// names those services.
+    fn drain_node(
+        &self,
+        myself: &ActorRef<ControlMsg>,
+        st: &mut ControlState,
+        node: u64,
+        why: Why,
+    ) -> Result<(), String> {
+        st.drained.insert(node);
+        let evicted = st.engine.remove_node(NodeKey(node)).unwrap_or_default();
+        let mut failed = Vec::new();
+        let mut stay = Vec::new();
+        for ev in evicted {
+            let Some(name) = st.by_sid.get(&ev.service).cloned() else {
+                continue;
+            };
+            match st.engine.readmit(&ev) {
+                Ok(d) => {
+                    for m in &d.migrations {
+                        self.migrate(myself, st, m.service, m.from.0, m.to.0, Why::Ms);
+                    }
+                    self.migrate(myself, st, ev.service, node, d.node.0, why);
+                }
+                Err(r) => {
+                    failed.push(format!("{name}: {r}"));
+                    stay.push(ev);
+                }
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        // The node stays in service with what could not move.
+        st.drained.remove(&node);
+        let spec = st.registry.get(&node).map(node_spec);
+        if let Some(spec) = spec
+            && st.engine.add_node(NodeKey(node), spec).is_ok()
+        {
+            for ev in &stay {
+                let _ = st.engine.adopt(ev, NodeKey(node));
+            }
+        }
+        warn!(node, services = ?failed, "drain incomplete: no room elsewhere");
+        Err(format!("no room elsewhere for {}", failed.join(", ")))
+    }
+
     fn api(
         &self,
         myself: &ActorRef<ControlMsg>,
@@ -1132,44 +1202,9 @@ impl Control {
                         what: format!("node n{node}"),
                     })
                 } else {
-                    st.drained.insert(node);
-                    let evicted = st.engine.remove_node(NodeKey(node)).unwrap_or_default();
-                    let mut failed = Vec::new();
-                    let mut stay = Vec::new();
-                    for ev in evicted {
-                        let Some(name) = st.by_sid.get(&ev.service).cloned() else {
-                            continue;
-                        };
-                        match st.engine.readmit(&ev) {
-                            Ok(d) => {
-                                for m in &d.migrations {
-                                    self.migrate(myself, st, m.service, m.from.0, m.to.0, Why::Ms);
-                                }
-                                self.migrate(myself, st, ev.service, node, d.node.0, Why::Drain);
-                            }
-                            Err(r) => {
-                                failed.push(format!("{name}: {r}"));
-                                stay.push(ev);
-                            }
-                        }
-                    }
-                    if failed.is_empty() {
-                        Response::Ok
-                    } else {
-                        // The node stays in service with what could not move.
-                        st.drained.remove(&node);
-                        let spec = st.registry.get(&node).map(node_spec);
-                        if let Some(spec) = spec
-                            && st.engine.add_node(NodeKey(node), spec).is_ok()
-                        {
-                            for ev in &stay {
-                                let _ = st.engine.adopt(ev, NodeKey(node));
-                            }
-                        }
-                        // Those keep running on the drained node; the operator is told.
-                        Response::Error(ApiError::Rejected {
-                            reason: format!("no room elsewhere for {}", failed.join(", ")),
-                        })
+                    match self.drain_node(myself, st, node, Why::Drain) {
+                        Ok(()) => Response::Ok,
+                        Err(reason) => Response::Error(ApiError::Rejected { reason }),
                     }
                 }
             }
@@ -1689,8 +1724,8 @@ mod admission_tests {
         );
         let s = call_t!(c, ControlMsg::Status, 1000).unwrap();
         assert_eq!(s.services["video-a"].2, 1, "its client came along");
-        // Drain the surviving node's peer back? Only one node is left: a drain of it has
-        // nowhere to go and says so, leaving everything in place.
+        // Only one node is left: a drain of it has nowhere to go, says so, and leaves
+        // everything in place.
         let survivor = moved.node;
         let r = api(Request::Drain { node: survivor }).await;
         assert!(
@@ -1705,11 +1740,33 @@ mod admission_tests {
             panic!()
         };
         assert_eq!(still.node, survivor);
-        // The dead node comes back (empty): a drain now moves both services there, by
-        // restart since `sleep` has no workload control API, and says so.
+        // The dead node comes back (empty). Then the survivor fails a health check (its
+        // agent's notice): it is drained, both services move back, by restart since `sleep`
+        // has no workload control API, and the events say so.
         tx.send(addrs.clone()).unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(api(Request::Drain { node: survivor }).await, Response::Ok);
+        let st = call_t!(c, ControlMsg::Status, 1000).unwrap();
+        let mut rep = st.agents[&survivor].clone();
+        rep.notices.push((
+            1_000,
+            AgentEvent::NodeHealth {
+                check: "memory_available".into(),
+                healthy: false,
+                detail: "1 % available".into(),
+            },
+        ));
+        let addr = addrs.iter().find(|a| a.node.0 == survivor).unwrap().addr;
+        c.send_message(ControlMsg::Reports(
+            std::time::Instant::now() - Duration::from_secs(5),
+            vec![(
+                AgentAddr {
+                    node: NodeId(survivor),
+                    addr,
+                },
+                Ok(PeerResponse::Report(rep)),
+            )],
+        ))
+        .unwrap();
         let mut done = false;
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1717,7 +1774,7 @@ mod admission_tests {
             let restarted = ev
                 .iter()
                 .filter(|e| matches!(e, Event::Migrated { reason, to, .. }
-                    if reason.starts_with("drain") && reason.contains("no workload control API") && *to == dead))
+                    if reason.starts_with("health") && reason.contains("no workload control API") && *to == dead))
                 .count();
             if restarted == 2 {
                 done = true;
