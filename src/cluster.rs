@@ -71,6 +71,16 @@ pub struct ClusterSpec {
     pub env: Vec<(String, String)>,
     /// Disable multicast: heartbeats go to the other nodes as unicast seeds only.
     pub unicast_only: bool,
+    /// Nodes that also get the front-end role (HTTP on their address, port + 2).
+    pub frontends: Vec<u64>,
+    /// Nodes without the agent and control roles (they run no services and never lead).
+    pub no_agent: Vec<u64>,
+    /// The videos' origin, for the front-ends' distributor template.
+    pub origin: String,
+    /// Bitrate of the videos (bits/s).
+    pub bitrate_bps: u64,
+    /// NIC bandwidth each node offers (bits/s): small values make admission bite.
+    pub nic_bps: u64,
 }
 
 impl ClusterSpec {
@@ -84,6 +94,11 @@ impl ClusterSpec {
             log: "info".into(),
             env: Vec::new(),
             unicast_only: false,
+            frontends: Vec::new(),
+            no_agent: Vec::new(),
+            origin: "http://127.0.0.1:8000".into(),
+            bitrate_bps: 400_000,
+            nic_bps: 1_000_000_000,
         }
     }
 }
@@ -145,14 +160,30 @@ impl LocalCluster {
                 ElectionMode::Available => "available",
                 ElectionMode::Majority => "majority",
             };
-            let roles = if i == 1 {
-                r#"["agent", "control", "profiler"]"#
-            } else {
-                r#"["agent", "control"]"#
-            };
+            // A node without the agent role is a pure front-end: it runs no services and is
+            // never elected Control, so killing service nodes or the Control never takes
+            // the viewers' entry point with it.
+            let mut roles = vec![];
+            if !spec.no_agent.contains(&(i as u64)) {
+                roles.push("\"agent\"");
+                roles.push("\"control\"");
+            }
+            if i == 1 {
+                roles.push("\"profiler\"");
+            }
+            let mut top = format!("nic_bps = {}\n", spec.nic_bps);
+            if spec.frontends.contains(&(i as u64)) {
+                roles.push("\"front-end\"");
+                let http = SocketAddr::new(addr.ip(), port + 2);
+                top.push_str(&format!("frontend_http = \"{http}\"\n"));
+            }
+            let roles = format!("[{}]", roles.join(", "));
+            let exe = spec.exe.display().to_string();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\nseeds = [{}]\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
+                spec.origin,
+                spec.bitrate_bps,
                 !spec.unicast_only,
                 members.join(", "),
                 spec.extra_toml
@@ -236,13 +267,52 @@ impl LocalCluster {
         })
     }
 
-    /// `kill -9` node `id` and reap it.
+    /// `kill -9` node `id` and reap it. The service instances it ran are killed too, as if
+    /// the machine had died (on one host they would otherwise outlive their agent).
     pub fn kill(&mut self, id: u64) -> Result<(), ClusterError> {
         self.signal(id, nix::sys::signal::Signal::SIGKILL)?;
         if let Some(mut c) = self.node(id).child.take() {
             let _ = c.wait();
         }
+        let dir = self.dir.join(format!("n{id}")).join("instances");
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().and_then(|x| x.to_str()) != Some("pid") {
+                    continue;
+                }
+                if let Some(pgid) = fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                    .filter(|g| *g > 1)
+                {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The front-end URL of node `id` (`http://addr:port+2`), when it has the role.
+    pub fn frontend_url(&self, id: u64) -> Option<String> {
+        self.spec.frontends.contains(&id).then(|| {
+            let a = self.nodes[(id - 1) as usize].addr;
+            format!("http://{}:{}", a.ip(), a.port() + 2)
+        })
+    }
+
+    /// An API client connected to node `id`.
+    pub async fn client(&self, id: u64) -> Result<ApiClient, ClusterError> {
+        let addr = self.nodes[(id - 1) as usize].addr.to_string();
+        ApiClient::connect(&addr, self.key.clone())
+            .await
+            .map_err(|e| ClusterError::Node {
+                node: id,
+                reason: e.to_string(),
+            })
     }
 
     /// SIGSTOP node `id` (it stays in memory, silent: a "zombie" Control).
@@ -339,12 +409,9 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                // SIGKILL also ends a stopped process; reap it so no zombie is left.
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        for id in self.running() {
+            // SIGKILL also ends a stopped process; reaped, and its instances killed.
+            let _ = self.kill(id);
         }
         if std::env::var_os("SMART_KEEP_CLUSTER").is_none() {
             let _ = fs::remove_dir_all(&self.dir);

@@ -154,6 +154,74 @@ impl Default for SupervisionConfig {
     }
 }
 
+/// Instance runtime driver of Agent86.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeDriver {
+    /// Process groups (works anywhere).
+    #[default]
+    Process,
+    /// cgroups v2/v1 when available (CPU and memory limits), else process groups.
+    Cgroup,
+}
+
+/// `[agent]`: Agent86.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// `process` (default) or `cgroup`.
+    pub runtime: RuntimeDriver,
+    /// Sampling interval of instances and node.
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// Grace period between SIGTERM and SIGKILL when stopping an instance.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            runtime: RuntimeDriver::Process,
+            sample_interval: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[frontend]`: what the HTTP front-end asks admission for (`GET /watch/{video}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontendConfig {
+    /// Command line of a video's distributor; `{origin}` is replaced by `origin`, `{video}`
+    /// by the video name, and `{listen}` by the address Agent86 picks on its node.
+    pub distributor_command: Vec<String>,
+    /// The origin's URL, e.g. `http://10.0.0.1:8000`.
+    pub origin: String,
+    /// Bitrate of the videos, bits/s (the per-client network increment).
+    pub bitrate_bps: u64,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        Self {
+            distributor_command: [
+                "vod",
+                "distributor",
+                "--listen",
+                "{listen}",
+                "--origin",
+                "{origin}",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            origin: "http://127.0.0.1:8000".into(),
+            bitrate_bps: 400_000,
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +260,12 @@ pub struct NodeConfig {
     /// NIC bandwidth this node offers to services, in bits per second.
     #[serde(default = "default_nic_bps")]
     pub nic_bps: u64,
+    /// Agent86.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The HTTP front-end's service template.
+    #[serde(default)]
+    pub frontend: FrontendConfig,
 }
 
 fn default_roles() -> Vec<Role> {
@@ -316,6 +390,15 @@ impl NodeConfig {
             return Err(bad(
                 "supervision",
                 "max_restarts and within must be > 0".into(),
+            ));
+        }
+        if self.agent.sample_interval.is_zero() {
+            return Err(bad("agent.sample_interval", "must be > 0".into()));
+        }
+        if self.has_role(Role::FrontEnd) && self.frontend.distributor_command.is_empty() {
+            return Err(bad(
+                "frontend.distributor_command",
+                "must name the distributor program".into(),
             ));
         }
         if self.has_role(Role::FrontEnd) && self.frontend_http.is_none() {

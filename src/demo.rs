@@ -1,6 +1,7 @@
 //! `smart demo` and `smart bench failover`: a real cluster of `smart node` processes on
 //! loopback, a Control killed with `kill -9`, and the failover time measured from the kill
-//! until **every** surviving node reports the same new Control.
+//! until **every** surviving node reports the same new Control. The demo itself (the
+//! Smart-GloVE case study) is in [`crate::case_study`].
 
 use std::time::{Duration, Instant};
 
@@ -11,12 +12,22 @@ use crate::cluster::{ClusterError, ClusterSpec, LocalCluster};
 /// `smart demo` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
+    /// Number of nodes (the last one is the front-end and runs no services).
+    #[arg(long, default_value_t = 6)]
     pub nodes: usize,
-    /// Number of Control kills.
-    #[arg(long, default_value_t = 1)]
-    pub kills: usize,
+    /// Number of viewers.
+    #[arg(long, default_value_t = 200)]
+    pub viewers: usize,
+    /// Number of videos (popularity is Zipf, s = 1).
+    #[arg(long, default_value_t = 8)]
+    pub videos: usize,
+    /// Length of the run; the Control is killed at 25 %, a service node at 45 %, another
+    /// node is drained at 65 %.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// NIC bandwidth each node offers, Mbit/s (small enough for admission to matter).
+    #[arg(long, default_value_t = 100)]
+    pub nic_mbps: u64,
     /// Print one JSON object at the end instead of the narrative.
     #[arg(long)]
     pub json: bool,
@@ -83,76 +94,7 @@ fn exe() -> Result<std::path::PathBuf, ClusterError> {
     })
 }
 
-/// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
-    let n = args.nodes.max(2);
-    let mut spec = ClusterSpec::new(exe()?, n);
-    spec.log = "warn".into();
-    let started = Instant::now();
-    let mut cluster = LocalCluster::start(spec)?;
-    let say = |s: String| {
-        if !args.json {
-            println!("{s}");
-        }
-    };
-    say(format!(
-        "SMART demo: {n} nodes on loopback, multicast heartbeats (files in {})",
-        cluster.dir().display()
-    ));
-    let all = cluster.running();
-    let (c, e) = cluster
-        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await?;
-    say(format!(
-        "elected control: n{c} at epoch {e}, {} ms after start",
-        started.elapsed().as_millis()
-    ));
-    let mut failovers = Vec::new();
-    for _ in 0..args.kills.min(n - 1) {
-        let running = cluster.running();
-        let (c, _) = cluster
-            .wait_agreed_control(&running, Duration::from_secs(10), |_, _| true)
-            .await?;
-        say(format!("kill -9 control n{c} ..."));
-        let f = kill_control_and_measure(&mut cluster).await?;
-        say(format!(
-            "new control: n{} at epoch {}; failover {:.0} ms (kill -9 until every survivor reports it)",
-            f.new_control, f.new_epoch, f.failover_ms
-        ));
-        failovers.push(f);
-    }
-    let last = failovers.last().map(|f| f.new_control);
-    if let Some(c) = last {
-        let st = cluster.status(c).await?;
-        say("members as the new control sees them:".into());
-        for m in &st.members {
-            say(format!(
-                "  n{:<3} {:<20} {}",
-                m.node_id,
-                m.address,
-                if m.alive { "alive" } else { "dead" }
-            ));
-        }
-    }
-    if args.json {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            nodes: usize,
-            failovers: &'a [Failover],
-            control_failover_ms: Option<f64>,
-        }
-        let out = Out {
-            nodes: n,
-            failovers: &failovers,
-            control_failover_ms: failovers.iter().map(|f| f.failover_ms).reduce(f64::max),
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).expect("plain data")
-        );
-    }
-    Ok(())
-}
+pub use crate::case_study::run;
 
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -9,8 +9,10 @@
 //! - [`persist`]: durable incarnation and highest epoch, replaced atomically.
 //! - [`node`]: the node runtime: supervision tree, membership shell, TCP port.
 //! - [`cluster`]: a local cluster of real node processes (demo, benchmarks, tests).
-//! - [`demo`]: `smart demo` and `smart bench failover`.
+//! - [`demo`]: `smart demo` options and `smart bench failover`.
+//! - [`case_study`]: the demo itself, the Smart-GloVE case study.
 
+pub mod case_study;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -44,6 +44,39 @@ enum Cmd {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Move every service off a node (maintenance): live migration where the workload
+    /// speaks the control API, restart elsewhere otherwise.
+    Drain(DrainArgs),
+    /// A GloVE video distributor (what Agent86 runs for a video; see `vod distributor`).
+    Distributor(DistributorArgs),
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// The node id to drain.
+    node: u64,
+    /// A node config to take an address and the cluster key from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Any node's `listen` address (default: the `listen` of `--config`).
+    #[arg(long)]
+    connect: Option<String>,
+    /// The cluster key file (overrides the one in `--config`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DistributorArgs {
+    /// Address to serve viewers on.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The origin's URL.
+    #[arg(long)]
+    origin: String,
+    /// Fraction of each video kept in the shared cache.
+    #[arg(long, default_value_t = 0.2)]
+    window_fraction: f64,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +168,81 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn connect(
+    config: &Option<PathBuf>,
+    connect: &Option<String>,
+    key: &Option<PathBuf>,
+) -> anyhow::Result<ApiClient> {
+    let cfg = match config {
+        Some(p) => Some(NodeConfig::load(p)?),
+        None => None,
+    };
+    let addr = match (connect, &cfg) {
+        (Some(a), _) => a.clone(),
+        (None, Some(c)) => c.listen.to_string(),
+        (None, None) => bail!("give --connect ADDR (with --key FILE) or --config FILE"),
+    };
+    let key_path = match (key, &cfg) {
+        (Some(k), _) => k.clone(),
+        (None, Some(c)) => c.cluster_key_file.clone(),
+        (None, None) => bail!("give --key FILE or --config FILE for the cluster key"),
+    };
+    let key = ClusterKey::load(&key_path)?;
+    ApiClient::connect(&addr, key)
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+async fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    let client = connect(&args.config, &args.connect, &args.key)
+        .await?
+        .with_timeout(std::time::Duration::from_secs(30));
+    match client
+        .request(smart_api::Request::Drain { node: args.node })
+        .await
+        .context("drain request")?
+    {
+        smart_api::Response::Ok => {
+            println!(
+                "draining n{}: its services are moving to other nodes",
+                args.node
+            );
+            Ok(())
+        }
+        smart_api::Response::Error(e) => bail!("drain refused: {e}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
+    use smart_vod::distributor::{Distributor, DistributorConfig, bind};
+    let mut cfg = DistributorConfig::new(
+        smart_vod::http::Url::parse(&args.origin)
+            .map_err(anyhow::Error::msg)
+            .context("--origin")?,
+    );
+    cfg.window_fraction = args.window_fraction;
+    let d = Distributor::new(cfg);
+    let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
+    let control = std::env::var_os(smart_vod::control::ENV_SOCKET).map(PathBuf::from);
+    if let Some(path) = &control {
+        let _ = std::fs::remove_file(path);
+        let l = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("control socket {}", path.display()))?;
+        tokio::spawn(smart_vod::control::serve(d.clone(), l, stopped.clone()));
+    }
+    let l = bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    tokio::spawn(d.clone().serve(l));
+    tokio::select! {
+        _ = stopped.notified() => {}
+        _ = shutdown_signal() => {}
+    }
+    if let Some(path) = &control {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -172,6 +280,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("profiler task")??;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Drain(args) => drain(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Failover(args)) => {
             smart::demo::bench_failover(args).await?;
             Ok(ExitCode::SUCCESS)

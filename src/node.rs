@@ -8,9 +8,11 @@
 //! ## Layout
 //! - [`shared`]: state shared by the node's actors (durable epochs, views, counters).
 //! - [`membership`]: the actor shell around the heartbeat/election engine.
+//! - [`http_frontend`]: the front-end's HTTP side (`GET /watch/{video}`).
 //! - [`server`]: the TCP port (node-to-node and message API) and outgoing peers.
 //! - [`supervisor`]: the supervision tree and its restart policy.
 
+pub mod http_frontend;
 pub mod membership;
 pub mod server;
 pub mod shared;
@@ -26,10 +28,11 @@ use smart_supervision::transport::Endpoint;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, RuntimeDriver};
 use crate::persist::StateFile;
 use server::TransportPeers;
 use shared::{Counters, DiskEpochs, Shared};
+use smart_actors::agent86::{Agent86Settings, AgentCore, RuntimeKind};
 use supervisor::{Exit, NodeMsg, NodeSupervisor};
 
 /// Why a node could not start.
@@ -86,19 +89,39 @@ pub async fn run(
     let peers = Arc::new(TransportPeers::new(endpoint.clone()));
     let (control_addr, _) = watch::channel(None);
     let (agents, _) = watch::channel(Vec::new());
+    let (others, _) = watch::channel(Vec::new());
     let shared = Arc::new(Shared {
         key,
         epochs,
         control_addr,
         agents,
+        others,
         counters: Counters::default(),
         incarnation: AtomicU64::new(durable.incarnation),
         membership_started: AtomicBool::new(false),
         subscribers: Default::default(),
+        replica: Default::default(),
         transport: endpoint.counters.clone(),
         cfg,
     });
     info!(node = %shared.id(), incarnation = durable.incarnation, highest_epoch = durable.highest_epoch, "node starting");
+    let agent_core = AgentCore::new(
+        shared.id(),
+        Agent86Settings {
+            dir: shared.cfg.data_dir.join("instances"),
+            host: shared.cfg.listen.ip(),
+            nic_bps: shared.cfg.nic_bps,
+            interval: shared.cfg.agent.sample_interval,
+            stop_grace: shared.cfg.agent.stop_grace,
+            runtime: match shared.cfg.agent.runtime {
+                RuntimeDriver::Process => RuntimeKind::Process,
+                RuntimeDriver::Cgroup => RuntimeKind::Cgroup,
+            },
+            ready_timeout: std::time::Duration::from_secs(5),
+        },
+        durable.highest_epoch,
+    )
+    .map_err(|e| NodeError::Start(format!("agent86 runtime: {e}")))?;
     let (exit_tx, mut exit_rx) = watch::channel(Exit::Running);
     let (sup, handle) = Actor::spawn(
         Some(shared.name("supervisor")),
@@ -108,6 +131,7 @@ pub async fn run(
             endpoint,
             exit: exit_tx,
             agent86_panics: faults.agent86_panics.map(|n| Arc::new(AtomicU32::new(n))),
+            agent_core: agent_core.clone(),
         },
         (),
     )
@@ -131,5 +155,9 @@ pub async fn run(
         error!(node = %shared.id(), "supervision tree did not stop within 5 s");
     }
     peers.stop_all();
+    // Our instances do not outlive the node (a killed node's are killed by its next start).
+    tokio::task::spawn_blocking(move || agent_core.stop_all())
+        .await
+        .ok();
     Ok(exit)
 }

@@ -3,11 +3,16 @@
 //! The SMART actors of thesis chapter 4, each a ractor actor with one message enum and reply
 //! ports (DESIGN §1):
 //!
-//! - [`agent86`]: the node agent. Executes Control commands, **fenced by epoch at execution
-//!   time** (DESIGN §2.4), and reports its state so that a new Control can rebuild.
+//! - [`agent86`]: the node agent, a shell around `smart_instance::agent86::Agent86Engine`:
+//!   starts/stops/migrates instances under a runtime (process groups or cgroups), samples
+//!   them every interval, executes Control commands **fenced by epoch at execution time**
+//!   (DESIGN §2.4), and reports instances, reservations and usage so a new Control can
+//!   rebuild.
 //! - [`control`]: runs only on the elected node. Rebuilds its state from Agent86 reports
-//!   before acting (DESIGN §2.5), then keeps the registry fresh; steps down when an agent
-//!   tells it a higher epoch exists.
+//!   (and the replicated registry copy) before acting (DESIGN §2.5), then admits and places
+//!   services and clients with `smart_admission` (eq. 4.1, per-node tests, worst-fit, MS,
+//!   the Smart-GloVE client rule), re-admits a dead node's services, drains nodes by live
+//!   migration, removes duplicates; steps down when an agent tells it a higher epoch exists.
 //! - [`agent99`]: the profiler role (its engine is `smart-instance`'s profiler).
 //! - [`frontend`]: the front-end role (message API entry point for clients).
 //!

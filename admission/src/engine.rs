@@ -820,6 +820,51 @@ impl<E: Estimator> Engine<E> {
         Ok(d)
     }
 
+    /// Records a service that already runs on `node` (a new Control rebuilding its state
+    /// from Agent86 reports, thesis §4.2): no admission test, because the service was
+    /// admitted before; the node's and the cluster's aggregates include it from now on.
+    /// Ids are kept, and later admissions get fresh ones.
+    pub fn adopt(&mut self, ev: &Evicted, node: NodeKey) -> Result<(), EngineError> {
+        if ev.profile.0 as usize >= self.profiles.len() {
+            return Err(EngineError::BadSpec(format!(
+                "unknown profile {:?}",
+                ev.profile
+            )));
+        }
+        if self.services.contains_key(&ev.service) {
+            return Err(EngineError::BadSpec(format!(
+                "service {:?} already placed",
+                ev.service
+            )));
+        }
+        if let Some(c) = ev.clients.iter().find(|c| self.clients.contains_key(c)) {
+            return Err(EngineError::BadSpec(format!("client {c:?} already placed")));
+        }
+        let slot = *self
+            .by_key
+            .get(&node)
+            .ok_or(EngineError::UnknownNode(node))?;
+        let load = self.load_of(ev.profile, true, &ev.clients);
+        for &c in &ev.clients {
+            self.clients.insert(c, ev.service);
+        }
+        self.services.insert(
+            ev.service,
+            Service {
+                profile: ev.profile,
+                slot,
+                clients: ev.clients.clone(),
+                agg: (ev.clients.len() >= CACHE_MIN_CLIENTS).then(|| load.agg.clone()),
+            },
+        );
+        self.place(slot, ev.service, &load);
+        self.apply_cluster(&load, false);
+        self.next_service = self.next_service.max(ev.service.0 + 1);
+        let maxc = ev.clients.iter().map(|c| c.0 + 1).max().unwrap_or(0);
+        self.next_client = self.next_client.max(maxc);
+        Ok(())
+    }
+
     fn admit_load(
         &mut self,
         profile: ProfileId,
@@ -1283,6 +1328,45 @@ mod tests {
         // because moving a 120 MB service frees room only where nothing else fits.
         assert_eq!(e.admit_service(p, 0), Err(Rejection::NoFit));
         e.verify().unwrap();
+    }
+
+    #[test]
+    fn adopt_rebuilds_the_same_state_as_the_admissions() {
+        let mut a = engine(&[(300, 4.0, 1e9), (300, 4.0, 1e9)]);
+        let p = a
+            .register_profile(&profile(50, 0.1, 1e6, Some(4e5)))
+            .unwrap();
+        let d1 = a.admit_service(p, 2).unwrap();
+        let d2 = a.admit_service(p, 1).unwrap();
+        // A new Control learns the same placements from reports.
+        let mut b = engine(&[(300, 4.0, 1e9), (300, 4.0, 1e9)]);
+        let pb = b
+            .register_profile(&profile(50, 0.1, 1e6, Some(4e5)))
+            .unwrap();
+        for d in [&d1, &d2] {
+            let ev = Evicted {
+                service: d.service,
+                profile: pb,
+                clients: d.clients.clone(),
+            };
+            b.adopt(&ev, d.node).unwrap();
+        }
+        assert_eq!(a.placements(), b.placements());
+        assert_eq!(
+            a.node_status(d1.node).unwrap().used_mem,
+            b.node_status(d1.node).unwrap().used_mem
+        );
+        b.verify().unwrap();
+        // Twice is refused; new ids do not collide with adopted ones.
+        let again = Evicted {
+            service: d1.service,
+            profile: pb,
+            clients: vec![],
+        };
+        assert!(b.adopt(&again, d1.node).is_err());
+        let d3 = b.admit_service(pb, 1).unwrap();
+        assert!(d3.service.0 > d2.service.0);
+        assert!(d3.clients[0].0 > d2.clients[0].0);
     }
 
     #[test]

@@ -11,7 +11,23 @@
 //! - [`ApiError`]: typed errors, each saying whether a retry can help.
 //! - [`NodeRequest`] / [`NodeResponse`] / [`NodeProtocol`]: what a node's TCP port speaks:
 //!   the message API, plus node-to-node messages that external clients never send.
-//! - [`client`]: [`client::ApiClient`], the async client.
+//! - [`client`]: [`client::ApiClient`], the async client; `examples/supervisor.rs` is a
+//!   minimal external front-end (admit a video's distributor and a viewer, follow events).
+//!
+//! ## Requests and what answers them
+//! | request | answer | by |
+//! |---|---|---|
+//! | `Status` | `Status(ClusterStatus)` | the node asked |
+//! | `Subscribe` | `Ok`, then `Event` notifications on that connection | the node asked (the Control fans events out to every node) |
+//! | `AdmitService(spec)` | `Placed` once its instance runs, or `Error(Rejected)` | the Control |
+//! | `AdmitClient{service}` | `Placed` (the service's instance), `Error(Rejected)` or `Error(NotFound)` | the Control |
+//! | `ReleaseClient{service}`, `StopService{service}` | `Ok` or `Error(NotFound)` | the Control |
+//! | `Drain{node}` | `Ok` (moves start), or `Error(Rejected)` naming what cannot move | the Control |
+//! | `Locate{service}` | `Placed` (waits while the service restarts) or `Error(NotFound)` | the Control |
+//! | `Services` | `Services(Vec<ServiceStatus>)` | the Control |
+//!
+//! In a `ServiceSpec` command, `{listen}` is replaced by an address Agent86 picks on the
+//! chosen node; the instance's endpoint is `http://{listen}/`.
 //!
 //! ## Wire format
 //! Messages travel inside the SMART TCP transport (`smart_supervision::transport`: a
@@ -77,6 +93,14 @@ pub enum Request {
     },
     /// Start receiving [`Event`]s on this connection.
     Subscribe,
+    /// Where a service's clients connect now, without admitting a client (a viewer resuming
+    /// after its distributor moved or died). Answered with `Placed` or `NotFound`.
+    Locate {
+        /// The service.
+        service: ServiceName,
+    },
+    /// Every admitted service and where it runs (answered by the Control with `Services`).
+    Services,
 }
 
 /// Where an admitted service or client goes.
@@ -101,6 +125,19 @@ pub enum Response {
     Ok,
     /// The request failed.
     Error(ApiError),
+    /// Answer to `Services`: each service's placement and admitted clients.
+    Services(Vec<ServiceStatus>),
+}
+
+/// One admitted service, as the Control sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Where it runs.
+    pub placement: Placement,
+    /// Its instance's name (changes at each migration or restart).
+    pub instance: String,
+    /// Clients admitted.
+    pub clients: u64,
 }
 
 /// A push to subscribers.

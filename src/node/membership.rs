@@ -199,22 +199,22 @@ impl Membership {
                         alive: true,
                     });
                 }
-                Output::MemberRestarted { node, incarnation } => {
-                    // Whatever it ran before is gone; the Control learns it from the next
-                    // agent report, subscribers from this event.
-                    warn!(node = %id, member = %node, incarnation, "member restarted");
-                    self.publish(st);
-                    shared.publish(Event::MemberChanged {
-                        node: node.0,
-                        alive: true,
-                    });
-                }
                 Output::MemberDown(n) => {
                     warn!(node = %id, member = %n, "member down");
                     self.publish(st);
                     shared.publish(Event::MemberChanged {
                         node: n.0,
                         alive: false,
+                    });
+                }
+                Output::MemberRestarted { node, incarnation } => {
+                    // What it ran is gone; the Control notices the missing instances in the
+                    // agent's next report and re-admits them.
+                    warn!(node = %id, member = %node, incarnation, "member restarted");
+                    self.publish(st);
+                    shared.publish(Event::MemberChanged {
+                        node: node.0,
+                        alive: true,
                     });
                 }
                 Output::Dropped { from, reason } => {
@@ -259,6 +259,16 @@ impl Membership {
             });
         }
         agents.sort_by_key(|a| a.node);
+        let others: Vec<SocketAddr> = members
+            .iter()
+            .filter(|m| m.alive && m.node_id != shared.id())
+            .map(|m| m.tcp_addr)
+            .collect();
+        shared.others.send_if_modified(|cur| {
+            let changed = *cur != others;
+            *cur = others;
+            changed
+        });
         shared.agents.send_if_modified(|cur| {
             let changed = *cur != agents;
             *cur = agents;

@@ -181,6 +181,18 @@ impl NodeHandler {
                 .map_err(|e| format!("agent86: {e}"))
             }
             PeerRequest::Api(r) => Ok(PeerResponse::Api(self.api(r, None).await)),
+            PeerRequest::Replica(copy) => {
+                *self
+                    .shared
+                    .replica
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = copy;
+                Ok(PeerResponse::Done)
+            }
+            PeerRequest::Event(ev) => {
+                self.shared.publish(ev);
+                Ok(PeerResponse::Done)
+            }
         }
     }
 

@@ -88,6 +88,8 @@ pub struct Shared {
     pub control_addr: watch::Sender<Option<SocketAddr>>,
     /// Live members with the agent role, kept by membership, read by the Control.
     pub agents: watch::Sender<Vec<AgentAddr>>,
+    /// Transport addresses of the other live members (any role), kept by membership.
+    pub others: watch::Sender<Vec<SocketAddr>>,
     /// Counters.
     pub counters: Counters,
     /// The current incarnation (changes when membership restarts).
@@ -96,6 +98,8 @@ pub struct Shared {
     pub membership_started: std::sync::atomic::AtomicBool,
     /// The transport's counters (handshakes, rejected frames, ...).
     pub transport: Arc<smart_supervision::transport::Counters>,
+    /// The last registry copy a Control sent this node.
+    pub replica: Mutex<Vec<smart_actors::proto::ReplicaEntry>>,
     /// Message-API connections that subscribed to events.
     pub subscribers: Mutex<Vec<Connection<NodeProtocol>>>,
 }

@@ -7,6 +7,7 @@
 //! ├── PeerServer            TCP listener: node-to-node requests and the message API
 //! ├── Agent99               only with the profiler role
 //! ├── FrontEnd              only with the front-end role
+//! ├── HttpFrontEnd          only with the front-end role: GET /watch/{video} -> 302
 //! └── Control               only while this node is the elected Control (started and
 //!                           stopped on membership's word; restarted at the same epoch)
 //! ```
@@ -23,11 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use smart_actors::agent86::Agent86;
+use smart_actors::agent86::{Agent86, AgentCore};
 use smart_actors::agent99::Agent99;
 use smart_actors::control::{Control, ControlEvent, ControlMsg};
 use smart_actors::frontend::FrontEnd;
-use smart_actors::proto::PeerClient;
+use smart_actors::proto::{PeerClient, PeerRequest};
 use smart_supervision::Role;
 use smart_supervision::restart::{Decision, RestartPolicy, RestartTracker};
 use smart_supervision::transport::Endpoint;
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::http_frontend::HttpFrontEnd;
 use super::membership::{Membership, MembershipMsg};
 use super::server::PeerServer;
 use super::shared::Shared;
@@ -83,6 +85,7 @@ enum Child {
     PeerServer,
     Agent99,
     FrontEnd,
+    HttpFrontEnd,
     Control,
 }
 
@@ -99,6 +102,8 @@ pub struct NodeSupervisor {
     /// Fault injection for the supervision tests (from `SMART_FAULT`): the number of
     /// messages on which Agent86 panics, summed over its restarts.
     pub agent86_panics: Option<Arc<std::sync::atomic::AtomicU32>>,
+    /// Agent86's engine, runtime and instances: outlive restarts of the actor.
+    pub agent_core: Arc<AgentCore>,
 }
 
 /// The supervisor's state.
@@ -136,6 +141,7 @@ impl NodeSupervisor {
                 Agent86 {
                     node: shared.id(),
                     epochs: shared.epochs.clone(),
+                    core: self.agent_core.clone(),
                     panic_on_message: self.agent86_panics.clone(),
                 },
                 (),
@@ -181,6 +187,25 @@ impl NodeSupervisor {
             .await?
             .0
             .get_cell(),
+            Child::HttpFrontEnd => Actor::spawn_linked(
+                Some(shared.name("frontend-http")),
+                HttpFrontEnd {
+                    shared: shared.clone(),
+                    forwarder: FrontEnd {
+                        node: shared.id(),
+                        control: shared.control_addr.subscribe(),
+                        peers: self.peers.clone(),
+                        // Viewers wait across a Control failover rather than fail.
+                        deadline: shared.cfg.timing.request_timeout * 5,
+                        attempt_timeout: shared.cfg.timing.request_timeout,
+                    },
+                },
+                (),
+                myself.get_cell(),
+            )
+            .await?
+            .0
+            .get_cell(),
             Child::Control => {
                 let Some((_, epoch)) = st.control.as_ref().map(|(c, e)| (c.clone(), *e)) else {
                     return Ok(());
@@ -214,6 +239,11 @@ impl NodeSupervisor {
                 }
             };
         });
+        let replica = shared
+            .replica
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (actor, _) = Actor::spawn_linked(
             Some(shared.name("control")),
             Control {
@@ -222,7 +252,25 @@ impl NodeSupervisor {
                 peers: self.peers.clone(),
                 agents: shared.agents.subscribe(),
                 events,
+                publish: {
+                    // Local subscribers, and every other live node's (fire and forget).
+                    let sh = shared.clone();
+                    let peers = self.peers.clone();
+                    Arc::new(move |ev: smart_api::Event| {
+                        sh.publish(ev.clone());
+                        let to: Vec<_> = sh.others.borrow().clone();
+                        let peers = peers.clone();
+                        let t = sh.cfg.timing.request_timeout;
+                        tokio::spawn(async move {
+                            for addr in to {
+                                let _ =
+                                    peers.request(addr, PeerRequest::Event(ev.clone()), t).await;
+                            }
+                        });
+                    })
+                },
                 refresh: Duration::from_secs(1),
+                replica,
                 request_timeout: shared.cfg.timing.request_timeout,
             },
             (),
@@ -277,6 +325,7 @@ impl Actor for NodeSupervisor {
         }
         if cfg.has_role(Role::FrontEnd) {
             order.push(Child::FrontEnd);
+            order.push(Child::HttpFrontEnd);
         }
         order.push(Child::Membership);
         for child in order {

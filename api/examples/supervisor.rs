@@ -1,0 +1,89 @@
+//! A minimal external front-end (GloVE's Supervisor) over the SMART message API.
+//!
+//! ```text
+//! cargo run -p smart-api --example supervisor -- NODE_ADDR KEY_FILE VIDEO ORIGIN_URL
+//! ```
+//!
+//! It connects to any node (requests reach the Control through it), subscribes to events,
+//! admits the video's distributor (`AdmitService`, the command is `smart distributor`),
+//! admits one client (`AdmitClient`, the Smart-GloVE rule), prints where the viewer must go,
+//! then prints the cluster's events (admissions, migrations, failures, Control changes) for
+//! ten seconds and releases the client. Errors are typed: `Rejected` says which admission
+//! test failed; `NoControl`/`Rebuilding` are worth a retry (`ApiError::is_retryable`).
+
+use std::time::Duration;
+
+use smart_api::client::{ApiClient, ClientError};
+use smart_api::{ApiError, Request, Response, ServiceSpec};
+use smart_supervision::ClusterKey;
+
+#[tokio::main]
+async fn main() -> Result<(), ClientError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, key_file, video, origin] = args.as_slice() else {
+        eprintln!("usage: supervisor NODE_ADDR KEY_FILE VIDEO ORIGIN_URL");
+        std::process::exit(2);
+    };
+    let key = ClusterKey::load(key_file.as_ref()).map_err(|e| ClientError::Key(e.to_string()))?;
+    let client = ApiClient::connect(addr, key)
+        .await?
+        .with_timeout(Duration::from_secs(15));
+    client.subscribe().await?;
+
+    let service = format!("video-{video}");
+    let spec = ServiceSpec {
+        name: service.clone(),
+        class: "distributor".into(),
+        command: [
+            "smart",
+            "distributor",
+            "--listen",
+            "{listen}",
+            "--origin",
+            origin,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        env: Vec::new(),
+        per_client_bps: Some(400_000),
+    };
+    // Retry the transient errors (an election in progress), give up on the others.
+    let mut placed = None;
+    for _ in 0..20 {
+        match client.request(Request::AdmitService(spec.clone())).await? {
+            Response::Placed(p) => {
+                placed = Some(p);
+                break;
+            }
+            Response::Error(e) if e.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Response::Error(e) => return Err(e.into()),
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+    let p = placed.ok_or(ClientError::Api(ApiError::NoControl))?;
+    println!(
+        "distributor of {video} runs on n{} at {}",
+        p.node, p.endpoint
+    );
+    match client
+        .request(Request::AdmitClient {
+            service: service.clone(),
+        })
+        .await?
+    {
+        Response::Placed(p) => println!("viewer admitted: play {}{video}", p.endpoint),
+        Response::Error(ApiError::Rejected { reason }) => println!("viewer rejected: {reason}"),
+        other => println!("unexpected: {other:?}"),
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(until, client.next_event()).await {
+        println!("event: {ev:?}");
+    }
+    client
+        .request(Request::ReleaseClient { service })
+        .await
+        .map(|r| println!("release: {r:?}"))
+}

@@ -1,0 +1,242 @@
+//! The front-end's HTTP side (GloVE's Supervisor, thesis §5.2): `GET /watch/{video}` asks the
+//! Control for a place and answers `302 Found` to the distributor it picked, so that any HTTP
+//! player works; when admission says no, `503 Service Unavailable` with `Retry-After` and the
+//! reason in the body.
+//!
+//! Per request:
+//! - a viewer resuming (a `Range` starting past byte 0: its distributor moved or died) is
+//!   only *located* (no new admission: it was admitted already);
+//! - otherwise a client is admitted (Smart-GloVE rule: it joins the video's distributor);
+//!   the first viewer of a video makes the front-end admit the video's distributor first
+//!   (`AdmitService` with the `[frontend]` command template), then the client.
+//!
+//! Every Control call goes through [`FrontEnd::forward`], which retries across a Control
+//! failover within its deadline; a viewer therefore sees a slower answer, not an error.
+//! A redirect ends the viewer's connection to us, so the front-end cannot see the viewer
+//! leave: releases come through the message API (`ReleaseClient`), e.g. from a player's
+//! session end.
+//!
+//! ## Layout
+//! - [`HttpFrontEnd`]: the actor owning the listener (restarted by the node's supervisor).
+//! - [`service_of`], [`spec_for`]: video name to service name and spec.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use smart_actors::frontend::FrontEnd;
+use smart_api::{ApiError, Request, Response, ServiceSpec};
+use smart_vod::http;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use super::shared::Shared;
+
+/// The service name of a video's distributor.
+pub fn service_of(video: &str) -> String {
+    format!("video-{video}")
+}
+
+/// The distributor spec of `video` from the node's `[frontend]` template.
+pub fn spec_for(cfg: &crate::config::FrontendConfig, video: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: service_of(video),
+        class: "distributor".into(),
+        command: cfg
+            .distributor_command
+            .iter()
+            .map(|a| a.replace("{origin}", &cfg.origin).replace("{video}", video))
+            .collect(),
+        env: Vec::new(),
+        per_client_bps: Some(cfg.bitrate_bps),
+    }
+}
+
+/// A valid video name: what the origin can serve as one path segment.
+fn valid_video(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 200
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && v != "."
+        && v != ".."
+}
+
+/// First byte of a `Range: bytes=N-` header.
+fn range_start(r: Option<&str>) -> u64 {
+    r.and_then(|r| r.trim().strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What to answer a viewer.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Redirect(String),
+    Unavailable(String),
+    NotFound,
+}
+
+/// The front-end HTTP actor.
+pub struct HttpFrontEnd {
+    /// Shared node state.
+    pub shared: Arc<Shared>,
+    /// Forwarding to the Control with retries.
+    pub forwarder: FrontEnd,
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+    forwarder: FrontEnd,
+}
+
+impl Ctx {
+    async fn decide(&self, video: &str, resume_at: u64) -> Answer {
+        let service = service_of(video);
+        if resume_at > 0
+            && let Response::Placed(p) = self
+                .forwarder
+                .forward(Request::Locate {
+                    service: service.clone(),
+                })
+                .await
+        {
+            return Answer::Redirect(format!("{}{video}", p.endpoint));
+        }
+        let mut admitted_service = false;
+        loop {
+            let r = self
+                .forwarder
+                .forward(Request::AdmitClient {
+                    service: service.clone(),
+                })
+                .await;
+            match r {
+                Response::Placed(p) => return Answer::Redirect(format!("{}{video}", p.endpoint)),
+                Response::Error(ApiError::NotFound { .. }) if !admitted_service => {
+                    admitted_service = true;
+                    let spec = spec_for(&self.shared.cfg.frontend, video);
+                    match self.forwarder.forward(Request::AdmitService(spec)).await {
+                        Response::Placed(_) => continue,
+                        Response::Error(e) => return Answer::Unavailable(e.to_string()),
+                        other => return Answer::Unavailable(format!("unexpected {other:?}")),
+                    }
+                }
+                Response::Error(e) => return Answer::Unavailable(e.to_string()),
+                other => return Answer::Unavailable(format!("unexpected {other:?}")),
+            }
+        }
+    }
+
+    async fn handle(&self, mut s: TcpStream) {
+        let req = match http::read_request(&mut s, Duration::from_secs(5)).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(status) = e.status() {
+                    http::write_error(&mut s, status, &[]).await;
+                }
+                return;
+            }
+        };
+        let answer = match req.path.strip_prefix("/watch/") {
+            Some(v) if valid_video(v) => self.decide(v, range_start(req.range.as_deref())).await,
+            _ => Answer::NotFound,
+        };
+        debug!(path = %req.path, ?answer, "front-end answer");
+        match answer {
+            Answer::Redirect(to) => http::write_error(&mut s, 302, &[("Location", to)]).await,
+            Answer::Unavailable(reason) => {
+                self.shared.counters.incr("frontend_503");
+                http::write_error(
+                    &mut s,
+                    503,
+                    &[
+                        ("Retry-After", "2".to_string()),
+                        ("X-Reason", reason.replace(['\r', '\n'], " ")),
+                    ],
+                )
+                .await
+            }
+            Answer::NotFound => http::write_error(&mut s, 404, &[]).await,
+        }
+    }
+}
+
+impl Actor for HttpFrontEnd {
+    type Msg = ();
+    type State = JoinHandle<()>;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let addr = self
+            .shared
+            .cfg
+            .frontend_http
+            .ok_or("front-end role without frontend_http")?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (frontend_http): {e}"))?;
+        info!(node = %self.shared.id(), %addr, "front-end HTTP listening");
+        let ctx = Arc::new(Ctx {
+            shared: self.shared.clone(),
+            forwarder: self.forwarder.clone(),
+        });
+        Ok(tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        let c = ctx.clone();
+                        tokio::spawn(async move { c.handle(s).await });
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }))
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.abort();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_names_and_specs() {
+        assert_eq!(range_start(Some("bytes=1234-")), 1234);
+        assert_eq!(range_start(Some("bytes=0-")), 0);
+        assert_eq!(range_start(Some("junk")), 0);
+        assert_eq!(range_start(None), 0);
+        assert!(valid_video("v1.ts"));
+        for bad in ["", "..", "a/b", "a b", "x%2f"] {
+            assert!(!valid_video(bad), "{bad}");
+        }
+        let cfg = crate::config::FrontendConfig {
+            distributor_command: vec![
+                "d".into(),
+                "--origin".into(),
+                "{origin}".into(),
+                "{listen}".into(),
+            ],
+            origin: "http://o:1".into(),
+            bitrate_bps: 500_000,
+        };
+        let s = spec_for(&cfg, "v1");
+        assert_eq!(s.name, "video-v1");
+        assert_eq!(s.command, vec!["d", "--origin", "http://o:1", "{listen}"]);
+        assert_eq!(s.per_client_bps, Some(500_000));
+    }
+}

@@ -1,0 +1,520 @@
+//! End to end with real processes (DESIGN §7 level 3): `smart node` processes on loopback,
+//! an origin with generated MPEG-TS videos, the front-end's `GET /watch/{video}`, and viewers
+//! that check every byte (TS continuity, Content-Range) and resume by `Range`.
+//!
+//! The last node is the front-end and runs no services (it has no agent role), so killing a
+//! service node never takes the front-end with it. Each test starts its own cluster; every wait is
+//! bounded. The nextest config runs this binary serially (group `e2e`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smart::cluster::{ClusterSpec, LocalCluster};
+use smart_api::{Request, Response, ServiceStatus};
+use smart_vod::http::Url;
+use smart_vod::origin::{Origin, Video};
+use smart_vod::ts::VideoParams;
+use smart_vod::viewer::{Shared, ViewerConfig, ViewerReport, run_viewer};
+use tokio::sync::watch;
+
+const KBPS: u64 = 400;
+
+/// An origin on loopback with `videos` generated videos of `secs` seconds.
+async fn origin(videos: usize, secs: u64) -> String {
+    let mut o = Origin::new();
+    for v in 0..videos {
+        let video = Video::generated(VideoParams {
+            bitrate_bps: KBPS * 1000,
+            duration_ms: secs * 1000,
+        })
+        .unwrap();
+        o.add(&format!("v{v}"), video);
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(Arc::new(o).serve(l));
+    format!("http://{addr}")
+}
+
+fn spec(nodes: usize, origin: &str) -> ClusterSpec {
+    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
+    s.log = "info,smart_supervision=warn".into();
+    s.frontends = vec![nodes as u64];
+    s.no_agent = vec![nodes as u64];
+    s.origin = origin.to_string();
+    s.bitrate_bps = KBPS * 1000;
+    s
+}
+
+struct Viewers {
+    stop: watch::Sender<bool>,
+    handles: Vec<(String, tokio::task::JoinHandle<ViewerReport>)>,
+}
+
+/// `n` viewers spread over `videos`, joining over `ramp`.
+fn viewers(fe: &str, n: usize, videos: usize, ramp: Duration) -> Viewers {
+    let (stop, rx) = watch::channel(false);
+    let shared = Arc::new(Shared::default());
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let video = format!("v{}", i % videos);
+        let url = Url::parse(&format!("{fe}/watch/{video}")).unwrap();
+        let cfg = ViewerConfig {
+            url: url.clone(),
+            frontend: Some(url),
+            bitrate_bps: KBPS * 1000,
+            prefetch_bytes: 0,
+            start_buffer: Duration::from_millis(500),
+            start_offset: 0,
+        };
+        let (shared, rx) = (shared.clone(), rx.clone());
+        let delay = ramp * i as u32 / n.max(1) as u32;
+        handles.push((
+            video,
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                run_viewer(&cfg, &shared, rx).await
+            }),
+        ));
+    }
+    Viewers { stop, handles }
+}
+
+impl Viewers {
+    async fn finish(self) -> Vec<(String, ViewerReport)> {
+        let _ = self.stop.send(true);
+        let mut out = Vec::new();
+        for (v, h) in self.handles {
+            out.push((v, h.await.unwrap()));
+        }
+        out
+    }
+}
+
+fn fe_node(c: &LocalCluster) -> u64 {
+    c.nodes.len() as u64
+}
+
+async fn services(c: &LocalCluster, via: u64) -> Vec<ServiceStatus> {
+    let cl = c
+        .client(via)
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(5));
+    match cl.request(Request::Services).await {
+        Ok(Response::Services(s)) => s,
+        other => panic!("services: {other:?}"),
+    }
+}
+
+/// Waits until `videos` distributors run.
+async fn wait_services(c: &LocalCluster, n: usize) -> Vec<ServiceStatus> {
+    for _ in 0..200 {
+        let s = services(c, fe_node(c)).await;
+        if s.len() >= n {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "services never came up: {:?}\n{}",
+        services(c, fe_node(c)).await,
+        c.log_tail(1, 40)
+    );
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_service_node_viewers_resume_elsewhere_at_the_right_byte() {
+    let origin = origin(3, 120).await;
+    let mut c = LocalCluster::start(spec(4, &origin)).unwrap();
+    let all = c.running();
+    let (control, _) = c
+        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let v = viewers(&fe, 75, 3, Duration::from_secs(2));
+    let placed = wait_services(&c, 3).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A service node that is neither the front-end nor the Control.
+    let victim = placed
+        .iter()
+        .map(|s| s.placement.node)
+        .find(|&n| n != fe_node(&c) && n != control)
+        .expect("a service on a node other than the control");
+    let moved: Vec<String> = placed
+        .iter()
+        .filter(|s| s.placement.node == victim)
+        .map(|s| s.placement.service.clone())
+        .collect();
+    c.kill(victim).unwrap();
+    // Its services come back on other nodes.
+    let mut back = false;
+    for _ in 0..100 {
+        let s = services(&c, fe_node(&c)).await;
+        if moved.iter().all(|m| {
+            s.iter()
+                .any(|x| &x.placement.service == m && x.placement.node != victim)
+        }) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        back,
+        "services of n{victim} not re-admitted\n{}",
+        c.log_tail(control, 40)
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reports = v.finish().await;
+    let mut gaps = Vec::new();
+    for (video, r) in &reports {
+        assert_eq!(r.integrity_errors, 0, "{video}: corrupt stream {r:?}");
+        assert!(r.http_error.is_none(), "{video}: {r:?}");
+        assert!(r.startup_ms.is_some(), "{video}: never played {r:?}");
+        if moved.contains(&format!("video-{video}")) {
+            assert!(r.reconnects >= 1, "{video}: never reconnected {r:?}");
+            gaps.extend(r.gaps_ms.iter().copied());
+            for (i, b) in r.buffered_at_disconnect_ms.iter().enumerate() {
+                if *b >= 3000.0 {
+                    assert_eq!(
+                        r.stalls, 0,
+                        "{video}: stalled with {b} ms buffered (reconnect {i})"
+                    );
+                }
+            }
+        }
+    }
+    let p = p99(gaps);
+    println!(
+        "node failure: {} services moved, resume gap p99 {p:.0} ms",
+        moved.len()
+    );
+    assert!(p < 5_000.0, "resume p99 {p} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_control_during_admissions_loses_nothing_and_runs_nothing_twice() {
+    let origin = origin(6, 120).await;
+    let mut c = LocalCluster::start(spec(4, &origin)).unwrap();
+    let all = c.running();
+    let (control, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    // A burst of first viewers of 6 videos (6 service admissions) ...
+    let v = viewers(&fe, 12, 6, Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... during which the Control dies (if the Control is the front-end node, which must
+    // stay, a service node dies instead and the Control stays).
+    let fe_id = fe_node(&c);
+    let killed = if control == fe_id { 1 } else { control };
+    c.kill(killed).unwrap();
+    let survivors: Vec<u64> = all.iter().copied().filter(|&n| n != killed).collect();
+    c.wait_agreed_control(&survivors, Duration::from_secs(10), |n, e| {
+        n != killed && (killed != control || e > epoch)
+    })
+    .await
+    .unwrap();
+    // Every video ends up with exactly one distributor, and every viewer plays.
+    let mut ok = false;
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        last = services(&c, fe_node(&c)).await;
+        if last.len() == 6 && last.iter().all(|s| s.placement.node != killed) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "not all 6 services placed: {last:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Nothing runs twice: each service has one instance across the agents' reports.
+    let mut instances = std::collections::BTreeMap::<String, usize>::new();
+    for n in &survivors {
+        if let Ok(s) = c.status(*n).await {
+            let _ = s; // status has no instance list; count via the pid files instead
+        }
+        let dir = c.dir().join(format!("n{n}")).join("instances");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(inst) = name.strip_suffix(".pid") {
+                let svc = inst.rsplit_once('.').map(|(s, _)| s.to_string()).unwrap();
+                *instances.entry(svc).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(instances.len(), 6, "{instances:?}");
+    assert!(
+        instances.values().all(|&n| n == 1),
+        "duplicates: {instances:?}"
+    );
+    let reports = v.finish().await;
+    for (video, r) in &reports {
+        assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
+        assert!(r.startup_ms.is_some(), "{video}: never played {r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_every_viewer_with_a_short_gap() {
+    let origin = origin(2, 120).await;
+    let c = LocalCluster::start(spec(3, &origin)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let v = viewers(&fe, 100, 2, Duration::from_secs(2));
+    let placed = wait_services(&c, 2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let node = placed[0].placement.node;
+    let on_node: Vec<String> = placed
+        .iter()
+        .filter(|s| s.placement.node == node)
+        .map(|s| s.placement.service.clone())
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
+        .args(["drain", &node.to_string(), "--config"])
+        .arg(c.dir().join(format!("n{}.toml", fe_node(&c))))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smart drain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut moved = false;
+    for _ in 0..200 {
+        let s = services(&c, fe_node(&c)).await;
+        if s.iter().all(|x| x.placement.node != node) {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved, "n{node} not drained");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reports = v.finish().await;
+    let mut gaps = Vec::new();
+    for (video, r) in &reports {
+        assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
+        assert_eq!(r.stalls, 0, "{video}: {r:?}");
+        if on_node.contains(&format!("video-{video}")) {
+            assert!(r.reconnects >= 1, "{video}: did not move {r:?}");
+            gaps.extend(r.gaps_ms.iter().copied());
+        }
+    }
+    let p = p99(gaps);
+    println!(
+        "drain: {} services, per-viewer gap p99 {p:.0} ms",
+        on_node.len()
+    );
+    assert!(p <= 200.0, "gap p99 {p} ms");
+}
+
+/// Sends `cmd` to node `to` as node `from` at `epoch`: what a deposed Control would send.
+async fn command_as(
+    c: &LocalCluster,
+    from: u64,
+    to: u64,
+    epoch: u64,
+    cmd: smart_actors::proto::AgentCommand,
+) -> smart_actors::proto::PeerResponse {
+    use smart_api::{NodeProtocol, NodeRequest, NodeResponse};
+    use smart_supervision::NodeId;
+    use smart_supervision::transport::tcp::TcpTransport;
+    use smart_supervision::transport::{Client, Endpoint};
+    let ep = Endpoint::node(NodeId(from), 9_999, c.key().clone());
+    let addr = c.nodes[(to - 1) as usize].addr.to_string();
+    let client = Client::<NodeProtocol>::connect(&TcpTransport, &addr, ep)
+        .await
+        .unwrap();
+    let req = smart_actors::proto::PeerRequest::Agent {
+        from: NodeId(from),
+        epoch,
+        cmd,
+    };
+    let body = NodeRequest::Internal(postcard::to_allocvec(&req).unwrap());
+    match client.request(body, Duration::from_secs(5)).await.unwrap() {
+        NodeResponse::Internal(b) => postcard::from_bytes(&b).unwrap(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_controls_start_is_refused_at_agent86_and_runs_nothing() {
+    use smart_actors::proto::{AgentCommand, LaunchSpec, PeerResponse};
+    let origin = origin(1, 30).await;
+    let mut c = LocalCluster::start(spec(3, &origin)).unwrap();
+    let all = c.running();
+    let (old, old_epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    // Depose it: kill -9, a new Control is elected at a higher epoch and commands the agents.
+    c.kill(old).unwrap();
+    let rest: Vec<u64> = all.iter().copied().filter(|&n| n != old).collect();
+    c.wait_agreed_control(&rest, Duration::from_secs(10), |n, e| {
+        n != old && e > old_epoch
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let agent = *rest.iter().find(|&&n| n != fe_node(&c)).unwrap();
+    let marker = c.dir().join("stale-start-ran");
+    let cmd = AgentCommand::Start {
+        instance: "zombie.1".into(),
+        launch: LaunchSpec {
+            service: "x".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("touch {}; sleep 30", marker.display()),
+            ],
+            ..Default::default()
+        },
+        reservation: Default::default(),
+    };
+    match command_as(&c, old, agent, old_epoch, cmd).await {
+        PeerResponse::Refused { epoch, highest } => {
+            assert_eq!(epoch, old_epoch);
+            assert!(highest > old_epoch);
+        }
+        other => panic!("n{agent} executed a stale start: {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!marker.exists(), "the stale start ran a process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_plays_through_the_front_end_while_its_distributor_migrates() {
+    let Some(ffmpeg) = smart_vod::bench::which("ffmpeg") else {
+        println!("skipped: ffmpeg not installed");
+        return;
+    };
+    let origin = origin(1, 20).await;
+    let c = LocalCluster::start(spec(3, &origin)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let url = format!("{fe}/watch/v0");
+    // ffmpeg reads at its own pace; -re makes it read at the video's rate, so the
+    // migration happens mid-stream.
+    let mut cmd = tokio::process::Command::new(&ffmpeg);
+    cmd.args(["-hide_banner", "-nostdin", "-v", "error", "-xerror", "-re"])
+        .args([
+            "-reconnect",
+            "1",
+            "-reconnect_streamed",
+            "1",
+            "-reconnect_delay_max",
+            "1",
+        ])
+        .args(["-i", &url, "-f", "null", "-"])
+        .kill_on_drop(true);
+    let child = cmd.output();
+    let player =
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(45), child).await });
+    let placed = wait_services(&c, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let node = placed[0].placement.node;
+    let cl = c
+        .client(fe_node(&c))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    assert_eq!(
+        cl.request(Request::Drain { node }).await.unwrap(),
+        Response::Ok
+    );
+    let out = player.await.unwrap().expect("ffmpeg timed out").unwrap();
+    let moved = services(&c, fe_node(&c)).await;
+    assert!(moved.iter().all(|s| s.placement.node != node), "{moved:?}");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ffmpeg logs its reconnect ("Stream ends prematurely"); decode errors are what count.
+    let err = String::from_utf8_lossy(&out.stderr);
+    for bad in [
+        "corrupt",
+        "rror while decoding",
+        "discontinuity",
+        "Invalid data",
+    ] {
+        assert!(!err.contains(bad), "ffmpeg saw {bad}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
+    let origin = origin(4, 60).await;
+    let mut c = LocalCluster::start(spec(5, &origin)).unwrap();
+    let all = c.running();
+    let (control, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    // Services admitted through the message API, with no viewers to bring them back: only
+    // the Control's registry knows them.
+    let cl = c
+        .client(fe_node(&c))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(15));
+    let fe_cfg =
+        smart::config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(&c)))).unwrap();
+    for v in 0..4 {
+        let spec = smart::node::http_frontend::spec_for(&fe_cfg.frontend, &format!("v{v}"));
+        let r = cl.request(Request::AdmitService(spec)).await.unwrap();
+        assert!(matches!(r, Response::Placed(_)), "{r:?}");
+    }
+    let placed = services(&c, fe_node(&c)).await;
+    assert_eq!(placed.len(), 4);
+    let victim = placed
+        .iter()
+        .map(|s| s.placement.node)
+        .find(|&n| n != control)
+        .expect("a service off the control node");
+    // Let the registry copy reach every node (sent each refresh, 1 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.kill(control).unwrap();
+    c.kill(victim).unwrap();
+    let rest: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|&n| n != control && n != victim)
+        .collect();
+    c.wait_agreed_control(&rest, Duration::from_secs(10), |n, e| {
+        n != control && e > epoch
+    })
+    .await
+    .unwrap();
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        last = services(&c, fe_node(&c)).await;
+        if last.len() == 4
+            && last
+                .iter()
+                .all(|s| s.placement.node != control && s.placement.node != victim)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("services lost: {last:?}\n{}", c.log_tail(rest[0], 30));
+}
