@@ -296,6 +296,15 @@ async fn status_command_prints_json_with_control_and_members() {
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 2);
     assert!(members.iter().all(|m| m["alive"] == true));
+    // Heartbeats carry each node's load: n2 sees n1's memory in use (sampled by n1's
+    // Agent86, sent in n1's heartbeats).
+    let st = wait_status(&c, 2, Duration::from_secs(10), |s| {
+        s.members
+            .iter()
+            .any(|m| m.node_id == 1 && m.load.mem_used_mib > 0)
+    })
+    .await;
+    assert!(st.members.iter().all(|m| m.load.mem_used_mib > 0), "{st:?}");
 }
 
 #[test]

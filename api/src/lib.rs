@@ -251,6 +251,21 @@ pub struct MemberStatus {
     pub last_heard_ms: u64,
     /// Its incarnation.
     pub incarnation: u64,
+    /// The load summary from its last heartbeat.
+    pub load: MemberLoad,
+}
+
+/// The small load summary every heartbeat carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberLoad {
+    /// CPU in use, millicores.
+    pub cpu_milli: u32,
+    /// Memory in use, MiB.
+    pub mem_used_mib: u32,
+    /// Network traffic, kbit/s.
+    pub net_kbps: u32,
+    /// Service instances running.
+    pub instances: u16,
 }
 
 /// Answer to [`Request::Status`].
@@ -317,6 +332,7 @@ mod tests {
                 roles: vec!["agent".into()],
                 last_heard_ms: 40,
                 incarnation: 3,
+                load: MemberLoad::default(),
             }],
             counters: vec![("dropped_bad_tag".into(), 2)],
         });

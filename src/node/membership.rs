@@ -17,13 +17,15 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use smart_actors::agent86::Agent86Msg;
 use smart_actors::control::AgentAddr;
 use smart_actors::epoch::EpochStore;
-use smart_api::{ClusterStatus, ControlView, Event, MemberStatus};
+use smart_api::{ClusterStatus, ControlView, Event, MemberLoad, MemberStatus};
 use smart_supervision::detector::DetectorConfig;
 use smart_supervision::election::Mode;
 use smart_supervision::engine::{Dest, EngineConfig, Input, NodeEngine, Output};
 use smart_supervision::udp::{self, MulticastParams};
+use smart_supervision::wire::LoadSummary;
 use smart_supervision::{Epoch, Role, wire};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -38,6 +40,18 @@ use crate::config::ElectionMode;
 /// detector) fire within a few milliseconds of their deadline.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// How often (in ticks) the node's load is refreshed from Agent86: once a second.
+const LOAD_EVERY_TICKS: u32 = 100;
+
+fn member_load(l: LoadSummary) -> MemberLoad {
+    MemberLoad {
+        cpu_milli: l.cpu_milli,
+        mem_used_mib: l.mem_used_mib,
+        net_kbps: l.net_kbps,
+        instances: l.instances,
+    }
+}
+
 /// Membership's messages.
 pub enum MembershipMsg {
     /// Time passed.
@@ -50,6 +64,8 @@ pub enum MembershipMsg {
     ControlStale(Epoch),
     /// Members and Control as this node sees them.
     Status(RpcReplyPort<ClusterStatus>),
+    /// This node's load, from Agent86's last sample, for the next heartbeats.
+    Load(LoadSummary),
 }
 
 /// The actor.
@@ -67,6 +83,10 @@ pub struct MembershipState {
     group: Option<SocketAddr>,
     readers: Vec<JoinHandle<()>>,
     started: Instant,
+    /// Our own load, as last set.
+    load: LoadSummary,
+    /// Ticks since the load was last asked for.
+    ticks: u32,
 }
 
 fn engine_config(shared: &Shared, incarnation: u64) -> EngineConfig {
@@ -225,6 +245,36 @@ impl Membership {
         Ok(())
     }
 
+    /// Asks Agent86 for its last sample off the mailbox (a slow agent must not delay
+    /// heartbeats); the answer comes back as [`MembershipMsg::Load`].
+    fn ask_load(&self, me: ActorRef<MembershipMsg>) {
+        let Some(a) = ractor::registry::where_is(self.shared.name("agent86")) else {
+            return;
+        };
+        let agent: ActorRef<Agent86Msg> = a.into();
+        tokio::spawn(async move {
+            let Ok(Ok(ractor::rpc::CallResult::Success(r))) = tokio::time::timeout(
+                Duration::from_millis(500),
+                agent.call(Agent86Msg::Report, Some(Duration::from_millis(500))),
+            )
+            .await
+            else {
+                return;
+            };
+            let mut load = LoadSummary {
+                instances: u16::try_from(r.instances.len()).unwrap_or(u16::MAX),
+                ..LoadSummary::default()
+            };
+            if let Some(u) = r.usage {
+                load.cpu_milli = (u.cpu_busy_cores * 1000.0).clamp(0.0, u32::MAX as f64) as u32;
+                load.mem_used_mib = (u.mem_total_bytes.saturating_sub(u.mem_available_bytes) >> 20)
+                    .min(u32::MAX as u64) as u32;
+                load.net_kbps = (u.net_bps / 1000.0).clamp(0.0, u32::MAX as f64) as u32;
+            }
+            let _ = me.send_message(MembershipMsg::Load(load));
+        });
+    }
+
     /// Publishes the views other actors read: the Control's address and the live agents.
     fn publish(&self, st: &MembershipState) {
         let shared = &self.shared;
@@ -304,6 +354,7 @@ impl Membership {
                 roles: role_names(&m.roles),
                 last_heard_ms: now.saturating_duration_since(m.last_heard).as_millis() as u64,
                 incarnation: m.incarnation,
+                load: member_load(m.load),
             })
             .collect();
         members.push(MemberStatus {
@@ -313,6 +364,7 @@ impl Membership {
             roles: role_names(&shared.cfg.roles),
             last_heard_ms: 0,
             incarnation: shared.incarnation.load(Ordering::SeqCst),
+            load: member_load(st.load),
         });
         members.sort_by_key(|m| m.node_id);
         let c = st.engine.counters();
@@ -408,6 +460,8 @@ impl Actor for Membership {
             group,
             readers,
             started: Instant::now(),
+            load: LoadSummary::default(),
+            ticks: 0,
         })
     }
 
@@ -433,13 +487,24 @@ impl Actor for Membership {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         let outputs = match msg {
-            MembershipMsg::Tick => st.engine.handle(Input::Tick, now),
+            MembershipMsg::Tick => {
+                st.ticks += 1;
+                if st.ticks >= LOAD_EVERY_TICKS {
+                    st.ticks = 0;
+                    self.ask_load(myself.clone());
+                }
+                st.engine.handle(Input::Tick, now)
+            }
+            MembershipMsg::Load(load) => {
+                st.load = load;
+                st.engine.handle(Input::SetLoad(load), now)
+            }
             MembershipMsg::Datagram(bytes, from) => match wire::decode(&bytes, &self.shared.key) {
                 Ok(m) => st.engine.handle(Input::Received(m), now),
                 Err(e) => {
