@@ -285,16 +285,9 @@ impl Actor for PeerServer {
         _myself: ActorRef<()>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let t = self.shared.cfg.timing.request_timeout;
         let handler = Arc::new(NodeHandler {
             shared: self.shared.clone(),
-            forwarder: FrontEnd {
-                node: self.shared.id(),
-                control: self.shared.control_addr.subscribe(),
-                peers: self.peers.clone(),
-                deadline: t * 5,
-                attempt_timeout: t,
-            },
+            forwarder: self.shared.forwarder(self.peers.clone()),
         });
         let addr = self.shared.cfg.listen.to_string();
         let h = Server::bind(&TcpTransport, &addr, self.endpoint.clone(), handler)

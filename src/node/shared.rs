@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use smart_actors::control::AgentAddr;
 use smart_actors::epoch::EpochStore;
+use smart_actors::frontend::FrontEnd;
+use smart_actors::proto::PeerClient;
 use smart_api::{Event, NodeProtocol};
 use smart_supervision::transport::Connection;
 use smart_supervision::{ClusterKey, Epoch, NodeId};
@@ -113,6 +115,20 @@ impl Shared {
         subs.retain(|c| !c.is_closed());
         for c in subs.iter() {
             let _ = c.notify(ev.clone());
+        }
+    }
+
+    /// Forwarding of message-API requests to the current Control, retrying the transient
+    /// failures (no Control, rebuilding) for up to five request timeouts, so that clients
+    /// wait across a Control failover instead of failing.
+    pub fn forwarder(&self, peers: Arc<dyn PeerClient>) -> FrontEnd {
+        let t = self.cfg.timing.request_timeout;
+        FrontEnd {
+            node: self.id(),
+            control: self.control_addr.subscribe(),
+            peers,
+            deadline: t * 5,
+            attempt_timeout: t,
         }
     }
 

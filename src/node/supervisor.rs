@@ -27,7 +27,6 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use smart_actors::agent86::{Agent86, AgentCore};
 use smart_actors::agent99::Agent99;
 use smart_actors::control::{Control, ControlEvent, ControlMsg};
-use smart_actors::frontend::FrontEnd;
 use smart_actors::proto::{PeerClient, PeerRequest};
 use smart_supervision::Role;
 use smart_supervision::restart::{Decision, RestartPolicy, RestartTracker};
@@ -115,6 +114,20 @@ pub struct SupervisorState {
     control: Option<(ActorCell, u64)>,
 }
 
+/// Spawns `actor` under the supervisor, registered as `name`.
+async fn link<A: Actor<Arguments = ()>>(
+    myself: &ActorRef<NodeMsg>,
+    name: String,
+    actor: A,
+) -> Result<ActorCell, ActorProcessingErr> {
+    Ok(
+        Actor::spawn_linked(Some(name), actor, (), myself.get_cell())
+            .await?
+            .0
+            .get_cell(),
+    )
+}
+
 impl NodeSupervisor {
     async fn spawn_child(
         &self,
@@ -124,88 +137,69 @@ impl NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let shared = self.shared.clone();
         let cell: ActorCell = match child {
-            Child::Membership => Actor::spawn_linked(
-                Some(shared.name("membership")),
-                Membership {
-                    shared: shared.clone(),
-                    supervisor: myself.clone(),
-                },
-                (),
-                myself.get_cell(),
-            )
-            .await?
-            .0
-            .get_cell(),
-            Child::Agent86 => Actor::spawn_linked(
-                Some(shared.name("agent86")),
-                Agent86 {
-                    node: shared.id(),
-                    epochs: shared.epochs.clone(),
-                    core: self.agent_core.clone(),
-                    panic_on_message: self.agent86_panics.clone(),
-                },
-                (),
-                myself.get_cell(),
-            )
-            .await?
-            .0
-            .get_cell(),
-            Child::PeerServer => Actor::spawn_linked(
-                Some(shared.name("server")),
-                PeerServer {
-                    shared: shared.clone(),
-                    peers: self.peers.clone(),
-                    endpoint: self.endpoint.clone(),
-                },
-                (),
-                myself.get_cell(),
-            )
-            .await?
-            .0
-            .get_cell(),
-            Child::Agent99 => Actor::spawn_linked(
-                Some(shared.name("agent99")),
-                Agent99 { node: shared.id() },
-                (),
-                myself.get_cell(),
-            )
-            .await?
-            .0
-            .get_cell(),
-            Child::FrontEnd => Actor::spawn_linked(
-                Some(shared.name("frontend")),
-                FrontEnd {
-                    node: shared.id(),
-                    control: shared.control_addr.subscribe(),
-                    peers: self.peers.clone(),
-                    deadline: shared.cfg.timing.request_timeout * 5,
-                    attempt_timeout: shared.cfg.timing.request_timeout,
-                },
-                (),
-                myself.get_cell(),
-            )
-            .await?
-            .0
-            .get_cell(),
-            Child::HttpFrontEnd => Actor::spawn_linked(
-                Some(shared.name("frontend-http")),
-                HttpFrontEnd {
-                    shared: shared.clone(),
-                    forwarder: FrontEnd {
-                        node: shared.id(),
-                        control: shared.control_addr.subscribe(),
-                        peers: self.peers.clone(),
-                        // Viewers wait across a Control failover rather than fail.
-                        deadline: shared.cfg.timing.request_timeout * 5,
-                        attempt_timeout: shared.cfg.timing.request_timeout,
+            Child::Membership => {
+                link(
+                    myself,
+                    shared.name("membership"),
+                    Membership {
+                        shared: shared.clone(),
+                        supervisor: myself.clone(),
                     },
-                },
-                (),
-                myself.get_cell(),
-            )
-            .await?
-            .0
-            .get_cell(),
+                )
+                .await?
+            }
+            Child::Agent86 => {
+                link(
+                    myself,
+                    shared.name("agent86"),
+                    Agent86 {
+                        node: shared.id(),
+                        epochs: shared.epochs.clone(),
+                        core: self.agent_core.clone(),
+                        panic_on_message: self.agent86_panics.clone(),
+                    },
+                )
+                .await?
+            }
+            Child::PeerServer => {
+                link(
+                    myself,
+                    shared.name("server"),
+                    PeerServer {
+                        shared: shared.clone(),
+                        peers: self.peers.clone(),
+                        endpoint: self.endpoint.clone(),
+                    },
+                )
+                .await?
+            }
+            Child::Agent99 => {
+                link(
+                    myself,
+                    shared.name("agent99"),
+                    Agent99 { node: shared.id() },
+                )
+                .await?
+            }
+            Child::FrontEnd => {
+                link(
+                    myself,
+                    shared.name("frontend"),
+                    shared.forwarder(self.peers.clone()),
+                )
+                .await?
+            }
+            Child::HttpFrontEnd => {
+                link(
+                    myself,
+                    shared.name("frontend-http"),
+                    HttpFrontEnd {
+                        shared: shared.clone(),
+                        forwarder: shared.forwarder(self.peers.clone()),
+                    },
+                )
+                .await?
+            }
             Child::Control => {
                 let Some((_, epoch)) = st.control.as_ref().map(|(c, e)| (c.clone(), *e)) else {
                     return Ok(());
