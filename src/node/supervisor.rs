@@ -272,6 +272,7 @@ impl NodeSupervisor {
                 refresh: Duration::from_secs(1),
                 replica,
                 request_timeout: shared.cfg.timing.request_timeout,
+                tuning: Default::default(),
             },
             (),
             myself.get_cell(),
