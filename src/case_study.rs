@@ -199,6 +199,11 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
                             println!("  event: {service} moved n{from} -> n{to} ({reason})");
                         }
                     }
+                    Event::Notice {
+                        service,
+                        node,
+                        reason,
+                    } if !quiet => println!("  event: {service} on n{node}: {reason}"),
                     Event::Lost { service, reason } => {
                         l.fetch_add(1, Ordering::Relaxed);
                         if !quiet {

@@ -110,6 +110,14 @@ pub struct TimingConfig {
     /// Default timeout of every request between nodes.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The Control moves a service that runs over its profile (an anomaly) at most once
+    /// within this time.
+    #[serde(with = "humantime_serde")]
+    pub anomaly_move_every: Duration,
+    /// The Control releases clients that left (from the distributors' client counts) only
+    /// this long after the service's last admission, start or migration.
+    #[serde(with = "humantime_serde")]
+    pub client_release_grace: Duration,
 }
 
 impl Default for TimingConfig {
@@ -120,6 +128,8 @@ impl Default for TimingConfig {
             election_backoff: Duration::from_millis(300),
             profiler_backoff: Duration::from_millis(100),
             request_timeout: Duration::from_secs(2),
+            anomaly_move_every: Duration::from_secs(60),
+            client_release_grace: Duration::from_secs(10),
         }
     }
 }

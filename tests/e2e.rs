@@ -518,3 +518,58 @@ async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
     }
     panic!("services lost: {last:?}\n{}", c.log_tail(rest[0], 30));
 }
+
+/// Clients the Control has admitted, over all services.
+async fn admitted(c: &LocalCluster) -> u64 {
+    services(c, fe_node(c))
+        .await
+        .iter()
+        .map(|s| s.clients)
+        .sum()
+}
+
+/// The front-end answers a redirect and never sees viewers leave: the Control releases their
+/// admissions from the distributor's own client count (after the grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_who_leave_are_released_from_the_distributors_client_count() {
+    let origin = origin(1, 120).await;
+    let c = LocalCluster::start(spec(2, &origin)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let stay = viewers(&fe, 2, 1, Duration::ZERO);
+    let leave = viewers(&fe, 4, 1, Duration::ZERO);
+    let mut n = 0;
+    for _ in 0..200 {
+        n = admitted(&c).await;
+        if n >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(n, 6, "all six viewers admitted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let left = leave.finish().await;
+    assert!(left.iter().all(|(_, r)| r.integrity_errors == 0));
+    // Grace (10 s after the last admission) plus two refreshes, with margin.
+    let mut dropped = false;
+    for _ in 0..100 {
+        n = admitted(&c).await;
+        if n == 2 {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        dropped,
+        "admitted clients stayed at {n}\n{}",
+        c.log_tail(1, 40)
+    );
+    let kept = stay.finish().await;
+    for (video, r) in &kept {
+        assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
+    }
+}

@@ -21,6 +21,18 @@
 //! - `Drain`: every service of the node is re-admitted elsewhere and live-migrated; a node
 //!   whose agent reports a failed health check is drained the same way (thesis §4.2.2).
 //!
+//! Reactions to what agents observe (timings in [`ControlTuning`]):
+//! - an instance flagged by its Agent86 as persistently over its reservation (thesis
+//!   §4.1.1, [`AgentEvent::Anomaly`]) is moved live to another node where its service fits
+//!   (`Engine::move_elsewhere`, the same migration path as drain and MS;
+//!   `Event::Migrated{reason: "anomaly"}`), at most once per service per
+//!   `anomaly_move_every`; otherwise it stays and `Event::Notice` says why;
+//! - viewers leave without telling the front-end (it answered a redirect): when an instance
+//!   reports fewer connected clients than were admitted (the `clients` of the workload
+//!   control API `usage`) for `release_after` consecutive refreshes, outside the
+//!   `release_grace` after an admission, start or migration, the surplus is released in the
+//!   admission engine and `Event::Notice` says so.
+//!
 //! Node failures (an agent leaves the live set that membership publishes) re-admit the dead
 //! node's services elsewhere; a service whose instance crashed past its restart policy is
 //! re-admitted too. Migrations go through both Agent86s and the workload control API
@@ -107,6 +119,7 @@ enum Why {
     NodeFailure,
     Crashed,
     Health,
+    Anomaly,
 }
 
 impl Why {
@@ -117,6 +130,7 @@ impl Why {
             Why::NodeFailure => "node-failure",
             Why::Crashed => "crashed",
             Why::Health => "health",
+            Why::Anomaly => "anomaly",
         }
     }
 }
@@ -174,6 +188,32 @@ pub struct ControlStatus {
     pub agents: BTreeMap<u64, AgentReport>,
     /// Services: name → (node, instance, clients).
     pub services: BTreeMap<String, (u64, String, usize)>,
+    /// Clients admitted in the admission engine (all services).
+    pub engine_clients: usize,
+}
+
+/// How the Control reacts to what agents observe (anomalies, viewers leaving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlTuning {
+    /// At most one anomaly-triggered move per service within this time: one anomaly (or
+    /// a service that is over its profile wherever it runs) does not cause repeated moves.
+    pub anomaly_move_every: Duration,
+    /// No client is released from usage reports within this time after a client admission,
+    /// a start or a migration of the service: viewers are still connecting or reconnecting.
+    pub release_grace: Duration,
+    /// Consecutive refreshes in which an instance must report fewer connected clients than
+    /// were admitted before the surplus is released.
+    pub release_after: u32,
+}
+
+impl Default for ControlTuning {
+    fn default() -> Self {
+        ControlTuning {
+            anomaly_move_every: Duration::from_secs(60),
+            release_grace: Duration::from_secs(10),
+            release_after: 2,
+        }
+    }
 }
 
 /// Control's fixed configuration.
@@ -196,6 +236,8 @@ pub struct Control {
     pub request_timeout: Duration,
     /// The registry copy this node last received from a Control (empty if none).
     pub replica: Vec<ReplicaEntry>,
+    /// Reactions to anomalies and departed viewers.
+    pub tuning: ControlTuning,
 }
 
 /// A service as the Control knows it.
@@ -214,6 +256,12 @@ struct Svc {
     waiting: Vec<RpcReplyPort<Response>>,
     /// When its current instance was confirmed (reports older than this may not list it).
     placed_at: std::time::Instant,
+    /// When its last client was admitted.
+    admitted_at: std::time::Instant,
+    /// Consecutive refreshes in which its instance reported fewer clients than admitted.
+    fewer_seen: u32,
+    /// When it was last moved because of an anomaly.
+    anomaly_moved: Option<std::time::Instant>,
 }
 
 /// Control's mutable state.
@@ -471,6 +519,9 @@ impl Control {
                             busy: true,
                             waiting: Vec::new(),
                             placed_at: std::time::Instant::now(),
+                            admitted_at: std::time::Instant::now(),
+                            fewer_seen: 0,
+                            anomaly_moved: None,
                         },
                     );
                     self.start(myself, st, &name, Some(e.node), Why::NodeFailure);
@@ -576,6 +627,9 @@ impl Control {
                     busy: false,
                     waiting: Vec::new(),
                     placed_at: std::time::Instant::now(),
+                    admitted_at: std::time::Instant::now(),
+                    fewer_seen: 0,
+                    anomaly_moved: None,
                 },
             );
         }
@@ -602,6 +656,7 @@ impl Control {
         // Notices: a crashed instance given up by its agent is re-admitted elsewhere.
         let mut crashed = Vec::new();
         let mut unhealthy = Vec::new();
+        let mut anomalies = Vec::new();
         for (node, rep) in &st.registry {
             let mut seen = st.notices_seen.get(node).copied().unwrap_or(0);
             let max = rep.notices.iter().map(|(s, _)| *s).max().unwrap_or(0);
@@ -622,6 +677,16 @@ impl Control {
                         healthy: false,
                         detail,
                     } => unhealthy.push((*node, format!("{check}: {detail}"))),
+                    AgentEvent::Anomaly {
+                        instance,
+                        resource,
+                        observed,
+                        reserved,
+                    } => anomalies.push((
+                        *node,
+                        instance.clone(),
+                        format!("{resource:?} at {observed:.3}, reserved {reserved:.3}"),
+                    )),
                     _ => {}
                 }
             }
@@ -636,6 +701,10 @@ impl Control {
             warn!(node, %why, "node unhealthy: draining it");
             let _ = self.drain_node(myself, st, node, Why::Health);
         }
+        for (node, instance, what) in anomalies {
+            self.on_anomaly(myself, st, node, &instance, &what);
+        }
+        self.release_departed(st, answered);
         for (node, instance) in crashed {
             let name = st
                 .services
@@ -688,6 +757,107 @@ impl Control {
         for (node, instance) in strays {
             warn!(node, %instance, "stopping a stale duplicate instance");
             self.send(st, node, AgentCommand::Stop { instance });
+        }
+    }
+
+    /// An instance runs persistently over its reservation (thesis §4.1.1): move it live to
+    /// another node where its service fits, through the same path as drain and MS, at most
+    /// once per service per `tuning.anomaly_move_every`; otherwise keep it and say why.
+    fn on_anomaly(
+        &self,
+        myself: &ActorRef<ControlMsg>,
+        st: &mut ControlState,
+        node: u64,
+        instance: &str,
+        what: &str,
+    ) {
+        let now = std::time::Instant::now();
+        let Some((name, s)) = st.services.iter_mut().find(|(_, s)| {
+            s.node == node && s.info.as_ref().is_some_and(|i| i.instance == instance)
+        }) else {
+            return;
+        };
+        let name = name.clone();
+        let kept = |why: String| {
+            warn!(service = %name, node, %instance, %what, %why, "anomaly: service kept where it is");
+            (self.publish)(Event::Notice {
+                service: name.clone(),
+                node,
+                reason: format!("anomaly ({what}): kept on n{node}: {why}"),
+            });
+        };
+        if s.busy {
+            return kept("a start or move is already in progress".into());
+        }
+        if let Some(t) = s.anomaly_moved
+            && now.duration_since(t) < self.tuning.anomaly_move_every
+        {
+            return kept(format!(
+                "already moved for an anomaly {:.0} s ago (at most one move per {:.0} s)",
+                now.duration_since(t).as_secs_f64(),
+                self.tuning.anomaly_move_every.as_secs_f64()
+            ));
+        }
+        let sid = s.sid;
+        match st.engine.move_elsewhere(sid) {
+            Ok(to) => {
+                s.anomaly_moved = Some(now);
+                warn!(service = %name, node, %instance, %what, to = to.0, "anomaly: moving the service");
+                self.migrate(myself, st, sid, node, to.0, Why::Anomaly);
+            }
+            Err(r) => kept(format!("no other node fits ({r})")),
+        }
+    }
+
+    /// Viewers leave without telling the front-end (it answered a redirect): when an
+    /// instance reports fewer connected clients than were admitted for its service, for
+    /// `tuning.release_after` consecutive refreshes and outside the grace period after an
+    /// admission, start or migration, the surplus is released in the admission engine.
+    fn release_departed(&self, st: &mut ControlState, answered: &BTreeSet<u64>) {
+        let now = std::time::Instant::now();
+        let mut released = Vec::new();
+        for (name, s) in st.services.iter_mut() {
+            let reported = match (&s.info, answered.contains(&s.node)) {
+                (Some(info), true) if !s.busy => st
+                    .registry
+                    .get(&s.node)
+                    .and_then(|r| r.instances.iter().find(|i| i.instance == info.instance))
+                    .and_then(|i| i.usage.as_ref())
+                    .and_then(|u| u.clients),
+                _ => None,
+            };
+            let admitted = s.clients.len();
+            let recent =
+                now.duration_since(s.placed_at.max(s.admitted_at)) < self.tuning.release_grace;
+            let Some(reported) = reported.map(|r| r as usize) else {
+                continue;
+            };
+            if recent || reported >= admitted {
+                s.fewer_seen = 0;
+                continue;
+            }
+            s.fewer_seen += 1;
+            if s.fewer_seen < self.tuning.release_after {
+                continue;
+            }
+            s.fewer_seen = 0;
+            let gone = s.clients.split_off(reported);
+            released.push((name.clone(), s.node, gone, reported, admitted));
+        }
+        for (name, node, gone, reported, admitted) in released {
+            for c in &gone {
+                let _ = st.engine.release_client(*c);
+            }
+            info!(service = %name, node, released = gone.len(), reported, admitted,
+                "viewers left: released their admissions");
+            (self.publish)(Event::Notice {
+                service: name,
+                node,
+                reason: format!(
+                    "released {} client(s): its instance reports {reported} connected, {admitted} were admitted",
+                    gone.len()
+                ),
+            });
         }
     }
 
@@ -1099,6 +1269,9 @@ impl Control {
                                         busy: true,
                                         waiting: vec![reply],
                                         placed_at: std::time::Instant::now(),
+                                        admitted_at: std::time::Instant::now(),
+                                        fewer_seen: 0,
+                                        anomaly_moved: None,
                                     },
                                 );
                                 self.start(myself, st, &name, None, Why::Ms);
@@ -1123,6 +1296,7 @@ impl Control {
                         }
                         let s = st.services.get_mut(&service).expect("present");
                         s.clients.push(d.client);
+                        s.admitted_at = std::time::Instant::now();
                         match st.placement(&service) {
                             Some(p) => Response::Placed(p),
                             None => {
@@ -1399,6 +1573,7 @@ impl Actor for Control {
                             )
                         })
                         .collect(),
+                    engine_clients: st.engine.client_count(),
                 });
             }
         }
@@ -1513,6 +1688,7 @@ mod tests {
                 refresh: Duration::from_millis(20),
                 request_timeout: Duration::from_millis(500),
                 replica: Vec::new(),
+                tuning: ControlTuning::default(),
             },
             (),
         )
@@ -1653,6 +1829,7 @@ mod admission_tests {
                 refresh: Duration::from_millis(200),
                 request_timeout: Duration::from_secs(2),
                 replica: Vec::new(),
+                tuning: ControlTuning::default(),
             },
             (),
         )
@@ -1795,5 +1972,391 @@ mod admission_tests {
         for core in cores {
             core.stop_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod reaction_tests {
+    //! The Control's reactions to what agents observe: anomalies (thesis §4.1.1) and
+    //! viewers who left without telling the front-end.
+    use super::*;
+    use crate::agent86::{Agent86, Agent86Msg, Agent86Settings, AgentCore};
+    use crate::epoch::MemoryEpochStore;
+    use crate::proto::{BoxFuture, UsageReading};
+    use ractor::call_t;
+    use smart_instance::agent86::Resource;
+    use std::sync::Mutex;
+
+    struct Direct(BTreeMap<SocketAddr, ActorRef<Agent86Msg>>);
+
+    impl PeerClient for Direct {
+        fn request(
+            &self,
+            to: SocketAddr,
+            req: PeerRequest,
+            timeout: Duration,
+        ) -> BoxFuture<'_, Result<PeerResponse, PeerError>> {
+            Box::pin(async move {
+                let a = self.0.get(&to).ok_or(PeerError::Timeout(to))?;
+                let PeerRequest::Agent { from, epoch, cmd } = req else {
+                    return Err(PeerError::Timeout(to));
+                };
+                a.call(
+                    |reply| Agent86Msg::Command {
+                        from,
+                        epoch,
+                        cmd,
+                        reply,
+                    },
+                    Some(timeout),
+                )
+                .await
+                .map_err(|_| PeerError::Timeout(to))?
+                .success_or(PeerError::Timeout(to))
+            })
+        }
+    }
+
+    struct Cluster {
+        c: ActorRef<ControlMsg>,
+        published: Arc<Mutex<Vec<Event>>>,
+        addrs: Vec<AgentAddr>,
+        cores: Vec<Arc<AgentCore>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for core in &self.cores {
+                core.stop_all();
+            }
+            self.c.stop(None);
+        }
+    }
+
+    impl Cluster {
+        async fn new(nodes: u64, tuning: ControlTuning) -> Cluster {
+            let dir = tempfile::tempdir().unwrap();
+            let mut routes = BTreeMap::new();
+            let mut addrs = Vec::new();
+            let mut cores = Vec::new();
+            for n in 1..=nodes {
+                let core = AgentCore::new(
+                    NodeId(n),
+                    Agent86Settings {
+                        ready_timeout: Duration::from_millis(100),
+                        ..Agent86Settings::new(
+                            dir.path().join(format!("n{n}")),
+                            format!("127.0.0.{n}").parse().unwrap(),
+                        )
+                    },
+                    0,
+                )
+                .unwrap();
+                cores.push(core.clone());
+                let (a, _) = Actor::spawn(
+                    None,
+                    Agent86 {
+                        node: NodeId(n),
+                        epochs: Arc::new(MemoryEpochStore::new(0)),
+                        core,
+                        panic_on_message: None,
+                    },
+                    (),
+                )
+                .await
+                .unwrap();
+                let addr: SocketAddr = format!("127.0.0.{n}:1").parse().unwrap();
+                routes.insert(addr, a);
+                addrs.push(AgentAddr {
+                    node: NodeId(n),
+                    addr,
+                });
+            }
+            let (tx, rx) = watch::channel(addrs.clone());
+            std::mem::forget(tx);
+            let published = Arc::new(Mutex::new(Vec::new()));
+            let p2 = published.clone();
+            let (c, _) = Actor::spawn(
+                None,
+                Control {
+                    node: NodeId(1),
+                    epoch: 1,
+                    peers: Arc::new(Direct(routes)),
+                    agents: rx,
+                    events: Arc::new(|_| {}),
+                    publish: Arc::new(move |e| p2.lock().unwrap().push(e)),
+                    refresh: Duration::from_millis(200),
+                    request_timeout: Duration::from_secs(2),
+                    replica: Vec::new(),
+                    tuning,
+                },
+                (),
+            )
+            .await
+            .unwrap();
+            c.send_message(ControlMsg::SetActing {
+                epoch: 1,
+                acting: true,
+            })
+            .unwrap();
+            Cluster {
+                c,
+                published,
+                addrs,
+                cores,
+                _dir: dir,
+            }
+        }
+
+        async fn api(&self, r: Request) -> Response {
+            call_t!(self.c, ControlMsg::Api, 10_000, r).unwrap()
+        }
+
+        async fn status(&self) -> ControlStatus {
+            call_t!(self.c, ControlMsg::Status, 1000).unwrap()
+        }
+
+        async fn admit(&self, name: &str) -> Placement {
+            match self.api(Request::AdmitService(spec(name))).await {
+                Response::Placed(p) => p,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        /// The node's last report, once it lists `instance`.
+        async fn report_listing(&self, node: u64, instance: &str) -> AgentReport {
+            for _ in 0..100 {
+                let s = self.status().await;
+                if let Some(r) = s.agents.get(&node)
+                    && r.instances.iter().any(|i| i.instance == instance)
+                {
+                    return r.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("n{node} never reported {instance}");
+        }
+
+        /// Delivers `rep` as if a refresh round had brought it.
+        fn inject(&self, rep: AgentReport) {
+            let addr = self.addrs.iter().find(|a| a.node.0 == rep.node).unwrap();
+            self.c
+                .send_message(ControlMsg::Reports(
+                    std::time::Instant::now() - Duration::from_secs(5),
+                    vec![(*addr, Ok(PeerResponse::Report(rep)))],
+                ))
+                .unwrap();
+        }
+
+        fn events(&self) -> Vec<Event> {
+            self.published.lock().unwrap().clone()
+        }
+    }
+
+    fn spec(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            class: "distributor".into(),
+            command: vec!["sh".into(), "-c".into(), "exec sleep 60 # {listen}".into()],
+            env: vec![],
+            per_client_bps: Some(400_000),
+        }
+    }
+
+    fn anomaly(instance: &str) -> AgentEvent {
+        AgentEvent::Anomaly {
+            instance: instance.into(),
+            resource: Resource::Cpu,
+            observed: 0.5,
+            reserved: 0.05,
+        }
+    }
+
+    fn instance_of(s: &ControlStatus, service: &str) -> String {
+        s.services[service].1.clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_anomalous_instance_is_moved_once_then_kept_by_the_rate_limit() {
+        let cl = Cluster::new(2, ControlTuning::default()).await;
+        let a = cl.admit("video-a").await;
+        let from = a.node;
+        let to = 3 - from;
+        let inst = instance_of(&cl.status().await, "video-a");
+        let mut rep = cl.report_listing(from, &inst).await;
+        rep.notices.push((1_000, anomaly(&inst)));
+        cl.inject(rep);
+        // Moved to the other node (restart: `sleep` has no workload control API).
+        let mut moved = Vec::new();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            moved = cl
+                .events()
+                .into_iter()
+                .filter(|e| matches!(e, Event::Migrated { .. }))
+                .collect();
+            if !moved.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(
+            moved,
+            vec![Event::Migrated {
+                service: "video-a".into(),
+                from,
+                to,
+                reason: "anomaly (restarted: no workload control API)".into(),
+            }]
+        );
+        let Response::Placed(p) = cl
+            .api(Request::Locate {
+                service: "video-a".into(),
+            })
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(p.node, to);
+        // The new instance is flagged too, right away: kept, because of the rate limit.
+        let inst2 = instance_of(&cl.status().await, "video-a");
+        assert_ne!(inst2, inst);
+        let mut rep = cl.report_listing(to, &inst2).await;
+        rep.notices.push((2_000, anomaly(&inst2)));
+        cl.inject(rep);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ev = cl.events();
+        assert_eq!(
+            ev.iter()
+                .filter(|e| matches!(e, Event::Migrated { .. }))
+                .count(),
+            1,
+            "{ev:?}"
+        );
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Notice { service, node, reason }
+                if service == "video-a" && *node == to
+                    && reason.starts_with("anomaly (Cpu at 0.500, reserved 0.050): kept on n")
+                    && reason.contains("already moved for an anomaly"))),
+            "{ev:?}"
+        );
+        assert_eq!(cl.status().await.services["video-a"].0, to);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_anomalous_instance_with_nowhere_to_go_is_kept_and_the_event_says_why() {
+        let cl = Cluster::new(1, ControlTuning::default()).await;
+        let a = cl.admit("video-a").await;
+        let inst = instance_of(&cl.status().await, "video-a");
+        let mut rep = cl.report_listing(a.node, &inst).await;
+        rep.notices.push((1_000, anomaly(&inst)));
+        cl.inject(rep);
+        let mut notice = None;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            notice = cl.events().into_iter().find_map(|e| match e {
+                Event::Notice { reason, node, .. } => Some((node, reason)),
+                _ => None,
+            });
+            if notice.is_some() {
+                break;
+            }
+        }
+        let (node, reason) = notice.expect("a notice");
+        assert_eq!(node, a.node);
+        assert!(reason.contains("no other node fits"), "{reason}");
+        let ev = cl.events();
+        assert!(
+            !ev.iter().any(|e| matches!(e, Event::Migrated { .. })),
+            "{ev:?}"
+        );
+        let s = cl.status().await;
+        assert_eq!(
+            (s.services["video-a"].0, &s.services["video-a"].1),
+            (a.node, &inst)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_left_are_released_after_two_refreshes_outside_the_grace_period() {
+        let grace = Duration::from_millis(400);
+        let cl = Cluster::new(
+            1,
+            ControlTuning {
+                release_grace: grace,
+                ..ControlTuning::default()
+            },
+        )
+        .await;
+        let a = cl.admit("video-a").await;
+        for _ in 0..3 {
+            assert!(matches!(
+                cl.api(Request::AdmitClient {
+                    service: "video-a".into()
+                })
+                .await,
+                Response::Placed(_)
+            ));
+        }
+        let inst = instance_of(&cl.status().await, "video-a");
+        let rep = cl.report_listing(a.node, &inst).await;
+        let with_clients = |n: u32| {
+            let mut r = rep.clone();
+            for i in &mut r.instances {
+                if i.instance == inst {
+                    i.usage = Some(UsageReading {
+                        instance: inst.clone(),
+                        cpu_cores: 0.0,
+                        net_bps: None,
+                        mem_bytes: 0,
+                        clients: Some(n),
+                    });
+                }
+            }
+            r
+        };
+        let admitted = |s: &ControlStatus| s.services["video-a"].2;
+        // Within the grace period after the last admission: nothing is released.
+        cl.inject(with_clients(1));
+        cl.inject(with_clients(1));
+        let s = cl.status().await;
+        assert_eq!((admitted(&s), s.engine_clients), (3, 3));
+        tokio::time::sleep(grace + Duration::from_millis(100)).await;
+        // One refresh with fewer viewers is not enough; a refresh with all of them resets.
+        cl.inject(with_clients(1));
+        assert_eq!(admitted(&cl.status().await), 3);
+        cl.inject(with_clients(3));
+        cl.inject(with_clients(1));
+        assert_eq!(admitted(&cl.status().await), 3);
+        // The second consecutive one releases the surplus: 2 clients.
+        cl.inject(with_clients(1));
+        let s = cl.status().await;
+        assert_eq!((admitted(&s), s.engine_clients), (1, 1));
+        let ev = cl.events();
+        assert!(
+            ev.contains(&Event::Notice {
+                service: "video-a".into(),
+                node: a.node,
+                reason: "released 2 client(s): its instance reports 1 connected, 3 were admitted"
+                    .into(),
+            }),
+            "{ev:?}"
+        );
+        // The engine freed them: the Control's view and a further release agree.
+        assert_eq!(
+            cl.api(Request::ReleaseClient {
+                service: "video-a".into()
+            })
+            .await,
+            Response::Ok
+        );
+        assert!(matches!(
+            cl.api(Request::ReleaseClient {
+                service: "video-a".into()
+            })
+            .await,
+            Response::Error(ApiError::NotFound { .. })
+        ));
     }
 }

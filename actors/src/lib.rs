@@ -12,7 +12,9 @@
 //!   (and the replicated registry copy) before acting (DESIGN §2.5), then admits and places
 //!   services and clients with `smart_admission` (eq. 4.1, per-node tests, worst-fit, MS,
 //!   the Smart-GloVE client rule), re-admits a dead node's services, drains nodes by live
-//!   migration, removes duplicates; steps down when an agent tells it a higher epoch exists.
+//!   migration, moves anomalous instances, releases clients that left (from the
+//!   distributors' own client counts), removes duplicates; steps down when an agent tells it
+//!   a higher epoch exists.
 //! - [`agent99`]: the profiler role (its engine is `smart-instance`'s profiler).
 //! - [`frontend`]: the front-end role (message API entry point for clients).
 //!

@@ -1098,6 +1098,24 @@ impl<E: Estimator> Engine<E> {
         Ok(sid)
     }
 
+    /// Moves a placed service, with its clients, to another node where it fits (no MS, and
+    /// never back onto its current node): what the Control does with an instance that runs
+    /// persistently over its profile (thesis §4.1.1). The cluster aggregate is unchanged.
+    /// Returns the new node; on `NoFit` nothing changes.
+    pub fn move_elsewhere(&mut self, service: ServiceId) -> Result<NodeKey, Rejection> {
+        let Some(s) = self.services.get(&service) else {
+            return Err(Rejection::UnknownService(service));
+        };
+        let from = s.slot;
+        let load = self.service_load(service);
+        let Some(to) = self.search(&load, &[from], false) else {
+            return Err(Rejection::NoFit);
+        };
+        self.unplace(from, service, &load);
+        self.place(to, service, &load);
+        Ok(self.nodes[to].key)
+    }
+
     /// A service ended; its remaining clients are released with it and returned.
     pub fn release_service(&mut self, service: ServiceId) -> Result<Vec<ClientId>, EngineError> {
         if !self.services.contains_key(&service) {
@@ -1314,6 +1332,30 @@ mod tests {
             e.add_node(NodeKey(i as u64), spec).unwrap();
         }
         e
+    }
+
+    #[test]
+    fn move_elsewhere_picks_another_node_or_changes_nothing() {
+        let mut e = engine(&[(100, 4.0, 1e9), (300, 4.0, 1e9)]);
+        let p = e
+            .register_profile(&profile(80, 0.1, 1e6, Some(1e5)))
+            .unwrap();
+        let d = e.admit_service(p, 2).unwrap();
+        assert_eq!(d.node, NodeKey(1));
+        assert_eq!(e.move_elsewhere(d.service), Ok(NodeKey(0)));
+        assert_eq!(e.node_of(d.service), Some(NodeKey(0)));
+        assert_eq!(e.clients_of(d.service).unwrap().len(), 2);
+        e.verify().unwrap();
+        // Node 1 filled up to 20 MB free: the service cannot go back there.
+        let big = e.register_profile(&profile(280, 0.1, 1e6, None)).unwrap();
+        assert_eq!(e.admit_service(big, 0).unwrap().node, NodeKey(1));
+        assert_eq!(e.move_elsewhere(d.service), Err(Rejection::NoFit));
+        assert_eq!(e.node_of(d.service), Some(NodeKey(0)));
+        e.verify().unwrap();
+        assert_eq!(
+            e.move_elsewhere(ServiceId(99)),
+            Err(Rejection::UnknownService(ServiceId(99)))
+        );
     }
 
     #[test]

@@ -177,6 +177,18 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The Control acted on a service without moving it, or chose not to move it: an
+    /// anomalous instance kept where it is (no other node fits, or moved too recently), or
+    /// clients released because its instance reports fewer viewers than were admitted.
+    /// Added after the variants above, so older decoders only lack this one.
+    Notice {
+        /// The service.
+        service: ServiceName,
+        /// Its node.
+        node: u64,
+        /// What happened and why (e.g. `anomaly: kept on n2: no other node fits`).
+        reason: String,
+    },
 }
 
 /// Why a request failed.

@@ -26,7 +26,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use smart_actors::agent86::{Agent86, AgentCore};
 use smart_actors::agent99::Agent99;
-use smart_actors::control::{Control, ControlEvent, ControlMsg};
+use smart_actors::control::{Control, ControlEvent, ControlMsg, ControlTuning};
 use smart_actors::proto::{PeerClient, PeerRequest};
 use smart_supervision::Role;
 use smart_supervision::restart::{Decision, RestartPolicy, RestartTracker};
@@ -266,6 +266,11 @@ impl NodeSupervisor {
                 refresh: Duration::from_secs(1),
                 replica,
                 request_timeout: shared.cfg.timing.request_timeout,
+                tuning: ControlTuning {
+                    anomaly_move_every: shared.cfg.timing.anomaly_move_every,
+                    release_grace: shared.cfg.timing.client_release_grace,
+                    ..Default::default()
+                },
             },
             (),
             myself.get_cell(),
