@@ -1582,16 +1582,15 @@ impl Actor for Control {
 }
 
 #[cfg(test)]
-mod tests {
+mod test_support {
+    //! Shared by the Control's test modules.
     use super::*;
-    use crate::agent86::{Agent86, Agent86Msg};
-    use crate::epoch::{EpochStore, MemoryEpochStore};
+    use crate::agent86::Agent86Msg;
     use crate::proto::BoxFuture;
-    use ractor::call_t;
-    use std::sync::Mutex;
 
-    /// Routes requests straight to in-process Agent86 actors by address.
-    struct Direct(BTreeMap<SocketAddr, ActorRef<Agent86Msg>>);
+    /// Routes agent commands straight to in-process Agent86 actors by address; other
+    /// requests (replicas, events) and unknown addresses fail like an unreachable peer.
+    pub(super) struct Direct(pub(super) BTreeMap<SocketAddr, ActorRef<Agent86Msg>>);
 
     impl PeerClient for Direct {
         fn request(
@@ -1601,14 +1600,9 @@ mod tests {
             timeout: Duration,
         ) -> BoxFuture<'_, Result<PeerResponse, PeerError>> {
             Box::pin(async move {
-                let Some(a) = self.0.get(&to) else {
-                    return Err(PeerError::Unreachable {
-                        addr: to,
-                        reason: "no such agent".into(),
-                    });
-                };
+                let a = self.0.get(&to).ok_or(PeerError::Timeout(to))?;
                 let PeerRequest::Agent { from, epoch, cmd } = req else {
-                    unreachable!("control only sends agent commands")
+                    return Err(PeerError::Timeout(to));
                 };
                 a.call(
                     |reply| Agent86Msg::Command {
@@ -1625,6 +1619,18 @@ mod tests {
             })
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent86::{Agent86, Agent86Msg};
+    use crate::epoch::{EpochStore, MemoryEpochStore};
+    use ractor::call_t;
+    use std::sync::Mutex;
+
+    /// Routes requests straight to in-process Agent86 actors by address.
+    use super::test_support::Direct;
 
     async fn agent(node: u64, store: MemoryEpochStore) -> ActorRef<Agent86Msg> {
         let dir = std::env::temp_dir().join(format!(
@@ -1728,41 +1734,12 @@ mod tests {
 #[cfg(test)]
 mod admission_tests {
     use super::*;
-    use crate::agent86::{Agent86, Agent86Msg, Agent86Settings, AgentCore};
+    use crate::agent86::{Agent86, Agent86Settings, AgentCore};
     use crate::epoch::MemoryEpochStore;
-    use crate::proto::BoxFuture;
     use ractor::call_t;
     use std::sync::Mutex;
 
-    struct Direct(BTreeMap<SocketAddr, ActorRef<Agent86Msg>>);
-
-    impl PeerClient for Direct {
-        fn request(
-            &self,
-            to: SocketAddr,
-            req: PeerRequest,
-            timeout: Duration,
-        ) -> BoxFuture<'_, Result<PeerResponse, PeerError>> {
-            Box::pin(async move {
-                let a = self.0.get(&to).ok_or(PeerError::Timeout(to))?;
-                let PeerRequest::Agent { from, epoch, cmd } = req else {
-                    return Err(PeerError::Timeout(to));
-                };
-                a.call(
-                    |reply| Agent86Msg::Command {
-                        from,
-                        epoch,
-                        cmd,
-                        reply,
-                    },
-                    Some(timeout),
-                )
-                .await
-                .map_err(|_| PeerError::Timeout(to))?
-                .success_or(PeerError::Timeout(to))
-            })
-        }
-    }
+    use super::test_support::Direct;
 
     fn spec(name: &str) -> ServiceSpec {
         ServiceSpec {
@@ -1980,42 +1957,14 @@ mod reaction_tests {
     //! The Control's reactions to what agents observe: anomalies (thesis §4.1.1) and
     //! viewers who left without telling the front-end.
     use super::*;
-    use crate::agent86::{Agent86, Agent86Msg, Agent86Settings, AgentCore};
+    use crate::agent86::{Agent86, Agent86Settings, AgentCore};
     use crate::epoch::MemoryEpochStore;
-    use crate::proto::{BoxFuture, UsageReading};
+    use crate::proto::UsageReading;
     use ractor::call_t;
     use smart_instance::agent86::Resource;
     use std::sync::Mutex;
 
-    struct Direct(BTreeMap<SocketAddr, ActorRef<Agent86Msg>>);
-
-    impl PeerClient for Direct {
-        fn request(
-            &self,
-            to: SocketAddr,
-            req: PeerRequest,
-            timeout: Duration,
-        ) -> BoxFuture<'_, Result<PeerResponse, PeerError>> {
-            Box::pin(async move {
-                let a = self.0.get(&to).ok_or(PeerError::Timeout(to))?;
-                let PeerRequest::Agent { from, epoch, cmd } = req else {
-                    return Err(PeerError::Timeout(to));
-                };
-                a.call(
-                    |reply| Agent86Msg::Command {
-                        from,
-                        epoch,
-                        cmd,
-                        reply,
-                    },
-                    Some(timeout),
-                )
-                .await
-                .map_err(|_| PeerError::Timeout(to))?
-                .success_or(PeerError::Timeout(to))
-            })
-        }
-    }
+    use super::test_support::Direct;
 
     struct Cluster {
         c: ActorRef<ControlMsg>,
