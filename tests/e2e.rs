@@ -131,16 +131,23 @@ fn p99(mut v: Vec<f64>) -> f64 {
     v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_a_service_node_viewers_resume_elsewhere_at_the_right_byte() {
-    let origin = origin(3, 120).await;
-    let mut c = LocalCluster::start(spec(4, &origin)).unwrap();
+/// The set-up most tests share: an origin with `videos` videos of `secs` seconds, a cluster
+/// of `nodes` nodes pointed at it, its agreed Control `(node, epoch)` and front-end URL.
+async fn case(videos: usize, secs: u64, nodes: usize) -> (LocalCluster, (u64, u64), String) {
+    let origin = origin(videos, secs).await;
+    let c = LocalCluster::start(spec(nodes, &origin)).unwrap();
     let all = c.running();
-    let (control, _) = c
+    let control = c
         .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
         .await
         .unwrap();
     let fe = c.frontend_url(fe_node(&c)).unwrap();
+    (c, control, fe)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_service_node_viewers_resume_elsewhere_at_the_right_byte() {
+    let (mut c, (control, _), fe) = case(3, 120, 4).await;
     let v = viewers(&fe, 75, 3, Duration::from_secs(2));
     let placed = wait_services(&c, 3).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -204,14 +211,8 @@ async fn kill_9_of_a_service_node_viewers_resume_elsewhere_at_the_right_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_control_during_admissions_loses_nothing_and_runs_nothing_twice() {
-    let origin = origin(6, 120).await;
-    let mut c = LocalCluster::start(spec(4, &origin)).unwrap();
+    let (mut c, (control, epoch), fe) = case(6, 120, 4).await;
     let all = c.running();
-    let (control, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
-    let fe = c.frontend_url(fe_node(&c)).unwrap();
     // A burst of first viewers of 6 videos (6 service admissions) ...
     let v = viewers(&fe, 12, 6, Duration::from_millis(1500));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -268,13 +269,7 @@ async fn kill_9_of_the_control_during_admissions_loses_nothing_and_runs_nothing_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_every_viewer_with_a_short_gap() {
-    let origin = origin(2, 120).await;
-    let c = LocalCluster::start(spec(3, &origin)).unwrap();
-    let all = c.running();
-    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
-    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let (c, _, fe) = case(2, 120, 3).await;
     let v = viewers(&fe, 100, 2, Duration::from_secs(2));
     let placed = wait_services(&c, 2).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -355,13 +350,8 @@ async fn command_as(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_controls_start_is_refused_at_agent86_and_runs_nothing() {
     use smart_actors::proto::{AgentCommand, LaunchSpec, PeerResponse};
-    let origin = origin(1, 30).await;
-    let mut c = LocalCluster::start(spec(3, &origin)).unwrap();
+    let (mut c, (old, old_epoch), _) = case(1, 30, 3).await;
     let all = c.running();
-    let (old, old_epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
     // Depose it: kill -9, a new Control is elected at a higher epoch and commands the agents.
     c.kill(old).unwrap();
     let rest: Vec<u64> = all.iter().copied().filter(|&n| n != old).collect();
@@ -403,13 +393,7 @@ async fn ffmpeg_plays_through_the_front_end_while_its_distributor_migrates() {
         println!("skipped: ffmpeg not installed");
         return;
     };
-    let origin = origin(1, 20).await;
-    let c = LocalCluster::start(spec(3, &origin)).unwrap();
-    let all = c.running();
-    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
-    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let (c, _, fe) = case(1, 20, 3).await;
     let url = format!("{fe}/watch/v0");
     // ffmpeg reads at its own pace; -re makes it read at the video's rate, so the
     // migration happens mid-stream.
@@ -462,13 +446,8 @@ async fn ffmpeg_plays_through_the_front_end_while_its_distributor_migrates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
-    let origin = origin(4, 60).await;
-    let mut c = LocalCluster::start(spec(5, &origin)).unwrap();
+    let (mut c, (control, epoch), _) = case(4, 60, 5).await;
     let all = c.running();
-    let (control, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
     // Services admitted through the message API, with no viewers to bring them back: only
     // the Control's registry knows them.
     let cl = c
@@ -532,13 +511,7 @@ async fn admitted(c: &LocalCluster) -> u64 {
 /// admissions from the distributor's own client count (after the grace period).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_who_leave_are_released_from_the_distributors_client_count() {
-    let origin = origin(1, 120).await;
-    let c = LocalCluster::start(spec(2, &origin)).unwrap();
-    let all = c.running();
-    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
-    let fe = c.frontend_url(fe_node(&c)).unwrap();
+    let (c, _, fe) = case(1, 120, 2).await;
     let stay = viewers(&fe, 2, 1, Duration::ZERO);
     let leave = viewers(&fe, 4, 1, Duration::ZERO);
     let mut n = 0;
