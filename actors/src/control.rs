@@ -1585,7 +1585,8 @@ impl Actor for Control {
 mod test_support {
     //! Shared by the Control's test modules.
     use super::*;
-    use crate::agent86::Agent86Msg;
+    use crate::agent86::{Agent86, Agent86Msg, Agent86Settings, AgentCore};
+    use crate::epoch::MemoryEpochStore;
     use crate::proto::BoxFuture;
 
     /// Routes agent commands straight to in-process Agent86 actors by address; other
@@ -1618,6 +1619,55 @@ mod test_support {
                 .success_or(PeerError::Timeout(to))
             })
         }
+    }
+
+    /// Spawns Agent86 actors for nodes `1..=nodes` (process runtime under `dir`, node `n`
+    /// on 127.0.0.n), each reachable through [`Direct`] at `127.0.0.n:1`.
+    pub(super) async fn spawn_agents(
+        dir: &std::path::Path,
+        nodes: u64,
+    ) -> (
+        BTreeMap<SocketAddr, ActorRef<Agent86Msg>>,
+        Vec<AgentAddr>,
+        Vec<Arc<AgentCore>>,
+    ) {
+        let mut routes = BTreeMap::new();
+        let mut addrs = Vec::new();
+        let mut cores = Vec::new();
+        for n in 1..=nodes {
+            let core = AgentCore::new(
+                NodeId(n),
+                Agent86Settings {
+                    ready_timeout: Duration::from_millis(100),
+                    ..Agent86Settings::new(
+                        dir.join(format!("n{n}")),
+                        format!("127.0.0.{n}").parse().unwrap(),
+                    )
+                },
+                0,
+            )
+            .unwrap();
+            cores.push(core.clone());
+            let (a, _) = Actor::spawn(
+                None,
+                Agent86 {
+                    node: NodeId(n),
+                    epochs: Arc::new(MemoryEpochStore::new(0)),
+                    core,
+                    panic_on_message: None,
+                },
+                (),
+            )
+            .await
+            .unwrap();
+            let addr: SocketAddr = format!("127.0.0.{n}:1").parse().unwrap();
+            routes.insert(addr, a);
+            addrs.push(AgentAddr {
+                node: NodeId(n),
+                addr,
+            });
+        }
+        (routes, addrs, cores)
     }
 }
 
@@ -1734,12 +1784,10 @@ mod tests {
 #[cfg(test)]
 mod admission_tests {
     use super::*;
-    use crate::agent86::{Agent86, Agent86Settings, AgentCore};
-    use crate::epoch::MemoryEpochStore;
     use ractor::call_t;
     use std::sync::Mutex;
 
-    use super::test_support::Direct;
+    use super::test_support::{Direct, spawn_agents};
 
     fn spec(name: &str) -> ServiceSpec {
         ServiceSpec {
@@ -1754,43 +1802,7 @@ mod admission_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn admits_places_starts_and_readmits_a_dead_nodes_services() {
         let dir = tempfile::tempdir().unwrap();
-        let mut routes = BTreeMap::new();
-        let mut addrs = Vec::new();
-        let mut cores = Vec::new();
-        for n in 1..=2u64 {
-            let store = MemoryEpochStore::new(0);
-            let core = AgentCore::new(
-                NodeId(n),
-                Agent86Settings {
-                    ready_timeout: Duration::from_millis(100),
-                    ..Agent86Settings::new(
-                        dir.path().join(format!("n{n}")),
-                        format!("127.0.0.{n}").parse().unwrap(),
-                    )
-                },
-                0,
-            )
-            .unwrap();
-            cores.push(core.clone());
-            let (a, _) = Actor::spawn(
-                None,
-                Agent86 {
-                    node: NodeId(n),
-                    epochs: Arc::new(store),
-                    core,
-                    panic_on_message: None,
-                },
-                (),
-            )
-            .await
-            .unwrap();
-            let addr: SocketAddr = format!("127.0.0.{n}:1").parse().unwrap();
-            routes.insert(addr, a);
-            addrs.push(AgentAddr {
-                node: NodeId(n),
-                addr,
-            });
-        }
+        let (routes, addrs, cores) = spawn_agents(dir.path(), 2).await;
         let (tx, rx) = watch::channel(addrs.clone());
         let published = Arc::new(Mutex::new(Vec::new()));
         let p2 = published.clone();
@@ -1957,14 +1969,13 @@ mod reaction_tests {
     //! The Control's reactions to what agents observe: anomalies (thesis §4.1.1) and
     //! viewers who left without telling the front-end.
     use super::*;
-    use crate::agent86::{Agent86, Agent86Settings, AgentCore};
-    use crate::epoch::MemoryEpochStore;
+    use crate::agent86::AgentCore;
     use crate::proto::UsageReading;
     use ractor::call_t;
     use smart_instance::agent86::Resource;
     use std::sync::Mutex;
 
-    use super::test_support::Direct;
+    use super::test_support::{Direct, spawn_agents};
 
     struct Cluster {
         c: ActorRef<ControlMsg>,
@@ -1986,42 +1997,7 @@ mod reaction_tests {
     impl Cluster {
         async fn new(nodes: u64, tuning: ControlTuning) -> Cluster {
             let dir = tempfile::tempdir().unwrap();
-            let mut routes = BTreeMap::new();
-            let mut addrs = Vec::new();
-            let mut cores = Vec::new();
-            for n in 1..=nodes {
-                let core = AgentCore::new(
-                    NodeId(n),
-                    Agent86Settings {
-                        ready_timeout: Duration::from_millis(100),
-                        ..Agent86Settings::new(
-                            dir.path().join(format!("n{n}")),
-                            format!("127.0.0.{n}").parse().unwrap(),
-                        )
-                    },
-                    0,
-                )
-                .unwrap();
-                cores.push(core.clone());
-                let (a, _) = Actor::spawn(
-                    None,
-                    Agent86 {
-                        node: NodeId(n),
-                        epochs: Arc::new(MemoryEpochStore::new(0)),
-                        core,
-                        panic_on_message: None,
-                    },
-                    (),
-                )
-                .await
-                .unwrap();
-                let addr: SocketAddr = format!("127.0.0.{n}:1").parse().unwrap();
-                routes.insert(addr, a);
-                addrs.push(AgentAddr {
-                    node: NodeId(n),
-                    addr,
-                });
-            }
+            let (routes, addrs, cores) = spawn_agents(dir.path(), nodes).await;
             let (tx, rx) = watch::channel(addrs.clone());
             std::mem::forget(tx);
             let published = Arc::new(Mutex::new(Vec::new()));
