@@ -244,37 +244,22 @@ impl Net {
             .join("\n")
     }
 
-    /// Cuts host `i` off the bridge (its switch port down).
-    fn unplug(&self, i: usize) {
+    /// Sets host `i`'s switch port `up` or `down` (down cuts it off the bridge).
+    fn set_port(&self, i: usize, state: &str) {
         let port = format!("p{i}");
+        let sw = self.switch();
         sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.switch(),
-            "ip",
-            "link",
-            "set",
-            &port,
-            "down",
+            "ip", "netns", "exec", &sw, "ip", "link", "set", &port, state,
         ])
         .unwrap();
     }
 
+    fn unplug(&self, i: usize) {
+        self.set_port(i, "down");
+    }
+
     fn plug(&self, i: usize) {
-        let port = format!("p{i}");
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.switch(),
-            "ip",
-            "link",
-            "set",
-            &port,
-            "up",
-        ])
-        .unwrap();
+        self.set_port(i, "up");
     }
 
     /// Runs an nft script inside host `i`'s namespace.
