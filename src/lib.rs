@@ -8,13 +8,10 @@
 //! - [`config`]: the node's TOML configuration, defaults and validation.
 //! - [`persist`]: durable incarnation and highest epoch, replaced atomically.
 //! - [`node`]: the node runtime: supervision tree, membership shell, TCP port.
-//! - [`cluster`]: a local cluster of real node processes (demo, benchmarks, tests).
-//! - [`demo`]: `smart demo` options and `smart bench failover`.
-//! - [`case_study`]: the demo itself, the Smart-GloVE case study.
+//!
+//! Local clusters, the demo and the case study are in `smart-testkit`, which this library
+//! does not depend on.
 
-pub mod case_study;
-pub mod cluster;
 pub mod config;
-pub mod demo;
 pub mod node;
 pub mod persist;

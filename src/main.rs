@@ -36,7 +36,7 @@ enum Cmd {
     /// Show members and the Control as a node sees them.
     Status(StatusArgs),
     /// Run a local cluster on loopback and show a Control failover.
-    Demo(smart::demo::DemoArgs),
+    Demo(smart_testkit::demo::DemoArgs),
     /// Simulate admission control and placement under a VoD workload (deterministic).
     Sim(smart_admission::sim::SimArgs),
     /// Agent99: profile a service's resource usage and write its profile.
@@ -53,8 +53,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct DrainArgs {
-    /// The node id to drain.
-    node: u64,
+    /// The node id to drain (`3` or `n3`).
+    node: smart_proto::NodeId,
     /// A node config to take an address and the cluster key from.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -82,7 +82,7 @@ struct DistributorArgs {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Control failover time (kill -9 until every survivor reports the new Control).
-    Failover(smart::demo::FailoverBenchArgs),
+    Failover(smart_testkit::demo::FailoverBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -204,7 +204,7 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     {
         smart_api::Response::Ok => {
             println!(
-                "draining n{}: its services are moving to other nodes",
+                "draining {}: its services are moving to other nodes",
                 args.node
             );
             Ok(())
@@ -266,7 +266,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Status(args) => status(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Demo(args) => {
-            smart::demo::run(args).await?;
+            smart_testkit::demo::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sim(args) => {
@@ -283,7 +283,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Drain(args) => drain(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Failover(args)) => {
-            smart::demo::bench_failover(args).await?;
+            smart_testkit::demo::bench_failover(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

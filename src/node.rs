@@ -1,4 +1,4 @@
-//! `smart node`: one SMART peer (DESIGN §1).
+//! `smart node`: one SMART peer (docs/DESIGN.md §1).
 //!
 //! [`run`] loads the key and durable state, starts the supervision tree
 //! ([`supervisor::NodeSupervisor`]) and waits until the tree escalates or `shutdown`
@@ -6,23 +6,35 @@
 //! tests run several nodes in one process as easily as the binary runs one.
 //!
 //! ## Layout
-//! - [`shared`]: state shared by the node's actors (durable epochs, views, counters).
+//! - [`messages`]: what the node's actors send the supervisor and membership.
+//! - [`routes`]: typed handles to the node's actors, refreshed by the supervisor.
+//! - [`durable`], [`counters`], [`events`], [`replica`]: the node state the actors share
+//!   (durable epochs and incarnation, counters, event subscribers, the registry copy).
 //! - [`membership`]: the actor shell around the heartbeat/election engine.
+//! - [`forward`]: message-API forwarding to the Control across failovers.
 //! - [`http_frontend`]: the front-end's HTTP side (`GET /watch/{video}`).
 //! - [`server`]: the TCP port (node-to-node and message API) and outgoing peers.
 //! - [`supervisor`]: the supervision tree and its restart policy.
 
+pub mod counters;
+pub mod durable;
+pub mod events;
+pub mod forward;
 pub mod http_frontend;
 pub mod membership;
+pub mod messages;
+pub mod replica;
+pub mod routes;
 pub mod server;
-pub mod shared;
 pub mod supervisor;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU32;
 
 use ractor::Actor;
+use smart_actors::agent86::{Agent86Settings, AgentCore, RuntimeKind};
+use smart_actors::epoch::EpochStore;
 use smart_supervision::ClusterKey;
 use smart_supervision::transport::Endpoint;
 use tokio::sync::watch;
@@ -30,10 +42,10 @@ use tracing::{error, info};
 
 use crate::config::{NodeConfig, RuntimeDriver};
 use crate::persist::StateFile;
+use durable::DurableState;
+use messages::NodeMsg;
 use server::TransportPeers;
-use shared::{Counters, DiskEpochs, Shared};
-use smart_actors::agent86::{Agent86Settings, AgentCore, RuntimeKind};
-use supervisor::{Exit, NodeMsg, NodeSupervisor};
+use supervisor::{Exit, NodeSupervisor};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,54 +92,44 @@ pub async fn run(
     faults: Faults,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, NodeError> {
+    let cfg = Arc::new(cfg);
     let key = ClusterKey::load(&cfg.cluster_key_file)?;
     let state = StateFile::open_and_boot(&cfg.data_dir)?;
-    let durable = state.get();
-    let epochs = Arc::new(DiskEpochs::new(state));
-    let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation, key.clone());
-    endpoint.epoch = epochs.cell();
+    let durable = Arc::new(DurableState::new(state));
+    let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation(), key.clone());
+    endpoint.epoch = durable.cell();
     let peers = Arc::new(TransportPeers::new(endpoint.clone()));
-    let (control_addr, _) = watch::channel(None);
-    let (agents, _) = watch::channel(Vec::new());
-    let (others, _) = watch::channel(Vec::new());
-    let shared = Arc::new(Shared {
-        key,
-        epochs,
-        control_addr,
-        agents,
-        others,
-        counters: Counters::default(),
-        incarnation: AtomicU64::new(durable.incarnation),
-        membership_started: AtomicBool::new(false),
-        subscribers: Default::default(),
-        replica: Default::default(),
-        transport: endpoint.counters.clone(),
-        cfg,
-    });
-    info!(node = %shared.id(), incarnation = durable.incarnation, highest_epoch = durable.highest_epoch, "node starting");
+    info!(node = %cfg.id(), incarnation = durable.incarnation(), highest_epoch = durable.highest(), "node starting");
     let agent_core = AgentCore::new(
-        shared.id(),
+        cfg.id(),
         Agent86Settings {
-            dir: shared.cfg.data_dir.join("instances"),
-            host: shared.cfg.listen.ip(),
-            nic_bps: shared.cfg.nic_bps,
-            interval: shared.cfg.agent.sample_interval,
-            stop_grace: shared.cfg.agent.stop_grace,
-            runtime: match shared.cfg.agent.runtime {
+            dir: cfg.data_dir.join("instances"),
+            host: cfg.listen.ip(),
+            nic_bps: cfg.nic_bps,
+            interval: cfg.agent.sample_interval,
+            stop_grace: cfg.agent.stop_grace,
+            runtime: match cfg.agent.runtime {
                 RuntimeDriver::Process => RuntimeKind::Process,
                 RuntimeDriver::Cgroup => RuntimeKind::Cgroup,
             },
             ready_timeout: std::time::Duration::from_secs(5),
         },
-        durable.highest_epoch,
+        durable.highest(),
     )
     .map_err(|e| NodeError::Start(format!("agent86 runtime: {e}")))?;
     let (exit_tx, mut exit_rx) = watch::channel(Exit::Running);
     let (sup, handle) = Actor::spawn(
-        Some(shared.name("supervisor")),
+        None,
         NodeSupervisor {
-            shared: shared.clone(),
+            cfg: cfg.clone(),
+            key,
+            durable,
             peers: peers.clone(),
+            view: Arc::new(watch::channel(Default::default()).0),
+            counters: Default::default(),
+            subscribers: Default::default(),
+            replica: Default::default(),
+            routes: Default::default(),
             endpoint,
             exit: exit_tx,
             agent86_panics: faults.agent86_panics.map(|n| Arc::new(AtomicU32::new(n))),
@@ -152,7 +154,7 @@ pub async fn run(
         .await
         .is_err()
     {
-        error!(node = %shared.id(), "supervision tree did not stop within 5 s");
+        error!(node = %cfg.id(), "supervision tree did not stop within 5 s");
     }
     peers.stop_all();
     // Our instances do not outlive the node (a killed node's are killed by its next start).

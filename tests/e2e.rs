@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use smart::cluster::{ClusterSpec, LocalCluster};
 use smart_api::{Request, Response, ServiceStatus};
+use smart_testkit::cluster::{ClusterSpec, LocalCluster};
 use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::VideoParams;
@@ -154,12 +154,12 @@ async fn kill_9_of_a_service_node_viewers_resume_elsewhere_at_the_right_byte() {
     // A service node that is neither the front-end nor the Control.
     let victim = placed
         .iter()
-        .map(|s| s.placement.node)
+        .map(|s| s.placement.node.0)
         .find(|&n| n != fe_node(&c) && n != control)
         .expect("a service on a node other than the control");
     let moved: Vec<String> = placed
         .iter()
-        .filter(|s| s.placement.node == victim)
+        .filter(|s| s.placement.node.0 == victim)
         .map(|s| s.placement.service.clone())
         .collect();
     c.kill(victim).unwrap();
@@ -169,7 +169,7 @@ async fn kill_9_of_a_service_node_viewers_resume_elsewhere_at_the_right_byte() {
         let s = services(&c, fe_node(&c)).await;
         if moved.iter().all(|m| {
             s.iter()
-                .any(|x| &x.placement.service == m && x.placement.node != victim)
+                .any(|x| &x.placement.service == m && x.placement.node.0 != victim)
         }) {
             back = true;
             break;
@@ -232,7 +232,7 @@ async fn kill_9_of_the_control_during_admissions_loses_nothing_and_runs_nothing_
     let mut last = Vec::new();
     for _ in 0..200 {
         last = services(&c, fe_node(&c)).await;
-        if last.len() == 6 && last.iter().all(|s| s.placement.node != killed) {
+        if last.len() == 6 && last.iter().all(|s| s.placement.node.0 != killed) {
             ok = true;
             break;
         }
@@ -324,8 +324,8 @@ async fn command_as(
     from: u64,
     to: u64,
     epoch: u64,
-    cmd: smart_actors::proto::AgentCommand,
-) -> smart_actors::proto::PeerResponse {
+    cmd: smart_proto::agent::AgentCommand,
+) -> smart_proto::agent::AgentReply {
     use smart_api::{NodeProtocol, NodeRequest, NodeResponse};
     use smart_supervision::NodeId;
     use smart_supervision::transport::tcp::TcpTransport;
@@ -335,21 +335,16 @@ async fn command_as(
     let client = Client::<NodeProtocol>::connect(&TcpTransport, &addr, ep)
         .await
         .unwrap();
-    let req = smart_actors::proto::PeerRequest::Agent {
-        from: NodeId(from),
-        epoch,
-        cmd,
-    };
-    let body = NodeRequest::Internal(postcard::to_allocvec(&req).unwrap());
+    let body = NodeRequest::Agent { epoch, cmd };
     match client.request(body, Duration::from_secs(5)).await.unwrap() {
-        NodeResponse::Internal(b) => postcard::from_bytes(&b).unwrap(),
+        NodeResponse::Agent(r) => r,
         other => panic!("unexpected {other:?}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_controls_start_is_refused_at_agent86_and_runs_nothing() {
-    use smart_actors::proto::{AgentCommand, LaunchSpec, PeerResponse};
+    use smart_proto::agent::{AgentCommand, AgentReply, LaunchSpec};
     let (mut c, (old, old_epoch), _) = case(1, 30, 3).await;
     let all = c.running();
     // Depose it: kill -9, a new Control is elected at a higher epoch and commands the agents.
@@ -377,7 +372,7 @@ async fn a_deposed_controls_start_is_refused_at_agent86_and_runs_nothing() {
         reservation: Default::default(),
     };
     match command_as(&c, old, agent, old_epoch, cmd).await {
-        PeerResponse::Refused { epoch, highest } => {
+        AgentReply::Refused { epoch, highest } => {
             assert_eq!(epoch, old_epoch);
             assert!(highest > old_epoch);
         }
@@ -466,7 +461,7 @@ async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
     assert_eq!(placed.len(), 4);
     let victim = placed
         .iter()
-        .map(|s| s.placement.node)
+        .map(|s| s.placement.node.0)
         .find(|&n| n != control)
         .expect("a service off the control node");
     // Let the registry copy reach every node (sent each refresh, 1 s).
@@ -489,7 +484,7 @@ async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
         if last.len() == 4
             && last
                 .iter()
-                .all(|s| s.placement.node != control && s.placement.node != victim)
+                .all(|s| s.placement.node.0 != control && s.placement.node.0 != victim)
         {
             return;
         }

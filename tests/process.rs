@@ -1,18 +1,18 @@
-//! Real `smart node` processes on loopback (DESIGN §7 level 3): kill -9, SIGSTOP/SIGCONT,
+//! Real `smart node` processes on loopback (docs/DESIGN.md §7 level 3): kill -9, SIGSTOP/SIGCONT,
 //! panicking children, escalation, hostile datagrams and frames, the status command.
 //!
 //! Every test starts its own cluster on its own loopback addresses and ports (see
-//! `smart::cluster`), and every wait is bounded.
+//! `smart_testkit::cluster`), and every wait is bounded.
 
 use std::time::Duration;
 
-use smart::cluster::{ClusterSpec, LocalCluster};
-use smart::demo::kill_control_and_measure;
-use smart_actors::proto::{AgentCommand, PeerRequest, PeerResponse};
 use smart_api::{ClusterStatus, NodeProtocol, NodeRequest, NodeResponse};
+use smart_proto::agent::{AgentCommand, AgentReply};
 use smart_supervision::transport::tcp::TcpTransport;
 use smart_supervision::transport::{Client, Endpoint};
 use smart_supervision::{ClusterKey, NodeId};
+use smart_testkit::cluster::{ClusterSpec, LocalCluster};
+use smart_testkit::demo::kill_control_and_measure;
 
 fn spec(nodes: usize) -> ClusterSpec {
     let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
@@ -62,7 +62,11 @@ async fn kill_9_of_the_control_elects_a_new_one() {
     // The dead node is reported dead by every survivor.
     for n in c.running() {
         let s = c.status(n).await.unwrap();
-        let dead = s.members.iter().find(|m| m.node_id == f.killed).unwrap();
+        let dead = s
+            .members
+            .iter()
+            .find(|m| m.node_id == NodeId(f.killed))
+            .unwrap();
         assert!(!dead.alive, "n{n} still sees n{} alive", f.killed);
     }
     // A generous bound: this is a correctness check, the figure comes from `smart bench`.
@@ -94,20 +98,18 @@ async fn without_multicast_unicast_seeds_carry_the_heartbeats() {
 
 /// Sends a Control command with `epoch` to node `to`, as node `from`: what a deposed
 /// Control would send.
-async fn command_as(c: &LocalCluster, from: u64, to: u64, epoch: u64) -> PeerResponse {
+async fn command_as(c: &LocalCluster, from: u64, to: u64, epoch: u64) -> AgentReply {
     let ep = Endpoint::node(NodeId(from), 9_999, c.key().clone());
     let addr = c.nodes[(to - 1) as usize].addr.to_string();
     let client = Client::<NodeProtocol>::connect(&TcpTransport, &addr, ep)
         .await
         .unwrap();
-    let req = PeerRequest::Agent {
-        from: NodeId(from),
+    let body = NodeRequest::Agent {
         epoch,
         cmd: AgentCommand::Report,
     };
-    let body = NodeRequest::Internal(postcard::to_allocvec(&req).unwrap());
     match client.request(body, Duration::from_secs(2)).await.unwrap() {
-        NodeResponse::Internal(b) => postcard::from_bytes(&b).unwrap(),
+        NodeResponse::Agent(r) => r,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -145,7 +147,7 @@ async fn a_paused_control_steps_down_on_resume_and_its_commands_are_refused() {
     // A command stamped with the deposed Control's epoch is refused by every agent.
     for &n in &others {
         match command_as(&c, old, n, old_epoch).await {
-            PeerResponse::Refused { epoch, highest } => {
+            AgentReply::Refused { epoch, highest } => {
                 assert_eq!(epoch, old_epoch);
                 assert!(highest >= new_epoch);
             }
@@ -301,7 +303,7 @@ async fn status_command_prints_json_with_control_and_members() {
     let st = wait_status(&c, 2, Duration::from_secs(10), |s| {
         s.members
             .iter()
-            .any(|m| m.node_id == 1 && m.load.mem_used_mib > 0)
+            .any(|m| m.node_id == NodeId(1) && m.load.mem_used_mib > 0)
     })
     .await;
     assert!(st.members.iter().all(|m| m.load.mem_used_mib > 0), "{st:?}");

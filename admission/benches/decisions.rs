@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use smart_admission::synthetic::{Gen, VideoSpec, distributor};
 use smart_admission::{
-    Empirical, Engine, EngineConfig, Estimator, Gaussian, NodeKey, NodeSpec, ProfileId, ServiceId,
+    Empirical, Engine, EngineConfig, Estimator, Gaussian, NodeId, NodeSpec, ProfileId, ServiceId,
 };
 
 const GRID: usize = 256;
@@ -50,7 +50,7 @@ fn build<E: Estimator>(est: E, nodes: usize) -> Bed<E> {
     };
     let mut eng = Engine::new(est, cfg).expect("config");
     for i in 0..nodes {
-        eng.add_node(NodeKey(i as u64), spec(i)).expect("node");
+        eng.add_node(NodeId(i as u64), spec(i)).expect("node");
     }
     let profiles = (0..256)
         .map(|k| {

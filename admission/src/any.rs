@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::engine::{
-    ClientDecision, ClientId, Decision, Engine, EngineConfig, EngineError, Evicted, NodeKey,
+    ClientDecision, ClientId, Decision, Engine, EngineConfig, EngineError, Evicted, NodeId,
     NodeSpec, NodeStatus, ProfileId, Rejection, ServiceId,
 };
 use crate::estimator::{Chernoff, Empirical, EstimatorKind, Gaussian, Mean, Peak};
@@ -61,15 +61,15 @@ impl AnyEngine {
         delegate!(self, e => e.register_profile(p))
     }
     /// See [`Engine::add_node`].
-    pub fn add_node(&mut self, key: NodeKey, spec: NodeSpec) -> Result<(), EngineError> {
+    pub fn add_node(&mut self, key: NodeId, spec: NodeSpec) -> Result<(), EngineError> {
         delegate!(self, e => e.add_node(key, spec))
     }
     /// See [`Engine::remove_node`].
-    pub fn remove_node(&mut self, key: NodeKey) -> Result<Vec<Evicted>, EngineError> {
+    pub fn remove_node(&mut self, key: NodeId) -> Result<Vec<Evicted>, EngineError> {
         delegate!(self, e => e.remove_node(key))
     }
     /// See [`Engine::node_failed`].
-    pub fn node_failed(&mut self, key: NodeKey) -> Result<Vec<Evicted>, EngineError> {
+    pub fn node_failed(&mut self, key: NodeId) -> Result<Vec<Evicted>, EngineError> {
         delegate!(self, e => e.node_failed(key))
     }
     /// See [`Engine::admit_service`].
@@ -97,7 +97,7 @@ impl AnyEngine {
         delegate!(self, e => e.release_service(service))
     }
     /// See [`Engine::node_of`].
-    pub fn node_of(&self, service: ServiceId) -> Option<NodeKey> {
+    pub fn node_of(&self, service: ServiceId) -> Option<NodeId> {
         delegate!(self, e => e.node_of(service))
     }
     /// See [`Engine::service_of`].
@@ -105,15 +105,15 @@ impl AnyEngine {
         delegate!(self, e => e.service_of(client))
     }
     /// See [`Engine::node_status`].
-    pub fn node_status(&mut self, key: NodeKey) -> Option<NodeStatus> {
+    pub fn node_status(&mut self, key: NodeId) -> Option<NodeStatus> {
         delegate!(self, e => e.node_status(key))
     }
     /// See [`Engine::node_keys`].
-    pub fn node_keys(&self) -> Vec<NodeKey> {
+    pub fn node_keys(&self) -> Vec<NodeId> {
         delegate!(self, e => e.node_keys())
     }
     /// See [`Engine::placements`].
-    pub fn placements(&self) -> BTreeMap<ServiceId, (NodeKey, Vec<ClientId>)> {
+    pub fn placements(&self) -> BTreeMap<ServiceId, (NodeId, Vec<ClientId>)> {
         delegate!(self, e => e.placements())
     }
     /// See [`Engine::service_count`].
@@ -157,11 +157,11 @@ mod tests {
             };
             let mut e = AnyEngine::new(kind, cfg).unwrap();
             assert_eq!(e.estimator_name(), kind.name());
-            e.add_node(NodeKey(7), NodeSpec::new(2 << 30, 2.0, 100e6))
+            e.add_node(NodeId(7), NodeSpec::new(2 << 30, 2.0, 100e6))
                 .unwrap();
             let id = e.register_profile(&p).unwrap();
             let d = e.admit_service(id, 1).unwrap();
-            assert_eq!(d.node, NodeKey(7));
+            assert_eq!(d.node, NodeId(7));
             let c = e.admit_client(d.service).unwrap();
             assert_eq!(e.service_of(c.client), Some(d.service));
             assert_eq!(e.release_service(d.service).unwrap().len(), 2);

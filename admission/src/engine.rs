@@ -26,7 +26,7 @@
 //! bursts do not line up ([`EngineConfig::align_clients`] turns this off).
 //!
 //! ## Layout
-//! - ids ([`NodeKey`], [`ServiceId`], [`ClientId`], [`ProfileId`]), [`NodeSpec`],
+//! - ids ([`NodeId`], [`ServiceId`], [`ClientId`], [`ProfileId`]), [`NodeSpec`],
 //!   [`EngineConfig`];
 //! - results: [`Decision`], [`ClientDecision`], [`Migration`], [`Evicted`], [`Rejection`],
 //!   [`EngineError`];
@@ -41,9 +41,7 @@ use crate::estimator::{Estimator, Resource};
 use crate::profile::ServiceProfile;
 use crate::tree::{Leaf, Need, PlacementIndex, Policy};
 
-/// A node as the engine knows it; the Control maps cluster node ids onto these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeKey(pub u64);
+pub use smart_proto::NodeId;
 
 /// A running service (a video distributor in Smart-GloVE), assigned by the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -152,9 +150,9 @@ pub struct Migration {
     /// Service to move.
     pub service: ServiceId,
     /// Where it runs now.
-    pub from: NodeKey,
+    pub from: NodeId,
     /// Where it must run.
-    pub to: NodeKey,
+    pub to: NodeId,
 }
 
 /// An admitted service: run it on `node` after executing `migrations` in order.
@@ -163,7 +161,7 @@ pub struct Decision {
     /// The new (or re-admitted) service.
     pub service: ServiceId,
     /// Its node.
-    pub node: NodeKey,
+    pub node: NodeId,
     /// Its initial clients.
     pub clients: Vec<ClientId>,
     /// Migrations that made room, to execute first, in order.
@@ -178,7 +176,7 @@ pub struct ClientDecision {
     /// The service it joins.
     pub service: ServiceId,
     /// The service's node.
-    pub node: NodeKey,
+    pub node: NodeId,
     /// Migrations of other services that made room, to execute first, in order.
     pub migrations: Vec<Migration>,
 }
@@ -222,10 +220,10 @@ pub enum Rejection {
 pub enum EngineError {
     /// `add_node` with a key already present.
     #[error("node {0:?} already exists")]
-    DuplicateNode(NodeKey),
+    DuplicateNode(NodeId),
     /// Unknown node key.
     #[error("unknown node {0:?}")]
-    UnknownNode(NodeKey),
+    UnknownNode(NodeId),
     /// Unknown service id.
     #[error("unknown service {0:?}")]
     UnknownService(ServiceId),
@@ -249,7 +247,7 @@ pub enum EngineError {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Its key.
-    pub key: NodeKey,
+    pub key: NodeId,
     /// Its spec.
     pub spec: NodeSpec,
     /// Reserved memory in bytes.
@@ -270,7 +268,7 @@ struct Compiled<E: Estimator> {
 }
 
 struct Node<E: Estimator> {
-    key: NodeKey,
+    key: NodeId,
     spec: NodeSpec,
     alive: bool,
     limit: [f64; 2],
@@ -324,7 +322,7 @@ pub struct Engine<E: Estimator> {
     profiles: Vec<Compiled<E>>,
     nodes: Vec<Node<E>>,
     free_slots: Vec<usize>,
-    by_key: HashMap<NodeKey, usize>,
+    by_key: HashMap<NodeId, usize>,
     services: HashMap<ServiceId, Service<E>>,
     clients: HashMap<ClientId, ServiceId>,
     cluster: [E::Agg; 2],
@@ -569,7 +567,7 @@ impl<E: Estimator> Engine<E> {
     // -----------------------------------------------------------------------------------
 
     /// Adds a node. It takes new services at once; nothing is moved onto it.
-    pub fn add_node(&mut self, key: NodeKey, spec: NodeSpec) -> Result<(), EngineError> {
+    pub fn add_node(&mut self, key: NodeId, spec: NodeSpec) -> Result<(), EngineError> {
         spec.validate()?;
         if self.by_key.contains_key(&key) {
             return Err(EngineError::DuplicateNode(key));
@@ -605,7 +603,7 @@ impl<E: Estimator> Engine<E> {
 
     /// Removes a node (planned). Its services leave the engine and are returned so the
     /// caller can re-admit them with [`readmit`](Self::readmit).
-    pub fn remove_node(&mut self, key: NodeKey) -> Result<Vec<Evicted>, EngineError> {
+    pub fn remove_node(&mut self, key: NodeId) -> Result<Vec<Evicted>, EngineError> {
         let slot = *self.by_key.get(&key).ok_or(EngineError::UnknownNode(key))?;
         let sids = std::mem::take(&mut self.nodes[slot].services);
         let mut out = Vec::with_capacity(sids.len());
@@ -642,7 +640,7 @@ impl<E: Estimator> Engine<E> {
 
     /// A node died: same as [`remove_node`](Self::remove_node); its services must be
     /// re-admitted elsewhere.
-    pub fn node_failed(&mut self, key: NodeKey) -> Result<Vec<Evicted>, EngineError> {
+    pub fn node_failed(&mut self, key: NodeId) -> Result<Vec<Evicted>, EngineError> {
         tracing::warn!(node = key.0, "node failed, evicting its services");
         self.remove_node(key)
     }
@@ -753,7 +751,7 @@ impl<E: Estimator> Engine<E> {
     }
 
     /// Reference placement by linear scan (for tests and benchmarks of the index).
-    pub fn linear_choice(&mut self, profile: ProfileId, clients: u32) -> Option<NodeKey> {
+    pub fn linear_choice(&mut self, profile: ProfileId, clients: u32) -> Option<NodeId> {
         let ids: Vec<ClientId> = (0..clients as u64)
             .map(|i| ClientId(self.next_client + i))
             .collect();
@@ -775,7 +773,7 @@ impl<E: Estimator> Engine<E> {
 
     /// Index placement without MS and without changing anything (the counterpart of
     /// [`linear_choice`](Self::linear_choice)).
-    pub fn index_choice(&mut self, profile: ProfileId, clients: u32) -> Option<NodeKey> {
+    pub fn index_choice(&mut self, profile: ProfileId, clients: u32) -> Option<NodeId> {
         let ids: Vec<ClientId> = (0..clients as u64)
             .map(|i| ClientId(self.next_client + i))
             .collect();
@@ -824,7 +822,7 @@ impl<E: Estimator> Engine<E> {
     /// from Agent86 reports, thesis §4.2): no admission test, because the service was
     /// admitted before; the node's and the cluster's aggregates include it from now on.
     /// Ids are kept, and later admissions get fresh ones.
-    pub fn adopt(&mut self, ev: &Evicted, node: NodeKey) -> Result<(), EngineError> {
+    pub fn adopt(&mut self, ev: &Evicted, node: NodeId) -> Result<(), EngineError> {
         if ev.profile.0 as usize >= self.profiles.len() {
             return Err(EngineError::BadSpec(format!(
                 "unknown profile {:?}",
@@ -1102,7 +1100,7 @@ impl<E: Estimator> Engine<E> {
     /// never back onto its current node): what the Control does with an instance that runs
     /// persistently over its profile (thesis §4.1.1). The cluster aggregate is unchanged.
     /// Returns the new node; on `NoFit` nothing changes.
-    pub fn move_elsewhere(&mut self, service: ServiceId) -> Result<NodeKey, Rejection> {
+    pub fn move_elsewhere(&mut self, service: ServiceId) -> Result<NodeId, Rejection> {
         let Some(s) = self.services.get(&service) else {
             return Err(Rejection::UnknownService(service));
         };
@@ -1137,7 +1135,7 @@ impl<E: Estimator> Engine<E> {
     // -----------------------------------------------------------------------------------
 
     /// The node running a service.
-    pub fn node_of(&self, service: ServiceId) -> Option<NodeKey> {
+    pub fn node_of(&self, service: ServiceId) -> Option<NodeId> {
         self.services.get(&service).map(|s| self.nodes[s.slot].key)
     }
 
@@ -1162,14 +1160,14 @@ impl<E: Estimator> Engine<E> {
     }
 
     /// Keys of the live nodes.
-    pub fn node_keys(&self) -> Vec<NodeKey> {
-        let mut k: Vec<NodeKey> = self.by_key.keys().copied().collect();
+    pub fn node_keys(&self) -> Vec<NodeId> {
+        let mut k: Vec<NodeId> = self.by_key.keys().copied().collect();
         k.sort();
         k
     }
 
     /// Status of a node.
-    pub fn node_status(&mut self, key: NodeKey) -> Option<NodeStatus> {
+    pub fn node_status(&mut self, key: NodeId) -> Option<NodeStatus> {
         let slot = *self.by_key.get(&key)?;
         let n = &self.nodes[slot];
         let mut level = [0.0; 2];
@@ -1189,7 +1187,7 @@ impl<E: Estimator> Engine<E> {
     }
 
     /// Every service with its node and clients (sorted): the registry the Control replicates.
-    pub fn placements(&self) -> BTreeMap<ServiceId, (NodeKey, Vec<ClientId>)> {
+    pub fn placements(&self) -> BTreeMap<ServiceId, (NodeId, Vec<ClientId>)> {
         self.services
             .iter()
             .map(|(sid, s)| {
@@ -1329,7 +1327,7 @@ mod tests {
         for (i, (mem, cpu, net)) in nodes.iter().enumerate() {
             let mut spec = NodeSpec::new(mem * MB, *cpu, *net);
             spec.vr = 1.0;
-            e.add_node(NodeKey(i as u64), spec).unwrap();
+            e.add_node(NodeId(i as u64), spec).unwrap();
         }
         e
     }
@@ -1341,16 +1339,16 @@ mod tests {
             .register_profile(&profile(80, 0.1, 1e6, Some(1e5)))
             .unwrap();
         let d = e.admit_service(p, 2).unwrap();
-        assert_eq!(d.node, NodeKey(1));
-        assert_eq!(e.move_elsewhere(d.service), Ok(NodeKey(0)));
-        assert_eq!(e.node_of(d.service), Some(NodeKey(0)));
+        assert_eq!(d.node, NodeId(1));
+        assert_eq!(e.move_elsewhere(d.service), Ok(NodeId(0)));
+        assert_eq!(e.node_of(d.service), Some(NodeId(0)));
         assert_eq!(e.clients_of(d.service).unwrap().len(), 2);
         e.verify().unwrap();
         // Node 1 filled up to 20 MB free: the service cannot go back there.
         let big = e.register_profile(&profile(280, 0.1, 1e6, None)).unwrap();
-        assert_eq!(e.admit_service(big, 0).unwrap().node, NodeKey(1));
+        assert_eq!(e.admit_service(big, 0).unwrap().node, NodeId(1));
         assert_eq!(e.move_elsewhere(d.service), Err(Rejection::NoFit));
-        assert_eq!(e.node_of(d.service), Some(NodeKey(0)));
+        assert_eq!(e.node_of(d.service), Some(NodeId(0)));
         e.verify().unwrap();
         assert_eq!(
             e.move_elsewhere(ServiceId(99)),
@@ -1363,9 +1361,9 @@ mod tests {
         let mut e = engine(&[(100, 4.0, 1e9), (300, 4.0, 1e9)]);
         let p = e.register_profile(&profile(120, 0.1, 1e6, None)).unwrap();
         let d1 = e.admit_service(p, 0).unwrap();
-        assert_eq!((d1.node, d1.migrations.len()), (NodeKey(1), 0));
+        assert_eq!((d1.node, d1.migrations.len()), (NodeId(1), 0));
         let d2 = e.admit_service(p, 0).unwrap();
-        assert_eq!(d2.node, NodeKey(1));
+        assert_eq!(d2.node, NodeId(1));
         // 60 MB left on node 1, 100 MB on node 0: 120 MB fits nowhere, and MS cannot help
         // because moving a 120 MB service frees room only where nothing else fits.
         assert_eq!(e.admit_service(p, 0), Err(Rejection::NoFit));
@@ -1420,18 +1418,18 @@ mod tests {
         let small = e.register_profile(&profile(50, 0.1, 1e6, None)).unwrap();
         let big = e.register_profile(&profile(80, 0.1, 1e6, None)).unwrap();
         let s = e.admit_service(small, 0).unwrap();
-        assert_eq!(s.node, NodeKey(0));
+        assert_eq!(s.node, NodeId(0));
         let d = e.admit_service(big, 0).unwrap();
-        assert_eq!(d.node, NodeKey(0));
+        assert_eq!(d.node, NodeId(0));
         assert_eq!(
             d.migrations,
             vec![Migration {
                 service: s.service,
-                from: NodeKey(0),
-                to: NodeKey(1),
+                from: NodeId(0),
+                to: NodeId(1),
             }]
         );
-        assert_eq!(e.node_of(s.service), Some(NodeKey(1)));
+        assert_eq!(e.node_of(s.service), Some(NodeId(1)));
         e.verify().unwrap();
     }
 
@@ -1445,26 +1443,26 @@ mod tests {
             let x = e.register_profile(&profile(80, 0.1, 1e6, None)).unwrap();
             let dv = e.admit_service(v, 0).unwrap();
             let dw = e.admit_service(w, 0).unwrap();
-            assert_eq!((dv.node, dw.node), (NodeKey(0), NodeKey(1)));
+            assert_eq!((dv.node, dw.node), (NodeId(0), NodeId(1)));
             (e, x, dv.service, dw.service)
         };
         // 80 MB fits nowhere; v (50 MB) must leave node 0 for node 1, which needs w (30 MB)
         // to leave for node 2 first: a chain of two.
         let (mut e, x, v, w) = setup(2);
         let d = e.admit_service(x, 0).unwrap();
-        assert_eq!(d.node, NodeKey(0));
+        assert_eq!(d.node, NodeId(0));
         assert_eq!(
             d.migrations,
             vec![
                 Migration {
                     service: w,
-                    from: NodeKey(1),
-                    to: NodeKey(2),
+                    from: NodeId(1),
+                    to: NodeId(2),
                 },
                 Migration {
                     service: v,
-                    from: NodeKey(0),
-                    to: NodeKey(1),
+                    from: NodeId(0),
+                    to: NodeId(1),
                 },
             ]
         );
@@ -1495,12 +1493,12 @@ mod tests {
         let mut spec = NodeSpec::new(MB, 1.0, 1e6);
         spec.conf = 1.0;
         assert!(matches!(
-            e.add_node(NodeKey(9), spec),
+            e.add_node(NodeId(9), spec),
             Err(EngineError::BadSpec(_))
         ));
         assert!(matches!(
-            e.add_node(NodeKey(0), NodeSpec::new(MB, 1.0, 1e6)),
-            Err(EngineError::DuplicateNode(NodeKey(0)))
+            e.add_node(NodeId(0), NodeSpec::new(MB, 1.0, 1e6)),
+            Err(EngineError::DuplicateNode(NodeId(0)))
         ));
         // A hostile per-client memory cannot overflow: the load simply fits nowhere.
         let mut huge = profile(10, 0.1, 1e6, Some(1e3));
@@ -1542,9 +1540,9 @@ mod tests {
             .register_profile(&profile(50, 0.1, 2e6, Some(1e6)))
             .unwrap();
         let a = e.admit_service(video, 1).unwrap();
-        assert_eq!(a.node, NodeKey(0));
+        assert_eq!(a.node, NodeId(0));
         let b = e.admit_service(other, 1).unwrap();
-        assert_eq!(b.node, NodeKey(0), "still the most free memory");
+        assert_eq!(b.node, NodeId(0), "still the most free memory");
         // Node 0 uses 2+1+2+1 = 6 Mbit/s. Three more clients of `video` fill it to 9.
         for _ in 0..3 {
             let c = e.admit_client(a.service).unwrap();
@@ -1552,13 +1550,13 @@ mod tests {
         }
         // The next one needs the other distributor (3 Mbit/s) to move to node 1.
         let c = e.admit_client(a.service).unwrap();
-        assert_eq!(c.node, NodeKey(0));
+        assert_eq!(c.node, NodeId(0));
         assert_eq!(
             c.migrations,
             vec![Migration {
                 service: b.service,
-                from: NodeKey(0),
-                to: NodeKey(1),
+                from: NodeId(0),
+                to: NodeId(1),
             }]
         );
         assert_eq!(e.clients_of(a.service).unwrap().len(), 5);
@@ -1635,8 +1633,8 @@ mod tests {
         spec.conf = 0.75;
         let mut emp = Engine::new(Empirical, cfg).unwrap();
         let mut peak = Engine::new(Peak, cfg).unwrap();
-        emp.add_node(NodeKey(0), spec).unwrap();
-        peak.add_node(NodeKey(0), spec).unwrap();
+        emp.add_node(NodeId(0), spec).unwrap();
+        peak.add_node(NodeId(0), spec).unwrap();
         let (mut ne, mut np) = (0, 0);
         for k in 0..4 {
             let pe = emp.register_profile(&mk(k)).unwrap();

@@ -32,7 +32,7 @@ pub mod tree;
 pub use any::AnyEngine;
 pub use engine::{
     ClientDecision, ClientId, Decision, Engine, EngineConfig, EngineError, Evicted, Migration,
-    NodeKey, NodeSpec, NodeStatus, ProfileId, Rejection, ServiceId,
+    NodeId, NodeSpec, NodeStatus, ProfileId, Rejection, ServiceId,
 };
 pub use estimator::{
     Chernoff, Empirical, Estimator, EstimatorKind, Gaussian, Mean, Peak, Resource,

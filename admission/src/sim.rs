@@ -38,7 +38,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::engine::{ClientId, Engine, EngineConfig, EngineError, NodeKey, NodeSpec, ServiceId};
+use crate::engine::{ClientId, Engine, EngineConfig, EngineError, NodeId, NodeSpec, ServiceId};
 use crate::estimator::{
     Chernoff, Empirical, Estimator, EstimatorKind, Gaussian, Mean, Peak, Resource,
 };
@@ -557,7 +557,7 @@ fn simulate<E: Estimator>(
     };
     let mut eng = Engine::new(est, cfg)?;
     for (i, s) in w.specs.iter().enumerate() {
-        eng.add_node(NodeKey(i as u64), *s)?;
+        eng.add_node(NodeId(i as u64), *s)?;
     }
     let profiles = w
         .items

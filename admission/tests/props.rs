@@ -11,7 +11,7 @@ use smart_admission::estimator::rank;
 use smart_admission::profile::{PROFILE_FORMAT_VERSION, Series, ServiceProfile};
 use smart_admission::tree::{Leaf, Need, PlacementIndex};
 use smart_admission::{
-    Chernoff, Empirical, Engine, EngineConfig, Estimator, Gaussian, Mean, NodeKey, NodeSpec, Peak,
+    Chernoff, Empirical, Engine, EngineConfig, Estimator, Gaussian, Mean, NodeId, NodeSpec, Peak,
     Policy, Rejection, Resource, ServiceId,
 };
 
@@ -201,7 +201,7 @@ fn run_sequence<E: Estimator>(est: E, policy: Policy, ops: &[Op], seed: u64) {
         .collect();
     let mut next_key = 0u64;
     for c in 0..4 {
-        e.add_node(NodeKey(next_key), node_class(c)).unwrap();
+        e.add_node(NodeId(next_key), node_class(c)).unwrap();
         next_key += 1;
     }
     let services = |e: &Engine<E>| -> Vec<ServiceId> { e.placements().keys().copied().collect() };
@@ -269,7 +269,7 @@ fn run_sequence<E: Estimator>(est: E, policy: Policy, ops: &[Op], seed: u64) {
                 }
             }
             Op::AddNode { class } => {
-                e.add_node(NodeKey(next_key), node_class(*class)).unwrap();
+                e.add_node(NodeId(next_key), node_class(*class)).unwrap();
                 next_key += 1;
             }
         }

@@ -65,12 +65,13 @@ async fn main() -> Result<(), ClientError> {
     }
     let p = placed.ok_or(ClientError::Api(ApiError::NoControl))?;
     println!(
-        "distributor of {video} runs on n{} at {}",
+        "distributor of {video} runs on {} at {}",
         p.node, p.endpoint
     );
     match client
         .request(Request::AdmitClient {
             service: service.clone(),
+            spec: None,
         })
         .await?
     {

@@ -76,9 +76,9 @@ impl ApiClient {
         {
             NodeResponse::Api(Response::Error(e)) => Err(ClientError::Api(e)),
             NodeResponse::Api(r) => Ok(r),
-            NodeResponse::Internal(_) => Err(ClientError::Unexpected(
-                "node-internal answer to an API request".into(),
-            )),
+            other => Err(ClientError::Unexpected(format!(
+                "node-internal answer to an API request: {other:?}"
+            ))),
         }
     }
 

@@ -79,13 +79,22 @@ fn run(rt: &mut dyn InstanceRuntime, label: &str, n: usize, ticks: usize, contro
         }
     }
     let mut s = Sampler::new(SamplerConfig::default());
+    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
     // Warm-up tick: first rates, first control API connections.
-    s.sample(&probes, Instant::now());
+    s.sample(
+        &probes,
+        &pollers.poll_blocking(&probes, Instant::now()),
+        Instant::now(),
+    );
     std::thread::sleep(Duration::from_millis(200));
     let (c0, w0) = (thread_cpu(), Instant::now());
     let mut last = None;
     for _ in 0..ticks {
-        last = Some(s.sample(&probes, Instant::now()));
+        last = Some(s.sample(
+            &probes,
+            &pollers.poll_blocking(&probes, Instant::now()),
+            Instant::now(),
+        ));
     }
     let cpu = (thread_cpu() - c0) / ticks as u32;
     let wall = w0.elapsed() / ticks as u32;

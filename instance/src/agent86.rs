@@ -38,114 +38,27 @@
 //! - [`read_health`]: the impure reader of health inputs (`/proc`, `/sys/class/thermal`).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{ExitInfo, Limits};
+use crate::runtime::Limits;
 
-/// Node identifier (mapped by the lead to the cluster's node ids).
-pub type NodeId = u64;
-/// Control epoch.
-pub type Epoch = u64;
+pub use smart_proto::agent::{
+    AgentCommand, AgentError, AgentEvent, AgentReply, AgentReport, ExitInfo, InstanceReport,
+    InstanceState, LaunchSpec, NodeUsage, Reservation, Resource, UsageReading,
+};
+pub use smart_proto::{Epoch, NodeId};
 
-/// Resources set aside for an instance or a pending arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct Reservation {
-    /// CPU, cores.
-    pub cpu_cores: f64,
-    /// Network, bits/s.
-    pub net_bps: f64,
-    /// Memory working set, bytes.
-    pub mem_bytes: u64,
-}
-
-impl Reservation {
-    fn add(&mut self, o: &Reservation) {
-        self.cpu_cores += o.cpu_cores;
-        self.net_bps += o.net_bps;
-        self.mem_bytes = self.mem_bytes.saturating_add(o.mem_bytes);
+/// The runtime limits of a launch.
+pub fn limits_of(launch: &LaunchSpec) -> Limits {
+    Limits {
+        cpu_cores: launch.cpu_cores,
+        cpu_shares: None,
+        memory_bytes: launch.memory_bytes,
     }
-}
-
-/// What the shell needs to start an instance.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct LaunchSpec {
-    /// Service (class) name, the key of its profile.
-    pub service: String,
-    /// Program and arguments.
-    pub command: Vec<String>,
-    /// Extra environment.
-    pub env: Vec<(String, String)>,
-    /// CPU cap in cores.
-    pub cpu_cores: Option<f64>,
-    /// Memory cap in bytes.
-    pub memory_bytes: Option<u64>,
-}
-
-impl LaunchSpec {
-    /// The runtime limits of this spec.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            cpu_cores: self.cpu_cores,
-            cpu_shares: None,
-            memory_bytes: self.memory_bytes,
-        }
-    }
-}
-
-/// What a Control asks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ControlOp {
-    /// Start an instance with its reservation.
-    Start {
-        /// Instance name (unique in the cluster).
-        instance: String,
-        /// How to run it.
-        launch: LaunchSpec,
-        /// What admission reserved for it.
-        reservation: Reservation,
-    },
-    /// Stop an instance (graceful, then forced).
-    Stop {
-        /// Instance name.
-        instance: String,
-    },
-    /// Set resources aside (e.g. on a migration target) under an id.
-    Reserve {
-        /// Reservation id.
-        id: String,
-        /// Amount.
-        reservation: Reservation,
-    },
-    /// Drop a reservation (idempotent).
-    Release {
-        /// Reservation id.
-        id: String,
-    },
-    /// Hand an instance over to another node (workload control API `handoff`).
-    MigrateOut {
-        /// Instance name.
-        instance: String,
-        /// Target node.
-        target: NodeId,
-    },
-    /// Start an instance in restore mode, fed by its source node.
-    MigrateIn {
-        /// Instance name.
-        instance: String,
-        /// How to run it.
-        launch: LaunchSpec,
-        /// Its reservation here.
-        reservation: Reservation,
-        /// Source node.
-        source: NodeId,
-        /// Reservation made earlier for it, consumed on success.
-        reserved_as: Option<String>,
-    },
-    /// Send a full state report.
-    ReportState,
 }
 
 /// A Control command as received.
@@ -157,40 +70,8 @@ pub struct ControlCommand {
     pub epoch: Epoch,
     /// Request id, echoed in the reply.
     pub req: u64,
-    /// The operation.
-    pub op: ControlOp,
-}
-
-/// One instance's usage over one interval (from the sampler).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct UsageReading {
-    /// Instance name.
-    pub instance: String,
-    /// Cores used.
-    pub cpu_cores: f64,
-    /// Network, bits/s (`None` when not measurable).
-    pub net_bps: Option<f64>,
-    /// Working set, bytes.
-    pub mem_bytes: u64,
-    /// Clients served, when the instance reports them.
-    pub clients: Option<u32>,
-}
-
-/// Node-level usage for the state report.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct NodeUsage {
-    /// CPUs online.
-    pub cpus: u32,
-    /// Cores busy.
-    pub cpu_busy_cores: f64,
-    /// Memory capacity.
-    pub mem_total_bytes: u64,
-    /// Memory available.
-    pub mem_available_bytes: u64,
-    /// NIC capacity, bits/s.
-    pub nic_capacity_bps: u64,
-    /// Node traffic, bits/s.
-    pub net_bps: f64,
+    /// The operation, as it came off the wire.
+    pub op: AgentCommand,
 }
 
 /// Inputs of the health checks.
@@ -215,6 +96,24 @@ pub enum Event {
     EpochObserved(Epoch),
     /// The shell made this epoch durable.
     EpochPersisted(Epoch),
+    /// The shell launched the instance's process: where it listens and its control
+    /// socket, recorded for reports and for restarts on the same address.
+    Launched {
+        /// Instance.
+        instance: String,
+        /// Its `{listen}` address, when its command has one.
+        listen: Option<SocketAddr>,
+        /// Its workload control socket.
+        control_socket: String,
+    },
+    /// Whether the instance answers the workload control API (checked by the shell when it
+    /// became ready; later usage readings refresh it).
+    SpeaksApi {
+        /// Instance.
+        instance: String,
+        /// It answers.
+        yes: bool,
+    },
     /// The runtime started an instance.
     Started {
         /// Instance.
@@ -258,7 +157,7 @@ pub enum Event {
 }
 
 /// Why a command was not carried out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     /// The command's epoch is below the highest seen here.
     StaleEpoch {
@@ -277,70 +176,20 @@ pub enum Refusal {
     Failed(String),
 }
 
-/// A resource that can be over its reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Resource {
-    /// CPU.
-    Cpu,
-    /// Network.
-    Net,
-    /// Memory.
-    Memory,
-}
-
-/// Events for the Control.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum AgentEvent {
-    /// Persistently over its reservation (thesis §4.1.1).
-    Anomaly {
-        /// Instance.
-        instance: String,
-        /// Resource.
-        resource: Resource,
-        /// Mean of the offending samples.
-        observed: f64,
-        /// Reserved amount.
-        reserved: f64,
-    },
-    /// Back under its reservation.
-    AnomalyCleared {
-        /// Instance.
-        instance: String,
-        /// Resource.
-        resource: Resource,
-    },
-    /// A health check changed state.
-    NodeHealth {
-        /// Check name (`memory_available`, `memory_pressure`, `thermal:<zone>`).
-        check: String,
-        /// True when fine.
-        healthy: bool,
-        /// Reading that decided it.
-        detail: String,
-    },
-    /// Crashed and was restarted.
-    InstanceRestarted {
-        /// Instance.
-        instance: String,
-        /// Restarts within the window so far.
-        attempt: u32,
-        /// How it ended.
-        exit: ExitInfo,
-    },
-    /// Crashed too often: given up, resources released.
-    InstanceFailed {
-        /// Instance.
-        instance: String,
-        /// Restarts made in the window.
-        restarts: u32,
-        /// How it ended last.
-        exit: ExitInfo,
-    },
-    /// Ended by itself with success; resources released.
-    InstanceFinished {
-        /// Instance.
-        instance: String,
-    },
+impl Refusal {
+    /// The wire answer for this refusal.
+    pub fn into_reply(self) -> AgentReply {
+        match self {
+            Refusal::StaleEpoch { got, highest } => AgentReply::Refused {
+                epoch: got,
+                highest,
+            },
+            Refusal::UnknownInstance => AgentReply::Failed(AgentError::UnknownInstance),
+            Refusal::AlreadyExists => AgentReply::Failed(AgentError::AlreadyExists),
+            Refusal::Busy => AgentReply::Failed(AgentError::Busy),
+            Refusal::Failed(e) => AgentReply::Failed(AgentError::Failed(e)),
+        }
+    }
 }
 
 /// Outputs of the engine, executed by the shell in order.
@@ -354,8 +203,11 @@ pub enum Command {
         instance: String,
         /// How.
         launch: LaunchSpec,
-        /// Source node of a migration.
-        restore_from: Option<NodeId>,
+        /// The address it had before (a restart after a crash keeps its endpoint); `None`
+        /// lets the shell pick one.
+        listen: Option<SocketAddr>,
+        /// Control socket of the migration source to restore from.
+        restore_from: Option<String>,
     },
     /// Stop an instance: SIGTERM, then SIGKILL after `grace`.
     Stop {
@@ -364,12 +216,14 @@ pub enum Command {
         /// Grace period.
         grace: Duration,
     },
-    /// Hand the instance over to `target` through its control API.
+    /// Hand the instance's clients over to `target_url` through its control API.
     MigrateOut {
         /// Instance.
         instance: String,
         /// Target node.
         target: NodeId,
+        /// The new instance's endpoint.
+        target_url: String,
     },
     /// Answer a Control command.
     Reply {
@@ -389,59 +243,10 @@ pub enum Command {
         /// Request id.
         req: u64,
         /// The report.
-        report: StateReport,
+        report: AgentReport,
     },
     /// Tell the current Control.
     Notify(AgentEvent),
-}
-
-/// Life-cycle state of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InstanceState {
-    /// Start issued, not confirmed.
-    Starting,
-    /// Running.
-    Running,
-    /// Stop issued.
-    Stopping,
-    /// Hand-over in progress.
-    MigratingOut,
-}
-
-/// One instance in a [`StateReport`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceReport {
-    /// Instance.
-    pub instance: String,
-    /// Service.
-    pub service: String,
-    /// State.
-    pub state: InstanceState,
-    /// Reservation.
-    pub reservation: Reservation,
-    /// Last usage sample.
-    pub usage: Option<UsageReading>,
-    /// Restarts within the current window.
-    pub restarts: u32,
-    /// Resources currently flagged over reservation.
-    pub anomalous: Vec<Resource>,
-}
-
-/// Everything a new Control needs from this node to rebuild (thesis §4.2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StateReport {
-    /// This node.
-    pub node: NodeId,
-    /// Highest epoch seen.
-    pub highest_epoch: Epoch,
-    /// Instances, by name.
-    pub instances: Vec<InstanceReport>,
-    /// Open reservations (id, amount).
-    pub reservations: Vec<(String, Reservation)>,
-    /// Sum of instance reservations and open reservations.
-    pub reserved_total: Reservation,
-    /// Last node usage.
-    pub usage: Option<NodeUsage>,
 }
 
 /// Anomaly detection settings.
@@ -530,7 +335,12 @@ struct Instance {
     state: InstanceState,
     /// Who waits for the outcome of the current operation.
     waiting: Option<(NodeId, u64, Epoch)>,
-    restore_from: Option<NodeId>,
+    /// Migration source (node, control socket) of an instance started in restore mode.
+    restore_from: Option<(NodeId, String)>,
+    /// Where it listens (set by the shell at launch).
+    listen: Option<SocketAddr>,
+    control_socket: String,
+    speaks_api: bool,
     crashes: VecDeque<Instant>,
     usage: Option<UsageReading>,
     streaks: BTreeMap<Resource, Streak>,
@@ -548,7 +358,18 @@ pub struct Agent86Engine {
     reservations: BTreeMap<String, Reservation>,
     node_usage: Option<NodeUsage>,
     health: BTreeMap<String, bool>,
+    /// Executed commands, oldest first: `(epoch, control)`.
+    recent: VecDeque<(Epoch, NodeId)>,
+    refused_stale: u64,
+    /// Numbered events for the Control, and the last number given.
+    notices: VecDeque<(u64, AgentEvent)>,
+    notice_seq: u64,
 }
+
+/// How many executed commands a report lists.
+const RECENT: usize = 32;
+/// How many notices a report carries.
+const NOTICES: usize = 64;
 
 impl Agent86Engine {
     /// An engine that has durably seen `persisted_epoch` (read by the shell at boot).
@@ -563,6 +384,10 @@ impl Agent86Engine {
             reservations: BTreeMap::new(),
             node_usage: None,
             health: BTreeMap::new(),
+            recent: VecDeque::new(),
+            refused_stale: 0,
+            notices: VecDeque::new(),
+            notice_seq: 0,
         }
     }
 
@@ -579,21 +404,74 @@ impl Agent86Engine {
     /// The step function.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
+        self.step(event, now, &mut out);
+        self.record(&out);
+        out
+    }
+
+    /// Keeps what reports list about the commands just emitted: executed commands (for the
+    /// epoch-monotonicity check from outside), stale refusals, and notices.
+    fn record(&mut self, out: &[Command]) {
+        for c in out {
+            match c {
+                Command::Reply {
+                    to,
+                    epoch,
+                    result: Ok(()),
+                    ..
+                } => self.push_recent(*epoch, *to),
+                Command::Reply {
+                    result: Err(Refusal::StaleEpoch { .. }),
+                    ..
+                } => self.refused_stale += 1,
+                Command::Notify(ev) => {
+                    self.notice_seq += 1;
+                    if self.notices.len() == NOTICES {
+                        self.notices.pop_front();
+                    }
+                    self.notices.push_back((self.notice_seq, ev.clone()));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn push_recent(&mut self, epoch: Epoch, from: NodeId) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((epoch, from));
+    }
+
+    fn step(&mut self, event: Event, now: Instant, out: &mut Vec<Command>) {
         match event {
-            Event::Control(c) => self.on_control(c, &mut out),
-            Event::EpochObserved(e) => self.observe_epoch(e, &mut out),
+            Event::Control(c) => self.on_control(c, out),
+            Event::EpochObserved(e) => self.observe_epoch(e, out),
             Event::EpochPersisted(e) => {
                 self.persisted = self.persisted.max(e);
-                self.drain_queue(&mut out);
+                self.drain_queue(out);
             }
-            Event::Started { instance } => self.on_started(&instance, &mut out),
-            Event::StartFailed { instance, error } => {
-                self.on_start_failed(&instance, error, &mut out)
+            Event::Launched {
+                instance,
+                listen,
+                control_socket,
+            } => {
+                if let Some(i) = self.instances.get_mut(&instance) {
+                    i.listen = listen;
+                    i.control_socket = control_socket;
+                }
             }
-            Event::Exited { instance, exit } => self.on_exited(&instance, exit, now, &mut out),
+            Event::SpeaksApi { instance, yes } => {
+                if let Some(i) = self.instances.get_mut(&instance) {
+                    i.speaks_api = yes;
+                }
+            }
+            Event::Started { instance } => self.on_started(&instance, out),
+            Event::StartFailed { instance, error } => self.on_start_failed(&instance, error, out),
+            Event::Exited { instance, exit } => self.on_exited(&instance, exit, now, out),
             Event::MigratedOut { instance } => {
                 if let Some(i) = self.instances.remove(&instance) {
-                    reply(&mut out, i.waiting, Ok(()));
+                    reply(out, i.waiting, Ok(()));
                 }
             }
             Event::MigrationFailed { instance, error } => {
@@ -602,18 +480,17 @@ impl Agent86Engine {
                 {
                     i.state = InstanceState::Running;
                     let w = i.waiting.take();
-                    reply(&mut out, w, Err(Refusal::Failed(error)));
+                    reply(out, w, Err(Refusal::Failed(error)));
                 }
             }
             Event::Usage { node, instances } => {
                 self.node_usage = Some(node);
                 for r in instances {
-                    self.on_usage(r, &mut out);
+                    self.on_usage(r, out);
                 }
             }
-            Event::Health(h) => self.on_health(&h, &mut out),
+            Event::Health(h) => self.on_health(&h, out),
         }
-        out
     }
 
     fn observe_epoch(&mut self, e: Epoch, out: &mut Vec<Command>) {
@@ -660,16 +537,17 @@ impl Agent86Engine {
     fn execute(&mut self, c: ControlCommand, out: &mut Vec<Command>) {
         let waiter = Some((c.from, c.req, c.epoch));
         match c.op {
-            ControlOp::Start {
+            AgentCommand::Start {
                 instance,
                 launch,
                 reservation,
             } => self.start(instance, launch, reservation, None, waiter, out),
-            ControlOp::MigrateIn {
+            AgentCommand::MigrateIn {
                 instance,
                 launch,
                 reservation,
                 source,
+                source_control,
                 reserved_as,
             } => {
                 if !self.instances.contains_key(&instance)
@@ -677,9 +555,16 @@ impl Agent86Engine {
                 {
                     self.reservations.remove(&id);
                 }
-                self.start(instance, launch, reservation, Some(source), waiter, out)
+                self.start(
+                    instance,
+                    launch,
+                    reservation,
+                    Some((source, source_control)),
+                    waiter,
+                    out,
+                )
             }
-            ControlOp::Stop { instance } => match self.instances.get_mut(&instance) {
+            AgentCommand::Stop { instance } => match self.instances.get_mut(&instance) {
                 None => reply(out, waiter, Err(Refusal::UnknownInstance)),
                 Some(i) if i.state == InstanceState::Stopping => {
                     reply(out, waiter, Err(Refusal::Busy))
@@ -696,15 +581,19 @@ impl Agent86Engine {
                     });
                 }
             },
-            ControlOp::Reserve { id, reservation } => {
+            AgentCommand::Reserve { id, reservation } => {
                 self.reservations.insert(id, reservation);
                 reply(out, waiter, Ok(()));
             }
-            ControlOp::Release { id } => {
+            AgentCommand::Release { id } => {
                 self.reservations.remove(&id);
                 reply(out, waiter, Ok(()));
             }
-            ControlOp::MigrateOut { instance, target } => match self.instances.get_mut(&instance) {
+            AgentCommand::MigrateOut {
+                instance,
+                target,
+                target_url,
+            } => match self.instances.get_mut(&instance) {
                 None => reply(out, waiter, Err(Refusal::UnknownInstance)),
                 Some(i) if i.state != InstanceState::Running => {
                     reply(out, waiter, Err(Refusal::Busy))
@@ -712,14 +601,21 @@ impl Agent86Engine {
                 Some(i) => {
                     i.state = InstanceState::MigratingOut;
                     i.waiting = waiter;
-                    out.push(Command::MigrateOut { instance, target });
+                    out.push(Command::MigrateOut {
+                        instance,
+                        target,
+                        target_url,
+                    });
                 }
             },
-            ControlOp::ReportState => out.push(Command::Report {
-                to: c.from,
-                req: c.req,
-                report: self.report(),
-            }),
+            AgentCommand::Report => {
+                self.push_recent(c.epoch, c.from);
+                out.push(Command::Report {
+                    to: c.from,
+                    req: c.req,
+                    report: self.report(),
+                })
+            }
         }
     }
 
@@ -728,7 +624,7 @@ impl Agent86Engine {
         instance: String,
         launch: LaunchSpec,
         reservation: Reservation,
-        restore_from: Option<NodeId>,
+        restore_from: Option<(NodeId, String)>,
         waiter: Option<(NodeId, u64, Epoch)>,
         out: &mut Vec<Command>,
     ) {
@@ -739,7 +635,8 @@ impl Agent86Engine {
         out.push(Command::Start {
             instance: instance.clone(),
             launch: launch.clone(),
-            restore_from,
+            listen: None,
+            restore_from: restore_from.as_ref().map(|(_, control)| control.clone()),
         });
         self.instances.insert(
             instance,
@@ -749,6 +646,9 @@ impl Agent86Engine {
                 state: InstanceState::Starting,
                 waiting: waiter,
                 restore_from,
+                listen: None,
+                control_socket: String::new(),
+                speaks_api: false,
                 crashes: VecDeque::new(),
                 usage: None,
                 streaks: BTreeMap::new(),
@@ -827,6 +727,7 @@ impl Agent86Engine {
             out.push(Command::Start {
                 instance: name.to_string(),
                 launch: i.launch.clone(),
+                listen: i.listen,
                 restore_from: None,
             });
             out.push(Command::Notify(AgentEvent::InstanceRestarted {
@@ -894,6 +795,7 @@ impl Agent86Engine {
                 }
             }
         }
+        i.speaks_api = r.speaks_api;
         i.usage = Some(r);
     }
 
@@ -936,33 +838,21 @@ impl Agent86Engine {
     }
 
     /// The current state report.
-    pub fn report(&self) -> StateReport {
+    pub fn report(&self) -> AgentReport {
         let mut total = Reservation::default();
         let instances = self
             .instances
-            .iter()
-            .map(|(name, i)| {
-                total.add(&i.reservation);
-                InstanceReport {
-                    instance: name.clone(),
-                    service: i.launch.service.clone(),
-                    state: i.state,
-                    reservation: i.reservation,
-                    usage: i.usage.clone(),
-                    restarts: i.crashes.len() as u32,
-                    anomalous: i
-                        .streaks
-                        .iter()
-                        .filter(|(_, s)| s.flagged)
-                        .map(|(r, _)| *r)
-                        .collect(),
-                }
+            .keys()
+            .filter_map(|name| {
+                let r = self.instance_report(name)?;
+                total.add(&r.reservation);
+                Some(r)
             })
             .collect();
         for r in self.reservations.values() {
             total.add(r);
         }
-        StateReport {
+        AgentReport {
             node: self.cfg.node,
             highest_epoch: self.highest_seen,
             instances,
@@ -973,12 +863,39 @@ impl Agent86Engine {
                 .collect(),
             reserved_total: total,
             usage: self.node_usage,
+            recent_commands: self.recent.iter().copied().collect(),
+            refused_stale: self.refused_stale,
+            notices: self.notices.iter().cloned().collect(),
         }
     }
 
-    /// Source node of an instance started in restore mode (for the shell).
+    /// One instance as a report lists it.
+    pub fn instance_report(&self, name: &str) -> Option<InstanceReport> {
+        let i = self.instances.get(name)?;
+        Some(InstanceReport {
+            instance: name.to_string(),
+            launch: i.launch.clone(),
+            state: i.state,
+            reservation: i.reservation,
+            endpoint: i.listen.map(|l| format!("http://{l}/")),
+            control_socket: i.control_socket.clone(),
+            speaks_api: i.speaks_api,
+            usage: i.usage.clone(),
+            restarts: i.crashes.len() as u32,
+            anomalous: i
+                .streaks
+                .iter()
+                .filter(|(_, s)| s.flagged)
+                .map(|(r, _)| *r)
+                .collect(),
+        })
+    }
+
+    /// Source node of an instance started in restore mode.
     pub fn restore_source(&self, instance: &str) -> Option<NodeId> {
-        self.instances.get(instance).and_then(|i| i.restore_from)
+        self.instances
+            .get(instance)
+            .and_then(|i| i.restore_from.as_ref().map(|(n, _)| *n))
     }
 }
 
@@ -1032,6 +949,7 @@ pub fn usage_event(s: &crate::sample::NodeSample) -> Event {
                     net_bps: i.net_bps,
                     mem_bytes: i.working_set_bytes,
                     clients: i.clients,
+                    speaks_api: i.speaks_api,
                 })
             })
             .collect(),

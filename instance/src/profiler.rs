@@ -40,6 +40,7 @@ use serde_json::json;
 use smart_admission::profile::{PROFILE_FORMAT_VERSION, Series, ServiceProfile};
 
 use crate::cgroup::CgroupConfig;
+use crate::control::UsagePollers;
 use crate::runtime::{
     CgroupDriver, ExitInfo, InstanceRuntime, InstanceSpec, InstanceStatus, Limits, Output,
     ProcessDriver, RuntimeError,
@@ -395,6 +396,7 @@ pub fn profile_once(args: &ProfileArgs, clients: Option<u32>) -> Result<RunData,
         nic_capacity_bps: args.nic_bps,
         ..Default::default()
     });
+    let mut pollers = UsagePollers::new(Duration::from_millis(100));
     let mut buf = String::new();
     let mut data = RunData {
         clients,
@@ -410,7 +412,8 @@ pub fn profile_once(args: &ProfileArgs, clients: Option<u32>) -> Result<RunData,
     // Baseline tick, aligned like all others.
     std::thread::sleep(until_aligned(args.interval));
     let mut now = Instant::now();
-    sampler.sample(&probes, now);
+    let usage = pollers.poll_blocking(&probes, now);
+    sampler.sample(&probes, &usage, now);
     if let Some(i) = &args.net_iface {
         iface_prev = iface_bytes(i, &mut buf).map(|b| (now, b));
     }
@@ -418,7 +421,8 @@ pub fn profile_once(args: &ProfileArgs, clients: Option<u32>) -> Result<RunData,
     while now + args.interval / 2 < end {
         std::thread::sleep(until_aligned(args.interval));
         now = Instant::now();
-        let smp = sampler.sample(&probes, now);
+        let usage = pollers.poll_blocking(&probes, now);
+        let smp = sampler.sample(&probes, &usage, now);
         let s = &smp.instances[0];
         let mut net = s.net_bps;
         if net.is_some() {

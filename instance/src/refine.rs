@@ -185,6 +185,7 @@ mod tests {
             net_bps: net,
             mem_bytes: mem,
             clients,
+            speaks_api: false,
         }
     }
 

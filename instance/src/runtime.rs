@@ -83,23 +83,7 @@ pub struct InstanceSpec {
     pub stderr: Output,
 }
 
-/// How an instance ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct ExitInfo {
-    /// Exit code, when it exited normally.
-    pub code: Option<i32>,
-    /// Terminating signal, when killed.
-    pub signal: Option<i32>,
-    /// The kernel OOM killer fired in its group (cgroup driver).
-    pub oom_killed: bool,
-}
-
-impl ExitInfo {
-    /// Exit code 0.
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
+pub use smart_proto::agent::ExitInfo;
 
 /// Current state of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,9 @@
 //! - **Memory**: resident (anon + mapped file) and working set (usage minus inactive file
 //!   cache) from the group's memory statistics; with the process driver both are the summed
 //!   RSS of the group (the page cache it causes is not attributable).
-//! - **Network**: from the workload control API (`usage`: cumulative bytes sent/received)
-//!   when the instance answers it. Otherwise, if the instance lives in its own network
+//! - **Network**: from the workload control API (`usage`: cumulative bytes sent/received,
+//!   asked by the caller with [`crate::control::UsagePollers`] and passed in) when the
+//!   instance answers it. Otherwise, if the instance lives in its own network
 //!   namespace, from `/proc/<pid>/net/dev` of that namespace (non-loopback interfaces).
 //!   `/proc/<pid>/net/dev` shows the interfaces of the process's namespace, not its own
 //!   traffic, so for an instance in the agent's namespace there is no per-instance OS
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::control::{Usage, UsagePoller};
+use crate::control::Usage;
 use crate::procfs::{self, GroupTotals};
 use crate::runtime::Probe;
 
@@ -73,6 +74,8 @@ pub struct InstanceSample {
     pub net_source: NetSource,
     /// Clients served (control API only).
     pub clients: Option<u32>,
+    /// The instance answered the control API this tick.
+    pub speaks_api: bool,
     /// Cache size (control API only).
     pub cache_bytes: Option<u64>,
     /// False when nothing could be read (the instance is gone).
@@ -105,8 +108,6 @@ pub struct SamplerConfig {
     pub nic_capacity_bps: u64,
     /// Interfaces counted in the node's traffic; empty = every interface except `lo`.
     pub node_ifaces: Vec<String>,
-    /// Timeout of one control API query.
-    pub control_timeout: Duration,
     /// `/proc` (injectable).
     pub proc_root: PathBuf,
 }
@@ -116,7 +117,6 @@ impl Default for SamplerConfig {
         Self {
             nic_capacity_bps: 1_000_000_000,
             node_ifaces: Vec::new(),
-            control_timeout: Duration::from_millis(100),
             proc_root: PathBuf::from("/proc"),
         }
     }
@@ -135,7 +135,6 @@ struct Prev {
 pub struct Sampler {
     cfg: SamplerConfig,
     prev: HashMap<String, Prev>,
-    pollers: HashMap<String, UsagePoller>,
     node_prev: Option<(Instant, u64, u64, Option<u64>)>,
     ticks_per_sec: u64,
     own_netns: Option<PathBuf>,
@@ -172,7 +171,6 @@ impl Sampler {
         Self {
             cfg,
             prev: HashMap::new(),
-            pollers: HashMap::new(),
             node_prev: None,
             ticks_per_sec: procfs::clock_ticks_per_sec(),
             own_netns,
@@ -185,17 +183,17 @@ impl Sampler {
         &self.cfg
     }
 
-    /// True when the instance answered the control API on its last try.
-    pub fn speaks_api(&self, name: &str) -> bool {
-        self.pollers.get(name).is_some_and(UsagePoller::speaks_api)
-    }
-
-    /// Measure the node and every probed instance. History of instances not in `probes` is
-    /// dropped.
-    pub fn sample(&mut self, probes: &[Probe], now: Instant) -> NodeSample {
+    /// Measure the node and every probed instance, with the `usage` answers of the
+    /// instances that speak the control API (by instance name). History of instances not in
+    /// `probes` is dropped.
+    pub fn sample(
+        &mut self,
+        probes: &[Probe],
+        usage: &HashMap<String, Usage>,
+        now: Instant,
+    ) -> NodeSample {
         let live: HashSet<&str> = probes.iter().map(|p| p.name.as_str()).collect();
         self.prev.retain(|k, _| live.contains(k.as_str()));
-        self.pollers.retain(|k, _| live.contains(k.as_str()));
 
         // One /proc pass for all process-driver instances.
         let pgids: HashSet<i32> = probes
@@ -205,35 +203,10 @@ impl Sampler {
             .collect();
         let groups = procfs::scan_process_groups(&self.cfg.proc_root, &pgids);
 
-        // Control API: send to every instance first, then collect the replies against one
-        // deadline, so instances answer in parallel and a silent one costs one timeout per
-        // tick at most (and then backs off).
-        let mut asked = Vec::new();
-        for p in probes {
-            let poller = self
-                .pollers
-                .entry(p.name.clone())
-                .or_insert_with(|| UsagePoller::new(&p.control_socket, self.cfg.control_timeout));
-            if poller.begin(now) {
-                asked.push(p.name.as_str());
-            }
-        }
-        let deadline = Instant::now() + self.cfg.control_timeout;
-        let mut usage: HashMap<&str, Usage> = HashMap::with_capacity(asked.len());
-        for name in asked {
-            if let Some(u) = self
-                .pollers
-                .get_mut(name)
-                .and_then(|p| p.finish(deadline, now))
-            {
-                usage.insert(name, u);
-            }
-        }
-
         let instances = probes
             .iter()
             .map(|p| {
-                let u = usage.get(p.name.as_str()).copied();
+                let u = usage.get(&p.name).cloned();
                 self.sample_instance(p, groups.get(&p.pgid).copied(), u, now)
             })
             .collect();
@@ -266,6 +239,7 @@ impl Sampler {
         };
 
         let usage = if alive { usage } else { None };
+        let usage_given = usage.is_some();
 
         let prev = self.prev.entry(p.name.clone()).or_default();
         let dt = prev.at.map(|t| now.saturating_duration_since(t));
@@ -339,6 +313,7 @@ impl Sampler {
             },
             clients,
             cache_bytes: cache,
+            speaks_api: usage_given,
             alive,
         }
     }

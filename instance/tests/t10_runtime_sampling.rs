@@ -80,13 +80,18 @@ fn measure(rt: &dyn InstanceRuntime, name: &str, n: usize, interval: Duration) -
     let probes: Vec<_> = rt.probes().into_iter().filter(|p| p.name == name).collect();
     let pid = probes[0].pgid;
     let mut s = Sampler::new(SamplerConfig::default());
+    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
     let t0 = Instant::now();
     let k0 = proc_ticks(pid);
-    s.sample(&probes, t0);
+    s.sample(&probes, &pollers.poll_blocking(&probes, t0), t0);
     let mut cores = Vec::new();
     for _ in 0..n {
         std::thread::sleep(interval);
-        let smp = s.sample(&probes, Instant::now());
+        let smp = s.sample(
+            &probes,
+            &pollers.poll_blocking(&probes, Instant::now()),
+            Instant::now(),
+        );
         cores.push(smp.instances[0].cpu_cores.expect("rate after first tick"));
     }
     let truth = (proc_ticks(pid) - k0) as f64
@@ -169,10 +174,15 @@ fn memory_hog_is_oom_killed_in_its_cgroup_and_node_survives() {
     };
     let probe = rt.start(&spec).unwrap();
     let mut s = Sampler::new(SamplerConfig::default());
+    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
     let mut peak_ws = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
-        let smp = s.sample(std::slice::from_ref(&probe), Instant::now());
+        let smp = s.sample(
+            std::slice::from_ref(&probe),
+            &pollers.poll_blocking(std::slice::from_ref(&probe), Instant::now()),
+            Instant::now(),
+        );
         peak_ws = peak_ws.max(smp.instances[0].working_set_bytes);
         if let InstanceStatus::Exited(x) = rt.status("hog").unwrap() {
             break x;
@@ -310,9 +320,18 @@ fn network_comes_from_the_control_api() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut s = Sampler::new(SamplerConfig::default());
-    s.sample(std::slice::from_ref(&probe), Instant::now());
+    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
+    s.sample(
+        std::slice::from_ref(&probe),
+        &pollers.poll_blocking(std::slice::from_ref(&probe), Instant::now()),
+        Instant::now(),
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let smp = s.sample(std::slice::from_ref(&probe), Instant::now());
+    let smp = s.sample(
+        std::slice::from_ref(&probe),
+        &pollers.poll_blocking(std::slice::from_ref(&probe), Instant::now()),
+        Instant::now(),
+    );
     rt.stop("talker", Duration::from_millis(500)).unwrap();
     let i = &smp.instances[0];
     println!("control API sample: {i:?}");

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use smart_instance::agent86::{
-    Agent86Config, Agent86Engine, AgentEvent, Command, ControlCommand, ControlOp, Event,
-    LaunchSpec, Refusal, Reservation, usage_event,
+    Agent86Config, Agent86Engine, AgentCommand, AgentEvent, Command, ControlCommand, Event,
+    LaunchSpec, NodeId, Refusal, Reservation, limits_of, usage_event,
 };
 use smart_instance::runtime::{InstanceRuntime, InstanceSpec, InstanceStatus, ProcessDriver};
 use smart_instance::sample::{Sampler, SamplerConfig};
@@ -37,7 +37,7 @@ impl Shell {
                             name: instance.clone(),
                             command: launch.command.clone(),
                             env: launch.env.clone(),
-                            limits: launch.limits(),
+                            limits: limits_of(&launch),
                             ..Default::default()
                         };
                         // A restart reuses the name: forget the dead one first.
@@ -77,9 +77,9 @@ impl Shell {
     }
 }
 
-fn control(epoch: u64, req: u64, op: ControlOp) -> Event {
+fn control(epoch: u64, req: u64, op: AgentCommand) -> Event {
     Event::Control(ControlCommand {
-        from: 1,
+        from: NodeId(1),
         epoch,
         req,
         op,
@@ -87,7 +87,7 @@ fn control(epoch: u64, req: u64, op: ControlOp) -> Event {
 }
 
 fn shell(dir: &Path) -> Shell {
-    let mut cfg = Agent86Config::new(7);
+    let mut cfg = Agent86Config::new(NodeId(7));
     cfg.restart.max_restarts = 1;
     Shell {
         engine: Agent86Engine::new(cfg, 0),
@@ -104,7 +104,7 @@ fn crashed_instance_is_restarted_once_then_given_up_and_stale_control_is_fenced(
     sh.feed(control(
         3,
         1,
-        ControlOp::Start {
+        AgentCommand::Start {
             instance: "svc".into(),
             launch: LaunchSpec {
                 service: "sleeper".into(),
@@ -125,7 +125,7 @@ fn crashed_instance_is_restarted_once_then_given_up_and_stale_control_is_fenced(
     assert_eq!(
         sh.to_control,
         vec![Command::Reply {
-            to: 1,
+            to: NodeId(1),
             req: 1,
             epoch: 3,
             result: Ok(())
@@ -135,9 +135,18 @@ fn crashed_instance_is_restarted_once_then_given_up_and_stale_control_is_fenced(
 
     // The sampler sees it; its ticks feed the engine.
     let mut sampler = Sampler::new(SamplerConfig::default());
-    sampler.sample(&sh.rt.probes(), Instant::now());
+    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
+    sampler.sample(
+        &sh.rt.probes(),
+        &pollers.poll_blocking(&sh.rt.probes(), Instant::now()),
+        Instant::now(),
+    );
     std::thread::sleep(Duration::from_millis(200));
-    let tick = sampler.sample(&sh.rt.probes(), Instant::now());
+    let tick = sampler.sample(
+        &sh.rt.probes(),
+        &pollers.poll_blocking(&sh.rt.probes(), Instant::now()),
+        Instant::now(),
+    );
     sh.feed(usage_event(&tick));
     assert!(sh.to_control.is_empty(), "{:?}", sh.to_control);
 
@@ -185,11 +194,11 @@ fn crashed_instance_is_restarted_once_then_given_up_and_stale_control_is_fenced(
     sh.to_control.clear();
 
     // A Control of an older epoch is refused.
-    sh.feed(control(2, 9, ControlOp::ReportState));
+    sh.feed(control(2, 9, AgentCommand::Report));
     assert_eq!(
         sh.to_control,
         vec![Command::Reply {
-            to: 1,
+            to: NodeId(1),
             req: 9,
             epoch: 2,
             result: Err(Refusal::StaleEpoch { got: 2, highest: 3 })

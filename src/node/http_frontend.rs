@@ -6,11 +6,12 @@
 //! Per request:
 //! - a viewer resuming (a `Range` starting past byte 0: its distributor moved or died) is
 //!   only *located* (no new admission: it was admitted already);
-//! - otherwise a client is admitted (Smart-GloVE rule: it joins the video's distributor);
-//!   the first viewer of a video makes the front-end admit the video's distributor first
-//!   (`AdmitService` with the `[frontend]` command template), then the client.
+//! - otherwise a client is admitted (Smart-GloVE rule: it joins the video's distributor),
+//!   in one request to the Control that also carries the distributor's spec (from the
+//!   `[frontend]` command template), so the first viewer of a video costs one round trip:
+//!   the Control admits the video's distributor first, then the client.
 //!
-//! Every Control call goes through [`FrontEnd::forward`], which retries across a Control
+//! Every Control call goes through [`Forwarder::forward`], which retries across a Control
 //! failover within its deadline; a viewer therefore sees a slower answer, not an error.
 //! A redirect ends the viewer's connection to us, so the front-end cannot see the viewer
 //! leave: releases come through the message API (`ReleaseClient`), e.g. from a player's
@@ -24,14 +25,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use smart_actors::frontend::FrontEnd;
-use smart_api::{ApiError, Request, Response, ServiceSpec};
+use smart_api::{Request, Response, ServiceSpec};
 use smart_vod::http;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info, info_span};
 
-use super::shared::Shared;
+use super::counters::Counters;
+use super::forward::Forwarder;
+use crate::config::NodeConfig;
 
 /// The service name of a video's distributor.
 pub fn service_of(video: &str) -> String {
@@ -81,15 +83,18 @@ enum Answer {
 
 /// The front-end HTTP actor.
 pub struct HttpFrontEnd {
-    /// Shared node state.
-    pub shared: Arc<Shared>,
+    /// The node's configuration (`frontend_http`, `[frontend]`).
+    pub cfg: Arc<NodeConfig>,
+    /// Node counters.
+    pub counters: Arc<Counters>,
     /// Forwarding to the Control with retries.
-    pub forwarder: FrontEnd,
+    pub forwarder: Forwarder,
 }
 
 struct Ctx {
-    shared: Arc<Shared>,
-    forwarder: FrontEnd,
+    cfg: Arc<NodeConfig>,
+    counters: Arc<Counters>,
+    forwarder: Forwarder,
 }
 
 impl Ctx {
@@ -105,28 +110,17 @@ impl Ctx {
         {
             return Answer::Redirect(format!("{}{video}", p.endpoint));
         }
-        let mut admitted_service = false;
-        loop {
-            let r = self
-                .forwarder
-                .forward(Request::AdmitClient {
-                    service: service.clone(),
-                })
-                .await;
-            match r {
-                Response::Placed(p) => return Answer::Redirect(format!("{}{video}", p.endpoint)),
-                Response::Error(ApiError::NotFound { .. }) if !admitted_service => {
-                    admitted_service = true;
-                    let spec = spec_for(&self.shared.cfg.frontend, video);
-                    match self.forwarder.forward(Request::AdmitService(spec)).await {
-                        Response::Placed(_) => continue,
-                        Response::Error(e) => return Answer::Unavailable(e.to_string()),
-                        other => return Answer::Unavailable(format!("unexpected {other:?}")),
-                    }
-                }
-                Response::Error(e) => return Answer::Unavailable(e.to_string()),
-                other => return Answer::Unavailable(format!("unexpected {other:?}")),
-            }
+        let r = self
+            .forwarder
+            .forward(Request::AdmitClient {
+                service,
+                spec: Some(spec_for(&self.cfg.frontend, video)),
+            })
+            .await;
+        match r {
+            Response::Placed(p) => Answer::Redirect(format!("{}{video}", p.endpoint)),
+            Response::Error(e) => Answer::Unavailable(e.to_string()),
+            other => Answer::Unavailable(format!("unexpected {other:?}")),
         }
     }
 
@@ -148,7 +142,7 @@ impl Ctx {
         match answer {
             Answer::Redirect(to) => http::write_error(&mut s, 302, &[("Location", to)]).await,
             Answer::Unavailable(reason) => {
-                self.shared.counters.incr("frontend_503");
+                self.counters.incr("frontend_503");
                 http::write_error(
                     &mut s,
                     503,
@@ -175,16 +169,17 @@ impl Actor for HttpFrontEnd {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let addr = self
-            .shared
             .cfg
             .frontend_http
             .ok_or("front-end role without frontend_http")?;
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} (frontend_http): {e}"))?;
-        info!(node = %self.shared.id(), %addr, "front-end HTTP listening");
+        let node = self.cfg.id();
+        info!(%node, %addr, "front-end HTTP listening");
         let ctx = Arc::new(Ctx {
-            shared: self.shared.clone(),
+            cfg: self.cfg.clone(),
+            counters: self.counters.clone(),
             forwarder: self.forwarder.clone(),
         });
         Ok(tokio::spawn(async move {
@@ -192,7 +187,8 @@ impl Actor for HttpFrontEnd {
                 match l.accept().await {
                     Ok((s, _)) => {
                         let c = ctx.clone();
-                        tokio::spawn(async move { c.handle(s).await });
+                        let span = info_span!("frontend", %node);
+                        tokio::spawn(async move { c.handle(s).await }.instrument(span));
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }

@@ -11,30 +11,33 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use smart_actors::agent86::Agent86Msg;
 use smart_actors::control::AgentAddr;
-use smart_actors::epoch::EpochStore;
+use smart_actors::epoch::{EpochStore, Fatal};
+use smart_actors::view::{ClusterView, ControlAt};
 use smart_api::{ClusterStatus, ControlView, Event, MemberLoad, MemberStatus};
 use smart_supervision::detector::DetectorConfig;
 use smart_supervision::election::Mode;
 use smart_supervision::engine::{Dest, EngineConfig, Input, NodeEngine, Output};
 use smart_supervision::udp::{self, MulticastParams};
 use smart_supervision::wire::LoadSummary;
-use smart_supervision::{Epoch, Role, wire};
+use smart_supervision::{ClusterKey, Role, wire};
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::shared::Shared;
-use super::supervisor::NodeMsg;
-use crate::config::ElectionMode;
+use super::counters::Counters;
+use super::durable::DurableState;
+use super::events::Subscribers;
+use super::messages::{MembershipMsg, NodeMsg};
+use super::routes::RouteReaders;
+use crate::config::{ElectionMode, NodeConfig};
 
 /// How often the engine is ticked. Well below the heartbeat interval so that timers (backoff,
 /// detector) fire within a few milliseconds of their deadline.
@@ -52,28 +55,26 @@ fn member_load(l: LoadSummary) -> MemberLoad {
     }
 }
 
-/// Membership's messages.
-pub enum MembershipMsg {
-    /// Time passed.
-    Tick,
-    /// Raw bytes from a socket.
-    Datagram(Vec<u8>, SocketAddr),
-    /// The local Control finished rebuilding at `epoch`.
-    RebuildDone(Epoch),
-    /// The local Control learned from an agent that a newer epoch exists.
-    ControlStale(Epoch),
-    /// Members and Control as this node sees them.
-    Status(RpcReplyPort<ClusterStatus>),
-    /// This node's load, from Agent86's last sample, for the next heartbeats.
-    Load(LoadSummary),
-}
-
 /// The actor.
 pub struct Membership {
-    /// Node-wide shared state.
-    pub shared: Arc<Shared>,
+    /// The node's configuration.
+    pub cfg: Arc<NodeConfig>,
+    /// Authenticates heartbeats.
+    pub key: ClusterKey,
+    /// Durable epochs and incarnation.
+    pub durable: Arc<DurableState>,
+    /// Where the cluster view is published.
+    pub view: Arc<watch::Sender<ClusterView>>,
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Event subscribers of this node.
+    pub subscribers: Arc<Subscribers>,
+    /// The other actors (Agent86, for the node's load).
+    pub routes: RouteReaders,
     /// The node supervisor, which starts and stops the Control.
     pub supervisor: ActorRef<NodeMsg>,
+    /// A restart of membership within the node's life: it takes a new incarnation.
+    pub restart: bool,
 }
 
 /// Its state.
@@ -89,8 +90,7 @@ pub struct MembershipState {
     ticks: u32,
 }
 
-fn engine_config(shared: &Shared, incarnation: u64) -> EngineConfig {
-    let cfg = &shared.cfg;
+fn engine_config(cfg: &NodeConfig, incarnation: u64) -> EngineConfig {
     let mut e = EngineConfig::new(cfg.id(), incarnation, cfg.listen, cfg.roles.clone());
     e.heartbeat_interval = cfg.timing.heartbeat_interval;
     e.detector = DetectorConfig {
@@ -118,7 +118,7 @@ fn engine_config(shared: &Shared, incarnation: u64) -> EngineConfig {
 fn spawn_reader(
     sock: Arc<UdpSocket>,
     me: ActorRef<MembershipMsg>,
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // One byte more than the largest valid datagram, so that oversized ones are seen as
@@ -136,8 +136,8 @@ fn spawn_reader(
                 }
                 Err(e) => {
                     // ICMP errors from unicast sends surface here on Linux: not fatal.
-                    shared.counters.incr("udp_recv_errors");
-                    debug!(node = %shared.id(), error = %e, "udp receive error");
+                    counters.incr("udp_recv_errors");
+                    debug!(error = %e, "udp receive error");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -151,20 +151,19 @@ impl Membership {
         st: &mut MembershipState,
         outputs: Vec<Output>,
     ) -> Result<(), ActorProcessingErr> {
-        let shared = &self.shared;
-        let id = shared.id();
+        let id = self.cfg.id();
         for out in outputs {
             match out {
                 Output::Send { dest, msg } => {
-                    let bytes = wire::encode(&msg, &shared.key);
+                    let bytes = wire::encode(&msg, &self.key);
                     let targets: Vec<SocketAddr> = match dest {
                         Dest::Multicast => st.group.into_iter().collect(),
-                        Dest::Seeds => shared.cfg.seeds.clone(),
+                        Dest::Seeds => self.cfg.seeds.clone(),
                         Dest::Addr(a) => vec![a],
                     };
                     for t in targets {
                         if let Err(e) = st.socket.send_to(&bytes, t).await {
-                            shared.counters.incr("udp_send_errors");
+                            self.counters.incr("udp_send_errors");
                             debug!(node = %id, to = %t, error = %e, "heartbeat send failed");
                         }
                     }
@@ -172,14 +171,14 @@ impl Membership {
                 Output::PersistEpoch(e) => {
                     // Fatal on failure: acting on an epoch we could not persist could let a
                     // restarted node reuse it.
-                    shared.epochs.raise(e).map_err(|err| {
+                    self.durable.raise(e).map_err(|err| {
                         error!(node = %id, epoch = e, error = %err, "cannot persist epoch");
-                        ActorProcessingErr::from(format!("cannot persist epoch {e}: {err}"))
+                        Fatal::from(err)
                     })?;
                 }
                 Output::BecomeControl { epoch } => {
                     info!(node = %id, epoch, "became control; rebuilding state");
-                    shared.counters.incr("became_control");
+                    self.counters.incr("became_control");
                     let _ = self
                         .supervisor
                         .send_message(NodeMsg::StartControl { epoch });
@@ -198,15 +197,15 @@ impl Membership {
                 }
                 Output::StepDown { epoch, reason } => {
                     warn!(node = %id, epoch, ?reason, "stepping down as control");
-                    shared.counters.incr("stepped_down");
+                    self.counters.incr("stepped_down");
                     let _ = self.supervisor.send_message(NodeMsg::StopControl);
                 }
                 Output::ControlChanged(view) => {
                     info!(node = %id, control = ?view.map(|v| (v.node_id.0, v.epoch)), "control changed");
                     self.publish(st);
                     if let Some(v) = view {
-                        shared.publish(Event::ControlChanged {
-                            node: v.node_id.0,
+                        self.subscribers.publish(&Event::ControlChanged {
+                            node: v.node_id,
                             epoch: v.epoch,
                         });
                     }
@@ -214,16 +213,16 @@ impl Membership {
                 Output::MemberUp(n) => {
                     info!(node = %id, member = %n, "member up");
                     self.publish(st);
-                    shared.publish(Event::MemberChanged {
-                        node: n.0,
+                    self.subscribers.publish(&Event::MemberChanged {
+                        node: n,
                         alive: true,
                     });
                 }
                 Output::MemberDown(n) => {
                     warn!(node = %id, member = %n, "member down");
                     self.publish(st);
-                    shared.publish(Event::MemberChanged {
-                        node: n.0,
+                    self.subscribers.publish(&Event::MemberChanged {
+                        node: n,
                         alive: false,
                     });
                 }
@@ -232,10 +231,8 @@ impl Membership {
                     // agent's next report and re-admits them.
                     warn!(node = %id, member = %node, incarnation, "member restarted");
                     self.publish(st);
-                    shared.publish(Event::MemberChanged {
-                        node: node.0,
-                        alive: true,
-                    });
+                    self.subscribers
+                        .publish(&Event::MemberChanged { node, alive: true });
                 }
                 Output::Dropped { from, reason } => {
                     debug!(node = %id, %from, ?reason, "datagram dropped");
@@ -248,14 +245,16 @@ impl Membership {
     /// Asks Agent86 for its last sample off the mailbox (a slow agent must not delay
     /// heartbeats); the answer comes back as [`MembershipMsg::Load`].
     fn ask_load(&self, me: ActorRef<MembershipMsg>) {
-        let Some(a) = ractor::registry::where_is(self.shared.name("agent86")) else {
+        let Some(agent) = self.routes.agent86() else {
             return;
         };
-        let agent: ActorRef<Agent86Msg> = a.into();
         tokio::spawn(async move {
             let Ok(Ok(ractor::rpc::CallResult::Success(r))) = tokio::time::timeout(
                 Duration::from_millis(500),
-                agent.call(Agent86Msg::Report, Some(Duration::from_millis(500))),
+                agent.call(
+                    smart_actors::agent86::Agent86Msg::Report,
+                    Some(Duration::from_millis(500)),
+                ),
             )
             .await
             else {
@@ -275,24 +274,24 @@ impl Membership {
         });
     }
 
-    /// Publishes the views other actors read: the Control's address and the live agents.
+    /// Publishes the view other actors read: the Control, the live agents, the others.
     fn publish(&self, st: &MembershipState) {
-        let shared = &self.shared;
+        let cfg = &self.cfg;
         let members = st.engine.members();
         let control = st.engine.control().and_then(|c| {
-            if c.node_id == shared.id() {
-                Some(shared.cfg.listen)
+            let addr = if c.node_id == cfg.id() {
+                Some(cfg.listen)
             } else {
                 members
                     .iter()
                     .find(|m| m.node_id == c.node_id)
                     .map(|m| m.tcp_addr)
-            }
-        });
-        shared.control_addr.send_if_modified(|cur| {
-            let changed = *cur != control;
-            *cur = control;
-            changed
+            }?;
+            Some(ControlAt {
+                node: c.node_id,
+                epoch: c.epoch,
+                addr,
+            })
         });
         let mut agents: Vec<AgentAddr> = members
             .iter()
@@ -302,32 +301,32 @@ impl Membership {
                 addr: m.tcp_addr,
             })
             .collect();
-        if shared.cfg.has_role(Role::Agent) {
+        if cfg.has_role(Role::Agent) {
             agents.push(AgentAddr {
-                node: shared.id(),
-                addr: shared.cfg.listen,
+                node: cfg.id(),
+                addr: cfg.listen,
             });
         }
         agents.sort_by_key(|a| a.node);
         let others: Vec<SocketAddr> = members
             .iter()
-            .filter(|m| m.alive && m.node_id != shared.id())
+            .filter(|m| m.alive && m.node_id != cfg.id())
             .map(|m| m.tcp_addr)
             .collect();
-        shared.others.send_if_modified(|cur| {
-            let changed = *cur != others;
-            *cur = others;
-            changed
-        });
-        shared.agents.send_if_modified(|cur| {
-            let changed = *cur != agents;
-            *cur = agents;
+        let view = ClusterView {
+            control,
+            agents,
+            others,
+        };
+        self.view.send_if_modified(|cur| {
+            let changed = *cur != view;
+            *cur = view;
             changed
         });
     }
 
     fn status(&self, st: &MembershipState) -> ClusterStatus {
-        let shared = &self.shared;
+        let cfg = &self.cfg;
         let now = Instant::now();
         let role_names = |roles: &[Role]| -> Vec<String> {
             roles
@@ -348,7 +347,7 @@ impl Membership {
             .members()
             .into_iter()
             .map(|m| MemberStatus {
-                node_id: m.node_id.0,
+                node_id: m.node_id,
                 address: m.tcp_addr.to_string(),
                 alive: m.alive,
                 roles: role_names(&m.roles),
@@ -358,17 +357,17 @@ impl Membership {
             })
             .collect();
         members.push(MemberStatus {
-            node_id: shared.id().0,
-            address: shared.cfg.listen.to_string(),
+            node_id: cfg.id(),
+            address: cfg.listen.to_string(),
             alive: true,
-            roles: role_names(&shared.cfg.roles),
+            roles: role_names(&cfg.roles),
             last_heard_ms: 0,
-            incarnation: shared.incarnation.load(Ordering::SeqCst),
+            incarnation: self.durable.incarnation(),
             load: member_load(st.load),
         });
         members.sort_by_key(|m| m.node_id);
         let c = st.engine.counters();
-        let mut counters: Vec<(String, u64)> = shared.counters.snapshot().into_iter().collect();
+        let mut counters: Vec<(String, u64)> = self.counters.snapshot().into_iter().collect();
         counters.extend([
             ("accepted".to_string(), c.accepted),
             ("dropped_replayed".to_string(), c.replayed),
@@ -388,10 +387,10 @@ impl Membership {
         ]);
         counters.sort();
         ClusterStatus {
-            node_id: shared.id().0,
+            node_id: cfg.id(),
             highest_epoch: st.engine.highest_epoch(),
             control: st.engine.control().map(|c| ControlView {
-                node_id: c.node_id.0,
+                node_id: c.node_id,
                 epoch: c.epoch,
             }),
             members,
@@ -410,15 +409,13 @@ impl Actor for Membership {
         myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let shared = &self.shared;
-        let cfg = &shared.cfg;
+        let cfg = &self.cfg;
         // A restarted engine starts its sequence numbers again: a new incarnation keeps them
         // from being taken for replays. (The node's start already booted one.)
-        if shared.membership_started.swap(true, Ordering::SeqCst) {
-            let incarnation = shared.epochs.boot().map_err(ActorProcessingErr::from)?;
-            shared.incarnation.store(incarnation, Ordering::SeqCst);
+        if self.restart {
+            self.durable.boot()?;
         }
-        let incarnation = shared.incarnation.load(Ordering::SeqCst);
+        let incarnation = self.durable.incarnation();
         let mcast = if cfg.multicast.enabled {
             Some(MulticastParams {
                 group: cfg.multicast.group,
@@ -436,7 +433,11 @@ impl Actor for Membership {
             udp::unicast_socket(cfg.listen, mcast.as_ref())
                 .map_err(|e| format!("cannot bind heartbeat socket {}: {e}", cfg.listen))?,
         );
-        let mut readers = vec![spawn_reader(socket.clone(), myself.clone(), shared.clone())];
+        let mut readers = vec![spawn_reader(
+            socket.clone(),
+            myself.clone(),
+            self.counters.clone(),
+        )];
         let mut group = None;
         if let Some(m) = &mcast {
             let g = udp::group_socket(m).map_err(|e| {
@@ -445,15 +446,19 @@ impl Actor for Membership {
                     m.group, m.port, m.interface
                 )
             })?;
-            readers.push(spawn_reader(Arc::new(g), myself.clone(), shared.clone()));
+            readers.push(spawn_reader(
+                Arc::new(g),
+                myself.clone(),
+                self.counters.clone(),
+            ));
             group = Some(SocketAddr::from((m.group, m.port)));
         }
         let engine = NodeEngine::new(
-            engine_config(shared, incarnation),
-            shared.epochs.highest(),
+            engine_config(cfg, incarnation),
+            self.durable.highest(),
             StdRng::from_os_rng(),
         );
-        info!(node = %shared.id(), incarnation, listen = %cfg.listen, "membership started");
+        info!(node = %cfg.id(), incarnation, listen = %cfg.listen, "membership started");
         Ok(MembershipState {
             engine,
             socket,
@@ -491,6 +496,18 @@ impl Actor for Membership {
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let span = info_span!("membership", node = %self.cfg.id());
+        self.step(myself, msg, st).instrument(span).await
+    }
+}
+
+impl Membership {
+    async fn step(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        msg: MembershipMsg,
+        st: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         let outputs = match msg {
             MembershipMsg::Tick => {
@@ -505,37 +522,35 @@ impl Actor for Membership {
                 st.load = load;
                 st.engine.handle(Input::SetLoad(load), now)
             }
-            MembershipMsg::Datagram(bytes, from) => match wire::decode(&bytes, &self.shared.key) {
+            MembershipMsg::Datagram(bytes, from) => match wire::decode(&bytes, &self.key) {
                 Ok(m) => st.engine.handle(Input::Received(m), now),
                 Err(e) => {
-                    self.shared
-                        .counters
-                        .incr(&format!("dropped_{}", drop_name(&e)));
-                    debug!(node = %self.shared.id(), %from, error = %e, "datagram dropped");
+                    self.counters.incr(&format!("dropped_{}", drop_name(&e)));
+                    debug!(%from, error = %e, "datagram dropped");
                     Vec::new()
                 }
             },
             MembershipMsg::RebuildDone(epoch) => {
                 st.engine.handle(Input::RebuildDone { epoch }, now)
             }
+            MembershipMsg::Reassert => st.engine.handle(Input::Reassert, now),
             MembershipMsg::ControlStale(highest) => {
                 match st.engine.control() {
                     // The refusal came from our own re-assertion racing the Control actor
                     // (the agent heard our heartbeat at the new epoch before the actor got
                     // it): we are still the Control, so start it again at the current epoch.
-                    Some(c) if c.node_id == self.shared.id() && c.epoch >= highest => {
-                        info!(node = %self.shared.id(), epoch = c.epoch, "control actor fenced by our own re-assertion; restarting it");
+                    Some(c) if c.node_id == self.cfg.id() && c.epoch >= highest => {
+                        info!(
+                            epoch = c.epoch,
+                            "control actor fenced by our own re-assertion; restarting it"
+                        );
                         let _ = self
                             .supervisor
                             .send_message(NodeMsg::StartControl { epoch: c.epoch });
                     }
                     // Really stale: persist the higher epoch so that this node never acts
                     // below it again; the engine steps down when it hears the newer Control.
-                    _ => self
-                        .shared
-                        .epochs
-                        .raise(highest)
-                        .map_err(ActorProcessingErr::from)?,
+                    _ => self.durable.raise(highest).map_err(Fatal::from)?,
                 }
                 Vec::new()
             }

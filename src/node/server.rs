@@ -2,12 +2,15 @@
 //! `smart_supervision::transport` (framed, authenticated), and the outgoing side
 //! ([`TransportPeers`]: one peer actor per remote node, created on first use).
 //!
-//! Routing of inbound requests:
-//! - `Internal` (nodes only): Control commands for Agent86, executed with its fencing;
+//! Routing of inbound requests ([`NodeRequest`]):
+//! - `Agent` (nodes only): Control commands for Agent86, from the connection's authenticated
+//!   node, executed with its fencing;
+//! - `Replica` (nodes only): kept when newer than the copy this node has;
+//! - `Event` (nodes only): pushed to this node's subscribers;
 //! - `Api(Status)`: answered by this node's membership;
 //! - `Api(Subscribe)`: the connection joins the event subscribers;
-//! - any other `Api` request: to the local Control when this node is Control, else forwarded
-//!   to the Control with retries across a failover (the front-end logic).
+//! - any other `Api` request: to the local Control when this node is Control, else
+//!   forwarded to the Control with retries across a failover.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,32 +20,23 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
 use smart_actors::agent86::Agent86Msg;
 use smart_actors::control::ControlMsg;
-use smart_actors::frontend::FrontEnd;
-use smart_actors::proto::{BoxFuture, PeerClient, PeerError, PeerRequest, PeerResponse};
+use smart_actors::peer::{BoxFuture, PeerClient, PeerError};
 use smart_api::{ApiError, NodeProtocol, NodeRequest, NodeResponse, Request, Response};
+use smart_proto::agent::AgentReply;
 use smart_supervision::transport::peer::{self, Peer, PeerArgs, PeerMsg};
 use smart_supervision::transport::tcp::TcpTransport;
 use smart_supervision::transport::{
     Endpoint, Handler, RequestContext, RequestError, Server, ServerHandle,
 };
-use tracing::info;
+use tracing::{Instrument, info, info_span};
 
-use super::membership::MembershipMsg;
-use super::shared::Shared;
-
-/// Encodes a node-internal body.
-fn seal<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).expect("node messages serialise")
-}
-
-/// Decodes a node-internal body, refusing trailing bytes.
-fn open<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-    let (v, rest) = postcard::take_from_bytes(b).map_err(|e| format!("malformed body: {e}"))?;
-    if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after body", rest.len()));
-    }
-    Ok(v)
-}
+use super::counters::Counters;
+use super::events::Subscribers;
+use super::forward::Forwarder;
+use super::messages::MembershipMsg;
+use super::replica::ReplicaStore;
+use super::routes::RouteReaders;
+use crate::config::NodeConfig;
 
 /// Outgoing requests over TCP, one [`Peer`] actor per destination.
 pub struct TransportPeers {
@@ -96,115 +90,90 @@ impl PeerClient for TransportPeers {
     fn request(
         &self,
         to: SocketAddr,
-        req: PeerRequest,
+        req: NodeRequest,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<PeerResponse, PeerError>> {
+    ) -> BoxFuture<'_, Result<NodeResponse, PeerError>> {
         Box::pin(async move {
             let peer = self.peer(to).await?;
-            let body = match req {
-                PeerRequest::Api(r) => NodeRequest::Api(r),
-                other => NodeRequest::Internal(seal(&other)),
-            };
-            match peer::request(&peer, body, timeout).await {
-                Ok(NodeResponse::Api(r)) => Ok(PeerResponse::Api(r)),
-                Ok(NodeResponse::Internal(b)) => {
-                    open(&b).map_err(|reason| PeerError::Unreachable { addr: to, reason })
-                }
-                Err(RequestError::Timeout(_)) => Err(PeerError::Timeout(to)),
-                Err(e) => Err(PeerError::Unreachable {
-                    addr: to,
-                    reason: e.to_string(),
-                }),
-            }
+            peer::request(&peer, req, timeout)
+                .await
+                .map_err(|e| match e {
+                    RequestError::Timeout(_) => PeerError::Timeout(to),
+                    e => PeerError::Unreachable {
+                        addr: to,
+                        reason: e.to_string(),
+                    },
+                })
         })
     }
 }
 
+/// What the TCP port needs from the node.
+#[derive(Clone)]
+pub struct PortContext {
+    /// The node's configuration.
+    pub cfg: Arc<NodeConfig>,
+    /// The node's actors.
+    pub routes: RouteReaders,
+    /// Forwarding to the Control.
+    pub forwarder: Forwarder,
+    /// Event subscribers.
+    pub subscribers: Arc<Subscribers>,
+    /// The registry copy.
+    pub replica: Arc<ReplicaStore>,
+    /// Node counters.
+    pub counters: Arc<Counters>,
+    /// The transport's counters.
+    pub transport: Arc<smart_supervision::transport::Counters>,
+}
+
 /// Serves the node's TCP port.
 pub struct NodeHandler {
-    shared: Arc<Shared>,
-    forwarder: FrontEnd,
+    ctx: PortContext,
 }
 
 impl NodeHandler {
     fn timeout_ms(&self) -> u64 {
-        self.shared.cfg.timing.request_timeout.as_millis() as u64
+        self.ctx.cfg.timing.request_timeout.as_millis() as u64
     }
 
     /// Adds the transport's counters and Agent86's fencing figures to a status answer.
     async fn extend_counters(&self, counters: &mut Vec<(String, u64)>) {
         if let Ok(serde_json::Value::Object(map)) =
-            serde_json::to_value(self.shared.transport.snapshot())
+            serde_json::to_value(self.ctx.transport.snapshot())
         {
             for (k, v) in map {
                 counters.push((format!("transport_{k}"), v.as_u64().unwrap_or(0)));
             }
         }
-        if let Some(a) = ractor::registry::where_is(self.shared.name("agent86")) {
-            let a: ActorRef<Agent86Msg> = a.into();
-            if let Ok(r) = call_t!(a, Agent86Msg::Report, self.timeout_ms()) {
-                // Executed epochs must never go down: this counts violations, from the
-                // agent's own record of what it executed.
-                let regressions = r
-                    .recent_commands
-                    .windows(2)
-                    .filter(|w| w[1].0 < w[0].0)
-                    .count() as u64;
-                counters.push(("agent_refused_stale".into(), r.refused_stale));
-                counters.push(("agent_epoch_regressions".into(), regressions));
-                counters.push((
-                    "agent_recent_commands".into(),
-                    r.recent_commands.len() as u64,
-                ));
-            }
+        if let Some(a) = self.ctx.routes.agent86()
+            && let Ok(r) = call_t!(a, Agent86Msg::Report, self.timeout_ms())
+        {
+            // Executed epochs must never go down: this counts violations, from the
+            // agent's own record of what it executed.
+            let regressions = r
+                .recent_commands
+                .windows(2)
+                .filter(|w| w[1].0 < w[0].0)
+                .count() as u64;
+            counters.push(("agent_refused_stale".into(), r.refused_stale));
+            counters.push(("agent_epoch_regressions".into(), regressions));
+            counters.push((
+                "agent_recent_commands".into(),
+                r.recent_commands.len() as u64,
+            ));
         }
         counters.sort();
     }
 
-    async fn internal(&self, req: PeerRequest) -> Result<PeerResponse, String> {
-        match req {
-            PeerRequest::Agent { from, epoch, cmd } => {
-                let agent: ActorRef<Agent86Msg> =
-                    ractor::registry::where_is(self.shared.name("agent86"))
-                        .ok_or("agent86 is restarting")?
-                        .into();
-                call_t!(
-                    agent,
-                    |reply| Agent86Msg::Command {
-                        from,
-                        epoch,
-                        cmd,
-                        reply
-                    },
-                    self.timeout_ms()
-                )
-                .map_err(|e| format!("agent86: {e}"))
-            }
-            PeerRequest::Api(r) => Ok(PeerResponse::Api(self.api(r, None).await)),
-            PeerRequest::Replica(copy) => {
-                *self
-                    .shared
-                    .replica
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = copy;
-                Ok(PeerResponse::Done)
-            }
-            PeerRequest::Event(ev) => {
-                self.shared.publish(ev);
-                Ok(PeerResponse::Done)
-            }
-        }
-    }
-
-    async fn api(&self, req: Request, ctx: Option<&RequestContext<NodeProtocol>>) -> Response {
+    async fn api(&self, req: Request, ctx: &RequestContext<NodeProtocol>) -> Response {
         match req {
             Request::Status => {
-                let Some(m) = ractor::registry::where_is(self.shared.name("membership")) else {
+                let Some(m) = self.ctx.routes.membership() else {
                     return Response::Error(ApiError::Internal {
                         reason: "membership is restarting".into(),
                     });
                 };
-                let m: ActorRef<MembershipMsg> = m.into();
                 match call_t!(m, MembershipMsg::Status, self.timeout_ms()) {
                     Ok(mut s) => {
                         self.extend_counters(&mut s.counters).await;
@@ -216,21 +185,11 @@ impl NodeHandler {
                 }
             }
             Request::Subscribe => {
-                let Some(ctx) = ctx else {
-                    return Response::Error(ApiError::BadRequest {
-                        reason: "subscribe on a direct connection".into(),
-                    });
-                };
-                self.shared
-                    .subscribers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(ctx.conn.clone());
+                self.ctx.subscribers.add(ctx.conn.clone());
                 Response::Ok
             }
             other => {
-                if let Some(c) = ractor::registry::where_is(self.shared.name("control")) {
-                    let c: ActorRef<ControlMsg> = c.into();
+                if let Some(c) = self.ctx.routes.control() {
                     match call_t!(c, ControlMsg::Api, self.timeout_ms(), other.clone()) {
                         Ok(r) => return r,
                         Err(_) => {
@@ -238,7 +197,7 @@ impl NodeHandler {
                         }
                     }
                 }
-                self.forwarder.forward(other).await
+                self.ctx.forwarder.forward(other).await
             }
         }
     }
@@ -250,27 +209,54 @@ impl Handler<NodeProtocol> for NodeHandler {
         ctx: RequestContext<NodeProtocol>,
         req: NodeRequest,
     ) -> Result<NodeResponse, String> {
-        match req {
-            NodeRequest::Internal(bytes) => {
-                if ctx.conn.peer().node_id().is_none() {
-                    self.shared.counters.incr("refused_internal_from_client");
-                    return Err("node-internal requests are accepted from nodes only".into());
-                }
-                let req: PeerRequest = open(&bytes)?;
-                let resp = self.internal(req).await?;
-                Ok(NodeResponse::Internal(seal(&resp)))
+        let span = info_span!("port", node = %self.ctx.cfg.id(), peer = ?ctx.conn.peer().node_id());
+        async move {
+            let from = ctx.conn.peer().node_id();
+            if req.nodes_only() && from.is_none() {
+                self.ctx.counters.incr("refused_internal_from_client");
+                return Err("node-internal requests are accepted from nodes only".into());
             }
-            NodeRequest::Api(r) => Ok(NodeResponse::Api(self.api(r, Some(&ctx)).await)),
+            match req {
+                NodeRequest::Api(r) => Ok(NodeResponse::Api(self.api(r, &ctx).await)),
+                NodeRequest::Agent { epoch, cmd } => {
+                    let from = from.expect("checked: nodes only");
+                    let agent = self.ctx.routes.agent86().ok_or("agent86 is restarting")?;
+                    let reply: AgentReply = call_t!(
+                        agent,
+                        |reply| Agent86Msg::Command {
+                            from,
+                            epoch,
+                            cmd,
+                            reply
+                        },
+                        self.timeout_ms()
+                    )
+                    .map_err(|e| format!("agent86: {e}"))?;
+                    Ok(NodeResponse::Agent(reply))
+                }
+                NodeRequest::Replica(r) => {
+                    if !self.ctx.replica.offer(r) {
+                        self.ctx.counters.incr("replica_refused_older");
+                    }
+                    Ok(NodeResponse::Done)
+                }
+                NodeRequest::Event(ev) => {
+                    self.ctx.subscribers.publish(&ev);
+                    Ok(NodeResponse::Done)
+                }
+            }
         }
+        .instrument(span)
+        .await
     }
 }
 
 /// The actor owning the listener, so that the supervision tree restarts it like any child.
 pub struct PeerServer {
-    /// Shared node state.
-    pub shared: Arc<Shared>,
-    /// Outgoing requests (for forwarding to the Control).
-    pub peers: Arc<dyn PeerClient>,
+    /// What requests are routed to.
+    pub ctx: PortContext,
+    /// The listen address.
+    pub listen: SocketAddr,
     /// The endpoint (identity, key, counters).
     pub endpoint: Endpoint,
 }
@@ -285,15 +271,14 @@ impl Actor for PeerServer {
         _myself: ActorRef<()>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let handler = Arc::new(NodeHandler {
-            shared: self.shared.clone(),
-            forwarder: self.shared.forwarder(self.peers.clone()),
-        });
-        let addr = self.shared.cfg.listen.to_string();
+        let ctx = self.ctx.clone();
+        let node = ctx.cfg.id();
+        let handler = Arc::new(NodeHandler { ctx });
+        let addr = self.listen.to_string();
         let h = Server::bind(&TcpTransport, &addr, self.endpoint.clone(), handler)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        info!(node = %self.shared.id(), %addr, "transport listening");
+        info!(%node, %addr, "transport listening");
         Ok(Some(h))
     }
 

@@ -1,23 +1,31 @@
-//! The node supervision tree (DESIGN §1) and its restart policy.
+//! The node supervision tree (docs/ARCHITECTURE.md) and its restart policy.
 //!
 //! ```text
 //! NodeSupervisor            one-for-one, at most R restarts in W (config [supervision])
-//! ├── Membership            heartbeats, failure detector, election (restart: new incarnation)
-//! ├── Agent86               node agent, fenced commands
 //! ├── PeerServer            TCP listener: node-to-node requests and the message API
-//! ├── Agent99               only with the profiler role
-//! ├── FrontEnd              only with the front-end role
+//! ├── Agent86               node agent, fenced commands
 //! ├── HttpFrontEnd          only with the front-end role: GET /watch/{video} -> 302
+//! ├── Membership            heartbeats, failure detector, election (restart: new incarnation)
 //! └── Control               only while this node is the elected Control (started and
-//!                           stopped on membership's word; restarted at the same epoch)
+//!                           stopped on membership's word)
 //! ```
 //!
 //! ractor has no restart strategies: this actor is ours. When a child fails (panic or error)
 //! or stops on its own, the supervisor asks `smart_supervision::restart::RestartTracker`:
 //! within the intensity it restarts only that child; past it, it **escalates**: it stops the
 //! tree and reports [`Exit::Escalated`], and `smart node` exits non-zero so that the service
-//! manager (systemd, the demo, a test) restarts the whole process. A failure to persist an
-//! epoch is fatal at once (the node must not act on epochs it cannot remember).
+//! manager (systemd, the demo, a test) restarts the whole process. A child failing with a
+//! [`Fatal`] error (an epoch that could not be persisted) escalates at once: the node must
+//! not act on epochs it cannot remember. Errors are told apart by type, never by text.
+//!
+//! The Control is special: a Control that stops with [`Deposed`] ended normally (a newer
+//! Control exists; membership steps down when it hears it). A Control that *fails* is
+//! restarted at a **new epoch**: the supervisor asks membership to re-assert, and spawns
+//! the new actor when membership reports the new epoch, so agents refuse whatever the
+//! failed incarnation still had in flight.
+//!
+//! The supervisor owns the [`Routes`]: every (re)spawn publishes the child's new handle,
+//! and whoever needs an actor reads it there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,20 +33,29 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use smart_actors::agent86::{Agent86, AgentCore};
-use smart_actors::agent99::Agent99;
-use smart_actors::control::{Control, ControlEvent, ControlMsg, ControlTuning};
-use smart_actors::proto::{PeerClient, PeerRequest};
-use smart_supervision::Role;
+use smart_actors::control::{Control, ControlEvent, ControlMsg, ControlTuning, Deposed};
+use smart_actors::epoch::Fatal;
+use smart_actors::peer::PeerClient;
+use smart_actors::view::ClusterView;
+use smart_api::NodeRequest;
 use smart_supervision::restart::{Decision, RestartPolicy, RestartTracker};
 use smart_supervision::transport::Endpoint;
+use smart_supervision::{ClusterKey, Epoch, Role};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::counters::Counters;
+use super::durable::DurableState;
+use super::events::Subscribers;
+use super::forward::Forwarder;
 use super::http_frontend::HttpFrontEnd;
-use super::membership::{Membership, MembershipMsg};
-use super::server::PeerServer;
-use super::shared::Shared;
+use super::membership::Membership;
+use super::messages::{MembershipMsg, NodeMsg};
+use super::replica::ReplicaStore;
+use super::routes::Routes;
+use super::server::{PeerServer, PortContext};
+use crate::config::NodeConfig;
 
 /// How the tree ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,51 +68,38 @@ pub enum Exit {
     Escalated(String),
 }
 
-/// The supervisor's messages.
-pub enum NodeMsg {
-    /// Membership: this node became Control at `epoch`.
-    StartControl {
-        /// The epoch.
-        epoch: u64,
-    },
-    /// Membership: the Control re-asserted at a higher epoch.
-    ControlEpoch {
-        /// The epoch.
-        epoch: u64,
-    },
-    /// Membership: whether the Control may act.
-    ControlActing {
-        /// The epoch.
-        epoch: u64,
-        /// May act.
-        acting: bool,
-    },
-    /// Membership: step down.
-    StopControl,
-    /// Stop the whole tree.
-    Shutdown,
-}
-
 /// Which child an actor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Child {
     Membership,
     Agent86,
     PeerServer,
-    Agent99,
-    FrontEnd,
     HttpFrontEnd,
     Control,
 }
 
-/// The supervisor.
+/// The supervisor: everything the children are made of.
 pub struct NodeSupervisor {
-    /// Shared node state.
-    pub shared: Arc<Shared>,
-    /// Outgoing requests, for the actors that need them.
+    /// The node's configuration.
+    pub cfg: Arc<NodeConfig>,
+    /// The cluster key (heartbeats).
+    pub key: ClusterKey,
+    /// Durable epochs and incarnation.
+    pub durable: Arc<DurableState>,
+    /// Outgoing requests.
     pub peers: Arc<dyn PeerClient>,
     /// The transport endpoint (identity, key, counters) of the node's TCP port.
     pub endpoint: Endpoint,
+    /// The cluster view membership publishes.
+    pub view: Arc<watch::Sender<ClusterView>>,
+    /// Node counters.
+    pub counters: Arc<Counters>,
+    /// Event subscribers of this node.
+    pub subscribers: Arc<Subscribers>,
+    /// The registry copy.
+    pub replica: Arc<ReplicaStore>,
+    /// Typed handles to the children, refreshed on every spawn.
+    pub routes: Routes,
     /// Where the outcome is published.
     pub exit: watch::Sender<Exit>,
     /// Fault injection for the supervision tests (from `SMART_FAULT`): the number of
@@ -105,107 +109,119 @@ pub struct NodeSupervisor {
     pub agent_core: Arc<AgentCore>,
 }
 
+/// The Control's term on this node, while this node is Control.
+struct ControlSlot {
+    epoch: Epoch,
+    acting: bool,
+    actor: Option<ActorRef<ControlMsg>>,
+}
+
 /// The supervisor's state.
 pub struct SupervisorState {
     children: HashMap<ActorId, Child>,
     /// Children we stopped on purpose: their termination is not a failure.
     stopping: Vec<ActorId>,
     tracker: RestartTracker,
-    control: Option<(ActorCell, u64)>,
-}
-
-/// Spawns `actor` under the supervisor, registered as `name`.
-async fn link<A: Actor<Arguments = ()>>(
-    myself: &ActorRef<NodeMsg>,
-    name: String,
-    actor: A,
-) -> Result<ActorCell, ActorProcessingErr> {
-    Ok(
-        Actor::spawn_linked(Some(name), actor, (), myself.get_cell())
-            .await?
-            .0
-            .get_cell(),
-    )
+    control: Option<ControlSlot>,
+    /// Membership has run before (a respawn takes a new incarnation).
+    membership_started: bool,
 }
 
 impl NodeSupervisor {
+    fn forwarder(&self) -> Forwarder {
+        let t = self.cfg.timing.request_timeout;
+        Forwarder {
+            node: self.cfg.id(),
+            view: self.view.subscribe(),
+            peers: self.peers.clone(),
+            deadline: t * 5,
+            attempt_timeout: t,
+        }
+    }
+
     async fn spawn_child(
         &self,
         myself: &ActorRef<NodeMsg>,
         st: &mut SupervisorState,
         child: Child,
     ) -> Result<(), ActorProcessingErr> {
-        let shared = self.shared.clone();
         let cell: ActorCell = match child {
             Child::Membership => {
-                link(
-                    myself,
-                    shared.name("membership"),
+                let restart = std::mem::replace(&mut st.membership_started, true);
+                let (a, _) = Actor::spawn_linked(
+                    None,
                     Membership {
-                        shared: shared.clone(),
+                        cfg: self.cfg.clone(),
+                        key: self.key.clone(),
+                        durable: self.durable.clone(),
+                        view: self.view.clone(),
+                        counters: self.counters.clone(),
+                        subscribers: self.subscribers.clone(),
+                        routes: self.routes.readers(),
                         supervisor: myself.clone(),
+                        restart,
                     },
+                    (),
+                    myself.get_cell(),
                 )
-                .await?
+                .await?;
+                self.routes.membership.send_replace(Some(a.clone()));
+                a.get_cell()
             }
             Child::Agent86 => {
-                link(
-                    myself,
-                    shared.name("agent86"),
+                let (a, _) = Actor::spawn_linked(
+                    None,
                     Agent86 {
-                        node: shared.id(),
-                        epochs: shared.epochs.clone(),
+                        node: self.cfg.id(),
+                        epochs: self.durable.clone(),
                         core: self.agent_core.clone(),
                         panic_on_message: self.agent86_panics.clone(),
                     },
+                    (),
+                    myself.get_cell(),
                 )
-                .await?
+                .await?;
+                self.routes.agent86.send_replace(Some(a.clone()));
+                a.get_cell()
             }
             Child::PeerServer => {
-                link(
-                    myself,
-                    shared.name("server"),
+                let ctx = PortContext {
+                    cfg: self.cfg.clone(),
+                    routes: self.routes.readers(),
+                    forwarder: self.forwarder(),
+                    subscribers: self.subscribers.clone(),
+                    replica: self.replica.clone(),
+                    counters: self.counters.clone(),
+                    transport: self.endpoint.counters.clone(),
+                };
+                let (a, _) = Actor::spawn_linked(
+                    None,
                     PeerServer {
-                        shared: shared.clone(),
-                        peers: self.peers.clone(),
+                        ctx,
+                        listen: self.cfg.listen,
                         endpoint: self.endpoint.clone(),
                     },
+                    (),
+                    myself.get_cell(),
                 )
-                .await?
-            }
-            Child::Agent99 => {
-                link(
-                    myself,
-                    shared.name("agent99"),
-                    Agent99 { node: shared.id() },
-                )
-                .await?
-            }
-            Child::FrontEnd => {
-                link(
-                    myself,
-                    shared.name("frontend"),
-                    shared.forwarder(self.peers.clone()),
-                )
-                .await?
+                .await?;
+                a.get_cell()
             }
             Child::HttpFrontEnd => {
-                link(
-                    myself,
-                    shared.name("frontend-http"),
+                let (a, _) = Actor::spawn_linked(
+                    None,
                     HttpFrontEnd {
-                        shared: shared.clone(),
-                        forwarder: shared.forwarder(self.peers.clone()),
+                        cfg: self.cfg.clone(),
+                        counters: self.counters.clone(),
+                        forwarder: self.forwarder(),
                     },
+                    (),
+                    myself.get_cell(),
                 )
-                .await?
+                .await?;
+                a.get_cell()
             }
-            Child::Control => {
-                let Some((_, epoch)) = st.control.as_ref().map(|(c, e)| (c.clone(), *e)) else {
-                    return Ok(());
-                };
-                return self.spawn_control(myself, st, epoch).await;
-            }
+            Child::Control => return Ok(()),
         };
         st.children.insert(cell.get_id(), child);
         Ok(())
@@ -215,15 +231,15 @@ impl NodeSupervisor {
         &self,
         myself: &ActorRef<NodeMsg>,
         st: &mut SupervisorState,
-        epoch: u64,
     ) -> Result<(), ActorProcessingErr> {
-        let shared = self.shared.clone();
-        let events_shared = shared.clone();
+        let Some(slot) = st.control.as_ref() else {
+            return Ok(());
+        };
+        let membership = self.routes.readers().membership;
         let events = Arc::new(move |ev: ControlEvent| {
-            let Some(m) = ractor::registry::where_is(events_shared.name("membership")) else {
+            let Some(m) = membership.borrow().clone() else {
                 return;
             };
-            let m: ActorRef<MembershipMsg> = m.into();
             let _ = match ev {
                 ControlEvent::Rebuilt { epoch, .. } => {
                     m.send_message(MembershipMsg::RebuildDone(epoch))
@@ -233,42 +249,39 @@ impl NodeSupervisor {
                 }
             };
         });
-        let replica = shared
-            .replica
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // Local subscribers, and every other live node's (fire and forget).
+        let publish = {
+            let subscribers = self.subscribers.clone();
+            let view = self.view.subscribe();
+            let peers = self.peers.clone();
+            let t = self.cfg.timing.request_timeout;
+            Arc::new(move |ev: smart_api::Event| {
+                subscribers.publish(&ev);
+                let to = view.borrow().others.clone();
+                let peers = peers.clone();
+                tokio::spawn(async move {
+                    for addr in to {
+                        let _ = peers.request(addr, NodeRequest::Event(ev.clone()), t).await;
+                    }
+                });
+            })
+        };
         let (actor, _) = Actor::spawn_linked(
-            Some(shared.name("control")),
+            None,
             Control {
-                node: shared.id(),
-                epoch,
+                node: self.cfg.id(),
+                epoch: slot.epoch,
+                acting: slot.acting,
                 peers: self.peers.clone(),
-                agents: shared.agents.subscribe(),
+                view: self.view.subscribe(),
                 events,
-                publish: {
-                    // Local subscribers, and every other live node's (fire and forget).
-                    let sh = shared.clone();
-                    let peers = self.peers.clone();
-                    Arc::new(move |ev: smart_api::Event| {
-                        sh.publish(ev.clone());
-                        let to: Vec<_> = sh.others.borrow().clone();
-                        let peers = peers.clone();
-                        let t = sh.cfg.timing.request_timeout;
-                        tokio::spawn(async move {
-                            for addr in to {
-                                let _ =
-                                    peers.request(addr, PeerRequest::Event(ev.clone()), t).await;
-                            }
-                        });
-                    })
-                },
+                publish,
                 refresh: Duration::from_secs(1),
-                replica,
-                request_timeout: shared.cfg.timing.request_timeout,
+                replica: self.replica.get(),
                 tuning: ControlTuning {
-                    anomaly_move_every: shared.cfg.timing.anomaly_move_every,
-                    release_grace: shared.cfg.timing.client_release_grace,
+                    anomaly_move_every: self.cfg.timing.anomaly_move_every,
+                    release_grace: self.cfg.timing.client_release_grace,
+                    request_timeout: self.cfg.timing.request_timeout,
                     ..Default::default()
                 },
             },
@@ -276,22 +289,27 @@ impl NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
-        let cell = actor.get_cell();
-        st.children.insert(cell.get_id(), Child::Control);
-        st.control = Some((cell, epoch));
+        st.children.insert(actor.get_id(), Child::Control);
+        self.routes.control.send_replace(Some(actor.clone()));
+        if let Some(slot) = st.control.as_mut() {
+            slot.actor = Some(actor);
+        }
         Ok(())
     }
 
     fn stop_control(&self, st: &mut SupervisorState) {
-        if let Some((cell, epoch)) = st.control.take() {
-            info!(node = %self.shared.id(), epoch, "stopping control");
-            st.stopping.push(cell.get_id());
-            cell.stop(Some("step down".into()));
+        if let Some(slot) = st.control.take() {
+            info!(node = %self.cfg.id(), epoch = slot.epoch, "stopping control");
+            self.routes.control.send_replace(None);
+            if let Some(a) = slot.actor {
+                st.stopping.push(a.get_id());
+                a.stop(Some("step down".into()));
+            }
         }
     }
 
     fn escalate(&self, myself: &ActorRef<NodeMsg>, reason: String) {
-        error!(node = %self.shared.id(), %reason, "escalating: stopping the node");
+        error!(node = %self.cfg.id(), %reason, "escalating: stopping the node");
         let _ = self.exit.send(Exit::Escalated(reason));
         myself.stop(Some("escalated".into()));
     }
@@ -307,7 +325,7 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let cfg = &self.shared.cfg;
+        let cfg = &self.cfg;
         let mut st = SupervisorState {
             children: HashMap::new(),
             stopping: Vec::new(),
@@ -316,14 +334,11 @@ impl Actor for NodeSupervisor {
                 within: cfg.supervision.within,
             }),
             control: None,
+            membership_started: false,
         };
         // The listener first, so that peers hearing our first heartbeat can reach us.
         let mut order = vec![Child::PeerServer, Child::Agent86];
-        if cfg.has_role(Role::Profiler) {
-            order.push(Child::Agent99);
-        }
         if cfg.has_role(Role::FrontEnd) {
-            order.push(Child::FrontEnd);
             order.push(Child::HttpFrontEnd);
         }
         order.push(Child::Membership);
@@ -342,19 +357,33 @@ impl Actor for NodeSupervisor {
         match msg {
             NodeMsg::StartControl { epoch } => {
                 self.stop_control(st);
-                self.spawn_control(&myself, st, epoch).await?;
+                st.control = Some(ControlSlot {
+                    epoch,
+                    acting: false,
+                    actor: None,
+                });
+                self.spawn_control(&myself, st).await?;
             }
             NodeMsg::ControlEpoch { epoch } => {
-                if let Some((cell, e)) = st.control.as_mut() {
-                    *e = epoch;
-                    let c: ActorRef<ControlMsg> = cell.clone().into();
-                    let _ = c.send_message(ControlMsg::SetEpoch(epoch));
+                if let Some(slot) = st.control.as_mut() {
+                    slot.epoch = epoch;
+                    match &slot.actor {
+                        Some(a) => {
+                            let _ = a.send_message(ControlMsg::SetEpoch(epoch));
+                        }
+                        // The re-assertion asked for after a failure: the new actor.
+                        None => self.spawn_control(&myself, st).await?,
+                    }
                 }
             }
             NodeMsg::ControlActing { epoch, acting } => {
-                if let Some((cell, _)) = st.control.as_ref() {
-                    let c: ActorRef<ControlMsg> = cell.clone().into();
-                    let _ = c.send_message(ControlMsg::SetActing { epoch, acting });
+                if let Some(slot) = st.control.as_mut()
+                    && slot.epoch == epoch
+                {
+                    slot.acting = acting;
+                    if let Some(a) = &slot.actor {
+                        let _ = a.send_message(ControlMsg::SetActing { epoch, acting });
+                    }
                 }
             }
             NodeMsg::StopControl => self.stop_control(st),
@@ -372,11 +401,9 @@ impl Actor for NodeSupervisor {
         evt: SupervisionEvent,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, format!("stopped: {}", reason.unwrap_or_default()))
-            }
+        let (cell, failure) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err)),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
             _ => return Ok(()),
         };
         let id = cell.get_id();
@@ -387,20 +414,37 @@ impl Actor for NodeSupervisor {
             st.stopping.swap_remove(pos);
             return Ok(());
         }
-        if child == Child::Control && why.contains("stale") {
-            // Deposed: not a failure. Membership hears the newer Control and moves on.
-            st.control = None;
-            return Ok(());
+        if child == Child::Control
+            && let Some(slot) = st.control.as_mut()
+            && slot.actor.as_ref().is_some_and(|a| a.get_id() == id)
+        {
+            slot.actor = None;
+            self.routes.control.send_replace(None);
         }
-        if why.contains("cannot persist epoch") {
-            self.escalate(&myself, format!("{child:?} {why}"));
-            return Ok(());
-        }
-        self.shared.counters.incr("restarts");
+        let why = match &failure {
+            Some(err) => {
+                if child == Child::Control && err.downcast_ref::<Deposed>().is_some() {
+                    // Deposed: not a failure. Membership hears the newer Control and moves on.
+                    return Ok(());
+                }
+                if let Some(fatal) = Fatal::of(err.as_ref()) {
+                    self.escalate(&myself, format!("{child:?}: {fatal}"));
+                    return Ok(());
+                }
+                format!("failed: {err}")
+            }
+            None => "stopped on its own".to_string(),
+        };
+        self.counters.incr("restarts");
         match st.tracker.on_failure(Instant::now()) {
             Decision::Restart { restarts_in_window } => {
-                warn!(node = %self.shared.id(), ?child, %why, restarts_in_window, "restarting child");
-                if let Err(e) = self.spawn_child(&myself, st, child).await {
+                warn!(node = %self.cfg.id(), ?child, %why, restarts_in_window, "restarting child");
+                if child == Child::Control {
+                    // Restarted at a new epoch, once membership has re-asserted.
+                    if let Some(m) = self.routes.readers().membership() {
+                        let _ = m.send_message(MembershipMsg::Reassert);
+                    }
+                } else if let Err(e) = self.spawn_child(&myself, st, child).await {
                     self.escalate(&myself, format!("cannot restart {child:?}: {e}"));
                 }
             }

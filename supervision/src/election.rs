@@ -280,6 +280,12 @@ impl Election {
         }
     }
 
+    /// Re-asserts at once when Control (the shell restarted its Control actor): the new
+    /// epoch fences commands of the failed incarnation.
+    pub fn reassert_now(&mut self, out: &mut Vec<Action>) {
+        self.reassert(out);
+    }
+
     fn reassert(&mut self, out: &mut Vec<Action>) {
         if let ElectionState::Control { epoch, .. } = &mut self.state {
             // Only a hostile insider can push epochs to the end of u64: refuse, never wrap.

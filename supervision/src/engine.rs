@@ -144,6 +144,10 @@ pub enum Input {
     },
     /// This node's load, for the next heartbeats.
     SetLoad(LoadSummary),
+    /// The local Control actor failed and is being restarted: move it to a new epoch
+    /// (persisted, then [`Output::Reasserted`]), so that agents fence whatever the failed
+    /// incarnation still had in flight. Ignored when this node is not Control.
+    Reassert,
     /// Graceful shutdown: step down if Control, announce it at once (one last heartbeat that
     /// no longer asserts Control, so a successor is elected without waiting for the failure
     /// detector), then stay silent. The shell exits after executing the outputs.
@@ -413,6 +417,12 @@ impl<R: Rng> NodeEngine<R> {
                 self.settle(now, &mut out);
             }
             Input::SetLoad(load) => self.load = load,
+            Input::Reassert => {
+                let mut actions = Vec::new();
+                self.election.reassert_now(&mut actions);
+                self.apply(actions, now, &mut out);
+                self.settle(now, &mut out);
+            }
             Input::Leave => {
                 let mut actions = Vec::new();
                 self.election.leave(&mut actions);

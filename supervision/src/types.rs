@@ -7,22 +7,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// A node's identity, unique in the cluster and stable across restarts (from config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeId(pub u64);
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "n{}", self.0)
-    }
-}
-
-/// A Control epoch: a logical clock that only grows. Every Control command carries one.
-pub type Epoch = u64;
-
-/// A node's boot counter, persisted and incremented at every start, so that sequence
-/// numbers restarting at zero after a reboot are not mistaken for replays.
-pub type Incarnation = u64;
+pub use smart_proto::{Epoch, Incarnation, NodeId};
 
 /// The roles a node may play (from config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -17,12 +17,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::control::{self, Client};
+use crate::control;
 use crate::distributor::bind;
 use crate::http::Url;
 use crate::origin::{Origin, Video};
 use crate::ts::VideoParams;
 use crate::viewer::{self, LoadConfig, Shared, ViewerConfig};
+use smart_proto::workload::{Usage, WorkloadClient, WorkloadError, WorkloadRequest};
 
 /// Bench failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum BenchError {
     Setup(String),
     /// Control API.
     #[error(transparent)]
-    Control(#[from] control::ControlError),
+    Control(#[from] WorkloadError),
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
@@ -131,7 +132,7 @@ async fn spawn_distributor(
 
 impl ChildDistributor {
     async fn stop(mut self) {
-        if let Ok(mut c) = Client::connect(&self.control).await {
+        if let Ok(mut c) = WorkloadClient::connect(&self.control, Duration::from_secs(5)).await {
             let _ = c.stop().await;
         }
         if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
@@ -244,12 +245,11 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
     let cpu = cpu_seconds(d.pid).unwrap_or(0.0) - cpu0;
     let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
     let rss = rss_mb(d.pid);
-    let usage_raw = Client::connect(&d.control)
+    let usage_raw: serde_json::Value = WorkloadClient::connect(&d.control, Duration::from_secs(5))
         .await?
-        .call(&json!({"op": "usage"}))
+        .call(&WorkloadRequest::Usage)
         .await?;
-    let usage: control::Usage =
-        serde_json::from_value(usage_raw.clone()).map_err(setup("usage"))?;
+    let usage: Usage = serde_json::from_value(usage_raw.clone()).map_err(setup("usage"))?;
     d.stop().await;
     let mut out = load_figures(&reports, &shared, cpu, secs, rss);
     out["origin_streams"] = json!(usage.origin_streams);
@@ -435,7 +435,7 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
         tokio::spawn(async move { viewer::run_load(&load, shared).await })
     };
     // Wait for a full cache (the fetcher reads ahead to the window) and settled viewers.
-    let mut ca = Client::connect(&da.control).await?;
+    let mut ca = WorkloadClient::connect(&da.control, Duration::from_secs(5)).await?;
     let t_wait = Instant::now();
     let mut usage_a = ca.usage().await?;
     while (usage_a.cache_bytes < window * 99 / 100 || t_wait.elapsed() < Duration::from_secs(4))
@@ -449,7 +449,10 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
     let reports = run.await.map_err(setup("load task"))?;
     let last_resume = shared.last_resume();
     let total_ms = last_resume.saturating_sub(since_base).as_secs_f64() * 1000.0;
-    let usage_b = Client::connect(&db.control).await?.usage().await?;
+    let usage_b = WorkloadClient::connect(&db.control, Duration::from_secs(5))
+        .await?
+        .usage()
+        .await?;
     da.stop().await;
     db.stop().await;
     let s = viewer::summarize(&reports, &shared);

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OnceCell, watch};
@@ -71,18 +70,7 @@ impl DistributorConfig {
 /// How long restored viewer positions stay pinned in the cache (see [`Distributor::restore`]).
 pub const PIN_TTL: Duration = Duration::from_secs(10);
 
-/// Metadata of a video, learned from the origin (or from a checkpoint).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VideoMeta {
-    /// Request path, e.g. `/movie.ts`.
-    pub path: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Bitrate in bits per second.
-    pub bitrate_bps: u64,
-    /// Duration in milliseconds.
-    pub duration_ms: u64,
-}
+pub use smart_proto::workload::VideoMeta;
 
 /// What the distributor does with requests and viewers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,8 @@
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
 //! - [`distributor`]: GloVE distributor: origin fetcher, paced viewers, modes, checkpoint.
-//! - [`control`]: the workload control API (protocol docs, server, [`control::Client`]).
+//! - [`control`]: the workload control API's server side (the protocol and its client are in
+//!   `smart_proto::workload`).
 //! - [`viewer`]: playback model, one viewer, the load generator and its QoE summary.
 //! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers).
 //! - [`bench`]: `vod bench streams` and `vod bench handoff`.

@@ -330,15 +330,17 @@ async fn main() -> anyhow::Result<()> {
             f.serve(l).await;
         }
         Cmd::Control { socket, request } => {
-            let req: serde_json::Value =
-                serde_json::from_str(&request).context("request is not JSON")?;
-            if req.get("op").and_then(|o| o.as_str()) == Some("checkpoint") {
-                bail!("checkpoint streams binary data; use smart_vod::control::Client");
+            let req = smart_proto::workload::parse_request(&request).map_err(anyhow::Error::msg)?;
+            if req == smart_proto::workload::WorkloadRequest::Checkpoint {
+                bail!("checkpoint streams binary data; use smart_proto::workload::WorkloadClient");
             }
-            let mut c = control::Client::connect(&socket)
-                .await
-                .with_context(|| format!("connecting to {}", socket.display()))?;
-            println!("{}", c.call(&req).await?);
+            let mut c = smart_proto::workload::WorkloadClient::connect(
+                &socket,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+            println!("{}", c.call::<serde_json::Value>(&req).await?);
         }
         Cmd::Bench { which } => {
             let exe = std::env::current_exe()?;

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smart_vod::control::{self, Client};
+use smart_proto::workload::WorkloadClient;
+use smart_vod::control;
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::frontend::Frontend;
 use smart_vod::http::{self, Url};
@@ -354,7 +355,12 @@ async fn handoff_keeps_every_byte_exactly_once() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let usage = Client::connect(&sa).await.unwrap().usage().await.unwrap();
+    let usage = WorkloadClient::connect(&sa, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .usage()
+        .await
+        .unwrap();
     assert_eq!(usage.clients, 4);
     assert!(usage.cache_bytes > 0);
     let report = control::migrate(&sa, &sb, &format!("http://{}", b.url.authority()))
@@ -443,10 +449,10 @@ async fn viewer_returns_to_frontend_when_its_distributor_is_gone() {
         control_socket(&a.d, dir.path(), "a.sock"),
         control_socket(&b.d, dir.path(), "b.sock"),
     );
-    Client::connect(&sb)
+    WorkloadClient::connect(&sb, Duration::from_secs(5))
         .await
         .unwrap()
-        .restore_from(&sa)
+        .restore(&sa.to_string_lossy())
         .await
         .unwrap();
     // A dies without a handoff; the front-end now points at B.
@@ -488,7 +494,7 @@ async fn control_socket_speaks_the_documented_line_protocol() {
     for key in ["bytes_sent", "bytes_received", "clients", "cache_bytes"] {
         assert!(usage[key].is_u64(), "{key} missing in {usage}");
     }
-    assert!(usage["bytes_sent"].as_u64().unwrap() >= 30_000);
+    assert!(usage["bytes_sent"].as_u64().unwrap() >= 30_000, "{usage}");
     assert!(usage["cache_bytes"].as_u64().unwrap() > 0);
     for _ in 0..2 {
         let bad: serde_json::Value =

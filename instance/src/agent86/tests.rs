@@ -2,11 +2,11 @@
 
 use super::*;
 
-const CONTROL: NodeId = 1;
-const NEWER_CONTROL: NodeId = 2;
+const CONTROL: NodeId = NodeId(1);
+const NEWER_CONTROL: NodeId = NodeId(2);
 
 fn engine(persisted: Epoch) -> Agent86Engine {
-    let mut cfg = Agent86Config::new(7);
+    let mut cfg = Agent86Config::new(NodeId(7));
     cfg.anomaly.persist_intervals = 3;
     cfg.restart.max_restarts = 2;
     cfg.restart.window = Duration::from_secs(60);
@@ -29,7 +29,7 @@ fn resv() -> Reservation {
     }
 }
 
-fn cmd(from: NodeId, epoch: Epoch, req: u64, op: ControlOp) -> Event {
+fn cmd(from: NodeId, epoch: Epoch, req: u64, op: AgentCommand) -> Event {
     Event::Control(ControlCommand {
         from,
         epoch,
@@ -38,8 +38,8 @@ fn cmd(from: NodeId, epoch: Epoch, req: u64, op: ControlOp) -> Event {
     })
 }
 
-fn start_op(name: &str) -> ControlOp {
-    ControlOp::Start {
+fn start_op(name: &str) -> AgentCommand {
+    AgentCommand::Start {
         instance: name.into(),
         launch: launch(),
         reservation: resv(),
@@ -68,6 +68,7 @@ fn start_cmd(name: &str) -> Command {
     Command::Start {
         instance: name.into(),
         launch: launch(),
+        listen: None,
         restore_from: None,
     }
 }
@@ -113,7 +114,12 @@ fn new_epoch_is_persisted_before_the_command_runs() {
     // A second command of the same epoch waits behind it, without a second persist.
     assert_eq!(
         e.handle(
-            cmd(NEWER_CONTROL, 6, 2, ControlOp::Release { id: "r".into() }),
+            cmd(
+                NEWER_CONTROL,
+                6,
+                2,
+                AgentCommand::Release { id: "r".into() }
+            ),
             t
         ),
         vec![]
@@ -152,7 +158,7 @@ fn queued_command_is_fenced_at_execution_by_a_newer_epoch() {
                 CONTROL,
                 6,
                 2,
-                ControlOp::Stop {
+                AgentCommand::Stop {
                     instance: "a".into()
                 }
             ),
@@ -181,7 +187,7 @@ fn start_then_stop_replies_after_the_runtime_confirms() {
                 CONTROL,
                 5,
                 3,
-                ControlOp::Stop {
+                AgentCommand::Stop {
                     instance: "a".into()
                 }
             ),
@@ -213,7 +219,7 @@ fn start_then_stop_replies_after_the_runtime_confirms() {
                 CONTROL,
                 5,
                 4,
-                ControlOp::Stop {
+                AgentCommand::Stop {
                     instance: "a".into()
                 }
             ),
@@ -355,6 +361,7 @@ fn usage(cpu: f64) -> Event {
             net_bps: Some(1.0e6),
             mem_bytes: 50 << 20,
             clients: None,
+            speaks_api: false,
         }],
     }
 }
@@ -448,7 +455,7 @@ fn report_lets_a_new_control_rebuild() {
             CONTROL,
             5,
             2,
-            ControlOp::Reserve {
+            AgentCommand::Reserve {
                 id: "mig-b".into(),
                 reservation: r,
             },
@@ -456,7 +463,7 @@ fn report_lets_a_new_control_rebuild() {
         t,
     );
     e.handle(usage(0.7), t);
-    let out = e.handle(cmd(NEWER_CONTROL, 8, 3, ControlOp::ReportState), t);
+    let out = e.handle(cmd(NEWER_CONTROL, 8, 3, AgentCommand::Report), t);
     assert_eq!(out[0], Command::PersistEpoch(8));
     assert_eq!(out.len(), 1, "report waits for the epoch to be durable");
     let out = e.handle(Event::EpochPersisted(8), t);
@@ -464,7 +471,7 @@ fn report_lets_a_new_control_rebuild() {
         panic!("expected one report, got {out:?}")
     };
     assert_eq!((*to, *req), (NEWER_CONTROL, 3));
-    assert_eq!(report.node, 7);
+    assert_eq!(report.node, NodeId(7));
     assert_eq!(report.highest_epoch, 8);
     assert_eq!(report.instances.len(), 1);
     assert_eq!(report.instances[0].instance, "a");
@@ -485,16 +492,18 @@ fn migration_out_and_in() {
                 CONTROL,
                 5,
                 2,
-                ControlOp::MigrateOut {
+                AgentCommand::MigrateOut {
                     instance: "a".into(),
-                    target: 9
+                    target: NodeId(9),
+                    target_url: "http://t/".into(),
                 }
             ),
             t
         ),
         vec![Command::MigrateOut {
             instance: "a".into(),
-            target: 9
+            target: NodeId(9),
+            target_url: "http://t/".into(),
         }]
     );
     assert_eq!(
@@ -503,9 +512,10 @@ fn migration_out_and_in() {
                 CONTROL,
                 5,
                 3,
-                ControlOp::MigrateOut {
+                AgentCommand::MigrateOut {
                     instance: "a".into(),
-                    target: 9
+                    target: NodeId(9),
+                    target_url: "http://t/".into(),
                 }
             ),
             t
@@ -534,7 +544,7 @@ fn migration_out_and_in() {
             CONTROL,
             5,
             1,
-            ControlOp::Reserve {
+            AgentCommand::Reserve {
                 id: "r-a".into(),
                 reservation: resv(),
             },
@@ -547,11 +557,12 @@ fn migration_out_and_in() {
                 CONTROL,
                 5,
                 2,
-                ControlOp::MigrateIn {
+                AgentCommand::MigrateIn {
                     instance: "a".into(),
                     launch: launch(),
                     reservation: resv(),
-                    source: 7,
+                    source: NodeId(7),
+                    source_control: "/src.sock".into(),
                     reserved_as: Some("r-a".into()),
                 }
             ),
@@ -560,11 +571,12 @@ fn migration_out_and_in() {
         vec![Command::Start {
             instance: "a".into(),
             launch: launch(),
-            restore_from: Some(7)
+            listen: None,
+            restore_from: Some("/src.sock".into())
         }]
     );
     assert_eq!(dst.report().reservations, vec![], "reservation consumed");
-    assert_eq!(dst.restore_source("a"), Some(7));
+    assert_eq!(dst.restore_source("a"), Some(NodeId(7)));
     assert_eq!(
         dst.handle(
             Event::Started {
@@ -585,9 +597,10 @@ fn failed_migration_keeps_the_instance_running() {
             CONTROL,
             5,
             2,
-            ControlOp::MigrateOut {
+            AgentCommand::MigrateOut {
                 instance: "a".into(),
-                target: 9,
+                target: NodeId(9),
+                target_url: "http://t/".into(),
             },
         ),
         t,
@@ -635,6 +648,7 @@ fn sampler_ticks_become_usage_events() {
         net_source: NetSource::ControlApi,
         clients: Some(2),
         cache_bytes: Some(0),
+        speaks_api: true,
         alive,
     };
     let s = NodeSample {
@@ -667,6 +681,7 @@ fn sampler_ticks_become_usage_events() {
                 net_bps: Some(8.0),
                 mem_bytes: 7,
                 clients: Some(2),
+                speaks_api: true,
             }],
         }
     );

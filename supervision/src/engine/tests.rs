@@ -984,3 +984,33 @@ fn a_younger_control_yields_to_a_reported_older_one_only_once_it_moved_above() {
         ]
     );
 }
+
+#[test]
+fn a_restarted_control_actor_is_reasserted_at_a_new_epoch() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(cfg(1), 4, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    e.handle(Input::RebuildDone { epoch: 5 }, t0 + ms(800));
+    // The shell restarted its Control actor: a new, persisted epoch, and the Control acts
+    // at it (the old incarnation's epoch 5 is fenced by every agent that hears of 6).
+    let out = e.handle(Input::Reassert, t0 + ms(801));
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::PersistEpoch(6),
+            Output::Reasserted { epoch: 6 },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 6
+            })),
+            Output::ControlActing {
+                epoch: 6,
+                acting: true
+            },
+        ]
+    );
+    // A follower has nothing to re-assert.
+    let mut f = engine(2, 0);
+    assert_eq!(f.handle(Input::Reassert, t0), vec![]);
+}

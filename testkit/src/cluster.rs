@@ -18,7 +18,15 @@ use smart_api::client::ApiClient;
 use smart_supervision::ClusterKey;
 use tokio::time::Instant;
 
-use crate::config::ElectionMode;
+/// Election mode of a local cluster (the nodes' `election.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ElectionMode {
+    /// Any live node can become Control.
+    #[default]
+    Available,
+    /// The Control acts only with a majority of leases.
+    Majority,
+}
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -375,9 +383,9 @@ impl LocalCluster {
                 match self.status(n).await {
                     Ok(ClusterStatus {
                         control: Some(c), ..
-                    }) if pred(c.node_id, c.epoch) => match agreed {
-                        None => agreed = Some((c.node_id, c.epoch)),
-                        Some(a) if a == (c.node_id, c.epoch) => {}
+                    }) if pred(c.node_id.0, c.epoch) => match agreed {
+                        None => agreed = Some((c.node_id.0, c.epoch)),
+                        Some(a) if a == (c.node_id.0, c.epoch) => {}
                         Some(_) => ok = false,
                     },
                     _ => ok = false,

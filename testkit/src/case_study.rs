@@ -281,12 +281,12 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             let placed = services(&cluster, fe).await;
             let victim = placed
                 .iter()
-                .map(|s| s.placement.node)
+                .map(|s| s.placement.node.0)
                 .find(|&x| x != fe && x != control);
             if let Some(v) = victim {
                 killed_services = placed
                     .iter()
-                    .filter(|s| s.placement.node == v)
+                    .filter(|s| s.placement.node.0 == v)
                     .map(|s| s.placement.service.clone())
                     .collect();
                 say(format!(
@@ -307,7 +307,7 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             // Drain a busy node that is not the Control.
             let mut load: std::collections::BTreeMap<u64, u64> = Default::default();
             for s in &placed {
-                *load.entry(s.placement.node).or_default() += s.clients;
+                *load.entry(s.placement.node.0).or_default() += s.clients;
             }
             if let Some((&node, _)) = load
                 .iter()
@@ -316,7 +316,7 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             {
                 drained_services = placed
                     .iter()
-                    .filter(|s| s.placement.node == node)
+                    .filter(|s| s.placement.node.0 == node)
                     .map(|s| s.placement.service.clone())
                     .collect();
                 say(format!(
@@ -326,7 +326,9 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
                 let cl = cluster.client(fe).await?;
                 match cl
                     .with_timeout(Duration::from_secs(30))
-                    .request(Request::Drain { node })
+                    .request(Request::Drain {
+                        node: smart_proto::NodeId(node),
+                    })
                     .await
                 {
                     Ok(Response::Ok) => say("  drain accepted".into()),
@@ -340,7 +342,7 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             let clients: u64 = placed.iter().map(|s| s.clients).sum();
             let mut nodes: Vec<String> = Vec::new();
             for node in cluster.running().into_iter().filter(|x| *x != fe) {
-                let k = placed.iter().filter(|s| s.placement.node == node).count();
+                let k = placed.iter().filter(|s| s.placement.node.0 == node).count();
                 nodes.push(format!("n{node}:{k}"));
             }
             say(format!(

@@ -1,0 +1,486 @@
+//! Report rounds: the rebuild after an election (thesis §4.2) and every refresh after it
+//! (node failures, lost and stray instances, agent notices: crashes past the restart
+//! policy, failed health checks, anomalies, and viewers who left), plus drains.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use smart_admission::{ClientId, Evicted, ServiceId};
+use smart_proto::NodeId;
+use smart_proto::agent::{AgentCommand, AgentEvent, AgentReply, InstanceReport, InstanceState};
+use smart_proto::api::Event;
+use tracing::{debug, info, warn};
+
+use super::moves::Why;
+use super::{AgentAddr, ControlEngine, Output, Pending, gen_of, node_spec, spec_of};
+use crate::peer::PeerError;
+
+impl ControlEngine {
+    pub(crate) fn on_reports(
+        &mut self,
+        started: Instant,
+        results: Vec<(AgentAddr, Result<AgentReply, PeerError>)>,
+        now: Instant,
+    ) {
+        let first = !self.rebuilt;
+        let mut answered = BTreeSet::new();
+        for (agent, r) in results {
+            match r {
+                Ok(AgentReply::Report(rep)) => {
+                    if !self.nodes.contains_key(&agent.node)
+                        && !self.drained.contains(&agent.node)
+                        && self.admission.add_node(agent.node, node_spec(&rep)).is_ok()
+                    {
+                        info!(node = %self.node, agent = %agent.node, "agent joins placement");
+                    }
+                    self.nodes.insert(agent.node, agent.addr);
+                    self.registry.insert(agent.node, *rep);
+                    answered.insert(agent.node);
+                }
+                Ok(AgentReply::Refused { highest, .. }) => return self.go_stale(highest),
+                Ok(other) => {
+                    warn!(node = %self.node, agent = %agent.node, ?other, "unexpected agent answer")
+                }
+                // Dead or partitioned agents are the failure detector's business.
+                Err(e) => {
+                    debug!(node = %self.node, agent = %agent.node, error = %e, "agent did not answer")
+                }
+            }
+        }
+        if first {
+            self.adopt_all(now);
+            self.rebuilt = true;
+            for (n, rep) in &self.registry {
+                let max = rep.notices.iter().map(|(s, _)| *s).max().unwrap_or(0);
+                self.notices_seen.insert(*n, max);
+            }
+            self.restore_replica(now);
+            info!(node = %self.node, epoch = self.epoch, agents = self.registry.len(),
+                services = self.services.len(), "control rebuilt its state");
+            self.out.push(Output::Rebuilt {
+                epoch: self.epoch,
+                agents: self.registry.len(),
+            });
+        } else {
+            self.reconcile(started, &answered, now);
+        }
+    }
+
+    /// Rebuild: every instance in the reports joins admission where it runs; duplicates (a
+    /// partition, a migration cut short by the death of the Control, or a start a dead
+    /// Control never confirmed) are stopped: the copy with most clients stays, then the
+    /// newest generation. An instance handing its clients over (`MigratingOut`) is never
+    /// kept: its successor is.
+    fn adopt_all(&mut self, now: Instant) {
+        let mut found: BTreeMap<String, Vec<(NodeId, InstanceReport)>> = BTreeMap::new();
+        for (node, rep) in &self.registry {
+            for i in &rep.instances {
+                if matches!(i.state, InstanceState::Running | InstanceState::Starting)
+                    && let Some(spec) = spec_of(&i.launch)
+                {
+                    found.entry(spec.name).or_default().push((*node, i.clone()));
+                }
+            }
+        }
+        let mut next_sid = 1u64;
+        let mut next_client = 1u64;
+        for (name, mut copies) in found {
+            copies.sort_by_key(|(_, i)| {
+                (
+                    std::cmp::Reverse(i.usage.as_ref().and_then(|u| u.clients).unwrap_or(0)),
+                    std::cmp::Reverse(gen_of(&i.instance)),
+                )
+            });
+            let (node, info) = copies.remove(0);
+            for (n, dup) in copies {
+                warn!(service = %name, node = %n, instance = %dup.instance, "stopping a duplicate instance");
+                self.command(
+                    n,
+                    AgentCommand::Stop {
+                        instance: dup.instance,
+                    },
+                    self.tuning.request_timeout * 5,
+                    Pending::Forget,
+                );
+            }
+            let Some(spec) = spec_of(&info.launch) else {
+                continue;
+            };
+            let Ok(profile) = self.profile(&spec) else {
+                continue;
+            };
+            let n = info.usage.as_ref().and_then(|u| u.clients).unwrap_or(0) as u64;
+            let clients: Vec<ClientId> = (0..n).map(|k| ClientId(next_client + k)).collect();
+            next_client += n;
+            let sid = ServiceId(next_sid);
+            next_sid += 1;
+            let ev = Evicted {
+                service: sid,
+                profile,
+                clients,
+            };
+            if let Err(e) = self.admission.adopt(&ev, node) {
+                warn!(service = %name, error = %e, "cannot adopt a running service");
+                continue;
+            }
+            info!(service = %name, %node, instance = %info.instance, clients = n, "adopted a running service");
+            let generation = gen_of(&info.instance);
+            let name = self.insert_service(spec, ev, node, generation, now);
+            self.services.get_mut(&name).expect("inserted").info = Some(info);
+        }
+    }
+
+    /// After a rebuild: services in the replicated registry that no live agent runs (their
+    /// node died together with the old Control) are admitted again and started.
+    fn restore_replica(&mut self, now: Instant) {
+        let entries = std::mem::take(&mut self.replica.services);
+        for e in entries {
+            if self.services.contains_key(&e.spec.name) {
+                continue;
+            }
+            let Ok(profile) = self.profile(&e.spec) else {
+                continue;
+            };
+            match self
+                .admission
+                .admit_service(profile, e.clients.min(u32::MAX as u64) as u32)
+            {
+                Ok(d) => {
+                    warn!(service = %e.spec.name, dead = %e.node, node = %d.node,
+                        "service known only from the registry copy: restarting it");
+                    // Above any generation the old Control started, so a copy that
+                    // reappears later is the stray one.
+                    let admitted = Evicted {
+                        service: d.service,
+                        profile,
+                        clients: d.clients,
+                    };
+                    let name = self.insert_service(e.spec, admitted, d.node, 1000, now);
+                    self.start(&name, Some(e.node), Why::NodeFailure);
+                }
+                Err(r) => self.publish(Event::Lost {
+                    service: e.spec.name,
+                    reason: r.to_string(),
+                }),
+            }
+        }
+    }
+
+    /// Nodes in placement that left the live set.
+    pub(crate) fn remove_dead(&mut self, now: Instant) {
+        let dead: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .filter(|n| !self.live.contains_key(n))
+            .copied()
+            .collect();
+        for n in dead {
+            self.node_down(n, now);
+        }
+    }
+
+    /// Refresh: nodes gone from the live set, instances lost, notices, strays.
+    fn reconcile(&mut self, started: Instant, answered: &BTreeSet<NodeId>, now: Instant) {
+        self.remove_dead(now);
+        let mut crashed = Vec::new();
+        let mut unhealthy = Vec::new();
+        let mut anomalies = Vec::new();
+        for (node, rep) in &self.registry {
+            let mut seen = self.notices_seen.get(node).copied().unwrap_or(0);
+            let max = rep.notices.iter().map(|(s, _)| *s).max().unwrap_or(0);
+            if max < seen {
+                // A restarted agent numbers from 1 again.
+                seen = 0;
+            }
+            for (seq, ev) in &rep.notices {
+                if *seq <= seen {
+                    continue;
+                }
+                match ev {
+                    AgentEvent::InstanceFailed { instance, .. } => {
+                        crashed.push((*node, instance.clone()))
+                    }
+                    AgentEvent::NodeHealth {
+                        check,
+                        healthy: false,
+                        detail,
+                    } => unhealthy.push((*node, format!("{check}: {detail}"))),
+                    AgentEvent::Anomaly {
+                        instance,
+                        resource,
+                        observed,
+                        reserved,
+                    } => anomalies.push((
+                        *node,
+                        instance.clone(),
+                        format!("{resource:?} at {observed:.3}, reserved {reserved:.3}"),
+                    )),
+                    _ => {}
+                }
+            }
+            self.notices_seen.insert(*node, max);
+        }
+        // A node failing a health check is drained (thesis §4.2.2: migrate its services
+        // before it fails).
+        for (node, why) in unhealthy {
+            if self.drained.contains(&node) || !self.nodes.contains_key(&node) {
+                continue;
+            }
+            warn!(%node, %why, "node unhealthy: draining it");
+            let _ = self.drain_node(node, Why::Health);
+        }
+        for (node, instance, what) in anomalies {
+            self.on_anomaly(node, &instance, &what, now);
+        }
+        self.release_departed(answered, now);
+        for (node, instance) in crashed {
+            let name = self
+                .services
+                .iter()
+                .find(|(_, s)| {
+                    s.node == node && s.info.as_ref().is_some_and(|i| i.instance == instance)
+                })
+                .map(|(n, _)| n.clone());
+            if let Some(name) = name {
+                warn!(service = %name, %node, %instance, "instance failed past its restart policy: re-admitting");
+                self.readmit(&name, Why::Crashed);
+            }
+        }
+        // Lost instances: the node answered a round that began after the instance was
+        // confirmed, and does not list it (the agent restarted, or gave up on it).
+        let lost: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| !s.busy() && s.placed_at < started && answered.contains(&s.node))
+            .filter(|(_, s)| {
+                let Some(info) = &s.info else { return false };
+                self.registry
+                    .get(&s.node)
+                    .is_none_or(|r| r.instance(&info.instance).is_none())
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in lost {
+            warn!(service = %name, "instance missing from its node's report: re-admitting");
+            self.readmit(&name, Why::Crashed);
+        }
+        // Strays: running instances of known services older than their current instance.
+        let mut strays = Vec::new();
+        for (node, rep) in &self.registry {
+            for i in &rep.instances {
+                let Some(spec) = spec_of(&i.launch) else {
+                    continue;
+                };
+                if i.state != InstanceState::Running {
+                    continue;
+                }
+                if let Some(s) = self.services.get(&spec.name)
+                    && !s.busy()
+                    && gen_of(&i.instance) < s.generation
+                {
+                    strays.push((*node, i.instance.clone()));
+                }
+            }
+        }
+        for (node, instance) in strays {
+            warn!(%node, %instance, "stopping a stale duplicate instance");
+            self.command(
+                node,
+                AgentCommand::Stop { instance },
+                self.tuning.request_timeout * 5,
+                Pending::Forget,
+            );
+        }
+    }
+
+    /// An instance runs persistently over its reservation (thesis §4.1.1): move it live to
+    /// another node where its service fits, through the same path as drain and MS, at most
+    /// once per service per `tuning.anomaly_move_every`; otherwise keep it and say why.
+    fn on_anomaly(&mut self, node: NodeId, instance: &str, what: &str, now: Instant) {
+        let Some((name, s)) = self.services.iter().find(|(_, s)| {
+            s.node == node && s.info.as_ref().is_some_and(|i| i.instance == instance)
+        }) else {
+            return;
+        };
+        let name = name.clone();
+        let kept = if s.busy() {
+            Some("a start or move is already in progress".to_string())
+        } else if let Some(t) = s.anomaly_moved
+            && now.saturating_duration_since(t) < self.tuning.anomaly_move_every
+        {
+            Some(format!(
+                "already moved for an anomaly {:.0} s ago (at most one move per {:.0} s)",
+                now.saturating_duration_since(t).as_secs_f64(),
+                self.tuning.anomaly_move_every.as_secs_f64()
+            ))
+        } else {
+            let sid = s.sid;
+            match self.admission.move_elsewhere(sid) {
+                Ok(to) => {
+                    self.services.get_mut(&name).expect("found").anomaly_moved = Some(now);
+                    warn!(service = %name, %node, %instance, %what, %to, "anomaly: moving the service");
+                    self.migrate(sid, node, to, Why::Anomaly);
+                    None
+                }
+                Err(r) => Some(format!("no other node fits ({r})")),
+            }
+        };
+        if let Some(why) = kept {
+            warn!(service = %name, %node, %instance, %what, %why, "anomaly: service kept where it is");
+            self.publish(Event::Notice {
+                service: name,
+                node,
+                reason: format!("anomaly ({what}): kept on {node}: {why}"),
+            });
+        }
+    }
+
+    /// Viewers leave without telling the front-end (it answered a redirect): when an
+    /// instance reports fewer connected clients than were admitted for its service, for
+    /// `tuning.release_after` consecutive refreshes and outside the grace period after an
+    /// admission, start or migration, the surplus is released in the admission engine.
+    fn release_departed(&mut self, answered: &BTreeSet<NodeId>, now: Instant) {
+        let mut released = Vec::new();
+        for (name, s) in self.services.iter_mut() {
+            let reported = match (&s.info, answered.contains(&s.node)) {
+                (Some(info), true) if !s.busy() => self
+                    .registry
+                    .get(&s.node)
+                    .and_then(|r| r.instance(&info.instance))
+                    .and_then(|i| i.usage.as_ref())
+                    .and_then(|u| u.clients),
+                _ => None,
+            };
+            let admitted = s.clients.len();
+            let recent = now.saturating_duration_since(s.placed_at.max(s.admitted_at))
+                < self.tuning.release_grace;
+            let Some(reported) = reported.map(|r| r as usize) else {
+                continue;
+            };
+            if recent || reported >= admitted {
+                s.fewer_seen = 0;
+                continue;
+            }
+            s.fewer_seen += 1;
+            if s.fewer_seen < self.tuning.release_after {
+                continue;
+            }
+            s.fewer_seen = 0;
+            let gone = s.clients.split_off(reported);
+            released.push((name.clone(), s.node, gone, reported, admitted));
+        }
+        for (name, node, gone, reported, admitted) in released {
+            for c in &gone {
+                let _ = self.admission.release_client(*c);
+            }
+            info!(service = %name, %node, released = gone.len(), reported, admitted,
+                "viewers left: released their admissions");
+            self.publish(Event::Notice {
+                service: name,
+                node,
+                reason: format!(
+                    "released {} client(s): its instance reports {reported} connected, {admitted} were admitted",
+                    gone.len()
+                ),
+            });
+        }
+    }
+
+    /// A node left the live set: its services are re-admitted elsewhere; moves towards it
+    /// are rolled back to their source.
+    pub(crate) fn node_down(&mut self, node: NodeId, now: Instant) {
+        self.nodes.remove(&node);
+        self.registry.remove(&node);
+        self.notices_seen.remove(&node);
+        self.abort_moves_to(node);
+        self.source_died(node, now);
+        let evicted = self.admission.node_failed(node).unwrap_or_default();
+        warn!(node = %self.node, dead = %node, services = evicted.len(), "node down: re-admitting its services");
+        for ev in evicted {
+            let Some(name) = self.by_sid.get(&ev.service).cloned() else {
+                continue;
+            };
+            match self.admission.readmit(&ev) {
+                Ok(d) => {
+                    for m in &d.migrations {
+                        self.migrate(m.service, m.from, m.to, Why::Ms);
+                    }
+                    let Some(s) = self.services.get_mut(&name) else {
+                        continue;
+                    };
+                    s.node = d.node;
+                    self.start(&name, Some(node), Why::NodeFailure);
+                }
+                Err(r) => {
+                    warn!(service = %name, reason = %r, "service lost: no node can take it");
+                    self.lose(&name, r.to_string());
+                }
+            }
+        }
+    }
+
+    /// Re-admits a service whose instance is gone from its node.
+    pub(crate) fn readmit(&mut self, name: &str, why: Why) {
+        let Some(s) = self.services.get(name) else {
+            return;
+        };
+        let (sid, profile, from) = (s.sid, s.profile, s.node);
+        let clients = self.admission.release_service(sid).unwrap_or_default();
+        let ev = Evicted {
+            service: sid,
+            profile,
+            clients,
+        };
+        match self.admission.readmit(&ev) {
+            Ok(d) => {
+                if let Some(s) = self.services.get_mut(name) {
+                    s.node = d.node;
+                }
+                self.start(name, Some(from), why);
+            }
+            Err(r) => self.lose(name, r.to_string()),
+        }
+    }
+
+    /// Moves every service off `node` (live migration where possible) and keeps the node
+    /// out of placement. What cannot move stays, and the node stays in service; the error
+    /// names those services.
+    pub(crate) fn drain_node(&mut self, node: NodeId, why: Why) -> Result<(), String> {
+        self.drained.insert(node);
+        let evicted = self.admission.remove_node(node).unwrap_or_default();
+        let mut failed = Vec::new();
+        let mut stay = Vec::new();
+        for ev in evicted {
+            let Some(name) = self.by_sid.get(&ev.service).cloned() else {
+                continue;
+            };
+            match self.admission.readmit(&ev) {
+                Ok(d) => {
+                    for m in &d.migrations {
+                        self.migrate(m.service, m.from, m.to, Why::Ms);
+                    }
+                    self.migrate(ev.service, node, d.node, why);
+                }
+                Err(r) => {
+                    failed.push(format!("{name}: {r}"));
+                    stay.push(ev);
+                }
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        // The node stays in service with what could not move.
+        self.drained.remove(&node);
+        let spec = self.registry.get(&node).map(node_spec);
+        if let Some(spec) = spec
+            && self.admission.add_node(node, spec).is_ok()
+        {
+            for ev in &stay {
+                let _ = self.admission.adopt(ev, node);
+            }
+        }
+        warn!(%node, services = ?failed, "drain incomplete: no room elsewhere");
+        Err(format!("no room elsewhere for {}", failed.join(", ")))
+    }
+}

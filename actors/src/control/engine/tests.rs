@@ -1,0 +1,1 @@
+//! Control engine tests on the exact outputs it emits (openraft style).

@@ -1,0 +1,347 @@
+//! The Control ↔ Agent86 vocabulary (docs/DESIGN.md §1, §2.4): the commands a Control sends
+//! an agent, the agent's replies, its state report (what a new Control rebuilds from) and the
+//! events it raises. The Agent86 engine (`smart-instance`) consumes [`AgentCommand`] as it
+//! arrives off the wire and produces [`AgentReply`] and [`AgentReport`] itself: there is no
+//! second, internal copy of these types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, NodeId};
+
+/// Resources set aside for an instance or a pending arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Reservation {
+    /// CPU, cores.
+    pub cpu_cores: f64,
+    /// Network, bits/s.
+    pub net_bps: f64,
+    /// Memory working set, bytes.
+    pub mem_bytes: u64,
+}
+
+impl Reservation {
+    /// Adds `o` to `self`.
+    pub fn add(&mut self, o: &Reservation) {
+        self.cpu_cores += o.cpu_cores;
+        self.net_bps += o.net_bps;
+        self.mem_bytes = self.mem_bytes.saturating_add(o.mem_bytes);
+    }
+}
+
+/// How to run an instance.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Service class, the key of its profile.
+    pub service: String,
+    /// Program and arguments. `{listen}` is replaced by an address the agent picks on its
+    /// node (`ip:port`); the instance's endpoint is then `http://{listen}/`.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// CPU cap in cores.
+    pub cpu_cores: Option<f64>,
+    /// Memory cap in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// A command from a Control to an Agent86. Every command travels with the Control's epoch
+/// and is fenced by it when it *executes* (docs/DESIGN.md §2.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentCommand {
+    /// Send your state (instances, reservations, usage); used to rebuild and to refresh.
+    Report,
+    /// Start an instance with its reservation.
+    Start {
+        /// Instance name (unique in the cluster; `[A-Za-z0-9_.-]`).
+        instance: String,
+        /// How to run it.
+        launch: LaunchSpec,
+        /// What admission reserved for it.
+        reservation: Reservation,
+    },
+    /// Stop an instance (graceful, then forced) and release its reservation.
+    Stop {
+        /// Instance name.
+        instance: String,
+    },
+    /// Set resources aside under `id` (e.g. on a migration target).
+    Reserve {
+        /// Reservation id.
+        id: String,
+        /// Amount.
+        reservation: Reservation,
+    },
+    /// Drop a reservation (idempotent).
+    Release {
+        /// Reservation id.
+        id: String,
+    },
+    /// Hand the instance's clients to `target_url` (workload control API `handoff`), then
+    /// stop it here.
+    MigrateOut {
+        /// Instance name.
+        instance: String,
+        /// Target node.
+        target: NodeId,
+        /// Endpoint of the new instance, where clients are redirected.
+        target_url: String,
+    },
+    /// Start an instance that first copies the state of its source (workload control API
+    /// `restore` from `source_control`) while the source keeps serving: pre-copy.
+    MigrateIn {
+        /// Instance name.
+        instance: String,
+        /// How to run it.
+        launch: LaunchSpec,
+        /// Its reservation here.
+        reservation: Reservation,
+        /// Source node.
+        source: NodeId,
+        /// Where the source instance's state is read from (its workload control socket).
+        source_control: String,
+        /// Reservation made earlier for it, consumed on success.
+        reserved_as: Option<String>,
+    },
+}
+
+impl AgentCommand {
+    /// The instance the command is about, if any.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            AgentCommand::Start { instance, .. }
+            | AgentCommand::Stop { instance }
+            | AgentCommand::MigrateOut { instance, .. }
+            | AgentCommand::MigrateIn { instance, .. } => Some(instance),
+            AgentCommand::Report | AgentCommand::Reserve { .. } | AgentCommand::Release { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// Why an agent did not carry out a command (other than a stale epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AgentError {
+    /// No such instance here.
+    #[error("no such instance")]
+    UnknownInstance,
+    /// Already running here.
+    #[error("already exists")]
+    AlreadyExists,
+    /// Busy with another operation on that instance.
+    #[error("busy with another operation")]
+    Busy,
+    /// The runtime or the workload failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An agent's answer to an [`AgentCommand`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentReply {
+    /// Answer to `Report` (boxed: a report is much larger than the other answers).
+    Report(Box<AgentReport>),
+    /// A started, migrated-in or otherwise changed instance, as it is now (boxed: large).
+    Instance(Box<InstanceReport>),
+    /// Done, nothing to report (stop, reserve, release, a finished migration).
+    Done,
+    /// The command's epoch was below the highest the agent has seen: its sender is stale.
+    Refused {
+        /// The command's epoch.
+        epoch: Epoch,
+        /// The agent's highest epoch.
+        highest: Epoch,
+    },
+    /// The command failed.
+    Failed(AgentError),
+}
+
+/// One instance's usage over one interval (from the sampler).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct UsageReading {
+    /// Instance name.
+    pub instance: String,
+    /// Cores used.
+    pub cpu_cores: f64,
+    /// Network, bits/s (`None` when not measurable).
+    pub net_bps: Option<f64>,
+    /// Working set, bytes.
+    pub mem_bytes: u64,
+    /// Clients served, when the instance reports them.
+    pub clients: Option<u32>,
+    /// The instance answers the workload control API (it can be live-migrated).
+    pub speaks_api: bool,
+}
+
+/// Node-level usage for the state report.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// CPUs online.
+    pub cpus: u32,
+    /// Cores busy.
+    pub cpu_busy_cores: f64,
+    /// Memory capacity.
+    pub mem_total_bytes: u64,
+    /// Memory available.
+    pub mem_available_bytes: u64,
+    /// NIC capacity, bits/s.
+    pub nic_capacity_bps: u64,
+    /// Node traffic, bits/s.
+    pub net_bps: f64,
+}
+
+/// A resource that can be over its reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Resource {
+    /// CPU.
+    Cpu,
+    /// Network.
+    Net,
+    /// Memory.
+    Memory,
+}
+
+/// How an instance's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, when it exited normally.
+    pub code: Option<i32>,
+    /// Terminating signal, when killed.
+    pub signal: Option<i32>,
+    /// The kernel OOM killer fired in its group (cgroup driver).
+    pub oom_killed: bool,
+}
+
+impl ExitInfo {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Events an agent raises for the Control (listed in its reports as numbered notices).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    /// Persistently over its reservation (thesis §4.1.1).
+    Anomaly {
+        /// Instance.
+        instance: String,
+        /// Resource.
+        resource: Resource,
+        /// Mean of the offending samples.
+        observed: f64,
+        /// Reserved amount.
+        reserved: f64,
+    },
+    /// Back under its reservation.
+    AnomalyCleared {
+        /// Instance.
+        instance: String,
+        /// Resource.
+        resource: Resource,
+    },
+    /// A health check changed state.
+    NodeHealth {
+        /// Check name (`memory_available`, `memory_pressure`, `thermal:<zone>`).
+        check: String,
+        /// True when fine.
+        healthy: bool,
+        /// Reading that decided it.
+        detail: String,
+    },
+    /// Crashed and was restarted.
+    InstanceRestarted {
+        /// Instance.
+        instance: String,
+        /// Restarts within the window so far.
+        attempt: u32,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// Crashed too often: given up, resources released.
+    InstanceFailed {
+        /// Instance.
+        instance: String,
+        /// Restarts made in the window.
+        restarts: u32,
+        /// How it ended last.
+        exit: ExitInfo,
+    },
+    /// Ended by itself with success; resources released.
+    InstanceFinished {
+        /// Instance.
+        instance: String,
+    },
+}
+
+/// Life-cycle state of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    /// Start issued, not confirmed.
+    Starting,
+    /// Running.
+    Running,
+    /// Stop issued.
+    Stopping,
+    /// Hand-over in progress.
+    MigratingOut,
+}
+
+/// One instance in an [`AgentReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    /// Instance name.
+    pub instance: String,
+    /// How it was launched (the command before `{listen}` was replaced): enough for a new
+    /// Control to start it elsewhere.
+    pub launch: LaunchSpec,
+    /// Life-cycle state.
+    pub state: InstanceState,
+    /// Its reservation.
+    pub reservation: Reservation,
+    /// Where clients connect, when it has a `{listen}` address.
+    pub endpoint: Option<String>,
+    /// Its workload control socket.
+    pub control_socket: String,
+    /// The instance answers the workload control API: it can be live-migrated. Otherwise it
+    /// can only be restarted elsewhere.
+    pub speaks_api: bool,
+    /// Last usage sample.
+    pub usage: Option<UsageReading>,
+    /// Crash restarts within the current window.
+    pub restarts: u32,
+    /// Resources currently flagged over reservation.
+    pub anomalous: Vec<Resource>,
+}
+
+/// What an Agent86 knows, for a Control to rebuild from (thesis §4.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct AgentReport {
+    /// The reporting node.
+    pub node: NodeId,
+    /// Highest epoch it has seen.
+    pub highest_epoch: Epoch,
+    /// Its instances, by name.
+    pub instances: Vec<InstanceReport>,
+    /// Open reservations.
+    pub reservations: Vec<(String, Reservation)>,
+    /// Sum of instance reservations and open reservations.
+    pub reserved_total: Reservation,
+    /// Last node usage (CPUs, memory, NIC capacity and traffic).
+    pub usage: Option<NodeUsage>,
+    /// The last commands it executed, oldest first: `(epoch, control node)`. Lets tests
+    /// and operators check from outside that executed epochs never go down.
+    pub recent_commands: Vec<(Epoch, NodeId)>,
+    /// Commands refused because their epoch was below the highest seen.
+    pub refused_stale: u64,
+    /// The last events for the Control (crashes, restarts, anomalies, health), numbered
+    /// from 1 in this agent's life; a Control acts on those above the last number it saw.
+    pub notices: Vec<(u64, AgentEvent)>,
+}
+
+impl AgentReport {
+    /// The instance called `name`, if this agent runs it.
+    pub fn instance(&self, name: &str) -> Option<&InstanceReport> {
+        self.instances.iter().find(|i| i.instance == name)
+    }
+}

@@ -1,0 +1,16 @@
+//! # smart-testkit
+//!
+//! What runs *around* SMART nodes rather than inside them: local clusters of real
+//! `smart node` processes (the demo, the benchmarks and the multi-process test suites), the
+//! Smart-GloVE case study that `smart demo` runs, and the failover benchmark. The node
+//! library (`smart`) does not depend on it, nor on the data plane; the `smart` binary and
+//! the test suites do.
+//!
+//! ## Layout
+//! - [`cluster`]: a local cluster of real node processes on loopback.
+//! - [`demo`]: `smart demo` options and `smart bench failover`.
+//! - [`case_study`]: the demo itself, the Smart-GloVE case study.
+
+pub mod case_study;
+pub mod cluster;
+pub mod demo;
