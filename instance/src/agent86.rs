@@ -50,6 +50,7 @@ pub use smart_proto::agent::{
     AgentCommand, AgentError, AgentEvent, AgentReply, AgentReport, ExitInfo, InstanceReport,
     InstanceState, LaunchSpec, NodeUsage, Reservation, Resource, UsageReading,
 };
+use smart_proto::fence::Fence;
 pub use smart_proto::{Epoch, NodeId};
 
 /// The runtime limits of a launch.
@@ -350,7 +351,8 @@ struct Instance {
 #[derive(Debug)]
 pub struct Agent86Engine {
     cfg: Agent86Config,
-    highest_seen: Epoch,
+    /// The highest epoch seen (from commands or heartbeats): what commands are fenced by.
+    fence: Fence,
     persisted: Epoch,
     persist_requested: Epoch,
     queue: VecDeque<ControlCommand>,
@@ -376,7 +378,7 @@ impl Agent86Engine {
     pub fn new(cfg: Agent86Config, persisted_epoch: Epoch) -> Self {
         Self {
             cfg,
-            highest_seen: persisted_epoch,
+            fence: Fence::new(persisted_epoch),
             persisted: persisted_epoch,
             persist_requested: persisted_epoch,
             queue: VecDeque::new(),
@@ -393,7 +395,7 @@ impl Agent86Engine {
 
     /// Highest epoch seen.
     pub fn highest_epoch(&self) -> Epoch {
-        self.highest_seen
+        self.fence.highest
     }
 
     /// Names of the instances this agent manages.
@@ -494,18 +496,16 @@ impl Agent86Engine {
     }
 
     fn observe_epoch(&mut self, e: Epoch, out: &mut Vec<Command>) {
-        if e > self.highest_seen {
-            self.highest_seen = e;
-        }
-        if self.highest_seen > self.persist_requested {
-            self.persist_requested = self.highest_seen;
-            out.push(Command::PersistEpoch(self.highest_seen));
+        self.fence.observe(e);
+        if self.fence.highest > self.persist_requested {
+            self.persist_requested = self.fence.highest;
+            out.push(Command::PersistEpoch(self.fence.highest));
         }
     }
 
     fn on_control(&mut self, c: ControlCommand, out: &mut Vec<Command>) {
-        if c.epoch < self.highest_seen {
-            out.push(refused(&c, self.highest_seen));
+        if let Err(stale) = self.fence.check(c.epoch) {
+            out.push(refused(&c, stale.highest));
             return;
         }
         self.observe_epoch(c.epoch, out);
@@ -521,13 +521,13 @@ impl Agent86Engine {
                 break;
             }
             let c = self.queue.pop_front().expect("front exists");
-            if c.epoch < self.highest_seen {
+            if let Err(stale) = self.fence.check(c.epoch) {
                 tracing::info!(
                     epoch = c.epoch,
-                    highest = self.highest_seen,
+                    highest = stale.highest,
                     "refusing command fenced by a newer control"
                 );
-                out.push(refused(&c, self.highest_seen));
+                out.push(refused(&c, stale.highest));
                 continue;
             }
             self.execute(c, out);
@@ -854,7 +854,7 @@ impl Agent86Engine {
         }
         AgentReport {
             node: self.cfg.node,
-            highest_epoch: self.highest_seen,
+            highest_epoch: self.fence.highest,
             instances,
             reservations: self
                 .reservations

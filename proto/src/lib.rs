@@ -14,11 +14,13 @@
 //! - [`ids`]: [`NodeId`], [`Epoch`], [`Incarnation`], [`ServiceName`].
 //! - [`api`]: the message API (requests, responses, events, status, typed errors).
 //! - [`agent`]: Control → Agent86 commands, replies, reports and agent events.
+//! - [`fence`]: epoch fencing of command execution, in one place.
 //! - [`node`]: what a node's TCP port accepts ([`node::NodeRequest`]) and answers.
 //! - [`workload`]: the workload control API and [`workload::WorkloadClient`].
 
 pub mod agent;
 pub mod api;
+pub mod fence;
 pub mod ids;
 pub mod node;
 pub mod workload;

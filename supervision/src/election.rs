@@ -434,58 +434,7 @@ impl Election {
     }
 }
 
-/// A command's epoch is below the highest one seen: refuse it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[error("stale epoch {epoch}: highest seen is {highest}")]
-pub struct Stale {
-    /// The command's epoch.
-    pub epoch: Epoch,
-    /// The highest epoch seen.
-    pub highest: Epoch,
-}
-
-/// Epoch fencing for Agent86 (DESIGN §2 rule 4): remember the highest Control epoch seen and
-/// refuse anything below it, *when executing*, not only when receiving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Fence {
-    /// Highest epoch seen.
-    pub highest: Epoch,
-}
-
-impl Fence {
-    /// A fence at `highest` (the persisted value).
-    pub fn new(highest: Epoch) -> Self {
-        Self { highest }
-    }
-
-    /// `Ok` if a command of `epoch` may run now.
-    pub fn check(&self, epoch: Epoch) -> Result<(), Stale> {
-        if epoch < self.highest {
-            Err(Stale {
-                epoch,
-                highest: self.highest,
-            })
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Raises the fence; returns `true` if it moved (the caller persists it).
-    pub fn observe(&mut self, epoch: Epoch) -> bool {
-        if epoch > self.highest {
-            self.highest = epoch;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Checks `epoch`, then raises the fence to it: the usual path of an incoming command.
-    pub fn admit(&mut self, epoch: Epoch) -> Result<bool, Stale> {
-        self.check(epoch)?;
-        Ok(self.observe(epoch))
-    }
-}
+pub use smart_proto::fence::{Fence, Stale};
 
 /// Majority mode, granter side: a node grants its lease to at most one Control at a time. A
 /// grant to `X` until `T` forbids granting to anyone else before `T`; renewing the grant to
@@ -817,28 +766,6 @@ mod tests {
         n1.on_controls(&[cand(2, 5, 5)], t0, &mut rng, &mut vec![]);
         assert_eq!(n1.state(), ElectionState::Follower);
         assert_eq!(n1.highest(), 5);
-    }
-
-    #[test]
-    fn fence_refuses_stale_epochs() {
-        let mut f = Fence::new(4);
-        assert_eq!(f.check(4), Ok(()));
-        assert_eq!(
-            f.check(3),
-            Err(Stale {
-                epoch: 3,
-                highest: 4
-            })
-        );
-        assert_eq!(f.admit(6), Ok(true));
-        assert_eq!(f.admit(6), Ok(false));
-        assert_eq!(
-            f.admit(5),
-            Err(Stale {
-                epoch: 5,
-                highest: 6
-            })
-        );
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub use client::Client;
 pub use handshake::{HandshakeError, Identity};
 pub use peer::{Backoff, Peer, PeerArgs, PeerMsg, PeerStatus};
 pub use peer_set::PeerSet;
-pub use server::{ActorHandler, Connection, Handler, RequestContext, Server, ServerHandle};
+pub use server::{Connection, Handler, RequestContext, Server, ServerHandle};
 
 /// A boxed, sendable future: the return type of the [`Transport`] seam's methods, so that the
 /// trait stays object-safe and a node can hold an `Arc<dyn Transport>`.

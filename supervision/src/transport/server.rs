@@ -11,7 +11,6 @@
 //!
 //! ## Layout
 //! - [`Handler`], [`RequestContext`]: what the application implements and receives.
-//! - [`ActorHandler`]: a ready handler that forwards requests to a ractor actor.
 //! - [`Connection`]: a handle to push notifications to one connection.
 //! - [`Server`], [`ServerHandle`]: starting and stopping; private accept and per-connection loops.
 
@@ -62,87 +61,6 @@ pub trait Handler<P: Protocol>: Send + Sync + 'static {
     /// A connection closed (not called for the connections cut by the server's own stop).
     fn disconnected(&self, conn: &Connection<P>) {
         let _ = conn;
-    }
-}
-
-/// A [`Handler`] that forwards every request to a ractor actor and waits for its reply, at
-/// most `timeout` (a handler must never hang a connection's request slot forever).
-///
-/// `build` wraps the request, its context and the reply port into the actor's message type,
-/// e.g. `|ctx, req, reply| ControlMsg::Remote { epoch: ctx.epoch, req, reply }`. Notifications
-/// are ignored unless `on_notify` is set.
-pub struct ActorHandler<P: Protocol, M: ractor::Message> {
-    actor: ractor::ActorRef<M>,
-    build: RequestBuilder<P, M>,
-    on_notify: Option<NotifyBuilder<P, M>>,
-    timeout: std::time::Duration,
-}
-
-/// Wraps a request into an actor message (see [`ActorHandler`]).
-pub type RequestBuilder<P, M> = Box<
-    dyn Fn(
-            RequestContext<P>,
-            <P as Protocol>::Request,
-            ractor::RpcReplyPort<Result<<P as Protocol>::Response, String>>,
-        ) -> M
-        + Send
-        + Sync,
->;
-
-/// Wraps a notification into an actor message (see [`ActorHandler`]).
-pub type NotifyBuilder<P, M> =
-    Box<dyn Fn(RequestContext<P>, <P as Protocol>::Notify) -> M + Send + Sync>;
-
-impl<P: Protocol, M: ractor::Message> ActorHandler<P, M> {
-    /// Forwards requests to `actor`, built into messages by `build`, waiting `timeout`.
-    pub fn new(
-        actor: ractor::ActorRef<M>,
-        timeout: std::time::Duration,
-        build: impl Fn(
-            RequestContext<P>,
-            P::Request,
-            ractor::RpcReplyPort<Result<P::Response, String>>,
-        ) -> M
-        + Send
-        + Sync
-        + 'static,
-    ) -> Self {
-        Self {
-            actor,
-            build: Box::new(build),
-            on_notify: None,
-            timeout,
-        }
-    }
-
-    /// Also forwards notifications, built into messages by `f`.
-    pub fn with_notifications(
-        mut self,
-        f: impl Fn(RequestContext<P>, P::Notify) -> M + Send + Sync + 'static,
-    ) -> Self {
-        self.on_notify = Some(Box::new(f));
-        self
-    }
-}
-
-impl<P: Protocol, M: ractor::Message> Handler<P> for ActorHandler<P, M> {
-    async fn handle(&self, ctx: RequestContext<P>, req: P::Request) -> Result<P::Response, String> {
-        use ractor::rpc::CallResult;
-        match self
-            .actor
-            .call(|reply| (self.build)(ctx, req, reply), Some(self.timeout))
-            .await
-        {
-            Ok(CallResult::Success(r)) => r,
-            Ok(CallResult::Timeout) => Err(format!("no answer within {:?}", self.timeout)),
-            Ok(CallResult::SenderError) | Err(_) => Err("service unavailable".into()),
-        }
-    }
-
-    async fn notified(&self, ctx: RequestContext<P>, note: P::Notify) {
-        if let Some(f) = &self.on_notify {
-            let _ = self.actor.send_message(f(ctx, note));
-        }
     }
 }
 
