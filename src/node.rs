@@ -12,6 +12,7 @@
 //!   (durable epochs and incarnation, counters, event subscribers, the registry copy).
 //! - [`membership`]: the actor shell around the heartbeat/election engine.
 //! - [`forward`]: message-API forwarding to the Control across failovers.
+//! - [`http`]: HTTP serving with connection caps and head timeouts (axum on hyper).
 //! - [`http_frontend`]: the front-end's HTTP side (`GET /watch/{video}`).
 //! - [`server`]: the TCP port (node-to-node and message API) and outgoing peers.
 //! - [`supervisor`]: the supervision tree and its restart policy.
@@ -20,6 +21,7 @@ pub mod counters;
 pub mod durable;
 pub mod events;
 pub mod forward;
+pub mod http;
 pub mod http_frontend;
 pub mod membership;
 pub mod messages;

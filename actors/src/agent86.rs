@@ -578,6 +578,9 @@ impl Actor for Agent86 {
         myself: ActorRef<Self::Msg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
+        // A first sample at once (the node's load for its first heartbeats), then every
+        // interval.
+        myself.send_message(Agent86Msg::Tick)?;
         myself.send_interval(self.core.settings.interval, || Agent86Msg::Tick);
         Ok(Agent86State::default())
     }

@@ -22,17 +22,21 @@
 //! - [`service_of`], [`spec_for`]: video name to service name and spec.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::get;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use smart_api::{Request, Response, ServiceSpec};
-use smart_vod::http;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::counters::Counters;
 use super::forward::Forwarder;
+use super::http::{self, HttpLimits};
 use crate::config::NodeConfig;
 
 /// The service name of a video's distributor.
@@ -124,38 +128,48 @@ impl Ctx {
         }
     }
 
-    async fn handle(&self, mut s: TcpStream) {
-        let req = match http::read_request(&mut s, Duration::from_secs(5)).await {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(status) = e.status() {
-                    http::write_error(&mut s, status, &[]).await;
-                }
-                return;
-            }
-        };
-        let answer = match req.path.strip_prefix("/watch/") {
-            Some(v) if valid_video(v) => self.decide(v, range_start(req.range.as_deref())).await,
-            _ => Answer::NotFound,
-        };
-        debug!(path = %req.path, ?answer, "front-end answer");
+    fn respond(&self, answer: Answer) -> HttpResponse {
         match answer {
-            Answer::Redirect(to) => http::write_error(&mut s, 302, &[("Location", to)]).await,
+            Answer::Redirect(to) => match HeaderValue::from_str(&to) {
+                Ok(loc) => (StatusCode::FOUND, [(header::LOCATION, loc)]).into_response(),
+                Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+            },
             Answer::Unavailable(reason) => {
                 self.counters.incr("frontend_503");
-                http::write_error(
-                    &mut s,
-                    503,
-                    &[
-                        ("Retry-After", "2".to_string()),
-                        ("X-Reason", reason.replace(['\r', '\n'], " ")),
-                    ],
-                )
-                .await
+                let reason = reason.replace(['\r', '\n'], " ");
+                let mut r = (StatusCode::SERVICE_UNAVAILABLE, reason.clone()).into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                if let Ok(v) = HeaderValue::from_str(&reason) {
+                    r.headers_mut().insert("x-reason", v);
+                }
+                r
             }
-            Answer::NotFound => http::write_error(&mut s, 404, &[]).await,
+            Answer::NotFound => StatusCode::NOT_FOUND.into_response(),
         }
     }
+}
+
+async fn watch(
+    State(ctx): State<Arc<Ctx>>,
+    Path(video): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    if !valid_video(&video) {
+        return ctx.respond(Answer::NotFound);
+    }
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let answer = ctx.decide(&video, range_start(range)).await;
+    debug!(%video, ?answer, "front-end answer");
+    ctx.respond(answer)
+}
+
+/// The front-end's routes.
+fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/watch/{video}", get(watch))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .with_state(ctx)
 }
 
 impl Actor for HttpFrontEnd {
@@ -182,18 +196,17 @@ impl Actor for HttpFrontEnd {
             counters: self.counters.clone(),
             forwarder: self.forwarder.clone(),
         });
-        Ok(tokio::spawn(async move {
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let c = ctx.clone();
-                        let span = info_span!("frontend", %node);
-                        tokio::spawn(async move { c.handle(s).await }.instrument(span));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        }))
+        let span = info_span!("frontend", %node);
+        Ok(tokio::spawn(
+            http::serve(
+                l,
+                router(ctx),
+                HttpLimits::default(),
+                self.counters.clone(),
+                "frontend",
+            )
+            .instrument(span),
+        ))
     }
 
     async fn post_stop(

@@ -466,7 +466,8 @@ impl Actor for Membership {
             readers,
             started: Instant::now(),
             load: LoadSummary::default(),
-            ticks: 0,
+            // The first load is asked for soon after start (Agent86 samples at once).
+            ticks: LOAD_EVERY_TICKS - 10,
         })
     }
 
