@@ -11,10 +11,10 @@
 //! ## Operations
 //! | request | reply |
 //! |---|---|
-//! | `{"op":"usage"}` | `{"bytes_sent":u64,"bytes_received":u64,"clients":u32,"cache_bytes":u64, ...}` (extra keys: `origin_streams`, `viewers_total`, `cache_hits`, `cache_misses`, `evictions`, `mode`) |
+//! | `{"op":"usage"}` | `{"bytes_sent":u64,"bytes_received":u64,"clients":u32,"cache_bytes":u64, ...}` (extra keys: `origin_streams`, `viewers_total`, `cache_hits`, `cache_misses`, `evictions`, `mode`; HLS: `progressive_clients`, `hls_sessions`, `hls_sessions_total`, `hls_sessions_expired`, `hls_playlists`, `hls_segments`, `hls_segment_bytes`, `hls_delayed`) |
 //! | `{"op":"checkpoint"}` | a header line, then `data_len` raw bytes (see below) |
 //! | `{"op":"restore","from":"/path/of/source.sock"}` | `{"ok":true,"videos":n,"blocks":n,"bytes":n,"ms":f64}` |
-//! | `{"op":"handoff","to":"http://host:port"}` | `{"ok":true,"viewers":n,"ms":f64}` |
+//! | `{"op":"handoff","to":"http://host:port"}` | `{"ok":true,"viewers":n,"hls_sessions":n,"ms":f64}` |
 //! | `{"op":"drain"}` | `{"ok":true,"clients":n}` |
 //! | `{"op":"resume"}` | `{"ok":true}` |
 //! | `{"op":"stop"}` | `{"ok":true}`; the process then exits |
@@ -23,7 +23,10 @@
 //! "duration_ms"}],"blocks":[[video,block,block_size,len],...],"viewers":[[video,offset,count],
 //! ...],"data_len":N}` followed on the same connection by exactly `N` bytes: the blocks' data
 //! concatenated in the order of `blocks` (block `b` of size `block_size` starts at byte
-//! `b*block_size` of the video). Viewer positions are block start offsets (viewers themselves
+//! `b*block_size` of the video). An optional `"hls":{"indexes":[[video,{segment index}]],
+//! "sessions":[[video,"id",offset,idle_ms]]}` carries the HLS segment indexes (the target
+//! serves the same segments without asking the origin) and live HLS sessions (counted as
+//! clients by the target at once); an instance that does not know the key ignores it. Viewer positions are block start offsets (viewers themselves
 //! know their exact byte); the restoring instance pins them for 10 s so the blocks the
 //! handed-off viewers will ask for are not evicted before they arrive. The cache is taken by reference while the instance keeps serving
 //! (blocks never change), so the checkpoint is one consistent pass.
@@ -31,9 +34,12 @@
 //! **restore** makes the instance (started empty, in restore mode) connect to the source's
 //! socket, ask `checkpoint` and load it while the source keeps serving: pre-copy.
 //!
+//! **clients**: progressive connections plus live HLS sessions (a session is live until it
+//! has made no request for the distributor's HLS session timeout, 20 s by default).
+//!
 //! **handoff**: the instance closes every viewer connection at once and from then on answers
 //! every request (the viewers' reconnects included) with `307 Temporary Redirect` to the same
-//! path under `to`; viewers follow it and resume with `Range: bytes=<last byte + 1>-`. A viewer
+//! path under `to` (HLS requests keep their query, which holds the session); viewers follow it and resume with `Range: bytes=<last byte + 1>-`. A viewer
 //! that cannot reach the old instance goes back to its front-end URL, which must point at the
 //! new instance (SMART's FrontEnd answers `302`). The reply comes once all viewers are closed.
 //! Keep the source running for a grace period after the reply (a few seconds; `usage` counts
@@ -99,6 +105,9 @@ pub struct Usage {
     /// Origin streams opened (distributor extension).
     #[serde(default)]
     pub origin_streams: u64,
+    /// Live HLS sessions, included in `clients` (distributor extension).
+    #[serde(default)]
+    pub hls_sessions: u64,
 }
 
 /// Reply to `restore`.
@@ -119,6 +128,9 @@ pub struct RestoreReport {
 pub struct HandoffReport {
     /// Viewers that were connected and have been told to move.
     pub viewers: u64,
+    /// HLS sessions that were live (they follow the 307s on their next request).
+    #[serde(default)]
+    pub hls_sessions: u64,
     /// Time until all were closed.
     pub ms: f64,
 }
@@ -142,6 +154,9 @@ struct CheckpointHeader {
     blocks: Vec<(usize, u64, u64, u64)>,
     viewers: Vec<(usize, u64, u32)>,
     data_len: u64,
+    /// Added for HLS; absent from older instances' checkpoints.
+    #[serde(default)]
+    hls: crate::hls_server::HlsCheckpoint,
 }
 
 /// Serves the control API for `dist` on `listener`. `stopped` is notified after a `stop`.
@@ -210,10 +225,19 @@ async fn connection(
                 let st = &d.stats;
                 let ld =
                     |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                let (hls, hs) = (d.hls_sessions(), d.hls_stats());
                 json!({
                     "bytes_sent": ld(&st.bytes_sent),
                     "bytes_received": ld(&st.bytes_received),
-                    "clients": ld(&st.viewers_active) as u32,
+                    "clients": (ld(&st.viewers_active) + hls) as u32,
+                    "progressive_clients": ld(&st.viewers_active),
+                    "hls_sessions": hls,
+                    "hls_sessions_total": ld(&hs.sessions_total),
+                    "hls_sessions_expired": ld(&hs.expired),
+                    "hls_playlists": ld(&hs.playlists),
+                    "hls_segments": ld(&hs.segments),
+                    "hls_segment_bytes": ld(&hs.segment_bytes),
+                    "hls_delayed": ld(&hs.delayed),
                     "cache_bytes": d.cache_bytes(),
                     "origin_streams": ld(&st.origin_streams),
                     "viewers_total": ld(&st.viewers_total),
@@ -239,6 +263,7 @@ async fn connection(
                         .collect(),
                     viewers: snap.viewers,
                     data_len: snap.blocks.iter().map(|x| x.3.len() as u64).sum(),
+                    hls: snap.hls,
                 };
                 let v = serde_json::to_value(&header)
                     .map_err(|e| ControlError::Protocol(e.to_string()))?;
@@ -260,15 +285,20 @@ async fn connection(
             "handoff" => match req.get("to").and_then(Value::as_str).map(Url::parse) {
                 Some(Ok(to)) => {
                     let t = Instant::now();
+                    let hls = d.hls_sessions();
                     let n = d.handoff(to, Duration::from_secs(5)).await;
-                    json!({"ok": true, "viewers": n, "ms": t.elapsed().as_secs_f64() * 1000.0})
+                    json!({"ok": true, "viewers": n, "hls_sessions": hls, "ms": t.elapsed().as_secs_f64() * 1000.0})
                 }
                 Some(Err(e)) => json!({"ok": false, "error": e}),
                 None => json!({"ok": false, "error": "handoff needs \"to\""}),
             },
             "drain" => {
                 d.drain();
-                json!({"ok": true, "clients": d.stats.viewers_active.load(std::sync::atomic::Ordering::Relaxed)})
+                let progressive = d
+                    .stats
+                    .viewers_active
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                json!({"ok": true, "clients": progressive + d.hls_sessions()})
             }
             "resume" => {
                 d.resume();
@@ -368,6 +398,7 @@ impl Client {
             videos: h.videos,
             blocks: Vec::with_capacity(h.blocks.len()),
             viewers: h.viewers,
+            hls: h.hls,
         };
         for (vi, b, bs, len) in h.blocks {
             let mut buf = BytesMut::zeroed(len as usize);

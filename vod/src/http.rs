@@ -30,6 +30,8 @@ pub struct Request {
     pub head_only: bool,
     /// Path without query string.
     pub path: String,
+    /// Query string (after `?`, undecoded), if any. HLS segment URIs carry the session here.
+    pub query: Option<String>,
     /// Raw value of the Range header, if any.
     pub range: Option<String>,
 }
@@ -86,7 +88,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
                 _ => return Err(HttpError::Method),
             };
             let raw = req.path.unwrap_or("");
-            let path = raw.split('?').next().unwrap_or("");
+            let (path, query) = match raw.split_once('?') {
+                Some((p, q)) => (p, Some(q.to_string())),
+                None => (raw, None),
+            };
             if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
                 return Err(HttpError::Malformed(format!("bad path {raw:?}")));
             }
@@ -98,6 +103,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
             Ok(Some(Request {
                 head_only,
                 path: path.to_string(),
+                query,
                 range,
             }))
         }
@@ -283,17 +289,29 @@ impl Url {
         })
     }
 
-    /// Resolves a Location header against this URL (absolute URL or absolute path).
+    /// Resolves a reference against this URL: an absolute `http://` URL, an absolute path,
+    /// or a relative path (against this path's directory, as a playlist's segment URIs are).
     pub fn join(&self, location: &str) -> Result<Url, String> {
         if location.starts_with("http://") {
             Url::parse(location)
         } else if location.starts_with('/') {
-            Ok(Url {
-                path: location.to_string(),
-                ..self.clone()
-            })
+            Ok(self.with_path(location))
+        } else if location.is_empty()
+            || location.contains("://")
+            || location.starts_with("//")
+            || location
+                .split(['?', '#'])
+                .next()
+                .unwrap_or("")
+                .split('/')
+                .any(|s| s == "..")
+        {
+            Err(format!("unsupported reference {location:?}"))
         } else {
-            Err(format!("unsupported Location {location:?}"))
+            let path = self.path.split('?').next().unwrap_or("/");
+            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+            let dir = if dir.is_empty() { "/" } else { dir };
+            Ok(self.with_path(&format!("{dir}{location}")))
         }
     }
 
@@ -364,6 +382,44 @@ impl ClientResponse {
         let (range, total) = v.split_once('/')?;
         let (a, _) = range.split_once('-')?;
         Some((a.trim().parse().ok()?, total.trim().parse().ok()?))
+    }
+}
+
+impl ClientResponse {
+    /// Reads the whole body (by `Content-Length`, else to the end of the connection), at
+    /// most `limit` bytes; for small bodies (playlists, indexes, segments).
+    pub async fn body(mut self, limit: usize, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+        let len = self.header_u64("content-length");
+        if len.is_some_and(|n| n > limit as u64) {
+            return Err(ClientError::Bad(format!("body larger than {limit} bytes")));
+        }
+        let want = len.map_or(limit, |n| n as usize);
+        let mut body = std::mem::take(&mut self.leftover);
+        let fut = async {
+            let mut chunk = vec![0u8; 16 * 1024];
+            while body.len() < want {
+                let n = self.stream.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            Ok::<_, ClientError>(())
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        if len.is_some_and(|n| body.len() as u64 != n) {
+            return Err(ClientError::Bad(format!(
+                "body of {} bytes, Content-Length {}",
+                body.len(),
+                len.unwrap_or(0)
+            )));
+        }
+        if body.len() > limit {
+            return Err(ClientError::Bad(format!("body larger than {limit} bytes")));
+        }
+        Ok(body)
     }
 }
 
@@ -460,6 +516,7 @@ mod tests {
             Request {
                 head_only: false,
                 path: "/v.ts".into(),
+                query: Some("x=1".into()),
                 range: Some("bytes=10-".into())
             }
         );
@@ -517,6 +574,13 @@ mod tests {
         assert_eq!(Url::parse("http://h").unwrap().path, "/");
         assert_eq!(u.join("/b").unwrap().to_string(), "http://127.0.0.1:8080/b");
         assert_eq!(u.join("http://x:1/c").unwrap().authority(), "x:1");
+        let p = Url::parse("http://h:1/watch/v.ts.m3u8?s=1").unwrap();
+        assert_eq!(
+            p.join("v.ts/seg/0.ts?s=ab").unwrap().to_string(),
+            "http://h:1/watch/v.ts/seg/0.ts?s=ab"
+        );
+        assert!(p.join("../etc").is_err());
+        assert!(p.join("ftp://x/").is_err());
         assert!(Url::parse("https://h/").is_err());
         assert!(Url::parse("http://h:99999/").is_err());
     }

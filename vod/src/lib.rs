@@ -7,6 +7,10 @@
 //!
 //! ## Layout
 //! - [`ts`]: MPEG-TS generator, integrity checker, PCR bitrate estimate.
+//! - [`scan`]: TS timing (PAT/PMT, PES timestamps, keyframes, PCR span) of real files.
+//! - [`hls`]: HLS, the pure part: segment index, playlist, routes, sessions, allowance.
+//! - [`hls_server`]: HLS in the distributor: playlist and segments from the block cache.
+//! - [`hls_viewer`]: HLS viewers for load and QoE tests (playlist, then segments by buffer).
 //! - [`http`]: lean HTTP/1.1 pieces (request heads via `httparse`, ranges, URLs, client).
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
@@ -23,7 +27,11 @@ pub mod cache;
 pub mod control;
 pub mod distributor;
 pub mod frontend;
+pub mod hls;
+pub mod hls_server;
+pub mod hls_viewer;
 pub mod http;
 pub mod origin;
+pub mod scan;
 pub mod ts;
 pub mod viewer;
