@@ -283,11 +283,7 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
 
 /// Finds an executable on PATH (or in sbin directories).
 pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    crate::tools::which(name)
 }
 
 async fn run_nginx(

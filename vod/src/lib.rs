@@ -12,6 +12,8 @@
 //! - [`hls_server`]: HLS in the distributor: playlist and segments from the block cache.
 //! - [`hls_viewer`]: HLS viewers for load and QoE tests (playlist, then segments by buffer).
 //! - [`http`]: lean HTTP/1.1 pieces (request heads via `httparse`, ranges, URLs, client).
+//! - [`realvideo`]: real H.264 + AAC CBR test videos made with ffmpeg (`make-video --real`).
+//! - [`tools`]: finding ffmpeg/chromium/node; tests skip without them unless required.
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
 //! - [`distributor`]: GloVE distributor: origin fetcher, paced viewers, modes, checkpoint.
@@ -32,6 +34,8 @@ pub mod hls_server;
 pub mod hls_viewer;
 pub mod http;
 pub mod origin;
+pub mod realvideo;
 pub mod scan;
+pub mod tools;
 pub mod ts;
 pub mod viewer;

@@ -16,7 +16,7 @@ use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::{self, VideoParams};
 use smart_vod::viewer::{self, LoadConfig, Shared, ViewerConfig};
-use smart_vod::{bench, control, frontend};
+use smart_vod::{bench, control, frontend, realvideo, tools};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
@@ -31,14 +31,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Writes a generated MPEG-TS file (constant bitrate, PAT/PMT, silent MPEG audio).
+    /// Writes a CBR MPEG-TS video: generated (PAT/PMT, silent MPEG audio) or, with --real,
+    /// H.264 + AAC encoded by ffmpeg (test picture and tone, keyframes every 2 s).
     MakeVideo {
-        #[arg(long)]
-        out: PathBuf,
+        /// The file to write.
+        #[arg(long, required_unless_present = "dir", conflicts_with = "dir")]
+        out: Option<PathBuf>,
+        /// Multiplex bitrate (with --real at least 400).
         #[arg(long, default_value_t = 400)]
         bitrate_kbps: u64,
         #[arg(long, default_value_t = 60)]
         duration_s: u64,
+        /// Encode real H.264 + AAC with ffmpeg.
+        #[arg(long)]
+        real: bool,
+        /// Write a catalogue v1.ts .. vN.ts here instead (kept when unchanged).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Videos in the catalogue.
+        #[arg(long, default_value_t = 4)]
+        count: usize,
+        /// Catalogue bitrates, used in turn (default: --bitrate-kbps).
+        #[arg(long, value_delimiter = ',')]
+        bitrates_kbps: Vec<u64>,
     },
     /// Serves videos over HTTP with Range and X-Bitrate/X-Duration-Ms headers.
     Origin {
@@ -197,13 +212,56 @@ async fn main() -> anyhow::Result<()> {
             out,
             bitrate_kbps,
             duration_s,
+            real,
+            dir,
+            count,
+            bitrates_kbps,
         } => {
-            let data = ts::generate(VideoParams {
-                bitrate_bps: bitrate_kbps * 1000,
-                duration_ms: duration_s * 1000,
-            })?;
-            std::fs::write(&out, &data).with_context(|| format!("writing {}", out.display()))?;
-            println!("{}: {} bytes", out.display(), data.len());
+            let duration = Duration::from_secs(duration_s);
+            let kbps = if bitrates_kbps.is_empty() {
+                vec![bitrate_kbps]
+            } else {
+                bitrates_kbps
+            };
+            let list: Vec<(PathBuf, u64)> = match (&out, &dir) {
+                (Some(o), _) => vec![(o.clone(), bitrate_kbps)],
+                (None, Some(d)) => realvideo::catalogue(count, duration, &kbps)
+                    .into_iter()
+                    .map(|(name, v)| (d.join(name), v.mux_kbps))
+                    .collect(),
+                (None, None) => bail!("give --out or --dir"),
+            };
+            if real {
+                let ffmpeg = tools::which("ffmpeg")
+                    .context("--real needs ffmpeg (scripts/setup.sh installs it)")?;
+                let made = match (&out, &dir) {
+                    (Some(o), _) => {
+                        vec![realvideo::RealVideo::new(bitrate_kbps, duration).make(&ffmpeg, o)?]
+                    }
+                    (_, Some(d)) => realvideo::make_catalogue(
+                        &ffmpeg,
+                        d,
+                        &realvideo::catalogue(count, duration, &kbps),
+                    )?,
+                    _ => unreachable!("checked above"),
+                };
+                for m in made {
+                    println!("{}", serde_json::to_string(&m)?);
+                }
+            } else {
+                if let Some(d) = &dir {
+                    std::fs::create_dir_all(d)?;
+                }
+                for (path, k) in list {
+                    let data = ts::generate(VideoParams {
+                        bitrate_bps: k * 1000,
+                        duration_ms: duration_s * 1000,
+                    })?;
+                    std::fs::write(&path, &data)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("{}: {} bytes", path.display(), data.len());
+                }
+            }
         }
         Cmd::Origin {
             listen,
