@@ -96,6 +96,16 @@ impl SegmentIndex {
     /// the scan found no timestamps (not a TS file the scanner understands).
     pub fn from_timing(t: &Timing, size: u64, target: Duration) -> Option<Self> {
         let keyed = t.keyframes();
+        // Prefer keyframes where every stream starts a new PES (see `Point::clean`); a file
+        // that has none (made by another muxer) is cut at its keyframes all the same.
+        let any_clean = t.points.iter().any(|p| p.key && p.clean);
+        let cuttable = |p: &crate::scan::Point| {
+            if keyed {
+                p.key && (p.clean || !any_clean)
+            } else {
+                true
+            }
+        };
         let target_90k = (target.as_millis() as u64 * PTS_HZ / 1000).max(1);
         // Keyframes come at the encoder's GOP, which is often the target itself: accept a
         // keyframe a little early rather than make segments twice as long.
@@ -104,13 +114,14 @@ impl SegmentIndex {
         } else {
             target_90k
         };
-        let first = t.points.iter().find(|p| p.key || !keyed)?;
-        let origin_pts = first.pts;
+        // The first segment starts the file, so its media starts at the earliest timestamp.
+        t.points.iter().find(|p| cuttable(p))?;
+        let origin_pts = t.points.iter().map(|p| p.pts).min()?;
         let end_pts = t.end_pts?.max(origin_pts + 1);
         let mut cuts: Vec<(u64, u64)> = vec![(0, origin_pts)];
         for p in &t.points {
             let (last_off, last_pts) = *cuts.last()?;
-            if (p.key || !keyed)
+            if cuttable(p)
                 && p.offset > last_off
                 && p.offset < size
                 && p.pts >= last_pts + enough
@@ -755,6 +766,7 @@ mod tests {
                 offset: 1000 * PACKET as u64 + f * 10 * PACKET as u64,
                 pts: 90_000 + f * 13_500, // 150 ms frames
                 key: f % 10 == 0,
+                clean: true,
             })
             .collect();
         let t = scan::Timing {

@@ -9,6 +9,14 @@
 //! at (the origin reads it back from the PCRs). Keyframes every `gop` (2 s by default, no
 //! scene-cut keyframes), so HLS segments are one GOP each.
 //!
+//! ffmpeg writes the video through its HLS muxer, one file per GOP, and the files are then
+//! concatenated into the one video the origin serves. Why: at each of those boundaries every
+//! stream starts a new PES (the muxer flushes), so the distributor's byte-range segments cut
+//! there lose no audio in a player that demuxes each segment on its own (hls.js); a plain TS
+//! muxer packs ~0.5 s of audio per PES across the keyframes. The TS muxer is the same one
+//! throughout, so continuity counters and PCRs run on across the joins: the result is one
+//! valid CBR stream.
+//!
 //! ## Layout
 //! - [`RealVideo`]: one video's parameters; [`RealVideo::ffmpeg_args`], [`RealVideo::make`].
 //! - [`catalogue`], [`make_catalogue`]: a set of videos into a directory (what `vod
@@ -19,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hls::{DEFAULT_TARGET, SegmentIndex};
+use crate::hls::{DEFAULT_TARGET, MediaPlaylist, SegmentIndex};
 use crate::scan;
 
 /// The lowest multiplex rate the muxer keeps valid (below it the TS muxer cannot hold its
@@ -127,8 +135,9 @@ impl RealVideo {
         Ok(())
     }
 
-    /// The ffmpeg command line (after the program name) that writes the video to `out`.
-    pub fn ffmpeg_args(&self, out: &Path) -> Vec<String> {
+    /// The ffmpeg command line (after the program name) that writes the video as GOP-long
+    /// files `s000000.ts`, ... listed in `index.m3u8` in `work`.
+    pub fn ffmpeg_args(&self, work: &Path) -> Vec<String> {
         let (w, h) = self.size;
         let v = self.video_kbps();
         let gop = ((self.gop.as_millis() as u64 * self.fps as u64) / 1000).max(1);
@@ -163,9 +172,13 @@ impl RealVideo {
         ]);
         a.extend(["-sc_threshold", "0", "-c:a", "aac", "-ac", "2", "-b:a"].map(String::from));
         a.push(format!("{}k", self.audio_kbps()));
-        a.extend(["-muxrate".into(), format!("{}k", self.mux_kbps)]);
-        a.extend(["-f".into(), "mpegts".into()]);
-        a.push(out.display().to_string());
+        a.extend(["-f", "hls", "-hls_list_size", "0", "-hls_time"].map(String::from));
+        a.push(format!("{:.3}", self.gop.as_secs_f64()));
+        a.push("-hls_segment_options".into());
+        a.push(format!("muxrate={}k", self.mux_kbps));
+        a.push("-hls_segment_filename".into());
+        a.push(work.join("s%06d.ts").display().to_string());
+        a.push(work.join("index.m3u8").display().to_string());
         a
     }
 
@@ -173,18 +186,30 @@ impl RealVideo {
     /// its bitrate (within 3 % of the multiplex rate), duration (within 0.2 s) and keyframes.
     pub fn make(&self, ffmpeg: &Path, out: &Path) -> Result<Made, RealVideoError> {
         self.check()?;
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+        let work = tempfile::tempdir_in(parent.unwrap_or(Path::new(".")))?;
         let o = std::process::Command::new(ffmpeg)
-            .args(self.ffmpeg_args(out))
+            .args(self.ffmpeg_args(work.path()))
             .output()?;
         let err = String::from_utf8_lossy(&o.stderr);
         if !o.status.success() || !err.trim().is_empty() {
             return Err(RealVideoError::Ffmpeg(err.trim().to_string()));
         }
-        let data = std::fs::read(out)?;
         let bad = |what: String| RealVideoError::Check {
             path: out.to_path_buf(),
             what,
         };
+        let list = std::fs::read_to_string(work.path().join("index.m3u8"))?;
+        let list =
+            MediaPlaylist::parse(&list).map_err(|e| bad(format!("ffmpeg's playlist: {e}")))?;
+        let mut data = Vec::new();
+        for (_, file) in &list.segments {
+            if file.contains('/') {
+                return Err(bad(format!("unexpected segment {file:?}")));
+            }
+            data.extend_from_slice(&std::fs::read(work.path().join(file))?);
+        }
+        std::fs::write(out, &data)?;
         let t = scan::scan(&data);
         let bitrate_bps = t.bitrate_bps().ok_or_else(|| bad("no PCR".into()))?;
         let want = self.mux_kbps * 1000;
@@ -200,6 +225,9 @@ impl RealVideo {
         }
         if !t.keyframes() {
             return Err(bad("no keyframes found".into()));
+        }
+        if t.points.iter().any(|p| p.key && !p.clean) {
+            return Err(bad("a keyframe falls inside another stream's PES".into()));
         }
         let ix = SegmentIndex::from_timing(&t, data.len() as u64, DEFAULT_TARGET)
             .ok_or_else(|| bad("cannot be cut into segments".into()))?;
@@ -277,12 +305,11 @@ mod tests {
     #[test]
     fn command_line_asks_for_cbr_and_fixed_keyframes() {
         let v = RealVideo::new(800, Duration::from_secs(30));
-        let a = v.ffmpeg_args(Path::new("/tmp/x.ts"));
+        let a = v.ffmpeg_args(Path::new("/tmp/work"));
         let after = |flag: &str| {
             let i = a.iter().position(|x| x == flag).unwrap();
             a[i + 1].clone()
         };
-        assert_eq!(after("-muxrate"), "800k");
         assert_eq!(after("-b:v"), after("-maxrate"));
         assert_eq!(after("-b:v"), after("-minrate"));
         assert_eq!(after("-g"), "50");
@@ -290,7 +317,9 @@ mod tests {
         assert_eq!(after("-sc_threshold"), "0");
         assert!(after("-x264-params").contains("nal-hrd=cbr"));
         assert_eq!(after("-t"), "30.000");
-        assert_eq!(a.last().unwrap(), "/tmp/x.ts");
+        assert_eq!(after("-hls_time"), "2.000", "one file per GOP");
+        assert_eq!(after("-hls_segment_options"), "muxrate=800k");
+        assert_eq!(a.last().unwrap(), "/tmp/work/index.m3u8");
         // Video + audio leave room for the TS overhead.
         assert!(v.video_kbps() + v.audio_kbps() < v.mux_kbps * 85 / 100);
     }

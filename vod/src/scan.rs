@@ -53,6 +53,11 @@ pub struct Point {
     pub pts: u64,
     /// A keyframe (random access point) starts here.
     pub key: bool,
+    /// Every other elementary stream also starts a new PES at this cut, so a player that
+    /// demuxes each segment on its own (hls.js) loses nothing of any stream here. A cut in
+    /// the middle of another stream's PES (ffmpeg packs about half a second of audio into
+    /// one) drops that PES's samples at such a player.
+    pub clean: bool,
 }
 
 /// What [`scan`] found.
@@ -254,6 +259,9 @@ fn starts_keyframe(stream_type: u8, es: &[u8]) -> bool {
     false
 }
 
+/// How many packets a point waits for the other streams to show whether it is clean.
+const PENDING_PACKETS: usize = 100_000;
+
 /// Packets that may lead a segment: tables, stuffing and payload-less (PCR-only) packets.
 fn is_lead_in(pid: u16, pmt_pid: Option<u16>, has_payload: bool) -> bool {
     pid == 0x0000 || pid == 0x0011 || pid == PID_NULL || Some(pid) == pmt_pid || !has_payload
@@ -268,6 +276,9 @@ pub fn scan(data: &[u8]) -> Timing {
     let mut run_start: Option<u64> = None;
     let mut run_has_pat = false;
     let (mut last_raw, mut wraps) = (None::<u64>, 0u64);
+    // Points whose cleanness is not known yet: (point index, packet index, streams not seen
+    // since the cut).
+    let mut pending: Vec<(usize, usize, Vec<u16>)> = Vec::new();
     let packets = data.len() / PACKET;
     for i in 0..packets {
         let off = (i * PACKET) as u64;
@@ -302,6 +313,18 @@ pub fn scan(data: &[u8]) -> Timing {
                 Some((first, _)) => (first, at),
             });
         }
+        if !p.payload.is_empty() && !pending.is_empty() {
+            for (point, _, unseen) in pending.iter_mut() {
+                if let Some(k) = unseen.iter().position(|&u| u == p.pid) {
+                    unseen.swap_remove(k);
+                    if !p.pusi {
+                        t.points[*point].clean = false;
+                    }
+                }
+            }
+            // A stream that stops for good must not keep points pending forever.
+            pending.retain(|(_, at, unseen)| !unseen.is_empty() && i - at < PENDING_PACKETS);
+        }
         if let Some(ts) = t.timing.filter(|s| s.pid == p.pid && p.pusi)
             && let Some((raw, es)) = pes_pts(p.payload)
         {
@@ -319,10 +342,20 @@ pub fn scan(data: &[u8]) -> Timing {
                 Some(s) if run_has_pat => s,
                 _ => off,
             };
+            let others: Vec<u16> = t
+                .streams
+                .iter()
+                .map(|s| s.pid)
+                .filter(|&pid| pid != ts.pid)
+                .collect();
+            if !others.is_empty() {
+                pending.push((t.points.len(), i, others));
+            }
             t.points.push(Point {
                 offset,
                 pts: raw + wraps * PTS_MODULO,
                 key,
+                clean: true,
             });
         }
         if is_lead_in(p.pid, pmt_pid, !p.payload.is_empty()) {
@@ -356,6 +389,7 @@ mod tests {
     use super::*;
     use crate::ts::{self, VideoParams, encode_timestamp, generate};
     use proptest::prelude::*;
+    use std::time::Duration;
 
     proptest! {
         #[test]
@@ -419,14 +453,26 @@ mod tests {
         );
     }
 
-    /// A small TS with one H.264 stream: PAT+PMT before every keyframe, like ffmpeg writes.
-    fn h264_stream(frames: u64, gop: u64, start_pts: u64) -> Vec<u8> {
+    /// A small TS with one H.264 stream (PAT+PMT before every keyframe, like ffmpeg writes)
+    /// and, with `audio_every`, an audio PES of two packets starting before every
+    /// `audio_every`-th video frame and ending after it.
+    fn h264_stream(frames: u64, gop: u64, start_pts: u64, audio_every: Option<u64>) -> Vec<u8> {
         let mut out = Vec::new();
         let pat = ts::pat_section();
-        let pmt = ts::pmt_section_for(0x100, 0x1B);
-        let (mut cc_v, mut cc_t) = (0u8, 0u8);
+        let pmt = ts::pmt_section_with(0x100, &[(0x1B, 0x100), (0x0F, 0x101)]);
+        let (mut cc_v, mut cc_a, mut cc_t) = (0u8, 0u8, 0u8);
+        let mut audio_tail = false;
         for f in 0..frames {
             let key = f % gop == 0;
+            let audio_start = audio_every.is_some_and(|n| f % n == 0);
+            if audio_start {
+                let mut pes = vec![0, 0, 1, 0xC0, 0, 0, 0x80, 0x80, 5];
+                pes.extend_from_slice(&encode_timestamp(2, start_pts + f * 3600));
+                pes.resize(184, 0x11);
+                ts::packet(&mut out, 0x101, true, cc_a, None, &pes);
+                cc_a = (cc_a + 1) & 0xF;
+                audio_tail = true;
+            }
             if key {
                 ts::psi_packet(&mut out, 0, cc_t, &pat);
                 ts::psi_packet(&mut out, 0x1000, cc_t, &pmt);
@@ -443,13 +489,64 @@ mod tests {
                 ts::packet(&mut out, 0x100, j == 0, cc_v, None, chunk);
                 cc_v = (cc_v + 1) & 0xF;
             }
+            if audio_tail {
+                // The rest of the audio PES comes after the video frame.
+                ts::packet(&mut out, 0x101, false, cc_a, None, &[0x22; 184]);
+                cc_a = (cc_a + 1) & 0xF;
+                audio_tail = false;
+            }
         }
         out
     }
 
     #[test]
+    fn cuts_inside_another_streams_pes_are_not_clean() {
+        // Audio PES straddle every 5th video frame; keyframes every 10th frame sit inside
+        // an audio PES at frames 0, 10, 20; keyframes at 25 and 35 are clean (no audio there).
+        let data = h264_stream(40, 5, 0, Some(10));
+        let t = scan(&data);
+        let keys: Vec<(u64, bool)> = t
+            .points
+            .iter()
+            .filter(|p| p.key)
+            .map(|p| (p.pts / 3600, p.clean))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (0, false),
+                (5, true),
+                (10, false),
+                (15, true),
+                (20, false),
+                (25, true),
+                (30, false),
+                (35, true)
+            ]
+        );
+        // The segmenter uses the clean ones only.
+        let ix = crate::hls::SegmentIndex::from_timing(
+            &t,
+            data.len() as u64,
+            Duration::from_millis(400),
+        )
+        .unwrap();
+        let starts: Vec<u64> = ix.segments.iter().map(|s| s.start_90k / 3600).collect();
+        assert_eq!(
+            starts,
+            vec![0, 15, 25, 35],
+            "clean keyframes at least 0.9 x 400 ms apart"
+        );
+        assert_eq!(
+            ix.segments[0].duration_90k,
+            15 * 3600,
+            "from the first frame"
+        );
+    }
+
+    #[test]
     fn h264_keyframes_are_found_with_their_tables() {
-        let data = h264_stream(100, 25, 126_000);
+        let data = h264_stream(100, 25, 126_000, None);
         let t = scan(&data);
         assert!(t.keyframes());
         let keys: Vec<&Point> = t.points.iter().filter(|p| p.key).collect();
@@ -466,7 +563,7 @@ mod tests {
 
     #[test]
     fn pts_wrap_is_unwrapped() {
-        let data = h264_stream(50, 25, PTS_MODULO - 20 * 3600);
+        let data = h264_stream(50, 25, PTS_MODULO - 20 * 3600, None);
         let t = scan(&data);
         for w in t.points.windows(2) {
             assert_eq!(w[1].pts, w[0].pts + 3600, "monotonic across the wrap");

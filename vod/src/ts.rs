@@ -126,25 +126,30 @@ fn pmt_section() -> Vec<u8> {
 /// A PMT for program 1 with one elementary stream `pid` of `stream_type`, which also
 /// carries the PCR.
 pub(crate) fn pmt_section_for(pid: u16, stream_type: u8) -> Vec<u8> {
-    with_crc(vec![
+    pmt_section_with(pid, &[(stream_type, pid)])
+}
+
+/// A PMT for program 1 with the PCR on `pcr_pid` and `(stream_type, pid)` streams.
+pub(crate) fn pmt_section_with(pcr_pid: u16, streams: &[(u8, u16)]) -> Vec<u8> {
+    let len = 13 + 5 * streams.len();
+    let mut s = vec![
         0x02,
-        0xB0,
-        0x12,
+        0xB0 | (len >> 8) as u8,
+        len as u8,
         0x00,
         0x01,
         0xC1,
         0x00,
         0x00,
-        0xE0 | (pid >> 8) as u8,
-        pid as u8, // PCR PID
+        0xE0 | (pcr_pid >> 8) as u8,
+        pcr_pid as u8,
         0xF0,
         0x00, // program_info_length 0
-        stream_type,
-        0xE0 | (pid >> 8) as u8,
-        pid as u8,
-        0xF0,
-        0x00,
-    ])
+    ];
+    for &(stream_type, pid) in streams {
+        s.extend_from_slice(&[stream_type, 0xE0 | (pid >> 8) as u8, pid as u8, 0xF0, 0x00]);
+    }
+    with_crc(s)
 }
 
 /// Builds one packet: header, optional adaptation field (PCR and/or stuffing), payload.
