@@ -19,12 +19,16 @@
 //! - [`distributor`]: GloVE distributor: origin fetcher, paced viewers, modes, checkpoint.
 //! - [`control`]: the workload control API (protocol docs, server, [`control::Client`]).
 //! - [`viewer`]: playback model, one viewer, the load generator and its QoE summary.
-//! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers).
+//! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers),
+//!   which also serves the player page and its `where` contract.
+//! - [`player`]: the HLS player page (`/play/{video}`) and its contract with a front-end.
+//! - [`browser`]: headless Chromium for tests (playwright-core through `vod/ui/driver.mjs`).
 //! - [`bench`]: `vod bench streams` and `vod bench handoff`.
 
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod browser;
 pub mod cache;
 pub mod control;
 pub mod distributor;
@@ -34,6 +38,7 @@ pub mod hls_server;
 pub mod hls_viewer;
 pub mod http;
 pub mod origin;
+pub mod player;
 pub mod realvideo;
 pub mod scan;
 pub mod tools;
