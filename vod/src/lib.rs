@@ -23,11 +23,12 @@
 //!   which also serves the player page and its `where` contract.
 //! - [`player`]: the HLS player page (`/play/{video}`) and its contract with a front-end.
 //! - [`browser`]: headless Chromium for tests (playwright-core through `vod/ui/driver.mjs`).
-//! - [`bench`]: `vod bench streams` and `vod bench handoff`.
+//! - [`bench`]: `vod bench streams` and `vod bench handoff`; [`bench_hls`]: `vod bench hls`.
 
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_hls;
 pub mod browser;
 pub mod cache;
 pub mod control;
