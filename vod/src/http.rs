@@ -51,6 +51,9 @@ pub enum HttpError {
     /// The client did not send a complete head in time.
     #[error("request timeout")]
     Timeout,
+    /// The client sent nothing at all in time (a spare connection): closed silently.
+    #[error("idle connection")]
+    Idle,
     /// The connection closed or failed before a complete head.
     #[error("connection closed before a complete request")]
     Closed,
@@ -64,7 +67,7 @@ impl HttpError {
             HttpError::TooLarge => Some(431),
             HttpError::Method => Some(405),
             HttpError::Timeout => Some(408),
-            HttpError::Closed => None,
+            HttpError::Idle | HttpError::Closed => None,
         }
     }
 }
@@ -113,7 +116,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
 }
 
 /// Reads one request head from a fresh connection, with a size limit and a deadline.
+///
+/// A connection that sends nothing before the deadline is closed without an answer
+/// ([`HttpError::Idle`]): browsers open spare connections ahead of need, and a `408` on one
+/// of them just as the browser starts a request there fails that request.
 pub async fn read_request(stream: &mut TcpStream, timeout: Duration) -> Result<Request, HttpError> {
+    let mut received = false;
     let fut = async {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
@@ -129,15 +137,19 @@ pub async fn read_request(stream: &mut TcpStream, timeout: Duration) -> Result<R
                     HttpError::Malformed("truncated head".into())
                 });
             }
+            received = true;
             buf.extend_from_slice(&chunk[..n]);
             if let Some(r) = parse_request(&buf)? {
                 return Ok(r);
             }
         }
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| HttpError::Timeout)?
+    let r = tokio::time::timeout(timeout, fut).await;
+    match r {
+        Ok(r) => r,
+        Err(_) if received => Err(HttpError::Timeout),
+        Err(_) => Err(HttpError::Idle),
+    }
 }
 
 /// A `Range: bytes=` request for a single range (multiple ranges are not supported).
@@ -530,6 +542,9 @@ mod tests {
         assert_eq!(status(b"GET /../etc HTTP/1.1\r\n\r\n"), Some(400));
         assert_eq!(status(b"\x00\x01garbage\r\n\r\n"), Some(400));
         assert_eq!(status(b"GET nopath HTTP/1.1\r\n\r\n"), Some(400));
+        // A spare connection that never spoke is closed without an answer.
+        assert_eq!(HttpError::Idle.status(), None);
+        assert_eq!(HttpError::Timeout.status(), Some(408));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(status(big.as_bytes()), Some(431));
         let many: String = (0..40).map(|i| format!("H{i}: v\r\n")).collect();

@@ -350,7 +350,9 @@ async fn hls_viewers_play_through_a_migration_without_stalls() {
         },
         clients: 20,
         ramp: Duration::from_millis(500),
-        duration: Duration::from_secs(8),
+        // 9 s after the migration with a 6 s buffer goal: no viewer plays through on its
+        // buffer alone.
+        duration: Duration::from_secs(12),
     };
     let shared = Arc::new(Shared::default());
     let run = {
@@ -385,10 +387,10 @@ async fn hls_viewers_play_through_a_migration_without_stalls() {
             > 0
     );
     assert_eq!(b.hls_sessions(), 20, "B counts the same 20 sessions");
-    // Media time kept up with the clock: 8 s of wall time, 6 s buffer goal.
+    // Media fetched kept up with the clock: at least the 12 s of the run minus start-up.
     let media_s = |r: &smart_vod::viewer::ViewerReport| r.bytes as f64 * 8.0 / 400_000.0;
     assert!(
-        reports.iter().all(|r| media_s(r) >= 8.0 - 2.0),
+        reports.iter().all(|r| media_s(r) >= 12.0 - 2.0),
         "viewers kept their buffers filled"
     );
 }

@@ -1,7 +1,8 @@
 //! A real browser plays the player page across a live migration: headless Chromium (Debian's)
 //! opens `/play/v.ts` on a front-end, hls.js plays the real H.264 + AAC video from
 //! distributor A, and after ~6 s A is migrated to B (restore + handoff through the control
-//! API, the front-end moved to B with a `migrated` event). For 20 s of playback the page's
+//! API, the front-end moved to B with a `migrated` event). The page keeps 6 s buffered, so
+//! the 14 s after the migration play from B's segments. For 20 s of playback the page's
 //! `currentTime` must keep advancing, no error may fire, the page must show node B and its
 //! event, and segments must come from B. Skipped without chromium/node/ffmpeg/npm packages,
 //! unless `SMART_REQUIRE_TOOLS=1`.
@@ -72,7 +73,10 @@ async fn chromium_plays_the_page_through_a_migration() {
 
     let mut br = Browser::launch(&browser_tools).await.unwrap();
     println!("chromium {}", br.version);
-    br.goto(&format!("{fe_url}/play/v.ts")).await.unwrap();
+    // A 6 s buffer goal: after the migration the page must fetch from B to keep playing.
+    br.goto(&format!("{fe_url}/play/v.ts?buffer=6"))
+        .await
+        .unwrap();
     // The page refreshes window.smartPlayer every 250 ms; read the element's clock itself.
     let state = async |br: &mut Browser| -> Value {
         br.eval(
@@ -124,7 +128,7 @@ async fn chromium_plays_the_page_through_a_migration() {
     println!("page state: {s}");
     println!("samples (wall s, currentTime s): {samples:?}");
 
-    // currentTime never went back and never stood still for more than 1 s.
+    // currentTime never went back and never stood still for more than 1.5 s.
     for w in samples.windows(2) {
         assert!(w[1].1 >= w[0].1, "currentTime went back: {w:?}");
     }
@@ -145,6 +149,11 @@ async fn chromium_plays_the_page_through_a_migration() {
     assert!(
         advanced >= wall - 1.5,
         "played {advanced:.1} s in {wall:.1} s"
+    );
+    let buffered = s["buffered"].as_f64().unwrap_or(99.0);
+    assert!(
+        buffered <= 9.0,
+        "the buffer goal held ({buffered:.1} s), so B fed the last 14 s"
     );
     assert_eq!(
         s["errors"].as_array().map(Vec::len),
