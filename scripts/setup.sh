@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Installs what SMART's tests and demo need on a fresh Debian machine (idempotent).
 # - nftables, iproute2: partitions and loss in the network-namespace suite
-# - ffmpeg: the real-client tests decode streams with it
+# - ffmpeg: the real-client tests decode streams with it; `vod make-video --real` encodes
+#   H.264 + AAC test videos with it
 # - nginx-light: the `vod bench streams` comparison
+# - chromium, chromium-driver: the browser test plays the HLS player page headless
+# - nodejs, npm: `npm ci` in vod/ui installs hls.js (served with the player page) and
+#   playwright-core (drives Chromium for the browser test) into vod/ui/node_modules (not
+#   committed; no browser download: Debian's chromium is used)
 # Needs root (or sudo) for apt; skips packages that are already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -21,4 +31,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
-echo "setup: ok (nft $(command -v nft), ffmpeg $(command -v ffmpeg), nginx $(command -v nginx))"
+# The lock file pins hls.js and playwright-core; `npm ci` is skipped when node_modules was
+# installed from this very lock (the copy left in node_modules/.smart-lock says so).
+if ! cmp -s vod/ui/package-lock.json vod/ui/node_modules/.smart-lock 2>/dev/null; then
+  echo "setup: npm ci in vod/ui"
+  (cd vod/ui && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error \
+    && cp package-lock.json node_modules/.smart-lock)
+fi
+echo "setup: ok (nft $(command -v nft), ffmpeg $(command -v ffmpeg), nginx $(command -v nginx), chromium $(command -v chromium), node $(command -v node))"

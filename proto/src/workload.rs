@@ -23,7 +23,8 @@
 //!
 //! **checkpoint**: the header lists the videos, then `blocks` as
 //! `[video, block, block_size, len]`, then `viewers` as `[video, offset, count]`, then
-//! `data_len`; exactly `data_len` bytes follow on the same connection: the blocks' data
+//! `data_len` (and, from a distributor, an optional `hls` object: segment indexes and live
+//! sessions); exactly `data_len` bytes follow on the same connection: the blocks' data
 //! concatenated in the order of `blocks` (block `b` of size `block_size` starts at byte
 //! `b*block_size` of the video). Viewer positions are block start offsets; the restoring
 //! instance pins them for a while so the blocks the handed-off viewers will ask for are not
@@ -130,6 +131,30 @@ pub struct Usage {
     /// The instance's mode, free text (`Serving`, `Draining`, ...).
     #[serde(default)]
     pub mode: String,
+    /// Progressive (one long response) connections now; `clients` minus HLS sessions.
+    #[serde(default)]
+    pub progressive_clients: u64,
+    /// Live HLS sessions, included in `clients`.
+    #[serde(default)]
+    pub hls_sessions: u64,
+    /// HLS sessions seen in all.
+    #[serde(default)]
+    pub hls_sessions_total: u64,
+    /// HLS sessions that timed out.
+    #[serde(default)]
+    pub hls_sessions_expired: u64,
+    /// HLS playlists served.
+    #[serde(default)]
+    pub hls_playlists: u64,
+    /// HLS segments served.
+    #[serde(default)]
+    pub hls_segments: u64,
+    /// HLS segment bytes served.
+    #[serde(default)]
+    pub hls_segment_bytes: u64,
+    /// HLS requests held back by the per-session fetch allowance.
+    #[serde(default)]
+    pub hls_delayed: u64,
 }
 
 /// Metadata of one video in a checkpoint.
@@ -160,6 +185,11 @@ pub struct CheckpointHeader {
     pub viewers: Vec<(usize, u64, u32)>,
     /// Bytes that follow.
     pub data_len: u64,
+    /// Distributor extension: the HLS segment indexes and live sessions (the target serves
+    /// the same segments without asking the origin, and counts the sessions at once).
+    /// Absent from older instances' checkpoints; ignored by instances that do not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls: Option<serde_json::Value>,
 }
 
 impl CheckpointHeader {
@@ -212,6 +242,9 @@ pub struct RestoreReport {
 pub struct HandoffReport {
     /// Viewers that were connected and have been told to move.
     pub viewers: u64,
+    /// HLS sessions that were live (they follow the 307s on their next request).
+    #[serde(default)]
+    pub hls_sessions: u64,
     /// Time until all were closed.
     pub ms: f64,
 }
@@ -457,6 +490,7 @@ mod tests {
             blocks: vec![(0, 0, 4, 4), (0, 1, 4, 4)],
             viewers: vec![],
             data_len: 8,
+            hls: None,
         };
         assert!(good.check().is_ok());
         let mut bad = good.clone();

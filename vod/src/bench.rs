@@ -7,7 +7,8 @@
 //!
 //! ## Layout
 //! - [`StreamsArgs`], [`streams`]; [`HandoffArgs`], [`handoff`].
-//! - helpers: child distributors (`spawn_distributor`), nginx (`run_nginx`), `/proc` CPU.
+//! - helpers: child distributors (`spawn_distributor`), nginx (`run_nginx`), `/proc` CPU;
+//!   [`crate::bench_hls`] uses them too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / hz)
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
+pub(crate) fn rss_mb(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
@@ -78,14 +79,14 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// A distributor child process.
-struct ChildDistributor {
+pub(crate) struct ChildDistributor {
     child: Child,
-    pid: u32,
-    url: String,
-    control: PathBuf,
+    pub(crate) pid: u32,
+    pub(crate) url: String,
+    pub(crate) control: PathBuf,
 }
 
-async fn spawn_distributor(
+pub(crate) async fn spawn_distributor(
     exe: &Path,
     origin: &str,
     control: PathBuf,
@@ -131,7 +132,7 @@ async fn spawn_distributor(
 }
 
 impl ChildDistributor {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Ok(mut c) = WorkloadClient::connect(&self.control, Duration::from_secs(5)).await {
             let _ = c.stop().await;
         }
@@ -144,7 +145,10 @@ impl ChildDistributor {
     }
 }
 
-async fn start_origin(name: &str, video: Video) -> Result<(Arc<Origin>, String), BenchError> {
+pub(crate) async fn start_origin(
+    name: &str,
+    video: Video,
+) -> Result<(Arc<Origin>, String), BenchError> {
     let mut o = Origin::new();
     o.add(name, video);
     let o = Arc::new(o);
@@ -283,11 +287,7 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
 
 /// Finds an executable on PATH (or in sbin directories).
 pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    crate::tools::which(name)
 }
 
 async fn run_nginx(

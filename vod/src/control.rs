@@ -5,14 +5,18 @@
 //!
 //! What the distributor does for each operation:
 //! - `usage`: its counters (`origin_streams`, `viewers_total`, cache hits/misses/evictions,
-//!   errors, redirects, write errors and the mode besides the required keys);
+//!   errors, redirects, write errors and the mode besides the required keys); `clients` are
+//!   progressive connections plus live HLS sessions (a session is live until it has made no
+//!   request for the HLS session timeout, 20 s by default);
 //! - `checkpoint`: the cache taken by reference while it keeps serving (blocks never
 //!   change), so the checkpoint is one consistent pass; viewer positions at block
 //!   granularity, which the restoring instance pins for [`crate::distributor::PIN_TTL`];
+//!   the HLS segment indexes and live sessions in the header's `hls` extension;
 //! - `restore`: connects to the source's socket, asks `checkpoint`, loads it while the
 //!   source keeps serving (pre-copy);
 //! - `handoff`: closes every viewer connection at once and answers every later request
-//!   (the viewers' reconnects included) with `307` to the same path under `to`. Keep the
+//!   (the viewers' reconnects included) with `307` to the same path under `to` (HLS
+//!   requests keep their query, which holds the session). Keep the
 //!   source running for a grace period after the reply so reconnecting viewers find their
 //!   redirect; viewers that arrive after it is gone need a front-end URL;
 //! - `drain` / `resume` / `stop`.
@@ -79,10 +83,20 @@ fn usage(d: &Distributor) -> Usage {
     let (cache_hits, cache_misses, evictions, _) = d.cache_counters();
     let st = &d.stats;
     let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (hls, hs) = (d.hls_sessions(), d.hls_stats());
+    let progressive = ld(&st.viewers_active);
     Usage {
         bytes_sent: ld(&st.bytes_sent),
         bytes_received: ld(&st.bytes_received),
-        clients: ld(&st.viewers_active).min(u32::MAX as u64) as u32,
+        clients: (progressive + hls).min(u32::MAX as u64) as u32,
+        progressive_clients: progressive,
+        hls_sessions: hls,
+        hls_sessions_total: ld(&hs.sessions_total),
+        hls_sessions_expired: ld(&hs.expired),
+        hls_playlists: ld(&hs.playlists),
+        hls_segments: ld(&hs.segments),
+        hls_segment_bytes: ld(&hs.segment_bytes),
+        hls_delayed: ld(&hs.delayed),
         cache_bytes: d.cache_bytes(),
         origin_streams: ld(&st.origin_streams),
         viewers_total: ld(&st.viewers_total),
@@ -127,6 +141,7 @@ async fn connection(
                         .collect(),
                     viewers: snap.viewers,
                     data_len: snap.blocks.iter().map(|x| x.3.len() as u64).sum(),
+                    hls: serde_json::to_value(&snap.hls).ok(),
                 };
                 wr.write_all(workload::ok_line(&header).as_bytes()).await?;
                 for (_, _, _, data) in &snap.blocks {
@@ -141,9 +156,11 @@ async fn connection(
             WorkloadRequest::Handoff { to } => match Url::parse(&to) {
                 Ok(to) => {
                     let t = Instant::now();
+                    let hls_sessions = d.hls_sessions();
                     let viewers = d.handoff(to, Duration::from_secs(5)).await;
                     workload::ok_line(&HandoffReport {
                         viewers,
+                        hls_sessions,
                         ms: t.elapsed().as_secs_f64() * 1000.0,
                     })
                 }
@@ -151,11 +168,12 @@ async fn connection(
             },
             WorkloadRequest::Drain => {
                 d.drain();
+                let progressive = d
+                    .stats
+                    .viewers_active
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 workload::ok_line(&DrainReport {
-                    clients: d
-                        .stats
-                        .viewers_active
-                        .load(std::sync::atomic::Ordering::Relaxed),
+                    clients: progressive + d.hls_sessions(),
                 })
             }
             WorkloadRequest::Resume => {
@@ -189,6 +207,11 @@ pub async fn restore(d: &Arc<Distributor>, source: &Path) -> Result<RestoreRepor
             .map(|(&(v, b, bs, _), data)| (v, b, bs, data))
             .collect(),
         viewers: cp.header.viewers,
+        hls: cp
+            .header
+            .hls
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
     };
     let (videos, blocks) = (snap.videos.len() as u64, snap.blocks.len() as u64);
     let bytes = d.restore(snap);

@@ -18,6 +18,8 @@
 //! - `fetch_loop`: the origin fetcher of one video, driven by [`crate::cache::BlockCache`].
 //! - [`Distributor::checkpoint`] / [`Distributor::restore`] / [`Distributor::handoff`]:
 //!   what the control API ([`crate::control`]) calls.
+//! - HLS requests (`.m3u8`, `/seg/`) go to [`crate::hls_server`] from `handle`; it reads
+//!   the same caches through `video`, `wait_block` and [`VideoEntry`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +52,8 @@ pub struct DistributorConfig {
     /// Read-ahead beyond the fastest viewer, bytes (None: the whole window ahead of the
     /// slowest viewer, which pre-fills the cache).
     pub readahead: Option<u64>,
+    /// HLS sessions and segments.
+    pub hls: crate::hls_server::HlsConfig,
 }
 
 impl DistributorConfig {
@@ -63,6 +67,7 @@ impl DistributorConfig {
             prefetch_ms: 2000,
             tick: Duration::from_millis(200),
             readahead: Some(256 * 1024),
+            hls: Default::default(),
         }
     }
 }
@@ -119,11 +124,11 @@ pub enum VideoError {
 
 /// One video: metadata, cache, and the two wake-ups (data for viewers, work for the fetcher).
 #[derive(Debug)]
-struct VideoEntry {
-    meta: VideoMeta,
-    cache: Mutex<BlockCache>,
-    data_ready: Notify,
-    fetch_wake: Notify,
+pub(crate) struct VideoEntry {
+    pub(crate) meta: VideoMeta,
+    pub(crate) cache: Mutex<BlockCache>,
+    pub(crate) data_ready: Notify,
+    pub(crate) fetch_wake: Notify,
 }
 
 /// The distributor.
@@ -134,6 +139,7 @@ pub struct Distributor {
     /// Counters.
     pub stats: Stats,
     mode: watch::Sender<Mode>,
+    pub(crate) hls: crate::hls_server::HlsState,
 }
 
 /// A consistent-enough copy of the cache for a checkpoint: metadata, block references and
@@ -146,9 +152,11 @@ pub struct Snapshot {
     pub blocks: Vec<(usize, u64, u64, Bytes)>,
     /// `(video index, byte offset of the block, viewers)`: positions at block granularity.
     pub viewers: Vec<(usize, u64, u32)>,
+    /// HLS segment indexes and sessions.
+    pub hls: crate::hls_server::HlsCheckpoint,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave BlockCache half-updated in a way that
     // matters more than stopping service would, so keep serving.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -158,11 +166,22 @@ impl Distributor {
     /// A new distributor in `Serving` mode.
     pub fn new(cfg: DistributorConfig) -> Arc<Self> {
         Arc::new(Self {
+            hls: crate::hls_server::HlsState::new(cfg.hls.clone()),
             cfg,
             videos: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             mode: watch::channel(Mode::Serving).0,
         })
+    }
+
+    /// The origin's base URL.
+    pub(crate) fn origin_url(&self) -> &Url {
+        &self.cfg.origin
+    }
+
+    /// A receiver of mode changes (what `wait_block` watches for a handoff).
+    pub(crate) fn mode_watch(&self) -> watch::Receiver<Mode> {
+        self.mode.subscribe()
     }
 
     /// Current mode.
@@ -193,6 +212,7 @@ impl Distributor {
     pub async fn handoff(&self, to: Url, wait: Duration) -> u64 {
         let before = self.stats.viewers_active.load(Ordering::Relaxed);
         self.mode.send_replace(Mode::HandedOff(to));
+        self.hls.release_all();
         let deadline = Instant::now() + wait;
         while self.stats.viewers_active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -203,6 +223,7 @@ impl Distributor {
     /// Closes every viewer, refuses requests and stops the origin fetchers.
     pub fn stop(&self) {
         self.mode.send_replace(Mode::Stopped);
+        self.hls.release_all();
         for e in self.entries() {
             e.fetch_wake.notify_one();
         }
@@ -245,6 +266,7 @@ impl Distributor {
             s.viewers
                 .extend(c.viewer_blocks().map(|(b, n)| (i, b * bs, n)));
         }
+        s.hls = self.hls.checkpoint(&s.videos);
         s
     }
 
@@ -292,6 +314,7 @@ impl Distributor {
                 c.insert(off / ours, data);
             }
         }
+        self.hls.restore(snap.hls, &entries);
         for e in &entries {
             e.data_ready.notify_waiters();
         }
@@ -334,7 +357,7 @@ impl Distributor {
         entry
     }
 
-    async fn video(self: &Arc<Self>, path: &str) -> Result<Arc<VideoEntry>, VideoError> {
+    pub(crate) async fn video(self: &Arc<Self>, path: &str) -> Result<Arc<VideoEntry>, VideoError> {
         let cell = lock(&self.videos)
             .entry(path.to_string())
             .or_default()
@@ -410,6 +433,9 @@ impl Distributor {
                 return;
             }
         };
+        if let Some(route) = crate::hls::route(&req.path) {
+            return crate::hls_server::serve(&self, stream, req, route).await;
+        }
         match self.mode() {
             Mode::Serving => {}
             Mode::Draining | Mode::Stopped => {
@@ -593,7 +619,11 @@ async fn handed_off(mode: &mut watch::Receiver<Mode>) {
 }
 
 /// Block `b`, waiting for the fetcher when it is missing; None on handoff.
-async fn wait_block(entry: &VideoEntry, b: u64, mode: &mut watch::Receiver<Mode>) -> Option<Bytes> {
+pub(crate) async fn wait_block(
+    entry: &VideoEntry,
+    b: u64,
+    mode: &mut watch::Receiver<Mode>,
+) -> Option<Bytes> {
     loop {
         let notified = entry.data_ready.notified();
         tokio::pin!(notified);

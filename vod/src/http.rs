@@ -30,6 +30,8 @@ pub struct Request {
     pub head_only: bool,
     /// Path without query string.
     pub path: String,
+    /// Query string (after `?`, undecoded), if any. HLS segment URIs carry the session here.
+    pub query: Option<String>,
     /// Raw value of the Range header, if any.
     pub range: Option<String>,
 }
@@ -49,6 +51,9 @@ pub enum HttpError {
     /// The client did not send a complete head in time.
     #[error("request timeout")]
     Timeout,
+    /// The client sent nothing at all in time (a spare connection): closed silently.
+    #[error("idle connection")]
+    Idle,
     /// The connection closed or failed before a complete head.
     #[error("connection closed before a complete request")]
     Closed,
@@ -62,7 +67,7 @@ impl HttpError {
             HttpError::TooLarge => Some(431),
             HttpError::Method => Some(405),
             HttpError::Timeout => Some(408),
-            HttpError::Closed => None,
+            HttpError::Idle | HttpError::Closed => None,
         }
     }
 }
@@ -86,7 +91,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
                 _ => return Err(HttpError::Method),
             };
             let raw = req.path.unwrap_or("");
-            let path = raw.split('?').next().unwrap_or("");
+            let (path, query) = match raw.split_once('?') {
+                Some((p, q)) => (p, Some(q.to_string())),
+                None => (raw, None),
+            };
             if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
                 return Err(HttpError::Malformed(format!("bad path {raw:?}")));
             }
@@ -98,6 +106,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
             Ok(Some(Request {
                 head_only,
                 path: path.to_string(),
+                query,
                 range,
             }))
         }
@@ -107,7 +116,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
 }
 
 /// Reads one request head from a fresh connection, with a size limit and a deadline.
+///
+/// A connection that sends nothing before the deadline is closed without an answer
+/// ([`HttpError::Idle`]): browsers open spare connections ahead of need, and a `408` on one
+/// of them just as the browser starts a request there fails that request.
 pub async fn read_request(stream: &mut TcpStream, timeout: Duration) -> Result<Request, HttpError> {
+    let mut received = false;
     let fut = async {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
@@ -123,15 +137,19 @@ pub async fn read_request(stream: &mut TcpStream, timeout: Duration) -> Result<R
                     HttpError::Malformed("truncated head".into())
                 });
             }
+            received = true;
             buf.extend_from_slice(&chunk[..n]);
             if let Some(r) = parse_request(&buf)? {
                 return Ok(r);
             }
         }
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| HttpError::Timeout)?
+    let r = tokio::time::timeout(timeout, fut).await;
+    match r {
+        Ok(r) => r,
+        Err(_) if received => Err(HttpError::Timeout),
+        Err(_) => Err(HttpError::Idle),
+    }
 }
 
 /// A `Range: bytes=` request for a single range (multiple ranges are not supported).
@@ -283,17 +301,29 @@ impl Url {
         })
     }
 
-    /// Resolves a Location header against this URL (absolute URL or absolute path).
+    /// Resolves a reference against this URL: an absolute `http://` URL, an absolute path,
+    /// or a relative path (against this path's directory, as a playlist's segment URIs are).
     pub fn join(&self, location: &str) -> Result<Url, String> {
         if location.starts_with("http://") {
             Url::parse(location)
         } else if location.starts_with('/') {
-            Ok(Url {
-                path: location.to_string(),
-                ..self.clone()
-            })
+            Ok(self.with_path(location))
+        } else if location.is_empty()
+            || location.contains("://")
+            || location.starts_with("//")
+            || location
+                .split(['?', '#'])
+                .next()
+                .unwrap_or("")
+                .split('/')
+                .any(|s| s == "..")
+        {
+            Err(format!("unsupported reference {location:?}"))
         } else {
-            Err(format!("unsupported Location {location:?}"))
+            let path = self.path.split('?').next().unwrap_or("/");
+            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+            let dir = if dir.is_empty() { "/" } else { dir };
+            Ok(self.with_path(&format!("{dir}{location}")))
         }
     }
 
@@ -364,6 +394,44 @@ impl ClientResponse {
         let (range, total) = v.split_once('/')?;
         let (a, _) = range.split_once('-')?;
         Some((a.trim().parse().ok()?, total.trim().parse().ok()?))
+    }
+}
+
+impl ClientResponse {
+    /// Reads the whole body (by `Content-Length`, else to the end of the connection), at
+    /// most `limit` bytes; for small bodies (playlists, indexes, segments).
+    pub async fn body(mut self, limit: usize, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+        let len = self.header_u64("content-length");
+        if len.is_some_and(|n| n > limit as u64) {
+            return Err(ClientError::Bad(format!("body larger than {limit} bytes")));
+        }
+        let want = len.map_or(limit, |n| n as usize);
+        let mut body = std::mem::take(&mut self.leftover);
+        let fut = async {
+            let mut chunk = vec![0u8; 16 * 1024];
+            while body.len() < want {
+                let n = self.stream.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            Ok::<_, ClientError>(())
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        if len.is_some_and(|n| body.len() as u64 != n) {
+            return Err(ClientError::Bad(format!(
+                "body of {} bytes, Content-Length {}",
+                body.len(),
+                len.unwrap_or(0)
+            )));
+        }
+        if body.len() > limit {
+            return Err(ClientError::Bad(format!("body larger than {limit} bytes")));
+        }
+        Ok(body)
     }
 }
 
@@ -460,6 +528,7 @@ mod tests {
             Request {
                 head_only: false,
                 path: "/v.ts".into(),
+                query: Some("x=1".into()),
                 range: Some("bytes=10-".into())
             }
         );
@@ -473,6 +542,9 @@ mod tests {
         assert_eq!(status(b"GET /../etc HTTP/1.1\r\n\r\n"), Some(400));
         assert_eq!(status(b"\x00\x01garbage\r\n\r\n"), Some(400));
         assert_eq!(status(b"GET nopath HTTP/1.1\r\n\r\n"), Some(400));
+        // A spare connection that never spoke is closed without an answer.
+        assert_eq!(HttpError::Idle.status(), None);
+        assert_eq!(HttpError::Timeout.status(), Some(408));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(status(big.as_bytes()), Some(431));
         let many: String = (0..40).map(|i| format!("H{i}: v\r\n")).collect();
@@ -517,6 +589,13 @@ mod tests {
         assert_eq!(Url::parse("http://h").unwrap().path, "/");
         assert_eq!(u.join("/b").unwrap().to_string(), "http://127.0.0.1:8080/b");
         assert_eq!(u.join("http://x:1/c").unwrap().authority(), "x:1");
+        let p = Url::parse("http://h:1/watch/v.ts.m3u8?s=1").unwrap();
+        assert_eq!(
+            p.join("v.ts/seg/0.ts?s=ab").unwrap().to_string(),
+            "http://h:1/watch/v.ts/seg/0.ts?s=ab"
+        );
+        assert!(p.join("../etc").is_err());
+        assert!(p.join("ftp://x/").is_err());
         assert!(Url::parse("https://h/").is_err());
         assert!(Url::parse("http://h:99999/").is_err());
     }

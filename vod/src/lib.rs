@@ -7,24 +7,42 @@
 //!
 //! ## Layout
 //! - [`ts`]: MPEG-TS generator, integrity checker, PCR bitrate estimate.
+//! - [`scan`]: TS timing (PAT/PMT, PES timestamps, keyframes, PCR span) of real files.
+//! - [`hls`]: HLS, the pure part: segment index, playlist, routes, sessions, allowance.
+//! - [`hls_server`]: HLS in the distributor: playlist and segments from the block cache.
+//! - [`hls_viewer`]: HLS viewers for load and QoE tests (playlist, then segments by buffer).
 //! - [`http`]: lean HTTP/1.1 pieces (request heads via `httparse`, ranges, URLs, client).
+//! - [`realvideo`]: real H.264 + AAC CBR test videos made with ffmpeg (`make-video --real`).
+//! - [`tools`]: finding ffmpeg/chromium/node; tests skip without them unless required.
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
 //! - [`distributor`]: GloVE distributor: origin fetcher, paced viewers, modes, checkpoint.
 //! - [`control`]: the workload control API's server side (the protocol and its client are in
 //!   `smart_proto::workload`).
 //! - [`viewer`]: playback model, one viewer, the load generator and its QoE summary.
-//! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers).
-//! - [`bench`]: `vod bench streams` and `vod bench handoff`.
+//! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers),
+//!   which also serves the player page and its `where` contract.
+//! - [`player`]: the HLS player page (`/play/{video}`) and its contract with a front-end.
+//! - [`browser`]: headless Chromium for tests (playwright-core through `vod/ui/driver.mjs`).
+//! - [`bench`]: `vod bench streams` and `vod bench handoff`; [`bench_hls`]: `vod bench hls`.
 
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_hls;
+pub mod browser;
 pub mod cache;
 pub mod control;
 pub mod distributor;
 pub mod frontend;
+pub mod hls;
+pub mod hls_server;
+pub mod hls_viewer;
 pub mod http;
 pub mod origin;
+pub mod player;
+pub mod realvideo;
+pub mod scan;
+pub mod tools;
 pub mod ts;
 pub mod viewer;

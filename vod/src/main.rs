@@ -1,8 +1,8 @@
 //! `vod`: the Smart-GloVE data plane on the command line.
 //!
 //! ## Layout
-//! Subcommands: `make-video`, `origin`, `distributor`, `viewers`, `frontend`,
-//! `bench streams`, `bench handoff`. Each is a thin shell over the `smart_vod` library.
+//! Subcommands: `make-video` (`--real`: H.264 + AAC with ffmpeg), `origin`, `distributor`,
+//! `viewers`, `frontend`, `control`, `bench streams`, `bench hls`, `bench handoff`. Each is a thin shell over the `smart_vod` library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::{self, VideoParams};
 use smart_vod::viewer::{self, LoadConfig, Shared, ViewerConfig};
-use smart_vod::{bench, control, frontend};
+use smart_vod::{bench, bench_hls, control, frontend, realvideo, tools};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
@@ -31,14 +31,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Writes a generated MPEG-TS file (constant bitrate, PAT/PMT, silent MPEG audio).
+    /// Writes a CBR MPEG-TS video: generated (PAT/PMT, silent MPEG audio) or, with --real,
+    /// H.264 + AAC encoded by ffmpeg (test picture and tone, keyframes every 2 s).
     MakeVideo {
-        #[arg(long)]
-        out: PathBuf,
+        /// The file to write.
+        #[arg(long, required_unless_present = "dir", conflicts_with = "dir")]
+        out: Option<PathBuf>,
+        /// Multiplex bitrate (with --real at least 400).
         #[arg(long, default_value_t = 400)]
         bitrate_kbps: u64,
         #[arg(long, default_value_t = 60)]
         duration_s: u64,
+        /// Encode real H.264 + AAC with ffmpeg.
+        #[arg(long)]
+        real: bool,
+        /// Write a catalogue v1.ts .. vN.ts here instead (kept when unchanged).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Videos in the catalogue.
+        #[arg(long, default_value_t = 4)]
+        count: usize,
+        /// Catalogue bitrates, used in turn (default: --bitrate-kbps).
+        #[arg(long, value_delimiter = ',')]
+        bitrates_kbps: Vec<u64>,
     },
     /// Serves videos over HTTP with Range and X-Bitrate/X-Duration-Ms headers.
     Origin {
@@ -80,6 +95,15 @@ enum Cmd {
         /// Read the whole window ahead of the slowest viewer (pre-fills the cache).
         #[arg(long)]
         prefill: bool,
+        /// An HLS session without a request for this long is released.
+        #[arg(long, default_value_t = 20)]
+        hls_session_timeout_s: u64,
+        /// Media an HLS session may fetch at once ahead of real time.
+        #[arg(long, default_value_t = 10)]
+        hls_burst_s: u64,
+        /// Past the burst, an HLS session fetches at most this many times real time.
+        #[arg(long, default_value_t = 1.5)]
+        hls_rate_factor: f64,
     },
     /// Load generator: N viewers with QoE summary.
     Viewers {
@@ -144,6 +168,24 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// CPU per HLS viewer against per progressive viewer, same distributor, one run.
+    Hls {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Measured steady state of each phase.
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        /// Ramp of each phase; default 1 ms per viewer, at least 2 s.
+        #[arg(long)]
+        ramp_ms: Option<u64>,
+        #[arg(long, default_value_t = 400)]
+        bitrate_kbps: u64,
+        /// Media each HLS viewer keeps buffered.
+        #[arg(long, default_value_t = 10)]
+        buffer_s: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pre-copy migration of a distributor with a full cache and viewers.
     Handoff {
         #[arg(long, default_value_t = 72)]
@@ -197,13 +239,56 @@ async fn main() -> anyhow::Result<()> {
             out,
             bitrate_kbps,
             duration_s,
+            real,
+            dir,
+            count,
+            bitrates_kbps,
         } => {
-            let data = ts::generate(VideoParams {
-                bitrate_bps: bitrate_kbps * 1000,
-                duration_ms: duration_s * 1000,
-            })?;
-            std::fs::write(&out, &data).with_context(|| format!("writing {}", out.display()))?;
-            println!("{}: {} bytes", out.display(), data.len());
+            let duration = Duration::from_secs(duration_s);
+            let kbps = if bitrates_kbps.is_empty() {
+                vec![bitrate_kbps]
+            } else {
+                bitrates_kbps
+            };
+            let list: Vec<(PathBuf, u64)> = match (&out, &dir) {
+                (Some(o), _) => vec![(o.clone(), bitrate_kbps)],
+                (None, Some(d)) => realvideo::catalogue(count, duration, &kbps)
+                    .into_iter()
+                    .map(|(name, v)| (d.join(name), v.mux_kbps))
+                    .collect(),
+                (None, None) => bail!("give --out or --dir"),
+            };
+            if real {
+                let ffmpeg = tools::which("ffmpeg")
+                    .context("--real needs ffmpeg (scripts/setup.sh installs it)")?;
+                let made = match (&out, &dir) {
+                    (Some(o), _) => {
+                        vec![realvideo::RealVideo::new(bitrate_kbps, duration).make(&ffmpeg, o)?]
+                    }
+                    (_, Some(d)) => realvideo::make_catalogue(
+                        &ffmpeg,
+                        d,
+                        &realvideo::catalogue(count, duration, &kbps),
+                    )?,
+                    _ => unreachable!("checked above"),
+                };
+                for m in made {
+                    println!("{}", serde_json::to_string(&m)?);
+                }
+            } else {
+                if let Some(d) = &dir {
+                    std::fs::create_dir_all(d)?;
+                }
+                for (path, k) in list {
+                    let data = ts::generate(VideoParams {
+                        bitrate_bps: k * 1000,
+                        duration_ms: duration_s * 1000,
+                    })?;
+                    std::fs::write(&path, &data)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("{}: {} bytes", path.display(), data.len());
+                }
+            }
         }
         Cmd::Origin {
             listen,
@@ -247,6 +332,9 @@ async fn main() -> anyhow::Result<()> {
             tick_ms,
             readahead_kb,
             prefill,
+            hls_session_timeout_s,
+            hls_burst_s,
+            hls_rate_factor,
         } => {
             let mut cfg = DistributorConfig::new(
                 Url::parse(&origin)
@@ -259,6 +347,9 @@ async fn main() -> anyhow::Result<()> {
             cfg.prefetch_ms = prefetch_ms;
             cfg.tick = Duration::from_millis(tick_ms.max(1));
             cfg.readahead = (!prefill).then_some(readahead_kb * 1024);
+            cfg.hls.session_timeout = Duration::from_secs(hls_session_timeout_s.max(1));
+            cfg.hls.burst = Duration::from_secs(hls_burst_s);
+            cfg.hls.rate_factor = hls_rate_factor.max(0.1);
             let d = Distributor::new(cfg);
             if let Some(src) = &restore_from {
                 let r = control::restore(&d, src)
@@ -367,6 +458,24 @@ async fn main() -> anyhow::Result<()> {
                         exe,
                     };
                     print(&bench::streams(args).await?, json);
+                }
+                BenchCmd::Hls {
+                    clients,
+                    duration_s,
+                    ramp_ms,
+                    bitrate_kbps,
+                    buffer_s,
+                    json,
+                } => {
+                    let args = bench_hls::HlsBenchArgs {
+                        clients,
+                        bitrate_bps: bitrate_kbps * 1000,
+                        duration: Duration::from_secs(duration_s),
+                        ramp: Duration::from_millis(ramp_ms.unwrap_or((clients as u64).max(2000))),
+                        buffer: Duration::from_secs(buffer_s),
+                        exe,
+                    };
+                    print(&bench_hls::hls(args).await?, json);
                 }
                 BenchCmd::Handoff {
                     cache_mb,

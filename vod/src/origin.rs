@@ -1,25 +1,31 @@
 //! The origin: serves whole videos over HTTP/1.1 with `Range` (206), unpaced, with the video's
-//! bitrate and duration as response headers (`X-Bitrate`, `X-Duration-Ms`).
+//! bitrate and duration as response headers (`X-Bitrate`, `X-Duration-Ms`), and each video's
+//! HLS segment index at `GET /{video}.segments.json` ([`crate::hls`]).
 //!
-//! The catalogue is held in memory (`Bytes`), loaded from files or generated. Bitrates come
-//! from the generator, a `--bitrate` given by the operator, or the file's PCRs.
+//! The catalogue is held in memory (`Bytes`), loaded from files or generated. A file is
+//! scanned once ([`crate::scan`]): its bitrate is the operator's `--bitrate` or the PCR rate,
+//! its duration the media time of its timestamps (first PTS to the end of the last frame),
+//! and its segment index is cut from the same scan. Generated videos know both exactly and
+//! are scanned for their index only when a distributor first asks.
 //!
 //! ## Layout
-//! - [`Video`]: one catalogue entry; [`Video::generated`], [`Video::from_file`].
+//! - [`Video`]: one catalogue entry; [`Video::generated`], [`Video::from_file`],
+//!   [`Video::segment_index`].
 //! - [`Origin`]: the catalogue and counters; [`Origin::serve`] runs the accept loop.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::hls::{self, SegmentIndex};
 use crate::http::{self, ResponseHead};
-use crate::ts;
+use crate::{scan, ts};
 
 /// One video of the catalogue.
 #[derive(Debug, Clone)]
@@ -28,21 +34,38 @@ pub struct Video {
     pub data: Bytes,
     /// Bitrate in bits per second.
     pub bitrate_bps: u64,
+    /// Media duration when known from the video's timestamps or parameters.
+    pub media_duration_ms: Option<u64>,
+    /// HLS segment index, cut once (on load for files, on first request otherwise).
+    index: Arc<OnceLock<SegmentIndex>>,
 }
 
 impl Video {
     /// A generated video.
     pub fn generated(params: ts::VideoParams) -> Result<Self, ts::TsError> {
-        Ok(Self {
-            data: Bytes::from(ts::generate(params)?),
-            bitrate_bps: params.bitrate_bps,
-        })
+        Ok(Self::from_bytes(
+            Bytes::from(ts::generate(params)?),
+            params.bitrate_bps,
+        ))
     }
 
-    /// A file; its bitrate is `bitrate_bps` or else estimated from its PCRs.
+    /// Bytes with a known bitrate; duration and index come from a scan when needed.
+    pub fn from_bytes(data: Bytes, bitrate_bps: u64) -> Self {
+        Self {
+            data,
+            bitrate_bps,
+            media_duration_ms: None,
+            index: Arc::default(),
+        }
+    }
+
+    /// A file; its bitrate is `bitrate_bps` or else its PCR rate, its duration its media
+    /// time (see the module docs).
     pub fn from_file(path: &Path, bitrate_bps: Option<u64>) -> std::io::Result<Self> {
         let data = std::fs::read(path)?;
+        let timing = scan::scan(&data);
         let bitrate_bps = bitrate_bps
+            .or_else(|| timing.bitrate_bps())
             .or_else(|| ts::estimate_bitrate(&data))
             .ok_or_else(|| {
                 std::io::Error::other(format!(
@@ -50,15 +73,41 @@ impl Video {
                     path.display()
                 ))
             })?;
-        Ok(Self {
-            data: Bytes::from(data),
-            bitrate_bps,
+        let v = Self {
+            media_duration_ms: timing.duration_ms(),
+            ..Self::from_bytes(Bytes::from(data), bitrate_bps)
+        };
+        if let Some(ix) =
+            SegmentIndex::from_timing(&timing, v.data.len() as u64, hls::DEFAULT_TARGET)
+        {
+            let _ = v.index.set(ix);
+        }
+        Ok(v)
+    }
+
+    /// Duration in milliseconds: the media duration when known, else implied by size and
+    /// bitrate.
+    pub fn duration_ms(&self) -> u64 {
+        self.media_duration_ms.unwrap_or_else(|| {
+            (self.data.len() as u128 * 8000 / self.bitrate_bps.max(1) as u128) as u64
         })
     }
 
-    /// Duration in milliseconds implied by size and bitrate.
-    pub fn duration_ms(&self) -> u64 {
-        (self.data.len() as u128 * 8000 / self.bitrate_bps.max(1) as u128) as u64
+    /// The HLS segment index: cut from the video's timestamps, or fixed-duration cuts when
+    /// it has none the scanner understands.
+    pub fn segment_index(&self) -> &SegmentIndex {
+        self.index.get_or_init(|| {
+            let size = self.data.len() as u64;
+            SegmentIndex::from_timing(&scan::scan(&self.data), size, hls::DEFAULT_TARGET)
+                .unwrap_or_else(|| {
+                    SegmentIndex::fixed(
+                        size,
+                        self.bitrate_bps,
+                        self.duration_ms(),
+                        hls::DEFAULT_TARGET,
+                    )
+                })
+        })
     }
 }
 
@@ -75,6 +124,8 @@ pub struct OriginStats {
 #[derive(Debug, Default)]
 pub struct Origin {
     videos: HashMap<String, Video>,
+    /// Answer 404 for segment indexes, like a plain file server (tests the fallback).
+    no_indexes: bool,
     /// Counters.
     pub stats: OriginStats,
 }
@@ -83,6 +134,12 @@ impl Origin {
     /// An empty catalogue.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Serves no segment indexes (404), like a plain file server.
+    pub fn without_indexes(mut self) -> Self {
+        self.no_indexes = true;
+        self
     }
 
     /// Adds a video under `name` (served at `/name`).
@@ -118,6 +175,28 @@ impl Origin {
             }
         };
         let Some(video) = self.videos.get(&req.path) else {
+            if let Some(v) = req
+                .path
+                .strip_suffix(hls::INDEX_SUFFIX)
+                .filter(|_| !self.no_indexes)
+                .and_then(|p| self.videos.get(p))
+            {
+                // Cutting scans the whole video once; keep it off the async workers.
+                let v = v.clone();
+                let json = tokio::task::spawn_blocking(move || v.segment_index().to_json())
+                    .await
+                    .unwrap_or_default();
+                let head = ResponseHead::new(200)
+                    .header("Content-Type", "application/json")
+                    .header("Content-Length", json.len());
+                let mut bytes = head.finish();
+                if !req.head_only {
+                    bytes.extend_from_slice(json.as_bytes());
+                }
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
             http::write_error(&mut stream, 404, &[]).await;
             return;
         };

@@ -102,7 +102,7 @@ fn with_crc(mut section: Vec<u8>) -> Vec<u8> {
     section
 }
 
-fn pat_section() -> Vec<u8> {
+pub(crate) fn pat_section() -> Vec<u8> {
     with_crc(vec![
         0x00,
         0xB0,
@@ -120,29 +120,47 @@ fn pat_section() -> Vec<u8> {
 }
 
 fn pmt_section() -> Vec<u8> {
-    with_crc(vec![
+    pmt_section_for(PID_AUDIO, 0x03)
+}
+
+/// A PMT for program 1 with one elementary stream `pid` of `stream_type`, which also
+/// carries the PCR.
+pub(crate) fn pmt_section_for(pid: u16, stream_type: u8) -> Vec<u8> {
+    pmt_section_with(pid, &[(stream_type, pid)])
+}
+
+/// A PMT for program 1 with the PCR on `pcr_pid` and `(stream_type, pid)` streams.
+pub(crate) fn pmt_section_with(pcr_pid: u16, streams: &[(u8, u16)]) -> Vec<u8> {
+    let len = 13 + 5 * streams.len();
+    let mut s = vec![
         0x02,
-        0xB0,
-        0x12,
+        0xB0 | (len >> 8) as u8,
+        len as u8,
         0x00,
         0x01,
         0xC1,
         0x00,
         0x00,
-        0xE0 | (PID_AUDIO >> 8) as u8,
-        PID_AUDIO as u8, // PCR PID
+        0xE0 | (pcr_pid >> 8) as u8,
+        pcr_pid as u8,
         0xF0,
         0x00, // program_info_length 0
-        0x03,
-        0xE0 | (PID_AUDIO >> 8) as u8,
-        PID_AUDIO as u8,
-        0xF0,
-        0x00,
-    ])
+    ];
+    for &(stream_type, pid) in streams {
+        s.extend_from_slice(&[stream_type, 0xE0 | (pid >> 8) as u8, pid as u8, 0xF0, 0x00]);
+    }
+    with_crc(s)
 }
 
 /// Builds one packet: header, optional adaptation field (PCR and/or stuffing), payload.
-fn packet(out: &mut Vec<u8>, pid: u16, pusi: bool, cc: u8, pcr27: Option<u64>, payload: &[u8]) {
+pub(crate) fn packet(
+    out: &mut Vec<u8>,
+    pid: u16,
+    pusi: bool,
+    cc: u8,
+    pcr27: Option<u64>,
+    payload: &[u8],
+) {
     debug_assert!(payload.len() <= 184);
     let start = out.len();
     out.push(0x47);
@@ -176,12 +194,24 @@ fn packet(out: &mut Vec<u8>, pid: u16, pusi: bool, cc: u8, pcr27: Option<u64>, p
     debug_assert_eq!(out.len() - start, PACKET);
 }
 
-fn psi_packet(out: &mut Vec<u8>, pid: u16, cc: u8, section: &[u8]) {
+pub(crate) fn psi_packet(out: &mut Vec<u8>, pid: u16, cc: u8, section: &[u8]) {
     let mut payload = Vec::with_capacity(184);
     payload.push(0x00); // pointer_field
     payload.extend_from_slice(section);
     payload.resize(184, 0xFF);
     packet(out, pid, true, cc, None, &payload);
+}
+
+/// The 5-byte PES form of a 33-bit timestamp (PTS or DTS) with its 4-bit prefix
+/// (`0b0010` for a lone PTS) and marker bits; [`crate::scan::parse_timestamp`] reads it.
+pub(crate) fn encode_timestamp(prefix: u8, ts: u64) -> [u8; 5] {
+    [
+        (prefix << 4) | ((ts >> 29) & 0x0E) as u8 | 1,
+        (ts >> 22) as u8,
+        (((ts >> 14) & 0xFE) | 1) as u8,
+        (ts >> 7) as u8,
+        (((ts << 1) & 0xFE) | 1) as u8,
+    ]
 }
 
 fn pes_for_frame(frame_index: u64, kbps_index: usize) -> Vec<u8> {
@@ -192,13 +222,7 @@ fn pes_for_frame(frame_index: u64, kbps_index: usize) -> Vec<u8> {
     pes.extend_from_slice(&[0x00, 0x00, 0x01, 0xC0]);
     pes.extend_from_slice(&((8 + frame_len) as u16).to_be_bytes());
     pes.extend_from_slice(&[0x80, 0x80, 0x05]);
-    pes.extend_from_slice(&[
-        0x21 | ((pts >> 29) & 0x0E) as u8,
-        (pts >> 22) as u8,
-        (((pts >> 14) & 0xFE) | 1) as u8,
-        (pts >> 7) as u8,
-        (((pts << 1) & 0xFE) | 1) as u8,
-    ]);
+    pes.extend_from_slice(&encode_timestamp(0x2, pts));
     // Frame header: MPEG-1 Layer II, no CRC, 48 kHz; mono where the standard allows it.
     let mode = if kbps <= 192 { 0xC0 } else { 0x00 };
     pes.extend_from_slice(&[0xFF, 0xFD, ((kbps_index as u8) << 4) | 0x04, mode]);

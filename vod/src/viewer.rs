@@ -296,6 +296,11 @@ impl Shared {
     pub fn last_resume(&self) -> Duration {
         Duration::from_micros(self.last_resume_us.load(Ordering::Relaxed))
     }
+
+    /// Records a first byte after a reconnect at `us` microseconds since `base`.
+    pub(crate) fn note_resume(&self, us: u64) {
+        self.last_resume_us.fetch_max(us, Ordering::Relaxed);
+    }
 }
 
 thread_local! {

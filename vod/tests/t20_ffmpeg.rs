@@ -1,6 +1,7 @@
 //! A real player: ffmpeg reads from the distributor and decodes with `-xerror`, once plainly
 //! and once across a handoff (ffmpeg follows the old distributor's 307 and resumes by Range).
-//! Skipped, with a printed line, when ffmpeg is not installed.
+//! Skipped, with a printed line, when ffmpeg is not installed (fails instead with
+//! `SMART_REQUIRE_TOOLS=1`, as CI runs).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,11 +14,7 @@ use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::VideoParams;
 
 fn ffmpeg() -> Option<std::path::PathBuf> {
-    let found = smart_vod::bench::which("ffmpeg");
-    if found.is_none() {
-        println!("skipped: ffmpeg not installed");
-    }
-    found
+    smart_vod::tools::require_bin("ffmpeg")
 }
 
 async fn setup(duration_ms: u64) -> (Url, Vec<Arc<Distributor>>, Vec<Url>) {
