@@ -68,23 +68,35 @@ async fn main() -> Result<(), ClientError> {
         "distributor of {video} runs on {} at {}",
         p.node, p.endpoint
     );
-    match client
+    let viewer = match client
         .request(Request::AdmitClient {
             service: service.clone(),
             spec: None,
         })
         .await?
     {
-        Response::Placed(p) => println!("viewer admitted: play {}{video}", p.endpoint),
-        Response::Error(ApiError::Rejected { reason }) => println!("viewer rejected: {reason}"),
-        other => println!("unexpected: {other:?}"),
-    }
+        Response::Placed(p) => {
+            println!("viewer {:?} admitted: play {}{video}", p.client, p.endpoint);
+            p.client
+        }
+        Response::Error(ApiError::Rejected { reason }) => {
+            println!("viewer rejected: {reason}");
+            None
+        }
+        other => {
+            println!("unexpected: {other:?}");
+            None
+        }
+    };
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     while let Ok(Some(ev)) = tokio::time::timeout_at(until, client.next_event()).await {
         println!("event: {ev:?}");
     }
     client
-        .request(Request::ReleaseClient { service })
+        .request(Request::ReleaseClient {
+            service,
+            client: viewer,
+        })
         .await
         .map(|r| println!("release: {r:?}"))
 }

@@ -24,7 +24,8 @@
 //! | `Subscribe` | `Ok`, then `Event` notifications on that connection | the node asked (the Control fans events out to every node) |
 //! | `AdmitService(spec)` | `Placed` once its instance runs, or `Error(Rejected)` | the Control |
 //! | `AdmitClient{service, spec}` | `Placed` (the service's instance), `Error(Rejected)` or `Error(NotFound)` (no such service and no `spec` to admit it from) | the Control |
-//! | `ReleaseClient{service}`, `StopService{service}` | `Ok` or `Error(NotFound)` | the Control |
+//! | `ReleaseClient{service, client}` (the id `Placed.client` gave, or the newest), `StopService{service}` | `Ok` or `Error(NotFound)` | the Control |
+//! | `Undrain{node}` | `Ok`, or `Error(BadRequest)` when the node is not drained | the Control |
 //! | `Drain{node}` | `Ok` (moves start), or `Error(Rejected)` naming what cannot move | the Control |
 //! | `Locate{service}` | `Placed` (waits while the service restarts) or `Error(NotFound)` | the Control |
 //! | `Services` | `Services(Vec<ServiceStatus>)` | the Control |

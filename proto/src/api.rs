@@ -43,10 +43,13 @@ pub enum Request {
         /// How to admit and start the service if it is not running yet.
         spec: Option<ServiceSpec>,
     },
-    /// Release one client of a service.
+    /// Release one client of a service: `client` (the id its admission returned), or the
+    /// newest when `None`.
     ReleaseClient {
         /// The service.
         service: ServiceName,
+        /// Which client.
+        client: Option<u64>,
     },
     /// Stop a service and release its reservation.
     StopService {
@@ -68,6 +71,11 @@ pub enum Request {
     },
     /// Every admitted service and where it runs (answered by the Control with `Services`).
     Services,
+    /// Take a drained node back into placement.
+    Undrain {
+        /// Node id.
+        node: NodeId,
+    },
 }
 
 /// Where an admitted service or client goes.
@@ -79,6 +87,8 @@ pub struct Placement {
     pub node: NodeId,
     /// Where clients connect (e.g. `http://10.0.0.2:9001/`).
     pub endpoint: String,
+    /// The client admitted, in answers to `AdmitClient`: name it in `ReleaseClient`.
+    pub client: Option<u64>,
 }
 
 /// The answer to a [`Request`].

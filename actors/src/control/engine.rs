@@ -231,8 +231,9 @@ pub(crate) struct Svc {
     pub(crate) clients: Vec<ClientId>,
     /// What is in flight on it.
     pub(crate) op: Op,
-    /// API requests waiting for its first (or next) instance.
-    pub(crate) waiting: Vec<ApiId>,
+    /// API requests waiting for its first (or next) instance, with the client each
+    /// admitted (if any).
+    pub(crate) waiting: Vec<(ApiId, Option<ClientId>)>,
     /// When its current instance was confirmed (reports older than this may not list it).
     pub(crate) placed_at: Instant,
     /// When its last client was admitted.
@@ -565,6 +566,7 @@ impl ControlEngine {
             service: name.to_string(),
             node: s.node,
             endpoint: s.info.as_ref()?.endpoint.clone().unwrap_or_default(),
+            client: None,
         })
     }
 
@@ -617,7 +619,7 @@ impl ControlEngine {
             Request::AdmitService(spec) => match self.admit_service(spec, now) {
                 Ok(name) => match self.placement(&name) {
                     Some(p) => Response::Placed(p),
-                    None => return self.wait_for(&name, id),
+                    None => return self.wait_for(&name, id, None),
                 },
                 Err(e) => Response::Error(e),
             },
@@ -651,25 +653,41 @@ impl ControlEngine {
                 }
                 match self.admit_client(&service, now) {
                     Err(e) => Response::Error(e),
-                    Ok(()) => match self.placement(&service) {
-                        Some(p) => Response::Placed(p),
-                        None => return self.wait_for(&service, id),
+                    Ok(client) => match self.placement(&service) {
+                        Some(p) => Response::Placed(Placement {
+                            client: Some(client.0),
+                            ..p
+                        }),
+                        None => return self.wait_for(&service, id, Some(client)),
                     },
                 }
             }
-            Request::ReleaseClient { service } => match self.services.get_mut(&service) {
+            Request::ReleaseClient { service, client } => match self.services.get_mut(&service) {
                 None => Response::Error(ApiError::NotFound {
                     what: format!("service {service}"),
                 }),
-                Some(s) => match s.clients.pop() {
-                    Some(c) => {
-                        let _ = self.admission.release_client(c);
-                        Response::Ok
+                Some(s) => {
+                    let gone = match client {
+                        None => s.clients.pop(),
+                        Some(c) => s
+                            .clients
+                            .iter()
+                            .position(|x| x.0 == c)
+                            .map(|i| s.clients.remove(i)),
+                    };
+                    match gone {
+                        Some(c) => {
+                            let _ = self.admission.release_client(c);
+                            Response::Ok
+                        }
+                        None => Response::Error(ApiError::NotFound {
+                            what: match client {
+                                Some(c) => format!("client {c} of {service}"),
+                                None => format!("a client of {service}"),
+                            },
+                        }),
                     }
-                    None => Response::Error(ApiError::NotFound {
-                        what: format!("a client of {service}"),
-                    }),
-                },
+                }
             },
             Request::StopService { service } => match self.services.remove(&service) {
                 None => Response::Error(ApiError::NotFound {
@@ -678,7 +696,7 @@ impl ControlEngine {
                 Some(s) => {
                     self.by_sid.remove(&s.sid);
                     let _ = self.admission.release_service(s.sid);
-                    for w in s.waiting {
+                    for (w, _) in s.waiting {
                         self.reply(
                             w,
                             Response::Error(ApiError::NotFound {
@@ -703,7 +721,7 @@ impl ControlEngine {
                 Some(p) => Response::Placed(p),
                 // Starting or restarting: answered once it runs.
                 None if self.services.contains_key(&service) => {
-                    return self.wait_for(&service, id);
+                    return self.wait_for(&service, id, None);
                 }
                 None => Response::Error(ApiError::NotFound {
                     what: format!("service {service}"),
@@ -721,6 +739,10 @@ impl ControlEngine {
                     })
                     .collect(),
             ),
+            Request::Undrain { node } => match self.undrain(node) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error(e),
+            },
             Request::Drain { node } => {
                 if !self.nodes.contains_key(&node) {
                     Response::Error(ApiError::NotFound {
@@ -737,10 +759,39 @@ impl ControlEngine {
         self.reply(id, resp);
     }
 
-    fn wait_for(&mut self, service: &str, id: ApiId) {
+    fn wait_for(&mut self, service: &str, id: ApiId, client: Option<ClientId>) {
         if let Some(s) = self.services.get_mut(service) {
-            s.waiting.push(id);
+            s.waiting.push((id, client));
         }
+    }
+
+    /// A drained node comes back into placement (with its last reported capacity).
+    fn undrain(&mut self, node: NodeId) -> Result<(), ApiError> {
+        if !self.drained.contains(&node) {
+            return Err(ApiError::BadRequest {
+                reason: format!("{node} is not drained"),
+            });
+        }
+        let spec = self
+            .registry
+            .get(&node)
+            .map(node_spec)
+            .ok_or_else(|| ApiError::NotFound {
+                what: format!("a report from {node} (is it alive?)"),
+            })?;
+        self.admission
+            .add_node(node, spec)
+            .map_err(|e| ApiError::Internal {
+                reason: e.to_string(),
+            })?;
+        self.drained.remove(&node);
+        tracing::info!(%node, "node back in placement");
+        self.publish(Event::Notice {
+            service: String::new(),
+            node,
+            reason: "undrained: back in placement".into(),
+        });
+        Ok(())
     }
 
     /// Admits and starts a new service (or finds the one of that name).
@@ -776,7 +827,7 @@ impl ControlEngine {
     }
 
     /// Admits one client of a known service (Smart-GloVE rule).
-    fn admit_client(&mut self, service: &str, now: Instant) -> Result<(), ApiError> {
+    fn admit_client(&mut self, service: &str, now: Instant) -> Result<ClientId, ApiError> {
         let sid = self.services[service].sid;
         let d = self
             .admission
@@ -793,7 +844,7 @@ impl ControlEngine {
             .expect("checked by the caller");
         s.clients.push(d.client);
         s.admitted_at = now;
-        Ok(())
+        Ok(d.client)
     }
 }
 

@@ -287,14 +287,17 @@ mod admission_tests {
             a.endpoint
                 .starts_with(&format!("http://127.0.0.{}:", a.node.0))
         );
-        // A client joins its service's instance (Smart-GloVE rule).
+        // A client joins its service's instance (Smart-GloVE rule), with an id.
         assert_eq!(
             api(Request::AdmitClient {
                 service: "video-a".into(),
                 spec: None,
             })
             .await,
-            Response::Placed(a.clone())
+            Response::Placed(Placement {
+                client: Some(1),
+                ..a.clone()
+            })
         );
         // Unknown services are an explained error.
         assert!(matches!(
@@ -720,14 +723,16 @@ mod reaction_tests {
         // The engine freed them: the Control's view and a further release agree.
         assert_eq!(
             cl.api(Request::ReleaseClient {
-                service: "video-a".into()
+                service: "video-a".into(),
+                client: None,
             })
             .await,
             Response::Ok
         );
         assert!(matches!(
             cl.api(Request::ReleaseClient {
-                service: "video-a".into()
+                service: "video-a".into(),
+                client: None,
             })
             .await,
             Response::Error(ApiError::NotFound { .. })

@@ -34,7 +34,7 @@ use std::time::Instant;
 use smart_admission::{Evicted, ServiceId};
 use smart_proto::NodeId;
 use smart_proto::agent::{AgentCommand, AgentReply, InstanceReport};
-use smart_proto::api::{ApiError, Event, Response};
+use smart_proto::api::{ApiError, Event, Placement, Response};
 use tracing::{info, warn};
 
 use super::{ControlEngine, Pending, ReqId, instance_name, launch_of};
@@ -497,8 +497,15 @@ impl ControlEngine {
             None => self.publish(Event::Admitted(p.clone())),
         }
         // Answered after the event, so a client that hears back sees it published.
-        for w in waiting {
-            self.reply(w, Response::Placed(p.clone()));
+        for (w, client) in waiting {
+            let client = client.map(|c| c.0);
+            self.reply(
+                w,
+                Response::Placed(Placement {
+                    client,
+                    ..p.clone()
+                }),
+            );
         }
     }
 
@@ -526,8 +533,15 @@ impl ControlEngine {
                 s.op = Op::Idle;
                 let waiting = std::mem::take(&mut s.waiting);
                 let p = self.placement(name).expect("just set");
-                for w in waiting {
-                    self.reply(w, Response::Placed(p.clone()));
+                for (w, client) in waiting {
+                    let client = client.map(|c| c.0);
+                    self.reply(
+                        w,
+                        Response::Placed(Placement {
+                            client,
+                            ..p.clone()
+                        }),
+                    );
                 }
                 return self.publish(Event::Notice {
                     service: name.to_string(),
@@ -607,7 +621,7 @@ impl ControlEngine {
         };
         self.by_sid.remove(&s.sid);
         let _ = self.admission.release_service(s.sid);
-        for w in s.waiting {
+        for (w, _) in s.waiting {
             self.reply(
                 w,
                 Response::Error(ApiError::Internal {

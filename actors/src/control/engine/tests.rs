@@ -91,6 +91,14 @@ fn placement(service: &str, n: u64, generation: u64) -> Placement {
         service: service.into(),
         node: NodeId(n),
         endpoint: format!("http://127.0.0.{n}:90{generation:02}/"),
+        client: None,
+    }
+}
+
+fn with_client(p: Placement, client: u64) -> Placement {
+    Placement {
+        client: Some(client),
+        ..p
     }
 }
 
@@ -509,11 +517,12 @@ fn a_first_viewer_admits_the_service_and_the_client_in_one_request() {
             Output::Publish(Event::Admitted(p.clone())),
             Output::Reply {
                 id: 1,
-                resp: Response::Placed(p.clone())
+                resp: Response::Placed(with_client(p.clone(), 1))
             },
         ]
     );
-    // A second viewer joins the same distributor at once (no new origin stream).
+    // A second viewer joins the same distributor at once (no new origin stream), with an
+    // id of its own.
     assert_eq!(
         h.api(
             2,
@@ -524,10 +533,39 @@ fn a_first_viewer_admits_the_service_and_the_client_in_one_request() {
         ),
         vec![Output::Reply {
             id: 2,
-            resp: Response::Placed(p)
+            resp: Response::Placed(with_client(p, 2))
         }]
     );
     assert_eq!(h.e.status().services["video-a"].2, 2);
+    // Releasing names the client; a second release of it finds nothing.
+    assert_eq!(
+        h.api(
+            5,
+            Request::ReleaseClient {
+                service: "video-a".into(),
+                client: Some(1)
+            }
+        ),
+        vec![Output::Reply {
+            id: 5,
+            resp: Response::Ok
+        }]
+    );
+    assert!(matches!(
+        h.api(
+            6,
+            Request::ReleaseClient {
+                service: "video-a".into(),
+                client: Some(1)
+            }
+        )
+        .as_slice(),
+        [Output::Reply {
+            resp: Response::Error(ApiError::NotFound { .. }),
+            ..
+        }]
+    ));
+    assert_eq!(h.e.status().services["video-a"].2, 1);
     // Without a spec, an unknown service is an explained error; a spec for another name is
     // refused.
     assert_eq!(
@@ -819,7 +857,8 @@ fn drain_migrates_live_restore_then_hand_over() {
             resp: Response::Placed(Placement {
                 service: "video-a".into(),
                 node: NodeId(2),
-                endpoint: "http://127.0.0.1:9001/".into()
+                endpoint: "http://127.0.0.1:9001/".into(),
+                client: None,
             })
         }]
     );
