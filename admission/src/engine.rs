@@ -1,5 +1,5 @@
 //! The admission and placement engine that the Control actor drives (thesis §4.1.2, §5.6,
-//! DESIGN §3–§4): pure state and step calls, no I/O, no clock, no randomness.
+//! docs/DESIGN.md §3–§4): pure state and step calls, no I/O, no clock, no randomness.
 //!
 //! Each call is one decision: [`Engine::admit_service`], [`Engine::admit_client`],
 //! [`Engine::release_client`], [`Engine::release_service`], [`Engine::add_node`],

@@ -1,6 +1,6 @@
 //! # smart-admission
 //!
-//! SMART's probabilistic admission control and placement (thesis §4.1, §5.6, DESIGN §3–§4),
+//! SMART's probabilistic admission control and placement (thesis §4.1, §5.6, docs/DESIGN.md §3–§4),
 //! as a pure library with no I/O, and the `smart sim` discrete-event simulator.
 //!
 //! The Control actor owns one [`Engine`] and calls it for every decision

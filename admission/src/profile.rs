@@ -1,4 +1,4 @@
-//! Resource profiles: what a service uses, interval by interval (thesis §4.1, DESIGN §3).
+//! Resource profiles: what a service uses, interval by interval (thesis §4.1, docs/DESIGN.md §3).
 //!
 //! A profile is written by Agent99 (`smart profile`) and read by the admission engine. It is
 //! stored as JSON (see [`ServiceProfile::to_json`]); the `version` field is checked on load so
@@ -40,7 +40,7 @@ impl Series {
 }
 
 /// A service's profile: a base series, and for services whose usage grows with their clients
-/// (video distributors) a per-client increment (DESIGN §3).
+/// (video distributors) a per-client increment (docs/DESIGN.md §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceProfile {
     /// Must equal [`PROFILE_FORMAT_VERSION`].

@@ -1,6 +1,6 @@
 //! Agent99: `smart profile` — run a service alone under the instance runtime, optionally
 //! drive it with a load command, sample it every interval, and write the profile that the
-//! admission engine reads (DESIGN §3; thesis §4.1.1, §5.3).
+//! admission engine reads (docs/DESIGN.md §3; thesis §4.1.1, §5.3).
 //!
 //! [`run`] is **synchronous** (it sleeps between ticks); call it from `main` directly or
 //! from `spawn_blocking`. It prints a distribution table like thesis Tables 5.2/5.3 (or, with
@@ -501,7 +501,7 @@ pub fn profile_from_run(service: &str, run: &RunData, ws_quantile: f64) -> Servi
 /// the time order of run `a`: interval t of the increment is the quantile difference at the
 /// rank that interval t has in run `a`. The base is `a - ca * increment`, clamped at 0, so
 /// it keeps run `a`'s bursts where they happened. Memory gets an increment too (often ~0
-/// for a shared-cache distributor, DESIGN §5); the working set is `a`'s.
+/// for a shared-cache distributor, docs/DESIGN.md §5); the working set is `a`'s.
 pub fn combine_client_profiles(
     a: &ServiceProfile,
     ca: u32,
