@@ -83,6 +83,8 @@ struct DistributorArgs {
 enum BenchCmd {
     /// Control failover time (kill -9 until every survivor reports the new Control).
     Failover(smart_testkit::demo::FailoverBenchArgs),
+    /// The front-end's `GET /watch` latency, for a video's first viewer and a joining one.
+    Frontend(smart_testkit::bench_frontend::FrontendBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -282,6 +284,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Drain(args) => drain(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Frontend(args)) => {
+            smart_testkit::bench_frontend::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench(BenchCmd::Failover(args)) => {
             smart_testkit::demo::bench_failover(args).await?;
             Ok(ExitCode::SUCCESS)
