@@ -175,6 +175,7 @@ mod tests {
             },
             per_client,
             working_set_bytes: 100,
+            video: None,
         }
     }
 

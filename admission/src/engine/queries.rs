@@ -52,6 +52,52 @@ impl<E: Estimator> Engine<E> {
         Ok(self.nodes[to].key)
     }
 
+    /// Gives a running service a new profile (its usage turned out larger, or smaller,
+    /// than profiled): on its own node when that node still fits it (`Ok(None)`), else on
+    /// another node where it fits at the new size (`Ok(Some(node))`, the caller moves it);
+    /// when it fits nowhere, `Err` and nothing changes. Its clients stay with it.
+    pub fn resize(
+        &mut self,
+        service: ServiceId,
+        profile: ProfileId,
+    ) -> Result<Option<NodeId>, Rejection> {
+        if profile.0 as usize >= self.profiles.len() {
+            return Err(Rejection::UnknownProfile(profile));
+        }
+        let Some(s) = self.services.get(&service) else {
+            return Err(Rejection::UnknownService(service));
+        };
+        let (slot, old_profile, clients) = (s.slot, s.profile, s.clients.clone());
+        let old = self.service_load(service);
+        self.unplace(slot, service, &old);
+        self.apply_cluster(&old, true);
+        let new = self.load_of(profile, true, &clients);
+        let keep_agg = (clients.len() >= CACHE_MIN_CLIENTS).then(|| new.agg.clone());
+        let fits_cluster = self.cluster_fits(&new).is_ok();
+        let here =
+            fits_cluster && node_fits(&self.est, &self.nodes[slot], &new, None, &mut self.scratch);
+        let target = if here {
+            Some(slot)
+        } else if fits_cluster {
+            self.search(&new, &[slot], false)
+        } else {
+            None
+        };
+        let Some(to) = target else {
+            // Nothing changes.
+            self.place(slot, service, &old);
+            self.apply_cluster(&old, false);
+            return Err(Rejection::NoFit);
+        };
+        if let Some(s) = self.services.get_mut(&service) {
+            s.profile = profile;
+            s.agg = keep_agg;
+        }
+        self.place(to, service, &new);
+        self.apply_cluster(&new, false);
+        Ok((to != slot).then(|| self.nodes[to].key))
+    }
+
     /// A service ended; its remaining clients are released with it and returned.
     pub fn release_service(&mut self, service: ServiceId) -> Result<Vec<ClientId>, EngineError> {
         if !self.services.contains_key(&service) {

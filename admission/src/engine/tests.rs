@@ -22,6 +22,7 @@ fn profile(ws_mb: u64, cpu: f64, net: f64, client_net: Option<f64>) -> ServicePr
         base: series(cpu, net),
         per_client: client_net.map(|n| series(0.0, n)),
         working_set_bytes: ws_mb * MB,
+        video: None,
     }
 }
 
@@ -328,6 +329,7 @@ fn empirical_overbooks_where_peak_cannot() {
             },
             per_client: None,
             working_set_bytes: MB,
+            video: None,
         }
     };
     let cfg = EngineConfig {
@@ -351,4 +353,33 @@ fn empirical_overbooks_where_peak_cannot() {
     }
     // Empirical: 4 services give sums 2.5 everywhere (< 2.6). Peak: 1.0 each → 2 fit.
     assert_eq!((ne, np), (4, 2));
+}
+
+#[test]
+fn resize_grows_in_place_moves_when_it_must_and_otherwise_changes_nothing() {
+    // n0 8 GB, n1 6 GB (in MB); worst fit puts the first two services on n0.
+    let mut e = engine(&[(8192, 4.0, 1e9), (6000, 4.0, 1e9)]);
+    let p = |mb| profile(mb, 0.1, 1e6, None);
+    let (small, three, giant, big) = (
+        e.register_profile(&p(1024)).unwrap(),
+        e.register_profile(&p(3072)).unwrap(),
+        e.register_profile(&p(20_000)).unwrap(),
+        e.register_profile(&p(5500)).unwrap(),
+    );
+    let d = e.admit_service(small, 0).unwrap();
+    let other = e.admit_service(three, 0).unwrap();
+    assert_eq!((d.node, other.node), (NodeId(0), NodeId(0)));
+    // Grows in place: n0 has room.
+    assert_eq!(e.resize(d.service, three), Ok(None));
+    assert_eq!(e.node_status(NodeId(0)).unwrap().used_mem, 6144 * MB);
+    // Too big for any node: refused, nothing changes.
+    assert_eq!(e.resize(d.service, giant), Err(Rejection::NoFit));
+    assert_eq!(e.node_of(d.service), Some(NodeId(0)));
+    assert_eq!(e.node_status(NodeId(0)).unwrap().used_mem, 6144 * MB);
+    // No longer fits beside `other` on n0 (5120 MB free without it), fits on n1: moves.
+    assert_eq!(e.resize(d.service, big), Ok(Some(NodeId(1))));
+    assert_eq!(e.node_of(d.service), Some(NodeId(1)));
+    assert_eq!(e.node_status(NodeId(0)).unwrap().used_mem, 3072 * MB);
+    assert_eq!(e.node_status(NodeId(1)).unwrap().used_mem, 5500 * MB);
+    e.verify().unwrap();
 }
