@@ -67,7 +67,7 @@ impl<E: Estimator> Engine<E> {
         let Some(s) = self.services.get(&service) else {
             return Err(Rejection::UnknownService(service));
         };
-        let (slot, old_profile, clients) = (s.slot, s.profile, s.clients.clone());
+        let (slot, clients) = (s.slot, s.clients.clone());
         let old = self.service_load(service);
         self.unplace(slot, service, &old);
         self.apply_cluster(&old, true);
