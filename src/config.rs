@@ -168,10 +168,11 @@ impl Default for SupervisionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuntimeDriver {
-    /// Process groups (works anywhere).
-    #[default]
+    /// Process groups (works anywhere; limits are not enforced).
     Process,
-    /// cgroups v2/v1 when available (CPU and memory limits), else process groups.
+    /// cgroups v2/v1 when available (CPU and memory limits enforced), else process groups
+    /// (and the node says limits are not enforced).
+    #[default]
     Cgroup,
 }
 
@@ -179,7 +180,8 @@ pub enum RuntimeDriver {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// `process` (default) or `cgroup`.
+    /// `cgroup` (default: limits enforced where the node allows cgroups, else process
+    /// groups) or `process`.
     pub runtime: RuntimeDriver,
     /// Sampling interval of instances and node.
     #[serde(with = "humantime_serde")]
@@ -192,9 +194,139 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            runtime: RuntimeDriver::Process,
+            runtime: RuntimeDriver::Cgroup,
             sample_interval: Duration::from_secs(1),
             stop_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[admission]`: how the Control admits services and clients, what it reserves and the
+/// limits Agent86 enforces (docs/DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// `chernoff` (default: the most viewers at the target overload in `smart sim`),
+    /// `empirical` (the thesis's percentile of sums), `gaussian`, `peak`, `mean`.
+    pub estimator: smart_admission::EstimatorKind,
+    /// Confidence C of the probabilistic tests.
+    pub confidence: f64,
+    /// Reference value VR: the fraction of a node's capacity admitted load may reach.
+    pub vr: f64,
+    /// `worst-fit` (default), `first-fit` or `best-fit`.
+    pub policy: smart_admission::Policy,
+    /// Intervals of the estimators' time-aligned series.
+    pub grid: usize,
+    /// A reservation is this quantile of the profile (base + clients × increment).
+    pub reserve_quantile: f64,
+    /// CPU limit = reservation × `cpu_headroom` (at least 0.1 core).
+    pub cpu_headroom: f64,
+    /// Memory limit = reservation × `mem_headroom` + 32 MiB.
+    pub mem_headroom: f64,
+    /// Profile (a `smart profile` JSON file) for classes without one of their own; unset:
+    /// such classes are refused.
+    pub default_profile: Option<PathBuf>,
+    /// Stop a service with no clients for this long (`0s`: never).
+    #[serde(with = "humantime_serde")]
+    pub idle_stop_after: Duration,
+    /// Refinement window, samples per class.
+    pub refine_window: usize,
+    /// Samples before a class's profile is refined at all.
+    pub refine_min_samples: usize,
+    /// Relative change of the window's p95 that makes a new profile version.
+    pub refine_change: f64,
+    /// Cap on a migration's copy rate, bits/s, reserved on both nodes while it runs
+    /// (0: uncapped and not reserved).
+    pub copy_rate_bps: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        let d = smart_actors::control::AdmissionSettings::default();
+        Self {
+            estimator: d.estimator,
+            confidence: d.confidence,
+            vr: d.vr,
+            policy: d.policy,
+            grid: d.grid,
+            reserve_quantile: d.reserve_quantile,
+            cpu_headroom: d.cpu_headroom,
+            mem_headroom: d.mem_headroom,
+            default_profile: None,
+            idle_stop_after: d.idle_stop_after.unwrap_or_default(),
+            refine_window: d.refine.window,
+            refine_min_samples: d.refine.min_samples,
+            refine_change: d.refine.change_ratio,
+            copy_rate_bps: d.copy_rate_bps.unwrap_or(0),
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// The Control's settings, with the default profile read and checked (a broken file
+    /// stops the node at start with the file and the reason, not at the first admission).
+    pub fn settings(&self) -> Result<smart_actors::control::AdmissionSettings, ConfigError> {
+        let default_profile = match &self.default_profile {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let p = smart_proto::profile::ServiceProfile::from_json(&text).map_err(|e| {
+                    ConfigError::Invalid {
+                        path: path.clone(),
+                        key: "admission.default_profile",
+                        reason: e.to_string(),
+                    }
+                })?;
+                Some(p)
+            }
+        };
+        Ok(smart_actors::control::AdmissionSettings {
+            estimator: self.estimator,
+            confidence: self.confidence,
+            vr: self.vr,
+            policy: self.policy,
+            grid: self.grid,
+            reserve_quantile: self.reserve_quantile,
+            cpu_headroom: self.cpu_headroom,
+            mem_headroom: self.mem_headroom,
+            default_profile,
+            idle_stop_after: (!self.idle_stop_after.is_zero()).then_some(self.idle_stop_after),
+            refine: smart_instance::refine::RefineConfig {
+                window: self.refine_window,
+                min_samples: self.refine_min_samples,
+                change_ratio: self.refine_change,
+            },
+            copy_rate_bps: (self.copy_rate_bps > 0).then_some(self.copy_rate_bps),
+        })
+    }
+}
+
+/// `[health]`: Agent86's node checks, run every sample interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Run the checks (memory available and pressure, thermal zones, `command`).
+    pub enabled: bool,
+    /// A command judging the node by its exit code (0: healthy), with a timeout of one
+    /// interval, e.g. `["/usr/local/bin/check-disk"]`.
+    pub command: Vec<String>,
+    /// Failing readings in a row before a check is reported failed (and the node drained).
+    pub fail_after: u32,
+    /// Passing readings in a row before it is reported recovered (and the node undrained).
+    pub recover_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        let d = smart_actors::agent86::HealthSettings::default();
+        Self {
+            enabled: d.enabled,
+            command: Vec::new(),
+            fail_after: d.fail_after,
+            recover_after: d.recover_after,
         }
     }
 }
@@ -276,6 +408,12 @@ pub struct NodeConfig {
     /// The HTTP front-end's service template.
     #[serde(default)]
     pub frontend: FrontendConfig,
+    /// Admission, reservations and limits (read by the node when it is the Control).
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+    /// Node health checks.
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 fn default_roles() -> Vec<Role> {
@@ -300,6 +438,11 @@ impl NodeConfig {
         }
         if cfg.cluster_key_file.is_relative() {
             cfg.cluster_key_file = base.join(&cfg.cluster_key_file);
+        }
+        if let Some(p) = &cfg.admission.default_profile
+            && p.is_relative()
+        {
+            cfg.admission.default_profile = Some(base.join(p));
         }
         Ok(cfg)
     }
@@ -404,6 +547,49 @@ impl NodeConfig {
         }
         if self.agent.sample_interval.is_zero() {
             return Err(bad("agent.sample_interval", "must be > 0".into()));
+        }
+        let a = &self.admission;
+        if !(a.confidence > 0.0 && a.confidence < 1.0) {
+            return Err(bad("admission.confidence", "must be in (0, 1)".into()));
+        }
+        if !(a.vr > 0.0 && a.vr <= 1.0) {
+            return Err(bad("admission.vr", "must be in (0, 1]".into()));
+        }
+        if !(a.reserve_quantile > 0.0 && a.reserve_quantile <= 1.0) {
+            return Err(bad(
+                "admission.reserve_quantile",
+                "must be in (0, 1]".into(),
+            ));
+        }
+        if !(2..=100_000).contains(&a.grid) {
+            return Err(bad("admission.grid", "must be in 2..=100000".into()));
+        }
+        if !(a.cpu_headroom >= 1.0 && a.cpu_headroom.is_finite()) {
+            return Err(bad(
+                "admission.cpu_headroom",
+                "must be ≥ 1 (a limit below the reservation starves what was admitted)".into(),
+            ));
+        }
+        if !(a.mem_headroom >= 1.0 && a.mem_headroom.is_finite()) {
+            return Err(bad(
+                "admission.mem_headroom",
+                "must be ≥ 1 (a limit below the reservation kills what was admitted)".into(),
+            ));
+        }
+        if a.refine_window == 0 || a.refine_min_samples > a.refine_window {
+            return Err(bad(
+                "admission.refine_min_samples",
+                "must be ≤ refine_window, which must be > 0".into(),
+            ));
+        }
+        if !(a.refine_change > 0.0 && a.refine_change.is_finite()) {
+            return Err(bad("admission.refine_change", "must be > 0".into()));
+        }
+        if self.health.fail_after == 0 || self.health.recover_after == 0 {
+            return Err(bad(
+                "health",
+                "fail_after and recover_after must be ≥ 1".into(),
+            ));
         }
         if self.has_role(Role::FrontEnd) && self.frontend.distributor_command.is_empty() {
             return Err(bad(

@@ -95,6 +95,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, NodeError> {
     let cfg = Arc::new(cfg);
+    let admission = cfg
+        .admission
+        .settings()
+        .map_err(|e| NodeError::Start(e.to_string()))?;
     let key = ClusterKey::load(&cfg.cluster_key_file)?;
     let state = StateFile::open_and_boot(&cfg.data_dir)?;
     let durable = Arc::new(DurableState::new(state));
@@ -115,6 +119,13 @@ pub async fn run(
                 RuntimeDriver::Cgroup => RuntimeKind::Cgroup,
             },
             ready_timeout: std::time::Duration::from_secs(5),
+            health: smart_actors::agent86::HealthSettings {
+                enabled: cfg.health.enabled,
+                command: (!cfg.health.command.is_empty()).then(|| cfg.health.command.clone()),
+                fail_after: cfg.health.fail_after,
+                recover_after: cfg.health.recover_after,
+                ..Default::default()
+            },
         },
         durable.highest(),
     )
@@ -136,6 +147,7 @@ pub async fn run(
             exit: exit_tx,
             agent86_panics: faults.agent86_panics.map(|n| Arc::new(AtomicU32::new(n))),
             agent_core: agent_core.clone(),
+            admission,
         },
         (),
     )

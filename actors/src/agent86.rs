@@ -43,11 +43,12 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use smart_instance::agent86::{
-    Agent86Config, Agent86Engine, Command, ControlCommand, Event, limits_of, usage_event,
+    Agent86Config, Agent86Engine, Command, ControlCommand, Event, RestoreFrom, limits_of,
+    read_health, usage_event,
 };
 use smart_instance::control::UsagePollers;
 use smart_instance::runtime::{
-    InstanceRuntime, InstanceSpec, InstanceStatus, Output, ProcessDriver,
+    DriverKind, InstanceRuntime, InstanceSpec, InstanceStatus, Limits, Output, ProcessDriver,
 };
 use smart_instance::sample::{Sampler, SamplerConfig};
 use smart_proto::agent::{AgentCommand, AgentReply, AgentReport, LaunchSpec};
@@ -86,6 +87,40 @@ pub struct Agent86Settings {
     /// address; past it the instance counts as started anyway (a workload that never
     /// listens is judged by its exit, like any other).
     pub ready_timeout: Duration,
+    /// Health checks run every interval.
+    pub health: HealthSettings,
+}
+
+/// The node's health checks (`[health]`): memory pressure, thermal zones (thresholds in the
+/// engine's defaults) and an operator's command, with hysteresis.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// Run the checks at all.
+    pub enabled: bool,
+    /// A command whose exit code judges the node (0: healthy), run every interval with a
+    /// timeout of one interval.
+    pub command: Option<Vec<String>>,
+    /// Failing readings in a row before the node reports a check unhealthy.
+    pub fail_after: u32,
+    /// Passing readings in a row before it reports the check healthy again.
+    pub recover_after: u32,
+    /// Where `/proc` and `/sys` are (tests point these at fixtures).
+    pub proc_root: PathBuf,
+    /// See `proc_root`.
+    pub sys_root: PathBuf,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            command: None,
+            fail_after: 3,
+            recover_after: 5,
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+        }
+    }
 }
 
 impl Agent86Settings {
@@ -99,6 +134,7 @@ impl Agent86Settings {
             stop_grace: Duration::from_secs(1),
             runtime: RuntimeKind::Process,
             ready_timeout: Duration::from_secs(5),
+            health: HealthSettings::default(),
         }
     }
 }
@@ -138,11 +174,20 @@ impl AgentCore {
             RuntimeKind::Process => Box::new(ProcessDriver::new(&settings.dir)?),
             RuntimeKind::Cgroup => {
                 let cfg = smart_instance::cgroup::CgroupConfig::new(format!("smart-n{}", node.0));
-                smart_instance::runtime::auto_runtime(&cfg, &settings.dir)?.0
+                let (rt, fallback) = smart_instance::runtime::auto_runtime(&cfg, &settings.dir)?;
+                if let Some(why) = fallback {
+                    warn!(%node, reason = %why,
+                        "cgroups unavailable: instances run as process groups, limits are not enforced");
+                }
+                rt
             }
         };
+        let enforces = runtime.kind() != DriverKind::Process;
         let mut cfg = Agent86Config::new(node);
         cfg.stop_grace = settings.stop_grace;
+        cfg.enforces_limits = enforces;
+        cfg.health.fail_after = settings.health.fail_after;
+        cfg.health.recover_after = settings.health.recover_after;
         let sampler = Sampler::new(SamplerConfig {
             nic_capacity_bps: settings.nic_bps,
             ..SamplerConfig::default()
@@ -364,6 +409,17 @@ impl Agent86 {
                     let _ = p.reply.send(AgentReply::Report(Box::new(report)));
                 }
             }
+            Command::SetLimits { instance, limits } => {
+                let rt = self.core.runtime.clone();
+                let node = self.node;
+                tokio::task::spawn_blocking(move || {
+                    match lock(&rt).set_limits(&instance, &limits) {
+                        Ok(()) => info!(%node, %instance, cpu = ?limits.cpu_cores,
+                            mem = ?limits.memory_bytes, "instance limits changed"),
+                        Err(e) => warn!(%node, %instance, error = %e, "cannot change limits"),
+                    }
+                });
+            }
             Command::Notify(ev) => info!(node = %self.node, event = ?ev, "agent event"),
         }
         Ok(())
@@ -381,7 +437,7 @@ impl Agent86 {
         instance: &str,
         launch: &LaunchSpec,
         listen: Option<SocketAddr>,
-        restore_from: Option<String>,
+        restore_from: Option<RestoreFrom>,
     ) -> Vec<Event> {
         let listen = listen.or_else(|| {
             launch
@@ -407,7 +463,13 @@ impl Agent86 {
                 .map(|a| a.replace("{listen}", &listen_s))
                 .collect(),
             env: launch.env.clone(),
-            limits: limits_of(launch),
+            // The process driver refuses limits it cannot enforce; the report says that
+            // they are not (`limits_enforced`).
+            limits: if lock(&self.core.engine).enforces_limits() {
+                limits_of(launch)
+            } else {
+                Limits::default()
+            },
             control_socket: Some(socket.clone()),
             stdout: Output::File(log.clone()),
             stderr: Output::File(log),
@@ -452,7 +514,7 @@ impl Agent86 {
         tokio::spawn(async move {
             let mut r = Ok(());
             if let Some(from) = restore_from {
-                r = restore(&socket, &from).await;
+                r = restore(&socket, &from.control, from.rate_bps).await;
             }
             if r.is_ok()
                 && let Some(addr) = listen
@@ -500,6 +562,15 @@ impl Agent86 {
             warn!(node = %self.node, %instance, ?exit, "instance exited");
             self.feed(myself, st, Event::Exited { instance, exit })?;
         }
+        let health = &self.core.settings.health;
+        if health.enabled {
+            let (h, me, every) = (health.clone(), myself.clone(), self.core.settings.interval);
+            tokio::task::spawn_blocking(move || {
+                let mut reading = read_health(&h.proc_root, &h.sys_root);
+                reading.command = h.command.as_ref().map(|c| health_command(c, every));
+                let _ = me.send_message(Agent86Msg::Engine(Event::Health(reading)));
+            });
+        }
         let (rt, sampler, pollers) = (
             self.core.runtime.clone(),
             self.core.sampler.clone(),
@@ -524,13 +595,56 @@ impl Agent86 {
     }
 }
 
+/// Runs the operator's health command with a timeout: `(exit code 0, first output line)`.
+fn health_command(argv: &[String], timeout: Duration) -> (bool, String) {
+    let Some((prog, args)) = argv.split_first() else {
+        return (false, "empty health command".into());
+    };
+    let child = std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return (false, format!("cannot run {prog}: {e}")),
+    };
+    let deadline = Instant::now() + timeout.max(Duration::from_millis(200));
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let mut out = String::new();
+                if let Some(mut o) = child.stdout.take() {
+                    use std::io::Read;
+                    let _ = o.by_ref().take(4096).read_to_string(&mut out);
+                }
+                let line = out.lines().next().unwrap_or("").trim().to_string();
+                let detail = if line.is_empty() {
+                    status.to_string()
+                } else {
+                    line
+                };
+                return (status.success(), detail);
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (false, format!("{prog} timed out"));
+            }
+            Err(e) => return (false, format!("{prog}: {e}")),
+        }
+    }
+}
+
 fn is_socket(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// Waits for the new instance's control socket, then asks it to restore from `source`.
-async fn restore(socket: &Path, source: &str) -> Result<(), String> {
+async fn restore(socket: &Path, source: &str, rate_bps: Option<u64>) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::net::UnixStream::connect(socket).await.is_err() {
         if tokio::time::Instant::now() >= deadline {
@@ -541,7 +655,7 @@ async fn restore(socket: &Path, source: &str) -> Result<(), String> {
     WorkloadClient::connect(socket, RESTORE_TIMEOUT)
         .await
         .map_err(|e| format!("restore: {e}"))?
-        .restore(source)
+        .restore(source, rate_bps)
         .await
         .map(|_| ())
         .map_err(|e| format!("restore: {e}"))

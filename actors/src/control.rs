@@ -42,8 +42,8 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
 
 pub use engine::{
-    AgentAddr, ApiId, ControlEngine, ControlStatus, ControlTuning, ENV_PER_CLIENT_BPS, ENV_SERVICE,
-    Input, Output, launch_of, spec_of,
+    AdmissionSettings, AgentAddr, ApiId, ControlEngine, ControlStatus, ControlTuning,
+    ENV_DURATION_MS, ENV_PER_CLIENT_BPS, ENV_SERVICE, Input, Output, launch_of, spec_of,
 };
 
 use crate::peer::{PeerClient, PeerError};
@@ -268,7 +268,7 @@ impl Actor for Control {
         let mut engine = ControlEngine::new(
             self.node,
             self.epoch,
-            self.tuning,
+            self.tuning.clone(),
             self.replica.clone(),
             &agents,
         )?;

@@ -96,10 +96,13 @@ impl AnyEngine {
     pub fn release_service(&mut self, service: ServiceId) -> Result<Vec<ClientId>, EngineError> {
         delegate!(self, e => e.release_service(service))
     }
-    /// See [`Engine::node_of`].
     /// See [`Engine::adopt`].
     pub fn adopt(&mut self, ev: &Evicted, node: NodeId) -> Result<(), EngineError> {
         delegate!(self, e => e.adopt(ev, node))
+    }
+    /// See [`Engine::hold`].
+    pub fn hold(&mut self, profile: ProfileId, node: NodeId) -> Result<ServiceId, EngineError> {
+        delegate!(self, e => e.hold(profile, node))
     }
     /// See [`Engine::move_elsewhere`].
     pub fn move_elsewhere(&mut self, service: ServiceId) -> Result<NodeId, Rejection> {
@@ -117,6 +120,7 @@ impl AnyEngine {
     pub fn clients_of(&self, service: ServiceId) -> Option<&[ClientId]> {
         delegate!(self, e => e.clients_of(service))
     }
+    /// See [`Engine::node_of`].
     pub fn node_of(&self, service: ServiceId) -> Option<NodeId> {
         delegate!(self, e => e.node_of(service))
     }

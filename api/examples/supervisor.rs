@@ -47,6 +47,7 @@ async fn main() -> Result<(), ClientError> {
         .collect(),
         env: Vec::new(),
         per_client_bps: Some(400_000),
+        duration_ms: None,
     };
     // Retry the transient errors (an election in progress), give up on the others.
     let mut placed = None;

@@ -86,6 +86,10 @@ pub struct HealthReading {
     pub mem_pressure_some_avg10: Option<f64>,
     /// Thermal zones `(type, degrees Celsius)`.
     pub thermal: Vec<(String, f64)>,
+    /// The configured health command's verdict (`true`: exit code 0) and its output's first
+    /// line, when one is configured.
+    #[serde(default)]
+    pub command: Option<(bool, String)>,
 }
 
 /// Inputs of the engine.
@@ -193,6 +197,15 @@ impl Refusal {
     }
 }
 
+/// Where a migrating instance restores its state from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreFrom {
+    /// The source instance's control socket.
+    pub control: String,
+    /// Cap on the copy's rate, bits/s.
+    pub rate_bps: Option<u64>,
+}
+
 /// Outputs of the engine, executed by the shell in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -207,8 +220,15 @@ pub enum Command {
         /// The address it had before (a restart after a crash keeps its endpoint); `None`
         /// lets the shell pick one.
         listen: Option<SocketAddr>,
-        /// Control socket of the migration source to restore from.
-        restore_from: Option<String>,
+        /// The migration source to restore from.
+        restore_from: Option<RestoreFrom>,
+    },
+    /// Apply new limits to a running instance (its reservation changed).
+    SetLimits {
+        /// Instance.
+        instance: String,
+        /// The limits.
+        limits: Limits,
     },
     /// Stop an instance: SIGTERM, then SIGKILL after `grace`.
     Stop {
@@ -279,6 +299,11 @@ pub struct HealthConfig {
     pub max_mem_pressure: Option<f64>,
     /// Unhealthy above this temperature in any zone (°C).
     pub max_temperature_c: Option<f64>,
+    /// Consecutive failing readings before a check is reported unhealthy (hysteresis: one
+    /// bad reading is not a sick node).
+    pub fail_after: u32,
+    /// Consecutive passing readings before a failed check is reported healthy again.
+    pub recover_after: u32,
 }
 
 /// Engine configuration.
@@ -294,6 +319,8 @@ pub struct Agent86Config {
     pub restart: RestartPolicy,
     /// Health checks.
     pub health: HealthConfig,
+    /// The runtime enforces CPU and memory limits (the cgroup driver).
+    pub enforces_limits: bool,
 }
 
 impl Agent86Config {
@@ -316,7 +343,10 @@ impl Agent86Config {
                 min_mem_available_ratio: Some(0.05),
                 max_mem_pressure: Some(20.0),
                 max_temperature_c: Some(85.0),
+                fail_after: 1,
+                recover_after: 1,
             },
+            enforces_limits: false,
         }
     }
 }
@@ -336,8 +366,8 @@ struct Instance {
     state: InstanceState,
     /// Who waits for the outcome of the current operation.
     waiting: Option<(NodeId, u64, Epoch)>,
-    /// Migration source (node, control socket) of an instance started in restore mode.
-    restore_from: Option<(NodeId, String)>,
+    /// Migration source of an instance started in restore mode.
+    restore_from: Option<(NodeId, RestoreFrom)>,
     /// Where it listens (set by the shell at launch).
     listen: Option<SocketAddr>,
     control_socket: String,
@@ -359,7 +389,8 @@ pub struct Agent86Engine {
     instances: BTreeMap<String, Instance>,
     reservations: BTreeMap<String, Reservation>,
     node_usage: Option<NodeUsage>,
-    health: BTreeMap<String, bool>,
+    /// Per check: reported healthy, the readings in a row that disagree, the last detail.
+    health: BTreeMap<String, (bool, u32, String)>,
     /// Executed commands, oldest first: `(epoch, control)`.
     recent: VecDeque<(Epoch, NodeId)>,
     refused_stale: u64,
@@ -396,6 +427,11 @@ impl Agent86Engine {
     /// Highest epoch seen.
     pub fn highest_epoch(&self) -> Epoch {
         self.fence.highest
+    }
+
+    /// Whether the runtime enforces instances' limits.
+    pub fn enforces_limits(&self) -> bool {
+        self.cfg.enforces_limits
     }
 
     /// Names of the instances this agent manages.
@@ -549,6 +585,7 @@ impl Agent86Engine {
                 source,
                 source_control,
                 reserved_as,
+                copy_rate_bps,
             } => {
                 if !self.instances.contains_key(&instance)
                     && let Some(id) = reserved_as
@@ -559,7 +596,13 @@ impl Agent86Engine {
                     instance,
                     launch,
                     reservation,
-                    Some((source, source_control)),
+                    Some((
+                        source,
+                        RestoreFrom {
+                            control: source_control,
+                            rate_bps: copy_rate_bps,
+                        },
+                    )),
                     waiter,
                     out,
                 )
@@ -608,6 +651,28 @@ impl Agent86Engine {
                     });
                 }
             },
+            AgentCommand::Update {
+                instance,
+                reservation,
+                cpu_cores,
+                memory_bytes,
+            } => match self.instances.get_mut(&instance) {
+                None => reply(out, waiter, Err(Refusal::UnknownInstance)),
+                Some(i) => {
+                    i.reservation = reservation;
+                    let changed =
+                        i.launch.cpu_cores != cpu_cores || i.launch.memory_bytes != memory_bytes;
+                    i.launch.cpu_cores = cpu_cores;
+                    i.launch.memory_bytes = memory_bytes;
+                    if changed && i.state != InstanceState::Stopping {
+                        out.push(Command::SetLimits {
+                            instance: instance.clone(),
+                            limits: limits_of(&i.launch),
+                        });
+                    }
+                    reply(out, waiter, Ok(()));
+                }
+            },
             AgentCommand::Report => {
                 self.push_recent(c.epoch, c.from);
                 out.push(Command::Report {
@@ -624,7 +689,7 @@ impl Agent86Engine {
         instance: String,
         launch: LaunchSpec,
         reservation: Reservation,
-        restore_from: Option<(NodeId, String)>,
+        restore_from: Option<(NodeId, RestoreFrom)>,
         waiter: Option<(NodeId, u64, Epoch)>,
         out: &mut Vec<Command>,
     ) {
@@ -636,7 +701,7 @@ impl Agent86Engine {
             instance: instance.clone(),
             launch: launch.clone(),
             listen: None,
-            restore_from: restore_from.as_ref().map(|(_, control)| control.clone()),
+            restore_from: restore_from.as_ref().map(|(_, r)| r.clone()),
         });
         self.instances.insert(
             instance,
@@ -824,10 +889,26 @@ impl Agent86Engine {
                 verdicts.push((format!("thermal:{zone}"), *t <= max, format!("{t:.1} °C")));
             }
         }
+        if let Some((ok, line)) = &h.command {
+            verdicts.push(("command".into(), *ok, line.clone()));
+        }
         for (check, healthy, detail) in verdicts {
-            // Unknown checks start healthy: only a problem (or recovery) is news.
-            let prev = self.health.insert(check.clone(), healthy).unwrap_or(true);
-            if prev != healthy {
+            // Unknown checks start healthy: only a problem (or recovery) is news, and only
+            // once it has lasted `fail_after` (or `recover_after`) readings.
+            let st = self
+                .health
+                .entry(check.clone())
+                .or_insert((true, 0, String::new()));
+            st.2 = detail.clone();
+            if healthy == st.0 {
+                st.1 = 0;
+                continue;
+            }
+            st.1 += 1;
+            let needed = if st.0 { c.fail_after } else { c.recover_after };
+            if st.1 >= needed.max(1) {
+                st.0 = healthy;
+                st.1 = 0;
                 out.push(Command::Notify(AgentEvent::NodeHealth {
                     check,
                     healthy,
@@ -866,6 +947,12 @@ impl Agent86Engine {
             recent_commands: self.recent.iter().copied().collect(),
             refused_stale: self.refused_stale,
             notices: self.notices.iter().cloned().collect(),
+            failing_checks: self
+                .health
+                .iter()
+                .filter(|(_, (healthy, _, _))| !healthy)
+                .map(|(check, (_, _, detail))| (check.clone(), detail.clone()))
+                .collect(),
         }
     }
 
@@ -882,6 +969,8 @@ impl Agent86Engine {
             speaks_api: i.speaks_api,
             usage: i.usage.clone(),
             restarts: i.crashes.len() as u32,
+            limits_enforced: self.cfg.enforces_limits
+                && (i.launch.cpu_cores.is_some() || i.launch.memory_bytes.is_some()),
             anomalous: i
                 .streaks
                 .iter()
@@ -990,6 +1079,7 @@ pub fn read_health(proc_root: &Path, sys_root: &Path) -> HealthReading {
         mem_available_bytes: mem.available,
         mem_pressure_some_avg10: psi,
         thermal,
+        command: None,
     }
 }
 

@@ -170,6 +170,9 @@ pub trait InstanceRuntime: Send {
     fn stop(&mut self, name: &str, grace: Duration) -> Result<ExitInfo, RuntimeError>;
     /// Probes of all known instances (running or exited but not yet stopped).
     fn probes(&self) -> Vec<Probe>;
+    /// New limits for a running instance (its reservation changed). The process driver
+    /// enforces none and says so.
+    fn set_limits(&mut self, name: &str, limits: &Limits) -> Result<(), RuntimeError>;
 }
 
 fn valid_name(name: &str) -> bool {
@@ -210,6 +213,26 @@ fn group_alive(pgid: i32) -> bool {
 }
 
 impl Core {
+    fn set_limits(&mut self, name: &str, l: &Limits) -> Result<(), RuntimeError> {
+        let e = self
+            .table
+            .get(name)
+            .ok_or_else(|| RuntimeError::InvalidSpec(format!("no instance {name:?}")))?;
+        let Some(group) = &e.probe.group else {
+            return Err(RuntimeError::Unsupported {
+                driver: self.kind,
+                what: "limits (use the cgroup driver)",
+            });
+        };
+        group
+            .apply_limits(&CgroupLimits {
+                cpu_cores: l.cpu_cores,
+                cpu_shares: l.cpu_shares,
+                memory_bytes: l.memory_bytes,
+            })
+            .map_err(RuntimeError::from)
+    }
+
     fn start(&mut self, spec: &InstanceSpec) -> Result<Probe, RuntimeError> {
         if !valid_name(&spec.name) {
             return Err(RuntimeError::InvalidSpec(format!(
@@ -496,6 +519,9 @@ macro_rules! delegate_runtime {
             }
             fn probes(&self) -> Vec<Probe> {
                 self.0.probes()
+            }
+            fn set_limits(&mut self, name: &str, limits: &Limits) -> Result<(), RuntimeError> {
+                self.0.set_limits(name, limits)
             }
         }
         impl Drop for $t {

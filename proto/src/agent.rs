@@ -101,6 +101,20 @@ pub enum AgentCommand {
         source_control: String,
         /// Reservation made earlier for it, consumed on success.
         reserved_as: Option<String>,
+        /// Cap on the copy's rate, bits/s (the copy shares the network with the viewers).
+        copy_rate_bps: Option<u64>,
+    },
+    /// A running instance's reservation (and the limits derived from it) changed: its
+    /// clients changed, or its profile was refined or grown.
+    Update {
+        /// Instance name.
+        instance: String,
+        /// The new reservation.
+        reservation: Reservation,
+        /// CPU cap in cores.
+        cpu_cores: Option<f64>,
+        /// Memory cap in bytes.
+        memory_bytes: Option<u64>,
     },
 }
 
@@ -111,7 +125,8 @@ impl AgentCommand {
             AgentCommand::Start { instance, .. }
             | AgentCommand::Stop { instance }
             | AgentCommand::MigrateOut { instance, .. }
-            | AgentCommand::MigrateIn { instance, .. } => Some(instance),
+            | AgentCommand::MigrateIn { instance, .. }
+            | AgentCommand::Update { instance, .. } => Some(instance),
             AgentCommand::Report | AgentCommand::Reserve { .. } | AgentCommand::Release { .. } => {
                 None
             }
@@ -312,6 +327,8 @@ pub struct InstanceReport {
     pub restarts: u32,
     /// Resources currently flagged over reservation.
     pub anomalous: Vec<Resource>,
+    /// Limits derived from its reservation are enforced (cgroup driver).
+    pub limits_enforced: bool,
 }
 
 /// What an Agent86 knows, for a Control to rebuild from (thesis §4.2).
@@ -337,6 +354,9 @@ pub struct AgentReport {
     /// The last events for the Control (crashes, restarts, anomalies, health), numbered
     /// from 1 in this agent's life; a Control acts on those above the last number it saw.
     pub notices: Vec<(u64, AgentEvent)>,
+    /// Health checks failing now (past their hysteresis): `(check, detail)`. Level, not
+    /// edge: a new Control sees a sick node without having seen the notice.
+    pub failing_checks: Vec<(String, String)>,
 }
 
 impl AgentReport {

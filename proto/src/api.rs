@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::{Reservation, UsageReading};
 use crate::ids::{Epoch, Incarnation, NodeId, ServiceName};
+use crate::profile::{ClassProfile, ProfileSource, ProfileSummary, ServiceProfile};
 
 /// Version of the message API's types.
 pub const API_VERSION: u8 = 2;
@@ -24,7 +26,10 @@ pub struct ServiceSpec {
     /// Extra environment.
     pub env: Vec<(String, String)>,
     /// Per-client network increment in bits/s (the video bitrate), when it has clients.
+    /// For a distributor the class profile is scaled to this bitrate.
     pub per_client_bps: Option<u64>,
+    /// For a distributor: the video's duration (its cache holds a fraction of it).
+    pub duration_ms: Option<u64>,
 }
 
 /// A request to any node.
@@ -76,6 +81,41 @@ pub enum Request {
         /// Node id.
         node: NodeId,
     },
+    /// Store `profile` as the profile of service class `class` (replacing its profile).
+    PutProfile {
+        /// The service class.
+        class: String,
+        /// The profile (as `smart profile` writes it).
+        profile: Box<ServiceProfile>,
+    },
+    /// Every class's profile, summarised.
+    Profiles,
+    /// One class's profile, whole.
+    Profile {
+        /// The service class.
+        class: String,
+    },
+    /// Profile a service class on a node with the profiler role (Agent99) and store the
+    /// result as the class's profile; progress and the result arrive as events.
+    ProfileJob(Box<ProfileJob>),
+}
+
+/// A profiling job for Agent99 (what `smart profile` does, run on a profiler node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileJob {
+    /// The service class whose profile the result becomes.
+    pub class: String,
+    /// The service's command; `{listen}` is replaced by an address on the profiler node.
+    pub command: Vec<String>,
+    /// A load command run through `sh -c` while measuring; `{clients}` and `{listen}` are
+    /// replaced.
+    pub load: Option<String>,
+    /// Client counts (two give a base and a per-client increment).
+    pub clients: Vec<u32>,
+    /// Measuring time per client count, milliseconds.
+    pub duration_ms: u64,
+    /// For a distributor: the video it serves while profiled.
+    pub video: Option<crate::profile::VideoRef>,
 }
 
 /// Where an admitted service or client goes.
@@ -104,10 +144,14 @@ pub enum Response {
     Error(ApiError),
     /// Answer to `Services`: each service's placement and admitted clients.
     Services(Vec<ServiceStatus>),
+    /// Answer to `Profiles`.
+    Profiles(Vec<ProfileSummary>),
+    /// Answer to `Profile`.
+    Profile(Box<ClassProfile>),
 }
 
 /// One admitted service, as the Control sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// Where it runs.
     pub placement: Placement,
@@ -115,6 +159,15 @@ pub struct ServiceStatus {
     pub instance: String,
     /// Clients admitted.
     pub clients: u64,
+    /// What admission reserved for it (on its node).
+    pub reservation: Reservation,
+    /// Its instance's last usage sample.
+    pub usage: Option<UsageReading>,
+    /// Where its profile comes from.
+    pub profile: ProfileSource,
+    /// Agent86 enforces limits derived from the reservation (the cgroup driver); with the
+    /// process driver nothing caps the instance.
+    pub limits_enforced: bool,
 }
 
 /// A push to subscribers.
@@ -165,6 +218,47 @@ pub enum Event {
         node: NodeId,
         /// What happened and why (e.g. `anomaly: kept on n2: no other node fits`).
         reason: String,
+    },
+    /// A class's profile was stored (by an operator, a profiling job, or refinement).
+    ProfileStored {
+        /// The service class.
+        class: String,
+        /// Where it comes from.
+        source: ProfileSource,
+        /// Its new version.
+        version: u64,
+    },
+    /// A service was stopped by the Control: no clients for `idle_stop_after`, or an
+    /// operator's `StopService`.
+    Stopped {
+        /// The service.
+        service: ServiceName,
+        /// Where it ran.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A node failed a health check and was drained, or recovered and was undrained.
+    NodeHealth {
+        /// The node.
+        node: NodeId,
+        /// Healthy now.
+        healthy: bool,
+        /// The checks and their readings.
+        detail: String,
+    },
+    /// A profiling job moved on (`done` is false until it ends; `error` when it failed).
+    ProfileProgress {
+        /// The service class.
+        class: String,
+        /// The node running it.
+        node: NodeId,
+        /// What it is doing.
+        what: String,
+        /// Finished.
+        done: bool,
+        /// Why it failed.
+        error: Option<String>,
     },
 }
 

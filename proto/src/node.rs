@@ -63,6 +63,11 @@ pub struct Replica {
     pub services: Vec<ReplicaEntry>,
     /// Nodes drained by an operator (kept out of placement across failovers).
     pub drained: Vec<NodeId>,
+    /// The class profiles.
+    pub profiles: Vec<crate::profile::ClassProfile>,
+    /// Of `drained`, the nodes the Control drained because they failed a health check
+    /// (undrained by the Control when they recover; an operator's drains are not).
+    pub health_drained: Vec<NodeId>,
 }
 
 impl Replica {

@@ -84,7 +84,7 @@ impl VideoRef {
 }
 
 /// Where a class's profile comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProfileSource {
     /// Measured by Agent99 (`smart profile`) and stored by an operator or a profiling job.

@@ -15,7 +15,7 @@
 //! |---|---|
 //! | `{"op":"usage"}` | [`Usage`]: `{"bytes_sent":u64,"bytes_received":u64,"clients":u32,"cache_bytes":u64, ...}` |
 //! | `{"op":"checkpoint"}` | a [`CheckpointHeader`] line, then `data_len` raw bytes |
-//! | `{"op":"restore","from":"/path/of/source.sock"}` | [`RestoreReport`] |
+//! | `{"op":"restore","from":"/path/of/source.sock","rate_bps":N}` (`rate_bps` optional) | [`RestoreReport`] |
 //! | `{"op":"handoff","to":"http://host:port"}` | [`HandoffReport`] |
 //! | `{"op":"drain"}` | [`DrainReport`] |
 //! | `{"op":"resume"}` | `{"ok":true}` |
@@ -76,6 +76,9 @@ pub enum WorkloadRequest {
     Restore {
         /// The source's control socket.
         from: String,
+        /// Cap on the copy's rate, bits/s (the copy shares the network with viewers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_bps: Option<u64>,
     },
     /// Hand every viewer over to the base URL `to`.
     Handoff {
@@ -380,17 +383,25 @@ impl WorkloadClient {
         self.call(&WorkloadRequest::Usage).await
     }
 
-    /// `checkpoint`: the header, then every block's data.
-    pub async fn checkpoint(&mut self) -> Result<Checkpoint, WorkloadError> {
+    /// `checkpoint`: the header, then every block's data, read at most at `rate_bps`
+    /// (the reader slows down; the source's socket buffer holds the rest).
+    pub async fn checkpoint(&mut self, rate_bps: Option<u64>) -> Result<Checkpoint, WorkloadError> {
         let header: CheckpointHeader = self.call(&WorkloadRequest::Checkpoint).await?;
         header.check()?;
         let t = self.timeout;
         let mut data = Vec::with_capacity(header.blocks.len().min(1 << 16));
+        let started = tokio::time::Instant::now();
         let read = async {
+            let mut bytes = 0u64;
             for b in &header.blocks {
                 let mut buf = BytesMut::zeroed(b.3 as usize);
                 self.rd.read_exact(&mut buf).await?;
                 data.push(buf.freeze());
+                bytes += b.3;
+                if let Some(rate) = rate_bps.filter(|r| *r > 0) {
+                    let due = Duration::from_secs_f64(bytes as f64 * 8.0 / rate as f64);
+                    tokio::time::sleep_until(started + due).await;
+                }
             }
             Ok::<(), WorkloadError>(())
         };
@@ -400,10 +411,16 @@ impl WorkloadClient {
         Ok(Checkpoint { header, data })
     }
 
-    /// `restore` from the instance whose control socket is `source`.
-    pub async fn restore(&mut self, source: &str) -> Result<RestoreReport, WorkloadError> {
+    /// `restore` from the instance whose control socket is `source`, copying at most at
+    /// `rate_bps`.
+    pub async fn restore(
+        &mut self,
+        source: &str,
+        rate_bps: Option<u64>,
+    ) -> Result<RestoreReport, WorkloadError> {
         self.call(&WorkloadRequest::Restore {
             from: source.to_string(),
+            rate_bps,
         })
         .await
     }
@@ -444,8 +461,18 @@ mod tests {
             (WorkloadRequest::Usage, r#"{"op":"usage"}"#),
             (WorkloadRequest::Checkpoint, r#"{"op":"checkpoint"}"#),
             (
-                WorkloadRequest::Restore { from: "/s".into() },
+                WorkloadRequest::Restore {
+                    from: "/s".into(),
+                    rate_bps: None,
+                },
                 r#"{"op":"restore","from":"/s"}"#,
+            ),
+            (
+                WorkloadRequest::Restore {
+                    from: "/s".into(),
+                    rate_bps: Some(8_000_000),
+                },
+                r#"{"op":"restore","from":"/s","rate_bps":8000000}"#,
             ),
             (
                 WorkloadRequest::Handoff {

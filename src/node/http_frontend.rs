@@ -56,6 +56,7 @@ pub fn spec_for(cfg: &crate::config::FrontendConfig, video: &str) -> ServiceSpec
             .collect(),
         env: Vec::new(),
         per_client_bps: Some(cfg.bitrate_bps),
+        duration_ms: None,
     }
 }
 

@@ -107,6 +107,8 @@ pub struct NodeSupervisor {
     pub agent86_panics: Option<Arc<std::sync::atomic::AtomicU32>>,
     /// Agent86's engine, runtime and instances: outlive restarts of the actor.
     pub agent_core: Arc<AgentCore>,
+    /// How this node's Control admits (`[admission]`, the default profile loaded).
+    pub admission: smart_actors::control::AdmissionSettings,
 }
 
 /// The Control's term on this node, while this node is Control.
@@ -282,6 +284,7 @@ impl NodeSupervisor {
                     anomaly_move_every: self.cfg.timing.anomaly_move_every,
                     release_grace: self.cfg.timing.client_release_grace,
                     request_timeout: self.cfg.timing.request_timeout,
+                    admission: self.admission.clone(),
                     ..Default::default()
                 },
             },

@@ -62,6 +62,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     move |source| ClusterError::Io { what, source }
 }
 
+/// The real distributor's profile (scripts/profile-distributor.sh), every cluster's default.
+pub const DISTRIBUTOR_PROFILE: &str = include_str!("../../config/profiles/distributor.json");
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -71,8 +74,12 @@ pub struct ClusterSpec {
     pub nodes: usize,
     /// Election mode.
     pub mode: ElectionMode,
-    /// Extra TOML appended to every node's config (e.g. timing overrides).
+    /// Extra TOML appended to every node's config (e.g. timing overrides; not
+    /// `[admission]`: see `admission_toml`).
     pub extra_toml: String,
+    /// Keys of every node's `[admission]` section (its `default_profile` is the measured
+    /// distributor of `config/profiles/distributor.json`).
+    pub admission_toml: String,
     /// `SMART_LOG` filter for the children.
     pub log: String,
     /// Environment for every child (e.g. `SMART_FAULT`).
@@ -99,6 +106,7 @@ impl ClusterSpec {
             nodes,
             mode: ElectionMode::Available,
             extra_toml: String::new(),
+            admission_toml: String::new(),
             log: "info".into(),
             env: Vec::new(),
             unicast_only: false,
@@ -154,6 +162,8 @@ impl LocalCluster {
         let key_hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
         let key_path = dir.join("cluster.key");
         fs::write(&key_path, &key_hex).map_err(io("writing cluster.key"))?;
+        fs::write(dir.join("distributor.profile.json"), DISTRIBUTOR_PROFILE)
+            .map_err(io("writing distributor.profile.json"))?;
         let key = ClusterKey::from_bytes(key_hex.as_bytes()).expect("64-byte key");
         let members: Vec<String> = (1..=spec.nodes).map(|i| i.to_string()).collect();
         let addr_of = |i: usize| SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port));
@@ -195,6 +205,10 @@ impl LocalCluster {
                 !spec.unicast_only,
                 members.join(", "),
                 spec.extra_toml
+            );
+            let toml = format!(
+                "{toml}\n[admission]\ndefault_profile = \"distributor.profile.json\"\n{}\n",
+                spec.admission_toml
             );
             let config = dir.join(format!("n{i}.toml"));
             fs::write(&config, toml).map_err(io("writing node config"))?;

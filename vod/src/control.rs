@@ -149,10 +149,12 @@ async fn connection(
                 }
                 continue;
             }
-            WorkloadRequest::Restore { from } => match restore(&d, Path::new(&from)).await {
-                Ok(r) => workload::ok_line(&r),
-                Err(e) => workload::error_line(&e.to_string()),
-            },
+            WorkloadRequest::Restore { from, rate_bps } => {
+                match restore(&d, Path::new(&from), rate_bps).await {
+                    Ok(r) => workload::ok_line(&r),
+                    Err(e) => workload::error_line(&e.to_string()),
+                }
+            }
             WorkloadRequest::Handoff { to } => match Url::parse(&to) {
                 Ok(to) => {
                     let t = Instant::now();
@@ -192,11 +194,16 @@ async fn connection(
     Ok(())
 }
 
-/// Pre-copy: loads the checkpoint of the instance listening at `source` into `d`.
-pub async fn restore(d: &Arc<Distributor>, source: &Path) -> Result<RestoreReport, WorkloadError> {
+/// Pre-copy: loads the checkpoint of the instance listening at `source` into `d`, reading
+/// at most at `rate_bps`.
+pub async fn restore(
+    d: &Arc<Distributor>,
+    source: &Path,
+    rate_bps: Option<u64>,
+) -> Result<RestoreReport, WorkloadError> {
     let t = Instant::now();
     let mut c = WorkloadClient::connect(source, CALL_TIMEOUT).await?;
-    let cp = c.checkpoint().await?;
+    let cp = c.checkpoint(rate_bps).await?;
     let snap = Snapshot {
         videos: cp.header.videos,
         blocks: cp
@@ -235,7 +242,7 @@ pub async fn migrate(
     let t = Instant::now();
     let restore = WorkloadClient::connect(target, CALL_TIMEOUT)
         .await?
-        .restore(&source.to_string_lossy())
+        .restore(&source.to_string_lossy(), None)
         .await?;
     let handoff = WorkloadClient::connect(source, CALL_TIMEOUT)
         .await?

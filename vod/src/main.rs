@@ -352,7 +352,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.hls.rate_factor = hls_rate_factor.max(0.1);
             let d = Distributor::new(cfg);
             if let Some(src) = &restore_from {
-                let r = control::restore(&d, src)
+                let r = control::restore(&d, src, None)
                     .await
                     .with_context(|| format!("restore from {}", src.display()))?;
                 eprintln!("restored {} bytes in {:.1} ms", r.bytes, r.ms);

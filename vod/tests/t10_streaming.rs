@@ -452,7 +452,7 @@ async fn viewer_returns_to_frontend_when_its_distributor_is_gone() {
     WorkloadClient::connect(&sb, Duration::from_secs(5))
         .await
         .unwrap()
-        .restore(&sa.to_string_lossy())
+        .restore(&sa.to_string_lossy(), None)
         .await
         .unwrap();
     // A dies without a handoff; the front-end now points at B.

@@ -24,33 +24,36 @@
 //! - [`moves`](self::moves): starts and the migration state machine.
 
 mod moves;
+mod profiles;
+mod qos;
 mod rounds;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use smart_admission::synthetic::{Gen, VideoSpec, distributor};
-use smart_admission::{
-    ClientId, Empirical, Engine, EngineConfig, Evicted, NodeSpec, ProfileId, ServiceId,
-};
+use smart_admission::{AnyEngine, ClientId, EngineConfig, Evicted, NodeSpec, ProfileId, ServiceId};
 use smart_proto::agent::{
     AgentCommand, AgentReply, AgentReport, InstanceReport, LaunchSpec, Reservation,
 };
 use smart_proto::api::{ApiError, Event, Placement, Request, Response, ServiceSpec, ServiceStatus};
 use smart_proto::node::{Replica, ReplicaEntry};
+use smart_proto::profile::ProfileSource;
 use smart_proto::{Epoch, NodeId, ServiceName};
 
 use crate::peer::PeerError;
 
 pub use moves::{Move, Op, Why};
+pub use profiles::{AdmissionSettings, MEM_LIMIT_SLACK, MIN_CPU_LIMIT};
 
 /// Environment variable carrying the service name in an instance's launch.
 pub const ENV_SERVICE: &str = "SMART_SERVICE";
 /// Environment variable carrying the per-client bitrate in an instance's launch.
 pub const ENV_PER_CLIENT_BPS: &str = "SMART_PER_CLIENT_BPS";
+/// Environment variable carrying the video's duration in an instance's launch.
+pub const ENV_DURATION_MS: &str = "SMART_DURATION_MS";
 
 /// Identifies an API request, chosen by the shell; the answer is [`Output::Reply`].
 pub type ApiId = u64;
@@ -66,9 +69,9 @@ pub struct AgentAddr {
     pub addr: SocketAddr,
 }
 
-/// How the Control reacts to what agents observe (anomalies, viewers leaving), and its
-/// timeouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the Control admits, reacts to what agents observe (anomalies, viewers leaving), and
+/// its timeouts.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ControlTuning {
     /// At most one anomaly-triggered move per service within this time: one anomaly (or
     /// a service that is over its profile wherever it runs) does not cause repeated moves.
@@ -82,6 +85,8 @@ pub struct ControlTuning {
     /// Timeout of one request to an agent (reports, stops); the steps of a start or a
     /// migration get multiples of it (see [`moves`](self::moves)).
     pub request_timeout: Duration,
+    /// Admission, reservations, limits, refinement (`[admission]`).
+    pub admission: AdmissionSettings,
 }
 
 impl Default for ControlTuning {
@@ -91,6 +96,7 @@ impl Default for ControlTuning {
             release_grace: Duration::from_secs(10),
             release_after: 2,
             request_timeout: Duration::from_secs(2),
+            admission: AdmissionSettings::default(),
         }
     }
 }
@@ -242,6 +248,14 @@ pub(crate) struct Svc {
     pub(crate) fewer_seen: u32,
     /// When it was last moved because of an anomaly.
     pub(crate) anomaly_moved: Option<Instant>,
+    /// Resources it was already grown or moved for (never twice for the same cause).
+    pub(crate) anomaly_causes: Vec<smart_proto::agent::Resource>,
+    /// Where its profile comes from.
+    pub(crate) source: ProfileSource,
+    /// Since when its instance has reported no clients (and none are admitted).
+    pub(crate) idle_since: Option<Instant>,
+    /// Network held on both nodes for a migration's copy (released when the move ends).
+    pub(crate) copy_holds: Vec<ServiceId>,
 }
 
 impl Svc {
@@ -275,13 +289,15 @@ pub struct ControlEngine {
     pub(crate) live: BTreeMap<NodeId, SocketAddr>,
     /// Last report of each agent.
     pub(crate) registry: BTreeMap<NodeId, AgentReport>,
-    pub(crate) admission: Engine<Empirical>,
-    pub(crate) profiles: HashMap<(String, u64), ProfileId>,
+    pub(crate) admission: AnyEngine,
+    pub(crate) profiles: profiles::Profiles,
     pub(crate) services: BTreeMap<ServiceName, Svc>,
     pub(crate) by_sid: HashMap<ServiceId, ServiceName>,
     /// Nodes in placement, with their address.
     pub(crate) nodes: BTreeMap<NodeId, SocketAddr>,
     pub(crate) drained: BTreeSet<NodeId>,
+    /// Of `drained`, the nodes drained for failing a health check (undrained on recovery).
+    pub(crate) health_drained: BTreeSet<NodeId>,
     /// Last notice number seen per agent.
     pub(crate) notices_seen: HashMap<NodeId, u64>,
     /// The registry copy this node held when the Control started.
@@ -307,10 +323,13 @@ impl ControlEngine {
         replica: Replica,
         agents: &[AgentAddr],
     ) -> Result<Self, EngineSetupError> {
-        let admission = Engine::new(
-            Empirical,
+        let a = &tuning.admission;
+        let admission = AnyEngine::new(
+            a.estimator,
             EngineConfig {
-                grid: 64,
+                grid: a.grid,
+                policy: a.policy,
+                cluster_conf: a.confidence,
                 ..EngineConfig::default()
             },
         )
@@ -326,11 +345,12 @@ impl ControlEngine {
             live: agents.iter().map(|a| (a.node, a.addr)).collect(),
             registry: BTreeMap::new(),
             admission,
-            profiles: HashMap::new(),
+            profiles: profiles::Profiles::from_replica(&replica),
             services: BTreeMap::new(),
             by_sid: HashMap::new(),
             nodes: BTreeMap::new(),
             drained: replica.drained.iter().copied().collect(),
+            health_drained: replica.health_drained.iter().copied().collect(),
             notices_seen: HashMap::new(),
             replica,
             replica_version: 0,
@@ -514,50 +534,22 @@ impl ControlEngine {
                 })
                 .collect(),
             drained: self.drained.iter().copied().collect(),
+            profiles: self.profiles.classes.values().cloned().collect(),
+            health_drained: self.health_drained.iter().copied().collect(),
         };
         let to = self.live_agents();
         self.out.push(Output::Replicate { to, replica });
     }
 
-    pub(crate) fn profile(&mut self, spec: &ServiceSpec) -> Result<ProfileId, String> {
-        let bps = spec.per_client_bps.unwrap_or(400_000);
-        let key = (spec.class.clone(), bps);
-        if let Some(p) = self.profiles.get(&key) {
-            return Ok(*p);
-        }
-        let video = VideoSpec {
-            bitrate_bps: bps as f64,
-            duration_s: 600.0,
-            cache_fraction: 0.2,
-        };
-        let p = distributor(
-            &video,
-            &Gen {
-                len: 64,
-                seed: bps,
-                shared: None,
-            },
-        );
-        let id = self
-            .admission
-            .register_profile(&p)
-            .map_err(|e| e.to_string())?;
-        self.profiles.insert(key, id);
-        Ok(id)
-    }
-
-    pub(crate) fn reservation(spec: &ServiceSpec, clients: usize) -> Reservation {
-        let bps = spec.per_client_bps.unwrap_or(400_000) as f64;
-        Reservation {
-            cpu_cores: 0.05,
-            net_bps: bps * (clients.max(1) as f64),
-            mem_bytes: VideoSpec {
-                bitrate_bps: bps,
-                duration_s: 600.0,
-                cache_fraction: 0.2,
-            }
-            .working_set_bytes(),
-        }
+    /// The launch of `name`'s next instance and its reservation (at its current clients).
+    pub(crate) fn launch_for(&self, name: &str) -> (LaunchSpec, Reservation) {
+        let s = &self.services[name];
+        let reservation = self.reservation_of(s.profile, s.clients.len());
+        let (cpu, mem) = self.limits_of(&reservation);
+        let mut launch = launch_of(&s.spec);
+        launch.cpu_cores = cpu;
+        launch.memory_bytes = mem;
+        (launch, reservation)
     }
 
     pub(crate) fn placement(&self, name: &str) -> Option<Placement> {
@@ -575,6 +567,7 @@ impl ControlEngine {
         &mut self,
         spec: ServiceSpec,
         a: Evicted,
+        source: ProfileSource,
         node: NodeId,
         generation: u64,
         now: Instant,
@@ -602,6 +595,10 @@ impl ControlEngine {
                 admitted_at: now,
                 fewer_seen: 0,
                 anomaly_moved: None,
+                anomaly_causes: Vec::new(),
+                source,
+                idle_since: None,
+                copy_holds: Vec::new(),
             },
         );
         name
@@ -689,34 +686,15 @@ impl ControlEngine {
                     }
                 }
             },
-            Request::StopService { service } => match self.services.remove(&service) {
-                None => Response::Error(ApiError::NotFound {
-                    what: format!("service {service}"),
-                }),
-                Some(s) => {
-                    self.by_sid.remove(&s.sid);
-                    let _ = self.admission.release_service(s.sid);
-                    for (w, _) in s.waiting {
-                        self.reply(
-                            w,
-                            Response::Error(ApiError::NotFound {
-                                what: format!("service {service} (stopped)"),
-                            }),
-                        );
-                    }
-                    if let Some(i) = s.info {
-                        self.command(
-                            s.node,
-                            AgentCommand::Stop {
-                                instance: i.instance,
-                            },
-                            self.tuning.request_timeout * 5,
-                            Pending::Forget,
-                        );
-                    }
+            Request::StopService { service } => {
+                if self.stop_service(&service, "stopped by an operator".into()) {
                     Response::Ok
+                } else {
+                    Response::Error(ApiError::NotFound {
+                        what: format!("service {service}"),
+                    })
                 }
-            },
+            }
             Request::Locate { service } => match self.placement(&service) {
                 Some(p) => Response::Placed(p),
                 // Starting or restarting: answered once it runs.
@@ -731,14 +709,48 @@ impl ControlEngine {
                 self.services
                     .iter()
                     .filter_map(|(n, s)| {
+                        let info = s.info.as_ref()?;
                         Some(ServiceStatus {
                             placement: self.placement(n)?,
-                            instance: s.info.as_ref()?.instance.clone(),
+                            instance: info.instance.clone(),
                             clients: s.clients.len() as u64,
+                            reservation: self.reservation_of(s.profile, s.clients.len()),
+                            usage: self
+                                .registry
+                                .get(&s.node)
+                                .and_then(|r| r.instance(&info.instance))
+                                .and_then(|i| i.usage.clone()),
+                            profile: s.source,
+                            limits_enforced: info.limits_enforced,
                         })
                     })
                     .collect(),
             ),
+            Request::PutProfile { class, profile } => {
+                match self.store_profile(&class, *profile, ProfileSource::Measured) {
+                    Ok(_) => {
+                        self.replicate();
+                        Response::Ok
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::Profiles => Response::Profiles(
+                self.profiles
+                    .classes
+                    .values()
+                    .map(|c| c.summary())
+                    .collect(),
+            ),
+            Request::Profile { class } => match self.profiles.classes.get(&class) {
+                Some(c) => Response::Profile(Box::new(c.clone())),
+                None => Response::Error(ApiError::NotFound {
+                    what: format!("a profile for class {class}"),
+                }),
+            },
+            Request::ProfileJob(_) => Response::Error(ApiError::BadRequest {
+                reason: "profiling jobs are run by a profiler node, not the Control".into(),
+            }),
             Request::Undrain { node } => match self.undrain(node) {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error(e),
@@ -766,7 +778,7 @@ impl ControlEngine {
     }
 
     /// A drained node comes back into placement (with its last reported capacity).
-    fn undrain(&mut self, node: NodeId) -> Result<(), ApiError> {
+    pub(crate) fn undrain(&mut self, node: NodeId) -> Result<(), ApiError> {
         if !self.drained.contains(&node) {
             return Err(ApiError::BadRequest {
                 reason: format!("{node} is not drained"),
@@ -775,7 +787,7 @@ impl ControlEngine {
         let spec = self
             .registry
             .get(&node)
-            .map(node_spec)
+            .map(|r| node_spec(r, &self.tuning.admission))
             .ok_or_else(|| ApiError::NotFound {
                 what: format!("a report from {node} (is it alive?)"),
             })?;
@@ -804,9 +816,9 @@ impl ControlEngine {
                 reason: "service spec has an empty command".into(),
             });
         }
-        let profile = self
-            .profile(&spec)
-            .map_err(|reason| ApiError::BadRequest { reason })?;
+        let (profile, source) = self
+            .profile_of(&spec)
+            .map_err(|reason| ApiError::Rejected { reason })?;
         let d = self
             .admission
             .admit_service(profile, 0)
@@ -821,7 +833,7 @@ impl ControlEngine {
             profile,
             clients: Vec::new(),
         };
-        let name = self.insert_service(spec, admitted, d.node, 0, now);
+        let name = self.insert_service(spec, admitted, source, d.node, 0, now);
         self.start(&name, None, Why::Ms);
         Ok(name)
     }
@@ -879,6 +891,9 @@ pub fn launch_of(spec: &ServiceSpec) -> LaunchSpec {
     if let Some(b) = spec.per_client_bps {
         env.push((ENV_PER_CLIENT_BPS.into(), b.to_string()));
     }
+    if let Some(d) = spec.duration_ms {
+        env.push((ENV_DURATION_MS.into(), d.to_string()));
+    }
     LaunchSpec {
         service: spec.class.clone(),
         command: spec.command.clone(),
@@ -898,16 +913,17 @@ pub fn spec_of(l: &LaunchSpec) -> Option<ServiceSpec> {
         env: l
             .env
             .iter()
-            .filter(|(k, _)| k != ENV_SERVICE && k != ENV_PER_CLIENT_BPS)
+            .filter(|(k, _)| k != ENV_SERVICE && k != ENV_PER_CLIENT_BPS && k != ENV_DURATION_MS)
             .cloned()
             .collect(),
         per_client_bps: get(ENV_PER_CLIENT_BPS).and_then(|v| v.parse().ok()),
+        duration_ms: get(ENV_DURATION_MS).and_then(|v| v.parse().ok()),
     })
 }
 
-/// A node's capacity, from its agent's report.
-pub(crate) fn node_spec(r: &AgentReport) -> NodeSpec {
-    match r.usage {
+/// A node's capacity, from its agent's report, with the configured VR and C.
+pub(crate) fn node_spec(r: &AgentReport, a: &AdmissionSettings) -> NodeSpec {
+    let mut spec = match r.usage {
         Some(u) if u.cpus > 0 && u.mem_total_bytes > 0 => NodeSpec::new(
             u.mem_total_bytes,
             u.cpus as f64,
@@ -916,5 +932,8 @@ pub(crate) fn node_spec(r: &AgentReport) -> NodeSpec {
         // Before the agent's first sample: a modest node, corrected by nothing later (the
         // engine keeps the spec it was added with), so err on the small side.
         _ => NodeSpec::new(1 << 30, 1.0, 1e9),
-    }
+    };
+    spec.vr = a.vr;
+    spec.conf = a.confidence;
+    spec
 }

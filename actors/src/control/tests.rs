@@ -183,6 +183,7 @@ mod rebuild_tests {
                 replica: Replica::default(),
                 tuning: ControlTuning {
                     request_timeout: Duration::from_millis(500),
+                    admission: super::engine::tests::settings(),
                     ..ControlTuning::default()
                 },
             },
@@ -235,6 +236,7 @@ mod admission_tests {
             command: vec!["sh".into(), "-c".into(), "exec sleep 60 # {listen}".into()],
             env: vec![],
             per_client_bps: Some(400_000),
+            duration_ms: None,
         }
     }
 
@@ -259,6 +261,7 @@ mod admission_tests {
                 replica: Replica::default(),
                 tuning: ControlTuning {
                     request_timeout: Duration::from_secs(2),
+                    admission: super::engine::tests::settings(),
                     ..ControlTuning::default()
                 },
             },
@@ -362,14 +365,7 @@ mod admission_tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let st = call_t!(c, ControlMsg::Status, 1000).unwrap();
         let mut rep = st.agents[&survivor].clone();
-        rep.notices.push((
-            1_000,
-            AgentEvent::NodeHealth {
-                check: "memory_available".into(),
-                healthy: false,
-                detail: "1 % available".into(),
-            },
-        ));
+        rep.failing_checks = vec![("memory_available".into(), "1 % available".into())];
         let addr = addrs.iter().find(|a| a.node == survivor).unwrap().addr;
         c.send_message(ControlMsg::Input(Input::Reports {
             started: std::time::Instant::now() - Duration::from_secs(5),
@@ -463,6 +459,7 @@ mod reaction_tests {
                     replica: Replica::default(),
                     tuning: ControlTuning {
                         request_timeout: Duration::from_secs(2),
+                        admission: super::super::engine::tests::settings(),
                         ..tuning
                     },
                 },
@@ -536,6 +533,7 @@ mod reaction_tests {
             command: vec!["sh".into(), "-c".into(), "exec sleep 60 # {listen}".into()],
             env: vec![],
             per_client_bps: Some(400_000),
+            duration_ms: None,
         }
     }
 
@@ -553,70 +551,53 @@ mod reaction_tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_anomalous_instance_is_moved_once_then_kept_by_the_rate_limit() {
+    async fn an_anomalous_instance_is_grown_in_place_once_and_its_agent_gets_the_new_reservation() {
         let cl = Cluster::new(2, ControlTuning::default()).await;
         let a = cl.admit("video-a").await;
-        let from = a.node;
-        let to = NodeId(3 - from.0);
         let inst = instance_of(&cl.status().await, "video-a");
-        let mut rep = cl.report_listing(from, &inst).await;
+        let mut rep = cl.report_listing(a.node, &inst).await;
         rep.notices.push((1_000, anomaly(&inst)));
         cl.inject(rep);
-        // Moved to the other node (restart: `sleep` has no workload control API).
-        let mut moved = Vec::new();
+        // Its node has room for 0.5 cores: grown where it is, not moved.
+        let mut grown = false;
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            moved = cl
-                .events()
-                .into_iter()
-                .filter(|e| matches!(e, Event::Migrated { .. }))
-                .collect();
-            if !moved.is_empty() {
+            grown = cl.events().iter().any(|e| matches!(e, Event::Notice { reason, .. }
+                if reason == &format!("anomaly (Cpu at 0.500, reserved 0.050): reservation grown in place on {}", a.node)));
+            if grown {
                 break;
             }
         }
-        assert_eq!(
-            moved,
-            vec![Event::Migrated {
-                service: "video-a".into(),
-                from,
-                to,
-                reason: "anomaly (restarted: no workload control API)".into(),
-            }]
-        );
-        let Response::Placed(p) = cl
-            .api(Request::Locate {
-                service: "video-a".into(),
-            })
-            .await
-        else {
-            panic!()
-        };
-        assert_eq!(p.node, to);
-        // The new instance is flagged too, right away: kept, because of the rate limit.
-        let inst2 = instance_of(&cl.status().await, "video-a");
-        assert_ne!(inst2, inst);
-        let mut rep = cl.report_listing(to, &inst2).await;
-        rep.notices.push((2_000, anomaly(&inst2)));
+        assert!(grown, "{:?}", cl.events());
+        // The next refresh sends the agent the grown reservation (and its CPU limit).
+        let mut reserved = 0.0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let s = cl.status().await;
+            reserved = s.agents[&a.node]
+                .instance(&inst)
+                .map_or(0.0, |i| i.reservation.cpu_cores);
+            if reserved >= 0.5 {
+                break;
+            }
+        }
+        assert!(reserved >= 0.5, "agent's reservation {reserved}");
+        // The same cause again: kept, never acted on twice.
+        let mut rep = cl.report_listing(a.node, &inst).await;
+        rep.notices.push((2_000, anomaly(&inst)));
         cl.inject(rep);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let ev = cl.events();
-        assert_eq!(
-            ev.iter()
-                .filter(|e| matches!(e, Event::Migrated { .. }))
-                .count(),
-            1,
+        assert!(
+            !ev.iter().any(|e| matches!(e, Event::Migrated { .. })),
             "{ev:?}"
         );
         assert!(
             ev.iter()
-                .any(|e| matches!(e, Event::Notice { service, node, reason }
-                if service == "video-a" && *node == to
-                    && reason.starts_with("anomaly (Cpu at 0.500, reserved 0.050): kept on n")
-                    && reason.contains("already moved for an anomaly"))),
+                .any(|e| matches!(e, Event::Notice { reason, .. } if reason.contains("already grown or moved once for its Cpu"))),
             "{ev:?}"
         );
-        assert_eq!(cl.status().await.services["video-a"].0, to);
+        assert_eq!(cl.status().await.services["video-a"].0, a.node);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,7 +606,16 @@ mod reaction_tests {
         let a = cl.admit("video-a").await;
         let inst = instance_of(&cl.status().await, "video-a");
         let mut rep = cl.report_listing(a.node, &inst).await;
-        rep.notices.push((1_000, anomaly(&inst)));
+        // 100 cores: more than any node has.
+        rep.notices.push((
+            1_000,
+            AgentEvent::Anomaly {
+                instance: inst.clone(),
+                resource: Resource::Cpu,
+                observed: 100.0,
+                reserved: 0.05,
+            },
+        ));
         cl.inject(rep);
         let mut notice = None;
         for _ in 0..40 {
@@ -640,7 +630,10 @@ mod reaction_tests {
         }
         let (node, reason) = notice.expect("a notice");
         assert_eq!(node, a.node);
-        assert!(reason.contains("no other node fits"), "{reason}");
+        assert!(
+            reason.contains("fits on no node at its observed size"),
+            "{reason}"
+        );
         let ev = cl.events();
         assert!(
             !ev.iter().any(|e| matches!(e, Event::Migrated { .. })),

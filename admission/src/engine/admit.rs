@@ -169,6 +169,22 @@ impl<E: Estimator> Engine<E> {
         Ok(())
     }
 
+    /// Reserves `profile`'s load on `node` without an admission test, under a fresh id
+    /// (the network a migration's copy uses on its source and target while it runs, thesis
+    /// §4.1.3); [`release_service`](Self::release_service) frees it.
+    pub fn hold(&mut self, profile: ProfileId, node: NodeId) -> Result<ServiceId, EngineError> {
+        let sid = ServiceId(self.next_service);
+        self.adopt(
+            &Evicted {
+                service: sid,
+                profile,
+                clients: Vec::new(),
+            },
+            node,
+        )?;
+        Ok(sid)
+    }
+
     pub(super) fn admit_load(
         &mut self,
         profile: ProfileId,

@@ -412,6 +412,7 @@ fn health_transitions_are_reported() {
             mem_available_bytes: avail,
             mem_pressure_some_avg10: Some(0.0),
             thermal: vec![("cpu".into(), temp)],
+            command: None,
         })
     };
     assert_eq!(e.handle(reading(500, 50.0), t), vec![]);
@@ -564,6 +565,7 @@ fn migration_out_and_in() {
                     source: NodeId(7),
                     source_control: "/src.sock".into(),
                     reserved_as: Some("r-a".into()),
+                    copy_rate_bps: None,
                 }
             ),
             t
@@ -572,7 +574,10 @@ fn migration_out_and_in() {
             instance: "a".into(),
             launch: launch(),
             listen: None,
-            restore_from: Some("/src.sock".into())
+            restore_from: Some(RestoreFrom {
+                control: "/src.sock".into(),
+                rate_bps: None
+            })
         }]
     );
     assert_eq!(dst.report().reservations, vec![], "reservation consumed");
@@ -684,5 +689,108 @@ fn sampler_ticks_become_usage_events() {
                 speaks_api: true,
             }],
         }
+    );
+}
+
+#[test]
+fn health_checks_wait_for_their_hysteresis_and_a_command_check_counts() {
+    let t = Instant::now();
+    let mut cfg = Agent86Config::new(NodeId(7));
+    cfg.health.fail_after = 3;
+    cfg.health.recover_after = 2;
+    let mut e = Agent86Engine::new(cfg, 0);
+    let reading = |ok: bool| {
+        Event::Health(HealthReading {
+            mem_total_bytes: 1000,
+            mem_available_bytes: 500,
+            mem_pressure_some_avg10: None,
+            thermal: vec![],
+            command: Some((ok, if ok { "ok" } else { "disk full" }.into())),
+        })
+    };
+    let sick = vec![Command::Notify(AgentEvent::NodeHealth {
+        check: "command".into(),
+        healthy: false,
+        detail: "disk full".into(),
+    })];
+    // One bad reading, then a good one: nothing (a blip is not a sick node).
+    assert_eq!(e.handle(reading(false), t), vec![]);
+    assert_eq!(e.handle(reading(true), t), vec![]);
+    assert_eq!(e.handle(reading(false), t), vec![]);
+    assert_eq!(e.handle(reading(false), t), vec![]);
+    assert_eq!(e.handle(reading(false), t), sick);
+    assert_eq!(e.handle(reading(false), t), vec![]);
+    // Recovery needs two good readings in a row.
+    assert_eq!(e.handle(reading(true), t), vec![]);
+    assert_eq!(
+        e.handle(reading(true), t),
+        vec![Command::Notify(AgentEvent::NodeHealth {
+            check: "command".into(),
+            healthy: true,
+            detail: "ok".into(),
+        })]
+    );
+}
+
+#[test]
+fn an_update_changes_the_reservation_and_applies_new_limits() {
+    let t = Instant::now();
+    let mut e = running(t);
+    let r = Reservation {
+        cpu_cores: 0.5,
+        net_bps: 2e6,
+        mem_bytes: 50 << 20,
+    };
+    let update = |cpu: Option<f64>| {
+        cmd(
+            CONTROL,
+            5,
+            7,
+            AgentCommand::Update {
+                instance: "a".into(),
+                reservation: r,
+                cpu_cores: cpu,
+                memory_bytes: Some(64 << 20),
+            },
+        )
+    };
+    assert_eq!(
+        e.handle(update(Some(0.75)), t),
+        vec![
+            Command::SetLimits {
+                instance: "a".into(),
+                limits: crate::runtime::Limits {
+                    cpu_cores: Some(0.75),
+                    cpu_shares: None,
+                    memory_bytes: Some(64 << 20),
+                },
+            },
+            ok(CONTROL, 7, 5)
+        ]
+    );
+    assert_eq!(e.report().instances[0].reservation, r);
+    // The same limits again: no runtime call.
+    assert_eq!(e.handle(update(Some(0.75)), t), vec![ok(CONTROL, 7, 5)]);
+    assert_eq!(
+        e.handle(
+            cmd(
+                CONTROL,
+                5,
+                8,
+                AgentCommand::Update {
+                    instance: "nope".into(),
+                    reservation: r,
+                    cpu_cores: None,
+                    memory_bytes: None,
+                }
+            ),
+            t
+        ),
+        vec![Command::Reply {
+            to: CONTROL,
+            req: 8,
+            epoch: 5,
+            result: Err(Refusal::UnknownInstance)
+        }]
     );
 }

@@ -37,7 +37,7 @@ use smart_proto::agent::{AgentCommand, AgentReply, InstanceReport};
 use smart_proto::api::{ApiError, Event, Placement, Response};
 use tracing::{info, warn};
 
-use super::{ControlEngine, Pending, ReqId, instance_name, launch_of};
+use super::{ControlEngine, Pending, ReqId, instance_name};
 use crate::peer::PeerError;
 
 /// Why a service moves.
@@ -181,10 +181,11 @@ impl ControlEngine {
         // queue until it runs) instead of being sent to a dead endpoint.
         s.info = None;
         let (generation, node) = (s.generation, s.node);
+        let (launch, reservation) = self.launch_for(name);
         let cmd = AgentCommand::Start {
             instance: instance_name(name, generation),
-            launch: launch_of(&s.spec),
-            reservation: Self::reservation(&s.spec, s.clients.len()),
+            launch,
+            reservation,
         };
         let pending = Pending::Step {
             service: name.to_string(),
@@ -225,13 +226,13 @@ impl ControlEngine {
         s.generation += 1;
         let generation = s.generation;
         let instance = instance_name(&name, generation);
-        let launch = launch_of(&s.spec);
-        let reservation = Self::reservation(&s.spec, s.clients.len());
+        let (launch, reservation) = self.launch_for(&name);
         let pending = Pending::Step {
             service: name.clone(),
             generation,
         };
         let step = if old.speaks_api {
+            self.hold_copy(&name, from, to);
             let cmd = AgentCommand::MigrateIn {
                 instance,
                 launch,
@@ -239,6 +240,7 @@ impl ControlEngine {
                 source: from,
                 source_control: old.control_socket.clone(),
                 reserved_as: None,
+                copy_rate_bps: self.tuning.admission.copy_rate_bps,
             };
             self.command(to, cmd, t * 30, pending)
                 .map(|req| Op::Restoring { req, mv, old })
@@ -435,14 +437,17 @@ impl ControlEngine {
     }
 
     fn restart_on_target(&mut self, name: &str, mv: Move, old: InstanceReport, note: String) {
+        // A fresh start copies nothing.
+        self.release_copy(name);
         let t = self.tuning.request_timeout;
         let s = self.services.get_mut(name).expect("present");
         s.generation += 1;
         let generation = s.generation;
+        let (launch, reservation) = self.launch_for(name);
         let cmd = AgentCommand::Start {
             instance: instance_name(name, generation),
-            launch: launch_of(&s.spec),
-            reservation: Self::reservation(&s.spec, s.clients.len()),
+            launch,
+            reservation,
         };
         let pending = Pending::Step {
             service: name.to_string(),
@@ -474,6 +479,7 @@ impl ControlEngine {
         now: Instant,
     ) {
         info!(service = %name, %node, instance = %info.instance, endpoint = ?info.endpoint, "service instance running");
+        self.release_copy(name);
         if let Some(note) = &note {
             warn!(service = %name, %note, "service restarted instead of live-migrated");
         }
@@ -512,6 +518,7 @@ impl ControlEngine {
     /// A move failed before its source stopped serving: the service stays on the source
     /// when the source can keep it; otherwise it is lost.
     fn roll_back(&mut self, name: &str, mv: Move, why: String) {
+        self.release_copy(name);
         let (from, to) = (mv.from, mv.to);
         let s = &self.services[name];
         let (sid, profile, old) = (s.sid, s.profile, s.info.clone());
@@ -616,6 +623,7 @@ impl ControlEngine {
 
     /// The service cannot be kept: forget it and say so.
     pub(crate) fn lose(&mut self, name: &str, reason: String) {
+        self.release_copy(name);
         let Some(s) = self.services.remove(name) else {
             return;
         };

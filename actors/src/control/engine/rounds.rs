@@ -29,7 +29,10 @@ impl ControlEngine {
                 Ok(AgentReply::Report(rep)) => {
                     if !self.nodes.contains_key(&agent.node)
                         && !self.drained.contains(&agent.node)
-                        && self.admission.add_node(agent.node, node_spec(&rep)).is_ok()
+                        && self
+                            .admission
+                            .add_node(agent.node, node_spec(&rep, &self.tuning.admission))
+                            .is_ok()
                     {
                         info!(node = %self.node, agent = %agent.node, "agent joins placement");
                     }
@@ -106,8 +109,12 @@ impl ControlEngine {
             let Some(spec) = spec_of(&info.launch) else {
                 continue;
             };
-            let Ok(profile) = self.profile(&spec) else {
-                continue;
+            let (profile, source) = match self.profile_of(&spec) {
+                Ok(p) => p,
+                Err(reason) => {
+                    warn!(service = %name, %reason, "cannot adopt a running service without a profile");
+                    continue;
+                }
             };
             let n = info.usage.as_ref().and_then(|u| u.clients).unwrap_or(0) as u64;
             let clients: Vec<ClientId> = (0..n).map(|k| ClientId(next_client + k)).collect();
@@ -125,7 +132,7 @@ impl ControlEngine {
             }
             info!(service = %name, %node, instance = %info.instance, clients = n, "adopted a running service");
             let generation = gen_of(&info.instance);
-            let name = self.insert_service(spec, ev, node, generation, now);
+            let name = self.insert_service(spec, ev, source, node, generation, now);
             self.services.get_mut(&name).expect("inserted").info = Some(info);
         }
     }
@@ -138,8 +145,15 @@ impl ControlEngine {
             if self.services.contains_key(&e.spec.name) {
                 continue;
             }
-            let Ok(profile) = self.profile(&e.spec) else {
-                continue;
+            let (profile, source) = match self.profile_of(&e.spec) {
+                Ok(p) => p,
+                Err(reason) => {
+                    self.publish(Event::Lost {
+                        service: e.spec.name,
+                        reason,
+                    });
+                    continue;
+                }
             };
             match self
                 .admission
@@ -155,7 +169,7 @@ impl ControlEngine {
                         profile,
                         clients: d.clients,
                     };
-                    let name = self.insert_service(e.spec, admitted, d.node, 1000, now);
+                    let name = self.insert_service(e.spec, admitted, source, d.node, 1000, now);
                     self.start(&name, Some(e.node), Why::NodeFailure);
                 }
                 Err(r) => self.publish(Event::Lost {
@@ -183,7 +197,6 @@ impl ControlEngine {
     fn reconcile(&mut self, started: Instant, answered: &BTreeSet<NodeId>, now: Instant) {
         self.remove_dead(now);
         let mut crashed = Vec::new();
-        let mut unhealthy = Vec::new();
         let mut anomalies = Vec::new();
         for (node, rep) in &self.registry {
             let mut seen = self.notices_seen.get(node).copied().unwrap_or(0);
@@ -200,37 +213,19 @@ impl ControlEngine {
                     AgentEvent::InstanceFailed { instance, .. } => {
                         crashed.push((*node, instance.clone()))
                     }
-                    AgentEvent::NodeHealth {
-                        check,
-                        healthy: false,
-                        detail,
-                    } => unhealthy.push((*node, format!("{check}: {detail}"))),
                     AgentEvent::Anomaly {
                         instance,
                         resource,
                         observed,
                         reserved,
-                    } => anomalies.push((
-                        *node,
-                        instance.clone(),
-                        format!("{resource:?} at {observed:.3}, reserved {reserved:.3}"),
-                    )),
+                    } => anomalies.push((*node, instance.clone(), *resource, *observed, *reserved)),
                     _ => {}
                 }
             }
             self.notices_seen.insert(*node, max);
         }
-        // A node failing a health check is drained (thesis §4.2.2: migrate its services
-        // before it fails).
-        for (node, why) in unhealthy {
-            if self.drained.contains(&node) || !self.nodes.contains_key(&node) {
-                continue;
-            }
-            warn!(%node, %why, "node unhealthy: draining it");
-            let _ = self.drain_node(node, Why::Health);
-        }
-        for (node, instance, what) in anomalies {
-            self.on_anomaly(node, &instance, &what, now);
+        for (node, instance, resource, observed, reserved) in anomalies {
+            self.on_anomaly(node, &instance, resource, observed, reserved, now);
         }
         self.release_departed(answered, now);
         for (node, instance) in crashed {
@@ -291,48 +286,7 @@ impl ControlEngine {
                 Pending::Forget,
             );
         }
-    }
-
-    /// An instance runs persistently over its reservation (thesis §4.1.1): move it live to
-    /// another node where its service fits, through the same path as drain and MS, at most
-    /// once per service per `tuning.anomaly_move_every`; otherwise keep it and say why.
-    fn on_anomaly(&mut self, node: NodeId, instance: &str, what: &str, now: Instant) {
-        let Some((name, s)) = self.services.iter().find(|(_, s)| {
-            s.node == node && s.info.as_ref().is_some_and(|i| i.instance == instance)
-        }) else {
-            return;
-        };
-        let name = name.clone();
-        let kept = if s.busy() {
-            Some("a start or move is already in progress".to_string())
-        } else if let Some(t) = s.anomaly_moved
-            && now.saturating_duration_since(t) < self.tuning.anomaly_move_every
-        {
-            Some(format!(
-                "already moved for an anomaly {:.0} s ago (at most one move per {:.0} s)",
-                now.saturating_duration_since(t).as_secs_f64(),
-                self.tuning.anomaly_move_every.as_secs_f64()
-            ))
-        } else {
-            let sid = s.sid;
-            match self.admission.move_elsewhere(sid) {
-                Ok(to) => {
-                    self.services.get_mut(&name).expect("found").anomaly_moved = Some(now);
-                    warn!(service = %name, %node, %instance, %what, %to, "anomaly: moving the service");
-                    self.migrate(sid, node, to, Why::Anomaly);
-                    None
-                }
-                Err(r) => Some(format!("no other node fits ({r})")),
-            }
-        };
-        if let Some(why) = kept {
-            warn!(service = %name, %node, %instance, %what, %why, "anomaly: service kept where it is");
-            self.publish(Event::Notice {
-                service: name,
-                node,
-                reason: format!("anomaly ({what}): kept on {node}: {why}"),
-            });
-        }
+        self.qos_round(answered, now);
     }
 
     /// Viewers leave without telling the front-end (it answered a redirect): when an
@@ -472,7 +426,10 @@ impl ControlEngine {
         }
         // The node stays in service with what could not move.
         self.drained.remove(&node);
-        let spec = self.registry.get(&node).map(node_spec);
+        let spec = self
+            .registry
+            .get(&node)
+            .map(|r| node_spec(r, &self.tuning.admission));
         if let Some(spec) = spec
             && self.admission.add_node(node, spec).is_ok()
         {

@@ -42,11 +42,64 @@ fn empty_report(n: u64, mem: u64) -> AgentReport {
     }
 }
 
+/// The class profile of the tests' distributors: synthetic (thesis Tables 5.2/5.3's
+/// shape), measured with a 400 kbit/s, 10-minute video.
+pub(crate) fn profile() -> smart_proto::profile::ServiceProfile {
+    use smart_admission::synthetic::{Gen, VideoSpec, distributor};
+    let mut p = distributor(
+        &VideoSpec {
+            bitrate_bps: 400e3,
+            duration_s: 600.0,
+            cache_fraction: 0.2,
+        },
+        &Gen {
+            len: 64,
+            seed: 7,
+            shared: None,
+        },
+    );
+    p.video = Some(smart_proto::profile::VideoRef {
+        bitrate_bps: 400_000,
+        duration_ms: 600_000,
+        window_fraction: 0.2,
+    });
+    p
+}
+
+/// The tests' settings: the profile above as the default, no idle stops and no copy holds
+/// (their own tests turn them on).
+pub(crate) fn settings() -> AdmissionSettings {
+    AdmissionSettings {
+        default_profile: Some(profile()),
+        idle_stop_after: None,
+        copy_rate_bps: None,
+        ..AdmissionSettings::default()
+    }
+}
+
 fn tuning() -> ControlTuning {
     ControlTuning {
         release_grace: Duration::from_secs(10),
         request_timeout: T,
+        admission: settings(),
         ..ControlTuning::default()
+    }
+}
+
+/// What `s` reserves with `clients` clients: the default profile scaled to its video.
+fn reservation(s: &ServiceSpec, clients: usize) -> Reservation {
+    let p = smart_admission::scale::for_video(&profile(), s.per_client_bps.unwrap(), s.duration_ms);
+    smart_admission::scale::reservation_of(&p, clients, settings().reserve_quantile)
+}
+
+/// `s`'s launch with the limits of its reservation at `clients` clients (documented
+/// headroom: CPU × 2, at least 0.1 core; memory × 1.5 + 32 MiB).
+fn launch(s: &ServiceSpec, clients: usize) -> LaunchSpec {
+    let r = reservation(s, clients);
+    LaunchSpec {
+        cpu_cores: Some((r.cpu_cores * 2.0).max(0.1)),
+        memory_bytes: Some((r.mem_bytes as f64 * 1.5) as u64 + (32 << 20)),
+        ..launch_of(s)
     }
 }
 
@@ -57,6 +110,7 @@ fn spec(name: &str, bps: u64) -> ServiceSpec {
         command: vec!["d".into(), "{listen}".into()],
         env: vec![],
         per_client_bps: Some(bps),
+        duration_ms: None,
     }
 }
 
@@ -66,13 +120,17 @@ fn instance(service: &ServiceSpec, generation: u64, n: u64, api: bool) -> Instan
         instance: instance_name(&service.name, generation),
         launch: launch_of(service),
         state: InstanceState::Running,
-        reservation: ControlEngine::reservation(service, 0),
+        reservation: match service.per_client_bps {
+            Some(_) => reservation(service, 0),
+            None => Reservation::default(),
+        },
         endpoint: Some(format!("http://127.0.0.{n}:90{generation:02}/")),
         control_socket: format!("/n{n}/{}.sock", instance_name(&service.name, generation)),
         speaks_api: api,
         usage: None,
         restarts: 0,
         anomalous: vec![],
+        limits_enforced: true,
     }
 }
 
@@ -113,9 +171,19 @@ impl H {
     /// A rebuilt, acting engine over nodes with these memory sizes (node ids from 1), whose
     /// agents reported `reports` (empty nodes when not given).
     fn new(mems: &[u64], reports: Vec<AgentReport>) -> (H, Vec<Output>) {
+        Self::with(tuning(), mems, &[], reports)
+    }
+
+    /// [`H::new`] with these settings, and nodes `(id, cpus)` of other than 4 CPUs.
+    fn with(
+        tuning: ControlTuning,
+        mems: &[u64],
+        cpus: &[(u64, u32)],
+        reports: Vec<AgentReport>,
+    ) -> (H, Vec<Output>) {
         let agents: Vec<AgentAddr> = (1..=mems.len() as u64).map(agent).collect();
         let mut e =
-            ControlEngine::new(NodeId(1), EPOCH, tuning(), Replica::default(), &agents).unwrap();
+            ControlEngine::new(NodeId(1), EPOCH, tuning, Replica::default(), &agents).unwrap();
         let now = Instant::now();
         assert_eq!(
             e.handle(Input::Start, now),
@@ -130,6 +198,11 @@ impl H {
             .enumerate()
             .map(|(i, m)| (i as u64 + 1, empty_report(i as u64 + 1, *m)))
             .collect();
+        for (n, c) in cpus {
+            if let Some(u) = by_node.get_mut(n).and_then(|r| r.usage.as_mut()) {
+                u.cpus = *c;
+            }
+        }
         for r in reports {
             let mem = by_node[&r.node.0].usage;
             by_node.insert(r.node.0, AgentReport { usage: mem, ..r });
@@ -245,8 +318,8 @@ fn start_cmd(req: ReqId, n: u64, s: &ServiceSpec, generation: u64, clients: usiz
         epoch: EPOCH,
         cmd: AgentCommand::Start {
             instance: instance_name(&s.name, generation),
-            launch: launch_of(s),
-            reservation: ControlEngine::reservation(s, clients),
+            launch: launch(s, clients),
+            reservation: reservation(s, clients),
         },
         timeout: T * 5,
     }
@@ -271,11 +344,12 @@ fn migrate_in(req: ReqId, from: u64, to: u64, s: &ServiceSpec, generation: u64) 
         epoch: EPOCH,
         cmd: AgentCommand::MigrateIn {
             instance: instance_name(&s.name, generation),
-            launch: launch_of(s),
-            reservation: ControlEngine::reservation(s, 0),
+            launch: launch(s, 0),
+            reservation: reservation(s, 0),
             source: NodeId(from),
             source_control: format!("/n{from}/{}.sock", instance_name(&s.name, generation - 1)),
             reserved_as: None,
+            copy_rate_bps: None,
         },
         timeout: T * 30,
     }
@@ -455,6 +529,7 @@ fn rebuild_restarts_services_only_the_registry_copy_knows_and_keeps_drains() {
             clients: 2,
         }],
         drained: vec![NodeId(2)],
+        ..Default::default()
     };
     let mut e = ControlEngine::new(NodeId(1), EPOCH, tuning(), replica, &agents).unwrap();
     let now = Instant::now();
@@ -643,10 +718,7 @@ fn migrate_the_smallest_moves_a_small_service_to_make_room() {
     let s = spec("small", 200_000);
     let l1 = spec("large-1", 400_000);
     let l2 = spec("large-2", 400_000);
-    let (ws_s, ws_l) = (
-        ControlEngine::reservation(&s, 0).mem_bytes,
-        ControlEngine::reservation(&l1, 0).mem_bytes,
-    );
+    let (ws_s, ws_l) = (reservation(&s, 0).mem_bytes, reservation(&l1, 0).mem_bytes);
     let (mut h, _) = H::new(&[ws_s + 2 * ws_l - mb(1.0), ws_s + mb(0.1)], vec![]);
     assert_eq!(h.running(1, &s, true), 1);
     assert_eq!(h.running(2, &l1, true), 1);
@@ -701,7 +773,12 @@ fn viewers_who_left_are_released_after_two_low_refreshes_outside_the_grace_perio
             },
         );
     }
-    let inst = |n| vec![with_clients(instance(&a, 1, 1, true), n)];
+    // The agent already has the reservation of 3 clients (no `Update` due).
+    let inst = |n| {
+        let mut i = with_clients(instance(&a, 1, 1, true), n);
+        i.reservation = reservation(&a, 3);
+        vec![i]
+    };
     // Within the grace period: nothing.
     assert_eq!(h.round(1, inst(1)), vec![]);
     assert_eq!(h.round(1, inst(1)), vec![]);
@@ -712,12 +789,27 @@ fn viewers_who_left_are_released_after_two_low_refreshes_outside_the_grace_perio
     assert_eq!(h.round(1, inst(1)), vec![]);
     assert_eq!(
         h.round(1, inst(1)),
-        vec![Output::Publish(Event::Notice {
-            service: "video-a".into(),
-            node: NodeId(1),
-            reason: "released 2 client(s): its instance reports 1 connected, 3 were admitted"
-                .into()
-        })]
+        vec![
+            Output::Publish(Event::Notice {
+                service: "video-a".into(),
+                node: NodeId(1),
+                reason: "released 2 client(s): its instance reports 1 connected, 3 were admitted"
+                    .into()
+            }),
+            // ... and its reservation shrinks to one client's.
+            Output::Command {
+                req: 2,
+                to: agent(1),
+                epoch: EPOCH,
+                cmd: AgentCommand::Update {
+                    instance: "video-a.1".into(),
+                    reservation: reservation(&a, 1),
+                    cpu_cores: launch(&a, 1).cpu_cores,
+                    memory_bytes: launch(&a, 1).memory_bytes,
+                },
+                timeout: T * 5,
+            }
+        ]
     );
     assert_eq!(h.e.status().engine_clients, 1);
 }
@@ -952,8 +1044,11 @@ fn a_failed_hand_over_stops_the_source_and_viewers_reconnect_through_the_front_e
 
 #[test]
 fn the_target_dying_during_the_restore_rolls_the_move_back() {
-    // An anomaly move (the source stays in placement), whose target dies mid-restore.
-    let (mut h, a) = one_on_n1(true);
+    // An anomaly move (the source stays in placement), whose target dies mid-restore: n1
+    // has one CPU, so the instance's observed 1.5 cores fit only elsewhere.
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::with(tuning(), &[2 * GB, GB, GB / 2], &[(1, 1)], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
     let mut r = h.reports[&1].clone();
     r.instances = vec![instance(&a, 1, 1, true)];
     r.notices = vec![(
@@ -961,7 +1056,7 @@ fn the_target_dying_during_the_restore_rolls_the_move_back() {
         AgentEvent::Anomaly {
             instance: "video-a.1".into(),
             resource: smart_proto::agent::Resource::Cpu,
-            observed: 0.5,
+            observed: 1.5,
             reserved: 0.05,
         },
     )];
@@ -1116,6 +1211,8 @@ fn refresh_rounds_replicate_a_versioned_registry_copy() {
                         clients: 0
                     }],
                     drained: vec![],
+                    profiles: vec![],
+                    health_drained: vec![],
                 },
             },
             Output::Round {
@@ -1127,4 +1224,543 @@ fn refresh_rounds_replicate_a_versioned_registry_copy() {
     );
     // One round at a time.
     assert_eq!(h.e.handle(Input::Tick, h.now), vec![]);
+}
+
+// -------------------------------------------------------------------------------------
+// The QoS loop: profiles, reservations, anomalies, health, idle stops, copy holds
+// -------------------------------------------------------------------------------------
+
+/// A class measured at a steady `cpu` cores, `net` bits/s and `mem` bytes.
+fn flat(class: &str, cpu: f64, net: f64, mem: u64) -> smart_proto::profile::ServiceProfile {
+    use smart_proto::profile::{PROFILE_FORMAT_VERSION, Series, ServiceProfile};
+    ServiceProfile {
+        version: PROFILE_FORMAT_VERSION,
+        service: class.into(),
+        interval_ms: 1000,
+        base: Series {
+            cpu_cores: vec![cpu; 32],
+            net_bps: vec![net; 32],
+            mem_bytes: vec![mem; 32],
+        },
+        per_client: None,
+        working_set_bytes: mem,
+        video: None,
+    }
+}
+
+fn service(name: &str, class: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        class: class.into(),
+        command: vec!["t".into(), "{listen}".into()],
+        env: vec![],
+        per_client_bps: None,
+        duration_ms: None,
+    }
+}
+
+fn put(h: &mut H, id: ApiId, class: &str, p: smart_proto::profile::ServiceProfile) -> Vec<Output> {
+    h.api(
+        id,
+        Request::PutProfile {
+            class: class.into(),
+            profile: Box::new(p),
+        },
+    )
+}
+
+/// A refresh in which `n` lists `i` with this usage.
+fn using(mut i: InstanceReport, cpu: f64, clients: u32) -> InstanceReport {
+    i.usage = Some(UsageReading {
+        instance: i.instance.clone(),
+        cpu_cores: cpu,
+        net_bps: Some(0.0),
+        mem_bytes: 1_000_000,
+        clients: Some(clients),
+        speaks_api: i.speaks_api,
+    });
+    i
+}
+
+#[test]
+fn a_class_without_a_profile_is_refused_with_an_error_naming_it() {
+    let t = ControlTuning {
+        admission: AdmissionSettings {
+            default_profile: None,
+            ..settings()
+        },
+        ..tuning()
+    };
+    let (mut h, _) = H::with(t, &[GB], &[], vec![]);
+    assert_eq!(
+        h.api(1, Request::AdmitService(service("t-1", "transcoder"))),
+        vec![Output::Reply {
+            id: 1,
+            resp: Response::Error(ApiError::Rejected {
+                reason: "no profile for service class `transcoder`: store one with `smart profiles put transcoder FILE` (or give the nodes an [admission] default_profile)".into()
+            })
+        }]
+    );
+}
+
+#[test]
+fn a_stored_profile_is_admitted_at_its_measured_size_and_other_classes_keep_theirs() {
+    let (mut h, _) = H::new(&[GB], vec![]);
+    let out = put(
+        &mut h,
+        1,
+        "transcoder",
+        flat("transcoder", 0.7, 2e6, 100_000_000),
+    );
+    assert_eq!(
+        out[0],
+        Output::Publish(Event::ProfileStored {
+            class: "transcoder".into(),
+            source: ProfileSource::Measured,
+            version: 1
+        })
+    );
+    assert!(matches!(&out[1], Output::Replicate { replica, .. } if replica.profiles.len() == 1));
+    assert_eq!(
+        out[2],
+        Output::Reply {
+            id: 1,
+            resp: Response::Ok
+        }
+    );
+    // Its services reserve what was measured; limits add the documented headroom.
+    let t = service("t-1", "transcoder");
+    let want = Reservation {
+        cpu_cores: 0.7,
+        net_bps: 2e6,
+        mem_bytes: 100_000_000,
+    };
+    assert_eq!(
+        h.api(2, Request::AdmitService(t.clone())),
+        vec![Output::Command {
+            req: 1,
+            to: agent(1),
+            epoch: EPOCH,
+            cmd: AgentCommand::Start {
+                instance: "t-1.1".into(),
+                launch: LaunchSpec {
+                    cpu_cores: Some(1.4),
+                    memory_bytes: Some(150_000_000 + (32 << 20)),
+                    ..launch_of(&t)
+                },
+                reservation: want,
+            },
+            timeout: T * 5,
+        }]
+    );
+    // A distributor still gets the distributor's (default) profile, scaled to its video.
+    let d = spec("video-a", 4_000_000);
+    assert_eq!(
+        h.api(3, Request::AdmitService(d.clone())),
+        vec![start_cmd(2, 1, &d, 1, 0)]
+    );
+    let (big, small) = (reservation(&d, 0), reservation(&spec("v", 400_000), 0));
+    assert!(big.mem_bytes > 5 * small.mem_bytes, "{big:?} vs {small:?}");
+    assert!(big.net_bps > 5.0 * small.net_bps, "{big:?} vs {small:?}");
+    let Response::Profiles(list) = &h.api(4, Request::Profiles)[0].clone().reply() else {
+        panic!()
+    };
+    assert_eq!(
+        list.iter()
+            .map(|p| (p.class.as_str(), p.source, p.version))
+            .collect::<Vec<_>>(),
+        vec![("transcoder", ProfileSource::Measured, 1)]
+    );
+    // A broken profile is refused with the reason.
+    let mut bad = flat("transcoder", 0.7, 2e6, 1);
+    bad.base.cpu_cores[3] = f64::NAN;
+    assert_eq!(
+        put(&mut h, 5, "transcoder", bad),
+        vec![Output::Reply {
+            id: 5,
+            resp: Response::Error(ApiError::BadRequest {
+                reason: "profile for `transcoder`: the base series is empty or has negative or non-finite values".into()
+            })
+        }]
+    );
+}
+
+impl Output {
+    fn reply(self) -> Response {
+        match self {
+            Output::Reply { resp, .. } => resp,
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn profiles_survive_a_failover_in_the_registry_copy() {
+    let (mut h, _) = H::new(&[GB], vec![]);
+    let out = put(
+        &mut h,
+        1,
+        "transcoder",
+        flat("transcoder", 0.7, 2e6, 100_000_000),
+    );
+    let Output::Replicate { replica, .. } = out[1].clone() else {
+        panic!("{out:?}")
+    };
+    let mut e = ControlEngine::new(NodeId(2), EPOCH + 1, tuning(), replica, &[agent(1)]).unwrap();
+    e.handle(Input::Start, h.now);
+    e.handle(
+        Input::Reports {
+            started: h.now,
+            results: vec![(
+                agent(1),
+                Ok(AgentReply::Report(Box::new(h.reports[&1].clone()))),
+            )],
+        },
+        h.now,
+    );
+    e.handle(
+        Input::SetActing {
+            epoch: EPOCH + 1,
+            acting: true,
+        },
+        h.now,
+    );
+    let out = e.handle(
+        Input::Api {
+            id: 7,
+            req: Request::Profile {
+                class: "transcoder".into(),
+            },
+        },
+        h.now,
+    );
+    let [
+        Output::Reply {
+            resp: Response::Profile(c),
+            ..
+        },
+    ] = out.as_slice()
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((c.version, c.source), (1, ProfileSource::Measured));
+    assert_eq!(c.profile, flat("transcoder", 0.7, 2e6, 100_000_000));
+}
+
+#[test]
+fn reservations_follow_the_clients_to_the_agent() {
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[GB], vec![]);
+    h.running(1, &a, true);
+    // The agent holds the 0-client reservation: nothing to send.
+    assert_eq!(
+        h.round(1, vec![with_clients(instance(&a, 1, 1, true), 0)]),
+        vec![]
+    );
+    h.api(
+        2,
+        Request::AdmitClient {
+            service: "video-a".into(),
+            spec: None,
+        },
+    );
+    assert_eq!(
+        h.round(1, vec![with_clients(instance(&a, 1, 1, true), 1)]),
+        vec![Output::Command {
+            req: 2,
+            to: agent(1),
+            epoch: EPOCH,
+            cmd: AgentCommand::Update {
+                instance: "video-a.1".into(),
+                reservation: reservation(&a, 1),
+                cpu_cores: launch(&a, 1).cpu_cores,
+                memory_bytes: launch(&a, 1).memory_bytes,
+            },
+            timeout: T * 5,
+        }]
+    );
+}
+
+#[test]
+fn an_anomaly_grows_the_reservation_in_place_when_the_node_has_room() {
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[GB], vec![]);
+    h.running(1, &a, true);
+    let mut r = h.reports[&1].clone();
+    r.instances = vec![instance(&a, 1, 1, true)];
+    r.notices = vec![(
+        1,
+        AgentEvent::Anomaly {
+            instance: "video-a.1".into(),
+            resource: smart_proto::agent::Resource::Cpu,
+            observed: 0.8,
+            reserved: 0.05,
+        },
+    )];
+    h.reports.insert(1, r);
+    let out = h.round(1, vec![instance(&a, 1, 1, true)]);
+    assert_eq!(
+        out[0],
+        Output::Publish(Event::Notice {
+            service: "video-a".into(),
+            node: NodeId(1),
+            reason: "anomaly (Cpu at 0.800, reserved 0.050): reservation grown in place on n1"
+                .into(),
+        })
+    );
+    let [
+        Output::Command {
+            cmd:
+                AgentCommand::Update {
+                    reservation,
+                    cpu_cores,
+                    ..
+                },
+            ..
+        },
+    ] = &out[1..]
+    else {
+        panic!("{out:?}")
+    };
+    assert!(reservation.cpu_cores > 0.8 - 1e-9, "{reservation:?}");
+    assert!(cpu_cores.unwrap() > 1.6 - 1e-9, "{cpu_cores:?}");
+    assert_eq!(h.e.status().services["video-a"].0, NodeId(1));
+}
+
+#[test]
+fn an_anomaly_moves_the_service_once_at_its_observed_size_and_never_back() {
+    // n1 has one CPU: 1.5 observed cores fit only on n2.
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::with(tuning(), &[2 * GB, GB], &[(1, 1)], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
+    let anomaly = |g: u64, seq: u64| {
+        (
+            seq,
+            AgentEvent::Anomaly {
+                instance: instance_name("video-a", g),
+                resource: smart_proto::agent::Resource::Cpu,
+                observed: 1.5,
+                reserved: 0.05,
+            },
+        )
+    };
+    h.reports.get_mut(&1).unwrap().notices = vec![anomaly(1, 1)];
+    let out = h.round(1, vec![instance(&a, 1, 1, true)]);
+    let [
+        Output::Command {
+            req,
+            to,
+            cmd: AgentCommand::MigrateIn { reservation, .. },
+            ..
+        },
+    ] = out.as_slice()
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(to.node, NodeId(2));
+    assert!(
+        reservation.cpu_cores > 1.5 - 1e-9,
+        "moved at its observed size: {reservation:?}"
+    );
+    let req = *req;
+    let mut new = instance(&a, 2, 2, true);
+    new.reservation = *reservation;
+    assert_eq!(h.ok(req, new.clone()), vec![migrate_out(3, 1, 2, &a, 1, 2)]);
+    assert_eq!(h.done(3), vec![migrated("video-a", 1, 2, "anomaly")]);
+    // The source stopped its instance.
+    h.reports.get_mut(&1).unwrap().notices.clear();
+    assert_eq!(h.round(1, vec![]), vec![]);
+    // On n2 it still runs at 1.5 cores, over what its old profile said: the same cause
+    // does not move it again (no back and forth).
+    h.reports.get_mut(&2).unwrap().notices = vec![anomaly(2, 1)];
+    let out = h.round(2, vec![new]);
+    assert_eq!(
+        out,
+        vec![Output::Publish(Event::Notice {
+            service: "video-a".into(),
+            node: NodeId(2),
+            reason: "anomaly (Cpu at 1.500, reserved 0.050): kept on n2: already grown or moved once for its Cpu: acting again would be thrash".into(),
+        })]
+    );
+    assert_eq!(h.e.status().services["video-a"].0, NodeId(2));
+}
+
+#[test]
+fn a_failing_health_check_drains_its_node_and_recovery_undrains_it() {
+    let (mut h, a) = one_on_n1(true);
+    h.reports.get_mut(&1).unwrap().failing_checks = vec![("command".into(), "disk full".into())];
+    let out = h.round(1, vec![instance(&a, 1, 1, true)]);
+    assert_eq!(out[0], migrate_in(2, 1, 2, &a, 2));
+    assert_eq!(
+        out[1],
+        Output::Publish(Event::NodeHealth {
+            node: NodeId(1),
+            healthy: false,
+            detail: "command: disk full: drained".into(),
+        })
+    );
+    assert!(matches!(&out[2], Output::Replicate { replica, .. }
+        if replica.drained == vec![NodeId(1)] && replica.health_drained == vec![NodeId(1)]));
+    assert_eq!(out.len(), 3);
+    // Still failing: nothing more.
+    assert_eq!(h.round(1, vec![instance(&a, 1, 1, true)]), vec![]);
+    // Recovered: back in placement, and said so.
+    h.reports.get_mut(&1).unwrap().failing_checks.clear();
+    let out = h.round(1, vec![instance(&a, 1, 1, true)]);
+    assert_eq!(
+        out[1],
+        Output::Publish(Event::NodeHealth {
+            node: NodeId(1),
+            healthy: true,
+            detail: "all checks pass again: back in placement".into(),
+        })
+    );
+    assert!(h.e.status().drained.is_empty());
+    // An operator's drain is not undone by a healthy report.
+    h.api(20, Request::Drain { node: NodeId(3) });
+    h.round(3, vec![]);
+    assert_eq!(h.e.status().drained, vec![NodeId(3)]);
+}
+
+#[test]
+fn a_service_without_clients_for_idle_stop_after_is_stopped_and_freed() {
+    let t = ControlTuning {
+        admission: AdmissionSettings {
+            idle_stop_after: Some(Duration::from_secs(60)),
+            ..settings()
+        },
+        ..tuning()
+    };
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::with(t, &[GB], &[], vec![]);
+    h.running(1, &a, true);
+    let idle = || vec![with_clients(instance(&a, 1, 1, true), 0)];
+    assert_eq!(h.round(1, idle()), vec![]);
+    h.at(Duration::from_secs(59));
+    assert_eq!(h.round(1, idle()), vec![]);
+    h.at(Duration::from_secs(1));
+    let out = h.round(1, idle());
+    assert_eq!(out[0], stop_cmd(2, 1, "video-a.1"));
+    assert_eq!(
+        out[1],
+        Output::Publish(Event::Stopped {
+            service: "video-a".into(),
+            node: NodeId(1),
+            reason: "no clients for 60 s".into(),
+        })
+    );
+    assert!(matches!(&out[2], Output::Replicate { replica, .. } if replica.services.is_empty()));
+    assert!(h.e.status().services.is_empty());
+    assert_eq!(h.e.admission.service_count(), 0);
+}
+
+#[test]
+fn a_viewer_resets_the_idle_clock() {
+    let t = ControlTuning {
+        admission: AdmissionSettings {
+            idle_stop_after: Some(Duration::from_secs(60)),
+            ..settings()
+        },
+        ..tuning()
+    };
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::with(t, &[GB], &[], vec![]);
+    h.running(1, &a, true);
+    h.round(1, vec![with_clients(instance(&a, 1, 1, true), 0)]);
+    h.at(Duration::from_secs(50));
+    h.round(1, vec![with_clients(instance(&a, 1, 1, true), 1)]);
+    h.at(Duration::from_secs(20));
+    assert_eq!(
+        h.round(1, vec![with_clients(instance(&a, 1, 1, true), 0)]),
+        vec![]
+    );
+    assert_eq!(h.e.status().services.len(), 1);
+}
+
+#[test]
+fn a_live_move_holds_the_copys_network_on_both_nodes_until_it_ends() {
+    let t = ControlTuning {
+        admission: AdmissionSettings {
+            copy_rate_bps: Some(400_000_000),
+            ..settings()
+        },
+        ..tuning()
+    };
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::with(t, &[2 * GB, GB, GB / 2], &[], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
+    let out = h.api(9, Request::Drain { node: NodeId(1) });
+    let Output::Command {
+        cmd: AgentCommand::MigrateIn { copy_rate_bps, .. },
+        ..
+    } = &out[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*copy_rate_bps, Some(400_000_000));
+    // The service and two holds (the drained source is out of placement: only the
+    // target's hold is placed).
+    assert_eq!(h.e.admission.service_count(), 2);
+    h.ok(2, instance(&a, 2, 2, true));
+    h.done(3);
+    assert_eq!(
+        h.e.admission.service_count(),
+        1,
+        "holds released when the move ends"
+    );
+}
+
+#[test]
+fn a_refined_profile_becomes_the_class_profile_and_running_services_follow_it() {
+    let t = ControlTuning {
+        admission: AdmissionSettings {
+            refine: smart_instance::refine::RefineConfig {
+                window: 10,
+                min_samples: 5,
+                change_ratio: 0.10,
+            },
+            ..settings()
+        },
+        ..tuning()
+    };
+    let (mut h, _) = H::with(t, &[GB], &[], vec![]);
+    put(
+        &mut h,
+        1,
+        "transcoder",
+        flat("transcoder", 0.2, 1e6, 50_000_000),
+    );
+    let s = service("t-1", "transcoder");
+    let (req, _) = h.admit(2, &s);
+    let mut i = instance(&s, 1, 1, true);
+    i.reservation = Reservation {
+        cpu_cores: 0.2,
+        net_bps: 1e6,
+        mem_bytes: 50_000_000,
+    };
+    h.ok(req, i.clone());
+    let mut refined = None;
+    for _ in 0..5 {
+        let out = h.round(1, vec![using(i.clone(), 0.4, 0)]);
+        refined = refined.or(out
+            .into_iter()
+            .find(|o| matches!(o, Output::Publish(Event::ProfileStored { .. }))));
+    }
+    assert_eq!(
+        refined,
+        Some(Output::Publish(Event::ProfileStored {
+            class: "transcoder".into(),
+            source: ProfileSource::Refined,
+            version: 2
+        }))
+    );
+    let Response::Services(st) = h.api(3, Request::Services)[0].clone().reply() else {
+        panic!()
+    };
+    assert_eq!(st[0].profile, ProfileSource::Refined);
+    assert!(
+        st[0].reservation.cpu_cores >= 0.4,
+        "{:?}",
+        st[0].reservation
+    );
 }
