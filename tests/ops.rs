@@ -817,3 +817,38 @@ async fn the_dashboard_shows_the_cluster_and_a_dead_node_within_two_seconds() {
     println!("screenshot: {}", shot.display());
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_node_id() {
+    let mut s = spec(1);
+    s.env = vec![("SMART_LOG_FORMAT".into(), "json".into())];
+    let c = LocalCluster::start(s).unwrap();
+    c.wait_agreed_control(&[1], Duration::from_secs(10), |_, _| true)
+        .await
+        .unwrap();
+    let log = c.log_tail(1, 200);
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "membership started" && l["fields"]["node"] == "n1"),
+        "{log}"
+    );
+    // Spans carry the node too (e.g. the Control's, or membership's).
+    assert!(
+        lines.iter().any(|l| l["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["node"] == "n1"))),
+        "{log}"
+    );
+}
