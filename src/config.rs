@@ -47,7 +47,7 @@ pub enum ConfigError {
     },
 }
 
-/// Election safety mode (DESIGN §2.6).
+/// Election safety mode (docs/DESIGN.md §2.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ElectionMode {

@@ -1,6 +1,6 @@
 //! # smart
 //!
-//! The SMART peer: one binary, `smart`, runs on every node of the cluster (DESIGN §1). This
+//! The SMART peer: one binary, `smart`, runs on every node of the cluster (docs/DESIGN.md §1). This
 //! library is the node runtime behind it; the protocol engines live in `smart-supervision`,
 //! the actors in `smart-actors`, admission in `smart-admission`.
 //!

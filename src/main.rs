@@ -118,6 +118,8 @@ struct DistributorArgs {
 enum BenchCmd {
     /// Control failover time (kill -9 until every survivor reports the new Control).
     Failover(smart_testkit::demo::FailoverBenchArgs),
+    /// The front-end's `GET /watch` latency, for a video's first viewer and a joining one.
+    Frontend(smart_testkit::bench_frontend::FrontendBenchArgs),
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
@@ -238,6 +240,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Frontend(args)) => {
+            smart_testkit::bench_frontend::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench(BenchCmd::Failover(args)) => {
             smart_testkit::demo::bench_failover(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
 //! The node's durable state: its incarnation (boot counter) and the highest Control epoch it
-//! has seen (DESIGN §2.1: persisted before the node acts on it).
+//! has seen (docs/DESIGN.md §2.1: persisted before the node acts on it).
 //!
 //! Stored as a small JSON file in the data directory, replaced atomically (write to a
 //! temporary file, fsync, rename, fsync the directory) so that a crash at any point leaves

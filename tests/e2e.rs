@@ -1,4 +1,4 @@
-//! End to end with real processes (DESIGN §7 level 3): `smart node` processes on loopback,
+//! End to end with real processes (docs/DESIGN.md §7 level 3): `smart node` processes on loopback,
 //! an origin with generated MPEG-TS videos, the front-end's `GET /watch/{video}`, and viewers
 //! that check every byte (TS continuity, Content-Range) and resume by `Range`.
 //!

@@ -1,4 +1,4 @@
-//! Real `smart node` processes in Linux network namespaces joined by a bridge (DESIGN §7
+//! Real `smart node` processes in Linux network namespaces joined by a bridge (docs/DESIGN.md §7
 //! level 4): heartbeats by multicast across the bridge, a host partitioned by taking its
 //! bridge port down or by nftables drop rules, both election modes, heal → one Control.
 //!

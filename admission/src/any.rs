@@ -97,6 +97,26 @@ impl AnyEngine {
         delegate!(self, e => e.release_service(service))
     }
     /// See [`Engine::node_of`].
+    /// See [`Engine::adopt`].
+    pub fn adopt(&mut self, ev: &Evicted, node: NodeId) -> Result<(), EngineError> {
+        delegate!(self, e => e.adopt(ev, node))
+    }
+    /// See [`Engine::move_elsewhere`].
+    pub fn move_elsewhere(&mut self, service: ServiceId) -> Result<NodeId, Rejection> {
+        delegate!(self, e => e.move_elsewhere(service))
+    }
+    /// See [`Engine::resize`].
+    pub fn resize(
+        &mut self,
+        service: ServiceId,
+        profile: ProfileId,
+    ) -> Result<Option<NodeId>, Rejection> {
+        delegate!(self, e => e.resize(service, profile))
+    }
+    /// See [`Engine::clients_of`].
+    pub fn clients_of(&self, service: ServiceId) -> Option<&[ClientId]> {
+        delegate!(self, e => e.clients_of(service))
+    }
     pub fn node_of(&self, service: ServiceId) -> Option<NodeId> {
         delegate!(self, e => e.node_of(service))
     }

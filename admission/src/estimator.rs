@@ -1,5 +1,5 @@
 //! Estimators of aggregate usage: how much of a resource a set of services will use with a
-//! given confidence (thesis §4.1.2 eq. 4.1, DESIGN §3).
+//! given confidence (thesis §4.1.2 eq. 4.1, docs/DESIGN.md §3).
 //!
 //! Every estimator answers one question: given the services already summed into an
 //! aggregate, what is the *level* `q` such that `P(U < q')` holds with confidence `C` for any

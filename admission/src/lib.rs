@@ -1,6 +1,6 @@
 //! # smart-admission
 //!
-//! SMART's probabilistic admission control and placement (thesis §4.1, §5.6, DESIGN §3–§4),
+//! SMART's probabilistic admission control and placement (thesis §4.1, §5.6, docs/DESIGN.md §3–§4),
 //! as a pure library with no I/O, and the `smart sim` discrete-event simulator.
 //!
 //! The Control actor owns one [`Engine`] and calls it for every decision
@@ -10,6 +10,7 @@
 //!
 //! ## Layout
 //! - [`profile`]: resource profiles (sample series per interval), the file format Agent99 writes.
+//! - [`scale`]: a class profile scaled to one video, and the reservation it implies.
 //! - [`synthetic`]: synthetic profiles from the thesis's measured distributions (Tables 5.2,
 //!   5.3), with bursts, and heavy-tailed ones for stress.
 //! - [`estimator`]: the [`Estimator`] trait and `empirical`, `gaussian`, `chernoff`, `peak`,
@@ -25,6 +26,7 @@ pub mod any;
 pub mod engine;
 pub mod estimator;
 pub mod profile;
+pub mod scale;
 pub mod sim;
 pub mod synthetic;
 pub mod tree;

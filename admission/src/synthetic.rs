@@ -168,6 +168,11 @@ pub fn distributor(video: &VideoSpec, g: &Gen) -> ServiceProfile {
             mem_bytes: vec![0; len],
         }),
         working_set_bytes: ws,
+        video: Some(smart_proto::profile::VideoRef {
+            bitrate_bps: video.bitrate_bps as u64,
+            duration_ms: (video.duration_s * 1000.0) as u64,
+            window_fraction: video.cache_fraction,
+        }),
     }
 }
 
@@ -221,6 +226,7 @@ pub fn heavy_tailed(spec: &HeavySpec, g: &Gen) -> ServiceProfile {
         },
         per_client: None,
         working_set_bytes: spec.ws_bytes,
+        video: None,
     }
 }
 

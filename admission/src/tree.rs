@@ -1,5 +1,5 @@
 //! The placement index: a tournament tree over the nodes' free memory (thesis §5.6,
-//! DESIGN §4), extended with per-subtree maxima of the CPU and network headroom.
+//! docs/DESIGN.md §4), extended with per-subtree maxima of the CPU and network headroom.
 //!
 //! The thesis keeps a loser tree ordered by free memory so the worst-fit node is found in
 //! O(1) and an update costs O(log n), but falls back to O(n) when the best candidates fail

@@ -178,6 +178,7 @@ fn test_profile(i: usize, seed: u64) -> ServiceProfile {
             mem_bytes: vec![if i.is_multiple_of(2) { 1 << 20 } else { 0 }; GRID],
         }),
         working_set_bytes: (40 + 40 * i as u64) << 20,
+        video: None,
     }
 }
 

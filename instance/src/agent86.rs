@@ -1,4 +1,4 @@
-//! The Agent86 engine: the node agent's decisions as a pure step function (DESIGN §1, §2.4;
+//! The Agent86 engine: the node agent's decisions as a pure step function (docs/DESIGN.md §1, §2.4;
 //! thesis §4.1.1). No actors, sockets or clocks here: a shell feeds [`Event`]s with the
 //! current time into [`Agent86Engine::handle`] and executes the [`Command`]s it returns
 //! (runtime calls, epoch persistence, messages to the Control).

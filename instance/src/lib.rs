@@ -2,7 +2,7 @@
 //!
 //! Service instances under isolation (process groups, cgroup v1/v2), per-interval resource
 //! sampling, the Agent86 node-agent engine and the Agent99 profiler behind `smart profile`
-//! (DESIGN §1, §3, §5; thesis §4.1.1, §5.3).
+//! (docs/DESIGN.md §1, §3, §5; thesis §4.1.1, §5.3).
 //!
 //! ## How the pieces fit (what a node's shell wires)
 //!

@@ -1,6 +1,6 @@
 //! Agent99: `smart profile` — run a service alone under the instance runtime, optionally
 //! drive it with a load command, sample it every interval, and write the profile that the
-//! admission engine reads (DESIGN §3; thesis §4.1.1, §5.3).
+//! admission engine reads (docs/DESIGN.md §3; thesis §4.1.1, §5.3).
 //!
 //! [`run`] is **synchronous** (it sleeps between ticks); call it from `main` directly or
 //! from `spawn_blocking`. It prints a distribution table like thesis Tables 5.2/5.3 (or, with
@@ -110,6 +110,16 @@ pub struct ProfileArgs {
     /// Do not raise the service's CPU priority.
     #[arg(long)]
     pub no_boost: bool,
+    /// For a video distributor: the bitrate of the video it serves while profiled
+    /// (bits/s), recorded in the profile so that admission can scale it to other videos.
+    #[arg(long, value_name = "BPS")]
+    pub video_bitrate_bps: Option<u64>,
+    /// The duration of that video (e.g. `10min`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub video_duration: Option<Duration>,
+    /// The fraction of the video the distributor's cache holds.
+    #[arg(long, default_value_t = 0.2)]
+    pub video_window_fraction: f64,
     /// The service to profile.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -134,6 +144,9 @@ impl ProfileArgs {
             net_iface: None,
             working_set_quantile: 1.0,
             no_boost: false,
+            video_bitrate_bps: None,
+            video_duration: None,
+            video_window_fraction: 0.2,
             command,
         }
     }
@@ -490,6 +503,7 @@ pub fn profile_from_run(service: &str, run: &RunData, ws_quantile: f64) -> Servi
         base: run.series.clone(),
         per_client: None,
         working_set_bytes: working_set,
+        video: None,
     }
 }
 
@@ -501,7 +515,7 @@ pub fn profile_from_run(service: &str, run: &RunData, ws_quantile: f64) -> Servi
 /// the time order of run `a`: interval t of the increment is the quantile difference at the
 /// rank that interval t has in run `a`. The base is `a - ca * increment`, clamped at 0, so
 /// it keeps run `a`'s bursts where they happened. Memory gets an increment too (often ~0
-/// for a shared-cache distributor, DESIGN §5); the working set is `a`'s.
+/// for a shared-cache distributor, docs/DESIGN.md §5); the working set is `a`'s.
 pub fn combine_client_profiles(
     a: &ServiceProfile,
     ca: u32,
@@ -562,6 +576,7 @@ pub fn combine_client_profiles(
             mem_bytes: mem_inc.into_iter().map(|m| m as u64).collect(),
         }),
         working_set_bytes: a.working_set_bytes.max(b.working_set_bytes),
+        video: a.video,
     })
 }
 
@@ -754,6 +769,13 @@ pub fn run_with(args: &ProfileArgs, w: &mut dyn Write) -> Result<ProfileReport, 
         let pb = profile_from_run(&service, &runs[last], q);
         profile = combine_client_profiles(&profile, counts[0], &pb, counts[last])?;
     }
+    if let (Some(bitrate_bps), Some(d)) = (args.video_bitrate_bps, args.video_duration) {
+        profile.video = Some(smart_admission::profile::VideoRef {
+            bitrate_bps,
+            duration_ms: d.as_millis() as u64,
+            window_fraction: args.video_window_fraction,
+        });
+    }
     let out = args
         .out
         .clone()
@@ -933,6 +955,7 @@ mod tests {
             },
             per_client: None,
             working_set_bytes: 100,
+            video: None,
         }
     }
 

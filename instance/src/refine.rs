@@ -1,4 +1,4 @@
-//! Online profile refinement (DESIGN §1: Agent99 refines profiles from Agent86 samples; the
+//! Online profile refinement (docs/DESIGN.md §1: Agent99 refines profiles from Agent86 samples; the
 //! thesis left this to an operator).
 //!
 //! A [`ProfileRefiner`] holds a service's profile and a bounded window of the most recent
@@ -11,7 +11,7 @@
 //!   increment`, clamped at 0) before it enters the window; the increment itself is kept.
 //! - A sample without a network figure uses the profile's mean base network, so that a
 //!   missing measurement neither inflates nor erases the series.
-//! - Memory is never overbooked (DESIGN §3), so the working set only grows: the refined
+//! - Memory is never overbooked (docs/DESIGN.md §3), so the working set only grows: the refined
 //!   value is the larger of the profile's and the window's peak.
 //! - Until `min_samples` samples are in, the original profile is returned unchanged.
 //!
@@ -175,6 +175,7 @@ mod tests {
             },
             per_client,
             working_set_bytes: 100,
+            video: None,
         }
     }
 

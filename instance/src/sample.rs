@@ -1,4 +1,4 @@
-//! Per-interval measurement of instances and of the node (DESIGN §1: Agent86 samples every
+//! Per-interval measurement of instances and of the node (docs/DESIGN.md §1: Agent86 samples every
 //! interval, 1 s by default).
 //!
 //! Sources, per instance:

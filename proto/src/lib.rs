@@ -16,6 +16,7 @@
 //! - [`agent`]: Control → Agent86 commands, replies, reports and agent events.
 //! - [`fence`]: epoch fencing of command execution, in one place.
 //! - [`node`]: what a node's TCP port accepts ([`node::NodeRequest`]) and answers.
+//! - [`profile`]: resource profiles (what Agent99 writes, what admission reads).
 //! - [`workload`]: the workload control API and [`workload::WorkloadClient`].
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod api;
 pub mod fence;
 pub mod ids;
 pub mod node;
+pub mod profile;
 pub mod workload;
 
 pub use ids::{Epoch, Incarnation, NodeId, ServiceName};

@@ -44,7 +44,7 @@ use smart_supervision::transport::Endpoint;
 use smart_supervision::{ClusterKey, Epoch, Role};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use super::api_http::{ApiHttp, ApiHttpContext};
 use super::counters::Counters;
@@ -414,6 +414,44 @@ impl Actor for NodeSupervisor {
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let span = info_span!("supervisor", node = %self.cfg.id());
+        self.on_msg(myself, msg, st).instrument(span).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = info_span!("supervisor", node = %self.cfg.id());
+        self.on_child_event(myself, evt, st).instrument(span).await
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.exit.send_if_modified(|e| {
+            if *e == Exit::Running {
+                *e = Exit::Shutdown;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(())
+    }
+}
+
+impl NodeSupervisor {
+    async fn on_msg(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::StartControl { epoch } => {
                 self.stop_control(st);
@@ -455,11 +493,11 @@ impl Actor for NodeSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(
+    async fn on_child_event(
         &self,
-        myself: ActorRef<Self::Msg>,
+        myself: ActorRef<NodeMsg>,
         evt: SupervisionEvent,
-        st: &mut Self::State,
+        st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, failure) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err)),
@@ -520,22 +558,6 @@ impl Actor for NodeSupervisor {
                 );
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        _st: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        self.exit.send_if_modified(|e| {
-            if *e == Exit::Running {
-                *e = Exit::Shutdown;
-                true
-            } else {
-                false
-            }
-        });
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Control election with persisted epochs and fencing (DESIGN §2, thesis §4.2.1 made safe
+//! Control election with persisted epochs and fencing (docs/DESIGN.md §2, thesis §4.2.1 made safe
 //! under partitions and clock skew). A pure state machine: the [`crate::engine`] feeds it what
 //! the member table knows and the time, and executes the [`Action`]s it returns, in order.
 //!
@@ -129,7 +129,7 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// The age order of DESIGN §2: lower is older and survives.
+    /// The age order of docs/DESIGN.md §2: lower is older and survives.
     pub fn age(&self) -> (Epoch, NodeId) {
         (self.established_epoch, self.node_id)
     }
@@ -317,7 +317,7 @@ impl Election {
         } = self.state
         {
             let me = (established, self.cfg.node_id);
-            // An older Control heard directly wins (DESIGN §2 rule 3). One only reported by
+            // An older Control heard directly wins (docs/DESIGN.md §2 rule 3). One only reported by
             // others wins once its epoch is above ours: it has re-asserted after our claim, so
             // it is alive, not a just-crashed Control that its observers have not timed out
             // yet (stepping down for that one would only delay the failover).

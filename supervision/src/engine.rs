@@ -6,7 +6,7 @@
 //! 10-20 ms, every datagram that [`crate::wire::decode`] accepted, `RebuildDone` when the new
 //! Control has rebuilt its state — and executes the returned [`Output`]s **in order**: in
 //! particular a [`Output::PersistEpoch`] must be durable before any later output of the same
-//! batch is executed (DESIGN §2 rule 1). The engine never reads a clock, never sleeps and
+//! batch is executed (docs/DESIGN.md §2 rule 1). The engine never reads a clock, never sleeps and
 //! never does I/O; randomness (the election backoff) comes from the injected `R: Rng`.
 //!
 //! Only the monotonic [`tokio::time::Instant`] is used and no absolute time crosses the wire

@@ -1,4 +1,4 @@
-//! UDP sockets for heartbeats, set up with socket2 (DESIGN §2).
+//! UDP sockets for heartbeats, set up with socket2 (docs/DESIGN.md §2).
 //!
 //! Each node has two sockets:
 //! - a **unicast** socket bound to its own `listen` address: it sends every heartbeat (to the

@@ -10,7 +10,9 @@
 //! - [`cluster`]: a local cluster of real node processes on loopback.
 //! - [`demo`]: `smart demo` options and `smart bench failover`.
 //! - [`case_study`]: the demo itself, the Smart-GloVE case study.
+//! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
 
+pub mod bench_frontend;
 pub mod case_study;
 pub mod cluster;
 pub mod demo;
