@@ -120,6 +120,9 @@ enum BenchCmd {
     Failover(smart_testkit::demo::FailoverBenchArgs),
     /// The front-end's `GET /watch` latency, for a video's first viewer and a joining one.
     Frontend(smart_testkit::bench_frontend::FrontendBenchArgs),
+    /// HTTP API latency (`/v1/status`, `/v1/services`) under a steady load, and the
+    /// dashboard's update delay after a node dies.
+    Api(smart_testkit::bench_api::ApiBenchArgs),
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
@@ -240,6 +243,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Api(args)) => {
+            smart_testkit::bench_api::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench(BenchCmd::Frontend(args)) => {
             smart_testkit::bench_frontend::run(args).await?;
             Ok(ExitCode::SUCCESS)
