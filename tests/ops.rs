@@ -626,7 +626,7 @@ async fn metrics_pass_promtool_and_move_when_a_node_dies() {
         Some(1.0),
         "{on_control}"
     );
-    assert!(on_control.contains("smart_transport_events_total{counter=\"handshakes_ok\"}"));
+    assert!(on_control.contains("smart_transport_handshakes_ok_total"));
     let on_follower = scrape(f).await;
     promtool_check(&on_follower);
     assert_eq!(

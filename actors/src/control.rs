@@ -68,7 +68,7 @@ pub enum ControlEvent {
     },
     /// An admission request was decided (for metrics): the engine's step, timed.
     Decided {
-        /// `service` (`AdmitService`, or `AdmitClient` that admits its service) or `client`.
+        /// `service` for `AdmitService`, `client` for `AdmitClient`.
         request: &'static str,
         /// Admission's reason, when it said no.
         rejected: Option<String>,

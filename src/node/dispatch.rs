@@ -23,7 +23,6 @@ use smart_api::{
 };
 use smart_proto::agent::Reservation;
 
-use super::counters::Counters;
 use super::directory::MemberDirectory;
 use super::forward::Forwarder;
 use super::messages::MembershipMsg;
@@ -39,8 +38,6 @@ pub struct Dispatcher {
     pub routes: RouteReaders,
     /// Forwarding to the Control.
     pub forwarder: Forwarder,
-    /// Node counters.
-    pub counters: Arc<Counters>,
     /// The transport's counters.
     pub transport: Arc<smart_supervision::transport::Counters>,
     /// The members' HTTP addresses.

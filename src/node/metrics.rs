@@ -40,7 +40,7 @@ fn meta() -> Metadata<'static> {
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
 }
 
-fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+fn key(name: impl Into<KeyName>, labels: &[(&'static str, String)]) -> Key {
     Key::from_parts(
         name,
         labels
@@ -291,7 +291,7 @@ pub struct Sample {
 /// Writes one scrape's values.
 struct Snap {
     rec: PrometheusRecorder,
-    described: std::collections::HashSet<&'static str>,
+    described: std::collections::HashSet<String>,
 }
 
 impl Snap {
@@ -302,10 +302,10 @@ impl Snap {
         }
     }
 
-    fn describe(&mut self, name: &'static str, help: &str, counter: bool) {
-        if self.described.insert(name) {
+    fn describe(&mut self, name: &str, help: &str, counter: bool) {
+        if self.described.insert(name.to_string()) {
             let (n, h) = (
-                KeyName::from_const_str(name),
+                KeyName::from(name.to_string()),
                 SharedString::from(help.to_string()),
             );
             if counter {
@@ -321,16 +321,10 @@ impl Snap {
         self.rec.register_gauge(&key(name, labels), &meta()).set(v);
     }
 
-    fn counter(
-        &mut self,
-        name: &'static str,
-        help: &str,
-        labels: &[(&'static str, String)],
-        v: u64,
-    ) {
+    fn counter(&mut self, name: &str, help: &str, labels: &[(&'static str, String)], v: u64) {
         self.describe(name, help, true);
         self.rec
-            .register_counter(&key(name, labels), &meta())
+            .register_counter(&key(name.to_string(), labels), &meta())
             .absolute(v);
     }
 }
@@ -338,25 +332,62 @@ impl Snap {
 /// A label and its value.
 type LabelPair = (&'static str, String);
 /// A Prometheus counter for a node counter: metric name, help, label.
-type CounterName = (&'static str, &'static str, Option<LabelPair>);
+type CounterName = (String, String, Option<LabelPair>);
+
+/// What the transport's counters count (`smart_supervision::transport::Counters`); a field
+/// not listed here (added to the transport later) is still exported, with a generic help.
+fn transport_help(field: &str) -> String {
+    match field {
+        "frames_sent" => "Data frames sent on the TCP transport.".into(),
+        "frames_received" => "Data frames received and accepted on the TCP transport.".into(),
+        "frames_rejected" => "Frames refused after the handshake (oversized, truncated, forged, replayed, malformed, wrong sender); each closes its connection.".into(),
+        "handshakes_ok" => "Transport handshakes completed.".into(),
+        "handshakes_failed" => "Transport handshakes refused or failed, for any reason (bad key included).".into(),
+        "handshakes_bad_key" => "Transport handshakes refused because the peer could not prove the cluster key.".into(),
+        "connections_accepted" => "Inbound transport connections accepted (before the handshake).".into(),
+        "connections_refused" => "Inbound transport connections closed at once: the node held its maximum.".into(),
+        "connects_failed" => "Outbound transport connections that failed (connect or handshake).".into(),
+        "reconnects" => "Reconnection attempts by peers.".into(),
+        "requests_timed_out" => "Transport requests that got no answer in time.".into(),
+        "requests_failed" => "Transport requests failed because their connection was lost.".into(),
+        "notifications_dropped" => "Notifications (events to subscribers) dropped because a queue was full.".into(),
+        other => format!("Transport counter `{other}` (smart_supervision::transport::Counters)."),
+    }
+}
 
 /// Node counters (`smart status`) as Prometheus metrics: name, help, label (if the counter
 /// name carries one after a prefix).
 fn node_counter(name: &str) -> Option<CounterName> {
+    if let Some(field) = name.strip_prefix("transport_") {
+        let clean: String = field
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        return Some((
+            format!("smart_transport_{clean}_total"),
+            transport_help(field),
+            None,
+        ));
+    }
+    let (n, h, l) = static_counter(name)?;
+    Some((n.to_string(), h.to_string(), l))
+}
+
+fn static_counter(name: &str) -> Option<(&'static str, &'static str, Option<LabelPair>)> {
     let with = |prefix: &str, label: &'static str| {
         name.strip_prefix(prefix)
             .map(|rest| Some((label, rest.to_string())))
     };
-    let pick: CounterName = if let Some(l) = with("dropped_", "reason") {
+    let pick = if let Some(l) = with("dropped_", "reason") {
         (
             "smart_heartbeats_dropped_total",
             "Heartbeat datagrams dropped, by reason (bad_tag, bad_magic, too_large, truncated, replayed, stale_incarnation, ...).",
-            l,
-        )
-    } else if let Some(l) = with("transport_", "counter") {
-        (
-            "smart_transport_events_total",
-            "TCP transport counters of this node (smart_supervision::transport::Counters), by counter: connections accepted and refused, handshakes ok and failed, frames sent, received and rejected, requests timed out, notifications dropped, ...",
             l,
         )
     } else {
@@ -505,8 +536,7 @@ impl Sample {
                     f64::from(m.load.instances),
                 );
             }
-            let mut grouped: BTreeMap<(&'static str, Option<LabelPair>), (u64, &'static str)> =
-                BTreeMap::new();
+            let mut grouped: BTreeMap<(String, Option<LabelPair>), (u64, String)> = BTreeMap::new();
             for (name, v) in &st.counters {
                 match name.as_str() {
                     "control_acting" => s.gauge("smart_control_acting", "1 while this node is a Control allowed to act (rebuilt, holding its leases).", &[], *v as f64),
@@ -519,7 +549,7 @@ impl Sample {
             }
             for ((metric, label), (v, help)) in grouped {
                 let labels: Vec<(&'static str, String)> = label.into_iter().collect();
-                s.counter(metric, help, &labels, v);
+                s.counter(&metric, &help, &labels, v);
             }
         }
         s.counter(

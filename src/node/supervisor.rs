@@ -157,7 +157,6 @@ impl NodeSupervisor {
             cfg: self.cfg.clone(),
             routes: self.routes.readers(),
             forwarder: self.forwarder(),
-            counters: self.counters.clone(),
             transport: self.endpoint.counters.clone(),
             directory: self.directory.clone(),
         }
