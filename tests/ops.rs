@@ -396,6 +396,29 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     let (s, _) = h.get(&format!("{base}/v1/services/video-a"), read).await;
     assert_eq!(s, 404);
 
+    // Every route of the OpenAPI document the node serves is routed (no "no such route", no
+    // 405), with its path parameters filled in.
+    let (s, doc) = h.get(&format!("{base}/openapi.json"), "").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        doc,
+        serde_json::from_str::<Value>(&smart_api::openapi::json()).unwrap()
+    );
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let url = format!(
+                "{base}{}?follow=false",
+                path.replace("{name}", "nope").replace("{id}", "99")
+            );
+            let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let (s, v) = h.call(m, &url, Some(admin), None).await;
+            assert!(
+                s != 405 && !(s == 404 && v["error"]["message"] == "no such route"),
+                "{method} {path}: {s} {v}"
+            );
+        }
+    }
+
     // The message-API client: fail-over at connect, the version, typed errors returned.
     let dead = "127.0.0.1:1".to_string();
     let live = c.nodes[(f - 1) as usize].addr.to_string();

@@ -24,6 +24,7 @@
 //! | `GET /v1/events?from=INDEX` | | a stream of [`EventRecord`]s (below) |
 //! | `GET /v1/usage` | | [`UsageHistory`]: each member's load over the last minutes |
 //!
+//! The same as an OpenAPI document: [`crate::openapi`] (`GET /openapi.json` on every node).
 //! Node ids in paths are `3` or `n3`. Bodies are JSON (`Content-Type: application/json`),
 //! at most 64 KiB; unknown fields are refused.
 //!
@@ -67,14 +68,14 @@ use smart_proto::api::{ApiError, ControlView, Event, InstanceUse, MemberLoad, Se
 use smart_proto::{Epoch, NodeId, ServiceName};
 
 /// An error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorInfo,
 }
 
 /// What went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorInfo {
     /// A stable code (see the module docs).
     pub code: String,
@@ -117,14 +118,14 @@ impl From<&ApiError> for ErrorBody {
 }
 
 /// A request that changed something and has nothing to report: `{"ok": true}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Done {
     /// Always true.
     pub ok: bool,
 }
 
 /// A service to admit (`POST /v1/services`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpecJson {
     /// Unique name, e.g. `video-42`.
@@ -166,7 +167,7 @@ impl From<&ServiceSpec> for ServiceSpecJson {
 }
 
 /// Body of `POST /v1/services/{name}/clients` (optional).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdmitClient {
     /// How to admit and start the service if it is not running yet (its `name` must be the
@@ -176,7 +177,7 @@ pub struct AdmitClient {
 }
 
 /// CPU, memory and network amounts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resources {
     /// Cores.
     pub cpu_cores: f64,
@@ -197,7 +198,7 @@ impl From<Reservation> for Resources {
 }
 
 /// `GET /v1/nodes`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Nodes {
     /// The Control, `null` during an election.
     pub control: Option<ControlView>,
@@ -206,7 +207,7 @@ pub struct Nodes {
 }
 
 /// One member.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeJson {
     /// Node id.
     pub node_id: NodeId,
@@ -227,7 +228,7 @@ pub struct NodeJson {
 }
 
 /// An agent node as the Control sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodePlacement {
     /// Kept out of placement by a drain.
     pub drained: bool,
@@ -244,14 +245,14 @@ pub struct NodePlacement {
 }
 
 /// `GET /v1/services`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Services {
     /// By name.
     pub services: Vec<Service>,
 }
 
 /// One admitted service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Service {
     /// Its name.
     pub name: ServiceName,
@@ -272,7 +273,7 @@ pub struct Service {
 }
 
 /// One numbered event of `GET /v1/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// Its index on the answering node: resume with `from=index`.
     pub index: u64,
@@ -284,7 +285,7 @@ pub struct EventRecord {
 }
 
 /// An event, by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventJson {
     /// A new Control.
@@ -385,7 +386,7 @@ impl From<&Event> for EventJson {
 }
 
 /// `GET /v1/usage`: each member's load, sampled by the answering node from heartbeats.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageHistory {
     /// Sampling period, milliseconds.
     pub interval_ms: u64,
@@ -394,7 +395,7 @@ pub struct UsageHistory {
 }
 
 /// One member's samples.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeUsageSeries {
     /// The member.
     pub node_id: NodeId,
@@ -403,7 +404,7 @@ pub struct NodeUsageSeries {
 }
 
 /// One sample.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsagePoint {
     /// Unix milliseconds.
     pub at_ms: u64,

@@ -15,6 +15,7 @@
 //! - [`NodeRequest`] / [`NodeResponse`] / [`NodeProtocol`]: what a node's TCP port speaks:
 //!   the message API, plus node-to-node messages that a node refuses from clients.
 //! - [`http`]: the HTTP/JSON API's shapes, routes and error codes (`/v1` on every node).
+//! - [`openapi`]: the HTTP API as an OpenAPI document (`api/openapi.json`, `GET /openapi.json`).
 //! - [`client`]: [`client::ApiClient`], the async client (several node addresses, fail-over,
 //!   typed error answers, version check on connect); `examples/supervisor.rs` is a
 //!   minimal external front-end (admit a video's distributor and a viewer, follow events).
@@ -51,6 +52,7 @@
 
 pub mod client;
 pub mod http;
+pub mod openapi;
 
 pub use smart_proto::api::*;
 pub use smart_proto::node::{NodeRequest, NodeResponse};

@@ -86,6 +86,7 @@ pub enum Request {
 }
 
 /// Where an admitted service or client goes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     /// The service.
@@ -118,6 +119,7 @@ pub enum Response {
 }
 
 /// Answer to [`Request::Version`]: what the answering node speaks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
     /// The node that answered.
@@ -152,6 +154,7 @@ pub struct NodeReport {
 }
 
 /// One instance in a [`NodeReport`]: its reservation against its last sample.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceUse {
     /// Instance name (`<service>.<generation>`).
@@ -335,6 +338,7 @@ impl ApiError {
 }
 
 /// The Control as seen by the answering node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlView {
     /// Node id of the Control.
@@ -344,6 +348,7 @@ pub struct ControlView {
 }
 
 /// One member as seen by the answering node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     /// Node id.
@@ -366,6 +371,7 @@ pub struct MemberStatus {
 }
 
 /// The small load summary every heartbeat carries.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberLoad {
     /// CPU in use, millicores.
@@ -379,6 +385,7 @@ pub struct MemberLoad {
 }
 
 /// Answer to [`Request::Status`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// The node that answered.

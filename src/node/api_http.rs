@@ -7,8 +7,9 @@
 //! has a deadline ([`REQUEST_DEADLINE`], 504 past it), bodies are limited to
 //! [`MAX_BODY`], event streams to [`MAX_STREAMS`] at once, and every refusal is a JSON
 //! error with a stable code. `/v1` needs a token (see [`super::tokens`]): `read` for `GET`,
-//! `admin` for the rest; `/metrics` and the dashboard's static files need none (the
-//! dashboard asks for a token and sends it with its own `/v1` requests).
+//! `admin` for the rest; `/metrics`, `/openapi.json` (the API's OpenAPI document) and the
+//! dashboard's static files need none (the dashboard asks for a token and sends it with its
+//! own `/v1` requests).
 //!
 //! The actor also samples every member's load (from this node's heartbeats) every
 //! [`USAGE_EVERY`] for [`USAGE_KEEP`], which `/v1/usage` serves and the dashboard charts.
@@ -293,6 +294,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/ui", get(dashboard::page))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
@@ -771,6 +773,18 @@ async fn events(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(r)
+}
+
+/// The API's OpenAPI document (`smart_api::openapi`), generated once.
+async fn openapi() -> HttpResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(smart_api::openapi::json).clone();
+    let mut r = doc.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 async fn metrics(State(st): State<AppState>) -> HttpResponse {
