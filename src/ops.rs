@@ -275,7 +275,12 @@ pub async fn run(cmd: OpsCmd) -> Result<(), OpsError> {
             let d: Done = conn
                 .client()?
                 .send::<(), _>(Method::POST, &format!("/v1/nodes/{}/drain", node.0), None)
-                .await?;
+                .await
+                .inspect_err(|e| {
+                    if let OpsError::Api { status: 409, .. } = e {
+                        eprintln!("drain of {node} refused: something on it cannot move");
+                    }
+                })?;
             if conn.json {
                 print_json(&d);
             } else {
