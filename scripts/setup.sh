@@ -6,8 +6,10 @@
 # - nginx-light: the `vod bench streams` comparison
 # - chromium, chromium-driver: the browser test plays the HLS player page headless
 # - nodejs, npm: `npm ci` in vod/ui installs hls.js (served with the player page) and
-#   playwright-core (drives Chromium for the browser test) into vod/ui/node_modules (not
-#   committed; no browser download: Debian's chromium is used)
+#   playwright-core (drives Chromium for the browser tests) into vod/ui/node_modules, and in
+#   ui/ uPlot (the dashboard's chart, embedded in the smart binary by build.rs) into
+#   ui/node_modules (neither committed; no browser download: Debian's chromium is used)
+# - prometheus: its promtool checks the nodes' /metrics in the tests
 # Needs root (or sudo) for apt; skips packages that are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -33,9 +36,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # The lock file pins hls.js and playwright-core; `npm ci` is skipped when node_modules was
 # installed from this very lock (the copy left in node_modules/.smart-lock says so).
-if ! cmp -s vod/ui/package-lock.json vod/ui/node_modules/.smart-lock 2>/dev/null; then
-  echo "setup: npm ci in vod/ui"
-  (cd vod/ui && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error \
-    && cp package-lock.json node_modules/.smart-lock)
+for ui in vod/ui ui; do
+  if ! cmp -s "$ui/package-lock.json" "$ui/node_modules/.smart-lock" 2>/dev/null; then
+    echo "setup: npm ci in $ui"
+    (cd "$ui" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error \
+      && cp package-lock.json node_modules/.smart-lock)
+  fi
+done
+# The Debian package starts a Prometheus server where systemd runs; the tests only need
+# promtool, so a server this script caused to start is stopped (never one that was there).
+if [[ " ${need[*]:-} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
-echo "setup: ok (nft $(command -v nft), ffmpeg $(command -v ffmpeg), nginx $(command -v nginx), chromium $(command -v chromium), node $(command -v node))"
+echo "setup: ok (promtool $(command -v promtool), nft $(command -v nft), ffmpeg $(command -v ffmpeg), nginx $(command -v nginx), chromium $(command -v chromium), node $(command -v node))"

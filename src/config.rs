@@ -414,6 +414,14 @@ pub struct NodeConfig {
     /// Node health checks.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Address of the operator's HTTP/JSON API (`/v1`), `/metrics` and the dashboard
+    /// (`/ui`); none when unset.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    /// API tokens for `http_listen` (see `smart tokens new`); without it every `/v1` request
+    /// is refused with 401.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
 }
 
 fn default_roles() -> Vec<Role> {
@@ -443,6 +451,9 @@ impl NodeConfig {
             && p.is_relative()
         {
             cfg.admission.default_profile = Some(base.join(p));
+        }
+        if let Some(t) = cfg.tokens_file.as_mut().filter(|t| t.is_relative()) {
+            *t = base.join(&*t);
         }
         Ok(cfg)
     }
@@ -597,6 +608,20 @@ impl NodeConfig {
                 "must name the distributor program".into(),
             ));
         }
+        if let Some(h) = self.http_listen {
+            if h.port() == 0 {
+                return Err(bad(
+                    "http_listen",
+                    "needs a fixed port: other nodes and tools are told it".into(),
+                ));
+            }
+            if h == self.listen || Some(h) == self.frontend_http {
+                return Err(bad(
+                    "http_listen",
+                    format!("{h} is already used by `listen` or `frontend_http`"),
+                ));
+            }
+        }
         if self.has_role(Role::FrontEnd) && self.frontend_http.is_none() {
             return Err(bad(
                 "frontend_http",
@@ -604,6 +629,11 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Base URL of this node's HTTP API (`http://ip:port`), when it serves one.
+    pub fn http_url(&self) -> Option<String> {
+        self.http_listen.map(|a| format!("http://{a}"))
     }
 
     /// The IP heartbeats are sent from when the interface is given by address.

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 use smart::config::NodeConfig;
 use smart::node::{self, Faults, supervisor::Exit};
-use smart_api::client::ApiClient;
-use smart_supervision::ClusterKey;
+use smart::ops::{self, OpsCmd, client::OpsError};
+use smart_vod::logging::LogFormat;
 
 /// Exit code when the supervision tree escalates (BSD EX_SOFTWARE): a service manager
 /// restarts the node.
@@ -21,6 +21,9 @@ const EXIT_ESCALATED: u8 = 70;
     about = "SMART: many streaming services on a shared cluster, with QoS and no single point of failure"
 )]
 struct Cli {
+    /// Log format (default: `$SMART_LOG_FORMAT`, else text); the filter is `$SMART_LOG`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -33,8 +36,24 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show members and the Control as a node sees them.
-    Status(StatusArgs),
+    #[command(flatten)]
+    Ops(OpsCmd),
+    /// API tokens for the HTTP API.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Node configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// This build's versions (crate, message API, transport, heartbeats); with an address,
+    /// the node's too.
+    Version(ops::Conn),
+    /// Shell completions for `smart`, on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The `smart(1)` man page (roff), on stdout.
+    Man,
     /// Run a local cluster on loopback and show a Control failover.
     Demo(smart_testkit::demo::DemoArgs),
     /// Simulate admission control and placement under a VoD workload (deterministic).
@@ -44,26 +63,42 @@ enum Cmd {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Move every service off a node (maintenance): live migration where the workload
-    /// speaks the control API, restart elsewhere otherwise.
-    Drain(DrainArgs),
     /// A GloVE video distributor (what Agent86 runs for a video; see `vod distributor`).
     Distributor(DistributorArgs),
 }
 
-#[derive(clap::Args)]
-struct DrainArgs {
-    /// The node id to drain (`3` or `n3`).
-    node: smart_proto::NodeId,
-    /// A node config to take an address and the cluster key from.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Any node's `listen` address (default: the `listen` of `--config`).
-    #[arg(long)]
-    connect: Option<String>,
-    /// The cluster key file (overrides the one in `--config`).
-    #[arg(long)]
-    key: Option<PathBuf>,
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Make a random token, append its digest to a tokens file and print the token once.
+    New {
+        /// What it may do.
+        #[arg(long, value_enum, default_value = "read")]
+        scope: TokenScope,
+        /// Who holds it (for the logs).
+        #[arg(long, default_value = "operator")]
+        name: String,
+        /// The tokens file (a node's `tokens_file`); created if missing.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TokenScope {
+    /// Every GET route.
+    Read,
+    /// Every route.
+    Admin,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a node config as `smart node` would: keys, values, the cluster key and the
+    /// tokens file.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -85,135 +120,31 @@ enum BenchCmd {
     Failover(smart_testkit::demo::FailoverBenchArgs),
     /// The front-end's `GET /watch` latency, for a video's first viewer and a joining one.
     Frontend(smart_testkit::bench_frontend::FrontendBenchArgs),
+    /// HTTP API latency (`/v1/status`, `/v1/services`) under a steady load, and the
+    /// dashboard's update delay after a node dies.
+    Api(smart_testkit::bench_api::ApiBenchArgs),
 }
 
-#[derive(clap::Args)]
-struct StatusArgs {
-    /// A node's `listen` address. Default: the `listen` of `--config`.
-    #[arg(long)]
-    connect: Option<String>,
-    /// A node config to take the address and the cluster key from.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// The cluster key file (overrides the one in `--config`).
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SMART_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
-async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let cfg = match &args.config {
-        Some(p) => Some(NodeConfig::load(p)?),
-        None => None,
-    };
-    let addr = match (&args.connect, &cfg) {
-        (Some(a), _) => a.clone(),
-        (None, Some(c)) => c.listen.to_string(),
-        (None, None) => bail!("give --connect ADDR (with --key FILE) or --config FILE"),
-    };
-    let key_path = match (&args.key, &cfg) {
-        (Some(k), _) => k.clone(),
-        (None, Some(c)) => c.cluster_key_file.clone(),
-        (None, None) => bail!("give --key FILE or --config FILE for the cluster key"),
-    };
-    let key = ClusterKey::load(&key_path)?;
-    let client = ApiClient::connect(&addr, key)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let s = client.status().await.context("status request")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
-    }
-    match &s.control {
-        Some(c) => println!("control: n{} at epoch {}", c.node_id, c.epoch),
-        None => println!("control: none (election in progress)"),
-    }
-    println!(
-        "answered by n{} (highest epoch {})",
-        s.node_id, s.highest_epoch
-    );
-    println!(
-        "{:<6} {:<22} {:<6} {:<28} {:>10} {:>14}",
-        "node", "address", "alive", "roles", "heard(ms)", "incarn"
-    );
-    for m in &s.members {
-        println!(
-            "{:<6} {:<22} {:<6} {:<28} {:>10} {:>14}",
-            format!("n{}", m.node_id),
-            m.address,
-            if m.alive { "yes" } else { "no" },
-            m.roles.join(","),
-            m.last_heard_ms,
-            m.incarnation
-        );
-    }
-    let nonzero: Vec<String> = s
-        .counters
-        .iter()
-        .filter(|(_, v)| *v > 0)
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    println!("counters: {}", nonzero.join(" "));
-    Ok(())
-}
-
-async fn connect(
-    config: &Option<PathBuf>,
-    connect: &Option<String>,
-    key: &Option<PathBuf>,
-) -> anyhow::Result<ApiClient> {
-    let cfg = match config {
-        Some(p) => Some(NodeConfig::load(p)?),
-        None => None,
-    };
-    let addr = match (connect, &cfg) {
-        (Some(a), _) => a.clone(),
-        (None, Some(c)) => c.listen.to_string(),
-        (None, None) => bail!("give --connect ADDR (with --key FILE) or --config FILE"),
-    };
-    let key_path = match (key, &cfg) {
-        (Some(k), _) => k.clone(),
-        (None, Some(c)) => c.cluster_key_file.clone(),
-        (None, None) => bail!("give --key FILE or --config FILE for the cluster key"),
-    };
-    let key = ClusterKey::load(&key_path)?;
-    ApiClient::connect(&addr, key)
-        .await
-        .with_context(|| format!("connecting to {addr}"))
-}
-
-async fn drain(args: DrainArgs) -> anyhow::Result<()> {
-    let client = connect(&args.config, &args.connect, &args.key)
-        .await?
-        .with_timeout(std::time::Duration::from_secs(30));
-    match client
-        .request(smart_api::Request::Drain { node: args.node })
-        .await
-        .context("drain request")?
-    {
-        smart_api::Response::Ok => {
-            println!(
-                "draining {}: its services are moving to other nodes",
-                args.node
-            );
-            Ok(())
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(file)?;
+    smart_supervision::ClusterKey::load(&cfg.cluster_key_file)
+        .with_context(|| format!("cluster_key_file of {}", file.display()))?;
+    let tokens = match &cfg.tokens_file {
+        Some(t) => {
+            let f = smart::node::tokens::TokenFile::load(t)?;
+            format!("{} API tokens", f.token.len())
         }
-        smart_api::Response::Error(e) => bail!("drain refused: {e}"),
-        other => bail!("unexpected answer {other:?}"),
-    }
+        None => "no tokens_file: /v1 refuses every request".into(),
+    };
+    println!(
+        "{}: ok: node n{}, listen {}, http {}, roles {:?}, {tokens}",
+        file.display(),
+        cfg.node_id,
+        cfg.listen,
+        cfg.http_url().unwrap_or_else(|| "none".into()),
+        cfg.roles
+    );
+    Ok(())
 }
 
 async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
@@ -266,7 +197,36 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
-        Cmd::Status(args) => status(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Ops(cmd) => ops::run(cmd)
+            .await
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(Into::into),
+        Cmd::Version(conn) => ops::version(&conn)
+            .await
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(Into::into),
+        Cmd::Tokens(TokensCmd::New { scope, name, file }) => {
+            let scope = match scope {
+                TokenScope::Read => smart::node::tokens::Scope::Read,
+                TokenScope::Admin => smart::node::tokens::Scope::Admin,
+            };
+            let token = smart::node::tokens::TokenFile::append_new(&file, &name, scope)?;
+            eprintln!(
+                "{scope} token `{name}` added to {} (only its digest is kept there):",
+                file.display()
+            );
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Config(ConfigCmd::Check { file }) => config_check(&file).map(|_| ExitCode::SUCCESS),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "smart", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Demo(args) => {
             smart_testkit::demo::run(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -282,8 +242,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("profiler task")??;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Drain(args) => drain(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Api(args)) => {
+            smart_testkit::bench_api::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench(BenchCmd::Frontend(args)) => {
             smart_testkit::bench_frontend::run(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -297,7 +260,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    smart_vod::logging::init(cli.log_format, "info");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(real_main(cli)) {
         Ok(code) => code,
@@ -306,7 +269,11 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            // Admin commands exit with a code that says what failed (README, "Exit codes").
+            match e.downcast_ref::<OpsError>() {
+                Some(o) => ExitCode::from(o.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -12,12 +12,20 @@
 //!   (durable epochs and incarnation, counters, event subscribers, the registry copy).
 //! - [`membership`]: the actor shell around the heartbeat/election engine.
 //! - [`forward`]: message-API forwarding to the Control across failovers.
+//! - [`dispatch`]: where a message-API request is answered (shared by the TCP port and the
+//!   HTTP API); [`directory`]: the members' HTTP addresses.
+//! - [`api_http`], [`dashboard`], [`metrics`], [`tokens`]: the operator's HTTP surface
+//!   (`/v1` JSON API, `/ui`, `/metrics`) and its API tokens.
 //! - [`http`]: HTTP serving with connection caps and head timeouts (axum on hyper).
 //! - [`http_frontend`]: the front-end's HTTP side (`GET /watch/{video}`).
 //! - [`server`]: the TCP port (node-to-node and message API) and outgoing peers.
 //! - [`supervisor`]: the supervision tree and its restart policy.
 
+pub mod api_http;
 pub mod counters;
+pub mod dashboard;
+pub mod directory;
+pub mod dispatch;
 pub mod durable;
 pub mod events;
 pub mod forward;
@@ -25,10 +33,12 @@ pub mod http;
 pub mod http_frontend;
 pub mod membership;
 pub mod messages;
+pub mod metrics;
 pub mod replica;
 pub mod routes;
 pub mod server;
 pub mod supervisor;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,6 +68,9 @@ pub enum NodeError {
     /// The data directory could not be used.
     #[error(transparent)]
     Persist(#[from] crate::persist::PersistError),
+    /// The API tokens file could not be used.
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenFileError),
     /// The supervision tree could not start (a socket could not be bound, ...).
     #[error("node failed to start: {0}")]
     Start(String),
@@ -100,6 +113,7 @@ pub async fn run(
         .settings()
         .map_err(|e| NodeError::Start(e.to_string()))?;
     let key = ClusterKey::load(&cfg.cluster_key_file)?;
+    let tokens = Arc::new(tokens::TokenStore::open(cfg.tokens_file.as_deref())?);
     let state = StateFile::open_and_boot(&cfg.data_dir)?;
     let durable = Arc::new(DurableState::new(state));
     let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation(), key.clone());
@@ -131,6 +145,20 @@ pub async fn run(
     )
     .map_err(|e| NodeError::Start(format!("agent86 runtime: {e}")))?;
     let (exit_tx, mut exit_rx) = watch::channel(Exit::Running);
+    let metrics = Arc::new(metrics::NodeMetrics::new(cfg.id()));
+    let subscribers = Arc::new(events::Subscribers::new(
+        durable.incarnation(),
+        Some(metrics.clone()),
+    ));
+    let view = Arc::new(watch::channel(Default::default()).0);
+    let directory = Arc::new(directory::MemberDirectory::default());
+    // Learns the members' HTTP addresses; ends with the view (below) or is aborted.
+    let learner = tokio::spawn(directory.clone().run(
+        cfg.id(),
+        view.subscribe(),
+        peers.clone(),
+        cfg.timing.request_timeout,
+    ));
     let (sup, handle) = Actor::spawn(
         None,
         NodeSupervisor {
@@ -138,9 +166,12 @@ pub async fn run(
             key,
             durable,
             peers: peers.clone(),
-            view: Arc::new(watch::channel(Default::default()).0),
+            view,
             counters: Default::default(),
-            subscribers: Default::default(),
+            subscribers,
+            metrics,
+            tokens,
+            directory,
             replica: Default::default(),
             routes: Default::default(),
             endpoint,
@@ -170,6 +201,7 @@ pub async fn run(
     {
         error!(node = %cfg.id(), "supervision tree did not stop within 5 s");
     }
+    learner.abort();
     peers.stop_all();
     // Our instances do not outlive the node (a killed node's are killed by its next start).
     tokio::task::spawn_blocking(move || agent_core.stop_all())

@@ -282,6 +282,7 @@ async fn drain_moves_every_viewer_with_a_short_gap() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
         .args(["drain", &node.to_string(), "--config"])
         .arg(c.dir().join(format!("n{}.toml", fe_node(&c))))
+        .env("SMART_TOKEN", c.admin_token())
         .output()
         .unwrap();
     assert!(

@@ -243,7 +243,7 @@ async fn hostile_datagrams_and_frames_are_dropped_and_counted() {
     // (The client checks the node's proof first, so it is the client that detects the
     // wrong key; the node sees a failed handshake.)
     let bad = smart_api::client::ApiClient::connect(&addr.to_string(), wrong_key.clone()).await;
-    let err = bad.err().expect("wrong key accepted").to_string();
+    let err = bad.expect_err("wrong key accepted").to_string();
     assert!(err.contains("key"), "{err}");
     // Raw garbage and a hostile length prefix on the TCP port.
     for bytes in [
@@ -280,11 +280,11 @@ async fn status_command_prints_json_with_control_and_members() {
         .wait_agreed_control(&all, Duration::from_secs(10), |_, _| true)
         .await
         .unwrap();
+    // Over the HTTP API of node 2, address and token from the environment.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(["status", "--json", "--connect"])
-        .arg(c.nodes[1].addr.to_string())
-        .arg("--key")
-        .arg(c.dir().join("cluster.key"))
+        .args(["status", "--json"])
+        .env("SMART_ADDR", c.http_url(2))
+        .env("SMART_TOKEN", c.read_token())
         .output()
         .unwrap();
     assert!(
@@ -298,6 +298,14 @@ async fn status_command_prints_json_with_control_and_members() {
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 2);
     assert!(members.iter().all(|m| m["alive"] == true));
+    // Every member's API URL: its own from config, the other's learned over the transport.
+    let st = wait_status(&c, 2, Duration::from_secs(10), |s| {
+        s.members.iter().all(|m| m.http.is_some())
+    })
+    .await;
+    for m in &st.members {
+        assert_eq!(m.http.as_deref(), Some(c.http_url(m.node_id.0).as_str()));
+    }
     // Heartbeats carry each node's load: n2 sees n1's memory in use (sampled by n1's
     // Agent86, sent in n1's heartbeats).
     let st = wait_status(&c, 2, Duration::from_secs(10), |s| {

@@ -66,6 +66,15 @@ pub enum ControlEvent {
         /// The epoch the agent has seen.
         highest: Epoch,
     },
+    /// An admission request was decided (for metrics): the engine's step, timed.
+    Decided {
+        /// `service` for `AdmitService`, `client` for `AdmitClient`.
+        request: &'static str,
+        /// Admission's reason, when it said no.
+        rejected: Option<String>,
+        /// How long the engine's step took.
+        took: Duration,
+    },
 }
 
 /// The error a deposed Control stops with: the supervisor sees it in `ActorFailed` and
@@ -232,7 +241,43 @@ impl Control {
         st: &mut ControlState,
         input: Input,
     ) -> Result<(), ActorProcessingErr> {
-        let outputs = st.engine.handle(input, Instant::now());
+        // Admission requests are timed and their outcome reported (for metrics).
+        let admission = match &input {
+            Input::Api {
+                id,
+                req: Request::AdmitService(_),
+            } => Some((*id, "service")),
+            Input::Api {
+                id,
+                req: Request::AdmitClient { .. },
+            } => Some((*id, "client")),
+            _ => None,
+        };
+        let t0 = Instant::now();
+        let outputs = st.engine.handle(input, t0);
+        if let Some((id, request)) = admission {
+            let took = t0.elapsed();
+            let reply = outputs.iter().find_map(|o| match o {
+                Output::Reply { id: i, resp } if *i == id => Some(resp),
+                _ => None,
+            });
+            // Placed, or waiting for its instance: admitted. Other errors (not acting, no
+            // such service, a bad spec) decided nothing.
+            let rejected = match reply {
+                Some(Response::Error(smart_proto::api::ApiError::Rejected { reason })) => {
+                    Some(Some(reason.clone()))
+                }
+                Some(Response::Error(_)) => None,
+                _ => Some(None),
+            };
+            if let Some(rejected) = rejected {
+                (self.events)(ControlEvent::Decided {
+                    request,
+                    rejected,
+                    took,
+                });
+            }
+        }
         match self.execute(myself, st, outputs) {
             Some(d) => Err(Box::new(d)),
             None => Ok(()),

@@ -1,10 +1,11 @@
 //! A minimal external front-end (GloVE's Supervisor) over the SMART message API.
 //!
 //! ```text
-//! cargo run -p smart-api --example supervisor -- NODE_ADDR KEY_FILE VIDEO ORIGIN_URL
+//! cargo run -p smart-api --example supervisor -- NODE_ADDR[,NODE_ADDR...] KEY_FILE VIDEO ORIGIN_URL
 //! ```
 //!
-//! It connects to any node (requests reach the Control through it), subscribes to events,
+//! It connects to any of the nodes given (requests reach the Control through it, and the
+//! client moves to the next node when its node goes away), subscribes to events,
 //! admits the video's distributor (`AdmitService`, the command is `smart distributor`),
 //! admits one client (`AdmitClient`, the Smart-GloVE rule), prints where the viewer must go,
 //! then prints the cluster's events (admissions, migrations, failures, Control changes) for
@@ -25,7 +26,8 @@ async fn main() -> Result<(), ClientError> {
         std::process::exit(2);
     };
     let key = ClusterKey::load(key_file.as_ref()).map_err(|e| ClientError::Key(e.to_string()))?;
-    let client = ApiClient::connect(addr, key)
+    let addrs: Vec<&str> = addr.split(',').collect();
+    let client = ApiClient::connect_any(&addrs, key)
         .await?
         .with_timeout(Duration::from_secs(15));
     client.subscribe().await?;

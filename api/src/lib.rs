@@ -14,7 +14,10 @@
 //! - [`ApiError`]: typed errors, each saying whether a retry can help.
 //! - [`NodeRequest`] / [`NodeResponse`] / [`NodeProtocol`]: what a node's TCP port speaks:
 //!   the message API, plus node-to-node messages that a node refuses from clients.
-//! - [`client`]: [`client::ApiClient`], the async client; `examples/supervisor.rs` is a
+//! - [`http`]: the HTTP/JSON API's shapes, routes and error codes (`/v1` on every node).
+//! - [`openapi`]: the HTTP API as an OpenAPI document (`api/openapi.json`, `GET /openapi.json`).
+//! - [`client`]: [`client::ApiClient`], the async client (several node addresses, fail-over,
+//!   typed error answers, version check on connect); `examples/supervisor.rs` is a
 //!   minimal external front-end (admit a video's distributor and a viewer, follow events).
 //!
 //! ## Requests and what answers them
@@ -29,6 +32,8 @@
 //! | `Drain{node}` | `Ok` (moves start), or `Error(Rejected)` naming what cannot move | the Control |
 //! | `Locate{service}` | `Placed` (waits while the service restarts) or `Error(NotFound)` | the Control |
 //! | `Services` | `Services(Vec<ServiceStatus>)` | the Control |
+//! | `Version` | `Version(VersionInfo)`: crate, API, wire and heartbeat versions, HTTP address | the node asked (clients send it first, on connect) |
+//! | `Nodes` | `Nodes(Vec<NodeReport>)`: capacity, usage, reservations, VR, drains, instances | the Control's node |
 //!
 //! In a `ServiceSpec` command, `{listen}` is replaced by an address Agent86 picks on the
 //! chosen node; the instance's endpoint is `http://{listen}/`.
@@ -37,13 +42,17 @@
 //! Messages travel inside the SMART TCP transport (`smart_supervision::transport`: a
 //! 4-byte big-endian length, a postcard envelope, a mutual HMAC handshake with the cluster
 //! key). A client sends `NodeRequest::Api(Request)` and receives `NodeResponse::Api(Response)`;
-//! subscribers receive [`Event`] notifications. All are encoded with postcard (serde's data model: enums are a varint
+//! subscribers receive [`EventNote`] notifications: an [`Event`]'s postcard bytes inside a
+//! byte string, so that a client skips (and counts) an event variant newer than itself
+//! instead of losing the connection. All are encoded with postcard (serde's data model: enums are a varint
 //! variant index followed by the fields in order; integers are varints; strings and vectors
 //! are a varint length then the bytes/elements; `Option` is a 0/1 byte then the value).
 //! Variant indices are the declaration order below and are never reused: new variants are
 //! only appended, and [`API_VERSION`] changes when a message changes shape.
 
 pub mod client;
+pub mod http;
+pub mod openapi;
 
 pub use smart_proto::api::*;
 pub use smart_proto::node::{NodeRequest, NodeResponse};
@@ -56,7 +65,7 @@ pub struct NodeProtocol;
 impl smart_supervision::transport::Protocol for NodeProtocol {
     type Request = NodeRequest;
     type Response = NodeResponse;
-    type Notify = Event;
+    type Notify = EventNote;
 }
 
 #[cfg(test)]
@@ -80,6 +89,7 @@ mod tests {
                 last_heard_ms: 40,
                 incarnation: 3,
                 load: MemberLoad::default(),
+                http: Some("http://127.0.0.1:7180".into()),
             }],
             counters: vec![("dropped_bad_tag".into(), 2)],
         });

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{Epoch, NodeId};
 
 /// Resources set aside for an instance or a pending arrival.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Reservation {
     /// CPU, cores.

@@ -12,7 +12,8 @@ use crate::ids::{Epoch, Incarnation, NodeId, ServiceName};
 use crate::profile::{ClassProfile, ProfileSource, ProfileSummary, ServiceProfile};
 
 /// Version of the message API's types.
-pub const API_VERSION: u8 = 2;
+/// 3: `Version`, `Nodes`, `MemberStatus::http`, events travel as [`EventNote`].
+pub const API_VERSION: u8 = 3;
 
 /// What a service needs, as given by the front-end when it asks for admission.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +99,12 @@ pub enum Request {
     /// Profile a service class on a node with the profiler role (Agent99) and store the
     /// result as the class's profile; progress and the result arrive as events.
     ProfileJob(Box<ProfileJob>),
+    /// The answering node's versions and HTTP API address (answered by the node asked).
+    /// Clients send it first, on connect; nodes ask each other for their HTTP address.
+    Version,
+    /// Every agent node as the Control sees it: capacity, usage, reservations, drains
+    /// (answered by the Control's node with `Nodes`).
+    Nodes,
 }
 
 /// A profiling job for Agent99 (what `smart profile` does, run on a profiler node).
@@ -119,6 +126,7 @@ pub struct ProfileJob {
 }
 
 /// Where an admitted service or client goes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     /// The service.
@@ -148,6 +156,119 @@ pub enum Response {
     Profiles(Vec<ProfileSummary>),
     /// Answer to `Profile`.
     Profile(Box<ClassProfile>),
+    /// Answer to `Version`.
+    Version(VersionInfo),
+    /// Answer to `Nodes`, by node id.
+    Nodes(Vec<NodeReport>),
+}
+
+/// Answer to [`Request::Version`]: what the answering node speaks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The node that answered.
+    pub node_id: NodeId,
+    /// Its `smart` crate version.
+    pub version: String,
+    /// [`API_VERSION`] of its message API.
+    pub api_version: u8,
+    /// Version of its TCP transport's frames.
+    pub wire_version: u8,
+    /// Version of its heartbeat datagrams.
+    pub heartbeat_version: u8,
+    /// Base URL of its HTTP/JSON API (`http://ip:port`), when it serves one.
+    pub http: Option<String>,
+}
+
+/// One agent node as the Control sees it (answer to [`Request::Nodes`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Kept out of placement by a drain.
+    pub drained: bool,
+    /// Its last usage sample (capacity and use), when it reported one.
+    pub usage: Option<crate::agent::NodeUsage>,
+    /// Sum of what admission reserved on it (instances and open reservations).
+    pub reserved: crate::agent::Reservation,
+    /// The fraction of capacity admission may fill (`VR`, thesis eq. 4.1).
+    pub vr: f64,
+    /// Its instances.
+    pub instances: Vec<InstanceUse>,
+}
+
+/// One instance in a [`NodeReport`]: its reservation against its last sample.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceUse {
+    /// Instance name (`<service>.<generation>`).
+    pub instance: String,
+    /// Its service, when the Control started it.
+    pub service: Option<ServiceName>,
+    /// What admission reserved for it.
+    pub reserved: crate::agent::Reservation,
+    /// Cores used at the last sample.
+    pub cpu_cores: Option<f64>,
+    /// Network at the last sample, bits/s (when measurable).
+    pub net_bps: Option<f64>,
+    /// Working set at the last sample, bytes.
+    pub mem_bytes: Option<u64>,
+    /// Clients the instance reports connected (viewers of a distributor).
+    pub clients: Option<u32>,
+}
+
+/// An [`Event`] as subscribers receive it on the node transport: the event's postcard bytes
+/// inside a byte string. A receiver that does not know the event's variant (one added by a
+/// newer node) gets [`EventNote::Unknown`] and skips it; without the byte string around it,
+/// the unknown variant would fail the whole frame and close the connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventNote {
+    /// An event this build knows.
+    Known(Event),
+    /// An event this build cannot decode, as received (relayed as is).
+    Unknown(Vec<u8>),
+}
+
+impl From<Event> for EventNote {
+    fn from(e: Event) -> Self {
+        EventNote::Known(e)
+    }
+}
+
+impl Serialize for EventNote {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EventNote::Known(e) => {
+                let bytes = postcard::to_allocvec(e).map_err(serde::ser::Error::custom)?;
+                s.serialize_bytes(&bytes)
+            }
+            EventNote::Unknown(b) => s.serialize_bytes(b),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventNote {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = EventNote;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event's bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<EventNote, E> {
+                // Every byte must belong to the event: a known variant with trailing bytes
+                // is a newer shape of it, not something to guess at.
+                Ok(match postcard::take_from_bytes::<Event>(v) {
+                    Ok((e, [])) => EventNote::Known(e),
+                    _ => EventNote::Unknown(v.to_vec()),
+                })
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<EventNote, E> {
+                self.visit_bytes(&v)
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
 }
 
 /// One admitted service, as the Control sees it.
@@ -311,6 +432,7 @@ impl ApiError {
 }
 
 /// The Control as seen by the answering node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlView {
     /// Node id of the Control.
@@ -320,6 +442,7 @@ pub struct ControlView {
 }
 
 /// One member as seen by the answering node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     /// Node id.
@@ -336,9 +459,13 @@ pub struct MemberStatus {
     pub incarnation: Incarnation,
     /// The load summary from its last heartbeat.
     pub load: MemberLoad,
+    /// Base URL of its HTTP/JSON API (`http://ip:port`), once known (each node asks the
+    /// others for it when they come up).
+    pub http: Option<String>,
 }
 
 /// The small load summary every heartbeat carries.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberLoad {
     /// CPU in use, millicores.
@@ -352,6 +479,7 @@ pub struct MemberLoad {
 }
 
 /// Answer to [`Request::Status`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// The node that answered.
@@ -364,4 +492,51 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// Counters: dropped datagrams by reason, failed handshakes, restarts, ...
     pub counters: Vec<(String, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_events_round_trip_as_notes() {
+        let ev = Event::MemberChanged {
+            node: NodeId(3),
+            alive: false,
+        };
+        let bytes = postcard::to_allocvec(&(EventNote::from(ev.clone()), 7u32)).unwrap();
+        let (note, after): (EventNote, u32) = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(note, EventNote::Known(ev));
+        assert_eq!(after, 7, "the note's length delimits it");
+    }
+
+    #[test]
+    fn an_unknown_variant_decodes_as_unknown_and_the_frame_survives() {
+        // A newer node's event: variant index 200, fields this build has never seen.
+        let newer = vec![200u8, 1, 0x05, b'h', b'e', b'l', b'l', b'o'];
+        let wire = postcard::to_allocvec(&(EventNote::Unknown(newer.clone()), 9u32)).unwrap();
+        let (note, after): (EventNote, u32) = postcard::from_bytes(&wire).unwrap();
+        assert_eq!(note, EventNote::Unknown(newer));
+        assert_eq!(after, 9);
+        // A known variant followed by bytes it does not have is a newer shape: unknown.
+        let mut longer = postcard::to_allocvec(&Event::MemberChanged {
+            node: NodeId(1),
+            alive: true,
+        })
+        .unwrap();
+        longer.push(42);
+        let wire = postcard::to_allocvec(&EventNote::Unknown(longer)).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<EventNote>(&wire).unwrap(),
+            EventNote::Unknown(_)
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_note_bytes_never_panic(bytes in proptest::collection::vec(0u8..=255, 0..64)) {
+            let wire = postcard::to_allocvec(&EventNote::Unknown(bytes)).unwrap();
+            let _ = postcard::from_bytes::<EventNote>(&wire).unwrap();
+        }
+    }
 }

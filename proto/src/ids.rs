@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// A node's identity, unique in the cluster and stable across restarts (from config).
 ///
 /// Serialised as its bare number (postcard varint, JSON number), so `"node_id": 3` in JSON.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]

@@ -8,7 +8,10 @@
 //!
 //! Encodings: everything on the node transport is postcard (serde's data model; variant
 //! indices are declaration order and are only ever appended); the workload control API is
-//! one JSON object per line.
+//! one JSON object per line. One exception to "typed all the way": event notifications to
+//! message-API subscribers travel as [`api::EventNote`], an event's postcard bytes inside a
+//! byte string, so that a subscriber skips an event variant newer than itself instead of
+//! losing its connection.
 //!
 //! ## Layout
 //! - [`ids`]: [`NodeId`], [`Epoch`], [`Incarnation`], [`ServiceName`].

@@ -354,6 +354,8 @@ impl Membership {
                 last_heard_ms: now.saturating_duration_since(m.last_heard).as_millis() as u64,
                 incarnation: m.incarnation,
                 load: member_load(m.load),
+                // Filled in by the node's dispatcher, which learns every member's.
+                http: None,
             })
             .collect();
         members.push(MemberStatus {
@@ -364,6 +366,7 @@ impl Membership {
             last_heard_ms: 0,
             incarnation: self.durable.incarnation(),
             load: member_load(st.load),
+            http: None,
         });
         members.sort_by_key(|m| m.node_id);
         let c = st.engine.counters();

@@ -7,10 +7,9 @@
 //!   node, executed with its fencing;
 //! - `Replica` (nodes only): kept when newer than the copy this node has;
 //! - `Event` (nodes only): pushed to this node's subscribers;
-//! - `Api(Status)`: answered by this node's membership;
 //! - `Api(Subscribe)`: the connection joins the event subscribers;
-//! - any other `Api` request: to the local Control when this node is Control, else
-//!   forwarded to the Control with retries across a failover.
+//! - any other `Api` request: to the [`Dispatcher`] (status and version here, the rest to
+//!   the local Control or forwarded to the Control with retries across a failover).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,9 +18,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
 use smart_actors::agent86::Agent86Msg;
-use smart_actors::control::ControlMsg;
 use smart_actors::peer::{BoxFuture, PeerClient, PeerError};
-use smart_api::{ApiError, NodeProtocol, NodeRequest, NodeResponse, Request, Response};
+use smart_api::{NodeProtocol, NodeRequest, NodeResponse, Request, Response};
 use smart_proto::agent::AgentReply;
 use smart_supervision::transport::peer::{self, Peer, PeerArgs, PeerMsg};
 use smart_supervision::transport::tcp::TcpTransport;
@@ -31,9 +29,8 @@ use smart_supervision::transport::{
 use tracing::{Instrument, info, info_span};
 
 use super::counters::Counters;
+use super::dispatch::Dispatcher;
 use super::events::Subscribers;
-use super::forward::Forwarder;
-use super::messages::MembershipMsg;
 use super::replica::ReplicaStore;
 use super::routes::RouteReaders;
 use crate::config::NodeConfig;
@@ -115,16 +112,14 @@ pub struct PortContext {
     pub cfg: Arc<NodeConfig>,
     /// The node's actors.
     pub routes: RouteReaders,
-    /// Forwarding to the Control.
-    pub forwarder: Forwarder,
+    /// Where message-API requests are answered (shared with the HTTP API).
+    pub dispatch: Dispatcher,
     /// Event subscribers.
     pub subscribers: Arc<Subscribers>,
     /// The registry copy.
     pub replica: Arc<ReplicaStore>,
     /// Node counters.
     pub counters: Arc<Counters>,
-    /// The transport's counters.
-    pub transport: Arc<smart_supervision::transport::Counters>,
 }
 
 /// Serves the node's TCP port.
@@ -137,68 +132,13 @@ impl NodeHandler {
         self.ctx.cfg.timing.request_timeout.as_millis() as u64
     }
 
-    /// Adds the transport's counters and Agent86's fencing figures to a status answer.
-    async fn extend_counters(&self, counters: &mut Vec<(String, u64)>) {
-        if let Ok(serde_json::Value::Object(map)) =
-            serde_json::to_value(self.ctx.transport.snapshot())
-        {
-            for (k, v) in map {
-                counters.push((format!("transport_{k}"), v.as_u64().unwrap_or(0)));
-            }
-        }
-        if let Some(a) = self.ctx.routes.agent86()
-            && let Ok(r) = call_t!(a, Agent86Msg::Report, self.timeout_ms())
-        {
-            // Executed epochs must never go down: this counts violations, from the
-            // agent's own record of what it executed.
-            let regressions = r
-                .recent_commands
-                .windows(2)
-                .filter(|w| w[1].0 < w[0].0)
-                .count() as u64;
-            counters.push(("agent_refused_stale".into(), r.refused_stale));
-            counters.push(("agent_epoch_regressions".into(), regressions));
-            counters.push((
-                "agent_recent_commands".into(),
-                r.recent_commands.len() as u64,
-            ));
-        }
-        counters.sort();
-    }
-
     async fn api(&self, req: Request, ctx: &RequestContext<NodeProtocol>) -> Response {
         match req {
-            Request::Status => {
-                let Some(m) = self.ctx.routes.membership() else {
-                    return Response::Error(ApiError::Internal {
-                        reason: "membership is restarting".into(),
-                    });
-                };
-                match call_t!(m, MembershipMsg::Status, self.timeout_ms()) {
-                    Ok(mut s) => {
-                        self.extend_counters(&mut s.counters).await;
-                        Response::Status(s)
-                    }
-                    Err(e) => Response::Error(ApiError::Internal {
-                        reason: format!("membership: {e}"),
-                    }),
-                }
-            }
             Request::Subscribe => {
                 self.ctx.subscribers.add(ctx.conn.clone());
                 Response::Ok
             }
-            other => {
-                if let Some(c) = self.ctx.routes.control() {
-                    match call_t!(c, ControlMsg::Api, self.timeout_ms(), other.clone()) {
-                        Ok(r) => return r,
-                        Err(_) => {
-                            // Stepping down meanwhile: fall through to forwarding.
-                        }
-                    }
-                }
-                self.ctx.forwarder.forward(other).await
-            }
+            other => self.ctx.dispatch.request(other).await,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! ├── PeerServer            TCP listener: node-to-node requests and the message API
 //! ├── Agent86               node agent, fenced commands
 //! ├── HttpFrontEnd          only with the front-end role: GET /watch/{video} -> 302
+//! ├── ApiHttp               with `http_listen`: the /v1 JSON API, /metrics, /ui
 //! ├── Membership            heartbeats, failure detector, election (restart: new incarnation)
 //! └── Control               only while this node is the elected Control (started and
 //!                           stopped on membership's word)
@@ -45,16 +46,21 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::api_http::{ApiHttp, ApiHttpContext};
 use super::counters::Counters;
+use super::directory::MemberDirectory;
+use super::dispatch::Dispatcher;
 use super::durable::DurableState;
 use super::events::Subscribers;
 use super::forward::Forwarder;
 use super::http_frontend::HttpFrontEnd;
 use super::membership::Membership;
 use super::messages::{MembershipMsg, NodeMsg};
+use super::metrics::{self, NodeMetrics};
 use super::replica::ReplicaStore;
 use super::routes::Routes;
 use super::server::{PeerServer, PortContext};
+use super::tokens::TokenStore;
 use crate::config::NodeConfig;
 
 /// How the tree ended.
@@ -75,6 +81,7 @@ enum Child {
     Agent86,
     PeerServer,
     HttpFrontEnd,
+    ApiHttp,
     Control,
 }
 
@@ -94,8 +101,14 @@ pub struct NodeSupervisor {
     pub view: Arc<watch::Sender<ClusterView>>,
     /// Node counters.
     pub counters: Arc<Counters>,
-    /// Event subscribers of this node.
+    /// Event subscribers of this node (and its ring of recent events).
     pub subscribers: Arc<Subscribers>,
+    /// Prometheus metrics.
+    pub metrics: Arc<NodeMetrics>,
+    /// API tokens of the HTTP API.
+    pub tokens: Arc<TokenStore>,
+    /// The members' HTTP addresses.
+    pub directory: Arc<MemberDirectory>,
     /// The registry copy.
     pub replica: Arc<ReplicaStore>,
     /// Typed handles to the children, refreshed on every spawn.
@@ -138,6 +151,16 @@ impl NodeSupervisor {
             peers: self.peers.clone(),
             deadline: t * 5,
             attempt_timeout: t,
+        }
+    }
+
+    fn dispatcher(&self) -> Dispatcher {
+        Dispatcher {
+            cfg: self.cfg.clone(),
+            routes: self.routes.readers(),
+            forwarder: self.forwarder(),
+            transport: self.endpoint.counters.clone(),
+            directory: self.directory.clone(),
         }
     }
 
@@ -190,11 +213,10 @@ impl NodeSupervisor {
                 let ctx = PortContext {
                     cfg: self.cfg.clone(),
                     routes: self.routes.readers(),
-                    forwarder: self.forwarder(),
+                    dispatch: self.dispatcher(),
                     subscribers: self.subscribers.clone(),
                     replica: self.replica.clone(),
                     counters: self.counters.clone(),
-                    transport: self.endpoint.counters.clone(),
                 };
                 let (a, _) = Actor::spawn_linked(
                     None,
@@ -223,6 +245,25 @@ impl NodeSupervisor {
                 .await?;
                 a.get_cell()
             }
+            Child::ApiHttp => {
+                let (a, _) = Actor::spawn_linked(
+                    None,
+                    ApiHttp {
+                        ctx: ApiHttpContext {
+                            cfg: self.cfg.clone(),
+                            dispatch: self.dispatcher(),
+                            subscribers: self.subscribers.clone(),
+                            tokens: self.tokens.clone(),
+                            metrics: self.metrics.clone(),
+                            counters: self.counters.clone(),
+                        },
+                    },
+                    (),
+                    myself.get_cell(),
+                )
+                .await?;
+                a.get_cell()
+            }
             Child::Control => return Ok(()),
         };
         st.children.insert(cell.get_id(), child);
@@ -238,7 +279,21 @@ impl NodeSupervisor {
             return Ok(());
         };
         let membership = self.routes.readers().membership;
+        let metrics = self.metrics.clone();
         let events = Arc::new(move |ev: ControlEvent| {
+            if let ControlEvent::Decided {
+                request,
+                rejected,
+                took,
+            } = ev
+            {
+                metrics.decision(&metrics::Decision {
+                    request,
+                    rejected,
+                    took,
+                });
+                return;
+            }
             let Some(m) = membership.borrow().clone() else {
                 return;
             };
@@ -249,6 +304,7 @@ impl NodeSupervisor {
                 ControlEvent::Stale { highest, .. } => {
                     m.send_message(MembershipMsg::ControlStale(highest))
                 }
+                ControlEvent::Decided { .. } => return,
             };
         });
         // Local subscribers, and every other live node's (fire and forget).
@@ -343,6 +399,9 @@ impl Actor for NodeSupervisor {
         let mut order = vec![Child::PeerServer, Child::Agent86];
         if cfg.has_role(Role::FrontEnd) {
             order.push(Child::HttpFrontEnd);
+        }
+        if cfg.http_listen.is_some() {
+            order.push(Child::ApiHttp);
         }
         order.push(Child::Membership);
         for child in order {

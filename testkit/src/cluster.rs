@@ -133,10 +133,16 @@ pub struct NodeProc {
 }
 
 /// A running local cluster. Dropping it kills every node and removes its files.
+///
+/// Every node serves the HTTP API on its address, port + 3 ([`LocalCluster::http_url`]),
+/// with a tokens file holding one admin and one read token ([`LocalCluster::admin_token`],
+/// [`LocalCluster::read_token`]).
 #[derive(Debug)]
 pub struct LocalCluster {
     dir: PathBuf,
     key: ClusterKey,
+    admin_token: String,
+    read_token: String,
     spec: ClusterSpec,
     /// The nodes, index `i` is node `i + 1`.
     pub nodes: Vec<NodeProc>,
@@ -165,6 +171,30 @@ impl LocalCluster {
         fs::write(dir.join("distributor.profile.json"), DISTRIBUTOR_PROFILE)
             .map_err(io("writing distributor.profile.json"))?;
         let key = ClusterKey::from_bytes(key_hex.as_bytes()).expect("64-byte key");
+        let token = || {
+            let b: [u8; 32] = rand::random();
+            format!(
+                "smart_{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )
+        };
+        let (admin_token, read_token) = (token(), token());
+        let digest = |t: &str| -> String {
+            use sha2::Digest;
+            sha2::Sha256::digest(t.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        fs::write(
+            dir.join("tokens.toml"),
+            format!(
+                "[[token]]\nname = \"test-admin\"\nscope = \"admin\"\nsha256 = \"{}\"\n\n[[token]]\nname = \"test-read\"\nscope = \"read\"\nsha256 = \"{}\"\n",
+                digest(&admin_token),
+                digest(&read_token)
+            ),
+        )
+        .map_err(io("writing tokens.toml"))?;
         let members: Vec<String> = (1..=spec.nodes).map(|i| i.to_string()).collect();
         let addr_of = |i: usize| SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port));
         let mut nodes = Vec::new();
@@ -189,7 +219,11 @@ impl LocalCluster {
             if i == 1 {
                 roles.push("\"profiler\"");
             }
-            let mut top = format!("nic_bps = {}\n", spec.nic_bps);
+            let mut top = format!(
+                "nic_bps = {}\nhttp_listen = \"{}\"\ntokens_file = \"tokens.toml\"\n",
+                spec.nic_bps,
+                SocketAddr::new(addr.ip(), port + 3)
+            );
             if spec.frontends.contains(&(i as u64)) {
                 roles.push("\"front-end\"");
                 let http = SocketAddr::new(addr.ip(), port + 2);
@@ -222,6 +256,8 @@ impl LocalCluster {
         let mut c = Self {
             dir,
             key,
+            admin_token,
+            read_token,
             spec,
             nodes,
         };
@@ -234,6 +270,22 @@ impl LocalCluster {
     /// The cluster key.
     pub fn key(&self) -> &ClusterKey {
         &self.key
+    }
+
+    /// Node `id`'s HTTP API, `http://addr:port+3`.
+    pub fn http_url(&self, id: u64) -> String {
+        let a = self.nodes[(id - 1) as usize].addr;
+        format!("http://{}:{}", a.ip(), a.port() + 3)
+    }
+
+    /// A token with the admin scope.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// A token with the read scope.
+    pub fn read_token(&self) -> &str {
+        &self.read_token
     }
 
     /// The cluster's directory (configs, data, logs).

@@ -11,7 +11,9 @@
 //! - [`demo`]: `smart demo` options and `smart bench failover`.
 //! - [`case_study`]: the demo itself, the Smart-GloVE case study.
 //! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
+//! - [`bench_api`]: `smart bench api`, the HTTP API's latency and the dashboard's delay.
 
+pub mod bench_api;
 pub mod bench_frontend;
 pub mod case_study;
 pub mod cluster;

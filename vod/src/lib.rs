@@ -14,6 +14,7 @@
 //! - [`http`]: lean HTTP/1.1 pieces (request heads via `httparse`, ranges, URLs, client).
 //! - [`realvideo`]: real H.264 + AAC CBR test videos made with ffmpeg (`make-video --real`).
 //! - [`tools`]: finding ffmpeg/chromium/node; tests skip without them unless required.
+//! - [`logging`]: log set-up of both binaries (`SMART_LOG`, `SMART_LOG_FORMAT`, `--log-format`).
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
 //! - [`distributor`]: GloVE distributor: origin fetcher, paced viewers, modes, checkpoint.
@@ -39,6 +40,7 @@ pub mod hls;
 pub mod hls_server;
 pub mod hls_viewer;
 pub mod http;
+pub mod logging;
 pub mod origin;
 pub mod player;
 pub mod realvideo;

@@ -25,6 +25,9 @@ use tokio::io::AsyncWriteExt;
     about = "Smart-GloVE video distribution: origin, distributor, viewers, benchmarks"
 )]
 struct Cli {
+    /// Log format (default: `$SMART_LOG_FORMAT`, else text); the filter is `$SMART_LOG`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<smart_vod::logging::LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -226,14 +229,9 @@ fn print(v: &serde_json::Value, json: bool) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    raise_nofile();
     let cli = Cli::parse();
+    smart_vod::logging::init(cli.log_format, "warn");
+    raise_nofile();
     match cli.cmd {
         Cmd::MakeVideo {
             out,

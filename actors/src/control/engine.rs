@@ -610,9 +610,12 @@ impl ControlEngine {
 
     fn api(&mut self, id: ApiId, req: Request, now: Instant) {
         let resp = match req {
-            Request::Status | Request::Subscribe => Response::Error(ApiError::BadRequest {
-                reason: "answered by every node, not the Control".into(),
-            }),
+            // Answered by the node asked (`Nodes`: by the Control's node, from `status()`).
+            Request::Status | Request::Subscribe | Request::Version | Request::Nodes => {
+                Response::Error(ApiError::BadRequest {
+                    reason: "answered by the node runtime, not the Control engine".into(),
+                })
+            }
             Request::AdmitService(spec) => match self.admit_service(spec, now) {
                 Ok(name) => match self.placement(&name) {
                     Some(p) => Response::Placed(p),
