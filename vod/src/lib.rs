@@ -10,7 +10,8 @@
 //! - [`http`]: lean HTTP/1.1 pieces (request heads via `httparse`, ranges, URLs, client).
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
-//! - [`distributor`]: GloVE distributor: origin fetcher, paced viewers, modes, checkpoint.
+//! - [`distributor`]: GloVE distributor: accept path, origin fetcher, modes, checkpoint.
+//! - [`pacer`]: the pacer threads that send every viewer its bytes on coalesced timers.
 //! - [`control`]: the workload control API (protocol docs, server, [`control::Client`]).
 //! - [`viewer`]: playback model, one viewer, the load generator and its QoE summary.
 //! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers).
@@ -25,5 +26,6 @@ pub mod distributor;
 pub mod frontend;
 pub mod http;
 pub mod origin;
+pub mod pacer;
 pub mod ts;
 pub mod viewer;

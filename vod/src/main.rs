@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::http::Url;
-use smart_vod::origin::{Origin, Video};
+use smart_vod::origin::{Origin, OriginLimits, Video};
 use smart_vod::ts::{self, VideoParams};
 use smart_vod::viewer::{self, LoadConfig, Shared, ViewerConfig};
 use smart_vod::{bench, control, frontend};
@@ -52,6 +52,12 @@ enum Cmd {
         synthetic: Vec<String>,
         #[arg(long)]
         bitrate_kbps: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Drop a connection whose socket accepts nothing for this long (a distributor's
+        /// fetcher pauses while its window is full, so keep it long).
+        #[arg(long, default_value_t = 60_000)]
+        write_timeout_ms: u64,
     },
     /// A GloVE distributor (control socket from --control or $SMART_CONTROL_SOCKET).
     Distributor {
@@ -72,7 +78,8 @@ enum Cmd {
         block_kb: u64,
         #[arg(long, default_value_t = 2000)]
         prefetch_ms: u64,
-        #[arg(long, default_value_t = 200)]
+        /// Pacing period = send-ahead: each viewer gets one write per period.
+        #[arg(long, default_value_t = 1000)]
         tick_ms: u64,
         /// Read-ahead beyond the fastest viewer (capped at a quarter of the window).
         #[arg(long, default_value_t = 256)]
@@ -80,6 +87,14 @@ enum Cmd {
         /// Read the whole window ahead of the slowest viewer (pre-fills the cache).
         #[arg(long)]
         prefill: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Drop a viewer whose socket accepts nothing for this long (it stopped reading).
+        #[arg(long, default_value_t = 30_000)]
+        write_timeout_ms: u64,
+        /// Pacer threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        pacers: usize,
     },
     /// Load generator: N viewers with QoE summary.
     Viewers {
@@ -122,6 +137,26 @@ enum Cmd {
     },
 }
 
+/// Connection cap and head timeout, shared by the servers.
+#[derive(clap::Args, Clone, Copy)]
+struct LimitArgs {
+    /// Most concurrent connections; more get 503 (0: open-file limit minus 256).
+    #[arg(long, default_value_t = 0)]
+    max_connections: usize,
+    /// A client must send its request head within this time (else 408, closed).
+    #[arg(long, default_value_t = 10_000)]
+    head_timeout_ms: u64,
+}
+
+impl LimitArgs {
+    fn max_connections(&self) -> usize {
+        match self.max_connections {
+            0 => smart_vod::http::default_max_connections(),
+            n => n,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Concurrent paced viewers one distributor sustains (and nginx with limit_rate).
@@ -137,7 +172,8 @@ enum BenchCmd {
         bitrate_kbps: u64,
         #[arg(long, default_value_t = 2000)]
         prefetch_ms: u64,
-        #[arg(long, default_value_t = 200)]
+        /// The distributor's pacing period = send-ahead (nginx's limit_rate allows 1 s).
+        #[arg(long, default_value_t = 1000)]
         tick_ms: u64,
         #[arg(long)]
         no_nginx: bool,
@@ -159,15 +195,28 @@ enum BenchCmd {
     },
 }
 
-/// Raises the open-file limit to the hard limit (10k viewers need 10k sockets).
+/// Raises the open-file limit: 20,000 viewers need 20,000 sockets in the server and as many
+/// in the load generator. As root the hard limit itself is raised (to 1M, or the kernel's
+/// `nr_open`); otherwise the soft limit goes up to the hard one. Children inherit it.
 fn raise_nofile() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: plain syscalls on a local struct.
+    // SAFETY: plain syscalls on local structs.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(1 << 20);
+        let want = libc::rlimit {
+            rlim_cur: nr_open.max(r.rlim_max),
+            rlim_max: nr_open.max(r.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 && r.rlim_cur < r.rlim_max {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
@@ -210,8 +259,14 @@ async fn main() -> anyhow::Result<()> {
             file,
             synthetic,
             bitrate_kbps,
+            limits,
+            write_timeout_ms,
         } => {
-            let mut o = Origin::new();
+            let mut o = Origin::with_limits(OriginLimits {
+                max_connections: limits.max_connections(),
+                head_timeout: Duration::from_millis(limits.head_timeout_ms),
+                write_timeout: Duration::from_millis(write_timeout_ms.max(1)),
+            });
             for f in &file {
                 let (name, path) = f
                     .split_once('=')
@@ -247,6 +302,9 @@ async fn main() -> anyhow::Result<()> {
             tick_ms,
             readahead_kb,
             prefill,
+            limits,
+            write_timeout_ms,
+            pacers,
         } => {
             let mut cfg = DistributorConfig::new(
                 Url::parse(&origin)
@@ -259,7 +317,11 @@ async fn main() -> anyhow::Result<()> {
             cfg.prefetch_ms = prefetch_ms;
             cfg.tick = Duration::from_millis(tick_ms.max(1));
             cfg.readahead = (!prefill).then_some(readahead_kb * 1024);
-            let d = Distributor::new(cfg);
+            cfg.max_connections = limits.max_connections();
+            cfg.head_timeout = Duration::from_millis(limits.head_timeout_ms);
+            cfg.write_timeout = Duration::from_millis(write_timeout_ms.max(1));
+            cfg.pacers = pacers;
+            let d = Distributor::try_new(cfg).context("starting the distributor")?;
             if let Some(src) = &restore_from {
                 let r = control::restore(&d, src)
                     .await

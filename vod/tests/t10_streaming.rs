@@ -488,7 +488,7 @@ async fn control_socket_speaks_the_documented_line_protocol() {
     for key in ["bytes_sent", "bytes_received", "clients", "cache_bytes"] {
         assert!(usage[key].is_u64(), "{key} missing in {usage}");
     }
-    assert!(usage["bytes_sent"].as_u64().unwrap() >= 30_000);
+    assert!(usage["bytes_sent"].as_u64().unwrap() >= 30_000, "{usage}");
     assert!(usage["cache_bytes"].as_u64().unwrap() > 0);
     for _ in 0..2 {
         let bad: serde_json::Value =
