@@ -573,7 +573,7 @@ impl Distributor {
             end,
             prefetch,
             rate,
-            ahead: self.cfg.tick.max(Duration::from_millis(1)),
+            ahead: crate::pacer::send_ahead(self.cfg.tick),
         };
         // The send-ahead must fit in the socket buffer so that one write per period is whole.
         let sndbuf = prefetch.max(pace.target(Duration::ZERO) - start)

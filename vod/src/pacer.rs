@@ -12,9 +12,10 @@
 //! tokio runtime and never queues behind pacing.
 //!
 //! Pacing ([`Pace`]): by `t` after its head a viewer may have received
-//! `prefetch + rate × (t + period)` bytes of its range; it is served again one margin (two
-//! slots) before the bytes it has fall due, so bytes are never late unless the machine is
-//! overloaded by more than that margin, and never more than one period early.
+//! `prefetch + rate × (t + period + margin)` bytes of its range (margin: two slots); it is
+//! served again one margin before the bytes it has fall due, so each write carries one period
+//! of video, bytes are never late unless the machine is overloaded by more than the margin,
+//! and never more than a period and a margin early.
 //!
 //! A viewer whose socket accepts nothing for the write timeout has stopped reading: it is
 //! dropped and counted. One whose block is not cached yet asks the fetcher for it and is
@@ -39,6 +40,24 @@ use crate::http::ConnGuard;
 
 /// Timer-wheel slots per send-ahead period.
 pub const SLOTS_PER_PERIOD: u32 = 16;
+/// The timer-wheel slot of a pacer with this period.
+pub fn slot(period: Duration) -> Duration {
+    (period / SLOTS_PER_PERIOD).max(Duration::from_millis(1))
+}
+
+/// How far ahead of due a viewer is served again (two slots: absorbs timer jitter).
+pub fn margin(period: Duration) -> Duration {
+    slot(period) * 2
+}
+
+/// The send-ahead of a pacer with this period: a viewer is written when what it holds ends
+/// one margin ahead of due, up to one period plus the margin ahead, so every write carries
+/// one whole period of video (one write per viewer per period, like nginx's once-a-second
+/// `limit_rate` bursts).
+pub fn send_ahead(period: Duration) -> Duration {
+    period + margin(period)
+}
+
 /// Slots in a pacer's wheel (four periods; later services are re-checked at the far end).
 const WHEEL: usize = 4 * SLOTS_PER_PERIOD as usize;
 /// Most blocks one write spans (a period of video at most this many blocks).
@@ -134,9 +153,11 @@ impl Registration {
         if self.block == b {
             return false;
         }
-        lock(&self.entry.cache).move_viewer(self.block, b);
+        let wake = lock(&self.entry.cache).move_viewer(self.block, b);
         self.block = b;
-        self.entry.fetch_wake.notify_one();
+        if wake {
+            self.entry.fetch_wake.notify_one();
+        }
         true
     }
 }
@@ -261,11 +282,11 @@ impl PacedViewer {
         }
         let mut missing = false;
         let reg = &mut self.reg;
-        let moved = reg.block != first;
+        let mut wake = false;
         {
             let mut c = lock(&reg.entry.cache);
-            if moved {
-                c.move_viewer(reg.block, first);
+            if reg.block != first {
+                wake = c.move_viewer(reg.block, first);
                 reg.block = first;
             }
             for b in have_upto..=last.min(have_upto + MAX_IOV as u64 - 1) {
@@ -279,7 +300,7 @@ impl PacedViewer {
                 }
             }
         }
-        if moved || missing {
+        if wake || missing {
             reg.entry.fetch_wake.notify_one();
         }
         missing
@@ -354,6 +375,12 @@ impl PacerPool {
     }
 }
 
+/// Nice value of the pacer threads. Pacing has a margin and a second of send-ahead to
+/// absorb delay, a new viewer waiting for its first bytes has none: with the pacers a few
+/// nice levels down, the accept path (the tokio workers, nice 0) wins the CPU whenever both
+/// are runnable.
+const PACER_NICE: i32 = 5;
+
 /// One pacer thread: a timer wheel of `WHEEL` slots of `period / SLOTS_PER_PERIOD`.
 fn run_pacer(
     rx: mpsc::Receiver<Cmd>,
@@ -361,7 +388,13 @@ fn run_pacer(
     stats: Arc<Stats>,
     close_gen: Arc<AtomicU64>,
 ) {
-    let slot = (cfg.period / SLOTS_PER_PERIOD).max(Duration::from_millis(1));
+    // SAFETY: gettid and setpriority take no pointers; on Linux PRIO_PROCESS with a thread
+    // id sets that thread's nice value only. A failure leaves the default priority.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PACER_NICE);
+    }
+    let slot = slot(cfg.period);
     let base = Instant::now();
     let slot_ns = slot.as_nanos() as u64;
     let slot_start = |k: u64| base + Duration::from_nanos(slot_ns.saturating_mul(k));
