@@ -70,6 +70,9 @@ pub struct DistributorConfig {
     pub write_timeout: Duration,
     /// Pacer threads (0: one per core).
     pub pacers: usize,
+    /// Paced writes with `MSG_MORE` (like nginx's `tcp_nopush`): only full segments leave
+    /// at once, a partial one waits for more data or the kernel's probe timer (≤ 200 ms).
+    pub cork: bool,
 }
 
 impl DistributorConfig {
@@ -89,6 +92,7 @@ impl DistributorConfig {
             head_timeout: http::DEFAULT_HEAD_TIMEOUT,
             write_timeout: Duration::from_secs(30),
             pacers: 0,
+            cork: false,
         }
     }
 }
@@ -222,6 +226,7 @@ impl Distributor {
         let pacer_cfg = PacerConfig {
             period: cfg.tick.max(Duration::from_millis(1)),
             write_timeout: cfg.write_timeout,
+            cork: cfg.cork,
         };
         let pacers = PacerPool::start(threads, pacer_cfg, stats.clone(), close_gen.clone())?;
         Ok(Arc::new(Self {

@@ -2,7 +2,7 @@
 //!
 //! ## Layout
 //! Subcommands: `make-video`, `origin`, `distributor`, `viewers`, `frontend`,
-//! `bench streams`, `bench handoff`. Each is a thin shell over the `smart_vod` library.
+//! `bench streams`, `bench density`, `bench handoff`. Each is a thin shell over the `smart_vod` library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +95,9 @@ enum Cmd {
         /// Pacer threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         pacers: usize,
+        /// Paced writes with MSG_MORE, like nginx's tcp_nopush (partial segments wait).
+        #[arg(long)]
+        cork: bool,
     },
     /// Load generator: N viewers with QoE summary.
     Viewers {
@@ -177,6 +180,31 @@ enum BenchCmd {
         tick_ms: u64,
         #[arg(long)]
         no_nginx: bool,
+        /// Skip the corked pair (our --cork against nginx with tcp_nopush on).
+        #[arg(long)]
+        no_cork: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The thesis's density experiment (§5.5): many distributors with full caches on one
+    /// node, observed while more are live-migrated beside them.
+    Density {
+        #[arg(long, default_value_t = 24)]
+        distributors: usize,
+        #[arg(long, default_value_t = 2)]
+        migrate: usize,
+        #[arg(long, default_value_t = 72)]
+        cache_mb: u64,
+        #[arg(long, default_value_t = 20)]
+        viewers: usize,
+        #[arg(long, default_value_t = 400)]
+        bitrate_kbps: u64,
+        /// Seconds of service before the migrations (after the viewers' 2 s ramp).
+        #[arg(long, default_value_t = 10)]
+        before_s: u64,
+        /// Seconds of service after the migrations start.
+        #[arg(long, default_value_t = 20)]
+        after_s: u64,
         #[arg(long)]
         json: bool,
     },
@@ -305,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
             limits,
             write_timeout_ms,
             pacers,
+            cork,
         } => {
             let mut cfg = DistributorConfig::new(
                 Url::parse(&origin)
@@ -321,6 +350,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.head_timeout = Duration::from_millis(limits.head_timeout_ms);
             cfg.write_timeout = Duration::from_millis(write_timeout_ms.max(1));
             cfg.pacers = pacers;
+            cfg.cork = cork;
             let d = Distributor::try_new(cfg).context("starting the distributor")?;
             if let Some(src) = &restore_from {
                 let r = control::restore(&d, src)
@@ -413,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
                     prefetch_ms,
                     tick_ms,
                     no_nginx,
+                    no_cork,
                     json,
                 } => {
                     let ramp = Duration::from_millis(ramp_ms.unwrap_or((clients as u64).max(2000)));
@@ -424,9 +455,32 @@ async fn main() -> anyhow::Result<()> {
                         prefetch_ms,
                         tick_ms,
                         nginx: !no_nginx,
+                        cork: !no_cork,
                         exe,
                     };
                     print(&bench::streams(args).await?, json);
+                }
+                BenchCmd::Density {
+                    distributors,
+                    migrate,
+                    cache_mb,
+                    viewers,
+                    bitrate_kbps,
+                    before_s,
+                    after_s,
+                    json,
+                } => {
+                    let args = bench::DensityArgs {
+                        distributors,
+                        migrate,
+                        cache_mb,
+                        viewers,
+                        bitrate_bps: bitrate_kbps * 1000,
+                        before: Duration::from_secs(before_s),
+                        after: Duration::from_secs(after_s),
+                        exe,
+                    };
+                    print(&bench::density(args).await?, json);
                 }
                 BenchCmd::Handoff {
                     cache_mb,

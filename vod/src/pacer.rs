@@ -196,7 +196,7 @@ enum Served {
 
 impl PacedViewer {
     /// Sends what is due (up to one period ahead) without blocking.
-    fn serve(&mut self, now: Instant, slot: Duration, write_timeout: Duration) -> Served {
+    fn serve(&mut self, now: Instant, slot: Duration, cfg: &PacerConfig) -> Served {
         let elapsed = now.saturating_duration_since(self.t0);
         if self.pos >= self.pace.end {
             return Served::Ended(End::Done);
@@ -224,7 +224,8 @@ impl PacedViewer {
             // The block at `pos` is not cached yet: the fetcher was asked; retry next slot.
             return retry;
         }
-        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let more = if cfg.cork { libc::MSG_MORE } else { 0 };
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | more;
         // Counted before the syscall and corrected after (see `http::write_counted`).
         let sent = &self.reg.stats.bytes_sent;
         sent.fetch_add(len, Ordering::Relaxed);
@@ -248,7 +249,7 @@ impl PacedViewer {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let since = *self.stuck_since.get_or_insert(now);
-                if now.saturating_duration_since(since) >= write_timeout {
+                if now.saturating_duration_since(since) >= cfg.write_timeout {
                     Served::Ended(End::TimedOut)
                 } else {
                     retry
@@ -318,6 +319,7 @@ enum Cmd {
 pub(crate) struct PacerConfig {
     pub(crate) period: Duration,
     pub(crate) write_timeout: Duration,
+    pub(crate) cork: bool,
 }
 
 /// The pacer threads of one distributor. Dropping it stops them (their viewers are closed).
@@ -444,7 +446,7 @@ fn run_pacer(
             std::mem::swap(&mut wheel[idx], &mut spare);
             current += 1;
             for mut v in spare.drain(..) {
-                match v.serve(now, slot, cfg.write_timeout) {
+                match v.serve(now, slot, &cfg) {
                     Served::At(d) => {
                         let when = v.t0 + d;
                         place(&mut wheel, current, v, when);
