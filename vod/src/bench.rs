@@ -1,13 +1,25 @@
 //! Benchmarks that print figures: `vod bench streams` (how many paced viewers one distributor
-//! process sustains, against nginx with `limit_rate` under the same load generator) and
-//! `vod bench handoff` (workload-level pre-copy migration of a distributor with viewers).
+//! process sustains, against nginx with `limit_rate` under the same load generator),
+//! `vod bench density` (the thesis's §5.5 isolation/density experiment: many distributors
+//! with full caches on one node while more are migrated beside them) and `vod bench handoff`
+//! (workload-level pre-copy migration of a distributor with viewers).
 //!
-//! Both run the origin and the load generator in this process and each server (distributor
-//! or nginx) as a child process, so CPU is measured per process from `/proc`.
+//! All run the origin and the load generator in this process and each server (distributor
+//! or nginx) as a child process, so CPU is measured per process from `/proc` (utime + stime,
+//! the kernel's tick sampling).
+//!
+//! `streams` runs, one after the other with the same load generator and video: our
+//! distributor, our distributor with `--cork`, nginx with `tcp_nopush off` and nginx with
+//! `tcp_nopush on`. The pairs matter because of how Linux accounts CPU: on loopback (64 KB
+//! MSS) every paced write is a partial segment; a corked one (`TCP_CORK`/`MSG_MORE`) is sent
+//! later by the kernel's probe timer in softirq and charged to whatever process runs then, so
+//! corking lowers the server's measured CPU without lowering the work. Ratios are reported
+//! like for like and across.
 //!
 //! ## Layout
-//! - [`StreamsArgs`], [`streams`]; [`HandoffArgs`], [`handoff`].
-//! - helpers: child distributors (`spawn_distributor`), nginx (`run_nginx`), `/proc` CPU.
+//! - [`StreamsArgs`], [`streams`] (`run_distributor`, `run_nginx`, `nginx_conf`).
+//! - [`DensityArgs`], [`density`]; [`HandoffArgs`], [`handoff`].
+//! - helpers: child distributors (`spawn_distributor`), `/proc` CPU and RSS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -237,6 +249,9 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
     ];
     let mut out = run_distributor(&a, &origin, &origin_url, dir.path(), &base, &load).await?;
     out["bitrate_bps"] = json!(a.bitrate_bps);
+    // Every viewer is a socket in the server and one in this process: past the open-file
+    // limit (which only CAP_SYS_RESOURCE can raise beyond its hard value) connects fail.
+    out["nofile_limit"] = json!(crate::http::nofile_limit());
     let ours = out["cpu_us_per_viewer_s"].as_f64();
     let mut ours_cork = None;
     if a.cork {
@@ -646,7 +661,29 @@ pub async fn density(a: DensityArgs) -> Result<Value, BenchError> {
         let sock = dir.path().join(format!("t{i}.sock"));
         targets.push(spawn_distributor(&a.exe, &origin_url, sock, &extra[..2]).await?);
     }
-    // Viewers first (a video is opened by its first request), then wait for full caches.
+    // A HEAD opens each video (and starts its fetcher); the viewers come once every cache
+    // is full, so that their start-up is the steady state's, not the pre-fill's.
+    for (i, d) in ds.iter().enumerate() {
+        let url = Url::parse(&format!("{}/v{i}.ts", d.url)).map_err(BenchError::Setup)?;
+        crate::http::head(&url, Duration::from_secs(10))
+            .await
+            .map_err(setup("HEAD"))?;
+    }
+    let t_fill = Instant::now();
+    let mut filled = false;
+    while t_fill.elapsed() < Duration::from_secs(120) {
+        let mut all = true;
+        for d in &ds {
+            let u = Client::connect(&d.control).await?.usage().await?;
+            all &= u.cache_bytes >= window * 98 / 100;
+        }
+        if all {
+            filled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fill_ms = t_fill.elapsed().as_secs_f64() * 1000.0;
     let ramp = Duration::from_secs(2);
     let run_for = ramp + a.before + a.after;
     let mut loads = Vec::new();
@@ -671,23 +708,7 @@ pub async fn density(a: DensityArgs) -> Result<Value, BenchError> {
             tokio::spawn(async move { viewer::run_load(&cfg, sh).await }),
         ));
     }
-    let t_fill = Instant::now();
-    let mut filled = false;
-    while t_fill.elapsed() < Duration::from_secs(120) {
-        let mut all = true;
-        for d in &ds {
-            let u = Client::connect(&d.control).await?.usage().await?;
-            all &= u.cache_bytes >= window * 98 / 100;
-        }
-        if all {
-            filled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let fill_ms = t_fill.elapsed().as_secs_f64() * 1000.0;
-    let wait = (ramp + a.before).saturating_sub(t_fill.elapsed());
-    tokio::time::sleep(wait).await;
+    tokio::time::sleep(ramp + a.before).await;
     // Measure the observed distributors from here: the migrations run beside them.
     let observed = &ds[..a.distributors];
     let cpu0: Vec<f64> = observed

@@ -11,7 +11,7 @@
 //! ## Operations
 //! | request | reply |
 //! |---|---|
-//! | `{"op":"usage"}` | `{"bytes_sent":u64,"bytes_received":u64,"clients":u32,"cache_bytes":u64, ...}` (extra keys: `origin_streams`, `viewers_total`, `cache_hits`, `cache_misses`, `evictions`, `errors`, `redirects`, `write_errors`, `write_timeouts`, `head_timeouts`, `over_capacity`, `mode`) |
+//! | `{"op":"usage"}` | `{"bytes_sent":u64,"bytes_received":u64,"clients":u32,"cache_bytes":u64, ...}` (extra keys: `origin_streams`, `viewers_total`, `cache_hits`, `cache_misses`, `evictions`, `errors`, `redirects`, `write_errors`, `write_timeouts`, `head_timeouts`, `over_capacity`, `max_connections`, `mode`) |
 //! | `{"op":"checkpoint"}` | a header line, then `data_len` raw bytes (see below) |
 //! | `{"op":"restore","from":"/path/of/source.sock"}` | `{"ok":true,"videos":n,"blocks":n,"bytes":n,"ms":f64}` |
 //! | `{"op":"handoff","to":"http://host:port"}` | `{"ok":true,"viewers":n,"ms":f64}` |
@@ -226,6 +226,7 @@ async fn connection(
                     "write_timeouts": ld(&st.write_timeouts),
                     "head_timeouts": ld(&st.head_timeouts),
                     "over_capacity": ld(&d.limit.refused),
+                    "max_connections": d.limit.max(),
                     "mode": format!("{:?}", d.mode()),
                 })
             }
