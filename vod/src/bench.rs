@@ -88,6 +88,41 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Pages of TCP memory in use now (`/proc/net/sockstat`), and the kernel's `tcp_mem`
+/// pressure threshold (its second value), both in 4 KiB pages.
+fn tcp_mem_pages() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    let mem = loop {
+        if it.next()? == "mem" {
+            break it.next()?.parse().ok()?;
+        }
+    };
+    let lim = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
+    Some((mem, lim.split_whitespace().nth(1)?.parse().ok()?))
+}
+
+/// Samples TCP memory every second until `stop`; returns the peak (MB) and the pressure
+/// threshold (MB).
+fn sample_tcp_mem(stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Value> {
+    tokio::spawn(async move {
+        let mut stop = stop;
+        let (mut peak, mut lim) = (0u64, 0u64);
+        loop {
+            if let Some((m, l)) = tcp_mem_pages() {
+                peak = peak.max(m);
+                lim = l;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        json!({"peak_mb": peak as f64 * 4096.0 / 1e6, "pressure_mb": lim as f64 * 4096.0 / 1e6})
+    })
+}
+
 /// A distributor child process.
 struct ChildDistributor {
     child: Child,
@@ -313,7 +348,10 @@ async fn run_distributor(
         Instant::now(),
     );
     let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tcp = sample_tcp_mem(stop_rx);
     let reports = viewer::run_load(&load(format!("{}/v.ts", d.url)), shared.clone()).await;
+    let _ = stop_tx.send(true);
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(d.pid).unwrap_or(0.0) - cpu0;
     let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
@@ -338,6 +376,7 @@ async fn run_distributor(
     out["loadgen_cpu_pct"] = json!(gen_cpu / secs * 100.0);
     out["seconds"] = json!(secs);
     out["distributor_args"] = json!(extra);
+    out["tcp_mem"] = tcp.await.unwrap_or(Value::Null);
     Ok(out)
 }
 
@@ -425,11 +464,14 @@ async fn run_nginx(
         Instant::now(),
     );
     let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tcp = sample_tcp_mem(stop_rx);
     let reports = viewer::run_load(
         &load(format!("http://127.0.0.1:{port}/v.ts")),
         shared.clone(),
     )
     .await;
+    let _ = stop_tx.send(true);
     let secs = t0.elapsed().as_secs_f64();
     let (cpu, rss) = (cpu_all() - c0, rss_all());
     let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
@@ -445,6 +487,7 @@ async fn run_nginx(
     v["workers"] = json!(workers);
     v["loadgen_cpu_pct"] = json!(gen_cpu / secs * 100.0);
     v["seconds"] = json!(secs);
+    v["tcp_mem"] = tcp.await.unwrap_or(Value::Null);
     v["config"] = json!(std::fs::read_to_string(&conf_path).unwrap_or_default());
     Ok(v)
 }
