@@ -131,6 +131,18 @@ pub struct Usage {
     /// Viewer connections that ended with a write error.
     #[serde(default)]
     pub write_errors: u64,
+    /// Viewers dropped because their socket accepted nothing for the write timeout.
+    #[serde(default)]
+    pub write_timeouts: u64,
+    /// Connections closed because their request head did not arrive in time.
+    #[serde(default)]
+    pub head_timeouts: u64,
+    /// Connections refused (503) over the connection cap.
+    #[serde(default)]
+    pub over_capacity: u64,
+    /// The connection cap.
+    #[serde(default)]
+    pub max_connections: u64,
     /// The instance's mode, free text (`Serving`, `Draining`, ...).
     #[serde(default)]
     pub mode: String,

@@ -1,13 +1,25 @@
 //! Benchmarks that print figures: `vod bench streams` (how many paced viewers one distributor
-//! process sustains, against nginx with `limit_rate` under the same load generator) and
-//! `vod bench handoff` (workload-level pre-copy migration of a distributor with viewers).
+//! process sustains, against nginx with `limit_rate` under the same load generator),
+//! `vod bench density` (the thesis's §5.5 isolation/density experiment: many distributors
+//! with full caches on one node while more are migrated beside them) and `vod bench handoff`
+//! (workload-level pre-copy migration of a distributor with viewers).
 //!
-//! Both run the origin and the load generator in this process and each server (distributor
-//! or nginx) as a child process, so CPU is measured per process from `/proc`.
+//! All run the origin and the load generator in this process and each server (distributor
+//! or nginx) as a child process, so CPU is measured per process from `/proc` (utime + stime,
+//! the kernel's tick sampling).
+//!
+//! `streams` runs, one after the other with the same load generator and video: our
+//! distributor, our distributor with `--cork`, nginx with `tcp_nopush off` and nginx with
+//! `tcp_nopush on`. The pairs matter because of how Linux accounts CPU: on loopback (64 KB
+//! MSS) every paced write is a partial segment; a corked one (`TCP_CORK`/`MSG_MORE`) is sent
+//! later by the kernel's probe timer in softirq and charged to whatever process runs then, so
+//! corking lowers the server's measured CPU without lowering the work. Ratios are reported
+//! like for like and across.
 //!
 //! ## Layout
-//! - [`StreamsArgs`], [`streams`]; [`HandoffArgs`], [`handoff`].
-//! - helpers: child distributors (`spawn_distributor`), nginx (`run_nginx`), `/proc` CPU;
+//! - [`StreamsArgs`], [`streams`] (`run_distributor`, `run_nginx`, `nginx_conf`).
+//! - [`DensityArgs`], [`density`]; [`HandoffArgs`], [`handoff`].
+//! - helpers: child distributors (`spawn_distributor`), `/proc` CPU and RSS;
 //!   [`crate::bench_hls`] uses them too.
 
 use std::path::{Path, PathBuf};
@@ -76,6 +88,41 @@ fn children_of(pid: u32) -> Vec<u32> {
                 == Some(pid)
         })
         .collect()
+}
+
+/// Pages of TCP memory in use now (`/proc/net/sockstat`), and the kernel's `tcp_mem`
+/// pressure threshold (its second value), both in 4 KiB pages.
+fn tcp_mem_pages() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    let mem = loop {
+        if it.next()? == "mem" {
+            break it.next()?.parse().ok()?;
+        }
+    };
+    let lim = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
+    Some((mem, lim.split_whitespace().nth(1)?.parse().ok()?))
+}
+
+/// Samples TCP memory every second until `stop`; returns the peak (MB) and the pressure
+/// threshold (MB).
+fn sample_tcp_mem(stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Value> {
+    tokio::spawn(async move {
+        let mut stop = stop;
+        let (mut peak, mut lim) = (0u64, 0u64);
+        loop {
+            if let Some((m, l)) = tcp_mem_pages() {
+                peak = peak.max(m);
+                lim = l;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        json!({"peak_mb": peak as f64 * 4096.0 / 1e6, "pressure_mb": lim as f64 * 4096.0 / 1e6})
+    })
 }
 
 /// A distributor child process.
@@ -175,6 +222,9 @@ pub struct StreamsArgs {
     pub tick_ms: u64,
     /// Also run nginx when installed.
     pub nginx: bool,
+    /// Also run the distributor with `--cork` (MSG_MORE, like nginx's `tcp_nopush`), to
+    /// compare it with nginx's `tcp_nopush on` like for like.
+    pub cork: bool,
     /// The `vod` executable (to start distributors).
     pub exe: PathBuf,
 }
@@ -231,20 +281,82 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
         ramp: a.ramp,
         duration: a.ramp + a.duration,
     };
-    let extra = vec![
-        "--prefetch-ms".into(),
+    let base = vec![
+        "--prefetch-ms".to_string(),
         a.prefetch_ms.to_string(),
         "--tick-ms".into(),
         a.tick_ms.to_string(),
     ];
-    let d = spawn_distributor(&a.exe, &origin_url, dir.path().join("d.sock"), &extra).await?;
+    let mut out = run_distributor(&a, &origin, &origin_url, dir.path(), &base, &load).await?;
+    out["bitrate_bps"] = json!(a.bitrate_bps);
+    // Every viewer is a socket in the server and one in this process: past the open-file
+    // limit (which only CAP_SYS_RESOURCE can raise beyond its hard value) connects fail.
+    out["nofile_limit"] = json!(crate::http::nofile_limit());
+    let ours = out["cpu_us_per_viewer_s"].as_f64();
+    let mut ours_cork = None;
+    if a.cork {
+        let mut extra = base.clone();
+        extra.push("--cork".into());
+        let c = run_distributor(&a, &origin, &origin_url, dir.path(), &extra, &load).await?;
+        ours_cork = c["cpu_us_per_viewer_s"].as_f64();
+        out["distributor_cork"] = c;
+    }
+    if a.nginx {
+        match which("nginx") {
+            Some(nginx) => {
+                // nginx twice: as configured by default (tcp_nopush off: every write leaves
+                // in the writer's context, as ours do) and with tcp_nopush on (TCP_CORK: a
+                // paced write smaller than the MSS, i.e. every one on loopback's 64 KB MSS,
+                // waits in the socket until the kernel's 200 ms probe timer sends it, in
+                // softirq, charged to whatever process is running then). Ratios are nginx's
+                // CPU over ours, like for like (plain vs plain, corked vs corked), and
+                // corked nginx over plain ours.
+                let ratio = |n: &Value, d: Option<f64>| match (n["cpu_us_per_viewer_s"].as_f64(), d)
+                {
+                    (Some(nc), Some(dc)) => json!(nc / dc.max(1e-9)),
+                    _ => Value::Null,
+                };
+                let n = run_nginx(&nginx, dir.path(), &a, prefetch_bytes, false, &load).await?;
+                out["nginx_cpu_ratio"] = ratio(&n, ours);
+                out["nginx"] = n;
+                let n = run_nginx(&nginx, dir.path(), &a, prefetch_bytes, true, &load).await?;
+                out["nginx_nopush_vs_plain_ratio"] = ratio(&n, ours);
+                if ours_cork.is_some() {
+                    out["nginx_nopush_cpu_ratio"] = ratio(&n, ours_cork);
+                }
+                out["nginx_nopush"] = n;
+            }
+            None => println!("nginx comparison skipped: nginx not installed"),
+        }
+    }
+    Ok(out)
+}
+
+/// One load run against a distributor child started with `extra` arguments.
+async fn run_distributor(
+    a: &StreamsArgs,
+    origin: &Origin,
+    origin_url: &str,
+    dir: &Path,
+    extra: &[String],
+    load: &dyn Fn(String) -> LoadConfig,
+) -> Result<Value, BenchError> {
+    let streams0 = origin
+        .stats
+        .streams
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let sock = dir.join(format!("d{}.sock", extra.len()));
+    let d = spawn_distributor(&a.exe, origin_url, sock, extra).await?;
     let (cpu0, self0, t0) = (
         cpu_seconds(d.pid).unwrap_or(0.0),
         cpu_seconds(std::process::id()).unwrap_or(0.0),
         Instant::now(),
     );
     let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tcp = sample_tcp_mem(stop_rx);
     let reports = viewer::run_load(&load(format!("{}/v.ts", d.url)), shared.clone()).await;
+    let _ = stop_tx.send(true);
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(d.pid).unwrap_or(0.0) - cpu0;
     let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
@@ -263,25 +375,12 @@ pub async fn streams(a: StreamsArgs) -> Result<Value, BenchError> {
             .stats
             .streams
             .load(std::sync::atomic::Ordering::Relaxed)
+            - streams0
     );
     out["loadgen_cpu_pct"] = json!(gen_cpu / secs * 100.0);
-    out["bitrate_bps"] = json!(a.bitrate_bps);
     out["seconds"] = json!(secs);
-    if a.nginx {
-        match which("nginx") {
-            Some(nginx) => {
-                let n = run_nginx(&nginx, dir.path(), &a, prefetch_bytes, &load).await?;
-                if let (Some(dc), Some(nc)) = (
-                    out["cpu_us_per_viewer_s"].as_f64(),
-                    n["cpu_us_per_viewer_s"].as_f64(),
-                ) {
-                    out["nginx_cpu_ratio"] = json!(nc / dc.max(1e-9));
-                }
-                out["nginx"] = n;
-            }
-            None => println!("nginx comparison skipped: nginx not installed"),
-        }
-    }
+    out["distributor_args"] = json!(extra);
+    out["tcp_mem"] = tcp.await.unwrap_or(Value::Null);
     Ok(out)
 }
 
@@ -295,6 +394,7 @@ async fn run_nginx(
     dir: &Path,
     a: &StreamsArgs,
     prefetch_bytes: u64,
+    nopush: bool,
     load: &dyn Fn(String) -> LoadConfig,
 ) -> Result<Value, BenchError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -306,14 +406,15 @@ async fn run_nginx(
     } else {
         ""
     };
-    let conf = format!(
-        "{user}worker_processes 2;\nworker_rlimit_nofile 40000;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
-         error_log {d}/nginx-error.log warn;\nevents {{ worker_connections 20000; multi_accept on; }}\n\
-         http {{\n  access_log off;\n  default_type video/mp2t;\n  sendfile on;\n\
-           client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3; uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
-           server {{\n    listen 127.0.0.1:{port} backlog=8192;\n    root {d}/www;\n\
-             location / {{ limit_rate {}; limit_rate_after {prefetch_bytes}; }}\n  }}\n}}\n",
-        a.bitrate_bps / 8
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let conf = nginx_conf(
+        user,
+        d,
+        port,
+        workers,
+        a.bitrate_bps / 8,
+        prefetch_bytes,
+        nopush,
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
@@ -357,15 +458,23 @@ async fn run_nginx(
             .filter_map(rss_mb)
             .sum()
     };
-    let (c0, t0) = (cpu_all(), Instant::now());
+    let (c0, self0, t0) = (
+        cpu_all(),
+        cpu_seconds(std::process::id()).unwrap_or(0.0),
+        Instant::now(),
+    );
     let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tcp = sample_tcp_mem(stop_rx);
     let reports = viewer::run_load(
         &load(format!("http://127.0.0.1:{port}/v.ts")),
         shared.clone(),
     )
     .await;
+    let _ = stop_tx.send(true);
     let secs = t0.elapsed().as_secs_f64();
     let (cpu, rss) = (cpu_all() - c0, rss_all());
+    let gen_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - self0;
     // SAFETY: signalling our own child process by its id.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     if tokio::time::timeout(Duration::from_secs(5), child.wait())
@@ -375,8 +484,40 @@ async fn run_nginx(
         let _ = child.kill().await;
     }
     let mut v = load_figures(&reports, &shared, cpu, secs, Some(rss));
-    v["workers"] = json!(2);
+    v["workers"] = json!(workers);
+    v["loadgen_cpu_pct"] = json!(gen_cpu / secs * 100.0);
+    v["seconds"] = json!(secs);
+    v["tcp_mem"] = tcp.await.unwrap_or(Value::Null);
+    v["config"] = json!(std::fs::read_to_string(&conf_path).unwrap_or_default());
     Ok(v)
+}
+
+/// nginx configured as its documentation recommends for paced static video: one worker per
+/// core, `sendfile` (straight from the page cache), `tcp_nopush` as asked,
+/// `limit_rate` at the bitrate after `limit_rate_after` bytes (the same prefetch as the
+/// distributor's; nginx itself lets a response run up to 1 s ahead), an open-file cache, no
+/// access log, `reuseport` listeners (one accept queue per worker) with a large backlog, and
+/// enough connections and descriptors per worker for every viewer.
+fn nginx_conf(
+    user: &str,
+    dir: impl std::fmt::Display,
+    port: u16,
+    workers: usize,
+    rate_bytes: u64,
+    prefetch_bytes: u64,
+    nopush: bool,
+) -> String {
+    let d = dir;
+    let nopush = if nopush { "on" } else { "off" };
+    format!(
+        "{user}worker_processes {workers};\nworker_rlimit_nofile 100000;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log warn;\nevents {{ worker_connections 50000; multi_accept on; }}\n\
+         http {{\n  access_log off;\n  default_type video/mp2t;\n  sendfile on;\n  tcp_nopush {nopush};\n\
+           open_file_cache max=100 inactive=60s;\n\
+           client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3; uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
+           server {{\n    listen 127.0.0.1:{port} backlog=8192 reuseport;\n    root {d}/www;\n\
+             location / {{ limit_rate {rate_bytes}; limit_rate_after {prefetch_bytes}; }}\n  }}\n}}\n"
+    )
 }
 
 /// Settings of `vod bench handoff`.
@@ -487,5 +628,237 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
         "target_origin_streams": usage_b.origin_streams,
         "target_clients": usage_b.clients,
         "bitrate_bps": a.bitrate_bps,
+    }))
+}
+
+/// Settings of `vod bench density`.
+#[derive(Debug, Clone)]
+pub struct DensityArgs {
+    /// Distributors observed (each serves its own video).
+    pub distributors: usize,
+    /// Distributors migrated beside them (each to a new, empty target) while they serve.
+    pub migrate: usize,
+    /// Cache of each distributor, MB (10^6 bytes), pre-filled; videos are 5× longer.
+    pub cache_mb: u64,
+    /// Viewers per distributor.
+    pub viewers: usize,
+    /// Video bitrate.
+    pub bitrate_bps: u64,
+    /// Time from the last viewer's start to the migrations.
+    pub before: Duration,
+    /// Time after the migrations.
+    pub after: Duration,
+    /// The `vod` executable.
+    pub exe: PathBuf,
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+fn stats_of(v: &[f64]) -> Value {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let max = v.iter().copied().fold(0.0, f64::max);
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    json!({"mean": mean, "min": if v.is_empty() { 0.0 } else { min }, "max": max})
+}
+
+/// `vod bench density`: the thesis's isolation/density experiment (§5.5) on one node.
+/// `distributors` distributor processes, each with a pre-filled cache of `cache_mb` for its
+/// own video and `viewers` viewers, are observed while `migrate` more (same size, with their
+/// own viewers) are live-migrated beside them, all at once (pre-copy restore into an empty
+/// target, then handoff). One JSON object: QoE of the observed viewers and of the migrated
+/// ones, CPU and RSS per observed distributor, and the migrations.
+pub async fn density(a: DensityArgs) -> Result<Value, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let window = a.cache_mb * 1_000_000;
+    let size = window * 5;
+    let duration_ms = (size as u128 * 8000 / a.bitrate_bps.max(1) as u128) as u64;
+    let video = Video::generated(VideoParams {
+        bitrate_bps: a.bitrate_bps,
+        duration_ms,
+    })
+    .map_err(setup("generate"))?;
+    let total = a.distributors + a.migrate;
+    // One video per distributor; the bytes are shared (Bytes), the names and caches are not.
+    let mut o = Origin::new();
+    for i in 0..total {
+        o.add(&format!("v{i}.ts"), video.clone());
+    }
+    let origin = Arc::new(o);
+    let l = bind("127.0.0.1:0".parse().map_err(setup("addr"))?)?;
+    let origin_url = format!("http://{}", l.local_addr()?);
+    tokio::spawn(origin.clone().serve(l));
+    let extra = vec![
+        "--window-mb".to_string(),
+        a.cache_mb.to_string(),
+        "--prefill".into(),
+    ];
+    let mut ds = Vec::new();
+    for i in 0..total {
+        let sock = dir.path().join(format!("d{i}.sock"));
+        ds.push(spawn_distributor(&a.exe, &origin_url, sock, &extra).await?);
+    }
+    let mut targets = Vec::new();
+    for i in 0..a.migrate {
+        let sock = dir.path().join(format!("t{i}.sock"));
+        targets.push(spawn_distributor(&a.exe, &origin_url, sock, &extra[..2]).await?);
+    }
+    // A HEAD opens each video (and starts its fetcher); the viewers come once every cache
+    // is full, so that their start-up is the steady state's, not the pre-fill's.
+    for (i, d) in ds.iter().enumerate() {
+        let url = Url::parse(&format!("{}/v{i}.ts", d.url)).map_err(BenchError::Setup)?;
+        crate::http::head(&url, Duration::from_secs(10))
+            .await
+            .map_err(setup("HEAD"))?;
+    }
+    let t_fill = Instant::now();
+    let mut filled = false;
+    while t_fill.elapsed() < Duration::from_secs(120) {
+        let mut all = true;
+        for d in &ds {
+            let u = WorkloadClient::connect(&d.control, Duration::from_secs(5))
+                .await?
+                .usage()
+                .await?;
+            all &= u.cache_bytes >= window * 98 / 100;
+        }
+        if all {
+            filled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fill_ms = t_fill.elapsed().as_secs_f64() * 1000.0;
+    let ramp = Duration::from_secs(2);
+    let run_for = ramp + a.before + a.after;
+    let mut loads = Vec::new();
+    for (i, d) in ds.iter().enumerate() {
+        let cfg = LoadConfig {
+            viewer: ViewerConfig {
+                url: Url::parse(&format!("{}/v{i}.ts", d.url)).map_err(BenchError::Setup)?,
+                frontend: None,
+                bitrate_bps: a.bitrate_bps,
+                prefetch_bytes: 0,
+                start_buffer: Duration::from_millis(1000),
+                start_offset: 0,
+            },
+            clients: a.viewers,
+            ramp,
+            duration: run_for,
+        };
+        let shared = Arc::new(Shared::default());
+        let sh = shared.clone();
+        loads.push((
+            shared,
+            tokio::spawn(async move { viewer::run_load(&cfg, sh).await }),
+        ));
+    }
+    tokio::time::sleep(ramp + a.before).await;
+    // Measure the observed distributors from here: the migrations run beside them.
+    let observed = &ds[..a.distributors];
+    let cpu0: Vec<f64> = observed
+        .iter()
+        .map(|d| cpu_seconds(d.pid).unwrap_or(0.0))
+        .collect();
+    let t0 = Instant::now();
+    let migrations: Vec<_> = ds[a.distributors..]
+        .iter()
+        .zip(&targets)
+        .map(|(src, dst)| {
+            let (s, t, u) = (src.control.clone(), dst.control.clone(), dst.url.clone());
+            tokio::spawn(async move { control::migrate(&s, &t, &u).await })
+        })
+        .collect();
+    let mut reports_m = Vec::new();
+    for m in migrations {
+        let r = m.await.map_err(setup("migration task"))??;
+        reports_m.push(json!({
+            "restore_ms": r.restore.ms,
+            "bytes_copied": r.restore.bytes,
+            "handoff_ms": r.handoff.ms,
+            "viewers_handed_off": r.handoff.viewers,
+            "total_ms": r.total_ms,
+        }));
+    }
+    let mut qoe_obs = Vec::new();
+    let mut qoe_mig = Vec::new();
+    let mut reports_obs = Vec::new();
+    let mut reports_mig = Vec::new();
+    for (i, (shared, task)) in loads.into_iter().enumerate() {
+        let r = task.await.map_err(setup("load task"))?;
+        let s = viewer::summarize(&r, &shared);
+        if i < a.distributors {
+            qoe_obs.push(s);
+            reports_obs.extend(r);
+        } else {
+            qoe_mig.push(s);
+            reports_mig.extend(r);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu_pct: Vec<f64> = observed
+        .iter()
+        .zip(&cpu0)
+        .map(|(d, c0)| (cpu_seconds(d.pid).unwrap_or(0.0) - c0) / secs * 100.0)
+        .collect();
+    let rss: Vec<f64> = observed.iter().filter_map(|d| rss_mb(d.pid)).collect();
+    let peak: Vec<f64> = observed.iter().filter_map(|d| peak_rss_mb(d.pid)).collect();
+    let mut cache = Vec::new();
+    for d in observed {
+        cache.push(
+            WorkloadClient::connect(&d.control, Duration::from_secs(5))
+                .await?
+                .usage()
+                .await?
+                .cache_bytes as f64
+                / 1e6,
+        );
+    }
+    let target_rss: Vec<f64> = targets.iter().filter_map(|d| rss_mb(d.pid)).collect();
+    let sum = |q: &[viewer::QoeSummary], f: fn(&viewer::QoeSummary) -> u64| -> u64 {
+        q.iter().map(f).sum()
+    };
+    let gaps = {
+        let mut g: Vec<f64> = reports_mig.iter().flat_map(|r| r.gaps_ms.clone()).collect();
+        json!({"p50": viewer::percentile(&mut g, 0.5), "p99": viewer::percentile(&mut g, 0.99)})
+    };
+    let mut startups: Vec<f64> = reports_obs.iter().filter_map(|r| r.startup_ms).collect();
+    for d in ds.into_iter().chain(targets) {
+        d.stop().await;
+    }
+    Ok(json!({
+        "distributors": a.distributors,
+        "migrated": a.migrate,
+        "viewers_per_distributor": a.viewers,
+        "cache_mb": a.cache_mb,
+        "bitrate_bps": a.bitrate_bps,
+        "caches_filled": filled,
+        "fill_ms": fill_ms,
+        "measured_s": secs,
+        "observed": {
+            "viewers": reports_obs.len(),
+            "stalls": sum(&qoe_obs, |q| q.stalls),
+            "corrupt": qoe_obs.iter().map(|q| q.corrupt).sum::<usize>(),
+            "refused": qoe_obs.iter().map(|q| q.refused).sum::<usize>(),
+            "startup_p99_ms": viewer::percentile(&mut startups, 0.99),
+            "cpu_pct_per_distributor": stats_of(&cpu_pct),
+            "cpu_us_per_viewer_s": cpu_pct.iter().sum::<f64>() * 1e4 / reports_obs.len().max(1) as f64,
+            "rss_mb_per_distributor": stats_of(&rss),
+            "peak_rss_mb_per_distributor": stats_of(&peak),
+            "cache_mb_per_distributor": stats_of(&cache),
+        },
+        "migrated_viewers": {
+            "viewers": reports_mig.len(),
+            "stalls": sum(&qoe_mig, |q| q.stalls),
+            "corrupt": qoe_mig.iter().map(|q| q.corrupt).sum::<usize>(),
+            "reconnects": sum(&qoe_mig, |q| q.reconnects),
+            "gap_ms": gaps,
+        },
+        "migrations": reports_m,
+        "target_rss_mb": stats_of(&target_rss),
     }))
 }

@@ -170,10 +170,22 @@ impl BlockCache {
         }
     }
 
-    /// A viewer moves from block `from` to block `to`.
-    pub fn move_viewer(&mut self, from: u64, to: u64) {
+    /// A viewer moves from block `from` to block `to`. Returns true when the slowest or the
+    /// fastest viewer's block changed: only then can the fetcher have new work (room behind
+    /// the slowest, read-ahead beyond the fastest), so only then is it worth waking.
+    pub fn move_viewer(&mut self, from: u64, to: u64) -> bool {
+        let before = self.span();
         *self.viewers.entry(to).or_default() += 1;
         self.remove_viewer(from);
+        self.span() != before
+    }
+
+    /// The slowest and fastest viewers' blocks.
+    fn span(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.viewers.keys().next().copied(),
+            self.viewers.keys().next_back().copied(),
+        )
     }
 
     /// The next block the origin fetcher should read, or None to wait.
@@ -282,7 +294,7 @@ mod tests {
         assert!(c.bytes() <= c.window());
         assert!(c.contains(50));
         // The slow viewer moves on: read-ahead resumes and the blocks behind it go first.
-        c.move_viewer(0, 2);
+        assert!(c.move_viewer(0, 2), "the slowest viewer moved");
         assert!(c.contains(0), "kept while the window allows");
         let next = c.next_fetch().unwrap();
         c.insert(next, block(1000));
@@ -335,6 +347,22 @@ mod tests {
         assert_eq!(fetched, (0..=6).collect::<Vec<_>>());
         // A viewer joining at the start still finds block 0.
         assert!(c.contains(0));
+    }
+
+    #[test]
+    fn moves_inside_the_span_do_not_need_the_fetcher() {
+        let mut c = BlockCache::new(1000, 100_000, 10_000);
+        for b in [2, 5, 9] {
+            c.add_viewer(b);
+        }
+        assert!(!c.move_viewer(5, 6), "between slowest and fastest");
+        assert!(c.move_viewer(9, 10), "fastest moved: read-ahead may go on");
+        assert!(c.move_viewer(2, 3), "slowest moved: room behind it");
+        c.add_viewer(3);
+        assert!(
+            !c.move_viewer(3, 4),
+            "another viewer is still at the slowest block"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! What the distributor does for each operation:
 //! - `usage`: its counters (`origin_streams`, `viewers_total`, cache hits/misses/evictions,
-//!   errors, redirects, write errors and the mode besides the required keys); `clients` are
+//!   errors, redirects, write errors and timeouts, connections refused over the cap
+//!   (`over_capacity`, `max_connections`) and the mode besides the required keys); `clients` are
 //!   progressive connections plus live HLS sessions (a session is live until it has made no
 //!   request for the HLS session timeout, 20 s by default);
 //! - `checkpoint`: the cache taken by reference while it keeps serving (blocks never
@@ -106,6 +107,10 @@ fn usage(d: &Distributor) -> Usage {
         errors: ld(&st.errors),
         redirects: ld(&st.redirects),
         write_errors: ld(&st.write_errors),
+        write_timeouts: ld(&st.write_timeouts),
+        head_timeouts: ld(&st.head_timeouts),
+        over_capacity: ld(&d.limit.refused),
+        max_connections: d.limit.max() as u64,
         mode: format!("{:?}", d.mode()),
     }
 }

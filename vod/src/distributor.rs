@@ -1,11 +1,19 @@
 //! The distributor (GloVE): one origin stream per video into a shared block cache, every
 //! viewer served from those blocks, each paced at the video's bitrate after a prefetch burst.
 //!
-//! Per viewer the distributor keeps one task with a socket, a byte position and a watch on the
-//! distributor's mode: no buffers (writes slice shared `Bytes` blocks). Pacing: at each tick
-//! (200 ms by default, on tokio's timer wheel) a viewer may have received
-//! `prefetch + bitrate × (elapsed + tick)` bytes; the distributor writes up to that, so bytes
-//! are never late unless the process is overloaded, and at most one tick early.
+//! Per viewer the distributor keeps a socket, a byte position and the cache blocks it is
+//! sending: no buffers (writes point into shared `Bytes` blocks), no task, no timer. The
+//! accept path runs on the tokio runtime: it admits the connection under the connection cap,
+//! reads the head (with a timeout, so a slowloris head is dropped), answers, and writes the
+//! prefetch burst plus one send-ahead period itself (waiting for the origin if needed). Then
+//! it hands the socket to one of the pacer threads ([`crate::pacer`]), which send every
+//! viewer what falls due one period ahead (1 s by default, like nginx's `limit_rate`) in one
+//! vectored write per period, on one coalesced timer per thread. So accepting never queues
+//! behind pacing, and pacing costs one syscall per viewer per period.
+//!
+//! Every body write has a write timeout: a viewer whose socket accepts nothing for that long
+//! has stopped reading and is dropped (counted in `write_timeouts`). Connections over the cap
+//! get `503` with `Retry-After` (counted in `over_capacity`).
 //!
 //! Modes: `Serving`; `Draining` (existing viewers continue, new requests get 503);
 //! `HandedOff(url)` (every viewer connection is closed at once; any request, including the
@@ -14,7 +22,8 @@
 //!
 //! ## Layout
 //! - [`DistributorConfig`], [`Distributor`], [`Mode`], [`Stats`].
-//! - [`Distributor::serve`]: accept loop; `handle` parses, answers errors, runs `stream_to`.
+//! - [`Distributor::serve`]: accept loop; `handle` parses, answers errors, runs
+//!   `first_period` and hands the viewer to the pacers.
 //! - `fetch_loop`: the origin fetcher of one video, driven by [`crate::cache::BlockCache`].
 //! - [`Distributor::checkpoint`] / [`Distributor::restore`] / [`Distributor::handoff`]:
 //!   what the control API ([`crate::control`]) calls.
@@ -27,12 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OnceCell, watch};
 
 use crate::cache::BlockCache;
-use crate::http::{self, ResponseHead, Url};
+use crate::http::{self, ConnLimit, ResponseHead, Url};
+use crate::pacer::{Pace, PacedViewer, PacerConfig, PacerPool, Registration};
 
 /// Distributor settings.
 #[derive(Debug, Clone)]
@@ -47,17 +57,31 @@ pub struct DistributorConfig {
     pub block_size: u64,
     /// Prefetch burst sent at once to a new connection, in milliseconds of video.
     pub prefetch_ms: u64,
-    /// Pacing tick.
+    /// Pacing period and send-ahead: a viewer is written once per period, with what falls
+    /// due up to one period ahead.
     pub tick: Duration,
     /// Read-ahead beyond the fastest viewer, bytes (None: the whole window ahead of the
     /// slowest viewer, which pre-fills the cache).
     pub readahead: Option<u64>,
     /// HLS sessions and segments.
     pub hls: crate::hls_server::HlsConfig,
+    /// Most concurrent connections; more get 503.
+    pub max_connections: usize,
+    /// A client must send its request head within this time (else 408 and closed).
+    pub head_timeout: Duration,
+    /// A viewer whose socket accepts nothing for this long is dropped.
+    pub write_timeout: Duration,
+    /// Pacer threads (0: one per core).
+    pub pacers: usize,
+    /// Paced writes with `MSG_MORE` (like nginx's `tcp_nopush`): only full segments leave
+    /// at once, a partial one waits for more data or the kernel's probe timer (≤ 200 ms).
+    pub cork: bool,
 }
 
 impl DistributorConfig {
-    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 200 ms tick, 256 KiB read-ahead.
+    /// Defaults: 20 % window, 64 KiB blocks, 2 s prefetch, 1 s send-ahead period, 256 KiB
+    /// read-ahead, connection cap from the open-file limit, 10 s head and 30 s write
+    /// timeouts, one pacer per core.
     pub fn new(origin: Url) -> Self {
         Self {
             origin,
@@ -65,9 +89,14 @@ impl DistributorConfig {
             window_bytes: None,
             block_size: 64 * 1024,
             prefetch_ms: 2000,
-            tick: Duration::from_millis(200),
+            tick: Duration::from_secs(1),
             readahead: Some(256 * 1024),
             hls: Default::default(),
+            max_connections: http::default_max_connections(),
+            head_timeout: http::DEFAULT_HEAD_TIMEOUT,
+            write_timeout: Duration::from_secs(30),
+            pacers: 0,
+            cork: false,
         }
     }
 }
@@ -107,8 +136,12 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Requests redirected after a handoff.
     pub redirects: AtomicU64,
-    /// Viewer connections that ended with a write error (viewer gone or too slow).
+    /// Viewer connections that ended with a write error (the viewer left).
     pub write_errors: AtomicU64,
+    /// Viewers dropped because their socket accepted nothing for the write timeout.
+    pub write_timeouts: AtomicU64,
+    /// Connections dropped because their request head did not arrive in time.
+    pub head_timeouts: AtomicU64,
 }
 
 /// Why a video cannot be served.
@@ -126,6 +159,8 @@ pub enum VideoError {
 #[derive(Debug)]
 pub(crate) struct VideoEntry {
     pub(crate) meta: VideoMeta,
+    /// The cache's block size (fixed), readable without the lock.
+    pub(crate) block_size: u64,
     pub(crate) cache: Mutex<BlockCache>,
     pub(crate) data_ready: Notify,
     pub(crate) fetch_wake: Notify,
@@ -137,9 +172,14 @@ pub struct Distributor {
     cfg: DistributorConfig,
     videos: Mutex<HashMap<String, Arc<OnceCell<Arc<VideoEntry>>>>>,
     /// Counters.
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
+    /// The connection cap (its `refused` counter is `over_capacity` in `usage`).
+    pub limit: Arc<ConnLimit>,
     mode: watch::Sender<Mode>,
     pub(crate) hls: crate::hls_server::HlsState,
+    /// Bumped by every handoff and stop: pacers close viewers admitted under an older value.
+    close_gen: Arc<AtomicU64>,
+    pacers: PacerPool,
 }
 
 /// A consistent-enough copy of the cache for a checkpoint: metadata, block references and
@@ -163,15 +203,44 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Distributor {
-    /// A new distributor in `Serving` mode.
+    /// A new distributor in `Serving` mode, with its pacer threads running.
+    ///
+    /// # Panics
+    /// When the pacer threads cannot be started (see [`Distributor::try_new`]).
     pub fn new(cfg: DistributorConfig) -> Arc<Self> {
-        Arc::new(Self {
+        Self::try_new(cfg).expect("starting the distributor's pacer threads")
+    }
+
+    /// A new distributor, or the error that kept its pacer threads from starting.
+    pub fn try_new(cfg: DistributorConfig) -> std::io::Result<Arc<Self>> {
+        let stats = Arc::new(Stats::default());
+        let close_gen = Arc::new(AtomicU64::new(0));
+        let threads = match cfg.pacers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pacer_cfg = PacerConfig {
+            period: cfg.tick.max(Duration::from_millis(1)),
+            write_timeout: cfg.write_timeout,
+            cork: cfg.cork,
+        };
+        let pacers = PacerPool::start(threads, pacer_cfg, stats.clone(), close_gen.clone())?;
+        Ok(Arc::new(Self {
             hls: crate::hls_server::HlsState::new(cfg.hls.clone()),
+            limit: ConnLimit::new(cfg.max_connections),
             cfg,
             videos: Mutex::new(HashMap::new()),
-            stats: Stats::default(),
+            stats,
             mode: watch::channel(Mode::Serving).0,
-        })
+            close_gen,
+            pacers,
+        }))
+    }
+
+    /// Closes every viewer now (pacers and first periods alike).
+    fn close_viewers(&self) {
+        self.close_gen.fetch_add(1, Ordering::AcqRel);
+        self.pacers.wake_all();
     }
 
     /// The origin's base URL.
@@ -213,6 +282,7 @@ impl Distributor {
         let before = self.stats.viewers_active.load(Ordering::Relaxed);
         self.mode.send_replace(Mode::HandedOff(to));
         self.hls.release_all();
+        self.close_viewers();
         let deadline = Instant::now() + wait;
         while self.stats.viewers_active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -224,6 +294,7 @@ impl Distributor {
     pub fn stop(&self) {
         self.mode.send_replace(Mode::Stopped);
         self.hls.release_all();
+        self.close_viewers();
         for e in self.entries() {
             e.fetch_wake.notify_one();
         }
@@ -349,6 +420,7 @@ impl Distributor {
         }
         let entry = Arc::new(VideoEntry {
             meta,
+            block_size: cache.block_size(),
             cache: Mutex::new(cache),
             data_ready: Notify::new(),
             fetch_wake: Notify::new(),
@@ -409,10 +481,13 @@ impl Distributor {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.handle(stream).await });
-                }
+                Ok((stream, _)) => match self.limit.try_acquire() {
+                    Some(conn) => {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.handle(stream, conn).await });
+                    }
+                    None => self.limit.refuse(stream),
+                },
                 Err(e) => {
                     tracing::warn!(cause = %e, "distributor accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -421,11 +496,16 @@ impl Distributor {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut stream: TcpStream) {
+    async fn handle(self: Arc<Self>, mut stream: TcpStream, conn: http::ConnGuard) {
+        // Read before the mode: a handoff after this point closes the viewer (see pacer).
+        let generation = self.close_gen.load(Ordering::Acquire);
         let _ = stream.set_nodelay(true);
-        let req = match http::read_request(&mut stream, Duration::from_secs(10)).await {
+        let req = match http::read_request(&mut stream, self.cfg.head_timeout).await {
             Ok(r) => r,
             Err(e) => {
+                if e == http::HttpError::Timeout {
+                    self.stats.head_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(s) = e.status() {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     http::write_error(&mut stream, s, &[]).await;
@@ -499,115 +579,109 @@ impl Distributor {
         if status == 206 {
             head = head.header("Content-Range", format!("bytes {start}-{}/{size}", end - 1));
         }
-        if stream.write_all(&head.finish()).await.is_err() || req.head_only {
+        let wt = self.cfg.write_timeout;
+        if http::write_all_timeout(&mut stream, &head.finish(), wt)
+            .await
+            .is_err()
+            || req.head_only
+        {
             return;
         }
-        self.stats.viewers_total.fetch_add(1, Ordering::Relaxed);
-        self.stats.viewers_active.fetch_add(1, Ordering::Relaxed);
-        let bs = lock(&entry.cache).block_size();
-        let mut block = start / bs;
-        lock(&entry.cache).add_viewer(block);
-        entry.fetch_wake.notify_one();
+        let pace = Pace {
+            start,
+            end,
+            prefetch,
+            rate,
+            ahead: crate::pacer::send_ahead(self.cfg.tick),
+        };
+        // The send-ahead must fit in the socket buffer so that one write per period is whole.
+        let sndbuf = prefetch.max(pace.target(Duration::ZERO) - start)
+            + (rate * pace.ahead.as_secs_f64()) as u64;
+        let _ = socket2::SockRef::from(&stream)
+            .set_send_buffer_size(sndbuf.clamp(64 << 10, 16 << 20) as usize);
+        let t0 = Instant::now();
+        let mut reg = Registration::new(
+            entry.clone(),
+            self.stats.clone(),
+            start / entry.block_size,
+            conn,
+        );
         let mut mode = self.mode.subscribe();
-        let r = self
-            .stream_to(
-                &entry,
-                &mut stream,
-                start,
-                end,
-                prefetch,
-                &mut block,
-                &mut mode,
-            )
-            .await;
-        if let Err(e) = r {
-            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(cause = %e, "viewer connection ended");
+        let pos = match self
+            .first_period(&entry, &mut stream, &pace, &mut reg, &mut mode)
+            .await
+        {
+            Ok(Some(pos)) => pos,
+            Ok(None) => return,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    self.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(cause = %e, "viewer connection ended");
+                return;
+            }
+        };
+        if pos >= end {
+            return;
         }
-        lock(&entry.cache).remove_viewer(block);
-        entry.fetch_wake.notify_one();
-        self.stats.viewers_active.fetch_sub(1, Ordering::Relaxed);
-        let _ = stream.shutdown().await;
+        let sock = match stream.into_std() {
+            Ok(s) => socket2::Socket::from(s),
+            Err(_) => return,
+        };
+        self.pacers.add(PacedViewer {
+            sock,
+            reg,
+            pace,
+            t0,
+            pos,
+            generation,
+            held: Vec::new(),
+            stuck_since: None,
+        });
     }
 
-    /// Paced send of `[start, end)`. Returns when done, on a write error, or on handoff.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_to(
+    /// Sends the prefetch burst and the first send-ahead period from the accept path,
+    /// waiting for the origin when a block is missing. Returns the next byte, or None when
+    /// a handoff or stop closed the viewer meanwhile.
+    async fn first_period(
         &self,
         entry: &VideoEntry,
         stream: &mut TcpStream,
-        start: u64,
-        end: u64,
-        prefetch: u64,
-        block: &mut u64,
+        pace: &Pace,
+        reg: &mut Registration,
         mode: &mut watch::Receiver<Mode>,
-    ) -> std::io::Result<()> {
-        let rate = entry.meta.bitrate_bps as f64 / 8.0;
-        let tick = self.cfg.tick;
-        let t0 = tokio::time::Instant::now();
-        let bs = lock(&entry.cache).block_size();
-        let mut pos = start;
-        // The block being sent, held between ticks so that a tick costs no lock.
-        let mut current: Option<(u64, Bytes)> = None;
-        let mut unflushed = 0u64;
-        let result = async {
-            loop {
-                let ahead = t0.elapsed() + tick;
-                let target = (start + prefetch + (rate * ahead.as_secs_f64()) as u64).min(end);
-                while pos < target {
-                    let b = pos / bs;
-                    if current.as_ref().is_none_or(|(cb, _)| *cb != b) {
-                        if b != *block {
-                            lock(&entry.cache).move_viewer(*block, b);
-                            entry.fetch_wake.notify_one();
-                            *block = b;
-                        }
-                        self.stats
-                            .bytes_sent
-                            .fetch_add(std::mem::take(&mut unflushed), Ordering::Relaxed);
-                        match wait_block(entry, b, mode).await {
-                            Some(d) => current = Some((b, d)),
-                            None => return Ok(()),
-                        }
-                    }
-                    let Some((_, data)) = current.as_ref() else {
-                        return Ok(());
-                    };
-                    let off = (pos - b * bs) as usize;
-                    let n = (data.len().saturating_sub(off) as u64).min(target - pos) as usize;
-                    if n == 0 {
-                        return Err(std::io::Error::other("short block"));
-                    }
-                    // Biased: the write usually completes at once and the handoff watch is
-                    // then never polled (no waker registration per write).
-                    tokio::select! {
-                        biased;
-                        r = stream.write_all(&data[off..off + n]) => r?,
-                        _ = handed_off(mode) => return Ok(()),
-                    }
-                    pos += n as u64;
-                    unflushed += n as u64;
-                }
-                if pos >= end {
-                    return Ok(());
-                }
-                // One shared atomic add per viewer tick keeps `usage` current to a tick.
-                self.stats
-                    .bytes_sent
-                    .fetch_add(std::mem::take(&mut unflushed), Ordering::Relaxed);
-                let k = t0.elapsed().as_nanos() / tick.as_nanos().max(1) + 1;
-                let deadline = t0 + tick * k as u32;
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => {}
-                    _ = handed_off(mode) => return Ok(()),
-                }
+    ) -> std::io::Result<Option<u64>> {
+        let bs = entry.block_size;
+        let target = pace.target(Duration::ZERO);
+        let mut pos = pace.start;
+        while pos < target {
+            let b = pos / bs;
+            reg.move_to(b);
+            let Some(data) = wait_block(entry, b, mode).await else {
+                return Ok(None);
+            };
+            let off = (pos - b * bs) as usize;
+            let n = (data.len().saturating_sub(off) as u64).min(target - pos) as usize;
+            if n == 0 {
+                return Err(std::io::Error::other("short block"));
             }
+            // Biased: the write usually completes at once and the handoff watch is then
+            // never polled (no waker registration per write).
+            tokio::select! {
+                biased;
+                r = http::write_counted(
+                    stream,
+                    &data[off..off + n],
+                    self.cfg.write_timeout,
+                    Some(&self.stats.bytes_sent),
+                ) => r?,
+                _ = handed_off(mode) => return Ok(None),
+            }
+            pos += n as u64;
         }
-        .await;
-        self.stats
-            .bytes_sent
-            .fetch_add(unflushed, Ordering::Relaxed);
-        result
+        Ok(Some(pos))
     }
 }
 

@@ -12,8 +12,12 @@
 //! - [`read_request`], [`Request`], [`HttpError`]: server side request heads with limits.
 //! - [`RangeSpec`], [`parse_range`], [`resolve_range`]: `Range: bytes=...`.
 //! - [`ResponseHead`]: builds status line and headers.
+//! - [`ConnLimit`], [`ConnGuard`]: the cap on concurrent connections of a server.
+//! - [`write_all_timeout`]: a body write that fails when the peer stops reading.
 //! - [`Url`], [`get`], [`ClientResponse`]: client side.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -259,8 +263,156 @@ pub async fn write_error(stream: &mut TcpStream, status: u16, extra: &[(&str, St
     }
     let mut bytes = head.finish();
     bytes.extend_from_slice(body.as_bytes());
-    let _ = stream.write_all(&bytes).await;
-    let _ = stream.shutdown().await;
+    // Bounded: a client that never reads must not hold the connection.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Default request-head timeout of the servers: a client that has not sent a complete head
+/// by then (slowloris) is answered 408 and dropped.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The open-file limit of this process (soft), or None when it cannot be read.
+pub fn nofile_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local struct only.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
+}
+
+/// A connection cap that leaves file descriptors for everything else a server opens
+/// (listeners, origin streams, control connections): the open-file limit minus 256, at
+/// least 64. Past the file limit `accept` itself would fail and the backlog would fill
+/// silently; below it, a refused client gets a clear 503.
+pub fn default_max_connections() -> usize {
+    nofile_limit()
+        .map(|n| n.saturating_sub(256).max(64))
+        .unwrap_or(1024)
+        .min(usize::MAX as u64) as usize
+}
+
+/// The cap on concurrent connections of one server, and how often it refused.
+#[derive(Debug)]
+pub struct ConnLimit {
+    max: usize,
+    open: AtomicUsize,
+    /// Connections refused because the cap was reached.
+    pub refused: AtomicU64,
+    /// Refusals being answered now (each holds a descriptor for a moment).
+    rejecting: AtomicUsize,
+}
+
+/// One admitted connection; dropping it frees its place under the cap.
+#[derive(Debug)]
+pub struct ConnGuard(Arc<ConnLimit>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnLimit {
+    /// A cap of `max` concurrent connections (at least 1).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: max.max(1),
+            open: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            rejecting: AtomicUsize::new(0),
+        })
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections admitted and still open.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Admits one more connection, or None (counted as refused) when the cap is reached.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnGuard> {
+        let mut n = self.open.load(Ordering::Relaxed);
+        loop {
+            if n >= self.max {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(ConnGuard(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// Refuses a connection that came over the cap: answers `503` with `Retry-After` after
+    /// reading its head (briefly), so the client sees why. At most 64 refusals are answered
+    /// at once; past that the connection is just closed, so a flood over the cap cannot use
+    /// up descriptors.
+    pub fn refuse(self: &Arc<Self>, mut stream: TcpStream) {
+        if self.rejecting.fetch_add(1, Ordering::Relaxed) >= 64 {
+            self.rejecting.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = read_request(&mut stream, Duration::from_millis(500)).await;
+            write_error(&mut stream, 503, &[("Retry-After", "1".into())]).await;
+            me.rejecting.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Writes all of `buf`, failing with `TimedOut` when the peer accepts no byte for `timeout`
+/// (it stopped reading). Progress resets the clock, so a slow but reading peer is kept.
+pub async fn write_all_timeout(
+    stream: &mut TcpStream,
+    buf: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    write_counted(stream, buf, timeout, None).await
+}
+
+/// [`write_all_timeout`] that counts the bytes it sends in `sent`.
+///
+/// The bytes are counted before the write and the rest is taken back after a short or
+/// failed one: the receiver can read bytes before the writer returns from the syscall (and
+/// the writer may be preempted right then), so counting afterwards would let a reader of the
+/// counter see fewer bytes than the peer already has.
+pub async fn write_counted(
+    stream: &mut TcpStream,
+    mut buf: &[u8],
+    timeout: Duration,
+    sent: Option<&AtomicU64>,
+) -> std::io::Result<()> {
+    let zero = AtomicU64::new(0);
+    let sent = sent.unwrap_or(&zero);
+    sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    while !buf.is_empty() {
+        let r = match tokio::time::timeout(timeout, stream.write(buf)).await {
+            Ok(Ok(0)) => Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => {
+                buf = &buf[n..];
+                continue;
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        sent.fetch_sub(buf.len() as u64, Ordering::Relaxed);
+        return r;
+    }
+    Ok(())
 }
 
 /// An `http://host:port/path` URL (no TLS, no user info).

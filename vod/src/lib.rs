@@ -17,7 +17,8 @@
 //! - [`logging`]: log set-up of both binaries (`SMART_LOG`, `SMART_LOG_FORMAT`, `--log-format`).
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
-//! - [`distributor`]: GloVE distributor: origin fetcher, paced viewers, modes, checkpoint.
+//! - [`distributor`]: GloVE distributor: accept path, origin fetcher, modes, checkpoint.
+//! - [`pacer`]: the pacer threads that send every viewer its bytes on coalesced timers.
 //! - [`control`]: the workload control API's server side (the protocol and its client are in
 //!   `smart_proto::workload`).
 //! - [`viewer`]: playback model, one viewer, the load generator and its QoE summary.
@@ -42,6 +43,7 @@ pub mod hls_viewer;
 pub mod http;
 pub mod logging;
 pub mod origin;
+pub mod pacer;
 pub mod player;
 pub mod realvideo;
 pub mod scan;

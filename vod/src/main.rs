@@ -2,7 +2,8 @@
 //!
 //! ## Layout
 //! Subcommands: `make-video` (`--real`: H.264 + AAC with ffmpeg), `origin`, `distributor`,
-//! `viewers`, `frontend`, `control`, `bench streams`, `bench hls`, `bench handoff`. Each is a thin shell over the `smart_vod` library.
+//! `viewers`, `frontend`, `control`, `bench streams`, `bench density`, `bench hls`,
+//! `bench handoff`. Each is a thin shell over the `smart_vod` library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::http::Url;
-use smart_vod::origin::{Origin, Video};
+use smart_vod::origin::{Origin, OriginLimits, Video};
 use smart_vod::ts::{self, VideoParams};
 use smart_vod::viewer::{self, LoadConfig, Shared, ViewerConfig};
 use smart_vod::{bench, bench_hls, control, frontend, realvideo, tools};
@@ -70,6 +71,12 @@ enum Cmd {
         synthetic: Vec<String>,
         #[arg(long)]
         bitrate_kbps: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Drop a connection whose socket accepts nothing for this long (a distributor's
+        /// fetcher pauses while its window is full, so keep it long).
+        #[arg(long, default_value_t = 60_000)]
+        write_timeout_ms: u64,
     },
     /// A GloVE distributor (control socket from --control or $SMART_CONTROL_SOCKET).
     Distributor {
@@ -90,7 +97,8 @@ enum Cmd {
         block_kb: u64,
         #[arg(long, default_value_t = 2000)]
         prefetch_ms: u64,
-        #[arg(long, default_value_t = 200)]
+        /// Pacing period = send-ahead: each viewer gets one write per period.
+        #[arg(long, default_value_t = 1000)]
         tick_ms: u64,
         /// Read-ahead beyond the fastest viewer (capped at a quarter of the window).
         #[arg(long, default_value_t = 256)]
@@ -107,6 +115,17 @@ enum Cmd {
         /// Past the burst, an HLS session fetches at most this many times real time.
         #[arg(long, default_value_t = 1.5)]
         hls_rate_factor: f64,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Drop a viewer whose socket accepts nothing for this long (it stopped reading).
+        #[arg(long, default_value_t = 30_000)]
+        write_timeout_ms: u64,
+        /// Pacer threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        pacers: usize,
+        /// Paced writes with MSG_MORE, like nginx's tcp_nopush (partial segments wait).
+        #[arg(long)]
+        cork: bool,
     },
     /// Load generator: N viewers with QoE summary.
     Viewers {
@@ -149,6 +168,26 @@ enum Cmd {
     },
 }
 
+/// Connection cap and head timeout, shared by the servers.
+#[derive(clap::Args, Clone, Copy)]
+struct LimitArgs {
+    /// Most concurrent connections; more get 503 (0: open-file limit minus 256).
+    #[arg(long, default_value_t = 0)]
+    max_connections: usize,
+    /// A client must send its request head within this time (else 408, closed).
+    #[arg(long, default_value_t = 10_000)]
+    head_timeout_ms: u64,
+}
+
+impl LimitArgs {
+    fn max_connections(&self) -> usize {
+        match self.max_connections {
+            0 => smart_vod::http::default_max_connections(),
+            n => n,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Concurrent paced viewers one distributor sustains (and nginx with limit_rate).
@@ -164,10 +203,36 @@ enum BenchCmd {
         bitrate_kbps: u64,
         #[arg(long, default_value_t = 2000)]
         prefetch_ms: u64,
-        #[arg(long, default_value_t = 200)]
+        /// The distributor's pacing period = send-ahead (nginx's limit_rate allows 1 s).
+        #[arg(long, default_value_t = 1000)]
         tick_ms: u64,
         #[arg(long)]
         no_nginx: bool,
+        /// Skip the corked pair (our --cork against nginx with tcp_nopush on).
+        #[arg(long)]
+        no_cork: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The thesis's density experiment (§5.5): many distributors with full caches on one
+    /// node, observed while more are live-migrated beside them.
+    Density {
+        #[arg(long, default_value_t = 24)]
+        distributors: usize,
+        #[arg(long, default_value_t = 2)]
+        migrate: usize,
+        #[arg(long, default_value_t = 72)]
+        cache_mb: u64,
+        #[arg(long, default_value_t = 20)]
+        viewers: usize,
+        #[arg(long, default_value_t = 400)]
+        bitrate_kbps: u64,
+        /// Seconds of service before the migrations (after the viewers' 2 s ramp).
+        #[arg(long, default_value_t = 10)]
+        before_s: u64,
+        /// Seconds of service after the migrations start.
+        #[arg(long, default_value_t = 20)]
+        after_s: u64,
         #[arg(long)]
         json: bool,
     },
@@ -204,15 +269,28 @@ enum BenchCmd {
     },
 }
 
-/// Raises the open-file limit to the hard limit (10k viewers need 10k sockets).
+/// Raises the open-file limit: 20,000 viewers need 20,000 sockets in the server and as many
+/// in the load generator. As root the hard limit itself is raised (to 1M, or the kernel's
+/// `nr_open`); otherwise the soft limit goes up to the hard one. Children inherit it.
 fn raise_nofile() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: plain syscalls on a local struct.
+    // SAFETY: plain syscalls on local structs.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(1 << 20);
+        let want = libc::rlimit {
+            rlim_cur: nr_open.max(r.rlim_max),
+            rlim_max: nr_open.max(r.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 && r.rlim_cur < r.rlim_max {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
@@ -293,8 +371,14 @@ async fn main() -> anyhow::Result<()> {
             file,
             synthetic,
             bitrate_kbps,
+            limits,
+            write_timeout_ms,
         } => {
-            let mut o = Origin::new();
+            let mut o = Origin::with_limits(OriginLimits {
+                max_connections: limits.max_connections(),
+                head_timeout: Duration::from_millis(limits.head_timeout_ms),
+                write_timeout: Duration::from_millis(write_timeout_ms.max(1)),
+            });
             for f in &file {
                 let (name, path) = f
                     .split_once('=')
@@ -333,6 +417,10 @@ async fn main() -> anyhow::Result<()> {
             hls_session_timeout_s,
             hls_burst_s,
             hls_rate_factor,
+            limits,
+            write_timeout_ms,
+            pacers,
+            cork,
         } => {
             let mut cfg = DistributorConfig::new(
                 Url::parse(&origin)
@@ -348,7 +436,12 @@ async fn main() -> anyhow::Result<()> {
             cfg.hls.session_timeout = Duration::from_secs(hls_session_timeout_s.max(1));
             cfg.hls.burst = Duration::from_secs(hls_burst_s);
             cfg.hls.rate_factor = hls_rate_factor.max(0.1);
-            let d = Distributor::new(cfg);
+            cfg.max_connections = limits.max_connections();
+            cfg.head_timeout = Duration::from_millis(limits.head_timeout_ms);
+            cfg.write_timeout = Duration::from_millis(write_timeout_ms.max(1));
+            cfg.pacers = pacers;
+            cfg.cork = cork;
+            let d = Distributor::try_new(cfg).context("starting the distributor")?;
             if let Some(src) = &restore_from {
                 let r = control::restore(&d, src, None)
                     .await
@@ -442,6 +535,7 @@ async fn main() -> anyhow::Result<()> {
                     prefetch_ms,
                     tick_ms,
                     no_nginx,
+                    no_cork,
                     json,
                 } => {
                     let ramp = Duration::from_millis(ramp_ms.unwrap_or((clients as u64).max(2000)));
@@ -453,6 +547,7 @@ async fn main() -> anyhow::Result<()> {
                         prefetch_ms,
                         tick_ms,
                         nginx: !no_nginx,
+                        cork: !no_cork,
                         exe,
                     };
                     print(&bench::streams(args).await?, json);
@@ -474,6 +569,28 @@ async fn main() -> anyhow::Result<()> {
                         exe,
                     };
                     print(&bench_hls::hls(args).await?, json);
+                }
+                BenchCmd::Density {
+                    distributors,
+                    migrate,
+                    cache_mb,
+                    viewers,
+                    bitrate_kbps,
+                    before_s,
+                    after_s,
+                    json,
+                } => {
+                    let args = bench::DensityArgs {
+                        distributors,
+                        migrate,
+                        cache_mb,
+                        viewers,
+                        bitrate_bps: bitrate_kbps * 1000,
+                        before: Duration::from_secs(before_s),
+                        after: Duration::from_secs(after_s),
+                        exe,
+                    };
+                    print(&bench::density(args).await?, json);
                 }
                 BenchCmd::Handoff {
                     cache_mb,

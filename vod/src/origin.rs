@@ -8,9 +8,16 @@
 //! and its segment index is cut from the same scan. Generated videos know both exactly and
 //! are scanned for their index only when a distributor first asks.
 //!
+//! Connections are capped ([`OriginLimits::max_connections`]; over it a client gets 503), a
+//! request head must arrive within the head timeout, and a body write that makes no progress
+//! for the write timeout drops the connection. A distributor's fetcher legitimately stops
+//! reading while its cache window is full, so the default write timeout is long (60 s); when
+//! it fires the fetcher just reopens its stream where it needs it.
+//!
 //! ## Layout
 //! - [`Video`]: one catalogue entry; [`Video::generated`], [`Video::from_file`],
 //!   [`Video::segment_index`].
+//! - [`OriginLimits`]: caps and timeouts.
 //! - [`Origin`]: the catalogue and counters; [`Origin::serve`] runs the accept loop.
 
 use std::collections::HashMap;
@@ -24,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::hls::{self, SegmentIndex};
-use crate::http::{self, ResponseHead};
+use crate::http::{self, ConnLimit, ResponseHead};
 use crate::{scan, ts};
 
 /// One video of the catalogue.
@@ -118,20 +125,55 @@ pub struct OriginStats {
     pub streams: AtomicU64,
     /// Body bytes sent.
     pub bytes_sent: AtomicU64,
+    /// Connections dropped because the client accepted nothing for the write timeout.
+    pub write_timeouts: AtomicU64,
+    /// Connections dropped because the request head did not arrive in time.
+    pub head_timeouts: AtomicU64,
+}
+
+/// Caps and timeouts of the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginLimits {
+    /// Most concurrent connections; more get 503.
+    pub max_connections: usize,
+    /// A client must send its request head within this time.
+    pub head_timeout: Duration,
+    /// A connection whose socket accepts nothing for this long is dropped.
+    pub write_timeout: Duration,
+}
+
+impl Default for OriginLimits {
+    /// Cap from the open-file limit, 10 s head timeout, 60 s write timeout.
+    fn default() -> Self {
+        Self {
+            max_connections: http::default_max_connections(),
+            head_timeout: http::DEFAULT_HEAD_TIMEOUT,
+            write_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The origin server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Origin {
     videos: HashMap<String, Video>,
     /// Answer 404 for segment indexes, like a plain file server (tests the fallback).
     no_indexes: bool,
+    limits: OriginLimits,
+    /// The connection cap (its `refused` counter counts 503s over the cap).
+    pub limit: Arc<ConnLimit>,
     /// Counters.
     pub stats: OriginStats,
 }
 
+impl Default for Origin {
+    fn default() -> Self {
+        Self::with_limits(OriginLimits::default())
+    }
+}
+
 impl Origin {
-    /// An empty catalogue.
+    /// An empty catalogue with the default limits.
     pub fn new() -> Self {
         Self::default()
     }
@@ -140,6 +182,17 @@ impl Origin {
     pub fn without_indexes(mut self) -> Self {
         self.no_indexes = true;
         self
+    }
+
+    /// An empty catalogue with these limits.
+    pub fn with_limits(limits: OriginLimits) -> Self {
+        Self {
+            videos: HashMap::new(),
+            limit: ConnLimit::new(limits.max_connections),
+            limits,
+            no_indexes: false,
+            stats: OriginStats::default(),
+        }
     }
 
     /// Adds a video under `name` (served at `/name`).
@@ -152,10 +205,16 @@ impl Origin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.handle(stream).await });
-                }
+                Ok((stream, _)) => match self.limit.try_acquire() {
+                    Some(conn) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.handle(stream).await;
+                            drop(conn);
+                        });
+                    }
+                    None => self.limit.refuse(stream),
+                },
                 Err(e) => {
                     tracing::warn!(cause = %e, "origin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -165,9 +224,12 @@ impl Origin {
     }
 
     async fn handle(&self, mut stream: TcpStream) {
-        let req = match http::read_request(&mut stream, Duration::from_secs(10)).await {
+        let req = match http::read_request(&mut stream, self.limits.head_timeout).await {
             Ok(r) => r,
             Err(e) => {
+                if e == http::HttpError::Timeout {
+                    self.stats.head_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(s) = e.status() {
                     http::write_error(&mut stream, s, &[]).await;
                 }
@@ -228,13 +290,21 @@ impl Origin {
         if status == 206 {
             head = head.header("Content-Range", format!("bytes {start}-{}/{size}", end - 1));
         }
-        if stream.write_all(&head.finish()).await.is_err() || req.head_only {
+        let wt = self.limits.write_timeout;
+        if http::write_all_timeout(&mut stream, &head.finish(), wt)
+            .await
+            .is_err()
+            || req.head_only
+        {
             return;
         }
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
         let body = video.data.slice(start as usize..end as usize);
         for chunk in body.chunks(256 * 1024) {
-            if stream.write_all(chunk).await.is_err() {
+            if let Err(e) = http::write_all_timeout(&mut stream, chunk, wt).await {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    self.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
             self.stats

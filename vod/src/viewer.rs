@@ -486,19 +486,40 @@ pub async fn run_viewer(
         let leftover = resp.leftover;
         let stream = resp.stream;
         s.on_bytes(&leftover, &mut conn);
+        // Pinned once per connection: polling it again costs no new registration.
+        let stopped = stop.wait_for(|s| *s);
+        tokio::pin!(stopped);
         loop {
             tokio::select! {
+                biased;
                 r = stream.readable() => if r.is_err() { break },
-                _ = stop.wait_for(|s| *s) => break 'outer,
+                _ = &mut stopped => break 'outer,
             }
-            let outcome = SCRATCH.with_borrow_mut(|buf| match stream.try_read(buf) {
-                Ok(0) => ReadOutcome::Eof,
-                Ok(n) => {
-                    s.on_bytes(&buf[..n], &mut conn);
-                    ReadOutcome::Data
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ReadOutcome::Again,
-                Err(_) => ReadOutcome::Failed,
+            let mut outcome = ReadOutcome::Again;
+            // A read shorter than the buffer drained the socket: report it as WouldBlock so
+            // tokio clears the readiness now (it keeps any event that came after the read),
+            // which saves the extra read that would only return EAGAIN.
+            let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                SCRATCH.with_borrow_mut(|buf| match stream.try_read(buf) {
+                    Ok(0) => {
+                        outcome = ReadOutcome::Eof;
+                        Ok(())
+                    }
+                    Ok(n) => {
+                        s.on_bytes(&buf[..n], &mut conn);
+                        outcome = ReadOutcome::Data;
+                        if n < buf.len() {
+                            Err(std::io::ErrorKind::WouldBlock.into())
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e),
+                    Err(e) => {
+                        outcome = ReadOutcome::Failed;
+                        Err(e)
+                    }
+                })
             });
             match outcome {
                 ReadOutcome::Data | ReadOutcome::Again => {}
