@@ -199,7 +199,24 @@ impl Default for AgentConfig {
     }
 }
 
-/// `[frontend]`: what the HTTP front-end asks admission for (`GET /watch/{video}`).
+/// How the front-end gets a viewer's bytes from the distributor (`[frontend]` `progressive`
+/// and `hls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// `302 Found` to the distributor the Control placed (the thesis's front-end): no video
+    /// byte passes through the front-end, and a player whose distributor dies must come back
+    /// to the front-end by itself.
+    Redirect,
+    /// The front-end fetches from the distributor and streams the body back; when that
+    /// connection breaks (node death, migration) it locates the service again and resumes
+    /// with `Range` at the exact byte, so the player sees one unbroken response. Costs the
+    /// front-end a copy of every byte (CPU and network in and out).
+    Relay,
+}
+
+/// `[frontend]`: what the HTTP front-end asks admission for (`GET /watch/{video}`) and how
+/// it delivers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontendConfig {
@@ -210,6 +227,24 @@ pub struct FrontendConfig {
     pub origin: String,
     /// Bitrate of the videos, bits/s (the per-client network increment).
     pub bitrate_bps: u64,
+    /// Progressive `GET /watch/{video}`: `redirect` (default) or `relay`.
+    pub progressive: Delivery,
+    /// HLS segments `GET /watch/{video}/seg/{n}.ts`: `relay` (default) or `redirect`. The
+    /// playlist is always served by the front-end, so that segment requests come back to it.
+    pub hls: Delivery,
+    /// An HLS session without a request for this long is released from admission.
+    #[serde(with = "humantime_serde")]
+    pub hls_session_timeout: Duration,
+    /// HLS sessions at most (a client opening sessions in a loop then gets 503).
+    pub max_hls_sessions: usize,
+    /// How long a relayed response keeps trying to reach the service again (node death,
+    /// migration) before it gives up and closes the viewer's connection.
+    #[serde(with = "humantime_serde")]
+    pub relay_resume_deadline: Duration,
+    /// Directory with the player page (`play.html`) and hls.js
+    /// (`node_modules/hls.js/dist/hls.min.js`); relative to the config file. Default:
+    /// `$SMART_UI_DIR`, else `vod/ui` of the source tree the binary was built from.
+    pub player_dir: Option<PathBuf>,
 }
 
 impl Default for FrontendConfig {
@@ -228,6 +263,12 @@ impl Default for FrontendConfig {
             .collect(),
             origin: "http://127.0.0.1:8000".into(),
             bitrate_bps: 400_000,
+            progressive: Delivery::Redirect,
+            hls: Delivery::Relay,
+            hls_session_timeout: Duration::from_secs(20),
+            max_hls_sessions: 100_000,
+            relay_resume_deadline: Duration::from_secs(20),
+            player_dir: None,
         }
     }
 }
@@ -300,6 +341,11 @@ impl NodeConfig {
         }
         if cfg.cluster_key_file.is_relative() {
             cfg.cluster_key_file = base.join(&cfg.cluster_key_file);
+        }
+        if let Some(d) = cfg.frontend.player_dir.as_mut()
+            && d.is_relative()
+        {
+            *d = base.join(&*d);
         }
         Ok(cfg)
     }
@@ -410,6 +456,18 @@ impl NodeConfig {
                 "frontend.distributor_command",
                 "must name the distributor program".into(),
             ));
+        }
+        if self.frontend.hls_session_timeout < Duration::from_secs(2) {
+            return Err(bad(
+                "frontend.hls_session_timeout",
+                "must be at least 2 s (a player asks for a segment every few seconds)".into(),
+            ));
+        }
+        if self.frontend.max_hls_sessions == 0 {
+            return Err(bad("frontend.max_hls_sessions", "must be > 0".into()));
+        }
+        if self.frontend.relay_resume_deadline.is_zero() {
+            return Err(bad("frontend.relay_resume_deadline", "must be > 0".into()));
         }
         if self.has_role(Role::FrontEnd) && self.frontend_http.is_none() {
             return Err(bad(

@@ -10,7 +10,9 @@
 //! - [`cluster`]: a local cluster of real node processes on loopback.
 //! - [`demo`]: `smart demo` options and `smart bench failover`.
 //! - [`case_study`]: the demo itself, the Smart-GloVE case study.
+//! - [`videos`]: real H.264 + AAC videos (ffmpeg, cached) and an in-process origin.
 
 pub mod case_study;
 pub mod cluster;
 pub mod demo;
+pub mod videos;
