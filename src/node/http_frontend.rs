@@ -299,19 +299,20 @@ impl Ctx {
         };
         let cfg = self.relay_cfg();
         let deadline = tokio::time::Instant::now() + cfg.resume_deadline;
-        let up = match relay::open(&self.placements, &res, from, &cfg, deadline).await {
-            Ok(up) => up,
-            Err(RelayError::NotFound) => return StatusCode::NOT_FOUND.into_response(),
-            Err(RelayError::Range { total }) => return unsatisfiable(total),
-            Err(RelayError::Refused(s)) => {
-                return StatusCode::from_u16(s)
-                    .unwrap_or(StatusCode::BAD_GATEWAY)
-                    .into_response();
-            }
-            Err(e @ RelayError::Unavailable(_)) => {
-                return self.respond(Answer::Unavailable(e.to_string()));
-            }
-        };
+        let up =
+            match relay::open(&self.placements, &res, from, &cfg, deadline, &self.counters).await {
+                Ok(up) => up,
+                Err(RelayError::NotFound) => return StatusCode::NOT_FOUND.into_response(),
+                Err(RelayError::Range { total }) => return unsatisfiable(total),
+                Err(RelayError::Refused(s)) => {
+                    return StatusCode::from_u16(s)
+                        .unwrap_or(StatusCode::BAD_GATEWAY)
+                        .into_response();
+                }
+                Err(e @ RelayError::Unavailable(_)) => {
+                    return self.respond(Answer::Unavailable(e.to_string()));
+                }
+            };
         let total = up.total;
         let end = to.unwrap_or(total).min(total);
         if from >= end {

@@ -82,12 +82,11 @@ async fn session(ctx: &Ctx, video: &str, sid: &SessionId) -> Result<Active, Http
     }
 }
 
-fn session_param(query: Option<&str>) -> Result<Option<SessionId>, HttpResponse> {
+/// The session id of a query (`s=`): `Err` when it is malformed.
+fn session_param(query: Option<&str>) -> Result<Option<SessionId>, ()> {
     match query.and_then(|q| query_param(q, "s")) {
         None => Ok(None),
-        Some(s) => SessionId::parse(s)
-            .map(Some)
-            .ok_or_else(|| status(StatusCode::BAD_REQUEST)),
+        Some(s) => SessionId::parse(s).map(Some).ok_or(()),
     }
 }
 
@@ -109,7 +108,7 @@ pub(super) async fn playlist(ctx: Arc<Ctx>, video: &str, query: Option<&str>) ->
     }
     let sid = match session_param(query) {
         Ok(s) => s.unwrap_or_else(SessionId::random),
-        Err(r) => return r,
+        Err(()) => return status(StatusCode::BAD_REQUEST),
     };
     let active = match session(&ctx, video, &sid).await {
         Ok(a) => a,
@@ -123,7 +122,7 @@ pub(super) async fn playlist(ctx: Arc<Ctx>, video: &str, query: Option<&str>) ->
     let deadline = Instant::now() + cfg.resume_deadline;
     // A playlist is small: read it whole, and start again elsewhere if that fails.
     let body = loop {
-        let up = match relay::open(&ctx.placements, &res, 0, &cfg, deadline).await {
+        let up = match relay::open(&ctx.placements, &res, 0, &cfg, deadline, &ctx.counters).await {
             Ok(up) => up,
             Err(e) => return relay_error(&ctx, e),
         };
@@ -171,10 +170,8 @@ pub(super) async fn segment(
         return status(StatusCode::BAD_REQUEST);
     };
     // Segment URIs come from our playlists and always carry the session.
-    let sid = match session_param(query) {
-        Ok(Some(s)) => s,
-        Ok(None) => return status(StatusCode::BAD_REQUEST),
-        Err(r) => return r,
+    let Ok(Some(sid)) = session_param(query) else {
+        return status(StatusCode::BAD_REQUEST);
     };
     let active = match session(&ctx, video, &sid).await {
         Ok(a) => a,
@@ -211,7 +208,7 @@ pub(super) async fn segment(
         video: video.to_string(),
         path,
     };
-    let up = match relay::open(&ctx.placements, &res, 0, &cfg, deadline).await {
+    let up = match relay::open(&ctx.placements, &res, 0, &cfg, deadline, &ctx.counters).await {
         Ok(up) => up,
         Err(e) => return relay_error(&ctx, e),
     };

@@ -257,6 +257,7 @@ pub(super) async fn open(
     from: u64,
     cfg: &RelayCfg,
     deadline: Instant,
+    counters: &Counters,
 ) -> Result<Upstream, RelayError> {
     let mut broken: Option<String> = None;
     let mut attempt = 0u32;
@@ -363,6 +364,7 @@ pub(super) async fn open(
             Ok(up) => return Ok(up),
             Err(why) => {
                 debug!(video = %res.video, endpoint = %p.endpoint, cause = %why, "distributor unusable; locating again");
+                counters.incr("frontend_relay_retries");
                 broken = Some(p.endpoint);
             }
         }
@@ -386,7 +388,9 @@ pub(super) struct Relay {
     pub up: Option<Upstream>,
     /// Timeouts.
     pub cfg: RelayCfg,
-    /// Node counters (`frontend_relay_resumes`, `frontend_relay_failures`).
+    /// Node counters (`frontend_relay_resumes`: a body resumed after its upstream broke;
+    /// `frontend_relay_failures`: could not resume; `frontend_relay_retries`: an attempt
+    /// that met an unusable distributor).
     pub counters: Arc<Counters>,
     /// Dropped with the body: admission releases, session activity.
     pub _guards: Vec<Box<dyn Send + Sync>>,
@@ -401,7 +405,16 @@ impl Relay {
             if self.up.is_none() {
                 self.counters.incr("frontend_relay_resumes");
                 let deadline = Instant::now() + self.cfg.resume_deadline;
-                match open(&self.placements, &self.res, self.pos, &self.cfg, deadline).await {
+                match open(
+                    &self.placements,
+                    &self.res,
+                    self.pos,
+                    &self.cfg,
+                    deadline,
+                    &self.counters,
+                )
+                .await
+                {
                     Ok(u) if u.total == self.total => self.up = Some(u),
                     Ok(u) => {
                         self.counters.incr("frontend_relay_failures");
