@@ -232,7 +232,10 @@ pub struct FrontendConfig {
     /// HLS segments `GET /watch/{video}/seg/{n}.ts`: `relay` (default) or `redirect`. The
     /// playlist is always served by the front-end, so that segment requests come back to it.
     pub hls: Delivery,
-    /// An HLS session without a request for this long is released from admission.
+    /// An HLS session without a request for this long is released from admission. Shorter
+    /// than the distributor's own session timeout (20 s), so that the front-end's precise
+    /// release comes before the distributor's client count drops (which the Control also
+    /// acts on, releasing the newest client of the service).
     #[serde(with = "humantime_serde")]
     pub hls_session_timeout: Duration,
     /// HLS sessions at most (a client opening sessions in a loop then gets 503).
@@ -265,7 +268,7 @@ impl Default for FrontendConfig {
             bitrate_bps: 400_000,
             progressive: Delivery::Redirect,
             hls: Delivery::Relay,
-            hls_session_timeout: Duration::from_secs(20),
+            hls_session_timeout: Duration::from_secs(15),
             max_hls_sessions: 100_000,
             relay_resume_deadline: Duration::from_secs(20),
             player_dir: None,
@@ -504,6 +507,37 @@ cluster_key_file = "cluster.key"
         assert_eq!(c.election.mode, ElectionMode::Available);
         assert_eq!(c.roles, vec![Role::Agent, Role::Control]);
         assert!(c.multicast.enabled);
+    }
+
+    #[test]
+    fn frontend_delivery_modes() {
+        let c = NodeConfig::parse(MINIMAL, Path::new("n1.toml")).unwrap();
+        assert_eq!(c.frontend.progressive, Delivery::Redirect);
+        assert_eq!(c.frontend.hls, Delivery::Relay);
+        let text = format!(
+            "{MINIMAL}[frontend]\nprogressive = \"relay\"\nhls = \"redirect\"\nhls_session_timeout = \"30s\"\nplayer_dir = \"ui\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n1.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.frontend.progressive, Delivery::Relay);
+        assert_eq!(c.frontend.hls, Delivery::Redirect);
+        assert_eq!(c.frontend.hls_session_timeout, Duration::from_secs(30));
+        assert_eq!(c.frontend.player_dir, Some(dir.path().join("ui")));
+        for (bad, key) in [
+            ("hls = \"teleport\"", "teleport"),
+            ("hls_session_timeout = \"1s\"", "hls_session_timeout"),
+            ("max_hls_sessions = 0", "max_hls_sessions"),
+        ] {
+            let err = NodeConfig::parse(
+                &format!("{MINIMAL}[frontend]\n{bad}\n"),
+                Path::new("n1.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

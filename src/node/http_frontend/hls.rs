@@ -8,12 +8,13 @@
 //! the Control placed *now*:
 //! - `hls = "relay"` (default): the front-end fetches the segment and streams it back,
 //!   resuming by `Range` inside the segment when the distributor dies or hands off
-//!   mid-segment ([`super::relay`]). Every player survives a node death without noticing,
-//!   including those that skip a segment they fail to load (ffmpeg).
+//!   mid-segment ([`super::relay`]). A player never sees the node death: no failed request,
+//!   no segment cut short, whatever its retry policy.
 //! - `hls = "redirect"`: `302 Found` to the current distributor (from the placement cache;
 //!   never to a node this node's membership believes dead). No segment byte passes through
-//!   the front-end; a player whose segment fetch meets a dying node must retry it (hls.js
-//!   does; ffmpeg skips that segment).
+//!   the front-end; a request that lands between a death and its detection (~0.5 s) meets a
+//!   refused connection, and a segment being sent when the node dies is cut short: the
+//!   player must retry it (hls.js does, and so did ffmpeg 5.1 in our trials).
 //!
 //! A session is one admitted client ([`super::sessions`]): a request whose session is
 //! unknown is admitted first, and a refused admission is `503` with `Retry-After`, for
