@@ -331,7 +331,24 @@ impl Default for HealthConfig {
     }
 }
 
-/// `[frontend]`: what the HTTP front-end asks admission for (`GET /watch/{video}`).
+/// How the front-end gets a viewer's bytes from the distributor (`[frontend]` `progressive`
+/// and `hls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// `302 Found` to the distributor the Control placed (the thesis's front-end): no video
+    /// byte passes through the front-end, and a player whose distributor dies must come back
+    /// to the front-end by itself.
+    Redirect,
+    /// The front-end fetches from the distributor and streams the body back; when that
+    /// connection breaks (node death, migration) it locates the service again and resumes
+    /// with `Range` at the exact byte, so the player sees one unbroken response. Costs the
+    /// front-end a copy of every byte (CPU and network in and out).
+    Relay,
+}
+
+/// `[frontend]`: what the HTTP front-end asks admission for (`GET /watch/{video}`) and how
+/// it delivers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontendConfig {
@@ -342,6 +359,27 @@ pub struct FrontendConfig {
     pub origin: String,
     /// Bitrate of the videos, bits/s (the per-client network increment).
     pub bitrate_bps: u64,
+    /// Progressive `GET /watch/{video}`: `redirect` (default) or `relay`.
+    pub progressive: Delivery,
+    /// HLS segments `GET /watch/{video}/seg/{n}.ts`: `relay` (default) or `redirect`. The
+    /// playlist is always served by the front-end, so that segment requests come back to it.
+    pub hls: Delivery,
+    /// An HLS session without a request for this long is released from admission. Shorter
+    /// than the distributor's own session timeout (20 s), so that the front-end's precise
+    /// release comes before the distributor's client count drops (which the Control also
+    /// acts on, releasing the newest client of the service).
+    #[serde(with = "humantime_serde")]
+    pub hls_session_timeout: Duration,
+    /// HLS sessions at most (a client opening sessions in a loop then gets 503).
+    pub max_hls_sessions: usize,
+    /// How long a relayed response keeps trying to reach the service again (node death,
+    /// migration) before it gives up and closes the viewer's connection.
+    #[serde(with = "humantime_serde")]
+    pub relay_resume_deadline: Duration,
+    /// Directory with the player page (`play.html`) and hls.js
+    /// (`node_modules/hls.js/dist/hls.min.js`); relative to the config file. Default:
+    /// `$SMART_UI_DIR`, else `vod/ui` of the source tree the binary was built from.
+    pub player_dir: Option<PathBuf>,
 }
 
 impl Default for FrontendConfig {
@@ -360,6 +398,12 @@ impl Default for FrontendConfig {
             .collect(),
             origin: "http://127.0.0.1:8000".into(),
             bitrate_bps: 400_000,
+            progressive: Delivery::Redirect,
+            hls: Delivery::Relay,
+            hls_session_timeout: Duration::from_secs(15),
+            max_hls_sessions: 100_000,
+            relay_resume_deadline: Duration::from_secs(20),
+            player_dir: None,
         }
     }
 }
@@ -454,6 +498,11 @@ impl NodeConfig {
         }
         if let Some(t) = cfg.tokens_file.as_mut().filter(|t| t.is_relative()) {
             *t = base.join(&*t);
+        }
+        if let Some(d) = cfg.frontend.player_dir.as_mut()
+            && d.is_relative()
+        {
+            *d = base.join(&*d);
         }
         Ok(cfg)
     }
@@ -622,6 +671,18 @@ impl NodeConfig {
                 ));
             }
         }
+        if self.frontend.hls_session_timeout < Duration::from_secs(2) {
+            return Err(bad(
+                "frontend.hls_session_timeout",
+                "must be at least 2 s (a player asks for a segment every few seconds)".into(),
+            ));
+        }
+        if self.frontend.max_hls_sessions == 0 {
+            return Err(bad("frontend.max_hls_sessions", "must be > 0".into()));
+        }
+        if self.frontend.relay_resume_deadline.is_zero() {
+            return Err(bad("frontend.relay_resume_deadline", "must be > 0".into()));
+        }
         if self.has_role(Role::FrontEnd) && self.frontend_http.is_none() {
             return Err(bad(
                 "frontend_http",
@@ -662,6 +723,37 @@ cluster_key_file = "cluster.key"
         assert_eq!(c.election.mode, ElectionMode::Available);
         assert_eq!(c.roles, vec![Role::Agent, Role::Control]);
         assert!(c.multicast.enabled);
+    }
+
+    #[test]
+    fn frontend_delivery_modes() {
+        let c = NodeConfig::parse(MINIMAL, Path::new("n1.toml")).unwrap();
+        assert_eq!(c.frontend.progressive, Delivery::Redirect);
+        assert_eq!(c.frontend.hls, Delivery::Relay);
+        let text = format!(
+            "{MINIMAL}[frontend]\nprogressive = \"relay\"\nhls = \"redirect\"\nhls_session_timeout = \"30s\"\nplayer_dir = \"ui\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n1.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.frontend.progressive, Delivery::Relay);
+        assert_eq!(c.frontend.hls, Delivery::Redirect);
+        assert_eq!(c.frontend.hls_session_timeout, Duration::from_secs(30));
+        assert_eq!(c.frontend.player_dir, Some(dir.path().join("ui")));
+        for (bad, key) in [
+            ("hls = \"teleport\"", "teleport"),
+            ("hls_session_timeout = \"1s\"", "hls_session_timeout"),
+            ("max_hls_sessions = 0", "max_hls_sessions"),
+        ] {
+            let err = NodeConfig::parse(
+                &format!("{MINIMAL}[frontend]\n{bad}\n"),
+                Path::new("n1.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

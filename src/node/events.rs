@@ -19,6 +19,9 @@
 //! below 2^53 (exact in JavaScript) until the year 2255. They are per node: a client that
 //! moves to another node starts from that node's ring (`from=0`).
 //!
+//! This node's own actors (the front-end's player page) hear the same events through
+//! [`Subscribers::local`].
+//!
 //! ## Layout
 //! - [`Subscribers`]: transport subscribers and the ring; [`EventLog`], [`Record`].
 
@@ -29,9 +32,12 @@ use std::time::SystemTime;
 
 use smart_api::{Event, EventNote, NodeProtocol};
 use smart_supervision::transport::Connection;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::metrics::NodeMetrics;
+
+/// Events buffered for a slow local subscriber before it misses some (it is told so).
+const LOCAL_BACKLOG: usize = 256;
 
 /// Events kept in a node's ring.
 pub const RING: usize = 1024;
@@ -141,6 +147,8 @@ impl EventLog {
 pub struct Subscribers {
     conns: Mutex<Vec<Connection<NodeProtocol>>>,
     log: EventLog,
+    /// In-process listeners.
+    local: broadcast::Sender<Event>,
     /// Events heard (all of them, numbered).
     heard: AtomicU64,
     /// Counts events (migrations, failovers, ...).
@@ -159,6 +167,7 @@ impl Subscribers {
         Self {
             conns: Mutex::new(Vec::new()),
             log: EventLog::new(incarnation),
+            local: broadcast::channel(LOCAL_BACKLOG).0,
             heard: AtomicU64::new(0),
             metrics,
         }
@@ -167,6 +176,12 @@ impl Subscribers {
     /// Adds a connection.
     pub fn add(&self, c: Connection<NodeProtocol>) {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+
+    /// Every event published on this node from now on (a receiver that falls more than
+    /// [`LOCAL_BACKLOG`] behind gets `Lagged` and continues with newer ones).
+    pub fn local(&self) -> broadcast::Receiver<Event> {
+        self.local.subscribe()
     }
 
     /// The ring.
@@ -189,6 +204,8 @@ impl Subscribers {
         }
         self.log.push(ev.clone());
         let mut subs = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        // No local receiver is not an error: the front-end may not run here.
+        let _ = self.local.send(ev.clone());
         subs.retain(|c| !c.is_closed());
         for c in subs.iter() {
             let _ = c.notify(EventNote::Known(ev.clone()));

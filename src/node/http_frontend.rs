@@ -1,43 +1,73 @@
-//! The front-end's HTTP side (GloVE's Supervisor, thesis §5.2): `GET /watch/{video}` asks the
-//! Control for a place and answers `302 Found` to the distributor it picked, so that any HTTP
-//! player works; when admission says no, `503 Service Unavailable` with `Retry-After` and the
-//! reason in the body.
+//! The front-end's HTTP side (GloVE's Supervisor, thesis §5.2): viewers' one address.
 //!
-//! Per request:
-//! - a viewer resuming (a `Range` starting past byte 0: its distributor moved or died) is
-//!   only *located* (no new admission: it was admitted already);
-//! - otherwise a client is admitted (Smart-GloVE rule: it joins the video's distributor),
-//!   in one request to the Control that also carries the distributor's spec (from the
-//!   `[frontend]` command template), so the first viewer of a video costs one round trip:
-//!   the Control admits the video's distributor first, then the client.
+//! | request | answer |
+//! |---|---|
+//! | `GET /watch/{video}` | progressive: `302` to the distributor the Control placed (`[frontend] progressive = "redirect"`, the thesis), or the video relayed from it (`"relay"`) |
+//! | `GET /watch/{video}.m3u8` | the HLS playlist, served here with a session id chosen here ([`hls`]) |
+//! | `GET /watch/{video}/seg/{n}.ts?s=ID` | the segment, relayed from the current distributor (`hls = "relay"`) or `302` to it (`"redirect"`) |
+//! | `GET /watch/{video}/where` | the player page's JSON: node, endpoint and events of the video ([`page`]) |
+//! | `GET /play/{video}`, `GET /play/hls.min.js` | the player page and hls.js (files in `[frontend] player_dir`; contract in `smart_vod::player`) |
+//!
+//! When admission says no: `503 Service Unavailable` with `Retry-After` and the reason (body
+//! and `X-Reason`). Bad names, session ids and segment numbers get `4xx`.
+//!
+//! Admission per viewer:
+//! - progressive, redirect: a viewer resuming (a `Range` starting past byte 0: its
+//!   distributor moved or died) is only *located* (it was admitted already); otherwise a
+//!   client is admitted (Smart-GloVE rule: it joins the video's distributor), in one request
+//!   to the Control that also carries the distributor's spec (from the `[frontend]` command
+//!   template), so the first viewer of a video costs one round trip. A redirect ends the
+//!   viewer's connection to us, so releases come from the distributor's client count (the
+//!   Control's own rule) or the message API (`ReleaseClient`);
+//! - progressive, relay: each relayed connection is one admitted client, released when the
+//!   connection ends (the front-end sees it);
+//! - HLS: each session is one admitted client, released when it has made no request for
+//!   `hls_session_timeout` ([`sessions`]).
+//!
+//! Relaying (progressive or HLS): when the distributor's connection breaks (kill -9 of its
+//! node, a handoff), the front-end locates the service again and resumes by `Range` at the
+//! exact byte ([`relay`]); the viewer sees one unbroken response. Placements are cached per
+//! video and kept current by the Control's events ([`placements`]).
 //!
 //! Every Control call goes through [`Forwarder::forward`], which retries across a Control
 //! failover within its deadline; a viewer therefore sees a slower answer, not an error.
-//! A redirect ends the viewer's connection to us, so the front-end cannot see the viewer
-//! leave: releases come through the message API (`ReleaseClient`), e.g. from a player's
-//! session end.
 //!
 //! ## Layout
-//! - [`HttpFrontEnd`]: the actor owning the listener (restarted by the node's supervisor).
+//! - [`HttpFrontEnd`]: the actor owning the listener (restarted by the node's supervisor),
+//!   the event follower and the session sweeper.
 //! - [`service_of`], [`spec_for`]: video name to service name and spec.
+//! - [`placements`], [`relay`], [`sessions`], [`hls`], [`page`]: the parts above.
+
+mod hls;
+mod page;
+mod placements;
+mod relay;
+mod sessions;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use smart_api::{Request, Response, ServiceSpec};
+use smart_api::{Placement, Request, Response, ServiceSpec};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span};
 
+use self::page::{EventLog, Where};
+use self::placements::Placements;
+use self::relay::{Relay, RelayCfg, RelayError, Resource};
+use self::sessions::Sessions;
 use super::counters::Counters;
+use super::events::Subscribers;
 use super::forward::Forwarder;
 use super::http::{self, HttpLimits};
-use crate::config::NodeConfig;
+use crate::config::{Delivery, NodeConfig};
 
 /// The service name of a video's distributor.
 pub fn service_of(video: &str) -> String {
@@ -78,6 +108,34 @@ fn range_start(r: Option<&str>) -> u64 {
         .unwrap_or(0)
 }
 
+/// A viewer's `Range` for a relayed video: `Ok(None)` for the whole video (no header, or a
+/// suffix range, which a server may ignore), `Ok(Some((first, Some(last + 1))))`, or `Err`
+/// for a malformed header (answered `416`). One range only, as players send.
+fn relay_range(r: Option<&str>) -> Result<Option<(u64, Option<u64>)>, ()> {
+    let Some(r) = r else { return Ok(None) };
+    let spec = r.trim().strip_prefix("bytes=").ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let num = |s: &str| -> Result<u64, ()> {
+        let s = s.trim();
+        if s.is_empty() || s.len() > 19 || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(());
+        }
+        s.parse().map_err(|_| ())
+    };
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, true) => Err(()),
+        (true, false) => num(b).map(|_| None),
+        (false, true) => Ok(Some((num(a)?, None))),
+        (false, false) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if b < a {
+                return Err(());
+            }
+            Ok(Some((a, Some(b + 1))))
+        }
+    }
+}
+
 /// What to answer a viewer.
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {
@@ -94,38 +152,105 @@ pub struct HttpFrontEnd {
     pub counters: Arc<Counters>,
     /// Forwarding to the Control with retries.
     pub forwarder: Forwarder,
+    /// This node's event subscribers (the Control's events, for the page and the cache).
+    pub subscribers: Arc<Subscribers>,
 }
 
+/// What the routes share.
 struct Ctx {
     cfg: Arc<NodeConfig>,
     counters: Arc<Counters>,
     forwarder: Forwarder,
+    placements: Arc<Placements>,
+    sessions: Arc<Sessions>,
+    log: Arc<EventLog>,
+    /// The player page's files.
+    player_dir: std::path::PathBuf,
+}
+
+/// Releases an admitted client when dropped (a relayed connection ended).
+struct Release {
+    forwarder: Forwarder,
+    service: String,
+    client: Option<u64>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        release(&self.forwarder, self.service.clone(), self.client);
+    }
+}
+
+/// Sends `ReleaseClient` without waiting for the answer.
+fn release(forwarder: &Forwarder, service: String, client: Option<u64>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let f = forwarder.clone();
+    rt.spawn(async move {
+        let r = f
+            .forward(Request::ReleaseClient {
+                service: service.clone(),
+                client,
+            })
+            .await;
+        debug!(%service, ?client, answer = ?r, "client released");
+    });
 }
 
 impl Ctx {
+    fn relay_cfg(&self) -> RelayCfg {
+        RelayCfg {
+            // An HLS segment may wait for its session's allowance (at most a few seconds).
+            head_timeout: Duration::from_secs(15),
+            // The distributor writes a paced viewer every 200 ms, a segment at link speed.
+            idle_timeout: Duration::from_secs(3),
+            resume_deadline: self.cfg.frontend.relay_resume_deadline,
+        }
+    }
+
+    /// Admits one client of `video`; the reason when refused.
+    async fn admit(&self, video: &str) -> Result<Placement, String> {
+        let r = self
+            .forwarder
+            .forward(Request::AdmitClient {
+                service: service_of(video),
+                spec: Some(spec_for(&self.cfg.frontend, video)),
+            })
+            .await;
+        match r {
+            Response::Placed(p) => {
+                self.placements.set(video, &p);
+                Ok(p)
+            }
+            Response::Error(e) => {
+                if matches!(e, smart_api::ApiError::Rejected { .. }) {
+                    self.log.push(video, "refused", e.to_string());
+                }
+                Err(e.to_string())
+            }
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+
+    fn release(&self, video: &str, client: Option<u64>) {
+        release(&self.forwarder, service_of(video), client);
+    }
+
     async fn decide(&self, video: &str, resume_at: u64) -> Answer {
-        let service = service_of(video);
         if resume_at > 0
             && let Response::Placed(p) = self
                 .forwarder
                 .forward(Request::Locate {
-                    service: service.clone(),
+                    service: service_of(video),
                 })
                 .await
         {
             return Answer::Redirect(format!("{}{video}", p.endpoint));
         }
-        let r = self
-            .forwarder
-            .forward(Request::AdmitClient {
-                service,
-                spec: Some(spec_for(&self.cfg.frontend, video)),
-            })
-            .await;
-        match r {
-            Response::Placed(p) => Answer::Redirect(format!("{}{video}", p.endpoint)),
-            Response::Error(e) => Answer::Unavailable(e.to_string()),
-            other => Answer::Unavailable(format!("unexpected {other:?}")),
+        match self.admit(video).await {
+            Ok(p) => Answer::Redirect(format!("{}{video}", p.endpoint)),
+            Err(reason) => Answer::Unavailable(reason),
         }
     }
 
@@ -141,6 +266,10 @@ impl Ctx {
                 let mut r = (StatusCode::SERVICE_UNAVAILABLE, reason.clone()).into_response();
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                r.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
                 if let Ok(v) = HeaderValue::from_str(&reason) {
                     r.headers_mut().insert("x-reason", v);
                 }
@@ -149,33 +278,213 @@ impl Ctx {
             Answer::NotFound => StatusCode::NOT_FOUND.into_response(),
         }
     }
+
+    /// Progressive, relayed: one admitted client for the connection's life.
+    async fn relay_progressive(self: Arc<Self>, video: &str, range: Option<&str>) -> HttpResponse {
+        let Ok(range) = relay_range(range) else {
+            return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+        };
+        let (from, to) = range.unwrap_or((0, None));
+        let p = match self.admit(video).await {
+            Ok(p) => p,
+            Err(reason) => return self.respond(Answer::Unavailable(reason)),
+        };
+        let guard = Release {
+            forwarder: self.forwarder.clone(),
+            service: service_of(video),
+            client: p.client,
+        };
+        let res = Resource {
+            video: video.to_string(),
+            path: video.to_string(),
+        };
+        let cfg = self.relay_cfg();
+        let deadline = tokio::time::Instant::now() + cfg.resume_deadline;
+        let up =
+            match relay::open(&self.placements, &res, from, &cfg, deadline, &self.counters).await {
+                Ok(up) => up,
+                Err(RelayError::NotFound) => return StatusCode::NOT_FOUND.into_response(),
+                Err(RelayError::Range { total }) => return unsatisfiable(total),
+                Err(RelayError::Refused(s)) => {
+                    return StatusCode::from_u16(s)
+                        .unwrap_or(StatusCode::BAD_GATEWAY)
+                        .into_response();
+                }
+                Err(e @ RelayError::Unavailable(_)) => {
+                    return self.respond(Answer::Unavailable(e.to_string()));
+                }
+            };
+        let total = up.total;
+        let end = to.unwrap_or(total).min(total);
+        if from >= end {
+            return unsatisfiable(total);
+        }
+        let pass: Vec<(&'static str, HeaderValue)> =
+            ["x-bitrate", "x-duration-ms", "x-prefetch-bytes"]
+                .into_iter()
+                .filter_map(|k| Some((k, HeaderValue::from_str(up.header(k)?).ok()?)))
+                .collect();
+        let body = relay::body(Relay {
+            placements: self.placements.clone(),
+            res,
+            pos: from,
+            end,
+            total,
+            up: Some(up),
+            cfg,
+            counters: self.counters.clone(),
+            _guards: vec![Box::new(guard)],
+        });
+        self.counters.incr("frontend_relayed");
+        let code = if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let mut r = (code, body).into_response();
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp2t"));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - from));
+        if range.is_some()
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes {from}-{}/{total}", end - 1))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        for (k, v) in pass {
+            h.insert(k, v);
+        }
+        r
+    }
 }
 
+fn unsatisfiable(total: u64) -> HttpResponse {
+    let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+        r.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    r
+}
+
+/// `GET /watch/{video}` (progressive) and `GET /watch/{video}.m3u8` (HLS playlist).
 async fn watch(
     State(ctx): State<Arc<Ctx>>,
     Path(video): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> HttpResponse {
+    if let Some(v) = video.strip_suffix(".m3u8") {
+        return hls::playlist(ctx, v, query.as_deref()).await;
+    }
     if !valid_video(&video) {
         return ctx.respond(Answer::NotFound);
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    if ctx.cfg.frontend.progressive == Delivery::Relay {
+        return ctx.clone().relay_progressive(&video, range).await;
+    }
     let answer = ctx.decide(&video, range_start(range)).await;
     debug!(%video, ?answer, "front-end answer");
     ctx.respond(answer)
+}
+
+/// `GET /watch/{video}/seg/{n}.ts?s=ID`.
+async fn segment(
+    State(ctx): State<Arc<Ctx>>,
+    Path((video, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> HttpResponse {
+    hls::segment(ctx, &video, &file, query.as_deref()).await
+}
+
+/// `GET /watch/{video}/where`.
+async fn where_is(State(ctx): State<Arc<Ctx>>, Path(video): Path<String>) -> HttpResponse {
+    if !valid_video(&video) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let p = ctx.placements.fresh(&video).await;
+    let w = Where {
+        events: ctx.log.of(&video),
+        node: p.as_ref().map(|p| p.node.to_string()),
+        endpoint: p.map(|p| p.endpoint),
+        video,
+    };
+    let mut r = Json(w).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /play/{video}` and `GET /play/hls.min.js`.
+async fn play(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> HttpResponse {
+    let which = if name == "hls.min.js" {
+        "hls.min.js"
+    } else {
+        ""
+    };
+    if which.is_empty() && !valid_video(&name) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Some((ctype, path)) = page::file(&ctx.player_dir, which) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, ctype),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            debug!(path = %path.display(), cause = %e, "player file missing");
+            // hls.js is installed by `scripts/setup.sh` (`npm ci` in vod/ui).
+            (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{} is missing (run scripts/setup.sh, or set [frontend] player_dir)",
+                    path.display()
+                ),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// The front-end's routes.
 fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/watch/{video}", get(watch))
+        .route("/watch/{video}/where", get(where_is))
+        .route("/watch/{video}/seg/{file}", get(segment))
+        .route("/play/{name}", get(play))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(ctx)
 }
 
+/// Releases the HLS sessions that stopped fetching, every second.
+async fn sweep_sessions(sessions: Arc<Sessions>, forwarder: Forwarder, counters: Arc<Counters>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for (video, client) in sessions.sweep(tokio::time::Instant::now()) {
+            counters.incr("frontend_hls_sessions_expired");
+            release(&forwarder, service_of(&video), client);
+        }
+    }
+}
+
+/// The running front-end: its tasks and sessions.
+pub struct FrontEndState {
+    tasks: Vec<JoinHandle<()>>,
+    sessions: Arc<Sessions>,
+    forwarder: Forwarder,
+}
+
 impl Actor for HttpFrontEnd {
     type Msg = ();
-    type State = JoinHandle<()>;
+    type State = FrontEndState;
     type Arguments = ();
 
     async fn pre_start(
@@ -191,23 +500,49 @@ impl Actor for HttpFrontEnd {
             .await
             .map_err(|e| format!("cannot listen on {addr} (frontend_http): {e}"))?;
         let node = self.cfg.id();
-        info!(%node, %addr, "front-end HTTP listening");
+        let fc = &self.cfg.frontend;
+        info!(%node, %addr, progressive = ?fc.progressive, hls = ?fc.hls, "front-end HTTP listening");
+        let placements = Arc::new(Placements::new(self.forwarder.clone()));
+        let sessions = Sessions::new(fc.hls_session_timeout, fc.max_hls_sessions);
+        let log = Arc::new(EventLog::default());
         let ctx = Arc::new(Ctx {
             cfg: self.cfg.clone(),
             counters: self.counters.clone(),
             forwarder: self.forwarder.clone(),
+            placements: placements.clone(),
+            sessions: sessions.clone(),
+            log: log.clone(),
+            player_dir: page::player_dir(fc.player_dir.as_deref()),
         });
         let span = info_span!("frontend", %node);
-        Ok(tokio::spawn(
-            http::serve(
-                l,
-                router(ctx),
-                HttpLimits::default(),
-                self.counters.clone(),
-                "frontend",
-            )
-            .instrument(span),
-        ))
+        let tasks = vec![
+            tokio::spawn(
+                http::serve(
+                    l,
+                    router(ctx),
+                    HttpLimits::default(),
+                    self.counters.clone(),
+                    "frontend",
+                )
+                .instrument(span.clone()),
+            ),
+            tokio::spawn(
+                page::follow(self.subscribers.local(), log, placements).instrument(span.clone()),
+            ),
+            tokio::spawn(
+                sweep_sessions(
+                    sessions.clone(),
+                    self.forwarder.clone(),
+                    self.counters.clone(),
+                )
+                .instrument(span),
+            ),
+        ];
+        Ok(FrontEndState {
+            tasks,
+            sessions,
+            forwarder: self.forwarder.clone(),
+        })
     }
 
     async fn post_stop(
@@ -215,7 +550,14 @@ impl Actor for HttpFrontEnd {
         _myself: ActorRef<()>,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        st.abort();
+        for t in &st.tasks {
+            t.abort();
+        }
+        // A restarted front-end starts with no sessions: release this one's admissions
+        // (players that come back are admitted again under their session id).
+        for (video, client) in st.sessions.drain() {
+            release(&st.forwarder, service_of(&video), client);
+        }
         Ok(())
     }
 }
@@ -230,6 +572,22 @@ mod tests {
         assert_eq!(range_start(Some("bytes=0-")), 0);
         assert_eq!(range_start(Some("junk")), 0);
         assert_eq!(range_start(None), 0);
+        assert_eq!(relay_range(None), Ok(None));
+        assert_eq!(relay_range(Some("bytes=10-")), Ok(Some((10, None))));
+        assert_eq!(relay_range(Some("bytes=10-19")), Ok(Some((10, Some(20)))));
+        assert_eq!(relay_range(Some("bytes=-500")), Ok(None));
+        for bad in [
+            "bytes=",
+            "bytes=-",
+            "bytes=9-5",
+            "bytes=a-",
+            "items=1-",
+            "bytes=1-2,4-5",
+            "bytes=99999999999999999999999-",
+            "bytes=18446744073709551615-",
+        ] {
+            assert_eq!(relay_range(Some(bad)), Err(()), "{bad}");
+        }
         assert!(valid_video("v1.ts"));
         for bad in ["", "..", "a/b", "a b", "x%2f"] {
             assert!(!valid_video(bad), "{bad}");
@@ -243,6 +601,7 @@ mod tests {
             ],
             origin: "http://o:1".into(),
             bitrate_bps: 500_000,
+            ..Default::default()
         };
         let s = spec_for(&cfg, "v1");
         assert_eq!(s.name, "video-v1");

@@ -4,7 +4,7 @@
 //! NodeSupervisor            one-for-one, at most R restarts in W (config [supervision])
 //! ├── PeerServer            TCP listener: node-to-node requests and the message API
 //! ├── Agent86               node agent, fenced commands
-//! ├── HttpFrontEnd          only with the front-end role: GET /watch/{video} -> 302
+//! ├── HttpFrontEnd          only with the front-end role: /watch (302 or relay), HLS, /play
 //! ├── ApiHttp               with `http_listen`: the /v1 JSON API, /metrics, /ui
 //! ├── Membership            heartbeats, failure detector, election (restart: new incarnation)
 //! └── Control               only while this node is the elected Control (started and
@@ -238,6 +238,7 @@ impl NodeSupervisor {
                         cfg: self.cfg.clone(),
                         counters: self.counters.clone(),
                         forwarder: self.forwarder(),
+                        subscribers: self.subscribers.clone(),
                     },
                     (),
                     myself.get_cell(),

@@ -1,7 +1,8 @@
 //! `smart demo`: the Smart-GloVE case study (thesis chapter 5) on one machine, with no set-up.
 //!
 //! A [`LocalCluster`] of real `smart node` processes on loopback (the last node is the
-//! front-end, with no agent role), an in-process origin serving generated MPEG-TS videos, and
+//! front-end, with no agent role), an in-process origin serving generated MPEG-TS videos
+//! (or, with `--real-video`, a real H.264 + AAC video made once with ffmpeg), and
 //! in-process viewers that ask the front-end for Zipf-popular videos
 //! (`GET /watch/{video}` → 302 to the distributor the Control placed), check every byte and
 //! resume by `Range` when a connection closes. Mid-run:
@@ -117,17 +118,35 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     };
     // Origin with the videos, long enough for the whole run.
     let secs = args.duration.as_secs() + 60;
-    let mut origin = Origin::new();
-    for v in 0..args.videos.max(1) {
-        let video = Video::generated(VideoParams {
+    let video = if args.real_video {
+        // One real H.264 + AAC video (cached across runs), served under every name.
+        let ffmpeg = smart_vod::tools::which("ffmpeg").ok_or_else(|| ClusterError::Node {
+            node: 0,
+            reason: "--real-video needs ffmpeg (run scripts/setup.sh)".into(),
+        })?;
+        say(format!(
+            "making a real {KBPS} kbit/s H.264 video of {secs} s with ffmpeg (cached in {})",
+            crate::videos::cache_dir().display()
+        ));
+        crate::videos::real_video(&ffmpeg, Duration::from_secs(secs), KBPS).map_err(|e| {
+            ClusterError::Node {
+                node: 0,
+                reason: e.to_string(),
+            }
+        })?
+    } else {
+        Video::generated(VideoParams {
             bitrate_bps: KBPS * 1000,
             duration_ms: secs * 1000,
         })
         .map_err(|e| ClusterError::Node {
             node: 0,
             reason: format!("generating videos: {e}"),
-        })?;
-        origin.add(&format!("v{v}"), video);
+        })?
+    };
+    let mut origin = Origin::new();
+    for v in 0..args.videos.max(1) {
+        origin.add(&format!("v{v}"), video.clone());
     }
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

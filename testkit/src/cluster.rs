@@ -96,6 +96,8 @@ pub struct ClusterSpec {
     pub bitrate_bps: u64,
     /// NIC bandwidth each node offers (bits/s): small values make admission bite.
     pub nic_bps: u64,
+    /// Extra keys of every node's `[frontend]` table, e.g. `progressive = "relay"`.
+    pub frontend_toml: String,
 }
 
 impl ClusterSpec {
@@ -115,6 +117,7 @@ impl ClusterSpec {
             origin: "http://127.0.0.1:8000".into(),
             bitrate_bps: 400_000,
             nic_bps: 1_000_000_000,
+            frontend_toml: String::new(),
         }
     }
 }
@@ -232,10 +235,11 @@ impl LocalCluster {
             let roles = format!("[{}]", roles.join(", "));
             let exe = spec.exe.display().to_string();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
                 spec.origin,
                 spec.bitrate_bps,
+                spec.frontend_toml,
                 !spec.unicast_only,
                 members.join(", "),
                 spec.extra_toml

@@ -31,6 +31,10 @@ pub struct DemoArgs {
     /// Print one JSON object at the end instead of the narrative.
     #[arg(long)]
     pub json: bool,
+    /// Serve a real H.264 + AAC video (made once with ffmpeg, cached) instead of generated
+    /// MPEG-TS: what a real player (the front-end's `/play/{video}` page) shows.
+    #[arg(long)]
+    pub real_video: bool,
 }
 
 /// `smart bench failover` options.

@@ -12,9 +12,11 @@
 //! - [`case_study`]: the demo itself, the Smart-GloVE case study.
 //! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
 //! - [`bench_api`]: `smart bench api`, the HTTP API's latency and the dashboard's delay.
+//! - [`videos`]: real H.264 + AAC videos (ffmpeg, cached) and an in-process origin.
 
 pub mod bench_api;
 pub mod bench_frontend;
 pub mod case_study;
 pub mod cluster;
 pub mod demo;
+pub mod videos;

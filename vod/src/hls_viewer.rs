@@ -232,6 +232,8 @@ pub async fn run_hls_viewer(
         let mut k = 0;
         let mut failures = 0u32;
         let mut failed_at: Option<Instant> = None;
+        // When the current segment was first asked for.
+        let mut asked_at: Option<Instant> = None;
         while k < playlist.segments.len() {
             let now = t0.elapsed();
             let buffered = play.buffered_ms(now);
@@ -248,9 +250,13 @@ pub async fn run_hls_viewer(
                 report.integrity_errors += 1;
                 break;
             };
+            let asked = *asked_at.get_or_insert_with(Instant::now);
             match fetch_segment(&url, &mut checker, &mut report, &mut stop).await {
                 Fetch::Done(n) => {
                     let now_i = Instant::now();
+                    asked_at = None;
+                    let waited = now_i.duration_since(asked).as_secs_f64() * 1000.0;
+                    report.longest_wait_ms = report.longest_wait_ms.max(waited);
                     if let Some(at) = failed_at.take() {
                         report
                             .gaps_ms

@@ -266,6 +266,11 @@ pub struct ViewerReport {
     pub completed: bool,
     /// Fatal HTTP status, if the server refused the viewer.
     pub http_error: Option<u16>,
+    /// HLS: the longest time a segment took, from its first request to its last byte
+    /// (retries included): the longest the player's input stood still while it wanted
+    /// media. A relaying front-end hides a node death inside one slow segment.
+    #[serde(default)]
+    pub longest_wait_ms: f64,
 }
 
 /// Counters shared by all viewers of a load run.
