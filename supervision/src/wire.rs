@@ -50,6 +50,11 @@ pub const MAX_DATAGRAM: usize = 1200;
 
 const KIND_HEARTBEAT: u8 = 1;
 const KIND_CLAIM: u8 = 2;
+const KIND_CHALLENGE: u8 = 3;
+const KIND_PROOF: u8 = 4;
+
+/// Length of a [`Challenge`] nonce.
+pub const CHALLENGE_NONCE_LEN: usize = 16;
 
 /// The Control a node hears *directly* (or itself, when it is the Control).
 ///
@@ -143,6 +148,38 @@ pub struct Claim {
     pub epoch: Epoch,
 }
 
+/// "Prove that you are alive now": sent by a node that heard a member it has not verified
+/// yet (first contact, e.g. after its own restart) or a member announcing a new incarnation.
+/// Every member answers with a [`Proof`] echoing the nonce, so a recorded datagram replayed
+/// later can never stand in for a live node, and a forged incarnation is never adopted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The challenger.
+    pub from: NodeId,
+    /// Its boot counter.
+    pub incarnation: Incarnation,
+    /// Its sequence number (same space as its heartbeats).
+    pub seq: u64,
+    /// Fresh random nonce; a proof must echo it.
+    pub nonce: [u8; CHALLENGE_NONCE_LEN],
+}
+
+/// The answer to a [`Challenge`]: the sender's current incarnation and sequence number,
+/// bound to the challenger's fresh nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The prover.
+    pub from: NodeId,
+    /// Its current boot counter: what the challenger adopts.
+    pub incarnation: Incarnation,
+    /// Its sequence number (same space as its heartbeats).
+    pub seq: u64,
+    /// The challenger this answers.
+    pub to: NodeId,
+    /// The challenge's nonce.
+    pub nonce: [u8; CHALLENGE_NONCE_LEN],
+}
+
 /// One datagram's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -150,6 +187,10 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// Control claim.
     Claim(Claim),
+    /// Liveness challenge (incarnation verification).
+    Challenge(Challenge),
+    /// Answer to a challenge.
+    Proof(Proof),
 }
 
 impl Message {
@@ -158,6 +199,8 @@ impl Message {
         match self {
             Message::Heartbeat(h) => h.from,
             Message::Claim(c) => c.from,
+            Message::Challenge(c) => c.from,
+            Message::Proof(p) => p.from,
         }
     }
 
@@ -166,6 +209,8 @@ impl Message {
         match self {
             Message::Heartbeat(h) => h.incarnation,
             Message::Claim(c) => c.incarnation,
+            Message::Challenge(c) => c.incarnation,
+            Message::Proof(p) => p.incarnation,
         }
     }
 
@@ -174,6 +219,8 @@ impl Message {
         match self {
             Message::Heartbeat(h) => h.seq,
             Message::Claim(c) => c.seq,
+            Message::Challenge(c) => c.seq,
+            Message::Proof(p) => p.seq,
         }
     }
 }
@@ -220,6 +267,8 @@ pub fn encode(msg: &Message, key: &ClusterKey) -> Vec<u8> {
     let (kind, payload) = match msg {
         Message::Heartbeat(h) => (KIND_HEARTBEAT, postcard::to_allocvec(h)),
         Message::Claim(c) => (KIND_CLAIM, postcard::to_allocvec(c)),
+        Message::Challenge(c) => (KIND_CHALLENGE, postcard::to_allocvec(c)),
+        Message::Proof(p) => (KIND_PROOF, postcard::to_allocvec(p)),
     };
     // Serialising plain structs into a Vec cannot fail (no maps with non-string keys, no
     // sequences of unknown length).
@@ -261,6 +310,8 @@ pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Message, WireError> {
     match kind {
         KIND_HEARTBEAT => finish(payload).map(Message::Heartbeat),
         KIND_CLAIM => finish(payload).map(Message::Claim),
+        KIND_CHALLENGE => finish(payload).map(Message::Challenge),
+        KIND_PROOF => finish(payload).map(Message::Proof),
         _ => Err(WireError::Malformed),
     }
 }
@@ -280,7 +331,16 @@ pub const REPLAY_WINDOW: u64 = 64;
 /// Why the replay guard refused a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum ReplayError {
-    /// This sequence number was already accepted, or is older than the window.
+    /// This sequence number was accepted moments ago: the second copy of a datagram that
+    /// reached us twice (multicast and a unicast seed), or a replay of a recent one.
+    #[error("duplicate sequence number {seq} (highest {highest})")]
+    Duplicate {
+        /// The refused sequence number.
+        seq: u64,
+        /// The highest accepted one.
+        highest: u64,
+    },
+    /// This sequence number is older than the window (or below a verified starting point).
     #[error("replayed or too old sequence number {seq} (highest {highest})")]
     Replayed {
         /// The refused sequence number.
@@ -360,14 +420,39 @@ impl ReplayGuard {
             return Ok(());
         }
         let back = w.highest - seq;
-        if back >= REPLAY_WINDOW || w.seen & (1 << back) != 0 {
+        if back >= REPLAY_WINDOW {
             return Err(ReplayError::Replayed {
+                seq,
+                highest: w.highest,
+            });
+        }
+        if w.seen & (1 << back) != 0 {
+            return Err(ReplayError::Duplicate {
                 seq,
                 highest: w.highest,
             });
         }
         w.seen |= 1 << back;
         Ok(())
+    }
+
+    /// Starts `node`'s window at `(incarnation, seq)` with everything up to `seq` counted as
+    /// seen: after a fresh [`Proof`], only datagrams sent after it are accepted, so recorded
+    /// ones replayed to a restarted node are refused.
+    pub fn verified(&mut self, node: NodeId, incarnation: Incarnation, seq: u64) {
+        self.windows.insert(
+            node,
+            Window {
+                incarnation,
+                highest: seq,
+                seen: u64::MAX,
+            },
+        );
+    }
+
+    /// The incarnation the guard currently follows for `node`.
+    pub fn incarnation(&self, node: NodeId) -> Option<Incarnation> {
+        self.windows.get(&node).map(|w| w.incarnation)
     }
 
     /// Forgets a node (e.g. removed from the member table).
@@ -517,7 +602,7 @@ mod tests {
         assert_eq!(g.check(n, 5, 10), Ok(()));
         assert_eq!(
             g.check(n, 5, 10),
-            Err(ReplayError::Replayed {
+            Err(ReplayError::Duplicate {
                 seq: 10,
                 highest: 10
             })
@@ -525,7 +610,10 @@ mod tests {
         assert_eq!(g.check(n, 5, 12), Ok(()));
         // Reordered but unseen: accepted once.
         assert_eq!(g.check(n, 5, 11), Ok(()));
-        assert!(g.check(n, 5, 11).is_err());
+        assert!(matches!(
+            g.check(n, 5, 11),
+            Err(ReplayError::Duplicate { .. })
+        ));
         // Far ahead, then the old ones are out of the window.
         assert_eq!(g.check(n, 5, 12 + REPLAY_WINDOW), Ok(()));
         assert!(matches!(
@@ -543,5 +631,52 @@ mod tests {
         assert_eq!(g.check(n, 6, 1), Ok(()));
         // Other nodes are independent.
         assert_eq!(g.check(NodeId(2), 1, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_verified_window_refuses_everything_sent_before_the_proof() {
+        let mut g = ReplayGuard::new();
+        let n = NodeId(4);
+        g.verified(n, 9, 100);
+        assert!(matches!(
+            g.check(n, 9, 100),
+            Err(ReplayError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            g.check(n, 9, 99),
+            Err(ReplayError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            g.check(n, 9, 10),
+            Err(ReplayError::Replayed { .. })
+        ));
+        assert!(matches!(
+            g.check(n, 8, 1000),
+            Err(ReplayError::StaleIncarnation { .. })
+        ));
+        assert_eq!(g.check(n, 9, 101), Ok(()));
+        assert_eq!(g.incarnation(n), Some(9));
+    }
+
+    #[test]
+    fn challenge_and_proof_round_trip() {
+        let k = key();
+        for m in [
+            Message::Challenge(Challenge {
+                from: NodeId(1),
+                incarnation: 3,
+                seq: 9,
+                nonce: [7; CHALLENGE_NONCE_LEN],
+            }),
+            Message::Proof(Proof {
+                from: NodeId(2),
+                incarnation: u64::MAX,
+                seq: 1,
+                to: NodeId(1),
+                nonce: [9; CHALLENGE_NONCE_LEN],
+            }),
+        ] {
+            assert_eq!(decode(&encode(&m, &k), &k), Ok(m));
+        }
     }
 }
