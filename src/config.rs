@@ -118,6 +118,9 @@ pub struct TimingConfig {
     /// this long after the service's last admission, start or migration.
     #[serde(with = "humantime_serde")]
     pub client_release_grace: Duration,
+    /// A member dead for this long is forgotten (member table, replay guard, detector).
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
 }
 
 impl Default for TimingConfig {
@@ -130,18 +133,35 @@ impl Default for TimingConfig {
             request_timeout: Duration::from_secs(2),
             anomaly_move_every: Duration::from_secs(60),
             client_release_grace: Duration::from_secs(10),
+            forget_after: Duration::from_secs(600),
         }
     }
 }
 
 /// `[election]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ElectionConfig {
     /// `available` (default) or `majority`.
     pub mode: ElectionMode,
-    /// The configured cluster members (node ids); required in `majority` mode.
+    /// The configured cluster members (node ids, this node included), required in every
+    /// mode: heartbeats, claims and Control views from any other id are dropped and
+    /// counted; in `majority` mode it is also the set a majority is counted from.
     pub members: Vec<u64>,
+    /// A message whose epoch is more than this above the highest seen is dropped (unless a
+    /// majority of the other members report it), so one forged datagram cannot push the
+    /// cluster's epochs to the end of their range.
+    pub max_epoch_step: u64,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        Self {
+            mode: ElectionMode::Available,
+            members: Vec::new(),
+            max_epoch_step: smart_supervision::engine::DEFAULT_MAX_EPOCH_STEP,
+        }
+    }
 }
 
 /// `[supervision]`: restart intensity of the node supervision tree.
@@ -382,19 +402,26 @@ impl NodeConfig {
         if t.request_timeout.is_zero() {
             return Err(bad("timing.request_timeout", "must be > 0".into()));
         }
-        if self.election.mode == ElectionMode::Majority {
-            if self.election.members.is_empty() {
-                return Err(bad(
-                    "election.members",
-                    "majority mode needs the list of configured node ids".into(),
-                ));
-            }
-            if !self.election.members.contains(&self.node_id) {
-                return Err(bad(
-                    "election.members",
-                    format!("does not contain this node's id {}", self.node_id),
-                ));
-            }
+        if self.election.members.is_empty() {
+            return Err(bad(
+                "election.members",
+                "list the node ids of every cluster member, e.g. [1, 2, 3]: datagrams from other ids are refused".into(),
+            ));
+        }
+        if !self.election.members.contains(&self.node_id) {
+            return Err(bad(
+                "election.members",
+                format!("does not contain this node's id {}", self.node_id),
+            ));
+        }
+        if self.election.max_epoch_step == 0 {
+            return Err(bad("election.max_epoch_step", "must be > 0".into()));
+        }
+        if t.forget_after < t.dead_after {
+            return Err(bad(
+                "timing.forget_after",
+                "must be at least timing.dead_after".into(),
+            ));
         }
         if self.supervision.max_restarts == 0 || self.supervision.within.is_zero() {
             return Err(bad(
@@ -435,6 +462,9 @@ node_id = 1
 data_dir = "data"
 listen = "127.0.0.1:7101"
 cluster_key_file = "cluster.key"
+
+[election]
+members = [1, 2, 3]
 "#;
 
     #[test]
@@ -476,15 +506,29 @@ cluster_key_file = "cluster.key"
                 "multicast.group",
             ),
             (
-                format!("{MINIMAL}[timing]\nheartbeat_interval = \"1s\"\ndead_after = \"1s\"\n"),
+                format!("{MINIMAL}max_epoch_step = 0\n"),
+                "election.max_epoch_step",
+            ),
+            (
+                MINIMAL.replace(
+                    "[election]",
+                    "[timing]\nheartbeat_interval = \"1s\"\ndead_after = \"1s\"\n[election]",
+                ),
                 "timing.dead_after",
             ),
             (
-                format!("{MINIMAL}[election]\nmode = \"majority\"\n"),
+                MINIMAL.replace("members = [1, 2, 3]", "members = []"),
                 "election.members",
             ),
             (
-                format!("{MINIMAL}[timing]\nrequest_timeout = \"soon\"\n"),
+                MINIMAL.replace("members = [1, 2, 3]", "members = [2, 3]"),
+                "election.members",
+            ),
+            (
+                MINIMAL.replace(
+                    "[election]",
+                    "[timing]\nrequest_timeout = \"soon\"\n[election]",
+                ),
                 "request_timeout",
             ),
         ];

@@ -49,6 +49,23 @@ enum Cmd {
     Drain(DrainArgs),
     /// A GloVE video distributor (what Agent86 runs for a video; see `vod distributor`).
     Distributor(DistributorArgs),
+    /// Repair a stopped node's data dir: set its highest epoch (e.g. after a corrupt or
+    /// forged value made it unusable). Use the cluster's highest epoch from `smart status`.
+    Repair(RepairArgs),
+}
+
+#[derive(clap::Args)]
+struct RepairArgs {
+    /// The node's data directory (`data_dir` of its config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Or the node's config, to take `data_dir` from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The highest epoch to store: at least the cluster's (`smart status` on a healthy
+    /// node shows `highest epoch`).
+    #[arg(long)]
+    epoch: u64,
 }
 
 #[derive(clap::Args)]
@@ -214,6 +231,67 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     }
 }
 
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let dir = match (&args.data_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => NodeConfig::load(c)?.data_dir,
+        (None, None) => bail!("give --data-dir DIR or --config FILE"),
+    };
+    if args.epoch > smart_supervision::engine::EPOCH_CEILING {
+        bail!(
+            "epoch {} is beyond the usable range (at most {})",
+            args.epoch,
+            smart_supervision::engine::EPOCH_CEILING
+        );
+    }
+    let (found, now) = smart::persist::StateFile::repair(&dir, args.epoch)
+        .with_context(|| format!("repairing {}", dir.display()))?;
+    match found {
+        Some(f) => println!(
+            "{}: highest epoch {} -> {} (incarnation {})",
+            dir.display(),
+            f.highest_epoch,
+            now.highest_epoch,
+            now.incarnation
+        ),
+        None => println!(
+            "{}: state file missing or corrupt; wrote highest epoch {}",
+            dir.display(),
+            now.highest_epoch
+        ),
+    }
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: a node holds a descriptor per
+/// connection, and hitting EMFILE in the middle of a failover (the epoch write) must not be
+/// what a few hundred idle connections can cause.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    soft = before,
+                    hard = lim.rlim_max,
+                    "could not raise the open-file limit"
+                );
+                return;
+            }
+        }
+        tracing::info!(before, now = lim.rlim_cur, "open-file limit");
+    }
+}
+
 async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
     use smart_vod::distributor::{Distributor, DistributorConfig, bind};
     let mut cfg = DistributorConfig::new(
@@ -256,6 +334,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Node { config } => {
             let cfg = NodeConfig::load(&config)?;
+            raise_nofile_limit();
             match node::run(cfg, Faults::from_env(), shutdown_signal()).await? {
                 Exit::Escalated(reason) => {
                     eprintln!("smart: node escalated: {reason}");
@@ -282,6 +361,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Drain(args) => drain(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Repair(args) => repair(args).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Failover(args)) => {
             smart::demo::bench_failover(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -44,6 +44,16 @@ pub enum NodeError {
     /// The data directory could not be used.
     #[error(transparent)]
     Persist(#[from] crate::persist::PersistError),
+    /// The stored highest epoch is beyond what any cluster can reach.
+    #[error(
+        "stored highest epoch {epoch} in {data_dir} is unusable (corrupt or forged): stop the node and run `smart repair --data-dir {data_dir} --epoch N` with N at least the cluster's highest epoch (`smart status` on a healthy node)"
+    )]
+    UnusableEpoch {
+        /// The stored value.
+        epoch: u64,
+        /// The data directory.
+        data_dir: String,
+    },
     /// The supervision tree could not start (a socket could not be bound, ...).
     #[error("node failed to start: {0}")]
     Start(String),
@@ -83,6 +93,13 @@ pub async fn run(
     let key = ClusterKey::load(&cfg.cluster_key_file)?;
     let state = StateFile::open_and_boot(&cfg.data_dir)?;
     let durable = state.get();
+    if durable.highest_epoch > smart_supervision::engine::EPOCH_CEILING {
+        // A corrupt or hostile value: this node could never claim nor follow again.
+        return Err(NodeError::UnusableEpoch {
+            epoch: durable.highest_epoch,
+            data_dir: cfg.data_dir.display().to_string(),
+        });
+    }
     let epochs = Arc::new(DiskEpochs::new(state));
     let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation, key.clone());
     endpoint.epoch = epochs.cell();
@@ -102,6 +119,7 @@ pub async fn run(
         subscribers: Default::default(),
         replica: Default::default(),
         transport: endpoint.counters.clone(),
+        warnings: Default::default(),
         cfg,
     });
     info!(node = %shared.id(), incarnation = durable.incarnation, highest_epoch = durable.highest_epoch, "node starting");

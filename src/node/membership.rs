@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 use super::shared::Shared;
 use super::supervisor::NodeMsg;
 use crate::config::ElectionMode;
+use crate::persist::EpochWriteError;
 
 /// How often the engine is ticked. Well below the heartbeat interval so that timers (backoff,
 /// detector) fire within a few milliseconds of their deadline.
@@ -112,6 +113,14 @@ fn engine_config(shared: &Shared, incarnation: u64) -> EngineConfig {
         },
     };
     e.use_seeds = !cfg.seeds.is_empty();
+    e.members = cfg
+        .election
+        .members
+        .iter()
+        .map(|&n| smart_supervision::NodeId(n))
+        .collect();
+    e.max_epoch_step = cfg.election.max_epoch_step;
+    e.forget_after = cfg.timing.forget_after;
     e
 }
 
@@ -169,14 +178,28 @@ impl Membership {
                         }
                     }
                 }
-                Output::PersistEpoch(e) => {
-                    // Fatal on failure: acting on an epoch we could not persist could let a
-                    // restarted node reuse it.
-                    shared.epochs.raise(e).map_err(|err| {
+                Output::PersistEpoch(e) => match shared.epochs.raise_typed(e) {
+                    Ok(()) => {}
+                    // Out of descriptors, disk full: refuse to act on the epoch (the rest
+                    // of this batch relies on it), step down, and let the engine retry.
+                    Err(err @ EpochWriteError::Retryable { .. }) => {
+                        shared.counters.incr("epoch_write_retries");
+                        shared.warn_limited(
+                            "epoch_write",
+                            format_args!("{err}; not acting on it until a retry succeeds"),
+                        );
+                        let more = st
+                            .engine
+                            .handle(Input::PersistFailed { epoch: e }, Instant::now());
+                        return Box::pin(self.execute(st, more)).await;
+                    }
+                    // Fatal: acting on an epoch we could not persist could let a restarted
+                    // node reuse it; the supervisor escalates on this type.
+                    Err(err @ EpochWriteError::Fatal { .. }) => {
                         error!(node = %id, epoch = e, error = %err, "cannot persist epoch");
-                        ActorProcessingErr::from(format!("cannot persist epoch {e}: {err}"))
-                    })?;
-                }
+                        return Err(Box::new(err));
+                    }
+                },
                 Output::BecomeControl { epoch } => {
                     info!(node = %id, epoch, "became control; rebuilding state");
                     shared.counters.incr("became_control");
@@ -377,6 +400,16 @@ impl Membership {
             ("heartbeats_sent".to_string(), c.heartbeats_sent),
             ("claims_sent".to_string(), c.claims_sent),
             ("pauses".to_string(), c.pauses),
+            ("dropped_duplicate".to_string(), c.duplicates),
+            ("dropped_not_member".to_string(), c.not_member),
+            ("dropped_epoch_jump".to_string(), c.epoch_jump),
+            ("dropped_unverified".to_string(), c.unverified),
+            ("challenges_sent".to_string(), c.challenges_sent),
+            ("proofs_sent".to_string(), c.proofs_sent),
+            ("proofs_accepted".to_string(), c.proofs_accepted),
+            ("forged_incarnation".to_string(), c.forged_incarnation),
+            ("members_forgotten".to_string(), c.forgotten),
+            ("epoch_write_failures".to_string(), c.persist_failures),
             (
                 "control_acting".to_string(),
                 u64::from(st.engine.may_act(now)),
@@ -531,11 +564,22 @@ impl Actor for Membership {
                     }
                     // Really stale: persist the higher epoch so that this node never acts
                     // below it again; the engine steps down when it hears the newer Control.
-                    _ => self
-                        .shared
-                        .epochs
-                        .raise(highest)
-                        .map_err(ActorProcessingErr::from)?,
+                    // Not beyond the step: an agent's answer must not fence us forever.
+                    _ if highest
+                        > st.engine
+                            .highest_epoch()
+                            .saturating_add(self.shared.cfg.election.max_epoch_step) =>
+                    {
+                        self.shared.counters.incr("control_stale_beyond_step");
+                    }
+                    _ => match self.shared.epochs.raise_typed(highest) {
+                        Ok(()) => {}
+                        Err(err @ EpochWriteError::Retryable { .. }) => {
+                            self.shared
+                                .warn_limited("epoch_write", format_args!("{err}"));
+                        }
+                        Err(err @ EpochWriteError::Fatal { .. }) => return Err(Box::new(err)),
+                    },
                 }
                 Vec::new()
             }

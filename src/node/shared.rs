@@ -16,7 +16,7 @@ use smart_supervision::{ClusterKey, Epoch, NodeId};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
-use crate::persist::StateFile;
+use crate::persist::{EpochWriteError, StateFile};
 
 /// The node's durable highest epoch, behind the actors' [`EpochStore`] seam.
 pub struct DiskEpochs {
@@ -40,6 +40,31 @@ impl DiskEpochs {
         self.cached.clone()
     }
 
+    /// Persists `epoch` (when higher), typed by what to do on failure. A transient cause is
+    /// retried a few times right here (a descriptor or a block may free up within
+    /// milliseconds) before it is reported.
+    pub fn raise_typed(&self, epoch: Epoch) -> Result<(), EpochWriteError> {
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut delay = std::time::Duration::from_millis(2);
+        let mut tries = 0;
+        loop {
+            match f.raise_epoch(epoch) {
+                Ok(()) => break,
+                Err(e) => match EpochWriteError::new(epoch, e) {
+                    EpochWriteError::Retryable { .. } if tries < 3 => {
+                        tries += 1;
+                        std::thread::sleep(delay);
+                        delay *= 4;
+                    }
+                    err => return Err(err),
+                },
+            }
+        }
+        // Published only once durable.
+        self.cached.fetch_max(epoch, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Starts a new incarnation (see [`StateFile::boot`]).
     pub fn boot(&self) -> Result<u64, String> {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -53,11 +78,7 @@ impl EpochStore for DiskEpochs {
     }
 
     fn raise(&self, epoch: Epoch) -> Result<(), String> {
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.raise_epoch(epoch).map_err(|e| e.to_string())?;
-        // Published only once durable.
-        self.cached.fetch_max(epoch, Ordering::SeqCst);
-        Ok(())
+        self.raise_typed(epoch).map_err(|e| e.to_string())
     }
 }
 
@@ -104,6 +125,9 @@ pub struct Shared {
     pub replica: Mutex<Vec<smart_actors::proto::ReplicaEntry>>,
     /// Message-API connections that subscribed to events.
     pub subscribers: Mutex<Vec<Connection<NodeProtocol>>>,
+    /// One WARN line per kind and interval, with counts (hostile traffic must not flood
+    /// the log).
+    pub warnings: smart_supervision::ratelog::WarnLimiter,
 }
 
 impl Shared {
@@ -130,6 +154,11 @@ impl Shared {
             deadline: t * 5,
             attempt_timeout: t,
         }
+    }
+
+    /// A rate-limited WARN line of `kind` (see [`smart_supervision::ratelog`]).
+    pub fn warn_limited(&self, kind: &'static str, message: std::fmt::Arguments<'_>) {
+        self.warnings.warn(kind, message);
     }
 
     /// This node's id.

@@ -39,6 +39,7 @@ use super::http_frontend::HttpFrontEnd;
 use super::membership::{Membership, MembershipMsg};
 use super::server::PeerServer;
 use super::shared::Shared;
+use crate::persist::EpochWriteError;
 
 /// How the tree ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,8 +373,16 @@ impl Actor for NodeSupervisor {
         evt: SupervisionEvent,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let mut fatal_persist = false;
         let (cell, why) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                // Typed: a fatal epoch-write error stops the node at once.
+                fatal_persist = matches!(
+                    err.downcast_ref::<EpochWriteError>(),
+                    Some(EpochWriteError::Fatal { .. })
+                );
+                (cell, format!("failed: {err}"))
+            }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 (cell, format!("stopped: {}", reason.unwrap_or_default()))
             }
@@ -392,7 +401,8 @@ impl Actor for NodeSupervisor {
             st.control = None;
             return Ok(());
         }
-        if why.contains("cannot persist epoch") {
+        // Agent86 (smart-actors) still reports its epoch-write failures as text.
+        if fatal_persist || (child == Child::Agent86 && why.contains("cannot persist epoch")) {
             self.escalate(&myself, format!("{child:?} {why}"));
             return Ok(());
         }
