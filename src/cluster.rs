@@ -81,6 +81,8 @@ pub struct ClusterSpec {
     pub bitrate_bps: u64,
     /// NIC bandwidth each node offers (bits/s): small values make admission bite.
     pub nic_bps: u64,
+    /// `ulimit -n` (soft and hard) of every node process, e.g. to test descriptor exhaustion.
+    pub nofile: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -99,6 +101,7 @@ impl ClusterSpec {
             origin: "http://127.0.0.1:8000".into(),
             bitrate_bps: 400_000,
             nic_bps: 1_000_000_000,
+            nofile: None,
         }
     }
 }
@@ -229,6 +232,7 @@ impl LocalCluster {
         let log_path = self.dir.join(format!("n{id}.log"));
         let env = self.spec.env.clone();
         let filter = self.spec.log.clone();
+        let nofile = self.spec.nofile;
         let n = self.node(id);
         let log = fs::OpenOptions::new()
             .create(true)
@@ -236,7 +240,24 @@ impl LocalCluster {
             .open(&log_path)
             .map_err(io("opening node log"))?;
         let log2 = log.try_clone().map_err(io("cloning log handle"))?;
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("node")
             .arg("--config")
             .arg(&n.config)

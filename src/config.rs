@@ -164,6 +164,51 @@ impl Default for ElectionConfig {
     }
 }
 
+/// `[limits]`: admission of TCP connections (node-to-node and message API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Authenticated connections held at once; more are closed after their handshake.
+    pub max_connections: usize,
+    /// Authenticated connections from one IP address at once.
+    pub max_connections_per_addr: usize,
+    /// Connections still handshaking at once; a new one beyond it evicts the oldest.
+    pub max_handshaking: usize,
+    /// Connections still handshaking from one IP address; beyond it that address's oldest
+    /// is evicted.
+    pub max_handshaking_per_addr: usize,
+    /// A connection that has not completed its handshake within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = smart_supervision::transport::Limits::default();
+        Self {
+            max_connections: l.max_connections,
+            max_connections_per_addr: l.max_connections_per_addr,
+            max_handshaking: l.max_handshaking,
+            max_handshaking_per_addr: l.max_handshaking_per_addr,
+            handshake_timeout: l.handshake_timeout,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The transport limits with these values (others at their defaults).
+    pub fn transport(&self) -> smart_supervision::transport::Limits {
+        smart_supervision::transport::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_addr: self.max_connections_per_addr,
+            max_handshaking: self.max_handshaking,
+            max_handshaking_per_addr: self.max_handshaking_per_addr,
+            handshake_timeout: self.handshake_timeout,
+            ..Default::default()
+        }
+    }
+}
+
 /// `[supervision]`: restart intensity of the node supervision tree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -284,6 +329,9 @@ pub struct NodeConfig {
     /// Restart policy.
     #[serde(default)]
     pub supervision: SupervisionConfig,
+    /// TCP connection admission.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Front-end HTTP address (`GET /watch/{video}`), for nodes with the front-end role.
     #[serde(default)]
     pub frontend_http: Option<SocketAddr>,
@@ -422,6 +470,15 @@ impl NodeConfig {
                 "timing.forget_after",
                 "must be at least timing.dead_after".into(),
             ));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_connections_per_addr == 0
+            || l.max_handshaking == 0
+            || l.max_handshaking_per_addr == 0
+            || l.handshake_timeout.is_zero()
+        {
+            return Err(bad("limits", "every limit must be > 0".into()));
         }
         if self.supervision.max_restarts == 0 || self.supervision.within.is_zero() {
             return Err(bad(

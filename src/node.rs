@@ -101,7 +101,8 @@ pub async fn run(
         });
     }
     let epochs = Arc::new(DiskEpochs::new(state));
-    let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation, key.clone());
+    let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation, key.clone())
+        .with_limits(cfg.limits.transport());
     endpoint.epoch = epochs.cell();
     let peers = Arc::new(TransportPeers::new(endpoint.clone()));
     let (control_addr, _) = watch::channel(None);

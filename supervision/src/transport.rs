@@ -140,8 +140,11 @@ pub struct RawConn {
     pub sink: Box<dyn FrameSink>,
     /// Incoming frames.
     pub source: Box<dyn FrameSource>,
-    /// The remote address, for logs.
+    /// The remote address, for logs and per-address limits.
     pub peer_addr: String,
+    /// Bytes were already waiting when the connection was accepted: the peer spoke at once,
+    /// as real clients do (idle sockets held open by a stranger never do).
+    pub spoke: bool,
 }
 
 impl std::fmt::Debug for RawConn {
@@ -227,20 +230,40 @@ pub struct Limits {
     pub send_queue: usize,
     /// Requests served concurrently per inbound connection; beyond it reading pauses.
     pub max_in_flight: usize,
-    /// Connections a server holds at once (handshaking or established); beyond it new
-    /// connections are closed at once and counted in `connections_refused`.
+    /// Authenticated connections a server holds at once; beyond it a connection that
+    /// completes its handshake is closed and counted in `connections_refused`.
     pub max_connections: usize,
+    /// Authenticated connections from one address (IP) at once; beyond it, as above.
+    pub max_connections_per_addr: usize,
+    /// Connections accepted that have sent nothing yet (what a stranger's idle sockets look
+    /// like), at once; a new one beyond it evicts the oldest silent one
+    /// (`handshakes_evicted`). Real clients speak at once and leave this pool in
+    /// milliseconds, so idle sockets only ever evict each other.
+    pub max_silent: usize,
+    /// A connection that sends nothing for this long after it was accepted is closed.
+    pub silent_timeout: Duration,
+    /// Connections that spoke but are not authenticated yet, at once; a new one beyond it
+    /// evicts the oldest.
+    pub max_handshaking: usize,
+    /// Connections still handshaking from one address at once; a new one beyond it evicts
+    /// that address's oldest.
+    pub max_handshaking_per_addr: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
-            handshake_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             send_queue: 256,
             max_in_flight: 64,
             max_connections: 1024,
+            max_connections_per_addr: 256,
+            max_silent: 2048,
+            silent_timeout: Duration::from_millis(500),
+            max_handshaking: 128,
+            max_handshaking_per_addr: 16,
         }
     }
 }
@@ -285,8 +308,11 @@ counters! {
     handshakes_bad_key,
     /// Inbound connections accepted by a server (before the handshake).
     connections_accepted,
-    /// Inbound connections closed at once because the server held `max_connections`.
+    /// Authenticated inbound connections closed because the server (or their address)
+    /// already held its limit of established connections.
     connections_refused,
+    /// Handshaking connections closed to make room for a newer one (handshake quota full).
+    handshakes_evicted,
     /// Outbound connection attempts that failed (connect or handshake).
     connects_failed,
     /// Reconnection attempts by peers after losing or failing to open a connection.
@@ -320,6 +346,8 @@ pub struct Endpoint {
     /// The highest Control epoch this node knows; the node updates it and every envelope
     /// sent carries its current value.
     pub epoch: Arc<AtomicU64>,
+    /// Rate limit of the WARN lines about refused or failed connections.
+    pub warnings: Arc<crate::ratelog::WarnLimiter>,
 }
 
 impl Endpoint {
@@ -341,6 +369,7 @@ impl Endpoint {
             limits: Limits::default(),
             counters: Arc::new(Counters::default()),
             epoch: Arc::new(AtomicU64::new(0)),
+            warnings: Arc::new(crate::ratelog::WarnLimiter::default()),
         }
     }
 

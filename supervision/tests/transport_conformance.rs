@@ -578,7 +578,8 @@ async fn server_shutdown_closes_clients(fx: &dyn Fixture) {
 
 async fn connection_limit(fx: &dyn Fixture) {
     let mut ep = server_endpoint();
-    ep.limits.max_connections = 2;
+    ep.limits.max_silent = 2;
+    ep.limits.max_connections = 1;
     let s = Server::bind(
         fx.transport("srv").as_ref(),
         &fx.listen_addr(),
@@ -587,21 +588,28 @@ async fn connection_limit(fx: &dyn Fixture) {
     )
     .await
     .unwrap();
-    // Two idle connections hold both slots while they (never) handshake.
-    let _a = fx.transport("a").connect(s.local_addr()).await.unwrap();
+    // Two idle connections fill the silent quota; a third evicts the oldest, never itself;
+    // a real client leaves that pool as soon as it speaks: idle sockets cannot lock it out.
+    let mut a = fx.transport("a").connect(s.local_addr()).await.unwrap();
     let _b = fx.transport("b").connect(s.local_addr()).await.unwrap();
     assert!(eventually(T, || s.counters().connections_accepted == 2).await);
-    let mut c = fx.transport("c").connect(s.local_addr()).await.unwrap();
-    let (frames, _) = drain(&mut c).await;
+    let _c = fx.transport("c").connect(s.local_addr()).await.unwrap();
+    let (frames, _) = drain(&mut a).await;
     assert_eq!(frames, 0);
-    assert_eq!(s.counters().connections_refused, 1);
-    // Once the slots free up, clients are served again.
-    drop((_a, _b));
-    assert!(
-        eventually(T, || s.counters().handshakes_failed == 2).await,
-        "{:?}",
-        s.counters()
+    assert!(eventually(T, || s.counters().handshakes_evicted == 1).await);
+    // A real client still gets in (the quota is full of idle ones again: it evicts one).
+    let good = client(fx, &s, "good").await;
+    assert_eq!(
+        good.request(Req::Echo("in".into()), T).await.unwrap(),
+        Resp::Text("in".into())
     );
+    // One authenticated connection is the limit here: a second is closed and counted.
+    let second = client(fx, &s, "second").await;
+    assert!(second.request(Req::Echo("x".into()), T).await.is_err());
+    assert!(eventually(T, || s.counters().connections_refused == 1).await);
+    // Once the slot frees up, clients are served again.
+    drop(good);
+    tokio::time::sleep(Duration::from_millis(50)).await;
     still_serving(fx, &s).await;
 }
 
