@@ -3,6 +3,7 @@
 # - nftables, iproute2: partitions and loss in the network-namespace suite
 # - ffmpeg: the real-client tests decode streams with it
 # - nginx-light: the `vod bench streams` comparison
+# - cargo-nextest, cargo-deny: the test runner and the supply-chain checks of .ci/run
 # Needs root (or sudo) for apt; skips packages that are already there.
 set -euo pipefail
 need=()
@@ -20,5 +21,9 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny (supply-chain checks, deny.toml)"
+  cargo install --locked cargo-deny
 fi
 echo "setup: ok (nft $(command -v nft), ffmpeg $(command -v ffmpeg), nginx $(command -v nginx))"
