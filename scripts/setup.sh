@@ -6,6 +6,7 @@
 # - cargo-nextest, cargo-deny: the test runner and the supply-chain checks of .ci/run
 # Needs root (or sudo) for apt; skips packages that are already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
@@ -25,5 +26,10 @@ fi
 if ! cargo deny --version >/dev/null 2>&1; then
   echo "setup: installing cargo-deny (supply-chain checks, deny.toml)"
   cargo install --locked cargo-deny
+fi
+# The loopback example's keys: made here, never committed (smart keys keeps existing ones).
+if [ ! -f config/loopback-3/nodes.pub ]; then
+  echo "setup: making the loopback-3 example keys (smart keys)"
+  cargo run --quiet --bin smart -- keys --dir config/loopback-3 --nodes 1,2,3
 fi
 echo "setup: ok (nft $(command -v nft), ffmpeg $(command -v ffmpeg), nginx $(command -v nginx))"

@@ -124,6 +124,7 @@ pub struct NodeProc {
 pub struct LocalCluster {
     dir: PathBuf,
     key: ClusterKey,
+    keys: crate::keys::ClusterKeys,
     spec: ClusterSpec,
     /// The nodes, index `i` is node `i + 1`.
     pub nodes: Vec<NodeProc>,
@@ -145,11 +146,15 @@ impl LocalCluster {
         let dir = std::env::temp_dir().join(format!("smart-cluster-{pid}-{seq}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let key_bytes: [u8; 32] = rand::random();
-        let key_hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let key_path = dir.join("cluster.key");
-        fs::write(&key_path, &key_hex).map_err(io("writing cluster.key"))?;
-        let key = ClusterKey::from_bytes(key_hex.as_bytes()).expect("64-byte key");
+        let ids: Vec<u64> = (1..=spec.nodes as u64).collect();
+        let keys = crate::keys::generate(&dir, &ids).map_err(|e| ClusterError::Io {
+            what: "making the cluster's keys".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let key = ClusterKey::load(&keys.cluster_key_file()).map_err(|e| ClusterError::Io {
+            what: "reading cluster.key".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let members: Vec<String> = (1..=spec.nodes).map(|i| i.to_string()).collect();
         let addr_of = |i: usize| SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port));
         let mut nodes = Vec::new();
@@ -183,7 +188,7 @@ impl LocalCluster {
             let roles = format!("[{}]", roles.join(", "));
             let exe = spec.exe.display().to_string();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
                 spec.origin,
                 spec.bitrate_bps,
@@ -203,6 +208,7 @@ impl LocalCluster {
         let mut c = Self {
             dir,
             key,
+            keys,
             spec,
             nodes,
         };
@@ -215,6 +221,31 @@ impl LocalCluster {
     /// The cluster key.
     pub fn key(&self) -> &ClusterKey {
         &self.key
+    }
+
+    /// The cluster's key files and node keys.
+    pub fn keys(&self) -> &crate::keys::ClusterKeys {
+        &self.keys
+    }
+
+    /// A transport endpoint speaking as node `id`, with its real key (what that node's own
+    /// process presents): for tests that send node-to-node requests by hand.
+    pub fn node_endpoint(
+        &self,
+        id: u64,
+        incarnation: u64,
+    ) -> smart_supervision::transport::Endpoint {
+        let key = self
+            .keys
+            .node_key(id)
+            .expect("a node of this cluster")
+            .clone();
+        smart_supervision::transport::Endpoint::node(
+            smart_supervision::NodeId(id),
+            incarnation,
+            self.key.clone(),
+        )
+        .with_keys(key, self.keys.book.clone())
     }
 
     /// The cluster's directory (configs, data, logs).

@@ -310,6 +310,11 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// File holding the shared cluster key (at least 16 bytes; surrounding whitespace ignored).
     pub cluster_key_file: PathBuf,
+    /// This node's own X25519 private key (`smart keys` makes it): its identity on TCP.
+    pub node_key_file: PathBuf,
+    /// The members' public keys (`<node id> <hex>` per line, `smart keys` writes it): a
+    /// peer is believed to be node N only if it proves N's key.
+    pub node_public_keys_file: PathBuf,
     /// Roles of this node. Default: agent and control.
     #[serde(default = "default_roles")]
     pub roles: Vec<Role>,
@@ -366,8 +371,14 @@ impl NodeConfig {
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
         }
-        if cfg.cluster_key_file.is_relative() {
-            cfg.cluster_key_file = base.join(&cfg.cluster_key_file);
+        for p in [
+            &mut cfg.cluster_key_file,
+            &mut cfg.node_key_file,
+            &mut cfg.node_public_keys_file,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         Ok(cfg)
     }
@@ -519,6 +530,8 @@ node_id = 1
 data_dir = "data"
 listen = "127.0.0.1:7101"
 cluster_key_file = "cluster.key"
+node_key_file = "n1.key"
+node_public_keys_file = "nodes.pub"
 
 [election]
 members = [1, 2, 3]
@@ -605,6 +618,8 @@ members = [1, 2, 3]
         let c = NodeConfig::load(&path).unwrap();
         assert_eq!(c.data_dir, dir.path().join("data"));
         assert_eq!(c.cluster_key_file, dir.path().join("cluster.key"));
+        assert_eq!(c.node_key_file, dir.path().join("n1.key"));
+        assert_eq!(c.node_public_keys_file, dir.path().join("nodes.pub"));
     }
 
     #[test]

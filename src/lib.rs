@@ -16,5 +16,6 @@ pub mod case_study;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod keys;
 pub mod node;
 pub mod persist;

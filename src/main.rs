@@ -49,9 +49,22 @@ enum Cmd {
     Drain(DrainArgs),
     /// A GloVE video distributor (what Agent86 runs for a video; see `vod distributor`).
     Distributor(DistributorArgs),
+    /// Make a cluster's keys in a directory: cluster.key, n<ID>.key per node, nodes.pub.
+    /// Existing keys are kept.
+    Keys(KeysArgs),
     /// Repair a stopped node's data dir: set its highest epoch (e.g. after a corrupt or
     /// forged value made it unusable). Use the cluster's highest epoch from `smart status`.
     Repair(RepairArgs),
+}
+
+#[derive(clap::Args)]
+struct KeysArgs {
+    /// Where to write the keys.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The node ids, comma-separated (e.g. 1,2,3).
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<u64>,
 }
 
 #[derive(clap::Args)]
@@ -362,6 +375,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Drain(args) => drain(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Repair(args) => repair(args).map(|_| ExitCode::SUCCESS),
+        Cmd::Keys(args) => {
+            let k = smart::keys::generate(&args.dir, &args.nodes)?;
+            println!(
+                "{}: cluster.key, {} node keys, nodes.pub",
+                k.dir.display(),
+                k.nodes.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench(BenchCmd::Failover(args)) => {
             smart::demo::bench_failover(args).await?;
             Ok(ExitCode::SUCCESS)

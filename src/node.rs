@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use ractor::Actor;
 use smart_supervision::ClusterKey;
 use smart_supervision::transport::Endpoint;
+use smart_supervision::transport::noise::{KeyBook, NodeKey, NoiseKeyError};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -41,6 +42,9 @@ pub enum NodeError {
     /// The cluster key could not be loaded.
     #[error(transparent)]
     Key(#[from] smart_supervision::types::KeyError),
+    /// The node's key or the key book could not be loaded.
+    #[error(transparent)]
+    NodeKey(#[from] NoiseKeyError),
     /// The data directory could not be used.
     #[error(transparent)]
     Persist(#[from] crate::persist::PersistError),
@@ -101,8 +105,26 @@ pub async fn run(
         });
     }
     let epochs = Arc::new(DiskEpochs::new(state));
+    let node_key = NodeKey::load(&cfg.node_key_file)?;
+    let book = KeyBook::load(&cfg.node_public_keys_file)?;
+    match book.get(cfg.id()) {
+        Some(k) if *k == node_key.public() => {}
+        listed => {
+            return Err(NodeError::Start(format!(
+                "{} does not list this node's key ({} in {}): run `smart keys` again or fix node_key_file",
+                cfg.node_public_keys_file.display(),
+                if listed.is_some() {
+                    "another key"
+                } else {
+                    "no key"
+                },
+                cfg.node_key_file.display(),
+            )));
+        }
+    }
     let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation, key.clone())
-        .with_limits(cfg.limits.transport());
+        .with_limits(cfg.limits.transport())
+        .with_keys(node_key, book);
     endpoint.epoch = epochs.cell();
     let peers = Arc::new(TransportPeers::new(endpoint.clone()));
     let (control_addr, _) = watch::channel(None);

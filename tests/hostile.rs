@@ -304,3 +304,57 @@ async fn under_ulimit_150_and_held_connections_a_killed_control_is_replaced_and_
     .await;
     drop(holders);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_presenting_another_nodes_id_is_refused() {
+    use smart_supervision::transport::client::ConnectError;
+    use smart_supervision::transport::handshake::{HandshakeError, Refusal};
+    use smart_supervision::transport::tcp::TcpTransport;
+    use smart_supervision::transport::{Client, Endpoint};
+
+    let c = LocalCluster::start(spec(2)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(10), |_, _| true)
+        .await
+        .unwrap();
+    let addr = c.nodes[0].addr.to_string();
+    // Node 2's id with node 2's real key: accepted (the key book lists it).
+    let genuine =
+        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, c.node_endpoint(2, 1))
+            .await;
+    assert!(genuine.is_ok(), "{:?}", genuine.err());
+    // Node 2's id with another key (the cluster key is right): refused.
+    let impostor = Endpoint::node(NodeId(2), 1, c.key().clone());
+    match Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, impostor).await {
+        Err(ConnectError::Handshake {
+            source: HandshakeError::Refused(Refusal::WrongKey),
+            ..
+        }) => {}
+        other => panic!("impostor not refused: {other:?}"),
+    }
+    // Node 1's own key presented under node 2's id: refused too.
+    let k1 = c.keys().node_key(1).unwrap().clone();
+    let borrowed =
+        Endpoint::node(NodeId(2), 1, c.key().clone()).with_keys(k1, c.keys().book.clone());
+    assert!(
+        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, borrowed)
+            .await
+            .is_err()
+    );
+    let s = wait_status(&c, 1, Duration::from_secs(5), |s| {
+        counter(s, "transport_handshakes_wrong_identity") >= 2
+    })
+    .await;
+    assert_eq!(counter(&s, "transport_handshakes_bad_key"), 0, "{s:?}");
+    // Clients still connect with the cluster key alone, and the CLI works.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
+        .args(["status", "--json", "--connect", &addr, "--key"])
+        .arg(c.keys().cluster_key_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,7 +11,7 @@ use smart::demo::kill_control_and_measure;
 use smart_actors::proto::{AgentCommand, PeerRequest, PeerResponse};
 use smart_api::{ClusterStatus, NodeProtocol, NodeRequest, NodeResponse};
 use smart_supervision::transport::tcp::TcpTransport;
-use smart_supervision::transport::{Client, Endpoint};
+use smart_supervision::transport::Client;
 use smart_supervision::{ClusterKey, NodeId};
 
 fn spec(nodes: usize) -> ClusterSpec {
@@ -95,7 +95,8 @@ async fn without_multicast_unicast_seeds_carry_the_heartbeats() {
 /// Sends a Control command with `epoch` to node `to`, as node `from`: what a deposed
 /// Control would send.
 async fn command_as(c: &LocalCluster, from: u64, to: u64, epoch: u64) -> PeerResponse {
-    let ep = Endpoint::node(NodeId(from), 9_999, c.key().clone());
+    // With node `from`'s real key: what that (deposed) node itself would present.
+    let ep = c.node_endpoint(from, 9_999);
     let addr = c.nodes[(to - 1) as usize].addr.to_string();
     let client = Client::<NodeProtocol>::connect(&TcpTransport, &addr, ep)
         .await

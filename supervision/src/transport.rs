@@ -6,12 +6,12 @@
 //!    size limit checked before allocating. The [`Transport`] trait is the network seam: it
 //!    only moves whole frames ([`FrameSink`]/[`FrameSource`]), over TCP ([`tcp`]) or over
 //!    in-memory channels ([`mem`]) that can cut links and drop frames for cluster tests.
-//! 2. **Handshake** ([`handshake`]): a mutual HMAC challenge proving both sides know the
-//!    cluster key and binding both identities and fresh nonces into a per-connection session
-//!    key. A wrong key, garbage or an oversized handshake frame closes the connection, is
-//!    counted, and never disturbs other connections.
-//! 3. **Messages** ([`Message`]): postcard [`crate::frame::Envelope`]s tagged with the session
-//!    key carrying `Request{id, body}` / `Response{id, body}` / `Fault{id, message}` /
+//! 2. **Handshake** ([`handshake`]): Noise `XXpsk3` ([`noise`]): both sides prove their static
+//!    key and the cluster key; a node id is believed only with the key listed for it in the
+//!    key book. A wrong key, a borrowed identity, garbage or an oversized handshake frame
+//!    closes the connection, is counted, and never disturbs other connections.
+//! 3. **Messages** ([`Message`]): postcard [`crate::frame::Envelope`]s, encrypted and
+//!    authenticated with the connection's Noise cipher, carrying `Request{id, body}` / `Response{id, body}` / `Fault{id, message}` /
 //!    `Notify{body}`. The [`peer`] actor (one per remote node, ractor) and the plain async
 //!    [`client`] send requests, each with a timeout, and correlate responses; the [`server`]
 //!    accepts, authenticates and dispatches requests to a [`server::Handler`], and pushes
@@ -81,7 +81,8 @@
 //!   [`Counters`].
 //! - [`tcp`]: the TCP implementation (tokio, `TCP_NODELAY`).
 //! - [`mem`]: the in-memory implementation with link cuts and frame drops.
-//! - [`handshake`]: the mutual HMAC challenge.
+//! - [`noise`]: node keys, key books and the connection cipher.
+//! - [`handshake`]: the Noise handshake and identity check.
 //! - [`session`]: sealing/opening data frames on an authenticated connection.
 //! - [`peer`]: the per-peer ractor actor (reconnect with backoff, request correlation).
 //! - [`peer_set`]: a node's peer actors keyed by node id, kept in step with membership.
@@ -104,6 +105,7 @@ use crate::types::{ClusterKey, Epoch, Incarnation, NodeId};
 pub mod client;
 pub mod handshake;
 pub mod mem;
+pub mod noise;
 pub mod peer;
 pub mod peer_set;
 pub mod server;
@@ -306,6 +308,8 @@ counters! {
     handshakes_failed,
     /// Handshakes failed because the peer could not prove the cluster key.
     handshakes_bad_key,
+    /// Handshakes refused because the peer claimed a node id whose key it does not hold.
+    handshakes_wrong_identity,
     /// Inbound connections accepted by a server (before the handshake).
     connections_accepted,
     /// Authenticated inbound connections closed because the server (or their address)
@@ -331,14 +335,19 @@ impl Counters {
     }
 }
 
-/// Who we are on the wire and what we share with every connection: identity, cluster key,
+/// Who we are on the wire and what we share with every connection: identity, keys,
 /// limits, counters, and the current Control epoch stamped on every envelope.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// Our identity, proven in every handshake.
     pub identity: Identity,
-    /// The cluster key.
+    /// The cluster key (the handshake's pre-shared key is derived from it).
     pub key: ClusterKey,
+    /// Our static Noise key: a node's own key (its id is bound to it in every key book), or
+    /// a client's (random unless given).
+    pub node_key: Arc<noise::NodeKey>,
+    /// Which static key may present which node id.
+    pub book: Arc<noise::KeyBook>,
     /// Sizes and timeouts.
     pub limits: Limits,
     /// Counters shared by all connections of this endpoint.
@@ -351,9 +360,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint of a node.
+    /// The endpoint of a node with a random static key and an unchecked key book: any
+    /// node id is believed from anyone holding the cluster key. For tests and in-process
+    /// tools; `smart node` uses [`Endpoint::with_keys`] with its configured keys.
     pub fn node(id: NodeId, incarnation: Incarnation, key: ClusterKey) -> Self {
         Self::new(Identity::Node { id, incarnation }, key)
+    }
+
+    /// The same endpoint with this static key and this key book (checked identities).
+    pub fn with_keys(mut self, node_key: noise::NodeKey, book: noise::KeyBook) -> Self {
+        self.node_key = Arc::new(node_key);
+        self.book = Arc::new(book);
+        self
     }
 
     /// The endpoint of a message-API client, with a random client id.
@@ -361,11 +379,14 @@ impl Endpoint {
         Self::new(Identity::Client { id: rand::random() }, key)
     }
 
-    /// An endpoint with default limits and fresh counters.
+    /// An endpoint with default limits and fresh counters, a random static key and an
+    /// unchecked key book (see [`Endpoint::node`]).
     pub fn new(identity: Identity, key: ClusterKey) -> Self {
         Self {
             identity,
             key,
+            node_key: Arc::new(noise::NodeKey::generate()),
+            book: Arc::new(noise::KeyBook::unchecked()),
             limits: Limits::default(),
             counters: Arc::new(Counters::default()),
             epoch: Arc::new(AtomicU64::new(0)),
