@@ -209,6 +209,18 @@ impl LimitsConfig {
     }
 }
 
+/// `[heartbeat]`: keys of the heartbeat datagrams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// A keyring file (one key per line, the first primary, the others accepted only):
+    /// rotates the heartbeat key without a flag day. Default: the cluster key alone.
+    pub keys_file: Option<PathBuf>,
+    /// Send heartbeats encrypted (XChaCha20-Poly1305) instead of HMAC-signed in clear. Both
+    /// are always accepted under a ring key, so a cluster can switch node by node.
+    pub encrypt: bool,
+}
+
 /// `[supervision]`: restart intensity of the node supervision tree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -337,6 +349,9 @@ pub struct NodeConfig {
     /// TCP connection admission.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Heartbeat keys and encryption.
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
     /// Front-end HTTP address (`GET /watch/{video}`), for nodes with the front-end role.
     #[serde(default)]
     pub frontend_http: Option<SocketAddr>,
@@ -370,6 +385,11 @@ impl NodeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        if let Some(k) = cfg.heartbeat.keys_file.as_mut()
+            && k.is_relative()
+        {
+            *k = base.join(&*k);
         }
         for p in [
             &mut cfg.cluster_key_file,

@@ -130,8 +130,14 @@ pub async fn run(
     let (control_addr, _) = watch::channel(None);
     let (agents, _) = watch::channel(Vec::new());
     let (others, _) = watch::channel(Vec::new());
+    let ring = match &cfg.heartbeat.keys_file {
+        Some(path) => smart_supervision::wire::Keyring::load(path)?,
+        None => smart_supervision::wire::Keyring::new(key.clone()),
+    }
+    .encrypted(cfg.heartbeat.encrypt);
     let shared = Arc::new(Shared {
         key,
+        ring,
         epochs,
         control_addr,
         agents,

@@ -358,3 +358,27 @@ async fn a_node_presenting_another_nodes_id_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_heartbeats_elect_and_fail_over_and_plain_forgeries_are_refused() {
+    let mut s = spec(3);
+    s.extra_toml = "[heartbeat]\nencrypt = true\n".into();
+    let mut c = LocalCluster::start(s).unwrap();
+    let f = smart::demo::kill_control_and_measure(&mut c).await.unwrap();
+    assert_ne!(f.new_control, f.killed);
+    // A datagram under another key, encrypted or not, is refused.
+    let other = smart_supervision::ClusterKey::from_bytes(b"not-the-cluster-key-at-all").unwrap();
+    let ring = smart_supervision::wire::Keyring::new(other).encrypted(true);
+    let claim = Message::Claim(Claim {
+        from: NodeId(f.new_control),
+        incarnation: u64::MAX,
+        seq: 1,
+        epoch: f.new_epoch + 1,
+    });
+    send_to_all(&c, &wire::encode_with(&claim, &ring)).await;
+    let st = wait_status(&c, f.new_control, Duration::from_secs(5), |s| {
+        counter(s, "dropped_bad_tag") >= 1
+    })
+    .await;
+    assert_eq!(st.control.map(|c| c.node_id), Some(f.new_control));
+}

@@ -10,8 +10,8 @@ use smart::cluster::{ClusterSpec, LocalCluster};
 use smart::demo::kill_control_and_measure;
 use smart_actors::proto::{AgentCommand, PeerRequest, PeerResponse};
 use smart_api::{ClusterStatus, NodeProtocol, NodeRequest, NodeResponse};
-use smart_supervision::transport::tcp::TcpTransport;
 use smart_supervision::transport::Client;
+use smart_supervision::transport::tcp::TcpTransport;
 use smart_supervision::{ClusterKey, NodeId};
 
 fn spec(nodes: usize) -> ClusterSpec {

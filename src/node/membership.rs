@@ -165,7 +165,7 @@ impl Membership {
         for out in outputs {
             match out {
                 Output::Send { dest, msg } => {
-                    let bytes = wire::encode(&msg, &shared.key);
+                    let bytes = wire::encode_with(&msg, &shared.ring);
                     let targets: Vec<SocketAddr> = match dest {
                         Dest::Multicast => st.group.into_iter().collect(),
                         Dest::Seeds => shared.cfg.seeds.clone(),
@@ -538,16 +538,18 @@ impl Actor for Membership {
                 st.load = load;
                 st.engine.handle(Input::SetLoad(load), now)
             }
-            MembershipMsg::Datagram(bytes, from) => match wire::decode(&bytes, &self.shared.key) {
-                Ok(m) => st.engine.handle(Input::Received(m), now),
-                Err(e) => {
-                    self.shared
-                        .counters
-                        .incr(&format!("dropped_{}", drop_name(&e)));
-                    debug!(node = %self.shared.id(), %from, error = %e, "datagram dropped");
-                    Vec::new()
+            MembershipMsg::Datagram(bytes, from) => {
+                match wire::decode_with(&bytes, &self.shared.ring) {
+                    Ok(m) => st.engine.handle(Input::Received(m), now),
+                    Err(e) => {
+                        self.shared
+                            .counters
+                            .incr(&format!("dropped_{}", drop_name(&e)));
+                        debug!(node = %self.shared.id(), %from, error = %e, "datagram dropped");
+                        Vec::new()
+                    }
                 }
-            },
+            }
             MembershipMsg::RebuildDone(epoch) => {
                 st.engine.handle(Input::RebuildDone { epoch }, now)
             }

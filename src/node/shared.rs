@@ -105,6 +105,8 @@ pub struct Shared {
     pub cfg: NodeConfig,
     /// The cluster key.
     pub key: ClusterKey,
+    /// The heartbeat keyring (the cluster key alone unless `[heartbeat] keys_file`).
+    pub ring: smart_supervision::wire::Keyring,
     /// Durable epochs.
     pub epochs: Arc<DiskEpochs>,
     /// Transport address of the current Control, kept by membership.

@@ -134,14 +134,49 @@ pub struct MigrationReport {
     pub total_ms: f64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct CheckpointHeader {
+/// The JSON line that starts a `checkpoint` reply (see the module docs); decoded and checked
+/// by [`decode_checkpoint_header`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckpointHeader {
     ok: bool,
     format: u32,
     videos: Vec<VideoMeta>,
     blocks: Vec<(usize, u64, u64, u64)>,
     viewers: Vec<(usize, u64, u32)>,
     data_len: u64,
+}
+
+/// Parses one request line of the control API: JSON with a string `op` (a missing or
+/// non-string `op` is the empty op, answered "unknown op"). Pure; fuzzed (`fuzz/`).
+pub fn parse_control_line(line: &str) -> Result<(String, Value), String> {
+    let req: Value = serde_json::from_str(line).map_err(|e| format!("bad json: {e}"))?;
+    let op = req
+        .get("op")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    Ok((op, req))
+}
+
+/// Decodes and checks a checkpoint header: format 1, block lengths that add up (without
+/// overflow) to `data_len`, nothing above the size limits. Pure; fuzzed (`fuzz/`).
+pub fn decode_checkpoint_header(v: Value) -> Result<CheckpointHeader, ControlError> {
+    let h: CheckpointHeader =
+        serde_json::from_value(v).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    let sum = h
+        .blocks
+        .iter()
+        .try_fold(0u64, |acc, b| acc.checked_add(b.3));
+    if h.format != 1
+        || sum != Some(h.data_len)
+        || h.data_len > MAX_CHECKPOINT
+        || h.blocks.iter().any(|b| b.3 > MAX_BLOCK)
+    {
+        return Err(ControlError::Protocol(
+            "inconsistent checkpoint header".into(),
+        ));
+    }
+    Ok(h)
 }
 
 /// Serves the control API for `dist` on `listener`. `stopped` is notified after a `stop`.
@@ -191,18 +226,14 @@ async fn connection(
     let (rd, mut wr) = s.into_split();
     let mut rd = BufReader::new(rd);
     while let Some(line) = read_line(&mut rd).await? {
-        let req: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
+        let (op, req) = match parse_control_line(&line) {
+            Ok(r) => r,
             Err(e) => {
-                write_json(
-                    &mut wr,
-                    &json!({"ok": false, "error": format!("bad json: {e}")}),
-                )
-                .await?;
+                write_json(&mut wr, &json!({"ok": false, "error": e})).await?;
                 continue;
             }
         };
-        let op = req.get("op").and_then(Value::as_str).unwrap_or("");
+        let op = op.as_str();
         tracing::debug!(op, "control request");
         let reply = match op {
             "usage" => {
@@ -353,17 +384,7 @@ impl Client {
     /// `checkpoint`: header and block data.
     pub async fn checkpoint(&mut self) -> Result<Snapshot, ControlError> {
         let v = self.call(&json!({"op": "checkpoint"})).await?;
-        let h: CheckpointHeader = Self::parse(v)?;
-        let sum: u64 = h.blocks.iter().map(|b| b.3).sum();
-        if h.format != 1
-            || sum != h.data_len
-            || h.data_len > MAX_CHECKPOINT
-            || h.blocks.iter().any(|b| b.3 > MAX_BLOCK)
-        {
-            return Err(ControlError::Protocol(
-                "inconsistent checkpoint header".into(),
-            ));
-        }
+        let h = decode_checkpoint_header(v)?;
         let mut snap = Snapshot {
             videos: h.videos,
             blocks: Vec::with_capacity(h.blocks.len()),
@@ -422,4 +443,44 @@ pub async fn migrate(
         handoff,
         total_ms: t.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_lines_parse_or_give_a_reason() {
+        let (op, v) = parse_control_line(r#"{"op":"usage"}"#).unwrap();
+        assert_eq!(op, "usage");
+        assert_eq!(v["op"], "usage");
+        assert_eq!(parse_control_line(r#"{"op":7}"#).unwrap().0, "");
+        assert!(parse_control_line("{").unwrap_err().starts_with("bad json"));
+        for junk in ["", "\u{0}", "[1,2", "null", "{\"op\":\"stop\"}}"] {
+            let _ = parse_control_line(junk);
+        }
+    }
+
+    #[test]
+    fn checkpoint_headers_round_trip_and_hostile_ones_are_refused() {
+        let good = CheckpointHeader {
+            ok: true,
+            format: 1,
+            videos: vec![],
+            blocks: vec![(0, 0, 1024, 10), (0, 1, 1024, 20)],
+            viewers: vec![],
+            data_len: 30,
+        };
+        let v = serde_json::to_value(&good).unwrap();
+        let back = decode_checkpoint_header(v).unwrap();
+        assert_eq!(back.data_len, 30);
+        // Block lengths that overflow when added must not panic, nor pass.
+        let hostile = json!({"ok": true, "format": 1, "videos": [], "viewers": [],
+            "blocks": [[0, 0, 1, u64::MAX], [0, 1, 1, 2]], "data_len": 1});
+        assert!(decode_checkpoint_header(hostile).is_err());
+        let huge = json!({"ok": true, "format": 1, "videos": [], "viewers": [],
+            "blocks": [[0, 0, 1, MAX_BLOCK + 1]], "data_len": MAX_BLOCK + 1});
+        assert!(decode_checkpoint_header(huge).is_err());
+        assert!(decode_checkpoint_header(json!({"format": 2})).is_err());
+    }
 }
