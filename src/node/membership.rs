@@ -6,7 +6,10 @@
 //! and the views that other actors read (who is Control, which agents are alive).
 //!
 //! Datagrams that fail to decode (bad size, magic, version, tag, payload) are dropped and
-//! counted by reason; the engine counts replays and stale incarnations. Nothing a remote
+//! counted by reason; the engine counts replays, duplicates, stale or unverified
+//! incarnations, non-members and epoch jumps. An epoch write that fails for a transient
+//! cause is fed back to the engine (`Input::PersistFailed`), which steps down and retries;
+//! a fatal one stops this actor with `EpochWriteError::Fatal`, and the node escalates. Nothing a remote
 //! sends can panic this actor: the codec returns typed errors for any byte string.
 
 use std::net::SocketAddr;

@@ -16,8 +16,10 @@
 //! or stops on its own, the supervisor asks `smart_supervision::restart::RestartTracker`:
 //! within the intensity it restarts only that child; past it, it **escalates**: it stops the
 //! tree and reports [`Exit::Escalated`], and `smart node` exits non-zero so that the service
-//! manager (systemd, the demo, a test) restarts the whole process. A failure to persist an
-//! epoch is fatal at once (the node must not act on epochs it cannot remember).
+//! manager (systemd, the demo, a test) restarts the whole process. A *fatal* failure to
+//! persist an epoch (`EpochWriteError::Fatal`: EIO, EROFS, EACCES, ...) escalates at once
+//! (the node must not act on epochs it cannot remember); a retryable one (EMFILE, ENOSPC,
+//! ...) never reaches the supervisor: membership steps down and retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
