@@ -182,6 +182,7 @@ pub enum NotifyError {
 pub struct Connection<P: Protocol> {
     id: u64,
     peer: Identity,
+    peer_key: [u8; super::noise::KEY_LEN],
     addr: Arc<str>,
     tx: mpsc::Sender<MessageOf<P>>,
     counters: Arc<Counters>,
@@ -192,6 +193,7 @@ impl<P: Protocol> Clone for Connection<P> {
         Self {
             id: self.id,
             peer: self.peer,
+            peer_key: self.peer_key,
             addr: self.addr.clone(),
             tx: self.tx.clone(),
             counters: self.counters.clone(),
@@ -211,9 +213,15 @@ impl<P: Protocol> Connection<P> {
         self.id
     }
 
-    /// The authenticated peer.
+    /// The authenticated peer. An [`Identity::Node`] was proven by that node's key (as
+    /// listed in the endpoint's key book); an [`Identity::Client`] only by the cluster key.
     pub fn peer(&self) -> Identity {
         self.peer
+    }
+
+    /// The static (Noise) public key the peer proved in the handshake.
+    pub fn peer_key(&self) -> [u8; super::noise::KEY_LEN] {
+        self.peer_key
     }
 
     /// The peer's address.
@@ -607,6 +615,7 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
         return;
     }
     tracing::debug!(peer = %session.peer, peer_addr = %addr, "inbound connection authenticated");
+    let peer_key = session.peer_key;
     let est = session::establish::<P>(raw, session, &ep, None);
     let session::Established {
         peer,
@@ -617,6 +626,7 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
     let conn = Connection {
         id,
         peer,
+        peer_key,
         addr: addr.clone(),
         tx,
         counters: ep.counters.clone(),
