@@ -102,6 +102,33 @@ proptest! {
     }
 
     #[test]
+    fn handshake_messages_round_trip(
+        magic in any::<[u8; 4]>(),
+        version in any::<u8>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..200),
+        which in 0u8..3,
+        id in any::<u64>(),
+        inc in any::<u64>(),
+    ) {
+        use smart_supervision::transport::handshake::{Identity, Refusal, Verdict};
+        let m = match which {
+            0 => HandshakeMsg::Hello { magic, version, noise },
+            1 => HandshakeMsg::Noise { noise },
+            _ => HandshakeMsg::Refused { reason: Refusal::WrongKey },
+        };
+        let frame = smart_supervision::frame::encode_value(&m, HANDSHAKE_MAX_FRAME).unwrap();
+        prop_assert_eq!(decode_value::<HandshakeMsg>(&frame[LEN_PREFIX..]).unwrap(), m);
+        for ident in [Identity::Node { id: NodeId(id), incarnation: inc }, Identity::Client { id }] {
+            let b = postcard::to_allocvec(&ident).unwrap();
+            prop_assert_eq!(decode_value::<Identity>(&b).unwrap(), ident);
+        }
+        for v in [Verdict::Welcome, Verdict::Refused(Refusal::NotAllowed)] {
+            let b = postcard::to_allocvec(&v).unwrap();
+            prop_assert_eq!(decode_value::<Verdict>(&b).unwrap(), v);
+        }
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let ((), largest) = largest_alloc(|| {
             let _ = decode_frame::<Body>(&bytes, DEFAULT_MAX_FRAME);
