@@ -10,6 +10,7 @@
 #   ui/ uPlot (the dashboard's chart, embedded in the smart binary by build.rs) into
 #   ui/node_modules (neither committed; no browser download: Debian's chromium is used)
 # - prometheus: its promtool checks the nodes' /metrics in the tests
+# - cargo-nextest, cargo-deny: the test runner and the supply-chain checks of .ci/run
 # Needs root (or sudo) for apt; skips packages that are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,5 +48,14 @@ done
 # promtool, so a server this script caused to start is stopped (never one that was there).
 if [[ " ${need[*]:-} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
   systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny (supply-chain checks, deny.toml)"
+  cargo install --locked cargo-deny
+fi
+# The loopback example's keys: made here, never committed (smart keys keeps existing ones).
+if [ ! -f config/loopback-3/nodes.pub ]; then
+  echo "setup: making the loopback-3 example keys (smart keys)"
+  cargo run --quiet --bin smart -- keys --dir config/loopback-3 --nodes 1,2,3
 fi
 echo "setup: ok (promtool $(command -v promtool), nft $(command -v nft), ffmpeg $(command -v ffmpeg), nginx $(command -v nginx), chromium $(command -v chromium), node $(command -v node))"

@@ -118,6 +118,9 @@ pub struct TimingConfig {
     /// this long after the service's last admission, start or migration.
     #[serde(with = "humantime_serde")]
     pub client_release_grace: Duration,
+    /// A member dead for this long is forgotten (member table, replay guard, detector).
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
 }
 
 impl Default for TimingConfig {
@@ -130,18 +133,92 @@ impl Default for TimingConfig {
             request_timeout: Duration::from_secs(2),
             anomaly_move_every: Duration::from_secs(60),
             client_release_grace: Duration::from_secs(10),
+            forget_after: Duration::from_secs(600),
         }
     }
 }
 
 /// `[election]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ElectionConfig {
     /// `available` (default) or `majority`.
     pub mode: ElectionMode,
-    /// The configured cluster members (node ids); required in `majority` mode.
+    /// The configured cluster members (node ids, this node included), required in every
+    /// mode: heartbeats, claims and Control views from any other id are dropped and
+    /// counted; in `majority` mode it is also the set a majority is counted from.
     pub members: Vec<u64>,
+    /// A message whose epoch is more than this above the highest seen is dropped (unless a
+    /// majority of the other members report it), so one forged datagram cannot push the
+    /// cluster's epochs to the end of their range.
+    pub max_epoch_step: u64,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        Self {
+            mode: ElectionMode::Available,
+            members: Vec::new(),
+            max_epoch_step: smart_supervision::engine::DEFAULT_MAX_EPOCH_STEP,
+        }
+    }
+}
+
+/// `[limits]`: admission of TCP connections (node-to-node and message API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Authenticated connections held at once; more are closed after their handshake.
+    pub max_connections: usize,
+    /// Authenticated connections from one IP address at once.
+    pub max_connections_per_addr: usize,
+    /// Connections still handshaking at once; a new one beyond it evicts the oldest.
+    pub max_handshaking: usize,
+    /// Connections still handshaking from one IP address; beyond it that address's oldest
+    /// is evicted.
+    pub max_handshaking_per_addr: usize,
+    /// A connection that has not completed its handshake within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = smart_supervision::transport::Limits::default();
+        Self {
+            max_connections: l.max_connections,
+            max_connections_per_addr: l.max_connections_per_addr,
+            max_handshaking: l.max_handshaking,
+            max_handshaking_per_addr: l.max_handshaking_per_addr,
+            handshake_timeout: l.handshake_timeout,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The transport limits with these values (others at their defaults).
+    pub fn transport(&self) -> smart_supervision::transport::Limits {
+        smart_supervision::transport::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_addr: self.max_connections_per_addr,
+            max_handshaking: self.max_handshaking,
+            max_handshaking_per_addr: self.max_handshaking_per_addr,
+            handshake_timeout: self.handshake_timeout,
+            ..Default::default()
+        }
+    }
+}
+
+/// `[heartbeat]`: keys of the heartbeat datagrams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// A keyring file (one key per line, the first primary, the others accepted only):
+    /// rotates the heartbeat key without a flag day. Default: the cluster key alone.
+    pub keys_file: Option<PathBuf>,
+    /// Send heartbeats encrypted (XChaCha20-Poly1305) instead of HMAC-signed in clear. Both
+    /// are always accepted under a ring key, so a cluster can switch node by node.
+    pub encrypt: bool,
 }
 
 /// `[supervision]`: restart intensity of the node supervision tree.
@@ -421,6 +498,11 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// File holding the shared cluster key (at least 16 bytes; surrounding whitespace ignored).
     pub cluster_key_file: PathBuf,
+    /// This node's own X25519 private key (`smart keys` makes it): its identity on TCP.
+    pub node_key_file: PathBuf,
+    /// The members' public keys (`<node id> <hex>` per line, `smart keys` writes it): a
+    /// peer is believed to be node N only if it proves N's key.
+    pub node_public_keys_file: PathBuf,
     /// Roles of this node. Default: agent and control.
     #[serde(default = "default_roles")]
     pub roles: Vec<Role>,
@@ -440,6 +522,12 @@ pub struct NodeConfig {
     /// Restart policy.
     #[serde(default)]
     pub supervision: SupervisionConfig,
+    /// TCP connection admission.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Heartbeat keys and encryption.
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
     /// Front-end HTTP address (`GET /watch/{video}`), for nodes with the front-end role.
     #[serde(default)]
     pub frontend_http: Option<SocketAddr>,
@@ -488,8 +576,19 @@ impl NodeConfig {
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
         }
-        if cfg.cluster_key_file.is_relative() {
-            cfg.cluster_key_file = base.join(&cfg.cluster_key_file);
+        if let Some(k) = cfg.heartbeat.keys_file.as_mut()
+            && k.is_relative()
+        {
+            *k = base.join(&*k);
+        }
+        for p in [
+            &mut cfg.cluster_key_file,
+            &mut cfg.node_key_file,
+            &mut cfg.node_public_keys_file,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         if let Some(p) = &cfg.admission.default_profile
             && p.is_relative()
@@ -585,19 +684,35 @@ impl NodeConfig {
         if t.request_timeout.is_zero() {
             return Err(bad("timing.request_timeout", "must be > 0".into()));
         }
-        if self.election.mode == ElectionMode::Majority {
-            if self.election.members.is_empty() {
-                return Err(bad(
-                    "election.members",
-                    "majority mode needs the list of configured node ids".into(),
-                ));
-            }
-            if !self.election.members.contains(&self.node_id) {
-                return Err(bad(
-                    "election.members",
-                    format!("does not contain this node's id {}", self.node_id),
-                ));
-            }
+        if self.election.members.is_empty() {
+            return Err(bad(
+                "election.members",
+                "list the node ids of every cluster member, e.g. [1, 2, 3]: datagrams from other ids are refused".into(),
+            ));
+        }
+        if !self.election.members.contains(&self.node_id) {
+            return Err(bad(
+                "election.members",
+                format!("does not contain this node's id {}", self.node_id),
+            ));
+        }
+        if self.election.max_epoch_step == 0 {
+            return Err(bad("election.max_epoch_step", "must be > 0".into()));
+        }
+        if t.forget_after < t.dead_after {
+            return Err(bad(
+                "timing.forget_after",
+                "must be at least timing.dead_after".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_connections_per_addr == 0
+            || l.max_handshaking == 0
+            || l.max_handshaking_per_addr == 0
+            || l.handshake_timeout.is_zero()
+        {
+            return Err(bad("limits", "every limit must be > 0".into()));
         }
         if self.supervision.max_restarts == 0 || self.supervision.within.is_zero() {
             return Err(bad(
@@ -712,6 +827,11 @@ node_id = 1
 data_dir = "data"
 listen = "127.0.0.1:7101"
 cluster_key_file = "cluster.key"
+node_key_file = "n1.key"
+node_public_keys_file = "nodes.pub"
+
+[election]
+members = [1, 2, 3]
 "#;
 
     #[test]
@@ -784,15 +904,29 @@ cluster_key_file = "cluster.key"
                 "multicast.group",
             ),
             (
-                format!("{MINIMAL}[timing]\nheartbeat_interval = \"1s\"\ndead_after = \"1s\"\n"),
+                format!("{MINIMAL}max_epoch_step = 0\n"),
+                "election.max_epoch_step",
+            ),
+            (
+                MINIMAL.replace(
+                    "[election]",
+                    "[timing]\nheartbeat_interval = \"1s\"\ndead_after = \"1s\"\n[election]",
+                ),
                 "timing.dead_after",
             ),
             (
-                format!("{MINIMAL}[election]\nmode = \"majority\"\n"),
+                MINIMAL.replace("members = [1, 2, 3]", "members = []"),
                 "election.members",
             ),
             (
-                format!("{MINIMAL}[timing]\nrequest_timeout = \"soon\"\n"),
+                MINIMAL.replace("members = [1, 2, 3]", "members = [2, 3]"),
+                "election.members",
+            ),
+            (
+                MINIMAL.replace(
+                    "[election]",
+                    "[timing]\nrequest_timeout = \"soon\"\n[election]",
+                ),
                 "request_timeout",
             ),
         ];
@@ -812,6 +946,8 @@ cluster_key_file = "cluster.key"
         let c = NodeConfig::load(&path).unwrap();
         assert_eq!(c.data_dir, dir.path().join("data"));
         assert_eq!(c.cluster_key_file, dir.path().join("cluster.key"));
+        assert_eq!(c.node_key_file, dir.path().join("n1.key"));
+        assert_eq!(c.node_public_keys_file, dir.path().join("nodes.pub"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use smart::config::NodeConfig;
 use smart::node::{self, Faults, supervisor::Exit};
@@ -65,6 +65,36 @@ enum Cmd {
     Bench(BenchCmd),
     /// A GloVE video distributor (what Agent86 runs for a video; see `vod distributor`).
     Distributor(DistributorArgs),
+    /// Make a cluster's keys in a directory: cluster.key, n<ID>.key per node, nodes.pub.
+    /// Existing keys are kept.
+    Keys(KeysArgs),
+    /// Repair a stopped node's data dir: set its highest epoch (e.g. after a corrupt or
+    /// forged value made it unusable). Use the cluster's highest epoch from `smart status`.
+    Repair(RepairArgs),
+}
+
+#[derive(clap::Args)]
+struct KeysArgs {
+    /// Where to write the keys.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The node ids, comma-separated (e.g. 1,2,3).
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<u64>,
+}
+
+#[derive(clap::Args)]
+struct RepairArgs {
+    /// The node's data directory (`data_dir` of its config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Or the node's config, to take `data_dir` from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The highest epoch to store: at least the cluster's (`smart status` on a healthy
+    /// node shows `highest epoch`).
+    #[arg(long)]
+    epoch: u64,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +159,18 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(file)?;
     smart_supervision::ClusterKey::load(&cfg.cluster_key_file)
         .with_context(|| format!("cluster_key_file of {}", file.display()))?;
+    let key = smart_supervision::transport::noise::NodeKey::load(&cfg.node_key_file)
+        .with_context(|| format!("node_key_file of {}", file.display()))?;
+    let book = smart_supervision::transport::noise::KeyBook::load(&cfg.node_public_keys_file)
+        .with_context(|| format!("node_public_keys_file of {}", file.display()))?;
+    if book.get(cfg.id()) != Some(&key.public()) {
+        bail!(
+            "{}: {} does not list this node's key (node_key_file {}): run `smart keys` again",
+            file.display(),
+            cfg.node_public_keys_file.display(),
+            cfg.node_key_file.display()
+        );
+    }
     let tokens = match &cfg.tokens_file {
         Some(t) => {
             let f = smart::node::tokens::TokenFile::load(t)?;
@@ -145,6 +187,67 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
         cfg.roles
     );
     Ok(())
+}
+
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let dir = match (&args.data_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => NodeConfig::load(c)?.data_dir,
+        (None, None) => bail!("give --data-dir DIR or --config FILE"),
+    };
+    if args.epoch > smart_supervision::engine::EPOCH_CEILING {
+        bail!(
+            "epoch {} is beyond the usable range (at most {})",
+            args.epoch,
+            smart_supervision::engine::EPOCH_CEILING
+        );
+    }
+    let (found, now) = smart::persist::StateFile::repair(&dir, args.epoch)
+        .with_context(|| format!("repairing {}", dir.display()))?;
+    match found {
+        Some(f) => println!(
+            "{}: highest epoch {} -> {} (incarnation {})",
+            dir.display(),
+            f.highest_epoch,
+            now.highest_epoch,
+            now.incarnation
+        ),
+        None => println!(
+            "{}: state file missing or corrupt; wrote highest epoch {}",
+            dir.display(),
+            now.highest_epoch
+        ),
+    }
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: a node holds a descriptor per
+/// connection, and hitting EMFILE in the middle of a failover (the epoch write) must not be
+/// what a few hundred idle connections can cause.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    soft = before,
+                    hard = lim.rlim_max,
+                    "could not raise the open-file limit"
+                );
+                return;
+            }
+        }
+        tracing::info!(before, now = lim.rlim_cur, "open-file limit");
+    }
 }
 
 async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
@@ -189,6 +292,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Node { config } => {
             let cfg = NodeConfig::load(&config)?;
+            raise_nofile_limit();
             match node::run(cfg, Faults::from_env(), shutdown_signal()).await? {
                 Exit::Escalated(reason) => {
                     eprintln!("smart: node escalated: {reason}");
@@ -249,6 +353,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench(BenchCmd::Frontend(args)) => {
             smart_testkit::bench_frontend::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Repair(args) => repair(args).map(|_| ExitCode::SUCCESS),
+        Cmd::Keys(args) => {
+            let k = smart_supervision::keys::generate(&args.dir, &args.nodes)?;
+            println!(
+                "{}: cluster.key, {} node keys, nodes.pub",
+                k.dir.display(),
+                k.nodes.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Failover(args)) => {

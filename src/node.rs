@@ -49,6 +49,7 @@ use smart_actors::agent86::{Agent86Settings, AgentCore, RuntimeKind};
 use smart_actors::epoch::EpochStore;
 use smart_supervision::ClusterKey;
 use smart_supervision::transport::Endpoint;
+use smart_supervision::transport::noise::{KeyBook, NodeKey, NoiseKeyError};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -65,12 +66,25 @@ pub enum NodeError {
     /// The cluster key could not be loaded.
     #[error(transparent)]
     Key(#[from] smart_supervision::types::KeyError),
+    /// The node's key or the key book could not be loaded.
+    #[error(transparent)]
+    NodeKey(#[from] NoiseKeyError),
     /// The data directory could not be used.
     #[error(transparent)]
     Persist(#[from] crate::persist::PersistError),
     /// The API tokens file could not be used.
     #[error(transparent)]
     Tokens(#[from] tokens::TokenFileError),
+    /// The stored highest epoch is beyond what any cluster can reach.
+    #[error(
+        "stored highest epoch {epoch} in {data_dir} is unusable (corrupt or forged): stop the node and run `smart repair --data-dir {data_dir} --epoch N` with N at least the cluster's highest epoch (`smart status` on a healthy node)"
+    )]
+    UnusableEpoch {
+        /// The stored value.
+        epoch: u64,
+        /// The data directory.
+        data_dir: String,
+    },
     /// The supervision tree could not start (a socket could not be bound, ...).
     #[error("node failed to start: {0}")]
     Start(String),
@@ -116,9 +130,40 @@ pub async fn run(
     let tokens = Arc::new(tokens::TokenStore::open(cfg.tokens_file.as_deref())?);
     let state = StateFile::open_and_boot(&cfg.data_dir)?;
     let durable = Arc::new(DurableState::new(state));
-    let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation(), key.clone());
+    if durable.highest() > smart_supervision::engine::EPOCH_CEILING {
+        // A corrupt or hostile value: this node could never claim nor follow again.
+        return Err(NodeError::UnusableEpoch {
+            epoch: durable.highest(),
+            data_dir: cfg.data_dir.display().to_string(),
+        });
+    }
+    let node_key = NodeKey::load(&cfg.node_key_file)?;
+    let book = KeyBook::load(&cfg.node_public_keys_file)?;
+    match book.get(cfg.id()) {
+        Some(k) if *k == node_key.public() => {}
+        listed => {
+            return Err(NodeError::Start(format!(
+                "{} does not list this node's key ({} in {}): run `smart keys` again or fix node_key_file",
+                cfg.node_public_keys_file.display(),
+                if listed.is_some() {
+                    "another key"
+                } else {
+                    "no key"
+                },
+                cfg.node_key_file.display(),
+            )));
+        }
+    }
+    let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation(), key.clone())
+        .with_limits(cfg.limits.transport())
+        .with_keys(node_key, book);
     endpoint.epoch = durable.cell();
     let peers = Arc::new(TransportPeers::new(endpoint.clone()));
+    let ring = match &cfg.heartbeat.keys_file {
+        Some(path) => smart_supervision::wire::Keyring::load(path)?,
+        None => smart_supervision::wire::Keyring::new(key.clone()),
+    }
+    .encrypted(cfg.heartbeat.encrypt);
     info!(node = %cfg.id(), incarnation = durable.incarnation(), highest_epoch = durable.highest(), "node starting");
     let agent_core = AgentCore::new(
         cfg.id(),
@@ -164,6 +209,8 @@ pub async fn run(
         NodeSupervisor {
             cfg: cfg.clone(),
             key,
+            ring,
+            warnings: Default::default(),
             durable,
             peers: peers.clone(),
             view,

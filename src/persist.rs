@@ -34,7 +34,7 @@ pub enum PersistError {
     },
     /// The state file exists but is corrupt: refuse to start rather than reuse epochs.
     #[error(
-        "state file {path} is corrupt ({reason}); move it away only if you know the cluster's highest epoch"
+        "state file {path} is corrupt ({reason}); repair it with `smart repair --data-dir <dir> --epoch <N>`, N at least the cluster's highest epoch (`smart status`)"
     )]
     Corrupt {
         /// The file.
@@ -42,6 +42,69 @@ pub enum PersistError {
         /// Parser message.
         reason: String,
     },
+}
+
+impl PersistError {
+    /// Whether retrying may succeed: the cause is a resource that runs out and comes back
+    /// (descriptors, memory, disk space, quota, an interrupted call). Everything else (an
+    /// I/O error of the device, a read-only or vanished file system, permissions, a
+    /// corrupt file) is fatal: retrying cannot help and the node must stop.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PersistError::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(
+                        libc::EMFILE
+                            | libc::ENFILE
+                            | libc::ENOMEM
+                            | libc::ENOSPC
+                            | libc::EDQUOT
+                            | libc::EAGAIN
+                            | libc::EINTR
+                            | libc::ENOBUFS
+                    )
+                ) || matches!(
+                    source.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                )
+            }
+            PersistError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// A failed write of the highest epoch, typed by what the node must do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochWriteError {
+    /// A resource ran out (EMFILE, ENFILE, ENOMEM, ENOSPC, EDQUOT, EAGAIN, EINTR): the node
+    /// refuses to act on the epoch (steps down, does not claim) and retries.
+    #[error("cannot persist epoch {epoch} for now (will retry): {source}")]
+    Retryable {
+        /// The epoch that could not be written.
+        epoch: u64,
+        /// The cause.
+        source: PersistError,
+    },
+    /// The data dir is unusable (EIO, EROFS, EACCES, vanished, ...): the node must stop.
+    #[error("cannot persist epoch {epoch}: {source}")]
+    Fatal {
+        /// The epoch that could not be written.
+        epoch: u64,
+        /// The cause.
+        source: PersistError,
+    },
+}
+
+impl EpochWriteError {
+    /// Classifies a write failure of `epoch`.
+    pub fn new(epoch: u64, source: PersistError) -> Self {
+        if source.is_transient() {
+            EpochWriteError::Retryable { epoch, source }
+        } else {
+            EpochWriteError::Fatal { epoch, source }
+        }
+    }
 }
 
 /// The state file in a data directory.
@@ -97,6 +160,30 @@ impl StateFile {
         };
         self.write(next)?;
         Ok(next.incarnation)
+    }
+
+    /// Operator repair (`smart repair`): sets the highest epoch to `epoch`, even lower than
+    /// the stored one, keeping the incarnation; a corrupt or missing file is replaced.
+    /// Returns the value found (`None` if missing or corrupt) and the value written. Only for
+    /// a stopped node: `epoch` must be at least the cluster's highest (from `smart status`).
+    pub fn repair(data_dir: &Path, epoch: u64) -> Result<(Option<Durable>, Durable), PersistError> {
+        fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+        let path = data_dir.join(FILE_NAME);
+        let found: Option<Durable> = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut file = Self {
+            path,
+            current: found.unwrap_or_default(),
+        };
+        let value = Durable {
+            highest_epoch: epoch,
+            ..file.current
+        };
+        file.write(value)?;
+        Ok((found, value))
     }
 
     /// The current durable values.
@@ -158,6 +245,61 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.boot().unwrap(), u64::MAX / 2 + 1);
+    }
+
+    #[test]
+    fn repair_lowers_an_unusable_epoch_and_replaces_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateFile::open_and_boot(dir.path()).unwrap();
+        s.raise_epoch(u64::MAX).unwrap();
+        let inc = s.get().incarnation;
+        drop(s);
+        let (found, now) = StateFile::repair(dir.path(), 12).unwrap();
+        assert_eq!(found.unwrap().highest_epoch, u64::MAX);
+        assert_eq!(
+            now,
+            Durable {
+                incarnation: inc,
+                highest_epoch: 12
+            }
+        );
+        fs::write(dir.path().join(FILE_NAME), b"{\"incarn").unwrap();
+        let (found, now) = StateFile::repair(dir.path(), 5).unwrap();
+        assert!(found.is_none());
+        assert_eq!(now.highest_epoch, 5);
+        assert_eq!(
+            StateFile::open_and_boot(dir.path())
+                .unwrap()
+                .get()
+                .highest_epoch,
+            5
+        );
+    }
+
+    #[test]
+    fn transient_and_fatal_write_errors_are_told_apart_by_errno() {
+        let e = |errno| PersistError::Io {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        for t in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EINTR,
+        ] {
+            assert!(matches!(
+                EpochWriteError::new(1, e(t)),
+                EpochWriteError::Retryable { .. }
+            ));
+        }
+        for f in [libc::EIO, libc::EROFS, libc::EACCES, libc::ENOENT] {
+            assert!(matches!(
+                EpochWriteError::new(1, e(f)),
+                EpochWriteError::Fatal { .. }
+            ));
+        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn config_check_accepts_the_shipped_configs_and_names_what_is_wrong() {
     let p = dir.path().join("n.toml");
     std::fs::write(
         &p,
-        "node_id = 1\ndata_dir = \"d\"\nlisten = \"127.0.0.1:7101\"\ncluster_key_file = \"k\"\nhttp_listen = \"127.0.0.1:0\"\n",
+        "node_id = 1\ndata_dir = \"d\"\nlisten = \"127.0.0.1:7101\"\ncluster_key_file = \"k\"\nnode_key_file = \"n1.key\"\nnode_public_keys_file = \"nodes.pub\"\nhttp_listen = \"127.0.0.1:0\"\n[election]\nmembers = [1]\n",
     )
     .unwrap();
     let out = smart(&["config", "check", p.to_str().unwrap()]);

@@ -328,10 +328,10 @@ async fn command_as(
     cmd: smart_proto::agent::AgentCommand,
 ) -> smart_proto::agent::AgentReply {
     use smart_api::{NodeProtocol, NodeRequest, NodeResponse};
-    use smart_supervision::NodeId;
+    use smart_supervision::transport::Client;
     use smart_supervision::transport::tcp::TcpTransport;
-    use smart_supervision::transport::{Client, Endpoint};
-    let ep = Endpoint::node(NodeId(from), 9_999, c.key().clone());
+    // With node `from`'s real key: what that deposed node itself would present.
+    let ep = c.node_endpoint(from, 9_999);
     let addr = c.nodes[(to - 1) as usize].addr.to_string();
     let client = Client::<NodeProtocol>::connect(&TcpTransport, &addr, ep)
         .await

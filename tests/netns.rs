@@ -87,7 +87,8 @@ impl Net {
         let dir = std::env::temp_dir().join(format!("{prefix}-files"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cluster.key"), "netns-suite-key-0123456789abcdef").unwrap();
+        let ids: Vec<u64> = (1..=hosts as u64).collect();
+        smart_supervision::keys::generate(&dir, &ids).unwrap();
         let mut net = Net {
             prefix,
             hosts,
@@ -134,7 +135,7 @@ impl Net {
             ex(&ns, &["ip", "link", "set", "eth0", "up"]);
             ex(&ns, &["ip", "link", "set", "lo", "up"]);
             let cfg = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{}:7101\"\ncluster_key_file = \"cluster.key\"\n\n[multicast]\ngroup = \"239.255.77.1\"\nport = 7100\ninterface = \"eth0\"\nloopback = false\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{}:7101\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\n\n[multicast]\ngroup = \"239.255.77.1\"\nport = 7100\ninterface = \"eth0\"\nloopback = false\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n",
                 Net::ip(i),
                 members.join(", ")
             );

@@ -56,7 +56,7 @@ use smart_proto::workload::WorkloadClient;
 use smart_proto::{Epoch, NodeId};
 use tracing::{info, info_span, warn};
 
-use crate::epoch::{EpochStore, Fatal};
+use crate::epoch::{EpochStore, Fatal, PersistError};
 
 /// Which instance runtime a node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -319,10 +319,19 @@ impl Agent86 {
     ) -> Result<(), ActorProcessingErr> {
         match c {
             Command::PersistEpoch(e) => {
-                // Durable before acting: a node that cannot persist must stop (escalates).
-                self.epochs.raise(e).map_err(Fatal::from)?;
-                info!(node = %self.node, epoch = e, "agent raised its epoch");
-                queue.push_back(Event::EpochPersisted(e));
+                // Durable before acting: a node that cannot persist must stop (escalates);
+                // one that cannot for now refuses what waits for the epoch.
+                match self.epochs.raise(e) {
+                    Ok(()) => {
+                        info!(node = %self.node, epoch = e, "agent raised its epoch");
+                        queue.push_back(Event::EpochPersisted(e));
+                    }
+                    Err(err @ PersistError::Retryable { .. }) => {
+                        warn!(node = %self.node, epoch = e, error = %err, "epoch not durable; refusing the commands that wait for it");
+                        queue.push_back(Event::PersistFailed(e));
+                    }
+                    Err(err @ PersistError::Fatal { .. }) => return Err(Fatal::from(err).into()),
+                }
             }
             Command::Start {
                 instance,

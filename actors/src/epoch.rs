@@ -6,14 +6,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use smart_proto::Epoch;
 
-/// An epoch could not be made durable.
+/// An epoch could not be made durable, typed by what the node must do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot persist epoch {epoch}: {cause}")]
-pub struct PersistError {
-    /// The epoch.
-    pub epoch: Epoch,
-    /// Why (the I/O error).
-    pub cause: String,
+pub enum PersistError {
+    /// A resource ran out and may come back (descriptors, memory, disk space): the node
+    /// refuses to act on the epoch (steps down, claims nothing, refuses the command) and
+    /// tries again later.
+    #[error("cannot persist epoch {epoch} for now (will retry): {cause}")]
+    Retryable {
+        /// The epoch.
+        epoch: Epoch,
+        /// Why (the I/O error).
+        cause: String,
+    },
+    /// The data directory is unusable (I/O error, read-only, permissions): the node must
+    /// stop.
+    #[error("cannot persist epoch {epoch}: {cause}")]
+    Fatal {
+        /// The epoch.
+        epoch: Epoch,
+        /// Why (the I/O error).
+        cause: String,
+    },
 }
 
 /// Where actors read and raise the node's highest epoch seen. Raising must be durable

@@ -1,5 +1,5 @@
-//! Arbitrary bytes into `wire::decode`: must never panic, and (without the key) never
-//! authenticate.
+//! Arbitrary bytes into `wire::decode` and the keyring decoder `wire::decode_with` (plain and
+//! encrypted formats): must never panic, and (without the key) never authenticate.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,5 +11,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         wire::decode(data, &key).is_err(),
         "unsigned bytes authenticated"
+    );
+    let ring = wire::Keyring::new(key).encrypted(true);
+    assert!(
+        wire::decode_with(data, &ring).is_err(),
+        "unsealed bytes authenticated"
     );
 });

@@ -30,6 +30,13 @@ fuzz_target!(|data: &[u8]| {
             members: [1, 2, 3].map(NodeId).into(),
         };
     }
+    // Both with and without the incarnation proof and the member list, so that hostile
+    // messages reach the election as well as the verification.
+    if data.first().is_some_and(|b| b & 2 == 2) {
+        cfg.incarnation_proof = false;
+    } else {
+        cfg.members = [1, 2, 3].map(NodeId).into();
+    }
     let mut engine = NodeEngine::new(cfg, 0, ChaCha8Rng::seed_from_u64(0));
     let mut now = Instant::now();
     let mut rest = data;
@@ -46,7 +53,14 @@ fuzz_target!(|data: &[u8]| {
         let tag = key.sign(&[&datagram]);
         datagram.extend_from_slice(&tag);
         if let Ok(msg) = wire::decode(&datagram, &key) {
-            engine.handle(Input::Received(msg), now);
+            let before = engine.highest_epoch();
+            for o in engine.handle(Input::Received(msg), now) {
+                if let smart_supervision::engine::Output::PersistEpoch(e) = o {
+                    // Nothing persists a value it would refuse.
+                    assert!(e <= smart_supervision::engine::EPOCH_CEILING);
+                    assert!(e <= before + engine.config().max_epoch_step + 1);
+                }
+            }
         }
     }
     let _ = engine.members();

@@ -101,6 +101,10 @@ pub enum Event {
     EpochObserved(Epoch),
     /// The shell made this epoch durable.
     EpochPersisted(Epoch),
+    /// The shell could not make this epoch durable for a transient cause (out of
+    /// descriptors, disk full): the commands waiting for it are refused (the Control retries)
+    /// and the next epoch seen asks for the write again.
+    PersistFailed(Epoch),
     /// The shell launched the instance's process: where it listens and its control
     /// socket, recorded for reports and for restarts on the same address.
     Launched {
@@ -488,6 +492,23 @@ impl Agent86Engine {
             Event::EpochPersisted(e) => {
                 self.persisted = self.persisted.max(e);
                 self.drain_queue(out);
+            }
+            Event::PersistFailed(e) => {
+                self.persist_requested = self.persisted;
+                let (waiting, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queue)
+                    .into_iter()
+                    .partition(|c| c.epoch > self.persisted && c.epoch <= e);
+                self.queue = keep;
+                for c in waiting {
+                    out.push(Command::Reply {
+                        to: c.from,
+                        req: c.req,
+                        epoch: c.epoch,
+                        result: Err(Refusal::Failed(format!(
+                            "epoch {e} is not durable on this node yet; retry"
+                        ))),
+                    });
+                }
             }
             Event::Launched {
                 instance,

@@ -553,5 +553,28 @@ mod tests {
             let _ = parse_request(&s);
             let _ = serde_json::from_str::<CheckpointHeader>(&s).map(|h| h.check());
         }
+
+        /// Block lengths that overflow when added are refused, never wrapped into a match.
+        #[test]
+        fn checkpoint_sums_are_checked_without_overflow(
+            lens in proptest::collection::vec(proptest::num::u64::ANY, 0..6),
+            declared in proptest::num::u64::ANY,
+            format in 0u32..3,
+        ) {
+            let h = CheckpointHeader {
+                ok: true,
+                format,
+                videos: vec![VideoMeta { path: "/v".into(), size: 1, bitrate_bps: 1, duration_ms: 1 }],
+                blocks: lens.iter().enumerate().map(|(i, l)| (0, i as u64, 1024, *l)).collect(),
+                viewers: vec![],
+                data_len: declared,
+                hls: None,
+            };
+            if h.check().is_ok() {
+                let sum = lens.iter().try_fold(0u64, |a, l| a.checked_add(*l));
+                proptest::prop_assert_eq!(format, CHECKPOINT_FORMAT);
+                proptest::prop_assert_eq!(sum, Some(declared));
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use smart_actors::epoch::{EpochStore, PersistError};
 use smart_supervision::{Epoch, Incarnation};
 
-use crate::persist::StateFile;
+use crate::persist::{EpochWriteError, StateFile};
 
 /// The state file, and the values other parts read without touching the disk.
 pub struct DurableState {
@@ -55,10 +55,34 @@ impl EpochStore for DurableState {
 
     fn raise(&self, epoch: Epoch) -> Result<(), PersistError> {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.raise_epoch(epoch).map_err(|e| PersistError {
-            epoch,
-            cause: e.to_string(),
-        })?;
+        // A transient cause is retried a few times right here (a descriptor or a block may
+        // free up within milliseconds) before it is reported.
+        let mut delay = std::time::Duration::from_millis(2);
+        let mut tries = 0;
+        loop {
+            match f.raise_epoch(epoch) {
+                Ok(()) => break,
+                Err(e) => match EpochWriteError::new(epoch, e) {
+                    EpochWriteError::Retryable { .. } if tries < 3 => {
+                        tries += 1;
+                        std::thread::sleep(delay);
+                        delay *= 4;
+                    }
+                    EpochWriteError::Retryable { source, .. } => {
+                        return Err(PersistError::Retryable {
+                            epoch,
+                            cause: source.to_string(),
+                        });
+                    }
+                    EpochWriteError::Fatal { source, .. } => {
+                        return Err(PersistError::Fatal {
+                            epoch,
+                            cause: source.to_string(),
+                        });
+                    }
+                },
+            }
+        }
         // Published only once durable.
         self.highest.fetch_max(epoch, Ordering::SeqCst);
         Ok(())

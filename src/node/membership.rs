@@ -6,7 +6,10 @@
 //! and the views that other actors read (who is Control, which agents are alive).
 //!
 //! Datagrams that fail to decode (bad size, magic, version, tag, payload) are dropped and
-//! counted by reason; the engine counts replays and stale incarnations. Nothing a remote
+//! counted by reason; the engine counts replays, duplicates, stale or unverified
+//! incarnations, non-members and epoch jumps. An epoch write that fails for a transient
+//! cause is fed back to the engine (`Input::PersistFailed`), which steps down and retries;
+//! a fatal one stops this actor with `EpochWriteError::Fatal`, and the node escalates. Nothing a remote
 //! sends can panic this actor: the codec returns typed errors for any byte string.
 
 use std::net::SocketAddr;
@@ -17,15 +20,17 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use smart_actors::control::AgentAddr;
-use smart_actors::epoch::{EpochStore, Fatal};
+use smart_actors::epoch::{EpochStore, Fatal, PersistError};
 use smart_actors::view::{ClusterView, ControlAt};
 use smart_api::{ClusterStatus, ControlView, Event, MemberLoad, MemberStatus};
 use smart_supervision::detector::DetectorConfig;
 use smart_supervision::election::Mode;
 use smart_supervision::engine::{Dest, EngineConfig, Input, NodeEngine, Output};
+use smart_supervision::ratelog::WarnLimiter;
 use smart_supervision::udp::{self, MulticastParams};
+use smart_supervision::wire::Keyring;
 use smart_supervision::wire::LoadSummary;
-use smart_supervision::{ClusterKey, Role, wire};
+use smart_supervision::{Role, wire};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -59,8 +64,10 @@ fn member_load(l: LoadSummary) -> MemberLoad {
 pub struct Membership {
     /// The node's configuration.
     pub cfg: Arc<NodeConfig>,
-    /// Authenticates heartbeats.
-    pub key: ClusterKey,
+    /// Authenticates (and may encrypt) heartbeats.
+    pub ring: Keyring,
+    /// Rate-limited WARN lines.
+    pub warnings: Arc<WarnLimiter>,
     /// Durable epochs and incarnation.
     pub durable: Arc<DurableState>,
     /// Where the cluster view is published.
@@ -112,6 +119,14 @@ fn engine_config(cfg: &NodeConfig, incarnation: u64) -> EngineConfig {
         },
     };
     e.use_seeds = !cfg.seeds.is_empty();
+    e.members = cfg
+        .election
+        .members
+        .iter()
+        .map(|&n| smart_supervision::NodeId(n))
+        .collect();
+    e.max_epoch_step = cfg.election.max_epoch_step;
+    e.forget_after = cfg.timing.forget_after;
     e
 }
 
@@ -155,7 +170,7 @@ impl Membership {
         for out in outputs {
             match out {
                 Output::Send { dest, msg } => {
-                    let bytes = wire::encode(&msg, &self.key);
+                    let bytes = wire::encode_with(&msg, &self.ring);
                     let targets: Vec<SocketAddr> = match dest {
                         Dest::Multicast => st.group.into_iter().collect(),
                         Dest::Seeds => self.cfg.seeds.clone(),
@@ -168,14 +183,28 @@ impl Membership {
                         }
                     }
                 }
-                Output::PersistEpoch(e) => {
-                    // Fatal on failure: acting on an epoch we could not persist could let a
-                    // restarted node reuse it.
-                    self.durable.raise(e).map_err(|err| {
+                Output::PersistEpoch(e) => match self.durable.raise(e) {
+                    Ok(()) => {}
+                    // Out of descriptors, disk full: refuse to act on the epoch (the rest
+                    // of this batch relies on it), step down, and let the engine retry.
+                    Err(err @ PersistError::Retryable { .. }) => {
+                        self.counters.incr("epoch_write_retries");
+                        self.warnings.warn(
+                            "epoch_write",
+                            format_args!("{err}; not acting on it until a retry succeeds"),
+                        );
+                        let more = st
+                            .engine
+                            .handle(Input::PersistFailed { epoch: e }, Instant::now());
+                        return Box::pin(self.execute(st, more)).await;
+                    }
+                    // Fatal: acting on an epoch we could not persist could let a restarted
+                    // node reuse it; the supervisor escalates on this type.
+                    Err(err @ PersistError::Fatal { .. }) => {
                         error!(node = %id, epoch = e, error = %err, "cannot persist epoch");
-                        Fatal::from(err)
-                    })?;
-                }
+                        return Err(Fatal::from(err).into());
+                    }
+                },
                 Output::BecomeControl { epoch } => {
                     info!(node = %id, epoch, "became control; rebuilding state");
                     self.counters.incr("became_control");
@@ -379,6 +408,16 @@ impl Membership {
             ("heartbeats_sent".to_string(), c.heartbeats_sent),
             ("claims_sent".to_string(), c.claims_sent),
             ("pauses".to_string(), c.pauses),
+            ("dropped_duplicate".to_string(), c.duplicates),
+            ("dropped_not_member".to_string(), c.not_member),
+            ("dropped_epoch_jump".to_string(), c.epoch_jump),
+            ("dropped_unverified".to_string(), c.unverified),
+            ("challenges_sent".to_string(), c.challenges_sent),
+            ("proofs_sent".to_string(), c.proofs_sent),
+            ("proofs_accepted".to_string(), c.proofs_accepted),
+            ("forged_incarnation".to_string(), c.forged_incarnation),
+            ("members_forgotten".to_string(), c.forgotten),
+            ("epoch_write_failures".to_string(), c.persist_failures),
             (
                 "control_acting".to_string(),
                 u64::from(st.engine.may_act(now)),
@@ -526,7 +565,7 @@ impl Membership {
                 st.load = load;
                 st.engine.handle(Input::SetLoad(load), now)
             }
-            MembershipMsg::Datagram(bytes, from) => match wire::decode(&bytes, &self.key) {
+            MembershipMsg::Datagram(bytes, from) => match wire::decode_with(&bytes, &self.ring) {
                 Ok(m) => st.engine.handle(Input::Received(m), now),
                 Err(e) => {
                     self.counters.incr(&format!("dropped_{}", drop_name(&e)));
@@ -554,7 +593,23 @@ impl Membership {
                     }
                     // Really stale: persist the higher epoch so that this node never acts
                     // below it again; the engine steps down when it hears the newer Control.
-                    _ => self.durable.raise(highest).map_err(Fatal::from)?,
+                    // Not beyond the step: an agent's answer must not fence us forever.
+                    _ if highest
+                        > st.engine
+                            .highest_epoch()
+                            .saturating_add(self.cfg.election.max_epoch_step) =>
+                    {
+                        self.counters.incr("control_stale_beyond_step");
+                    }
+                    _ => match self.durable.raise(highest) {
+                        Ok(()) => {}
+                        Err(err @ PersistError::Retryable { .. }) => {
+                            self.warnings.warn("epoch_write", format_args!("{err}"));
+                        }
+                        Err(err @ PersistError::Fatal { .. }) => {
+                            return Err(Fatal::from(err).into());
+                        }
+                    },
                 }
                 Vec::new()
             }

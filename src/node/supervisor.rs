@@ -17,7 +17,10 @@
 //! tree and reports [`Exit::Escalated`], and `smart node` exits non-zero so that the service
 //! manager (systemd, the demo, a test) restarts the whole process. A child failing with a
 //! [`Fatal`] error (an epoch that could not be persisted) escalates at once: the node must
-//! not act on epochs it cannot remember. Errors are told apart by type, never by text.
+//! not act on epochs it cannot remember. A fatal failure to
+//! persist an epoch (EIO, EROFS, EACCES, ...) escalates at once; a retryable one (EMFILE,
+//! ENOSPC, ...) never reaches the supervisor: membership steps down and retries. Errors are
+//! told apart by type, never by text.
 //!
 //! The Control is special: a Control that stops with [`Deposed`] ended normally (a newer
 //! Control exists; membership steps down when it hears it). A Control that *fails* is
@@ -91,6 +94,10 @@ pub struct NodeSupervisor {
     pub cfg: Arc<NodeConfig>,
     /// The cluster key (heartbeats).
     pub key: ClusterKey,
+    /// The heartbeat keyring (the cluster key alone unless `[heartbeat] keys_file`).
+    pub ring: smart_supervision::wire::Keyring,
+    /// Rate-limited WARN lines.
+    pub warnings: Arc<smart_supervision::ratelog::WarnLimiter>,
     /// Durable epochs and incarnation.
     pub durable: Arc<DurableState>,
     /// Outgoing requests.
@@ -177,7 +184,8 @@ impl NodeSupervisor {
                     None,
                     Membership {
                         cfg: self.cfg.clone(),
-                        key: self.key.clone(),
+                        ring: self.ring.clone(),
+                        warnings: self.warnings.clone(),
                         durable: self.durable.clone(),
                         view: self.view.clone(),
                         counters: self.counters.clone(),

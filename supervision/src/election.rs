@@ -174,6 +174,9 @@ pub enum StepDownReason {
     },
     /// The node is shutting down ([`Election::leave`]).
     Leaving,
+    /// The highest epoch could not be made durable: acting on it could let a restarted
+    /// node reuse it ([`Election::persist_failed`]).
+    NotDurable,
 }
 
 /// What the election asks the engine to do, in order.
@@ -213,6 +216,11 @@ pub struct Election {
     state: ElectionState,
     /// No waiting/claiming before this instant (start-up and after a pause).
     quiet_until: Option<Instant>,
+    /// Set by the engine while members report epochs it cannot believe yet: some Control
+    /// may be alive out there, so do not claim.
+    hold: bool,
+    /// The epoch space is used up (a corrupt or hostile stored value): said once.
+    exhausted: bool,
 }
 
 impl Election {
@@ -223,6 +231,34 @@ impl Election {
             highest: persisted_highest,
             state: ElectionState::Follower,
             quiet_until: None,
+            hold: false,
+            exhausted: false,
+        }
+    }
+
+    /// Holds (or releases) the election: while held, a follower does not wait nor claim.
+    pub fn hold(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
+    /// The next epoch above `highest`, or `None` (said once) when the space is used up.
+    fn next_epoch(&mut self) -> Option<Epoch> {
+        match self
+            .highest
+            .checked_add(1)
+            .filter(|e| *e <= crate::engine::EPOCH_CEILING)
+        {
+            Some(e) => Some(e),
+            None => {
+                if !self.exhausted {
+                    self.exhausted = true;
+                    tracing::error!(
+                        epoch = self.highest,
+                        "epoch space exhausted: this node will not claim nor re-assert; repair the data dir (smart repair)"
+                    );
+                }
+                None
+            }
         }
     }
 
@@ -287,15 +323,13 @@ impl Election {
     }
 
     fn reassert(&mut self, out: &mut Vec<Action>) {
+        if !matches!(self.state, ElectionState::Control { .. }) {
+            return;
+        }
+        let Some(next) = self.next_epoch() else {
+            return;
+        };
         if let ElectionState::Control { epoch, .. } = &mut self.state {
-            // Only a hostile insider can push epochs to the end of u64: refuse, never wrap.
-            let Some(next) = self.highest.checked_add(1) else {
-                tracing::error!(
-                    epoch = self.highest,
-                    "epoch space exhausted; not re-asserting"
-                );
-                return;
-            };
             self.highest = next;
             *epoch = next;
             out.push(Action::Persist(next));
@@ -352,12 +386,13 @@ impl Election {
         for c in others {
             self.observe_epoch(c.epoch, out);
         }
-        if !others.is_empty() {
+        if !others.is_empty() || self.hold {
             self.state = ElectionState::Follower;
             return;
         }
         if self.state == ElectionState::Follower
             && self.cfg.eligible
+            && !self.exhausted
             && self.quiet_until.is_some_and(|q| now >= q)
         {
             let window = self.cfg.window();
@@ -373,8 +408,9 @@ impl Election {
         if let ElectionState::Waiting { deadline } = self.state
             && now >= deadline
         {
-            let Some(epoch) = self.highest.checked_add(1) else {
-                tracing::error!(epoch = self.highest, "epoch space exhausted; not claiming");
+            // Only a hostile insider or a corrupt disk can push epochs that far: refuse,
+            // never wrap.
+            let Some(epoch) = self.next_epoch() else {
                 self.state = ElectionState::Follower;
                 return;
             };
@@ -388,6 +424,18 @@ impl Election {
             out.push(Action::Claim { epoch });
             out.push(Action::BecomeControl { epoch });
         }
+    }
+
+    /// An epoch write failed: step down if Control and drop any wait. The engine holds
+    /// the election until the write succeeds.
+    pub fn persist_failed(&mut self, out: &mut Vec<Action>) {
+        if let ElectionState::Control { epoch, .. } = self.state {
+            out.push(Action::StepDown {
+                epoch,
+                reason: StepDownReason::NotDurable,
+            });
+        }
+        self.state = ElectionState::Follower;
     }
 
     /// The shell finished rebuilding the Control state it started at `epoch`. Accepted when

@@ -76,9 +76,27 @@ use crate::election::{
 };
 use crate::types::{Epoch, Incarnation, NodeId, Role};
 use crate::wire::{
-    Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant, LoadSummary, Message, ReplayError,
-    ReplayGuard,
+    CHALLENGE_NONCE_LEN, Challenge, Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant,
+    LoadSummary, Message, Proof, ReplayError, ReplayGuard,
 };
+
+/// No epoch above this is ever accepted, persisted or claimed: a cluster that elects a
+/// Control every millisecond needs 290 million years to get there, so only a hostile or
+/// corrupt value can, and refusing it keeps `highest + 1` from ever overflowing.
+pub const EPOCH_CEILING: Epoch = u64::MAX >> 1;
+
+/// Default [`EngineConfig::max_epoch_step`].
+pub const DEFAULT_MAX_EPOCH_STEP: Epoch = 1000;
+
+/// How often a failed epoch write is retried.
+pub const PERSIST_RETRY: Duration = Duration::from_millis(250);
+
+/// How long to wait for proofs before challenging again.
+const CHALLENGE_RETRY: Duration = Duration::from_millis(200);
+
+/// A node answers at most one challenge per challenger in this time (a replayed or
+/// forged challenge flood costs one small datagram per challenger and interval).
+const PROOF_EVERY: Duration = Duration::from_millis(100);
 
 /// Everything the engine needs to know about this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +118,21 @@ pub struct EngineConfig {
     /// Whether static seeds are configured: heartbeats and claims then also go to
     /// [`Dest::Seeds`].
     pub use_seeds: bool,
+    /// The configured members (node ids, this node included). Datagrams from any other id
+    /// are dropped and counted ([`DropReason::NotMember`]): a key holder cannot enter the
+    /// election, nor report a Control, under an id of its own. Empty accepts any id (unit
+    /// tests and simulations only; `smart node` requires the list).
+    pub members: BTreeSet<NodeId>,
+    /// A message whose epochs exceed the highest epoch seen by more than this is dropped
+    /// ([`DropReason::EpochJump`]) unless a majority of the other members report such an
+    /// epoch too (a node that was away while the cluster moved on). Default 1000.
+    pub max_epoch_step: Epoch,
+    /// Adopt a member's incarnation only after it answered a fresh [`Challenge`] (default
+    /// true). Off, the first datagram of any incarnation is believed (unit tests only).
+    pub incarnation_proof: bool,
+    /// A member dead for this long is forgotten: member table, replay guard, detector
+    /// (default 10 min). It is challenged again if it comes back.
+    pub forget_after: Duration,
 }
 
 impl EngineConfig {
@@ -126,6 +159,10 @@ impl EngineConfig {
             detector,
             election,
             use_seeds: false,
+            members: BTreeSet::new(),
+            max_epoch_step: DEFAULT_MAX_EPOCH_STEP,
+            incarnation_proof: true,
+            forget_after: Duration::from_secs(600),
         }
     }
 }
@@ -148,6 +185,14 @@ pub enum Input {
     /// (persisted, then [`Output::Reasserted`]), so that agents fence whatever the failed
     /// incarnation still had in flight. Ignored when this node is not Control.
     Reassert,
+    /// The shell could not make [`Output::PersistEpoch`] durable for a transient cause
+    /// (out of descriptors, disk full): it executed none of the outputs after it. The
+    /// engine steps down if Control, claims nothing, and asks for the write again every
+    /// [`PERSIST_RETRY`] until one succeeds (no failure reported before the next tick).
+    PersistFailed {
+        /// The epoch that could not be written.
+        epoch: Epoch,
+    },
     /// Graceful shutdown: step down if Control, announce it at once (one last heartbeat that
     /// no longer asserts Control, so a successor is elected without waiting for the failure
     /// detector), then stay silent. The shell exits after executing the outputs.
@@ -183,6 +228,14 @@ pub enum DropReason {
     Replayed,
     /// From an older incarnation of the sender.
     StaleIncarnation,
+    /// A second copy of a datagram just accepted (multicast and a seed both delivered it).
+    Duplicate,
+    /// From a node id that is not a configured member.
+    NotMember,
+    /// Carries an epoch beyond the highest seen plus the configured step.
+    EpochJump,
+    /// From a sender (or a new incarnation of it) not yet verified by a fresh proof.
+    Unverified,
 }
 
 /// What the engine asks the shell to do, in order.
@@ -287,6 +340,26 @@ pub struct Counters {
     pub claims_sent: u64,
     /// Times this process found it had not run for longer than the dead time.
     pub pauses: u64,
+    /// Second copies of datagrams (multicast plus seed) dropped.
+    pub duplicates: u64,
+    /// Datagrams from node ids that are not configured members.
+    pub not_member: u64,
+    /// Messages refused for an epoch beyond the highest seen plus the step.
+    pub epoch_jump: u64,
+    /// Datagrams dropped while their sender's incarnation was not verified.
+    pub unverified: u64,
+    /// Challenges sent.
+    pub challenges_sent: u64,
+    /// Proofs sent.
+    pub proofs_sent: u64,
+    /// Proofs that verified a member's incarnation.
+    pub proofs_accepted: u64,
+    /// Incarnations announced in datagrams that the member's own proof contradicted.
+    pub forged_incarnation: u64,
+    /// Members forgotten after being dead for `forget_after`.
+    pub forgotten: u64,
+    /// Epoch writes reported failed by the shell (transient causes).
+    pub persist_failures: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +416,25 @@ pub struct NodeEngine<R> {
     counters: Counters,
     /// After [`Input::Leave`]: no more heartbeats.
     left: bool,
+    /// Members heard but not verified yet: the highest incarnation they announced and
+    /// when it was last heard.
+    unverified: BTreeMap<NodeId, (Incarnation, Instant)>,
+    /// The nonces of our last two challenges (a proof may answer the previous one) and
+    /// when the last one was sent.
+    challenge: Option<(
+        [u8; CHALLENGE_NONCE_LEN],
+        [u8; CHALLENGE_NONCE_LEN],
+        Instant,
+    )>,
+    /// When we last answered each challenger.
+    answered: BTreeMap<NodeId, Instant>,
+    /// Epochs beyond the step that members reported, waiting for corroboration.
+    far: BTreeMap<NodeId, (Epoch, Instant)>,
+    /// When members were last pruned.
+    last_prune: Option<Instant>,
+    /// A transient epoch-write failure: when to ask for the write again, and whether the
+    /// retry was emitted (no failure reported since means it succeeded).
+    persist_retry: Option<(Instant, bool)>,
 }
 
 impl<R: Rng> NodeEngine<R> {
@@ -372,6 +464,12 @@ impl<R: Rng> NodeEngine<R> {
             sent: VecDeque::with_capacity(SENT_MEMORY),
             counters: Counters::default(),
             left: false,
+            unverified: BTreeMap::new(),
+            challenge: None,
+            answered: BTreeMap::new(),
+            far: BTreeMap::new(),
+            last_prune: None,
+            persist_retry: None,
             rng,
             cfg,
         }
@@ -399,6 +497,7 @@ impl<R: Rng> NodeEngine<R> {
                         out.push(Output::MemberDown(n));
                     }
                 }
+                self.housekeeping(now, &mut out);
                 self.settle(now, &mut out);
                 let mut actions = Vec::new();
                 self.election.tick(now, &mut actions);
@@ -421,6 +520,16 @@ impl<R: Rng> NodeEngine<R> {
                 let mut actions = Vec::new();
                 self.election.reassert_now(&mut actions);
                 self.apply(actions, now, &mut out);
+                self.settle(now, &mut out);
+            }
+            Input::PersistFailed { epoch } => {
+                tracing::warn!(node = %self.cfg.node_id, epoch, "epoch not durable: refusing to act until it is");
+                self.counters.persist_failures += 1;
+                self.persist_retry = Some((now + PERSIST_RETRY, false));
+                let mut actions = Vec::new();
+                self.election.persist_failed(&mut actions);
+                self.apply(actions, now, &mut out);
+                self.election.hold(true);
                 self.settle(now, &mut out);
             }
             Input::Leave => {
@@ -476,8 +585,50 @@ impl<R: Rng> NodeEngine<R> {
             });
             return;
         }
-        if let Err(e) = self.guard.check(from, msg.incarnation(), msg.seq()) {
+        if !self.cfg.members.is_empty() && !self.cfg.members.contains(&from) {
+            self.counters.not_member += 1;
+            tracing::debug!(%from, "dropped datagram from a node id that is not a member");
+            out.push(Output::Dropped {
+                from,
+                reason: DropReason::NotMember,
+            });
+            return;
+        }
+        let control_plane = matches!(msg, Message::Challenge(_) | Message::Proof(_));
+        // Challenges and proofs must pass before their sender is verified (that is what
+        // they are for); from a verified incarnation they go through the replay guard.
+        if !control_plane
+            && self.cfg.incarnation_proof
+            && self
+                .guard
+                .incarnation(from)
+                .is_none_or(|cur| msg.incarnation() > cur)
+        {
+            let known = self.guard.incarnation(from);
+            if known.is_none_or(|cur| msg.incarnation() > cur) {
+                // First contact, or a new incarnation: believe it only once the member
+                // itself answers a fresh challenge (a recorded or forged datagram cannot).
+                let e = self
+                    .unverified
+                    .entry(from)
+                    .or_insert((msg.incarnation(), now));
+                *e = (e.0.max(msg.incarnation()), now);
+                self.counters.unverified += 1;
+                self.maybe_challenge(now, out);
+                out.push(Output::Dropped {
+                    from,
+                    reason: DropReason::Unverified,
+                });
+                return;
+            }
+        }
+        let guarded = !control_plane || self.guard.incarnation(from) == Some(msg.incarnation());
+        if guarded && let Err(e) = self.guard.check(from, msg.incarnation(), msg.seq()) {
             let reason = match e {
+                ReplayError::Duplicate { .. } => {
+                    self.counters.duplicates += 1;
+                    DropReason::Duplicate
+                }
                 ReplayError::Replayed { .. } => {
                     self.counters.replayed += 1;
                     DropReason::Replayed
@@ -487,8 +638,24 @@ impl<R: Rng> NodeEngine<R> {
                     DropReason::StaleIncarnation
                 }
             };
-            tracing::debug!(%from, error = %e, "dropped datagram");
+            tracing::trace!(%from, error = %e, "dropped datagram");
             out.push(Output::Dropped { from, reason });
+            return;
+        }
+        let msg = match msg {
+            Message::Challenge(c) => return self.answer_challenge(c, now, out),
+            Message::Proof(p) => return self.proof_received(p, now, out),
+            other => other,
+        };
+        if let Some(e) = max_epoch(&msg)
+            && !self.epoch_acceptable(from, e, now)
+        {
+            self.counters.epoch_jump += 1;
+            tracing::debug!(%from, epoch = e, highest = self.election.highest(), "dropped datagram with an epoch beyond the step");
+            out.push(Output::Dropped {
+                from,
+                reason: DropReason::EpochJump,
+            });
             return;
         }
         self.counters.accepted += 1;
@@ -546,6 +713,7 @@ impl<R: Rng> NodeEngine<R> {
                     epoch: c.epoch,
                 });
             }
+            Message::Challenge(_) | Message::Proof(_) => {}
         }
         let asserts = self.members[&from].asserts;
         self.dirty |= asserts != asserted_before;
@@ -565,6 +733,216 @@ impl<R: Rng> NodeEngine<R> {
             self.election.observe_epoch(e, &mut actions);
         }
         self.apply(actions, now, out);
+    }
+
+    /// Whether `epoch`, reported by `from`, may be believed: at most the step above the
+    /// highest seen, or corroborated by a majority of the other members (a node that was
+    /// away while the cluster moved on catches up; one forged sender cannot move it).
+    fn epoch_acceptable(&mut self, from: NodeId, epoch: Epoch, now: Instant) -> bool {
+        if epoch > EPOCH_CEILING {
+            return false;
+        }
+        if epoch
+            <= self
+                .election
+                .highest()
+                .saturating_add(self.cfg.max_epoch_step)
+        {
+            return true;
+        }
+        self.far.insert(from, (epoch, now));
+        let others = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| **m != self.cfg.node_id)
+            .count();
+        if others == 0 {
+            return false;
+        }
+        let needed = others / 2 + 1;
+        let dead_after = self.cfg.detector.dead_after;
+        let mut reported: Vec<Epoch> = self
+            .far
+            .values()
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= dead_after)
+            .map(|(e, _)| *e)
+            .collect();
+        reported.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&corroborated) = reported.get(needed - 1) else {
+            return false;
+        };
+        if epoch > corroborated {
+            return false;
+        }
+        tracing::warn!(
+            epoch,
+            highest = self.election.highest(),
+            reporters = needed,
+            "a majority of the other members report an epoch beyond the step; catching up"
+        );
+        self.far.retain(|_, (e, _)| *e > corroborated);
+        true
+    }
+
+    /// Sends a challenge (multicast and seeds) unless one is still fresh.
+    fn maybe_challenge(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.left {
+            return;
+        }
+        if let Some((_, _, at)) = self.challenge
+            && now.saturating_duration_since(at) < CHALLENGE_RETRY
+        {
+            return;
+        }
+        let nonce: [u8; CHALLENGE_NONCE_LEN] = self.rng.random();
+        let prev = self.challenge.map_or(nonce, |(n, _, _)| n);
+        self.challenge = Some((nonce, prev, now));
+        let seq = self.next_seq(now);
+        self.counters.challenges_sent += 1;
+        let msg = Message::Challenge(Challenge {
+            from: self.cfg.node_id,
+            incarnation: self.cfg.incarnation,
+            seq,
+            nonce,
+        });
+        self.push_send(msg, out);
+    }
+
+    fn answer_challenge(&mut self, c: Challenge, now: Instant, out: &mut Vec<Output>) {
+        if self.left {
+            return;
+        }
+        if let Some(at) = self.answered.get(&c.from)
+            && now.saturating_duration_since(*at) < PROOF_EVERY
+        {
+            return;
+        }
+        self.answered.insert(c.from, now);
+        let seq = self.next_seq(now);
+        self.counters.proofs_sent += 1;
+        let msg = Message::Proof(Proof {
+            from: self.cfg.node_id,
+            incarnation: self.cfg.incarnation,
+            seq,
+            to: c.from,
+            nonce: c.nonce,
+        });
+        // Straight to the challenger when we know where it listens, else to everyone.
+        match self.members.get(&c.from).and_then(|m| m.info.as_ref()) {
+            Some(info) => out.push(Output::Send {
+                dest: Dest::Addr(info.tcp_addr),
+                msg,
+            }),
+            None => self.push_send(msg, out),
+        }
+    }
+
+    fn proof_received(&mut self, p: Proof, now: Instant, out: &mut Vec<Output>) {
+        if p.to != self.cfg.node_id {
+            return;
+        }
+        let Some((nonce, prev, _)) = self.challenge else {
+            return;
+        };
+        if p.nonce != nonce && p.nonce != prev {
+            return;
+        }
+        let announced = self.unverified.remove(&p.from).map(|(inc, _)| inc);
+        let current = self.guard.incarnation(p.from);
+        if current == Some(p.incarnation) {
+            // The member is alive in the incarnation we knew: whatever announced a newer
+            // one was forged (or replayed from a future that never happened).
+            if announced.is_some_and(|a| a > p.incarnation) {
+                self.counters.forged_incarnation += 1;
+                tracing::warn!(member = %p.from, incarnation = p.incarnation, announced = ?announced, "member's proof contradicts an announced incarnation: forged datagram ignored");
+            }
+            return;
+        }
+        if p.incarnation > EPOCH_CEILING && announced.is_none() {
+            return;
+        }
+        self.counters.proofs_accepted += 1;
+        self.guard.verified(p.from, p.incarnation, p.seq);
+        if let Some(member) = self.members.get_mut(&p.from)
+            && member.incarnation != p.incarnation
+        {
+            // A new life: whatever it asserted before is void.
+            member.incarnation = p.incarnation;
+            member.asserts = None;
+            member.last_seq = p.seq;
+            self.asserting.remove(&p.from);
+            self.reports.remove(&p.from);
+            self.dirty = true;
+            out.push(Output::MemberRestarted {
+                node: p.from,
+                incarnation: p.incarnation,
+            });
+        }
+        let _ = now;
+    }
+
+    /// Periodic upkeep: challenges again for members still unverified, expires stale
+    /// far-epoch reports, and forgets members dead for `forget_after`.
+    fn housekeeping(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let dead_after = self.cfg.detector.dead_after;
+        self.far
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) <= dead_after);
+        match self.persist_retry {
+            // The retry was executed and no failure came back: durable again.
+            Some((_, true)) => {
+                tracing::info!(node = %self.cfg.node_id, epoch = self.election.highest(), "epoch durable again");
+                self.persist_retry = None;
+            }
+            Some((due, false)) if now >= due => {
+                self.persist_retry = Some((due, true));
+                out.push(Output::PersistEpoch(self.election.highest()));
+            }
+            _ => {}
+        }
+        // A member that keeps reporting an epoch we cannot believe may be a Control we
+        // cannot follow yet: do not claim over it. Nor while our epoch is not durable.
+        self.election
+            .hold(!self.far.is_empty() || self.persist_retry.is_some());
+        self.unverified
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) <= CHALLENGE_RETRY * 10);
+        if !self.unverified.is_empty() {
+            self.maybe_challenge(now, out);
+        }
+        if self
+            .last_prune
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_prune = Some(now);
+        let forget_after = self.cfg.forget_after;
+        let gone: Vec<NodeId> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|n| {
+                !self.detector.is_alive(*n)
+                    && self
+                        .detector
+                        .last_heard(*n)
+                        .is_none_or(|t| now.saturating_duration_since(t) > forget_after)
+            })
+            .collect();
+        for n in gone {
+            self.members.remove(&n);
+            self.guard.forget(n);
+            self.detector.forget(n);
+            self.reports.remove(&n);
+            self.asserting.remove(&n);
+            self.answered.remove(&n);
+            self.far.remove(&n);
+            self.dirty = true;
+            self.counters.forgotten += 1;
+            tracing::info!(member = %n, "forgot a member dead for longer than forget_after");
+        }
+        self.answered
+            .retain(|_, at| now.saturating_duration_since(*at) <= forget_after);
     }
 
     fn lease_received(&mut self, from: NodeId, g: LeaseGrant) {
@@ -875,6 +1253,23 @@ impl<R: Rng> NodeEngine<R> {
     /// Counters.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+}
+
+/// The highest epoch a message asserts in any field.
+fn max_epoch(msg: &Message) -> Option<Epoch> {
+    match msg {
+        Message::Heartbeat(h) => [
+            Some(h.highest_epoch),
+            h.control.map(|v| v.epoch.max(v.established_epoch)),
+            h.as_control.map(|a| a.epoch.max(a.established_epoch)),
+            h.lease.map(|l| l.epoch),
+        ]
+        .into_iter()
+        .flatten()
+        .max(),
+        Message::Claim(c) => Some(c.epoch),
+        Message::Challenge(_) | Message::Proof(_) => None,
     }
 }
 

@@ -43,42 +43,46 @@
 //!
 //! ## Data payloads
 //!
-//! After the handshake every payload is an [`Envelope`] followed by a 32-byte tag:
+//! After the handshake every payload is the encryption of one [`Envelope`] under the
+//! connection's Noise cipher ([`Cipher`]: ChaCha20-Poly1305, a key per direction, implicit
+//! nonces counting the messages sent in that direction):
 //!
 //! ```text
-//! payload = postcard(Envelope<B>) || tag
-//! Envelope = version: u8 (= PROTOCOL_VERSION, raw byte, always the first payload byte)
-//!            from: u64 varint         sender node id (client id for message-API clients)
-//!            incarnation: u64 varint  sender boot counter (0 for clients)
-//!            epoch: u64 varint        highest Control epoch the sender knows
-//!            seq: u64 varint          per connection and direction, starts at 1, +1 per frame
-//!            body: B                  the application body (see `transport::Message`)
-//! tag = HMAC-SHA256(session_key, direction_byte || postcard(Envelope<B>))   (32 bytes)
+//! payload   = noise(plain[0..65519]) || noise(plain[65519..]) || ...   (each +16-byte tag)
+//! plain     = postcard(Envelope<B>)
+//! Envelope  = version: u8 (= PROTOCOL_VERSION, raw byte, always the first plaintext byte)
+//!             from: u64 varint         sender node id (client id for message-API clients)
+//!             incarnation: u64 varint  sender boot counter (0 for clients)
+//!             epoch: u64 varint        highest Control epoch the sender knows
+//!             seq: u64 varint          per connection and direction, starts at 1, +1 per frame
+//!             body: B                  the application body (see `transport::Message`)
 //! ```
 //!
-//! `session_key` is derived by the handshake; `direction_byte` is [`Direction::ToAcceptor`]
-//! (1) for frames sent by the side that opened the connection and [`Direction::ToInitiator`]
-//! (2) for frames sent by the side that accepted it, so a frame cannot be reflected back to
-//! its sender. A receiver checks, in this order: length limit, tag (before parsing anything),
-//! version byte, postcard decoding with no trailing bytes between the envelope and the tag,
-//! `seq` strictly greater than the previous frame's (replays and reordering refused), and
-//! `from`/`incarnation` equal to the identity proven in the handshake. Any failure closes the
-//! connection: a byte stream that failed once cannot be trusted to be in sync again.
+//! A payload longer than one Noise message (65,535 bytes) is a run of them, split every
+//! 65,535 bytes. A receiver checks, in this order: length limit, decryption and tag of
+//! every message (before parsing anything; a frame sent in the other direction, replayed
+//! or reordered does not decrypt), version byte, postcard decoding with no trailing bytes,
+//! `seq` strictly greater than the previous frame's, and `from`/`incarnation` equal to the
+//! identity proven in the handshake. Any failure closes the connection: a byte stream that
+//! failed once cannot be trusted to be in sync again.
 //!
 //! ## Layout
 //! - [`Envelope`] and [`PROTOCOL_VERSION`]: the header every data frame carries.
 //! - [`FrameError`]: every way a frame can be refused.
 //! - [`check_len`], [`encode_value`]/[`decode_value`]: prefix and plain (handshake) payloads.
-//! - [`seal_frame`]/[`open_payload`]: tagged data frames.
-//! - [`decode_frame`]: a pure structural parser of a whole data frame, for fuzzing.
+//! - [`seal_frame`]/[`open_payload`]: encrypted data frames.
+//! - [`decode_frame`]: a pure parser of a whole plaintext frame (prefix and envelope, what
+//!   a data frame decrypts to), for fuzzing.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ClusterKey, Epoch, Incarnation, NodeId, TAG_LEN};
+pub use crate::transport::noise::Cipher;
+use crate::transport::noise::NOISE_TAG_LEN;
+use crate::types::{Epoch, Incarnation, NodeId};
 
 /// The envelope version this build speaks. Bumped on any incompatible wire change.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Length of the frame length prefix.
 pub const LEN_PREFIX: usize = 4;
@@ -105,26 +109,6 @@ pub struct Envelope<B> {
     pub seq: u64,
     /// The application body.
     pub body: B,
-}
-
-/// Which way a data frame travels; part of its tag so frames cannot be reflected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Direction {
-    /// Sent by the side that opened the connection.
-    ToAcceptor = 1,
-    /// Sent by the side that accepted the connection.
-    ToInitiator = 2,
-}
-
-impl Direction {
-    /// The other direction.
-    pub fn reverse(self) -> Self {
-        match self {
-            Direction::ToAcceptor => Direction::ToInitiator,
-            Direction::ToInitiator => Direction::ToAcceptor,
-        }
-    }
 }
 
 /// Why a frame was refused.
@@ -155,8 +139,9 @@ pub enum FrameError {
         /// [`PROTOCOL_VERSION`].
         expected: u8,
     },
-    /// The tag does not match: forged, corrupted, or sealed with another session key.
-    #[error("frame authentication failed (forged or corrupted frame)")]
+    /// Decryption failed: forged, corrupted, replayed, reordered, reflected, or sealed
+    /// under another connection's keys.
+    #[error("frame authentication failed (forged, corrupted or replayed frame)")]
     BadTag,
     /// The sequence number did not grow: a replayed or reordered frame.
     #[error("frame sequence number {got} is not above {last}: replayed or reordered")]
@@ -257,50 +242,49 @@ fn decode_envelope<B: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<B>, Fra
     decode_value(bytes)
 }
 
-/// Encodes `env` as a whole data frame: prefix, postcard envelope, tag under `key`.
+/// Encodes `env` as a whole data frame: prefix, then the envelope encrypted under the
+/// connection's `cipher` (uses the next nonce(s) of our sending direction).
 ///
-/// Refuses (with [`FrameError::TooLarge`]) a frame the receiver would refuse, so an oversized
-/// message fails at its sender with a clear error instead of killing the connection.
+/// Refuses (with [`FrameError::TooLarge`]) a frame the receiver would refuse, before
+/// encrypting (no nonce is used up), so an oversized message fails at its sender with a
+/// clear error instead of killing the connection.
 pub fn seal_frame<B: Serialize>(
     env: &Envelope<B>,
-    key: &ClusterKey,
-    dir: Direction,
+    cipher: &Cipher,
     max: u32,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut frame = postcard::to_extend(env, vec![0u8; LEN_PREFIX]).map_err(malformed)?;
-    let len = frame.len() - LEN_PREFIX + TAG_LEN;
+    let plain = postcard::to_allocvec(env).map_err(malformed)?;
+    let len = Cipher::sealed_len(plain.len());
     if len > max as usize {
-        // Refused before paying for the tag.
         return Err(FrameError::TooLarge {
             len: len as u64,
             max,
         });
     }
-    let tag = key.sign(&[&[dir as u8], &frame[LEN_PREFIX..]]);
-    frame.extend_from_slice(&tag);
+    let mut frame = Vec::with_capacity(LEN_PREFIX + len);
+    frame.extend_from_slice(&[0u8; LEN_PREFIX]);
+    cipher.seal_into(&plain, &mut frame)?;
     finish_prefix(&mut frame, max)?;
     Ok(frame)
 }
 
-/// Verifies the tag of a data payload (prefix already stripped), then decodes its envelope.
+/// Decrypts a data payload (prefix already stripped) with the connection's `cipher`, then
+/// decodes its envelope.
 pub fn open_payload<B: DeserializeOwned>(
     payload: &[u8],
-    key: &ClusterKey,
-    dir: Direction,
+    cipher: &Cipher,
 ) -> Result<Envelope<B>, FrameError> {
-    let Some(split) = payload.len().checked_sub(TAG_LEN) else {
+    if payload.len() < NOISE_TAG_LEN {
         return Err(FrameError::Truncated("tag"));
-    };
-    let (body, tag) = payload.split_at(split);
-    if !key.verify(&[&[dir as u8], body], tag) {
-        return Err(FrameError::BadTag);
     }
-    decode_envelope(body)
+    let plain = cipher.open(payload)?;
+    decode_envelope(&plain)
 }
 
-/// Parses one whole data frame (prefix included) without checking its tag: the structural
-/// half of [`open_payload`], pure and panic-free, meant for fuzz targets and diagnostics.
-/// `frame` must hold exactly one frame; extra bytes are [`FrameError::TrailingBytes`].
+/// Parses one whole plaintext frame (prefix included, then a postcard envelope: what a data
+/// frame decrypts to): the parsing half of [`open_payload`], pure and panic-free, meant for
+/// fuzz targets and diagnostics. `frame` must hold exactly one frame; extra bytes are
+/// [`FrameError::TrailingBytes`].
 pub fn decode_frame<B: DeserializeOwned>(
     frame: &[u8],
     max: u32,
@@ -315,19 +299,20 @@ pub fn decode_frame<B: DeserializeOwned>(
     if rest.len() > len {
         return Err(FrameError::TrailingBytes(rest.len() - len));
     }
-    let Some(split) = rest.len().checked_sub(TAG_LEN) else {
-        return Err(FrameError::Truncated("tag"));
-    };
-    decode_envelope(&rest[..split])
+    decode_envelope(rest)
+}
+
+/// Encodes `env` as a whole plaintext frame (what [`decode_frame`] reads).
+pub fn encode_plain_frame<B: Serialize>(
+    env: &Envelope<B>,
+    max: u32,
+) -> Result<Vec<u8>, FrameError> {
+    encode_value(env, max)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key() -> ClusterKey {
-        ClusterKey::from_bytes(b"0123456789abcdef-session").unwrap()
-    }
 
     fn env(body: Vec<u8>) -> Envelope<Vec<u8>> {
         Envelope {
@@ -342,15 +327,16 @@ mod tests {
 
     #[test]
     fn seal_open_round_trip() {
+        let (i, a) = Cipher::pair();
         let e = env(b"hello".to_vec());
-        let frame = seal_frame(&e, &key(), Direction::ToAcceptor, DEFAULT_MAX_FRAME).unwrap();
+        let frame = seal_frame(&e, &i, DEFAULT_MAX_FRAME).unwrap();
         let len = check_len(frame[..4].try_into().unwrap(), DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(len, frame.len() - 4);
-        let back: Envelope<Vec<u8>> =
-            open_payload(&frame[4..], &key(), Direction::ToAcceptor).unwrap();
+        let back: Envelope<Vec<u8>> = open_payload(&frame[4..], &a).unwrap();
         assert_eq!(back, e);
+        let plain = encode_plain_frame(&e, DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(
-            decode_frame::<Vec<u8>>(&frame, DEFAULT_MAX_FRAME).unwrap(),
+            decode_frame::<Vec<u8>>(&plain, DEFAULT_MAX_FRAME).unwrap(),
             e
         );
     }
@@ -384,46 +370,42 @@ mod tests {
     #[test]
     fn wire_layout_is_as_documented() {
         let e = env(vec![0xAA]);
-        let frame = seal_frame(&e, &key(), Direction::ToInitiator, DEFAULT_MAX_FRAME).unwrap();
-        // version, from=7, incarnation=3, epoch=42, seq=1, body = len 1 + 0xAA, then the tag.
-        assert_eq!(&frame[4..11], &[1, 7, 3, 42, 1, 1, 0xAA]);
-        assert_eq!(frame.len(), 4 + 7 + TAG_LEN);
-        assert_eq!(&frame[..4], &((7 + TAG_LEN) as u32).to_be_bytes());
-        let tag = key().sign(&[&[2], &frame[4..11]]);
-        assert_eq!(&frame[11..], &tag);
+        let plain = encode_plain_frame(&e, DEFAULT_MAX_FRAME).unwrap();
+        // version, from=7, incarnation=3, epoch=42, seq=1, body = len 1 + 0xAA.
+        assert_eq!(&plain[4..], &[PROTOCOL_VERSION, 7, 3, 42, 1, 1, 0xAA]);
+        let (i, _) = Cipher::pair();
+        let frame = seal_frame(&e, &i, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(frame.len(), 4 + 7 + NOISE_TAG_LEN);
+        assert_eq!(&frame[..4], &((7 + NOISE_TAG_LEN) as u32).to_be_bytes());
     }
 
     #[test]
-    fn wrong_direction_or_key_or_flipped_bit_is_bad_tag() {
-        let frame = seal_frame(
-            &env(vec![1, 2]),
-            &key(),
-            Direction::ToAcceptor,
-            DEFAULT_MAX_FRAME,
-        )
-        .unwrap();
-        let other = ClusterKey::from_bytes(b"another-key-of-enough-length").unwrap();
+    fn wrong_direction_or_cipher_or_flipped_bit_is_bad_tag() {
+        let (i, a) = Cipher::pair();
+        let (_, other) = Cipher::pair();
+        let frame = seal_frame(&env(vec![1, 2]), &i, DEFAULT_MAX_FRAME).unwrap();
         assert!(matches!(
-            open_payload::<Vec<u8>>(&frame[4..], &key(), Direction::ToInitiator),
+            open_payload::<Vec<u8>>(&frame[4..], &i),
             Err(FrameError::BadTag)
         ));
         assert!(matches!(
-            open_payload::<Vec<u8>>(&frame[4..], &other, Direction::ToAcceptor),
+            open_payload::<Vec<u8>>(&frame[4..], &other),
             Err(FrameError::BadTag)
         ));
         let mut flipped = frame.clone();
         flipped[6] ^= 1;
         assert!(matches!(
-            open_payload::<Vec<u8>>(&flipped[4..], &key(), Direction::ToAcceptor),
+            open_payload::<Vec<u8>>(&flipped[4..], &a),
             Err(FrameError::BadTag)
         ));
     }
 
     #[test]
     fn oversized_refused_at_sender_and_receiver() {
+        let (i, _) = Cipher::pair();
         let e = env(vec![0; 100]);
         assert!(matches!(
-            seal_frame(&e, &key(), Direction::ToAcceptor, 64),
+            seal_frame(&e, &i, 64),
             Err(FrameError::TooLarge { max: 64, .. })
         ));
         assert!(matches!(
@@ -434,27 +416,28 @@ mod tests {
 
     #[test]
     fn bad_version_detected_before_decoding() {
+        let (i, a) = Cipher::pair();
         let mut e = env(vec![]);
         e.version = 9;
-        let frame = seal_frame(&e, &key(), Direction::ToAcceptor, DEFAULT_MAX_FRAME).unwrap();
+        let frame = seal_frame(&e, &i, DEFAULT_MAX_FRAME).unwrap();
         assert!(matches!(
-            open_payload::<Vec<u8>>(&frame[4..], &key(), Direction::ToAcceptor),
+            open_payload::<Vec<u8>>(&frame[4..], &a),
             Err(FrameError::BadVersion {
                 got: 9,
-                expected: 1
+                expected: PROTOCOL_VERSION
             })
         ));
     }
 
     #[test]
-    fn trailing_bytes_inside_tagged_payload_refused() {
-        // A correctly tagged payload whose envelope is followed by junk before the tag.
-        let mut body = postcard::to_allocvec(&env(vec![5])).unwrap();
-        body.push(0);
-        let tag = key().sign(&[&[1], &body]);
-        body.extend_from_slice(&tag);
+    fn trailing_bytes_inside_an_authentic_payload_refused() {
+        let (i, a) = Cipher::pair();
+        let mut plain = postcard::to_allocvec(&env(vec![5])).unwrap();
+        plain.push(0);
+        let mut sealed = Vec::new();
+        i.seal_into(&plain, &mut sealed).unwrap();
         assert!(matches!(
-            open_payload::<Vec<u8>>(&body, &key(), Direction::ToAcceptor),
+            open_payload::<Vec<u8>>(&sealed, &a),
             Err(FrameError::TrailingBytes(1))
         ));
     }

@@ -12,6 +12,8 @@
 //! - [`engine`]: membership + detector + election composed into one node engine that the
 //!   runtime shell drives with inputs and time, executing the commands it returns.
 //! - [`restart`]: restart intensity policy for the supervision tree.
+//! - [`ratelog`]: rate-limited warnings with counts (hostile traffic must not flood logs).
+//! - [`keys`]: `smart keys`: the cluster key, node key pairs and the public-key list.
 //! - [`frame`]: TCP frames (length prefix, size limit, postcard envelope) and handshake.
 //! - [`transport`]: the transport trait, its TCP and in-memory implementations, peer actors.
 //! - [`udp`]: socket2 setup of the unicast and multicast heartbeat sockets.
@@ -20,6 +22,8 @@ pub mod detector;
 pub mod election;
 pub mod engine;
 pub mod frame;
+pub mod keys;
+pub mod ratelog;
 pub mod restart;
 pub mod transport;
 pub mod types;

@@ -6,12 +6,12 @@
 //!    size limit checked before allocating. The [`Transport`] trait is the network seam: it
 //!    only moves whole frames ([`FrameSink`]/[`FrameSource`]), over TCP ([`tcp`]) or over
 //!    in-memory channels ([`mem`]) that can cut links and drop frames for cluster tests.
-//! 2. **Handshake** ([`handshake`]): a mutual HMAC challenge proving both sides know the
-//!    cluster key and binding both identities and fresh nonces into a per-connection session
-//!    key. A wrong key, garbage or an oversized handshake frame closes the connection, is
-//!    counted, and never disturbs other connections.
-//! 3. **Messages** ([`Message`]): postcard [`crate::frame::Envelope`]s tagged with the session
-//!    key carrying `Request{id, body}` / `Response{id, body}` / `Fault{id, message}` /
+//! 2. **Handshake** ([`handshake`]): Noise `XXpsk3` ([`noise`]): both sides prove their static
+//!    key and the cluster key; a node id is believed only with the key listed for it in the
+//!    key book. A wrong key, a borrowed identity, garbage or an oversized handshake frame
+//!    closes the connection, is counted, and never disturbs other connections.
+//! 3. **Messages** ([`Message`]): postcard [`crate::frame::Envelope`]s, encrypted and
+//!    authenticated with the connection's Noise cipher, carrying `Request{id, body}` / `Response{id, body}` / `Fault{id, message}` /
 //!    `Notify{body}`. The [`peer`] actor (one per remote node, ractor) and the plain async
 //!    [`client`] send requests, each with a timeout, and correlate responses; the [`server`]
 //!    accepts, authenticates and dispatches requests to a [`server::Handler`], and pushes
@@ -81,7 +81,8 @@
 //!   [`Counters`].
 //! - [`tcp`]: the TCP implementation (tokio, `TCP_NODELAY`).
 //! - [`mem`]: the in-memory implementation with link cuts and frame drops.
-//! - [`handshake`]: the mutual HMAC challenge.
+//! - [`noise`]: node keys, key books and the connection cipher.
+//! - [`handshake`]: the Noise handshake and identity check.
 //! - [`session`]: sealing/opening data frames on an authenticated connection.
 //! - [`peer`]: the per-peer ractor actor (reconnect with backoff, request correlation).
 //! - [`peer_set`]: a node's peer actors keyed by node id, kept in step with membership.
@@ -104,6 +105,7 @@ use crate::types::{ClusterKey, Epoch, Incarnation, NodeId};
 pub mod client;
 pub mod handshake;
 pub mod mem;
+pub mod noise;
 pub mod peer;
 pub mod peer_set;
 pub mod server;
@@ -140,8 +142,11 @@ pub struct RawConn {
     pub sink: Box<dyn FrameSink>,
     /// Incoming frames.
     pub source: Box<dyn FrameSource>,
-    /// The remote address, for logs.
+    /// The remote address, for logs and per-address limits.
     pub peer_addr: String,
+    /// Bytes were already waiting when the connection was accepted: the peer spoke at once,
+    /// as real clients do (idle sockets held open by a stranger never do).
+    pub spoke: bool,
 }
 
 impl std::fmt::Debug for RawConn {
@@ -227,20 +232,40 @@ pub struct Limits {
     pub send_queue: usize,
     /// Requests served concurrently per inbound connection; beyond it reading pauses.
     pub max_in_flight: usize,
-    /// Connections a server holds at once (handshaking or established); beyond it new
-    /// connections are closed at once and counted in `connections_refused`.
+    /// Authenticated connections a server holds at once; beyond it a connection that
+    /// completes its handshake is closed and counted in `connections_refused`.
     pub max_connections: usize,
+    /// Authenticated connections from one address (IP) at once; beyond it, as above.
+    pub max_connections_per_addr: usize,
+    /// Connections accepted that have sent nothing yet (what a stranger's idle sockets look
+    /// like), at once; a new one beyond it evicts the oldest silent one
+    /// (`handshakes_evicted`). Real clients speak at once and leave this pool in
+    /// milliseconds, so idle sockets only ever evict each other.
+    pub max_silent: usize,
+    /// A connection that sends nothing for this long after it was accepted is closed.
+    pub silent_timeout: Duration,
+    /// Connections that spoke but are not authenticated yet, at once; a new one beyond it
+    /// evicts the oldest.
+    pub max_handshaking: usize,
+    /// Connections still handshaking from one address at once; a new one beyond it evicts
+    /// that address's oldest.
+    pub max_handshaking_per_addr: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
-            handshake_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             send_queue: 256,
             max_in_flight: 64,
             max_connections: 1024,
+            max_connections_per_addr: 256,
+            max_silent: 2048,
+            silent_timeout: Duration::from_millis(500),
+            max_handshaking: 128,
+            max_handshaking_per_addr: 16,
         }
     }
 }
@@ -283,10 +308,15 @@ counters! {
     handshakes_failed,
     /// Handshakes failed because the peer could not prove the cluster key.
     handshakes_bad_key,
+    /// Handshakes refused because the peer claimed a node id whose key it does not hold.
+    handshakes_wrong_identity,
     /// Inbound connections accepted by a server (before the handshake).
     connections_accepted,
-    /// Inbound connections closed at once because the server held `max_connections`.
+    /// Authenticated inbound connections closed because the server (or their address)
+    /// already held its limit of established connections.
     connections_refused,
+    /// Handshaking connections closed to make room for a newer one (handshake quota full).
+    handshakes_evicted,
     /// Outbound connection attempts that failed (connect or handshake).
     connects_failed,
     /// Reconnection attempts by peers after losing or failing to open a connection.
@@ -305,14 +335,19 @@ impl Counters {
     }
 }
 
-/// Who we are on the wire and what we share with every connection: identity, cluster key,
+/// Who we are on the wire and what we share with every connection: identity, keys,
 /// limits, counters, and the current Control epoch stamped on every envelope.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// Our identity, proven in every handshake.
     pub identity: Identity,
-    /// The cluster key.
+    /// The cluster key (the handshake's pre-shared key is derived from it).
     pub key: ClusterKey,
+    /// Our static Noise key: a node's own key (its id is bound to it in every key book), or
+    /// a client's (random unless given).
+    pub node_key: Arc<noise::NodeKey>,
+    /// Which static key may present which node id.
+    pub book: Arc<noise::KeyBook>,
     /// Sizes and timeouts.
     pub limits: Limits,
     /// Counters shared by all connections of this endpoint.
@@ -320,12 +355,23 @@ pub struct Endpoint {
     /// The highest Control epoch this node knows; the node updates it and every envelope
     /// sent carries its current value.
     pub epoch: Arc<AtomicU64>,
+    /// Rate limit of the WARN lines about refused or failed connections.
+    pub warnings: Arc<crate::ratelog::WarnLimiter>,
 }
 
 impl Endpoint {
-    /// The endpoint of a node.
+    /// The endpoint of a node with a random static key and an unchecked key book: any
+    /// node id is believed from anyone holding the cluster key. For tests and in-process
+    /// tools; `smart node` uses [`Endpoint::with_keys`] with its configured keys.
     pub fn node(id: NodeId, incarnation: Incarnation, key: ClusterKey) -> Self {
         Self::new(Identity::Node { id, incarnation }, key)
+    }
+
+    /// The same endpoint with this static key and this key book (checked identities).
+    pub fn with_keys(mut self, node_key: noise::NodeKey, book: noise::KeyBook) -> Self {
+        self.node_key = Arc::new(node_key);
+        self.book = Arc::new(book);
+        self
     }
 
     /// The endpoint of a message-API client, with a random client id.
@@ -333,14 +379,18 @@ impl Endpoint {
         Self::new(Identity::Client { id: rand::random() }, key)
     }
 
-    /// An endpoint with default limits and fresh counters.
+    /// An endpoint with default limits and fresh counters, a random static key and an
+    /// unchecked key book (see [`Endpoint::node`]).
     pub fn new(identity: Identity, key: ClusterKey) -> Self {
         Self {
             identity,
             key,
+            node_key: Arc::new(noise::NodeKey::generate()),
+            book: Arc::new(noise::KeyBook::unchecked()),
             limits: Limits::default(),
             counters: Arc::new(Counters::default()),
             epoch: Arc::new(AtomicU64::new(0)),
+            warnings: Arc::new(crate::ratelog::WarnLimiter::default()),
         }
     }
 

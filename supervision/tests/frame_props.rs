@@ -8,13 +8,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use proptest::prelude::*;
+use smart_supervision::NodeId;
 use smart_supervision::frame::{
-    DEFAULT_MAX_FRAME, Direction, Envelope, FrameError, HANDSHAKE_MAX_FRAME, LEN_PREFIX,
-    PROTOCOL_VERSION, check_len, decode_frame, decode_value, open_payload, seal_frame,
+    Cipher, DEFAULT_MAX_FRAME, Envelope, FrameError, HANDSHAKE_MAX_FRAME, LEN_PREFIX,
+    PROTOCOL_VERSION, check_len, decode_frame, decode_value, encode_plain_frame, open_payload,
+    seal_frame,
 };
 use smart_supervision::transport::Message;
 use smart_supervision::transport::handshake::HandshakeMsg;
-use smart_supervision::{ClusterKey, NodeId};
 
 struct Counting;
 
@@ -51,10 +52,6 @@ fn largest_alloc<R>(f: impl FnOnce() -> R) -> (R, usize) {
 
 type Body = Message<Vec<u8>, String, (u32, bool)>;
 
-fn key() -> ClusterKey {
-    ClusterKey::from_bytes(b"proptest-session-key-32-bytes!!!").unwrap()
-}
-
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
@@ -88,25 +85,54 @@ proptest! {
 
     #[test]
     fn sealed_frames_round_trip(env in envelope(), to_initiator in any::<bool>()) {
-        let dir = if to_initiator { Direction::ToInitiator } else { Direction::ToAcceptor };
-        let frame = seal_frame(&env, &key(), dir, DEFAULT_MAX_FRAME).unwrap();
+        let (i, a) = Cipher::pair();
+        let (tx, rx) = if to_initiator { (&a, &i) } else { (&i, &a) };
+        let frame = seal_frame(&env, tx, DEFAULT_MAX_FRAME).unwrap();
         let len = check_len(frame[..LEN_PREFIX].try_into().unwrap(), DEFAULT_MAX_FRAME).unwrap();
         prop_assert_eq!(len, frame.len() - LEN_PREFIX);
-        let opened: Envelope<Body> = open_payload(&frame[LEN_PREFIX..], &key(), dir).unwrap();
-        prop_assert_eq!(&opened, &env);
-        prop_assert_eq!(&decode_frame::<Body>(&frame, DEFAULT_MAX_FRAME).unwrap(), &env);
-        // The other direction's receiver refuses it.
+        // The sender's own receiving side (a reflection) refuses it.
         prop_assert!(matches!(
-            open_payload::<Body>(&frame[LEN_PREFIX..], &key(), dir.reverse()),
+            open_payload::<Body>(&frame[LEN_PREFIX..], tx),
             Err(FrameError::BadTag)
         ));
+        let opened: Envelope<Body> = open_payload(&frame[LEN_PREFIX..], rx).unwrap();
+        prop_assert_eq!(&opened, &env);
+        let plain = encode_plain_frame(&env, DEFAULT_MAX_FRAME).unwrap();
+        prop_assert_eq!(&decode_frame::<Body>(&plain, DEFAULT_MAX_FRAME).unwrap(), &env);
+    }
+
+    #[test]
+    fn handshake_messages_round_trip(
+        magic in any::<[u8; 4]>(),
+        version in any::<u8>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..200),
+        which in 0u8..3,
+        id in any::<u64>(),
+        inc in any::<u64>(),
+    ) {
+        use smart_supervision::transport::handshake::{Identity, Refusal, Verdict};
+        let m = match which {
+            0 => HandshakeMsg::Hello { magic, version, noise },
+            1 => HandshakeMsg::Noise { noise },
+            _ => HandshakeMsg::Refused { reason: Refusal::WrongKey },
+        };
+        let frame = smart_supervision::frame::encode_value(&m, HANDSHAKE_MAX_FRAME).unwrap();
+        prop_assert_eq!(decode_value::<HandshakeMsg>(&frame[LEN_PREFIX..]).unwrap(), m);
+        for ident in [Identity::Node { id: NodeId(id), incarnation: inc }, Identity::Client { id }] {
+            let b = postcard::to_allocvec(&ident).unwrap();
+            prop_assert_eq!(decode_value::<Identity>(&b).unwrap(), ident);
+        }
+        for v in [Verdict::Welcome, Verdict::Refused(Refusal::NotAllowed)] {
+            let b = postcard::to_allocvec(&v).unwrap();
+            prop_assert_eq!(decode_value::<Verdict>(&b).unwrap(), v);
+        }
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let ((), largest) = largest_alloc(|| {
             let _ = decode_frame::<Body>(&bytes, DEFAULT_MAX_FRAME);
-            let _ = open_payload::<Body>(&bytes, &key(), Direction::ToAcceptor);
+            let _ = open_payload::<Body>(&bytes, &Cipher::pair().1);
             let _ = decode_value::<HandshakeMsg>(&bytes);
         });
         // Decoding never allocates much more than the input itself.
@@ -128,21 +154,23 @@ proptest! {
 
     #[test]
     fn truncations_and_bit_flips_are_refused(env in envelope(), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let frame = seal_frame(&env, &key(), Direction::ToAcceptor, DEFAULT_MAX_FRAME).unwrap();
-        let at = cut.index(frame.len());
-        prop_assert!(decode_frame::<Body>(&frame[..at], DEFAULT_MAX_FRAME).is_err());
-        // Any flipped bit of the payload breaks the tag.
+        let plain = encode_plain_frame(&env, DEFAULT_MAX_FRAME).unwrap();
+        let at = cut.index(plain.len());
+        prop_assert!(decode_frame::<Body>(&plain[..at], DEFAULT_MAX_FRAME).is_err());
+        // Any flipped bit of an encrypted payload breaks its tag.
+        let (tx, rx) = Cipher::pair();
+        let frame = seal_frame(&env, &tx, DEFAULT_MAX_FRAME).unwrap();
         let i = LEN_PREFIX + flip.index(frame.len() - LEN_PREFIX);
         let mut bad = frame.clone();
         bad[i] ^= 1 << bit;
         prop_assert!(matches!(
-            open_payload::<Body>(&bad[LEN_PREFIX..], &key(), Direction::ToAcceptor),
+            open_payload::<Body>(&bad[LEN_PREFIX..], &rx),
             Err(FrameError::BadTag)
         ));
     }
 }
 
-/// A tagged envelope whose byte-string length claims 2^62 bytes: postcard must refuse it
+/// An authentic envelope whose byte-string length claims 2^62 bytes: postcard must refuse it
 /// from the remaining length, not try to allocate it.
 #[test]
 fn hostile_inner_length_does_not_allocate() {
@@ -151,11 +179,10 @@ fn hostile_inner_length_does_not_allocate() {
     let mut body = vec![PROTOCOL_VERSION, 1, 1, 0, 1, 0, 1];
     body.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
     body.extend([0u8; 16]);
-    let tag = key().sign(&[&[Direction::ToAcceptor as u8], &body]);
-    let mut payload = body;
-    payload.extend(tag);
-    let (r, largest) =
-        largest_alloc(|| open_payload::<Body>(&payload, &key(), Direction::ToAcceptor));
+    let (tx, rx) = Cipher::pair();
+    let mut payload = Vec::new();
+    tx.seal_into(&body, &mut payload).unwrap();
+    let (r, largest) = largest_alloc(|| open_payload::<Body>(&payload, &rx));
     assert!(
         matches!(r, Err(FrameError::Truncated(_) | FrameError::Malformed(_))),
         "{r:?}"

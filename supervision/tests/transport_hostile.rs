@@ -10,28 +10,23 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use smart_supervision::frame::LEN_PREFIX;
 use smart_supervision::frame::{self, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION};
-use smart_supervision::transport::handshake::{self, HandshakeMsg, Identity, Refusal};
+use smart_supervision::transport::handshake::{self, HandshakeMsg, Refusal};
 use smart_supervision::transport::mem::MemNetwork;
 use smart_supervision::transport::{Client, Endpoint, RawConn, Server, Transport};
-use smart_supervision::{NodeId, frame::LEN_PREFIX};
 use transport_common::*;
 
 const SEED: u64 = 0x5EED_2026;
 
-fn random_identity(rng: &mut ChaCha8Rng) -> Identity {
-    if rng.random() {
-        Identity::Node {
-            id: NodeId(rng.random_range(0..5)),
-            incarnation: rng.random(),
-        }
-    } else {
-        Identity::Client { id: rng.random() }
-    }
+fn random_noise(rng: &mut ChaCha8Rng) -> Vec<u8> {
+    // Noise messages are 32 (message 1), 96 + payload (2), 64 + payload (3) bytes.
+    let len = [32usize, 48, 64, 100, 117][rng.random_range(0..5)];
+    (0..len).map(|_| rng.random()).collect()
 }
 
 fn random_handshake_msg(rng: &mut ChaCha8Rng) -> HandshakeMsg {
-    match rng.random_range(0..5) {
+    match rng.random_range(0..3) {
         0 => HandshakeMsg::Hello {
             magic: if rng.random_bool(0.8) {
                 handshake::MAGIC
@@ -43,18 +38,11 @@ fn random_handshake_msg(rng: &mut ChaCha8Rng) -> HandshakeMsg {
             } else {
                 rng.random()
             },
-            identity: random_identity(rng),
-            nonce: rng.random(),
+            noise: random_noise(rng),
         },
-        1 => HandshakeMsg::HelloAck {
-            identity: random_identity(rng),
-            nonce: rng.random(),
-            proof: rng.random(),
+        1 => HandshakeMsg::Noise {
+            noise: random_noise(rng),
         },
-        2 => HandshakeMsg::Proof {
-            proof: rng.random(),
-        },
-        3 => HandshakeMsg::Welcome,
         _ => HandshakeMsg::Refused {
             reason: Refusal::BadProof,
         },

@@ -253,6 +253,10 @@ async fn mem_dropped_frames_time_out() {
     );
     assert!(fx.0.frames_dropped() >= 1);
     fx.0.set_drop_rate("srv", "n2", 0.0);
+    // Frames are encrypted with implicit nonces: the gap a lost frame leaves is detected by
+    // the next one, which fails to decrypt, and the connection is replaced (over TCP frames
+    // are never lost, so this only happens on the simulated network).
+    until_ok(&p, Duration::from_secs(5)).await;
     assert_eq!(echo(&p, "back").await, Ok(Resp::Text("back".into())));
     p.stop(None);
 }
@@ -264,7 +268,7 @@ async fn mem_partial_loss_is_seeded_and_counted() {
     let (s, _) = start_at(&fx, "srv").await;
     let (p, _) = spawn_peer(&fx, s.local_addr(), node_endpoint(2), Some(NodeId(1))).await;
     assert_eq!(echo(&p, "a").await, Ok(Resp::Text("a".into())));
-    fx.0.set_drop_rate("n2", "srv", 0.5);
+    fx.0.set_drop_rate("n2", "srv", 0.15);
     let mut ok = 0;
     let mut lost = 0;
     for i in 0..40 {
@@ -273,12 +277,18 @@ async fn mem_partial_loss_is_seeded_and_counted() {
                 assert_eq!(r, Resp::Text(format!("{i}")));
                 ok += 1;
             }
-            Err(RequestError::Timeout(_)) => lost += 1,
+            // A lost frame times out its request; the next frame on that connection no
+            // longer decrypts (its nonce is ahead), so the connection is replaced.
+            Err(
+                RequestError::Timeout(_)
+                | RequestError::Disconnected
+                | RequestError::Unavailable(_),
+            ) => lost += 1,
             Err(e) => panic!("unexpected {e}"),
         }
     }
-    assert!(ok > 5 && lost > 5, "ok {ok}, lost {lost}");
-    assert_eq!(fx.0.frames_dropped(), lost);
+    assert!(ok >= 5 && lost >= 2, "ok {ok}, lost {lost}");
+    assert!(fx.0.frames_dropped() >= 1 && fx.0.frames_dropped() <= lost);
     p.stop(None);
 }
 

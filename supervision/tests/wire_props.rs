@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use proptest::prelude::*;
 use smart_supervision::types::{ClusterKey, NodeId, Role};
 use smart_supervision::wire::{
-    self, Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant, LoadSummary, MAX_DATAGRAM,
-    Message, ReplayGuard, WireError,
+    self, Challenge, Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant, LoadSummary,
+    MAX_DATAGRAM, Message, Proof, ReplayGuard, WireError,
 };
 
 fn key() -> ClusterKey {
@@ -89,6 +89,32 @@ fn message() -> impl Strategy<Value = Message> {
                 epoch: e,
             })
         }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<[u8; 16]>()).prop_map(
+            |(f, i, s, nonce)| {
+                Message::Challenge(Challenge {
+                    from: NodeId(f % 8),
+                    incarnation: i,
+                    seq: s,
+                    nonce,
+                })
+            }
+        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(f, i, s, t, nonce)| {
+                Message::Proof(Proof {
+                    from: NodeId(f % 8),
+                    incarnation: i,
+                    seq: s,
+                    to: NodeId(t % 3),
+                    nonce,
+                })
+            }),
     ]
 }
 
@@ -184,10 +210,13 @@ mod hostile_peers {
         #[test]
         fn engine_survives_hostile_authenticated_messages(
             majority in any::<bool>(),
+            proof in any::<bool>(),
             steps in proptest::collection::vec((0u64..300, message()), 1..60),
         ) {
             let mut cfg = EngineConfig::new(
                 NodeId(1), 1, "127.0.0.1:7000".parse().unwrap(), vec![Role::Agent, Role::Control]);
+            cfg.incarnation_proof = proof;
+            let step = cfg.max_epoch_step;
             if majority {
                 cfg.election.mode = Mode::Majority { members: [1, 2, 3].map(NodeId).into() };
             }
@@ -206,6 +235,10 @@ mod hostile_peers {
                 for o in out {
                     if let Output::PersistEpoch(p) = o {
                         prop_assert!(p > persisted, "persist {} after {}", p, persisted);
+                        // Nothing persists a value it would refuse: at most the step above
+                        // what it had, plus one for its own claim or re-assertion.
+                        prop_assert!(p <= before + step + 1, "persist {} from {}", p, before);
+                        prop_assert!(p <= smart_supervision::engine::EPOCH_CEILING);
                         persisted = p;
                     }
                 }

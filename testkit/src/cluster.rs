@@ -98,6 +98,8 @@ pub struct ClusterSpec {
     pub nic_bps: u64,
     /// Extra keys of every node's `[frontend]` table, e.g. `progressive = "relay"`.
     pub frontend_toml: String,
+    /// `ulimit -n` (soft and hard) of every node process, e.g. to test descriptor exhaustion.
+    pub nofile: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -118,6 +120,7 @@ impl ClusterSpec {
             bitrate_bps: 400_000,
             nic_bps: 1_000_000_000,
             frontend_toml: String::new(),
+            nofile: None,
         }
     }
 }
@@ -146,6 +149,7 @@ pub struct LocalCluster {
     key: ClusterKey,
     admin_token: String,
     read_token: String,
+    keys: smart_supervision::keys::ClusterKeys,
     spec: ClusterSpec,
     /// The nodes, index `i` is node `i + 1`.
     pub nodes: Vec<NodeProc>,
@@ -167,13 +171,17 @@ impl LocalCluster {
         let dir = std::env::temp_dir().join(format!("smart-cluster-{pid}-{seq}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let key_bytes: [u8; 32] = rand::random();
-        let key_hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let key_path = dir.join("cluster.key");
-        fs::write(&key_path, &key_hex).map_err(io("writing cluster.key"))?;
+        let ids: Vec<u64> = (1..=spec.nodes as u64).collect();
+        let keys = smart_supervision::keys::generate(&dir, &ids).map_err(|e| ClusterError::Io {
+            what: "making the cluster's keys".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let key = ClusterKey::load(&keys.cluster_key_file()).map_err(|e| ClusterError::Io {
+            what: "reading cluster.key".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         fs::write(dir.join("distributor.profile.json"), DISTRIBUTOR_PROFILE)
             .map_err(io("writing distributor.profile.json"))?;
-        let key = ClusterKey::from_bytes(key_hex.as_bytes()).expect("64-byte key");
         let token = || {
             let b: [u8; 32] = rand::random();
             format!(
@@ -235,7 +243,7 @@ impl LocalCluster {
             let roles = format!("[{}]", roles.join(", "));
             let exe = spec.exe.display().to_string();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
                 spec.origin,
                 spec.bitrate_bps,
@@ -262,6 +270,7 @@ impl LocalCluster {
             key,
             admin_token,
             read_token,
+            keys,
             spec,
             nodes,
         };
@@ -292,6 +301,31 @@ impl LocalCluster {
         &self.read_token
     }
 
+    /// The cluster's key files and node keys.
+    pub fn keys(&self) -> &smart_supervision::keys::ClusterKeys {
+        &self.keys
+    }
+
+    /// A transport endpoint speaking as node `id`, with its real key (what that node's own
+    /// process presents): for tests that send node-to-node requests by hand.
+    pub fn node_endpoint(
+        &self,
+        id: u64,
+        incarnation: u64,
+    ) -> smart_supervision::transport::Endpoint {
+        let key = self
+            .keys
+            .node_key(id)
+            .expect("a node of this cluster")
+            .clone();
+        smart_supervision::transport::Endpoint::node(
+            smart_supervision::NodeId(id),
+            incarnation,
+            self.key.clone(),
+        )
+        .with_keys(key, self.keys.book.clone())
+    }
+
     /// The cluster's directory (configs, data, logs).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -307,6 +341,7 @@ impl LocalCluster {
         let log_path = self.dir.join(format!("n{id}.log"));
         let env = self.spec.env.clone();
         let filter = self.spec.log.clone();
+        let nofile = self.spec.nofile;
         let n = self.node(id);
         let log = fs::OpenOptions::new()
             .create(true)
@@ -314,7 +349,24 @@ impl LocalCluster {
             .open(&log_path)
             .map_err(io("opening node log"))?;
         let log2 = log.try_clone().map_err(io("cloning log handle"))?;
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("node")
             .arg("--config")
             .arg(&n.config)

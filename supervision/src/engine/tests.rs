@@ -19,7 +19,10 @@ fn addr(n: u64) -> SocketAddr {
 }
 
 fn cfg(n: u64) -> EngineConfig {
-    EngineConfig::new(NodeId(n), 1, addr(n), vec![Role::Agent, Role::Control])
+    let mut c = EngineConfig::new(NodeId(n), 1, addr(n), vec![Role::Agent, Role::Control]);
+    // Most tests feed datagrams straight in; the proof exchange has tests of its own.
+    c.incarnation_proof = false;
+    c
 }
 
 fn engine(n: u64, seed: u64) -> NodeEngine<ChaCha8Rng> {
@@ -189,15 +192,15 @@ fn follower_adopts_a_claim_and_stops_waiting() {
             })),
         ]
     );
-    // The same claim again is a replay.
+    // The same claim again is a duplicate (or a replay of a recent one): dropped.
     assert_eq!(
         e.handle(Input::Received(claim), t0 + ms(11)),
         vec![Output::Dropped {
             from: NodeId(1),
-            reason: DropReason::Replayed
+            reason: DropReason::Duplicate
         }]
     );
-    assert_eq!(e.counters().replayed, 1);
+    assert_eq!(e.counters().duplicates, 1);
     assert_eq!(e.highest_epoch(), 5);
     // Keeps following while node 1's heartbeats assert Control: never claims.
     let mut out = vec![];
@@ -1013,4 +1016,331 @@ fn a_restarted_control_actor_is_reasserted_at_a_new_epoch() {
     // A follower has nothing to re-assert.
     let mut f = engine(2, 0);
     assert_eq!(f.handle(Input::Reassert, t0), vec![]);
+}
+
+// ---- issue 14: hostile peers ----
+
+fn member_cfg(n: u64) -> EngineConfig {
+    let mut c = EngineConfig::new(NodeId(n), 1, addr(n), vec![Role::Agent, Role::Control]);
+    c.members = [1, 2, 3].map(NodeId).into();
+    c
+}
+
+fn hb_inc(from: u64, incarnation: Incarnation, seq: u64, ctl: Option<(Epoch, Epoch)>) -> Message {
+    let mut m = heartbeat(from, seq, ctl);
+    if let Message::Heartbeat(h) = &mut m {
+        h.incarnation = incarnation;
+    }
+    m
+}
+
+/// The challenge in `out`, if any.
+fn challenge_in(out: &[Output]) -> Option<Challenge> {
+    out.iter().find_map(|o| match o {
+        Output::Send {
+            msg: Message::Challenge(c),
+            ..
+        } => Some(*c),
+        _ => None,
+    })
+}
+
+/// Verifies `from` at `incarnation` on `e` through the challenge/proof exchange.
+fn verify(
+    e: &mut NodeEngine<ChaCha8Rng>,
+    from: u64,
+    incarnation: Incarnation,
+    seq: u64,
+    now: Instant,
+) {
+    let out = e.handle(Input::Received(hb_inc(from, incarnation, seq, None)), now);
+    // A challenge still fresh is not repeated: answer the one in flight.
+    let c = challenge_in(&out)
+        .or(e.challenge.map(|(nonce, _, _)| Challenge {
+            from: e.cfg.node_id,
+            incarnation: 1,
+            seq: 0,
+            nonce,
+        }))
+        .expect("a challenge");
+    let proof = Message::Proof(Proof {
+        from: NodeId(from),
+        incarnation,
+        seq,
+        to: c.from,
+        nonce: c.nonce,
+    });
+    e.handle(Input::Received(proof), now);
+}
+
+#[test]
+fn a_forged_max_claim_from_a_non_member_is_ignored_and_nothing_is_persisted() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(member_cfg(2), 3, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    let forged = Message::Claim(Claim {
+        from: NodeId(99),
+        incarnation: 1,
+        seq: 1,
+        epoch: u64::MAX,
+    });
+    assert_eq!(
+        e.handle(Input::Received(forged), t0),
+        vec![Output::Dropped {
+            from: NodeId(99),
+            reason: DropReason::NotMember
+        }]
+    );
+    assert_eq!(e.counters().not_member, 1);
+    assert_eq!(e.highest_epoch(), 3);
+}
+
+#[test]
+fn a_claim_beyond_the_step_is_dropped_even_from_a_verified_member() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(member_cfg(2), 3, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    verify(&mut e, 1, 7, 10, t0);
+    let far = Message::Claim(Claim {
+        from: NodeId(1),
+        incarnation: 7,
+        seq: 11,
+        epoch: 3 + DEFAULT_MAX_EPOCH_STEP + 1,
+    });
+    let out = e.handle(Input::Received(far), t0 + ms(1));
+    assert!(
+        out.contains(&Output::Dropped {
+            from: NodeId(1),
+            reason: DropReason::EpochJump
+        }),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::PersistEpoch(_))));
+    assert_eq!(e.counters().epoch_jump, 1);
+    // Within the step it is believed.
+    let near = Message::Claim(Claim {
+        from: NodeId(1),
+        incarnation: 7,
+        seq: 12,
+        epoch: 3 + DEFAULT_MAX_EPOCH_STEP,
+    });
+    let out = e.handle(Input::Received(near), t0 + ms(2));
+    assert!(
+        out.contains(&Output::PersistEpoch(3 + DEFAULT_MAX_EPOCH_STEP)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_far_epoch_is_believed_once_a_majority_of_the_others_reports_it_and_blocks_claims_before() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(member_cfg(3), 3, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    verify(&mut e, 1, 7, 10, t0);
+    verify(&mut e, 2, 7, 10, t0);
+    let far = 5_000;
+    let out = e.handle(
+        Input::Received(hb_inc(1, 7, 11, Some((far, far)))),
+        t0 + ms(1),
+    );
+    assert!(out.contains(&Output::Dropped {
+        from: NodeId(1),
+        reason: DropReason::EpochJump
+    }));
+    // While a member reports an epoch we cannot believe, no claim.
+    let out = tick_until(&mut e, t0 + ms(1), t0 + ms(300));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::BecomeControl { .. }))
+    );
+    let out = e.handle(
+        Input::Received(hb_inc(2, 7, 11, Some((far, far)))),
+        t0 + ms(301),
+    );
+    assert!(out.contains(&Output::PersistEpoch(far)), "{out:?}");
+}
+
+#[test]
+fn a_forged_max_incarnation_evicts_no_one_and_the_members_proof_exposes_it() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(member_cfg(2), 3, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    verify(&mut e, 1, 7, 10, t0);
+    e.handle(Input::Received(hb_inc(1, 7, 11, Some((4, 4)))), t0 + ms(1));
+    assert_eq!(e.control().map(|c| c.node_id), Some(NodeId(1)));
+    let forged = Message::Claim(Claim {
+        from: NodeId(1),
+        incarnation: u64::MAX,
+        seq: 1,
+        epoch: 5,
+    });
+    let out = e.handle(Input::Received(forged), t0 + ms(300));
+    assert!(out.contains(&Output::Dropped {
+        from: NodeId(1),
+        reason: DropReason::Unverified
+    }));
+    let c = challenge_in(&out).expect("challenged");
+    // n1 answers the challenge with its real incarnation: the forgery is counted.
+    let proof = Message::Proof(Proof {
+        from: NodeId(1),
+        incarnation: 7,
+        seq: 12,
+        to: NodeId(2),
+        nonce: c.nonce,
+    });
+    e.handle(Input::Received(proof), t0 + ms(301));
+    assert_eq!(e.counters().forged_incarnation, 1);
+    // n1's real heartbeats keep flowing: no eviction, same Control.
+    let mut all = vec![];
+    for i in 0..10u64 {
+        let t = t0 + ms(300 + i * 100);
+        all.extend(e.handle(Input::Received(hb_inc(1, 7, 13 + i, Some((4, 4)))), t));
+        all.extend(tick_until(&mut e, t, t + ms(100)));
+    }
+    assert!(
+        !all.iter()
+            .any(|o| matches!(o, Output::MemberDown(_) | Output::MemberRestarted { .. })),
+        "{all:?}"
+    );
+    assert_eq!(e.control().map(|c| c.node_id), Some(NodeId(1)));
+    assert_eq!(e.members()[0].incarnation, 7);
+}
+
+#[test]
+fn recorded_heartbeats_replayed_to_a_restarted_node_are_refused() {
+    let t0 = Instant::now();
+    // n2 just restarted: it knows nobody. A recorded heartbeat of n1 claiming Control
+    // arrives: dropped, and n2 challenges.
+    let mut e = NodeEngine::new(member_cfg(2), 3, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    let recorded = hb_inc(1, 5, 40, Some((3, 3)));
+    let out = e.handle(Input::Received(recorded.clone()), t0 + ms(1));
+    assert!(out.contains(&Output::Dropped {
+        from: NodeId(1),
+        reason: DropReason::Unverified
+    }));
+    let c = challenge_in(&out).expect("challenged");
+    // A wrong nonce (an attacker guessing) proves nothing.
+    let bad = Message::Proof(Proof {
+        from: NodeId(1),
+        incarnation: 5,
+        seq: 41,
+        to: NodeId(2),
+        nonce: [0; 16],
+    });
+    e.handle(Input::Received(bad), t0 + ms(2));
+    assert_eq!(e.counters().proofs_accepted, 0);
+    // n1 (alive, incarnation 6 now) answers.
+    let proof = Message::Proof(Proof {
+        from: NodeId(1),
+        incarnation: 6,
+        seq: 3,
+        to: NodeId(2),
+        nonce: c.nonce,
+    });
+    e.handle(Input::Received(proof.clone()), t0 + ms(3));
+    assert_eq!(e.counters().proofs_accepted, 1);
+    // The recorded one is from an older incarnation now; the proof cannot be replayed.
+    let out = e.handle(Input::Received(recorded), t0 + ms(4));
+    assert!(out.contains(&Output::Dropped {
+        from: NodeId(1),
+        reason: DropReason::StaleIncarnation
+    }));
+    let out = e.handle(Input::Received(proof), t0 + ms(5));
+    assert!(
+        out.contains(&Output::Dropped {
+            from: NodeId(1),
+            reason: DropReason::Duplicate
+        }),
+        "{out:?}"
+    );
+    // Its next live heartbeat is accepted.
+    let out = e.handle(Input::Received(hb_inc(1, 6, 4, None)), t0 + ms(6));
+    assert!(out.contains(&Output::MemberUp(NodeId(1))), "{out:?}");
+}
+
+#[test]
+fn a_challenge_is_answered_at_most_once_per_interval() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(member_cfg(1), 0, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    let ch = |seq| {
+        Message::Challenge(Challenge {
+            from: NodeId(2),
+            incarnation: 1,
+            seq,
+            nonce: [seq as u8; 16],
+        })
+    };
+    let proofs = |out: &[Output]| {
+        out.iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        msg: Message::Proof(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(proofs(&e.handle(Input::Received(ch(1)), t0)), 1);
+    assert_eq!(proofs(&e.handle(Input::Received(ch(2)), t0 + ms(10))), 0);
+    assert_eq!(proofs(&e.handle(Input::Received(ch(3)), t0 + ms(150))), 1);
+}
+
+#[test]
+fn members_dead_for_long_are_forgotten() {
+    let t0 = Instant::now();
+    let mut c = cfg(2);
+    c.forget_after = Duration::from_secs(5);
+    let mut e = NodeEngine::new(c, 0, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    e.handle(Input::Received(heartbeat(1, 1, None)), t0);
+    tick_until(&mut e, t0, t0 + ms(2000));
+    assert_eq!(e.members().len(), 1);
+    assert!(!e.members()[0].alive);
+    tick_until(&mut e, t0 + ms(2000), t0 + ms(7000));
+    assert!(e.members().is_empty());
+    assert_eq!(e.counters().forgotten, 1);
+}
+
+#[test]
+fn a_failed_epoch_write_steps_down_holds_the_election_and_retries() {
+    let t0 = Instant::now();
+    let mut e = engine(1, 0);
+    let out = tick_until(&mut e, t0, t0 + ms(1000));
+    assert!(out.contains(&Output::BecomeControl { epoch: 1 }), "{out:?}");
+    let out = e.handle(Input::PersistFailed { epoch: 1 }, t0 + ms(1001));
+    assert!(out.contains(&Output::StepDown {
+        epoch: 1,
+        reason: StepDownReason::NotDurable
+    }));
+    assert!(!e.is_control());
+    // Retries the write; while it keeps failing (reported at once, as the shell does), no
+    // claim.
+    let mut retries = 0;
+    let mut t = t0 + ms(1001);
+    for _ in 0..90 {
+        t += ms(10);
+        let out = e.handle(Input::Tick, t);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::BecomeControl { .. }))
+        );
+        if out.contains(&Output::PersistEpoch(1)) {
+            retries += 1;
+            e.handle(Input::PersistFailed { epoch: 1 }, t);
+        }
+    }
+    assert!(retries >= 2, "{retries}");
+    // The next retry succeeds (no failure reported): the node claims again.
+    let out = tick_until(&mut e, t, t + ms(1500));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::BecomeControl { .. })),
+        "{out:?}"
+    );
+    assert_eq!(e.counters().persist_failures, retries + 1);
 }

@@ -1,101 +1,70 @@
-//! The mutual HMAC challenge run on every new connection before any data frame.
+//! The Noise handshake run on every new connection before any data frame.
 //!
-//! Both sides prove that they hold the cluster key without sending it, over fresh random
-//! nonces from both sides (so a recorded handshake cannot be replayed) and over both
-//! identities (so a proof cannot be moved to another connection), with a role byte (so the
-//! acceptor's proof cannot be reflected back as the initiator's). Both then derive a
-//! per-connection session key that tags every data frame ([`crate::frame`]).
+//! `Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s` (see [`super::noise`] for the keys and why Noise):
+//! both sides send and prove their static X25519 key; the pre-shared key, derived from the
+//! cluster key, is mixed in at the third message, so nobody without the cluster key
+//! completes a handshake; the prologue binds the protocol name and version. Each side sends
+//! the [`Identity`] it claims inside its (encrypted) handshake payload, and the other side
+//! checks it against its [`KeyBook`]: a node id is accepted only with the static key listed
+//! for it (a node presenting another node's id is refused with [`Refusal::WrongKey`] and
+//! counted in `handshakes_wrong_identity`). Message-API clients present
+//! [`Identity::Client`] with any static key: the cluster key (the PSK) is what admits them.
 //!
 //! # Wire format
 //!
-//! Each message is one frame whose payload is the postcard encoding of [`HandshakeMsg`]
-//! (no tag), at most [`HANDSHAKE_MAX_FRAME`] bytes; anything larger, malformed, or
-//! unexpected ends the handshake. The initiator is the side that opened the connection.
+//! Each message is one frame whose payload is the postcard encoding of [`HandshakeMsg`],
+//! at most [`HANDSHAKE_MAX_FRAME`] bytes; anything larger, malformed, or unexpected ends the
+//! handshake. The initiator is the side that opened the connection.
 //!
 //! ```text
-//! initiator -> acceptor   0 Hello    { magic: "SMRT" (4 raw bytes), version: u8 = 1,
-//!                                      identity: Identity, nonce: [u8; 32] }
-//! acceptor  -> initiator  1 HelloAck { identity: Identity, nonce: [u8; 32], proof: [u8; 32] }
-//!                   or    4 Refused  { reason: Refusal }   (bad version, not allowed)
-//! initiator -> acceptor   2 Proof    { proof: [u8; 32] }   (or it closes: acceptor's proof bad)
-//! acceptor  -> initiator  3 Welcome
-//!                   or    4 Refused  { reason: Refusal }   (bad proof), then close
+//! initiator -> acceptor   0 Hello   { magic: "SMRT" (4 raw bytes), version: u8 = 2,
+//!                                     noise: bytes }    Noise message 1: e
+//! acceptor  -> initiator  1 Noise   { noise: bytes }    Noise message 2: e, ee, s, es;
+//!                                                       payload = postcard(Identity)
+//!                   or    2 Refused { reason }          (bad version), then close
+//! initiator -> acceptor   1 Noise   { noise: bytes }    Noise message 3: s, se, psk;
+//!                                                       payload = postcard(Identity)
+//! acceptor  -> initiator  1 Noise   { noise: bytes }    first transport message (sealed):
+//!                                                       postcard(Verdict)
+//!                   or    2 Refused { reason: BadProof } (message 3 did not decrypt: a
+//!                                                       wrong cluster key), then close
 //!
 //! Identity = 0 Node { id: u64 varint, incarnation: u64 varint } | 1 Client { id: u64 varint }
-//! Refusal  = 0 BadVersion | 1 BadProof | 2 NotAllowed
+//! Verdict  = 0 Welcome | 1 Refused(Refusal)
+//! Refusal  = 0 BadVersion | 1 BadProof | 2 NotAllowed | 3 WrongKey
+//! prologue = "smart/noise/v2" || "SMRT" || version
 //! ```
 //!
 //! The first bytes of `Hello` (`00 'S' 'M' 'R' 'T' version`) are frozen across versions so
 //! that a peer of another version is told `BadVersion` rather than failing to decode.
 //!
-//! Proofs and the session key are HMAC-SHA256 under the cluster key over fixed-length fields
-//! (so the concatenation is unambiguous); `id(x)` is 17 bytes: a kind byte (0 node, 1
-//! client), then the node id (or client id) and the incarnation (0 for clients) as u64
-//! big-endian:
-//!
-//! ```text
-//! proof(role) = HMAC(cluster_key, "smart/tcp-handshake/v1" || role
-//!                    || nonce_initiator || nonce_acceptor || id(initiator) || id(acceptor))
-//!               role = 'A' (0x41) for the acceptor's proof, 'I' (0x49) for the initiator's
-//! session_key = HMAC(cluster_key, "smart/tcp-session/v1"
-//!                    || nonce_initiator || nonce_acceptor || id(initiator) || id(acceptor))
-//! ```
-//!
-//! ## Test vector
-//!
-//! (Computed independently with Python's `hmac` from this text, and checked by a unit test.)
-//! Cluster key `"test-vector-cluster-key!"` (24 ASCII bytes), `nonce_initiator` = bytes
-//! 0x00..=0x1f, `nonce_acceptor` = bytes 0x20..=0x3f, initiator `Node { id: 2, incarnation: 5 }`,
-//! acceptor `Node { id: 1, incarnation: 7 }`:
-//!
-//! ```text
-//! proof('A')  = 6ec08a59fe83f15fd2ff91d8975c8b95534ea68cbcd947c3cc217add80583893
-//! proof('I')  = 9a77da489b8c31e53ec96745ec6d79dfa3fceb18015ce2b6b67ef73c858415f4
-//! session_key = 1cc070578991b24e3c6c54bdf26886a62cbb3563aaa4c6d3c16d6625131ae0ee
-//! ```
-//!
-//! The initiator's first data frame, envelope `{version 1, from 2, incarnation 5, epoch 9,
-//! seq 1}` around `Message::Request { id: 1, body: "hi" }` (a `String` body):
-//!
-//! ```text
-//! 0000002a 0102050901 000102 6869
-//!          b5c3e8bc13b84ef91478826bcce9b62c9d841ab9ebaebf7511aa0dd9c36b4f36   (tag)
-//! ```
-//!
-//! The acceptor proves first; the initiator checks that proof before revealing its own, so
-//! a fake server learns nothing from a client. A wrong key is reported on both sides as
+//! The acceptor's static key is proven to the initiator by message 2 (before the initiator
+//! reveals its own identity); the acceptor's knowledge of the cluster key is proven by the
+//! sealed verdict. A wrong cluster key is reported on both sides as
 //! [`HandshakeError::BadKey`] and counted in `handshakes_bad_key`.
 //!
-//! What this does not give: confidentiality (frames are readable on the wire; run over a
-//! trusted LAN or a VPN/TLS tunnel if that matters) and protection against an attacker who
-//! simply resets connections.
+//! What this does not give: protection against an attacker who simply resets connections,
+//! nor against a member whose private key and the cluster key were both stolen.
 //!
 //! ## Layout
-//! - [`Identity`], [`HandshakeMsg`], [`Refusal`]: what is exchanged.
-//! - [`proof`]: the proof computation (pure).
+//! - [`Identity`], [`HandshakeMsg`], [`Verdict`], [`Refusal`]: what is exchanged.
 //! - [`initiate`] / [`accept`]: the two sides, with the timeout and counters.
 //! - [`Session`], [`HandshakeError`]: the outcome.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::noise::{self, Cipher, KEY_LEN};
 use super::{Counters, Endpoint, RawConn};
-use crate::frame::{
-    Direction, FrameError, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, decode_value, encode_value,
-};
-use crate::types::{ClusterKey, Incarnation, NodeId, TAG_LEN};
+use crate::frame::{FrameError, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, decode_value, encode_value};
+use crate::types::{Incarnation, NodeId};
 
 /// The first bytes of every SMART connection after the length prefix and variant byte.
 pub const MAGIC: [u8; 4] = *b"SMRT";
 
-/// Length of a handshake nonce.
-pub const NONCE_LEN: usize = 32;
-
-const PROOF_LABEL: &[u8] = b"smart/tcp-handshake/v1";
-const SESSION_LABEL: &[u8] = b"smart/tcp-session/v1";
-const ROLE_ACCEPTOR: u8 = b'A';
-const ROLE_INITIATOR: u8 = b'I';
+const PROLOGUE_LABEL: &[u8] = b"smart/noise/v2";
 
 /// Who is at the other end of a connection, proven by the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,19 +84,6 @@ pub enum Identity {
 }
 
 impl Identity {
-    /// The fixed-length encoding hashed into proofs (see the module docs).
-    pub fn proof_bytes(&self) -> [u8; 17] {
-        let (kind, a, b) = match *self {
-            Identity::Node { id, incarnation } => (0u8, id.0, incarnation),
-            Identity::Client { id } => (1u8, id, 0),
-        };
-        let mut out = [0u8; 17];
-        out[0] = kind;
-        out[1..9].copy_from_slice(&a.to_be_bytes());
-        out[9..].copy_from_slice(&b.to_be_bytes());
-        out
-    }
-
     /// What this identity puts in an envelope's `from` and `incarnation`.
     pub fn envelope_sender(&self) -> (NodeId, Incarnation) {
         match *self {
@@ -160,49 +116,48 @@ pub enum Refusal {
     /// The initiator's protocol version is not spoken here.
     #[error("unsupported protocol version")]
     BadVersion,
-    /// The initiator's proof was wrong (different cluster key).
+    /// The initiator's handshake did not authenticate (different cluster key).
     #[error("bad proof (wrong cluster key?)")]
     BadProof,
     /// The acceptor does not take connections from this identity.
     #[error("identity not allowed here")]
     NotAllowed,
+    /// The static key presented is not the one listed for the node id claimed.
+    #[error("the key presented is not this node id's key")]
+    WrongKey,
 }
 
 /// A handshake message (see the module docs for the encoding).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HandshakeMsg {
-    /// Initiator's opening.
+    /// Initiator's opening: magic, version and Noise message 1.
     Hello {
         /// [`MAGIC`].
         magic: [u8; 4],
         /// [`PROTOCOL_VERSION`].
         version: u8,
-        /// The initiator.
-        identity: Identity,
-        /// Fresh random nonce.
-        nonce: [u8; NONCE_LEN],
+        /// Noise message 1.
+        noise: Vec<u8>,
     },
-    /// Acceptor's answer with its proof.
-    HelloAck {
-        /// The acceptor.
-        identity: Identity,
-        /// Fresh random nonce.
-        nonce: [u8; NONCE_LEN],
-        /// `proof('A')`.
-        proof: [u8; TAG_LEN],
+    /// Noise messages 2 and 3, and the sealed verdict.
+    Noise {
+        /// The Noise message.
+        noise: Vec<u8>,
     },
-    /// Initiator's proof.
-    Proof {
-        /// `proof('I')`.
-        proof: [u8; TAG_LEN],
-    },
-    /// Acceptor accepted the initiator's proof; data frames follow.
-    Welcome,
-    /// Acceptor refused; it closes the connection next.
+    /// A refusal sent before (or instead of) the sealed verdict; the sender closes next.
     Refused {
         /// Why.
         reason: Refusal,
     },
+}
+
+/// The acceptor's decision, sealed as the first transport message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Data frames follow.
+    Welcome,
+    /// Refused; the acceptor closes next.
+    Refused(Refusal),
 }
 
 /// Why a handshake failed.
@@ -220,9 +175,15 @@ pub enum HandshakeError {
         /// The peer's version (0 when only a refusal told us).
         got: u8,
     },
-    /// The peer could not prove that it holds our cluster key.
+    /// The handshake did not authenticate: the two sides hold different cluster keys.
     #[error("peer failed to prove the cluster key: wrong cluster key on one side")]
     BadKey,
+    /// The peer claims a node id whose listed key is not the one it proved.
+    #[error("peer claims to be {claimed} but does not hold that node's key")]
+    WrongKey {
+        /// The identity claimed.
+        claimed: Identity,
+    },
     /// The acceptor refused us.
     #[error("peer refused the handshake: {0}")]
     Refused(Refusal),
@@ -237,7 +198,7 @@ pub enum HandshakeError {
         /// Who answered.
         got: Identity,
     },
-    /// A message arrived out of order.
+    /// A message arrived out of order or did not decrypt.
     #[error("unexpected handshake message, expected {0}")]
     Unexpected(&'static str),
     /// The frame itself was refused (oversized, malformed, closed, I/O).
@@ -250,46 +211,17 @@ pub enum HandshakeError {
 pub struct Session {
     /// The authenticated peer.
     pub peer: Identity,
-    /// Per-connection key tagging data frames.
-    pub key: ClusterKey,
-    /// The direction of the frames we send.
-    pub send_dir: Direction,
+    /// The static key it proved.
+    pub peer_key: [u8; KEY_LEN],
+    /// This end's cipher (shared by the connection's writer and reader).
+    pub cipher: Arc<Cipher>,
 }
 
-/// `proof(role)` as in the module docs.
-pub fn proof(
-    key: &ClusterKey,
-    role: u8,
-    nonce_i: &[u8; NONCE_LEN],
-    nonce_a: &[u8; NONCE_LEN],
-    id_i: &Identity,
-    id_a: &Identity,
-) -> [u8; TAG_LEN] {
-    key.sign(&[
-        PROOF_LABEL,
-        &[role],
-        nonce_i,
-        nonce_a,
-        &id_i.proof_bytes(),
-        &id_a.proof_bytes(),
-    ])
-}
-
-fn session_key(
-    key: &ClusterKey,
-    nonce_i: &[u8; NONCE_LEN],
-    nonce_a: &[u8; NONCE_LEN],
-    id_i: &Identity,
-    id_a: &Identity,
-) -> ClusterKey {
-    let k = key.sign(&[
-        SESSION_LABEL,
-        nonce_i,
-        nonce_a,
-        &id_i.proof_bytes(),
-        &id_a.proof_bytes(),
-    ]);
-    ClusterKey::from_bytes(&k).expect("a 32-byte HMAC output is a valid key")
+fn prologue() -> Vec<u8> {
+    let mut p = PROLOGUE_LABEL.to_vec();
+    p.extend_from_slice(&MAGIC);
+    p.push(PROTOCOL_VERSION);
+    p
 }
 
 async fn send(conn: &mut RawConn, msg: &HandshakeMsg) -> Result<(), HandshakeError> {
@@ -308,8 +240,12 @@ fn count(counters: &Counters, r: &Result<Session, HandshakeError>) {
         Ok(_) => Counters::inc(&counters.handshakes_ok),
         Err(e) => {
             Counters::inc(&counters.handshakes_failed);
-            if matches!(e, HandshakeError::BadKey) {
-                Counters::inc(&counters.handshakes_bad_key);
+            match e {
+                HandshakeError::BadKey => Counters::inc(&counters.handshakes_bad_key),
+                HandshakeError::WrongKey { .. } | HandshakeError::Refused(Refusal::WrongKey) => {
+                    Counters::inc(&counters.handshakes_wrong_identity)
+                }
+                _ => {}
             }
         }
     }
@@ -328,6 +264,20 @@ async fn with_timeout(
     r
 }
 
+fn remote_key(hs: &snow::HandshakeState) -> Result<[u8; KEY_LEN], HandshakeError> {
+    hs.get_remote_static()
+        .and_then(|k| <[u8; KEY_LEN]>::try_from(k).ok())
+        .ok_or(HandshakeError::Unexpected("a static key"))
+}
+
+/// Whether `peer`, proven with `key`, is who it says according to `ep`'s key book.
+fn genuine(ep: &Endpoint, peer: &Identity, key: &[u8; KEY_LEN]) -> bool {
+    match peer {
+        Identity::Node { id, .. } => ep.book.admits(*id, key),
+        Identity::Client { .. } => true,
+    }
+}
+
 /// Runs the initiator's side on a fresh connection. With `expect`, the peer must be that
 /// node. Counts the outcome in `ep.counters`.
 pub async fn initiate(
@@ -337,46 +287,44 @@ pub async fn initiate(
 ) -> Result<Session, HandshakeError> {
     with_timeout(ep, async {
         let me = ep.identity;
-        let nonce_i: [u8; NONCE_LEN] = rand::random();
+        let psk = noise::psk(&ep.key);
+        let prologue = prologue();
+        let mut hs = noise::builder(&ep.node_key, &psk, &prologue)
+            .and_then(|b| b.build_initiator())
+            .map_err(|_| HandshakeError::Unexpected("a usable local key"))?;
+        let mut buf = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
+        let mut pl = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
+        let n = hs
+            .write_message(&[], &mut buf)
+            .map_err(|_| HandshakeError::Unexpected("Noise message 1"))?;
         send(
             conn,
             &HandshakeMsg::Hello {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
-                identity: me,
-                nonce: nonce_i,
+                noise: buf[..n].to_vec(),
             },
         )
         .await?;
-        let (peer, nonce_a) = match recv(conn).await? {
-            HandshakeMsg::HelloAck {
-                identity,
-                nonce,
-                proof: p,
-            } => {
-                // Constant-time comparison through the key's verify.
-                let ok = ep.key.verify(
-                    &[
-                        PROOF_LABEL,
-                        &[ROLE_ACCEPTOR],
-                        &nonce_i,
-                        &nonce,
-                        &me.proof_bytes(),
-                        &identity.proof_bytes(),
-                    ],
-                    &p,
-                );
-                if !ok {
-                    return Err(HandshakeError::BadKey);
-                }
-                (identity, nonce)
+        let peer: Identity = match recv(conn).await? {
+            HandshakeMsg::Noise { noise } => {
+                let n = hs
+                    .read_message(&noise, &mut pl)
+                    .map_err(|_| HandshakeError::Unexpected("Noise message 2"))?;
+                decode_value(&pl[..n])?
             }
             HandshakeMsg::Refused {
                 reason: Refusal::BadVersion,
             } => return Err(HandshakeError::BadVersion { got: 0 }),
             HandshakeMsg::Refused { reason } => return Err(HandshakeError::Refused(reason)),
-            _ => return Err(HandshakeError::Unexpected("HelloAck")),
+            HandshakeMsg::Hello { .. } => {
+                return Err(HandshakeError::Unexpected("Noise message 2"));
+            }
         };
+        let peer_key = remote_key(&hs)?;
+        if !genuine(ep, &peer, &peer_key) {
+            return Err(HandshakeError::WrongKey { claimed: peer });
+        }
         if let Some(expected) = expect
             && peer.node_id() != Some(expected)
         {
@@ -385,19 +333,39 @@ pub async fn initiate(
                 got: peer,
             });
         }
-        let p = proof(&ep.key, ROLE_INITIATOR, &nonce_i, &nonce_a, &me, &peer);
-        send(conn, &HandshakeMsg::Proof { proof: p }).await?;
+        let me_bytes = postcard::to_allocvec(&me).expect("an identity serialises");
+        let n = hs
+            .write_message(&me_bytes, &mut buf)
+            .map_err(|_| HandshakeError::Unexpected("Noise message 3"))?;
+        send(
+            conn,
+            &HandshakeMsg::Noise {
+                noise: buf[..n].to_vec(),
+            },
+        )
+        .await?;
+        let cipher = Cipher::new(
+            hs.into_stateless_transport_mode()
+                .map_err(|_| HandshakeError::Unexpected("a finished handshake"))?,
+        );
         match recv(conn).await? {
-            HandshakeMsg::Welcome => Ok(Session {
-                peer,
-                key: session_key(&ep.key, &nonce_i, &nonce_a, &me, &peer),
-                send_dir: Direction::ToAcceptor,
-            }),
+            HandshakeMsg::Noise { noise } => {
+                let plain = cipher.open(&noise).map_err(|_| HandshakeError::BadKey)?;
+                match decode_value::<Verdict>(&plain)? {
+                    Verdict::Welcome => Ok(Session {
+                        peer,
+                        peer_key,
+                        cipher: Arc::new(cipher),
+                    }),
+                    Verdict::Refused(Refusal::BadProof) => Err(HandshakeError::BadKey),
+                    Verdict::Refused(r) => Err(HandshakeError::Refused(r)),
+                }
+            }
             HandshakeMsg::Refused {
                 reason: Refusal::BadProof,
             } => Err(HandshakeError::BadKey),
             HandshakeMsg::Refused { reason } => Err(HandshakeError::Refused(reason)),
-            _ => Err(HandshakeError::Unexpected("Welcome")),
+            HandshakeMsg::Hello { .. } => Err(HandshakeError::Unexpected("the verdict")),
         }
     })
     .await
@@ -412,12 +380,15 @@ pub async fn accept(
 ) -> Result<Session, HandshakeError> {
     with_timeout(ep, async {
         let me = ep.identity;
-        let (peer, nonce_i) = match recv(conn).await? {
+        let psk = noise::psk(&ep.key);
+        let prologue = prologue();
+        let mut buf = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
+        let mut pl = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
+        let mut hs = match recv(conn).await? {
             HandshakeMsg::Hello {
                 magic,
                 version,
-                identity,
-                nonce,
+                noise,
             } => {
                 if magic != MAGIC {
                     return Err(HandshakeError::BadMagic);
@@ -432,45 +403,31 @@ pub async fn accept(
                     .await;
                     return Err(HandshakeError::BadVersion { got: version });
                 }
-                if !allow(&identity) {
-                    let _ = send(
-                        conn,
-                        &HandshakeMsg::Refused {
-                            reason: Refusal::NotAllowed,
-                        },
-                    )
-                    .await;
-                    return Err(HandshakeError::NotAllowed(identity));
-                }
-                (identity, nonce)
+                let mut hs = noise::builder(&ep.node_key, &psk, &prologue)
+                    .and_then(|b| b.build_responder())
+                    .map_err(|_| HandshakeError::Unexpected("a usable local key"))?;
+                hs.read_message(&noise, &mut pl)
+                    .map_err(|_| HandshakeError::Unexpected("Noise message 1"))?;
+                hs
             }
             _ => return Err(HandshakeError::Unexpected("Hello")),
         };
-        let nonce_a: [u8; NONCE_LEN] = rand::random();
-        let p = proof(&ep.key, ROLE_ACCEPTOR, &nonce_i, &nonce_a, &peer, &me);
+        let me_bytes = postcard::to_allocvec(&me).expect("an identity serialises");
+        let n = hs
+            .write_message(&me_bytes, &mut buf)
+            .map_err(|_| HandshakeError::Unexpected("Noise message 2"))?;
         send(
             conn,
-            &HandshakeMsg::HelloAck {
-                identity: me,
-                nonce: nonce_a,
-                proof: p,
+            &HandshakeMsg::Noise {
+                noise: buf[..n].to_vec(),
             },
         )
         .await?;
-        match recv(conn).await? {
-            HandshakeMsg::Proof { proof: p } => {
-                let ok = ep.key.verify(
-                    &[
-                        PROOF_LABEL,
-                        &[ROLE_INITIATOR],
-                        &nonce_i,
-                        &nonce_a,
-                        &peer.proof_bytes(),
-                        &me.proof_bytes(),
-                    ],
-                    &p,
-                );
-                if !ok {
+        let peer: Identity = match recv(conn).await? {
+            HandshakeMsg::Noise { noise } => match hs.read_message(&noise, &mut pl) {
+                Ok(n) => decode_value(&pl[..n])?,
+                Err(_) => {
+                    // The PSK is mixed in here: a wrong cluster key fails this message.
                     let _ = send(
                         conn,
                         &HandshakeMsg::Refused {
@@ -480,14 +437,38 @@ pub async fn accept(
                     .await;
                     return Err(HandshakeError::BadKey);
                 }
-            }
-            _ => return Err(HandshakeError::Unexpected("Proof")),
-        }
-        send(conn, &HandshakeMsg::Welcome).await?;
+            },
+            _ => return Err(HandshakeError::Unexpected("Noise message 3")),
+        };
+        let peer_key = remote_key(&hs)?;
+        let cipher = Cipher::new(
+            hs.into_stateless_transport_mode()
+                .map_err(|_| HandshakeError::Unexpected("a finished handshake"))?,
+        );
+        let (verdict, outcome) = if !genuine(ep, &peer, &peer_key) {
+            (
+                Verdict::Refused(Refusal::WrongKey),
+                Err(HandshakeError::WrongKey { claimed: peer }),
+            )
+        } else if !allow(&peer) {
+            (
+                Verdict::Refused(Refusal::NotAllowed),
+                Err(HandshakeError::NotAllowed(peer)),
+            )
+        } else {
+            (Verdict::Welcome, Ok(()))
+        };
+        let mut sealed = Vec::new();
+        cipher.seal_into(
+            &postcard::to_allocvec(&verdict).expect("a verdict serialises"),
+            &mut sealed,
+        )?;
+        send(conn, &HandshakeMsg::Noise { noise: sealed }).await?;
+        outcome?;
         Ok(Session {
             peer,
-            key: session_key(&ep.key, &nonce_i, &nonce_a, &peer, &me),
-            send_dir: Direction::ToInitiator,
+            peer_key,
+            cipher: Arc::new(cipher),
         })
     })
     .await
@@ -502,93 +483,29 @@ mod tests {
         let m = HandshakeMsg::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
-            identity: Identity::Node {
-                id: NodeId(2),
-                incarnation: 5,
-            },
-            nonce: [7; NONCE_LEN],
+            noise: vec![7; 32],
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(&bytes[..6], &[0, b'S', b'M', b'R', b'T', PROTOCOL_VERSION]);
-        // identity: variant 0, id 2, incarnation 5; then 32 raw nonce bytes.
-        assert_eq!(&bytes[6..9], &[0, 2, 5]);
-        assert_eq!(bytes.len(), 9 + NONCE_LEN);
+        assert_eq!(bytes[6], 32);
+        assert_eq!(bytes.len(), 7 + 32);
     }
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
-    /// The test vector of the module docs.
     #[test]
-    fn documented_test_vector() {
-        use crate::frame::{Envelope, seal_frame};
-        use crate::transport::Message;
-        let key = ClusterKey::from_bytes(b"test-vector-cluster-key!").unwrap();
-        let ni: [u8; 32] = std::array::from_fn(|i| i as u8);
-        let na: [u8; 32] = std::array::from_fn(|i| 32 + i as u8);
-        let init = Identity::Node {
+    fn identities_and_verdicts_encode_as_documented() {
+        let id = Identity::Node {
             id: NodeId(2),
             incarnation: 5,
         };
-        let acc = Identity::Node {
-            id: NodeId(1),
-            incarnation: 7,
-        };
+        assert_eq!(postcard::to_allocvec(&id).unwrap(), [0, 2, 5]);
         assert_eq!(
-            hex(&proof(&key, ROLE_ACCEPTOR, &ni, &na, &init, &acc)),
-            "6ec08a59fe83f15fd2ff91d8975c8b95534ea68cbcd947c3cc217add80583893"
+            postcard::to_allocvec(&Identity::Client { id: 300 }).unwrap(),
+            [1, 0xac, 0x02]
         );
+        assert_eq!(postcard::to_allocvec(&Verdict::Welcome).unwrap(), [0]);
         assert_eq!(
-            hex(&proof(&key, ROLE_INITIATOR, &ni, &na, &init, &acc)),
-            "9a77da489b8c31e53ec96745ec6d79dfa3fceb18015ce2b6b67ef73c858415f4"
+            postcard::to_allocvec(&Verdict::Refused(Refusal::WrongKey)).unwrap(),
+            [1, 3]
         );
-        let sk = session_key(&key, &ni, &na, &init, &acc);
-        // The key itself is not exposed; equal keys give equal tags.
-        let unhex = |h: &str| -> Vec<u8> {
-            (0..h.len() / 2)
-                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
-                .collect()
-        };
-        let documented = ClusterKey::from_bytes(&unhex(
-            "1cc070578991b24e3c6c54bdf26886a62cbb3563aaa4c6d3c16d6625131ae0ee",
-        ))
-        .unwrap();
-        assert_eq!(sk.sign(&[b"probe"]), documented.sign(&[b"probe"]));
-        let env = Envelope {
-            version: PROTOCOL_VERSION,
-            from: NodeId(2),
-            incarnation: 5,
-            epoch: 9,
-            seq: 1,
-            body: Message::<String, (), ()>::Request {
-                id: 1,
-                body: "hi".into(),
-            },
-        };
-        let frame = seal_frame(&env, &sk, Direction::ToAcceptor, 1024).unwrap();
-        assert_eq!(
-            hex(&frame),
-            "0000002a0102050901000102686\
-             9b5c3e8bc13b84ef91478826bcce9b62c9d841ab9ebaebf7511aa0dd9c36b4f36"
-        );
-    }
-
-    #[test]
-    fn proofs_are_bound_to_role_nonces_and_identities() {
-        let key = ClusterKey::from_bytes(b"0123456789abcdef0123").unwrap();
-        let a = Identity::Node {
-            id: NodeId(1),
-            incarnation: 1,
-        };
-        let b = Identity::Client { id: 9 };
-        let base = proof(&key, ROLE_ACCEPTOR, &[1; 32], &[2; 32], &a, &b);
-        assert_ne!(
-            base,
-            proof(&key, ROLE_INITIATOR, &[1; 32], &[2; 32], &a, &b)
-        );
-        assert_ne!(base, proof(&key, ROLE_ACCEPTOR, &[2; 32], &[1; 32], &a, &b));
-        assert_ne!(base, proof(&key, ROLE_ACCEPTOR, &[1; 32], &[2; 32], &b, &a));
-        assert_eq!(base, proof(&key, ROLE_ACCEPTOR, &[1; 32], &[2; 32], &a, &b));
     }
 }

@@ -348,6 +348,7 @@ impl Transport for MemTransport {
                     broken: broken.clone(),
                 }),
                 peer_addr: self.name.clone(),
+                spoke: false,
             };
             accept
                 .send(server_side)
@@ -368,6 +369,7 @@ impl Transport for MemTransport {
                     broken,
                 }),
                 peer_addr: addr.to_owned(),
+                spoke: false,
             })
         })
     }

@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::handshake::{Identity, Session};
+use super::noise::Cipher;
 use super::{Counters, Endpoint, FrameSource, Message, MessageOf, Protocol, RawConn};
-use crate::frame::{Direction, Envelope, FrameError, PROTOCOL_VERSION, open_payload, seal_frame};
-use crate::types::ClusterKey;
+use crate::frame::{Envelope, FrameError, PROTOCOL_VERSION, open_payload, seal_frame};
 
 /// A task handle that aborts its task when dropped, so connection tasks never outlive their
 /// owner (a stopped server, a stopped peer actor, a dropped client).
@@ -40,8 +40,7 @@ pub type NotSentHook = Box<dyn Fn(u64, FrameError) + Send + Sync>;
 /// The receiving side of an authenticated connection.
 pub struct SessionReader<P: Protocol> {
     source: Box<dyn FrameSource>,
-    key: ClusterKey,
-    recv_dir: Direction,
+    cipher: Arc<Cipher>,
     last_seq: u64,
     peer: Identity,
     max: u32,
@@ -64,7 +63,7 @@ impl<P: Protocol> SessionReader<P> {
 
     async fn next_inner(&mut self) -> Result<Envelope<MessageOf<P>>, FrameError> {
         let payload = self.source.recv(self.max).await?;
-        let env: Envelope<MessageOf<P>> = open_payload(&payload, &self.key, self.recv_dir)?;
+        let env: Envelope<MessageOf<P>> = open_payload(&payload, &self.cipher)?;
         if env.seq <= self.last_seq {
             return Err(FrameError::Replayed {
                 got: env.seq,
@@ -114,8 +113,7 @@ pub fn establish<P: Protocol>(
     let (from, incarnation) = ep.identity.envelope_sender();
     let epoch = ep.epoch.clone();
     let counters = ep.counters.clone();
-    let key = session.key.clone();
-    let dir = session.send_dir;
+    let cipher = session.cipher.clone();
     let max = ep.limits.max_frame;
     let peer = session.peer;
     let writer = tokio::spawn(async move {
@@ -135,7 +133,7 @@ pub fn establish<P: Protocol>(
                 seq,
                 body: msg,
             };
-            let frame = match seal_frame(&env, &key, dir, max) {
+            let frame = match seal_frame(&env, &cipher, max) {
                 Ok(f) => f,
                 Err(e) => {
                     // Nothing was sent, so the sequence number is not used up.
@@ -161,7 +159,7 @@ pub fn establish<P: Protocol>(
                                     message: format!("response not sent: {e}"),
                                 },
                             };
-                            let Ok(f) = seal_frame(&fault, &key, dir, max) else {
+                            let Ok(f) = seal_frame(&fault, &cipher, max) else {
                                 break;
                             };
                             if sink.send(f).await.is_err() {
@@ -186,8 +184,7 @@ pub fn establish<P: Protocol>(
         tx,
         reader: SessionReader {
             source,
-            key: session.key,
-            recv_dir: session.send_dir.reverse(),
+            cipher: session.cipher,
             last_seq: 0,
             peer,
             max,

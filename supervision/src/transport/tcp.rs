@@ -81,11 +81,15 @@ fn configure(stream: &TcpStream) -> io::Result<()> {
 fn raw(stream: TcpStream) -> io::Result<RawConn> {
     configure(&stream)?;
     let peer_addr = stream.peer_addr()?.to_string();
+    // A non-blocking peek: whether the peer already sent something (its first frame).
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let spoke = matches!(socket2::SockRef::from(&stream).peek(&mut probe), Ok(n) if n > 0);
     let (r, w) = stream.into_split();
     Ok(RawConn {
         sink: Box::new(TcpSink(w)),
         source: Box::new(TcpSource(BufReader::new(r))),
         peer_addr,
+        spoke,
     })
 }
 

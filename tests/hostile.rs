@@ -1,0 +1,407 @@
+//! Hostile peers and hostile clients against real `smart node` processes (issue 14): every
+//! attack found by hand becomes a test here.
+//!
+//! - a forged `u64::MAX` claim from a node id that is not a member;
+//! - a forged incarnation `u64::MAX` "from n1" sent to n2;
+//! - 1,100 idle TCP connections held open (reopened when closed);
+//! - `ulimit -n 150` plus held connections, then `kill -9` of the Control;
+//! - a node presenting another node's id.
+//!
+//! Every test starts its own cluster on its own loopback addresses (see `smart::cluster`),
+//! and every wait and every attack loop is bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use smart_api::ClusterStatus;
+use smart_supervision::NodeId;
+use smart_supervision::wire::{self, Claim, Message};
+use smart_testkit::cluster::{ClusterSpec, LocalCluster};
+use tokio::time::Instant;
+
+fn spec(nodes: usize) -> ClusterSpec {
+    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
+    s.log = "info".into();
+    s
+}
+
+fn counter(s: &ClusterStatus, name: &str) -> u64 {
+    s.counters
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or(0)
+}
+
+/// Polls node `id`'s status until `pred` holds (bounded).
+async fn wait_status(
+    c: &LocalCluster,
+    id: u64,
+    timeout: Duration,
+    pred: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = c.status(id).await
+            && pred(&s)
+        {
+            return s;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "node n{id}: condition not reached in {timeout:?}; last status {:?}\nlog:\n{}",
+                c.status(id).await,
+                c.log_tail(id, 30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The stored highest epoch of node `id` (its `node-state.json`).
+fn stored_epoch(c: &LocalCluster, id: u64) -> u64 {
+    let path = c.dir().join(format!("n{id}")).join("node-state.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["highest_epoch"].as_u64().unwrap()
+}
+
+/// Holds `n` idle TCP connections to `addr`, reopening any that closes, until dropped.
+/// Returns how many connects succeeded in all.
+struct Holder {
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Holder {
+    fn start(addr: SocketAddr, n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (s, o) = (stop.clone(), opened.clone());
+        let task = tokio::spawn(async move {
+            let mut slots = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let (s, o) = (s.clone(), o.clone());
+                slots.spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while !s.load(Ordering::Relaxed) {
+                        match tokio::net::TcpStream::connect(addr).await {
+                            Ok(mut c) => {
+                                o.fetch_add(1, Ordering::Relaxed);
+                                // Idle: never say anything; wait for the server to close.
+                                use tokio::io::AsyncReadExt;
+                                let _ =
+                                    tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+                                        .await;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                });
+            }
+            while slots.join_next().await.is_some() {}
+        });
+        Self { stop, opened, task }
+    }
+
+    fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.abort();
+    }
+}
+
+async fn send_to_all(c: &LocalCluster, datagram: &[u8]) {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for n in &c.nodes {
+        udp.send_to(datagram, n.addr).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_max_claim_from_a_non_member_is_ignored_and_nothing_is_persisted() {
+    let c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    let before = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    // Signed with the real cluster key, from node 99, which is not a member.
+    for seq in 1..=20 {
+        let claim = Message::Claim(Claim {
+            from: NodeId(99),
+            incarnation: 1,
+            seq,
+            epoch: u64::MAX,
+        });
+        send_to_all(&c, &wire::encode(&claim, c.key())).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &n in &all {
+        let s = wait_status(&c, n, Duration::from_secs(5), |s| {
+            counter(s, "dropped_not_member") >= 20
+        })
+        .await;
+        assert!(s.highest_epoch < 1000, "n{n}: {s:?}");
+        assert!(stored_epoch(&c, n) < 1000, "n{n} persisted a forged epoch");
+    }
+    // The cluster keeps its Control, at the same epoch.
+    let after = c
+        .wait_agreed_control(&all, Duration::from_secs(5), |_, _| true)
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_max_incarnation_from_n1_evicts_no_one() {
+    let c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    let before = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let n2 = c.nodes[1].addr;
+    // For 3 s, forged claims "from n1" with incarnation u64::MAX go to n2, while we check
+    // that every node keeps seeing n1 alive and one and the same Control.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seq = 1;
+    while Instant::now() < deadline {
+        let claim = Message::Claim(Claim {
+            from: NodeId(1),
+            incarnation: u64::MAX,
+            seq,
+            epoch: before.1 + 1,
+        });
+        seq += 1;
+        udp.send_to(&wire::encode(&claim, c.key()), n2)
+            .await
+            .unwrap();
+        let s = c.status(2).await.unwrap();
+        let n1 = s
+            .members
+            .iter()
+            .find(|m| m.node_id == smart_api::NodeId(1))
+            .unwrap();
+        assert!(n1.alive, "n2 evicted n1: {s:?}");
+        assert_eq!(
+            s.control.as_ref().map(|c| c.node_id),
+            Some(smart_api::NodeId(before.0)),
+            "n2 changed Control: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = wait_status(&c, 2, Duration::from_secs(5), |s| {
+        counter(s, "forged_incarnation") >= 1
+    })
+    .await;
+    assert_eq!(counter(&s, "dropped_stale_incarnation"), 0, "{s:?}");
+    let after = c
+        .wait_agreed_control(&all, Duration::from_secs(5), |_, _| true)
+        .await
+        .unwrap();
+    assert_eq!(after.0, before.0);
+    assert!(s.members.iter().all(|m| m.alive), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_hundred_idle_connections_do_not_block_status_nor_node_requests() {
+    let c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    let (ctl, _) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    // The Control's node is flooded: `smart status` asks it directly, and API requests
+    // that other nodes forward to the Control are node-to-node requests into it.
+    let flooded = ctl;
+    let other = all.iter().copied().find(|&n| n != ctl).unwrap();
+    let target = c.nodes[(flooded - 1) as usize].addr;
+    let holder = Holder::start(target, 1100);
+    // Let the flood build up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder.opened() < 1100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(holder.opened() >= 1100, "only {} opened", holder.opened());
+    // `smart status` (the CLI, a fresh process) and the API client keep working.
+    for _ in 0..5 {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart"))
+            .args(["status", "--json", "--config"])
+            .arg(&c.nodes[(flooded - 1) as usize].config)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "smart status failed under the flood: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Node-to-node: another node forwards `Services` to the flooded Control.
+    let api = c.client(other).await.unwrap();
+    for _ in 0..5 {
+        match api.request(smart_api::Request::Services).await {
+            Ok(smart_api::Response::Services(_)) => {}
+            other => panic!("forwarded request failed under the flood: {other:?}"),
+        }
+    }
+    // The idle ones were closed by the silent timeout, and reopened, over and over.
+    let s = wait_status(&c, flooded, Duration::from_secs(5), |s| {
+        counter(s, "transport_handshakes_failed") > 1100
+    })
+    .await;
+    // One WARN line per kind and 10 s, not one per refusal.
+    let log = std::fs::read_to_string(c.dir().join(format!("n{flooded}.log"))).unwrap();
+    let warns = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("handshake"))
+        .count();
+    assert!(
+        warns < 20,
+        "{warns} WARN lines about handshakes ({} failed)",
+        counter(&s, "transport_handshakes_failed")
+    );
+    drop(holder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ulimit_150_and_held_connections_a_killed_control_is_replaced_and_no_node_exits() {
+    let mut s = spec(3);
+    s.nofile = Some(150);
+    let mut c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    let (old, old_epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let holders: Vec<Holder> = c.nodes.iter().map(|n| Holder::start(n.addr, 200)).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.kill(old).unwrap();
+    // The failover runs under the descriptor pressure (elections ride on UDP; the epoch
+    // write needs a descriptor): give it 4 s, checking that no node exits meanwhile.
+    let survivors: Vec<u64> = all.iter().copied().filter(|&n| n != old).collect();
+    for _ in 0..40 {
+        for &n in &survivors {
+            assert!(
+                c.exited(n).is_none(),
+                "n{n} exited; log:\n{}",
+                c.log_tail(n, 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then look (status needs TCP descriptors, scarce while the connections are held).
+    drop(holders);
+    let (new, _) = c
+        .wait_agreed_control(&survivors, Duration::from_secs(15), |n, e| {
+            n != old && e > old_epoch
+        })
+        .await
+        .unwrap();
+    for &n in &survivors {
+        assert!(c.exited(n).is_none(), "n{n} exited");
+    }
+    // Elected while the connections were held: its log says when it became Control.
+    let log = std::fs::read_to_string(c.dir().join(format!("n{new}.log"))).unwrap();
+    assert!(
+        log.contains("became control"),
+        "n{new} never became Control"
+    );
+    wait_status(&c, new, Duration::from_secs(5), |s| {
+        counter(s, "control_acting") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_presenting_another_nodes_id_is_refused() {
+    use smart_supervision::transport::client::ConnectError;
+    use smart_supervision::transport::handshake::{HandshakeError, Refusal};
+    use smart_supervision::transport::tcp::TcpTransport;
+    use smart_supervision::transport::{Client, Endpoint};
+
+    let c = LocalCluster::start(spec(2)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let addr = c.nodes[0].addr.to_string();
+    // Node 2's id with node 2's real key: accepted (the key book lists it).
+    let genuine =
+        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, c.node_endpoint(2, 1))
+            .await;
+    assert!(genuine.is_ok(), "{:?}", genuine.err());
+    // Node 2's id with another key (the cluster key is right): refused.
+    let impostor = Endpoint::node(NodeId(2), 1, c.key().clone());
+    match Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, impostor).await {
+        Err(ConnectError::Handshake {
+            source: HandshakeError::Refused(Refusal::WrongKey),
+            ..
+        }) => {}
+        other => panic!("impostor not refused: {other:?}"),
+    }
+    // Node 1's own key presented under node 2's id: refused too.
+    let k1 = c.keys().node_key(1).unwrap().clone();
+    let borrowed =
+        Endpoint::node(NodeId(2), 1, c.key().clone()).with_keys(k1, c.keys().book.clone());
+    assert!(
+        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, borrowed)
+            .await
+            .is_err()
+    );
+    let s = wait_status(&c, 1, Duration::from_secs(5), |s| {
+        counter(s, "transport_handshakes_wrong_identity") >= 2
+    })
+    .await;
+    assert_eq!(counter(&s, "transport_handshakes_bad_key"), 0, "{s:?}");
+    // Clients still connect with the cluster key alone, and the CLI works.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
+        .args(["status", "--json", "--connect", &addr, "--key"])
+        .arg(c.keys().cluster_key_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_heartbeats_elect_and_fail_over_and_plain_forgeries_are_refused() {
+    let mut s = spec(3);
+    s.extra_toml = "[heartbeat]\nencrypt = true\n".into();
+    let mut c = LocalCluster::start(s).unwrap();
+    let f = smart_testkit::demo::kill_control_and_measure(&mut c)
+        .await
+        .unwrap();
+    assert_ne!(f.new_control, f.killed);
+    // A datagram under another key, encrypted or not, is refused.
+    let other = smart_supervision::ClusterKey::from_bytes(b"not-the-cluster-key-at-all").unwrap();
+    let ring = smart_supervision::wire::Keyring::new(other).encrypted(true);
+    let claim = Message::Claim(Claim {
+        from: NodeId(f.new_control),
+        incarnation: u64::MAX,
+        seq: 1,
+        epoch: f.new_epoch + 1,
+    });
+    send_to_all(&c, &wire::encode_with(&claim, &ring)).await;
+    let st = wait_status(&c, f.new_control, Duration::from_secs(5), |s| {
+        counter(s, "dropped_bad_tag") >= 1
+    })
+    .await;
+    assert_eq!(
+        st.control.map(|c| c.node_id),
+        Some(smart_api::NodeId(f.new_control))
+    );
+}
