@@ -12,6 +12,9 @@
 //! | `smart stop NAME [--client ID]` | `DELETE /v1/services/NAME[/clients/ID]` |
 //! | `smart locate NAME` | `GET /v1/services/NAME/location` |
 //! | `smart drain NODE`, `smart undrain NODE` | `POST /v1/nodes/NODE/drain`, `/undrain` |
+//! | `smart profiles list` | `GET /v1/profiles` |
+//! | `smart profiles show CLASS` | `GET /v1/profiles/CLASS` |
+//! | `smart profiles put CLASS FILE` | `PUT /v1/profiles/CLASS` (FILE as `smart profile` writes it) |
 //!
 //! Where: `--addr URL` (or `SMART_ADDR`; several, comma-separated, are tried in turn), or
 //! `--config NODE.toml` (that node's `http_listen`). Who: `--token` (or `SMART_TOKEN`). Flags
@@ -28,7 +31,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
-use smart_api::http::{AdmitClient, Done, Nodes, Service, ServiceSpecJson, Services};
+use smart_api::http::{AdmitClient, Done, Nodes, Profiles, Service, ServiceSpecJson, Services};
 use smart_api::{ClusterStatus, Placement, VersionInfo};
 use smart_proto::NodeId;
 
@@ -134,6 +137,35 @@ pub enum OpsCmd {
     Undrain {
         /// The node (`3` or `n3`).
         node: NodeId,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// The service classes' profiles admission uses (cluster state: replicated, kept
+    /// across Control failovers).
+    #[command(subcommand)]
+    Profiles(ProfilesCmd),
+}
+
+/// `smart profiles`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ProfilesCmd {
+    /// Every class's profile, summarised.
+    List(Conn),
+    /// One class's profile, whole (the JSON `smart profile` writes, with its source and
+    /// version).
+    Show {
+        /// The service class, e.g. `distributor`.
+        class: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Store FILE (written by `smart profile`) as CLASS's profile; admission uses it from
+    /// the next request.
+    Put {
+        /// The service class.
+        class: String,
+        /// The profile file.
+        file: PathBuf,
         #[command(flatten)]
         conn: Conn,
     },
@@ -299,6 +331,80 @@ pub async fn run(cmd: OpsCmd) -> Result<(), OpsError> {
                 print_json(&d);
             } else {
                 println!("{node} is back in placement");
+            }
+        }
+        OpsCmd::Profiles(p) => profiles(p).await?,
+    }
+    Ok(())
+}
+
+async fn profiles(cmd: ProfilesCmd) -> Result<(), OpsError> {
+    match cmd {
+        ProfilesCmd::List(conn) => {
+            let p: Profiles = conn.client()?.get("/v1/profiles").await?;
+            if conn.json {
+                print_json(&p);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<9} {:>7} {:>9} {:>10} {:>11} {:>12} {:>10} video",
+                "class",
+                "source",
+                "version",
+                "intervals",
+                "cpu mean",
+                "net mean",
+                "per client",
+                "ws"
+            );
+            for s in &p.profiles {
+                println!(
+                    "{:<16} {:<9} {:>7} {:>9} {:>10.4} {:>11} {:>12} {:>10} {}",
+                    s.class,
+                    format!("{:?}", s.source).to_lowercase(),
+                    s.version,
+                    s.intervals,
+                    s.cpu_mean,
+                    format!("{:.2} Mb/s", s.net_mean_bps / 1e6),
+                    s.per_client_net_bps
+                        .map(|b| format!("{:.0} kb/s", b / 1e3))
+                        .unwrap_or_else(|| "-".into()),
+                    format!("{:.1} MB", s.working_set_bytes as f64 / 1e6),
+                    s.video
+                        .map(|v| format!(
+                            "{} kb/s, {} s, cache {:.0} %",
+                            v.bitrate_bps / 1000,
+                            v.duration_ms / 1000,
+                            v.window_fraction * 100.0
+                        ))
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        ProfilesCmd::Show { class, conn } => {
+            let p: Value = conn
+                .client()?
+                .get(&format!("/v1/profiles/{}", enc(&class)))
+                .await?;
+            print_json(&p);
+        }
+        ProfilesCmd::Put { class, file, conn } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| OpsError::Usage(format!("reading {}: {e}", file.display())))?;
+            let profile: Value = serde_json::from_str(&text)
+                .map_err(|e| OpsError::Usage(format!("{} is not JSON: {e}", file.display())))?;
+            let d: Done = conn
+                .client()?
+                .send(
+                    Method::PUT,
+                    &format!("/v1/profiles/{}", enc(&class)),
+                    Some(&profile),
+                )
+                .await?;
+            if conn.json {
+                print_json(&d);
+            } else {
+                println!("stored {} as the profile of {class}", file.display());
             }
         }
     }
@@ -477,12 +583,29 @@ fn print_nodes(n: &Nodes) {
 
 fn print_services(list: &[Service]) {
     println!(
-        "{:<20} {:<5} {:<22} {:>8} {:>9} endpoint",
-        "service", "node", "instance", "clients", "connected"
+        "{:<20} {:<5} {:<22} {:>7} {:>9} {:>26} {:>26} {:<8} {:<6} endpoint",
+        "service",
+        "node",
+        "instance",
+        "clients",
+        "connected",
+        "reserved cpu/mem/net",
+        "used cpu/mem/net",
+        "profile",
+        "limits"
     );
+    let res = |r: &Option<smart_api::http::Resources>| match r {
+        Some(r) => format!(
+            "{:.3}/{:.0}M/{:.1}Mb",
+            r.cpu_cores,
+            r.memory_bytes as f64 / 1e6,
+            r.network_bps / 1e6
+        ),
+        None => "-".into(),
+    };
     for s in list {
         println!(
-            "{:<20} {:<5} {:<22} {:>8} {:>9} {}",
+            "{:<20} {:<5} {:<22} {:>7} {:>9} {:>26} {:>26} {:<8} {:<6} {}",
             s.name,
             format!("n{}", s.node.0),
             s.instance,
@@ -490,6 +613,10 @@ fn print_services(list: &[Service]) {
             s.clients_connected
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
+            res(&s.reserved),
+            res(&s.usage),
+            format!("{:?}", s.profile).to_lowercase(),
+            if s.limits_enforced { "yes" } else { "no" },
             s.endpoint
         );
     }

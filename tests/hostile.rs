@@ -237,6 +237,7 @@ async fn eleven_hundred_idle_connections_do_not_block_status_nor_node_requests()
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart"))
             .args(["status", "--json", "--config"])
             .arg(&c.nodes[(flooded - 1) as usize].config)
+            .env("SMART_TOKEN", c.read_token())
             .output()
             .await
             .unwrap();
@@ -364,10 +365,16 @@ async fn a_node_presenting_another_nodes_id_is_refused() {
     })
     .await;
     assert_eq!(counter(&s, "transport_handshakes_bad_key"), 0, "{s:?}");
-    // Clients still connect with the cluster key alone, and the CLI works.
+    // Message-API clients still connect with the cluster key alone, and the CLI works.
+    c.client(1)
+        .await
+        .expect("a message-API client with the cluster key alone")
+        .request(smart_api::Request::Status)
+        .await
+        .expect("status over the message API");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(["status", "--json", "--connect", &addr, "--key"])
-        .arg(c.keys().cluster_key_file())
+        .args(["status", "--json", "--addr", &c.http_url(1), "--token"])
+        .arg(c.read_token())
         .output()
         .unwrap();
     assert!(

@@ -299,20 +299,23 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     let (s, v) = h.call(Method::DELETE, &url, Some(admin), None).await;
     assert_eq!((s.as_u16(), code(&v)), (404, "not_found"), "{v}");
 
-    // Nodes: the Control's view (reservation on the service's node), and usage history.
-    let (s, v) = h.get(&format!("{base}/v1/nodes"), read).await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
-    let n = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node_id"] == node)
-        .unwrap();
-    assert!(
-        n["placement"]["reserved"]["memory_bytes"].as_u64().unwrap() > 0,
-        "{n}"
-    );
+    // Nodes: the Control's view (reservation on the service's node, once the Control has
+    // its node's next report: 1 s refresh), and usage history.
+    let n = eventually(Duration::from_secs(5), "the node's reservation", || async {
+        let (s, v) = h.get(&format!("{base}/v1/nodes"), read).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+        let n = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == node)
+            .cloned()
+            .unwrap();
+        (n["placement"]["reserved"]["memory_bytes"].as_u64() > Some(0)).then_some(n)
+    })
+    .await;
+    assert!(n["placement"]["instances"].as_array().is_some(), "{n}");
     assert!(n["placement"]["vr"].as_f64().unwrap() > 0.0);
     eventually(Duration::from_secs(6), "usage samples", || async {
         let (_, v) = h.get(&format!("{base}/v1/usage"), read).await;

@@ -173,7 +173,8 @@ impl AgentCore {
         let runtime: Box<dyn InstanceRuntime> = match settings.runtime {
             RuntimeKind::Process => Box::new(ProcessDriver::new(&settings.dir)?),
             RuntimeKind::Cgroup => {
-                let cfg = smart_instance::cgroup::CgroupConfig::new(format!("smart-n{}", node.0));
+                let cfg =
+                    smart_instance::cgroup::CgroupConfig::new(cgroup_prefix(node, &settings.dir));
                 let (rt, fallback) = smart_instance::runtime::auto_runtime(&cfg, &settings.dir)?;
                 if let Some(why) = fallback {
                     warn!(%node, reason = %why,
@@ -222,6 +223,19 @@ fn pid_file(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Kills the process groups recorded by a previous process of this node.
+/// The cgroup prefix of node `node` whose instances live in `dir`: the node id and a digest
+/// of the directory. Everything under the prefix is this agent's (stale groups there are
+/// removed at start), so two nodes on one host (two clusters, or tests side by side) must
+/// never share one, while a restart of the same node must find its own again.
+fn cgroup_prefix(node: NodeId, dir: &Path) -> String {
+    // FNV-1a: stable across builds and releases (unlike `DefaultHasher`).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("smart-n{}-{:08x}", node.0, h as u32)
+}
+
 fn kill_orphans(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;

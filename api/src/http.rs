@@ -23,6 +23,9 @@
 //! | `POST /v1/nodes/{id}/drain`, `/undrain` | | [`Done`] |
 //! | `GET /v1/events?from=INDEX` | | a stream of [`EventRecord`]s (below) |
 //! | `GET /v1/usage` | | [`UsageHistory`]: each member's load over the last minutes |
+//! | `GET /v1/profiles` | | [`Profiles`]: each service class's profile, summarised |
+//! | `GET /v1/profiles/{class}` | | the class's profile: `class`, `source`, `version` and `profile` (the `smart profile` JSON) |
+//! | `PUT /v1/profiles/{class}` | a profile as `smart profile` writes it (at most 1 MiB) | [`Done`] |
 //!
 //! The same as an OpenAPI document: [`crate::openapi`] (`GET /openapi.json` on every node).
 //! Node ids in paths are `3` or `n3`. Bodies are JSON (`Content-Type: application/json`),
@@ -276,6 +279,20 @@ pub struct Service {
     pub reserved: Option<Resources>,
     /// What its instance used at the last sample.
     pub usage: Option<Resources>,
+    /// Where the profile its reservation comes from was taken: `measured` (`smart profiles
+    /// put`), `refined` (online, from running instances) or `default` (the nodes'
+    /// `[admission] default_profile`).
+    pub profile: ProfileSource,
+    /// Its node enforces limits derived from the reservation (the cgroup driver); false:
+    /// nothing caps the instance (the process driver).
+    pub limits_enforced: bool,
+}
+
+/// `GET /v1/profiles`: every class's profile, summarised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Profiles {
+    /// By class.
+    pub profiles: Vec<smart_proto::profile::ProfileSummary>,
 }
 
 /// One numbered event of `GET /v1/events`.

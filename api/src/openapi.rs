@@ -13,13 +13,14 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::{
     AdmitClient, Done, ErrorBody, ErrorInfo, EventJson, EventRecord, NodeJson, NodePlacement,
-    NodeUsageSeries, Nodes, Resources, Service, ServiceSpecJson, Services, UsageHistory,
+    NodeUsageSeries, Nodes, Profiles, Resources, Service, ServiceSpecJson, Services, UsageHistory,
     UsagePoint,
 };
 use smart_proto::agent::Reservation;
 use smart_proto::api::{
     ClusterStatus, ControlView, InstanceUse, MemberLoad, MemberStatus, Placement, VersionInfo,
 };
+use smart_proto::profile::{ProfileSource, ProfileSummary, VideoRef};
 
 struct Bearer;
 
@@ -52,13 +53,15 @@ impl Modify for Bearer {
     modifiers(&Bearer),
     paths(
         status, version, nodes, drain, undrain, services, admit_service, service,
-        stop_service, locate, admit_client, release_client, events, usage
+        stop_service, locate, admit_client, release_client, events, usage, profiles,
+        profile, put_profile
     ),
     components(schemas(
         ClusterStatus, ControlView, MemberStatus, MemberLoad, VersionInfo, Placement,
         ErrorBody, ErrorInfo, Done, ServiceSpecJson, AdmitClient, Resources, Nodes, NodeJson,
         NodePlacement, InstanceUse, Reservation, Services, Service, EventRecord, EventJson,
-        UsageHistory, NodeUsageSeries, UsagePoint
+        UsageHistory, NodeUsageSeries, UsagePoint, Profiles, ProfileSummary, ProfileSource,
+        VideoRef
     ))
 )]
 pub struct ApiDoc;
@@ -147,6 +150,25 @@ pub fn events() {}
 #[utoipa::path(get, path = "/v1/usage", responses((status = 200, body = UsageHistory)))]
 pub fn usage() {}
 
+/// Every service class's profile, summarised.
+#[utoipa::path(get, path = "/v1/profiles", responses((status = 200, body = Profiles)))]
+pub fn profiles() {}
+
+/// One class's profile, whole: `class`, `source`, `version` and `profile` (the JSON
+/// `smart profile` writes: `interval_ms`, `base` and `per_client` series of `cpu_cores` and
+/// `net_bps`, `working_set_bytes`, `video`).
+#[utoipa::path(get, path = "/v1/profiles/{class}", params(("class" = String, Path)),
+    responses((status = 200, description = "the class's profile", body = Object), (status = 404, body = ErrorBody)))]
+pub fn profile() {}
+
+/// Store a class's profile (replacing it): the JSON `smart profile` writes, at most 1 MiB.
+/// Admission uses it from the next request; it survives Control failovers.
+#[utoipa::path(put, path = "/v1/profiles/{class}", params(("class" = String, Path)),
+    request_body(content = Object, description = "a profile as `smart profile` writes it"),
+    responses((status = 200, body = Done), (status = 400, description = "not a valid profile (the message says why)", body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+pub fn put_profile() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +187,7 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&now).unwrap();
         assert_eq!(v["openapi"], "3.1.0");
-        assert_eq!(v["paths"].as_object().unwrap().len(), 12);
+        assert_eq!(v["paths"].as_object().unwrap().len(), 14);
         assert!(v["components"]["schemas"]["EventJson"].is_object());
     }
 }

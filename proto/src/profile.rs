@@ -64,6 +64,7 @@ pub struct ServiceProfile {
 }
 
 /// The video a distributor's profile was measured with.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct VideoRef {
     /// Bitrate, bits/s.
@@ -110,6 +111,7 @@ pub struct ClassProfile {
 }
 
 /// A profile's headline figures, for listings.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileSummary {
     /// The service class.

@@ -36,7 +36,7 @@ use serde::Deserialize;
 use smart_actors::control::ControlMsg;
 use smart_api::http::{
     AdmitClient, Done, ErrorBody, EventJson, EventRecord, NodeJson, NodePlacement, NodeUsageSeries,
-    Nodes, Resources, Service, ServiceSpecJson, Services, UsageHistory, UsagePoint,
+    Nodes, Profiles, Resources, Service, ServiceSpecJson, Services, UsageHistory, UsagePoint,
 };
 use smart_api::{ApiError, NodeReport, Placement, Request, Response};
 use smart_proto::NodeId;
@@ -59,6 +59,10 @@ use crate::config::NodeConfig;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// Largest profile body (`PUT /v1/profiles/{class}`): a profile travels whole in node
+/// frames (1 MiB) and in the replica.
+pub const MAX_PROFILE_BODY: usize = 1024 * 1024;
 /// Event streams open at once on one node.
 pub const MAX_STREAMS: usize = 256;
 /// A quiet event stream gets a keep-alive this often.
@@ -290,6 +294,13 @@ fn router(state: AppState) -> Router {
         .route("/v1/services/{name}/clients/{id}", delete(release_client))
         .route("/v1/events", get(events))
         .route("/v1/usage", get(usage))
+        .route("/v1/profiles", get(profiles))
+        .route(
+            "/v1/profiles/{class}",
+            get(profile)
+                .put(put_profile)
+                .layer(DefaultBodyLimit::max(MAX_PROFILE_BODY)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)
@@ -478,7 +489,7 @@ async fn service_list(st: &AppState) -> Answer<Vec<Service>> {
                 instance: s.instance,
                 clients: s.clients,
                 clients_connected: inst.and_then(|i| i.clients),
-                reserved: inst.map(|i| i.reserved.into()),
+                reserved: Some(s.reservation.into()),
                 usage: inst.and_then(|i| {
                     Some(Resources {
                         cpu_cores: i.cpu_cores?,
@@ -486,9 +497,66 @@ async fn service_list(st: &AppState) -> Answer<Vec<Service>> {
                         network_bps: i.net_bps.unwrap_or(0.0),
                     })
                 }),
+                profile: s.profile,
+                limits_enforced: s.limits_enforced,
             }
         })
         .collect())
+}
+
+async fn profiles(State(st): State<AppState>) -> Answer<axum::Json<Profiles>> {
+    match ask(&st, Request::Profiles).await? {
+        Response::Profiles(profiles) => Ok(axum::Json(Profiles { profiles })),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn profile(
+    State(st): State<AppState>,
+    Path(class): Path<String>,
+) -> Answer<axum::Json<smart_proto::profile::ClassProfile>> {
+    match ask(&st, Request::Profile { class }).await? {
+        Response::Profile(p) => Ok(axum::Json(*p)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Wraps a profile for [`parse_json`], which needs a default for optional bodies (this one
+/// is required).
+#[derive(Deserialize, Default)]
+#[serde(transparent)]
+struct ProfileBody(Option<smart_proto::profile::ServiceProfile>);
+
+async fn put_profile(
+    State(st): State<AppState>,
+    Path(class): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<axum::Json<Done>> {
+    let body = body.map_err(|e| {
+        if e.status().as_u16() == 413 {
+            Failure::new(
+                413,
+                "payload_too_large",
+                format!("profiles are limited to {MAX_PROFILE_BODY} bytes"),
+                false,
+            )
+        } else {
+            e.into()
+        }
+    })?;
+    let ProfileBody(p) = parse_json(&headers, &body, false)?;
+    let profile = p.ok_or_else(|| Failure::bad_request("the body is not a profile"))?;
+    done(
+        ask(
+            &st,
+            Request::PutProfile {
+                class,
+                profile: Box::new(profile),
+            },
+        )
+        .await?,
+    )
 }
 
 async fn services(State(st): State<AppState>) -> Answer<axum::Json<Services>> {

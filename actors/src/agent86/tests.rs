@@ -238,3 +238,21 @@ async fn a_crashed_instance_is_restarted_and_reported() {
     assert_ne!(new, pgid);
     unsafe { libc::kill(-new, libc::SIGKILL) };
 }
+
+#[test]
+fn cgroup_prefixes_are_per_node_and_data_dir_and_stable() {
+    let a = super::cgroup_prefix(NodeId(1), std::path::Path::new("/var/lib/smart/instances"));
+    assert_eq!(
+        a,
+        super::cgroup_prefix(NodeId(1), std::path::Path::new("/var/lib/smart/instances"))
+    );
+    assert!(a.starts_with("smart-n1-"), "{a}");
+    assert_ne!(
+        a,
+        super::cgroup_prefix(NodeId(1), std::path::Path::new("/tmp/other/n1/instances"))
+    );
+    assert_ne!(
+        a,
+        super::cgroup_prefix(NodeId(2), std::path::Path::new("/var/lib/smart/instances"))
+    );
+}

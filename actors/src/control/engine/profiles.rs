@@ -132,6 +132,9 @@ impl Profiles {
 }
 
 /// Checks a profile before it is stored: a hostile or broken one is refused with a reason.
+/// Most intervals in a stored profile's series (5.5 hours at 1 s).
+pub const MAX_PROFILE_INTERVALS: usize = 20_000;
+
 pub(crate) fn validate(p: &ServiceProfile) -> Result<(), String> {
     if p.version != PROFILE_FORMAT_VERSION {
         return Err(format!(
@@ -150,8 +153,15 @@ pub(crate) fn validate(p: &ServiceProfile) -> Result<(), String> {
     if p.per_client.as_ref().is_some_and(|pc| !series_ok(pc)) {
         return Err("the per-client series is empty or has negative or non-finite values".into());
     }
-    if p.base.len() > 1_000_000 {
-        return Err("more than a million intervals".into());
+    // Profiles travel in the replica and in node frames (1 MiB): bounded here.
+    if p.base.len() > MAX_PROFILE_INTERVALS
+        || p.per_client
+            .as_ref()
+            .is_some_and(|pc| pc.len() > MAX_PROFILE_INTERVALS)
+    {
+        return Err(format!(
+            "more than {MAX_PROFILE_INTERVALS} intervals (profile at a coarser interval)"
+        ));
     }
     if let Some(v) = p.video
         && (v.bitrate_bps == 0 || !(0.0..=1.0).contains(&v.window_fraction))
