@@ -53,8 +53,15 @@ pub struct Summary {
     pub rejected_requests: u64,
     /// Services moved (`Migrated` events: MS, drain, node failure, crash).
     pub migrations: u64,
+    /// Migrations caused by an anomaly (an instance persistently over its reservation).
+    pub anomaly_moves: u64,
     /// Services lost (`Lost` events; must be 0).
     pub lost_services: u64,
+    /// Share of node-intervals (1 s, the Control's view) in which the measured CPU or
+    /// network of a node's instances exceeded VR × its capacity, %.
+    pub overload_pct: f64,
+    /// Node-intervals sampled for `overload_pct`.
+    pub node_intervals: u64,
     /// kill -9 of the Control until every survivor reports the new one.
     pub control_failover_ms: f64,
     /// Viewers of the killed service node: first reconnect gap, p99.
@@ -170,6 +177,9 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     spec.origin = origin_url.clone();
     spec.bitrate_bps = KBPS * 1000;
     spec.nic_bps = args.nic_mbps * 1_000_000;
+    if let Some(e) = &args.estimator {
+        spec.admission_toml = format!("estimator = {e:?}\n");
+    }
     let started = Instant::now();
     let mut cluster = LocalCluster::start(spec)?;
     say(format!(
@@ -192,6 +202,7 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     // Events, from a subscriber on the front-end node (which never dies).
     let admitted = Arc::new(AtomicU64::new(0));
     let migrated = Arc::new(AtomicU64::new(0));
+    let anomaly_moves = Arc::new(AtomicU64::new(0));
     let lost = Arc::new(AtomicU64::new(0));
     let sub = cluster.client(fe).await?;
     sub.subscribe().await.map_err(|e| ClusterError::Node {
@@ -199,7 +210,12 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
         reason: e.to_string(),
     })?;
     {
-        let (a, m, l) = (admitted.clone(), migrated.clone(), lost.clone());
+        let (a, m, l, am) = (
+            admitted.clone(),
+            migrated.clone(),
+            lost.clone(),
+            anomaly_moves.clone(),
+        );
         let quiet = args.json;
         tokio::spawn(async move {
             while let Some(ev) = sub.next_event().await {
@@ -214,15 +230,18 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
                         reason,
                     } => {
                         m.fetch_add(1, Ordering::Relaxed);
+                        if reason.starts_with("anomaly") {
+                            am.fetch_add(1, Ordering::Relaxed);
+                        }
                         if !quiet {
-                            println!("  event: {service} moved n{from} -> n{to} ({reason})");
+                            println!("  event: {service} moved {from} -> {to} ({reason})");
                         }
                     }
                     Event::Notice {
                         service,
                         node,
                         reason,
-                    } if !quiet => println!("  event: {service} on n{node}: {reason}"),
+                    } if !quiet => println!("  event: {service} on {node}: {reason}"),
                     Event::Lost { service, reason } => {
                         l.fetch_add(1, Ordering::Relaxed);
                         if !quiet {
@@ -234,6 +253,34 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             }
         });
     }
+
+    // Overload: every second, each node's instances' measured CPU and network against
+    // VR × its capacity, as the Control sees them. (All nodes share this host, so the
+    // host-wide CPU would count every node's work, and other programs', on each of them.)
+    let intervals = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let sampler = {
+        let client = cluster.client(fe).await?;
+        let intervals = intervals.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Ok(smart_api::Response::Nodes(nodes)) =
+                    client.request(smart_api::Request::Nodes).await
+                else {
+                    continue; // an election: no view this second
+                };
+                for n in nodes {
+                    let Some(u) = n.usage else { continue };
+                    let cpu: f64 = n.instances.iter().filter_map(|i| i.cpu_cores).sum();
+                    let net: f64 = n.instances.iter().filter_map(|i| i.net_bps).sum();
+                    let over = cpu > n.vr * u.cpus as f64 || net > n.vr * u.nic_capacity_bps as f64;
+                    intervals.0.fetch_add(1, Ordering::Relaxed);
+                    intervals.1.fetch_add(over as u64, Ordering::Relaxed);
+                }
+            }
+        })
+    };
 
     // Viewers.
     let fe_url = cluster.frontend_url(fe).expect("front-end node");
@@ -430,6 +477,14 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     };
     summary.admitted_services = admitted.load(Ordering::Relaxed);
     summary.migrations = migrated.load(Ordering::Relaxed);
+    summary.anomaly_moves = anomaly_moves.load(Ordering::Relaxed);
+    sampler.abort();
+    summary.node_intervals = intervals.0.load(Ordering::Relaxed);
+    summary.overload_pct = if summary.node_intervals == 0 {
+        0.0
+    } else {
+        intervals.1.load(Ordering::Relaxed) as f64 * 100.0 / summary.node_intervals as f64
+    };
     summary.lost_services = lost.load(Ordering::Relaxed);
     if let Ok(s) = cluster.status(fe).await {
         summary.rejected_requests = counter(&s, "frontend_503");
@@ -449,8 +504,13 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             summary.rejected_requests
         );
         println!(
-            "migrations {}, services lost {}, corrupt streams {}",
-            summary.migrations, summary.lost_services, summary.corrupt_streams
+            "migrations {} (anomaly {}), services lost {}, corrupt streams {}, overload {:.1} % of {} node-intervals",
+            summary.migrations,
+            summary.anomaly_moves,
+            summary.lost_services,
+            summary.corrupt_streams,
+            summary.overload_pct,
+            summary.node_intervals
         );
         println!(
             "control failover {:.0} ms; dead node's viewers resumed p99 {:.0} ms (max {:.0}); drain gap p99 {:.0} ms",

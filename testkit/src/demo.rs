@@ -35,6 +35,11 @@ pub struct DemoArgs {
     /// MPEG-TS: what a real player (the front-end's `/play/{video}` page) shows.
     #[arg(long)]
     pub real_video: bool,
+    /// The admission estimator of every node (`[admission] estimator`): chernoff (the
+    /// default), empirical, gaussian, peak or mean. `peak` admits by the profile's maximum,
+    /// the deterministic baseline the thesis compares against.
+    #[arg(long)]
+    pub estimator: Option<String>,
 }
 
 /// `smart bench failover` options.
