@@ -5,7 +5,9 @@
 //! - a forged incarnation `u64::MAX` "from n1" sent to n2;
 //! - 1,100 idle TCP connections held open (reopened when closed);
 //! - `ulimit -n 150` plus held connections, then `kill -9` of the Control;
-//! - a node presenting another node's id.
+//! - a node presenting another node's id;
+//! - a member that is not the Control sending agent commands with its own real key;
+//! - a member that is not the Control pushing a registry copy that lists a stopped service.
 //!
 //! Every test starts its own cluster on its own loopback addresses (see `smart::cluster`),
 //! and every wait and every attack loop is bounded.
@@ -403,5 +405,229 @@ async fn encrypted_heartbeats_elect_and_fail_over_and_plain_forgeries_are_refuse
     assert_eq!(
         st.control.map(|c| c.node_id),
         Some(smart_api::NodeId(f.new_control))
+    );
+}
+
+/// Sends `req` to node `to` as node `from`, with `from`'s real key.
+async fn node_request_as(
+    c: &LocalCluster,
+    from: u64,
+    to: u64,
+    req: smart_api::NodeRequest,
+) -> Result<smart_api::NodeResponse, smart_supervision::transport::RequestError> {
+    use smart_supervision::transport::Client;
+    use smart_supervision::transport::tcp::TcpTransport;
+    let addr = c.nodes[(to - 1) as usize].addr.to_string();
+    let client =
+        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, c.node_endpoint(from, 1))
+            .await
+            .unwrap();
+    client.request(req, Duration::from_secs(5)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
+    use smart_proto::agent::{AgentCommand, AgentReply, LaunchSpec};
+    let c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    let (ctl, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
+    let (intruder, target) = (others[0], others[1]);
+    let marker = c.dir().join("intruder-start-ran");
+    let start = |instance: &str| AgentCommand::Start {
+        instance: instance.into(),
+        launch: LaunchSpec {
+            service: "x".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("touch {}; sleep 30", marker.display()),
+            ],
+            ..Default::default()
+        },
+        reservation: Default::default(),
+    };
+    // At the Control's own epoch, and one above it (as if the intruder were a new Control
+    // the target had not heard of yet), to the target and to the Control's own agent.
+    for (to, e, instance) in [
+        (target, epoch, "intruder.1"),
+        (target, epoch + 1, "intruder.2"),
+        (ctl, epoch + 1, "intruder.3"),
+    ] {
+        let r = node_request_as(
+            &c,
+            intruder,
+            to,
+            smart_api::NodeRequest::Agent {
+                epoch: e,
+                cmd: start(instance),
+            },
+        )
+        .await;
+        assert!(
+            !matches!(
+                r,
+                Ok(smart_api::NodeResponse::Agent(
+                    AgentReply::Instance(_) | AgentReply::Done
+                ))
+            ),
+            "n{to} executed n{intruder}'s start at epoch {e}: {r:?}"
+        );
+    }
+    // A deposed-looking epoch is told it is stale, as Agent86's fencing would.
+    let r = node_request_as(
+        &c,
+        intruder,
+        target,
+        smart_api::NodeRequest::Agent {
+            epoch: epoch - 1,
+            cmd: AgentCommand::Report,
+        },
+    )
+    .await;
+    assert!(
+        matches!(r, Ok(smart_api::NodeResponse::Agent(AgentReply::Refused { highest, .. })) if highest == epoch),
+        "{r:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!marker.exists(), "an intruder's start ran a process");
+    let st = wait_status(&c, target, Duration::from_secs(5), |s| {
+        counter(s, "agent_command_not_from_control") >= 3
+    })
+    .await;
+    assert_eq!(st.highest_epoch, epoch, "the intruder's epoch was adopted");
+    assert!(
+        counter(
+            &wait_status(&c, ctl, Duration::from_secs(5), |_| true).await,
+            "agent_command_not_from_control"
+        ) >= 1
+    );
+    // The real Control keeps commanding its agents, at its epoch.
+    let after = c
+        .wait_agreed_control(&all, Duration::from_secs(5), |_, _| true)
+        .await
+        .unwrap();
+    assert_eq!(after, (ctl, epoch));
+    let before = counter(&st, "agent_recent_commands");
+    wait_status(&c, target, Duration::from_secs(5), |s| {
+        counter(s, "agent_recent_commands") > before || before >= 16
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
+    use smart_api::{Request, Response, ServiceSpec};
+    use smart_proto::node::{Replica, ReplicaEntry};
+    let mut c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    let (ctl, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
+    let marker = c.dir().join("lazarus-starts");
+    let spec = ServiceSpec {
+        name: "lazarus".into(),
+        class: "distributor".into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo started >> {}; sleep 300", marker.display()),
+        ],
+        env: vec![],
+        per_client_bps: None,
+        duration_ms: None,
+    };
+    let cl = c.client(others[0]).await.unwrap();
+    let r = cl
+        .request(Request::AdmitService(spec.clone()))
+        .await
+        .unwrap();
+    let Response::Placed(placement) = r else {
+        panic!("not placed: {r:?}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the service never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = cl
+        .request(Request::StopService {
+            service: "lazarus".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Ok), "{r:?}");
+    // The Control's copies without it reach every node (one per refresh, 1 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A member that is not the Control pushes a copy that still lists it, "newer" by
+    // (epoch, version) than anything the Control sent.
+    let forged = Replica {
+        epoch,
+        version: 1_000_000,
+        services: vec![ReplicaEntry {
+            spec,
+            node: placement.node,
+            clients: 0,
+        }],
+        ..Replica::default()
+    };
+    for &to in &all {
+        for e in [epoch, epoch + 1] {
+            let r = node_request_as(
+                &c,
+                others[0],
+                to,
+                smart_api::NodeRequest::Replica(Replica {
+                    epoch: e,
+                    ..forged.clone()
+                }),
+            )
+            .await;
+            assert!(
+                r.is_err(),
+                "n{to} accepted n{}'s forged copy at epoch {e} (Control n{ctl} at {epoch}): {r:?}; {:?}",
+                others[0],
+                c.status(to).await
+            );
+        }
+    }
+    for &to in &all {
+        let s = wait_status(&c, to, Duration::from_secs(5), |_| true).await;
+        assert_eq!(counter(&s, "replica_not_from_control"), 2, "n{to}: {s:?}");
+    }
+    // The Control dies: its successor restores what its copy lists, and that is not the
+    // stopped service.
+    c.kill(ctl).unwrap();
+    c.wait_agreed_control(&others, Duration::from_secs(10), |n, e| {
+        n != ctl && e > epoch
+    })
+    .await
+    .unwrap();
+    let cl = c.client(others[0]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let services = loop {
+        match cl.request(Request::Services).await.unwrap() {
+            Response::Services(s) => break s,
+            other => {
+                assert!(Instant::now() < deadline, "no services answer: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        services.iter().all(|s| s.placement.service != "lazarus"),
+        "{services:?}"
+    );
+    let starts = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(
+        starts.lines().count(),
+        1,
+        "the stopped service was restarted"
     );
 }

@@ -225,6 +225,8 @@ impl NodeSupervisor {
                     subscribers: self.subscribers.clone(),
                     replica: self.replica.clone(),
                     counters: self.counters.clone(),
+                    view: self.view.subscribe(),
+                    warnings: self.warnings.clone(),
                 };
                 let (a, _) = Actor::spawn_linked(
                     None,
