@@ -631,3 +631,151 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
         "the stopped service was restarted"
     );
 }
+
+/// An origin on loopback with the given `(name, bitrate_bps, seconds)` videos; the task
+/// serving it (abort it to make the origin unreachable).
+async fn origin_with(videos: &[(&str, u64, u64)]) -> (String, tokio::task::JoinHandle<()>) {
+    use smart_vod::origin::{Origin, Video};
+    use smart_vod::ts::VideoParams;
+    let mut o = Origin::new();
+    for &(name, bitrate_bps, secs) in videos {
+        let v = Video::generated(VideoParams {
+            bitrate_bps,
+            duration_ms: secs * 1000,
+        })
+        .unwrap();
+        o.add(name, v);
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (format!("http://{addr}"), tokio::spawn(Arc::new(o).serve(l)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_end_admits_only_the_origins_videos_at_their_bitrate_and_rate_limits_new_ones() {
+    let (origin, origin_task) = origin_with(&[
+        ("hi", 2_000_000, 30),
+        ("lo", 800_000, 30),
+        ("long", 800_000, 120),
+    ])
+    .await;
+    let mut s = spec(2);
+    s.frontends = vec![2];
+    s.origin = origin;
+    // The configured bitrate is neither video's: the origin's X-Bitrate must win.
+    s.bitrate_bps = 400_000;
+    s.new_services = (1.0, 8);
+    let c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(2).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let watch = |video: &str| http.get(format!("{fe}/watch/{video}")).send();
+    let services = || async {
+        let r = http
+            .get(format!("{}/v1/services", c.http_url(1)))
+            .bearer_auth(c.read_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["services"].as_array().unwrap().clone()
+    };
+    // Unknown videos: 404, nothing started (progressive and HLS alike).
+    for v in ["aa", "bb", "cc"] {
+        let r = watch(v).await.unwrap();
+        assert_eq!(r.status(), 404, "{v}");
+    }
+    let r = watch("dd.m3u8").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(services().await.is_empty());
+    // Known videos: admitted.
+    for v in ["hi", "lo", "long"] {
+        let r = watch(v).await.unwrap();
+        assert_eq!(r.status(), 302, "{v}: {:?}", r.text().await);
+    }
+    // Their reservations scale with the origin's bitrate (and the cache with the duration).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let by_name = loop {
+        let list = services().await;
+        let get = |n: &str| {
+            list.iter()
+                .find(|s| s["name"] == format!("video-{n}"))
+                .cloned()
+        };
+        if let (Some(hi), Some(lo), Some(long)) = (get("hi"), get("lo"), get("long"))
+            && hi["clients"] == lo["clients"]
+            && lo["clients"] == long["clients"]
+            && [&hi, &lo, &long].iter().all(|s| s["reserved"].is_object())
+        {
+            break (hi, lo, long);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "services never settled: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (hi, lo, long) = by_name;
+    let net = |s: &serde_json::Value| s["reserved"]["network_bps"].as_f64().unwrap();
+    let mem = |s: &serde_json::Value| s["reserved"]["memory_bytes"].as_u64().unwrap();
+    let ratio = net(&hi) / net(&lo);
+    println!(
+        "reserved network: hi {:.0} lo {:.0} long {:.0} bit/s (ratio {ratio:.3}); memory lo {} long {}",
+        net(&hi),
+        net(&lo),
+        net(&long),
+        mem(&lo),
+        mem(&long)
+    );
+    assert!(
+        (ratio - 2.5).abs() < 0.025,
+        "hi/lo network {ratio}: {hi} {lo}"
+    );
+    assert!((net(&long) / net(&lo) - 1.0).abs() < 0.01, "{long} {lo}");
+    assert!(
+        mem(&long) > mem(&lo),
+        "a 4x longer video caches more: {long} {lo}"
+    );
+    // A burst of new names beyond the bucket (8, of which 7 are spent): 429 with Retry-After.
+    let mut limited = 0;
+    for k in 0..10 {
+        let r = watch(&format!("x{k}")).await.unwrap();
+        match r.status().as_u16() {
+            404 => {}
+            429 => {
+                limited += 1;
+                let after: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&after), "retry-after {after}");
+            }
+            other => panic!("x{k}: {other}"),
+        }
+    }
+    assert!(limited >= 8, "only {limited} of 10 limited");
+    // A viewer of a running video starts nothing new: not limited.
+    assert_eq!(watch("hi").await.unwrap().status(), 302);
+    assert_eq!(services().await.len(), 3);
+    let st = wait_status(&c, 2, Duration::from_secs(5), |s| {
+        counter(s, "frontend_429") >= limited
+    })
+    .await;
+    assert!(counter(&st, "frontend_unknown_video") >= 4, "{st:?}");
+    // The origin goes away: a new video is 502 with the cause, and nothing starts.
+    origin_task.abort();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = watch("zz").await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("origin"), "{body}");
+    assert_eq!(services().await.len(), 3);
+}
