@@ -176,6 +176,8 @@ pub struct HttpFrontEnd {
     pub forwarder: Forwarder,
     /// This node's event subscribers (the Control's events, for the page and the cache).
     pub subscribers: Arc<Subscribers>,
+    /// Rate-limited WARN lines for refused viewers.
+    pub warnings: Arc<smart_supervision::ratelog::WarnLimiter>,
 }
 
 /// What the routes share.
@@ -192,6 +194,8 @@ struct Ctx {
     catalogue: Catalogue,
     /// New services per client address.
     limiter: RateLimiter,
+    /// Rate-limited WARN lines.
+    warnings: Arc<smart_supervision::ratelog::WarnLimiter>,
 }
 
 /// Releases an admitted client when dropped (a relayed connection ended).
@@ -241,16 +245,28 @@ impl Ctx {
             && let Err(wait) = self.limiter.take(from, tokio::time::Instant::now())
         {
             self.counters.incr("frontend_429");
+            self.warnings.warn(
+                "frontend_429",
+                format_args!("{from} is over its rate of new videos (asked for {video:?})"),
+            );
             return Err(Answer::TooMany(wait));
         }
         let info = match self.catalogue.lookup(video).await {
             Ok(info) => info,
             Err(CatalogueError::NotFound) => {
                 self.counters.incr("frontend_unknown_video");
+                self.warnings.warn(
+                    "frontend_unknown_video",
+                    format_args!("{from} asked for {video:?}, which the origin does not have"),
+                );
                 return Err(Answer::NotFound);
             }
             Err(e) => {
                 self.counters.incr("frontend_origin_unreachable");
+                self.warnings.warn(
+                    "frontend_origin_unreachable",
+                    format_args!("cannot ask the origin about {video:?}: {e}"),
+                );
                 return Err(Answer::BadGateway(e.to_string()));
             }
         };
@@ -598,6 +614,7 @@ impl Actor for HttpFrontEnd {
                 fc.origin_timeout,
             ),
             limiter: RateLimiter::new(fc.new_services_per_sec, fc.new_services_burst),
+            warnings: self.warnings.clone(),
         });
         let span = info_span!("frontend", %node);
         let tasks = vec![

@@ -249,6 +249,7 @@ impl NodeSupervisor {
                         counters: self.counters.clone(),
                         forwarder: self.forwarder(),
                         subscribers: self.subscribers.clone(),
+                        warnings: self.warnings.clone(),
                     },
                     (),
                     myself.get_cell(),
