@@ -7,7 +7,9 @@
 //! - `ulimit -n 150` plus held connections, then `kill -9` of the Control;
 //! - a node presenting another node's id;
 //! - a member that is not the Control sending agent commands with its own real key;
-//! - a member that is not the Control pushing a registry copy that lists a stopped service.
+//! - a member that is not the Control pushing a registry copy that lists a stopped service;
+//! - `/watch` for videos the origin does not have, 1,000 of them from one address, and an
+//!   origin that went away.
 //!
 //! Every test starts its own cluster on its own loopback addresses (see `smart::cluster`),
 //! and every wait and every attack loop is bounded.
@@ -778,4 +780,59 @@ async fn the_front_end_admits_only_the_origins_videos_at_their_bitrate_and_rate_
     let body = r.text().await.unwrap();
     assert!(body.contains("origin"), "{body}");
     assert_eq!(services().await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_unknown_videos_from_one_address_are_404_or_429_and_start_nothing() {
+    let (origin, _origin_task) = origin_with(&[("v0", 400_000, 10)]).await;
+    let mut s = spec(2);
+    s.frontends = vec![2];
+    s.origin = origin;
+    let (rate, burst) = (5.0, 20);
+    s.new_services = (rate, burst);
+    let c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(2).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let (mut not_found, mut limited) = (0u64, 0u64);
+    for k in 0..1000 {
+        let r = http
+            .get(format!("{fe}/watch/nope{k}"))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            404 => not_found += 1,
+            429 => limited += 1,
+            other => panic!("nope{k}: {other}"),
+        }
+    }
+    let took = t0.elapsed().as_secs_f64();
+    // At most the burst plus what the bucket refilled reached the origin.
+    let allowed = burst as f64 + rate * took + 1.0;
+    println!("1000 unknown videos in {took:.2} s: {not_found} x 404, {limited} x 429");
+    assert_eq!(not_found + limited, 1000);
+    assert!(not_found as f64 <= allowed, "{not_found} > {allowed}");
+    assert!(not_found >= burst as u64);
+    let st = wait_status(&c, 2, Duration::from_secs(5), |s| {
+        counter(s, "frontend_429") == limited
+    })
+    .await;
+    assert_eq!(counter(&st, "frontend_unknown_video"), not_found);
+    let cl = c.client(1).await.unwrap();
+    match cl.request(smart_api::Request::Services).await.unwrap() {
+        smart_api::Response::Services(s) => assert!(s.is_empty(), "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The address's known video still plays once the bucket refills.
+    tokio::time::sleep(Duration::from_secs_f64(1.0 / rate + 0.1)).await;
+    let r = http.get(format!("{fe}/watch/v0")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
 }
