@@ -236,11 +236,17 @@ async fn eleven_hundred_idle_connections_do_not_block_status_nor_node_requests()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(holder.opened() >= 1100, "only {} opened", holder.opened());
-    // `smart status` (the CLI, a fresh process) and the API client keep working.
+    // A message-API client on a fresh connection (a handshake through the flood) and
+    // `smart status` (the CLI, a fresh process, over the node's HTTP API) keep working.
     for _ in 0..5 {
+        let fresh = c.client(flooded).await.expect("connect under the flood");
+        match fresh.request(smart_api::Request::Status).await {
+            Ok(smart_api::Response::Status(_)) => {}
+            other => panic!("status over the flooded port failed: {other:?}"),
+        }
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-            .args(["status", "--json", "--config"])
-            .arg(&c.nodes[(flooded - 1) as usize].config)
+            .args(["status", "--json", "--addr", &c.http_url(flooded)])
+            .args(["--token", c.read_token()])
             .output()
             .await
             .unwrap();
@@ -368,17 +374,12 @@ async fn a_node_presenting_another_nodes_id_is_refused() {
     })
     .await;
     assert_eq!(counter(&s, "transport_handshakes_bad_key"), 0, "{s:?}");
-    // Clients still connect with the cluster key alone, and the CLI works.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(["status", "--json", "--connect", &addr, "--key"])
-        .arg(c.keys().cluster_key_file())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Clients still connect with the cluster key alone.
+    let client = c.client(1).await.expect("a client with the cluster key");
+    assert!(matches!(
+        client.request(smart_api::Request::Status).await,
+        Ok(smart_api::Response::Status(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
