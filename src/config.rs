@@ -434,8 +434,21 @@ pub struct FrontendConfig {
     pub distributor_command: Vec<String>,
     /// The origin's URL, e.g. `http://10.0.0.1:8000`.
     pub origin: String,
-    /// Bitrate of the videos, bits/s (the per-client network increment).
+    /// Bitrate of a video whose origin sends no `X-Bitrate`, bits/s (the per-client
+    /// network increment); the origin's `X-Bitrate` wins when present.
     pub bitrate_bps: u64,
+    /// How long the origin's answer about a video (its bitrate and duration, or that it has
+    /// no such video) is kept before the next `HEAD` asks again.
+    #[serde(with = "humantime_serde")]
+    pub catalogue_ttl: Duration,
+    /// The origin must answer a catalogue `HEAD` within this (else `502` to the viewer).
+    #[serde(with = "humantime_serde")]
+    pub origin_timeout: Duration,
+    /// Admissions that may start a service (a video the front-end knows no placement of),
+    /// per second and per client address: a token bucket's refill rate.
+    pub new_services_per_sec: f64,
+    /// The token bucket's size: a client address may start this many at once.
+    pub new_services_burst: u32,
     /// Progressive `GET /watch/{video}`: `redirect` (default) or `relay`.
     pub progressive: Delivery,
     /// HLS segments `GET /watch/{video}/seg/{n}.ts`: `relay` (default) or `redirect`. The
@@ -475,6 +488,10 @@ impl Default for FrontendConfig {
             .collect(),
             origin: "http://127.0.0.1:8000".into(),
             bitrate_bps: 400_000,
+            catalogue_ttl: Duration::from_secs(30),
+            origin_timeout: Duration::from_secs(2),
+            new_services_per_sec: 1.0,
+            new_services_burst: 10,
             progressive: Delivery::Redirect,
             hls: Delivery::Relay,
             hls_session_timeout: Duration::from_secs(15),
@@ -798,6 +815,22 @@ impl NodeConfig {
         if self.frontend.relay_resume_deadline.is_zero() {
             return Err(bad("frontend.relay_resume_deadline", "must be > 0".into()));
         }
+        if self.frontend.origin_timeout.is_zero() {
+            return Err(bad("frontend.origin_timeout", "must be > 0".into()));
+        }
+        let rate = self.frontend.new_services_per_sec;
+        if !rate.is_finite() || rate <= 0.0 {
+            return Err(bad(
+                "frontend.new_services_per_sec",
+                format!("{rate} is not a positive rate"),
+            ));
+        }
+        if self.frontend.new_services_burst == 0 {
+            return Err(bad(
+                "frontend.new_services_burst",
+                "must be at least 1".into(),
+            ));
+        }
         if self.has_role(Role::FrontEnd) && self.frontend_http.is_none() {
             return Err(bad(
                 "frontend_http",
@@ -928,6 +961,26 @@ members = [1, 2, 3]
                     "[timing]\nrequest_timeout = \"soon\"\n[election]",
                 ),
                 "request_timeout",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\nnew_services_per_sec = 0.0\n"),
+                "frontend.new_services_per_sec",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\nnew_services_per_sec = -1.5\n"),
+                "frontend.new_services_per_sec",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\nnew_services_per_sec = nan\n"),
+                "frontend.new_services_per_sec",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\nnew_services_burst = 0\n"),
+                "frontend.new_services_burst",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\norigin_timeout = \"0s\"\n"),
+                "frontend.origin_timeout",
             ),
         ];
         for (text, key) in cases {

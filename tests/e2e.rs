@@ -454,7 +454,12 @@ async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
     let fe_cfg =
         smart::config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(&c)))).unwrap();
     for v in 0..4 {
-        let spec = smart::node::http_frontend::spec_for(&fe_cfg.frontend, &format!("v{v}"));
+        let spec = smart::node::http_frontend::spec_for(
+            &fe_cfg.frontend,
+            &format!("v{v}"),
+            fe_cfg.frontend.bitrate_bps,
+            None,
+        );
         let r = cl.request(Request::AdmitService(spec)).await.unwrap();
         assert!(matches!(r, Response::Placed(_)), "{r:?}");
     }

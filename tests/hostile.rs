@@ -5,7 +5,11 @@
 //! - a forged incarnation `u64::MAX` "from n1" sent to n2;
 //! - 1,100 idle TCP connections held open (reopened when closed);
 //! - `ulimit -n 150` plus held connections, then `kill -9` of the Control;
-//! - a node presenting another node's id.
+//! - a node presenting another node's id;
+//! - a member that is not the Control sending agent commands with its own real key;
+//! - a member that is not the Control pushing a registry copy that lists a stopped service;
+//! - `/watch` for videos the origin does not have, 1,000 of them from one address, and an
+//!   origin that went away.
 //!
 //! Every test starts its own cluster on its own loopback addresses (see `smart::cluster`),
 //! and every wait and every attack loop is bounded.
@@ -232,12 +236,17 @@ async fn eleven_hundred_idle_connections_do_not_block_status_nor_node_requests()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(holder.opened() >= 1100, "only {} opened", holder.opened());
-    // `smart status` (the CLI, a fresh process) and the API client keep working.
+    // A message-API client on a fresh connection (a handshake through the flood) and
+    // `smart status` (the CLI, a fresh process, over the node's HTTP API) keep working.
     for _ in 0..5 {
+        let fresh = c.client(flooded).await.expect("connect under the flood");
+        match fresh.request(smart_api::Request::Status).await {
+            Ok(smart_api::Response::Status(_)) => {}
+            other => panic!("status over the flooded port failed: {other:?}"),
+        }
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-            .args(["status", "--json", "--config"])
-            .arg(&c.nodes[(flooded - 1) as usize].config)
-            .env("SMART_TOKEN", c.read_token())
+            .args(["status", "--json", "--addr", &c.http_url(flooded)])
+            .args(["--token", c.read_token()])
             .output()
             .await
             .unwrap();
@@ -411,4 +420,431 @@ async fn encrypted_heartbeats_elect_and_fail_over_and_plain_forgeries_are_refuse
         st.control.map(|c| c.node_id),
         Some(smart_api::NodeId(f.new_control))
     );
+}
+
+/// Sends `req` to node `to` as node `from`, with `from`'s real key.
+async fn node_request_as(
+    c: &LocalCluster,
+    from: u64,
+    to: u64,
+    req: smart_api::NodeRequest,
+) -> Result<smart_api::NodeResponse, smart_supervision::transport::RequestError> {
+    use smart_supervision::transport::Client;
+    use smart_supervision::transport::tcp::TcpTransport;
+    let addr = c.nodes[(to - 1) as usize].addr.to_string();
+    let client =
+        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, c.node_endpoint(from, 1))
+            .await
+            .unwrap();
+    client.request(req, Duration::from_secs(5)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
+    use smart_proto::agent::{AgentCommand, AgentReply, LaunchSpec};
+    let c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    let (ctl, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
+    let (intruder, target) = (others[0], others[1]);
+    let marker = c.dir().join("intruder-start-ran");
+    let start = |instance: &str| AgentCommand::Start {
+        instance: instance.into(),
+        launch: LaunchSpec {
+            service: "x".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("touch {}; sleep 30", marker.display()),
+            ],
+            ..Default::default()
+        },
+        reservation: Default::default(),
+    };
+    // At the Control's own epoch, and one above it (as if the intruder were a new Control
+    // the target had not heard of yet), to the target and to the Control's own agent.
+    for (to, e, instance) in [
+        (target, epoch, "intruder.1"),
+        (target, epoch + 1, "intruder.2"),
+        (ctl, epoch + 1, "intruder.3"),
+    ] {
+        let r = node_request_as(
+            &c,
+            intruder,
+            to,
+            smart_api::NodeRequest::Agent {
+                epoch: e,
+                cmd: start(instance),
+            },
+        )
+        .await;
+        assert!(
+            !matches!(
+                r,
+                Ok(smart_api::NodeResponse::Agent(
+                    AgentReply::Instance(_) | AgentReply::Done
+                ))
+            ),
+            "n{to} executed n{intruder}'s start at epoch {e}: {r:?}"
+        );
+    }
+    // A deposed-looking epoch is told it is stale, as Agent86's fencing would.
+    let r = node_request_as(
+        &c,
+        intruder,
+        target,
+        smart_api::NodeRequest::Agent {
+            epoch: epoch - 1,
+            cmd: AgentCommand::Report,
+        },
+    )
+    .await;
+    assert!(
+        matches!(r, Ok(smart_api::NodeResponse::Agent(AgentReply::Refused { highest, .. })) if highest == epoch),
+        "{r:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!marker.exists(), "an intruder's start ran a process");
+    let st = wait_status(&c, target, Duration::from_secs(5), |s| {
+        counter(s, "agent_command_not_from_control") >= 3
+    })
+    .await;
+    assert_eq!(st.highest_epoch, epoch, "the intruder's epoch was adopted");
+    assert!(
+        counter(
+            &wait_status(&c, ctl, Duration::from_secs(5), |_| true).await,
+            "agent_command_not_from_control"
+        ) >= 1
+    );
+    // The real Control keeps commanding its agents, at its epoch.
+    let after = c
+        .wait_agreed_control(&all, Duration::from_secs(5), |_, _| true)
+        .await
+        .unwrap();
+    assert_eq!(after, (ctl, epoch));
+    let before = counter(&st, "agent_recent_commands");
+    wait_status(&c, target, Duration::from_secs(5), |s| {
+        counter(s, "agent_recent_commands") > before || before >= 16
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
+    use smart_api::{Request, Response, ServiceSpec};
+    use smart_proto::node::{Replica, ReplicaEntry};
+    let mut c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    let (ctl, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
+    let marker = c.dir().join("lazarus-starts");
+    let spec = ServiceSpec {
+        name: "lazarus".into(),
+        class: "distributor".into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo started >> {}; sleep 300", marker.display()),
+        ],
+        env: vec![],
+        per_client_bps: None,
+        duration_ms: None,
+    };
+    let cl = c.client(others[0]).await.unwrap();
+    let r = cl
+        .request(Request::AdmitService(spec.clone()))
+        .await
+        .unwrap();
+    let Response::Placed(placement) = r else {
+        panic!("not placed: {r:?}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the service never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = cl
+        .request(Request::StopService {
+            service: "lazarus".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Ok), "{r:?}");
+    // The Control's copies without it reach every node (one per refresh, 1 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A member that is not the Control pushes a copy that still lists it, "newer" by
+    // (epoch, version) than anything the Control sent.
+    let forged = Replica {
+        epoch,
+        version: 1_000_000,
+        services: vec![ReplicaEntry {
+            spec,
+            node: placement.node,
+            clients: 0,
+        }],
+        ..Replica::default()
+    };
+    for &to in &all {
+        for e in [epoch, epoch + 1] {
+            let r = node_request_as(
+                &c,
+                others[0],
+                to,
+                smart_api::NodeRequest::Replica(Replica {
+                    epoch: e,
+                    ..forged.clone()
+                }),
+            )
+            .await;
+            assert!(
+                r.is_err(),
+                "n{to} accepted n{}'s forged copy at epoch {e} (Control n{ctl} at {epoch}): {r:?}; {:?}",
+                others[0],
+                c.status(to).await
+            );
+        }
+    }
+    for &to in &all {
+        let s = wait_status(&c, to, Duration::from_secs(5), |_| true).await;
+        assert_eq!(counter(&s, "replica_not_from_control"), 2, "n{to}: {s:?}");
+    }
+    // The Control dies: its successor restores what its copy lists, and that is not the
+    // stopped service.
+    c.kill(ctl).unwrap();
+    c.wait_agreed_control(&others, Duration::from_secs(10), |n, e| {
+        n != ctl && e > epoch
+    })
+    .await
+    .unwrap();
+    let cl = c.client(others[0]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let services = loop {
+        match cl.request(Request::Services).await.unwrap() {
+            Response::Services(s) => break s,
+            other => {
+                assert!(Instant::now() < deadline, "no services answer: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        services.iter().all(|s| s.placement.service != "lazarus"),
+        "{services:?}"
+    );
+    let starts = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(
+        starts.lines().count(),
+        1,
+        "the stopped service was restarted"
+    );
+}
+
+/// An origin on loopback with the given `(name, bitrate_bps, seconds)` videos; the task
+/// serving it (abort it to make the origin unreachable).
+async fn origin_with(videos: &[(&str, u64, u64)]) -> (String, tokio::task::JoinHandle<()>) {
+    use smart_vod::origin::{Origin, Video};
+    use smart_vod::ts::VideoParams;
+    let mut o = Origin::new();
+    for &(name, bitrate_bps, secs) in videos {
+        let v = Video::generated(VideoParams {
+            bitrate_bps,
+            duration_ms: secs * 1000,
+        })
+        .unwrap();
+        o.add(name, v);
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (format!("http://{addr}"), tokio::spawn(Arc::new(o).serve(l)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_end_admits_only_the_origins_videos_at_their_bitrate_and_rate_limits_new_ones() {
+    let (origin, origin_task) = origin_with(&[
+        ("hi", 2_000_000, 30),
+        ("lo", 800_000, 30),
+        ("long", 800_000, 120),
+    ])
+    .await;
+    let mut s = spec(2);
+    s.frontends = vec![2];
+    s.origin = origin;
+    // The configured bitrate is neither video's: the origin's X-Bitrate must win.
+    s.bitrate_bps = 400_000;
+    s.new_services = (1.0, 8);
+    let c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(2).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let watch = |video: &str| http.get(format!("{fe}/watch/{video}")).send();
+    let services = || async {
+        let r = http
+            .get(format!("{}/v1/services", c.http_url(1)))
+            .bearer_auth(c.read_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["services"].as_array().unwrap().clone()
+    };
+    // Unknown videos: 404, nothing started (progressive and HLS alike).
+    for v in ["aa", "bb", "cc"] {
+        let r = watch(v).await.unwrap();
+        assert_eq!(r.status(), 404, "{v}");
+    }
+    let r = watch("dd.m3u8").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(services().await.is_empty());
+    // Known videos: admitted.
+    for v in ["hi", "lo", "long"] {
+        let r = watch(v).await.unwrap();
+        assert_eq!(r.status(), 302, "{v}: {:?}", r.text().await);
+    }
+    // Their reservations scale with the origin's bitrate (and the cache with the duration).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let by_name = loop {
+        let list = services().await;
+        let get = |n: &str| {
+            list.iter()
+                .find(|s| s["name"] == format!("video-{n}"))
+                .cloned()
+        };
+        if let (Some(hi), Some(lo), Some(long)) = (get("hi"), get("lo"), get("long"))
+            && hi["clients"] == lo["clients"]
+            && lo["clients"] == long["clients"]
+            && [&hi, &lo, &long].iter().all(|s| s["reserved"].is_object())
+        {
+            break (hi, lo, long);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "services never settled: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (hi, lo, long) = by_name;
+    let net = |s: &serde_json::Value| s["reserved"]["network_bps"].as_f64().unwrap();
+    let mem = |s: &serde_json::Value| s["reserved"]["memory_bytes"].as_u64().unwrap();
+    let ratio = net(&hi) / net(&lo);
+    println!(
+        "reserved network: hi {:.0} lo {:.0} long {:.0} bit/s (ratio {ratio:.3}); memory lo {} long {}",
+        net(&hi),
+        net(&lo),
+        net(&long),
+        mem(&lo),
+        mem(&long)
+    );
+    assert!(
+        (ratio - 2.5).abs() < 0.025,
+        "hi/lo network {ratio}: {hi} {lo}"
+    );
+    assert!((net(&long) / net(&lo) - 1.0).abs() < 0.01, "{long} {lo}");
+    assert!(
+        mem(&long) > mem(&lo),
+        "a 4x longer video caches more: {long} {lo}"
+    );
+    // A burst of new names beyond the bucket (8, of which 7 are spent): 429 with Retry-After.
+    let mut limited = 0;
+    for k in 0..10 {
+        let r = watch(&format!("x{k}")).await.unwrap();
+        match r.status().as_u16() {
+            404 => {}
+            429 => {
+                limited += 1;
+                let after: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&after), "retry-after {after}");
+            }
+            other => panic!("x{k}: {other}"),
+        }
+    }
+    assert!(limited >= 8, "only {limited} of 10 limited");
+    // A viewer of a running video starts nothing new: not limited.
+    assert_eq!(watch("hi").await.unwrap().status(), 302);
+    assert_eq!(services().await.len(), 3);
+    let st = wait_status(&c, 2, Duration::from_secs(5), |s| {
+        counter(s, "frontend_429") >= limited
+    })
+    .await;
+    assert!(counter(&st, "frontend_unknown_video") >= 4, "{st:?}");
+    // The origin goes away: a new video is 502 with the cause, and nothing starts.
+    origin_task.abort();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = watch("zz").await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("origin"), "{body}");
+    assert_eq!(services().await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_unknown_videos_from_one_address_are_404_or_429_and_start_nothing() {
+    let (origin, _origin_task) = origin_with(&[("v0", 400_000, 10)]).await;
+    let mut s = spec(2);
+    s.frontends = vec![2];
+    s.origin = origin;
+    let (rate, burst) = (5.0, 20);
+    s.new_services = (rate, burst);
+    let c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(2).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let (mut not_found, mut limited) = (0u64, 0u64);
+    for k in 0..1000 {
+        let r = http
+            .get(format!("{fe}/watch/nope{k}"))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            404 => not_found += 1,
+            429 => limited += 1,
+            other => panic!("nope{k}: {other}"),
+        }
+    }
+    let took = t0.elapsed().as_secs_f64();
+    // At most the burst plus what the bucket refilled reached the origin.
+    let allowed = burst as f64 + rate * took + 1.0;
+    println!("1000 unknown videos in {took:.2} s: {not_found} x 404, {limited} x 429");
+    assert_eq!(not_found + limited, 1000);
+    assert!(not_found as f64 <= allowed, "{not_found} > {allowed}");
+    assert!(not_found >= burst as u64);
+    let st = wait_status(&c, 2, Duration::from_secs(5), |s| {
+        counter(s, "frontend_429") == limited
+    })
+    .await;
+    assert_eq!(counter(&st, "frontend_unknown_video"), not_found);
+    let cl = c.client(1).await.unwrap();
+    match cl.request(smart_api::Request::Services).await.unwrap() {
+        smart_api::Response::Services(s) => assert!(s.is_empty(), "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The address's known video still plays once the bucket refills.
+    tokio::time::sleep(Duration::from_secs_f64(1.0 / rate + 0.1)).await;
+    let r = http.get(format!("{fe}/watch/v0")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
 }

@@ -166,7 +166,12 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        // Handlers may ask for the client's address (`ConnectInfo<SocketAddr>`).
+        let app = tower::Layer::layer(
+            &axum::Extension(axum::extract::ConnectInfo(peer)),
+            app.clone(),
+        );
+        let svc = TowerToHyperService::new(app);
         let span = tracing::Span::current();
         tokio::spawn(
             async move {

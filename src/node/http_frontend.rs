@@ -11,6 +11,15 @@
 //! When admission says no: `503 Service Unavailable` with `Retry-After` and the reason (body
 //! and `X-Reason`). Bad names, session ids and segment numbers get `4xx`.
 //!
+//! Before the Control is asked ([`gate`]): an admission that may start a service (no
+//! placement of the video is known here) takes a token of its client address's bucket
+//! (none left: `429 Too Many Requests` with `Retry-After`, counted in `frontend_429`); then
+//! the origin is asked `HEAD /{video}` (cached per video): a video it does not have is `404`
+//! and starts nothing (`frontend_unknown_video`), an origin that does not answer is `502`
+//! with the cause (`frontend_origin_unreachable`), and the distributor's spec carries the
+//! video's `X-Bitrate` as `per_client_bps` and its `X-Duration-Ms` as `duration_ms`, which
+//! the Control scales the class profile by.
+//!
 //! Admission per viewer:
 //! - progressive, redirect: a viewer resuming (a `Range` starting past byte 0: its
 //!   distributor moved or died) is only *located* (it was admitted already); otherwise a
@@ -38,18 +47,20 @@
 //! - [`service_of`], [`spec_for`]: video name to service name and spec.
 //! - [`placements`], [`relay`], [`sessions`], [`hls`], [`page`]: the parts above.
 
+mod gate;
 mod hls;
 mod page;
 mod placements;
 mod relay;
 mod sessions;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
@@ -59,6 +70,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span};
 
+use self::gate::{Catalogue, CatalogueError, RateLimiter};
 use self::page::{EventLog, Where};
 use self::placements::Placements;
 use self::relay::{Relay, RelayCfg, RelayError, Resource};
@@ -74,8 +86,14 @@ pub fn service_of(video: &str) -> String {
     format!("video-{video}")
 }
 
-/// The distributor spec of `video` from the node's `[frontend]` template.
-pub fn spec_for(cfg: &crate::config::FrontendConfig, video: &str) -> ServiceSpec {
+/// The distributor spec of `video` from the node's `[frontend]` template, for a video of
+/// `bitrate_bps` and `duration_ms` (the origin's `X-Bitrate` and `X-Duration-Ms`).
+pub fn spec_for(
+    cfg: &crate::config::FrontendConfig,
+    video: &str,
+    bitrate_bps: u64,
+    duration_ms: Option<u64>,
+) -> ServiceSpec {
     ServiceSpec {
         name: service_of(video),
         class: "distributor".into(),
@@ -85,8 +103,8 @@ pub fn spec_for(cfg: &crate::config::FrontendConfig, video: &str) -> ServiceSpec
             .map(|a| a.replace("{origin}", &cfg.origin).replace("{video}", video))
             .collect(),
         env: Vec::new(),
-        per_client_bps: Some(cfg.bitrate_bps),
-        duration_ms: None,
+        per_client_bps: Some(bitrate_bps),
+        duration_ms,
     }
 }
 
@@ -142,6 +160,10 @@ enum Answer {
     Redirect(String),
     Unavailable(String),
     NotFound,
+    /// Over the client address's rate of new services: retry after this long.
+    TooMany(Duration),
+    /// The origin could not say whether the video exists.
+    BadGateway(String),
 }
 
 /// The front-end HTTP actor.
@@ -154,6 +176,8 @@ pub struct HttpFrontEnd {
     pub forwarder: Forwarder,
     /// This node's event subscribers (the Control's events, for the page and the cache).
     pub subscribers: Arc<Subscribers>,
+    /// Rate-limited WARN lines for refused viewers.
+    pub warnings: Arc<smart_supervision::ratelog::WarnLimiter>,
 }
 
 /// What the routes share.
@@ -166,6 +190,12 @@ struct Ctx {
     log: Arc<EventLog>,
     /// The player page's files.
     player_dir: std::path::PathBuf,
+    /// The origin's videos.
+    catalogue: Catalogue,
+    /// New services per client address.
+    limiter: RateLimiter,
+    /// Rate-limited WARN lines.
+    warnings: Arc<smart_supervision::ratelog::WarnLimiter>,
 }
 
 /// Releases an admitted client when dropped (a relayed connection ended).
@@ -209,13 +239,48 @@ impl Ctx {
         }
     }
 
-    /// Admits one client of `video`; the reason when refused.
-    async fn admit(&self, video: &str) -> Result<Placement, String> {
+    /// Admits one client of `video` for a viewer at `from`; what to answer when refused.
+    async fn admit(&self, video: &str, from: IpAddr) -> Result<Placement, Answer> {
+        if !self.placements.has(video)
+            && let Err(wait) = self.limiter.take(from, tokio::time::Instant::now())
+        {
+            self.counters.incr("frontend_429");
+            self.warnings.warn(
+                "frontend_429",
+                format_args!("{from} is over its rate of new videos (asked for {video:?})"),
+            );
+            return Err(Answer::TooMany(wait));
+        }
+        let info = match self.catalogue.lookup(video).await {
+            Ok(info) => info,
+            Err(CatalogueError::NotFound) => {
+                self.counters.incr("frontend_unknown_video");
+                self.warnings.warn(
+                    "frontend_unknown_video",
+                    format_args!("{from} asked for {video:?}, which the origin does not have"),
+                );
+                return Err(Answer::NotFound);
+            }
+            Err(e) => {
+                self.counters.incr("frontend_origin_unreachable");
+                self.warnings.warn(
+                    "frontend_origin_unreachable",
+                    format_args!("cannot ask the origin about {video:?}: {e}"),
+                );
+                return Err(Answer::BadGateway(e.to_string()));
+            }
+        };
+        let spec = spec_for(
+            &self.cfg.frontend,
+            video,
+            info.bitrate_bps,
+            info.duration_ms,
+        );
         let r = self
             .forwarder
             .forward(Request::AdmitClient {
                 service: service_of(video),
-                spec: Some(spec_for(&self.cfg.frontend, video)),
+                spec: Some(spec),
             })
             .await;
         match r {
@@ -227,9 +292,9 @@ impl Ctx {
                 if matches!(e, smart_api::ApiError::Rejected { .. }) {
                     self.log.push(video, "refused", e.to_string());
                 }
-                Err(e.to_string())
+                Err(Answer::Unavailable(e.to_string()))
             }
-            other => Err(format!("unexpected {other:?}")),
+            other => Err(Answer::Unavailable(format!("unexpected {other:?}"))),
         }
     }
 
@@ -237,7 +302,7 @@ impl Ctx {
         release(&self.forwarder, service_of(video), client);
     }
 
-    async fn decide(&self, video: &str, resume_at: u64) -> Answer {
+    async fn decide(&self, video: &str, resume_at: u64, from: IpAddr) -> Answer {
         if resume_at > 0
             && let Response::Placed(p) = self
                 .forwarder
@@ -248,9 +313,9 @@ impl Ctx {
         {
             return Answer::Redirect(format!("{}{video}", p.endpoint));
         }
-        match self.admit(video).await {
+        match self.admit(video, from).await {
             Ok(p) => Answer::Redirect(format!("{}{video}", p.endpoint)),
-            Err(reason) => Answer::Unavailable(reason),
+            Err(answer) => answer,
         }
     }
 
@@ -275,19 +340,43 @@ impl Ctx {
                 }
                 r
             }
-            Answer::NotFound => StatusCode::NOT_FOUND.into_response(),
+            Answer::NotFound => (StatusCode::NOT_FOUND, "no such video\n").into_response(),
+            Answer::TooMany(wait) => {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many new videos from this address; retry in {secs} s\n"),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                r
+            }
+            Answer::BadGateway(reason) => {
+                let reason = reason.replace(['\r', '\n'], " ");
+                let mut r =
+                    (StatusCode::BAD_GATEWAY, format!("origin: {reason}\n")).into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                r
+            }
         }
     }
 
     /// Progressive, relayed: one admitted client for the connection's life.
-    async fn relay_progressive(self: Arc<Self>, video: &str, range: Option<&str>) -> HttpResponse {
+    async fn relay_progressive(
+        self: Arc<Self>,
+        video: &str,
+        range: Option<&str>,
+        from_ip: IpAddr,
+    ) -> HttpResponse {
         let Ok(range) = relay_range(range) else {
             return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
         };
         let (from, to) = range.unwrap_or((0, None));
-        let p = match self.admit(video).await {
+        let p = match self.admit(video, from_ip).await {
             Ok(p) => p,
-            Err(reason) => return self.respond(Answer::Unavailable(reason)),
+            Err(answer) => return self.respond(answer),
         };
         let guard = Release {
             forwarder: self.forwarder.clone(),
@@ -369,21 +458,25 @@ fn unsatisfiable(total: u64) -> HttpResponse {
 /// `GET /watch/{video}` (progressive) and `GET /watch/{video}.m3u8` (HLS playlist).
 async fn watch(
     State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(video): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> HttpResponse {
     if let Some(v) = video.strip_suffix(".m3u8") {
-        return hls::playlist(ctx, v, query.as_deref()).await;
+        return hls::playlist(ctx, v, query.as_deref(), peer.ip()).await;
     }
     if !valid_video(&video) {
         return ctx.respond(Answer::NotFound);
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     if ctx.cfg.frontend.progressive == Delivery::Relay {
-        return ctx.clone().relay_progressive(&video, range).await;
+        return ctx
+            .clone()
+            .relay_progressive(&video, range, peer.ip())
+            .await;
     }
-    let answer = ctx.decide(&video, range_start(range)).await;
+    let answer = ctx.decide(&video, range_start(range), peer.ip()).await;
     debug!(%video, ?answer, "front-end answer");
     ctx.respond(answer)
 }
@@ -391,10 +484,11 @@ async fn watch(
 /// `GET /watch/{video}/seg/{n}.ts?s=ID`.
 async fn segment(
     State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((video, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> HttpResponse {
-    hls::segment(ctx, &video, &file, query.as_deref()).await
+    hls::segment(ctx, &video, &file, query.as_deref(), peer.ip()).await
 }
 
 /// `GET /watch/{video}/where`.
@@ -513,6 +607,14 @@ impl Actor for HttpFrontEnd {
             sessions: sessions.clone(),
             log: log.clone(),
             player_dir: page::player_dir(fc.player_dir.as_deref()),
+            catalogue: Catalogue::new(
+                &fc.origin,
+                fc.bitrate_bps,
+                fc.catalogue_ttl,
+                fc.origin_timeout,
+            ),
+            limiter: RateLimiter::new(fc.new_services_per_sec, fc.new_services_burst),
+            warnings: self.warnings.clone(),
         });
         let span = info_span!("frontend", %node);
         let tasks = vec![
@@ -603,9 +705,10 @@ mod tests {
             bitrate_bps: 500_000,
             ..Default::default()
         };
-        let s = spec_for(&cfg, "v1");
+        let s = spec_for(&cfg, "v1", 4_000_000, Some(7_200_000));
         assert_eq!(s.name, "video-v1");
         assert_eq!(s.command, vec!["d", "--origin", "http://o:1", "{listen}"]);
-        assert_eq!(s.per_client_bps, Some(500_000));
+        assert_eq!(s.per_client_bps, Some(4_000_000));
+        assert_eq!(s.duration_ms, Some(7_200_000));
     }
 }

@@ -462,6 +462,16 @@ fn static_counter(name: &str) -> Option<(&'static str, &'static str, Option<Labe
                 "Executed Agent86 commands whose epoch went down (must stay 0).",
                 None,
             ),
+            "agent_command_not_from_control" => (
+                "smart_agent_commands_not_from_control_total",
+                "Agent86 commands refused because their authenticated sender is not the Control.",
+                None,
+            ),
+            "replica_not_from_control" => (
+                "smart_replica_not_from_control_total",
+                "Registry copies refused because their authenticated sender is not the Control.",
+                None,
+            ),
             "replica_refused_older" => (
                 "smart_replica_refused_older_total",
                 "Registry copies refused as older than the kept one.",

@@ -3,9 +3,14 @@
 //! ([`TransportPeers`]: one peer actor per remote node, created on first use).
 //!
 //! Routing of inbound requests ([`NodeRequest`]):
-//! - `Agent` (nodes only): Control commands for Agent86, from the connection's authenticated
-//!   node, executed with its fencing;
-//! - `Replica` (nodes only): kept when newer than the copy this node has;
+//! - `Agent` (nodes only): Control commands for Agent86, accepted only when the
+//!   connection's authenticated node (the Noise static key the handshake proved; the
+//!   session already drops envelopes whose `from` differs from it) is the Control of this
+//!   node's view, then executed with Agent86's fencing; from any other node refused and
+//!   counted in `agent_command_not_from_control` (see [`FromControl`]);
+//! - `Replica` (nodes only): accepted from the view's Control only (else counted in
+//!   `replica_not_from_control`), kept when newer than the copy this node has by (epoch,
+//!   version);
 //! - `Event` (nodes only): pushed to this node's subscribers;
 //! - `Api(Subscribe)`: the connection joins the event subscribers;
 //! - any other `Api` request: to the [`Dispatcher`] (status and version here, the rest to
@@ -19,13 +24,17 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
 use smart_actors::agent86::Agent86Msg;
 use smart_actors::peer::{BoxFuture, PeerClient, PeerError};
+use smart_actors::view::{ClusterView, FromControl};
 use smart_api::{NodeProtocol, NodeRequest, NodeResponse, Request, Response};
 use smart_proto::agent::AgentReply;
+use smart_supervision::ratelog::WarnLimiter;
 use smart_supervision::transport::peer::{self, Peer, PeerArgs, PeerMsg};
 use smart_supervision::transport::tcp::TcpTransport;
 use smart_supervision::transport::{
     Endpoint, Handler, RequestContext, RequestError, Server, ServerHandle,
 };
+use smart_supervision::{Epoch, NodeId};
+use tokio::sync::watch;
 use tracing::{Instrument, info, info_span};
 
 use super::counters::Counters;
@@ -120,6 +129,10 @@ pub struct PortContext {
     pub replica: Arc<ReplicaStore>,
     /// Node counters.
     pub counters: Arc<Counters>,
+    /// The cluster view (who is Control).
+    pub view: watch::Receiver<ClusterView>,
+    /// Rate-limited WARN lines for refused traffic.
+    pub warnings: Arc<WarnLimiter>,
 }
 
 /// Serves the node's TCP port.
@@ -130,6 +143,29 @@ pub struct NodeHandler {
 impl NodeHandler {
     fn timeout_ms(&self) -> u64 {
         self.ctx.cfg.timing.request_timeout.as_millis() as u64
+    }
+
+    /// How long a request from a node that may be a Control this node has not heard of
+    /// yet waits for the view to catch up (half a request timeout).
+    fn control_wait(&self) -> Duration {
+        self.ctx.cfg.timing.request_timeout / 2
+    }
+
+    /// Whether `from` stamping `epoch` is the Control, waiting (bounded) while the view is
+    /// undecided; still undecided after the wait counts as not.
+    async fn wait_sender_is_control(&self, from: NodeId, epoch: Epoch) -> FromControl {
+        let mut view = self.ctx.view.clone();
+        let until = tokio::time::Instant::now() + self.control_wait();
+        loop {
+            let verdict = view.borrow_and_update().sender_is_control(from, epoch);
+            if verdict != FromControl::NotYet {
+                return verdict;
+            }
+            match tokio::time::timeout_at(until, view.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return FromControl::NotYet,
+            }
+        }
     }
 
     async fn api(&self, req: Request, ctx: &RequestContext<NodeProtocol>) -> Response {
@@ -160,6 +196,29 @@ impl Handler<NodeProtocol> for NodeHandler {
                 NodeRequest::Api(r) => Ok(NodeResponse::Api(self.api(r, &ctx).await)),
                 NodeRequest::Agent { epoch, cmd } => {
                     let from = from.expect("checked: nodes only");
+                    match self.wait_sender_is_control(from, epoch).await {
+                        FromControl::Yes => {}
+                        verdict => {
+                            self.ctx.counters.incr("agent_command_not_from_control");
+                            self.ctx.warnings.warn(
+                                "agent_command_not_from_control",
+                                format_args!(
+                                    "refused an agent command from {from} at epoch {epoch}: \
+                                     not the Control ({verdict:?})"
+                                ),
+                            );
+                            return match verdict {
+                                // A deposed Control: told so, as Agent86's fencing would.
+                                FromControl::No { epoch: highest, .. } if epoch < highest => {
+                                    Ok(NodeResponse::Agent(AgentReply::Refused { epoch, highest }))
+                                }
+                                _ => Err(format!(
+                                    "agent commands are accepted from the Control only; \
+                                     {from} at epoch {epoch} is not ({verdict:?})"
+                                )),
+                            };
+                        }
+                    }
                     let agent = self.ctx.routes.agent86().ok_or("agent86 is restarting")?;
                     let reply: AgentReply = call_t!(
                         agent,
@@ -175,6 +234,22 @@ impl Handler<NodeProtocol> for NodeHandler {
                     Ok(NodeResponse::Agent(reply))
                 }
                 NodeRequest::Replica(r) => {
+                    let from = from.expect("checked: nodes only");
+                    let verdict = self.wait_sender_is_control(from, r.epoch).await;
+                    if verdict != FromControl::Yes {
+                        self.ctx.counters.incr("replica_not_from_control");
+                        self.ctx.warnings.warn(
+                            "replica_not_from_control",
+                            format_args!(
+                                "refused a registry copy from {from} at epoch {} version {}: \
+                                 not the Control ({verdict:?})",
+                                r.epoch, r.version
+                            ),
+                        );
+                        return Err(format!(
+                            "registry copies are accepted from the Control only; {from} is not"
+                        ));
+                    }
                     if !self.ctx.replica.offer(r) {
                         self.ctx.counters.incr("replica_refused_older");
                     }

@@ -225,6 +225,8 @@ impl NodeSupervisor {
                     subscribers: self.subscribers.clone(),
                     replica: self.replica.clone(),
                     counters: self.counters.clone(),
+                    view: self.view.subscribe(),
+                    warnings: self.warnings.clone(),
                 };
                 let (a, _) = Actor::spawn_linked(
                     None,
@@ -247,6 +249,7 @@ impl NodeSupervisor {
                         counters: self.counters.clone(),
                         forwarder: self.forwarder(),
                         subscribers: self.subscribers.clone(),
+                        warnings: self.warnings.clone(),
                     },
                     (),
                     myself.get_cell(),

@@ -98,6 +98,9 @@ pub struct ClusterSpec {
     pub nic_bps: u64,
     /// Extra keys of every node's `[frontend]` table, e.g. `progressive = "relay"`.
     pub frontend_toml: String,
+    /// `[frontend] new_services_per_sec` and `new_services_burst`: generous by default
+    /// (every viewer of a test comes from one address), tight in the rate-limit tests.
+    pub new_services: (f64, u32),
     /// `ulimit -n` (soft and hard) of every node process, e.g. to test descriptor exhaustion.
     pub nofile: Option<u64>,
 }
@@ -120,6 +123,7 @@ impl ClusterSpec {
             bitrate_bps: 400_000,
             nic_bps: 1_000_000_000,
             frontend_toml: String::new(),
+            new_services: (1000.0, 1000),
             nofile: None,
         }
     }
@@ -243,10 +247,12 @@ impl LocalCluster {
             let roles = format!("[{}]", roles.join(", "));
             let exe = spec.exe.display().to_string();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\n{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\nnew_services_per_sec = {:?}\nnew_services_burst = {}\n{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
                 spec.origin,
                 spec.bitrate_bps,
+                spec.new_services.0,
+                spec.new_services.1,
                 spec.frontend_toml,
                 !spec.unicast_only,
                 members.join(", "),

@@ -20,6 +20,7 @@
 //! unknown is admitted first, and a refused admission is `503` with `Retry-After`, for
 //! segments as for playlists.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +56,12 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 
 /// A request of session `sid` on `video`: the session's `Active` mark, admitting it
 /// first when the front-end does not know it.
-async fn session(ctx: &Ctx, video: &str, sid: &SessionId) -> Result<Active, HttpResponse> {
+async fn session(
+    ctx: &Ctx,
+    video: &str,
+    sid: &SessionId,
+    from: IpAddr,
+) -> Result<Active, HttpResponse> {
     let refuse = |e: SessionError| match e {
         SessionError::OtherVideo => status(StatusCode::BAD_REQUEST),
         SessionError::Full => ctx.respond(Answer::Unavailable(e.to_string())),
@@ -65,9 +71,9 @@ async fn session(ctx: &Ctx, video: &str, sid: &SessionId) -> Result<Active, Http
         Ok(None) => {}
         Err(e) => return Err(refuse(e)),
     }
-    let p = match ctx.admit(video).await {
+    let p = match ctx.admit(video, from).await {
         Ok(p) => p,
-        Err(reason) => return Err(ctx.respond(Answer::Unavailable(reason))),
+        Err(answer) => return Err(ctx.respond(answer)),
     };
     match ctx.sessions.insert(sid, video, p.client) {
         Ok((a, extra)) => {
@@ -103,7 +109,12 @@ fn relay_error(ctx: &Ctx, e: RelayError) -> HttpResponse {
 }
 
 /// `GET /watch/{video}.m3u8[?s=ID]`.
-pub(super) async fn playlist(ctx: Arc<Ctx>, video: &str, query: Option<&str>) -> HttpResponse {
+pub(super) async fn playlist(
+    ctx: Arc<Ctx>,
+    video: &str,
+    query: Option<&str>,
+    from: IpAddr,
+) -> HttpResponse {
     if !valid_video(video) {
         return status(StatusCode::NOT_FOUND);
     }
@@ -111,7 +122,7 @@ pub(super) async fn playlist(ctx: Arc<Ctx>, video: &str, query: Option<&str>) ->
         Ok(s) => s.unwrap_or_else(SessionId::random),
         Err(()) => return status(StatusCode::BAD_REQUEST),
     };
-    let active = match session(&ctx, video, &sid).await {
+    let active = match session(&ctx, video, &sid, from).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -163,6 +174,7 @@ pub(super) async fn segment(
     video: &str,
     file: &str,
     query: Option<&str>,
+    from: IpAddr,
 ) -> HttpResponse {
     if !valid_video(video) {
         return status(StatusCode::NOT_FOUND);
@@ -174,7 +186,7 @@ pub(super) async fn segment(
     let Ok(Some(sid)) = session_param(query) else {
         return status(StatusCode::BAD_REQUEST);
     };
-    let active = match session(&ctx, video, &sid).await {
+    let active = match session(&ctx, video, &sid, from).await {
         Ok(a) => a,
         Err(r) => return r,
     };

@@ -95,6 +95,19 @@ impl Placements {
         }
     }
 
+    /// True when a placement of `video` is cached (its service runs, as far as this
+    /// front-end heard).
+    pub(super) fn has(&self, video: &str) -> bool {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(video)
+            .cloned();
+        // Busy: a `Locate` or an update in flight, so the video is being served.
+        slot.is_some_and(|s| s.try_lock().map_or(true, |s| s.placement.is_some()))
+    }
+
     /// Forgets `video`'s placement (it moved: the next caller asks the Control).
     pub(super) fn forget(&self, video: &str) {
         let slot = self
