@@ -612,7 +612,7 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
     }
     for &to in &all {
         let s = wait_status(&c, to, Duration::from_secs(5), |_| true).await;
-        assert_eq!(counter(&s, "replica_not_from_control"), 2, "n{to}: {s:?}");
+        assert!(counter(&s, "replica_not_from_control") >= 2, "n{to}: {s:?}");
     }
     // The Control dies: its successor restores what its copy lists, and that is not the
     // stopped service.
