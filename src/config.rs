@@ -266,6 +266,11 @@ pub struct AgentConfig {
     /// Grace period between SIGTERM and SIGKILL when stopping an instance.
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// TCP port of the checkpoint export on the data-plane address, where migration
+    /// targets on other hosts pull this node's instances' caches (authenticated with the
+    /// cluster key). 0 (default): any free port, told to the Control in the agent's
+    /// reports; set one to open it in a firewall.
+    pub checkpoint_port: u16,
 }
 
 impl Default for AgentConfig {
@@ -274,6 +279,7 @@ impl Default for AgentConfig {
             runtime: RuntimeDriver::Cgroup,
             sample_interval: Duration::from_secs(1),
             stop_grace: Duration::from_secs(1),
+            checkpoint_port: 0,
         }
     }
 }

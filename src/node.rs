@@ -178,6 +178,12 @@ pub async fn run(
                 RuntimeDriver::Cgroup => RuntimeKind::Cgroup,
             },
             ready_timeout: std::time::Duration::from_secs(5),
+            // Derived from the cluster key (domain-separated: a pull proof is never valid
+            // for anything else the key authenticates).
+            pull_key: Some(smart_proto::pull::PullKey::new(
+                &key.sign(&[b"smart/pull/v1/key"]),
+            )),
+            checkpoint_port: Some(cfg.agent.checkpoint_port),
             health: smart_actors::agent86::HealthSettings {
                 enabled: cfg.health.enabled,
                 command: (!cfg.health.command.is_empty()).then(|| cfg.health.command.clone()),
