@@ -25,6 +25,9 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many checkpoints are exported at once (each holds a control connection).
 pub const MAX_CONCURRENT_EXPORTS: usize = 4;
+/// How long the relay waits for the source's export to accept (a dropped SYN would
+/// otherwise hold the restore for the kernel's retries, minutes).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Size of the copy's chunks.
 const CHUNK: usize = 64 * 1024;
 
@@ -247,7 +250,10 @@ pub async fn relay(
     // connection is only closed (short of the held-back bytes, the restore fails).
     let mut header_sent = false;
     let work = async {
-        let s = TcpStream::connect(&source).await.map_err(io)?;
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&source))
+            .await
+            .map_err(|_| PullError::Timeout(CONNECT_TIMEOUT))?
+            .map_err(io)?;
         s.set_nodelay(true).ok();
         let (rd, mut wr) = s.into_split();
         let mut rd = BufReader::new(rd);

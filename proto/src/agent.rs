@@ -136,6 +136,21 @@ pub enum AgentCommand {
 }
 
 impl AgentCommand {
+    /// How long the command may take, in request timeouts: what the Control waits for its
+    /// answer and what the agent's node lets it run (a restore copies a whole cache, across
+    /// hosts at a capped rate; a hand-over waits for every viewer to be told).
+    pub fn timeout_multiple(&self) -> u32 {
+        match self {
+            AgentCommand::MigrateIn { .. } => 30,
+            AgentCommand::MigrateOut { .. } => 10,
+            AgentCommand::Start { .. } | AgentCommand::Stop { .. } => 5,
+            AgentCommand::Report
+            | AgentCommand::Reserve { .. }
+            | AgentCommand::Release { .. }
+            | AgentCommand::Update { .. } => 1,
+        }
+    }
+
     /// The instance the command is about, if any.
     pub fn instance(&self) -> Option<&str> {
         match self {

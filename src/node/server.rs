@@ -161,6 +161,9 @@ impl Handler<NodeProtocol> for NodeHandler {
                 NodeRequest::Agent { epoch, cmd } => {
                     let from = from.expect("checked: nodes only");
                     let agent = self.ctx.routes.agent86().ok_or("agent86 is restarting")?;
+                    // As long as the Control waits for it: a restore that copies a cache
+                    // across hosts takes far longer than one request timeout.
+                    let budget = self.timeout_ms() * cmd.timeout_multiple() as u64;
                     let reply: AgentReply = call_t!(
                         agent,
                         |reply| Agent86Msg::Command {
@@ -169,7 +172,7 @@ impl Handler<NodeProtocol> for NodeHandler {
                             cmd,
                             reply
                         },
-                        self.timeout_ms()
+                        budget
                     )
                     .map_err(|e| format!("agent86: {e}"))?;
                     Ok(NodeResponse::Agent(reply))

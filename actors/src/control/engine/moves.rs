@@ -248,7 +248,8 @@ impl ControlEngine {
                 reserved_as: None,
                 copy_rate_bps: self.tuning.admission.copy_rate_bps,
             };
-            self.command(to, cmd, t * 30, pending)
+            let budget = t * cmd.timeout_multiple();
+            self.command(to, cmd, budget, pending)
                 .map(|req| Op::Restoring { req, mv, old })
         } else {
             // No workload control API: restart on the target, then stop the old one; its
