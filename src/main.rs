@@ -179,10 +179,12 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
         None => "no tokens_file: /v1 refuses every request".into(),
     };
     println!(
-        "{}: ok: node n{}, listen {}, http {}, roles {:?}, {tokens}",
+        "{}: ok: node n{}, listen {}, advertise {}, data plane {}, http {}, roles {:?}, {tokens}",
         file.display(),
         cfg.node_id,
         cfg.listen,
+        cfg.advertise_addr(),
+        cfg.data_plane_ip(),
         cfg.http_url().unwrap_or_else(|| "none".into()),
         cfg.roles
     );

@@ -169,7 +169,8 @@ pub async fn run(
         cfg.id(),
         Agent86Settings {
             dir: cfg.data_dir.join("instances"),
-            host: cfg.listen.ip(),
+            // Instances bind and advertise the data-plane IP (routable, never a wildcard).
+            host: cfg.data_plane_ip(),
             nic_bps: cfg.nic_bps,
             interval: cfg.agent.sample_interval,
             stop_grace: cfg.agent.stop_grace,

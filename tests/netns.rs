@@ -84,18 +84,20 @@ impl Net {
 
     /// Creates `hosts` namespaces on a bridge and starts a node in each.
     fn start(hosts: usize, mode: &str) -> Net {
-        Net::start_with(hosts, mode, &|_| String::new(), "", false)
+        Net::start_with(hosts, mode, &|_| String::new(), "", false, false)
     }
 
     /// [`Net::start`] with `top(i)` added to host `i`'s top-level keys and `tables` to every
     /// config, and with `client` a client namespace (`<prefix>c`, [`CLIENT_IP`]) on the
-    /// bridge that runs no node.
+    /// bridge that runs no node. With `wildcard`, nodes bind `0.0.0.0:7101` and advertise
+    /// their IP (`advertise`; instances then use it as their data plane).
     fn start_with(
         hosts: usize,
         mode: &str,
         top: &dyn Fn(usize) -> String,
         tables: &str,
         client: bool,
+        wildcard: bool,
     ) -> Net {
         // Leftovers of a crashed earlier run.
         if let Ok(list) = sh(&["ip", "netns", "list"]) {
@@ -193,9 +195,13 @@ impl Net {
             if is_client {
                 continue;
             }
+            let listen = if wildcard {
+                format!("0.0.0.0:7101\"\nadvertise = \"{ip}:7101")
+            } else {
+                format!("{ip}:7101")
+            };
             let cfg = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{}:7101\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nhttp_listen = \"{}:7104\"\ntokens_file = \"tokens.toml\"\n{}\n[multicast]\ngroup = \"239.255.77.1\"\nport = 7100\ninterface = \"eth0\"\nloopback = false\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{tables}\n",
-                Net::ip(i),
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{listen}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nhttp_listen = \"{}:7104\"\ntokens_file = \"tokens.toml\"\n{}\n[multicast]\ngroup = \"239.255.77.1\"\nport = 7100\ninterface = \"eth0\"\nloopback = false\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{tables}\n",
                 Net::ip(i),
                 top(i),
                 members.join(", ")
@@ -512,7 +518,8 @@ fn services_net() -> Services {
         "\n[frontend]\ndistributor_command = [{BIN:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = \"http://{CLIENT_IP}:8000\"\nbitrate_bps = {}\n\n[agent]\nruntime = \"process\"\ncheckpoint_port = {EXPORT_PORT}\n\n[admission]\ndefault_profile = {profile:?}\n",
         KBPS * 1000
     );
-    let net = Net::start_with(SVC_HOSTS, "available", &top, &tables, true);
+    // Wildcard binds: what peers and viewers use must come from `advertise`.
+    let net = Net::start_with(SVC_HOSTS, "available", &top, &tables, true, true);
     let token = net.token.clone();
     Services { net, token }
 }
