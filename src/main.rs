@@ -142,6 +142,13 @@ struct DistributorArgs {
     /// Fraction of each video kept in the shared cache.
     #[arg(long, default_value_t = 0.2)]
     window_fraction: f64,
+    /// Cache window per video, MB (overrides `--window-fraction`).
+    #[arg(long)]
+    window_mb: Option<u64>,
+    /// Read the whole window ahead of the slowest viewer (pre-fills the cache: benchmarks
+    /// that migrate a full cache).
+    #[arg(long)]
+    prefill: bool,
 }
 
 #[derive(Subcommand)]
@@ -260,6 +267,10 @@ async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
             .context("--origin")?,
     );
     cfg.window_fraction = args.window_fraction;
+    cfg.window_bytes = args.window_mb.map(|m| m * 1_000_000);
+    if args.prefill {
+        cfg.readahead = None;
+    }
     let d = Distributor::new(cfg);
     let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
     let control = std::env::var_os(smart_vod::control::ENV_SOCKET).map(PathBuf::from);

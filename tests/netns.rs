@@ -499,7 +499,7 @@ struct Services {
     token: String,
 }
 
-fn services_net() -> Services {
+fn services_net(dist_args: &str, bitrate_bps: u64, extra: &str) -> Services {
     let profile = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/profiles/distributor.json"
@@ -515,8 +515,7 @@ fn services_net() -> Services {
         }
     };
     let tables = format!(
-        "\n[frontend]\ndistributor_command = [{BIN:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = \"http://{CLIENT_IP}:8000\"\nbitrate_bps = {}\n\n[agent]\nruntime = \"process\"\ncheckpoint_port = {EXPORT_PORT}\n\n[admission]\ndefault_profile = {profile:?}\n",
-        KBPS * 1000
+        "\n[frontend]\ndistributor_command = [{BIN:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"{dist_args}]\norigin = \"http://{CLIENT_IP}:8000\"\nbitrate_bps = {bitrate_bps}\n\n[agent]\nruntime = \"process\"\ncheckpoint_port = {EXPORT_PORT}\n\n[admission]\ndefault_profile = {profile:?}\n{extra}",
     );
     // Wildcard binds: what peers and viewers use must come from `advertise`.
     let net = Net::start_with(SVC_HOSTS, "available", &top, &tables, true, true);
@@ -602,6 +601,7 @@ fn client_side(
     ns: String,
     videos: usize,
     n: usize,
+    (bitrate_bps, duration_ms): (u64, u64),
     stop: std::sync::mpsc::Receiver<()>,
 ) -> std::thread::JoinHandle<Vec<(String, smart_vod::viewer::ViewerReport)>> {
     use smart_vod::http::Url;
@@ -619,8 +619,8 @@ fn client_side(
             let mut o = Origin::new();
             for v in 0..videos {
                 let video = Video::generated(VideoParams {
-                    bitrate_bps: KBPS * 1000,
-                    duration_ms: 120_000,
+                    bitrate_bps,
+                    duration_ms,
                 })
                 .unwrap();
                 o.add(&format!("v{v}"), video);
@@ -639,7 +639,7 @@ fn client_side(
                 let cfg = ViewerConfig {
                     url: url.clone(),
                     frontend: Some(url),
-                    bitrate_bps: KBPS * 1000,
+                    bitrate_bps,
                     prefetch_bytes: 0,
                     start_buffer: Duration::from_millis(500),
                     start_offset: 0,
@@ -673,26 +673,57 @@ fn p99(mut v: Vec<f64>) -> f64 {
     v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-/// Brings up the service cluster with `n` viewers of 2 videos; returns it, the viewers'
-/// stop and handle, and the placed services once both run and viewers have played a while.
+/// What [`services_with_viewers`] sets up.
+struct Load {
+    viewers: usize,
+    videos: usize,
+    bitrate_bps: u64,
+    duration_ms: u64,
+    /// Extra arguments of the distributors, TOML array items (`, "--prefill"`).
+    dist_args: &'static str,
+    /// Extra TOML tables of every node.
+    tables: &'static str,
+}
+
+impl Load {
+    fn small(viewers: usize) -> Self {
+        Load {
+            viewers,
+            videos: 2,
+            bitrate_bps: KBPS * 1000,
+            duration_ms: 120_000,
+            dist_args: "",
+            tables: "",
+        }
+    }
+}
+
+/// Brings up the service cluster with the viewers of `load`; returns it, the viewers'
+/// stop and handle, and the placed services once all run and viewers have played a while.
 #[allow(clippy::type_complexity)]
 fn services_with_viewers(
-    n: usize,
+    load: Load,
 ) -> (
     Services,
     std::sync::mpsc::Sender<()>,
     std::thread::JoinHandle<Vec<(String, smart_vod::viewer::ViewerReport)>>,
     Vec<(String, u64, String)>,
 ) {
-    let s = services_net();
+    let s = services_net(load.dist_args, load.bitrate_bps, load.tables);
     let all: Vec<usize> = (1..=SVC_HOSTS).collect();
     s.net.wait_agree(&all, Duration::from_secs(30), |_| true);
     let (stop, rx) = std::sync::mpsc::channel();
-    let viewers = client_side(s.net.client_ns(), 2, n, rx);
+    let viewers = client_side(
+        s.net.client_ns(),
+        load.videos,
+        load.viewers,
+        (load.bitrate_bps, load.duration_ms),
+        rx,
+    );
     let mut placed = vec![];
-    s.net.wait_until(Duration::from_secs(30), || {
+    s.net.wait_until(Duration::from_secs(60), || {
         placed = s.placed();
-        placed.len() >= 2
+        placed.len() >= load.videos
     });
     std::thread::sleep(Duration::from_secs(4));
     (s, stop, viewers, placed)
@@ -724,7 +755,7 @@ fn drain_across_hosts_moves_every_viewer_and_copies_the_cache_over_tcp() {
     if !can_run(false) {
         return;
     }
-    let (s, stop, viewers, placed) = services_with_viewers(100);
+    let (s, stop, viewers, placed) = services_with_viewers(Load::small(100));
     let node = placed[0].1;
     let moving: Vec<&(String, u64, String)> = placed.iter().filter(|p| p.1 == node).collect();
     let before: Vec<(String, u64)> = moving
@@ -811,7 +842,7 @@ fn a_restore_that_cannot_reach_its_source_falls_back_visibly() {
     if !can_run(true) {
         return;
     }
-    let (s, stop, viewers, placed) = services_with_viewers(20);
+    let (s, stop, viewers, placed) = services_with_viewers(Load::small(20));
     let node = placed[0].1;
     // The source's export is unreachable (SYNs dropped); everything else flows.
     s.net.nft(
@@ -830,5 +861,90 @@ fn a_restore_that_cannot_reach_its_source_falls_back_visibly() {
     for (video, r) in viewers.join().unwrap() {
         assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
         assert!(r.http_error.is_none(), "{video}: {r:?}");
+    }
+}
+
+/// The figure of the README: a 72 MB cache with 100 viewers moved across hosts by a drain.
+/// Prints one JSON object. `cargo nextest run -p smart --test netns --run-ignored only -E
+/// 'test(bench_cross_host_migration)' --no-capture` (root).
+#[test]
+#[ignore = "benchmark: run explicitly"]
+fn bench_cross_host_migration_of_a_72_mb_cache_with_100_viewers() {
+    if !can_run(false) {
+        return;
+    }
+    let (s, stop, viewers, placed) = services_with_viewers(Load {
+        viewers: 100,
+        videos: 1,
+        bitrate_bps: KBPS * 1000,
+        duration_ms: 1_800_000,
+        dist_args: r#", "--window-mb", "72", "--prefill""#,
+        // Viewers, origin and four nodes share this machine's cores: a node starved for
+        // half a second must not be declared dead in the middle of the measurement.
+        tables: "\n[timing]\ndead_after = \"2s\"\n",
+    });
+    let (svc, node, inst) = placed[0].clone();
+    // The pre-fill reads the whole window from the origin.
+    let mut before = s.usage(node, &inst).unwrap();
+    s.net.wait_until(Duration::from_secs(120), || {
+        before = s.usage(node, &inst).unwrap();
+        before.cache_bytes >= 71_000_000
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let before = s.usage(node, &inst).unwrap();
+    let t = Instant::now();
+    let after = drain_and_wait(&s, node, &placed);
+    let total_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (_, to, new) = after.iter().find(|p| p.0 == svc).unwrap().clone();
+    std::thread::sleep(Duration::from_secs(3));
+    let u = s.usage(to, &new).unwrap();
+    let log = s.log(to as usize);
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("restored over the network") && l.contains(new.as_str()))
+        .unwrap_or_else(|| panic!("{new} did not restore over TCP"))
+        .to_string();
+    let field = |k: &str| -> f64 {
+        line.split(&format!("{k}="))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (bytes, restore_ms) = (field("bytes"), field("ms"));
+    let _ = stop.send(());
+    let reports = viewers.join().unwrap();
+    let mut gaps: Vec<f64> = reports
+        .iter()
+        .flat_map(|(_, r)| r.gaps_ms.iter().copied())
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let p50 = gaps.get(gaps.len() / 2).copied().unwrap_or(f64::NAN);
+    println!(
+        "{}",
+        serde_json::json!({
+            "viewers": reports.len(),
+            "cache_bytes_before": before.cache_bytes,
+            "cache_bytes_restored": bytes,
+            "restore_ms": restore_ms,
+            "copy_bytes_per_s": bytes / (restore_ms / 1000.0),
+            "drain_total_ms": total_ms,
+            "gap_p50_ms": p50,
+            "gap_p99_ms": p99(gaps.clone()),
+            "reconnects": reports.iter().map(|(_, r)| r.reconnects as u64).sum::<u64>(),
+            "stalls": reports.iter().map(|(_, r)| r.stalls as u64).sum::<u64>(),
+            "corrupt": reports.iter().map(|(_, r)| r.integrity_errors).sum::<u64>(),
+            "source_origin_streams": before.origin_streams,
+            "target_origin_streams": u.origin_streams,
+        })
+    );
+    assert!(
+        bytes >= before.cache_bytes as f64,
+        "restored {bytes} of {}",
+        before.cache_bytes
+    );
+    for (video, r) in &reports {
+        assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
     }
 }
