@@ -266,6 +266,11 @@ pub struct AgentConfig {
     /// Grace period between SIGTERM and SIGKILL when stopping an instance.
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// TCP port of the checkpoint export on the data-plane address, where migration
+    /// targets on other hosts pull this node's instances' caches (authenticated with the
+    /// cluster key). 0 (default): any free port, told to the Control in the agent's
+    /// reports; set one to open it in a firewall.
+    pub checkpoint_port: u16,
 }
 
 impl Default for AgentConfig {
@@ -274,6 +279,7 @@ impl Default for AgentConfig {
             runtime: RuntimeDriver::Cgroup,
             sample_interval: Duration::from_secs(1),
             stop_grace: Duration::from_secs(1),
+            checkpoint_port: 0,
         }
     }
 }
@@ -510,9 +516,18 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// Where the node persists its incarnation and the highest epoch it has seen.
     pub data_dir: PathBuf,
-    /// TCP address for node-to-node traffic and the message API; the same address, in UDP,
-    /// receives unicast heartbeats from nodes that list it as a seed.
+    /// TCP address bound for node-to-node traffic and the message API; the same address, in
+    /// UDP, receives unicast heartbeats from nodes that list it as a seed. May be a wildcard
+    /// (`0.0.0.0:7101`) only when `advertise` says what peers should use.
     pub listen: SocketAddr,
+    /// The address peers are told (heartbeats, the Control's view, `smart status`): routable
+    /// from the other hosts, never a wildcard. Default: `listen`.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// The IP the instances this node starts bind and advertise (`{listen}`, their
+    /// endpoints and the checkpoint export). Default: `advertise`'s IP.
+    #[serde(default)]
+    pub data_plane: Option<IpAddr>,
     /// File holding the shared cluster key (at least 16 bytes; surrounding whitespace ignored).
     pub cluster_key_file: PathBuf,
     /// This node's own X25519 private key (`smart keys` makes it): its identity on TCP.
@@ -656,6 +671,40 @@ impl NodeConfig {
             return Err(bad(
                 "listen",
                 "needs a fixed port: other nodes list it as a seed".into(),
+            ));
+        }
+        match self.advertise {
+            None if self.listen.ip().is_unspecified() => {
+                return Err(bad(
+                    "advertise",
+                    format!(
+                        "`listen` {} is a wildcard: set `advertise` to the address the other hosts reach this node at",
+                        self.listen
+                    ),
+                ));
+            }
+            Some(a) if a.ip().is_unspecified() => {
+                return Err(bad(
+                    "advertise",
+                    format!("{a} is a wildcard: peers cannot reach it; give a routable address"),
+                ));
+            }
+            Some(a) if a.port() == 0 => {
+                return Err(bad(
+                    "advertise",
+                    "needs a fixed port: other nodes list it as a seed".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(ip) = self.data_plane
+            && ip.is_unspecified()
+        {
+            return Err(bad(
+                "data_plane",
+                format!(
+                    "{ip} is a wildcard: viewers and other hosts cannot reach instances there; give this host's routable IP"
+                ),
             ));
         }
         if self.roles.is_empty() {
@@ -845,9 +894,21 @@ impl NodeConfig {
         self.http_listen.map(|a| format!("http://{a}"))
     }
 
-    /// The IP heartbeats are sent from when the interface is given by address.
+    /// The IP heartbeats are sent from when the interface is given by address (the
+    /// advertised one: `listen` may be a wildcard).
     pub fn listen_ip(&self) -> IpAddr {
-        self.listen.ip()
+        self.advertise_addr().ip()
+    }
+
+    /// What peers are told: `advertise`, else `listen`.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
+    /// The IP this node's instances bind and advertise: `data_plane`, else the advertised IP.
+    pub fn data_plane_ip(&self) -> IpAddr {
+        self.data_plane
+            .unwrap_or_else(|| self.advertise_addr().ip())
     }
 }
 
@@ -906,6 +967,63 @@ members = [1, 2, 3]
             .unwrap_err()
             .to_string();
             assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn addresses_bind_advertise_and_data_plane() {
+        let parse = |extra: &str, listen: &str| {
+            let text = MINIMAL.replace(
+                "listen = \"127.0.0.1:7101\"",
+                &format!("listen = \"{listen}\"\n{extra}"),
+            );
+            NodeConfig::parse(&text, Path::new("n1.toml"))
+        };
+        // Defaults: peers are told `listen`, instances use its IP.
+        let c = parse("", "10.0.0.1:7101").unwrap();
+        assert_eq!(c.advertise_addr(), "10.0.0.1:7101".parse().unwrap());
+        assert_eq!(c.data_plane_ip(), "10.0.0.1".parse::<IpAddr>().unwrap());
+        // A wildcard bind with a routable advertise; the data plane follows advertise.
+        let c = parse("advertise = \"10.0.0.1:7101\"", "0.0.0.0:7101").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:7101".parse().unwrap());
+        assert_eq!(c.advertise_addr(), "10.0.0.1:7101".parse().unwrap());
+        assert_eq!(c.listen_ip(), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.data_plane_ip(), "10.0.0.1".parse::<IpAddr>().unwrap());
+        // A separate data-plane network.
+        let c = parse(
+            "advertise = \"10.0.0.1:7101\"\ndata_plane = \"192.168.5.1\"",
+            "0.0.0.0:7101",
+        )
+        .unwrap();
+        assert_eq!(c.data_plane_ip(), "192.168.5.1".parse::<IpAddr>().unwrap());
+        // Refused, each naming its key.
+        for (extra, listen, key, says) in [
+            ("", "0.0.0.0:7101", "advertise", "wildcard"),
+            ("", "[::]:7101", "advertise", "wildcard"),
+            (
+                "advertise = \"0.0.0.0:7101\"",
+                "0.0.0.0:7101",
+                "advertise",
+                "wildcard",
+            ),
+            (
+                "advertise = \"10.0.0.1:0\"",
+                "0.0.0.0:7101",
+                "advertise",
+                "fixed port",
+            ),
+            (
+                "data_plane = \"0.0.0.0\"",
+                "10.0.0.1:7101",
+                "data_plane",
+                "wildcard",
+            ),
+        ] {
+            let err = parse(extra, listen).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(says),
+                "{extra} {listen}: {err}"
+            );
         }
     }
 

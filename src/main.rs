@@ -142,6 +142,13 @@ struct DistributorArgs {
     /// Fraction of each video kept in the shared cache.
     #[arg(long, default_value_t = 0.2)]
     window_fraction: f64,
+    /// Cache window per video, MB (overrides `--window-fraction`).
+    #[arg(long)]
+    window_mb: Option<u64>,
+    /// Read the whole window ahead of the slowest viewer (pre-fills the cache: benchmarks
+    /// that migrate a full cache).
+    #[arg(long)]
+    prefill: bool,
 }
 
 #[derive(Subcommand)]
@@ -179,10 +186,12 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
         None => "no tokens_file: /v1 refuses every request".into(),
     };
     println!(
-        "{}: ok: node n{}, listen {}, http {}, roles {:?}, {tokens}",
+        "{}: ok: node n{}, listen {}, advertise {}, data plane {}, http {}, roles {:?}, {tokens}",
         file.display(),
         cfg.node_id,
         cfg.listen,
+        cfg.advertise_addr(),
+        cfg.data_plane_ip(),
         cfg.http_url().unwrap_or_else(|| "none".into()),
         cfg.roles
     );
@@ -258,6 +267,10 @@ async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
             .context("--origin")?,
     );
     cfg.window_fraction = args.window_fraction;
+    cfg.window_bytes = args.window_mb.map(|m| m * 1_000_000);
+    if args.prefill {
+        cfg.readahead = None;
+    }
     let d = Distributor::new(cfg);
     let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
     let control = std::env::var_os(smart_vod::control::ENV_SOCKET).map(PathBuf::from);

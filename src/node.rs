@@ -169,7 +169,8 @@ pub async fn run(
         cfg.id(),
         Agent86Settings {
             dir: cfg.data_dir.join("instances"),
-            host: cfg.listen.ip(),
+            // Instances bind and advertise the data-plane IP (routable, never a wildcard).
+            host: cfg.data_plane_ip(),
             nic_bps: cfg.nic_bps,
             interval: cfg.agent.sample_interval,
             stop_grace: cfg.agent.stop_grace,
@@ -178,6 +179,12 @@ pub async fn run(
                 RuntimeDriver::Cgroup => RuntimeKind::Cgroup,
             },
             ready_timeout: std::time::Duration::from_secs(5),
+            // Derived from the cluster key (domain-separated: a pull proof is never valid
+            // for anything else the key authenticates).
+            pull_key: Some(smart_proto::pull::PullKey::new(
+                &key.sign(&[b"smart/pull/v1/key"]),
+            )),
+            checkpoint_port: Some(cfg.agent.checkpoint_port),
             health: smart_actors::agent86::HealthSettings {
                 enabled: cfg.health.enabled,
                 command: (!cfg.health.command.is_empty()).then(|| cfg.health.command.clone()),

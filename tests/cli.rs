@@ -124,3 +124,50 @@ fn admin_commands_say_how_they_failed_in_their_exit_code() {
     let out = smart(&["admit", "v", "--addr", "http://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(2), "no command and no --client");
 }
+
+#[test]
+fn the_three_host_deployment_configs_pass_config_check() {
+    // As the README installs them: each config beside the keys `smart keys` made and a
+    // tokens file `smart tokens new` wrote.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    for i in 1..=3 {
+        std::fs::copy(
+            format!("{root}/deploy/three-hosts/n{i}.toml"),
+            dir.path().join(format!("n{i}.toml")),
+        )
+        .unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    assert!(
+        smart(&["keys", "--dir", d, "--nodes", "1,2,3"])
+            .status
+            .success()
+    );
+    let tokens = dir.path().join("tokens.toml");
+    let out = smart(&[
+        "tokens",
+        "new",
+        "--scope",
+        "admin",
+        "--name",
+        "ops",
+        "--file",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 1..=3 {
+        let p = dir.path().join(format!("n{i}.toml"));
+        let out = stdout(&smart(&["config", "check", p.to_str().unwrap()]));
+        assert!(
+            out.contains(&format!(
+                ": ok: node n{i}, listen 0.0.0.0:7101, advertise 10.0.0.1{i}:7101, data plane 10.0.0.1{i}"
+            )),
+            "{out}"
+        );
+    }
+}

@@ -43,17 +43,20 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use smart_instance::agent86::{
-    Agent86Config, Agent86Engine, Command, ControlCommand, Event, RestoreFrom, limits_of,
-    read_health, usage_event,
+    Agent86Config, Agent86Engine, Command, ControlCommand, Event, RestoreFrom, RestorePath,
+    SourceExport, limits_of, read_health, usage_event,
 };
 use smart_instance::control::UsagePollers;
+use smart_instance::pull;
 use smart_instance::runtime::{
     DriverKind, InstanceRuntime, InstanceSpec, InstanceStatus, Limits, Output, ProcessDriver,
 };
 use smart_instance::sample::{Sampler, SamplerConfig};
 use smart_proto::agent::{AgentCommand, AgentReply, AgentReport, LaunchSpec};
+use smart_proto::pull::PullKey;
 use smart_proto::workload::WorkloadClient;
 use smart_proto::{Epoch, NodeId};
+use tracing::Instrument;
 use tracing::{info, info_span, warn};
 
 use crate::epoch::{EpochStore, Fatal, PersistError};
@@ -89,6 +92,11 @@ pub struct Agent86Settings {
     pub ready_timeout: Duration,
     /// Health checks run every interval.
     pub health: HealthSettings,
+    /// The key checkpoint pulls are authenticated with (derived from the cluster key);
+    /// without it the agent neither exports nor pulls.
+    pub pull_key: Option<PullKey>,
+    /// Port of the checkpoint export on `host` (0: any); `None`: no export.
+    pub checkpoint_port: Option<u16>,
 }
 
 /// The node's health checks (`[health]`): memory pressure, thermal zones (thresholds in the
@@ -135,6 +143,8 @@ impl Agent86Settings {
             runtime: RuntimeKind::Process,
             ready_timeout: Duration::from_secs(5),
             health: HealthSettings::default(),
+            pull_key: None,
+            checkpoint_port: None,
         }
     }
 }
@@ -154,6 +164,10 @@ pub struct AgentCore {
     sampler: Arc<Mutex<Sampler>>,
     pollers: Arc<tokio::sync::Mutex<UsagePollers>>,
     next_req: std::sync::atomic::AtomicU64,
+    /// The checkpoint export's socket, bound at creation (its address is in the engine's
+    /// reports from the start) and served from the first actor incarnation on.
+    export: Mutex<Option<std::net::TcpListener>>,
+    export_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,7 +198,22 @@ impl AgentCore {
             }
         };
         let enforces = runtime.kind() != DriverKind::Process;
+        let export = match (&settings.pull_key, settings.checkpoint_port) {
+            (Some(_), Some(port)) => {
+                let l = std::net::TcpListener::bind((settings.host, port))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            _ => None,
+        };
         let mut cfg = Agent86Config::new(node);
+        cfg.checkpoint_export = export
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string());
+        if let Some(a) = &cfg.checkpoint_export {
+            info!(%node, export = %a, "checkpoint export listening");
+        }
         cfg.stop_grace = settings.stop_grace;
         cfg.enforces_limits = enforces;
         cfg.health.fail_after = settings.health.fail_after;
@@ -199,8 +228,28 @@ impl AgentCore {
             sampler: Arc::new(Mutex::new(sampler)),
             pollers: Arc::new(tokio::sync::Mutex::new(UsagePollers::new(USAGE_TIMEOUT))),
             next_req: std::sync::atomic::AtomicU64::new(1),
+            export: Mutex::new(export),
+            export_task: Mutex::new(None),
             settings,
         }))
+    }
+
+    /// Serves the checkpoint export, once per core (later calls do nothing). Needs a Tokio
+    /// runtime.
+    fn serve_export(&self) {
+        let Some(l) = lock(&self.export).take() else {
+            return;
+        };
+        let Some(key) = self.settings.pull_key.clone() else {
+            return;
+        };
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                let dir = self.settings.dir.clone();
+                *lock(&self.export_task) = Some(tokio::spawn(pull::serve_exports(l, key, dir)));
+            }
+            Err(e) => warn!(error = %e, "checkpoint export unavailable"),
+        }
     }
 
     /// The agent's state report (no fencing: local status).
@@ -210,6 +259,9 @@ impl AgentCore {
 
     /// Stops every instance (node shutdown).
     pub fn stop_all(&self) {
+        if let Some(t) = lock(&self.export_task).take() {
+            t.abort();
+        }
         let mut rt = lock(&self.runtime);
         for p in rt.probes() {
             let _ = rt.stop(&p.name, Duration::from_millis(500));
@@ -534,10 +586,22 @@ impl Agent86 {
         let me = myself.clone();
         let name = instance.to_string();
         let ready = self.core.settings.ready_timeout;
+        let (dir, key, node) = (
+            self.core.settings.dir.clone(),
+            self.core.settings.pull_key.clone(),
+            self.node,
+        );
         tokio::spawn(async move {
             let mut r = Ok(());
             if let Some(from) = restore_from {
-                r = restore(&socket, &from.control, from.rate_bps).await;
+                r = match from.path {
+                    RestorePath::Socket(source) => restore(&socket, &source, from.rate_bps).await,
+                    RestorePath::Pull(export) => {
+                        pull_restore(&dir, &name, &socket, export, key, from.rate_bps)
+                            .instrument(info_span!("pull", %node, instance = %name))
+                            .await
+                    }
+                };
             }
             if r.is_ok()
                 && let Some(addr) = listen
@@ -684,6 +748,52 @@ async fn restore(socket: &Path, source: &str, rate_bps: Option<u64>) -> Result<(
         .map_err(|e| format!("restore: {e}"))
 }
 
+/// Cross-host restore: pulls the source's checkpoint from its agent's export and relays it
+/// to the new instance through `<dir>/<instance>.pull.sock`, which the instance is told to
+/// `restore` from. The relay's error, when there is one, is the cause reported.
+async fn pull_restore(
+    dir: &Path,
+    instance: &str,
+    socket: &Path,
+    export: SourceExport,
+    key: Option<PullKey>,
+    rate_bps: Option<u64>,
+) -> Result<(), String> {
+    let Some(key) = key else {
+        return Err("restore: this agent has no key to pull checkpoints with".into());
+    };
+    let relay_path = dir.join(format!("{instance}.pull.sock"));
+    let _ = std::fs::remove_file(&relay_path);
+    let listener = tokio::net::UnixListener::bind(&relay_path)
+        .map_err(|e| format!("restore: relay socket {}: {e}", relay_path.display()))?;
+    let t = Instant::now();
+    let relay = tokio::spawn(pull::relay(
+        listener,
+        export.addr.clone(),
+        export.instance.clone(),
+        key,
+        rate_bps,
+        Duration::from_secs(15),
+        RESTORE_TIMEOUT,
+    ));
+    let restored = restore(socket, &relay_path.to_string_lossy(), rate_bps).await;
+    let relayed = match tokio::time::timeout(Duration::from_secs(5), relay).await {
+        Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(format!("relay task: {e}")),
+        Err(_) => Err("relay did not finish".into()),
+    };
+    let _ = std::fs::remove_file(&relay_path);
+    match (restored, relayed) {
+        (Ok(()), Ok(r)) => {
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            info!(source = %export.addr, from = %export.instance, bytes = r.bytes, ms, "restored over the network");
+            Ok(())
+        }
+        (_, Err(e)) => Err(format!("restore: pull from {}: {e}", export.addr)),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
 /// Waits until something accepts TCP connections at `addr`.
 async fn wait_listening(addr: SocketAddr, within: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
@@ -718,6 +828,7 @@ impl Actor for Agent86 {
         // A first sample at once (the node's load for its first heartbeats), then every
         // interval.
         myself.send_message(Agent86Msg::Tick)?;
+        self.core.serve_export();
         myself.send_interval(self.core.settings.interval, || Agent86Msg::Tick);
         Ok(Agent86State::default())
     }
@@ -764,12 +875,12 @@ impl Actor for Agent86 {
                 self.feed(
                     &myself,
                     st,
-                    Event::Control(ControlCommand {
+                    Event::Control(Box::new(ControlCommand {
                         from,
                         epoch,
                         req,
                         op: cmd,
-                    }),
+                    })),
                 )?;
             }
             Agent86Msg::Report(reply) => {

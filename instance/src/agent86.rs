@@ -48,7 +48,7 @@ use crate::runtime::Limits;
 
 pub use smart_proto::agent::{
     AgentCommand, AgentError, AgentEvent, AgentReply, AgentReport, ExitInfo, InstanceReport,
-    InstanceState, LaunchSpec, NodeUsage, Reservation, Resource, UsageReading,
+    InstanceState, LaunchSpec, NodeUsage, Reservation, Resource, SourceExport, UsageReading,
 };
 use smart_proto::fence::Fence;
 pub use smart_proto::{Epoch, NodeId};
@@ -96,7 +96,8 @@ pub struct HealthReading {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A command from a Control.
-    Control(ControlCommand),
+    /// (Boxed: a command is much larger than the other events.)
+    Control(Box<ControlCommand>),
     /// An epoch seen elsewhere (heartbeat, claim).
     EpochObserved(Epoch),
     /// The shell made this epoch durable.
@@ -204,10 +205,47 @@ impl Refusal {
 /// Where a migrating instance restores its state from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoreFrom {
-    /// The source instance's control socket.
-    pub control: String,
+    /// The path the copy takes.
+    pub path: RestorePath,
     /// Cap on the copy's rate, bits/s.
     pub rate_bps: Option<u64>,
+}
+
+/// The path of a restore's copy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestorePath {
+    /// Same host: the new instance reads the source's control socket itself.
+    Socket(String),
+    /// Another host: the shell pulls from the source agent's export over TCP and relays.
+    Pull(SourceExport),
+}
+
+/// The IP of an `ip:port` address, if it is one.
+fn ip_of(addr: &str) -> Option<std::net::IpAddr> {
+    addr.parse::<SocketAddr>().ok().map(|a| a.ip())
+}
+
+/// Both exports are on one IP: one host.
+fn same_host(mine: Option<&str>, theirs: &str) -> bool {
+    mine.and_then(ip_of)
+        .is_some_and(|ip| Some(ip) == ip_of(theirs))
+}
+
+/// Chooses the copy's path: the source's control socket when the source is this node or
+/// shares this node's data-plane address (one host: the socket is reachable and faster), or
+/// when the source agent exports nothing (it predates exports; on another host this fails
+/// and the Control restarts the service instead, saying so); otherwise a pull.
+pub fn restore_path(
+    me: NodeId,
+    my_export: Option<&str>,
+    source: NodeId,
+    control: String,
+    export: Option<Box<SourceExport>>,
+) -> RestorePath {
+    match export {
+        Some(e) if source != me && !same_host(my_export, &e.addr) => RestorePath::Pull(*e),
+        _ => RestorePath::Socket(control),
+    }
 }
 
 /// Outputs of the engine, executed by the shell in order.
@@ -311,7 +349,7 @@ pub struct HealthConfig {
 }
 
 /// Engine configuration.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Agent86Config {
     /// This node.
     pub node: NodeId,
@@ -325,6 +363,9 @@ pub struct Agent86Config {
     pub health: HealthConfig,
     /// The runtime enforces CPU and memory limits (the cgroup driver).
     pub enforces_limits: bool,
+    /// This node's checkpoint export (`ip:port` on its data-plane address), listed in its
+    /// instances' reports so that targets on other hosts can pull from it.
+    pub checkpoint_export: Option<String>,
 }
 
 impl Agent86Config {
@@ -351,6 +392,7 @@ impl Agent86Config {
                 recover_after: 1,
             },
             enforces_limits: false,
+            checkpoint_export: None,
         }
     }
 }
@@ -487,7 +529,7 @@ impl Agent86Engine {
 
     fn step(&mut self, event: Event, now: Instant, out: &mut Vec<Command>) {
         match event {
-            Event::Control(c) => self.on_control(c, out),
+            Event::Control(c) => self.on_control(*c, out),
             Event::EpochObserved(e) => self.observe_epoch(e, out),
             Event::EpochPersisted(e) => {
                 self.persisted = self.persisted.max(e);
@@ -605,9 +647,17 @@ impl Agent86Engine {
                 reservation,
                 source,
                 source_control,
+                source_export,
                 reserved_as,
                 copy_rate_bps,
             } => {
+                let path = restore_path(
+                    self.cfg.node,
+                    self.cfg.checkpoint_export.as_deref(),
+                    source,
+                    source_control,
+                    source_export,
+                );
                 if !self.instances.contains_key(&instance)
                     && let Some(id) = reserved_as
                 {
@@ -620,7 +670,7 @@ impl Agent86Engine {
                     Some((
                         source,
                         RestoreFrom {
-                            control: source_control,
+                            path,
                             rate_bps: copy_rate_bps,
                         },
                     )),
@@ -987,6 +1037,7 @@ impl Agent86Engine {
             reservation: i.reservation,
             endpoint: i.listen.map(|l| format!("http://{l}/")),
             control_socket: i.control_socket.clone(),
+            checkpoint_export: self.cfg.checkpoint_export.clone(),
             speaks_api: i.speaks_api,
             usage: i.usage.clone(),
             restarts: i.crashes.len() as u32,

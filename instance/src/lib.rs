@@ -42,6 +42,7 @@ pub mod cgroup;
 pub mod control;
 pub mod procfs;
 pub mod profiler;
+pub mod pull;
 pub mod refine;
 pub mod runtime;
 pub mod sample;

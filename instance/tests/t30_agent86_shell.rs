@@ -78,12 +78,12 @@ impl Shell {
 }
 
 fn control(epoch: u64, req: u64, op: AgentCommand) -> Event {
-    Event::Control(ControlCommand {
+    Event::Control(Box::new(ControlCommand {
         from: NodeId(1),
         epoch,
         req,
         op,
-    })
+    }))
 }
 
 fn shell(dir: &Path) -> Shell {

@@ -45,6 +45,15 @@ pub struct LaunchSpec {
     pub memory_bytes: Option<u64>,
 }
 
+/// Where a migration target on another host pulls the source instance's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceExport {
+    /// The source agent's export, `ip:port` (its node's data-plane address).
+    pub addr: String,
+    /// The source instance.
+    pub instance: String,
+}
+
 /// A command from a Control to an Agent86. Every command travels with the Control's epoch
 /// and is fenced by it when it *executes* (docs/DESIGN.md §2.4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,8 +96,11 @@ pub enum AgentCommand {
         /// Endpoint of the new instance, where clients are redirected.
         target_url: String,
     },
-    /// Start an instance that first copies the state of its source (workload control API
-    /// `restore` from `source_control`) while the source keeps serving: pre-copy.
+    /// Start an instance that first copies the state of its source while the source keeps
+    /// serving: pre-copy. On the source's host (same data-plane address) the new instance
+    /// `restore`s straight from `source_control`; from another host the agent pulls the
+    /// checkpoint from the source agent's export at `source_export` over TCP, authenticated
+    /// with the cluster key (`crate::pull`), and relays it to the new instance.
     MigrateIn {
         /// Instance name.
         instance: String,
@@ -98,8 +110,12 @@ pub enum AgentCommand {
         reservation: Reservation,
         /// Source node.
         source: NodeId,
-        /// Where the source instance's state is read from (its workload control socket).
+        /// The source instance's workload control socket (same-host fast path).
         source_control: String,
+        /// The source agent's checkpoint export (`ip:port` on its data-plane address), when
+        /// it has one: the path from another host.
+        /// (Boxed: most commands are far smaller.)
+        source_export: Option<Box<SourceExport>>,
         /// Reservation made earlier for it, consumed on success.
         reserved_as: Option<String>,
         /// Cap on the copy's rate, bits/s (the copy shares the network with the viewers).
@@ -120,6 +136,21 @@ pub enum AgentCommand {
 }
 
 impl AgentCommand {
+    /// How long the command may take, in request timeouts: what the Control waits for its
+    /// answer and what the agent's node lets it run (a restore copies a whole cache, across
+    /// hosts at a capped rate; a hand-over waits for every viewer to be told).
+    pub fn timeout_multiple(&self) -> u32 {
+        match self {
+            AgentCommand::MigrateIn { .. } => 30,
+            AgentCommand::MigrateOut { .. } => 10,
+            AgentCommand::Start { .. } | AgentCommand::Stop { .. } => 5,
+            AgentCommand::Report
+            | AgentCommand::Reserve { .. }
+            | AgentCommand::Release { .. }
+            | AgentCommand::Update { .. } => 1,
+        }
+    }
+
     /// The instance the command is about, if any.
     pub fn instance(&self) -> Option<&str> {
         match self {
@@ -319,6 +350,9 @@ pub struct InstanceReport {
     pub endpoint: Option<String>,
     /// Its workload control socket.
     pub control_socket: String,
+    /// Where other hosts pull its checkpoint (`ip:port`: its agent's export on the node's
+    /// data-plane address), when the agent exports.
+    pub checkpoint_export: Option<String>,
     /// The instance answers the workload control API: it can be live-migrated. Otherwise it
     /// can only be restarted elsewhere.
     pub speaks_api: bool,

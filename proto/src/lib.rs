@@ -28,6 +28,7 @@ pub mod fence;
 pub mod ids;
 pub mod node;
 pub mod profile;
+pub mod pull;
 pub mod workload;
 
 pub use ids::{Epoch, Incarnation, NodeId, ServiceName};

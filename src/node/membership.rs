@@ -98,7 +98,12 @@ pub struct MembershipState {
 }
 
 fn engine_config(cfg: &NodeConfig, incarnation: u64) -> EngineConfig {
-    let mut e = EngineConfig::new(cfg.id(), incarnation, cfg.listen, cfg.roles.clone());
+    let mut e = EngineConfig::new(
+        cfg.id(),
+        incarnation,
+        cfg.advertise_addr(),
+        cfg.roles.clone(),
+    );
     e.heartbeat_interval = cfg.timing.heartbeat_interval;
     e.detector = DetectorConfig {
         interval: cfg.timing.heartbeat_interval,
@@ -309,7 +314,7 @@ impl Membership {
         let members = st.engine.members();
         let control = st.engine.control().and_then(|c| {
             let addr = if c.node_id == cfg.id() {
-                Some(cfg.listen)
+                Some(cfg.advertise_addr())
             } else {
                 members
                     .iter()
@@ -333,7 +338,7 @@ impl Membership {
         if cfg.has_role(Role::Agent) {
             agents.push(AgentAddr {
                 node: cfg.id(),
-                addr: cfg.listen,
+                addr: cfg.advertise_addr(),
             });
         }
         agents.sort_by_key(|a| a.node);
@@ -389,7 +394,7 @@ impl Membership {
             .collect();
         members.push(MemberStatus {
             node_id: cfg.id(),
-            address: cfg.listen.to_string(),
+            address: cfg.advertise_addr().to_string(),
             alive: true,
             roles: role_names(&cfg.roles),
             last_heard_ms: 0,

@@ -220,6 +220,9 @@ impl Handler<NodeProtocol> for NodeHandler {
                         }
                     }
                     let agent = self.ctx.routes.agent86().ok_or("agent86 is restarting")?;
+                    // As long as the Control waits for it: a restore that copies a cache
+                    // across hosts takes far longer than one request timeout.
+                    let budget = self.timeout_ms() * cmd.timeout_multiple() as u64;
                     let reply: AgentReply = call_t!(
                         agent,
                         |reply| Agent86Msg::Command {
@@ -228,7 +231,7 @@ impl Handler<NodeProtocol> for NodeHandler {
                             cmd,
                             reply
                         },
-                        self.timeout_ms()
+                        budget
                     )
                     .map_err(|e| format!("agent86: {e}"))?;
                     Ok(NodeResponse::Agent(reply))

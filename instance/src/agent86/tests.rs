@@ -30,12 +30,12 @@ fn resv() -> Reservation {
 }
 
 fn cmd(from: NodeId, epoch: Epoch, req: u64, op: AgentCommand) -> Event {
-    Event::Control(ControlCommand {
+    Event::Control(Box::new(ControlCommand {
         from,
         epoch,
         req,
         op,
-    })
+    }))
 }
 
 fn start_op(name: &str) -> AgentCommand {
@@ -564,6 +564,7 @@ fn migration_out_and_in() {
                     reservation: resv(),
                     source: NodeId(7),
                     source_control: "/src.sock".into(),
+                    source_export: None,
                     reserved_as: Some("r-a".into()),
                     copy_rate_bps: None,
                 }
@@ -575,7 +576,7 @@ fn migration_out_and_in() {
             launch: launch(),
             listen: None,
             restore_from: Some(RestoreFrom {
-                control: "/src.sock".into(),
+                path: RestorePath::Socket("/src.sock".into()),
                 rate_bps: None
             })
         }]
@@ -590,6 +591,103 @@ fn migration_out_and_in() {
             t
         ),
         vec![ok(CONTROL, 2, 5)]
+    );
+}
+
+#[test]
+fn a_restore_pulls_over_tcp_only_from_another_host() {
+    let export = |addr: &str| SourceExport {
+        addr: addr.into(),
+        instance: "vod-1.3".into(),
+    };
+    let (me, other) = (NodeId(1), NodeId(2));
+    let path = |mine: Option<&str>, source, theirs: Option<&str>| {
+        restore_path(
+            me,
+            mine,
+            source,
+            "/n2/vod-1.3.sock".into(),
+            theirs.map(|a| Box::new(export(a))),
+        )
+    };
+    let socket = RestorePath::Socket("/n2/vod-1.3.sock".into());
+    // Another host: pull.
+    assert_eq!(
+        path(Some("10.0.0.1:7400"), other, Some("10.0.0.2:7400")),
+        RestorePath::Pull(export("10.0.0.2:7400"))
+    );
+    // An agent that exports nothing itself still pulls from one that does.
+    assert_eq!(
+        path(None, other, Some("10.0.0.2:7400")),
+        RestorePath::Pull(export("10.0.0.2:7400"))
+    );
+    // One host (same data-plane IP, other port), this node, or no export: the socket.
+    assert_eq!(
+        path(Some("127.0.0.1:7401"), other, Some("127.0.0.1:7402")),
+        socket
+    );
+    assert_eq!(
+        path(Some("10.0.0.1:7400"), me, Some("10.0.0.2:7400")),
+        socket
+    );
+    assert_eq!(path(Some("10.0.0.1:7400"), other, None), socket);
+}
+
+#[test]
+fn migrate_in_carries_the_pull_path_to_the_shell() {
+    let t = Instant::now();
+    let mut cfg = Agent86Config::new(NodeId(1));
+    cfg.checkpoint_export = Some("10.0.0.1:7400".into());
+    let mut dst = Agent86Engine::new(cfg, 5);
+    let out = dst.handle(
+        cmd(
+            CONTROL,
+            5,
+            2,
+            AgentCommand::MigrateIn {
+                instance: "a".into(),
+                launch: launch(),
+                reservation: resv(),
+                source: NodeId(7),
+                source_control: "/src.sock".into(),
+                source_export: Some(Box::new(SourceExport {
+                    addr: "10.0.0.7:7400".into(),
+                    instance: "a0".into(),
+                })),
+                reserved_as: None,
+                copy_rate_bps: Some(8_000_000),
+            },
+        ),
+        t,
+    );
+    assert_eq!(
+        out,
+        vec![Command::Start {
+            instance: "a".into(),
+            launch: launch(),
+            listen: None,
+            restore_from: Some(RestoreFrom {
+                path: RestorePath::Pull(SourceExport {
+                    addr: "10.0.0.7:7400".into(),
+                    instance: "a0".into(),
+                }),
+                rate_bps: Some(8_000_000),
+            })
+        }]
+    );
+    // Its instances' reports say where to pull them from.
+    dst.handle(
+        Event::Started {
+            instance: "a".into(),
+        },
+        t,
+    );
+    assert_eq!(
+        dst.instance_report("a")
+            .unwrap()
+            .checkpoint_export
+            .as_deref(),
+        Some("10.0.0.1:7400")
     );
 }
 

@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use smart_admission::{Evicted, ServiceId};
 use smart_proto::NodeId;
-use smart_proto::agent::{AgentCommand, AgentReply, InstanceReport};
+use smart_proto::agent::{AgentCommand, AgentReply, InstanceReport, SourceExport};
 use smart_proto::api::{ApiError, Event, Placement, Response};
 use tracing::{info, warn};
 
@@ -239,10 +239,17 @@ impl ControlEngine {
                 reservation,
                 source: from,
                 source_control: old.control_socket.clone(),
+                source_export: old.checkpoint_export.clone().map(|addr| {
+                    Box::new(SourceExport {
+                        addr,
+                        instance: old.instance.clone(),
+                    })
+                }),
                 reserved_as: None,
                 copy_rate_bps: self.tuning.admission.copy_rate_bps,
             };
-            self.command(to, cmd, t * 30, pending)
+            let budget = t * cmd.timeout_multiple();
+            self.command(to, cmd, budget, pending)
                 .map(|req| Op::Restoring { req, mv, old })
         } else {
             // No workload control API: restart on the target, then stop the old one; its
@@ -326,14 +333,21 @@ impl ControlEngine {
                 self.lose(name, e)
             }
             (Op::Restoring { mv, .. }, Ok(Some(new))) => self.hand_off(name, mv, new, None, now),
-            (Op::Restoring { mv, old, .. }, Ok(None) | Err(_)) => {
+            (Op::Restoring { mv, old, .. }, failed) => {
                 // Restore failed: a fresh start on the target, in a new generation (a
                 // restore that only timed out may still finish: that instance is a stray).
+                // The cause goes into the `Migrated` event: an empty cache and new origin
+                // streams must never happen silently.
+                let cause = match failed {
+                    Err(e) => e,
+                    Ok(_) => "the agent reported no instance".into(),
+                };
+                warn!(service = %name, %cause, "live restore failed: starting afresh on the target");
                 self.restart_on_target(
                     name,
                     mv,
                     old,
-                    "restore failed; restarted on the target".into(),
+                    format!("restore failed ({cause}); restarted on the target"),
                 )
             }
             (

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use smart_proto::agent::{AgentError, AgentEvent, InstanceState, NodeUsage, UsageReading};
+use smart_proto::agent::{
+    AgentError, AgentEvent, InstanceState, NodeUsage, SourceExport, UsageReading,
+};
 
 use super::*;
 
@@ -126,6 +128,7 @@ fn instance(service: &ServiceSpec, generation: u64, n: u64, api: bool) -> Instan
         },
         endpoint: Some(format!("http://127.0.0.{n}:90{generation:02}/")),
         control_socket: format!("/n{n}/{}.sock", instance_name(&service.name, generation)),
+        checkpoint_export: Some(format!("10.0.0.{n}:7400")),
         speaks_api: api,
         usage: None,
         restarts: 0,
@@ -348,6 +351,11 @@ fn migrate_in(req: ReqId, from: u64, to: u64, s: &ServiceSpec, generation: u64) 
             reservation: reservation(s, 0),
             source: NodeId(from),
             source_control: format!("/n{from}/{}.sock", instance_name(&s.name, generation - 1)),
+            // The target pulls from the source agent's export when it is on another host.
+            source_export: Some(Box::new(SourceExport {
+                addr: format!("10.0.0.{from}:7400"),
+                instance: instance_name(&s.name, generation - 1),
+            })),
             reserved_as: None,
             copy_rate_bps: None,
         },
@@ -1004,7 +1012,7 @@ fn a_failed_restore_falls_back_to_a_fresh_start_then_the_hand_over() {
             "video-a",
             1,
             2,
-            "drain (restarted: restore failed; restarted on the target)"
+            "drain (restarted: restore failed (restore: source gone); restarted on the target)"
         )]
     );
 }
