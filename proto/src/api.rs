@@ -96,33 +96,12 @@ pub enum Request {
         /// The service class.
         class: String,
     },
-    /// Profile a service class on a node with the profiler role (Agent99) and store the
-    /// result as the class's profile; progress and the result arrive as events.
-    ProfileJob(Box<ProfileJob>),
     /// The answering node's versions and HTTP API address (answered by the node asked).
     /// Clients send it first, on connect; nodes ask each other for their HTTP address.
     Version,
     /// Every agent node as the Control sees it: capacity, usage, reservations, drains
     /// (answered by the Control's node with `Nodes`).
     Nodes,
-}
-
-/// A profiling job for Agent99 (what `smart profile` does, run on a profiler node).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProfileJob {
-    /// The service class whose profile the result becomes.
-    pub class: String,
-    /// The service's command; `{listen}` is replaced by an address on the profiler node.
-    pub command: Vec<String>,
-    /// A load command run through `sh -c` while measuring; `{clients}` and `{listen}` are
-    /// replaced.
-    pub load: Option<String>,
-    /// Client counts (two give a base and a per-client increment).
-    pub clients: Vec<u32>,
-    /// Measuring time per client count, milliseconds.
-    pub duration_ms: u64,
-    /// For a distributor: the video it serves while profiled.
-    pub video: Option<crate::profile::VideoRef>,
 }
 
 /// Where an admitted service or client goes.

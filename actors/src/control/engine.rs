@@ -751,9 +751,6 @@ impl ControlEngine {
                     what: format!("a profile for class {class}"),
                 }),
             },
-            Request::ProfileJob(_) => Response::Error(ApiError::BadRequest {
-                reason: "profiling jobs are run by a profiler node, not the Control".into(),
-            }),
             Request::Undrain { node } => match self.undrain(node) {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error(e),
