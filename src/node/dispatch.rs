@@ -78,15 +78,6 @@ pub fn node_reports(s: &ControlStatus) -> Vec<NodeReport> {
         .collect()
 }
 
-/// Sum of the reservations of `instances` (what the dashboard draws against usage).
-pub fn reserved_sum(instances: &[InstanceUse]) -> Reservation {
-    let mut r = Reservation::default();
-    for i in instances {
-        r.add(&i.reserved);
-    }
-    r
-}
-
 impl Dispatcher {
     fn timeout(&self) -> Duration {
         self.cfg.timing.request_timeout
