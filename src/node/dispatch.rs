@@ -21,7 +21,6 @@ use smart_actors::control::{ControlMsg, ControlStatus, spec_of};
 use smart_api::{
     API_VERSION, ApiError, ClusterStatus, InstanceUse, NodeReport, Request, Response, VersionInfo,
 };
-use smart_proto::agent::Reservation;
 
 use super::directory::MemberDirectory;
 use super::forward::Forwarder;
