@@ -1,13 +1,18 @@
 //! `smart`: the SMART peer binary and its admin commands. See the README.
 
+// The binary links every dependency of its package; the lint is meant for the library.
+#![allow(unused_crate_dependencies)]
+
+mod ops;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::ops::{OpsCmd, client::OpsError};
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use smart::config::NodeConfig;
-use smart::node::{self, Faults, supervisor::Exit};
-use smart::ops::{self, OpsCmd, client::OpsError};
+use smart_config::NodeConfig;
+use smart_supervision::{self as node, Faults, supervisor::Exit};
 use smart_vod::logging::LogFormat;
 
 /// Exit code when the supervision tree escalates (BSD EX_SOFTWARE): a service manager
@@ -55,11 +60,11 @@ enum Cmd {
     /// The `smart(1)` man page (roff), on stdout.
     Man,
     /// Run a local cluster on loopback and show a Control failover.
-    Demo(smart_testkit::demo::DemoArgs),
+    Demo(smart_bench::demo::DemoArgs),
     /// Simulate admission control and placement under a VoD workload (deterministic).
     Sim(smart_admission::sim::SimArgs),
     /// Agent99: profile a service's resource usage and write its profile.
-    Profile(smart_instance::profiler::ProfileArgs),
+    Profile(smart_agent99::ProfileArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -154,21 +159,21 @@ struct DistributorArgs {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Control failover time (kill -9 until every survivor reports the new Control).
-    Failover(smart_testkit::demo::FailoverBenchArgs),
+    Failover(smart_bench::demo::FailoverBenchArgs),
     /// The front-end's `GET /watch` latency, for a video's first viewer and a joining one.
-    Frontend(smart_testkit::bench_frontend::FrontendBenchArgs),
+    Frontend(smart_bench::bench_frontend::FrontendBenchArgs),
     /// HTTP API latency (`/v1/status`, `/v1/services`) under a steady load, and the
     /// dashboard's update delay after a node dies.
-    Api(smart_testkit::bench_api::ApiBenchArgs),
+    Api(smart_bench::bench_api::ApiBenchArgs),
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(file)?;
-    smart_supervision::ClusterKey::load(&cfg.cluster_key_file)
+    smart_proto::ClusterKey::load(&cfg.cluster_key_file)
         .with_context(|| format!("cluster_key_file of {}", file.display()))?;
-    let key = smart_supervision::transport::noise::NodeKey::load(&cfg.node_key_file)
+    let key = smart_transport::noise::NodeKey::load(&cfg.node_key_file)
         .with_context(|| format!("node_key_file of {}", file.display()))?;
-    let book = smart_supervision::transport::noise::KeyBook::load(&cfg.node_public_keys_file)
+    let book = smart_transport::noise::KeyBook::load(&cfg.node_public_keys_file)
         .with_context(|| format!("node_public_keys_file of {}", file.display()))?;
     if book.get(cfg.id()) != Some(&key.public()) {
         bail!(
@@ -180,7 +185,7 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     }
     let tokens = match &cfg.tokens_file {
         Some(t) => {
-            let f = smart::node::tokens::TokenFile::load(t)?;
+            let f = smart_supervision::tokens::TokenFile::load(t)?;
             format!("{} API tokens", f.token.len())
         }
         None => "no tokens_file: /v1 refuses every request".into(),
@@ -204,14 +209,14 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
         (None, Some(c)) => NodeConfig::load(c)?.data_dir,
         (None, None) => bail!("give --data-dir DIR or --config FILE"),
     };
-    if args.epoch > smart_supervision::engine::EPOCH_CEILING {
+    if args.epoch > smart_membership::engine::EPOCH_CEILING {
         bail!(
             "epoch {} is beyond the usable range (at most {})",
             args.epoch,
-            smart_supervision::engine::EPOCH_CEILING
+            smart_membership::engine::EPOCH_CEILING
         );
     }
-    let (found, now) = smart::persist::StateFile::repair(&dir, args.epoch)
+    let (found, now) = smart_membership::persist::StateFile::repair(&dir, args.epoch)
         .with_context(|| format!("repairing {}", dir.display()))?;
     match found {
         Some(f) => println!(
@@ -324,10 +329,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             .map_err(Into::into),
         Cmd::Tokens(TokensCmd::New { scope, name, file }) => {
             let scope = match scope {
-                TokenScope::Read => smart::node::tokens::Scope::Read,
-                TokenScope::Admin => smart::node::tokens::Scope::Admin,
+                TokenScope::Read => smart_supervision::tokens::Scope::Read,
+                TokenScope::Admin => smart_supervision::tokens::Scope::Admin,
             };
-            let token = smart::node::tokens::TokenFile::append_new(&file, &name, scope)?;
+            let token = smart_supervision::tokens::TokenFile::append_new(&file, &name, scope)?;
             eprintln!(
                 "{scope} token `{name}` added to {} (only its digest is kept there):",
                 file.display()
@@ -345,7 +350,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo(args) => {
-            smart_testkit::demo::run(args).await?;
+            smart_bench::demo::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sim(args) => {
@@ -354,23 +359,23 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Profile(args) => {
             // The profiler samples on its own schedule with blocking I/O.
-            tokio::task::spawn_blocking(move || smart_instance::profiler::run(&args))
+            tokio::task::spawn_blocking(move || smart_agent99::run(&args))
                 .await
                 .context("profiler task")??;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Api(args)) => {
-            smart_testkit::bench_api::run(args).await?;
+            smart_bench::bench_api::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Frontend(args)) => {
-            smart_testkit::bench_frontend::run(args).await?;
+            smart_bench::bench_frontend::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Repair(args) => repair(args).map(|_| ExitCode::SUCCESS),
         Cmd::Keys(args) => {
-            let k = smart_supervision::keys::generate(&args.dir, &args.nodes)?;
+            let k = smart_transport::keys::generate(&args.dir, &args.nodes)?;
             println!(
                 "{}: cluster.key, {} node keys, nodes.pub",
                 k.dir.display(),
@@ -379,7 +384,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Failover(args)) => {
-            smart_testkit::demo::bench_failover(args).await?;
+            smart_bench::demo::bench_failover(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

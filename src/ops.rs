@@ -23,7 +23,7 @@
 //! ## Layout
 //! - [`OpsCmd`] and [`run`]; [`Conn`]: where and who; [`client`]: the HTTP client.
 
-pub mod client;
+pub(crate) mod client;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,12 +35,12 @@ use smart_api::http::{AdmitClient, Done, Nodes, Profiles, Service, ServiceSpecJs
 use smart_api::{ClusterStatus, Placement, VersionInfo};
 use smart_proto::NodeId;
 
-use crate::config::NodeConfig;
 use client::{HttpClient, OpsError};
+use smart_config::NodeConfig;
 
 /// Where the API is and who asks.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// A node's HTTP API, e.g. `http://127.0.0.1:7180`; several, comma-separated, are tried
     /// in turn.
     #[arg(long, env = "SMART_ADDR", value_delimiter = ',')]
@@ -61,7 +61,7 @@ pub struct Conn {
 
 impl Conn {
     /// The client these options describe.
-    pub fn client(&self) -> Result<HttpClient, OpsError> {
+    pub(crate) fn client(&self) -> Result<HttpClient, OpsError> {
         let mut bases = self.addr.clone();
         bases.retain(|a| !a.trim().is_empty());
         if bases.is_empty()
@@ -82,7 +82,7 @@ impl Conn {
 
 /// The admin commands (flattened into `smart`'s subcommands).
 #[derive(Debug, clap::Subcommand)]
-pub enum OpsCmd {
+pub(crate) enum OpsCmd {
     /// Members and the Control as a node sees them (`members[].http`: each one's API).
     Status(Conn),
     /// Every member with the Control's view: usage against reservation and VR, drains.
@@ -148,7 +148,7 @@ pub enum OpsCmd {
 
 /// `smart profiles`.
 #[derive(Debug, clap::Subcommand)]
-pub enum ProfilesCmd {
+pub(crate) enum ProfilesCmd {
     /// Every class's profile, summarised.
     List(Conn),
     /// One class's profile, whole (the JSON `smart profile` writes, with its source and
@@ -173,7 +173,7 @@ pub enum ProfilesCmd {
 
 /// `smart admit`.
 #[derive(Debug, clap::Args)]
-pub struct AdmitArgs {
+pub(crate) struct AdmitArgs {
     /// The service's name, e.g. `video-42`.
     pub name: String,
     /// Admit one client of the service instead (prints its client id).
@@ -235,7 +235,7 @@ fn bps(b: f64) -> String {
 }
 
 /// Runs one admin command.
-pub async fn run(cmd: OpsCmd) -> Result<(), OpsError> {
+pub(crate) async fn run(cmd: OpsCmd) -> Result<(), OpsError> {
     match cmd {
         OpsCmd::Status(conn) => {
             let s: ClusterStatus = conn.client()?.get("/v1/status").await?;
@@ -623,12 +623,12 @@ fn print_services(list: &[Service]) {
 }
 
 /// `smart version`: this build's versions, and the node's when an address is given.
-pub async fn version(conn: &Conn) -> Result<(), OpsError> {
+pub(crate) async fn version(conn: &Conn) -> Result<(), OpsError> {
     let local = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "api_version": smart_api::API_VERSION,
-        "wire_version": smart_supervision::frame::PROTOCOL_VERSION,
-        "heartbeat_version": smart_supervision::wire::VERSION,
+        "wire_version": smart_transport::frame::PROTOCOL_VERSION,
+        "heartbeat_version": smart_proto::heartbeat::VERSION,
         "http_api": "v1",
     });
     let node: Option<VersionInfo> = if conn.addr.is_empty() && conn.config.is_none() {
@@ -643,8 +643,8 @@ pub async fn version(conn: &Conn) -> Result<(), OpsError> {
             "smart {} (message API v{}, transport frames v{}, heartbeats v{}, HTTP API v1)",
             local["version"].as_str().unwrap_or("?"),
             smart_api::API_VERSION,
-            smart_supervision::frame::PROTOCOL_VERSION,
-            smart_supervision::wire::VERSION
+            smart_transport::frame::PROTOCOL_VERSION,
+            smart_proto::heartbeat::VERSION
         );
         if let Some(v) = node {
             println!(

@@ -6,11 +6,15 @@
 //! service node never takes the front-end with it. Each test starts its own cluster; every wait is
 //! bounded. The nextest config runs this binary serially (group `e2e`).
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use smart_api::{Request, Response, ServiceStatus};
-use smart_testkit::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::cluster::{ClusterSpec, LocalCluster};
 use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::VideoParams;
@@ -328,8 +332,8 @@ async fn command_as(
     cmd: smart_proto::agent::AgentCommand,
 ) -> smart_proto::agent::AgentReply {
     use smart_api::{NodeProtocol, NodeRequest, NodeResponse};
-    use smart_supervision::transport::Client;
-    use smart_supervision::transport::tcp::TcpTransport;
+    use smart_transport::Client;
+    use smart_transport::tcp::TcpTransport;
     // With node `from`'s real key: what that deposed node itself would present.
     let ep = c.node_endpoint(from, 9_999);
     let addr = c.nodes[(to - 1) as usize].addr.to_string();
@@ -452,9 +456,9 @@ async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
         .unwrap()
         .with_timeout(Duration::from_secs(15));
     let fe_cfg =
-        smart::config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(&c)))).unwrap();
+        smart_config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(&c)))).unwrap();
     for v in 0..4 {
-        let spec = smart::node::http_frontend::spec_for(
+        let spec = smart_frontend::spec_for(
             &fe_cfg.frontend,
             &format!("v{v}"),
             fe_cfg.frontend.bitrate_bps,

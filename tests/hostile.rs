@@ -14,15 +14,19 @@
 //! Every test starts its own cluster on its own loopback addresses (see `smart::cluster`),
 //! and every wait and every attack loop is bounded.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use smart_api::ClusterStatus;
-use smart_supervision::NodeId;
-use smart_supervision::wire::{self, Claim, Message};
-use smart_testkit::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::cluster::{ClusterSpec, LocalCluster};
+use smart_proto::NodeId;
+use smart_proto::heartbeat::{self, Claim, Message};
 use tokio::time::Instant;
 
 fn spec(nodes: usize) -> ClusterSpec {
@@ -145,7 +149,7 @@ async fn a_forged_max_claim_from_a_non_member_is_ignored_and_nothing_is_persiste
             seq,
             epoch: u64::MAX,
         });
-        send_to_all(&c, &wire::encode(&claim, c.key())).await;
+        send_to_all(&c, &heartbeat::encode(&claim, c.key())).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for &n in &all {
@@ -186,7 +190,7 @@ async fn a_forged_max_incarnation_from_n1_evicts_no_one() {
             epoch: before.1 + 1,
         });
         seq += 1;
-        udp.send_to(&wire::encode(&claim, c.key()), n2)
+        udp.send_to(&heartbeat::encode(&claim, c.key()), n2)
             .await
             .unwrap();
         let s = c.status(2).await.unwrap();
@@ -335,10 +339,10 @@ async fn under_ulimit_150_and_held_connections_a_killed_control_is_replaced_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_presenting_another_nodes_id_is_refused() {
-    use smart_supervision::transport::client::ConnectError;
-    use smart_supervision::transport::handshake::{HandshakeError, Refusal};
-    use smart_supervision::transport::tcp::TcpTransport;
-    use smart_supervision::transport::{Client, Endpoint};
+    use smart_transport::client::ConnectError;
+    use smart_transport::handshake::{HandshakeError, Refusal};
+    use smart_transport::tcp::TcpTransport;
+    use smart_transport::{Client, Endpoint};
 
     let c = LocalCluster::start(spec(2)).unwrap();
     let all = c.running();
@@ -347,13 +351,16 @@ async fn a_node_presenting_another_nodes_id_is_refused() {
         .unwrap();
     let addr = c.nodes[0].addr.to_string();
     // Node 2's id with node 2's real key: accepted (the key book lists it).
-    let genuine =
-        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, c.node_endpoint(2, 1))
-            .await;
+    let genuine = Client::<smart_transport::NodeProtocol>::connect(
+        &TcpTransport,
+        &addr,
+        c.node_endpoint(2, 1),
+    )
+    .await;
     assert!(genuine.is_ok(), "{:?}", genuine.err());
     // Node 2's id with another key (the cluster key is right): refused.
     let impostor = Endpoint::node(NodeId(2), 1, c.key().clone());
-    match Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, impostor).await {
+    match Client::<smart_transport::NodeProtocol>::connect(&TcpTransport, &addr, impostor).await {
         Err(ConnectError::Handshake {
             source: HandshakeError::Refused(Refusal::WrongKey),
             ..
@@ -365,7 +372,7 @@ async fn a_node_presenting_another_nodes_id_is_refused() {
     let borrowed =
         Endpoint::node(NodeId(2), 1, c.key().clone()).with_keys(k1, c.keys().book.clone());
     assert!(
-        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, borrowed)
+        Client::<smart_transport::NodeProtocol>::connect(&TcpTransport, &addr, borrowed)
             .await
             .is_err()
     );
@@ -398,20 +405,20 @@ async fn encrypted_heartbeats_elect_and_fail_over_and_plain_forgeries_are_refuse
     let mut s = spec(3);
     s.extra_toml = "[heartbeat]\nencrypt = true\n".into();
     let mut c = LocalCluster::start(s).unwrap();
-    let f = smart_testkit::demo::kill_control_and_measure(&mut c)
+    let f = smart_bench::demo::kill_control_and_measure(&mut c)
         .await
         .unwrap();
     assert_ne!(f.new_control, f.killed);
     // A datagram under another key, encrypted or not, is refused.
-    let other = smart_supervision::ClusterKey::from_bytes(b"not-the-cluster-key-at-all").unwrap();
-    let ring = smart_supervision::wire::Keyring::new(other).encrypted(true);
+    let other = smart_proto::ClusterKey::from_bytes(b"not-the-cluster-key-at-all").unwrap();
+    let ring = smart_proto::heartbeat::Keyring::new(other).encrypted(true);
     let claim = Message::Claim(Claim {
         from: NodeId(f.new_control),
         incarnation: u64::MAX,
         seq: 1,
         epoch: f.new_epoch + 1,
     });
-    send_to_all(&c, &wire::encode_with(&claim, &ring)).await;
+    send_to_all(&c, &heartbeat::encode_with(&claim, &ring)).await;
     let st = wait_status(&c, f.new_control, Duration::from_secs(5), |s| {
         counter(s, "dropped_bad_tag") >= 1
     })
@@ -428,14 +435,17 @@ async fn node_request_as(
     from: u64,
     to: u64,
     req: smart_api::NodeRequest,
-) -> Result<smart_api::NodeResponse, smart_supervision::transport::RequestError> {
-    use smart_supervision::transport::Client;
-    use smart_supervision::transport::tcp::TcpTransport;
+) -> Result<smart_api::NodeResponse, smart_transport::RequestError> {
+    use smart_transport::Client;
+    use smart_transport::tcp::TcpTransport;
     let addr = c.nodes[(to - 1) as usize].addr.to_string();
-    let client =
-        Client::<smart_api::NodeProtocol>::connect(&TcpTransport, &addr, c.node_endpoint(from, 1))
-            .await
-            .unwrap();
+    let client = Client::<smart_transport::NodeProtocol>::connect(
+        &TcpTransport,
+        &addr,
+        c.node_endpoint(from, 1),
+    )
+    .await
+    .unwrap();
     client.request(req, Duration::from_secs(5)).await
 }
 

@@ -10,6 +10,10 @@
 //! leftover `smtn*` namespace from an earlier crashed run is removed first. Every wait is
 //! bounded and the guard removes namespaces and processes even when a test panics.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -113,7 +117,7 @@ impl Net {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let ids: Vec<u64> = (1..=hosts as u64).collect();
-        smart_supervision::keys::generate(&dir, &ids).unwrap();
+        smart_transport::keys::generate(&dir, &ids).unwrap();
         let token = {
             use sha2::Digest;
             let b: [u8; 32] = rand::random();

@@ -7,13 +7,17 @@
 //! Each test starts its own cluster; every wait is bounded. The nextest config runs this
 //! binary serially (group `cluster-processes`).
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use smart_api::client::ApiClient;
 use smart_api::{ApiError, Request, Response};
-use smart_testkit::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::cluster::{ClusterSpec, LocalCluster};
 
 fn spec(nodes: usize) -> ClusterSpec {
     let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);

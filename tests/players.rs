@@ -11,13 +11,17 @@
 //! print `skipped: ...` without them, and fail instead with `SMART_REQUIRE_TOOLS=1` (CI).
 //! The nextest config runs this binary serially (group `cluster-processes`).
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use smart_api::{NodeId, Request, Response, ServiceStatus};
-use smart_testkit::cluster::{ClusterSpec, LocalCluster};
-use smart_testkit::videos;
+use smart_bench::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::videos;
 use smart_vod::hls::MediaPlaylist;
 use smart_vod::hls_viewer::{HlsViewerConfig, run_hls_viewer};
 use smart_vod::http::{self, Url};

@@ -2,17 +2,21 @@
 //! panicking children, escalation, hostile datagrams and frames, the status command.
 //!
 //! Every test starts its own cluster on its own loopback addresses and ports (see
-//! `smart_testkit::cluster`), and every wait is bounded.
+//! `smart_bench::cluster`), and every wait is bounded.
+
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
 
 use std::time::Duration;
 
 use smart_api::{ClusterStatus, NodeProtocol, NodeRequest, NodeResponse};
+use smart_bench::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::demo::kill_control_and_measure;
 use smart_proto::agent::{AgentCommand, AgentReply};
-use smart_supervision::transport::Client;
-use smart_supervision::transport::tcp::TcpTransport;
-use smart_supervision::{ClusterKey, NodeId};
-use smart_testkit::cluster::{ClusterSpec, LocalCluster};
-use smart_testkit::demo::kill_control_and_measure;
+use smart_proto::{ClusterKey, NodeId};
+use smart_transport::Client;
+use smart_transport::tcp::TcpTransport;
 
 fn spec(nodes: usize) -> ClusterSpec {
     let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
@@ -207,7 +211,7 @@ async fn a_child_that_keeps_panicking_escalates_and_the_node_exits_non_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_datagrams_and_frames_are_dropped_and_counted() {
-    use smart_supervision::wire::{self, Claim, Message};
+    use smart_proto::heartbeat::{self, Claim, Message};
     use tokio::io::AsyncWriteExt;
 
     let c = LocalCluster::start(spec(1)).unwrap();
@@ -221,9 +225,9 @@ async fn hostile_datagrams_and_frames_are_dropped_and_counted() {
         seq: 1,
         epoch: 1,
     });
-    let good = wire::encode(&claim, &key);
+    let good = heartbeat::encode(&claim, &key);
     let wrong_key = ClusterKey::from_bytes(b"not-the-cluster-key-at-all").unwrap();
-    let forged = wire::encode(&claim, &wrong_key);
+    let forged = heartbeat::encode(&claim, &wrong_key);
     let mut flipped = good.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x40;

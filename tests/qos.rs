@@ -3,12 +3,16 @@
 //! come from them and are enforced by the cgroup driver, idle services are stopped, and a
 //! node that fails its health check is drained and undrained when it recovers.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use smart_testkit::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::cluster::{ClusterSpec, LocalCluster};
 
 fn spec(admission: &str, extra: &str) -> ClusterSpec {
     let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), 3);

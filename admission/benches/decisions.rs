@@ -11,6 +11,12 @@
 //! Run: `CARGO_TARGET_DIR=... cargo bench -p smart-admission --bench decisions`
 //! (`SMART_BENCH_SIZES=1000,10000` to choose sizes).
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

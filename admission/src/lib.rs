@@ -10,6 +10,8 @@
 //!
 //! ## Layout
 //! - [`profile`]: resource profiles (sample series per interval), the file format Agent99 writes.
+//! - [`refine`]: online refinement of class profiles from Agent86 samples (bounded window).
+//! - [`stats`]: percentiles, summaries and distribution tables (thesis Tables 5.2/5.3).
 //! - [`scale`]: a class profile scaled to one video, and the reservation it implies.
 //! - [`synthetic`]: synthetic profiles from the thesis's measured distributions (Tables 5.2,
 //!   5.3), with bursts, and heavy-tailed ones for stress.
@@ -22,12 +24,17 @@
 //! - [`any`]: [`AnyEngine`], the engine with the estimator chosen at run time (config).
 //! - [`sim`]: `smart sim`, the deterministic VoD simulation comparing estimators × policies.
 
+// Unit tests link the dev-dependencies too; the lint is meant for the library.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
 pub mod any;
 pub mod engine;
 pub mod estimator;
 pub mod profile;
+pub mod refine;
 pub mod scale;
 pub mod sim;
+pub mod stats;
 pub mod synthetic;
 pub mod tree;
 

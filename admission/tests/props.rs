@@ -4,6 +4,10 @@
 //! returns what a linear scan returns, and the empirical eq. 4.1 test equals a brute-force
 //! percentile.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::Arc;
 
 use proptest::prelude::*;

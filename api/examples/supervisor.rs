@@ -12,11 +12,15 @@
 //! ten seconds and releases the client. Errors are typed: `Rejected` says which admission
 //! test failed; `NoControl`/`Rebuilding` are worth a retry (`ApiError::is_retryable`).
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::time::Duration;
 
 use smart_api::client::{ApiClient, ClientError};
 use smart_api::{ApiError, Request, Response, ServiceSpec};
-use smart_supervision::ClusterKey;
+use smart_proto::ClusterKey;
 
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {

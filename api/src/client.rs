@@ -4,7 +4,7 @@
 //! # async fn demo() -> Result<(), smart_api::client::ClientError> {
 //! use smart_api::client::ApiClient;
 //! use smart_api::{Request, Response};
-//! let key = smart_supervision::ClusterKey::load("cluster.key".as_ref())
+//! let key = smart_proto::ClusterKey::load("cluster.key".as_ref())
 //!     .map_err(|e| smart_api::client::ClientError::Key(e.to_string()))?;
 //! // Any node will do; the client fails over to the next when one is lost.
 //! let client = ApiClient::connect_any(&["10.0.0.1:7101", "10.0.0.2:7101"], key).await?;
@@ -41,10 +41,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smart_supervision::ClusterKey;
-use smart_supervision::transport::client::ConnectError;
-use smart_supervision::transport::tcp::TcpTransport;
-use smart_supervision::transport::{Client, Endpoint, RequestError};
+use smart_proto::ClusterKey;
+use smart_transport::client::ConnectError;
+use smart_transport::tcp::TcpTransport;
+use smart_transport::{Client, Endpoint, RequestError};
 
 use crate::{
     API_VERSION, ApiError, ClusterStatus, Event, EventNote, NodeProtocol, NodeRequest,

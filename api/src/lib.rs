@@ -39,7 +39,7 @@
 //! chosen node; the instance's endpoint is `http://{listen}/`.
 //!
 //! ## Wire format
-//! Messages travel inside the SMART TCP transport (`smart_supervision::transport`: a
+//! Messages travel inside the SMART TCP transport (`smart_transport`: a
 //! 4-byte big-endian length, a postcard envelope, a mutual HMAC handshake with the cluster
 //! key). A client sends `NodeRequest::Api(Request)` and receives `NodeResponse::Api(Response)`;
 //! subscribers receive [`EventNote`] notifications: an [`Event`]'s postcard bytes inside a
@@ -50,6 +50,9 @@
 //! Variant indices are the declaration order below and are never reused: new variants are
 //! only appended, and [`API_VERSION`] changes when a message changes shape.
 
+// Unit tests link the dev-dependencies too; the lint is meant for the library.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
 pub mod client;
 pub mod http;
 pub mod openapi;
@@ -58,15 +61,7 @@ pub use smart_proto::api::*;
 pub use smart_proto::node::{NodeRequest, NodeResponse};
 pub use smart_proto::{Epoch, NodeId, ServiceName};
 
-/// The protocol of a node's TCP port, for `smart_supervision::transport`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NodeProtocol;
-
-impl smart_supervision::transport::Protocol for NodeProtocol {
-    type Request = NodeRequest;
-    type Response = NodeResponse;
-    type Notify = EventNote;
-}
+pub use smart_transport::NodeProtocol;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,10 @@
 //! fail-over to the next address when the connected node goes away, with the subscription
 //! renewed there.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +15,9 @@ use smart_api::{
     API_VERSION, ApiError, ClusterStatus, Event, EventNote, NodeId, NodeProtocol, NodeRequest,
     NodeResponse, Request, Response, VersionInfo,
 };
-use smart_supervision::ClusterKey;
-use smart_supervision::transport::tcp::TcpTransport;
-use smart_supervision::transport::{Endpoint, Handler, RequestContext, Server, ServerHandle};
+use smart_proto::ClusterKey;
+use smart_transport::tcp::TcpTransport;
+use smart_transport::{Endpoint, Handler, RequestContext, Server, ServerHandle};
 
 /// A node that answers `Version`, `Status` (with its id) and `Subscribe` (then pushes an
 /// event of a variant no build knows, then a known one), and refuses the rest as not found.
@@ -70,7 +74,7 @@ fn key() -> ClusterKey {
 }
 
 async fn node(id: u64) -> ServerHandle {
-    let ep = Endpoint::node(smart_supervision::NodeId(id), 1, key());
+    let ep = Endpoint::node(smart_proto::NodeId(id), 1, key());
     Server::bind(&TcpTransport, "127.0.0.1:0", ep, Arc::new(FakeNode(id)))
         .await
         .unwrap()

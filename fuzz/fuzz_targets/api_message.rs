@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smart_api::NodeProtocol;
-use smart_supervision::frame::{DEFAULT_MAX_FRAME, decode_frame, decode_value, Envelope};
-use smart_supervision::transport::MessageOf;
+use smart_transport::NodeProtocol;
+use smart_transport::frame::{DEFAULT_MAX_FRAME, decode_frame, decode_value, Envelope};
+use smart_transport::MessageOf;
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_value::<Envelope<MessageOf<NodeProtocol>>>(data);

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use smart_supervision::frame::{self, Cipher, DEFAULT_MAX_FRAME, Envelope};
+use smart_transport::frame::{self, Cipher, DEFAULT_MAX_FRAME, Envelope};
 
 static PAIR: OnceLock<(Cipher, Cipher)> = OnceLock::new();
 

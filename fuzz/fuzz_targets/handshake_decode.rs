@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smart_supervision::frame::decode_value;
-use smart_supervision::transport::handshake::{HandshakeMsg, Identity, Verdict};
+use smart_transport::frame::decode_value;
+use smart_transport::handshake::{HandshakeMsg, Identity, Verdict};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_value::<Verdict>(data);

@@ -1,5 +1,5 @@
 //! Authenticated but hostile datagrams (an insider with the key, or a buggy peer): the fuzzer
-//! writes kind byte + payload, we sign them so that `wire::decode` reaches the postcard
+//! writes kind byte + payload, we sign them so that `heartbeat::decode` reaches the postcard
 //! decoder, and every message that decodes is fed to a `NodeEngine` between ticks. Neither
 //! the decoder nor the engine may panic, whatever the values (epochs at u64::MAX, huge lease
 //! durations, claims from ourselves, ...).
@@ -12,9 +12,9 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use smart_supervision::engine::{EngineConfig, Input, NodeEngine};
-use smart_supervision::types::{ClusterKey, NodeId, Role};
-use smart_supervision::wire::{self, MAGIC, VERSION};
+use smart_membership::engine::{EngineConfig, Input, NodeEngine};
+use smart_proto::{ClusterKey, NodeId, Role};
+use smart_proto::heartbeat::{self, MAGIC, VERSION};
 use tokio::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         vec![Role::Agent, Role::Control],
     );
     if data.first().is_some_and(|b| b & 1 == 1) {
-        cfg.election.mode = smart_supervision::election::Mode::Majority {
+        cfg.election.mode = smart_membership::election::Mode::Majority {
             members: [1, 2, 3].map(NodeId).into(),
         };
     }
@@ -52,12 +52,12 @@ fuzz_target!(|data: &[u8]| {
         datagram.extend_from_slice(payload);
         let tag = key.sign(&[&datagram]);
         datagram.extend_from_slice(&tag);
-        if let Ok(msg) = wire::decode(&datagram, &key) {
+        if let Ok(msg) = heartbeat::decode(&datagram, &key) {
             let before = engine.highest_epoch();
             for o in engine.handle(Input::Received(msg), now) {
-                if let smart_supervision::engine::Output::PersistEpoch(e) = o {
+                if let smart_membership::engine::Output::PersistEpoch(e) = o {
                     // Nothing persists a value it would refuse.
-                    assert!(e <= smart_supervision::engine::EPOCH_CEILING);
+                    assert!(e <= smart_membership::engine::EPOCH_CEILING);
                     assert!(e <= before + engine.config().max_epoch_step + 1);
                 }
             }

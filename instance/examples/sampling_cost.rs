@@ -13,6 +13,10 @@
 //! Ticks run back to back (the cost of a tick does not depend on the interval), measured
 //! with the thread's CPU clock.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};

@@ -231,6 +231,16 @@ pub fn online_cpus() -> u32 {
     if v > 0 { v as u32 } else { 1 }
 }
 
+/// `some avg10=` of a PSI file.
+pub fn parse_psi_some_avg10(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_ascii_whitespace()
+        .find_map(|kv| kv.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +321,7 @@ mod tests {
                 let _ = crate::cgroup::parse_mountinfo(t);
                 let _ = crate::cgroup::parse_self_cgroup(t);
                 let _ = crate::cgroup::parse_memory_stat(t);
-                let _ = crate::agent86::parse_psi_some_avg10(t);
+                let _ = parse_psi_some_avg10(t);
             }
         }
     }

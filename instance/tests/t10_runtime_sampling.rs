@@ -7,7 +7,9 @@
 //! Helper processes (a fake agent, a control-API server) are this test binary re-executed
 //! with `SMART_TEST_ROLE` set, running the ignored test `helper_entry`.
 
-mod common;
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
@@ -106,7 +108,7 @@ fn mean(v: &[f64]) -> f64 {
 
 #[test]
 fn busy_loop_reads_one_core_with_process_driver() {
-    let _cpu = common::cpu_lock();
+    let _cpu = smart_testkit::cpu_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut rt = ProcessDriver::new(dir.path()).unwrap();
     rt.start(&busy("busy")).unwrap();
@@ -128,7 +130,7 @@ fn busy_loop_reads_one_core_with_process_driver() {
 
 #[test]
 fn busy_loop_under_half_core_quota_reads_half_core() {
-    let _cpu = common::cpu_lock();
+    let _cpu = smart_testkit::cpu_lock();
     let dir = tempfile::tempdir().unwrap();
     let Some(mut rt) = cgroup_driver("quota", dir.path()) else {
         return;

@@ -57,3 +57,17 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&NodeId(7)).unwrap(), vec![7]);
     }
 }
+
+/// The roles a node may play (from config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Runs service instances (Agent86). Every node has it unless configured otherwise.
+    Agent,
+    /// Runs the profiler (Agent99); gets a shorter election backoff (thesis §4.2.1).
+    Profiler,
+    /// Runs the front-end / message API for clients.
+    FrontEnd,
+    /// May be elected Control.
+    Control,
+}

@@ -2,9 +2,8 @@
 //!
 //! Every type that crosses a socket between SMART's processes, in one crate below all the
 //! others (docs/ARCHITECTURE.md, "The protocol crate"): node ids and epochs, the message API,
-//! node-to-node messages, the Control ↔ Agent86 vocabulary and the workload control API
-//! with its one async client. Heartbeat datagrams are the exception: they are private to the
-//! membership engine and live, with their codec, in `smart_supervision::wire`.
+//! node-to-node messages, the Control ↔ Agent86 vocabulary, the heartbeat datagrams and
+//! their codec, and the workload control API with its one async client.
 //!
 //! Encodings: everything on the node transport is postcard (serde's data model; variant
 //! indices are declaration order and are only ever appended); the workload control API is
@@ -14,7 +13,10 @@
 //! losing its connection.
 //!
 //! ## Layout
-//! - [`ids`]: [`NodeId`], [`Epoch`], [`Incarnation`], [`ServiceName`].
+//! - [`ids`]: [`NodeId`], [`Epoch`], [`Incarnation`], [`ServiceName`], [`Role`].
+//! - [`key`]: [`ClusterKey`], the shared secret of heartbeats and handshakes.
+//! - [`heartbeat`]: the authenticated, versioned UDP datagrams (heartbeats, claims,
+//!   challenges, proofs) and their codec.
 //! - [`api`]: the message API (requests, responses, events, status, typed errors).
 //! - [`agent`]: Control → Agent86 commands, replies, reports and agent events.
 //! - [`fence`]: epoch fencing of command execution, in one place.
@@ -22,13 +24,19 @@
 //! - [`profile`]: resource profiles (what Agent99 writes, what admission reads).
 //! - [`workload`]: the workload control API and [`workload::WorkloadClient`].
 
+// Unit tests link the dev-dependencies too; the lint is meant for the library.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
 pub mod agent;
 pub mod api;
 pub mod fence;
+pub mod heartbeat;
 pub mod ids;
+pub mod key;
 pub mod node;
 pub mod profile;
 pub mod pull;
 pub mod workload;
 
-pub use ids::{Epoch, Incarnation, NodeId, ServiceName};
+pub use ids::{Epoch, Incarnation, NodeId, Role, ServiceName};
+pub use key::ClusterKey;

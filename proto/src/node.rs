@@ -1,4 +1,4 @@
-//! What a node's TCP port speaks (inside `smart_supervision::transport`'s authenticated
+//! What a node's TCP port speaks (inside `smart_transport`'s authenticated
 //! envelope): the message API, which any authenticated client may send, and the
 //! node-to-node messages, which the port accepts only from other nodes. Every variant is a
 //! typed message: nothing travels as bytes inside bytes.

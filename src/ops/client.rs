@@ -16,7 +16,7 @@ use smart_api::http::ErrorBody;
 
 /// Why a CLI request failed.
 #[derive(Debug, thiserror::Error)]
-pub enum OpsError {
+pub(crate) enum OpsError {
     /// No node could be reached.
     #[error("no node answered at {addrs}: {cause}")]
     Unreachable {
@@ -42,22 +42,22 @@ pub enum OpsError {
 }
 
 /// Exit codes of the `smart` admin commands (README, "Exit codes").
-pub mod exit {
+pub(crate) mod exit {
     /// The command failed (refused by the cluster: rejected, not found, bad request, ...).
-    pub const FAILED: u8 = 1;
+    pub(crate) const FAILED: u8 = 1;
     /// Bad command line or configuration (clap also exits 2 on usage errors).
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// No node could be reached.
-    pub const UNREACHABLE: u8 = 3;
+    pub(crate) const UNREACHABLE: u8 = 3;
     /// The token was refused (401) or lacks the scope (403).
-    pub const AUTH: u8 = 4;
+    pub(crate) const AUTH: u8 = 4;
     /// The cluster cannot answer right now (no Control, rebuilding, timeout): retry.
-    pub const RETRY: u8 = 5;
+    pub(crate) const RETRY: u8 = 5;
 }
 
 impl OpsError {
     /// The exit code for this failure.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             OpsError::Unreachable { .. } => exit::UNREACHABLE,
             OpsError::Api {
@@ -72,7 +72,7 @@ impl OpsError {
 
 /// A client for one cluster's HTTP API.
 #[derive(Debug, Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     bases: Vec<String>,
     token: Option<String>,
     http: reqwest::Client,
@@ -81,7 +81,7 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client for `bases` (`http://host:port`, tried in order), with `token`; each
     /// request may take `timeout`.
-    pub fn new(
+    pub(crate) fn new(
         bases: Vec<String>,
         token: Option<String>,
         timeout: Duration,
@@ -111,13 +111,13 @@ impl HttpClient {
     }
 
     /// The addresses, in the order they are tried.
-    pub fn bases(&self) -> &[String] {
+    pub(crate) fn bases(&self) -> &[String] {
         &self.bases
     }
 
     /// Sends `method path` (with a JSON `body`), failing over between nodes (see the module
     /// docs), and returns the raw answer of the first node that gave one.
-    pub async fn send_raw<B: Serialize>(
+    pub(crate) async fn send_raw<B: Serialize>(
         &self,
         method: Method,
         path: &str,
@@ -154,7 +154,7 @@ impl HttpClient {
     }
 
     /// Sends a request and decodes its JSON answer (or its error).
-    pub async fn send<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -170,13 +170,13 @@ impl HttpClient {
     }
 
     /// `GET path`.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, OpsError> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, OpsError> {
         self.send::<(), T>(Method::GET, path, None).await
     }
 }
 
 /// Decodes an answer: `T` on success, the API's error otherwise.
-pub fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, OpsError> {
+pub(crate) fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, OpsError> {
     if status.is_success() {
         return serde_json::from_slice(bytes).map_err(|e| {
             OpsError::Protocol(format!(

@@ -1,22 +1,29 @@
 //! # smart-testkit
 //!
-//! What runs *around* SMART nodes rather than inside them: local clusters of real
-//! `smart node` processes (the demo, the benchmarks and the multi-process test suites), the
-//! Smart-GloVE case study that `smart demo` runs, and the failover benchmark. The node
-//! library (`smart`) does not depend on it, nor on the data plane; the `smart` binary and
-//! the test suites do.
+//! Support shared by SMART's test suites (never linked into the `smart` binary): what more
+//! than one suite needs, written once.
 //!
 //! ## Layout
-//! - [`cluster`]: a local cluster of real node processes on loopback.
-//! - [`demo`]: `smart demo` options and `smart bench failover`.
-//! - [`case_study`]: the demo itself, the Smart-GloVE case study.
-//! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
-//! - [`bench_api`]: `smart bench api`, the HTTP API's latency and the dashboard's delay.
-//! - [`videos`]: real H.264 + AAC videos (ffmpeg, cached) and an in-process origin.
+//! - [`cpu_lock`]: serialises CPU measurements across test processes.
 
-pub mod bench_api;
-pub mod bench_frontend;
-pub mod case_study;
-pub mod cluster;
-pub mod demo;
-pub mod videos;
+// Unit tests link the dev-dependencies too; the lint is meant for the library.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// Hold this while measuring CPU: tests that expect a busy loop to get its core must not
+/// compete with each other (test binaries and nextest processes run in parallel on a
+/// machine that may have only two cores). A file lock works across processes.
+pub fn cpu_lock() -> File {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("smart-cpu-tests.lock"))
+        .expect("lock file");
+    // SAFETY: flock on a file descriptor we own; blocks until the lock is ours.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
+    f
+}

@@ -5,6 +5,9 @@
 //! `viewers`, `frontend`, `control`, `bench streams`, `bench density`, `bench hls`,
 //! `bench handoff`. Each is a thin shell over the `smart_vod` library.
 
+// The binary links every dependency of its package; the lint is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

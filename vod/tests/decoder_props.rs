@@ -3,6 +3,10 @@
 //! gives a typed error or a value, never a panic; valid input round-trips. The libFuzzer
 //! targets in `fuzz/` explore the same functions with coverage guidance.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use proptest::prelude::*;
 use smart_vod::http::{parse_range, parse_request};
 

@@ -1,5 +1,9 @@
 //! Real sockets on 127.0.0.1: origin, distributor, viewers, control API, handoff.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

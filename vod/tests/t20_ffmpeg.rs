@@ -3,6 +3,10 @@
 //! Skipped, with a printed line, when ffmpeg is not installed (fails instead with
 //! `SMART_REQUIRE_TOOLS=1`, as CI runs).
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

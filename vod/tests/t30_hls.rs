@@ -2,6 +2,10 @@
 //! hostile requests, drain, handoff (307 with the session, sessions and index in the
 //! checkpoint), the fixed-cut fallback, and HLS viewers across a migration.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

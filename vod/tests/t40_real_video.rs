@@ -3,6 +3,10 @@
 //! real time through a live migration. Skipped when ffmpeg is missing, unless
 //! `SMART_REQUIRE_TOOLS=1`.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

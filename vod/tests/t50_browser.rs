@@ -7,6 +7,10 @@
 //! event, and segments must come from B. Skipped without chromium/node/ffmpeg/npm packages,
 //! unless `SMART_REQUIRE_TOOLS=1`.
 
+// A test, example or bench target links every dependency of its package; the lint
+// is meant for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,377 @@
+//! The QoS loop's profile side (thesis §4.1, §5.3; docs/DESIGN.md §3): class profiles as
+//! cluster state, a service's profile scaled from its class's to its video, the reservation
+//! and limits it implies, and online refinement from the samples of running instances.
+//!
+//! - A **class profile** is stored by an operator (`PutProfile`, what `smart profile`
+//!   measured) or by a profiling job, kept in the registry (replicated, so it survives a
+//!   failover), and versioned. A class without one uses the node configuration's default
+//!   profile, if any; otherwise admission refuses it and says which class lacks a profile.
+//! - A service's **admission profile** is its class profile scaled to the service's video
+//!   (bitrate, duration: `smart_admission::scale::for_video`), registered once per
+//!   (class, version, bitrate, duration) in the admission engine.
+//! - Its **reservation** is a high percentile of base + clients × increment
+//!   (`reserve_quantile`), and the **limits** Agent86 enforces are the reservation times a
+//!   headroom: a limit is a guard against a runaway, not a second admission test.
+//! - **Refinement**: every report round, each running instance's last sample (normalised to
+//!   its class's reference video) enters its class's bounded window
+//!   (`smart_admission::refine::ProfileRefiner`); when the window's p95 moves, the class
+//!   profile becomes `Refined` at a new version: new admissions use it, and running services
+//!   are re-checked against it (grown in place, moved, or reported).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smart_admission::refine::{ProfileRefiner, RefineConfig};
+use smart_admission::scale;
+use smart_admission::{EstimatorKind, Policy, ProfileId};
+use smart_proto::agent::{Reservation, UsageReading};
+use smart_proto::api::{ApiError, Event, ServiceSpec};
+use smart_proto::profile::{
+    ClassProfile, PROFILE_FORMAT_VERSION, ProfileSource, ServiceProfile, VideoRef,
+};
+
+use super::ControlEngine;
+
+/// How the Control admits, reserves and limits (the node's `[admission]` config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionSettings {
+    /// The estimator of eq. 4.1 and of the per-node test.
+    pub estimator: EstimatorKind,
+    /// The confidence C.
+    pub confidence: f64,
+    /// The reference value VR: the fraction of a node's capacity admitted load may reach.
+    pub vr: f64,
+    /// The placement policy.
+    pub policy: Policy,
+    /// Grid of the estimators' time-aligned series.
+    pub grid: usize,
+    /// Reservations are this quantile of base + clients × increment.
+    pub reserve_quantile: f64,
+    /// CPU limit = reservation × this (at least [`MIN_CPU_LIMIT`]).
+    pub cpu_headroom: f64,
+    /// Memory limit = reservation × this + [`MEM_LIMIT_SLACK`].
+    pub mem_headroom: f64,
+    /// The profile of a class that has none of its own (none: such classes are refused).
+    pub default_profile: Option<ServiceProfile>,
+    /// A service with no clients for this long is stopped and its reservation released.
+    pub idle_stop_after: Option<Duration>,
+    /// Online refinement.
+    pub refine: RefineConfig,
+    /// A migration's copy is capped at this rate, and reserves it on both nodes while it
+    /// runs.
+    pub copy_rate_bps: Option<u64>,
+}
+
+/// The smallest CPU limit given to an instance, cores (a start-up needs some CPU).
+pub const MIN_CPU_LIMIT: f64 = 0.1;
+/// Slack added to every memory limit, bytes (allocator and kernel overheads).
+pub const MEM_LIMIT_SLACK: u64 = 32 << 20;
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            estimator: EstimatorKind::Chernoff,
+            confidence: 0.95,
+            vr: 0.9,
+            policy: Policy::WorstFit,
+            grid: 64,
+            reserve_quantile: 0.99,
+            cpu_headroom: 2.0,
+            mem_headroom: 1.5,
+            default_profile: None,
+            idle_stop_after: Some(Duration::from_secs(60)),
+            refine: RefineConfig {
+                window: 600,
+                min_samples: 120,
+                change_ratio: 0.10,
+            },
+            copy_rate_bps: Some(400_000_000),
+        }
+    }
+}
+
+/// Identifies an admission profile: a class profile's version scaled to one video.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ScaleKey {
+    class: String,
+    source: ProfileSource,
+    version: u64,
+    bitrate_bps: Option<u64>,
+    duration_ms: Option<u64>,
+}
+
+/// The profile side of the engine's state.
+#[derive(Default)]
+pub(crate) struct Profiles {
+    /// Class profiles (measured or refined).
+    pub(crate) classes: std::collections::BTreeMap<String, ClassProfile>,
+    /// Admission profiles already registered.
+    scaled: HashMap<ScaleKey, ProfileId>,
+    /// Every registered admission profile (for reservations).
+    pub(crate) by_id: HashMap<ProfileId, Arc<ServiceProfile>>,
+    /// Refinement windows per class.
+    refiners: HashMap<String, ProfileRefiner>,
+    /// The profile of a migration's copy hold, once registered.
+    pub(crate) copy_hold: Option<ProfileId>,
+}
+
+impl Profiles {
+    /// The class profiles a previous Control replicated.
+    pub(crate) fn from_replica(r: &smart_proto::node::Replica) -> Self {
+        Self {
+            classes: r
+                .profiles
+                .iter()
+                .filter(|c| validate(&c.profile).is_ok())
+                .map(|c| (c.class.clone(), c.clone()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Checks a profile before it is stored: a hostile or broken one is refused with a reason.
+/// Most intervals in a stored profile's series (5.5 hours at 1 s).
+pub(super) const MAX_PROFILE_INTERVALS: usize = 20_000;
+
+pub(crate) fn validate(p: &ServiceProfile) -> Result<(), String> {
+    if p.version != PROFILE_FORMAT_VERSION {
+        return Err(format!(
+            "profile format version {} is not supported (this build reads {PROFILE_FORMAT_VERSION})",
+            p.version
+        ));
+    }
+    let series_ok = |s: &smart_proto::profile::Series| {
+        !s.is_empty()
+            && s.cpu_cores.iter().all(|x| x.is_finite() && *x >= 0.0)
+            && s.net_bps.iter().all(|x| x.is_finite() && *x >= 0.0)
+    };
+    if !series_ok(&p.base) {
+        return Err("the base series is empty or has negative or non-finite values".into());
+    }
+    if p.per_client.as_ref().is_some_and(|pc| !series_ok(pc)) {
+        return Err("the per-client series is empty or has negative or non-finite values".into());
+    }
+    // Profiles travel in the replica and in node frames (1 MiB): bounded here.
+    if p.base.len() > MAX_PROFILE_INTERVALS
+        || p.per_client
+            .as_ref()
+            .is_some_and(|pc| pc.len() > MAX_PROFILE_INTERVALS)
+    {
+        return Err(format!(
+            "more than {MAX_PROFILE_INTERVALS} intervals (profile at a coarser interval)"
+        ));
+    }
+    if let Some(v) = p.video
+        && (v.bitrate_bps == 0 || !(0.0..=1.0).contains(&v.window_fraction))
+    {
+        return Err("the reference video needs a bitrate and a window fraction in [0, 1]".into());
+    }
+    Ok(())
+}
+
+impl ControlEngine {
+    /// The class profile `spec` is admitted with, and where it comes from.
+    fn class_profile(&self, class: &str) -> Result<(ServiceProfile, ProfileSource, u64), String> {
+        if let Some(c) = self.profiles.classes.get(class) {
+            return Ok((c.profile.clone(), c.source, c.version));
+        }
+        match &self.tuning.admission.default_profile {
+            Some(p) => Ok((p.clone(), ProfileSource::Default, 0)),
+            None => Err(format!(
+                "no profile for service class `{class}`: store one with `smart profiles put {class} FILE` (or give the nodes an [admission] default_profile)"
+            )),
+        }
+    }
+
+    /// The admission profile of `spec` (registered on first use) and its source.
+    pub(crate) fn profile_of(
+        &mut self,
+        spec: &ServiceSpec,
+    ) -> Result<(ProfileId, ProfileSource), String> {
+        let (class_profile, source, version) = self.class_profile(&spec.class)?;
+        let key = ScaleKey {
+            class: spec.class.clone(),
+            source,
+            version,
+            bitrate_bps: spec.per_client_bps,
+            duration_ms: spec.duration_ms,
+        };
+        if let Some(id) = self.profiles.scaled.get(&key) {
+            return Ok((*id, source));
+        }
+        let scaled = match spec.per_client_bps {
+            Some(b) => scale::for_video(&class_profile, b, spec.duration_ms),
+            None => class_profile,
+        };
+        let id = self.register(scaled)?;
+        self.profiles.scaled.insert(key, id);
+        Ok((id, source))
+    }
+
+    /// Registers an admission profile.
+    pub(crate) fn register(&mut self, p: ServiceProfile) -> Result<ProfileId, String> {
+        let id = self
+            .admission
+            .register_profile(&p)
+            .map_err(|e| e.to_string())?;
+        self.profiles.by_id.insert(id, Arc::new(p));
+        Ok(id)
+    }
+
+    /// What a service of admission profile `profile` with `clients` clients reserves.
+    pub(crate) fn reservation_of(&self, profile: ProfileId, clients: usize) -> Reservation {
+        match self.profiles.by_id.get(&profile) {
+            Some(p) => scale::reservation_of(p, clients, self.tuning.admission.reserve_quantile),
+            None => Reservation::default(),
+        }
+    }
+
+    /// The limits Agent86 enforces for a reservation: `(cpu cores, memory bytes)`.
+    pub(crate) fn limits_of(&self, r: &Reservation) -> (Option<f64>, Option<u64>) {
+        let a = &self.tuning.admission;
+        let cpu = (r.cpu_cores * a.cpu_headroom).max(MIN_CPU_LIMIT);
+        let mem = (r.mem_bytes as f64 * a.mem_headroom) as u64 + MEM_LIMIT_SLACK;
+        (Some(cpu), Some(mem))
+    }
+
+    /// Stores a class profile (an operator's, a profiling job's, or a refinement) and
+    /// announces it.
+    pub(crate) fn store_profile(
+        &mut self,
+        class: &str,
+        profile: ServiceProfile,
+        source: ProfileSource,
+    ) -> Result<u64, ApiError> {
+        validate(&profile).map_err(|reason| ApiError::BadRequest {
+            reason: format!("profile for `{class}`: {reason}"),
+        })?;
+        let version = self
+            .profiles
+            .classes
+            .get(class)
+            .map_or(1, |c| c.version + 1);
+        if source != ProfileSource::Refined {
+            // A new measurement restarts refinement from it.
+            self.profiles.refiners.remove(class);
+        }
+        self.profiles.classes.insert(
+            class.to_string(),
+            ClassProfile {
+                class: class.to_string(),
+                source,
+                version,
+                profile,
+            },
+        );
+        tracing::info!(%class, ?source, version, "class profile stored");
+        self.publish(Event::ProfileStored {
+            class: class.to_string(),
+            source,
+            version,
+        });
+        Ok(version)
+    }
+
+    /// One round of samples of running instances (`(class, bitrate, duration, reading)`)
+    /// into their classes' refinement windows; returns the classes whose profile was
+    /// refined.
+    pub(crate) fn refine_round(
+        &mut self,
+        samples: Vec<(String, Option<u64>, Option<u64>, UsageReading)>,
+    ) -> Vec<String> {
+        let cfg = self.tuning.admission.refine;
+        let mut touched = Vec::new();
+        for (class, bitrate, duration, reading) in samples {
+            let Some(cp) = self.profiles.classes.get(&class) else {
+                // Classes on the default profile are not refined: the default is shared.
+                continue;
+            };
+            let reference = cp.profile.video;
+            let video = match (bitrate, reference) {
+                (Some(b), Some(r)) => Some(VideoRef {
+                    bitrate_bps: b,
+                    duration_ms: duration.unwrap_or(r.duration_ms),
+                    window_fraction: r.window_fraction,
+                }),
+                _ => None,
+            };
+            let reading = normalise(reading, video, reference);
+            let refiner = self
+                .profiles
+                .refiners
+                .entry(class.clone())
+                .or_insert_with(|| ProfileRefiner::new(cp.profile.clone(), cfg));
+            refiner.push(&reading);
+            if !touched.contains(&class) {
+                touched.push(class);
+            }
+        }
+        let mut refined = Vec::new();
+        for class in touched {
+            let Some(r) = self.profiles.refiners.get_mut(&class) else {
+                continue;
+            };
+            if r.changed() {
+                let p = r.refined();
+                if self
+                    .store_profile(&class, p, ProfileSource::Refined)
+                    .is_ok()
+                {
+                    refined.push(class);
+                }
+            }
+        }
+        refined
+    }
+
+    /// The profile of a migration's copy hold: `rate` bits/s of network and a little CPU
+    /// for as long as the copy runs.
+    pub(crate) fn copy_hold_profile(&mut self, rate: u64) -> Option<ProfileId> {
+        if let Some(id) = self.profiles.copy_hold {
+            return Some(id);
+        }
+        let n = self.tuning.admission.grid.max(2);
+        let p = ServiceProfile {
+            version: PROFILE_FORMAT_VERSION,
+            service: "migration-copy".into(),
+            interval_ms: 1000,
+            base: smart_proto::profile::Series {
+                cpu_cores: vec![COPY_CPU_CORES; n],
+                net_bps: vec![rate as f64; n],
+                mem_bytes: vec![0; n],
+            },
+            per_client: None,
+            working_set_bytes: 0,
+            video: None,
+        };
+        let id = self.register(p).ok()?;
+        self.profiles.copy_hold = Some(id);
+        Some(id)
+    }
+}
+
+/// CPU a migration's copy costs on each side, cores.
+const COPY_CPU_CORES: f64 = 0.05;
+
+/// A sample of an instance serving `video`, as if it served the class's `reference` video
+/// (the refiner compares like with like): network scaled by the bitrates' ratio, memory
+/// less the difference of the two caches.
+fn normalise(
+    mut r: UsageReading,
+    video: Option<VideoRef>,
+    reference: Option<VideoRef>,
+) -> UsageReading {
+    if let (Some(v), Some(reference)) = (video, reference)
+        && v.bitrate_bps > 0
+    {
+        let k = reference.bitrate_bps as f64 / v.bitrate_bps as f64;
+        r.net_bps = r.net_bps.map(|n| n * k);
+        r.mem_bytes = r
+            .mem_bytes
+            .saturating_sub(v.cache_bytes())
+            .saturating_add(reference.cache_bytes());
+    }
+    r
+}

@@ -1,0 +1,450 @@
+//! # smart-control
+//!
+//! The Control: runs only on the elected node (thesis §4, §5.6; docs/DESIGN.md §1–§4).
+//!
+//! The decisions are [`ControlEngine`]'s, a pure step function (see [`engine`]); this actor
+//! is its thin shell. It turns API requests, agent answers, membership changes and the
+//! refresh timer into [`Input`]s, and executes the [`Output`]s: each agent command in a task
+//! of its own (so the mailbox never waits on the network) whose answer comes back as
+//! [`Input::Reply`]; report rounds likewise; answers to API callers through their reply
+//! ports; events through [`Control::publish`]; election news through [`Control::events`].
+//!
+//! Lifecycle, driven by the node's election engine:
+//! 1. spawned at an epoch when this node wins an election (or is re-asserted after a crash
+//!    of this actor: a new epoch, so agents fence whatever the dead incarnation had in
+//!    flight);
+//! 2. **rebuilds** before it serves anything: `post_start` runs the first report round to
+//!    completion (each request bounded by the request timeout) and emits
+//!    [`ControlEvent::Rebuilt`];
+//! 3. refreshes every `refresh`; acts only while the election engine says so
+//!    ([`ControlMsg::SetActing`]);
+//! 4. deposed when an agent refuses its epoch: it emits [`ControlEvent::Stale`] and stops
+//!    with the typed error [`Deposed`], which the supervisor recognises as "not a failure".
+//!
+//! Every task it spawns lives in its state's `JoinSet`: when the actor stops, for any
+//! reason, they are aborted with it, so no work of a dead Control incarnation survives it.
+//!
+//! ## Layout
+//! - [`engine`]: the pure engine, its inputs and outputs, the migration state machine.
+//! - [`Control`], [`ControlMsg`], [`ControlEvent`], [`Deposed`]: the actor.
+//! - [`settings`]: the Control's admission settings from the node's `[admission]` config.
+//! - [`peer`]: the [`peer::PeerClient`] seam through which the Control (and whoever
+//!   forwards to it) sends node-to-node requests.
+//! - [`forward`]: [`forward::Forwarder`], how any actor of any node reaches the Control
+//!   across failovers.
+
+// Unit tests link the dev-dependencies too; the lint is meant for the library.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
+pub mod engine;
+pub mod forward;
+pub mod peer;
+pub mod settings;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use smart_proto::agent::{AgentCommand, AgentReply};
+use smart_proto::api::{Event, Request, Response};
+use smart_proto::node::{NodeRequest, NodeResponse, Replica};
+use smart_proto::{Epoch, NodeId};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{Instrument, info_span, warn};
+
+pub use engine::{
+    AdmissionSettings, AgentAddr, ApiId, ControlEngine, ControlStatus, ControlTuning,
+    ENV_DURATION_MS, ENV_PER_CLIENT_BPS, ENV_SERVICE, Input, Output, launch_of, spec_of,
+};
+
+use crate::peer::{PeerClient, PeerError};
+use smart_membership::view::ClusterView;
+
+/// What the Control tells the node runtime (for the election engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// State rebuilt from `agents` reports: the Control may act at `epoch`.
+    Rebuilt {
+        /// The epoch.
+        epoch: Epoch,
+        /// Agents that answered.
+        agents: usize,
+    },
+    /// An agent refused a command: a newer Control exists at `highest`.
+    Stale {
+        /// Our epoch.
+        epoch: Epoch,
+        /// The epoch the agent has seen.
+        highest: Epoch,
+    },
+    /// An admission request was decided (for metrics): the engine's step, timed.
+    Decided {
+        /// `service` for `AdmitService`, `client` for `AdmitClient`.
+        request: &'static str,
+        /// Admission's reason, when it said no.
+        rejected: Option<String>,
+        /// How long the engine's step took.
+        took: Duration,
+    },
+}
+
+/// The error a deposed Control stops with: the supervisor sees it in `ActorFailed` and
+/// treats it as a normal end, not a failure to restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deposed: epoch {epoch} is below {highest}")]
+pub struct Deposed {
+    /// Our epoch.
+    pub epoch: Epoch,
+    /// The epoch an agent has seen.
+    pub highest: Epoch,
+}
+
+/// Callback through which the Control reports [`ControlEvent`]s.
+pub type ControlEvents = Arc<dyn Fn(ControlEvent) + Send + Sync>;
+/// Callback through which the Control publishes message-API [`Event`]s to subscribers.
+pub type Publish = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Control's messages.
+pub enum ControlMsg {
+    /// Time to refresh the registry from the agents.
+    Tick,
+    /// An input for the engine (answers of the Control's own tasks; tests inject reports).
+    Input(Input),
+    /// A message-API request.
+    Api(Request, RpcReplyPort<Response>),
+    /// The Control's own view.
+    Status(RpcReplyPort<ControlStatus>),
+    /// The election engine re-asserted this Control at a higher epoch: use it from now on.
+    SetEpoch(Epoch),
+    /// Whether the Control may act (rebuilt and, in majority mode, holding a majority of
+    /// leases), as decided by the election engine.
+    SetActing {
+        /// The epoch the decision is about.
+        epoch: Epoch,
+        /// May act.
+        acting: bool,
+    },
+}
+
+/// Control's fixed configuration.
+pub struct Control {
+    /// This node.
+    pub node: NodeId,
+    /// The epoch this Control was elected (or re-asserted) at.
+    pub epoch: Epoch,
+    /// Whether the election engine lets it act from the start (a restart of the actor
+    /// within a term that was already acting).
+    pub acting: bool,
+    /// Outgoing requests.
+    pub peers: Arc<dyn PeerClient>,
+    /// The cluster as the node's membership sees it (the live agents).
+    pub view: watch::Receiver<ClusterView>,
+    /// Where election news goes.
+    pub events: ControlEvents,
+    /// Where message-API events go (subscribers).
+    pub publish: Publish,
+    /// Registry refresh period.
+    pub refresh: Duration,
+    /// The registry copy this node last received from a Control.
+    pub replica: Replica,
+    /// Reactions and timeouts.
+    pub tuning: ControlTuning,
+}
+
+/// Control's mutable state.
+pub struct ControlState {
+    engine: ControlEngine,
+    replies: HashMap<ApiId, RpcReplyPort<Response>>,
+    next_api: ApiId,
+    /// Every task the actor started: aborted when the state is dropped (the actor stops).
+    tasks: JoinSet<()>,
+}
+
+/// One command to an agent and its answer, as the engine wants it.
+async fn agent_call(
+    peers: &dyn PeerClient,
+    to: AgentAddr,
+    epoch: Epoch,
+    cmd: AgentCommand,
+    timeout: Duration,
+) -> Result<AgentReply, PeerError> {
+    match peers
+        .request(to.addr, NodeRequest::Agent { epoch, cmd }, timeout)
+        .await?
+    {
+        NodeResponse::Agent(r) => Ok(r),
+        other => Err(PeerError::Unreachable {
+            addr: to.addr,
+            reason: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
+impl Control {
+    /// Executes the engine's outputs. Returns the deposition, if one was among them.
+    fn execute(
+        &self,
+        myself: &ActorRef<ControlMsg>,
+        st: &mut ControlState,
+        outputs: Vec<Output>,
+    ) -> Option<Deposed> {
+        let mut deposed = None;
+        for out in outputs {
+            match out {
+                Output::Round {
+                    agents,
+                    epoch,
+                    timeout,
+                } => {
+                    let (peers, me) = (self.peers.clone(), myself.clone());
+                    st.tasks.spawn(async move {
+                        let started = Instant::now();
+                        let results = round(&*peers, agents, epoch, timeout).await;
+                        let _ =
+                            me.send_message(ControlMsg::Input(Input::Reports { started, results }));
+                    });
+                }
+                Output::Command {
+                    req,
+                    to,
+                    epoch,
+                    cmd,
+                    timeout,
+                } => {
+                    let (peers, me) = (self.peers.clone(), myself.clone());
+                    st.tasks.spawn(async move {
+                        let result = agent_call(&*peers, to, epoch, cmd, timeout).await;
+                        let _ = me.send_message(ControlMsg::Input(Input::Reply { req, result }));
+                    });
+                }
+                Output::Reply { id, resp } => {
+                    if let Some(port) = st.replies.remove(&id) {
+                        let _ = port.send(resp);
+                    }
+                }
+                Output::Publish(ev) => (self.publish)(ev),
+                Output::Replicate { to, replica } => {
+                    let t = self.tuning.request_timeout;
+                    for a in to {
+                        let (peers, r) = (self.peers.clone(), replica.clone());
+                        st.tasks.spawn(async move {
+                            let _ = peers.request(a.addr, NodeRequest::Replica(r), t).await;
+                        });
+                    }
+                }
+                Output::Rebuilt { epoch, agents } => {
+                    (self.events)(ControlEvent::Rebuilt { epoch, agents })
+                }
+                Output::Stale { epoch, highest } => {
+                    (self.events)(ControlEvent::Stale { epoch, highest });
+                    deposed = Some(Deposed { epoch, highest });
+                }
+            }
+        }
+        // Forget the tasks that are done.
+        while st.tasks.try_join_next().is_some() {}
+        deposed
+    }
+
+    fn feed(
+        &self,
+        myself: &ActorRef<ControlMsg>,
+        st: &mut ControlState,
+        input: Input,
+    ) -> Result<(), ActorProcessingErr> {
+        // Admission requests are timed and their outcome reported (for metrics).
+        let admission = match &input {
+            Input::Api {
+                id,
+                req: Request::AdmitService(_),
+            } => Some((*id, "service")),
+            Input::Api {
+                id,
+                req: Request::AdmitClient { .. },
+            } => Some((*id, "client")),
+            _ => None,
+        };
+        let t0 = Instant::now();
+        let outputs = st.engine.handle(input, t0);
+        if let Some((id, request)) = admission {
+            let took = t0.elapsed();
+            let reply = outputs.iter().find_map(|o| match o {
+                Output::Reply { id: i, resp } if *i == id => Some(resp),
+                _ => None,
+            });
+            // Placed, or waiting for its instance: admitted. Other errors (not acting, no
+            // such service, a bad spec) decided nothing.
+            let rejected = match reply {
+                Some(Response::Error(smart_proto::api::ApiError::Rejected { reason })) => {
+                    Some(Some(reason.clone()))
+                }
+                Some(Response::Error(_)) => None,
+                _ => Some(None),
+            };
+            if let Some(rejected) = rejected {
+                (self.events)(ControlEvent::Decided {
+                    request,
+                    rejected,
+                    took,
+                });
+            }
+        }
+        match self.execute(myself, st, outputs) {
+            Some(d) => Err(Box::new(d)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Asks every agent for its report at once.
+async fn round(
+    peers: &dyn PeerClient,
+    agents: Vec<AgentAddr>,
+    epoch: Epoch,
+    timeout: Duration,
+) -> Vec<(AgentAddr, Result<AgentReply, PeerError>)> {
+    let asks = agents.into_iter().map(|a| async move {
+        let r = agent_call(peers, a, epoch, AgentCommand::Report, timeout).await;
+        (a, r)
+    });
+    futures::future::join_all(asks).await
+}
+
+impl Actor for Control {
+    type Msg = ControlMsg;
+    type State = ControlState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let agents = self.view.borrow().agents.clone();
+        let mut engine = ControlEngine::new(
+            self.node,
+            self.epoch,
+            self.tuning.clone(),
+            self.replica.clone(),
+            &agents,
+        )?;
+        if self.acting {
+            engine.handle(
+                Input::SetActing {
+                    epoch: self.epoch,
+                    acting: true,
+                },
+                Instant::now(),
+            );
+        }
+        Ok(ControlState {
+            engine,
+            replies: HashMap::new(),
+            next_api: 1,
+            tasks: JoinSet::new(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = info_span!("control", node = %self.node, epoch = self.epoch);
+        async {
+            // Rebuild before serving anything: the first round runs to completion here
+            // (each request bounded by the request timeout).
+            let t0 = Instant::now();
+            let outputs = st.engine.handle(Input::Start, t0);
+            let mut rest = Vec::new();
+            for out in outputs {
+                match out {
+                    Output::Round {
+                        agents,
+                        epoch,
+                        timeout,
+                    } => {
+                        let results = round(&*self.peers, agents, epoch, timeout).await;
+                        rest.extend(st.engine.handle(
+                            Input::Reports {
+                                started: t0,
+                                results,
+                            },
+                            Instant::now(),
+                        ));
+                    }
+                    other => rest.push(other),
+                }
+            }
+            if let Some(d) = self.execute(&myself, st, rest) {
+                return Err(Box::new(d) as ActorProcessingErr);
+            }
+            myself.send_interval(self.refresh, || ControlMsg::Tick);
+            let mut rx = self.view.clone();
+            let me = myself.clone();
+            st.tasks.spawn(async move {
+                let mut last = rx.borrow_and_update().agents.clone();
+                while rx.changed().await.is_ok() {
+                    let agents = rx.borrow_and_update().agents.clone();
+                    if agents == last {
+                        continue;
+                    }
+                    last = agents.clone();
+                    if me
+                        .send_message(ControlMsg::Input(Input::Agents(agents)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _span = info_span!("control", node = %self.node, epoch = st.engine.epoch()).entered();
+        match msg {
+            ControlMsg::Tick => self.feed(&myself, st, Input::Tick),
+            ControlMsg::Input(input) => self.feed(&myself, st, input),
+            ControlMsg::Api(req, reply) => {
+                let id = st.next_api;
+                st.next_api += 1;
+                st.replies.insert(id, reply);
+                self.feed(&myself, st, Input::Api { id, req })
+            }
+            ControlMsg::Status(reply) => {
+                let _ = reply.send(st.engine.status());
+                Ok(())
+            }
+            ControlMsg::SetEpoch(epoch) => self.feed(&myself, st, Input::SetEpoch(epoch)),
+            ControlMsg::SetActing { epoch, acting } => {
+                self.feed(&myself, st, Input::SetActing { epoch, acting })
+            }
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.tasks.abort_all();
+        if !st.replies.is_empty() {
+            warn!(node = %self.node, waiting = st.replies.len(), "control stopping with requests in flight");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,25 @@
+//! # smart-bench
+//!
+//! SMART's shipped demo and benchmarks, what runs *around* SMART nodes rather than inside
+//! them: local clusters of real `smart node` processes (the demo, the benchmarks and the
+//! multi-process test suites), the Smart-GloVE case study that `smart demo` runs, and
+//! `smart bench`. No node runtime crate depends on it; the `smart` binary links it for its
+//! `demo` and `bench` commands.
+//!
+//! ## Layout
+//! - [`cluster`]: a local cluster of real node processes on loopback.
+//! - [`demo`]: `smart demo` options and `smart bench failover`.
+//! - [`case_study`]: the demo itself, the Smart-GloVE case study.
+//! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
+//! - [`bench_api`]: `smart bench api`, the HTTP API's latency and the dashboard's delay.
+//! - [`videos`]: real H.264 + AAC videos (ffmpeg, cached) and an in-process origin.
+
+// Unit tests link the dev-dependencies too; the lint is meant for the library.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
+pub mod bench_api;
+pub mod bench_frontend;
+pub mod case_study;
+pub mod cluster;
+pub mod demo;
+pub mod videos;

@@ -1,0 +1,119 @@
+//! The cluster as this node's membership sees it, published through a `watch` channel for
+//! the other actors (the Control reads the live agents, the forwarder the Control's
+//! address, event fan-out the other members).
+
+use std::net::SocketAddr;
+
+use smart_proto::{Epoch, NodeId};
+
+/// A live agent the Control can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AgentAddr {
+    /// Its node id.
+    pub node: NodeId,
+    /// Its transport address.
+    pub addr: SocketAddr,
+}
+
+/// The Control as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlAt {
+    /// Its node.
+    pub node: NodeId,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its transport address.
+    pub addr: SocketAddr,
+}
+
+/// What membership publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    /// The current Control (`None` during an election).
+    pub control: Option<ControlAt>,
+    /// Live members with the agent role, this node included, by node id.
+    pub agents: Vec<AgentAddr>,
+    /// Transport addresses of the other live members (any role).
+    pub others: Vec<SocketAddr>,
+}
+
+/// Whether a request only the Control may send (an agent command, a registry copy) comes
+/// from the Control this node knows ([`ClusterView::sender_is_control`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromControl {
+    /// The sender is the Control of the view (at whatever epoch it stamps: the agent's own
+    /// fencing and the copy's ordering judge that).
+    Yes,
+    /// Undecided: the view has no Control (an election), or the sender stamps an epoch
+    /// above the view's Control, so it may be a new Control this node has not heard of
+    /// yet. Ask again when the view changes, for a bounded time.
+    NotYet,
+    /// Another node is Control at an epoch at least the sender's.
+    No {
+        /// The view's Control.
+        control: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+}
+
+impl ClusterView {
+    /// Judges a request from the authenticated node `from`, stamped with `epoch` (see
+    /// [`FromControl`]).
+    pub fn sender_is_control(&self, from: NodeId, epoch: Epoch) -> FromControl {
+        match self.control {
+            None => FromControl::NotYet,
+            Some(c) if c.node == from => FromControl::Yes,
+            Some(c) if epoch > c.epoch => FromControl::NotYet,
+            Some(c) => FromControl::No {
+                control: c.node,
+                epoch: c.epoch,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(control: Option<(u64, Epoch)>) -> ClusterView {
+        ClusterView {
+            control: control.map(|(n, epoch)| ControlAt {
+                node: NodeId(n),
+                epoch,
+                addr: "127.0.0.1:1".parse().unwrap(),
+            }),
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
+    fn only_the_views_control_is_the_control() {
+        let v = view(Some((1, 7)));
+        assert_eq!(v.sender_is_control(NodeId(1), 7), FromControl::Yes);
+        // Its own epoch is for the agent's fencing to judge, not for the view.
+        assert_eq!(v.sender_is_control(NodeId(1), 3), FromControl::Yes);
+        assert_eq!(v.sender_is_control(NodeId(1), 9), FromControl::Yes);
+        assert_eq!(
+            v.sender_is_control(NodeId(2), 7),
+            FromControl::No {
+                control: NodeId(1),
+                epoch: 7
+            }
+        );
+        assert_eq!(
+            v.sender_is_control(NodeId(2), 6),
+            FromControl::No {
+                control: NodeId(1),
+                epoch: 7
+            }
+        );
+        // A newer epoch than the view knows: perhaps a new Control; the view decides later.
+        assert_eq!(v.sender_is_control(NodeId(2), 8), FromControl::NotYet);
+        assert_eq!(
+            view(None).sender_is_control(NodeId(2), 1),
+            FromControl::NotYet
+        );
+    }
+}

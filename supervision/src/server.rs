@@ -1,0 +1,311 @@
+//! The node's TCP port: node-to-node requests and the message API, over
+//! `smart_transport` (framed, authenticated), and the outgoing side
+//! ([`TransportPeers`]: one peer actor per remote node, created on first use).
+//!
+//! Routing of inbound requests ([`NodeRequest`]):
+//! - `Agent` (nodes only): Control commands for Agent86, accepted only when the
+//!   connection's authenticated node (the Noise static key the handshake proved; the
+//!   session already drops envelopes whose `from` differs from it) is the Control of this
+//!   node's view, then executed with Agent86's fencing; from any other node refused and
+//!   counted in `agent_command_not_from_control` (see [`FromControl`]);
+//! - `Replica` (nodes only): accepted from the view's Control only (else counted in
+//!   `replica_not_from_control`), kept when newer than the copy this node has by (epoch,
+//!   version);
+//! - `Event` (nodes only): pushed to this node's subscribers;
+//! - `Api(Subscribe)`: the connection joins the event subscribers;
+//! - any other `Api` request: to the [`Dispatcher`] (status and version here, the rest to
+//!   the local Control or forwarded to the Control with retries across a failover).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
+use smart_agent86::Agent86Msg;
+use smart_api::{NodeProtocol, NodeRequest, NodeResponse, Request, Response};
+use smart_control::peer::{BoxFuture, PeerClient, PeerError};
+use smart_membership::view::{ClusterView, FromControl};
+use smart_proto::agent::AgentReply;
+use smart_proto::{Epoch, NodeId};
+use smart_transport::peer::{self, Peer, PeerArgs, PeerMsg};
+use smart_transport::ratelog::WarnLimiter;
+use smart_transport::tcp::TcpTransport;
+use smart_transport::{Endpoint, Handler, RequestContext, RequestError, Server, ServerHandle};
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span};
+
+use crate::dispatch::Dispatcher;
+use crate::replica::ReplicaStore;
+use crate::routes::RouteReaders;
+use smart_config::NodeConfig;
+use smart_node::counters::Counters;
+use smart_node::events::Subscribers;
+
+/// Outgoing requests over TCP, one [`Peer`] actor per destination.
+pub struct TransportPeers {
+    endpoint: Endpoint,
+    peers: DashMap<SocketAddr, ActorRef<PeerMsg<NodeProtocol>>>,
+}
+
+impl TransportPeers {
+    /// Peers speaking as `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            peers: DashMap::new(),
+        }
+    }
+
+    async fn peer(&self, to: SocketAddr) -> Result<ActorRef<PeerMsg<NodeProtocol>>, PeerError> {
+        if let Some(p) = self.peers.get(&to) {
+            return Ok(p.clone());
+        }
+        let args = PeerArgs::new(
+            Arc::new(TcpTransport),
+            to.to_string(),
+            self.endpoint.clone(),
+        );
+        let p =
+            Peer::<NodeProtocol>::start(None, args)
+                .await
+                .map_err(|e| PeerError::Unreachable {
+                    addr: to,
+                    reason: e.to_string(),
+                })?;
+        // Two callers may race to create it: keep one, stop the other.
+        let kept = self.peers.entry(to).or_insert(p.clone()).clone();
+        if kept.get_id() != p.get_id() {
+            p.stop(None);
+        }
+        Ok(kept)
+    }
+
+    /// Stops every peer actor.
+    pub fn stop_all(&self) {
+        for p in self.peers.iter() {
+            p.stop(None);
+        }
+        self.peers.clear();
+    }
+}
+
+impl PeerClient for TransportPeers {
+    fn request(
+        &self,
+        to: SocketAddr,
+        req: NodeRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<NodeResponse, PeerError>> {
+        Box::pin(async move {
+            let peer = self.peer(to).await?;
+            peer::request(&peer, req, timeout)
+                .await
+                .map_err(|e| match e {
+                    RequestError::Timeout(_) => PeerError::Timeout(to),
+                    e => PeerError::Unreachable {
+                        addr: to,
+                        reason: e.to_string(),
+                    },
+                })
+        })
+    }
+}
+
+/// What the TCP port needs from the node.
+#[derive(Clone)]
+pub struct PortContext {
+    /// The node's configuration.
+    pub cfg: Arc<NodeConfig>,
+    /// The node's actors.
+    pub routes: RouteReaders,
+    /// Where message-API requests are answered (shared with the HTTP API).
+    pub dispatch: Dispatcher,
+    /// Event subscribers.
+    pub subscribers: Arc<Subscribers>,
+    /// The registry copy.
+    pub replica: Arc<ReplicaStore>,
+    /// Node counters.
+    pub counters: Arc<Counters>,
+    /// The cluster view (who is Control).
+    pub view: watch::Receiver<ClusterView>,
+    /// Rate-limited WARN lines for refused traffic.
+    pub warnings: Arc<WarnLimiter>,
+}
+
+/// Serves the node's TCP port.
+pub struct NodeHandler {
+    ctx: PortContext,
+}
+
+impl NodeHandler {
+    fn timeout_ms(&self) -> u64 {
+        self.ctx.cfg.timing.request_timeout.as_millis() as u64
+    }
+
+    /// How long a request from a node that may be a Control this node has not heard of
+    /// yet waits for the view to catch up (half a request timeout).
+    fn control_wait(&self) -> Duration {
+        self.ctx.cfg.timing.request_timeout / 2
+    }
+
+    /// Whether `from` stamping `epoch` is the Control, waiting (bounded) while the view is
+    /// undecided; still undecided after the wait counts as not.
+    async fn wait_sender_is_control(&self, from: NodeId, epoch: Epoch) -> FromControl {
+        let mut view = self.ctx.view.clone();
+        let until = tokio::time::Instant::now() + self.control_wait();
+        loop {
+            let verdict = view.borrow_and_update().sender_is_control(from, epoch);
+            if verdict != FromControl::NotYet {
+                return verdict;
+            }
+            match tokio::time::timeout_at(until, view.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return FromControl::NotYet,
+            }
+        }
+    }
+
+    async fn api(&self, req: Request, ctx: &RequestContext<NodeProtocol>) -> Response {
+        match req {
+            Request::Subscribe => {
+                self.ctx.subscribers.add(ctx.conn.clone());
+                Response::Ok
+            }
+            other => self.ctx.dispatch.request(other).await,
+        }
+    }
+}
+
+impl Handler<NodeProtocol> for NodeHandler {
+    async fn handle(
+        &self,
+        ctx: RequestContext<NodeProtocol>,
+        req: NodeRequest,
+    ) -> Result<NodeResponse, String> {
+        let span = info_span!("port", node = %self.ctx.cfg.id(), peer = ?ctx.conn.peer().node_id());
+        async move {
+            let from = ctx.conn.peer().node_id();
+            if req.nodes_only() && from.is_none() {
+                self.ctx.counters.incr("refused_internal_from_client");
+                return Err("node-internal requests are accepted from nodes only".into());
+            }
+            match req {
+                NodeRequest::Api(r) => Ok(NodeResponse::Api(self.api(r, &ctx).await)),
+                NodeRequest::Agent { epoch, cmd } => {
+                    let from = from.expect("checked: nodes only");
+                    match self.wait_sender_is_control(from, epoch).await {
+                        FromControl::Yes => {}
+                        verdict => {
+                            self.ctx.counters.incr("agent_command_not_from_control");
+                            self.ctx.warnings.warn(
+                                "agent_command_not_from_control",
+                                format_args!(
+                                    "refused an agent command from {from} at epoch {epoch}: \
+                                     not the Control ({verdict:?})"
+                                ),
+                            );
+                            return match verdict {
+                                // A deposed Control: told so, as Agent86's fencing would.
+                                FromControl::No { epoch: highest, .. } if epoch < highest => {
+                                    Ok(NodeResponse::Agent(AgentReply::Refused { epoch, highest }))
+                                }
+                                _ => Err(format!(
+                                    "agent commands are accepted from the Control only; \
+                                     {from} at epoch {epoch} is not ({verdict:?})"
+                                )),
+                            };
+                        }
+                    }
+                    let agent = self.ctx.routes.agent86().ok_or("agent86 is restarting")?;
+                    // As long as the Control waits for it: a restore that copies a cache
+                    // across hosts takes far longer than one request timeout.
+                    let budget = self.timeout_ms() * cmd.timeout_multiple() as u64;
+                    let reply: AgentReply = call_t!(
+                        agent,
+                        |reply| Agent86Msg::Command {
+                            from,
+                            epoch,
+                            cmd,
+                            reply
+                        },
+                        budget
+                    )
+                    .map_err(|e| format!("agent86: {e}"))?;
+                    Ok(NodeResponse::Agent(reply))
+                }
+                NodeRequest::Replica(r) => {
+                    let from = from.expect("checked: nodes only");
+                    let verdict = self.wait_sender_is_control(from, r.epoch).await;
+                    if verdict != FromControl::Yes {
+                        self.ctx.counters.incr("replica_not_from_control");
+                        self.ctx.warnings.warn(
+                            "replica_not_from_control",
+                            format_args!(
+                                "refused a registry copy from {from} at epoch {} version {}: \
+                                 not the Control ({verdict:?})",
+                                r.epoch, r.version
+                            ),
+                        );
+                        return Err(format!(
+                            "registry copies are accepted from the Control only; {from} is not"
+                        ));
+                    }
+                    if !self.ctx.replica.offer(r) {
+                        self.ctx.counters.incr("replica_refused_older");
+                    }
+                    Ok(NodeResponse::Done)
+                }
+                NodeRequest::Event(ev) => {
+                    self.ctx.subscribers.publish(&ev);
+                    Ok(NodeResponse::Done)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The actor owning the listener, so that the supervision tree restarts it like any child.
+pub struct PeerServer {
+    /// What requests are routed to.
+    pub ctx: PortContext,
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// The endpoint (identity, key, counters).
+    pub endpoint: Endpoint,
+}
+
+impl Actor for PeerServer {
+    type Msg = ();
+    type State = Option<ServerHandle>;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ctx = self.ctx.clone();
+        let node = ctx.cfg.id();
+        let handler = Arc::new(NodeHandler { ctx });
+        let addr = self.listen.to_string();
+        let h = Server::bind(&TcpTransport, &addr, self.endpoint.clone(), handler)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        info!(%node, %addr, "transport listening");
+        Ok(Some(h))
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(h) = st.take() {
+            h.shutdown().await;
+        }
+        Ok(())
+    }
+}
