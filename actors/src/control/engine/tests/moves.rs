@@ -132,7 +132,7 @@ fn the_target_failing_to_start_keeps_the_service_on_a_source_still_in_placement(
     let a = spec("video-a", 400_000);
     let (mut h, _) = H::new(&[2 * GB, GB], vec![]);
     h.running(1, &a, false);
-    let sid = h.e.services["video-a"].sid;
+    let sid = h.e.table["video-a"].sid();
     let to = h.e.admission.move_elsewhere(sid).unwrap();
     h.e.migrate(sid, NodeId(1), to, Why::Anomaly);
     let out = std::mem::take(&mut h.e.out);

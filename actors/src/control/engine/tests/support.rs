@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use smart_proto::agent::{AgentError, InstanceState, NodeUsage, SourceExport, UsageReading};
+use smart_proto::agent::{
+    AgentError, InstanceReport, InstanceState, NodeUsage, SourceExport, UsageReading,
+};
 
 use crate::control::engine::*;
 
