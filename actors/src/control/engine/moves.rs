@@ -406,3 +406,179 @@ impl Moves {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use smart_proto::agent::{AgentError, InstanceState, LaunchSpec, Reservation};
+
+    use super::*;
+
+    fn inst(name: &str) -> InstanceReport {
+        InstanceReport {
+            instance: name.into(),
+            launch: LaunchSpec::default(),
+            state: InstanceState::Running,
+            reservation: Reservation::default(),
+            endpoint: None,
+            control_socket: String::new(),
+            checkpoint_export: None,
+            speaks_api: true,
+            usage: None,
+            restarts: 0,
+            anomalous: vec![],
+            limits_enforced: true,
+        }
+    }
+
+    const MV: Move = Move {
+        from: NodeId(1),
+        to: NodeId(2),
+        why: Why::Drain,
+    };
+
+    fn restoring() -> Op {
+        Op::Restoring {
+            req: 3,
+            mv: MV,
+            old: inst("v.1"),
+        }
+    }
+
+    fn handing_off() -> Op {
+        Op::HandingOff {
+            req: 4,
+            mv: MV,
+            new: inst("v.2"),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_live_move_restores_then_hands_over_then_is_placed_on_the_target() {
+        assert_eq!(
+            restoring().next("v", NodeId(2), Ok(Some(inst("v.2")))),
+            Next::HandOff {
+                mv: MV,
+                new: inst("v.2"),
+                note: None
+            }
+        );
+        // The hand-over's answer carries no instance.
+        assert_eq!(
+            handing_off().next("v", NodeId(2), Ok(None)),
+            Next::Placed {
+                node: NodeId(2),
+                info: inst("v.2"),
+                moved: Some(MV),
+                note: None
+            }
+        );
+    }
+
+    #[test]
+    fn each_failed_step_has_its_fallback() {
+        // Restore failed: a fresh start, the cause in the note.
+        assert_eq!(
+            restoring().next("v", NodeId(2), Err("gone".into())),
+            Next::RestartOnTarget {
+                mv: MV,
+                old: inst("v.1"),
+                note: "restore failed (gone); restarted on the target".into()
+            }
+        );
+        // The fresh start failed: back to the source.
+        let restarting = Op::Restarting {
+            req: 5,
+            mv: MV,
+            old: inst("v.1"),
+            note: "n".into(),
+            no_api: false,
+        };
+        assert_eq!(
+            restarting.next("v", NodeId(2), Err("exec".into())),
+            Next::RollBack {
+                mv: MV,
+                why: "the target could not start it".into()
+            }
+        );
+        // Hand-over failed: the source is stopped.
+        assert!(matches!(
+            handing_off().next("v", NodeId(2), Err("timeout".into())),
+            Next::StopSource { note: Some(n), .. } if n.starts_with("no live hand-over (timeout)")
+        ));
+        // A start that fails loses the service.
+        let starting = Op::Starting {
+            req: 1,
+            from: None,
+            why: Why::Ms,
+        };
+        assert_eq!(
+            starting.next("v", NodeId(1), Ok(None)),
+            Next::Lost("the agent reported no instance".into())
+        );
+        assert_eq!(Op::Idle.next("v", NodeId(1), Ok(None)), Next::Nothing);
+    }
+
+    #[test]
+    fn a_restart_after_a_node_failure_is_placed_as_a_move_from_the_dead_node() {
+        let starting = Op::Starting {
+            req: 1,
+            from: Some(NodeId(3)),
+            why: Why::NodeFailure,
+        };
+        assert_eq!(
+            starting.next("v", NodeId(2), Ok(Some(inst("v.2")))),
+            Next::Placed {
+                node: NodeId(2),
+                info: inst("v.2"),
+                moved: Some(Move {
+                    from: NodeId(3),
+                    to: NodeId(2),
+                    why: Why::NodeFailure
+                }),
+                note: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_dying_source_ends_a_hand_over_and_turns_a_restore_into_a_fresh_start() {
+        assert!(matches!(
+            restoring().source_died(NodeId(1)),
+            Some(Next::RestartOnTarget { .. })
+        ));
+        assert!(matches!(
+            handing_off().source_died(NodeId(1)),
+            Some(Next::Placed {
+                node: NodeId(2),
+                ..
+            })
+        ));
+        // Another node's death, or the target's, is not the source's.
+        assert_eq!(restoring().source_died(NodeId(2)), None);
+        assert_eq!(Op::Idle.source_died(NodeId(1)), None);
+    }
+
+    #[test]
+    fn the_book_knows_what_is_in_flight_and_what_it_holds() {
+        let mut m = Moves::default();
+        assert!(!m.busy("v") && *m.op("v") == Op::Idle);
+        m.set("v", restoring());
+        m.set("w", handing_off());
+        assert!(m.busy("v") && m.awaits("v", 3) && !m.awaits("v", 4));
+        assert_eq!(m.towards(NodeId(2)), vec![("v".to_string(), MV)]);
+        assert_eq!(m.towards(NodeId(1)), vec![]);
+        m.hold("v", vec![ServiceId(10), ServiceId(11)]);
+        assert_eq!(m.take_holds("v"), vec![ServiceId(10), ServiceId(11)]);
+        assert_eq!(m.take_holds("v"), vec![]);
+        m.set("v", Op::Idle);
+        assert!(!m.busy("v"));
+        m.forget("w");
+        assert_eq!(m.in_flight(), vec![]);
+        // An agent's failure is a step's failure, with its reason.
+        assert_eq!(
+            outcome(Ok(AgentReply::Failed(AgentError::Failed("x".into())))),
+            Err(AgentError::Failed("x".into()).to_string())
+        );
+    }
+}

@@ -408,3 +408,145 @@ fn normalise(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use smart_admission::EngineConfig;
+    use smart_proto::profile::Series;
+
+    use super::*;
+
+    fn flat(cpu: f64, mem: u64) -> ServiceProfile {
+        ServiceProfile {
+            version: PROFILE_FORMAT_VERSION,
+            service: "t".into(),
+            interval_ms: 1000,
+            base: Series {
+                cpu_cores: vec![cpu; 8],
+                net_bps: vec![1e6; 8],
+                mem_bytes: vec![mem; 8],
+            },
+            per_client: None,
+            working_set_bytes: mem,
+            video: None,
+        }
+    }
+
+    fn spec(class: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: "s".into(),
+            class: class.into(),
+            command: vec!["t".into()],
+            env: vec![],
+            per_client_bps: None,
+            duration_ms: None,
+        }
+    }
+
+    fn setup(default: Option<ServiceProfile>) -> (Profiles, AnyEngine) {
+        let settings = AdmissionSettings {
+            default_profile: default,
+            ..AdmissionSettings::default()
+        };
+        let admission = AnyEngine::new(
+            settings.estimator,
+            EngineConfig {
+                grid: settings.grid,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        (Profiles::new(&Replica::default(), &settings), admission)
+    }
+
+    #[test]
+    fn an_admission_profile_is_registered_once_per_class_version() {
+        let (mut p, mut a) = setup(Some(flat(0.1, 1_000_000)));
+        let (id, source) = p.profile_of(&mut a, &spec("x")).unwrap();
+        assert_eq!(source, ProfileSource::Default);
+        assert_eq!(p.profile_of(&mut a, &spec("x")).unwrap().0, id);
+        // A stored profile is a new version: a new admission profile, at its size.
+        let stored = p
+            .store("x", flat(0.7, 100_000_000), ProfileSource::Measured)
+            .unwrap();
+        assert_eq!(
+            (stored.version, stored.source),
+            (1, ProfileSource::Measured)
+        );
+        let (measured, source) = p.profile_of(&mut a, &spec("x")).unwrap();
+        assert_ne!(measured, id);
+        assert_eq!(source, ProfileSource::Measured);
+        let r = p.reservation_of(measured, 0);
+        assert_eq!((r.cpu_cores, r.mem_bytes), (0.7, 100_000_000));
+        assert_eq!(p.class("x").map(|c| c.version), Some(1));
+        assert_eq!(
+            p.store("x", flat(0.8, 1), ProfileSource::Measured)
+                .unwrap()
+                .version,
+            2
+        );
+    }
+
+    #[test]
+    fn without_a_default_a_class_without_a_profile_is_refused_by_name() {
+        let (mut p, mut a) = setup(None);
+        let e = p.profile_of(&mut a, &spec("transcoder")).unwrap_err();
+        assert!(
+            e.starts_with("no profile for service class `transcoder`"),
+            "{e}"
+        );
+        // An unknown admission profile reserves nothing.
+        assert_eq!(p.reservation_of(ProfileId(999), 3), Reservation::default());
+    }
+
+    #[test]
+    fn broken_profiles_are_refused_and_replicated_ones_checked() {
+        let (mut p, _) = setup(None);
+        let mut bad = flat(0.1, 1);
+        bad.base.net_bps[0] = -1.0;
+        assert!(matches!(
+            p.store("x", bad.clone(), ProfileSource::Measured),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert_eq!(p.classes().count(), 0);
+        let replica = Replica {
+            profiles: vec![
+                ClassProfile {
+                    class: "bad".into(),
+                    source: ProfileSource::Measured,
+                    version: 1,
+                    profile: bad,
+                },
+                ClassProfile {
+                    class: "good".into(),
+                    source: ProfileSource::Refined,
+                    version: 4,
+                    profile: flat(0.1, 1),
+                },
+            ],
+            ..Replica::default()
+        };
+        let p = Profiles::new(&replica, &AdmissionSettings::default());
+        assert_eq!(
+            p.classes().map(|c| c.class.as_str()).collect::<Vec<_>>(),
+            vec!["good"]
+        );
+    }
+
+    #[test]
+    fn limits_add_the_documented_headroom_and_the_copy_hold_is_registered_once() {
+        let r = Reservation {
+            cpu_cores: 0.01,
+            net_bps: 0.0,
+            mem_bytes: 100,
+        };
+        assert_eq!(
+            AdmissionSettings::default().limits_of(&r),
+            (Some(MIN_CPU_LIMIT), Some(150 + MEM_LIMIT_SLACK))
+        );
+        let (mut p, mut a) = setup(None);
+        let id = p.copy_hold(&mut a, 1_000).unwrap();
+        assert_eq!(p.copy_hold(&mut a, 1_000), Some(id));
+        assert_eq!(p.reservation_of(id, 0).net_bps, 1_000.0);
+    }
+}
