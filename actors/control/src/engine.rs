@@ -19,14 +19,29 @@
 //! ([`AgentReply::Refused`]) makes it emit [`Output::Stale`] once and do nothing more.
 //!
 //! ## Layout
-//! - this file: types, the step function, API requests;
+//! The engine's state is a few types, each in its own module with its own tests:
+//! - [`table`](self::table): the services, their identity and placement;
+//! - [`moves`](self::moves): the start and migration state machine, and the operation in
+//!   flight on each service;
+//! - [`qos`](self::qos): the QoS clocks (grace periods, releases, anomaly causes, idle);
+//! - [`profiles`](self::profiles): class profiles, admission profiles, reservations.
+//!
+//! [`ControlEngine`] owns them with the admission engine and the cluster view, and
+//! coordinates them:
+//! - this file: types, the step function, shared helpers;
+//! - [`api`](self::api): message-API requests;
 //! - [`rounds`](self::rounds): rebuild, refresh rounds, node failures, notices, releases;
-//! - [`moves`](self::moves): starts and the migration state machine.
+//! - [`migration`](self::migration): sending starts and the steps of moves;
+//! - [`qos_round`](self::qos_round): the QoS actions of a refresh.
 
+mod api;
+mod migration;
 mod moves;
 mod profiles;
 mod qos;
+mod qos_round;
 mod rounds;
+mod table;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -34,19 +49,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use smart_admission::{AnyEngine, ClientId, EngineConfig, Evicted, NodeSpec, ProfileId, ServiceId};
-use smart_proto::agent::{
-    AgentCommand, AgentReply, AgentReport, InstanceReport, LaunchSpec, Reservation,
-};
-use smart_proto::api::{ApiError, Event, Placement, Request, Response, ServiceSpec, ServiceStatus};
+use smart_admission::{AnyEngine, EngineConfig, Evicted, NodeSpec};
+use smart_proto::agent::{AgentCommand, AgentReply, AgentReport, LaunchSpec, Reservation};
+use smart_proto::api::{ApiError, Event, Placement, Request, Response, ServiceSpec};
 use smart_proto::node::{Replica, ReplicaEntry};
 use smart_proto::profile::ProfileSource;
 use smart_proto::{Epoch, NodeId, ServiceName};
 
 use crate::peer::PeerError;
 
+use moves::Moves;
 pub use moves::{Move, Op, Why};
 pub use profiles::{AdmissionSettings, MEM_LIMIT_SLACK, MIN_CPU_LIMIT};
+use profiles::{Profiles, Stored};
+use qos::QosBook;
+use table::{Removed, ServiceTable};
 
 /// Environment variable carrying the service name in an instance's launch.
 pub const ENV_SERVICE: &str = "SMART_SERVICE";
@@ -215,48 +232,6 @@ pub struct ControlStatus {
     pub drained: Vec<NodeId>,
 }
 
-/// A service as the Control knows it.
-#[derive(Debug)]
-pub(crate) struct Svc {
-    pub(crate) spec: ServiceSpec,
-    pub(crate) sid: ServiceId,
-    pub(crate) profile: ProfileId,
-    /// Where admission placed it (during a move: the target).
-    pub(crate) node: NodeId,
-    /// Generation of its newest instance (`<name>.<generation>`).
-    pub(crate) generation: u64,
-    /// Its current instance, once running (`None` while starting or restarting).
-    pub(crate) info: Option<InstanceReport>,
-    pub(crate) clients: Vec<ClientId>,
-    /// What is in flight on it.
-    pub(crate) op: Op,
-    /// API requests waiting for its first (or next) instance, with the client each
-    /// admitted (if any).
-    pub(crate) waiting: Vec<(ApiId, Option<ClientId>)>,
-    /// When its current instance was confirmed (reports older than this may not list it).
-    pub(crate) placed_at: Instant,
-    /// When its last client was admitted.
-    pub(crate) admitted_at: Instant,
-    /// Consecutive refreshes in which its instance reported fewer clients than admitted.
-    pub(crate) fewer_seen: u32,
-    /// When it was last moved because of an anomaly.
-    pub(crate) anomaly_moved: Option<Instant>,
-    /// Resources it was already grown or moved for (never twice for the same cause).
-    pub(crate) anomaly_causes: Vec<smart_proto::agent::Resource>,
-    /// Where its profile comes from.
-    pub(crate) source: ProfileSource,
-    /// Since when its instance has reported no clients (and none are admitted).
-    pub(crate) idle_since: Option<Instant>,
-    /// Network held on both nodes for a migration's copy (released when the move ends).
-    pub(crate) copy_holds: Vec<ServiceId>,
-}
-
-impl Svc {
-    pub(crate) fn busy(&self) -> bool {
-        !matches!(self.op, Op::Idle)
-    }
-}
-
 /// What an outstanding agent command is for.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Pending {
@@ -271,34 +246,38 @@ pub(crate) enum Pending {
 
 /// The Control engine.
 pub struct ControlEngine {
-    pub(crate) node: NodeId,
-    pub(crate) tuning: ControlTuning,
-    pub(crate) epoch: Epoch,
-    pub(crate) rebuilt: bool,
-    pub(crate) acting: bool,
-    pub(crate) stale: bool,
-    pub(crate) round_in_flight: bool,
+    node: NodeId,
+    tuning: ControlTuning,
+    epoch: Epoch,
+    rebuilt: bool,
+    acting: bool,
+    stale: bool,
+    round_in_flight: bool,
     /// Live agents (membership).
-    pub(crate) live: BTreeMap<NodeId, SocketAddr>,
+    live: BTreeMap<NodeId, SocketAddr>,
     /// Last report of each agent.
-    pub(crate) registry: BTreeMap<NodeId, AgentReport>,
-    pub(crate) admission: AnyEngine,
-    pub(crate) profiles: profiles::Profiles,
-    pub(crate) services: BTreeMap<ServiceName, Svc>,
-    pub(crate) by_sid: HashMap<ServiceId, ServiceName>,
+    registry: BTreeMap<NodeId, AgentReport>,
+    admission: AnyEngine,
+    profiles: Profiles,
+    /// The services: identity and placement.
+    table: ServiceTable,
+    /// What is in flight on each service.
+    moves: Moves,
+    /// Each service's QoS clocks.
+    qos: QosBook,
     /// Nodes in placement, with their address.
-    pub(crate) nodes: BTreeMap<NodeId, SocketAddr>,
-    pub(crate) drained: BTreeSet<NodeId>,
+    nodes: BTreeMap<NodeId, SocketAddr>,
+    drained: BTreeSet<NodeId>,
     /// Of `drained`, the nodes drained for failing a health check (undrained on recovery).
-    pub(crate) health_drained: BTreeSet<NodeId>,
+    health_drained: BTreeSet<NodeId>,
     /// Last notice number seen per agent.
-    pub(crate) notices_seen: HashMap<NodeId, u64>,
+    notices_seen: HashMap<NodeId, u64>,
     /// The registry copy this node held when the Control started.
-    pub(crate) replica: Replica,
-    pub(crate) replica_version: u64,
-    pub(crate) next_req: ReqId,
-    pub(crate) pending: HashMap<ReqId, Pending>,
-    pub(crate) out: Vec<Output>,
+    replica: Replica,
+    replica_version: u64,
+    next_req: ReqId,
+    pending: HashMap<ReqId, Pending>,
+    out: Vec<Output>,
 }
 
 /// Why the engine could not be made.
@@ -327,6 +306,12 @@ impl ControlEngine {
             },
         )
         .map_err(|e| EngineSetupError(e.to_string()))?;
+        let profiles = Profiles::new(&replica, &tuning.admission);
+        let qos = QosBook::new(
+            tuning.release_grace,
+            tuning.release_after,
+            tuning.admission.idle_stop_after,
+        );
         Ok(Self {
             node,
             tuning,
@@ -338,9 +323,10 @@ impl ControlEngine {
             live: agents.iter().map(|a| (a.node, a.addr)).collect(),
             registry: BTreeMap::new(),
             admission,
-            profiles: profiles::Profiles::from_replica(&replica),
-            services: BTreeMap::new(),
-            by_sid: HashMap::new(),
+            profiles,
+            table: ServiceTable::default(),
+            moves: Moves::default(),
+            qos,
             nodes: BTreeMap::new(),
             drained: replica.drained.iter().copied().collect(),
             health_drained: replica.health_drained.iter().copied().collect(),
@@ -424,18 +410,15 @@ impl ControlEngine {
             acting: self.acting,
             agents: self.registry.clone(),
             services: self
-                .services
+                .table
                 .iter()
                 .map(|(n, s)| {
                     (
                         n.clone(),
                         (
-                            s.node,
-                            s.info
-                                .as_ref()
-                                .map(|i| i.instance.clone())
-                                .unwrap_or_default(),
-                            s.clients.len(),
+                            s.node(),
+                            s.instance().unwrap_or_default().to_string(),
+                            s.clients().len(),
                         ),
                     )
                 })
@@ -518,16 +501,16 @@ impl ControlEngine {
             epoch: self.epoch,
             version: self.replica_version,
             services: self
-                .services
+                .table
                 .values()
                 .map(|s| ReplicaEntry {
-                    spec: s.spec.clone(),
-                    node: s.node,
-                    clients: s.clients.len() as u64,
+                    spec: s.spec().clone(),
+                    node: s.node(),
+                    clients: s.clients().len() as u64,
                 })
                 .collect(),
             drained: self.drained.iter().copied().collect(),
-            profiles: self.profiles.classes.values().cloned().collect(),
+            profiles: self.profiles.classes().cloned().collect(),
             health_drained: self.health_drained.iter().copied().collect(),
         };
         let to = self.live_agents();
@@ -536,23 +519,17 @@ impl ControlEngine {
 
     /// The launch of `name`'s next instance and its reservation (at its current clients).
     pub(crate) fn launch_for(&self, name: &str) -> (LaunchSpec, Reservation) {
-        let s = &self.services[name];
-        let reservation = self.reservation_of(s.profile, s.clients.len());
-        let (cpu, mem) = self.limits_of(&reservation);
-        let mut launch = launch_of(&s.spec);
+        let s = &self.table[name];
+        let reservation = self.profiles.reservation_of(s.profile(), s.clients().len());
+        let (cpu, mem) = self.tuning.admission.limits_of(&reservation);
+        let mut launch = launch_of(s.spec());
         launch.cpu_cores = cpu;
         launch.memory_bytes = mem;
         (launch, reservation)
     }
 
     pub(crate) fn placement(&self, name: &str) -> Option<Placement> {
-        let s = self.services.get(name)?;
-        Some(Placement {
-            service: name.to_string(),
-            node: s.node,
-            endpoint: s.info.as_ref()?.endpoint.clone().unwrap_or_default(),
-            client: None,
-        })
+        self.table.get(name)?.placement()
     }
 
     /// A new service entry (not started yet): the admitted service `a` on `node`.
@@ -565,291 +542,31 @@ impl ControlEngine {
         generation: u64,
         now: Instant,
     ) -> ServiceName {
-        let Evicted {
-            service: sid,
-            profile,
-            clients,
-        } = a;
-        let name = spec.name.clone();
-        self.by_sid.insert(sid, name.clone());
-        self.services.insert(
-            name.clone(),
-            Svc {
-                spec,
-                sid,
-                profile,
-                node,
-                generation,
-                info: None,
-                clients,
-                op: Op::Idle,
-                waiting: Vec::new(),
-                placed_at: now,
-                admitted_at: now,
-                fewer_seen: 0,
-                anomaly_moved: None,
-                anomaly_causes: Vec::new(),
-                source,
-                idle_since: None,
-                copy_holds: Vec::new(),
-            },
-        );
+        let name = self.table.insert(spec, a, source, node, generation, now);
+        // Nothing of a former service of that name survives in the other books.
+        self.moves.forget(&name);
+        self.qos.track(&name, now);
         name
     }
 
-    // ---------------------------------------------------------------------------------
-    // The message API
-    // ---------------------------------------------------------------------------------
-
-    fn api(&mut self, id: ApiId, req: Request, now: Instant) {
-        let resp = match req {
-            // Answered by the node asked (`Nodes`: by the Control's node, from `status()`).
-            Request::Status | Request::Subscribe | Request::Version | Request::Nodes => {
-                Response::Error(ApiError::BadRequest {
-                    reason: "answered by the node runtime, not the Control engine".into(),
-                })
-            }
-            Request::AdmitService(spec) => match self.admit_service(spec, now) {
-                Ok(name) => match self.placement(&name) {
-                    Some(p) => Response::Placed(p),
-                    None => return self.wait_for(&name, id, None),
-                },
-                Err(e) => Response::Error(e),
-            },
-            Request::AdmitClient { service, spec } => {
-                if !self.services.contains_key(&service) {
-                    match spec {
-                        // The first viewer of a video: admit its service, then the client,
-                        // in one request.
-                        Some(spec) if spec.name == service => {
-                            if let Err(e) = self.admit_service(spec, now) {
-                                return self.reply(id, Response::Error(e));
-                            }
-                        }
-                        Some(_) => {
-                            return self.reply(
-                                id,
-                                Response::Error(ApiError::BadRequest {
-                                    reason: "spec.name differs from the service".into(),
-                                }),
-                            );
-                        }
-                        None => {
-                            return self.reply(
-                                id,
-                                Response::Error(ApiError::NotFound {
-                                    what: format!("service {service}"),
-                                }),
-                            );
-                        }
-                    }
-                }
-                match self.admit_client(&service, now) {
-                    Err(e) => Response::Error(e),
-                    Ok(client) => match self.placement(&service) {
-                        Some(p) => Response::Placed(Placement {
-                            client: Some(client.0),
-                            ..p
-                        }),
-                        None => return self.wait_for(&service, id, Some(client)),
-                    },
-                }
-            }
-            Request::ReleaseClient { service, client } => match self.services.get_mut(&service) {
-                None => Response::Error(ApiError::NotFound {
-                    what: format!("service {service}"),
-                }),
-                Some(s) => {
-                    let gone = match client {
-                        None => s.clients.pop(),
-                        Some(c) => s
-                            .clients
-                            .iter()
-                            .position(|x| x.0 == c)
-                            .map(|i| s.clients.remove(i)),
-                    };
-                    match gone {
-                        Some(c) => {
-                            let _ = self.admission.release_client(c);
-                            Response::Ok
-                        }
-                        None => Response::Error(ApiError::NotFound {
-                            what: match client {
-                                Some(c) => format!("client {c} of {service}"),
-                                None => format!("a client of {service}"),
-                            },
-                        }),
-                    }
-                }
-            },
-            Request::StopService { service } => {
-                if self.stop_service(&service, "stopped by an operator".into()) {
-                    Response::Ok
-                } else {
-                    Response::Error(ApiError::NotFound {
-                        what: format!("service {service}"),
-                    })
-                }
-            }
-            Request::Locate { service } => match self.placement(&service) {
-                Some(p) => Response::Placed(p),
-                // Starting or restarting: answered once it runs.
-                None if self.services.contains_key(&service) => {
-                    return self.wait_for(&service, id, None);
-                }
-                None => Response::Error(ApiError::NotFound {
-                    what: format!("service {service}"),
-                }),
-            },
-            Request::Services => Response::Services(
-                self.services
-                    .iter()
-                    .filter_map(|(n, s)| {
-                        let info = s.info.as_ref()?;
-                        Some(ServiceStatus {
-                            placement: self.placement(n)?,
-                            instance: info.instance.clone(),
-                            clients: s.clients.len() as u64,
-                            reservation: self.reservation_of(s.profile, s.clients.len()),
-                            usage: self
-                                .registry
-                                .get(&s.node)
-                                .and_then(|r| r.instance(&info.instance))
-                                .and_then(|i| i.usage.clone()),
-                            profile: s.source,
-                            limits_enforced: info.limits_enforced,
-                        })
-                    })
-                    .collect(),
-            ),
-            Request::PutProfile { class, profile } => {
-                match self.store_profile(&class, *profile, ProfileSource::Measured) {
-                    Ok(_) => {
-                        self.replicate();
-                        Response::Ok
-                    }
-                    Err(e) => Response::Error(e),
-                }
-            }
-            Request::Profiles => Response::Profiles(
-                self.profiles
-                    .classes
-                    .values()
-                    .map(|c| c.summary())
-                    .collect(),
-            ),
-            Request::Profile { class } => match self.profiles.classes.get(&class) {
-                Some(c) => Response::Profile(Box::new(c.clone())),
-                None => Response::Error(ApiError::NotFound {
-                    what: format!("a profile for class {class}"),
-                }),
-            },
-            Request::Undrain { node } => match self.undrain(node) {
-                Ok(()) => Response::Ok,
-                Err(e) => Response::Error(e),
-            },
-            Request::Drain { node } => {
-                if !self.nodes.contains_key(&node) {
-                    Response::Error(ApiError::NotFound {
-                        what: format!("node {node}"),
-                    })
-                } else {
-                    match self.drain_node(node, Why::Drain) {
-                        Ok(()) => Response::Ok,
-                        Err(reason) => Response::Error(ApiError::Rejected { reason }),
-                    }
-                }
-            }
-        };
-        self.reply(id, resp);
+    /// Forgets a service everywhere: its copy holds and its admission are released; what
+    /// it still had (instance, waiters) is returned for the caller to stop or answer.
+    pub(crate) fn remove_service(&mut self, name: &str) -> Option<Removed> {
+        self.release_copy(name);
+        let s = self.table.remove(name)?;
+        self.moves.forget(name);
+        self.qos.forget(name);
+        let _ = self.admission.release_service(s.sid);
+        Some(s)
     }
 
-    fn wait_for(&mut self, service: &str, id: ApiId, client: Option<ClientId>) {
-        if let Some(s) = self.services.get_mut(service) {
-            s.waiting.push((id, client));
-        }
-    }
-
-    /// A drained node comes back into placement (with its last reported capacity).
-    pub(crate) fn undrain(&mut self, node: NodeId) -> Result<(), ApiError> {
-        if !self.drained.contains(&node) {
-            return Err(ApiError::BadRequest {
-                reason: format!("{node} is not drained"),
-            });
-        }
-        let spec = self
-            .registry
-            .get(&node)
-            .map(|r| node_spec(r, &self.tuning.admission))
-            .ok_or_else(|| ApiError::NotFound {
-                what: format!("a report from {node} (is it alive?)"),
-            })?;
-        self.admission
-            .add_node(node, spec)
-            .map_err(|e| ApiError::Internal {
-                reason: e.to_string(),
-            })?;
-        self.drained.remove(&node);
-        tracing::info!(%node, "node back in placement");
-        self.publish(Event::Notice {
-            service: String::new(),
-            node,
-            reason: "undrained: back in placement".into(),
+    /// A class profile was stored: say so.
+    pub(crate) fn profile_stored(&mut self, stored: &Stored) {
+        self.publish(Event::ProfileStored {
+            class: stored.class.clone(),
+            source: stored.source,
+            version: stored.version,
         });
-        Ok(())
-    }
-
-    /// Admits and starts a new service (or finds the one of that name).
-    fn admit_service(&mut self, spec: ServiceSpec, now: Instant) -> Result<ServiceName, ApiError> {
-        if self.services.contains_key(&spec.name) {
-            return Ok(spec.name);
-        }
-        if spec.command.is_empty() {
-            return Err(ApiError::BadRequest {
-                reason: "service spec has an empty command".into(),
-            });
-        }
-        let (profile, source) = self
-            .profile_of(&spec)
-            .map_err(|reason| ApiError::Rejected { reason })?;
-        let d = self
-            .admission
-            .admit_service(profile, 0)
-            .map_err(|r| ApiError::Rejected {
-                reason: r.to_string(),
-            })?;
-        for m in &d.migrations {
-            self.migrate(m.service, m.from, m.to, Why::Ms);
-        }
-        let admitted = Evicted {
-            service: d.service,
-            profile,
-            clients: Vec::new(),
-        };
-        let name = self.insert_service(spec, admitted, source, d.node, 0, now);
-        self.start(&name, None, Why::Ms);
-        Ok(name)
-    }
-
-    /// Admits one client of a known service (Smart-GloVE rule).
-    fn admit_client(&mut self, service: &str, now: Instant) -> Result<ClientId, ApiError> {
-        let sid = self.services[service].sid;
-        let d = self
-            .admission
-            .admit_client(sid)
-            .map_err(|r| ApiError::Rejected {
-                reason: r.to_string(),
-            })?;
-        for m in &d.migrations {
-            self.migrate(m.service, m.from, m.to, Why::Ms);
-        }
-        let s = self
-            .services
-            .get_mut(service)
-            .expect("checked by the caller");
-        s.clients.push(d.client);
-        s.admitted_at = now;
-        Ok(d.client)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The Control actor over in-process Agent86 actors running real processes: the shell
 //! executes the engine's decisions end to end (the engine's own tests, on exact outputs,
-//! are in `engine/tests.rs`).
+//! are in `engine/tests/`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

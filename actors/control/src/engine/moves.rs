@@ -29,15 +29,20 @@
 //! it; an instance handing over is never kept) and stops the other. So after it settles,
 //! a service has exactly one live instance and is never lost.
 
-use std::time::Instant;
+//!
+//! This module holds the state machine itself: [`Op`] and [`Op::next`], which says what an
+//! answer leads to, and [`Moves`], the operation in flight on each service and the network
+//! held for its copy. Sending the commands each step needs is the engine's
+//! ([`super::migration`]).
 
-use smart_admission::{Evicted, ServiceId};
-use smart_proto::NodeId;
-use smart_proto::agent::{AgentCommand, AgentReply, InstanceReport, SourceExport};
-use smart_proto::api::{ApiError, Event, Placement, Response};
-use tracing::{info, warn};
+use std::collections::{BTreeMap, HashMap};
 
-use super::{ControlEngine, Pending, ReqId, instance_name};
+use smart_admission::ServiceId;
+use smart_proto::agent::{AgentReply, InstanceReport};
+use smart_proto::{NodeId, ServiceName};
+use tracing::warn;
+
+use super::ReqId;
 use crate::peer::PeerError;
 
 /// Why a service moves.
@@ -159,7 +164,9 @@ impl Op {
 }
 
 /// An agent's answer to a step: the instance it reports, if any, or why it failed.
-fn outcome(result: Result<AgentReply, PeerError>) -> Result<Option<InstanceReport>, String> {
+pub(crate) fn outcome(
+    result: Result<AgentReply, PeerError>,
+) -> Result<Option<InstanceReport>, String> {
     match result {
         Ok(AgentReply::Instance(i)) => Ok(Some(*i)),
         Ok(AgentReply::Done) => Ok(None),
@@ -169,170 +176,74 @@ fn outcome(result: Result<AgentReply, PeerError>) -> Result<Option<InstanceRepor
     }
 }
 
-impl ControlEngine {
-    /// Starts the service's next instance on its (admission-chosen) node.
-    pub(crate) fn start(&mut self, name: &str, from: Option<NodeId>, why: Why) {
-        let t = self.tuning.request_timeout;
-        let Some(s) = self.services.get_mut(name) else {
-            return;
-        };
-        s.generation += 1;
-        // The old instance is gone: clients wait for the new one (Locate and AdmitClient
-        // queue until it runs) instead of being sent to a dead endpoint.
-        s.info = None;
-        let (generation, node) = (s.generation, s.node);
-        let (launch, reservation) = self.launch_for(name);
-        let cmd = AgentCommand::Start {
-            instance: instance_name(name, generation),
-            launch,
-            reservation,
-        };
-        let pending = Pending::Step {
-            service: name.to_string(),
-            generation,
-        };
-        match self.command(node, cmd, t * 5, pending) {
-            Some(req) => {
-                self.services.get_mut(name).expect("present").op = Op::Starting { req, from, why }
-            }
-            None => self.lose(name, format!("node {node} has no address")),
-        }
-    }
+/// What the answer to a step leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Next {
+    /// Nothing (no operation was in flight).
+    Nothing,
+    /// The operation is over: the service runs `info` on `node`. `moved` says where it came
+    /// from and why; otherwise it was admitted.
+    Placed {
+        node: NodeId,
+        info: InstanceReport,
+        moved: Option<Move>,
+        note: Option<String>,
+    },
+    /// The service cannot be kept.
+    Lost(String),
+    /// Ask the source to hand its clients over to `new`.
+    HandOff {
+        mv: Move,
+        new: InstanceReport,
+        note: Option<String>,
+    },
+    /// Stop the source; its clients reconnect through the front-end.
+    StopSource {
+        mv: Move,
+        new: InstanceReport,
+        note: Option<String>,
+    },
+    /// A fresh start on the target instead of the restore.
+    RestartOnTarget {
+        mv: Move,
+        old: InstanceReport,
+        note: String,
+    },
+    /// The move failed before its source stopped serving.
+    RollBack { mv: Move, why: String },
+}
 
-    /// Moves a service from `from` to `to` (admission already placed it at `to`): live
-    /// migration through the workload control API, or a restart on the target when the
-    /// instance cannot hand over.
-    pub(crate) fn migrate(&mut self, sid: ServiceId, from: NodeId, to: NodeId, why: Why) {
-        let Some(name) = self.by_sid.get(&sid).cloned() else {
-            return;
-        };
-        let t = self.tuning.request_timeout;
-        let Some(s) = self.services.get_mut(&name) else {
-            return;
-        };
-        s.node = to;
-        let (old, op) = (s.info.clone(), s.op.clone());
-        let Some(old) = old.filter(|_| op == Op::Idle) else {
-            // Starting, or already moving: what is in flight was aimed at another node.
-            // Start afresh on the new one; whatever the superseded step leaves behind is a
-            // stray (older generation), stopped at a refresh.
-            let from = match op {
-                Op::Starting { from, .. } => from,
-                _ => Some(from),
-            };
-            return self.start(&name, from, why);
-        };
-        let mv = Move { from, to, why };
-        s.generation += 1;
-        let generation = s.generation;
-        let instance = instance_name(&name, generation);
-        let (launch, reservation) = self.launch_for(&name);
-        let pending = Pending::Step {
-            service: name.clone(),
-            generation,
-        };
-        let step = if old.speaks_api {
-            self.hold_copy(&name, from, to);
-            let cmd = AgentCommand::MigrateIn {
-                instance,
-                launch,
-                reservation,
-                source: from,
-                source_control: old.control_socket.clone(),
-                source_export: old.checkpoint_export.clone().map(|addr| {
-                    Box::new(SourceExport {
-                        addr,
-                        instance: old.instance.clone(),
-                    })
-                }),
-                reserved_as: None,
-                copy_rate_bps: self.tuning.admission.copy_rate_bps,
-            };
-            let budget = t * cmd.timeout_multiple();
-            self.command(to, cmd, budget, pending)
-                .map(|req| Op::Restoring { req, mv, old })
-        } else {
-            // No workload control API: restart on the target, then stop the old one; its
-            // clients reconnect through the front-end. The operator is told.
-            warn!(service = %name, instance = %old.instance,
-                "no workload control API: restarting elsewhere instead of live migration");
-            let cmd = AgentCommand::Start {
-                instance,
-                launch,
-                reservation,
-            };
-            self.command(to, cmd, t * 5, pending)
-                .map(|req| Op::Restarting {
-                    req,
-                    mv,
-                    old,
-                    note: "no workload control API".into(),
-                    no_api: true,
-                })
-        };
-        match step {
-            Some(op) => self.services.get_mut(&name).expect("present").op = op,
-            None => self.roll_back(&name, mv, format!("node {to} has no address")),
-        }
-    }
-
-    /// The answer to a command the engine is waiting for.
-    pub(crate) fn on_reply(
-        &mut self,
-        req: ReqId,
-        result: Result<AgentReply, PeerError>,
-        now: Instant,
-    ) {
-        let Some(pending) = self.pending.remove(&req) else {
-            return;
-        };
-        if let Ok(AgentReply::Refused { highest, .. }) = result {
-            return self.go_stale(highest);
-        }
-        let Pending::Step {
-            service,
-            generation,
-        } = pending
-        else {
-            return;
-        };
-        let Some(s) = self.services.get(&service) else {
-            return;
-        };
-        if s.generation != generation || s.op.req() != Some(req) {
-            // Superseded (the service was restarted or moved again meanwhile).
-            return;
-        }
-        let op = s.op.clone();
-        self.step(&service, op, outcome(result), now);
-    }
-
-    fn step(
-        &mut self,
+impl Op {
+    /// What `result`, the answer to the current step, leads to, for a service placed on
+    /// `node`.
+    pub(crate) fn next(
+        self,
         name: &str,
-        op: Op,
+        node: NodeId,
         result: Result<Option<InstanceReport>, String>,
-        now: Instant,
-    ) {
-        match (op, result) {
-            (Op::Idle, _) => {}
-            (Op::Starting { from, why, .. }, Ok(Some(info))) => {
-                let node = self.services[name].node;
-                let moved = from.map(|from| Move {
+    ) -> Next {
+        match (self, result) {
+            (Op::Idle, _) => Next::Nothing,
+            (Op::Starting { from, why, .. }, Ok(Some(info))) => Next::Placed {
+                node,
+                info,
+                moved: from.map(|from| Move {
                     from,
                     to: node,
                     why,
-                });
-                self.placed(name, node, info, moved, None, now);
-            }
-            (Op::Starting { .. }, Ok(None)) => {
-                self.lose(name, "the agent reported no instance".into())
-            }
+                }),
+                note: None,
+            },
+            (Op::Starting { .. }, Ok(None)) => Next::Lost("the agent reported no instance".into()),
             (Op::Starting { .. }, Err(e)) => {
                 warn!(service = %name, error = %e, "could not start the service's instance");
-                self.lose(name, e)
+                Next::Lost(e)
             }
-            (Op::Restoring { mv, .. }, Ok(Some(new))) => self.hand_off(name, mv, new, None, now),
+            (Op::Restoring { mv, .. }, Ok(Some(new))) => Next::HandOff {
+                mv,
+                new,
+                note: None,
+            },
             (Op::Restoring { mv, old, .. }, failed) => {
                 // Restore failed: a fresh start on the target, in a new generation (a
                 // restore that only timed out may still finish: that instance is a stray).
@@ -343,12 +254,11 @@ impl ControlEngine {
                     Ok(_) => "the agent reported no instance".into(),
                 };
                 warn!(service = %name, %cause, "live restore failed: starting afresh on the target");
-                self.restart_on_target(
-                    name,
+                Next::RestartOnTarget {
                     mv,
                     old,
-                    format!("restore failed ({cause}); restarted on the target"),
-                )
+                    note: format!("restore failed ({cause}); restarted on the target"),
+                }
             }
             (
                 Op::Restarting {
@@ -357,303 +267,318 @@ impl ControlEngine {
                 Ok(Some(new)),
             ) => {
                 if no_api {
-                    self.stop_source(name, mv, new, Some(note), now)
+                    Next::StopSource {
+                        mv,
+                        new,
+                        note: Some(note),
+                    }
                 } else {
-                    self.hand_off(name, mv, new, Some(note), now)
+                    Next::HandOff {
+                        mv,
+                        new,
+                        note: Some(note),
+                    }
                 }
             }
-            (Op::Restarting { mv, .. }, Ok(None) | Err(_)) => {
-                self.roll_back(name, mv, "the target could not start it".into())
-            }
-            (Op::HandingOff { mv, new, note, .. }, Ok(_)) => {
-                self.placed(name, mv.to, new, Some(mv), note, now)
-            }
-            (Op::HandingOff { mv, new, .. }, Err(e)) => {
-                let note = format!(
+            (Op::Restarting { mv, .. }, Ok(None) | Err(_)) => Next::RollBack {
+                mv,
+                why: "the target could not start it".into(),
+            },
+            (Op::HandingOff { mv, new, note, .. }, Ok(_)) => Next::Placed {
+                node: mv.to,
+                info: new,
+                moved: Some(mv),
+                note,
+            },
+            (Op::HandingOff { mv, new, .. }, Err(e)) => Next::StopSource {
+                mv,
+                new,
+                note: Some(format!(
                     "no live hand-over ({e}); the old instance was stopped and its clients reconnect through the front-end"
-                );
-                self.stop_source(name, mv, new, Some(note), now)
-            }
-            (Op::StoppingSource { mv, new, note, .. }, _) => {
-                self.placed(name, mv.to, new, Some(mv), note, now)
-            }
+                )),
+            },
+            (Op::StoppingSource { mv, new, note, .. }, _) => Next::Placed {
+                node: mv.to,
+                info: new,
+                moved: Some(mv),
+                note,
+            },
         }
     }
 
-    /// Step 2 of a live move: ask the source to hand its clients to `new`. A source that is
-    /// not live any more has no clients to hand over: the move ends here.
-    fn hand_off(
-        &mut self,
-        name: &str,
-        mv: Move,
-        new: InstanceReport,
-        note: Option<String>,
-        now: Instant,
-    ) {
-        let t = self.tuning.request_timeout;
-        let s = &self.services[name];
-        let Some(old) = s.info.clone() else { return };
-        if !self.live.contains_key(&mv.from) {
-            let note = Some("the source died during the move".into());
-            return self.placed(name, mv.to, new, Some(mv), note, now);
-        }
-        let cmd = AgentCommand::MigrateOut {
-            instance: old.instance,
-            target: mv.to,
-            target_url: new.endpoint.clone().unwrap_or_default(),
-        };
-        let pending = Pending::Step {
-            service: name.to_string(),
-            generation: s.generation,
-        };
-        match self.command(mv.from, cmd, t * 10, pending) {
-            Some(req) => {
-                self.services.get_mut(name).expect("present").op =
-                    Op::HandingOff { req, mv, new, note }
-            }
-            None => self.stop_source(name, mv, new, note, now),
-        }
-    }
-
-    /// Fallback: stop the source instance; the move ends when the agent answers.
-    fn stop_source(
-        &mut self,
-        name: &str,
-        mv: Move,
-        new: InstanceReport,
-        note: Option<String>,
-        now: Instant,
-    ) {
-        let t = self.tuning.request_timeout;
-        let s = &self.services[name];
-        let (old, generation) = (s.info.clone(), s.generation);
-        let req = match (old, self.live.contains_key(&mv.from)) {
-            (Some(old), true) => self.command(
-                mv.from,
-                AgentCommand::Stop {
-                    instance: old.instance,
-                },
-                t * 5,
-                Pending::Step {
-                    service: name.to_string(),
-                    generation,
-                },
-            ),
-            _ => None,
-        };
-        match req {
-            Some(req) => {
-                self.services.get_mut(name).expect("present").op =
-                    Op::StoppingSource { req, mv, new, note }
-            }
-            None => self.placed(name, mv.to, new, Some(mv), note, now),
-        }
-    }
-
-    fn restart_on_target(&mut self, name: &str, mv: Move, old: InstanceReport, note: String) {
-        // A fresh start copies nothing.
-        self.release_copy(name);
-        let t = self.tuning.request_timeout;
-        let s = self.services.get_mut(name).expect("present");
-        s.generation += 1;
-        let generation = s.generation;
-        let (launch, reservation) = self.launch_for(name);
-        let cmd = AgentCommand::Start {
-            instance: instance_name(name, generation),
-            launch,
-            reservation,
-        };
-        let pending = Pending::Step {
-            service: name.to_string(),
-            generation,
-        };
-        match self.command(mv.to, cmd, t * 5, pending) {
-            Some(req) => {
-                self.services.get_mut(name).expect("present").op = Op::Restarting {
-                    req,
-                    mv,
-                    old,
-                    note,
-                    no_api: false,
-                }
-            }
-            None => self.roll_back(name, mv, format!("node {} has no address", mv.to)),
-        }
-    }
-
-    /// The service runs `info` on `node`: the operation is over. `moved` says where it came
-    /// from and why (a `Migrated` event); otherwise it was admitted (`Admitted`).
-    fn placed(
-        &mut self,
-        name: &str,
-        node: NodeId,
-        info: InstanceReport,
-        moved: Option<Move>,
-        note: Option<String>,
-        now: Instant,
-    ) {
-        info!(service = %name, %node, instance = %info.instance, endpoint = ?info.endpoint, "service instance running");
-        self.release_copy(name);
-        if let Some(note) = &note {
-            warn!(service = %name, %note, "service restarted instead of live-migrated");
-        }
-        let s = self.services.get_mut(name).expect("present");
-        s.node = node;
-        s.info = Some(info);
-        s.placed_at = now;
-        s.op = Op::Idle;
-        let waiting = std::mem::take(&mut s.waiting);
-        let p = self.placement(name).expect("just set");
-        match moved {
-            Some(mv) => self.publish(Event::Migrated {
-                service: name.to_string(),
-                from: mv.from,
-                to: node,
-                reason: match &note {
-                    Some(n) => format!("{} (restarted: {n})", mv.why.as_str()),
-                    None => mv.why.as_str().to_string(),
-                },
+    /// What the death of node `dead` does to this operation: a restore from it cannot
+    /// finish and becomes a fresh start on the target; a hand-over or stop of it ends the
+    /// move (its viewers reconnect through the front-end). Moves *towards* `dead` are
+    /// rolled back separately, before this ([`Moves::towards`]).
+    pub(crate) fn source_died(self, dead: NodeId) -> Option<Next> {
+        match self {
+            Op::Restoring { mv, old, .. } if mv.from == dead => Some(Next::RestartOnTarget {
+                mv,
+                old,
+                note: "the source died during the restore; restarted on the target".into(),
             }),
-            None => self.publish(Event::Admitted(p.clone())),
-        }
-        // Answered after the event, so a client that hears back sees it published.
-        for (w, client) in waiting {
-            let client = client.map(|c| c.0);
-            self.reply(
-                w,
-                Response::Placed(Placement {
-                    client,
-                    ..p.clone()
-                }),
-            );
-        }
-    }
-
-    /// A move failed before its source stopped serving: the service stays on the source
-    /// when the source can keep it; otherwise it is lost.
-    fn roll_back(&mut self, name: &str, mv: Move, why: String) {
-        self.release_copy(name);
-        let (from, to) = (mv.from, mv.to);
-        let s = &self.services[name];
-        let (sid, profile, old) = (s.sid, s.profile, s.info.clone());
-        let source_ok = self.live.contains_key(&from)
-            && self.nodes.contains_key(&from)
-            && !self.drained.contains(&from);
-        if let (Some(old), true) = (old, source_ok) {
-            let clients = self.admission.release_service(sid).unwrap_or_default();
-            let ev = Evicted {
-                service: sid,
-                profile,
-                clients,
-            };
-            if self.admission.adopt(&ev, from).is_ok() {
-                warn!(service = %name, %from, %to, %why, "move failed: kept on its source");
-                let s = self.services.get_mut(name).expect("present");
-                s.node = from;
-                s.info = Some(old);
-                s.op = Op::Idle;
-                let waiting = std::mem::take(&mut s.waiting);
-                let p = self.placement(name).expect("just set");
-                for (w, client) in waiting {
-                    let client = client.map(|c| c.0);
-                    self.reply(
-                        w,
-                        Response::Placed(Placement {
-                            client,
-                            ..p.clone()
-                        }),
-                    );
-                }
-                return self.publish(Event::Notice {
-                    service: name.to_string(),
-                    node: from,
-                    reason: format!("move to {to} failed ({why}); kept on {from}"),
-                });
+            Op::HandingOff { mv, new, .. } | Op::StoppingSource { mv, new, .. }
+                if mv.from == dead =>
+            {
+                Some(Next::Placed {
+                    node: mv.to,
+                    info: new,
+                    moved: Some(mv),
+                    note: Some("the source died during the move".to_string()),
+                })
             }
+            _ => None,
         }
-        if let Some(old) = self.services[name].info.clone() {
-            // Nothing may keep running unaccounted.
-            self.command(
-                from,
-                AgentCommand::Stop {
-                    instance: old.instance,
-                },
-                self.tuning.request_timeout * 5,
-                Pending::Forget,
-            );
-        }
-        self.lose(name, format!("move to {to} failed: {why}"));
+    }
+}
+
+/// The operation in flight on each service, and the network held for a live move's copy.
+/// A service absent here is idle and holds nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Moves {
+    ops: BTreeMap<ServiceName, Op>,
+    /// Network held on both nodes for a migration's copy (released when the move ends).
+    copy_holds: HashMap<ServiceName, Vec<ServiceId>>,
+}
+
+impl Moves {
+    /// What is in flight on `name`.
+    pub(crate) fn op(&self, name: &str) -> &Op {
+        self.ops.get(name).unwrap_or(&Op::Idle)
     }
 
-    /// Moves towards `dead` that have not handed over yet go back to their source (which
-    /// never stopped serving).
-    pub(crate) fn abort_moves_to(&mut self, dead: NodeId) {
-        let moving: Vec<(String, Move)> = self
-            .services
+    /// Whether a start or a move is in flight on `name`.
+    pub(crate) fn busy(&self, name: &str) -> bool {
+        self.ops.contains_key(name)
+    }
+
+    /// Whether `name`'s current step waits for command `req`.
+    pub(crate) fn awaits(&self, name: &str, req: ReqId) -> bool {
+        self.op(name).req() == Some(req)
+    }
+
+    /// `name`'s next step (or, with [`Op::Idle`], its end).
+    pub(crate) fn set(&mut self, name: &str, op: Op) {
+        match op {
+            Op::Idle => self.ops.remove(name),
+            op => self.ops.insert(name.to_string(), op),
+        };
+    }
+
+    /// `name`'s live move holds `holds` for its copy.
+    pub(crate) fn hold(&mut self, name: &str, holds: Vec<ServiceId>) {
+        self.copy_holds
+            .entry(name.to_string())
+            .or_default()
+            .extend(holds);
+    }
+
+    /// The copy holds of `name`'s move, for release (none afterwards).
+    pub(crate) fn take_holds(&mut self, name: &str) -> Vec<ServiceId> {
+        self.copy_holds.remove(name).unwrap_or_default()
+    }
+
+    /// `name` is gone: nothing is in flight on it any more.
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.ops.remove(name);
+        self.copy_holds.remove(name);
+    }
+
+    /// Moves towards `dead` that have not handed over yet (their source never stopped
+    /// serving), by service name.
+    pub(crate) fn towards(&self, dead: NodeId) -> Vec<(ServiceName, Move)> {
+        self.ops
             .iter()
-            .filter_map(|(n, s)| match &s.op {
+            .filter_map(|(n, op)| match op {
                 Op::Restoring { mv, .. } | Op::Restarting { mv, .. } if mv.to == dead => {
                     Some((n.clone(), *mv))
                 }
                 _ => None,
             })
-            .collect();
-        for (name, mv) in moving {
-            self.roll_back(&name, mv, format!("{dead} died"));
-        }
+            .collect()
     }
 
-    /// Moves away from `dead`: a restore that cannot finish becomes a fresh start on the
-    /// target; a hand-over or stop of the dead source ends the move (its viewers reconnect
-    /// through the front-end).
-    pub(crate) fn source_died(&mut self, dead: NodeId, now: Instant) {
-        let moving: Vec<(String, Op)> = self
-            .services
+    /// The operations in flight, by service name.
+    pub(crate) fn in_flight(&self) -> Vec<(ServiceName, Op)> {
+        self.ops
             .iter()
-            .filter(|(_, s)| match &s.op {
-                Op::Restoring { mv, .. }
-                | Op::HandingOff { mv, .. }
-                | Op::StoppingSource { mv, .. } => mv.from == dead,
-                _ => false,
-            })
-            .map(|(n, s)| (n.clone(), s.op.clone()))
-            .collect();
-        for (name, op) in moving {
-            match op {
-                Op::Restoring { mv, old, .. } => self.restart_on_target(
-                    &name,
-                    mv,
-                    old,
-                    "the source died during the restore; restarted on the target".into(),
-                ),
-                Op::HandingOff { mv, new, .. } | Op::StoppingSource { mv, new, .. } => {
-                    let note = Some("the source died during the move".to_string());
-                    self.placed(&name, mv.to, new, Some(mv), note, now)
-                }
-                _ => {}
-            }
+            .map(|(n, op)| (n.clone(), op.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smart_proto::agent::{AgentError, InstanceState, LaunchSpec, Reservation};
+
+    use super::*;
+
+    fn inst(name: &str) -> InstanceReport {
+        InstanceReport {
+            instance: name.into(),
+            launch: LaunchSpec::default(),
+            state: InstanceState::Running,
+            reservation: Reservation::default(),
+            endpoint: None,
+            control_socket: String::new(),
+            checkpoint_export: None,
+            speaks_api: true,
+            usage: None,
+            restarts: 0,
+            anomalous: vec![],
+            limits_enforced: true,
         }
     }
 
-    /// The service cannot be kept: forget it and say so.
-    pub(crate) fn lose(&mut self, name: &str, reason: String) {
-        self.release_copy(name);
-        let Some(s) = self.services.remove(name) else {
-            return;
-        };
-        self.by_sid.remove(&s.sid);
-        let _ = self.admission.release_service(s.sid);
-        for (w, _) in s.waiting {
-            self.reply(
-                w,
-                Response::Error(ApiError::Internal {
-                    reason: format!("could not start {name}: {reason}"),
-                }),
-            );
+    const MV: Move = Move {
+        from: NodeId(1),
+        to: NodeId(2),
+        why: Why::Drain,
+    };
+
+    fn restoring() -> Op {
+        Op::Restoring {
+            req: 3,
+            mv: MV,
+            old: inst("v.1"),
         }
-        self.publish(Event::Lost {
-            service: name.to_string(),
-            reason,
-        });
+    }
+
+    fn handing_off() -> Op {
+        Op::HandingOff {
+            req: 4,
+            mv: MV,
+            new: inst("v.2"),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_live_move_restores_then_hands_over_then_is_placed_on_the_target() {
+        assert_eq!(
+            restoring().next("v", NodeId(2), Ok(Some(inst("v.2")))),
+            Next::HandOff {
+                mv: MV,
+                new: inst("v.2"),
+                note: None
+            }
+        );
+        // The hand-over's answer carries no instance.
+        assert_eq!(
+            handing_off().next("v", NodeId(2), Ok(None)),
+            Next::Placed {
+                node: NodeId(2),
+                info: inst("v.2"),
+                moved: Some(MV),
+                note: None
+            }
+        );
+    }
+
+    #[test]
+    fn each_failed_step_has_its_fallback() {
+        // Restore failed: a fresh start, the cause in the note.
+        assert_eq!(
+            restoring().next("v", NodeId(2), Err("gone".into())),
+            Next::RestartOnTarget {
+                mv: MV,
+                old: inst("v.1"),
+                note: "restore failed (gone); restarted on the target".into()
+            }
+        );
+        // The fresh start failed: back to the source.
+        let restarting = Op::Restarting {
+            req: 5,
+            mv: MV,
+            old: inst("v.1"),
+            note: "n".into(),
+            no_api: false,
+        };
+        assert_eq!(
+            restarting.next("v", NodeId(2), Err("exec".into())),
+            Next::RollBack {
+                mv: MV,
+                why: "the target could not start it".into()
+            }
+        );
+        // Hand-over failed: the source is stopped.
+        assert!(matches!(
+            handing_off().next("v", NodeId(2), Err("timeout".into())),
+            Next::StopSource { note: Some(n), .. } if n.starts_with("no live hand-over (timeout)")
+        ));
+        // A start that fails loses the service.
+        let starting = Op::Starting {
+            req: 1,
+            from: None,
+            why: Why::Ms,
+        };
+        assert_eq!(
+            starting.next("v", NodeId(1), Ok(None)),
+            Next::Lost("the agent reported no instance".into())
+        );
+        assert_eq!(Op::Idle.next("v", NodeId(1), Ok(None)), Next::Nothing);
+    }
+
+    #[test]
+    fn a_restart_after_a_node_failure_is_placed_as_a_move_from_the_dead_node() {
+        let starting = Op::Starting {
+            req: 1,
+            from: Some(NodeId(3)),
+            why: Why::NodeFailure,
+        };
+        assert_eq!(
+            starting.next("v", NodeId(2), Ok(Some(inst("v.2")))),
+            Next::Placed {
+                node: NodeId(2),
+                info: inst("v.2"),
+                moved: Some(Move {
+                    from: NodeId(3),
+                    to: NodeId(2),
+                    why: Why::NodeFailure
+                }),
+                note: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_dying_source_ends_a_hand_over_and_turns_a_restore_into_a_fresh_start() {
+        assert!(matches!(
+            restoring().source_died(NodeId(1)),
+            Some(Next::RestartOnTarget { .. })
+        ));
+        assert!(matches!(
+            handing_off().source_died(NodeId(1)),
+            Some(Next::Placed {
+                node: NodeId(2),
+                ..
+            })
+        ));
+        // Another node's death, or the target's, is not the source's.
+        assert_eq!(restoring().source_died(NodeId(2)), None);
+        assert_eq!(Op::Idle.source_died(NodeId(1)), None);
+    }
+
+    #[test]
+    fn the_book_knows_what_is_in_flight_and_what_it_holds() {
+        let mut m = Moves::default();
+        assert!(!m.busy("v") && *m.op("v") == Op::Idle);
+        m.set("v", restoring());
+        m.set("w", handing_off());
+        assert!(m.busy("v") && m.awaits("v", 3) && !m.awaits("v", 4));
+        assert_eq!(m.towards(NodeId(2)), vec![("v".to_string(), MV)]);
+        assert_eq!(m.towards(NodeId(1)), vec![]);
+        m.hold("v", vec![ServiceId(10), ServiceId(11)]);
+        assert_eq!(m.take_holds("v"), vec![ServiceId(10), ServiceId(11)]);
+        assert_eq!(m.take_holds("v"), vec![]);
+        m.set("v", Op::Idle);
+        assert!(!m.busy("v"));
+        m.forget("w");
+        assert_eq!(m.in_flight(), vec![]);
+        // An agent's failure is a step's failure, with its reason.
+        assert_eq!(
+            outcome(Ok(AgentReply::Failed(AgentError::Failed("x".into())))),
+            Err(AgentError::Failed("x".into()).to_string())
+        );
     }
 }

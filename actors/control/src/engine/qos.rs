@@ -1,42 +1,30 @@
-//! The QoS actions of a refresh (thesis §4.1.1, §4.1.3, §4.2.2; docs/DESIGN.md §3): what
-//! the Control does with what the agents measured, after the round's reconcile.
+//! The QoS book: per service, the clocks and counters the QoS loop judges by (see
+//! [`qos_round`](super::qos_round) for what the loop does with them).
 //!
-//! - **Reservations follow the clients.** A running instance's reservation (and the limits
-//!   Agent86 enforces) is what its profile implies at its current clients; when the agent's
-//!   copy differs, an `Update` goes out. Level-triggered: a new Control converges the same.
-//!   A memory limit is never set below what the instance uses now (that is a kill, not a
-//!   guard).
-//! - **Anomalies** (an instance persistently > 10 % over its reservation, as Agent86 judges
-//!   it): the service's profile is grown to the observed size; admission keeps it where it
-//!   is if its node still fits it (grown in place), else moves it to a node where it fits at
-//!   that size, else it stays and a `Notice` says why. Once per resource: the same cause
-//!   never acts twice, so there is no back and forth.
-//! - **Refinement**: each running instance's sample enters its class's window; a refined
-//!   class re-checks its services (resized in place, moved, or reported).
-//! - **Health**: a node whose agent reports a failing check (past the agent's hysteresis)
-//!   is drained; when all its checks pass again it is undrained. Operators' drains are
-//!   never undone here.
-//! - **Idle stop**: a service whose instance reports 0 clients, with none admitted, for
-//!   `idle_stop_after` is stopped and its reservation released.
-//! - **Migration copy**: a live move holds `copy_rate_bps` of network (and a little CPU) on
-//!   both nodes until it ends.
+//! - when its last client was admitted, which with the time its instance was placed opens
+//!   the grace period in which no viewer is released and no idle clock runs out (viewers
+//!   are still connecting or reconnecting);
+//! - how many consecutive refreshes its instance reported fewer clients than admitted
+//!   (one low report is not enough to release anyone);
+//! - the resources it was already grown or moved for (never twice for the same cause, so
+//!   no back and forth) and when it last moved for an anomaly;
+//! - since when its instance has reported no clients (the idle stop).
+//!
+//! The decisions are the book's, from what the engine read in the reports; acting on them
+//! (releasing admissions, stopping, moving) is the engine's.
 
-use std::collections::BTreeSet;
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use smart_admission::scale;
-use smart_proto::NodeId;
-use smart_proto::agent::{AgentCommand, Reservation, Resource};
-use smart_proto::api::{ApiError, Event, Response};
-use tracing::{debug, info, warn};
-
-use super::moves::Why;
-use super::{ControlEngine, Pending};
+use smart_proto::ServiceName;
+use smart_proto::agent::{Reservation, Resource};
 
 /// A reservation is sent again when a resource differs by more than this fraction.
 const RESERVATION_SLACK: f64 = 0.02;
 
-fn differs(a: &Reservation, b: &Reservation) -> bool {
+/// Whether an agent's copy of a reservation is far enough from what it should be to send
+/// it again.
+pub(crate) fn differs(a: &Reservation, b: &Reservation) -> bool {
     let d = |x: f64, y: f64| {
         let m = x.abs().max(y.abs());
         m > 0.0 && (x - y).abs() / m > RESERVATION_SLACK
@@ -46,347 +34,253 @@ fn differs(a: &Reservation, b: &Reservation) -> bool {
         || d(a.mem_bytes as f64, b.mem_bytes as f64)
 }
 
-impl ControlEngine {
-    /// The QoS actions after a refresh's reconcile.
-    pub(crate) fn qos_round(&mut self, answered: &BTreeSet<NodeId>, now: Instant) {
-        self.health_round();
-        self.refine_from_reports(answered);
-        self.sync_reservations(answered);
-        self.stop_idle(answered, now);
-    }
+/// One service's QoS clocks.
+#[derive(Debug, Clone)]
+struct Clocks {
+    /// When its last client was admitted.
+    admitted_at: Instant,
+    /// Consecutive refreshes in which its instance reported fewer clients than admitted.
+    fewer_seen: u32,
+    /// When it was last moved because of an anomaly.
+    anomaly_moved: Option<Instant>,
+    /// Resources it was already grown or moved for.
+    anomaly_causes: Vec<Resource>,
+    /// Since when its instance has reported no clients (and none are admitted).
+    idle_since: Option<Instant>,
+}
 
-    /// Drains nodes with failing checks, undrains those that recovered.
-    fn health_round(&mut self) {
-        let mut sick = Vec::new();
-        let mut well = Vec::new();
-        for (node, rep) in &self.registry {
-            if !rep.failing_checks.is_empty() {
-                if !self.health_drained.contains(node) && !self.drained.contains(node) {
-                    let detail = rep
-                        .failing_checks
-                        .iter()
-                        .map(|(c, d)| format!("{c}: {d}"))
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    sick.push((*node, detail));
-                }
-            } else if self.health_drained.contains(node) {
-                well.push(*node);
-            }
-        }
-        for (node, detail) in sick {
-            warn!(%node, %detail, "node fails a health check: draining it");
-            self.health_drained.insert(node);
-            let detail = match self.drain_node(node, Why::Health) {
-                Ok(()) => format!("{detail}: drained"),
-                Err(e) => format!("{detail}: drain incomplete ({e})"),
-            };
-            self.publish(Event::NodeHealth {
-                node,
-                healthy: false,
-                detail,
-            });
-            self.replicate();
-        }
-        for node in well {
-            self.health_drained.remove(&node);
-            let detail = match self.undrain(node) {
-                Ok(()) => "all checks pass again: back in placement".to_string(),
-                Err(e) => format!("all checks pass again ({e})"),
-            };
-            info!(%node, %detail, "node recovered");
-            self.publish(Event::NodeHealth {
-                node,
-                healthy: true,
-                detail,
-            });
-            self.replicate();
+/// The QoS clocks of every service, and the settings they are judged by.
+#[derive(Debug)]
+pub(crate) struct QosBook {
+    services: BTreeMap<ServiceName, Clocks>,
+    /// No client is released within this time after an admission, start or migration.
+    release_grace: Duration,
+    /// Consecutive low refreshes before the surplus is released.
+    release_after: u32,
+    /// A service with no clients for this long is stopped.
+    idle_stop_after: Option<Duration>,
+}
+
+impl QosBook {
+    pub(crate) fn new(
+        release_grace: Duration,
+        release_after: u32,
+        idle_stop_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            services: BTreeMap::new(),
+            release_grace,
+            release_after,
+            idle_stop_after,
         }
     }
 
-    /// Running instances' samples into their classes' windows; refined classes re-check
-    /// their services.
-    fn refine_from_reports(&mut self, answered: &BTreeSet<NodeId>) {
-        let samples: Vec<_> = self
-            .services
-            .values()
-            .filter(|s| !s.busy() && answered.contains(&s.node))
-            .filter_map(|s| {
-                let info = s.info.as_ref()?;
-                let usage = self
-                    .registry
-                    .get(&s.node)?
-                    .instance(&info.instance)?
-                    .usage
-                    .clone()?;
-                Some((
-                    s.spec.class.clone(),
-                    s.spec.per_client_bps,
-                    s.spec.duration_ms,
-                    usage,
-                ))
-            })
-            .collect();
-        for class in self.refine_round(samples) {
-            self.recheck_class(&class);
+    /// A new service, admitted at `now`.
+    pub(crate) fn track(&mut self, name: &str, now: Instant) {
+        self.services.insert(
+            name.to_string(),
+            Clocks {
+                admitted_at: now,
+                fewer_seen: 0,
+                anomaly_moved: None,
+                anomaly_causes: Vec::new(),
+                idle_since: None,
+            },
+        );
+    }
+
+    /// `name` is gone.
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.services.remove(name);
+    }
+
+    /// A client of `name` was admitted at `now`.
+    pub(crate) fn admitted(&mut self, name: &str, now: Instant) {
+        if let Some(c) = self.services.get_mut(name) {
+            c.admitted_at = now;
         }
     }
 
-    /// A class's profile changed: its services get the new admission profile where they
-    /// are, elsewhere, or keep the old one (and the operator hears why).
-    fn recheck_class(&mut self, class: &str) {
-        let names: Vec<String> = self
-            .services
-            .iter()
-            // Services grown for an anomaly keep what they were measured to need.
-            .filter(|(_, s)| s.spec.class == class && !s.busy() && s.anomaly_causes.is_empty())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in names {
-            let s = &self.services[&name];
-            let (spec, sid, node, old) = (s.spec.clone(), s.sid, s.node, s.profile);
-            let Ok((profile, source)) = self.profile_of(&spec) else {
-                continue;
-            };
-            if profile == old {
-                continue;
-            }
-            match self.admission.resize(sid, profile) {
-                Ok(placed) => {
-                    let s = self.services.get_mut(&name).expect("listed");
-                    s.profile = profile;
-                    s.source = source;
-                    if let Some(to) = placed {
-                        info!(service = %name, %node, %to, "refined profile does not fit its node: moving it");
-                        self.migrate(sid, node, to, Why::Ms);
-                    }
-                }
-                Err(r) => self.publish(Event::Notice {
-                    service: name,
-                    node,
-                    reason: format!(
-                        "refined profile of class {class} fits no node ({r}): kept at its old reservation"
-                    ),
-                }),
-            }
-        }
+    /// When `name` last saw activity: its placement or a client's admission.
+    fn active_since(&self, c: &Clocks, placed_at: Instant) -> Instant {
+        placed_at.max(c.admitted_at)
     }
 
-    /// Sends `Update` where an agent's copy of a reservation is not what the profile
-    /// implies at the service's current clients.
-    fn sync_reservations(&mut self, answered: &BTreeSet<NodeId>) {
-        let mut updates = Vec::new();
-        for s in self.services.values() {
-            if s.busy() || !answered.contains(&s.node) {
-                continue;
-            }
-            let Some(info) = &s.info else { continue };
-            let Some(cur) = self
-                .registry
-                .get(&s.node)
-                .and_then(|r| r.instance(&info.instance))
-            else {
-                continue;
-            };
-            let want = self.reservation_of(s.profile, s.clients.len());
-            if !differs(&cur.reservation, &want) {
-                continue;
-            }
-            let (cpu, mut mem) = self.limits_of(&want);
-            if let (Some(m), Some(u)) = (mem, cur.usage.as_ref()) {
-                mem = Some(m.max(u.mem_bytes.saturating_add(u.mem_bytes / 4)));
-            }
-            updates.push((
-                s.node,
-                AgentCommand::Update {
-                    instance: info.instance.clone(),
-                    reservation: want,
-                    cpu_cores: cpu,
-                    memory_bytes: mem,
-                },
-            ));
-        }
-        for (node, cmd) in updates {
-            debug!(%node, ?cmd, "reservation update");
-            self.command(node, cmd, self.tuning.request_timeout * 5, Pending::Forget);
-        }
-    }
-
-    /// Stops services idle for `idle_stop_after`.
-    fn stop_idle(&mut self, answered: &BTreeSet<NodeId>, now: Instant) {
-        let Some(after) = self.tuning.admission.idle_stop_after else {
-            return;
-        };
-        let mut idle = Vec::new();
-        for (name, s) in self.services.iter_mut() {
-            let reported = match (&s.info, answered.contains(&s.node)) {
-                (Some(info), true) if !s.busy() => self
-                    .registry
-                    .get(&s.node)
-                    .and_then(|r| r.instance(&info.instance))
-                    .and_then(|i| i.usage.as_ref())
-                    .and_then(|u| u.clients),
-                _ => None,
-            };
-            match reported {
-                Some(0) if s.clients.is_empty() && s.waiting.is_empty() => {
-                    let since = *s.idle_since.get_or_insert(now);
-                    let active = s.placed_at.max(s.admitted_at).max(since);
-                    if now.saturating_duration_since(active) >= after {
-                        idle.push(name.clone());
-                    }
-                }
-                Some(_) => s.idle_since = None,
-                None => {}
-            }
-        }
-        for name in idle {
-            info!(service = %name, after_s = after.as_secs_f64(), "no clients: stopping the service");
-            self.stop_service(
-                &name,
-                format!("no clients for {:.0} s", after.as_secs_f64()),
-            );
-        }
-    }
-
-    /// Stops a service: its instance, its admission, its waiters; says so.
-    pub(crate) fn stop_service(&mut self, name: &str, reason: String) -> bool {
-        self.release_copy(name);
-        let Some(s) = self.services.remove(name) else {
+    /// A refresh in which `name`'s instance (placed at `placed_at`) reports `reported`
+    /// connected clients of the `admitted`: whether the surplus is to be released now
+    /// (reported low `release_after` times in a row, outside the grace period).
+    pub(crate) fn fewer_clients(
+        &mut self,
+        name: &str,
+        reported: usize,
+        admitted: usize,
+        placed_at: Instant,
+        now: Instant,
+    ) -> bool {
+        let (grace, after) = (self.release_grace, self.release_after);
+        let Some(c) = self.services.get(name) else {
             return false;
         };
-        self.by_sid.remove(&s.sid);
-        let _ = self.admission.release_service(s.sid);
-        for (w, _) in s.waiting {
-            self.reply(
-                w,
-                Response::Error(ApiError::NotFound {
-                    what: format!("service {name} (stopped)"),
-                }),
-            );
+        let recent = now.saturating_duration_since(self.active_since(c, placed_at)) < grace;
+        let c = self.services.get_mut(name).expect("checked");
+        if recent || reported >= admitted {
+            c.fewer_seen = 0;
+            return false;
         }
-        if let Some(i) = s.info {
-            self.command(
-                s.node,
-                AgentCommand::Stop {
-                    instance: i.instance,
-                },
-                self.tuning.request_timeout * 5,
-                Pending::Forget,
-            );
+        c.fewer_seen += 1;
+        if c.fewer_seen < after {
+            return false;
         }
-        self.publish(Event::Stopped {
-            service: name.to_string(),
-            node: s.node,
-            reason,
-        });
-        self.replicate();
+        c.fewer_seen = 0;
         true
     }
 
-    /// An instance runs persistently over its reservation of `resource`.
-    pub(crate) fn on_anomaly(
+    /// Whether idle stops are on, and after how long.
+    pub(crate) fn idle_stop_after(&self) -> Option<Duration> {
+        self.idle_stop_after
+    }
+
+    /// A refresh in which `name`'s instance (placed at `placed_at`) reports `reported`
+    /// connected clients; `unused`: none are admitted and no request waits for it. Whether
+    /// it has been idle for `idle_stop_after` now (never when idle stops are off).
+    pub(crate) fn idle(
         &mut self,
-        node: NodeId,
-        instance: &str,
-        resource: Resource,
-        observed: f64,
-        reserved: f64,
+        name: &str,
+        reported: u32,
+        unused: bool,
+        placed_at: Instant,
         now: Instant,
-    ) {
-        let Some((name, s)) = self.services.iter().find(|(_, s)| {
-            s.node == node && s.info.as_ref().is_some_and(|i| i.instance == instance)
-        }) else {
-            return;
+    ) -> bool {
+        let Some(after) = self.idle_stop_after else {
+            return false;
         };
-        let name = name.clone();
-        let what = format!("{resource:?} at {observed:.3}, reserved {reserved:.3}");
-        let (sid, profile, clients) = (s.sid, s.profile, s.clients.len());
-        let kept = if s.busy() {
-            Some("a start or move is already in progress".to_string())
-        } else if s.anomaly_causes.contains(&resource) {
-            Some(format!(
-                "already grown or moved once for its {resource:?}: acting again would be thrash"
-            ))
-        } else {
-            let q = self.tuning.admission.reserve_quantile;
-            let mut seen = self.reservation_of(profile, clients);
-            match resource {
-                Resource::Cpu => seen.cpu_cores = observed,
-                Resource::Net => seen.net_bps = observed,
-                Resource::Memory => seen.mem_bytes = observed as u64,
-            }
-            let base = self.profiles.by_id.get(&profile).cloned();
-            let grown = base.map(|p| scale::grown(&p, clients, q, &seen));
-            match grown.map(|g| self.register(g)) {
-                None | Some(Err(_)) => Some("its profile could not be grown".to_string()),
-                Some(Ok(bigger)) => {
-                    let s = self.services.get_mut(&name).expect("found");
-                    s.anomaly_causes.push(resource);
-                    match self.admission.resize(sid, bigger) {
-                        Ok(None) => {
-                            s.profile = bigger;
-                            warn!(service = %name, %node, %instance, %what, "anomaly: reservation grown in place");
-                            self.publish(Event::Notice {
-                                service: name.clone(),
-                                node,
-                                reason: format!(
-                                    "anomaly ({what}): reservation grown in place on {node}"
-                                ),
-                            });
-                            None
-                        }
-                        Ok(Some(to)) => {
-                            s.profile = bigger;
-                            s.anomaly_moved = Some(now);
-                            warn!(service = %name, %node, %instance, %what, %to, "anomaly: moving the service at its observed size");
-                            self.migrate(sid, node, to, Why::Anomaly);
-                            None
-                        }
-                        Err(r) => Some(format!("it fits on no node at its observed size ({r})")),
-                    }
-                }
-            }
+        let Some(c) = self.services.get_mut(name) else {
+            return false;
         };
-        if let Some(why) = kept {
-            warn!(service = %name, %node, %instance, %what, %why, "anomaly: service kept where it is");
-            self.publish(Event::Notice {
-                service: name,
-                node,
-                reason: format!("anomaly ({what}): kept on {node}: {why}"),
-            });
+        if reported != 0 || !unused {
+            c.idle_since = None;
+            return false;
+        }
+        let since = *c.idle_since.get_or_insert(now);
+        let active = placed_at.max(c.admitted_at).max(since);
+        now.saturating_duration_since(active) >= after
+    }
+
+    /// Whether `name` was already grown or moved for its `resource`.
+    pub(crate) fn acted_on(&self, name: &str, resource: Resource) -> bool {
+        self.services
+            .get(name)
+            .is_some_and(|c| c.anomaly_causes.contains(&resource))
+    }
+
+    /// Whether `name` was grown or moved for any anomaly (it keeps what it was measured to
+    /// need).
+    pub(crate) fn grown(&self, name: &str) -> bool {
+        self.services
+            .get(name)
+            .is_some_and(|c| !c.anomaly_causes.is_empty())
+    }
+
+    /// `name` is grown (or moved) for its `resource`: never again for it.
+    pub(crate) fn grow_for(&mut self, name: &str, resource: Resource) {
+        if let Some(c) = self.services.get_mut(name) {
+            c.anomaly_causes.push(resource);
         }
     }
 
-    /// A live move starts: hold the copy's network on both nodes.
-    pub(crate) fn hold_copy(&mut self, name: &str, from: NodeId, to: NodeId) {
-        let Some(rate) = self.tuning.admission.copy_rate_bps else {
-            return;
-        };
-        let Some(profile) = self.copy_hold_profile(rate) else {
-            return;
-        };
-        let mut holds = Vec::new();
-        for n in [from, to] {
-            match self.admission.hold(profile, n) {
-                Ok(h) => holds.push(h),
-                Err(e) => debug!(service = %name, node = %n, error = %e, "no copy hold"),
-            }
-        }
-        if let Some(s) = self.services.get_mut(name) {
-            s.copy_holds.extend(holds);
+    /// `name` moves at `now` because of an anomaly.
+    pub(crate) fn moved_for_anomaly(&mut self, name: &str, now: Instant) {
+        if let Some(c) = self.services.get_mut(name) {
+            c.anomaly_moved = Some(now);
         }
     }
+}
 
-    /// A move ended (or failed): its copy holds are released.
-    pub(crate) fn release_copy(&mut self, name: &str) {
-        let holds = self
-            .services
-            .get_mut(name)
-            .map(|s| std::mem::take(&mut s.copy_holds))
-            .unwrap_or_default();
-        for h in holds {
-            let _ = self.admission.release_service(h);
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn book(idle: Option<Duration>) -> (QosBook, Instant) {
+        let mut b = QosBook::new(10 * S, 2, idle);
+        let now = Instant::now();
+        b.track("v", now);
+        (b, now)
+    }
+
+    #[test]
+    fn the_surplus_is_released_after_two_low_refreshes_outside_the_grace_period() {
+        let (mut b, t0) = book(None);
+        // Within the grace period of the placement (or of an admission): never.
+        assert!(!b.fewer_clients("v", 1, 3, t0, t0 + 5 * S));
+        assert!(!b.fewer_clients("v", 1, 3, t0, t0 + 9 * S));
+        let t = t0 + 11 * S;
+        // One low refresh is not enough; a full one resets the count.
+        assert!(!b.fewer_clients("v", 1, 3, t0, t));
+        assert!(!b.fewer_clients("v", 3, 3, t0, t));
+        assert!(!b.fewer_clients("v", 1, 3, t0, t));
+        assert!(b.fewer_clients("v", 1, 3, t0, t));
+        // Counted from zero again after a release.
+        assert!(!b.fewer_clients("v", 0, 1, t0, t));
+        // A new client reopens the grace period.
+        b.admitted("v", t);
+        assert!(!b.fewer_clients("v", 0, 1, t0, t + S));
+        assert!(!b.fewer_clients("v", 0, 1, t0, t + 2 * S));
+        // Unknown services are never released.
+        assert!(!b.fewer_clients("w", 0, 5, t0, t + 60 * S));
+    }
+
+    #[test]
+    fn an_idle_clock_runs_from_the_first_empty_report_and_a_viewer_resets_it() {
+        let (mut b, t0) = book(Some(60 * S));
+        assert!(!b.idle("v", 0, true, t0, t0));
+        assert!(!b.idle("v", 0, true, t0, t0 + 59 * S));
+        assert!(b.idle("v", 0, true, t0, t0 + 60 * S));
+        let (mut b, t0) = book(Some(60 * S));
+        assert!(!b.idle("v", 0, true, t0, t0));
+        assert!(!b.idle("v", 1, true, t0, t0 + 50 * S));
+        assert!(!b.idle("v", 0, true, t0, t0 + 70 * S));
+        assert!(b.idle("v", 0, true, t0, t0 + 130 * S));
+        // Admitted clients or waiting requests keep it running, and restart the clock.
+        assert!(!b.idle("v", 0, false, t0, t0 + 200 * S));
+        assert!(!b.idle("v", 0, true, t0, t0 + 201 * S));
+        assert!(b.idle("v", 0, true, t0, t0 + 261 * S));
+        // Off: never.
+        let (mut b, t0) = book(None);
+        assert!(!b.idle("v", 0, true, t0, t0 + 1000 * S));
+    }
+
+    #[test]
+    fn a_cause_is_acted_on_once() {
+        let (mut b, t0) = book(None);
+        assert!(!b.grown("v") && !b.acted_on("v", Resource::Cpu));
+        b.grow_for("v", Resource::Cpu);
+        b.moved_for_anomaly("v", t0);
+        assert!(b.grown("v") && b.acted_on("v", Resource::Cpu));
+        assert!(!b.acted_on("v", Resource::Memory));
+        b.forget("v");
+        assert!(!b.grown("v"));
+    }
+
+    #[test]
+    fn reservations_are_resent_only_past_the_slack() {
+        let r = Reservation {
+            cpu_cores: 1.0,
+            net_bps: 1e6,
+            mem_bytes: 1_000_000,
+        };
+        let close = Reservation {
+            cpu_cores: 1.01,
+            ..r
+        };
+        let far = Reservation {
+            mem_bytes: 1_100_000,
+            ..r
+        };
+        assert!(!differs(&r, &r));
+        assert!(!differs(&r, &close));
+        assert!(differs(&r, &far));
+        assert!(!differs(&Reservation::default(), &Reservation::default()));
     }
 }

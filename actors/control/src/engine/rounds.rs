@@ -59,7 +59,7 @@ impl ControlEngine {
             }
             self.restore_replica(now);
             info!(node = %self.node, epoch = self.epoch, agents = self.registry.len(),
-                services = self.services.len(), "control rebuilt its state");
+                services = self.table.len(), "control rebuilt its state");
             self.out.push(Output::Rebuilt {
                 epoch: self.epoch,
                 agents: self.registry.len(),
@@ -109,7 +109,7 @@ impl ControlEngine {
             let Some(spec) = spec_of(&info.launch) else {
                 continue;
             };
-            let (profile, source) = match self.profile_of(&spec) {
+            let (profile, source) = match self.profiles.profile_of(&mut self.admission, &spec) {
                 Ok(p) => p,
                 Err(reason) => {
                     warn!(service = %name, %reason, "cannot adopt a running service without a profile");
@@ -133,7 +133,7 @@ impl ControlEngine {
             info!(service = %name, %node, instance = %info.instance, clients = n, "adopted a running service");
             let generation = gen_of(&info.instance);
             let name = self.insert_service(spec, ev, source, node, generation, now);
-            self.services.get_mut(&name).expect("inserted").info = Some(info);
+            self.table.get_mut(&name).expect("inserted").adopt(info);
         }
     }
 
@@ -142,10 +142,10 @@ impl ControlEngine {
     fn restore_replica(&mut self, now: Instant) {
         let entries = std::mem::take(&mut self.replica.services);
         for e in entries {
-            if self.services.contains_key(&e.spec.name) {
+            if self.table.contains(&e.spec.name) {
                 continue;
             }
-            let (profile, source) = match self.profile_of(&e.spec) {
+            let (profile, source) = match self.profiles.profile_of(&mut self.admission, &e.spec) {
                 Ok(p) => p,
                 Err(reason) => {
                     self.publish(Event::Lost {
@@ -229,13 +229,7 @@ impl ControlEngine {
         }
         self.release_departed(answered, now);
         for (node, instance) in crashed {
-            let name = self
-                .services
-                .iter()
-                .find(|(_, s)| {
-                    s.node == node && s.info.as_ref().is_some_and(|i| i.instance == instance)
-                })
-                .map(|(n, _)| n.clone());
+            let name = self.table.running(node, &instance).cloned();
             if let Some(name) = name {
                 warn!(service = %name, %node, %instance, "instance failed past its restart policy: re-admitting");
                 self.readmit(&name, Why::Crashed);
@@ -244,14 +238,18 @@ impl ControlEngine {
         // Lost instances: the node answered a round that began after the instance was
         // confirmed, and does not list it (the agent restarted, or gave up on it).
         let lost: Vec<String> = self
-            .services
+            .table
             .iter()
-            .filter(|(_, s)| !s.busy() && s.placed_at < started && answered.contains(&s.node))
+            .filter(|(n, s)| {
+                !self.moves.busy(n) && s.placed_at() < started && answered.contains(&s.node())
+            })
             .filter(|(_, s)| {
-                let Some(info) = &s.info else { return false };
+                let Some(instance) = s.instance() else {
+                    return false;
+                };
                 self.registry
-                    .get(&s.node)
-                    .is_none_or(|r| r.instance(&info.instance).is_none())
+                    .get(&s.node())
+                    .is_none_or(|r| r.instance(instance).is_none())
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -269,9 +267,9 @@ impl ControlEngine {
                 if i.state != InstanceState::Running {
                     continue;
                 }
-                if let Some(s) = self.services.get(&spec.name)
-                    && !s.busy()
-                    && gen_of(&i.instance) < s.generation
+                if let Some(s) = self.table.get(&spec.name)
+                    && !self.moves.busy(&spec.name)
+                    && gen_of(&i.instance) < s.generation()
                 {
                     strays.push((*node, i.instance.clone()));
                 }
@@ -294,34 +292,24 @@ impl ControlEngine {
     /// `tuning.release_after` consecutive refreshes and outside the grace period after an
     /// admission, start or migration, the surplus is released in the admission engine.
     fn release_departed(&mut self, answered: &BTreeSet<NodeId>, now: Instant) {
+        let names: Vec<String> = self.table.iter().map(|(n, _)| n.clone()).collect();
         let mut released = Vec::new();
-        for (name, s) in self.services.iter_mut() {
-            let reported = match (&s.info, answered.contains(&s.node)) {
-                (Some(info), true) if !s.busy() => self
-                    .registry
-                    .get(&s.node)
-                    .and_then(|r| r.instance(&info.instance))
-                    .and_then(|i| i.usage.as_ref())
-                    .and_then(|u| u.clients),
-                _ => None,
-            };
-            let admitted = s.clients.len();
-            let recent = now.saturating_duration_since(s.placed_at.max(s.admitted_at))
-                < self.tuning.release_grace;
-            let Some(reported) = reported.map(|r| r as usize) else {
+        for name in names {
+            let Some(reported) = self.reported_clients(&name, answered) else {
                 continue;
             };
-            if recent || reported >= admitted {
-                s.fewer_seen = 0;
+            let reported = reported as usize;
+            let s = &self.table[&name];
+            let admitted = s.clients().len();
+            if !self
+                .qos
+                .fewer_clients(&name, reported, admitted, s.placed_at(), now)
+            {
                 continue;
             }
-            s.fewer_seen += 1;
-            if s.fewer_seen < self.tuning.release_after {
-                continue;
-            }
-            s.fewer_seen = 0;
-            let gone = s.clients.split_off(reported);
-            released.push((name.clone(), s.node, gone, reported, admitted));
+            let s = self.table.get_mut(&name).expect("listed");
+            let gone = s.release_beyond(reported);
+            released.push((name, s.node(), gone, reported, admitted));
         }
         for (name, node, gone, reported, admitted) in released {
             for c in &gone {
@@ -346,12 +334,11 @@ impl ControlEngine {
         self.nodes.remove(&node);
         self.registry.remove(&node);
         self.notices_seen.remove(&node);
-        self.abort_moves_to(node);
-        self.source_died(node, now);
+        self.moves_around_dead(node, now);
         let evicted = self.admission.node_failed(node).unwrap_or_default();
         warn!(node = %self.node, dead = %node, services = evicted.len(), "node down: re-admitting its services");
         for ev in evicted {
-            let Some(name) = self.by_sid.get(&ev.service).cloned() else {
+            let Some(name) = self.table.name_of(ev.service).cloned() else {
                 continue;
             };
             match self.admission.readmit(&ev) {
@@ -359,10 +346,10 @@ impl ControlEngine {
                     for m in &d.migrations {
                         self.migrate(m.service, m.from, m.to, Why::Ms);
                     }
-                    let Some(s) = self.services.get_mut(&name) else {
+                    let Some(s) = self.table.get_mut(&name) else {
                         continue;
                     };
-                    s.node = d.node;
+                    s.place_on(d.node);
                     self.start(&name, Some(node), Why::NodeFailure);
                 }
                 Err(r) => {
@@ -375,10 +362,10 @@ impl ControlEngine {
 
     /// Re-admits a service whose instance is gone from its node.
     pub(crate) fn readmit(&mut self, name: &str, why: Why) {
-        let Some(s) = self.services.get(name) else {
+        let Some(s) = self.table.get(name) else {
             return;
         };
-        let (sid, profile, from) = (s.sid, s.profile, s.node);
+        let (sid, profile, from) = (s.sid(), s.profile(), s.node());
         let clients = self.admission.release_service(sid).unwrap_or_default();
         let ev = Evicted {
             service: sid,
@@ -387,8 +374,8 @@ impl ControlEngine {
         };
         match self.admission.readmit(&ev) {
             Ok(d) => {
-                if let Some(s) = self.services.get_mut(name) {
-                    s.node = d.node;
+                if let Some(s) = self.table.get_mut(name) {
+                    s.place_on(d.node);
                 }
                 self.start(name, Some(from), why);
             }
@@ -405,7 +392,7 @@ impl ControlEngine {
         let mut failed = Vec::new();
         let mut stay = Vec::new();
         for ev in evicted {
-            let Some(name) = self.by_sid.get(&ev.service).cloned() else {
+            let Some(name) = self.table.name_of(ev.service).cloned() else {
                 continue;
             };
             match self.admission.readmit(&ev) {

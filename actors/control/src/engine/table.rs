@@ -1,0 +1,412 @@
+//! The service table: every service the Control knows, by name and by admission id, with
+//! its identity (spec, admission id and profile) and its placement (node, generation,
+//! current instance, admitted clients, API requests waiting for it to run).
+//!
+//! It holds no operation in flight (that is [`super::moves::Moves`]) and no QoS clock (that
+//! is [`super::qos::QosBook`]): the engine keeps the three in step when a service is added
+//! or removed. Names and admission ids stay a bijection because only [`ServiceTable`]
+//! inserts and removes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Index;
+use std::time::Instant;
+
+use smart_admission::{ClientId, Evicted, ProfileId, ServiceId};
+use smart_proto::agent::InstanceReport;
+use smart_proto::api::{Placement, ServiceSpec};
+use smart_proto::profile::ProfileSource;
+use smart_proto::{NodeId, ServiceName};
+
+use super::ApiId;
+
+/// A service as the Control knows it: who it is and where it runs.
+#[derive(Debug)]
+pub(crate) struct Svc {
+    spec: ServiceSpec,
+    sid: ServiceId,
+    profile: ProfileId,
+    /// Where its profile comes from.
+    source: ProfileSource,
+    /// Where admission placed it (during a move: the target).
+    node: NodeId,
+    /// Generation of its newest instance (`<name>.<generation>`).
+    generation: u64,
+    /// Its current instance, once running (`None` while starting or restarting).
+    info: Option<InstanceReport>,
+    clients: Vec<ClientId>,
+    /// API requests waiting for its first (or next) instance, with the client each
+    /// admitted (if any).
+    waiting: Vec<(ApiId, Option<ClientId>)>,
+    /// When its current instance was confirmed (reports older than this may not list it).
+    placed_at: Instant,
+}
+
+impl Svc {
+    pub(crate) fn spec(&self) -> &ServiceSpec {
+        &self.spec
+    }
+
+    pub(crate) fn sid(&self) -> ServiceId {
+        self.sid
+    }
+
+    /// Its admission profile.
+    pub(crate) fn profile(&self) -> ProfileId {
+        self.profile
+    }
+
+    pub(crate) fn source(&self) -> ProfileSource {
+        self.source
+    }
+
+    pub(crate) fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Its current instance, once running.
+    pub(crate) fn info(&self) -> Option<&InstanceReport> {
+        self.info.as_ref()
+    }
+
+    /// Its current instance's name, once running.
+    pub(crate) fn instance(&self) -> Option<&str> {
+        self.info.as_ref().map(|i| i.instance.as_str())
+    }
+
+    pub(crate) fn clients(&self) -> &[ClientId] {
+        &self.clients
+    }
+
+    /// Whether API requests wait for its instance.
+    pub(crate) fn has_waiters(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    pub(crate) fn placed_at(&self) -> Instant {
+        self.placed_at
+    }
+
+    /// Where it is served: `None` until an instance runs.
+    pub(crate) fn placement(&self) -> Option<Placement> {
+        Some(Placement {
+            service: self.spec.name.clone(),
+            node: self.node,
+            endpoint: self.info.as_ref()?.endpoint.clone().unwrap_or_default(),
+            client: None,
+        })
+    }
+
+    /// Admission placed it on `node` (its instance has not moved yet).
+    pub(crate) fn place_on(&mut self, node: NodeId) {
+        self.node = node;
+    }
+
+    /// It is re-admitted with another admission profile.
+    pub(crate) fn set_profile(&mut self, profile: ProfileId, source: ProfileSource) {
+        self.profile = profile;
+        self.source = source;
+    }
+
+    /// A further admission profile from the same source (grown for an anomaly).
+    pub(crate) fn grow(&mut self, profile: ProfileId) {
+        self.profile = profile;
+    }
+
+    /// The generation of its next instance, now its newest.
+    pub(crate) fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Its instance is gone: clients wait for the next one instead of being sent to a dead
+    /// endpoint.
+    pub(crate) fn forget_instance(&mut self) {
+        self.info = None;
+    }
+
+    /// A running instance found in a report (rebuild).
+    pub(crate) fn adopt(&mut self, info: InstanceReport) {
+        self.info = Some(info);
+    }
+
+    /// Its new instance `info` runs on `node` since `now`: returns the requests that were
+    /// waiting for it.
+    pub(crate) fn placed(
+        &mut self,
+        node: NodeId,
+        info: InstanceReport,
+        now: Instant,
+    ) -> Vec<(ApiId, Option<ClientId>)> {
+        self.placed_at = now;
+        self.kept(node, info)
+    }
+
+    /// A move failed: it stays with its old instance `info` on `node` (which was confirmed
+    /// long ago, so its placement time stays); returns the requests that were waiting.
+    pub(crate) fn kept(
+        &mut self,
+        node: NodeId,
+        info: InstanceReport,
+    ) -> Vec<(ApiId, Option<ClientId>)> {
+        self.node = node;
+        self.info = Some(info);
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// API request `id` waits for its instance (with the client it admitted, if any).
+    pub(crate) fn wait(&mut self, id: ApiId, client: Option<ClientId>) {
+        self.waiting.push((id, client));
+    }
+
+    pub(crate) fn add_client(&mut self, c: ClientId) {
+        self.clients.push(c);
+    }
+
+    /// Releases client `c`, or the newest when `None`; `None` when there is no such client.
+    pub(crate) fn release_client(&mut self, c: Option<u64>) -> Option<ClientId> {
+        match c {
+            None => self.clients.pop(),
+            Some(c) => self
+                .clients
+                .iter()
+                .position(|x| x.0 == c)
+                .map(|i| self.clients.remove(i)),
+        }
+    }
+
+    /// Keeps the oldest `keep` clients; returns the others.
+    pub(crate) fn release_beyond(&mut self, keep: usize) -> Vec<ClientId> {
+        self.clients.split_off(keep)
+    }
+}
+
+/// What happened to a removed service: what the engine must still clean up or answer.
+pub(crate) struct Removed {
+    pub(crate) sid: ServiceId,
+    pub(crate) node: NodeId,
+    pub(crate) info: Option<InstanceReport>,
+    pub(crate) waiting: Vec<(ApiId, Option<ClientId>)>,
+}
+
+/// Every service, by name (ordered: the engine's outputs follow this order) and by
+/// admission id.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceTable {
+    services: BTreeMap<ServiceName, Svc>,
+    by_sid: HashMap<ServiceId, ServiceName>,
+}
+
+impl ServiceTable {
+    /// A new service (not started yet): the admitted service `a` on `node`.
+    pub(crate) fn insert(
+        &mut self,
+        spec: ServiceSpec,
+        a: Evicted,
+        source: ProfileSource,
+        node: NodeId,
+        generation: u64,
+        now: Instant,
+    ) -> ServiceName {
+        let Evicted {
+            service: sid,
+            profile,
+            clients,
+        } = a;
+        let name = spec.name.clone();
+        self.by_sid.insert(sid, name.clone());
+        self.services.insert(
+            name.clone(),
+            Svc {
+                spec,
+                sid,
+                profile,
+                source,
+                node,
+                generation,
+                info: None,
+                clients,
+                waiting: Vec::new(),
+                placed_at: now,
+            },
+        );
+        name
+    }
+
+    /// Forgets a service.
+    pub(crate) fn remove(&mut self, name: &str) -> Option<Removed> {
+        let s = self.services.remove(name)?;
+        self.by_sid.remove(&s.sid);
+        Some(Removed {
+            sid: s.sid,
+            node: s.node,
+            info: s.info,
+            waiting: s.waiting,
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Svc> {
+        self.services.get(name)
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Svc> {
+        self.services.get_mut(name)
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.services.contains_key(name)
+    }
+
+    /// The service admission knows as `sid`.
+    pub(crate) fn name_of(&self, sid: ServiceId) -> Option<&ServiceName> {
+        self.by_sid.get(&sid)
+    }
+
+    /// The service whose current instance is `instance` on `node`.
+    pub(crate) fn running(&self, node: NodeId, instance: &str) -> Option<&ServiceName> {
+        self.services
+            .iter()
+            .find(|(_, s)| s.node == node && s.instance() == Some(instance))
+            .map(|(n, _)| n)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ServiceName, &Svc)> {
+        self.services.iter()
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Svc> {
+        self.services.values()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.services.len()
+    }
+}
+
+impl Index<&str> for ServiceTable {
+    type Output = Svc;
+
+    fn index(&self, name: &str) -> &Svc {
+        &self.services[name]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smart_proto::agent::{InstanceState, LaunchSpec, Reservation};
+
+    use super::*;
+
+    fn spec(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            class: "distributor".into(),
+            command: vec!["d".into()],
+            env: vec![],
+            per_client_bps: None,
+            duration_ms: None,
+        }
+    }
+
+    fn info(instance: &str, endpoint: &str) -> InstanceReport {
+        InstanceReport {
+            instance: instance.into(),
+            launch: LaunchSpec::default(),
+            state: InstanceState::Running,
+            reservation: Reservation::default(),
+            endpoint: Some(endpoint.into()),
+            control_socket: String::new(),
+            checkpoint_export: None,
+            speaks_api: true,
+            usage: None,
+            restarts: 0,
+            anomalous: vec![],
+            limits_enforced: true,
+        }
+    }
+
+    fn admitted(sid: u64, clients: &[u64]) -> Evicted {
+        Evicted {
+            service: ServiceId(sid),
+            profile: ProfileId(1),
+            clients: clients.iter().map(|c| ClientId(*c)).collect(),
+        }
+    }
+
+    fn table(now: Instant) -> ServiceTable {
+        let mut t = ServiceTable::default();
+        let a = spec("video-a");
+        t.insert(
+            a,
+            admitted(7, &[1, 2, 3]),
+            ProfileSource::Default,
+            NodeId(1),
+            0,
+            now,
+        );
+        t
+    }
+
+    #[test]
+    fn a_service_is_found_by_name_by_admission_id_and_by_its_running_instance() {
+        let now = Instant::now();
+        let mut t = table(now);
+        assert_eq!(t.name_of(ServiceId(7)).map(String::as_str), Some("video-a"));
+        assert_eq!(t["video-a"].clients().len(), 3);
+        // Not running yet: no placement, no instance to find.
+        assert_eq!(t["video-a"].placement(), None);
+        assert_eq!(t.running(NodeId(1), "video-a.1"), None);
+        let g = t.get_mut("video-a").unwrap().next_generation();
+        t.get_mut("video-a")
+            .unwrap()
+            .placed(NodeId(2), info("video-a.1", "http://n2/"), now);
+        assert_eq!(g, 1);
+        assert_eq!(
+            t.running(NodeId(2), "video-a.1").map(String::as_str),
+            Some("video-a")
+        );
+        assert_eq!(t.running(NodeId(1), "video-a.1"), None);
+        let p = t["video-a"].placement().unwrap();
+        assert_eq!((p.node, p.endpoint.as_str()), (NodeId(2), "http://n2/"));
+        let gone = t.remove("video-a").unwrap();
+        assert_eq!((gone.sid, gone.node), (ServiceId(7), NodeId(2)));
+        assert_eq!(t.name_of(ServiceId(7)), None);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn waiters_are_handed_back_once_when_an_instance_runs() {
+        let now = Instant::now();
+        let mut t = table(now);
+        let s = t.get_mut("video-a").unwrap();
+        s.wait(10, None);
+        s.wait(11, Some(ClientId(4)));
+        assert!(s.has_waiters());
+        let later = now + std::time::Duration::from_secs(1);
+        assert_eq!(
+            s.placed(NodeId(1), info("video-a.1", "e"), later),
+            vec![(10, None), (11, Some(ClientId(4)))]
+        );
+        assert!(!s.has_waiters());
+        assert_eq!(s.placed_at(), later);
+        // A failed move keeps the old instance and its placement time.
+        assert_eq!(s.kept(NodeId(1), info("video-a.1", "e")), vec![]);
+        assert_eq!(s.placed_at(), later);
+    }
+
+    #[test]
+    fn clients_are_released_by_id_newest_first_or_beyond_a_count() {
+        let mut t = table(Instant::now());
+        let s = t.get_mut("video-a").unwrap();
+        assert_eq!(s.release_client(Some(2)), Some(ClientId(2)));
+        assert_eq!(s.release_client(Some(2)), None);
+        assert_eq!(s.release_client(None), Some(ClientId(3)));
+        s.add_client(ClientId(5));
+        s.add_client(ClientId(6));
+        assert_eq!(s.release_beyond(1), vec![ClientId(5), ClientId(6)]);
+        assert_eq!(s.clients(), &[ClientId(1)]);
+    }
+}
