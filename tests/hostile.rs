@@ -1,4 +1,5 @@
-//! Hostile peers and hostile clients against real `smart node` processes (issue 14): every
+//! Hostile peers and hostile clients against real `smart node` processes (docs/security.md):
+//! every
 //! attack found by hand becomes a test here.
 //!
 //! - a forged `u64::MAX` claim from a node id that is not a member;

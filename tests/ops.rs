@@ -1,4 +1,5 @@
-//! The operator's surface against real `smart node` processes on loopback (issue 13): the
+//! The operator's surface against real `smart node` processes on loopback (docs/operations.md):
+//! the
 //! HTTP/JSON API route by route (through a follower, with bad and read-only tokens and
 //! malformed bodies), the CLI over it, the message-API client's fail-over and typed errors,
 //! the event stream resuming from its index across a Control failover, `/metrics` checked by

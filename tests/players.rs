@@ -1,4 +1,5 @@
-//! Real players through SMART's front-end across node death and migration (issue 12), with
+//! Real players through SMART's front-end across node death and migration (HLS and
+//! progressive), with
 //! real `smart node` processes on loopback: unmodified ffmpeg playing HLS
 //! (`/watch/{video}.m3u8`) and progressive (`/watch/{video}` with its standard reconnect
 //! options) while the node serving the video is killed with `kill -9` or drained, headless

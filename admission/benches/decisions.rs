@@ -1,5 +1,5 @@
 //! Admission decisions per second and p99 latency at 1k, 10k and 100k nodes with 10
-//! services per node (issue 3's figure; goal at 10k nodes / 100k services: ≥ 20,000
+//! services per node (docs/figures.md, "Speed"; goal at 10k nodes / 100k services: ≥ 20,000
 //! decisions/s and p99 ≤ 50 µs on one core).
 //!
 //! Each cluster is filled to 10 services per node (Smart-GloVE distributors with one viewer,

@@ -1,4 +1,5 @@
-//! Property tests of the admission engine's invariants (issue 3): memory is never overbooked,
+//! Property tests of the admission engine's invariants (docs/DESIGN.md §3–§4): memory is never
+//! overbooked,
 //! a rejected admission changes nothing, Migrate the Smallest never leaves an admitted
 //! service unplaced, incremental aggregates equal a recomputation, the placement index
 //! returns what a linear scan returns, and the empirical eq. 4.1 test equals a brute-force

@@ -39,14 +39,18 @@
 //! chosen node; the instance's endpoint is `http://{listen}/`.
 //!
 //! ## Wire format
-//! Messages travel inside the SMART TCP transport (`smart_transport`: a
-//! 4-byte big-endian length, a postcard envelope, a mutual HMAC handshake with the cluster
-//! key). A client sends `NodeRequest::Api(Request)` and receives `NodeResponse::Api(Response)`;
-//! subscribers receive [`EventNote`] notifications: an [`Event`]'s postcard bytes inside a
-//! byte string, so that a client skips (and counts) an event variant newer than itself
-//! instead of losing the connection. All are encoded with postcard (serde's data model: enums are a varint
-//! variant index followed by the fields in order; integers are varints; strings and vectors
-//! are a varint length then the bytes/elements; `Option` is a 0/1 byte then the value).
+//! Messages travel inside the SMART TCP transport (`smart_transport`): frames with a
+//! 4-byte big-endian length, opened by the Noise handshake
+//! `Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s` with the cluster key as the pre-shared key (a
+//! client presents `Identity::Client` with a throw-away static key; the wire format is in
+//! `smart_transport::handshake`), then postcard envelopes encrypted and authenticated with
+//! ChaCha20-Poly1305. A client sends `NodeRequest::Api(Request)` and receives
+//! `NodeResponse::Api(Response)`; subscribers receive [`EventNote`] notifications: an
+//! [`Event`]'s postcard bytes inside a byte string, so that a client skips (and counts) an
+//! event variant newer than itself instead of losing the connection. All are encoded with
+//! postcard (serde's data model: enums are a varint variant index followed by the fields in
+//! order; integers are varints; strings and vectors are a varint length then the
+//! bytes/elements; `Option` is a 0/1 byte then the value).
 //! Variant indices are the declaration order below and are never reused: new variants are
 //! only appended, and [`API_VERSION`] changes when a message changes shape.
 

@@ -1028,7 +1028,8 @@ fn replayed_duplicated_and_forged_datagrams_change_nothing() {
         ],
     );
     // Every datagram also went to the seeds: the second copies were dropped and counted as
-    // duplicates, not as replays (issue 14); the replayed recent ones are duplicates too.
+    // duplicates, not as replays (docs/security.md); the replayed recent ones are duplicates
+    // too.
     let duplicates: u64 = sim
         .nodes
         .iter()

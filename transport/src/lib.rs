@@ -178,7 +178,7 @@ pub trait Listener: Send + 'static {
 
 /// The network seam: opens and accepts raw framed connections. Implemented over TCP
 /// ([`tcp::TcpTransport`]) and in memory ([`mem::MemTransport`]); both pass the same
-/// conformance suite (`supervision/tests/transport_conformance.rs`).
+/// conformance suite (`transport/tests/transport_conformance.rs`).
 pub trait Transport: Send + Sync + 'static {
     /// Opens a connection to `addr`.
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<RawConn>>;

@@ -1,13 +1,12 @@
 //! Transport figures, printed (not asserted on time). Run by hand, in release mode:
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target/transport cargo test --release -p smart-supervision \
-//!     --test transport_bench -- --ignored --nocapture
+//! cargo test --release -p smart-transport --test transport_bench -- --ignored --nocapture
 //! ```
 //!
 //! Prints: frame seal+open cost for small and 64 KiB bodies, encrypted (Noise
 //! ChaCha20-Poly1305, what the transport does) and, for comparison, HMAC-SHA256-tagged
-//! only (what it did before issue 14); the handshake (connect + Noise XXpsk3) over TCP
+//! only (what it did before the Noise handshake); the handshake (connect + Noise XXpsk3) over TCP
 //! loopback; request round-trip time over TCP loopback (p50/p99) through the plain `Client`
 //! and through a `Peer` actor; and request throughput with concurrent requesters.
 
@@ -62,7 +61,7 @@ fn codec(body_len: usize, n: usize) {
     );
 }
 
-/// The scheme before issue 14: postcard envelope plus an HMAC-SHA256 tag under a session
+/// The scheme before the Noise handshake: postcard envelope plus an HMAC-SHA256 tag under a session
 /// key, no encryption (reproduced here only to print the comparison).
 fn hmac_codec(body_len: usize, n: usize) {
     let key = ClusterKey::from_bytes(&[9; 32]).unwrap();

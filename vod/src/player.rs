@@ -1,5 +1,5 @@
 //! The player page (`/play/{video}`) and the small contract between it and whoever serves it
-//! (a front-end: [`crate::frontend`] here, and SMART's own front-end, `src/node/http_frontend.rs`,
+//! (a front-end: [`crate::frontend`] here, and SMART's own front-end, `smart-frontend`,
 //! which reads the page and hls.js from this directory and follows this contract).
 //!
 //! ## What a server of the page provides, under one prefix (usually none)

@@ -1,4 +1,5 @@
-//! Property tests of the data plane's decoders that read bytes from outside (issue 14): the
+//! Property tests of the data plane's decoders that read bytes from outside (hostile input,
+//! docs/security.md): the
 //! HTTP request head, the workload control line and the checkpoint header. Arbitrary input
 //! gives a typed error or a value, never a panic; valid input round-trips. The libFuzzer
 //! targets in `fuzz/` explore the same functions with coverage guidance.

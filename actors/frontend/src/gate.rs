@@ -1,4 +1,5 @@
-//! Viewer-facing admission, before anything reaches the Control (issue 14 item 5):
+//! Viewer-facing admission, before anything reaches the Control (the "Viewers" rules of
+//! docs/security.md):
 //!
 //! - [`Catalogue`]: only videos the origin has. `HEAD {origin}/{video}` answers whether it
 //!   exists and, from `X-Bitrate` and `X-Duration-Ms` (`smart_vod::origin`), what its

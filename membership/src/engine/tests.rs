@@ -1018,7 +1018,7 @@ fn a_restarted_control_actor_is_reasserted_at_a_new_epoch() {
     assert_eq!(f.handle(Input::Reassert, t0), vec![]);
 }
 
-// ---- issue 14: hostile peers ----
+// ---- hostile peers (docs/security.md) ----
 
 fn member_cfg(n: u64) -> EngineConfig {
     let mut c = EngineConfig::new(NodeId(n), 1, addr(n), vec![Role::Agent, Role::Control]);
