@@ -1,4 +1,5 @@
-//! `smart`: the SMART peer binary and its admin commands. See the README.
+//! `smart`: the SMART peer binary and its admin commands. See the README and
+//! docs/operations.md.
 
 // The binary links every dependency of its package; the lint is meant for the library.
 #![allow(unused_crate_dependencies)]
@@ -401,7 +402,8 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            // Admin commands exit with a code that says what failed (README, "Exit codes").
+            // Admin commands exit with a code that says what failed (docs/operations.md, "Exit
+            // codes").
             match e.downcast_ref::<OpsError>() {
                 Some(o) => ExitCode::from(o.exit_code()),
                 None => ExitCode::FAILURE,

@@ -131,8 +131,8 @@ fn admin_commands_say_how_they_failed_in_their_exit_code() {
 
 #[test]
 fn the_three_host_deployment_configs_pass_config_check() {
-    // As the README installs them: each config beside the keys `smart keys` made and a
-    // tokens file `smart tokens new` wrote.
+    // As docs/operations.md ("Three machines") installs them: each config beside the keys
+    // `smart keys` made and a tokens file `smart tokens new` wrote.
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     for i in 1..=3 {

@@ -868,7 +868,8 @@ fn a_restore_that_cannot_reach_its_source_falls_back_visibly() {
     }
 }
 
-/// The figure of the README: a 72 MB cache with 100 viewers moved across hosts by a drain.
+/// The figure of docs/figures.md ("Across hosts"): a 72 MB cache with 100 viewers moved
+/// across hosts by a drain.
 /// Prints one JSON object. `cargo nextest run -p smart --test netns --run-ignored only -E
 /// 'test(bench_cross_host_migration)' --no-capture` (root).
 #[test]

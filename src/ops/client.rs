@@ -41,7 +41,7 @@ pub(crate) enum OpsError {
     Usage(String),
 }
 
-/// Exit codes of the `smart` admin commands (README, "Exit codes").
+/// Exit codes of the `smart` admin commands (docs/operations.md, "Exit codes").
 pub(crate) mod exit {
     /// The command failed (refused by the cluster: rejected, not found, bad request, ...).
     pub(crate) const FAILED: u8 = 1;
