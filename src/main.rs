@@ -71,7 +71,8 @@ enum Cmd {
     Bench(BenchCmd),
     /// A GloVE video distributor (what Agent86 runs for a video; see `vod distributor`).
     Distributor(DistributorArgs),
-    /// Make a cluster's keys in a directory: cluster.key, n<ID>.key per node, nodes.pub.
+    /// Make a cluster's keys in a directory: cluster.key, one key per node (n1.key, ...),
+    /// nodes.pub.
     /// Existing keys are kept.
     Keys(KeysArgs),
     /// Repair a stopped node's data dir: set its highest epoch (e.g. after a corrupt or

@@ -181,7 +181,7 @@ impl Subscribers {
     }
 
     /// Every event published on this node from now on (a receiver that falls more than
-    /// [`LOCAL_BACKLOG`] behind gets `Lagged` and continues with newer ones).
+    /// `LOCAL_BACKLOG` behind gets `Lagged` and continues with newer ones).
     pub fn local(&self) -> broadcast::Receiver<Event> {
         self.local.subscribe()
     }

@@ -1,6 +1,6 @@
 //! The Control ↔ Agent86 vocabulary (docs/DESIGN.md §1, §2.4): the commands a Control sends
 //! an agent, the agent's replies, its state report (what a new Control rebuilds from) and the
-//! events it raises. The Agent86 engine (`smart-instance`) consumes [`AgentCommand`] as it
+//! events it raises. The Agent86 engine (`smart-agent86`) consumes [`AgentCommand`] as it
 //! arrives off the wire and produces [`AgentReply`] and [`AgentReport`] itself: there is no
 //! second, internal copy of these types.
 

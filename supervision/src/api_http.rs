@@ -16,7 +16,7 @@
 //!
 //! ## Layout
 //! - [`ApiHttp`]: the supervised actor (listener, serving task, sampler);
-//! - [`router`] and its handlers; [`Failure`]: errors as JSON.
+//! - `router` and its handlers; [`Failure`]: errors as JSON.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;

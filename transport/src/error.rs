@@ -29,7 +29,7 @@ pub enum FrameError {
     BadVersion {
         /// The version byte received.
         got: u8,
-        /// [`PROTOCOL_VERSION`].
+        /// [`crate::frame::PROTOCOL_VERSION`].
         expected: u8,
     },
     /// Decryption failed: forged, corrupted, replayed, reordered, reflected, or sealed

@@ -5,7 +5,7 @@
 //! cluster key, is mixed in at the third message, so nobody without the cluster key
 //! completes a handshake; the prologue binds the protocol name and version. Each side sends
 //! the [`Identity`] it claims inside its (encrypted) handshake payload, and the other side
-//! checks it against its [`KeyBook`]: a node id is accepted only with the static key listed
+//! checks it against its [`KeyBook`](super::noise::KeyBook): a node id is accepted only with the static key listed
 //! for it (a node presenting another node's id is refused with [`Refusal::WrongKey`] and
 //! counted in `handshakes_wrong_identity`). Message-API clients present
 //! [`Identity::Client`] with any static key: the cluster key (the PSK) is what admits them.

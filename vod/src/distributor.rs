@@ -28,7 +28,7 @@
 //! - [`Distributor::checkpoint`] / [`Distributor::restore`] / [`Distributor::handoff`]:
 //!   what the control API ([`crate::control`]) calls.
 //! - HLS requests (`.m3u8`, `/seg/`) go to [`crate::hls_server`] from `handle`; it reads
-//!   the same caches through `video`, `wait_block` and [`VideoEntry`].
+//!   the same caches through `video`, `wait_block` and `VideoEntry`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -26,7 +26,7 @@
 //!   which also serves the player page and its `where` contract.
 //! - [`player`]: the HLS player page (`/play/{video}`) and its contract with a front-end.
 //! - [`browser`]: headless Chromium for tests (playwright-core through `vod/ui/driver.mjs`).
-//! - [`bench`]: `vod bench streams` and `vod bench handoff`; [`bench_hls`]: `vod bench hls`.
+//! - [`mod@bench`]: `vod bench streams` and `vod bench handoff`; [`bench_hls`]: `vod bench hls`.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]

@@ -13,7 +13,7 @@
 //! is refused although it was valid when it arrived. This is "checked when it executes, not
 //! only when it receives".
 //!
-//! **Rebuild.** [`ControlOp::ReportState`] answers with a [`StateReport`] (instances,
+//! **Rebuild.** [`AgentCommand::Report`] answers with an [`AgentReport`] (instances,
 //! reservations, last usage) from which a new Control rebuilds its soft state.
 //!
 //! **Anomalies.** An instance whose CPU, network or memory stays more than
@@ -29,8 +29,8 @@
 //! give-up are reported.
 //!
 //! # Layout
-//! - Types: [`Reservation`], [`LaunchSpec`], [`ControlOp`], [`ControlCommand`], [`Event`],
-//!   [`Command`], [`Refusal`], [`AgentEvent`], [`StateReport`], [`UsageReading`],
+//! - Types: [`Reservation`], [`LaunchSpec`], [`AgentCommand`], [`ControlCommand`], [`Event`],
+//!   [`Command`], [`Refusal`], [`AgentEvent`], [`AgentReport`], [`UsageReading`],
 //!   [`HealthReading`].
 //! - Configuration: [`Agent86Config`], [`AnomalyConfig`], [`RestartPolicy`],
 //!   [`HealthConfig`].

@@ -6,7 +6,7 @@
 //! The engine owns the soft state of the cluster: the services and where they run, the
 //! `smart_admission` engine (eq. 4.1, per-node test, placement, MS, the Smart-GloVE client
 //! rule), the last report of every agent, drained nodes and every in-flight operation on a
-//! service (a start, or one step of a migration: see [`moves`](self::moves)). Every agent
+//! service (a start, or one step of a migration: see `moves`). Every agent
 //! command it emits carries a request id; the shell answers each with
 //! [`Input::Reply`] (the agent's answer or why there was none), so nothing happens behind
 //! the engine's back and a command of a superseded operation is recognised and ignored.
@@ -20,19 +20,19 @@
 //!
 //! ## Layout
 //! The engine's state is a few types, each in its own module with its own tests:
-//! - [`table`](self::table): the services, their identity and placement;
-//! - [`moves`](self::moves): the start and migration state machine, and the operation in
+//! - `table`: the services, their identity and placement;
+//! - `moves`: the start and migration state machine, and the operation in
 //!   flight on each service;
-//! - [`qos`](self::qos): the QoS clocks (grace periods, releases, anomaly causes, idle);
-//! - [`profiles`](self::profiles): class profiles, admission profiles, reservations.
+//! - `qos`: the QoS clocks (grace periods, releases, anomaly causes, idle);
+//! - `profiles`: class profiles, admission profiles, reservations.
 //!
 //! [`ControlEngine`] owns them with the admission engine and the cluster view, and
 //! coordinates them:
 //! - this file: types, the step function, shared helpers;
-//! - [`api`](self::api): message-API requests;
-//! - [`rounds`](self::rounds): rebuild, refresh rounds, node failures, notices, releases;
-//! - [`migration`](self::migration): sending starts and the steps of moves;
-//! - [`qos_round`](self::qos_round): the QoS actions of a refresh.
+//! - `api`: message-API requests;
+//! - `rounds`: rebuild, refresh rounds, node failures, notices, releases;
+//! - `migration`: sending starts and the steps of moves;
+//! - `qos_round`: the QoS actions of a refresh.
 
 mod api;
 mod migration;
@@ -93,7 +93,7 @@ pub struct ControlTuning {
     /// were admitted before the surplus is released.
     pub release_after: u32,
     /// Timeout of one request to an agent (reports, stops); the steps of a start or a
-    /// migration get multiples of it (see [`moves`](self::moves)).
+    /// migration get multiples of it (see `moves`).
     pub request_timeout: Duration,
     /// Admission, reservations, limits, refinement (`[admission]`).
     pub admission: AdmissionSettings,

@@ -5,15 +5,15 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /watch/{video}` | progressive: `302` to the distributor the Control placed (`[frontend] progressive = "redirect"`, the thesis), or the video relayed from it (`"relay"`) |
-//! | `GET /watch/{video}.m3u8` | the HLS playlist, served here with a session id chosen here ([`hls`]) |
+//! | `GET /watch/{video}.m3u8` | the HLS playlist, served here with a session id chosen here (`hls`) |
 //! | `GET /watch/{video}/seg/{n}.ts?s=ID` | the segment, relayed from the current distributor (`hls = "relay"`) or `302` to it (`"redirect"`) |
-//! | `GET /watch/{video}/where` | the player page's JSON: node, endpoint and events of the video ([`page`]) |
+//! | `GET /watch/{video}/where` | the player page's JSON: node, endpoint and events of the video (`page`) |
 //! | `GET /play/{video}`, `GET /play/hls.min.js` | the player page and hls.js (files in `[frontend] player_dir`; contract in `smart_vod::player`) |
 //!
 //! When admission says no: `503 Service Unavailable` with `Retry-After` and the reason (body
 //! and `X-Reason`). Bad names, session ids and segment numbers get `4xx`.
 //!
-//! Before the Control is asked ([`gate`]): an admission that may start a service (no
+//! Before the Control is asked (`gate`): an admission that may start a service (no
 //! placement of the video is known here) takes a token of its client address's bucket
 //! (none left: `429 Too Many Requests` with `Retry-After`, counted in `frontend_429`); then
 //! the origin is asked `HEAD /{video}` (cached per video): a video it does not have is `404`
@@ -33,12 +33,12 @@
 //! - progressive, relay: each relayed connection is one admitted client, released when the
 //!   connection ends (the front-end sees it);
 //! - HLS: each session is one admitted client, released when it has made no request for
-//!   `hls_session_timeout` ([`sessions`]).
+//!   `hls_session_timeout` (`sessions`).
 //!
 //! Relaying (progressive or HLS): when the distributor's connection breaks (kill -9 of its
 //! node, a handoff), the front-end locates the service again and resumes by `Range` at the
-//! exact byte ([`relay`]); the viewer sees one unbroken response. Placements are cached per
-//! video and kept current by the Control's events ([`placements`]).
+//! exact byte (`relay`); the viewer sees one unbroken response. Placements are cached per
+//! video and kept current by the Control's events (`placements`).
 //!
 //! Every Control call goes through [`Forwarder::forward`], which retries across a Control
 //! failover within its deadline; a viewer therefore sees a slower answer, not an error.
@@ -47,7 +47,7 @@
 //! - [`HttpFrontEnd`]: the actor owning the listener (restarted by the node's supervisor),
 //!   the event follower and the session sweeper.
 //! - [`service_of`], [`spec_for`]: video name to service name and spec.
-//! - [`placements`], [`relay`], [`sessions`], [`hls`], [`page`]: the parts above.
+//! - `placements`, `relay`, `sessions`, `hls`, `page`: the parts above.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
