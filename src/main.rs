@@ -280,12 +280,12 @@ async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
     }
     let d = Distributor::new(cfg);
     let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
-    let control = std::env::var_os(smart_vod::control::ENV_SOCKET).map(PathBuf::from);
+    let control = std::env::var_os(smart_vod::workload::ENV_SOCKET).map(PathBuf::from);
     if let Some(path) = &control {
         let _ = std::fs::remove_file(path);
         let l = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("control socket {}", path.display()))?;
-        tokio::spawn(smart_vod::control::serve(d.clone(), l, stopped.clone()));
+        tokio::spawn(smart_vod::workload::serve(d.clone(), l, stopped.clone()));
     }
     let l = bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     tokio::spawn(d.clone().serve(l));

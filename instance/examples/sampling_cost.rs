@@ -83,7 +83,7 @@ fn run(rt: &mut dyn InstanceRuntime, label: &str, n: usize, ticks: usize, contro
         }
     }
     let mut s = Sampler::new(SamplerConfig::default());
-    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
+    let mut pollers = smart_instance::usage::UsagePollers::new(Duration::from_millis(100));
     // Warm-up tick: first rates, first control API connections.
     s.sample(
         &probes,

@@ -14,7 +14,7 @@
 //! - [`procfs`]: parsers/readers for `/proc` (process stat, meminfo, net/dev).
 //! - [`cgroup`]: cgroup v2/v1 detection, per-instance groups, limits, stale clean-up.
 //! - [`runtime`]: the [`runtime::InstanceRuntime`] trait and its `process`/`cgroup` drivers.
-//! - [`control`]: client of the workload control API (`usage`), with back-off.
+//! - [`usage`]: the workload control API's `usage` poller, with back-off.
 //! - [`sample`]: the per-interval sampler of instances and node.
 //! - [`pull`]: the checkpoint pull of a migration between nodes.
 
@@ -22,8 +22,8 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 pub mod cgroup;
-pub mod control;
 pub mod procfs;
 pub mod pull;
 pub mod runtime;
 pub mod sample;
+pub mod usage;

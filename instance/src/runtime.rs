@@ -11,7 +11,7 @@
 //!   the driver is created.
 //!
 //! Every instance gets `SMART_CONTROL_SOCKET=<path>` in its environment: the Unix socket on
-//! which it may serve the workload control API ([`crate::control`]).
+//! which it may serve the workload control API ([`crate::usage`]).
 //!
 //! The trait is synchronous: `status` never blocks, `wait` and `stop` block at most for the
 //! time given. An async shell calls them from `spawn_blocking`.

@@ -12,7 +12,7 @@
 //!   cache) from the group's memory statistics; with the process driver both are the summed
 //!   RSS of the group (the page cache it causes is not attributable).
 //! - **Network**: from the workload control API (`usage`: cumulative bytes sent/received,
-//!   asked by the caller with [`crate::control::UsagePollers`] and passed in) when the
+//!   asked by the caller with [`crate::usage::UsagePollers`] and passed in) when the
 //!   instance answers it. Otherwise, if the instance lives in its own network
 //!   namespace, from `/proc/<pid>/net/dev` of that namespace (non-loopback interfaces).
 //!   `/proc/<pid>/net/dev` shows the interfaces of the process's namespace, not its own
@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::control::Usage;
 use crate::procfs::{self, GroupTotals};
 use crate::runtime::Probe;
+use crate::usage::Usage;
 
 /// Where an instance's network figure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -82,7 +82,7 @@ fn measure(rt: &dyn InstanceRuntime, name: &str, n: usize, interval: Duration) -
     let probes: Vec<_> = rt.probes().into_iter().filter(|p| p.name == name).collect();
     let pid = probes[0].pgid;
     let mut s = Sampler::new(SamplerConfig::default());
-    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
+    let mut pollers = smart_instance::usage::UsagePollers::new(Duration::from_millis(100));
     let t0 = Instant::now();
     let k0 = proc_ticks(pid);
     s.sample(&probes, &pollers.poll_blocking(&probes, t0), t0);
@@ -176,7 +176,7 @@ fn memory_hog_is_oom_killed_in_its_cgroup_and_node_survives() {
     };
     let probe = rt.start(&spec).unwrap();
     let mut s = Sampler::new(SamplerConfig::default());
-    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
+    let mut pollers = smart_instance::usage::UsagePollers::new(Duration::from_millis(100));
     let mut peak_ws = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
@@ -322,7 +322,7 @@ fn network_comes_from_the_control_api() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut s = Sampler::new(SamplerConfig::default());
-    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
+    let mut pollers = smart_instance::usage::UsagePollers::new(Duration::from_millis(100));
     s.sample(
         std::slice::from_ref(&probe),
         &pollers.poll_blocking(std::slice::from_ref(&probe), Instant::now()),

@@ -30,12 +30,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::control;
 use crate::distributor::bind;
 use crate::http::Url;
 use crate::origin::{Origin, Video};
 use crate::ts::VideoParams;
 use crate::viewer::{self, LoadConfig, Shared, ViewerConfig};
+use crate::workload;
 use smart_proto::workload::{Usage, WorkloadClient, WorkloadError, WorkloadRequest};
 
 /// Bench failure.
@@ -586,7 +586,7 @@ pub async fn handoff(a: HandoffArgs) -> Result<Value, BenchError> {
         usage_a = ca.usage().await?;
     }
     let since_base = shared.base.elapsed();
-    let report = control::migrate(&da.control, &db.control, &db.url).await?;
+    let report = workload::migrate(&da.control, &db.control, &db.url).await?;
     let reports = run.await.map_err(setup("load task"))?;
     let last_resume = shared.last_resume();
     let total_ms = last_resume.saturating_sub(since_base).as_secs_f64() * 1000.0;
@@ -770,7 +770,7 @@ pub async fn density(a: DensityArgs) -> Result<Value, BenchError> {
         .zip(&targets)
         .map(|(src, dst)| {
             let (s, t, u) = (src.control.clone(), dst.control.clone(), dst.url.clone());
-            tokio::spawn(async move { control::migrate(&s, &t, &u).await })
+            tokio::spawn(async move { workload::migrate(&s, &t, &u).await })
         })
         .collect();
     let mut reports_m = Vec::new();

@@ -26,7 +26,7 @@
 //!   `first_period` and hands the viewer to the pacers.
 //! - `fetch_loop`: the origin fetcher of one video, driven by [`crate::cache::BlockCache`].
 //! - [`Distributor::checkpoint`] / [`Distributor::restore`] / [`Distributor::handoff`]:
-//!   what the control API ([`crate::control`]) calls.
+//!   what the control API ([`crate::workload`]) calls.
 //! - HLS requests (`.m3u8`, `/seg/`) go to [`crate::hls_server`] from `handle`; it reads
 //!   the same caches through `video`, `wait_block` and `VideoEntry`.
 

@@ -19,7 +19,7 @@
 //! - [`cache`]: the shared block cache of one video, pure logic.
 //! - [`distributor`]: GloVE distributor: accept path, origin fetcher, modes, checkpoint.
 //! - [`pacer`]: the pacer threads that send every viewer its bytes on coalesced timers.
-//! - [`control`]: the workload control API's server side (the protocol and its client are in
+//! - [`workload`]: the workload control API's server side (the protocol and its client are in
 //!   `smart_proto::workload`).
 //! - [`viewer`]: playback model, one viewer, the load generator and its QoE summary.
 //! - [`frontend`]: a minimal redirecting front-end (what SMART's FrontEnd does for viewers),
@@ -38,7 +38,6 @@ pub mod bench;
 pub mod bench_hls;
 pub mod browser;
 pub mod cache;
-pub mod control;
 pub mod distributor;
 pub mod frontend;
 pub mod hls;
@@ -54,3 +53,4 @@ pub mod scan;
 pub mod tools;
 pub mod ts;
 pub mod viewer;
+pub mod workload;

@@ -20,7 +20,7 @@ use smart_vod::http::Url;
 use smart_vod::origin::{Origin, OriginLimits, Video};
 use smart_vod::ts::{self, VideoParams};
 use smart_vod::viewer::{self, LoadConfig, Shared, ViewerConfig};
-use smart_vod::{bench, bench_hls, control, frontend, realvideo, tools};
+use smart_vod::{bench, bench_hls, frontend, realvideo, tools, workload};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
@@ -446,19 +446,19 @@ async fn main() -> anyhow::Result<()> {
             cfg.cork = cork;
             let d = Distributor::try_new(cfg).context("starting the distributor")?;
             if let Some(src) = &restore_from {
-                let r = control::restore(&d, src, None)
+                let r = workload::restore(&d, src, None)
                     .await
                     .with_context(|| format!("restore from {}", src.display()))?;
                 eprintln!("restored {} bytes in {:.1} ms", r.bytes, r.ms);
             }
             let stopped = Arc::new(tokio::sync::Notify::new());
             let control =
-                control.or_else(|| std::env::var_os(control::ENV_SOCKET).map(PathBuf::from));
+                control.or_else(|| std::env::var_os(workload::ENV_SOCKET).map(PathBuf::from));
             if let Some(path) = &control {
                 let _ = std::fs::remove_file(path);
                 let l = tokio::net::UnixListener::bind(path)
                     .with_context(|| format!("control socket {}", path.display()))?;
-                tokio::spawn(control::serve(d.clone(), l, stopped.clone()));
+                tokio::spawn(workload::serve(d.clone(), l, stopped.clone()));
             }
             let l = bind(listen).with_context(|| format!("binding {listen}"))?;
             let mut out = tokio::io::stdout();

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use smart_proto::workload::WorkloadClient;
-use smart_vod::control;
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::frontend::Frontend;
 use smart_vod::http::{self, Url};
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::VideoParams;
 use smart_vod::viewer::{self, LoadConfig, Shared, ViewerConfig};
+use smart_vod::workload;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -70,7 +70,7 @@ async fn distributor(env: &Env, tweak: impl FnOnce(&mut DistributorConfig)) -> D
 fn control_socket(d: &Arc<Distributor>, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     let l = tokio::net::UnixListener::bind(&path).unwrap();
-    tokio::spawn(control::serve(
+    tokio::spawn(workload::serve(
         d.clone(),
         l,
         Arc::new(tokio::sync::Notify::new()),
@@ -367,7 +367,7 @@ async fn handoff_keeps_every_byte_exactly_once() {
         .unwrap();
     assert_eq!(usage.clients, 4);
     assert!(usage.cache_bytes > 0);
-    let report = control::migrate(&sa, &sb, &format!("http://{}", b.url.authority()))
+    let report = workload::migrate(&sa, &sb, &format!("http://{}", b.url.authority()))
         .await
         .unwrap();
     assert_eq!(report.handoff.viewers, 4);

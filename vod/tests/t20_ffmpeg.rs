@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use smart_vod::control;
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::VideoParams;
+use smart_vod::workload;
 
 fn ffmpeg() -> Option<std::path::PathBuf> {
     smart_vod::tools::require_bin("ffmpeg")
@@ -95,7 +95,7 @@ async fn ffmpeg_decodes_across_a_handoff_with_range_resume() {
     for (i, d) in ds.iter().enumerate() {
         let p = dir.path().join(format!("{i}.sock"));
         let l = tokio::net::UnixListener::bind(&p).unwrap();
-        tokio::spawn(control::serve(
+        tokio::spawn(workload::serve(
             d.clone(),
             l,
             Arc::new(tokio::sync::Notify::new()),
@@ -107,7 +107,7 @@ async fn ffmpeg_decodes_across_a_handoff_with_range_resume() {
         tokio::spawn(async move { run_ffmpeg(&bin, &url, true).await })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let report = control::migrate(
+    let report = workload::migrate(
         &socks[0],
         &socks[1],
         &format!("http://{}", urls[1].authority()),

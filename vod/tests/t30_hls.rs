@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use smart_proto::workload::{WorkloadClient, WorkloadRequest};
-use smart_vod::control;
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::hls::{MediaPlaylist, SegmentIndex};
 use smart_vod::hls_viewer::{self, HlsLoadConfig, HlsViewerConfig};
@@ -19,6 +18,7 @@ use smart_vod::http::{self, Url};
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::VideoParams;
 use smart_vod::viewer::{self, Shared};
+use smart_vod::workload;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Env {
@@ -65,7 +65,7 @@ async fn distributor(
 fn control_socket(d: &Arc<Distributor>, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     let l = tokio::net::UnixListener::bind(&path).unwrap();
-    tokio::spawn(control::serve(
+    tokio::spawn(workload::serve(
         d.clone(),
         l,
         Arc::new(tokio::sync::Notify::new()),
@@ -282,7 +282,7 @@ async fn handoff_redirects_with_the_session_and_carries_sessions_and_index() {
     let base = url_a.with_path("/v.ts.m3u8");
     let (status, _, _) = fetch(&base, &base.join(&p.segments[0].1).unwrap().path).await;
     assert_eq!(status, 200);
-    let report = control::migrate(&sa, &sb, &url_b.to_string())
+    let report = workload::migrate(&sa, &sb, &url_b.to_string())
         .await
         .unwrap();
     assert_eq!(report.handoff.hls_sessions, 1);
@@ -366,7 +366,7 @@ async fn hls_viewers_play_through_a_migration_without_stalls() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(usage(&sa).await["hls_sessions"], 20);
-    let report = control::migrate(&sa, &sb, &url_b.to_string())
+    let report = workload::migrate(&sa, &sb, &url_b.to_string())
         .await
         .unwrap();
     assert_eq!(report.handoff.hls_sessions, 20);

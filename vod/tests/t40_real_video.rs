@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smart_vod::control;
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::hls::MediaPlaylist;
 use smart_vod::http::{self, Url};
 use smart_vod::origin::{Origin, Video};
 use smart_vod::realvideo::RealVideo;
 use smart_vod::tools;
+use smart_vod::workload;
 use tokio::io::AsyncBufReadExt;
 
 fn make(ffmpeg: &Path, dir: &Path, kbps: u64, secs: u64) -> (PathBuf, Video) {
@@ -51,7 +51,7 @@ async fn serve_distributor(
     tokio::spawn(d.clone().serve(l));
     let sock = dir.join(name);
     let cl = tokio::net::UnixListener::bind(&sock).unwrap();
-    tokio::spawn(control::serve(
+    tokio::spawn(workload::serve(
         d.clone(),
         cl,
         Arc::new(tokio::sync::Notify::new()),
@@ -189,7 +189,7 @@ async fn ffmpeg_plays_hls_in_real_time_through_a_migration() {
         samples
     });
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let report = control::migrate(&sa, &sb, &url_b.to_string())
+    let report = workload::migrate(&sa, &sb, &url_b.to_string())
         .await
         .unwrap();
     assert_eq!(report.handoff.hls_sessions, 1, "ffmpeg's session was on A");

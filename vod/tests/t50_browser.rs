@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use smart_vod::browser::Browser;
-use smart_vod::control;
 use smart_vod::distributor::{Distributor, DistributorConfig, bind};
 use smart_vod::frontend::Frontend;
 use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
 use smart_vod::realvideo::RealVideo;
 use smart_vod::tools;
+use smart_vod::workload;
 
 async fn serve_distributor(
     origin: &Url,
@@ -35,7 +35,7 @@ async fn serve_distributor(
     tokio::spawn(d.clone().serve(l));
     let sock = dir.join(name);
     let cl = tokio::net::UnixListener::bind(&sock).unwrap();
-    tokio::spawn(control::serve(
+    tokio::spawn(workload::serve(
         d.clone(),
         cl,
         Arc::new(tokio::sync::Notify::new()),
@@ -112,7 +112,7 @@ async fn chromium_plays_the_page_through_a_migration() {
             s["currentTime"].as_f64().unwrap_or(-1.0),
         ));
         if !migrated && t0.elapsed() >= Duration::from_secs(6) {
-            let r = control::migrate(&sa, &sb, &url_b.to_string())
+            let r = workload::migrate(&sa, &sb, &url_b.to_string())
                 .await
                 .unwrap();
             assert_eq!(r.handoff.hls_sessions, 1, "the page's session was on A");

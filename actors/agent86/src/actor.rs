@@ -46,12 +46,12 @@ use crate::engine::{
     SourceExport, limits_of, read_health, usage_event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use smart_instance::control::UsagePollers;
 use smart_instance::pull;
 use smart_instance::runtime::{
     DriverKind, InstanceRuntime, InstanceSpec, InstanceStatus, Limits, Output, ProcessDriver,
 };
 use smart_instance::sample::{Sampler, SamplerConfig};
+use smart_instance::usage::UsagePollers;
 use smart_proto::agent::{AgentCommand, AgentReply, AgentReport, LaunchSpec};
 use smart_proto::pull::PullKey;
 use smart_proto::workload::WorkloadClient;

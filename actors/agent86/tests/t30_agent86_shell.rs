@@ -139,7 +139,7 @@ fn crashed_instance_is_restarted_once_then_given_up_and_stale_control_is_fenced(
 
     // The sampler sees it; its ticks feed the engine.
     let mut sampler = Sampler::new(SamplerConfig::default());
-    let mut pollers = smart_instance::control::UsagePollers::new(Duration::from_millis(100));
+    let mut pollers = smart_instance::usage::UsagePollers::new(Duration::from_millis(100));
     sampler.sample(
         &sh.rt.probes(),
         &pollers.poll_blocking(&sh.rt.probes(), Instant::now()),

@@ -46,12 +46,12 @@ use smart_admission::profile::{PROFILE_FORMAT_VERSION, Series, ServiceProfile};
 
 use smart_admission::stats::{DEFAULT_EDGES_PCT, Summary, distribution, render_distribution};
 use smart_instance::cgroup::CgroupConfig;
-use smart_instance::control::UsagePollers;
 use smart_instance::runtime::{
     CgroupDriver, ExitInfo, InstanceRuntime, InstanceSpec, InstanceStatus, Limits, Output,
     ProcessDriver, RuntimeError,
 };
 use smart_instance::sample::{NetSource, Sampler, SamplerConfig};
+use smart_instance::usage::UsagePollers;
 
 /// Which runtime driver to profile under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
