@@ -52,7 +52,9 @@ pub struct LaunchSpec {
     /// most commands are far smaller.)
     pub identity: Option<Box<ServiceIdentity>>,
     /// Program and arguments. `{listen}` is replaced by an address the agent picks on its
-    /// node (`ip:port`); the instance's endpoint is then `http://{listen}/`.
+    /// node (`ip:port`; the agent keeps the port bound, never listening, until the instance
+    /// accepts on it, so the instance must bind with `SO_REUSEADDR`, as servers do); the
+    /// instance's endpoint is then `http://{listen}/`.
     pub command: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
