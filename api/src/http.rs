@@ -1,7 +1,10 @@
-//! The HTTP/JSON API's shapes (`/v1` on every node's `http_listen`), for servers and
-//! clients alike. The message-API types keep their postcard encoding; this module is the
-//! JSON contract, documented here field by field and kept apart so that either can change
-//! without the other.
+//! The HTTP/JSON API (`/v1` on every node's `http_listen`), for servers and clients alike:
+//! its routes, error codes and event stream. The shapes are defined once, in
+//! `smart_proto::http` (re-exported here), and where the HTTP API shows a message-API type
+//! it is that type itself (`ServiceSpec`, `Placement`, `ClusterStatus`, ...); events are
+//! [`EventJson`], declared together with the message API's `Event`. `Resources` is the one
+//! amount type of its own: its field names (`memory_bytes`, `network_bps`) are the JSON's,
+//! while `Reservation` (shown as is in `InstanceUse.reserved`) keeps the message API's.
 //!
 //! ## Routes
 //! Every route needs `Authorization: Bearer <token>`; `GET` routes need a `read` token,
