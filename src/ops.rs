@@ -417,7 +417,7 @@ async fn admit(a: AdmitArgs) -> Result<(), OpsError> {
         name: a.name.clone(),
         class: a.class.clone(),
         command: a.command.clone(),
-        env: a.env.iter().cloned().collect(),
+        env: a.env.clone(),
         per_client_bps: a.per_client_bps,
         duration_ms: a.duration_ms,
     });

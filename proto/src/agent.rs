@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, NodeId};
+use crate::ids::{Epoch, NodeId, ServiceName};
 
 /// Resources set aside for an instance or a pending arrival.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -29,13 +29,32 @@ impl Reservation {
     }
 }
 
+/// Which admitted service an instance runs, as the Control admitted it: what a new Control
+/// rebuilds its service table from (with the launch's class, command and environment). The
+/// agent keeps it and reports it back untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceIdentity {
+    /// The service's name.
+    pub name: ServiceName,
+    /// Per-client network increment, bits/s (the video bitrate), when it has clients.
+    pub per_client_bps: Option<u64>,
+    /// Length of what it serves (a distributor's video), milliseconds.
+    pub duration_ms: Option<u64>,
+}
+
 /// How to run an instance.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct LaunchSpec {
     /// Service class, the key of its profile.
     pub service: String,
+    /// The admitted service it runs, when the Control started it (`None` for instances
+    /// started otherwise, e.g. by a test or the profiler). (Boxed: commands carry it, and
+    /// most commands are far smaller.)
+    pub identity: Option<Box<ServiceIdentity>>,
     /// Program and arguments. `{listen}` is replaced by an address the agent picks on its
-    /// node (`ip:port`); the instance's endpoint is then `http://{listen}/`.
+    /// node (`ip:port`; the agent keeps the port bound, never listening, until the instance
+    /// accepts on it, so the instance must bind with `SO_REUSEADDR`, as servers do); the
+    /// instance's endpoint is then `http://{listen}/`.
     pub command: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
@@ -58,7 +77,8 @@ pub struct SourceExport {
 /// and is fenced by it when it *executes* (docs/DESIGN.md §2.4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentCommand {
-    /// Send your state (instances, reservations, usage); used to rebuild and to refresh.
+    /// Send your state (instances and their reservations, usage); used to rebuild and to
+    /// refresh.
     Report,
     /// Start an instance with its reservation.
     Start {
@@ -73,18 +93,6 @@ pub enum AgentCommand {
     Stop {
         /// Instance name.
         instance: String,
-    },
-    /// Set resources aside under `id` (e.g. on a migration target).
-    Reserve {
-        /// Reservation id.
-        id: String,
-        /// Amount.
-        reservation: Reservation,
-    },
-    /// Drop a reservation (idempotent).
-    Release {
-        /// Reservation id.
-        id: String,
     },
     /// Hand the instance's clients to `target_url` (workload control API `handoff`), then
     /// stop it here.
@@ -116,8 +124,6 @@ pub enum AgentCommand {
         /// it has one: the path from another host.
         /// (Boxed: most commands are far smaller.)
         source_export: Option<Box<SourceExport>>,
-        /// Reservation made earlier for it, consumed on success.
-        reserved_as: Option<String>,
         /// Cap on the copy's rate, bits/s (the copy shares the network with the viewers).
         copy_rate_bps: Option<u64>,
     },
@@ -144,10 +150,7 @@ impl AgentCommand {
             AgentCommand::MigrateIn { .. } => 30,
             AgentCommand::MigrateOut { .. } => 10,
             AgentCommand::Start { .. } | AgentCommand::Stop { .. } => 5,
-            AgentCommand::Report
-            | AgentCommand::Reserve { .. }
-            | AgentCommand::Release { .. }
-            | AgentCommand::Update { .. } => 1,
+            AgentCommand::Report | AgentCommand::Update { .. } => 1,
         }
     }
 
@@ -159,9 +162,7 @@ impl AgentCommand {
             | AgentCommand::MigrateOut { instance, .. }
             | AgentCommand::MigrateIn { instance, .. }
             | AgentCommand::Update { instance, .. } => Some(instance),
-            AgentCommand::Report | AgentCommand::Reserve { .. } | AgentCommand::Release { .. } => {
-                None
-            }
+            AgentCommand::Report => None,
         }
     }
 }
@@ -190,7 +191,7 @@ pub enum AgentReply {
     Report(Box<AgentReport>),
     /// A started, migrated-in or otherwise changed instance, as it is now (boxed: large).
     Instance(Box<InstanceReport>),
-    /// Done, nothing to report (stop, reserve, release, a finished migration).
+    /// Done, nothing to report (stop, a finished migration).
     Done,
     /// The command's epoch was below the highest the agent has seen: its sender is stale.
     Refused {
@@ -375,9 +376,7 @@ pub struct AgentReport {
     pub highest_epoch: Epoch,
     /// Its instances, by name.
     pub instances: Vec<InstanceReport>,
-    /// Open reservations.
-    pub reservations: Vec<(String, Reservation)>,
-    /// Sum of instance reservations and open reservations.
+    /// Sum of its instances' reservations.
     pub reserved_total: Reservation,
     /// Last node usage (CPUs, memory, NIC capacity and traffic).
     pub usage: Option<NodeUsage>,

@@ -13,24 +13,74 @@ use crate::profile::{ClassProfile, ProfileSource, ProfileSummary, ServiceProfile
 
 /// Version of the message API's types.
 /// 3: `Version`, `Nodes`, `MemberStatus::http`, events travel as [`EventNote`].
-pub const API_VERSION: u8 = 3;
+/// 4: `Event::ProfileProgress` (never sent) removed.
+pub const API_VERSION: u8 = 4;
 
-/// What a service needs, as given by the front-end when it asks for admission.
+/// What a service needs, as given by the front-end when it asks for admission. Also the
+/// JSON body of the HTTP API's `POST /v1/services` (`env` is an object there; unknown
+/// fields are refused, the optional ones default).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unique name, e.g. `video-42`.
     pub name: ServiceName,
     /// Service class whose profile admission uses, e.g. `distributor`.
     pub class: String,
-    /// Command line Agent86 runs for it.
+    /// Program and arguments Agent86 runs; `{listen}` is replaced by an address it picks.
     pub command: Vec<String>,
     /// Extra environment.
+    #[serde(default, with = "env_map")]
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub env: Vec<(String, String)>,
     /// Per-client network increment in bits/s (the video bitrate), when it has clients.
     /// For a distributor the class profile is scaled to this bitrate.
+    #[serde(default)]
     pub per_client_bps: Option<u64>,
-    /// For a distributor: the video's duration (its cache holds a fraction of it).
+    /// Length of what it serves, milliseconds (a distributor's video): its cache holds a
+    /// fraction of it, so its profile is scaled to it.
+    #[serde(default)]
     pub duration_ms: Option<u64>,
+}
+
+/// An environment as a map: a JSON object, and in postcard a length then the pairs (the
+/// very bytes of the list of pairs it is in memory).
+mod env_map {
+    use serde::de::{MapAccess, Visitor};
+    use serde::ser::SerializeMap;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        env: &[(String, String)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(env.len()))?;
+        for (k, v) in env {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, String)>, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Vec<(String, String)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                // Bounded by what the input holds, not by what its length prefix claims.
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some(kv) = a.next_entry()? {
+                    v.push(kv);
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
 }
 
 /// A request to any node.
@@ -168,7 +218,7 @@ pub struct NodeReport {
     pub drained: bool,
     /// Its last usage sample (capacity and use), when it reported one.
     pub usage: Option<crate::agent::NodeUsage>,
-    /// Sum of what admission reserved on it (instances and open reservations).
+    /// Sum of what admission reserved on it (its instances).
     pub reserved: crate::agent::Reservation,
     /// The fraction of capacity admission may fill (`VR`, thesis eq. 4.1).
     pub vr: f64,
@@ -270,96 +320,171 @@ pub struct ServiceStatus {
     pub limits_enforced: bool,
 }
 
-/// A push to subscribers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Event {
-    /// A new Control was elected.
-    ControlChanged {
-        /// Its node id.
-        node: NodeId,
-        /// Its epoch.
-        epoch: Epoch,
-    },
-    /// A member was declared dead or came back.
-    MemberChanged {
-        /// Node id.
-        node: NodeId,
-        /// Alive now?
-        alive: bool,
-    },
-    /// A service was admitted and placed.
-    Admitted(Placement),
-    /// A service moved.
-    Migrated {
-        /// The service.
-        service: ServiceName,
-        /// From node.
-        from: NodeId,
-        /// To node.
-        to: NodeId,
-        /// Reason (`ms`, `drain`, `anomaly`, `node-failure`).
-        reason: String,
-    },
-    /// A service could not be kept (should never happen: counted as lost).
-    Lost {
-        /// The service.
-        service: ServiceName,
-        /// Why.
-        reason: String,
-    },
-    /// The Control acted on a service without moving it, or chose not to move it: an
-    /// anomalous instance kept where it is (no other node fits, or moved too recently), or
-    /// clients released because its instance reports fewer viewers than were admitted.
-    /// Added after the variants above, so older decoders only lack this one.
-    Notice {
-        /// The service.
-        service: ServiceName,
-        /// Its node.
-        node: NodeId,
-        /// What happened and why (e.g. `anomaly: kept on n2: no other node fits`).
-        reason: String,
-    },
-    /// A class's profile was stored (by an operator, a profiling job, or refinement).
-    ProfileStored {
-        /// The service class.
-        class: String,
-        /// Where it comes from.
-        source: ProfileSource,
-        /// Its new version.
-        version: u64,
-    },
-    /// A service was stopped by the Control: no clients for `idle_stop_after`, or an
-    /// operator's `StopService`.
-    Stopped {
-        /// The service.
-        service: ServiceName,
-        /// Where it ran.
-        node: NodeId,
-        /// Why.
-        reason: String,
-    },
-    /// A node failed a health check and was drained, or recovered and was undrained.
-    NodeHealth {
-        /// The node.
-        node: NodeId,
-        /// Healthy now.
-        healthy: bool,
-        /// The checks and their readings.
-        detail: String,
-    },
-    /// A profiling job moved on (`done` is false until it ends; `error` when it failed).
-    ProfileProgress {
-        /// The service class.
-        class: String,
-        /// The node running it.
-        node: NodeId,
-        /// What it is doing.
-        what: String,
-        /// Finished.
-        done: bool,
-        /// Why it failed.
-        error: Option<String>,
-    },
+/// Declares [`Event`] (the message API's, postcard) and [`EventJson`] (the HTTP API's
+/// `/v1/events`, JSON with a `type` tag) from one list of variants, so that the two cannot
+/// drift apart: the same variants, fields and documentation, plus the JSON-only variants
+/// (`gap`). A tuple variant names its one field (`Admitted(placement: Placement)`) so that
+/// the conversion can bind it; in JSON its fields are inlined beside `type`.
+macro_rules! events {
+    (
+        $(#[$emeta:meta])*
+        pub enum Event;
+        $(#[$jmeta:meta])*
+        pub enum EventJson;
+        {
+            $(
+                $(#[$vmeta:meta])*
+                $variant:ident
+                $( { $( $(#[$fmeta:meta])* $field:ident : $fty:ty ),* $(,)? } )?
+                $( ( $bind:ident : $inner:ty ) )?
+            ),* $(,)?
+        }
+        json_only {
+            $(
+                $(#[$jvmeta:meta])*
+                $jvariant:ident { $( $(#[$jfmeta:meta])* $jfield:ident : $jfty:ty ),* $(,)? }
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$emeta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub enum Event {
+            $(
+                $(#[$vmeta])*
+                $variant
+                $( { $( $(#[$fmeta])* $field : $fty ),* } )?
+                $( ( $inner ) )?
+            ),*
+        }
+
+        $(#[$jmeta])*
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        pub enum EventJson {
+            $(
+                $(#[$vmeta])*
+                $variant
+                $( { $( $(#[$fmeta])* $field : $fty ),* } )?
+                $( ( $inner ) )?
+            ),*,
+            $(
+                $(#[$jvmeta])*
+                $jvariant { $( $(#[$jfmeta])* $jfield : $jfty ),* }
+            ),*
+        }
+
+        impl From<Event> for EventJson {
+            fn from(e: Event) -> Self {
+                match e {
+                    $(
+                        Event::$variant $( { $( $field ),* } )? $( ( $bind ) )?
+                            => EventJson::$variant $( { $( $field ),* } )? $( ( $bind ) )?
+                    ),*
+                }
+            }
+        }
+
+        impl From<&Event> for EventJson {
+            fn from(e: &Event) -> Self {
+                e.clone().into()
+            }
+        }
+    };
+}
+
+events! {
+    /// A push to subscribers.
+    pub enum Event;
+    /// An event as the HTTP API shows it (`GET /v1/events`): the [`Event`]'s fields beside
+    /// its `type` (the variant in snake case), and `gap` records.
+    pub enum EventJson;
+    {
+        /// A new Control was elected.
+        ControlChanged {
+            /// Its node id.
+            node: NodeId,
+            /// Its epoch.
+            epoch: Epoch,
+        },
+        /// A member was declared dead or came back.
+        MemberChanged {
+            /// Node id.
+            node: NodeId,
+            /// Alive now?
+            alive: bool,
+        },
+        /// A service or client was admitted and placed.
+        Admitted(placement: Placement),
+        /// A service moved.
+        Migrated {
+            /// The service.
+            service: ServiceName,
+            /// From node.
+            from: NodeId,
+            /// To node.
+            to: NodeId,
+            /// Reason (`ms`, `drain`, `anomaly`, `node-failure`).
+            reason: String,
+        },
+        /// A service could not be kept (should never happen: counted as lost).
+        Lost {
+            /// The service.
+            service: ServiceName,
+            /// Why.
+            reason: String,
+        },
+        /// The Control acted on a service (or a node) without moving it, or chose not to
+        /// move it: an anomalous instance kept where it is (no other node fits, or moved too
+        /// recently), or clients released because its instance reports fewer viewers than
+        /// were admitted. Added after the variants above, so older decoders only lack this
+        /// one.
+        Notice {
+            /// The service (empty for node notices such as an undrain).
+            service: ServiceName,
+            /// Its node.
+            node: NodeId,
+            /// What happened and why (e.g. `anomaly: kept on n2: no other node fits`).
+            reason: String,
+        },
+        /// A class's profile was stored (by an operator, a profiling job, or refinement).
+        ProfileStored {
+            /// The service class.
+            class: String,
+            /// Where it comes from.
+            source: ProfileSource,
+            /// Its new version.
+            version: u64,
+        },
+        /// A service was stopped by the Control: no clients for `idle_stop_after`, over its
+        /// memory, or an operator's `StopService`.
+        Stopped {
+            /// The service.
+            service: ServiceName,
+            /// Where it ran.
+            node: NodeId,
+            /// Why.
+            reason: String,
+        },
+        /// A node failed a health check and was drained, or recovered and was undrained.
+        NodeHealth {
+            /// The node.
+            node: NodeId,
+            /// Healthy now.
+            healthy: bool,
+            /// The checks and their readings.
+            detail: String,
+        },
+    }
+    json_only {
+        /// Events `from..=to` were missed (no longer kept, or the node restarted).
+        Gap {
+            /// First index missed.
+            from: u64,
+            /// Last index missed (this record's `index`).
+            to: u64,
+        },
+    }
 }
 
 /// Why a request failed.

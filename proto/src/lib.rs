@@ -21,6 +21,9 @@
 //! - [`agent`]: Control → Agent86 commands, replies, reports and agent events.
 //! - [`fence`]: epoch fencing of command execution, in one place.
 //! - [`node`]: what a node's TCP port accepts ([`node::NodeRequest`]) and answers.
+//! - [`http`]: the HTTP/JSON API's shapes (`/v1` on every node), with their OpenAPI schemas
+//!   under the `openapi` feature; the routes are documented in `smart_api::http`.
+//! - [`player`]: the player page's JSON (`/watch/{video}/where`).
 //! - [`profile`]: resource profiles (what Agent99 writes, what admission reads).
 //! - [`workload`]: the workload control API and [`workload::WorkloadClient`].
 
@@ -31,9 +34,11 @@ pub mod agent;
 pub mod api;
 pub mod fence;
 pub mod heartbeat;
+pub mod http;
 pub mod ids;
 pub mod key;
 pub mod node;
+pub mod player;
 pub mod profile;
 pub mod pull;
 pub mod workload;

@@ -607,7 +607,7 @@ async fn admit_service(
     let Spec(spec) = parse_json(&headers, &body?, false)?;
     let spec =
         spec.ok_or_else(|| Failure::bad_request("malformed JSON: expected a service spec"))?;
-    placed(ask(&st, Request::AdmitService(spec.into())).await?)
+    placed(ask(&st, Request::AdmitService(spec)).await?)
 }
 
 async fn stop_service(
@@ -642,7 +642,7 @@ async fn admit_client(
             &st,
             Request::AdmitClient {
                 service: name,
-                spec: b.spec.map(Into::into),
+                spec: b.spec,
             },
         )
         .await?,

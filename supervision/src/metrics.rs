@@ -285,7 +285,7 @@ impl NodeMetrics {
                 "smart_profiles_stored_total",
                 &[("source", format!("{source:?}").to_lowercase())],
             ),
-            Event::Admitted(_) | Event::Notice { .. } | Event::ProfileProgress { .. } => {}
+            Event::Admitted(_) | Event::Notice { .. } => {}
         }
     }
 

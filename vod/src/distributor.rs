@@ -21,14 +21,14 @@
 //! `Range` at their exact byte).
 //!
 //! ## Layout
-//! - [`DistributorConfig`], [`Distributor`], [`Mode`], [`Stats`].
+//! - [`DistributorConfig`], [`Distributor`]; [`Mode`] and [`Stats`] live in [`crate::video`].
 //! - [`Distributor::serve`]: accept loop; `handle` parses, answers errors, runs
 //!   `first_period` and hands the viewer to the pacers.
 //! - `fetch_loop`: the origin fetcher of one video, driven by [`crate::cache::BlockCache`].
 //! - [`Distributor::checkpoint`] / [`Distributor::restore`] / [`Distributor::handoff`]:
 //!   what the control API ([`crate::workload`]) calls.
-//! - HLS requests (`.m3u8`, `/seg/`) go to [`crate::hls_server`] from `handle`; it reads
-//!   the same caches through `video`, `wait_block` and `VideoEntry`.
+//! - HLS requests (`.m3u8`, `/seg/`) go to [`crate::hls_server`] from `handle`, through
+//!   [`HlsHost`]; it reads the same caches ([`crate::video`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +39,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OnceCell, watch};
+
+use crate::hls_server::{HlsCheckpoint, HlsConfig, HlsHost, HlsState, HlsStats};
 
 use crate::cache::BlockCache;
 use crate::http::{self, ConnLimit, ResponseHead, Url};
@@ -64,7 +66,7 @@ pub struct DistributorConfig {
     /// slowest viewer, which pre-fills the cache).
     pub readahead: Option<u64>,
     /// HLS sessions and segments.
-    pub hls: crate::hls_server::HlsConfig,
+    pub hls: HlsConfig,
     /// Most concurrent connections; more get 503.
     pub max_connections: usize,
     /// A client must send its request head within this time (else 408 and closed).
@@ -104,67 +106,8 @@ impl DistributorConfig {
 /// How long restored viewer positions stay pinned in the cache (see [`Distributor::restore`]).
 pub const PIN_TTL: Duration = Duration::from_secs(10);
 
-pub use smart_proto::workload::VideoMeta;
-
-/// What the distributor does with requests and viewers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// Normal service.
-    Serving,
-    /// No new viewers (503); existing ones continue.
-    Draining,
-    /// Viewers were sent to this base URL; every request is redirected there (307).
-    HandedOff(Url),
-    /// Viewers closed, requests refused (503), fetchers stopped.
-    Stopped,
-}
-
-/// Counters (monotonic unless noted).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Body bytes sent to viewers.
-    pub bytes_sent: AtomicU64,
-    /// Bytes received from the origin.
-    pub bytes_received: AtomicU64,
-    /// Origin streams opened (GET requests to the origin).
-    pub origin_streams: AtomicU64,
-    /// Viewer connections served.
-    pub viewers_total: AtomicU64,
-    /// Viewer connections now (gauge).
-    pub viewers_active: AtomicU64,
-    /// Requests answered with an error status.
-    pub errors: AtomicU64,
-    /// Requests redirected after a handoff.
-    pub redirects: AtomicU64,
-    /// Viewer connections that ended with a write error (the viewer left).
-    pub write_errors: AtomicU64,
-    /// Viewers dropped because their socket accepted nothing for the write timeout.
-    pub write_timeouts: AtomicU64,
-    /// Connections dropped because their request head did not arrive in time.
-    pub head_timeouts: AtomicU64,
-}
-
-/// Why a video cannot be served.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum VideoError {
-    /// The origin does not have it (404).
-    #[error("no such video")]
-    NotFound,
-    /// The origin failed or answered nonsense (502).
-    #[error("origin: {0}")]
-    Origin(String),
-}
-
-/// One video: metadata, cache, and the two wake-ups (data for viewers, work for the fetcher).
-#[derive(Debug)]
-pub(crate) struct VideoEntry {
-    pub(crate) meta: VideoMeta,
-    /// The cache's block size (fixed), readable without the lock.
-    pub(crate) block_size: u64,
-    pub(crate) cache: Mutex<BlockCache>,
-    pub(crate) data_ready: Notify,
-    pub(crate) fetch_wake: Notify,
-}
+pub use crate::video::{Mode, Stats, VideoError, VideoMeta};
+use crate::video::{VideoEntry, handed_off, lock, wait_block};
 
 /// The distributor.
 #[derive(Debug)]
@@ -176,7 +119,7 @@ pub struct Distributor {
     /// The connection cap (its `refused` counter is `over_capacity` in `usage`).
     pub limit: Arc<ConnLimit>,
     mode: watch::Sender<Mode>,
-    pub(crate) hls: crate::hls_server::HlsState,
+    pub(crate) hls: HlsState,
     /// Bumped by every handoff and stop: pacers close viewers admitted under an older value.
     close_gen: Arc<AtomicU64>,
     pacers: PacerPool,
@@ -193,13 +136,7 @@ pub struct Snapshot {
     /// `(video index, byte offset of the block, viewers)`: positions at block granularity.
     pub viewers: Vec<(usize, u64, u32)>,
     /// HLS segment indexes and sessions.
-    pub hls: crate::hls_server::HlsCheckpoint,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave BlockCache half-updated in a way that
-    // matters more than stopping service would, so keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    pub hls: HlsCheckpoint,
 }
 
 impl Distributor {
@@ -226,7 +163,7 @@ impl Distributor {
         };
         let pacers = PacerPool::start(threads, pacer_cfg, stats.clone(), close_gen.clone())?;
         Ok(Arc::new(Self {
-            hls: crate::hls_server::HlsState::new(cfg.hls.clone()),
+            hls: HlsState::new(cfg.hls.clone()),
             limit: ConnLimit::new(cfg.max_connections),
             cfg,
             videos: Mutex::new(HashMap::new()),
@@ -685,37 +622,46 @@ impl Distributor {
     }
 }
 
-/// Resolves when the mode becomes `HandedOff` (or the distributor is gone).
-async fn handed_off(mode: &mut watch::Receiver<Mode>) {
-    let _ = mode
-        .wait_for(|m| matches!(m, Mode::HandedOff(_) | Mode::Stopped))
-        .await;
+/// What HLS needs of the distributor (the trait lives with HLS so that `hls_server` does
+/// not import this module).
+impl HlsHost for Distributor {
+    fn mode(&self) -> Mode {
+        Distributor::mode(self)
+    }
+
+    fn mode_watch(&self) -> watch::Receiver<Mode> {
+        Distributor::mode_watch(self)
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn hls(&self) -> &HlsState {
+        &self.hls
+    }
+
+    fn origin_url(&self) -> &Url {
+        Distributor::origin_url(self)
+    }
+
+    fn video(
+        self: &Arc<Self>,
+        path: &str,
+    ) -> impl std::future::Future<Output = Result<Arc<VideoEntry>, VideoError>> + Send {
+        Distributor::video(self, path)
+    }
 }
 
-/// Block `b`, waiting for the fetcher when it is missing; None on handoff.
-pub(crate) async fn wait_block(
-    entry: &VideoEntry,
-    b: u64,
-    mode: &mut watch::Receiver<Mode>,
-) -> Option<Bytes> {
-    loop {
-        let notified = entry.data_ready.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let mut c = lock(&entry.cache);
-            if let Some(d) = c.get(b) {
-                return Some(d);
-            }
-            c.want(b);
-        }
-        entry.fetch_wake.notify_one();
-        tokio::select! {
-            _ = notified => {}
-            _ = handed_off(mode) => return None,
-            // Bound the wait so a lost origin never parks a viewer forever unnoticed.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+impl Distributor {
+    /// HLS sessions now (each counts as a client in `usage`).
+    pub fn hls_sessions(&self) -> u64 {
+        self.hls.clients()
+    }
+
+    /// HLS counters.
+    pub fn hls_stats(&self) -> &HlsStats {
+        &self.hls.stats
     }
 }
 

@@ -25,7 +25,8 @@
 //!
 //! ## Layout
 //! - [`HlsConfig`], [`HlsStats`], [`HlsCheckpoint`].
-//! - `HlsState`: per-distributor state (indexes, sessions); `serve`: one request.
+//! - `HlsState`: per-distributor state (indexes, sessions); `serve`: one request, from a
+//!   host that implements `HlsHost` (the distributor).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -36,13 +37,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, watch};
 
-use crate::distributor::{Distributor, Mode, VideoEntry, VideoMeta, lock, wait_block};
 use crate::hls::{
     Allowance, INDEX_SUFFIX, Route, RouteError, SegmentIndex, SessionId, Sessions, query_param,
 };
+use crate::http::Url;
 use crate::http::{self, Request, ResponseHead};
+use crate::video::{Mode, Stats, VideoEntry, VideoError, VideoMeta, lock, wait_block};
 
 /// Largest segment index accepted from an origin.
 const MAX_INDEX_BYTES: usize = 64 << 20;
@@ -122,7 +124,7 @@ pub(crate) struct HlsState {
     last_sweep: Mutex<Instant>,
     seed: u64,
     next_id: AtomicU64,
-    stats: HlsStats,
+    pub(crate) stats: HlsStats,
 }
 
 /// Why a session could not be opened.
@@ -249,19 +251,13 @@ impl HlsState {
     }
 
     /// The segment index of `entry`'s video: from the origin once, else fixed cuts.
-    async fn index(
-        &self,
-        d: &Distributor,
-        entry: &VideoEntry,
-    ) -> Result<Arc<SegmentIndex>, String> {
+    async fn index(&self, origin: &Url, entry: &VideoEntry) -> Result<Arc<SegmentIndex>, String> {
         let cell = lock(&self.indexes)
             .entry(entry.meta.path.clone())
             .or_default()
             .clone();
         cell.get_or_try_init(|| async {
-            let url = d
-                .origin_url()
-                .with_path(&format!("{}{INDEX_SUFFIX}", entry.meta.path));
+            let url = origin.with_path(&format!("{}{INDEX_SUFFIX}", entry.meta.path));
             let resp = http::get(&url, None, Duration::from_secs(5))
                 .await
                 .map_err(|e| format!("segment index: {e}"))?;
@@ -364,23 +360,32 @@ fn release(sessions: impl Iterator<Item = SessionData>) {
     }
 }
 
-impl Distributor {
-    /// HLS sessions now (each counts as a client in `usage`).
-    pub fn hls_sessions(&self) -> u64 {
-        self.hls.clients()
-    }
-
-    /// HLS counters.
-    pub fn hls_stats(&self) -> &HlsStats {
-        &self.hls.stats
-    }
+/// What HLS needs of the server it runs in (the distributor): its mode, counters, HLS
+/// state, origin and videos. A trait here, implemented by the distributor, so that the
+/// distributor depends on this module and not the other way round.
+pub(crate) trait HlsHost: Send + Sync {
+    /// The current mode.
+    fn mode(&self) -> Mode;
+    /// Follows the mode (for waits that end at a handoff).
+    fn mode_watch(&self) -> watch::Receiver<Mode>;
+    /// The server's counters.
+    fn stats(&self) -> &Stats;
+    /// HLS indexes and sessions.
+    fn hls(&self) -> &HlsState;
+    /// Where the videos come from.
+    fn origin_url(&self) -> &Url;
+    /// The video at `path`, its cache entry created (and its metadata fetched) on first use.
+    fn video(
+        self: &Arc<Self>,
+        path: &str,
+    ) -> impl std::future::Future<Output = Result<Arc<VideoEntry>, VideoError>> + Send;
 }
 
 const CORS: (&str, &str) = ("Access-Control-Allow-Origin", "*");
 
-async fn answer(d: &Distributor, stream: &mut TcpStream, status: u16, extra: &[(&str, String)]) {
+async fn answer<H: HlsHost>(d: &H, stream: &mut TcpStream, status: u16, extra: &[(&str, String)]) {
     if status >= 400 {
-        d.stats.errors.fetch_add(1, Ordering::Relaxed);
+        d.stats().errors.fetch_add(1, Ordering::Relaxed);
     }
     let mut h: Vec<(&str, String)> = vec![(CORS.0, CORS.1.to_string())];
     h.extend(extra.iter().cloned());
@@ -388,8 +393,8 @@ async fn answer(d: &Distributor, stream: &mut TcpStream, status: u16, extra: &[(
 }
 
 /// Serves one HLS request (the distributor's `handle` routes it here).
-pub(crate) async fn serve(
-    d: &Arc<Distributor>,
+pub(crate) async fn serve<H: HlsHost>(
+    d: &Arc<H>,
     mut stream: TcpStream,
     req: Request,
     route: Result<Route, RouteError>,
@@ -398,29 +403,31 @@ pub(crate) async fn serve(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(path = %req.path, cause = %e, "bad HLS request");
-            return answer(d, &mut stream, 400, &[]).await;
+            return answer(&**d, &mut stream, 400, &[]).await;
         }
     };
     let query = req.query.clone().unwrap_or_default();
     let mode = d.mode();
     match &mode {
         Mode::HandedOff(to) => {
-            d.stats.redirects.fetch_add(1, Ordering::Relaxed);
+            d.stats().redirects.fetch_add(1, Ordering::Relaxed);
             let path = match &req.query {
                 Some(q) => format!("{}?{q}", req.path),
                 None => req.path.clone(),
             };
             let loc = to.with_path(&path).to_string();
-            return answer(d, &mut stream, 307, &[("Location", loc)]).await;
+            return answer(&**d, &mut stream, 307, &[("Location", loc)]).await;
         }
-        Mode::Stopped => return answer(d, &mut stream, 503, &[("Retry-After", "1".into())]).await,
+        Mode::Stopped => {
+            return answer(&**d, &mut stream, 503, &[("Retry-After", "1".into())]).await;
+        }
         Mode::Serving | Mode::Draining => {}
     }
     let draining = mode == Mode::Draining;
     let sid = match query_param(&query, "s") {
         Some(s) => match SessionId::parse(s) {
             Some(id) => Some(id),
-            None => return answer(d, &mut stream, 400, &[]).await,
+            None => return answer(&**d, &mut stream, 400, &[]).await,
         },
         None => None,
     };
@@ -429,19 +436,19 @@ pub(crate) async fn serve(
     };
     let entry = match d.video(video).await {
         Ok(e) => e,
-        Err(crate::distributor::VideoError::NotFound) => {
-            return answer(d, &mut stream, 404, &[]).await;
+        Err(VideoError::NotFound) => {
+            return answer(&**d, &mut stream, 404, &[]).await;
         }
         Err(e) => {
             tracing::warn!(video, cause = %e, "HLS request: origin failed");
-            return answer(d, &mut stream, 502, &[]).await;
+            return answer(&**d, &mut stream, 502, &[]).await;
         }
     };
-    let index = match d.hls.index(d, &entry).await {
+    let index = match d.hls().index(d.origin_url(), &entry).await {
         Ok(ix) => ix,
         Err(e) => {
             tracing::warn!(video, cause = %e, "HLS request: no segment index");
-            return answer(d, &mut stream, 502, &[]).await;
+            return answer(&**d, &mut stream, 502, &[]).await;
         }
     };
     let refused = |r: Refusal| match r {
@@ -450,11 +457,11 @@ pub(crate) async fn serve(
     };
     match route {
         Route::Playlist { .. } => {
-            let sid = sid.unwrap_or_else(|| d.hls.new_id());
-            if let Err(r) = d.hls.touch(&sid, &entry, None, 0, draining) {
+            let sid = sid.unwrap_or_else(|| d.hls().new_id());
+            if let Err(r) = d.hls().touch(&sid, &entry, None, 0, draining) {
                 let reason = refused(r).to_string();
                 let extra = [("Retry-After", "1".to_string()), ("X-Reason", reason)];
-                return answer(d, &mut stream, 503, &extra).await;
+                return answer(&**d, &mut stream, 503, &extra).await;
             }
             let name = video.rsplit('/').next().unwrap_or(video);
             let body = index.playlist(&format!("{name}/seg/"), &format!("s={}", sid.as_str()));
@@ -464,7 +471,7 @@ pub(crate) async fn serve(
                 .header("Cache-Control", "no-store")
                 .header(CORS.0, CORS.1)
                 .header("X-Session", sid.as_str());
-            d.hls.stats.playlists.fetch_add(1, Ordering::Relaxed);
+            d.hls().stats.playlists.fetch_add(1, Ordering::Relaxed);
             let mut bytes = head.finish();
             if !req.head_only {
                 bytes.extend_from_slice(body.as_bytes());
@@ -475,13 +482,13 @@ pub(crate) async fn serve(
         Route::Segment { n, .. } => {
             let Some((seg_start, seg_end)) = usize::try_from(n).ok().and_then(|n| index.range(n))
             else {
-                return answer(d, &mut stream, 404, &[]).await;
+                return answer(&**d, &mut stream, 404, &[]).await;
             };
             let media_ms = index.duration_ms(n as usize).unwrap_or(0);
             let bs = lock(&entry.cache).block_size();
             if let Some(id) = &sid {
                 let wait = match d
-                    .hls
+                    .hls()
                     .touch(id, &entry, Some(seg_start / bs), media_ms, draining)
                 {
                     Ok(w) => w,
@@ -490,11 +497,11 @@ pub(crate) async fn serve(
                             ("Retry-After", "1".to_string()),
                             ("X-Reason", refused(r).to_string()),
                         ];
-                        return answer(d, &mut stream, 503, &extra).await;
+                        return answer(&**d, &mut stream, 503, &extra).await;
                     }
                 };
                 if !wait.is_zero() {
-                    d.hls.stats.delayed.fetch_add(1, Ordering::Relaxed);
+                    d.hls().stats.delayed.fetch_add(1, Ordering::Relaxed);
                     let mut mode = d.mode_watch();
                     let moved = tokio::select! {
                         _ = tokio::time::sleep(wait) => false,
@@ -515,7 +522,7 @@ pub(crate) async fn serve(
                     }
                 }
             } else if draining {
-                return answer(d, &mut stream, 503, &[("Retry-After", "1".into())]).await;
+                return answer(&**d, &mut stream, 503, &[("Retry-After", "1".into())]).await;
             }
             let len = seg_end - seg_start;
             let (status, a, b) = match req.range.as_deref() {
@@ -527,7 +534,7 @@ pub(crate) async fn serve(
                     Some((a, b)) => (206, a, b),
                     None => {
                         let cr = ("Content-Range", format!("bytes */{len}"));
-                        return answer(d, &mut stream, 416, &[cr]).await;
+                        return answer(&**d, &mut stream, 416, &[cr]).await;
                     }
                 },
             };
@@ -543,16 +550,16 @@ pub(crate) async fn serve(
             if stream.write_all(&head.finish()).await.is_err() || req.head_only {
                 return;
             }
-            d.hls.stats.segments.fetch_add(1, Ordering::Relaxed);
-            let r = send(d, &entry, &mut stream, seg_start + a, seg_start + b).await;
+            d.hls().stats.segments.fetch_add(1, Ordering::Relaxed);
+            let r = send(&**d, &entry, &mut stream, seg_start + a, seg_start + b).await;
             if let Err(e) = r {
-                d.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                d.stats().write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(cause = %e, "HLS segment connection ended");
             }
             if let Some(id) = &sid {
                 // Its next request will most likely be the next segment: hold that block
                 // (the fetcher reads ahead from there while the player plays this one).
-                d.hls
+                d.hls()
                     .move_to(id, seg_end.min(entry.meta.size.saturating_sub(1)) / bs);
             }
             let _ = stream.shutdown().await;
@@ -562,8 +569,8 @@ pub(crate) async fn serve(
 
 /// Writes bytes `[start, end)` of the video from its cache blocks, waiting for the origin
 /// fetcher where a block is missing.
-async fn send(
-    d: &Distributor,
+async fn send<H: HlsHost>(
+    d: &H,
     entry: &VideoEntry,
     stream: &mut TcpStream,
     start: u64,
@@ -586,8 +593,8 @@ async fn send(
         }
         stream.write_all(&data[off..off + n]).await?;
         pos += n as u64;
-        d.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-        d.hls
+        d.stats().bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        d.hls()
             .stats
             .segment_bytes
             .fetch_add(n as u64, Ordering::Relaxed);

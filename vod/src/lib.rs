@@ -18,6 +18,8 @@
 //! - [`origin`]: the origin server (Range, bitrate/duration headers).
 //! - [`cache`]: the shared block cache of one video, pure logic.
 //! - [`distributor`]: GloVE distributor: accept path, origin fetcher, modes, checkpoint.
+//! - [`video`]: what the distributor, the pacers and HLS share: a video's cache entry, the
+//!   mode, the counters, waiting for a block.
 //! - [`pacer`]: the pacer threads that send every viewer its bytes on coalesced timers.
 //! - [`workload`]: the workload control API's server side (the protocol and its client are in
 //!   `smart_proto::workload`).
@@ -52,5 +54,6 @@ pub mod realvideo;
 pub mod scan;
 pub mod tools;
 pub mod ts;
+pub mod video;
 pub mod viewer;
 pub mod workload;

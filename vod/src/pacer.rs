@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::distributor::{Stats, VideoEntry, lock};
 use crate::http::ConnGuard;
+use crate::video::{Stats, VideoEntry, lock};
 
 /// Timer-wheel slots per send-ahead period. Fine slots spread the writes over the period:
 /// with 16, 20,000 viewers came in bursts of 1,250 writes (60 MB at once), which the

@@ -24,11 +24,10 @@
 //!
 //! ## Layout
 //! - [`PAGE_HTML`], [`ui_dir`], [`asset`]: the files.
-//! - [`Where`], [`PlayerEvent`]: the JSON contract; [`Route`], [`route`]: its paths.
+//! - [`Where`], [`PlayerEvent`]: the JSON contract (defined once, in `smart_proto::player`,
+//!   for both front-ends); [`Route`], [`route`]: its paths.
 
 use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
 
 /// The page (`vod/ui/play.html`), compiled in.
 pub const PAGE_HTML: &str = include_str!("../ui/play.html");
@@ -55,31 +54,7 @@ pub fn asset(name: &str) -> Option<(&'static str, Vec<u8>)> {
     }
 }
 
-/// One event the page shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlayerEvent {
-    /// Increasing per video.
-    pub seq: u64,
-    /// Wall clock, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// `placed`, `migrated`, `node_failed`, `restarted`, `refused`, or another word.
-    pub kind: String,
-    /// For people.
-    pub text: String,
-}
-
-/// The answer to `GET /watch/{video}/where`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Where {
-    /// The video.
-    pub video: String,
-    /// The node serving it now, if placed.
-    pub node: Option<String>,
-    /// Its distributor's base URL, if placed.
-    pub endpoint: Option<String>,
-    /// Recent events, oldest first.
-    pub events: Vec<PlayerEvent>,
-}
+pub use smart_proto::player::{PlayerEvent, Where};
 
 /// A request for the page or its contract.
 #[derive(Debug, Clone, PartialEq, Eq)]

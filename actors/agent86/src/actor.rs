@@ -7,7 +7,9 @@
 //! by default, cgroups when the node asks), persists epochs through the node's
 //! [`EpochStore`], samples the instances every interval, and speaks the workload control
 //! API (`smart_proto::workload`) for migrations. What it picks itself (an instance's
-//! `{listen}` address and control socket) it tells the engine ([`Event::Launched`]).
+//! `{listen}` address and control socket) it tells the engine ([`Event::Launched`]); the
+//! `{listen}` port stays bound by the agent until the instance accepts on it (`crate::port`),
+//! so no other process can take it in between.
 //!
 //! **Fencing** stays at execution (docs/DESIGN.md §2.4): every command passes through the
 //! engine, which refuses an epoch below the highest seen when the command *executes*;
@@ -45,6 +47,7 @@ use crate::engine::{
     Agent86Config, Agent86Engine, Command, ControlCommand, Event, RestoreFrom, RestorePath,
     SourceExport, limits_of, read_health, usage_event,
 };
+use crate::port::PortHold;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use smart_instance::pull;
 use smart_instance::runtime::{
@@ -512,14 +515,25 @@ impl Agent86 {
         listen: Option<SocketAddr>,
         restore_from: Option<RestoreFrom>,
     ) -> Vec<Event> {
-        let listen = listen.or_else(|| {
-            launch
-                .command
-                .iter()
-                .any(|a| a.contains("{listen}"))
-                .then(|| free_port(self.core.settings.host))
-                .flatten()
-        });
+        // The port stays bound by the agent until the instance accepts on it (`port`).
+        let hold = match listen {
+            // A restart keeps its address: held again, unless something listens there now
+            // (then the instance fails to bind, and that failure is what gets reported).
+            Some(prev) => PortHold::at(prev).ok(),
+            None if launch.command.iter().any(|a| a.contains("{listen}")) => {
+                match PortHold::any(self.core.settings.host) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        return vec![Event::StartFailed {
+                            instance: instance.into(),
+                            error: format!("no port for {{listen}}: {e}"),
+                        }];
+                    }
+                }
+            }
+            None => None,
+        };
+        let listen = listen.or(hold.as_ref().map(PortHold::addr));
         let socket = self.socket_of(instance);
         let launched = Event::Launched {
             instance: instance.into(),
@@ -607,6 +621,8 @@ impl Agent86 {
             {
                 warn!(instance = %name, error = %e, "instance not accepting yet");
             }
+            // Accepting on it (or given up on): the instance holds the port itself now.
+            drop(hold);
             let speaks = is_socket(&socket);
             let _ = me.send_message(Agent86Msg::Engine(Event::SpeaksApi {
                 instance: name.clone(),
@@ -804,13 +820,6 @@ async fn wait_listening(addr: SocketAddr, within: Duration) -> Result<(), String
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// A free TCP port on `host` (bound and released: the instance binds it right after).
-fn free_port(host: IpAddr) -> Option<SocketAddr> {
-    std::net::TcpListener::bind((host, 0))
-        .and_then(|l| l.local_addr())
-        .ok()
 }
 
 impl Actor for Agent86 {

@@ -433,7 +433,6 @@ pub struct Agent86Engine {
     persist_requested: Epoch,
     queue: VecDeque<ControlCommand>,
     instances: BTreeMap<String, Instance>,
-    reservations: BTreeMap<String, Reservation>,
     node_usage: Option<NodeUsage>,
     /// Per check: reported healthy, the readings in a row that disagree, the last detail.
     health: BTreeMap<String, (bool, u32, String)>,
@@ -460,7 +459,6 @@ impl Agent86Engine {
             persist_requested: persisted_epoch,
             queue: VecDeque::new(),
             instances: BTreeMap::new(),
-            reservations: BTreeMap::new(),
             node_usage: None,
             health: BTreeMap::new(),
             recent: VecDeque::new(),
@@ -648,7 +646,6 @@ impl Agent86Engine {
                 source,
                 source_control,
                 source_export,
-                reserved_as,
                 copy_rate_bps,
             } => {
                 let path = restore_path(
@@ -658,11 +655,6 @@ impl Agent86Engine {
                     source_control,
                     source_export,
                 );
-                if !self.instances.contains_key(&instance)
-                    && let Some(id) = reserved_as
-                {
-                    self.reservations.remove(&id);
-                }
                 self.start(
                     instance,
                     launch,
@@ -695,14 +687,6 @@ impl Agent86Engine {
                     });
                 }
             },
-            AgentCommand::Reserve { id, reservation } => {
-                self.reservations.insert(id, reservation);
-                reply(out, waiter, Ok(()));
-            }
-            AgentCommand::Release { id } => {
-                self.reservations.remove(&id);
-                reply(out, waiter, Ok(()));
-            }
             AgentCommand::MigrateOut {
                 instance,
                 target,
@@ -1001,18 +985,10 @@ impl Agent86Engine {
                 Some(r)
             })
             .collect();
-        for r in self.reservations.values() {
-            total.add(r);
-        }
         AgentReport {
             node: self.cfg.node,
             highest_epoch: self.fence.highest,
             instances,
-            reservations: self
-                .reservations
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
             reserved_total: total,
             usage: self.node_usage,
             recent_commands: self.recent.iter().copied().collect(),

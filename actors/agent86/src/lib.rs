@@ -10,11 +10,13 @@
 //!   anomalies, health, state reports), tested on its exact commands.
 //! - [`actor`]: the ractor shell that executes the engine's commands against the runtime,
 //!   persists epochs and speaks the workload control API; its types are re-exported here.
+//! - `port`: the `{listen}` port, held by the agent until the instance accepts on it.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 pub mod actor;
 pub mod engine;
+mod port;
 
 pub use actor::*;

@@ -50,7 +50,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use smart_admission::{AnyEngine, EngineConfig, Evicted, NodeSpec};
-use smart_proto::agent::{AgentCommand, AgentReply, AgentReport, LaunchSpec, Reservation};
+use smart_proto::agent::{
+    AgentCommand, AgentReply, AgentReport, LaunchSpec, Reservation, ServiceIdentity,
+};
 use smart_proto::api::{ApiError, Event, Placement, Request, Response, ServiceSpec};
 use smart_proto::node::{Replica, ReplicaEntry};
 use smart_proto::profile::ProfileSource;
@@ -64,13 +66,6 @@ pub use profiles::{AdmissionSettings, MEM_LIMIT_SLACK, MIN_CPU_LIMIT};
 use profiles::{Profiles, Stored};
 use qos::QosBook;
 use table::{Removed, ServiceTable};
-
-/// Environment variable carrying the service name in an instance's launch.
-pub const ENV_SERVICE: &str = "SMART_SERVICE";
-/// Environment variable carrying the per-client bitrate in an instance's launch.
-pub const ENV_PER_CLIENT_BPS: &str = "SMART_PER_CLIENT_BPS";
-/// Environment variable carrying the video's duration in an instance's launch.
-pub const ENV_DURATION_MS: &str = "SMART_DURATION_MS";
 
 /// Identifies an API request, chosen by the shell; the answer is [`Output::Reply`].
 pub type ApiId = u64;
@@ -593,41 +588,35 @@ pub(crate) fn gen_of(instance: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A service spec as an Agent86 launch: the name and bitrate travel in the environment so
-/// that a new Control can rebuild the spec from a report ([`spec_of`]).
+/// A service spec as an Agent86 launch: the service's identity travels as a typed field
+/// ([`ServiceIdentity`]) that the agent reports back, so that a new Control can rebuild the
+/// spec from a report ([`spec_of`]).
 pub fn launch_of(spec: &ServiceSpec) -> LaunchSpec {
-    let mut env = spec.env.clone();
-    env.push((ENV_SERVICE.into(), spec.name.clone()));
-    if let Some(b) = spec.per_client_bps {
-        env.push((ENV_PER_CLIENT_BPS.into(), b.to_string()));
-    }
-    if let Some(d) = spec.duration_ms {
-        env.push((ENV_DURATION_MS.into(), d.to_string()));
-    }
     LaunchSpec {
         service: spec.class.clone(),
+        identity: Some(Box::new(ServiceIdentity {
+            name: spec.name.clone(),
+            per_client_bps: spec.per_client_bps,
+            duration_ms: spec.duration_ms,
+        })),
         command: spec.command.clone(),
-        env,
+        env: spec.env.clone(),
         cpu_cores: None,
         memory_bytes: None,
     }
 }
 
-/// The service spec behind a launch made by [`launch_of`] (`None` for other launches).
+/// The service spec behind a launch made by [`launch_of`] (`None` for launches without a
+/// service identity).
 pub fn spec_of(l: &LaunchSpec) -> Option<ServiceSpec> {
-    let get = |k: &str| l.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let id = l.identity.as_ref()?;
     Some(ServiceSpec {
-        name: get(ENV_SERVICE)?,
+        name: id.name.clone(),
         class: l.service.clone(),
         command: l.command.clone(),
-        env: l
-            .env
-            .iter()
-            .filter(|(k, _)| k != ENV_SERVICE && k != ENV_PER_CLIENT_BPS && k != ENV_DURATION_MS)
-            .cloned()
-            .collect(),
-        per_client_bps: get(ENV_PER_CLIENT_BPS).and_then(|v| v.parse().ok()),
-        duration_ms: get(ENV_DURATION_MS).and_then(|v| v.parse().ok()),
+        env: l.env.clone(),
+        per_client_bps: id.per_client_bps,
+        duration_ms: id.duration_ms,
     })
 }
 

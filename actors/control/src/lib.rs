@@ -55,8 +55,8 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
 
 pub use engine::{
-    AdmissionSettings, AgentAddr, ApiId, ControlEngine, ControlStatus, ControlTuning,
-    ENV_DURATION_MS, ENV_PER_CLIENT_BPS, ENV_SERVICE, Input, Output, launch_of, spec_of,
+    AdmissionSettings, AgentAddr, ApiId, ControlEngine, ControlStatus, ControlTuning, Input,
+    Output, launch_of, spec_of,
 };
 
 use crate::peer::{PeerClient, PeerError};

@@ -1,8 +1,8 @@
 //! The player page's side of the front-end: the page and hls.js, and
 //! `/watch/{video}/where` with the node serving the video and its events. The contract
 //! between the page and its server is written down with the page, in the data plane's
-//! `smart_vod::player` (`vod/ui/play.html`); the JSON here follows it field for field (the
-//! e2e tests decode it with the data plane's own types). The node library does not link the
+//! `smart_vod::player` (`vod/ui/play.html`); its JSON is `smart_proto::player`, the same types
+//! the data plane's front-end serves and the e2e tests decode. The node library does not link the
 //! data plane: the page and hls.js are files, read from `[frontend] player_dir`.
 //!
 //! Events come from the Control's own events, which it fans out to every node
@@ -13,7 +13,7 @@
 //! placement cache current (a move forgets the old placement).
 //!
 //! ## Layout
-//! - [`Where`], [`PlayerEvent`]: the JSON.
+//! - [`Where`], [`PlayerEvent`]: the JSON (`smart_proto::player`).
 //! - [`EventLog`]: the last events per video; [`follow`]: the task feeding it.
 //! - [`player_dir`], [`file`]: the page's files.
 
@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use smart_proto::api::Event;
 use tokio::sync::broadcast;
 
@@ -33,31 +32,7 @@ const KEPT: usize = 50;
 /// Videos with an event log at most.
 const MAX_VIDEOS: usize = 10_000;
 
-/// One event the page shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(super) struct PlayerEvent {
-    /// Increasing per video.
-    pub seq: u64,
-    /// Wall clock, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// `placed`, `migrated`, `restarted`, `node_failed`, `refused`, `lost`.
-    pub kind: String,
-    /// For people.
-    pub text: String,
-}
-
-/// The answer to `GET /watch/{video}/where`.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct Where {
-    /// The video.
-    pub video: String,
-    /// The node serving it now (`n3`), if placed.
-    pub node: Option<String>,
-    /// Its distributor's base URL, if placed.
-    pub endpoint: Option<String>,
-    /// Recent events, oldest first.
-    pub events: Vec<PlayerEvent>,
-}
+pub(super) use smart_proto::player::{PlayerEvent, Where};
 
 /// The video of a service name (`video-{video}`).
 pub(super) fn video_of(service: &str) -> Option<&str> {

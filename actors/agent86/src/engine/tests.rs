@@ -118,7 +118,9 @@ fn new_epoch_is_persisted_before_the_command_runs() {
                 NEWER_CONTROL,
                 6,
                 2,
-                AgentCommand::Release { id: "r".into() }
+                AgentCommand::Stop {
+                    instance: "r".into()
+                }
             ),
             t
         ),
@@ -126,7 +128,15 @@ fn new_epoch_is_persisted_before_the_command_runs() {
     );
     assert_eq!(
         e.handle(Event::EpochPersisted(6), t),
-        vec![start_cmd("a"), ok(NEWER_CONTROL, 2, 6)]
+        vec![
+            start_cmd("a"),
+            Command::Reply {
+                to: NEWER_CONTROL,
+                req: 2,
+                epoch: 6,
+                result: Err(Refusal::UnknownInstance)
+            }
+        ]
     );
     assert_eq!(e.highest_epoch(), 6);
 }
@@ -446,23 +456,6 @@ fn health_transitions_are_reported() {
 fn report_lets_a_new_control_rebuild() {
     let t = Instant::now();
     let mut e = running(t);
-    let r = Reservation {
-        cpu_cores: 0.5,
-        net_bps: 1.0e6,
-        mem_bytes: 10,
-    };
-    e.handle(
-        cmd(
-            CONTROL,
-            5,
-            2,
-            AgentCommand::Reserve {
-                id: "mig-b".into(),
-                reservation: r,
-            },
-        ),
-        t,
-    );
     e.handle(usage(0.7), t);
     let out = e.handle(cmd(NEWER_CONTROL, 8, 3, AgentCommand::Report), t);
     assert_eq!(out[0], Command::PersistEpoch(8));
@@ -478,9 +471,8 @@ fn report_lets_a_new_control_rebuild() {
     assert_eq!(report.instances[0].instance, "a");
     assert_eq!(report.instances[0].state, InstanceState::Running);
     assert_eq!(report.instances[0].usage.as_ref().unwrap().cpu_cores, 0.7);
-    assert_eq!(report.reservations, vec![("mig-b".to_string(), r)]);
-    assert_eq!(report.reserved_total.cpu_cores, 1.5);
-    assert_eq!(report.reserved_total.mem_bytes, (100 << 20) + 10);
+    assert_eq!(report.reserved_total.cpu_cores, 1.0);
+    assert_eq!(report.reserved_total.mem_bytes, 100 << 20);
 }
 
 #[test]
@@ -540,18 +532,6 @@ fn migration_out_and_in() {
     assert!(src.instance_names().is_empty());
 
     let mut dst = engine(5);
-    dst.handle(
-        cmd(
-            CONTROL,
-            5,
-            1,
-            AgentCommand::Reserve {
-                id: "r-a".into(),
-                reservation: resv(),
-            },
-        ),
-        t,
-    );
     assert_eq!(
         dst.handle(
             cmd(
@@ -565,7 +545,6 @@ fn migration_out_and_in() {
                     source: NodeId(7),
                     source_control: "/src.sock".into(),
                     source_export: None,
-                    reserved_as: Some("r-a".into()),
                     copy_rate_bps: None,
                 }
             ),
@@ -581,7 +560,6 @@ fn migration_out_and_in() {
             })
         }]
     );
-    assert_eq!(dst.report().reservations, vec![], "reservation consumed");
     assert_eq!(dst.restore_source("a"), Some(NodeId(7)));
     assert_eq!(
         dst.handle(
@@ -654,7 +632,6 @@ fn migrate_in_carries_the_pull_path_to_the_shell() {
                     addr: "10.0.0.7:7400".into(),
                     instance: "a0".into(),
                 })),
-                reserved_as: None,
                 copy_rate_bps: Some(8_000_000),
             },
         ),

@@ -92,7 +92,6 @@ impl ControlEngine {
                         instance: old.instance.clone(),
                     })
                 }),
-                reserved_as: None,
                 copy_rate_bps: self.tuning.admission.copy_rate_bps,
             };
             let budget = t * cmd.timeout_multiple();

@@ -379,7 +379,6 @@ pub(super) fn migrate_in(
                 addr: format!("10.0.0.{from}:7400"),
                 instance: instance_name(&s.name, generation - 1),
             })),
-            reserved_as: None,
             copy_rate_bps: None,
         },
         timeout: T * 30,
