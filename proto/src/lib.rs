@@ -23,6 +23,7 @@
 //! - [`node`]: what a node's TCP port accepts ([`node::NodeRequest`]) and answers.
 //! - [`profile`]: resource profiles (what Agent99 writes, what admission reads).
 //! - [`workload`]: the workload control API and [`workload::WorkloadClient`].
+//! - [`stats`]: percentiles (nearest rank), the one implementation every crate reports with.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
@@ -36,6 +37,7 @@ pub mod key;
 pub mod node;
 pub mod profile;
 pub mod pull;
+pub mod stats;
 pub mod workload;
 
 pub use ids::{Epoch, Incarnation, NodeId, Role, ServiceName};
