@@ -15,8 +15,11 @@ use std::time::Duration;
 
 use smart_api::{Request, Response, ServiceStatus};
 use smart_bench::cluster::{ClusterSpec, LocalCluster};
+use smart_testkit::cluster;
+use smart_testkit::p99;
 use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
+use smart_vod::tools::require_bin;
 use smart_vod::ts::VideoParams;
 use smart_vod::viewer::{Shared, ViewerConfig, ViewerReport, run_viewer};
 use tokio::sync::watch;
@@ -41,13 +44,7 @@ async fn origin(videos: usize, secs: u64) -> String {
 }
 
 fn spec(nodes: usize, origin: &str) -> ClusterSpec {
-    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
-    s.log = "info,smart_supervision=warn".into();
-    s.frontends = vec![nodes as u64];
-    s.no_agent = vec![nodes as u64];
-    s.origin = origin.to_string();
-    s.bitrate_bps = KBPS * 1000;
-    s
+    cluster::frontend_spec(env!("CARGO_BIN_EXE_smart"), nodes, origin, KBPS * 1000)
 }
 
 struct Viewers {
@@ -127,14 +124,6 @@ async fn wait_services(c: &LocalCluster, n: usize) -> Vec<ServiceStatus> {
     );
 }
 
-fn p99(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
-}
-
 /// The set-up most tests share: an origin with `videos` videos of `secs` seconds, a cluster
 /// of `nodes` nodes pointed at it, its agreed Control `(node, epoch)` and front-end URL.
 async fn case(videos: usize, secs: u64, nodes: usize) -> (LocalCluster, (u64, u64), String) {
@@ -210,7 +199,7 @@ async fn kill_9_of_a_service_node_viewers_resume_elsewhere_at_the_right_byte() {
         "node failure: {} services moved, resume gap p99 {p:.0} ms",
         moved.len()
     );
-    assert!(p < 5_000.0, "resume p99 {p} ms");
+    assert!(p < 3_000.0, "resume p99 {p} ms");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,13 +232,13 @@ async fn kill_9_of_the_control_during_admissions_loses_nothing_and_runs_nothing_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "not all 6 services placed: {last:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two more report rounds of the new Control: every start it or its predecessor issued
+    // has been answered and reported, so a duplicate would be running by now.
+    cluster::wait_registry_copies(&c, &survivors, 2).await;
     // Nothing runs twice: each service has one instance across the agents' reports.
     let mut instances = std::collections::BTreeMap::<String, usize>::new();
     for n in &survivors {
-        if let Ok(s) = c.status(*n).await {
-            let _ = s; // status has no instance list; count via the pid files instead
-        }
+        // Status has no instance list: count the agents' pid files instead.
         let dir = c.dir().join(format!("n{n}")).join("instances");
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -360,7 +349,8 @@ async fn a_deposed_controls_start_is_refused_at_agent86_and_runs_nothing() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The new Control commands the agents at its epoch: a round of it has reached them.
+    cluster::wait_registry_copies(&c, &rest, 1).await;
     let agent = *rest.iter().find(|&&n| n != fe_node(&c)).unwrap();
     let marker = c.dir().join("stale-start-ran");
     let cmd = AgentCommand::Start {
@@ -383,14 +373,14 @@ async fn a_deposed_controls_start_is_refused_at_agent86_and_runs_nothing() {
         }
         other => panic!("n{agent} executed a stale start: {other:?}"),
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The refusal is the positive signal: Agent86 answers it before it would launch
+    // anything, and it launched nothing, so the marker cannot appear later.
     assert!(!marker.exists(), "the stale start ran a process");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_plays_through_the_front_end_while_its_distributor_migrates() {
-    let Some(ffmpeg) = smart_vod::bench::which("ffmpeg") else {
-        println!("skipped: ffmpeg not installed");
+    let Some(ffmpeg) = require_bin("ffmpeg") else {
         return;
     };
     let (c, _, fe) = case(1, 20, 3).await;
@@ -474,8 +464,9 @@ async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
         .map(|s| s.placement.node.0)
         .find(|&n| n != control)
         .expect("a service off the control node");
-    // Let the registry copy reach every node (sent each refresh, 1 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The registry copy listing all four must reach every node: two copies accepted from
+    // here on include one made now.
+    cluster::wait_registry_copies(&c, &all, 2).await;
     c.kill(control).unwrap();
     c.kill(victim).unwrap();
     let rest: Vec<u64> = all

@@ -24,49 +24,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use smart_api::ClusterStatus;
 use smart_bench::cluster::{ClusterSpec, LocalCluster};
 use smart_proto::NodeId;
 use smart_proto::heartbeat::{self, Claim, Message};
+use smart_testkit::cluster::{self, counter, wait_status};
 use tokio::time::Instant;
 
 fn spec(nodes: usize) -> ClusterSpec {
-    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
-    s.log = "info".into();
+    cluster::spec(env!("CARGO_BIN_EXE_smart"), nodes, "info")
+}
+
+/// [`spec`] for the tests that count refusals under a Control that must stay in place.
+fn steady(nodes: usize) -> ClusterSpec {
+    let mut s = spec(nodes);
+    s.extra_toml = cluster::STEADY_TIMING.into();
     s
-}
-
-fn counter(s: &ClusterStatus, name: &str) -> u64 {
-    s.counters
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| *v)
-        .unwrap_or(0)
-}
-
-/// Polls node `id`'s status until `pred` holds (bounded).
-async fn wait_status(
-    c: &LocalCluster,
-    id: u64,
-    timeout: Duration,
-    pred: impl Fn(&ClusterStatus) -> bool,
-) -> ClusterStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(s) = c.status(id).await
-            && pred(&s)
-        {
-            return s;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "node n{id}: condition not reached in {timeout:?}; last status {:?}\nlog:\n{}",
-                c.status(id).await,
-                c.log_tail(id, 30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The stored highest epoch of node `id` (its `node-state.json`).
@@ -158,6 +130,8 @@ async fn a_forged_max_claim_from_a_non_member_is_ignored_and_nothing_is_persiste
             counter(s, "dropped_not_member") >= 20
         })
         .await;
+        // Exactly the 20 sent: nothing else in this test claims from a non-member.
+        assert_eq!(counter(&s, "dropped_not_member"), 20, "n{n}: {s:?}");
         assert!(s.highest_epoch < 1000, "n{n}: {s:?}");
         assert!(stored_epoch(&c, n) < 1000, "n{n} persisted a forged epoch");
     }
@@ -377,10 +351,17 @@ async fn a_node_presenting_another_nodes_id_is_refused() {
             .await
             .is_err()
     );
+    // The node counts a refusal once its handshake ends, which may be after the client saw
+    // it: wait for both, then check that there were exactly the two this test made.
     let s = wait_status(&c, 1, Duration::from_secs(5), |s| {
         counter(s, "transport_handshakes_wrong_identity") >= 2
     })
     .await;
+    assert_eq!(
+        counter(&s, "transport_handshakes_wrong_identity"),
+        2,
+        "{s:?}"
+    );
     assert_eq!(counter(&s, "transport_handshakes_bad_key"), 0, "{s:?}");
     // Message-API clients still connect with the cluster key alone, and the CLI works.
     c.client(1)
@@ -453,7 +434,7 @@ async fn node_request_as(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
     use smart_proto::agent::{AgentCommand, AgentReply, LaunchSpec};
-    let c = LocalCluster::start(spec(3)).unwrap();
+    let c = LocalCluster::start(steady(3)).unwrap();
     let all = c.running();
     let (ctl, epoch) = c
         .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
@@ -475,6 +456,13 @@ async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
         },
         reservation: Default::default(),
     };
+    // Refusals counted before the attack (a node paused by a loaded machine and deposed
+    // meanwhile has its late commands refused too): the attack's are counted from here.
+    let refused_before = |n: u64| {
+        let c = &c;
+        async move { cluster::node_counter(c, n, "agent_command_not_from_control").await }
+    };
+    let (target_before, ctl_before) = (refused_before(target).await, refused_before(ctl).await);
     // At the Control's own epoch, and one above it (as if the intruder were a new Control
     // the target had not heard of yet), to the target and to the Control's own agent.
     for (to, e, instance) in [
@@ -517,19 +505,24 @@ async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
         matches!(r, Ok(smart_api::NodeResponse::Agent(AgentReply::Refused { highest, .. })) if highest == epoch),
         "{r:?}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!marker.exists(), "an intruder's start ran a process");
-    let st = wait_status(&c, target, Duration::from_secs(5), |s| {
-        counter(s, "agent_command_not_from_control") >= 3
-    })
-    .await;
-    assert_eq!(st.highest_epoch, epoch, "the intruder's epoch was adopted");
-    assert!(
-        counter(
-            &wait_status(&c, ctl, Duration::from_secs(5), |_| true).await,
-            "agent_command_not_from_control"
-        ) >= 1
+    // A node counts a refusal before it answers, and every answer is in: the counts are
+    // exactly what this test sent (two starts and the report to the target, one start to
+    // the Control).
+    let st = wait_status(&c, target, Duration::from_secs(5), |_| true).await;
+    assert_eq!(
+        counter(&st, "agent_command_not_from_control") - target_before,
+        3,
+        "{st:?}"
     );
+    assert_eq!(st.highest_epoch, epoch, "the intruder's epoch was adopted");
+    let sc = wait_status(&c, ctl, Duration::from_secs(5), |_| true).await;
+    assert_eq!(
+        counter(&sc, "agent_command_not_from_control") - ctl_before,
+        1,
+        "{sc:?}"
+    );
+    // Refused before Agent86 saw them: no process was started, so none can touch the marker.
+    assert!(!marker.exists(), "an intruder's start ran a process");
     // The real Control keeps commanding its agents, at its epoch.
     let after = c
         .wait_agreed_control(&all, Duration::from_secs(5), |_, _| true)
@@ -547,7 +540,7 @@ async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
 async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
     use smart_api::{Request, Response, ServiceSpec};
     use smart_proto::node::{Replica, ReplicaEntry};
-    let mut c = LocalCluster::start(spec(3)).unwrap();
+    let mut c = LocalCluster::start(steady(3)).unwrap();
     let all = c.running();
     let (ctl, epoch) = c
         .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
@@ -587,8 +580,17 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
         .await
         .unwrap();
     assert!(matches!(r, Response::Ok), "{r:?}");
-    // The Control's copies without it reach every node (one per refresh, 1 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The Control's copies without it must reach every node before the Control dies: the
+    // successor restores from its own node's copy, and a copy taken before the stop lists
+    // the service (rightly: it ran then). Two copies accepted from here on include one made
+    // after the stop.
+    cluster::wait_registry_copies(&c, &all, 2).await;
+    // Refusals counted before the attack (a node paused by a loaded machine and deposed
+    // meanwhile has its late copies refused too): the attack's are counted from here.
+    let mut refused_before = Vec::new();
+    for &n in &all {
+        refused_before.push(cluster::node_counter(&c, n, "replica_not_from_control").await);
+    }
     // A member that is not the Control pushes a copy that still lists it, "newer" by
     // (epoch, version) than anything the Control sent.
     let forged = Replica {
@@ -621,9 +623,14 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
             );
         }
     }
-    for &to in &all {
+    // Counted before the refusal is answered: exactly the two forged copies sent to each.
+    for (&to, &before) in all.iter().zip(&refused_before) {
         let s = wait_status(&c, to, Duration::from_secs(5), |_| true).await;
-        assert!(counter(&s, "replica_not_from_control") >= 2, "n{to}: {s:?}");
+        assert_eq!(
+            counter(&s, "replica_not_from_control") - before,
+            2,
+            "n{to}: {s:?}"
+        );
     }
     // The Control dies: its successor restores what its copy lists, and that is not the
     // stopped service.
@@ -633,6 +640,8 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
     })
     .await
     .unwrap();
+    // The successor answers `Services` only once it has rebuilt, and rebuilding includes
+    // restoring its copy: a resurrection would be in this answer.
     let cl = c.client(others[0]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let services = loop {
@@ -644,7 +653,6 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
             }
         }
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         services.iter().all(|s| s.placement.service != "lazarus"),
         "{services:?}"

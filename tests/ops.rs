@@ -14,26 +14,17 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use smart_api::client::ApiClient;
 use smart_api::{ApiError, Request, Response};
-use smart_bench::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::cluster::LocalCluster;
+use smart_testkit::cluster::{self, Http, code};
 
-fn spec(nodes: usize) -> ClusterSpec {
-    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
-    s.log = "info,smart_supervision=warn".into();
-    s
-}
+const SMART: &str = env!("CARGO_BIN_EXE_smart");
 
 async fn start(nodes: usize) -> (LocalCluster, u64, u64) {
-    let c = LocalCluster::start(spec(nodes)).unwrap();
-    let all = c.running();
-    let (control, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
-    (c, control, epoch)
+    cluster::start(cluster::spec(SMART, nodes, cluster::QUIET_LOG)).await
 }
 
 /// A service whose instance listens (a distributor with an origin nobody asks).
@@ -41,79 +32,9 @@ fn service_spec(name: &str) -> Value {
     json!({
         "name": name,
         "class": "distributor",
-        "command": [env!("CARGO_BIN_EXE_smart"), "distributor", "--listen", "{listen}", "--origin", "http://127.0.0.1:9"],
+        "command": [SMART, "distributor", "--listen", "{listen}", "--origin", "http://127.0.0.1:9"],
         "per_client_bps": 400000,
     })
-}
-
-struct Http {
-    c: reqwest::Client,
-}
-
-impl Http {
-    fn new() -> Self {
-        Self {
-            c: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    /// `method url` with `token` and a JSON body; the status and the JSON answer.
-    async fn call(
-        &self,
-        method: Method,
-        url: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut r = self.c.request(method, url);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
-    }
-
-    async fn get(&self, url: &str, token: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, url, Some(token), None).await
-    }
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, at most `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn smart_cli(args: &[&str], addr: &str, token: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(args)
-        .env("SMART_ADDR", addr)
-        .env("SMART_TOKEN", token)
-        .output()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +46,12 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     let h = Http::new();
 
     // Credentials: none or unknown is 401 (with a challenge), read-only on a write is 403.
-    let r = h.c.get(format!("{base}/v1/status")).send().await.unwrap();
+    let r = h
+        .client()
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
     let (s, v) = h
@@ -144,14 +70,15 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     assert_eq!(v["error"]["retryable"], false);
 
     // Malformed bodies: 400 with the reason, 415 without JSON, 413 when too large.
-    let r =
-        h.c.post(format!("{base}/v1/services"))
-            .bearer_auth(admin)
-            .header("content-type", "application/json")
-            .body(r#"{"name": "v", "class": 7"#)
-            .send()
-            .await
-            .unwrap();
+    let r = h
+        .client()
+        .post(format!("{base}/v1/services"))
+        .bearer_auth(admin)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "v", "class": 7"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
@@ -160,22 +87,24 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
         msg.contains("malformed JSON") && msg.contains("column"),
         "{msg}"
     );
-    let r =
-        h.c.post(format!("{base}/v1/services"))
-            .bearer_auth(admin)
-            .body("name=v")
-            .send()
-            .await
-            .unwrap();
+    let r = h
+        .client()
+        .post(format!("{base}/v1/services"))
+        .bearer_auth(admin)
+        .body("name=v")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
-    let r =
-        h.c.post(format!("{base}/v1/services"))
-            .bearer_auth(admin)
-            .header("content-type", "application/json")
-            .body(vec![b' '; 100_000])
-            .send()
-            .await
-            .unwrap();
+    let r = h
+        .client()
+        .post(format!("{base}/v1/services"))
+        .bearer_auth(admin)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100_000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let (s, v) = h
         .call(
@@ -205,7 +134,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     assert_eq!((s.as_u16(), code(&v)), (400, "bad_request"), "{v}");
 
     // Status and version, from the follower; every member's API URL.
-    let st = eventually(Duration::from_secs(10), "every member's http", || async {
+    let st = cluster::eventually(Duration::from_secs(10), "every member's http", || async {
         let (s, v) = h.get(&format!("{base}/v1/status"), read).await;
         (s == 200
             && v["members"].as_array()?.len() == 3
@@ -280,7 +209,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
         (Some("video-a"), Some(2))
     );
     // Its reservation shows once the Control has its node's next report (1 s refresh).
-    let v = eventually(
+    let v = cluster::eventually(
         Duration::from_secs(5),
         "the service's reservation",
         || async {
@@ -306,7 +235,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
 
     // Nodes: the Control's view (reservation on the service's node, once the Control has
     // its node's next report: 1 s refresh), and usage history.
-    let n = eventually(Duration::from_secs(5), "the node's reservation", || async {
+    let n = cluster::eventually(Duration::from_secs(5), "the node's reservation", || async {
         let (s, v) = h.get(&format!("{base}/v1/nodes"), read).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
@@ -322,7 +251,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     .await;
     assert!(n["placement"]["instances"].as_array().is_some(), "{n}");
     assert!(n["placement"]["vr"].as_f64().unwrap() > 0.0);
-    eventually(Duration::from_secs(6), "usage samples", || async {
+    cluster::eventually(Duration::from_secs(6), "usage samples", || async {
         let (_, v) = h.get(&format!("{base}/v1/usage"), read).await;
         (v["nodes"].as_array()?.len() == 3 && !v["nodes"][0]["points"].as_array()?.is_empty())
             .then_some(())
@@ -339,7 +268,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    eventually(
+    cluster::eventually(
         Duration::from_secs(20),
         "the service to leave the drained node",
         || async {
@@ -368,7 +297,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     assert_eq!((s.as_u16(), code(&v)), (400, "bad_request"), "{v}");
 
     // The CLI over the same API: JSON, exit codes.
-    let out = smart_cli(&["services", "--json"], &base, read);
+    let out = cluster::smart_cli(SMART, &["services", "--json"], &base, read);
     assert!(
         out.status.success(),
         "{}",
@@ -376,16 +305,17 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["services"][0]["name"], "video-a");
-    let out = smart_cli(&["locate", "video-z"], &base, read);
+    let out = cluster::smart_cli(SMART, &["locate", "video-z"], &base, read);
     assert_eq!(out.status.code(), Some(1), "not found");
-    let out = smart_cli(&["status"], &base, "smart_bad");
+    let out = cluster::smart_cli(SMART, &["status"], &base, "smart_bad");
     assert_eq!(out.status.code(), Some(4), "bad token");
-    let out = smart_cli(&["stop", "video-a"], &base, read);
+    let out = cluster::smart_cli(SMART, &["stop", "video-a"], &base, read);
     assert_eq!(out.status.code(), Some(4), "read token on a write");
-    let out = smart_cli(&["nodes"], "http://127.0.0.1:1", read);
+    let out = cluster::smart_cli(SMART, &["nodes"], "http://127.0.0.1:1", read);
     assert_eq!(out.status.code(), Some(3), "unreachable");
     // Several addresses, the first dead: the next answers.
-    let out = smart_cli(
+    let out = cluster::smart_cli(
+        SMART,
         &["nodes", "--json"],
         &format!("http://127.0.0.1:1,{base}"),
         read,
@@ -395,7 +325,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = smart_cli(&["stop", "video-a"], &base, admin);
+    let out = cluster::smart_cli(SMART, &["stop", "video-a"], &base, admin);
     assert!(
         out.status.success(),
         "{}",
@@ -459,7 +389,7 @@ async fn read_events(
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
     use futures::StreamExt;
-    let r = h.c.get(url).bearer_auth(token).send().await.unwrap();
+    let r = h.client().get(url).bearer_auth(token).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-ndjson");
     let mut body = r.bytes_stream();
@@ -553,14 +483,15 @@ async fn the_event_stream_resumes_from_its_index_across_a_control_failover() {
         "resumed stream differs"
     );
     // SSE framing with Last-Event-ID.
-    let r =
-        h.c.get(format!("{url}?follow=false"))
-            .bearer_auth(&token)
-            .header("accept", "text/event-stream")
-            .header("last-event-id", mid.to_string())
-            .send()
-            .await
-            .unwrap();
+    let r = h
+        .client()
+        .get(format!("{url}?follow=false"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", mid.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.unwrap();
     assert!(
@@ -577,7 +508,7 @@ async fn the_event_stream_resumes_from_its_index_across_a_control_failover() {
 }
 
 fn promtool_check(text: &str) {
-    let Some(promtool) = smart_vod::tools::require(
+    let Some(promtool) = smart_testkit::require::require(
         "promtool",
         smart_vod::tools::which("promtool"),
         "apt-get install prometheus (scripts/setup.sh)",
@@ -633,16 +564,17 @@ async fn metrics_pass_promtool_and_move_when_a_node_dies() {
         .map(|n| format!("{}/metrics", c.http_url(n)))
         .collect();
     let scrape = |id: u64| {
-        let (h, url) = (h.c.clone(), urls[(id - 1) as usize].clone());
+        let (h, url) = (h.client().clone(), urls[(id - 1) as usize].clone());
         async move { h.get(url).send().await.unwrap().text().await.unwrap() }
     };
     // Per-service figures come with the Control's next report of the node (1 s refresh).
-    let on_control = eventually(Duration::from_secs(5), "the service's metrics", || async {
-        let t = scrape(control).await;
-        t.contains("smart_service_reserved_network_bytes_per_second{service=\"video-m\"")
-            .then_some(t)
-    })
-    .await;
+    let on_control =
+        cluster::eventually(Duration::from_secs(5), "the service's metrics", || async {
+            let t = scrape(control).await;
+            t.contains("smart_service_reserved_network_bytes_per_second{service=\"video-m\"")
+                .then_some(t)
+        })
+        .await;
     promtool_check(&on_control);
     assert_eq!(
         value_of(&on_control, r#"smart_members{state="alive"}"#),
@@ -666,7 +598,7 @@ async fn metrics_pass_promtool_and_move_when_a_node_dies() {
     );
     // The Control dies: the follower sees two members alive, the member down, a failover.
     c.kill(control).unwrap();
-    let after = eventually(Duration::from_secs(10), "metrics to move", || async {
+    let after = cluster::eventually(Duration::from_secs(10), "metrics to move", || async {
         let t = scrape(f).await;
         (value_of(&t, r#"smart_members{state="alive"}"#) == Some(2.0)
             && value_of(&t, "smart_control_failover_seconds_count") == Some(1.0))
@@ -699,8 +631,9 @@ async fn a_drain_survives_a_control_failover_and_undrain_brings_placements_back(
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    // The drain rides in the registry copy, sent every refresh (1 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The drain rides in the registry copy, which must reach the other nodes first: two
+    // copies accepted from here on include one made after the drain.
+    cluster::wait_registry_copies(&c, &[1, 2, 3], 2).await;
     c.kill(control).unwrap();
     c.wait_agreed_control(&[drained, other], Duration::from_secs(10), |n, e| {
         n != control && e > epoch
@@ -720,7 +653,7 @@ async fn a_drain_survives_a_control_failover_and_undrain_brings_placements_back(
                 .filter(|p| !p.is_null())
         }
     };
-    let p = eventually(Duration::from_secs(10), "the new Control's view", || {
+    let p = cluster::eventually(Duration::from_secs(10), "the new Control's view", || {
         placement_of(drained)
     })
     .await;
@@ -763,9 +696,7 @@ async fn a_drain_survives_a_control_failover_and_undrain_brings_placements_back(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_and_a_dead_node_within_two_seconds() {
     use smart_vod::browser::Browser;
-    let Some(tools) =
-        smart_vod::tools::require("browser", Browser::find().ok(), "run scripts/setup.sh")
-    else {
+    let Some(tools) = smart_testkit::require::require_ok("a browser", Browser::find()) else {
         return;
     };
     let (mut c, control, _) = start(3).await;
@@ -851,7 +782,7 @@ async fn the_dashboard_shows_the_cluster_and_a_dead_node_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line_with_the_node_id() {
-    let mut s = spec(1);
+    let mut s = cluster::spec(SMART, 1, cluster::QUIET_LOG);
     s.env = vec![("SMART_LOG_FORMAT".into(), "json".into())];
     let c = LocalCluster::start(s).unwrap();
     c.wait_agreed_control(&[1], Duration::from_secs(10), |_, _| true)

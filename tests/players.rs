@@ -23,6 +23,8 @@ use serde_json::Value;
 use smart_api::{NodeId, Request, Response, ServiceStatus};
 use smart_bench::cluster::{ClusterSpec, LocalCluster};
 use smart_bench::videos;
+use smart_testkit::cluster::{frontend_spec, node_counter};
+use smart_testkit::p99;
 use smart_vod::hls::MediaPlaylist;
 use smart_vod::hls_viewer::{HlsViewerConfig, run_hls_viewer};
 use smart_vod::http::{self, Url};
@@ -38,12 +40,7 @@ const KBPS: u64 = 400;
 const REAL_SECS: u64 = 24;
 
 fn spec(nodes: usize, origin: &str, frontend_toml: &str) -> ClusterSpec {
-    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
-    s.log = "info,smart_supervision=warn".into();
-    s.frontends = vec![nodes as u64];
-    s.no_agent = vec![nodes as u64];
-    s.origin = origin.to_string();
-    s.bitrate_bps = KBPS * 1000;
+    let mut s = frontend_spec(env!("CARGO_BIN_EXE_smart"), nodes, origin, KBPS * 1000);
     s.frontend_toml = frontend_toml.to_string();
     s
 }
@@ -106,14 +103,6 @@ async fn moved_off(c: &LocalCluster, video: &str, not: NodeId) -> NodeId {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{name} never left {not}");
-}
-
-async fn counter(c: &LocalCluster, node: u64, name: &str) -> u64 {
-    let s = c.status(node).await.unwrap();
-    s.counters
-        .iter()
-        .find(|(k, _)| k == name)
-        .map_or(0, |(_, v)| *v)
 }
 
 /// What happens to the serving node mid-play.
@@ -309,8 +298,8 @@ async fn ffmpeg_hls_across(how: Disruption) {
         &err,
         &samples,
     );
-    let resumes = counter(&c, fe_node(&c), "frontend_relay_resumes").await;
-    let retries = counter(&c, fe_node(&c), "frontend_relay_retries").await;
+    let resumes = node_counter(&c, fe_node(&c), "frontend_relay_resumes").await;
+    let retries = node_counter(&c, fe_node(&c), "frontend_relay_retries").await;
     println!("front-end relay: {resumes} resumes mid-body, {retries} retried attempts");
 }
 
@@ -322,36 +311,6 @@ async fn ffmpeg_plays_hls_through_the_front_end_across_a_kill_9_of_its_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_plays_hls_through_the_front_end_across_a_drain_of_its_node() {
     ffmpeg_hls_across(Disruption::Drain).await;
-}
-
-/// What ffmpeg does with `hls = "redirect"` across kills (for the design notes): each
-/// segment is a `302` to the distributor, so a request that lands in the window between the
-/// death and its detection meets a refused connection, and a segment cut mid-body is the
-/// player's to recover. Prints, over a few kills, what ffmpeg decoded and said; run with
-/// `--run-ignored`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "evidence for the design: run with --run-ignored"]
-async fn ffmpeg_hls_with_redirects_per_segment_across_kill_9s() {
-    let Some(ffmpeg) = tools::require_bin("ffmpeg") else {
-        return;
-    };
-    let origin = real_origin(&ffmpeg, REAL_SECS).await;
-    for trial in 0..4 {
-        let (mut c, fe) = cluster(spec(4, &origin, "hls = \"redirect\"")).await;
-        let player = Ffmpeg::start(&ffmpeg, &[], &format!("{fe}/watch/v0.m3u8"));
-        player.played(6.0 + trial as f64 * 0.5).await;
-        let (from, to) = disrupt(&mut c, "v0", Disruption::Kill).await;
-        let (ok, err, samples) = player.finish(Duration::from_secs(REAL_SECS + 30)).await;
-        let last = samples.last().copied().unwrap_or_default();
-        println!(
-            "redirect trial {trial}: kill -9 of {from} (now {to}): exit ok {ok}, {} of {} frames, media {:.1} s, lag {:.2} s, stderr: {}",
-            last.frames,
-            REAL_SECS * 25,
-            last.media,
-            worst_lag(&samples),
-            err.trim().replace('\n', " | ")
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,7 +367,7 @@ async fn ffmpeg_plays_progressive_through_a_relaying_front_end_across_a_kill_9()
         &err,
         &samples,
     );
-    let resumes = counter(&c, fe_node(&c), "frontend_relay_resumes").await;
+    let resumes = node_counter(&c, fe_node(&c), "frontend_relay_resumes").await;
     assert!(resumes >= 1, "the relay resumed the stream on {to}");
 }
 
@@ -554,7 +513,7 @@ async fn hls_through_the_front_end_is_byte_exact_admitted_and_released() {
         }
     }
     assert!(released, "clients still admitted: {:?}", services(&c).await);
-    assert!(counter(&c, fe_node(&c), "frontend_hls_sessions_expired").await >= 2);
+    assert!(node_counter(&c, fe_node(&c), "frontend_hls_sessions_expired").await >= 2);
     let (st, _, _) = get("/watch/v0.m3u8").await;
     assert_eq!(st, 200, "admitted again after the releases");
 }
@@ -600,14 +559,6 @@ async fn hls_redirect_mode_sends_each_segment_to_the_current_distributor() {
     assert!(all == data[..], "the redirected segments are the file");
 }
 
-fn p99(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
-}
-
 /// The figure: HLS load viewers through the front-end while the node serving their video
 /// is killed. Each keeps 6-8 s buffered (8 s goal: it asks for a 2 s segment when below
 /// it), so that the distributor's allowance (a 10 s burst, then 1.5× real time) never holds
@@ -618,10 +569,8 @@ async fn a_dead_nodes_hls_viewers_keep_playing_through_the_front_end() {
     dead_node_hls("hls = \"relay\"").await;
 }
 
-/// The same with `hls = "redirect"`, for the figure (the viewers retry a failed segment as
-/// hls.js does): run with `--run-ignored`.
+/// The same with `hls = "redirect"` (the viewers retry a failed segment as hls.js does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "figure: run with --run-ignored"]
 async fn a_dead_nodes_hls_viewers_with_redirects_per_segment() {
     dead_node_hls("hls = \"redirect\"").await;
 }
@@ -688,8 +637,8 @@ async fn dead_node_hls(mode: &str) {
     let p = p99(waits.clone());
     println!(
         "front-end relay: {} resumes mid-body, {} retried attempts",
-        counter(&c, fe_node(&c), "frontend_relay_resumes").await,
-        counter(&c, fe_node(&c), "frontend_relay_retries").await
+        node_counter(&c, fe_node(&c), "frontend_relay_resumes").await,
+        node_counter(&c, fe_node(&c), "frontend_relay_retries").await
     );
     println!(
         "{mode}: kill -9 of {victim} ({dead:?} ran there, v0 now on {to}, {:.1} s ago): {} HLS viewers through the front-end, longest wait for a segment p99 {p:.0} ms, max {worst:.0} ms, 0 stalls (load {})",
@@ -940,7 +889,7 @@ async fn frontend_cost_per_viewer_relay_and_redirect() {
             "{name}: {n} viewers, front-end {fe_us:.1} µs/s per viewer (above its idle {:.0} µs/s), distributor {d_us:.1} µs/s per viewer, stalls {stalls}, corrupt {corrupt}, refused {refused}",
             idle * 1e6
         );
-        rows.push((name, fe_us, d_us, stalls, corrupt));
+        rows.push((name, fe_us, d_us, stalls, corrupt, refused));
         drop(c);
     }
     println!(
@@ -949,8 +898,12 @@ async fn frontend_cost_per_viewer_relay_and_redirect() {
             .unwrap_or_default()
             .trim()
     );
-    for (name, _, _, stalls, corrupt) in &rows {
-        assert_eq!(*corrupt, 0, "{name}");
-        let _ = stalls;
+    // The figures are only worth reading if every viewer played throughout.
+    for (name, _, _, stalls, corrupt, refused) in &rows {
+        assert_eq!(
+            (*stalls, *corrupt, *refused),
+            (0, 0, 0),
+            "{name}: stalls, corrupt streams, refused viewers"
+        );
     }
 }

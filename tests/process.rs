@@ -10,51 +10,17 @@
 
 use std::time::Duration;
 
-use smart_api::{ClusterStatus, NodeProtocol, NodeRequest, NodeResponse};
+use smart_api::{NodeProtocol, NodeRequest, NodeResponse};
 use smart_bench::cluster::{ClusterSpec, LocalCluster};
 use smart_bench::demo::kill_control_and_measure;
 use smart_proto::agent::{AgentCommand, AgentReply};
 use smart_proto::{ClusterKey, NodeId};
+use smart_testkit::cluster::{self, counter, wait_status};
 use smart_transport::Client;
 use smart_transport::tcp::TcpTransport;
 
 fn spec(nodes: usize) -> ClusterSpec {
-    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), nodes);
-    s.log = "info".into();
-    s
-}
-
-fn counter(s: &ClusterStatus, name: &str) -> u64 {
-    s.counters
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| *v)
-        .unwrap_or(0)
-}
-
-/// Polls node `id`'s status until `pred` holds (bounded).
-async fn wait_status(
-    c: &LocalCluster,
-    id: u64,
-    timeout: Duration,
-    pred: impl Fn(&ClusterStatus) -> bool,
-) -> ClusterStatus {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Ok(s) = c.status(id).await
-            && pred(&s)
-        {
-            return s;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "node n{id}: condition not reached in {timeout:?}; last status {:?}\nlog:\n{}",
-                c.status(id).await,
-                c.log_tail(id, 30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster::spec(env!("CARGO_BIN_EXE_smart"), nodes, "info")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,8 +101,8 @@ async fn a_paused_control_steps_down_on_resume_and_its_commands_are_refused() {
         })
         .await
         .unwrap();
-    // Let the new Control command the agents at its epoch.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The new Control commands the agents at its epoch: a round of it has reached them.
+    cluster::wait_registry_copies(&c, &others, 1).await;
     c.resume(old).unwrap();
     // Everyone, the zombie included, ends up agreeing on a Control other than the zombie.
     let (agreed, _) = c

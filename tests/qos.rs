@@ -10,26 +10,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
-use smart_bench::cluster::{ClusterSpec, LocalCluster};
+use smart_bench::cluster::ClusterSpec;
+use smart_testkit::cluster::{self, Http};
+
+const SMART: &str = env!("CARGO_BIN_EXE_smart");
 
 fn spec(admission: &str, extra: &str) -> ClusterSpec {
-    let mut s = ClusterSpec::new(env!("CARGO_BIN_EXE_smart"), 3);
-    s.log = "info,smart_supervision=warn".into();
+    let mut s = cluster::spec(SMART, 3, cluster::QUIET_LOG);
     s.admission_toml = admission.into();
     s.extra_toml = extra.into();
     s
-}
-
-async fn start(s: ClusterSpec) -> (LocalCluster, u64, u64) {
-    let c = LocalCluster::start(s).unwrap();
-    let all = c.running();
-    let (control, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
-        .await
-        .unwrap();
-    (c, control, epoch)
 }
 
 /// A flat profile: `cpu` cores and `mem` bytes in every interval, no network.
@@ -41,77 +33,13 @@ fn flat(class: &str, cpu: f64, mem: u64) -> Value {
     })
 }
 
-struct Http(reqwest::Client);
-
-impl Http {
-    fn new() -> Self {
-        Self(
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        )
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        url: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut r = self.0.request(method, url).bearer_auth(token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, url: &str, token: &str) -> Value {
-        let (s, v) = self.call(Method::GET, url, token, None).await;
-        assert_eq!(s, 200, "GET {url}: {v}");
-        v
-    }
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, at most `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn smart_cli(args: &[&str], addr: &str, token: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(args)
-        .env("SMART_ADDR", addr)
-        .env("SMART_TOKEN", token)
-        .output()
-        .unwrap()
-}
-
 fn service(name: &str, class: &str, command: &[&str]) -> Value {
     json!({"name": name, "class": class, "command": command})
 }
 
 fn a_listener() -> Vec<String> {
     [
-        env!("CARGO_BIN_EXE_smart"),
+        SMART,
         "distributor",
         "--listen",
         "{listen}",
@@ -124,7 +52,7 @@ fn a_listener() -> Vec<String> {
 
 /// Node `node`'s placement as the Control sees it (`GET /v1/nodes`).
 async fn placement(h: &Http, base: &str, read: &str, node: u64) -> Option<Value> {
-    let v = h.get(&format!("{base}/v1/nodes"), read).await;
+    let v = h.get_ok(&format!("{base}/v1/nodes"), read).await;
     v["nodes"]
         .as_array()?
         .iter()
@@ -141,7 +69,7 @@ fn find<'a>(services: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control_failover() {
-    let (mut c, control, epoch) = start(spec("", "")).await;
+    let (mut c, control, epoch) = cluster::start(spec("", "")).await;
     let follower = (1..=3).find(|&n| n != control).unwrap();
     let base = c.http_url(follower);
     let (admin, read) = (c.admin_token().to_string(), c.read_token().to_string());
@@ -150,13 +78,14 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
     // `smart profiles put` from a file, as `smart profile` writes one.
     let file = c.dir().join("transcoder.json");
     std::fs::write(&file, flat("transcoder", 0.30, 48 << 20).to_string()).unwrap();
-    let out = smart_cli(
+    let out = cluster::smart_cli(
+        SMART,
         &["profiles", "put", "transcoder", file.to_str().unwrap()],
         &base,
         &admin,
     );
     assert!(out.status.success(), "{out:?}");
-    let out = smart_cli(&["profiles", "list", "--json"], &base, &read);
+    let out = cluster::smart_cli(SMART, &["profiles", "list", "--json"], &base, &read);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let t = list["profiles"]
         .as_array()
@@ -175,7 +104,7 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
         .call(
             Method::PUT,
             &format!("{base}/v1/profiles/transcoder"),
-            &admin,
+            Some(&admin),
             Some(bad),
         )
         .await;
@@ -192,7 +121,7 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
         .call(
             Method::POST,
             &format!("{base}/v1/services"),
-            &admin,
+            Some(&admin),
             Some(service("t1", "transcoder", &cmd)),
         )
         .await;
@@ -201,12 +130,12 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
         .call(
             Method::POST,
             &format!("{base}/v1/services"),
-            &admin,
+            Some(&admin),
             Some(service("d1", "distributor", &cmd)),
         )
         .await;
     assert_eq!(s, 201, "{p}");
-    let all = h.get(&format!("{base}/v1/services"), &read).await;
+    let all = h.get_ok(&format!("{base}/v1/services"), &read).await;
     let t1 = find(&all, "t1").unwrap();
     assert_eq!(t1["profile"], "measured", "{t1}");
     let cpu = t1["reserved"]["cpu_cores"].as_f64().unwrap();
@@ -227,7 +156,9 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
     );
 
     // The Control dies; the new one admits from the same profile.
-    tokio::time::sleep(Duration::from_millis(2500)).await; // one replica push
+    // The registry copy with the profile must reach the other nodes first: two copies
+    // accepted from here on include one made now.
+    cluster::wait_registry_copies(&c, &[1, 2, 3], 2).await;
     c.kill(control).unwrap();
     let alive: Vec<u64> = (1..=3).filter(|&n| n != control).collect();
     c.wait_agreed_control(&alive, Duration::from_secs(10), |n, e| {
@@ -236,13 +167,13 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
     .await
     .unwrap();
     let base = c.http_url(alive[0]);
-    let show = eventually(
+    let show = cluster::eventually(
         Duration::from_secs(10),
         "the profile on the new Control",
         || {
             let (h, url, read) = (&h, format!("{base}/v1/profiles/transcoder"), read.clone());
             async move {
-                let (s, v) = h.call(Method::GET, &url, &read, None).await;
+                let (s, v) = h.call(Method::GET, &url, Some(&read), None).await;
                 (s == 200).then_some(v)
             }
         },
@@ -254,12 +185,12 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
         .call(
             Method::POST,
             &format!("{base}/v1/services"),
-            &admin,
+            Some(&admin),
             Some(service("t2", "transcoder", &cmd)),
         )
         .await;
     assert_eq!(s, 201, "{p}");
-    let all = h.get(&format!("{base}/v1/services"), &read).await;
+    let all = h.get_ok(&format!("{base}/v1/services"), &read).await;
     let t2 = find(&all, "t2").unwrap();
     assert_eq!(t2["profile"], "measured", "{t2}");
     assert!((t2["reserved"]["cpu_cores"].as_f64().unwrap() - 0.30).abs() < 0.01);
@@ -268,7 +199,8 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_loop_is_held_at_its_reservation_by_the_cgroup_driver() {
     // Limits at the reservation itself (no headroom), so the cap is the profile's 0.25.
-    let (c, control, _) = start(spec("cpu_headroom = 1.0\nidle_stop_after = \"0s\"", "")).await;
+    let (c, control, _) =
+        cluster::start(spec("cpu_headroom = 1.0\nidle_stop_after = \"0s\"", "")).await;
     let base = c.http_url(control);
     let (admin, read) = (c.admin_token().to_string(), c.read_token().to_string());
     let h = Http::new();
@@ -276,7 +208,7 @@ async fn a_busy_loop_is_held_at_its_reservation_by_the_cgroup_driver() {
         .call(
             Method::PUT,
             &format!("{base}/v1/profiles/spin"),
-            &admin,
+            Some(&admin),
             Some(flat("spin", 0.25, 16 << 20)),
         )
         .await;
@@ -285,7 +217,7 @@ async fn a_busy_loop_is_held_at_its_reservation_by_the_cgroup_driver() {
         .call(
             Method::POST,
             &format!("{base}/v1/services"),
-            &admin,
+            Some(&admin),
             Some(service(
                 "spin",
                 "spin",
@@ -298,7 +230,7 @@ async fn a_busy_loop_is_held_at_its_reservation_by_the_cgroup_driver() {
     let mut used = Vec::new();
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
-        let all = h.get(&format!("{base}/v1/services"), &read).await;
+        let all = h.get_ok(&format!("{base}/v1/services"), &read).await;
         let s = find(&all, "spin").cloned().unwrap();
         assert_eq!(s["limits_enforced"], true, "{s}");
         if let Some(cpu) = s["usage"]["cpu_cores"].as_f64() {
@@ -316,7 +248,7 @@ async fn a_busy_loop_is_held_at_its_reservation_by_the_cgroup_driver() {
     assert!(max >= 0.02, "the loop did not run at all: {used:?}");
     // On a loaded machine an uncapped loop may get little CPU too: the kernel's quota for
     // the instance's own cgroup says it is capped, whatever the load.
-    let all = h.get(&format!("{base}/v1/services"), &read).await;
+    let all = h.get_ok(&format!("{base}/v1/services"), &read).await;
     let instance = find(&all, "spin").unwrap()["instance"]
         .as_str()
         .unwrap()
@@ -369,7 +301,7 @@ fn cpu_quota_cores(instance: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_service_is_stopped_and_its_reservation_released() {
-    let (c, control, _) = start(spec("idle_stop_after = \"3s\"", "")).await;
+    let (c, control, _) = cluster::start(spec("idle_stop_after = \"3s\"", "")).await;
     let base = c.http_url(control);
     let (admin, read) = (c.admin_token().to_string(), c.read_token().to_string());
     let h = Http::new();
@@ -379,7 +311,7 @@ async fn an_idle_service_is_stopped_and_its_reservation_released() {
         .call(
             Method::POST,
             &format!("{base}/v1/services"),
-            &admin,
+            Some(&admin),
             Some(service("idle", "distributor", &cmd)),
         )
         .await;
@@ -390,19 +322,22 @@ async fn an_idle_service_is_stopped_and_its_reservation_released() {
             .await
             .and_then(|p| p["reserved"]["memory_bytes"].as_u64())
     };
-    eventually(
+    cluster::eventually(
         Duration::from_secs(5),
         "its reservation on its node",
         || async { (reserved(&h, &base, &read).await.unwrap_or(0) > 0).then_some(()) },
     )
     .await;
-    eventually(
+    cluster::eventually(
         Duration::from_secs(15),
         "the idle service to stop",
         || async {
-            find(&h.get(&format!("{base}/v1/services"), &read).await, "idle")
-                .is_none()
-                .then_some(())
+            find(
+                &h.get_ok(&format!("{base}/v1/services"), &read).await,
+                "idle",
+            )
+            .is_none()
+            .then_some(())
         },
     )
     .await;
@@ -412,7 +347,7 @@ async fn an_idle_service_is_stopped_and_its_reservation_released() {
             .any(|e| e["type"] == "stopped" && e["service"] == "idle"),
         "no stopped event: {text:?}"
     );
-    eventually(
+    cluster::eventually(
         Duration::from_secs(5),
         "its reservation released",
         || async { (reserved(&h, &base, &read).await.unwrap_or(0) == 0).then_some(()) },
@@ -422,12 +357,13 @@ async fn an_idle_service_is_stopped_and_its_reservation_released() {
 
 /// The events the node at `base` kept, oldest first.
 async fn events(h: &Http, base: &str, read: &str) -> Vec<Value> {
-    let r =
-        h.0.get(format!("{base}/v1/events?from=0&follow=false"))
-            .bearer_auth(read)
-            .send()
-            .await
-            .unwrap();
+    let r = h
+        .client()
+        .get(format!("{base}/v1/events?from=0&follow=false"))
+        .bearer_auth(read)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     r.text()
         .await
@@ -446,7 +382,7 @@ async fn a_failing_health_command_drains_its_node_and_recovery_undrains_it() {
     let health = format!(
         "[health]\ncommand = [\"sh\", \"-c\", \"test ! -e {dir}/sick-$PPID\"]\nfail_after = 2\nrecover_after = 2\n"
     );
-    let (mut c, control, _) = start(spec("idle_stop_after = \"0s\"", &health)).await;
+    let (mut c, control, _) = cluster::start(spec("idle_stop_after = \"0s\"", &health)).await;
     let sick = (1..=3).find(|&n| n != control).unwrap();
     let base = c.http_url(control);
     let (admin, read) = (c.admin_token().to_string(), c.read_token().to_string());
@@ -456,7 +392,7 @@ async fn a_failing_health_command_drains_its_node_and_recovery_undrains_it() {
             .await
             .and_then(|p| p["drained"].as_bool())
     };
-    eventually(
+    cluster::eventually(
         Duration::from_secs(5),
         "the Control's view of the node",
         || async { (drained(&h, &base, &read).await == Some(false)).then_some(()) },
@@ -465,7 +401,7 @@ async fn a_failing_health_command_drains_its_node_and_recovery_undrains_it() {
     let pid = c.nodes[(sick - 1) as usize].child.as_ref().unwrap().id();
     let flag = Path::new(&dir).join(format!("sick-{pid}"));
     std::fs::write(&flag, b"").unwrap();
-    eventually(Duration::from_secs(15), "the sick node drained", || async {
+    cluster::eventually(Duration::from_secs(15), "the sick node drained", || async {
         (drained(&h, &base, &read).await == Some(true)).then_some(())
     })
     .await;
@@ -477,7 +413,7 @@ async fn a_failing_health_command_drains_its_node_and_recovery_undrains_it() {
             .call(
                 Method::POST,
                 &format!("{base}/v1/services"),
-                &admin,
+                Some(&admin),
                 Some(service(&format!("s{i}"), "distributor", &cmd)),
             )
             .await;
@@ -485,7 +421,7 @@ async fn a_failing_health_command_drains_its_node_and_recovery_undrains_it() {
         assert_ne!(p["node"].as_u64(), Some(sick), "placed on a sick node: {p}");
     }
     std::fs::remove_file(&flag).unwrap();
-    eventually(Duration::from_secs(15), "the node undrained", || async {
+    cluster::eventually(Duration::from_secs(15), "the node undrained", || async {
         (drained(&h, &base, &read).await == Some(false)).then_some(())
     })
     .await;

@@ -28,16 +28,7 @@ pub struct Summary {
     pub max: f64,
 }
 
-/// Percentile `q` in [0, 1] of sorted data, nearest-rank (the value of an actual sample,
-/// as the thesis reads its distributions). `None` when empty.
-pub fn percentile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let q = q.clamp(0.0, 1.0);
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
+pub use smart_proto::stats::percentile_sorted;
 
 impl Summary {
     /// Summarise `v`; non-finite values are ignored.

@@ -105,13 +105,10 @@ fn exe() -> Result<std::path::PathBuf, ClusterError> {
 
 pub use crate::case_study::run;
 
-/// Nearest-rank percentile of sorted values.
+/// Nearest-rank percentile `p` in [0, 100] of sorted values ([`smart_proto::stats`]); NaN
+/// when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    smart_proto::stats::percentile_sorted(sorted, p / 100.0).unwrap_or(f64::NAN)
 }
 
 /// Runs the failover benchmark: `trials` kills, the killed node restarted after each.

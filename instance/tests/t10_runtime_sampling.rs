@@ -1,7 +1,8 @@
 //! Real processes under both drivers, measured by the sampler.
 //!
 //! Tests that need cgroups print `skipped: ...` and return when not root or when no cgroup
-//! hierarchy with cpu/cpuacct/memory (v1) or cpu+memory (v2) is usable. Each test uses its
+//! hierarchy with cpu/cpuacct/memory (v1) or cpu+memory (v2) is usable, and fail instead
+//! under `SMART_REQUIRE_TOOLS=1` (CI). Each test uses its
 //! own cgroup prefix so that tests running in parallel never clean up each other's groups.
 //!
 //! Helper processes (a fake agent, a control-API server) are this test binary re-executed
@@ -24,6 +25,7 @@ use smart_instance::runtime::{
     ProcessDriver,
 };
 use smart_instance::sample::{NetSource, Sampler, SamplerConfig};
+use smart_testkit::require::{require_ok, require_root};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -45,22 +47,21 @@ fn prefix(test: &str) -> PathBuf {
     PathBuf::from(format!("smart-test/{test}-{}", std::process::id()))
 }
 
+/// The cgroup driver for `test`, or `None` when the test is to be skipped (not root, or no
+/// usable hierarchy): under the one rule of `smart_testkit::require`, so that CI
+/// (`SMART_REQUIRE_TOOLS=1`) fails instead of passing a test that did not run.
 fn cgroup_driver(test: &str, sockets: &Path) -> Option<CgroupDriver> {
-    if !is_root() {
-        println!("skipped: {test} needs root for cgroups");
+    if !require_root(&format!("{test}: cgroups")) {
         return None;
     }
     // A high weight for the test subtree so that its quota, not a loaded machine, is what
     // limits the instances (the profiler does the same).
     let mut cfg = CgroupConfig::new(prefix(test));
     cfg.prefix_cpu_shares = Some(100_000);
-    match CgroupDriver::new(&cfg, sockets) {
-        Ok((d, _)) => Some(d),
-        Err(e) => {
-            println!("skipped: {test}: {e}");
-            None
-        }
-    }
+    require_ok(
+        &format!("{test}: a usable cgroup hierarchy"),
+        CgroupDriver::new(&cfg, sockets).map(|(d, _)| d),
+    )
 }
 
 fn remove_prefix(test: &str) {
@@ -119,7 +120,7 @@ fn busy_loop_reads_one_core_with_process_driver() {
     println!("process driver busy loop: sampled {m:.3} cores, kernel per-process {truth:.3}");
     // Without root (no raised priority) a loaded box may starve the loop: then only the
     // agreement with the kernel's own accounting is checked.
-    if is_root() {
+    if require_root("the busy loop's range (its raised priority)") {
         assert!((0.8..=1.05).contains(&m), "mean {m} cores: {cores:?}");
     } else {
         println!("note: not root, the loop runs at normal priority; range not checked");

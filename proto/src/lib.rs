@@ -26,6 +26,7 @@
 //! - [`player`]: the player page's JSON (`/watch/{video}/where`).
 //! - [`profile`]: resource profiles (what Agent99 writes, what admission reads).
 //! - [`workload`]: the workload control API and [`workload::WorkloadClient`].
+//! - [`stats`]: percentiles (nearest rank), the one implementation every crate reports with.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
@@ -41,6 +42,7 @@ pub mod node;
 pub mod player;
 pub mod profile;
 pub mod pull;
+pub mod stats;
 pub mod workload;
 
 pub use ids::{Epoch, Incarnation, NodeId, Role, ServiceName};

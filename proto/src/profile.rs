@@ -148,11 +148,7 @@ impl ClassProfile {
             }
         };
         let mut cpu = b.cpu_cores.clone();
-        cpu.sort_by(f64::total_cmp);
-        let p95 = cpu
-            .get(((cpu.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0);
+        let p95 = crate::stats::percentile(&mut cpu, 0.95).unwrap_or(0.0);
         ProfileSummary {
             class: self.class.clone(),
             source: self.source,

@@ -251,7 +251,10 @@ impl Handler<NodeProtocol> for NodeHandler {
                             "registry copies are accepted from the Control only; {from} is not"
                         ));
                     }
-                    if !self.ctx.replica.offer(r) {
+                    // Counted either way: a test waits for the copies it needs to arrive.
+                    if self.ctx.replica.offer(r) {
+                        self.ctx.counters.incr("replica_accepted");
+                    } else {
                         self.ctx.counters.incr("replica_refused_older");
                     }
                     Ok(NodeResponse::Done)

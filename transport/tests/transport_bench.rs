@@ -1,7 +1,9 @@
-//! Transport figures, printed (not asserted on time). Run by hand, in release mode:
+//! Transport figures, printed (not asserted on time: every request must come back with its
+//! own answer). Run in release mode by `.ci/run`'s benchmark step, or by hand:
 //!
 //! ```text
-//! cargo test --release -p smart-transport --test transport_bench -- --ignored --nocapture
+//! cargo nextest run --release -p smart-transport --test transport_bench \
+//!     --run-ignored only --no-capture
 //! ```
 //!
 //! Prints: frame seal+open cost for small and 64 KiB bodies, encrypted (Noise
@@ -19,6 +21,7 @@ mod transport_common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use smart_proto::stats::percentile_sorted;
 use smart_proto::{ClusterKey, NodeId};
 use smart_transport::frame::{
     Cipher, DEFAULT_MAX_FRAME, Envelope, LEN_PREFIX, PROTOCOL_VERSION, open_payload, seal_frame,
@@ -27,8 +30,10 @@ use smart_transport::tcp::TcpTransport;
 use smart_transport::{Client, Endpoint, Peer, PeerArgs, Server, peer};
 use transport_common::*;
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+/// Percentile `q` of durations ([`smart_proto::stats`], nearest rank).
+fn pct(sorted: &[Duration], q: f64) -> Duration {
+    let secs: Vec<f64> = sorted.iter().map(Duration::as_secs_f64).collect();
+    Duration::from_secs_f64(percentile_sorted(&secs, q).expect("samples"))
 }
 
 fn envelope(body_len: usize) -> Envelope<Vec<u8>> {
@@ -86,7 +91,7 @@ fn hmac_codec(body_len: usize, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run by hand with --ignored --nocapture"]
+#[ignore = "benchmark: run in release by .ci/run's benchmark step (--run-ignored only)"]
 async fn transport_figures() {
     codec(100, 20_000);
     hmac_codec(100, 20_000);

@@ -611,14 +611,9 @@ pub struct QoeSummary {
     pub mean_rate_bps: f64,
 }
 
-/// The `q` quantile of `v` (nearest rank); 0 when empty.
+/// The `q` quantile of `v` (nearest rank, [`smart_proto::stats`]); 0 when empty.
 pub fn percentile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    smart_proto::stats::percentile(v, q).unwrap_or(0.0)
 }
 
 /// Summarises viewer reports.

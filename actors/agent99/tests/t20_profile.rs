@@ -16,6 +16,7 @@ use smart_admission::profile::ServiceProfile;
 use smart_admission::stats::distribution;
 use smart_agent99::{DriverChoice, ProfileArgs, run_with};
 use smart_instance::runtime::CONTROL_SOCKET_ENV;
+use smart_testkit::require::require_root;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -75,7 +76,7 @@ fn busy_loop_profile_reads_one_core_and_writes_the_profile() {
         "profiled busy loop: {mean:.3} cores over {samples} samples ({})",
         v["driver"]
     );
-    if is_root() {
+    if require_root("the busy loop's range (its raised priority)") {
         assert!((0.8..=1.05).contains(&mean), "{v}");
     } else {
         println!("note: not root, no priority boost: range not checked");
@@ -104,7 +105,12 @@ fn busy_loop_under_cpu_limit_profiles_at_half_a_core() {
     let rep = match run_with(&a, &mut out) {
         Ok(r) => r,
         Err(e) if !is_root() || e.to_string().contains("cgroups not usable") => {
-            println!("skipped: --cpu-limit needs the cgroup driver: {e}");
+            // Skipped, or failed under SMART_REQUIRE_TOOLS=1 (CI), by the one rule.
+            smart_testkit::require::require::<()>(
+                "--cpu-limit's cgroup driver",
+                None,
+                &e.to_string(),
+            );
             return;
         }
         Err(e) => panic!("{e}"),
@@ -138,7 +144,7 @@ fn synthetic_on_off_load_reproduces_its_distribution() {
     let (idle, mid, busy) = (d[0].share, d[1].share, d[2].share);
     println!("idle {idle:.2} mid {mid:.2} busy {busy:.2} of {n} samples");
     assert!((idle - 0.5).abs() <= 1.5 / n, "idle share {idle}: {cpu:?}");
-    if is_root() {
+    if require_root("the busy share (its raised priority)") {
         assert!((busy - 0.5).abs() <= 1.5 / n, "busy share {busy}: {cpu:?}");
     }
     let mean = rep.summary["cpu"]["mean"].as_f64().unwrap();
