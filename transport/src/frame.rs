@@ -83,7 +83,8 @@ use crate::noise::NOISE_TAG_LEN;
 use smart_proto::{Epoch, Incarnation, NodeId};
 
 /// The envelope version this build speaks. Bumped on any incompatible wire change.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: `Fault` carries a typed `smart_proto::error::RemoteError` instead of a string.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Length of the frame length prefix.
 pub const LEN_PREFIX: usize = 4;
