@@ -134,3 +134,219 @@ impl Attempt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use ractor::{Actor, ActorProcessingErr};
+    use smart_membership::view::ControlAt;
+    use smart_proto::api::Placement;
+
+    use super::*;
+    use crate::peer::BoxFuture;
+
+    /// Records every request; answers each with `answer` after `delay`.
+    struct Recorder {
+        sent: Mutex<Vec<(SocketAddr, NodeRequest, Duration)>>,
+        delay: Duration,
+        answer: Result<NodeResponse, PeerError>,
+    }
+
+    impl PeerClient for Recorder {
+        fn request(
+            &self,
+            to: SocketAddr,
+            req: NodeRequest,
+            timeout: Duration,
+        ) -> BoxFuture<'_, Result<NodeResponse, PeerError>> {
+            self.sent.lock().unwrap().push((to, req, timeout));
+            Box::pin(async move {
+                if self.delay >= timeout {
+                    tokio::time::sleep(timeout).await;
+                    return Err(PeerError::Timeout(to));
+                }
+                tokio::time::sleep(self.delay).await;
+                self.answer.clone()
+            })
+        }
+    }
+
+    fn recorder(delay: Duration, answer: Result<NodeResponse, PeerError>) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            sent: Mutex::new(Vec::new()),
+            delay,
+            answer,
+        })
+    }
+
+    fn placed() -> Response {
+        Response::Placed(Placement {
+            service: "v".into(),
+            node: NodeId(2),
+            endpoint: "http://x/".into(),
+            client: Some(1),
+        })
+    }
+
+    /// A stand-in for the Control actor: answers every API request with `placed()`.
+    struct FakeControl;
+
+    impl Actor for FakeControl {
+        type Msg = ControlMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<ControlMsg>,
+            _: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<ControlMsg>,
+            msg: ControlMsg,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            if let ControlMsg::Api(_, reply) = msg {
+                let _ = reply.send(placed());
+            }
+            Ok(())
+        }
+    }
+
+    fn forwarder(
+        control: Option<NodeId>,
+        local: Option<ActorRef<ControlMsg>>,
+        peers: Arc<Recorder>,
+    ) -> Forwarder {
+        let view = ClusterView {
+            control: control.map(|node| ControlAt {
+                node,
+                epoch: 1,
+                addr: format!("127.0.0.1:{}", 7000 + node.0).parse().unwrap(),
+            }),
+            ..Default::default()
+        };
+        Forwarder {
+            node: NodeId(1),
+            view: watch::channel(view).1,
+            peers,
+            local: watch::channel(local).1,
+            budget: Duration::from_secs(10),
+        }
+    }
+
+    fn admit() -> Request {
+        Request::AdmitClient {
+            service: "v".into(),
+            spec: None,
+            key: Some(3),
+        }
+    }
+
+    #[tokio::test]
+    async fn on_the_control_node_the_request_goes_to_the_local_actor_never_a_socket() {
+        let (control, handle) = Actor::spawn(None, FakeControl, ()).await.unwrap();
+        let peers = recorder(Duration::ZERO, Ok(NodeResponse::Done));
+        let f = forwarder(Some(NodeId(1)), Some(control.clone()), peers.clone());
+        assert_eq!(f.forward(admit()).await, placed());
+        assert!(peers.sent.lock().unwrap().is_empty());
+        control.stop(None);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_local_control_restarts_it_waits_for_the_route_not_a_socket_to_itself() {
+        let peers = recorder(Duration::ZERO, Ok(NodeResponse::Done));
+        let f = forwarder(Some(NodeId(1)), None, peers.clone());
+        let t0 = Instant::now();
+        let r = f.forward_by(admit(), t0 + Duration::from_secs(3)).await;
+        assert_eq!(r, Response::Error(ApiError::Rebuilding));
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+        assert!(peers.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_control_gets_the_time_left_and_one_attempt_not_a_fixed_timeout() {
+        // The Control takes 6 s (a start): within the 10 s deadline, one attempt answers.
+        let peers = recorder(Duration::from_secs(6), Ok(NodeResponse::Api(placed())));
+        let f = forwarder(Some(NodeId(2)), None, peers.clone());
+        let t0 = Instant::now();
+        assert_eq!(
+            f.forward_by(admit(), t0 + Duration::from_secs(10)).await,
+            placed()
+        );
+        let sent = peers.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        let (to, req, timeout) = &sent[0];
+        assert_eq!(*to, "127.0.0.1:7002".parse::<SocketAddr>().unwrap());
+        assert_eq!(*timeout, Duration::from_secs(10));
+        assert_eq!(
+            *req,
+            NodeRequest::ApiWithin {
+                req: admit(),
+                within_ms: 10_000
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_passes_answers_a_typed_timeout() {
+        let peers = recorder(Duration::from_secs(60), Ok(NodeResponse::Api(placed())));
+        let f = forwarder(Some(NodeId(2)), None, peers.clone());
+        let t0 = Instant::now();
+        assert_eq!(
+            f.forward_by(admit(), t0 + Duration::from_secs(2)).await,
+            Response::Error(ApiError::TimedOut)
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+        assert_eq!(peers.sent.lock().unwrap().len(), 1);
+        // Already passed: answered at once, nothing sent.
+        assert_eq!(
+            f.forward_by(admit(), Instant::now()).await,
+            Response::Error(ApiError::TimedOut)
+        );
+        assert_eq!(peers.sent.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_control_node_is_retried_a_failing_one_is_not() {
+        let refused = recorder(
+            Duration::ZERO,
+            Err(PeerError::Refused {
+                addr: "127.0.0.1:7002".parse().unwrap(),
+                reason: "not the Control".into(),
+            }),
+        );
+        let f = forwarder(Some(NodeId(2)), None, refused.clone());
+        let t0 = Instant::now();
+        assert_eq!(
+            f.forward_by(admit(), t0 + Duration::from_secs(1)).await,
+            Response::Error(ApiError::NoControl)
+        );
+        assert!(
+            refused.sent.lock().unwrap().len() >= 5,
+            "retried every 100 ms"
+        );
+        let failed = recorder(
+            Duration::ZERO,
+            Err(PeerError::Failed {
+                addr: "127.0.0.1:7002".parse().unwrap(),
+                reason: "boom".into(),
+            }),
+        );
+        let f = forwarder(Some(NodeId(2)), None, failed.clone());
+        assert_eq!(
+            f.forward(admit()).await,
+            Response::Error(ApiError::Internal {
+                reason: "boom".into()
+            })
+        );
+        assert_eq!(failed.sent.lock().unwrap().len(), 1);
+    }
+}
