@@ -202,6 +202,13 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
         cfg.http_url().unwrap_or_else(|| "none".into()),
         cfg.roles
     );
+    // Every request timeout, as derived from [timing] (config/example.toml explains how).
+    let d = cfg.timing.derived();
+    println!(
+        "  timing: request budget {:?} (each viewer/API request's deadline), exchange {:?}, \
+         start/stop {:?}, migrate out {:?}, migrate in {:?}, control wait {:?}",
+        d.request_budget, d.exchange, d.start, d.migrate_out, d.migrate_in, d.control_wait
+    );
     Ok(())
 }
 

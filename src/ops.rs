@@ -422,7 +422,7 @@ async fn admit(a: AdmitArgs) -> Result<(), OpsError> {
         duration_ms: a.duration_ms,
     });
     let p: Placement = if a.client {
-        c.send(
+        c.send_once(
             Method::POST,
             &format!("/v1/services/{}/clients", enc(&a.name)),
             Some(&AdmitClient { spec }),

@@ -79,6 +79,7 @@ async fn main() -> Result<(), ClientError> {
         .request(Request::AdmitClient {
             service: service.clone(),
             spec: None,
+            key: None,
         })
         .await?
     {

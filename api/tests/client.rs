@@ -28,9 +28,11 @@ impl Handler<NodeProtocol> for FakeNode {
         &self,
         ctx: RequestContext<NodeProtocol>,
         req: NodeRequest,
-    ) -> Result<NodeResponse, String> {
+    ) -> Result<NodeResponse, smart_proto::error::RemoteError> {
         let NodeRequest::Api(req) = req else {
-            return Err("clients only".into());
+            return Err(smart_proto::error::RemoteError::Refused {
+                reason: "clients only".into(),
+            });
         };
         Ok(NodeResponse::Api(match req {
             Request::Version => Response::Version(VersionInfo {

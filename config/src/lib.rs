@@ -14,6 +14,9 @@
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
+use smart_proto::agent::{
+    MIGRATE_IN_TIMEOUT_MULTIPLE, MIGRATE_OUT_TIMEOUT_MULTIPLE, START_TIMEOUT_MULTIPLE,
+};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,9 +115,17 @@ pub struct TimingConfig {
     /// Shorter backoff window for profiler nodes, which the thesis prefers as Control.
     #[serde(with = "humantime_serde")]
     pub profiler_backoff: Duration,
-    /// Default timeout of every request between nodes.
+    /// Default timeout of every request between nodes: the unit the other request
+    /// timeouts are multiples of (see [`TimingConfig::derived`]).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The deadline of one message-API request from its first caller (a viewer's request
+    /// at the front-end, an HTTP API call, a request on the TCP port): every step on its
+    /// way (forward attempts, the TCP forward, the Control's wait for a start) uses what is
+    /// left of it. Default: the timeout of a `Start` (5 × `request_timeout`), since a
+    /// video's first viewer waits for its distributor to start.
+    #[serde(default, with = "humantime_serde")]
+    pub request_budget: Option<Duration>,
     /// The Control moves a service that runs over its profile (an anomaly) at most once
     /// within this time.
     #[serde(with = "humantime_serde")]
@@ -136,9 +147,49 @@ impl Default for TimingConfig {
             election_backoff: Duration::from_millis(300),
             profiler_backoff: Duration::from_millis(100),
             request_timeout: Duration::from_secs(2),
+            request_budget: None,
             anomaly_move_every: Duration::from_secs(60),
             client_release_grace: Duration::from_secs(10),
             forget_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Every request timeout of a node, as derived from `[timing]` (`smart config check`
+/// prints them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DerivedTimings {
+    /// A message-API request's deadline from its first caller ([`TimingConfig::budget`]).
+    pub request_budget: Duration,
+    /// One node-to-node exchange (reports, reservations, registry copies, events).
+    pub exchange: Duration,
+    /// An agent's `Start` and `Stop`, which a first viewer's admission waits for.
+    pub start: Duration,
+    /// An agent's `MigrateOut` (checkpoint and hand-off).
+    pub migrate_out: Duration,
+    /// An agent's `MigrateIn` (a restore that may copy a cache across hosts).
+    pub migrate_in: Duration,
+    /// How long an agent command from an unknown Control waits for the view to catch up.
+    pub control_wait: Duration,
+}
+
+impl TimingConfig {
+    /// The deadline of one message-API request: `request_budget`, else the timeout of a
+    /// `Start`.
+    pub fn budget(&self) -> Duration {
+        self.request_budget
+            .unwrap_or(self.request_timeout * START_TIMEOUT_MULTIPLE)
+    }
+
+    /// Every request timeout, derived from `request_timeout` and `request_budget`.
+    pub fn derived(&self) -> DerivedTimings {
+        DerivedTimings {
+            request_budget: self.budget(),
+            exchange: self.request_timeout,
+            start: self.request_timeout * START_TIMEOUT_MULTIPLE,
+            migrate_out: self.request_timeout * MIGRATE_OUT_TIMEOUT_MULTIPLE,
+            migrate_in: self.request_timeout * MIGRATE_IN_TIMEOUT_MULTIPLE,
+            control_wait: self.request_timeout / 2,
         }
     }
 }
@@ -715,6 +766,17 @@ impl NodeConfig {
         if t.request_timeout.is_zero() {
             return Err(bad("timing.request_timeout", "must be > 0".into()));
         }
+        let d = t.derived();
+        if d.request_budget < d.start {
+            return Err(bad(
+                "timing.request_budget",
+                format!(
+                    "{:?} is less than a service start's timeout ({:?} = 5 × request_timeout): \
+                     a video's first viewer would always time out while its service starts",
+                    d.request_budget, d.start
+                ),
+            ));
+        }
         if self.election.members.is_empty() {
             return Err(bad(
                 "election.members",
@@ -1046,6 +1108,13 @@ members = [1, 2, 3]
                 "request_timeout",
             ),
             (
+                MINIMAL.replace(
+                    "[election]",
+                    "[timing]\nrequest_timeout = \"2s\"\nrequest_budget = \"9s\"\n[election]",
+                ),
+                "timing.request_budget",
+            ),
+            (
                 format!("{MINIMAL}[frontend]\nnew_services_per_sec = 0.0\n"),
                 "frontend.new_services_per_sec",
             ),
@@ -1101,5 +1170,31 @@ members = [1, 2, 3]
             seen += 1;
         }
         assert_eq!(seen, 4);
+    }
+
+    #[test]
+    fn every_request_timeout_derives_from_the_request_timeout_and_the_budget() {
+        let c = NodeConfig::parse(MINIMAL, Path::new("n1.toml")).unwrap();
+        assert_eq!(
+            c.timing.derived(),
+            DerivedTimings {
+                request_budget: Duration::from_secs(10),
+                exchange: Duration::from_secs(2),
+                start: Duration::from_secs(10),
+                migrate_out: Duration::from_secs(20),
+                migrate_in: Duration::from_secs(60),
+                control_wait: Duration::from_secs(1),
+            }
+        );
+        let text = MINIMAL.replace(
+            "[election]",
+            "[timing]\nrequest_timeout = \"1s\"\nrequest_budget = \"12s\"\n[election]",
+        );
+        let c = NodeConfig::parse(&text, Path::new("n1.toml")).unwrap();
+        let d = c.timing.derived();
+        assert_eq!(d.request_budget, Duration::from_secs(12));
+        assert_eq!(d.start, Duration::from_secs(5));
+        assert_eq!(d.migrate_in, Duration::from_secs(30));
+        assert_eq!(d.control_wait, Duration::from_millis(500));
     }
 }

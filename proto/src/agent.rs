@@ -141,15 +141,22 @@ pub enum AgentCommand {
     },
 }
 
+/// [`AgentCommand::timeout_multiple`] of `Start` and `Stop`.
+pub const START_TIMEOUT_MULTIPLE: u32 = 5;
+/// [`AgentCommand::timeout_multiple`] of `MigrateOut`.
+pub const MIGRATE_OUT_TIMEOUT_MULTIPLE: u32 = 10;
+/// [`AgentCommand::timeout_multiple`] of `MigrateIn`.
+pub const MIGRATE_IN_TIMEOUT_MULTIPLE: u32 = 30;
+
 impl AgentCommand {
     /// How long the command may take, in request timeouts: what the Control waits for its
     /// answer and what the agent's node lets it run (a restore copies a whole cache, across
     /// hosts at a capped rate; a hand-over waits for every viewer to be told).
     pub fn timeout_multiple(&self) -> u32 {
         match self {
-            AgentCommand::MigrateIn { .. } => 30,
-            AgentCommand::MigrateOut { .. } => 10,
-            AgentCommand::Start { .. } | AgentCommand::Stop { .. } => 5,
+            AgentCommand::MigrateIn { .. } => MIGRATE_IN_TIMEOUT_MULTIPLE,
+            AgentCommand::MigrateOut { .. } => MIGRATE_OUT_TIMEOUT_MULTIPLE,
+            AgentCommand::Start { .. } | AgentCommand::Stop { .. } => START_TIMEOUT_MULTIPLE,
             AgentCommand::Report | AgentCommand::Update { .. } => 1,
         }
     }

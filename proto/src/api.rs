@@ -13,7 +13,8 @@ use crate::profile::{ClassProfile, ProfileSource, ProfileSummary, ServiceProfile
 
 /// Version of the message API's types.
 /// 3: `Version`, `Nodes`, `MemberStatus::http`, events travel as [`EventNote`].
-/// 4: `Event::ProfileProgress` (never sent) removed.
+/// 4: `AdmitClient::key` (idempotent admissions), `ApiError::TimedOut`; `Event::ProfileProgress`
+/// (never sent) removed.
 pub const API_VERSION: u8 = 4;
 
 /// What a service needs, as given by the front-end when it asks for admission. Also the
@@ -98,6 +99,10 @@ pub enum Request {
         service: ServiceName,
         /// How to admit and start the service if it is not running yet.
         spec: Option<ServiceSpec>,
+        /// Idempotency key, chosen by the caller once per logical request (a viewer's
+        /// request, an API call): a repeat with the same key (a retry, a forward after a
+        /// timeout) answers the client the first one admitted instead of admitting another.
+        key: Option<u64>,
     },
     /// Release one client of a service: `client` (the id its admission returned), or the
     /// newest when `None`.
@@ -523,6 +528,10 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
+    /// The request's deadline passed before it was answered (it may still take effect; an
+    /// `AdmitClient` repeated with the same key answers the same client).
+    #[error("the request's deadline passed before it was answered")]
+    TimedOut,
 }
 
 impl ApiError {

@@ -54,6 +54,7 @@ pub fn error_code(e: &ApiError) -> (&'static str, u16) {
         ApiError::NotFound { .. } => ("not_found", 404),
         ApiError::BadRequest { .. } => ("bad_request", 400),
         ApiError::Internal { .. } => ("internal", 500),
+        ApiError::TimedOut => ("timed_out", 504),
     }
 }
 

@@ -18,6 +18,7 @@
 //! - [`heartbeat`]: the authenticated, versioned UDP datagrams (heartbeats, claims,
 //!   challenges, proofs) and their codec.
 //! - [`api`]: the message API (requests, responses, events, status, typed errors).
+//! - [`error`]: [`error::RemoteError`], why a node did not answer (the transport's fault).
 //! - [`agent`]: Control → Agent86 commands, replies, reports and agent events.
 //! - [`fence`]: epoch fencing of command execution, in one place.
 //! - [`node`]: what a node's TCP port accepts ([`node::NodeRequest`]) and answers.
@@ -33,6 +34,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod error;
 pub mod fence;
 pub mod heartbeat;
 pub mod http;

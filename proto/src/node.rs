@@ -29,19 +29,29 @@ pub enum NodeRequest {
     /// An event for the receiving node's subscribers (the Control fans its events out, so a
     /// subscriber on any node hears them). Answered `Done`. Nodes only.
     Event(Event),
+    /// A message-API request with the time its sender still waits for the answer (the
+    /// rest of the deadline its first caller set): the receiving node answers within it,
+    /// or answers `Error(TimedOut)`, instead of working past a caller that is gone.
+    /// Answered like [`NodeRequest::Api`]. Clients may send it too.
+    ApiWithin {
+        /// The request.
+        req: Request,
+        /// Milliseconds the sender waits, from when it sent the request.
+        within_ms: u64,
+    },
 }
 
 impl NodeRequest {
     /// True for the variants only nodes may send.
     pub fn nodes_only(&self) -> bool {
-        !matches!(self, NodeRequest::Api(_))
+        !matches!(self, NodeRequest::Api(_) | NodeRequest::ApiWithin { .. })
     }
 }
 
 /// The answer to a [`NodeRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeResponse {
-    /// Answer to [`NodeRequest::Api`].
+    /// Answer to [`NodeRequest::Api`] and [`NodeRequest::ApiWithin`].
     Api(Response),
     /// Answer to [`NodeRequest::Agent`].
     Agent(AgentReply),

@@ -124,11 +124,27 @@ impl HttpClient {
         body: Option<&B>,
         stream: bool,
     ) -> Result<reqwest::Response, OpsError> {
+        self.send_raw_keyed(method, path, body, stream, None).await
+    }
+
+    /// [`Self::send_raw`], with an `Idempotency-Key` header on every try when `key` is
+    /// given (the same on each node tried, so that the call takes effect once).
+    async fn send_raw_keyed<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        stream: bool,
+        key: Option<u64>,
+    ) -> Result<reqwest::Response, OpsError> {
         let mut last = String::new();
         for base in &self.bases {
             let mut req = self.http.request(method.clone(), format!("{base}{path}"));
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t);
+            }
+            if let Some(k) = key {
+                req = req.header("idempotency-key", k.to_string());
             }
             if let Some(b) = body {
                 req = req.json(b);
@@ -169,10 +185,42 @@ impl HttpClient {
         decode(status, &bytes)
     }
 
+    /// Sends a non-idempotent request (an admission) with one idempotency key for this
+    /// call: however the request is retried on its way, it takes effect once.
+    pub(crate) async fn send_once<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, OpsError> {
+        let r = self
+            .send_raw_keyed(method, path, body, false, Some(call_key()))
+            .await?;
+        let status = r.status();
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| OpsError::Protocol(format!("reading the answer: {e}")))?;
+        decode(status, &bytes)
+    }
+
     /// `GET path`.
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, OpsError> {
         self.send::<(), T>(Method::GET, path, None).await
     }
+}
+
+/// A fresh idempotency key: the process's randomly seeded hasher over the clock (unique
+/// per call without a random number generator of its own).
+fn call_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Decodes an answer: `T` on success, the API's error otherwise.

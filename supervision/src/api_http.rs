@@ -46,10 +46,11 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
 use crate::dashboard;
-use crate::dispatch::{Dispatcher, node_reports};
+use crate::dispatch::Dispatcher;
 use crate::metrics::{NodeMetrics, Sample};
 use crate::tokens::{AuthError, Scope, TokenStore};
 use smart_config::NodeConfig;
+use smart_control::node_reports;
 use smart_node::counters::Counters;
 use smart_node::events::{Subscribers, unix_ms};
 use smart_node::http::{HttpLimits, serve};
@@ -625,6 +626,21 @@ async fn locate(
     Ok((StatusCode::OK, p))
 }
 
+/// The idempotency key of an admission: the caller's `Idempotency-Key` header (a decimal
+/// u64: a client that retries its own call sends the same one), else a fresh one for this
+/// call, so that the retries inside the node (forward attempts across a failover) admit
+/// one client.
+fn idempotency_key(headers: &HeaderMap) -> Result<u64, Failure> {
+    match headers.get("idempotency-key") {
+        None => Ok(rand::random()),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| Failure::bad_request("Idempotency-Key must be a decimal u64")),
+    }
+}
+
 async fn admit_client(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -632,6 +648,7 @@ async fn admit_client(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, axum::Json<Placement>)> {
     let b: AdmitClient = parse_json(&headers, &body?, true)?;
+    let key = idempotency_key(&headers)?;
     if b.spec.as_ref().is_some_and(|s| s.name != name) {
         return Err(Failure::bad_request(
             "spec.name differs from the path's service",
@@ -643,6 +660,7 @@ async fn admit_client(
             Request::AdmitClient {
                 service: name,
                 spec: b.spec,
+                key: Some(key),
             },
         )
         .await?,
@@ -870,7 +888,7 @@ async fn metrics(State(st): State<AppState>) -> HttpResponse {
             d.cfg.timing.request_timeout.as_millis() as u64
         )
     {
-        sample.nodes = Some(node_reports(&s));
+        sample.nodes = Some(node_reports(&s, d.cfg.admission.vr));
         sample.services = Some(
             s.services
                 .iter()

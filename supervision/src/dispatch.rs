@@ -5,22 +5,23 @@
 //! |---|---|
 //! | `Status` | this node's membership, with the transport and Agent86 counters and every member's HTTP address |
 //! | `Version` | this node |
-//! | `Nodes` | the Control's node, from the Control's own view (forwarded there from other nodes) |
 //! | `Subscribe` | the surface itself (a transport connection, or an HTTP event stream) |
-//! | anything else | the local Control when this node is Control, else forwarded to the Control with retries across a failover |
+//! | anything else (`Nodes` included) | the Control, through [`Forwarder`]: the local Control actor through its route when this node is Control (never a socket to itself), else the Control's node over TCP, with retries across a failover |
+//!
+//! Every request has a deadline: the caller's ([`Dispatcher::request_by`]: the time a
+//! forwarding node said it still waits), else now + `[timing] request_budget`. The
+//! forwarding uses what is left of it; past it the answer is `Error(TimedOut)`.
 //!
 //! ## Layout
-//! - [`Dispatcher`]: the routing; [`node_reports`]: a `Nodes` answer from a Control's view.
+//! - [`Dispatcher`]: the routing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::call_t;
 use smart_agent86::Agent86Msg;
-use smart_api::{
-    API_VERSION, ApiError, ClusterStatus, InstanceUse, NodeReport, Request, Response, VersionInfo,
-};
-use smart_control::{ControlMsg, ControlStatus, spec_of};
+use smart_api::{API_VERSION, ApiError, ClusterStatus, Request, Response, VersionInfo};
+use tokio::time::Instant;
 
 use crate::directory::MemberDirectory;
 use crate::routes::RouteReaders;
@@ -41,40 +42,6 @@ pub struct Dispatcher {
     pub transport: Arc<smart_transport::Counters>,
     /// The members' HTTP addresses.
     pub directory: Arc<MemberDirectory>,
-}
-
-/// The fraction of capacity admission may fill (VR): the Control's node specs use the
-/// admission engine's default.
-pub fn admission_vr() -> f64 {
-    smart_admission::NodeSpec::new(1, 1.0, 1.0).vr
-}
-
-/// A `Nodes` answer from a Control's view: every agent it has a report from.
-pub fn node_reports(s: &ControlStatus) -> Vec<NodeReport> {
-    let vr = admission_vr();
-    s.agents
-        .iter()
-        .map(|(node, r)| NodeReport {
-            node_id: *node,
-            drained: s.drained.contains(node),
-            usage: r.usage,
-            reserved: r.reserved_total,
-            vr,
-            instances: r
-                .instances
-                .iter()
-                .map(|i| InstanceUse {
-                    instance: i.instance.clone(),
-                    service: spec_of(&i.launch).map(|s| s.name),
-                    reserved: i.reservation,
-                    cpu_cores: i.usage.as_ref().map(|u| u.cpu_cores),
-                    net_bps: i.usage.as_ref().and_then(|u| u.net_bps),
-                    mem_bytes: i.usage.as_ref().map(|u| u.mem_bytes),
-                    clients: i.usage.as_ref().and_then(|u| u.clients),
-                })
-                .collect(),
-        })
-        .collect()
 }
 
 impl Dispatcher {
@@ -98,8 +65,14 @@ impl Dispatcher {
         }
     }
 
-    /// Answers `req` (anything but `Subscribe`).
+    /// Answers `req` (anything but `Subscribe`) within the request budget.
     pub async fn request(&self, req: Request) -> Response {
+        self.request_by(req, Instant::now() + self.cfg.timing.budget())
+            .await
+    }
+
+    /// Answers `req` (anything but `Subscribe`) by `deadline`.
+    pub async fn request_by(&self, req: Request, deadline: Instant) -> Response {
         match req {
             Request::Status => match self.status().await {
                 Ok(s) => Response::Status(s),
@@ -109,29 +82,7 @@ impl Dispatcher {
             Request::Subscribe => Response::Error(ApiError::BadRequest {
                 reason: "subscribe on a transport connection or GET /v1/events".into(),
             }),
-            Request::Nodes => {
-                if let Some(c) = self.routes.control()
-                    && let Ok(s) = call_t!(c, ControlMsg::Status, self.timeout_ms())
-                {
-                    return if s.rebuilt {
-                        Response::Nodes(node_reports(&s))
-                    } else {
-                        Response::Error(ApiError::Rebuilding)
-                    };
-                }
-                self.forwarder.forward(Request::Nodes).await
-            }
-            other => {
-                if let Some(c) = self.routes.control() {
-                    match call_t!(c, ControlMsg::Api, self.timeout_ms(), other.clone()) {
-                        Ok(r) => return r,
-                        Err(_) => {
-                            // Stepping down meanwhile: fall through to forwarding.
-                        }
-                    }
-                }
-                self.forwarder.forward(other).await
-            }
+            other => self.forwarder.forward_by(other, deadline).await,
         }
     }
 

@@ -14,19 +14,29 @@
 //! - `Event` (nodes only): pushed to this node's subscribers;
 //! - `Api(Subscribe)`: the connection joins the event subscribers;
 //! - any other `Api` request: to the [`Dispatcher`] (status and version here, the rest to
-//!   the local Control or forwarded to the Control with retries across a failover).
+//!   the local Control or forwarded to the Control with retries across a failover), by the
+//!   deadline the sender gave (`ApiWithin`), else within `[timing] request_budget`.
+//!
+//! A request this node will not or cannot serve is answered with a typed
+//! [`RemoteError`] in the transport's fault: `Refused` (node-internal requests from a
+//! client, agent commands or registry copies from a node that is not the Control),
+//! `Unavailable` (Agent86 restarting), `TimedOut` (Agent86 did not finish within the
+//! command's timeout), `Internal` (Agent86 failed), so that the sender tells them from a
+//! node that is unreachable.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use smart_agent86::Agent86Msg;
 use smart_api::{NodeProtocol, NodeRequest, NodeResponse, Request, Response};
 use smart_control::peer::{BoxFuture, PeerClient, PeerError};
 use smart_membership::view::{ClusterView, FromControl};
 use smart_proto::agent::AgentReply;
+use smart_proto::error::RemoteError;
 use smart_proto::{Epoch, NodeId};
 use smart_transport::peer::{self, Peer, PeerArgs, PeerMsg};
 use smart_transport::ratelog::WarnLimiter;
@@ -103,6 +113,8 @@ impl PeerClient for TransportPeers {
                 .await
                 .map_err(|e| match e {
                     RequestError::Timeout(_) => PeerError::Timeout(to),
+                    // The peer answered: alive, and it says why not.
+                    RequestError::Fault(remote) => PeerError::remote(to, remote),
                     e => PeerError::Unreachable {
                         addr: to,
                         reason: e.to_string(),
@@ -139,14 +151,10 @@ pub struct NodeHandler {
 }
 
 impl NodeHandler {
-    fn timeout_ms(&self) -> u64 {
-        self.ctx.cfg.timing.request_timeout.as_millis() as u64
-    }
-
     /// How long a request from a node that may be a Control this node has not heard of
     /// yet waits for the view to catch up (half a request timeout).
     fn control_wait(&self) -> Duration {
-        self.ctx.cfg.timing.request_timeout / 2
+        self.ctx.cfg.timing.derived().control_wait
     }
 
     /// Whether `from` stamping `epoch` is the Control, waiting (bounded) while the view is
@@ -166,13 +174,18 @@ impl NodeHandler {
         }
     }
 
-    async fn api(&self, req: Request, ctx: &RequestContext<NodeProtocol>) -> Response {
+    async fn api(
+        &self,
+        req: Request,
+        deadline: tokio::time::Instant,
+        ctx: &RequestContext<NodeProtocol>,
+    ) -> Response {
         match req {
             Request::Subscribe => {
                 self.ctx.subscribers.add(ctx.conn.clone());
                 Response::Ok
             }
-            other => self.ctx.dispatch.request(other).await,
+            other => self.ctx.dispatch.request_by(other, deadline).await,
         }
     }
 }
@@ -182,16 +195,28 @@ impl Handler<NodeProtocol> for NodeHandler {
         &self,
         ctx: RequestContext<NodeProtocol>,
         req: NodeRequest,
-    ) -> Result<NodeResponse, String> {
+    ) -> Result<NodeResponse, RemoteError> {
         let span = info_span!("port", node = %self.ctx.cfg.id(), peer = ?ctx.conn.peer().node_id());
         async move {
             let from = ctx.conn.peer().node_id();
             if req.nodes_only() && from.is_none() {
                 self.ctx.counters.incr("refused_internal_from_client");
-                return Err("node-internal requests are accepted from nodes only".into());
+                return Err(RemoteError::Refused {
+                    reason: "node-internal requests are accepted from nodes only".into(),
+                });
             }
+            let now = tokio::time::Instant::now();
             match req {
-                NodeRequest::Api(r) => Ok(NodeResponse::Api(self.api(r, &ctx).await)),
+                NodeRequest::Api(r) => {
+                    let deadline = now + self.ctx.cfg.timing.budget();
+                    Ok(NodeResponse::Api(self.api(r, deadline, &ctx).await))
+                }
+                NodeRequest::ApiWithin { req, within_ms } => {
+                    // The sender's deadline, never beyond this node's own budget (a client
+                    // asking for hours does not hold a handler that long).
+                    let within = Duration::from_millis(within_ms).min(self.ctx.cfg.timing.budget());
+                    Ok(NodeResponse::Api(self.api(req, now + within, &ctx).await))
+                }
                 NodeRequest::Agent { epoch, cmd } => {
                     let from = from.expect("checked: nodes only");
                     match self.wait_sender_is_control(from, epoch).await {
@@ -210,29 +235,44 @@ impl Handler<NodeProtocol> for NodeHandler {
                                 FromControl::No { epoch: highest, .. } if epoch < highest => {
                                     Ok(NodeResponse::Agent(AgentReply::Refused { epoch, highest }))
                                 }
-                                _ => Err(format!(
-                                    "agent commands are accepted from the Control only; \
-                                     {from} at epoch {epoch} is not ({verdict:?})"
-                                )),
+                                _ => Err(RemoteError::Refused {
+                                    reason: format!(
+                                        "agent commands are accepted from the Control only; \
+                                         {from} at epoch {epoch} is not ({verdict:?})"
+                                    ),
+                                }),
                             };
                         }
                     }
-                    let agent = self.ctx.routes.agent86().ok_or("agent86 is restarting")?;
+                    let agent =
+                        self.ctx
+                            .routes
+                            .agent86()
+                            .ok_or_else(|| RemoteError::Unavailable {
+                                what: "agent86 (restarting)".into(),
+                            })?;
                     // As long as the Control waits for it: a restore that copies a cache
                     // across hosts takes far longer than one request timeout.
-                    let budget = self.timeout_ms() * cmd.timeout_multiple() as u64;
-                    let reply: AgentReply = call_t!(
-                        agent,
-                        |reply| Agent86Msg::Command {
-                            from,
-                            epoch,
-                            cmd,
-                            reply
-                        },
-                        budget
-                    )
-                    .map_err(|e| format!("agent86: {e}"))?;
-                    Ok(NodeResponse::Agent(reply))
+                    let budget = self.ctx.cfg.timing.request_timeout * cmd.timeout_multiple();
+                    let reply = agent
+                        .call(
+                            |reply| Agent86Msg::Command {
+                                from,
+                                epoch,
+                                cmd,
+                                reply,
+                            },
+                            Some(budget),
+                        )
+                        .await;
+                    match reply {
+                        Ok(CallResult::Success(r)) => Ok(NodeResponse::Agent(r)),
+                        Ok(CallResult::Timeout) => Err(RemoteError::TimedOut),
+                        // Stopped or restarting while it had the command.
+                        Ok(CallResult::SenderError) | Err(_) => Err(RemoteError::Unavailable {
+                            what: "agent86 (stopped while executing the command)".into(),
+                        }),
+                    }
                 }
                 NodeRequest::Replica(r) => {
                     let from = from.expect("checked: nodes only");
@@ -247,9 +287,11 @@ impl Handler<NodeProtocol> for NodeHandler {
                                 r.epoch, r.version
                             ),
                         );
-                        return Err(format!(
-                            "registry copies are accepted from the Control only; {from} is not"
-                        ));
+                        return Err(RemoteError::Refused {
+                            reason: format!(
+                                "registry copies are accepted from the Control only; {from} is not"
+                            ),
+                        });
                     }
                     // Counted either way: a test waits for the copies it needs to arrive.
                     if self.ctx.replica.offer(r) {

@@ -151,13 +151,12 @@ pub struct SupervisorState {
 
 impl NodeSupervisor {
     fn forwarder(&self) -> Forwarder {
-        let t = self.cfg.timing.request_timeout;
         Forwarder {
             node: self.cfg.id(),
             view: self.view.subscribe(),
             peers: self.peers.clone(),
-            deadline: t * 5,
-            attempt_timeout: t,
+            local: self.routes.readers().control,
+            budget: self.cfg.timing.budget(),
         }
     }
 

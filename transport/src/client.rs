@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::handshake::{self, HandshakeError, Identity};
 use super::session::{self, AbortOnDrop};
 use super::{Counters, Endpoint, Message, MessageOf, Protocol, RequestError, Transport};
+use smart_proto::error::RemoteError;
 
 /// Why a client could not connect.
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +145,9 @@ impl<P: Protocol> Client<P> {
                             let _ = w.send(Ok(body));
                         }
                     }
-                    Message::Fault { id, message } => {
+                    Message::Fault { id, error } => {
                         if let Some(w) = lock(&r_waiters).remove(&id) {
-                            let _ = w.send(Err(RequestError::Fault(message)));
+                            let _ = w.send(Err(RequestError::Fault(error)));
                         }
                     }
                     Message::Notify { body } => {
@@ -157,7 +158,9 @@ impl<P: Protocol> Client<P> {
                     Message::Request { id, .. } => {
                         let _ = reply_tx.try_send(Message::Fault {
                             id,
-                            message: "clients do not serve requests".into(),
+                            error: RemoteError::Refused {
+                                reason: "clients do not serve requests".into(),
+                            },
                         });
                     }
                 }

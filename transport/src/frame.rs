@@ -83,8 +83,9 @@ use crate::noise::NOISE_TAG_LEN;
 use smart_proto::{Epoch, Incarnation, NodeId};
 
 /// The envelope version this build speaks. Bumped on any incompatible wire change.
-/// 3: the Control ↔ Agent86 vocabulary lost `Reserve`/`Release` and `MigrateIn.reserved_as`,
-/// and `LaunchSpec` carries the service's identity.
+/// 3: `Fault` carries a typed `smart_proto::error::RemoteError` instead of a string; the
+/// Control ↔ Agent86 vocabulary lost `Reserve`/`Release` and `MigrateIn.reserved_as`, and
+/// `LaunchSpec` carries the service's identity.
 pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Length of the frame length prefix.

@@ -13,7 +13,7 @@
 //!    key book. A wrong key, a borrowed identity, garbage or an oversized handshake frame
 //!    closes the connection, is counted, and never disturbs other connections.
 //! 3. **Messages** ([`Message`]): postcard [`crate::frame::Envelope`]s, encrypted and
-//!    authenticated with the connection's Noise cipher, carrying `Request{id, body}` / `Response{id, body}` / `Fault{id, message}` /
+//!    authenticated with the connection's Noise cipher, carrying `Request{id, body}` / `Response{id, body}` / `Fault{id, error}` /
 //!    `Notify{body}`. The [`peer`] actor (one per remote node, ractor) and the plain async
 //!    [`client`] send requests, each with a timeout, and correlate responses; the [`server`]
 //!    accepts, authenticates and dispatches requests to a [`server::Handler`], and pushes
@@ -27,7 +27,8 @@
 //! ```text
 //! Message = 0 Request  { id: u64 varint, body: Req }     initiator -> acceptor only
 //!         | 1 Response { id: u64 varint, body: Resp }    answers the Request with this id
-//!         | 2 Fault    { id: u64 varint, message: string }  the request failed remotely
+//!         | 2 Fault    { id: u64 varint, error: RemoteError }  the request failed remotely
+//!                                                  (smart_proto::error::RemoteError, typed)
 //!         | 3 Notify   { body: Note }                    either direction, no answer
 //! ```
 //!
@@ -49,6 +50,7 @@
 //!     mem::MemNetwork, Client, Endpoint, Handler, Protocol, RequestContext, Server,
 //! };
 //! use smart_proto::{ClusterKey, NodeId};
+//! use smart_proto::error::RemoteError;
 //!
 //! struct Status;
 //! impl Protocol for Status {
@@ -59,7 +61,7 @@
 //!
 //! struct Len;
 //! impl Handler<Status> for Len {
-//!     async fn handle(&self, _ctx: RequestContext<Status>, req: String) -> Result<usize, String> {
+//!     async fn handle(&self, _ctx: RequestContext<Status>, req: String) -> Result<usize, RemoteError> {
 //!         Ok(req.len())
 //!     }
 //! }
@@ -109,6 +111,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{DEFAULT_MAX_FRAME, FrameError};
+use smart_proto::error::RemoteError;
 use smart_proto::{ClusterKey, Epoch, Incarnation, NodeId};
 
 pub mod client;
@@ -213,12 +216,12 @@ pub enum Message<Req, Resp, Note> {
         /// The answer.
         body: Resp,
     },
-    /// The request could not be served (handler error, overload).
+    /// The request could not be served (refused, unavailable, deadline passed, failed).
     Fault {
         /// The request's id.
         id: u64,
-        /// What went wrong, for humans.
-        message: String,
+        /// Why, typed, so that the requester can tell a refusal from a failure.
+        error: RemoteError,
     },
     /// A one-way message.
     Notify {
@@ -431,9 +434,9 @@ pub enum RequestError {
     /// The connection was lost while the request was in flight; it may have been executed.
     #[error("connection lost while the request was in flight")]
     Disconnected,
-    /// The remote side could not serve the request.
+    /// The remote side answered that it could not serve the request, and why.
     #[error("remote fault: {0}")]
-    Fault(String),
+    Fault(RemoteError),
     /// The request could not be encoded within the frame size limit.
     #[error("request not sent: {0}")]
     NotSent(String),

@@ -40,6 +40,7 @@ use super::session::{self, AbortOnDrop};
 use super::{Counters, Endpoint, Message, MessageOf, Protocol, RequestError, Transport};
 use crate::frame::FrameError;
 use smart_proto::NodeId;
+use smart_proto::error::RemoteError;
 
 /// Reconnection delays: `initial · 2^attempt`, capped at `max`, then a uniformly random
 /// point in its upper half (jitter, so that peers cut off together do not retry together).
@@ -449,9 +450,7 @@ impl<P: Protocol> PeerState<P> {
             }
             Ev::Inbound { generation, msg } if generation == self.generation => match msg {
                 Message::Response { id, body } => self.complete(id, Ok(body)),
-                Message::Fault { id, message } => {
-                    self.complete(id, Err(RequestError::Fault(message)))
-                }
+                Message::Fault { id, error } => self.complete(id, Err(RequestError::Fault(error))),
                 Message::Notify { body } => {
                     let peer = match &self.link {
                         Link::Up { peer, .. } => *peer,
@@ -470,7 +469,9 @@ impl<P: Protocol> PeerState<P> {
                     if let Link::Up { tx, .. } = &self.link {
                         let _ = tx.try_send(Message::Fault {
                             id,
-                            message: "requests are not served on an outbound connection".into(),
+                            error: RemoteError::Refused {
+                                reason: "requests are not served on an outbound connection".into(),
+                            },
                         });
                     }
                 }

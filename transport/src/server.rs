@@ -39,16 +39,17 @@ use super::{Counters, CountersSnapshot, Endpoint, Listener, Message, MessageOf, 
 use super::{RawConn, Transport};
 use crate::frame::FrameError;
 use smart_proto::Epoch;
+use smart_proto::error::RemoteError;
 
 /// Serves the requests of one protocol. Implemented by the node (Control, Agent86 front
 /// doors) and the message-API server; it may forward to ractor actors with `call_t!`.
 pub trait Handler<P: Protocol>: Send + Sync + 'static {
-    /// Answers one request. An `Err` is sent to the requester as a `Fault` with this text.
+    /// Answers one request. An `Err` is sent to the requester as a `Fault` carrying it.
     fn handle(
         &self,
         ctx: RequestContext<P>,
         req: P::Request,
-    ) -> impl Future<Output = Result<P::Response, String>> + Send;
+    ) -> impl Future<Output = Result<P::Response, RemoteError>> + Send;
 
     /// Takes one notification from a connected peer (in arrival order per connection).
     fn notified(&self, ctx: RequestContext<P>, note: P::Notify) -> impl Future<Output = ()> + Send {
@@ -575,12 +576,14 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
                     let served = tokio::spawn(async move { h.handle(ctx, body).await }).await;
                     let reply = match served {
                         Ok(Ok(body)) => Message::Response { id, body },
-                        Ok(Err(message)) => Message::Fault { id, message },
+                        Ok(Err(error)) => Message::Fault { id, error },
                         Err(e) => {
                             tracing::error!(%peer, request = id, cause = %e, "request handler failed");
                             Message::Fault {
                                 id,
-                                message: "request handler failed".into(),
+                                error: RemoteError::Internal {
+                                    reason: "request handler failed".into(),
+                                },
                             }
                         }
                     };

@@ -156,7 +156,9 @@ pub fn establish<P: Protocol>(
                                 seq,
                                 body: MessageOf::<P>::Fault {
                                     id,
-                                    message: format!("response not sent: {e}"),
+                                    error: smart_proto::error::RemoteError::Internal {
+                                        reason: format!("response not sent: {e}"),
+                                    },
                                 },
                             };
                             let Ok(f) = seal_frame(&fault, &cipher, max) else {

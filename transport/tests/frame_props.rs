@@ -13,6 +13,7 @@ use std::cell::Cell;
 
 use proptest::prelude::*;
 use smart_proto::NodeId;
+use smart_proto::error::RemoteError;
 use smart_transport::Message;
 use smart_transport::frame::{
     Cipher, DEFAULT_MAX_FRAME, Envelope, FrameError, HANDSHAKE_MAX_FRAME, LEN_PREFIX,
@@ -61,7 +62,15 @@ fn body() -> impl Strategy<Value = Body> {
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
             .prop_map(|(id, body)| Message::Request { id, body }),
         (any::<u64>(), ".{0,40}").prop_map(|(id, body)| Message::Response { id, body }),
-        (any::<u64>(), ".{0,40}").prop_map(|(id, message)| Message::Fault { id, message }),
+        (any::<u64>(), 0u8..4, ".{0,40}").prop_map(|(id, kind, text)| Message::Fault {
+            id,
+            error: match kind {
+                0 => RemoteError::Refused { reason: text },
+                1 => RemoteError::Unavailable { what: text },
+                2 => RemoteError::TimedOut,
+                _ => RemoteError::Internal { reason: text },
+            },
+        }),
         any::<(u32, bool)>().prop_map(|body| Message::Notify { body }),
     ]
 }

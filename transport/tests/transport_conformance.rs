@@ -12,6 +12,7 @@ mod transport_common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smart_proto::error::RemoteError;
 use smart_proto::{ClusterKey, NodeId};
 use smart_transport::client::ConnectError;
 use smart_transport::frame::{self, Envelope, FrameError, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION};
@@ -108,12 +109,16 @@ async fn round_trip(fx: &dyn Fixture) {
     );
     assert_eq!(
         c.request(Req::Fail, T).await,
-        Err(RequestError::Fault("boom".into()))
+        Err(RequestError::Fault(RemoteError::Refused {
+            reason: "boom".into()
+        }))
     );
     // A panicking handler answers with a fault and the connection stays up.
     assert_eq!(
         c.request(Req::Panic, T).await,
-        Err(RequestError::Fault("request handler failed".into()))
+        Err(RequestError::Fault(RemoteError::Internal {
+            reason: "request handler failed".into()
+        }))
     );
     assert!(!c.is_closed());
     // Concurrent requests are correlated by id.
@@ -216,7 +221,9 @@ async fn oversized_messages_fail_at_the_sender(fx: &dyn Fixture) {
     .unwrap();
     // A response above the limit becomes a fault instead of killing the connection.
     match c.request(Req::Big(100_000), T).await {
-        Err(RequestError::Fault(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
+        Err(RequestError::Fault(RemoteError::Internal { reason: m })) => {
+            assert!(m.contains("exceeds the limit"), "{m}")
+        }
         other => panic!("expected a fault, got {other:?}"),
     }
     match c.request(Req::Blob(vec![1; 100_000]), T).await {
@@ -445,7 +452,7 @@ async fn client_identity_can_be_refused(fx: &dyn Fixture) {
             &self,
             _ctx: smart_transport::RequestContext<Test>,
             _req: Req,
-        ) -> Result<Resp, String> {
+        ) -> Result<Resp, RemoteError> {
             Ok(Resp::Text("node".into()))
         }
         fn allow(&self, peer: &Identity) -> bool {

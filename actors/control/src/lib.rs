@@ -31,13 +31,16 @@
 //! - [`peer`]: the [`peer::PeerClient`] seam through which the Control (and whoever
 //!   forwards to it) sends node-to-node requests.
 //! - [`forward`]: [`forward::Forwarder`], how any actor of any node reaches the Control
-//!   across failovers.
+//!   across failovers, within the deadline its caller set.
+//! - [`nodes`]: the `Nodes` answer (every agent node as the Control sees it), which the
+//!   actor gives itself from the engine's status and the configured VR.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 pub mod engine;
 pub mod forward;
+pub mod nodes;
 pub mod peer;
 pub mod settings;
 
@@ -53,6 +56,8 @@ use smart_proto::{Epoch, NodeId};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
+
+pub use nodes::node_reports;
 
 pub use engine::{
     AdmissionSettings, AgentAddr, ApiId, ControlEngine, ControlStatus, ControlTuning, Input,
@@ -175,7 +180,7 @@ async fn agent_call(
         .await?
     {
         NodeResponse::Agent(r) => Ok(r),
-        other => Err(PeerError::Unreachable {
+        other => Err(PeerError::Failed {
             addr: to.addr,
             reason: format!("unexpected answer {other:?}"),
         }),
@@ -416,6 +421,17 @@ impl Actor for Control {
         match msg {
             ControlMsg::Tick => self.feed(&myself, st, Input::Tick),
             ControlMsg::Input(input) => self.feed(&myself, st, input),
+            ControlMsg::Api(Request::Nodes, reply) => {
+                // Not the engine's: a view of its state for displays, with the VR it admits
+                // with.
+                let s = st.engine.status();
+                let _ = reply.send(if s.rebuilt {
+                    Response::Nodes(node_reports(&s, self.tuning.admission.vr))
+                } else {
+                    Response::Error(smart_proto::api::ApiError::Rebuilding)
+                });
+                Ok(())
+            }
             ControlMsg::Api(req, reply) => {
                 let id = st.next_api;
                 st.next_api += 1;

@@ -295,6 +295,7 @@ mod admission_tests {
             api(Request::AdmitClient {
                 service: "video-a".into(),
                 spec: None,
+                key: None,
             })
             .await,
             Response::Placed(Placement {
@@ -307,6 +308,7 @@ mod admission_tests {
             api(Request::AdmitClient {
                 service: "nope".into(),
                 spec: None,
+                key: None,
             })
             .await,
             Response::Error(ApiError::NotFound { .. })
@@ -663,6 +665,7 @@ mod reaction_tests {
                 cl.api(Request::AdmitClient {
                     service: "video-a".into(),
                     spec: None,
+                    key: None,
                 })
                 .await,
                 Response::Placed(_)

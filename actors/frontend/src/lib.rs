@@ -281,12 +281,20 @@ impl Ctx {
             info.bitrate_bps,
             info.duration_ms,
         );
+        // One key for this viewer's request, and one deadline: every retry on the way to
+        // the Control (across a failover, after a timeout) admits this viewer once, and
+        // none outlives the request.
+        let deadline = tokio::time::Instant::now() + self.forwarder.budget;
         let r = self
             .forwarder
-            .forward(Request::AdmitClient {
-                service: service_of(video),
-                spec: Some(spec),
-            })
+            .forward_by(
+                Request::AdmitClient {
+                    service: service_of(video),
+                    spec: Some(spec),
+                    key: Some(rand::random()),
+                },
+                deadline,
+            )
             .await;
         match r {
             Response::Placed(p) => {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use smart_proto::error::RemoteError;
 use smart_proto::{ClusterKey, NodeId};
 use smart_transport::mem::MemNetwork;
 use smart_transport::tcp::TcpTransport;
@@ -56,7 +57,7 @@ pub(crate) struct TestHandler {
 }
 
 impl Handler<Test> for TestHandler {
-    async fn handle(&self, ctx: RequestContext<Test>, req: Req) -> Result<Resp, String> {
+    async fn handle(&self, ctx: RequestContext<Test>, req: Req) -> Result<Resp, RemoteError> {
         match req {
             Req::Echo(s) => Ok(Resp::Text(s)),
             Req::Sleep(ms) => {
@@ -87,7 +88,9 @@ impl Handler<Test> for TestHandler {
             }
             Req::Big(n) => Ok(Resp::Bytes(vec![7; n])),
             Req::Blob(b) => Ok(Resp::Text(format!("{} bytes", b.len()))),
-            Req::Fail => Err("boom".into()),
+            Req::Fail => Err(RemoteError::Refused {
+                reason: "boom".into(),
+            }),
             Req::Panic => panic!("handler panic requested by the test"),
         }
     }

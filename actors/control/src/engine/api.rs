@@ -30,7 +30,23 @@ impl ControlEngine {
                 },
                 Err(e) => Response::Error(e),
             },
-            Request::AdmitClient { service, spec } => {
+            Request::AdmitClient { service, spec, key } => {
+                // A repeat of a keyed admission (a retry, a forward after a timeout): the
+                // client the first one admitted, answered as the first would have been.
+                if let Some(k) = key
+                    && let Some(client) = self.table.get(&service).and_then(|s| s.client_of_key(k))
+                {
+                    return match self.placement(&service) {
+                        Some(p) => self.reply(
+                            id,
+                            Response::Placed(Placement {
+                                client: Some(client.0),
+                                ..p
+                            }),
+                        ),
+                        None => self.wait_for(&service, id, Some(client)),
+                    };
+                }
                 if !self.table.contains(&service) {
                     match spec {
                         // The first viewer of a video: admit its service, then the client,
@@ -58,7 +74,7 @@ impl ControlEngine {
                         }
                     }
                 }
-                match self.admit_client(&service, now) {
+                match self.admit_client(&service, key, now) {
                     Err(e) => Response::Error(e),
                     Ok(client) => match self.placement(&service) {
                         Some(p) => Response::Placed(Placement {
@@ -241,8 +257,14 @@ impl ControlEngine {
         Ok(name)
     }
 
-    /// Admits one client of a known service (Smart-GloVE rule).
-    fn admit_client(&mut self, service: &str, now: Instant) -> Result<ClientId, ApiError> {
+    /// Admits one client of a known service (Smart-GloVE rule), remembering `key` (when
+    /// given) as the one that admitted it.
+    fn admit_client(
+        &mut self,
+        service: &str,
+        key: Option<u64>,
+        now: Instant,
+    ) -> Result<ClientId, ApiError> {
         let sid = self.table[service].sid();
         let d = self
             .admission
@@ -253,10 +275,11 @@ impl ControlEngine {
         for m in &d.migrations {
             self.migrate(m.service, m.from, m.to, Why::Ms);
         }
-        self.table
-            .get_mut(service)
-            .expect("checked by the caller")
-            .add_client(d.client);
+        let s = self.table.get_mut(service).expect("checked by the caller");
+        match key {
+            Some(k) => s.add_keyed_client(d.client, k),
+            None => s.add_client(d.client),
+        }
         self.qos.admitted(service, now);
         Ok(d.client)
     }

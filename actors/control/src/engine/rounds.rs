@@ -44,6 +44,11 @@ impl ControlEngine {
                 Ok(other) => {
                     warn!(node = %self.node, agent = %agent.node, ?other, "unexpected agent answer")
                 }
+                // Its node answered (refused us, or Agent86 is restarting): alive, just no
+                // report this round; the next round asks again.
+                Err(e) if e.peer_answered() => {
+                    info!(node = %self.node, agent = %agent.node, error = %e, "agent node alive, no report")
+                }
                 // Dead or partitioned agents are the failure detector's business.
                 Err(e) => {
                     debug!(node = %self.node, agent = %agent.node, error = %e, "agent did not answer")

@@ -1,6 +1,7 @@
 //! The service table: every service the Control knows, by name and by admission id, with
 //! its identity (spec, admission id and profile) and its placement (node, generation,
-//! current instance, admitted clients, API requests waiting for it to run).
+//! current instance, admitted clients and the idempotency keys that admitted them, API
+//! requests waiting for it to run).
 //!
 //! It holds no operation in flight (that is [`super::moves::Moves`]) and no QoS clock (that
 //! is [`super::qos::QosBook`]): the engine keeps the three in step when a service is added
@@ -34,6 +35,10 @@ pub(crate) struct Svc {
     /// Its current instance, once running (`None` while starting or restarting).
     info: Option<InstanceReport>,
     clients: Vec<ClientId>,
+    /// The idempotency key each keyed admission came with, and the client it admitted: a
+    /// repeat of the key answers that client. A key lives as long as its client (released
+    /// clients take their keys with them), so there are never more keys than clients.
+    keys: Vec<(u64, ClientId)>,
     /// API requests waiting for its first (or next) instance, with the client each
     /// admitted (if any).
     waiting: Vec<(ApiId, Option<ClientId>)>,
@@ -166,21 +171,48 @@ impl Svc {
         self.clients.push(c);
     }
 
+    /// Client `c` was admitted by a request with idempotency key `key`.
+    pub(crate) fn add_keyed_client(&mut self, c: ClientId, key: u64) {
+        self.clients.push(c);
+        self.keys.push((key, c));
+    }
+
+    /// The client a request with idempotency key `key` admitted, while it is admitted.
+    pub(crate) fn client_of_key(&self, key: u64) -> Option<ClientId> {
+        self.keys.iter().find(|(k, _)| *k == key).map(|(_, c)| *c)
+    }
+
+    /// How many idempotency keys it holds (never more than its clients).
+    #[cfg(test)]
+    pub(crate) fn keys_held(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Drops the keys of clients no longer admitted.
+    fn forget_released_keys(&mut self) {
+        let clients = &self.clients;
+        self.keys.retain(|(_, c)| clients.contains(c));
+    }
+
     /// Releases client `c`, or the newest when `None`; `None` when there is no such client.
     pub(crate) fn release_client(&mut self, c: Option<u64>) -> Option<ClientId> {
-        match c {
+        let gone = match c {
             None => self.clients.pop(),
             Some(c) => self
                 .clients
                 .iter()
                 .position(|x| x.0 == c)
                 .map(|i| self.clients.remove(i)),
-        }
+        };
+        self.forget_released_keys();
+        gone
     }
 
     /// Keeps the oldest `keep` clients; returns the others.
     pub(crate) fn release_beyond(&mut self, keep: usize) -> Vec<ClientId> {
-        self.clients.split_off(keep)
+        let gone = self.clients.split_off(keep);
+        self.forget_released_keys();
+        gone
     }
 }
 
@@ -229,6 +261,7 @@ impl ServiceTable {
                 generation,
                 info: None,
                 clients,
+                keys: Vec::new(),
                 waiting: Vec::new(),
                 placed_at: now,
             },
@@ -408,5 +441,33 @@ mod tests {
         s.add_client(ClientId(6));
         assert_eq!(s.release_beyond(1), vec![ClientId(5), ClientId(6)]);
         assert_eq!(s.clients(), &[ClientId(1)]);
+    }
+
+    #[test]
+    fn an_idempotency_key_names_its_client_until_that_client_is_released() {
+        let mut t = table(Instant::now());
+        let s = t.get_mut("video-a").unwrap();
+        s.add_keyed_client(ClientId(7), 70);
+        s.add_keyed_client(ClientId(8), 80);
+        assert_eq!(s.client_of_key(70), Some(ClientId(7)));
+        assert_eq!(s.client_of_key(80), Some(ClientId(8)));
+        assert_eq!(s.client_of_key(90), None);
+        assert_eq!(s.keys_held(), 2);
+        // Released by id, or as the newest: the key goes with its client.
+        assert_eq!(s.release_client(Some(7)), Some(ClientId(7)));
+        assert_eq!(s.client_of_key(70), None);
+        assert_eq!(s.release_client(None), Some(ClientId(8)));
+        assert_eq!(s.client_of_key(80), None);
+        assert_eq!(s.keys_held(), 0);
+        // Released beyond a count: likewise.
+        // (The fixture's service has clients 1, 2 and 3.)
+        s.add_keyed_client(ClientId(9), 90);
+        assert_eq!(
+            s.clients(),
+            &[ClientId(1), ClientId(2), ClientId(3), ClientId(9)]
+        );
+        assert_eq!(s.release_beyond(3), vec![ClientId(9)]);
+        assert_eq!(s.client_of_key(90), None);
+        assert_eq!(s.keys_held(), 0);
     }
 }

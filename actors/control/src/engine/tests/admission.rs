@@ -18,6 +18,7 @@ fn a_first_viewer_admits_the_service_and_the_client_in_one_request() {
             Request::AdmitClient {
                 service: "video-a".into(),
                 spec: Some(a.clone()),
+                key: None,
             }
         ),
         vec![start_cmd(1, 2, &a, 1, 0)]
@@ -42,6 +43,7 @@ fn a_first_viewer_admits_the_service_and_the_client_in_one_request() {
             Request::AdmitClient {
                 service: "video-a".into(),
                 spec: Some(a.clone()),
+                key: None,
             }
         ),
         vec![Output::Reply {
@@ -86,7 +88,8 @@ fn a_first_viewer_admits_the_service_and_the_client_in_one_request() {
             3,
             Request::AdmitClient {
                 service: "nope".into(),
-                spec: None
+                spec: None,
+                key: None
             }
         ),
         vec![Output::Reply {
@@ -101,7 +104,8 @@ fn a_first_viewer_admits_the_service_and_the_client_in_one_request() {
             4,
             Request::AdmitClient {
                 service: "other".into(),
-                spec: Some(a)
+                spec: Some(a),
+                key: None
             }
         )
         .as_slice(),
@@ -208,6 +212,7 @@ fn viewers_who_left_are_released_after_two_low_refreshes_outside_the_grace_perio
             Request::AdmitClient {
                 service: "video-a".into(),
                 spec: None,
+                key: None,
             },
         );
     }
@@ -250,4 +255,126 @@ fn viewers_who_left_are_released_after_two_low_refreshes_outside_the_grace_perio
         ]
     );
     assert_eq!(h.e.status().engine_clients, 1);
+}
+
+// Idempotent admissions: a repeated key admits once.
+
+fn keyed(service: &str, spec: Option<ServiceSpec>, key: u64) -> Request {
+    Request::AdmitClient {
+        service: service.into(),
+        spec,
+        key: Some(key),
+    }
+}
+
+#[test]
+fn a_first_viewer_retried_while_its_service_starts_is_admitted_once() {
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[GB, 2 * GB], vec![]);
+    // The first try starts the service and waits for it.
+    assert_eq!(
+        h.api(1, keyed("video-a", Some(a.clone()), 77)),
+        vec![start_cmd(1, 2, &a, 1, 0)]
+    );
+    // Its retry (the front-end's, the forwarder's after a timeout) starts nothing, admits
+    // nothing, and waits for the same instance.
+    assert_eq!(h.api(2, keyed("video-a", Some(a.clone()), 77)), vec![]);
+    assert_eq!(h.e.status().services["video-a"].2, 1);
+    // Both are answered with the same client once it runs.
+    let p = placement("video-a", 2, 1);
+    assert_eq!(
+        h.ok(1, instance(&a, 1, 2, true)),
+        vec![
+            Output::Publish(Event::Admitted(p.clone())),
+            Output::Reply {
+                id: 1,
+                resp: Response::Placed(with_client(p.clone(), 1))
+            },
+            Output::Reply {
+                id: 2,
+                resp: Response::Placed(with_client(p.clone(), 1))
+            },
+        ]
+    );
+    // A third repeat after it runs: the same answer at once, still one client.
+    assert_eq!(
+        h.api(3, keyed("video-a", Some(a.clone()), 77)),
+        vec![Output::Reply {
+            id: 3,
+            resp: Response::Placed(with_client(p.clone(), 1))
+        }]
+    );
+    assert_eq!(h.e.status().services["video-a"].2, 1);
+    // Another key is another viewer.
+    assert_eq!(
+        h.api(4, keyed("video-a", None, 78)),
+        vec![Output::Reply {
+            id: 4,
+            resp: Response::Placed(with_client(p, 2))
+        }]
+    );
+    assert_eq!(h.e.status().services["video-a"].2, 2);
+}
+
+#[test]
+fn a_key_expires_with_its_client() {
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[GB, 2 * GB], vec![]);
+    h.api(1, keyed("video-a", Some(a.clone()), 5));
+    h.ok(1, instance(&a, 1, 2, true));
+    let p = placement("video-a", 2, 1);
+    assert_eq!(
+        h.api(
+            2,
+            Request::ReleaseClient {
+                service: "video-a".into(),
+                client: Some(1)
+            }
+        ),
+        vec![Output::Reply {
+            id: 2,
+            resp: Response::Ok
+        }]
+    );
+    assert_eq!(h.e.status().services["video-a"].2, 0);
+    // The key went with its client: the same key now admits a new client.
+    assert_eq!(
+        h.api(3, keyed("video-a", None, 5)),
+        vec![Output::Reply {
+            id: 3,
+            resp: Response::Placed(with_client(p, 2))
+        }]
+    );
+    assert_eq!(h.e.status().services["video-a"].2, 1);
+}
+
+#[test]
+fn a_refused_keyed_admission_leaves_no_key_behind() {
+    let a = spec("video-a", 400_000);
+    // No agent node: admission refuses.
+    let (mut h, _) = H::new(&[], vec![]);
+    let first = h.api(1, keyed("video-a", Some(a.clone()), 9));
+    assert!(
+        matches!(
+            first.as_slice(),
+            [Output::Reply {
+                id: 1,
+                resp: Response::Error(ApiError::Rejected { .. })
+            }]
+        ),
+        "{first:?}"
+    );
+    // The repeat is decided afresh (and refused again), not answered from a key.
+    let again = h.api(2, keyed("video-a", Some(a), 9));
+    assert!(
+        matches!(
+            again.as_slice(),
+            [Output::Reply {
+                id: 2,
+                resp: Response::Error(ApiError::Rejected { .. })
+            }]
+        ),
+        "{again:?}"
+    );
+    assert!(!h.e.status().services.contains_key("video-a"));
 }

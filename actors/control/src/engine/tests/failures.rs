@@ -19,6 +19,7 @@ fn a_dead_nodes_services_are_restarted_elsewhere_with_their_clients() {
         Request::AdmitClient {
             service: "video-a".into(),
             spec: None,
+            key: None,
         },
     );
     assert_eq!(h.live(&[2]), vec![start_cmd(2, 2, &a, 2, 1)]);

@@ -22,6 +22,7 @@ fn reservations_follow_the_clients_to_the_agent() {
         Request::AdmitClient {
             service: "video-a".into(),
             spec: None,
+            key: None,
         },
     );
     assert_eq!(
