@@ -176,13 +176,7 @@ impl HttpClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, OpsError> {
-        let r = self.send_raw(method, path, body, false).await?;
-        let status = r.status();
-        let bytes = r
-            .bytes()
-            .await
-            .map_err(|e| OpsError::Protocol(format!("reading the answer: {e}")))?;
-        decode(status, &bytes)
+        self.send_decoded(method, path, body, None).await
     }
 
     /// Sends a non-idempotent request (an admission) with one idempotency key for this
@@ -193,9 +187,19 @@ impl HttpClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, OpsError> {
-        let r = self
-            .send_raw_keyed(method, path, body, false, Some(call_key()))
-            .await?;
+        self.send_decoded(method, path, body, Some(call_key()))
+            .await
+    }
+
+    /// Sends (with `key` as its `Idempotency-Key`, if any) and decodes the JSON answer.
+    async fn send_decoded<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        key: Option<u64>,
+    ) -> Result<T, OpsError> {
+        let r = self.send_raw_keyed(method, path, body, false, key).await?;
         let status = r.status();
         let bytes = r
             .bytes()
