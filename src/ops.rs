@@ -31,7 +31,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
-use smart_api::http::{AdmitClient, Done, Nodes, Profiles, Service, ServiceSpecJson, Services};
+use smart_api::http::{AdmitClient, Done, Nodes, Profiles, Service, ServiceSpec, Services};
 use smart_api::{ClusterStatus, Placement, VersionInfo};
 use smart_proto::NodeId;
 
@@ -413,7 +413,7 @@ async fn profiles(cmd: ProfilesCmd) -> Result<(), OpsError> {
 
 async fn admit(a: AdmitArgs) -> Result<(), OpsError> {
     let c = a.conn.client()?;
-    let spec = (!a.command.is_empty()).then(|| ServiceSpecJson {
+    let spec = (!a.command.is_empty()).then(|| ServiceSpec {
         name: a.name.clone(),
         class: a.class.clone(),
         command: a.command.clone(),

@@ -19,7 +19,7 @@
 //! | `GET /v1/services` | | [`Services`] |
 //! | `GET /v1/services/{name}` | | [`Service`] |
 //! | `GET /v1/services/{name}/location` | | [`Placement`](crate::Placement) (waits while the service restarts) |
-//! | `POST /v1/services` | [`ServiceSpecJson`] | `201` [`Placement`](crate::Placement) |
+//! | `POST /v1/services` | [`ServiceSpec`] | `201` [`Placement`](crate::Placement) |
 //! | `DELETE /v1/services/{name}` | | [`Done`] |
 //! | `POST /v1/services/{name}/clients` | [`AdmitClient`] (or no body) | `201` [`Placement`](crate::Placement) with `client`: its id |
 //! | `DELETE /v1/services/{name}/clients/{id}` | | [`Done`] |
@@ -63,14 +63,10 @@
 //! what is kept and ends. Empty lines (NDJSON) or comments (SSE) keep idle streams alive.
 //!
 //! Indices are the answering node's: they grow through Control failovers and across the
-//! node's restarts (see `smart::node::events`), so a client that stays with a node resumes
+//! node's restarts (see `smart_node::events`), so a client that stays with a node resumes
 //! exactly; a client that moves to another node starts again from that node's ring.
 
 pub use smart_proto::http::*;
-
-/// The JSON body of `POST /v1/services`: the message API's [`ServiceSpec`] itself (one
-/// definition; `env` is a JSON object, unknown fields are refused).
-pub type ServiceSpecJson = ServiceSpec;
 
 pub use smart_proto::api::{EventJson, ServiceSpec};
 
@@ -100,10 +96,10 @@ mod tests {
 
     #[test]
     fn specs_refuse_unknown_fields_and_default_the_optional_ones() {
-        let s: ServiceSpecJson =
+        let s: ServiceSpec =
             serde_json::from_str(r#"{"name":"v","class":"distributor","command":["x"]}"#).unwrap();
         assert!(s.env.is_empty() && s.per_client_bps.is_none());
-        let e = serde_json::from_str::<ServiceSpecJson>(
+        let e = serde_json::from_str::<ServiceSpec>(
             r#"{"name":"v","class":"d","command":[],"colour":1}"#,
         )
         .unwrap_err();

@@ -5,7 +5,7 @@
 //! rewrites it after a change).
 //!
 //! The functions below only describe routes (the handlers are the node's,
-//! `smart::node::api_http`); a test of the node checks that every route described here
+//! `smart_supervision::api_http`); a test of the node checks that every route described here
 //! is served there.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::{
     AdmitClient, Done, ErrorBody, ErrorInfo, EventJson, EventRecord, NodeJson, NodePlacement,
-    NodeUsageSeries, Nodes, Profiles, Resources, Service, ServiceSpecJson, Services, UsageHistory,
+    NodeUsageSeries, Nodes, Profiles, Resources, Service, ServiceSpec, Services, UsageHistory,
     UsagePoint,
 };
 use smart_proto::agent::Reservation;
@@ -58,7 +58,7 @@ impl Modify for Bearer {
     ),
     components(schemas(
         ClusterStatus, ControlView, MemberStatus, MemberLoad, VersionInfo, Placement,
-        ErrorBody, ErrorInfo, Done, ServiceSpecJson, AdmitClient, Resources, Nodes, NodeJson,
+        ErrorBody, ErrorInfo, Done, ServiceSpec, AdmitClient, Resources, Nodes, NodeJson,
         NodePlacement, InstanceUse, Reservation, Services, Service, EventRecord, EventJson,
         UsageHistory, NodeUsageSeries, UsagePoint, Profiles, ProfileSummary, ProfileSource,
         VideoRef
@@ -103,7 +103,7 @@ pub fn undrain() {}
 pub fn services() {}
 
 /// Admit and place a service; answered once its instance runs.
-#[utoipa::path(post, path = "/v1/services", request_body = ServiceSpecJson, responses(
+#[utoipa::path(post, path = "/v1/services", request_body = ServiceSpec, responses(
     (status = 201, body = Placement), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 409, description = "admission said no", body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub fn admit_service() {}

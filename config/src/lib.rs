@@ -380,8 +380,8 @@ pub struct AdmissionConfig {
 }
 
 impl Default for AdmissionConfig {
-    /// The Control's defaults (`smart_control::AdmissionSettings::default`, checked equal by
-    /// a test there).
+    /// The defaults; the Control's own (`smart_control::AdmissionSettings::default`) are
+    /// derived from these.
     fn default() -> Self {
         Self {
             estimator: smart_admission::EstimatorKind::Chernoff,
@@ -419,8 +419,7 @@ pub struct HealthConfig {
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        // Agent86's defaults (`smart_agent86::HealthSettings::default`, checked equal by a
-        // test of the node).
+        // Agent86's own (`smart_agent86::HealthSettings::default`) are derived from these.
         Self {
             enabled: true,
             command: Vec::new(),

@@ -35,7 +35,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
 use serde::Deserialize;
 use smart_api::http::{
     AdmitClient, Done, ErrorBody, EventJson, EventRecord, NodeJson, NodePlacement, NodeUsageSeries,
-    Nodes, Profiles, Resources, Service, ServiceSpecJson, Services, UsageHistory, UsagePoint,
+    Nodes, Profiles, Resources, Service, ServiceSpec, Services, UsageHistory, UsagePoint,
 };
 use smart_api::{ApiError, NodeReport, Placement, Request, Response};
 use smart_control::ControlMsg;
@@ -595,10 +595,10 @@ fn done(r: Response) -> Answer<axum::Json<Done>> {
     }
 }
 
-/// `ServiceSpecJson` has no default; this wraps it for [`parse_json`].
+/// `ServiceSpec` has no default; this wraps it for [`parse_json`].
 #[derive(Deserialize, Default)]
 #[serde(transparent)]
-struct Spec(Option<ServiceSpecJson>);
+struct Spec(Option<ServiceSpec>);
 
 async fn admit_service(
     State(st): State<AppState>,

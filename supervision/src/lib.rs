@@ -182,13 +182,7 @@ pub async fn run(
                 &key.sign(&[b"smart/pull/v1/key"]),
             )),
             checkpoint_port: Some(cfg.agent.checkpoint_port),
-            health: smart_agent86::HealthSettings {
-                enabled: cfg.health.enabled,
-                command: (!cfg.health.command.is_empty()).then(|| cfg.health.command.clone()),
-                fail_after: cfg.health.fail_after,
-                recover_after: cfg.health.recover_after,
-                ..Default::default()
-            },
+            health: smart_agent86::HealthSettings::from_config(&cfg.health),
         },
         durable.highest(),
     )

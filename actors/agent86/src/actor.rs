@@ -121,16 +121,24 @@ pub struct HealthSettings {
     pub sys_root: PathBuf,
 }
 
-impl Default for HealthSettings {
-    fn default() -> Self {
+impl HealthSettings {
+    /// The checks `[health]` describes, on the real `/proc` and `/sys`.
+    pub fn from_config(cfg: &smart_config::HealthConfig) -> Self {
         Self {
-            enabled: true,
-            command: None,
-            fail_after: 3,
-            recover_after: 5,
+            enabled: cfg.enabled,
+            command: (!cfg.command.is_empty()).then(|| cfg.command.clone()),
+            fail_after: cfg.fail_after,
+            recover_after: cfg.recover_after,
             proc_root: "/proc".into(),
             sys_root: "/sys".into(),
         }
+    }
+}
+
+impl Default for HealthSettings {
+    /// The documented `[health]` defaults (one set of numbers: `smart_config`'s).
+    fn default() -> Self {
+        Self::from_config(&smart_config::HealthConfig::default())
     }
 }
 

@@ -4,6 +4,7 @@
 
 use smart_admission::refine::RefineConfig;
 use smart_config::{AdmissionConfig, ConfigError};
+use smart_proto::profile::ServiceProfile;
 
 use crate::AdmissionSettings;
 
@@ -17,17 +18,23 @@ impl AdmissionSettings {
                     path: path.clone(),
                     source,
                 })?;
-                let p = smart_proto::profile::ServiceProfile::from_json(&text).map_err(|e| {
-                    ConfigError::Invalid {
-                        path: path.clone(),
-                        key: "admission.default_profile",
-                        reason: e.to_string(),
-                    }
+                let p = ServiceProfile::from_json(&text).map_err(|e| ConfigError::Invalid {
+                    path: path.clone(),
+                    key: "admission.default_profile",
+                    reason: e.to_string(),
                 })?;
                 Some(p)
             }
         };
-        Ok(Self {
+        Ok(Self::from_parts(cfg, default_profile))
+    }
+
+    /// The settings `[admission]` describes, with its default profile already read.
+    pub(crate) fn from_parts(
+        cfg: &AdmissionConfig,
+        default_profile: Option<ServiceProfile>,
+    ) -> Self {
+        Self {
             estimator: cfg.estimator,
             confidence: cfg.confidence,
             vr: cfg.vr,
@@ -44,7 +51,7 @@ impl AdmissionSettings {
                 change_ratio: cfg.refine_change,
             },
             copy_rate_bps: (cfg.copy_rate_bps > 0).then_some(cfg.copy_rate_bps),
-        })
+        }
     }
 }
 
@@ -52,11 +59,19 @@ impl AdmissionSettings {
 mod tests {
     use super::*;
 
-    /// The config's documented defaults are the engine's defaults: one set of numbers.
+    /// A broken default profile stops the node at start, naming the key.
     #[test]
-    fn config_defaults_are_the_engine_defaults() {
-        let from_config = AdmissionSettings::from_config(&AdmissionConfig::default()).unwrap();
-        let engine = AdmissionSettings::default();
-        assert_eq!(from_config, engine);
+    fn a_broken_default_profile_is_refused_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let cfg = AdmissionConfig {
+            default_profile: Some(path),
+            ..AdmissionConfig::default()
+        };
+        match AdmissionSettings::from_config(&cfg) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "admission.default_profile"),
+            other => panic!("expected an invalid-profile error, got {other:?}"),
+        }
     }
 }

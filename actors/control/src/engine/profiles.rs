@@ -71,25 +71,9 @@ pub const MIN_CPU_LIMIT: f64 = 0.1;
 pub const MEM_LIMIT_SLACK: u64 = 32 << 20;
 
 impl Default for AdmissionSettings {
+    /// The documented `[admission]` defaults (one set of numbers: `smart_config`'s).
     fn default() -> Self {
-        Self {
-            estimator: EstimatorKind::Chernoff,
-            confidence: 0.95,
-            vr: 0.9,
-            policy: Policy::WorstFit,
-            grid: 64,
-            reserve_quantile: 0.99,
-            cpu_headroom: 2.0,
-            mem_headroom: 1.5,
-            default_profile: None,
-            idle_stop_after: Some(Duration::from_secs(60)),
-            refine: RefineConfig {
-                window: 600,
-                min_samples: 120,
-                change_ratio: 0.10,
-            },
-            copy_rate_bps: Some(400_000_000),
-        }
+        Self::from_parts(&smart_config::AdmissionConfig::default(), None)
     }
 }
 

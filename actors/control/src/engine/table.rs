@@ -182,12 +182,6 @@ impl Svc {
         self.keys.iter().find(|(k, _)| *k == key).map(|(_, c)| *c)
     }
 
-    /// How many idempotency keys it holds (never more than its clients).
-    #[cfg(test)]
-    pub(crate) fn keys_held(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Drops the keys of clients no longer admitted.
     fn forget_released_keys(&mut self) {
         let clients = &self.clients;
@@ -452,13 +446,13 @@ mod tests {
         assert_eq!(s.client_of_key(70), Some(ClientId(7)));
         assert_eq!(s.client_of_key(80), Some(ClientId(8)));
         assert_eq!(s.client_of_key(90), None);
-        assert_eq!(s.keys_held(), 2);
+        assert_eq!(s.keys.len(), 2);
         // Released by id, or as the newest: the key goes with its client.
         assert_eq!(s.release_client(Some(7)), Some(ClientId(7)));
         assert_eq!(s.client_of_key(70), None);
         assert_eq!(s.release_client(None), Some(ClientId(8)));
         assert_eq!(s.client_of_key(80), None);
-        assert_eq!(s.keys_held(), 0);
+        assert_eq!(s.keys.len(), 0);
         // Released beyond a count: likewise.
         // (The fixture's service has clients 1, 2 and 3.)
         s.add_keyed_client(ClientId(9), 90);
@@ -468,6 +462,6 @@ mod tests {
         );
         assert_eq!(s.release_beyond(3), vec![ClientId(9)]);
         assert_eq!(s.client_of_key(90), None);
-        assert_eq!(s.keys_held(), 0);
+        assert_eq!(s.keys.len(), 0);
     }
 }
