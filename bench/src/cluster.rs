@@ -453,6 +453,51 @@ impl LocalCluster {
         self.signal(id, nix::sys::signal::Signal::SIGCONT)
     }
 
+    /// SIGTERM node `id`: a planned stop (it hands the Control over and stops its
+    /// instances). [`LocalCluster::wait_exit`] reaps it.
+    pub fn terminate(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Waits until node `id`'s process has exited, reaps it and returns its exit code.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<Option<i32>, ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.exited(id) {
+                self.node(id).child = None;
+                return Ok(code);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    what: format!("node {id} to exit"),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until node `id` reports that its Control acts (`control_acting` = 1).
+    pub async fn wait_acting(&self, id: u64, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status(id).await
+                && s.counters
+                    .iter()
+                    .any(|(k, v)| k == "control_acting" && *v == 1)
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    what: format!("node {id}'s Control to act"),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Whether node `id`'s process has exited, with its exit code.
     pub fn exited(&mut self, id: u64) -> Option<Option<i32>> {
         let c = self.node(id).child.as_mut()?;

@@ -42,12 +42,25 @@ pub struct DemoArgs {
     pub estimator: Option<String>,
 }
 
+/// How the Control's node is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopKind {
+    /// `kill -9`: the others detect the failure.
+    Kill,
+    /// `SIGTERM`: the Control hands over to a successor.
+    Term,
+}
+
 /// `smart bench failover` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FailoverBenchArgs {
-    /// Number of kill -9 trials.
+    /// Number of trials.
     #[arg(long, default_value_t = 20)]
     pub trials: usize,
+    /// How the Control's node is stopped.
+    #[arg(long, value_enum, default_value_t = StopKind::Kill)]
+    pub stop: StopKind,
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
@@ -67,7 +80,8 @@ pub struct Failover {
     pub new_control: u64,
     /// Its epoch.
     pub new_epoch: u64,
-    /// Kill to every survivor reporting the new Control, in milliseconds.
+    /// Signal to every survivor reporting the new Control, and that Control acting, in
+    /// milliseconds.
     pub failover_ms: f64,
 }
 
@@ -75,24 +89,43 @@ pub struct Failover {
 pub async fn kill_control_and_measure(
     cluster: &mut LocalCluster,
 ) -> Result<Failover, ClusterError> {
+    stop_control_and_measure(cluster, StopKind::Kill).await
+}
+
+/// Stops the current Control's node (`how`) and measures until every survivor agrees on a
+/// new one and that one acts (its `control_acting` counter is 1).
+pub async fn stop_control_and_measure(
+    cluster: &mut LocalCluster,
+    how: StopKind,
+) -> Result<Failover, ClusterError> {
     let running = cluster.running();
     let (old, old_epoch) = cluster
         .wait_agreed_control(&running, Duration::from_secs(10), |_, _| true)
         .await?;
     let t0 = Instant::now();
-    cluster.kill(old)?;
+    match how {
+        StopKind::Kill => cluster.kill(old)?,
+        StopKind::Term => cluster.terminate(old)?,
+    }
     let survivors: Vec<u64> = running.into_iter().filter(|&n| n != old).collect();
     let (new_control, new_epoch) = cluster
         .wait_agreed_control(&survivors, Duration::from_secs(10), |n, e| {
             n != old && e > old_epoch
         })
         .await?;
+    cluster
+        .wait_acting(new_control, Duration::from_secs(10))
+        .await?;
+    let failover_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if how == StopKind::Term {
+        cluster.wait_exit(old, Duration::from_secs(10))?;
+    }
     Ok(Failover {
         killed: old,
         old_epoch,
         new_control,
         new_epoch,
-        failover_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        failover_ms,
     })
 }
 
@@ -114,15 +147,21 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Runs the failover benchmark: `trials` kills, the killed node restarted after each.
 pub async fn bench_failover(args: FailoverBenchArgs) -> Result<(), ClusterError> {
     let mut spec = ClusterSpec::new(exe()?, args.nodes.max(2));
-    spec.log = "warn".into();
+    // The nodes' log filter: quiet unless asked (`SMART_BENCH_LOG=debug`, with
+    // `SMART_KEEP_CLUSTER=1` to keep the logs).
+    spec.log = std::env::var("SMART_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     let mut cluster = LocalCluster::start(spec)?;
     let mut times = Vec::new();
     for t in 0..args.trials {
-        let f = kill_control_and_measure(&mut cluster).await?;
+        let f = stop_control_and_measure(&mut cluster, args.stop).await?;
         if !args.json {
             println!(
-                "trial {:>2}: killed n{} -> n{} epoch {} in {:.0} ms",
+                "trial {:>2}: {} n{} -> n{} epoch {} in {:.0} ms",
                 t + 1,
+                match args.stop {
+                    StopKind::Kill => "killed",
+                    StopKind::Term => "stopped (SIGTERM)",
+                },
                 f.killed,
                 f.new_control,
                 f.new_epoch,
@@ -145,11 +184,15 @@ pub async fn bench_failover(args: FailoverBenchArgs) -> Result<(), ClusterError>
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"trials": times.len(), "nodes": args.nodes, "failover_p50_ms": p50, "failover_p99_ms": p99, "failover_max_ms": max})
+            serde_json::json!({"trials": times.len(), "stop": args.stop, "nodes": args.nodes, "failover_p50_ms": p50, "failover_p99_ms": p99, "failover_max_ms": max})
         );
     } else {
         println!(
-            "control failover over {} trials ({} nodes, default timings): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            "control failover ({}) over {} trials ({} nodes, default timings): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            match args.stop {
+                StopKind::Kill => "kill -9",
+                StopKind::Term => "SIGTERM, hand-over",
+            },
             times.len(),
             args.nodes,
             p50,

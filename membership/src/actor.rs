@@ -221,9 +221,21 @@ impl Membership {
                 Output::BecomeControl { epoch } => {
                     info!(node = %id, epoch, "became control; rebuilding state");
                     self.counters.incr("became_control");
+                    let _ = self.supervisor.send_message(NodeMsg::StartControl {
+                        epoch,
+                        acting: false,
+                    });
+                }
+                Output::RestartControl { epoch, acting } => {
+                    info!(
+                        node = %id,
+                        epoch,
+                        acting,
+                        "control actor fenced by our own re-assertion; restarting it"
+                    );
                     let _ = self
                         .supervisor
-                        .send_message(NodeMsg::StartControl { epoch });
+                        .send_message(NodeMsg::StartControl { epoch, acting });
                 }
                 Output::Reasserted { epoch } => {
                     info!(node = %id, epoch, "control re-asserted at a higher epoch");
@@ -544,6 +556,10 @@ impl Membership {
         st: &mut MembershipState,
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
+        // A member's address arrives with its first heartbeat, which changes no Control nor
+        // liveness (a claim heard first made it Control without one): publish what a
+        // datagram may have completed, not only on the engine's change outputs.
+        let datagram = matches!(msg, MembershipMsg::Datagram(..));
         let outputs = match msg {
             MembershipMsg::Tick => {
                 st.ticks += 1;
@@ -570,47 +586,25 @@ impl Membership {
             }
             MembershipMsg::Reassert => st.engine.handle(Input::Reassert, now),
             MembershipMsg::ControlStale(highest) => {
-                match st.engine.control() {
-                    // The refusal came from our own re-assertion racing the Control actor
-                    // (the agent heard our heartbeat at the new epoch before the actor got
-                    // it): we are still the Control, so start it again at the current epoch.
-                    Some(c) if c.node_id == self.cfg.id() && c.epoch >= highest => {
-                        info!(
-                            epoch = c.epoch,
-                            "control actor fenced by our own re-assertion; restarting it"
-                        );
-                        let _ = self
-                            .supervisor
-                            .send_message(NodeMsg::StartControl { epoch: c.epoch });
-                    }
-                    // Really stale: persist the higher epoch so that this node never acts
-                    // below it again; the engine steps down when it hears the newer Control.
-                    // Not beyond the step: an agent's answer must not fence us forever.
-                    _ if highest
-                        > st.engine
-                            .highest_epoch()
-                            .saturating_add(self.cfg.election.max_epoch_step) =>
-                    {
-                        self.counters.incr("control_stale_beyond_step");
-                    }
-                    _ => match self.durable.raise(highest) {
-                        Ok(()) => {}
-                        Err(err @ PersistError::Retryable { .. }) => {
-                            self.warnings.warn("epoch_write", format_args!("{err}"));
-                        }
-                        Err(err @ PersistError::Fatal { .. }) => {
-                            return Err(Fatal::from(err).into());
-                        }
-                    },
-                }
-                Vec::new()
+                st.engine.handle(Input::ControlFenced { highest }, now)
             }
             MembershipMsg::Status(reply) => {
                 let _ = reply.send(self.status(st));
                 Vec::new()
             }
+            MembershipMsg::Leave(reply) => {
+                info!(node = %self.cfg.id(), "leaving: handing over if control");
+                let out = st.engine.handle(Input::Leave, now);
+                self.execute(st, out).await?;
+                let _ = reply.send(());
+                Vec::new()
+            }
         };
-        self.execute(st, outputs).await
+        self.execute(st, outputs).await?;
+        if datagram {
+            self.publish(st);
+        }
+        Ok(())
     }
 }
 

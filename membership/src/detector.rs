@@ -134,6 +134,12 @@ impl Detector {
         }
     }
 
+    /// Declares `node` Down now (it said it leaves); returns `Down` if it was alive.
+    pub fn mark_down(&mut self, node: NodeId) -> Option<DetectorEvent> {
+        let e = self.nodes.get_mut(&node)?;
+        std::mem::replace(&mut e.alive, false).then_some(DetectorEvent::Down(node))
+    }
+
     /// Whether `node` is known and alive.
     pub fn is_alive(&self, node: NodeId) -> bool {
         self.nodes.get(&node).is_some_and(|e| e.alive)

@@ -439,6 +439,48 @@ impl Election {
         self.state = ElectionState::Follower;
     }
 
+    /// The Control handed over to this node ([`smart_proto::heartbeat::Handover`]): claim at
+    /// the next tick, without a backoff, when this node may claim at all. Returns whether it
+    /// will.
+    pub fn take_over(&mut self, now: Instant) -> bool {
+        let may = matches!(
+            self.state,
+            ElectionState::Follower | ElectionState::Waiting { .. }
+        ) && self.cfg.eligible
+            && !self.hold
+            && !self.exhausted;
+        if may {
+            self.state = ElectionState::Waiting { deadline: now };
+        }
+        may
+    }
+
+    /// The Control handed over to another node: hold our own claim for `hold` (the
+    /// failure detector's dead time: the successor persists its epoch before it claims, and
+    /// a slow disk must not make us race it) plus a random backoff; if the claim never
+    /// comes (the successor died too), we claim as after a crash of the Control.
+    pub fn defer_to_successor<R: Rng + ?Sized>(
+        &mut self,
+        hold: Duration,
+        now: Instant,
+        rng: &mut R,
+    ) {
+        if matches!(
+            self.state,
+            ElectionState::Follower | ElectionState::Waiting { .. }
+        ) && self.cfg.eligible
+        {
+            let backoff = rng.random_range(0..=self.cfg.window().as_micros() as u64);
+            let until = now + hold + Duration::from_micros(backoff);
+            self.state = ElectionState::Waiting {
+                deadline: match self.state {
+                    ElectionState::Waiting { deadline } => deadline.max(until),
+                    _ => until,
+                },
+            };
+        }
+    }
+
     /// The shell finished rebuilding the Control state it started at `epoch`. Accepted when
     /// this node is Control and `established <= epoch <= current` (a re-assertion during the
     /// rebuild does not invalidate it); returns whether it was accepted.

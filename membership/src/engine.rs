@@ -75,8 +75,8 @@ use crate::election::{
     StepDownReason,
 };
 use smart_proto::heartbeat::{
-    CHALLENGE_NONCE_LEN, Challenge, Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant,
-    LoadSummary, Message, Proof, ReplayError, ReplayGuard,
+    CHALLENGE_NONCE_LEN, Challenge, Claim, ControlAssert, ControlView, Handover, Heartbeat,
+    LeaseGrant, LoadSummary, Message, Proof, ReplayError, ReplayGuard,
 };
 use smart_proto::{Epoch, Incarnation, NodeId, Role};
 
@@ -188,6 +188,18 @@ pub enum Input {
         /// The epoch that could not be written.
         epoch: Epoch,
     },
+    /// An agent refused a command of the local Control actor because it has seen epoch
+    /// `highest`. When this node is still Control at `highest` or above, the refusal came
+    /// from our own re-assertion racing the actor (the agent heard the heartbeat at the new
+    /// epoch before the actor got it): [`Output::RestartControl`] at the current epoch,
+    /// with the acting state as it is now (the new actor is never left waiting for a change
+    /// that already happened). Otherwise the epoch is observed (persisted, within the step:
+    /// an agent's answer must not fence us forever) and the engine steps down when it hears
+    /// the newer Control.
+    ControlFenced {
+        /// The highest epoch the refusing agent has seen.
+        highest: Epoch,
+    },
     /// Graceful shutdown: step down if Control, announce it at once (one last heartbeat that
     /// no longer asserts Control, so a successor is elected without waiting for the failure
     /// detector), then stay silent. The shell exits after executing the outputs.
@@ -231,6 +243,8 @@ pub enum DropReason {
     EpochJump,
     /// From a sender (or a new incarnation of it) not yet verified by a fresh proof.
     Unverified,
+    /// From a member that handed over and left (this incarnation).
+    Left,
 }
 
 /// What the engine asks the shell to do, in order.
@@ -263,6 +277,14 @@ pub enum Output {
         /// The epoch.
         epoch: Epoch,
         /// May act.
+        acting: bool,
+    },
+    /// Start the local Control actor again at `epoch`, still Control: `acting` is whether
+    /// it may act at once (after its own rebuild), derived from the election's state.
+    RestartControl {
+        /// The current epoch.
+        epoch: Epoch,
+        /// May act at `epoch`.
         acting: bool,
     },
     /// This node stopped being Control.
@@ -349,6 +371,8 @@ pub struct Counters {
     pub proofs_sent: u64,
     /// Proofs that verified a member's incarnation.
     pub proofs_accepted: u64,
+    /// Times this node claimed at once because the Control handed over to it.
+    pub took_over: u64,
     /// Incarnations announced in datagrams that the member's own proof contradicted.
     pub forged_incarnation: u64,
     /// Members forgotten after being dead for `forget_after`.
@@ -366,6 +390,9 @@ struct Member {
     info: Option<HbInfo>,
     /// Set while it asserts being Control.
     asserts: Option<ControlAssert>,
+    /// The last epoch it asserted Control at in this incarnation, kept after it stops:
+    /// its handover may arrive after its last heartbeat (datagrams reorder).
+    asserted: Option<Epoch>,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +438,10 @@ pub struct NodeEngine<R> {
     counters: Counters,
     /// After [`Input::Leave`]: no more heartbeats.
     left: bool,
+    /// Set by a received [`Handover`] from the Control: whether it named us.
+    handover: Option<bool>,
+    /// Members that handed over and left, with the incarnation that left.
+    departed: BTreeMap<NodeId, Incarnation>,
     /// Members heard but not verified yet: the highest incarnation they announced and
     /// when it was last heard.
     unverified: BTreeMap<NodeId, (Incarnation, Instant)>,
@@ -459,6 +490,8 @@ impl<R: Rng> NodeEngine<R> {
             sent: VecDeque::with_capacity(SENT_MEMORY),
             counters: Counters::default(),
             left: false,
+            handover: None,
+            departed: BTreeMap::new(),
             unverified: BTreeMap::new(),
             challenge: None,
             answered: BTreeMap::new(),
@@ -485,6 +518,7 @@ impl<R: Rng> NodeEngine<R> {
                     if let DetectorEvent::Down(n) = ev {
                         if let Some(m) = self.members.get_mut(&n) {
                             m.asserts = None;
+                            m.asserted = None;
                         }
                         self.asserting.remove(&n);
                         self.reports.remove(&n);
@@ -504,6 +538,21 @@ impl<R: Rng> NodeEngine<R> {
             }
             Input::Received(msg) => {
                 self.receive(msg, now, &mut out);
+                match self.handover.take() {
+                    Some(true) if self.election.take_over(now) => {
+                        self.settle(now, &mut out);
+                        let mut actions = Vec::new();
+                        self.election.tick(now, &mut actions);
+                        self.apply(actions, now, &mut out);
+                        self.counters.took_over += 1;
+                    }
+                    Some(_) => self.election.defer_to_successor(
+                        self.cfg.detector.dead_after,
+                        now,
+                        &mut self.rng,
+                    ),
+                    None => {}
+                }
                 self.settle(now, &mut out);
             }
             Input::RebuildDone { epoch } => {
@@ -517,6 +566,26 @@ impl<R: Rng> NodeEngine<R> {
                 self.apply(actions, now, &mut out);
                 self.settle(now, &mut out);
             }
+            Input::ControlFenced { highest } => match self.election.my_control() {
+                Some((_, epoch)) if epoch >= highest => out.push(Output::RestartControl {
+                    epoch,
+                    acting: self.acting == Some(epoch),
+                }),
+                _ if highest
+                    > self
+                        .election
+                        .highest()
+                        .saturating_add(self.cfg.max_epoch_step) =>
+                {
+                    self.counters.epoch_jump += 1;
+                }
+                _ => {
+                    let mut actions = Vec::new();
+                    self.election.observe_epoch(highest, &mut actions);
+                    self.apply(actions, now, &mut out);
+                    self.settle(now, &mut out);
+                }
+            },
             Input::PersistFailed { epoch } => {
                 tracing::warn!(node = %self.cfg.node_id, epoch, "epoch not durable: refusing to act until it is");
                 self.counters.persist_failures += 1;
@@ -528,6 +597,22 @@ impl<R: Rng> NodeEngine<R> {
                 self.settle(now, &mut out);
             }
             Input::Leave => {
+                if let Some((_, epoch)) = self.election.my_control()
+                    && !self.left
+                {
+                    let successor = self.successor();
+                    let seq = self.next_seq(now);
+                    self.push_send(
+                        Message::Handover(Handover {
+                            from: self.cfg.node_id,
+                            incarnation: self.cfg.incarnation,
+                            seq,
+                            epoch,
+                            successor,
+                        }),
+                        &mut out,
+                    );
+                }
                 let mut actions = Vec::new();
                 self.election.leave(&mut actions);
                 self.apply(actions, now, &mut out);
@@ -653,7 +738,17 @@ impl<R: Rng> NodeEngine<R> {
             });
             return;
         }
+        // It handed over and left: its trailing datagrams (the last heartbeat may arrive
+        // after the handover) must not bring it back up. A new incarnation may.
+        if self.departed.get(&from) == Some(&msg.incarnation()) {
+            out.push(Output::Dropped {
+                from,
+                reason: DropReason::Left,
+            });
+            return;
+        }
         self.counters.accepted += 1;
+        let incarnation = msg.incarnation();
         if let Some(DetectorEvent::Up(n)) = self.detector.heard(from, now) {
             out.push(Output::MemberUp(n));
             self.dirty = true;
@@ -663,11 +758,13 @@ impl<R: Rng> NodeEngine<R> {
             last_seq: msg.seq(),
             info: None,
             asserts: None,
+            asserted: None,
         });
         if msg.incarnation() > member.incarnation {
             // A new life: whatever it asserted before is void.
             member.incarnation = msg.incarnation();
             member.asserts = None;
+            member.asserted = None;
             member.last_seq = msg.seq();
             self.reports.remove(&from);
             self.dirty = true;
@@ -708,9 +805,32 @@ impl<R: Rng> NodeEngine<R> {
                     epoch: c.epoch,
                 });
             }
+            Message::Handover(h) => {
+                // Only the node that asserts Control can hand it over; from anyone else it
+                // says nothing.
+                if member.asserted.is_some_and(|e| e <= h.epoch) {
+                    member.asserts = None;
+                    member.asserted = None;
+                    self.departed.insert(from, h.incarnation);
+                    // No successor named: an election as after any loss of the Control.
+                    self.handover = h.successor.map(|s| s == self.cfg.node_id);
+                }
+            }
             Message::Challenge(_) | Message::Proof(_) => {}
         }
+        if self.departed.get(&from) == Some(&incarnation)
+            && let Some(DetectorEvent::Down(n)) = self.detector.mark_down(from)
+        {
+            // Down now rather than after the dead time: its agent is stopping, and a new
+            // Control must not wait for its report.
+            self.reports.remove(&n);
+            self.dirty = true;
+            out.push(Output::MemberDown(n));
+        }
         let asserts = self.members[&from].asserts;
+        if let (Some(a), Some(m)) = (asserts, self.members.get_mut(&from)) {
+            m.asserted = Some(a.epoch);
+        }
         self.dirty |= asserts != asserted_before;
         if asserts.is_some() {
             self.asserting.insert(from);
@@ -1015,6 +1135,35 @@ impl<R: Rng> NodeEngine<R> {
     /// those that live members report hearing while we cannot hear them ourselves (an
     /// asymmetric cut). A node we hear directly is never taken from reports: what it tells us
     /// itself is fresher.
+    /// Whom a leaving Control names: a live, verified member that may be Control and whose
+    /// heartbeats say it hears us directly (a member that just started may not have heard
+    /// us assert yet, and would not believe our handover), preferring a profiler node
+    /// (thesis §4.2.1), then the lowest node id.
+    fn successor(&self) -> Option<NodeId> {
+        self.members
+            .iter()
+            .filter(|(id, m)| {
+                **id != self.cfg.node_id
+                    && self.detector.is_alive(**id)
+                    && !self.unverified.contains_key(*id)
+                    && self
+                        .reports
+                        .get(*id)
+                        .is_some_and(|v| v.node_id == self.cfg.node_id)
+                    && m.info
+                        .as_ref()
+                        .is_some_and(|i| i.roles.contains(&Role::Control))
+            })
+            .min_by_key(|(id, m)| {
+                let profiler = m
+                    .info
+                    .as_ref()
+                    .is_some_and(|i| i.roles.contains(&Role::Profiler));
+                (!profiler, **id)
+            })
+            .map(|(id, _)| *id)
+    }
+
     fn refresh_candidates(&mut self) {
         if !self.dirty {
             return;
@@ -1037,7 +1186,10 @@ impl<R: Rng> NodeEngine<R> {
             }
         }
         for (reporter, v) in &self.reports {
+            // A Control that handed over and left is not kept alive by reports that
+            // predate its handover.
             if v.node_id == self.cfg.node_id
+                || self.departed.contains_key(&v.node_id)
                 || self.detector.is_alive(v.node_id)
                 || !self.detector.is_alive(*reporter)
             {
@@ -1264,6 +1416,7 @@ fn max_epoch(msg: &Message) -> Option<Epoch> {
         .flatten()
         .max(),
         Message::Claim(c) => Some(c.epoch),
+        Message::Handover(h) => Some(h.epoch),
         Message::Challenge(_) | Message::Proof(_) => None,
     }
 }

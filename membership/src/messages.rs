@@ -10,10 +10,15 @@ use smart_proto::heartbeat::LoadSummary;
 
 /// The node supervisor's messages.
 pub enum NodeMsg {
-    /// Membership: this node became Control at `epoch`.
+    /// Membership: this node became Control at `epoch` (or still is, and its actor must
+    /// start again).
     StartControl {
         /// The epoch.
         epoch: Epoch,
+        /// Whether it may act at once after its rebuild (derived from the election's state,
+        /// never remembered by the supervisor: a restarted actor must not wait for a change
+        /// that already happened).
+        acting: bool,
     },
     /// Membership: the Control re-asserted at a higher epoch.
     ControlEpoch {
@@ -47,6 +52,9 @@ pub enum MembershipMsg {
     Reassert,
     /// Members and Control as this node sees them.
     Status(RpcReplyPort<ClusterStatus>),
+    /// The node is stopping: step down if Control, naming a successor, send a last
+    /// heartbeat, then stay silent. Answered once the datagrams are sent.
+    Leave(RpcReplyPort<()>),
     /// This node's load, from Agent86's last sample, for the next heartbeats.
     Load(LoadSummary),
 }

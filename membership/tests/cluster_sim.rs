@@ -427,7 +427,9 @@ impl Sim {
                 }
                 self.note(format!("n{i} {o:?}"));
             }
-            Output::ControlActing { .. } => self.note(format!("n{i} {o:?}")),
+            Output::ControlActing { .. } | Output::RestartControl { .. } => {
+                self.note(format!("n{i} {o:?}"))
+            }
             Output::ControlChanged(_) => {
                 self.changes += 1;
                 self.note(format!("n{i} {o:?}"));
@@ -843,9 +845,12 @@ fn leaving_control_is_replaced_faster_than_a_dead_one() {
             &[
                 Op::StartAll,
                 Op::AssertOneControl { within: ms(1500) },
+                // The followers' next heartbeats say they hear it (a successor must have).
+                Op::Wait(ms(150)),
                 Op::Leave(Who::Control),
-                // Backoff ≤ 0.3 s + rebuild 50 ms: no detection time.
-                Op::AssertOneControl { within: ms(400) },
+                // It names a successor, which claims on receipt (no detection, no
+                // backoff): a tick, a datagram and the 50 ms rebuild.
+                Op::AssertOneControl { within: ms(100) },
             ],
         );
     }

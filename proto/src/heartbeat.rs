@@ -38,7 +38,8 @@
 //! sequence number, everything before it counted as seen.
 //!
 //! ## Layout
-//! - [`Message`], [`Heartbeat`], [`Claim`], [`Challenge`], [`Proof`] and their small parts:
+//! - [`Message`], [`Heartbeat`], [`Claim`], [`Challenge`], [`Proof`], [`Handover`] and their
+//!   small parts:
 //!   the payloads.
 //! - [`encode`] / [`decode`] and [`WireError`]: the datagram codec.
 //! - [`ReplayGuard`] — per (node, incarnation) sliding-window sequence check.
@@ -68,6 +69,7 @@ const KIND_HEARTBEAT: u8 = 1;
 const KIND_CLAIM: u8 = 2;
 const KIND_CHALLENGE: u8 = 3;
 const KIND_PROOF: u8 = 4;
+const KIND_HANDOVER: u8 = 5;
 
 /// Length of a [`Challenge`] nonce.
 pub const CHALLENGE_NONCE_LEN: usize = 16;
@@ -164,6 +166,25 @@ pub struct Claim {
     pub epoch: Epoch,
 }
 
+/// "I stop being the Control at `epoch`; `successor` takes over": sent once by a Control
+/// that is stopped or drained on purpose, right before its last heartbeat. The successor
+/// claims at once instead of after a failure detection and a random backoff; the other
+/// nodes hold their own claims for a failure detection time so that it wins. Believed only from
+/// the node that asserts Control (a follower cannot hand over what it does not hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The leaving Control.
+    pub from: NodeId,
+    /// Its boot counter.
+    pub incarnation: Incarnation,
+    /// Its sequence number (same space as its heartbeats).
+    pub seq: u64,
+    /// The epoch it held.
+    pub epoch: Epoch,
+    /// The member it names, or `None` when no live member can be Control.
+    pub successor: Option<NodeId>,
+}
+
 /// "Prove that you are alive now": sent by a node that heard a member it has not verified
 /// yet (first contact, e.g. after its own restart) or a member announcing a new incarnation.
 /// Every member answers with a [`Proof`] echoing the nonce, so a recorded datagram replayed
@@ -207,6 +228,8 @@ pub enum Message {
     Challenge(Challenge),
     /// Answer to a challenge.
     Proof(Proof),
+    /// A Control stepping down on purpose (a stop, a drain): names its successor.
+    Handover(Handover),
 }
 
 impl Message {
@@ -217,6 +240,7 @@ impl Message {
             Message::Claim(c) => c.from,
             Message::Challenge(c) => c.from,
             Message::Proof(p) => p.from,
+            Message::Handover(h) => h.from,
         }
     }
 
@@ -227,6 +251,7 @@ impl Message {
             Message::Claim(c) => c.incarnation,
             Message::Challenge(c) => c.incarnation,
             Message::Proof(p) => p.incarnation,
+            Message::Handover(h) => h.incarnation,
         }
     }
 
@@ -237,6 +262,7 @@ impl Message {
             Message::Claim(c) => c.seq,
             Message::Challenge(c) => c.seq,
             Message::Proof(p) => p.seq,
+            Message::Handover(h) => h.seq,
         }
     }
 }
@@ -320,6 +346,7 @@ pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Message, WireError> {
         KIND_CLAIM => finish(payload).map(Message::Claim),
         KIND_CHALLENGE => finish(payload).map(Message::Challenge),
         KIND_PROOF => finish(payload).map(Message::Proof),
+        KIND_HANDOVER => finish(payload).map(Message::Handover),
         _ => Err(WireError::Malformed),
     }
 }
@@ -449,6 +476,7 @@ fn payload_of(msg: &Message) -> (u8, Vec<u8>) {
         Message::Claim(c) => (KIND_CLAIM, postcard::to_allocvec(c)),
         Message::Challenge(c) => (KIND_CHALLENGE, postcard::to_allocvec(c)),
         Message::Proof(p) => (KIND_PROOF, postcard::to_allocvec(p)),
+        Message::Handover(h) => (KIND_HANDOVER, postcard::to_allocvec(h)),
     };
     // Serialising plain structs into a Vec cannot fail (no maps with non-string keys, no
     // sequences of unknown length).
@@ -505,6 +533,7 @@ pub fn decode_with(bytes: &[u8], ring: &Keyring) -> Result<Message, WireError> {
                     KIND_CLAIM => finish(&buf).map(Message::Claim),
                     KIND_CHALLENGE => finish(&buf).map(Message::Challenge),
                     KIND_PROOF => finish(&buf).map(Message::Proof),
+                    KIND_HANDOVER => finish(&buf).map(Message::Handover),
                     _ => Err(WireError::Malformed),
                 };
             }

@@ -466,11 +466,11 @@ impl NodeSupervisor {
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::StartControl { epoch } => {
+            NodeMsg::StartControl { epoch, acting } => {
                 self.stop_control(st);
                 st.control = Some(ControlSlot {
                     epoch,
-                    acting: false,
+                    acting,
                     actor: None,
                 });
                 self.spawn_control(&myself, st).await?;
@@ -499,6 +499,19 @@ impl NodeSupervisor {
             }
             NodeMsg::StopControl => self.stop_control(st),
             NodeMsg::Shutdown => {
+                // A planned stop hands the Control over instead of leaving the cluster to
+                // detect a failure: the actor stops commanding first, then membership names
+                // a successor, which claims at once. Bounded: a wedged membership actor
+                // must not hold the stop.
+                self.stop_control(st);
+                if let Some(m) = self.routes.readers().membership() {
+                    let left = m
+                        .call(MembershipMsg::Leave, Some(Duration::from_millis(500)))
+                        .await;
+                    if !matches!(left, Ok(ractor::rpc::CallResult::Success(()))) {
+                        warn!(node = %self.cfg.id(), "membership did not confirm the leave");
+                    }
+                }
                 let _ = self.exit.send(Exit::Shutdown);
                 myself.stop(Some("shutdown".into()));
             }

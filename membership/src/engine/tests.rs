@@ -621,6 +621,23 @@ fn leaving_control_hands_over_without_waiting_for_the_detector() {
     e.handle(Input::Tick, t0);
     tick_until(&mut e, t0, t0 + ms(800));
     e.handle(Input::RebuildDone { epoch: 5 }, t0 + ms(800));
+    // Three live members that may be Control; two of them say they hear it: it names the
+    // lower id of those (n4, which just started and has not heard it yet, would not
+    // believe the handover).
+    let following = |n: u64| {
+        let mut m = heartbeat(n, 1, None);
+        if let Message::Heartbeat(h) = &mut m {
+            h.control = Some(ControlView {
+                node_id: NodeId(1),
+                established_epoch: 5,
+                epoch: 5,
+            });
+        }
+        m
+    };
+    e.handle(Input::Received(following(3)), t0 + ms(800));
+    e.handle(Input::Received(heartbeat(4, 1, None)), t0 + ms(800));
+    e.handle(Input::Received(following(2)), t0 + ms(800));
     let out = e.handle(Input::Leave, t0 + ms(801));
     assert_eq!(
         non_sends(&out),
@@ -636,33 +653,96 @@ fn leaving_control_hands_over_without_waiting_for_the_detector() {
             },
         ]
     );
-    let last = out
+    let sent: Vec<Message> = out
         .iter()
-        .find_map(|o| match o {
-            Output::Send { msg, .. } => Some(msg.clone()),
+        .filter_map(|o| match o {
+            Output::Send {
+                dest: Dest::Multicast,
+                msg,
+            } => Some(msg.clone()),
             _ => None,
         })
-        .expect("one last heartbeat");
-    assert!(matches!(&last, Message::Heartbeat(h) if h.as_control.is_none()));
-    // Silent afterwards, and never claims again.
-    assert_eq!(tick_until(&mut e, t0 + ms(801), t0 + ms(3000)), vec![]);
+        .collect();
+    let [handover, last] = &sent[..] else {
+        panic!("a handover and one last heartbeat: {sent:?}")
+    };
+    assert!(
+        matches!(handover, Message::Handover(h) if h.epoch == 5 && h.successor == Some(NodeId(2))),
+        "{handover:?}"
+    );
+    assert!(matches!(last, Message::Heartbeat(h) if h.as_control.is_none()));
+    // Silent afterwards (no sends), and never claims again.
+    let after = tick_until(&mut e, t0 + ms(801), t0 + ms(3000));
+    assert!(
+        after.iter().all(|o| matches!(o, Output::MemberDown(_))),
+        "{after:?}"
+    );
 
-    // A follower that hears the last heartbeat elects a successor at once.
-    let mut f = engine(2, 5);
-    f.handle(Input::Tick, t0);
-    for i in 0..8u64 {
-        let t = t0 + ms(i * 100);
-        f.handle(Input::Received(heartbeat(1, i + 1, Some((5, 5)))), t);
-        tick_until(&mut f, t, t + ms(100));
-    }
-    assert_eq!(f.control().map(|c| c.node_id), Some(NodeId(1)));
+    let follower = |n: u64| {
+        let mut f = engine(n, 5);
+        f.handle(Input::Tick, t0);
+        for i in 0..8u64 {
+            let t = t0 + ms(i * 100);
+            f.handle(Input::Received(heartbeat(1, i + 1, Some((5, 5)))), t);
+            tick_until(&mut f, t, t + ms(100));
+        }
+        assert_eq!(f.control().map(|c| c.node_id), Some(NodeId(1)));
+        f
+    };
+    // The successor claims on receipt: no detection, no backoff.
+    let mut s = follower(2);
+    let out = s.handle(Input::Received(handover.clone()), t0 + ms(802));
+    assert!(out.contains(&Output::BecomeControl { epoch: 6 }), "{out:?}");
+    assert_eq!(s.counters().took_over, 1);
+    // Another member holds its own claim for the dead time, so the successor's
+    // wins; it follows the successor's claim when it arrives.
+    let mut o = follower(3);
+    o.handle(Input::Received(handover.clone()), t0 + ms(802));
+    o.handle(Input::Received(last.clone()), t0 + ms(802));
+    let out = tick_until(&mut o, t0 + ms(802), t0 + ms(1100));
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Output::BecomeControl { .. })),
+        "{out:?}"
+    );
+    let claim = Message::Claim(Claim {
+        from: NodeId(2),
+        incarnation: 1,
+        seq: 100,
+        epoch: 6,
+    });
+    o.handle(Input::Received(claim), t0 + ms(1100));
+    assert_eq!(o.control().map(|c| c.node_id), Some(NodeId(2)));
+    // Without the handover (an older peer), the last heartbeat alone still starts an
+    // election after the backoff only.
+    let mut f = follower(3);
     assert_eq!(
-        f.handle(Input::Received(last), t0 + ms(802)),
+        f.handle(Input::Received(last.clone()), t0 + ms(802)),
         vec![Output::ControlChanged(None)]
     );
-    // Backoff only (≤ 300 ms), no 400 ms detection.
     let out = tick_until(&mut f, t0 + ms(802), t0 + ms(1110));
     assert!(out.contains(&Output::BecomeControl { epoch: 6 }), "{out:?}");
+}
+
+/// A handover is believed only from the node asserting Control: a follower's (or a
+/// forged one in a follower's name) changes nothing.
+#[test]
+fn a_handover_from_a_follower_is_ignored() {
+    let t0 = Instant::now();
+    let mut f = engine(2, 5);
+    f.handle(Input::Tick, t0);
+    f.handle(Input::Received(heartbeat(1, 1, Some((5, 5)))), t0);
+    f.handle(Input::Received(heartbeat(3, 1, None)), t0);
+    let forged = Message::Handover(Handover {
+        from: NodeId(3),
+        incarnation: 1,
+        seq: 2,
+        epoch: 5,
+        successor: Some(NodeId(2)),
+    });
+    assert_eq!(f.handle(Input::Received(forged), t0 + ms(1)), vec![]);
+    assert_eq!(f.control().map(|c| c.node_id), Some(NodeId(1)));
+    assert_eq!(f.counters().took_over, 0);
 }
 
 #[test]
@@ -1016,6 +1096,62 @@ fn a_restarted_control_actor_is_reasserted_at_a_new_epoch() {
     // A follower has nothing to re-assert.
     let mut f = engine(2, 0);
     assert_eq!(f.handle(Input::Reassert, t0), vec![]);
+}
+
+/// Regression: "a restarted Control actor never acts again". A rival's claim the Control
+/// never heard made it re-assert (6 → 7, acting announced at 7); an agent that heard the
+/// heartbeat at 7 before the actor got the new epoch refused the actor's command, and the
+/// actor was restarted at 7 with `acting: false`, waiting forever for an announcement that
+/// had already been made. The restart now carries the acting state the election has.
+#[test]
+fn control_fenced_by_its_own_reassertion_restarts_acting() {
+    let t0 = Instant::now();
+    let mut e = NodeEngine::new(cfg(1), 4, ChaCha8Rng::seed_from_u64(0));
+    e.handle(Input::Tick, t0);
+    tick_until(&mut e, t0, t0 + ms(800));
+    e.handle(Input::RebuildDone { epoch: 5 }, t0 + ms(800));
+    let out = e.handle(Input::Received(heartbeat(2, 1, Some((6, 6)))), t0 + ms(805));
+    assert!(out.contains(&Output::Reasserted { epoch: 7 }), "{out:?}");
+    // The agent's refusal names 7, our own epoch: restart, acting.
+    assert_eq!(
+        e.handle(Input::ControlFenced { highest: 7 }, t0 + ms(806)),
+        vec![Output::RestartControl {
+            epoch: 7,
+            acting: true
+        }]
+    );
+    // Same before the rebuild of a fresh claim: restarted, not acting yet.
+    let mut f = NodeEngine::new(cfg(1), 4, ChaCha8Rng::seed_from_u64(0));
+    f.handle(Input::Tick, t0);
+    tick_until(&mut f, t0, t0 + ms(800));
+    assert_eq!(
+        f.handle(Input::ControlFenced { highest: 5 }, t0 + ms(801)),
+        vec![Output::RestartControl {
+            epoch: 5,
+            acting: false
+        }]
+    );
+}
+
+#[test]
+fn control_fenced_by_a_newer_epoch_observes_it_within_the_step() {
+    let t0 = Instant::now();
+    let mut e = engine(2, 0);
+    e.handle(Input::Tick, t0);
+    // Not Control: the agent's epoch is persisted, so this node never acts below it.
+    assert_eq!(
+        non_sends(&e.handle(Input::ControlFenced { highest: 9 }, t0 + ms(1))),
+        vec![Output::PersistEpoch(9)]
+    );
+    assert_eq!(e.highest_epoch(), 9);
+    // Beyond the step: an agent's answer must not fence us forever.
+    let far = 9 + DEFAULT_MAX_EPOCH_STEP + 1;
+    assert_eq!(
+        e.handle(Input::ControlFenced { highest: far }, t0 + ms(2)),
+        vec![]
+    );
+    assert_eq!(e.highest_epoch(), 9);
+    assert_eq!(e.counters().epoch_jump, 1);
 }
 
 // ---- hostile peers (docs/security.md) ----
