@@ -763,3 +763,33 @@ fn fault_a_short_lived_control_declared_services_lost_that_were_still_playing() 
         (NodeId(2), "video-a.6".into(), 4)
     );
 }
+
+#[test]
+fn fault_a_failed_start_counted_as_a_lost_service() {
+    // The lost-services counter counts `Lost` events: a start that failed on one node
+    // published one although another node could run the service.
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[2 * GB, GB], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
+    assert_eq!(h.live(&[2]), vec![start_cmd(2, 2, &a, 2, 0)]);
+    // The restart on node 2 fails; node 1 is back in the view and reports nothing.
+    assert_eq!(h.live(&[1, 2]), vec![]);
+    h.at(Duration::from_secs(1));
+    assert_eq!(h.rounds(vec![(1, vec![]), (2, vec![])]), vec![]);
+    let out = h.fail(2, "exec failed");
+    assert_eq!(
+        out,
+        vec![
+            Output::Publish(Event::Notice {
+                service: "video-a".into(),
+                node: NodeId(2),
+                reason: "start failed on n2 (exec failed); retrying on n1".into()
+            }),
+            start_cmd(3, 1, &a, 3, 0)
+        ]
+    );
+    assert_eq!(
+        h.ok(3, instance(&a, 3, 1, true)),
+        vec![migrated("video-a", 1, 1, "node-failure")]
+    );
+}
