@@ -108,6 +108,31 @@ impl AnyEngine {
     pub fn move_elsewhere(&mut self, service: ServiceId) -> Result<NodeId, Rejection> {
         delegate!(self, e => e.move_elsewhere(service))
     }
+    /// See [`Engine::move_avoiding`].
+    pub fn move_avoiding(
+        &mut self,
+        service: ServiceId,
+        avoid: &[NodeId],
+    ) -> Result<NodeId, Rejection> {
+        delegate!(self, e => e.move_avoiding(service, avoid))
+    }
+    /// See [`Engine::adopt_clients`].
+    pub fn adopt_clients(
+        &mut self,
+        service: ServiceId,
+        n: u64,
+    ) -> Result<Vec<ClientId>, EngineError> {
+        delegate!(self, e => e.adopt_clients(service, n))
+    }
+    /// See [`Engine::adopt_new`].
+    pub fn adopt_new(
+        &mut self,
+        profile: ProfileId,
+        node: NodeId,
+        clients: u64,
+    ) -> Result<Evicted, EngineError> {
+        delegate!(self, e => e.adopt_new(profile, node, clients))
+    }
     /// See [`Engine::resize`].
     pub fn resize(
         &mut self,

@@ -12,8 +12,10 @@
 //! the engine's back and a command of a superseded operation is recognised and ignored.
 //!
 //! Life cycle: [`Input::Start`] asks every live agent for its report; the first
-//! [`Input::Reports`] **rebuilds** (adopts running instances, stops duplicates, restarts
-//! what only the replicated registry knows) and emits [`Output::Rebuilt`]; from then on,
+//! [`Input::Reports`] **rebuilds** (asks again the live agents the first round did not ask,
+//! adopts running instances, stops duplicates, restarts what only the replicated registry
+//! knows of a node that answered or died; what a silent node may run waits for it) and
+//! emits [`Output::Rebuilt`]; from then on,
 //! while the election engine lets it act ([`Input::SetActing`]), it serves API requests and
 //! every [`Input::Tick`] starts a refresh round. An agent refusing a command at our epoch
 //! ([`AgentReply::Refused`]) makes it emit [`Output::Stale`] once and do nothing more.
@@ -31,6 +33,8 @@
 //! - this file: types, the step function, shared helpers;
 //! - `api`: message-API requests;
 //! - `rounds`: rebuild, refresh rounds, node failures, notices, releases;
+//! - `reconcile`: one instance per service (duplicates, copies no Control admitted here,
+//!   the stops it sent), and when a service is lost;
 //! - `migration`: sending starts and the steps of moves;
 //! - `qos_round`: the QoS actions of a refresh.
 
@@ -40,6 +44,7 @@ mod moves;
 mod profiles;
 mod qos;
 mod qos_round;
+mod reconcile;
 mod rounds;
 mod table;
 #[cfg(test)]
@@ -235,7 +240,10 @@ pub(crate) enum Pending {
         service: ServiceName,
         generation: u64,
     },
-    /// Fire and forget (stopping a duplicate): only a refusal matters.
+    /// Stopping `instance` on `node` (a duplicate, or a stopped service's): remembered
+    /// until a report shows it done (see `reconcile`).
+    Stop { node: NodeId, instance: String },
+    /// Fire and forget (a reservation update): only a refusal matters.
     Forget,
 }
 
@@ -269,6 +277,20 @@ pub struct ControlEngine {
     notices_seen: HashMap<NodeId, u64>,
     /// The registry copy this node held when the Control started.
     replica: Replica,
+    /// Entries of that copy whose node is live but has not answered yet: restored when it
+    /// answers without them, dies, or stays silent (see `reconcile`).
+    awaiting: Vec<ReplicaEntry>,
+    /// Refresh rounds since the rebuild (how long `awaiting` has waited).
+    rounds_since_rebuild: u32,
+    /// Agents the rebuild asked (it asks again the live ones it did not).
+    asked: BTreeSet<NodeId>,
+    /// Rebuild rounds so far.
+    rebuild_rounds: u32,
+    /// The time of the input being handled (set by [`ControlEngine::handle`]), for the
+    /// helpers that run deep inside a step.
+    clock: Option<Instant>,
+    /// The stops this Control sent, until done.
+    stops: reconcile::StopBook,
     replica_version: u64,
     next_req: ReqId,
     pending: HashMap<ReqId, Pending>,
@@ -327,6 +349,12 @@ impl ControlEngine {
             health_drained: replica.health_drained.iter().copied().collect(),
             notices_seen: HashMap::new(),
             replica,
+            awaiting: Vec::new(),
+            rounds_since_rebuild: 0,
+            asked: BTreeSet::new(),
+            rebuild_rounds: 0,
+            stops: reconcile::StopBook::default(),
+            clock: None,
             replica_version: 0,
             next_req: 1,
             pending: HashMap::new(),
@@ -336,6 +364,7 @@ impl ControlEngine {
 
     /// The step function.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
+        self.clock = Some(now);
         if self.stale {
             // A deposed Control answers what it must and does nothing else.
             if let Input::Api { id, .. } = input {
@@ -503,6 +532,9 @@ impl ControlEngine {
                     node: s.node(),
                     clients: s.clients().len() as u64,
                 })
+                // Services still waiting for their node to answer are not forgotten if
+                // this Control dies before it hears from it.
+                .chain(self.awaiting.iter().cloned())
                 .collect(),
             drained: self.drained.iter().copied().collect(),
             profiles: self.profiles.classes().cloned().collect(),

@@ -362,6 +362,10 @@ impl Actor for Control {
             // Rebuild before serving anything: the first round runs to completion here
             // (each request bounded by the request timeout).
             let t0 = Instant::now();
+            // The rebuild asks every live agent of the view as it is now (docs/DESIGN.md
+            // §2.5); before the rebuild this only sets the engine's live set.
+            let known = self.view.borrow().agents.clone();
+            st.engine.handle(Input::Agents(known.clone()), t0);
             let outputs = st.engine.handle(Input::Start, t0);
             let mut rest = Vec::new();
             for out in outputs {
@@ -390,17 +394,20 @@ impl Actor for Control {
             let mut rx = self.view.clone();
             let me = myself.clone();
             st.tasks.spawn(async move {
-                let mut last = rx.borrow_and_update().agents.clone();
-                while rx.changed().await.is_ok() {
+                // From the agents the rebuild knew: a change while it ran is sent at once.
+                let mut last = known;
+                loop {
                     let agents = rx.borrow_and_update().agents.clone();
-                    if agents == last {
-                        continue;
+                    if agents != last {
+                        last = agents.clone();
+                        if me
+                            .send_message(ControlMsg::Input(Input::Agents(agents)))
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
-                    last = agents.clone();
-                    if me
-                        .send_message(ControlMsg::Input(Input::Agents(agents)))
-                        .is_err()
-                    {
+                    if rx.changed().await.is_err() {
                         return;
                     }
                 }

@@ -169,6 +169,26 @@ impl<E: Estimator> Engine<E> {
         Ok(())
     }
 
+    /// Records a running service that has no admission id yet (found running by a Control
+    /// that did not admit it) on `node` with `clients` clients, under fresh ids, with no
+    /// admission test, like [`adopt`](Self::adopt).
+    pub fn adopt_new(
+        &mut self,
+        profile: ProfileId,
+        node: NodeId,
+        clients: u64,
+    ) -> Result<Evicted, EngineError> {
+        let ev = Evicted {
+            service: ServiceId(self.next_service),
+            profile,
+            clients: (0..clients)
+                .map(|i| ClientId(self.next_client + i))
+                .collect(),
+        };
+        self.adopt(&ev, node)?;
+        Ok(ev)
+    }
+
     /// Reserves `profile`'s load on `node` without an admission test, under a fresh id
     /// (the network a migration's copy uses on its source and target while it runs, thesis
     /// §4.1.3); [`release_service`](Self::release_service) frees it.

@@ -39,17 +39,56 @@ impl<E: Estimator> Engine<E> {
     /// persistently over its profile (thesis §4.1.1). The cluster aggregate is unchanged.
     /// Returns the new node; on `NoFit` nothing changes.
     pub fn move_elsewhere(&mut self, service: ServiceId) -> Result<NodeId, Rejection> {
+        self.move_avoiding(service, &[])
+    }
+
+    /// [`move_elsewhere`](Self::move_elsewhere), also never onto the nodes in `avoid`
+    /// (nodes where the service's instance already failed to start). Unknown keys in
+    /// `avoid` are ignored.
+    pub fn move_avoiding(
+        &mut self,
+        service: ServiceId,
+        avoid: &[NodeId],
+    ) -> Result<NodeId, Rejection> {
         let Some(s) = self.services.get(&service) else {
             return Err(Rejection::UnknownService(service));
         };
         let from = s.slot;
+        let mut exclude = vec![from];
+        exclude.extend(avoid.iter().filter_map(|k| self.by_key.get(k).copied()));
         let load = self.service_load(service);
-        let Some(to) = self.search(&load, &[from], false) else {
+        let Some(to) = self.search(&load, &exclude, false) else {
             return Err(Rejection::NoFit);
         };
         self.unplace(from, service, &load);
         self.place(to, service, &load);
         Ok(self.nodes[to].key)
+    }
+
+    /// Records `n` more clients of a placed service with no admission test, under fresh
+    /// ids, and returns them: viewers that are already watching (a new Control found them
+    /// on a duplicate instance it stopped, and they reconnect to the one it kept).
+    pub fn adopt_clients(
+        &mut self,
+        service: ServiceId,
+        n: u64,
+    ) -> Result<Vec<ClientId>, EngineError> {
+        let Some(s) = self.services.get(&service) else {
+            return Err(EngineError::UnknownService(service));
+        };
+        let (profile, node) = (s.profile, self.nodes[s.slot].key);
+        let fresh: Vec<ClientId> = (0..n).map(|i| ClientId(self.next_client + i)).collect();
+        let mut clients = self.release_service(service)?;
+        clients.extend(&fresh);
+        self.adopt(
+            &Evicted {
+                service,
+                profile,
+                clients,
+            },
+            node,
+        )?;
+        Ok(fresh)
     }
 
     /// Gives a running service a new profile (its usage turned out larger, or smaller,

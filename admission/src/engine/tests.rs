@@ -383,3 +383,52 @@ fn resize_grows_in_place_moves_when_it_must_and_otherwise_changes_nothing() {
     assert_eq!(e.node_status(NodeId(1)).unwrap().used_mem, 5500 * MB);
     e.verify().unwrap();
 }
+
+#[test]
+fn move_avoiding_skips_the_nodes_named_and_changes_nothing_when_none_is_left() {
+    let mut e = engine(&[(100, 4.0, 1e9), (300, 4.0, 1e9), (200, 4.0, 1e9)]);
+    let p = e.register_profile(&profile(80, 0.1, 1e6, None)).unwrap();
+    let d = e.admit_service(p, 1).unwrap();
+    assert_eq!(d.node, NodeId(1));
+    // Worst fit would pick node 2; it is avoided, so node 0.
+    assert_eq!(e.move_avoiding(d.service, &[NodeId(2)]), Ok(NodeId(0)));
+    assert_eq!(e.node_of(d.service), Some(NodeId(0)));
+    // Its own node and every other one avoided (an unknown key is ignored).
+    assert_eq!(
+        e.move_avoiding(d.service, &[NodeId(1), NodeId(2), NodeId(9)]),
+        Err(Rejection::NoFit)
+    );
+    assert_eq!(e.node_of(d.service), Some(NodeId(0)));
+    e.verify().unwrap();
+}
+
+#[test]
+fn adopted_services_and_clients_get_fresh_ids_without_a_test() {
+    let mut e = engine(&[(200, 4.0, 1e9)]);
+    let p = e
+        .register_profile(&profile(80, 0.1, 1e6, Some(1e5)))
+        .unwrap();
+    let d = e.admit_service(p, 2).unwrap();
+    let ev = e.adopt_new(p, NodeId(0), 3).unwrap();
+    assert_ne!(ev.service, d.service);
+    assert_eq!(ev.clients.len(), 3);
+    assert!(ev.clients.iter().all(|c| !d.clients.contains(c)));
+    let more = e.adopt_clients(d.service, 2).unwrap();
+    assert_eq!(more.len(), 2);
+    assert!(
+        more.iter()
+            .all(|c| !ev.clients.contains(c) && !d.clients.contains(c))
+    );
+    assert_eq!(e.clients_of(d.service).unwrap().len(), 4);
+    assert_eq!(e.node_of(d.service), Some(NodeId(0)));
+    assert_eq!(e.client_count(), 7);
+    e.verify().unwrap();
+    assert_eq!(
+        e.adopt_clients(ServiceId(99), 1),
+        Err(EngineError::UnknownService(ServiceId(99)))
+    );
+    assert_eq!(
+        e.adopt_new(p, NodeId(5), 0).map(|ev| ev.service),
+        Err(EngineError::UnknownNode(NodeId(5)))
+    );
+}

@@ -869,3 +869,44 @@ fn an_update_changes_the_reservation_and_applies_new_limits() {
         }]
     );
 }
+
+#[test]
+fn a_new_control_or_epoch_stops_nothing_on_its_own() {
+    // A node back from a partition sees a newer epoch (heartbeats) and is asked for its
+    // report by the Control that keeps office: its instances keep running until that
+    // Control says otherwise; only the deposed Control's commands are refused.
+    let t = Instant::now();
+    let mut e = running(t);
+    assert_eq!(
+        e.handle(Event::EpochObserved(9), t),
+        vec![Command::PersistEpoch(9)]
+    );
+    assert_eq!(e.handle(Event::EpochPersisted(9), t), vec![]);
+    let out = e.handle(cmd(NEWER_CONTROL, 9, 2, AgentCommand::Report), t);
+    let [Command::Report { report, .. }] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        report
+            .instances
+            .iter()
+            .map(|i| (i.instance.as_str(), i.state))
+            .collect::<Vec<_>>(),
+        vec![("a", InstanceState::Running)]
+    );
+    assert_eq!(
+        e.handle(
+            cmd(
+                CONTROL,
+                5,
+                3,
+                AgentCommand::Stop {
+                    instance: "a".into()
+                }
+            ),
+            t
+        ),
+        vec![stale(CONTROL, 3, 5, 9)]
+    );
+    assert_eq!(e.instance_names(), vec!["a".to_string()]);
+}

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use smart_admission::{ClientId, Evicted, ServiceId};
 use smart_proto::NodeId;
-use smart_proto::agent::{AgentCommand, AgentReply, InstanceReport, SourceExport};
+use smart_proto::agent::{AgentCommand, AgentError, AgentReply, InstanceReport, SourceExport};
 use smart_proto::api::{ApiError, Event, Placement, Response};
 use tracing::{info, warn};
 
@@ -18,6 +18,11 @@ use crate::peer::PeerError;
 impl ControlEngine {
     /// Starts the service's next instance on its (admission-chosen) node.
     pub(crate) fn start(&mut self, name: &str, from: Option<NodeId>, why: Why) {
+        self.start_on(name, from, why, Vec::new());
+    }
+
+    /// [`start`](Self::start), after failed starts on the nodes in `tried`.
+    fn start_on(&mut self, name: &str, from: Option<NodeId>, why: Why, tried: Vec<NodeId>) {
         let t = self.tuning.request_timeout;
         let Some(s) = self.table.get_mut(name) else {
             return;
@@ -38,9 +43,79 @@ impl ControlEngine {
             generation,
         };
         match self.command(node, cmd, t * 5, pending) {
-            Some(req) => self.moves.set(name, Op::Starting { req, from, why }),
-            None => self.lose(name, format!("node {node} has no address")),
+            Some(req) => self.moves.set(
+                name,
+                Op::Starting {
+                    req,
+                    from,
+                    why,
+                    tried,
+                },
+            ),
+            None => self.start_failed(name, from, why, tried, format!("{node} has no address")),
         }
+    }
+
+    /// A start failed on the service's node: it is retried on a node where it has not
+    /// failed yet. With none left, a service that never ran is refused (its waiters are
+    /// told; it was never running, so nothing is lost) and a running one is lost unless a
+    /// reachable agent reports a copy of it.
+    fn start_failed(
+        &mut self,
+        name: &str,
+        from: Option<NodeId>,
+        why: Why,
+        mut tried: Vec<NodeId>,
+        reason: String,
+    ) {
+        let Some(s) = self.table.get(name) else {
+            return;
+        };
+        let (sid, node) = (s.sid(), s.node());
+        self.moves.set(name, Op::Idle);
+        if !tried.contains(&node) {
+            tried.push(node);
+        }
+        match self.admission.move_avoiding(sid, &tried) {
+            Ok(next) => {
+                warn!(service = %name, failed_on = %node, %next, %reason, "start failed: retrying on another node");
+                self.table.get_mut(name).expect("present").place_on(next);
+                self.publish(Event::Notice {
+                    service: name.to_string(),
+                    node,
+                    reason: format!("start failed on {node} ({reason}); retrying on {next}"),
+                });
+                self.start_on(name, from, why, tried);
+            }
+            Err(r) => {
+                let reason = format!("{reason}; no other node can take it ({r})");
+                match from {
+                    None => self.refuse_start(name, node, reason),
+                    Some(_) => self.lose_unless_reported(name, reason),
+                }
+            }
+        }
+    }
+
+    /// A new service could be started nowhere: forget it, tell its waiters, say so.
+    fn refuse_start(&mut self, name: &str, node: NodeId, reason: String) {
+        let Some(s) = self.remove_service(name) else {
+            return;
+        };
+        warn!(service = %name, %reason, "new service could not start anywhere");
+        for (w, _) in s.waiting {
+            self.reply(
+                w,
+                Response::Error(ApiError::Internal {
+                    reason: format!("could not start {name}: {reason}"),
+                }),
+            );
+        }
+        self.publish(Event::Notice {
+            service: name.to_string(),
+            node,
+            reason: format!("not started: {reason}"),
+        });
     }
 
     /// Moves a service from `from` to `to` (admission already placed it at `to`): live
@@ -135,12 +210,24 @@ impl ControlEngine {
         if let Ok(AgentReply::Refused { highest, .. }) = result {
             return self.go_stale(highest);
         }
-        let Pending::Step {
-            service,
-            generation,
-        } = pending
-        else {
-            return;
+        let (service, generation) = match pending {
+            Pending::Step {
+                service,
+                generation,
+            } => (service, generation),
+            Pending::Stop { node, instance } => {
+                // Stopped, or it was not (or no longer) there, or already stopping.
+                let done = matches!(
+                    result,
+                    Ok(AgentReply::Done)
+                        | Ok(AgentReply::Failed(
+                            AgentError::UnknownInstance | AgentError::Busy
+                        ))
+                );
+                self.stops.answered(node, instance, done, now);
+                return;
+            }
+            Pending::Forget => return,
         };
         let Some(s) = self.table.get(&service) else {
             return;
@@ -168,7 +255,14 @@ impl ControlEngine {
                 moved,
                 note,
             } => self.placed(name, node, info, moved, note, now),
-            Next::Lost(reason) => self.lose(name, reason),
+            Next::StartFailed(reason) => {
+                if let Op::Starting {
+                    from, why, tried, ..
+                } = self.moves.op(name).clone()
+                {
+                    self.start_failed(name, from, why, tried, reason);
+                }
+            }
             Next::HandOff { mv, new, note } => self.hand_off(name, mv, new, note, now),
             Next::StopSource { mv, new, note } => self.stop_source(name, mv, new, note, now),
             Next::RestartOnTarget { mv, old, note } => self.restart_on_target(name, mv, old, note),
@@ -310,7 +404,11 @@ impl ControlEngine {
 
     /// Requests that waited for a service's instance get its placement (with the client
     /// each admitted).
-    fn answer_waiting(&mut self, waiting: Vec<(ApiId, Option<ClientId>)>, p: &Placement) {
+    pub(crate) fn answer_waiting(
+        &mut self,
+        waiting: Vec<(ApiId, Option<ClientId>)>,
+        p: &Placement,
+    ) {
         for (w, client) in waiting {
             let client = client.map(|c| c.0);
             self.reply(
@@ -355,12 +453,7 @@ impl ControlEngine {
         }
         if let Some(old) = self.table[name].instance().map(str::to_string) {
             // Nothing may keep running unaccounted.
-            self.command(
-                from,
-                AgentCommand::Stop { instance: old },
-                self.tuning.request_timeout * 5,
-                Pending::Forget,
-            );
+            self.stop_instance(from, old);
         }
         self.lose(name, format!("move to {to} failed: {why}"));
     }

@@ -6,7 +6,9 @@
 //!
 //! ```text
 //!            start ──ok──▶ Idle (Admitted / Migrated{node-failure, crashed})
-//!              └─failed──▶ Lost
+//!              └─failed──▶ start on another node (Notice), never one it failed on;
+//!                          none left: a new service is refused (Notice), a running
+//!                          one is Lost unless an agent reports a copy of it
 //!
 //! live move: Restoring ──ok──▶ HandingOff ──ok──────────────▶ Idle (Migrated)
 //!   (target    │                 └─failed──▶ StoppingSource ─▶ Idle (Migrated, note)
@@ -101,6 +103,8 @@ pub enum Op {
         from: Option<NodeId>,
         /// Why it is (re)started.
         why: Why,
+        /// Nodes where this start already failed (it is retried on another one).
+        tried: Vec<NodeId>,
     },
     /// Live move, step 1: the target restores the source's state while the source serves.
     Restoring {
@@ -189,8 +193,8 @@ pub(crate) enum Next {
         moved: Option<Move>,
         note: Option<String>,
     },
-    /// The service cannot be kept.
-    Lost(String),
+    /// The start failed (retried on another node if one can take it).
+    StartFailed(String),
     /// Ask the source to hand its clients over to `new`.
     HandOff {
         mv: Move,
@@ -234,10 +238,12 @@ impl Op {
                 }),
                 note: None,
             },
-            (Op::Starting { .. }, Ok(None)) => Next::Lost("the agent reported no instance".into()),
+            (Op::Starting { .. }, Ok(None)) => {
+                Next::StartFailed("the agent reported no instance".into())
+            }
             (Op::Starting { .. }, Err(e)) => {
                 warn!(service = %name, error = %e, "could not start the service's instance");
-                Next::Lost(e)
+                Next::StartFailed(e)
             }
             (Op::Restoring { mv, .. }, Ok(Some(new))) => Next::HandOff {
                 mv,
@@ -506,15 +512,16 @@ mod tests {
             handing_off().next("v", NodeId(2), Err("timeout".into())),
             Next::StopSource { note: Some(n), .. } if n.starts_with("no live hand-over (timeout)")
         ));
-        // A start that fails loses the service.
+        // A start that fails is a failed start (retried elsewhere), not a lost service.
         let starting = Op::Starting {
             req: 1,
             from: None,
             why: Why::Ms,
+            tried: vec![],
         };
         assert_eq!(
             starting.next("v", NodeId(1), Ok(None)),
-            Next::Lost("the agent reported no instance".into())
+            Next::StartFailed("the agent reported no instance".into())
         );
         assert_eq!(Op::Idle.next("v", NodeId(1), Ok(None)), Next::Nothing);
     }
@@ -525,6 +532,7 @@ mod tests {
             req: 1,
             from: Some(NodeId(3)),
             why: Why::NodeFailure,
+            tried: vec![],
         };
         assert_eq!(
             starting.next("v", NodeId(2), Ok(Some(inst("v.2")))),

@@ -33,9 +33,9 @@ use smart_proto::agent::{AgentCommand, Resource};
 use smart_proto::api::{ApiError, Event, Response};
 use tracing::{debug, info, warn};
 
-use super::moves::Why;
+use super::moves::{Op, Why};
 use super::qos::differs;
-use super::{ControlEngine, Pending};
+use super::{ControlEngine, Pending, instance_name};
 
 impl ControlEngine {
     /// The QoS actions after a refresh's reconcile.
@@ -252,6 +252,31 @@ impl ControlEngine {
 
     /// Stops a service: its instance, its admission, its waiters; says so.
     pub(crate) fn stop_service(&mut self, name: &str, reason: String) -> bool {
+        // Every instance it has: the current one where it runs (the source, during a
+        // move) and the one a start or move in flight is making on its node; none may be
+        // left running unaccounted (a later report would show it as a service to adopt).
+        let mut instances = Vec::new();
+        if let Some(s) = self.table.get(name) {
+            let newest = instance_name(name, s.generation());
+            match self.moves.op(name) {
+                Op::Idle => {}
+                Op::Starting { .. } => instances.push((s.node(), newest)),
+                Op::Restoring { mv, .. }
+                | Op::Restarting { mv, .. }
+                | Op::HandingOff { mv, .. }
+                | Op::StoppingSource { mv, .. } => instances.push((mv.to, newest)),
+            }
+            let current = match self.moves.op(name) {
+                Op::Idle | Op::Starting { .. } => s.node(),
+                Op::Restoring { mv, .. }
+                | Op::Restarting { mv, .. }
+                | Op::HandingOff { mv, .. }
+                | Op::StoppingSource { mv, .. } => mv.from,
+            };
+            if let Some(i) = s.instance() {
+                instances.push((current, i.to_string()));
+            }
+        }
         let Some(s) = self.remove_service(name) else {
             return false;
         };
@@ -263,15 +288,8 @@ impl ControlEngine {
                 }),
             );
         }
-        if let Some(i) = s.info {
-            self.command(
-                s.node,
-                AgentCommand::Stop {
-                    instance: i.instance,
-                },
-                self.tuning.request_timeout * 5,
-                Pending::Forget,
-            );
+        for (node, instance) in instances {
+            self.stop_instance(node, instance);
         }
         self.publish(Event::Stopped {
             service: name.to_string(),

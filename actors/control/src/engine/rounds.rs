@@ -1,18 +1,20 @@
 //! Report rounds: the rebuild after an election (thesis §4.2) and every refresh after it
-//! (node failures, lost and stray instances, agent notices: crashes past the restart
-//! policy, failed health checks, anomalies, and viewers who left), plus drains.
+//! (node failures, lost instances, duplicates (see `reconcile`), agent notices: crashes
+//! past the restart policy, failed health checks, anomalies, and viewers who left), plus
+//! drains.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
-use smart_admission::{ClientId, Evicted, ServiceId};
+use smart_admission::Evicted;
 use smart_proto::NodeId;
-use smart_proto::agent::{AgentCommand, AgentEvent, AgentReply, InstanceReport, InstanceState};
+use smart_proto::agent::{AgentEvent, AgentReply};
 use smart_proto::api::Event;
 use tracing::{debug, info, warn};
 
 use super::moves::Why;
-use super::{AgentAddr, ControlEngine, Output, Pending, gen_of, node_spec, spec_of};
+use super::reconcile::rank;
+use super::{AgentAddr, ControlEngine, Output, gen_of, node_spec, spec_of};
 use crate::peer::PeerError;
 
 impl ControlEngine {
@@ -24,6 +26,9 @@ impl ControlEngine {
     ) {
         let first = !self.rebuilt;
         let mut answered = BTreeSet::new();
+        for (agent, _) in &results {
+            self.asked.insert(agent.node);
+        }
         for (agent, r) in results {
             match r {
                 Ok(AgentReply::Report(rep)) => {
@@ -56,6 +61,26 @@ impl ControlEngine {
             }
         }
         if first {
+            // The rebuild must have asked every live agent: the view may have grown since
+            // the round began. Those not asked are asked now (a few times at most, in case
+            // membership keeps changing); those that did not answer stay unknown, not
+            // empty (see `restore_replica`).
+            let missing: Vec<AgentAddr> = self
+                .live_agents()
+                .into_iter()
+                .filter(|a| !self.asked.contains(&a.node))
+                .collect();
+            self.rebuild_rounds += 1;
+            if !missing.is_empty() && self.rebuild_rounds < 3 {
+                info!(node = %self.node, missing = missing.len(), "rebuild: asking the agents the first round did not");
+                self.round_in_flight = true;
+                self.out.push(Output::Round {
+                    agents: missing,
+                    epoch: self.epoch,
+                    timeout: self.tuning.request_timeout,
+                });
+                return;
+            }
             self.adopt_all(now);
             self.rebuilt = true;
             for (n, rep) in &self.registry {
@@ -77,41 +102,22 @@ impl ControlEngine {
     /// Rebuild: every instance in the reports joins admission where it runs; duplicates (a
     /// partition, a migration cut short by the death of the Control, or a start a dead
     /// Control never confirmed) are stopped: the copy with most clients stays, then the
-    /// newest generation. An instance handing its clients over (`MigratingOut`) is never
-    /// kept: its successor is.
+    /// newest generation, then the lowest node id, and it is admitted with the viewers of
+    /// every copy (those of the others reconnect to it). An instance handing its clients
+    /// over (`MigratingOut`) is never kept: its successor is.
     fn adopt_all(&mut self, now: Instant) {
-        let mut found: BTreeMap<String, Vec<(NodeId, InstanceReport)>> = BTreeMap::new();
-        for (node, rep) in &self.registry {
-            for i in &rep.instances {
-                if matches!(i.state, InstanceState::Running | InstanceState::Starting)
-                    && let Some(spec) = spec_of(&i.launch)
-                {
-                    found.entry(spec.name).or_default().push((*node, i.clone()));
-                }
-            }
-        }
-        let mut next_sid = 1u64;
-        let mut next_client = 1u64;
-        for (name, mut copies) in found {
-            copies.sort_by_key(|(_, i)| {
-                (
-                    std::cmp::Reverse(i.usage.as_ref().and_then(|u| u.clients).unwrap_or(0)),
-                    std::cmp::Reverse(gen_of(&i.instance)),
-                )
+        let heard: BTreeSet<NodeId> = self.registry.keys().copied().collect();
+        for (name, mut copies) in self.copies(&heard, None) {
+            rank(&mut copies, |n| {
+                self.nodes.contains_key(&n) && !self.drained.contains(&n)
             });
-            let (node, info) = copies.remove(0);
-            for (n, dup) in copies {
-                warn!(service = %name, node = %n, instance = %dup.instance, "stopping a duplicate instance");
-                self.command(
-                    n,
-                    AgentCommand::Stop {
-                        instance: dup.instance,
-                    },
-                    self.tuning.request_timeout * 5,
-                    Pending::Forget,
-                );
+            let kept = copies.remove(0);
+            let n: u64 = kept.clients + copies.iter().map(|c| c.clients).sum::<u64>();
+            for dup in copies {
+                warn!(service = %name, node = %dup.node, instance = %dup.info.instance, "stopping a duplicate instance");
+                self.stop_instance(dup.node, dup.info.instance);
             }
-            let Some(spec) = spec_of(&info.launch) else {
+            let Some(spec) = spec_of(&kept.info.launch) else {
                 continue;
             };
             let (profile, source) = match self.profiles.profile_of(&mut self.admission, &spec) {
@@ -121,67 +127,40 @@ impl ControlEngine {
                     continue;
                 }
             };
-            let n = info.usage.as_ref().and_then(|u| u.clients).unwrap_or(0) as u64;
-            let clients: Vec<ClientId> = (0..n).map(|k| ClientId(next_client + k)).collect();
-            next_client += n;
-            let sid = ServiceId(next_sid);
-            next_sid += 1;
-            let ev = Evicted {
-                service: sid,
-                profile,
-                clients,
+            let ev = match self.admission.adopt_new(profile, kept.node, n) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    warn!(service = %name, error = %e, "cannot adopt a running service");
+                    continue;
+                }
             };
-            if let Err(e) = self.admission.adopt(&ev, node) {
-                warn!(service = %name, error = %e, "cannot adopt a running service");
-                continue;
-            }
-            info!(service = %name, %node, instance = %info.instance, clients = n, "adopted a running service");
-            let generation = gen_of(&info.instance);
-            let name = self.insert_service(spec, ev, source, node, generation, now);
-            self.table.get_mut(&name).expect("inserted").adopt(info);
+            info!(service = %name, node = %kept.node, instance = %kept.info.instance, clients = n, "adopted a running service");
+            let generation = gen_of(&kept.info.instance);
+            let name = self.insert_service(spec, ev, source, kept.node, generation, now);
+            self.table
+                .get_mut(&name)
+                .expect("inserted")
+                .adopt(kept.info);
         }
     }
 
-    /// After a rebuild: services in the replicated registry that no live agent runs (their
-    /// node died together with the old Control) are admitted again and started.
+    /// After a rebuild: services in the replicated registry that no live agent runs are
+    /// admitted again and started, when their node died together with the old Control or
+    /// answered without them. Those of a live node that did not answer wait for it (it
+    /// may run them: a Control that rebuilt from partial reports must not restart, nor
+    /// declare lost, what it did not hear about).
     fn restore_replica(&mut self, now: Instant) {
         let entries = std::mem::take(&mut self.replica.services);
         for e in entries {
             if self.table.contains(&e.spec.name) {
                 continue;
             }
-            let (profile, source) = match self.profiles.profile_of(&mut self.admission, &e.spec) {
-                Ok(p) => p,
-                Err(reason) => {
-                    self.publish(Event::Lost {
-                        service: e.spec.name,
-                        reason,
-                    });
-                    continue;
-                }
-            };
-            match self
-                .admission
-                .admit_service(profile, e.clients.min(u32::MAX as u64) as u32)
-            {
-                Ok(d) => {
-                    warn!(service = %e.spec.name, dead = %e.node, node = %d.node,
-                        "service known only from the registry copy: restarting it");
-                    // Above any generation the old Control started, so a copy that
-                    // reappears later is the stray one.
-                    let admitted = Evicted {
-                        service: d.service,
-                        profile,
-                        clients: d.clients,
-                    };
-                    let name = self.insert_service(e.spec, admitted, source, d.node, 1000, now);
-                    self.start(&name, Some(e.node), Why::NodeFailure);
-                }
-                Err(r) => self.publish(Event::Lost {
-                    service: e.spec.name,
-                    reason: r.to_string(),
-                }),
+            if self.live.contains_key(&e.node) && !self.registry.contains_key(&e.node) {
+                info!(service = %e.spec.name, node = %e.node, "its node has not answered: waiting for it");
+                self.awaiting.push(e);
+                continue;
             }
+            self.restore_entry(e, now);
         }
     }
 
@@ -240,6 +219,10 @@ impl ControlEngine {
                 self.readmit(&name, Why::Crashed);
             }
         }
+        // One instance per service, whatever the generations say (see `reconcile`): before
+        // the lost instances, so that a service whose instance vanished but that runs
+        // elsewhere is taken over there rather than started again.
+        self.converge(started, answered, now);
         // Lost instances: the node answered a round that began after the instance was
         // confirmed, and does not list it (the agent restarted, or gave up on it).
         let lost: Vec<String> = self
@@ -262,33 +245,7 @@ impl ControlEngine {
             warn!(service = %name, "instance missing from its node's report: re-admitting");
             self.readmit(&name, Why::Crashed);
         }
-        // Strays: running instances of known services older than their current instance.
-        let mut strays = Vec::new();
-        for (node, rep) in &self.registry {
-            for i in &rep.instances {
-                let Some(spec) = spec_of(&i.launch) else {
-                    continue;
-                };
-                if i.state != InstanceState::Running {
-                    continue;
-                }
-                if let Some(s) = self.table.get(&spec.name)
-                    && !self.moves.busy(&spec.name)
-                    && gen_of(&i.instance) < s.generation()
-                {
-                    strays.push((*node, i.instance.clone()));
-                }
-            }
-        }
-        for (node, instance) in strays {
-            warn!(%node, %instance, "stopping a stale duplicate instance");
-            self.command(
-                node,
-                AgentCommand::Stop { instance },
-                self.tuning.request_timeout * 5,
-                Pending::Forget,
-            );
-        }
+        self.restore_awaiting(now);
         self.qos_round(answered, now);
     }
 
@@ -358,8 +315,8 @@ impl ControlEngine {
                     self.start(&name, Some(node), Why::NodeFailure);
                 }
                 Err(r) => {
-                    warn!(service = %name, reason = %r, "service lost: no node can take it");
-                    self.lose(&name, r.to_string());
+                    warn!(service = %name, reason = %r, "no node can take the service");
+                    self.lose_unless_reported(&name, r.to_string());
                 }
             }
         }
@@ -384,7 +341,7 @@ impl ControlEngine {
                 }
                 self.start(name, Some(from), why);
             }
-            Err(r) => self.lose(name, r.to_string()),
+            Err(r) => self.lose_unless_reported(name, r.to_string()),
         }
     }
 

@@ -127,6 +127,12 @@ impl Svc {
         self.generation
     }
 
+    /// Its newest generation is at least `generation` (it runs a copy another Control
+    /// started): later instances get names above it.
+    pub(crate) fn at_least(&mut self, generation: u64) {
+        self.generation = self.generation.max(generation);
+    }
+
     /// Its instance is gone: clients wait for the next one instead of being sent to a dead
     /// endpoint.
     pub(crate) fn forget_instance(&mut self) {
@@ -210,11 +216,10 @@ impl Svc {
     }
 }
 
-/// What happened to a removed service: what the engine must still clean up or answer.
+/// What happened to a removed service: what the engine must still answer.
 pub(crate) struct Removed {
     pub(crate) sid: ServiceId,
     pub(crate) node: NodeId,
-    pub(crate) info: Option<InstanceReport>,
     pub(crate) waiting: Vec<(ApiId, Option<ClientId>)>,
 }
 
@@ -270,7 +275,6 @@ impl ServiceTable {
         Some(Removed {
             sid: s.sid,
             node: s.node,
-            info: s.info,
             waiting: s.waiting,
         })
     }

@@ -117,7 +117,7 @@ fn a_first_viewer_admits_the_service_and_the_client_in_one_request() {
 }
 
 #[test]
-fn a_service_that_cannot_start_is_lost_and_its_waiters_are_told() {
+fn a_new_service_that_can_start_nowhere_is_refused_not_lost_and_its_waiters_are_told() {
     let a = spec("video-a", 400_000);
     let (mut h, _) = H::new(&[GB], vec![]);
     let (req, _) = h.admit(1, &a);
@@ -131,21 +131,26 @@ fn a_service_that_cannot_start_is_lost_and_its_waiters_are_told() {
         vec![],
         "waits for the start"
     );
+    // The only node failed to start it: there is no other to retry on. It never ran, so
+    // nothing is lost (no `Lost` event, which the lost-services counter counts).
     let out = h.fail(req, "no such program");
-    let lost = |id| Output::Reply {
+    let why = "no such program; no other node can take it \
+               (no node fits the load, even after trying to migrate smaller services)";
+    let refused = |id| Output::Reply {
         id,
         resp: Response::Error(ApiError::Internal {
-            reason: "could not start video-a: no such program".into(),
+            reason: format!("could not start video-a: {why}"),
         }),
     };
     assert_eq!(
         out,
         vec![
-            lost(1),
-            lost(2),
-            Output::Publish(Event::Lost {
+            refused(1),
+            refused(2),
+            Output::Publish(Event::Notice {
                 service: "video-a".into(),
-                reason: "no such program".into()
+                node: NodeId(1),
+                reason: format!("not started: {why}")
             })
         ]
     );

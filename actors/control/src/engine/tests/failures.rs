@@ -60,11 +60,19 @@ fn an_instance_missing_from_its_nodes_report_is_restarted_and_strays_are_stopped
     // The agent restarted and lost it: re-admitted (here on the same, only node).
     assert_eq!(h.round(1, vec![]), vec![start_cmd(2, 1, &a, 2, 0)]);
     h.ok(2, instance(&a, 2, 1, true));
-    // An older generation still running (a partition's leftover) is stopped.
+    // An older generation still running (a partition's leftover) is stopped: no viewers
+    // on either, so the newest stays.
     h.at(Duration::from_secs(1));
     assert_eq!(
         h.round(1, vec![instance(&a, 1, 1, true), instance(&a, 2, 1, true)]),
-        vec![stop_cmd(3, 1, "video-a.1")]
+        vec![
+            stop_cmd(3, 1, "video-a.1"),
+            kept_notice(
+                "video-a",
+                1,
+                "duplicates: kept video-a.2 (0 viewer(s)), stopping video-a.1 on n1"
+            )
+        ]
     );
 }
 

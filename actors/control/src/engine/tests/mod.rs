@@ -9,6 +9,7 @@ mod moves;
 mod profiles;
 mod qos;
 mod rebuild;
+mod reconcile;
 mod support;
 
 // The actor's own tests run the engine with the same settings.

@@ -99,12 +99,19 @@ fn a_restore_that_times_out_is_superseded_and_its_late_instance_is_a_stray() {
     assert_eq!(h.timeout(2, 2), vec![start_cmd(3, 2, &a, 3, 0)]);
     h.ok(3, instance(&a, 3, 2, true));
     h.done(4);
-    // The timed-out restore finished after all: generation 2 is older than the service's
-    // 3, so the next refresh stops it.
+    // The timed-out restore finished after all: two copies, no viewers on either, so the
+    // newest generation (the service's 3) stays and the next refresh stops the other.
     h.at(Duration::from_secs(1));
     assert_eq!(
         h.round(2, vec![instance(&a, 2, 2, true), instance(&a, 3, 2, true)]),
-        vec![stop_cmd(5, 2, "video-a.2")]
+        vec![
+            stop_cmd(5, 2, "video-a.2"),
+            kept_notice(
+                "video-a",
+                2,
+                "duplicates: kept video-a.3 (0 viewer(s)), stopping video-a.2 on n2"
+            )
+        ]
     );
 }
 

@@ -307,6 +307,27 @@ impl H {
         )
     }
 
+    /// A refresh round begun at `started` in which each node `n` lists its instances.
+    pub(super) fn round_at(
+        &mut self,
+        started: Instant,
+        lists: Vec<(u64, Vec<InstanceReport>)>,
+    ) -> Vec<Output> {
+        let mut results = Vec::new();
+        for (n, instances) in lists {
+            let mut r = self.reports[&n].clone();
+            r.instances = instances;
+            self.reports.insert(n, r.clone());
+            results.push((agent(n), Ok(AgentReply::Report(Box::new(r)))));
+        }
+        self.e.handle(Input::Reports { started, results }, self.now)
+    }
+
+    /// [`H::round_at`] begun now.
+    pub(super) fn rounds(&mut self, lists: Vec<(u64, Vec<InstanceReport>)>) -> Vec<Output> {
+        self.round_at(self.now, lists)
+    }
+
     /// Admits `spec`'s service and starts it: returns the start's request id and node.
     pub(super) fn admit(&mut self, id: ApiId, s: &ServiceSpec) -> (ReqId, u64) {
         let out = self.api(id, Request::AdmitService(s.clone()));
@@ -352,6 +373,29 @@ pub(super) fn stop_cmd(req: ReqId, n: u64, instance: &str) -> Output {
         epoch: EPOCH,
         cmd: AgentCommand::Stop {
             instance: instance.into(),
+        },
+        timeout: T * 5,
+    }
+}
+
+/// The reservation update of `instance` on `n` to `s`'s reservation at `clients` clients.
+pub(super) fn update_cmd(
+    req: ReqId,
+    n: u64,
+    s: &ServiceSpec,
+    instance: &str,
+    clients: usize,
+) -> Output {
+    let l = launch(s, clients);
+    Output::Command {
+        req,
+        to: agent(n),
+        epoch: EPOCH,
+        cmd: AgentCommand::Update {
+            instance: instance.into(),
+            reservation: reservation(s, clients),
+            cpu_cores: l.cpu_cores,
+            memory_bytes: l.memory_bytes,
         },
         timeout: T * 5,
     }
@@ -411,6 +455,15 @@ pub(super) fn migrated(service: &str, from: u64, to: u64, reason: &str) -> Outpu
         service: service.into(),
         from: NodeId(from),
         to: NodeId(to),
+        reason: reason.into(),
+    })
+}
+
+/// The notice of a reconciliation: the copy kept on `node`, and what is stopped.
+pub(super) fn kept_notice(service: &str, node: u64, reason: &str) -> Output {
+    Output::Publish(Event::Notice {
+        service: service.into(),
+        node: NodeId(node),
         reason: reason.into(),
     })
 }
