@@ -25,12 +25,16 @@
 //! every agent and Control step, and at every settle; a [`run::Failure`] prints the seed,
 //! the operations, the end of the event log and the command that replays it.
 //!
+//! Each node's timers (membership ticks, refreshes, sampling, request timeouts) run at its
+//! clock's rate.
+//!
 //! What is not modelled: the transport's handshakes and per-connection ordering (each
 //! request and answer has its own delay); the actors' processing time (a step takes no
 //! virtual time; messages between a node's actors are delivered in order at the same
 //! instant); failures of the actors themselves (no panics, so no supervisor restarts and
-//! no re-assertions after a Control failure); epoch writes that fail; timers measured in a
-//! node's skewed clock (timeouts run in virtual time); health checks, anomalies (usage stays
+//! no re-assertions after a Control failure); epoch writes that fail; a host that dies
+//! (a killed node's host answers "connection refused"); the Forwarder's deadline in a
+//! node's skewed clock (it runs in virtual time); health checks, anomalies (usage stays
 //! within reservations), profiles, drains, events to subscribers, heartbeat load summaries.
 //!
 //! ## Layout

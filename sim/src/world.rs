@@ -442,6 +442,12 @@ impl Sim {
         tokio::time::Instant::from_std(self.clock(i))
     }
 
+    /// How long `d` measured by node `i`'s clock lasts in virtual time (its timers run at
+    /// its clock's rate).
+    pub(crate) fn timer(&self, i: usize, d: Duration) -> Duration {
+        d.div_f64(self.nodes[i].rate)
+    }
+
     pub(crate) fn push(&mut self, after: Duration, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse(Queued {
@@ -524,7 +530,7 @@ impl Sim {
                 kind,
             },
         );
-        self.push(timeout, Ev::RpcTimeout { rpc });
+        self.push(self.timer(from, timeout), Ev::RpcTimeout { rpc });
         if self.net.reachable(from, to) {
             let d = self.net.segment(&mut self.rng);
             self.push(d, Ev::Arrive { rpc, to, from, req });

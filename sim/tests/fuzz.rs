@@ -100,7 +100,7 @@ fn fuzz(mode: Mode) {
 #[ignore = "fails on engine bugs today (replay each with SIM_SEED=<seed> SIM_MODE=available): \
             two Controls at one epoch on the two sides of a partition, each claiming highest + 1 \
             (seed 11); a duplicate of the same generation kept after a heal when two Controls \
-            (or a retried admission) started one service each (seed 5); a duplicate kept when its \
+            (or a retried admission) started one service each (seed 32); a duplicate kept when its \
             generation (1001, restarted from the registry copy) is above the Control's own \
             (seed 13); a service declared lost when its first start fails on a node that just \
             died, other nodes being live (seed 18)"]
@@ -114,7 +114,8 @@ fn fuzz_available() {
             (its refresh tick: registry copy; an admission: a start) before its membership's \
             step-down reaches it, while the new Control acts (seeds 1, 12); a Control in a \
             minority rebuilds and starts services from its registry copy before it may act \
-            (seed 20); a service declared lost on a start that timed out (seed 6) or was \
+            (seed 20), or that lost its lease reconciles the round it began while acting \
+            (scenario isolate_control_majority); a service declared lost on a start that timed out (seed 202) or was \
             refused AlreadyExists while it runs (seed 43); a Control deposed by the refusal of a \
             command sent before its re-assertion is restarted at the same epoch and never acts \
             (seed 173)"]

@@ -83,7 +83,7 @@ impl Sim {
                 p.parked.push(Parked { id, rpc, from, req });
                 if park.is_none() {
                     self.push(
-                        super::CONTROL_WAIT,
+                        self.timer(to, super::CONTROL_WAIT),
                         Ev::ParkExpire {
                             n: to,
                             boot,
@@ -155,7 +155,10 @@ impl Sim {
                     },
                 );
                 p.queued.push_back((areq, epoch));
-                self.push(budget, Ev::AgentBudget { n: to, boot, areq });
+                self.push(
+                    self.timer(to, budget),
+                    Ev::AgentBudget { n: to, boot, areq },
+                );
                 self.feed_agent(
                     to,
                     Event::Control(Box::new(ControlCommand {
@@ -419,7 +422,7 @@ impl Sim {
         if self.boot(n) != Some(boot) {
             return;
         }
-        self.push(SAMPLE, Ev::ATick { n, boot });
+        self.push(self.timer(n, SAMPLE), Ev::ATick { n, boot });
         let Some(p) = self.proc(n) else { return };
         let instances = p
             .runtime

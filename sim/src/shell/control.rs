@@ -118,7 +118,7 @@ impl Sim {
         if self.actor_mut(n, cid).is_none() {
             return;
         }
-        self.push(REFRESH, Ev::CTick { n, cid });
+        self.push(self.timer(n, REFRESH), Ev::CTick { n, cid });
         self.on_ctl(n, cid, CtlMsg::Tick);
     }
 
@@ -390,7 +390,7 @@ impl Sim {
         c.started = true;
         c.last_agents = agents;
         let mailbox = std::mem::take(&mut c.mailbox);
-        self.push(REFRESH, Ev::CTick { n, cid });
+        self.push(self.timer(n, REFRESH), Ev::CTick { n, cid });
         for msg in mailbox {
             self.on_ctl(n, cid, msg);
         }

@@ -21,7 +21,7 @@ impl Sim {
         if self.boot(n) != Some(boot) {
             return;
         }
-        self.push(TICK, Ev::MTick { n, boot });
+        self.push(self.timer(n, TICK), Ev::MTick { n, boot });
         self.feed_membership(n, Input::Tick);
     }
 
