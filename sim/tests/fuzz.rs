@@ -103,7 +103,9 @@ fn fuzz(mode: Mode) {
             (or a retried admission) started one service each (seed 32); a duplicate kept when its \
             generation (1001, restarted from the registry copy) is above the Control's own \
             (seed 13); a service declared lost when its first start fails on a node that just \
-            died, other nodes being live (seed 18)"]
+            died, other nodes being live (seed 18); a Control deposed by the refusal of a \
+            command sent before its re-assertion is restarted at the same epoch and never acts \
+            (seed 150)"]
 fn fuzz_available() {
     fuzz(Mode::Available);
 }
@@ -118,7 +120,9 @@ fn fuzz_available() {
             (scenario isolate_control_majority); a service declared lost on a start that timed out (seed 202) or was \
             refused AlreadyExists while it runs (seed 43); a Control deposed by the refusal of a \
             command sent before its re-assertion is restarted at the same epoch and never acts \
-            (seed 173)"]
+            (seed 173); after a whole-cluster outage a node that never saw epoch 2 claims it and \
+            a node that was Control at epoch 2 grants it the lease: two Controls at epoch 2 \
+            (seed 138)"]
 fn fuzz_majority() {
     fuzz(Mode::Majority);
 }
