@@ -226,6 +226,9 @@ pub struct Election {
     hold: bool,
     /// The epoch space is used up (a corrupt or hostile stored value): said once.
     exhausted: bool,
+    /// `(members, our index)`: the epochs this node may claim (see
+    /// [`Election::set_epoch_class`]).
+    class: Option<(u64, u64)>,
 }
 
 impl Election {
@@ -238,6 +241,7 @@ impl Election {
             quiet_until: None,
             hold: false,
             exhausted: false,
+            class: None,
         }
     }
 
@@ -246,9 +250,23 @@ impl Election {
         self.hold = hold;
     }
 
-    /// The next epoch above `highest`, or `None` (said once) when the space is used up.
+    /// Gives this node its own residue class of epochs: with `count` configured members and
+    /// this node at `index` among them (in id order), it claims and re-asserts only epochs
+    /// `e` with `e % count == index`. Two sides of a partition, each claiming above the same
+    /// highest epoch, then never claim the same one: an epoch names one Control, so an
+    /// agent's fence orders any two of them. Without configured members: any epoch.
+    pub fn set_epoch_class(&mut self, count: u64, index: u64) {
+        self.class = (count > 1 && index < count).then_some((count, index));
+    }
+
+    /// The next epoch above `highest` in this node's class, or `None` (said once) when the
+    /// space is used up.
     fn next_epoch(&mut self) -> Option<Epoch> {
-        match self.highest.checked_add(1).filter(|e| *e <= EPOCH_CEILING) {
+        let next = self.highest.checked_add(1).and_then(|base| match self.class {
+            Some((count, index)) => base.checked_add((index + count - base % count) % count),
+            None => Some(base),
+        });
+        match next.filter(|e| *e <= EPOCH_CEILING) {
             Some(e) => Some(e),
             None => {
                 if !self.exhausted {
@@ -893,5 +911,34 @@ mod tests {
             Some(2),
             "majority of 3"
         );
+    }
+
+    /// Two sides of a partition claim above the same highest epoch: with epoch classes
+    /// they never claim the same one.
+    #[test]
+    fn members_claim_distinct_epochs_above_the_same_highest() {
+        let t0 = Instant::now();
+        let mut rng = rand::rng();
+        let mut claimed = Vec::new();
+        for (index, id) in [(0, 1), (1, 2), (2, 3)] {
+            let mut cfg = ElectionConfig::new(NodeId(id));
+            cfg.listen = Duration::ZERO;
+            cfg.backoff = Duration::ZERO;
+            let mut e = Election::new(cfg, 7);
+            e.set_epoch_class(3, index);
+            e.start(t0);
+            let mut out = Vec::new();
+            e.on_controls(&[], t0, &mut rng, &mut out);
+            e.tick(t0, &mut out);
+            let epoch = e.my_control().map(|(_, epoch)| epoch).expect("claimed");
+            assert_eq!(epoch % 3, index);
+            assert!(epoch > 7 && epoch <= 10, "{epoch}");
+            // A re-assertion stays in the class too.
+            e.reassert_now(&mut out);
+            let again = e.my_control().map(|(_, epoch)| epoch).unwrap();
+            assert_eq!((again % 3, again - epoch), (index, 3));
+            claimed.push(epoch);
+        }
+        assert_eq!(claimed, vec![9, 10, 8]);
     }
 }

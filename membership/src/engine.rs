@@ -470,10 +470,14 @@ impl<R: Rng> NodeEngine<R> {
         roles.sort();
         roles.dedup();
         let cfg = EngineConfig { roles, ..cfg };
+        let mut election = Election::new(cfg.election.clone(), persisted_highest);
+        if let Some(index) = cfg.members.iter().position(|m| *m == cfg.node_id) {
+            election.set_epoch_class(cfg.members.len() as u64, index as u64);
+        }
         Self {
             guard: ReplayGuard::new(),
             detector: Detector::new(cfg.detector),
-            election: Election::new(cfg.election.clone(), persisted_highest),
+            election,
             granter: LeaseGranter::new(cfg.election.lease),
             holder: LeaseHolder::new(),
             members: BTreeMap::new(),

@@ -47,7 +47,7 @@ pub struct Setup {
 /// What the supervisor of a node is told (`NodeMsg` of the real node).
 #[derive(Debug, Clone)]
 pub(crate) enum SupMsg {
-    StartControl { epoch: Epoch },
+    StartControl { epoch: Epoch, acting: bool },
     ControlEpoch { epoch: Epoch },
     ControlActing { epoch: Epoch, acting: bool },
     StopControl,

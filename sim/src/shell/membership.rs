@@ -32,40 +32,18 @@ impl Sim {
         self.stats.datagrams += 1;
         if let Ok(msg) = heartbeat::decode(bytes, &self.key) {
             self.feed_membership(to, Input::Received(msg));
+            // As the real actor: a datagram may complete the view (a member's address).
+            self.publish_view(to);
         }
     }
 
     pub(crate) fn on_mem(&mut self, n: usize, msg: MemMsg) {
         match msg {
             MemMsg::RebuildDone(epoch) => self.feed_membership(n, Input::RebuildDone { epoch }),
+            // As the real actor: the engine decides (restart at the current epoch with the
+            // election's acting state, or observe the higher epoch).
             MemMsg::ControlStale(highest) => {
-                let id = self.nodes[n].id;
-                let Some(p) = self.proc(n) else { return };
-                let control = p.membership.control();
-                let step = p.membership.config().max_epoch_step;
-                let mine = p.membership.highest_epoch();
-                let boot = p.boot;
-                match control {
-                    // Fenced by our own re-assertion: start the Control again at the current
-                    // epoch.
-                    Some(c) if c.node_id == id && c.epoch >= highest => {
-                        self.note(format!(
-                            "n{n} control fenced by its own re-assertion: restarting it at {}",
-                            c.epoch
-                        ));
-                        self.push(
-                            std::time::Duration::ZERO,
-                            Ev::Sup {
-                                n,
-                                boot,
-                                msg: SupMsg::StartControl { epoch: c.epoch },
-                            },
-                        );
-                    }
-                    _ if highest > mine.saturating_add(step) => {}
-                    // Really stale: persist the higher epoch.
-                    _ => self.raise_disk(n, highest),
-                }
+                self.feed_membership(n, Input::ControlFenced { highest })
             }
         }
     }
@@ -105,7 +83,20 @@ impl Sim {
                 Output::PersistEpoch(e) => self.raise_disk(n, e),
                 Output::BecomeControl { epoch } => {
                     self.note(format!("n{n} became control at epoch {epoch}"));
-                    self.sup(n, boot, SupMsg::StartControl { epoch });
+                    self.sup(
+                        n,
+                        boot,
+                        SupMsg::StartControl {
+                            epoch,
+                            acting: false,
+                        },
+                    );
+                }
+                Output::RestartControl { epoch, acting } => {
+                    self.note(format!(
+                        "n{n} control fenced by its own re-assertion: restarting it at {epoch} (acting={acting})"
+                    ));
+                    self.sup(n, boot, SupMsg::StartControl { epoch, acting });
                 }
                 Output::Reasserted { epoch } => {
                     self.note(format!("n{n} re-asserted at epoch {epoch}"));
@@ -209,12 +200,12 @@ impl Sim {
     /// The supervisor's `on_msg` for the Control's messages.
     pub(crate) fn on_sup(&mut self, n: usize, msg: SupMsg) {
         match msg {
-            SupMsg::StartControl { epoch } => {
+            SupMsg::StartControl { epoch, acting } => {
                 self.stop_control(n);
                 if let Some(p) = self.proc_mut(n) {
                     p.slot = Some(Slot {
                         epoch,
-                        acting: false,
+                        acting,
                         actor: None,
                     });
                 }
