@@ -56,7 +56,7 @@ pub enum DesiredCmd {
     },
     /// Store a class's profile; refused as stale unless its version is newer than the one
     /// kept (a reordered or replayed store never replaces a newer profile).
-    PutProfile(ClassProfile),
+    PutProfile(Box<ClassProfile>),
     /// Forget a class's profile.
     RemoveProfile {
         /// The class.
@@ -132,12 +132,13 @@ impl DesiredState {
                 None => ApplyResult::NotFound,
             },
             DesiredCmd::PutProfile(profile) => match self.profiles.get(&profile.class) {
-                Some(kept) if kept == profile => ApplyResult::Unchanged,
+                Some(kept) if kept == &**profile => ApplyResult::Unchanged,
                 Some(kept) if kept.version >= profile.version => {
                     ApplyResult::StaleProfile { have: kept.version }
                 }
                 _ => {
-                    self.profiles.insert(profile.class.clone(), profile.clone());
+                    self.profiles
+                        .insert(profile.class.clone(), (**profile).clone());
                     ApplyResult::Applied
                 }
             },
@@ -341,26 +342,26 @@ mod tests {
     fn a_profile_is_replaced_only_by_a_newer_version() {
         let mut s = DesiredState::default();
         assert_eq!(
-            s.apply(&DesiredCmd::PutProfile(profile("d", 2))),
+            s.apply(&DesiredCmd::PutProfile(Box::new(profile("d", 2)))),
             ApplyResult::Applied
         );
         assert_eq!(
-            s.apply(&DesiredCmd::PutProfile(profile("d", 2))),
+            s.apply(&DesiredCmd::PutProfile(Box::new(profile("d", 2)))),
             ApplyResult::Unchanged
         );
         let mut same_version = profile("d", 2);
         same_version.profile.working_set_bytes = 1;
         assert_eq!(
-            s.apply(&DesiredCmd::PutProfile(same_version)),
+            s.apply(&DesiredCmd::PutProfile(Box::new(same_version))),
             ApplyResult::StaleProfile { have: 2 }
         );
         assert_eq!(
-            s.apply(&DesiredCmd::PutProfile(profile("d", 1))),
+            s.apply(&DesiredCmd::PutProfile(Box::new(profile("d", 1)))),
             ApplyResult::StaleProfile { have: 2 }
         );
         assert_eq!(s.profiles["d"], profile("d", 2));
         assert_eq!(
-            s.apply(&DesiredCmd::PutProfile(profile("d", 3))),
+            s.apply(&DesiredCmd::PutProfile(Box::new(profile("d", 3)))),
             ApplyResult::Applied
         );
         assert_eq!(s.profiles["d"].version, 3);
@@ -391,16 +392,16 @@ mod tests {
 
     #[test]
     fn applying_the_same_log_gives_the_same_state() {
-        let log = vec![
+        let log = [
             DesiredCmd::PutService(spec("a")),
-            DesiredCmd::PutProfile(profile("d", 1)),
+            DesiredCmd::PutProfile(Box::new(profile("d", 1))),
             DesiredCmd::Drain {
                 node: NodeId(1),
                 by_health: true,
             },
             DesiredCmd::PutService(spec("b")),
             DesiredCmd::RemoveService { name: "a".into() },
-            DesiredCmd::PutProfile(profile("d", 5)),
+            DesiredCmd::PutProfile(Box::new(profile("d", 5))),
         ];
         let run = || {
             let mut s = DesiredState::default();
@@ -429,7 +430,7 @@ mod tests {
     fn state_commands_and_rpcs_round_trip() {
         let mut s = DesiredState::default();
         s.apply(&DesiredCmd::PutService(spec("a")));
-        s.apply(&DesiredCmd::PutProfile(profile("d", 1)));
+        s.apply(&DesiredCmd::PutProfile(Box::new(profile("d", 1))));
         s.apply(&DesiredCmd::Drain {
             node: NodeId(2),
             by_health: false,
@@ -442,7 +443,7 @@ mod tests {
         for cmd in [
             DesiredCmd::PutService(spec("a")),
             DesiredCmd::RemoveService { name: "a".into() },
-            DesiredCmd::PutProfile(profile("d", 1)),
+            DesiredCmd::PutProfile(Box::new(profile("d", 1))),
             DesiredCmd::RemoveProfile { class: "d".into() },
             DesiredCmd::Drain {
                 node: NodeId(2),
