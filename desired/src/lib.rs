@@ -56,6 +56,8 @@ pub mod mem;
 pub mod network;
 mod state_machine;
 pub mod store;
+#[cfg(test)]
+mod suite;
 pub mod types;
 
 pub use network::{RaftTransport, TransportFuture, TransportUnreachable};

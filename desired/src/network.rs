@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use openraft::EmptyNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Unreachable,
+    InstallSnapshotError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -128,13 +127,15 @@ impl Client {
         self.reach.answered(self.target);
         let bytes = match answer {
             RaftRpcAnswer::Reply(bytes) => bytes,
+            // Unreachable rather than a network error, so that openraft backs off instead of
+            // retrying at once a peer that cannot understand us (another version).
             other => {
                 let e = UnexpectedAnswer(format!("{kind}: {other:?}"));
-                return Err(RPCError::Network(NetworkError::new(&e)));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
         };
         let result: Result<Resp, RaftError<u64, E>> =
-            decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            decode(&bytes).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -145,7 +146,7 @@ impl Client {
 struct UnexpectedAnswer(String);
 
 fn encode_request<T: Serialize, E: std::error::Error>(req: &T) -> Result<Vec<u8>, RpcErr<E>> {
-    encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    encode(req).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
 }
 
 impl RaftNetwork<TypeConfig> for Client {

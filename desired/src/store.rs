@@ -32,6 +32,9 @@ const ENTRY_OVERHEAD: usize = 4 * 1024;
 /// The largest command [`DesiredStore::write`] accepts, encoded.
 pub const CMD_MAX: usize = RAFT_PAYLOAD_MAX - ENTRY_OVERHEAD;
 
+/// The longest a forwarded write is worked on, whatever its sender asks.
+const MAX_FORWARDED_WAIT_MS: u64 = 60_000;
+
 /// Timing and compaction settings. The defaults suit a LAN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredConfig {
@@ -182,8 +185,10 @@ pub enum WriteError {
     Fatal(String),
 }
 
-impl From<WriteRefusal> for WriteError {
-    fn from(r: WriteRefusal) -> Self {
+impl WriteError {
+    /// A leader's refusal, as the writer reports it (`NotLeader` and `TimedOut` never get
+    /// here: the writer retries the first and classifies the second itself).
+    fn from_refusal(r: WriteRefusal, timeout: Duration) -> Self {
         match r {
             WriteRefusal::NoMajority { reachable, needed } => WriteError::NoMajority {
                 reachable: reachable as usize,
@@ -194,9 +199,8 @@ impl From<WriteRefusal> for WriteError {
                 max: max as usize,
             },
             WriteRefusal::Stopped(why) => WriteError::Fatal(why),
-            // The caller's own deadline decides; these two are retried until it passes.
             WriteRefusal::TimedOut | WriteRefusal::NotLeader { .. } => {
-                WriteError::TimedOut(Duration::ZERO)
+                WriteError::TimedOut(timeout)
             }
         }
     }
@@ -484,7 +488,7 @@ impl DesiredStore {
                     }
                 }
                 Err(WriteRefusal::TimedOut) => return Err(self.classify(timeout)),
-                Err(refusal) => return Err(WriteError::from(refusal)),
+                Err(refusal) => return Err(WriteError::from_refusal(refusal, timeout)),
             }
             if Instant::now() >= deadline {
                 return Err(self.classify(timeout));
@@ -610,7 +614,9 @@ impl DesiredStore {
                 if leader != Some(self.inner.me) {
                     return RaftRpcAnswer::Write(Err(WriteRefusal::NotLeader { leader }));
                 }
-                let deadline = Instant::now() + Duration::from_millis(within_ms);
+                // Bounded: a sender's number never overflows the clock.
+                let within = Duration::from_millis(within_ms.min(MAX_FORWARDED_WAIT_MS));
+                let deadline = Instant::now() + within;
                 let result = match self.propose(cmd, deadline).await {
                     Err(WriteRefusal::TimedOut) => {
                         let (reachable, needed) = self.majority();

@@ -499,6 +499,22 @@ async fn malformed_messages_are_answered_as_such_and_change_nothing() {
             Err(WriteError::TooLarge { .. })
         ));
     }
+    // A sender's wait is bounded by the receiver, whatever number it sends.
+    let f = *c.voters.iter().find(|id| **id != l).expect("a follower");
+    let forever = |name: &str| RaftRpc::ClientWrite {
+        cmd: put(name),
+        within_ms: u64::MAX,
+    };
+    match c.node(l).handle_rpc(forever("forever")).await {
+        RaftRpcAnswer::Write(Ok(w)) => assert_eq!(w.result, ApplyResult::Applied),
+        other => panic!("the leader answered {other:?}"),
+    }
+    match c.node(f).handle_rpc(forever("elsewhere")).await {
+        RaftRpcAnswer::Write(Err(WriteRefusal::NotLeader { leader })) => {
+            assert_eq!(leader, Some(l))
+        }
+        other => panic!("a follower answered {other:?}"),
+    }
     assert_eq!(c.node(l).status().term, before.term);
     let w = c
         .node(l)
@@ -506,10 +522,7 @@ async fn malformed_messages_are_answered_as_such_and_change_nothing() {
         .await
         .expect("still writable");
     assert_eq!(w.result, ApplyResult::Applied);
-    assert_eq!(
-        names(&c.node(l).state()),
-        vec!["a".to_string(), "b".to_string()]
-    );
+    assert_eq!(names(&c.node(l).state()), ["a", "b", "forever"]);
     c.stop_all().await;
 }
 
