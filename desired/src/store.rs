@@ -319,20 +319,24 @@ impl DesiredStore {
             source,
         })?;
         let path = dir.join(STORE_FILE);
-        let db = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || open_db(&path))
-                .await
-                .map_err(|e| OpenError::Raft(e.to_string()))?
-        }
-        .map_err(|source| OpenError::Store {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
-        let (db, closed) = db;
-        let db = Arc::new(db);
         let (tx, state) = watch::channel(Arc::new(DesiredState::default()));
-        let sm = StateMachine::open(db.clone(), tx).map_err(|e| OpenError::Raft(e.to_string()))?;
+        // Opening the file and loading the snapshot block on the disk.
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let (db, closed) = open_db(&path).map_err(|source| OpenError::Store {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
+                let db = Arc::new(db);
+                let sm = StateMachine::open(db.clone(), tx)
+                    .map_err(|e| OpenError::Raft(e.to_string()))?;
+                Ok::<_, OpenError>((db, closed, sm))
+            })
+            .await
+            .map_err(|e| OpenError::Raft(e.to_string()))?
+        };
+        let (db, closed, sm) = opened?;
         let log = LogStore::new(db);
         let reach = Arc::new(Reach::default());
         let network = NetworkFactory {
@@ -343,32 +347,14 @@ impl DesiredStore {
         let raft = Raft::new(me.0, raft_config, network, log, sm)
             .await
             .map_err(|e| OpenError::Raft(e.to_string()))?;
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| OpenError::Raft(e.to_string()))?;
-        if !initialized {
-            let ids: BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
-            match raft.initialize(ids).await {
-                Ok(()) => tracing::info!(node = %me, ?voters, "desired-state group initialised"),
-                // Another voter's leader reached this node first: already initialised.
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(OpenError::Raft(e.to_string())),
+        let voters = match join_group(&raft, me, voters).await {
+            Ok(voters) => voters,
+            Err(e) => {
+                // Stop the member, so that its tasks let the file go.
+                let _ = raft.shutdown().await;
+                return Err(e);
             }
-        } else {
-            let stored: BTreeSet<NodeId> = raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .voter_ids()
-                .map(NodeId)
-                .collect();
-            if stored != voters {
-                // Changing the control nodes is not supported yet: the stored group wins.
-                tracing::warn!(node = %me, ?stored, configured = ?voters,
-                    "configured control nodes differ from the desired-state group's; keeping the group's");
-            }
-        }
+        };
         let quorum_acked_at = Arc::new(Mutex::new(None));
         watch_quorum_acks(&raft, quorum_acked_at.clone());
         Ok(DesiredStore {
@@ -662,6 +648,44 @@ impl DesiredStore {
             tracing::warn!(node = %self.inner.me, "desired-state store still open after shutdown");
         }
     }
+}
+
+/// Initialises the group with `voters` when this node's log is pristine; the voters of the
+/// group as it is.
+async fn join_group(
+    raft: &Raft<TypeConfig>,
+    me: NodeId,
+    voters: BTreeSet<NodeId>,
+) -> Result<BTreeSet<NodeId>, OpenError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| OpenError::Raft(e.to_string()))?;
+    if !initialized {
+        let ids: BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
+        match raft.initialize(ids).await {
+            Ok(()) => tracing::info!(node = %me, ?voters, "desired-state group initialised"),
+            // Another voter's leader reached this node first: already initialised.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(OpenError::Raft(e.to_string())),
+        }
+        return Ok(voters);
+    }
+    let stored: BTreeSet<NodeId> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .voter_ids()
+        .map(NodeId)
+        .collect();
+    if stored != voters {
+        // Changing the set of control nodes is not supported yet: the group's own wins, and
+        // majorities are counted in it.
+        tracing::warn!(node = %me, ?stored, configured = ?voters,
+            "configured control nodes differ from the desired-state group's; keeping the group's");
+        return Ok(stored);
+    }
+    Ok(voters)
 }
 
 /// Keeps `acked_at` at the time a quorum last acknowledged this node as leader (None when

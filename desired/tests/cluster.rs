@@ -557,3 +557,50 @@ async fn a_node_that_is_not_a_voter_does_not_open() {
     .expect_err("chunk over the payload limit");
     assert!(matches!(err, OpenError::Config(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_held_or_corrupt_is_an_open_error() {
+    init_tracing();
+    let router = MemRouter::new();
+    let voters = BTreeSet::from([NodeId(1)]);
+    let open = |dir: PathBuf| {
+        let router = router.clone();
+        let voters = voters.clone();
+        async move {
+            DesiredStore::open(
+                &dir,
+                NodeId(1),
+                voters,
+                router.transport(NodeId(1)),
+                DesiredConfig::default(),
+            )
+            .await
+        }
+    };
+    let held = tempfile::tempdir().expect("tempdir");
+    let first = open(held.path().to_path_buf()).await.expect("first open");
+    // A lone voter leads itself and commits alone.
+    let w = first.write(put("solo"), WRITE).await.expect("write");
+    assert_eq!(w.result, ApplyResult::Applied);
+    let err = open(held.path().to_path_buf())
+        .await
+        .expect_err("file held");
+    assert!(matches!(err, OpenError::Store { .. }), "{err}");
+    first.shutdown().await;
+    let again = open(held.path().to_path_buf())
+        .await
+        .expect("open after shutdown");
+    assert_eq!(names(&again.state()), ["solo"]);
+    again.shutdown().await;
+
+    let corrupt = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        corrupt.path().join(smart_desired::STORE_FILE),
+        vec![0x5a; 64 * 1024],
+    )
+    .expect("write garbage");
+    let err = open(corrupt.path().to_path_buf())
+        .await
+        .expect_err("garbage file");
+    assert!(matches!(err, OpenError::Store { .. }), "{err}");
+}
