@@ -18,6 +18,8 @@
 //! - [`heartbeat`]: the authenticated, versioned UDP datagrams (heartbeats, claims,
 //!   challenges, proofs) and their codec.
 //! - [`api`]: the message API (requests, responses, events, status, typed errors).
+//! - [`desired`]: the desired state (services, class profiles, drains), its commands, and
+//!   the Raft messages that replicate it between control nodes.
 //! - [`error`]: [`error::RemoteError`], why a node did not answer (the transport's fault).
 //! - [`agent`]: Control → Agent86 commands, replies, reports and agent events.
 //! - [`fence`]: epoch fencing of command execution, in one place.
@@ -34,6 +36,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod desired;
 pub mod error;
 pub mod fence;
 pub mod heartbeat;

@@ -1,0 +1,732 @@
+//! [`DesiredStore`]: one control node's member of the Raft group, and its settings and
+//! errors.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{Config, EmptyNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use smart_proto::NodeId;
+use smart_proto::desired::{
+    DesiredCmd, DesiredState, RAFT_PAYLOAD_MAX, RaftRpc, RaftRpcAnswer, WriteRefusal, Written,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::log_store::{LogStore, open_db};
+use crate::network::{NetworkFactory, RaftTransport, Reach};
+use crate::state_machine::StateMachine;
+use crate::types::{TypeConfig, decode, encode};
+
+/// The store's file in its directory.
+pub const STORE_FILE: &str = "desired.redb";
+
+/// Room an entry needs besides its command (log id, enum tags, the append message's
+/// fields): a command is refused when it would not fit one Raft payload with it.
+const ENTRY_OVERHEAD: usize = 4 * 1024;
+
+/// The largest command [`DesiredStore::write`] accepts, encoded.
+pub const CMD_MAX: usize = RAFT_PAYLOAD_MAX - ENTRY_OVERHEAD;
+
+/// The longest a forwarded write is worked on, whatever its sender asks.
+const MAX_FORWARDED_WAIT_MS: u64 = 60_000;
+
+/// Timing and compaction settings. The defaults suit a LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredConfig {
+    /// How often the leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time in
+    /// `election_timeout_min..election_timeout_max` starts an election.
+    pub election_timeout_min: Duration,
+    /// See `election_timeout_min`.
+    pub election_timeout_max: Duration,
+    /// A snapshot is built every this many log entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot (the rest is purged), so that a follower a
+    /// little behind catches up from the log rather than from a whole snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// Bytes of snapshot per InstallSnapshot message; at most [`RAFT_PAYLOAD_MAX`] less
+    /// room for the message's other fields.
+    pub snapshot_chunk_bytes: u64,
+    /// Entries per AppendEntries message at most (fewer when they would exceed one
+    /// payload).
+    pub max_entries_per_append: u64,
+    /// How long a follower waits for one snapshot chunk to be stored.
+    pub install_snapshot_timeout: Duration,
+    /// The leader counts as acting ([`DesiredStore::leads_with_quorum`]) while a quorum
+    /// acknowledged it at most this long ago. Shorter than `election_timeout_min`: a leader
+    /// cut off stops acting before the others can elect another.
+    pub quorum_lease: Duration,
+    /// Pause before retrying a peer that did not answer.
+    pub unreachable_backoff: Duration,
+}
+
+impl Default for DesiredConfig {
+    fn default() -> Self {
+        DesiredConfig {
+            heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            snapshot_every: 1000,
+            logs_kept_after_snapshot: 100,
+            snapshot_chunk_bytes: 256 * 1024,
+            max_entries_per_append: 64,
+            install_snapshot_timeout: Duration::from_secs(2),
+            quorum_lease: Duration::from_millis(100),
+            unreachable_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl DesiredConfig {
+    fn raft_config(&self) -> Result<Config, OpenError> {
+        if self.quorum_lease >= self.election_timeout_min {
+            return Err(OpenError::Config(format!(
+                "quorum_lease {:?} must be shorter than election_timeout_min {:?}",
+                self.quorum_lease, self.election_timeout_min
+            )));
+        }
+        let max_chunk = (RAFT_PAYLOAD_MAX - ENTRY_OVERHEAD) as u64;
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > max_chunk {
+            return Err(OpenError::Config(format!(
+                "snapshot_chunk_bytes {} is not in 1..={max_chunk}",
+                self.snapshot_chunk_bytes
+            )));
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        let config = Config {
+            cluster_name: "smart-desired".into(),
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election_timeout_min),
+            election_timeout_max: ms(self.election_timeout_max),
+            install_snapshot_timeout: ms(self.install_snapshot_timeout),
+            max_payload_entries: self.max_entries_per_append,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| OpenError::Config(e.to_string()))
+    }
+}
+
+/// Why the store did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory could not be created.
+    #[error("cannot create {dir}: {source}")]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store file could not be opened (held by another process, corrupt, unreadable).
+    #[error("cannot open the desired-state store {path}: {source}")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<redb::Error>,
+    },
+    /// This node is not one of the voters.
+    #[error("{me} is not one of the control nodes {voters:?}")]
+    NotAVoter {
+        /// This node.
+        me: NodeId,
+        /// The voters.
+        voters: BTreeSet<NodeId>,
+    },
+    /// The settings are inconsistent.
+    #[error("invalid desired-state settings: {0}")]
+    Config(String),
+    /// Raft did not start (its storage failed while it loaded).
+    #[error("raft did not start: {0}")]
+    Raft(String),
+}
+
+/// Why a write was not done. `NoMajority` and `TimedOut` leave its outcome open: the entry
+/// may still commit later (if the partition heals before another leader replaces it), so
+/// the caller treats the write as not done and may retry it (commands are idempotent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// No majority of the control nodes reachable: this side of a partition cannot change
+    /// the desired state.
+    #[error(
+        "no majority of control nodes reachable ({reachable} reachable, {needed} needed): \
+         the desired state cannot change on this side"
+    )]
+    NoMajority {
+        /// Control nodes reachable, this one included.
+        reachable: usize,
+        /// A majority of the voters.
+        needed: usize,
+    },
+    /// A majority is reachable but the write was not committed within the deadline.
+    #[error("not committed within {0:?}")]
+    TimedOut(Duration),
+    /// The command is over [`CMD_MAX`] encoded.
+    #[error("command of {bytes} bytes is over the {max} byte limit")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Raft stopped on this node or on the leader (shut down, or storage failed).
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+impl WriteError {
+    /// A leader's refusal, as the writer reports it (`NotLeader` and `TimedOut` never get
+    /// here: the writer retries the first and classifies the second itself).
+    fn from_refusal(r: WriteRefusal, timeout: Duration) -> Self {
+        match r {
+            WriteRefusal::NoMajority { reachable, needed } => WriteError::NoMajority {
+                reachable: reachable as usize,
+                needed: needed as usize,
+            },
+            WriteRefusal::TooLarge { bytes, max } => WriteError::TooLarge {
+                bytes: bytes as usize,
+                max: max as usize,
+            },
+            WriteRefusal::Stopped(why) => WriteError::Fatal(why),
+            WriteRefusal::TimedOut | WriteRefusal::NotLeader { .. } => {
+                WriteError::TimedOut(timeout)
+            }
+        }
+    }
+}
+
+/// This node's role in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftRole {
+    /// Leads: the only node that appends to the log.
+    Leader,
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks for votes.
+    Candidate,
+    /// Not a voter.
+    Learner,
+    /// Stopped.
+    Shutdown,
+}
+
+/// A snapshot of this node's Raft status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredStatus {
+    /// This node.
+    pub me: NodeId,
+    /// Its role.
+    pub role: RaftRole,
+    /// The current term.
+    pub term: u64,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Index of the last entry in its log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry applied to its state.
+    pub last_applied: Option<u64>,
+    /// Index its current snapshot covers up to.
+    pub snapshot: Option<u64>,
+    /// Index up to which its log is purged.
+    pub purged: Option<u64>,
+    /// When leader: milliseconds since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+impl DesiredStatus {
+    fn from_metrics(m: &RaftMetrics<u64, EmptyNode>) -> Self {
+        DesiredStatus {
+            me: NodeId(m.id),
+            role: match m.state {
+                ServerState::Leader => RaftRole::Leader,
+                ServerState::Follower => RaftRole::Follower,
+                ServerState::Candidate => RaftRole::Candidate,
+                ServerState::Learner => RaftRole::Learner,
+                ServerState::Shutdown => RaftRole::Shutdown,
+            },
+            term: m.current_term,
+            leader: m.current_leader.map(NodeId),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+}
+
+struct Inner {
+    me: NodeId,
+    voters: BTreeSet<NodeId>,
+    config: DesiredConfig,
+    raft: Raft<TypeConfig>,
+    transport: Arc<dyn RaftTransport>,
+    reach: Arc<Reach>,
+    state: watch::Receiver<Arc<DesiredState>>,
+    /// When leader: when a quorum last acknowledged it (see `watch_quorum_acks`).
+    quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+    /// Hears its sender drop when the store file is closed (Raft's tasks have all let it
+    /// go).
+    closed: watch::Receiver<()>,
+}
+
+/// One control node's member of the Raft group that keeps the desired state. Cheap to
+/// clone: clones share the node.
+#[derive(Clone)]
+pub struct DesiredStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DesiredStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredStore")
+            .field("me", &self.inner.me)
+            .field("voters", &self.inner.voters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DesiredStore {
+    /// Opens this node's store in `dir` (creating `dir/desired.redb`) and starts its Raft
+    /// member. When the log is pristine, the group is initialised with `voters` (every
+    /// voter may do so with the same set; a group already initialised is left as it is).
+    /// The state is restored from the last snapshot and the committed log before this
+    /// returns.
+    pub async fn open(
+        dir: &Path,
+        me: NodeId,
+        voters: BTreeSet<NodeId>,
+        transport: Arc<dyn RaftTransport>,
+        config: DesiredConfig,
+    ) -> Result<Self, OpenError> {
+        if !voters.contains(&me) {
+            return Err(OpenError::NotAVoter { me, voters });
+        }
+        let raft_config = Arc::new(config.raft_config()?);
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(STORE_FILE);
+        let (tx, state) = watch::channel(Arc::new(DesiredState::default()));
+        // Opening the file and loading the snapshot block on the disk.
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let (db, closed) = open_db(&path).map_err(|source| OpenError::Store {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
+                let db = Arc::new(db);
+                let sm = StateMachine::open(db.clone(), tx)
+                    .map_err(|e| OpenError::Raft(e.to_string()))?;
+                Ok::<_, OpenError>((db, closed, sm))
+            })
+            .await
+            .map_err(|e| OpenError::Raft(e.to_string()))?
+        };
+        let (db, closed, sm) = opened?;
+        let log = LogStore::new(db);
+        let reach = Arc::new(Reach::default());
+        let network = NetworkFactory {
+            transport: transport.clone(),
+            reach: reach.clone(),
+            backoff: config.unreachable_backoff,
+        };
+        let raft = Raft::new(me.0, raft_config, network, log, sm)
+            .await
+            .map_err(|e| OpenError::Raft(e.to_string()))?;
+        let voters = match join_group(&raft, me, voters).await {
+            Ok(voters) => voters,
+            Err(e) => {
+                // Stop the member, so that its tasks let the file go.
+                let _ = raft.shutdown().await;
+                return Err(e);
+            }
+        };
+        let quorum_acked_at = Arc::new(Mutex::new(None));
+        watch_quorum_acks(&raft, quorum_acked_at.clone());
+        Ok(DesiredStore {
+            inner: Arc::new(Inner {
+                me,
+                voters,
+                config,
+                raft,
+                transport,
+                reach,
+                state,
+                quorum_acked_at,
+                closed,
+            }),
+        })
+    }
+
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.inner.me
+    }
+
+    /// The desired state as this node has applied it (committed entries only; on a
+    /// follower possibly a little behind the leader).
+    pub fn state(&self) -> Arc<DesiredState> {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Every state this node applies, as it applies it.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<DesiredState>> {
+        self.inner.state.clone()
+    }
+
+    /// The leader this node knows.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(NodeId)
+    }
+
+    /// This node's Raft status.
+    pub fn status(&self) -> DesiredStatus {
+        DesiredStatus::from_metrics(&self.inner.raft.metrics().borrow())
+    }
+
+    /// True when this node leads and a quorum acknowledged it within the quorum lease: the
+    /// condition for acting as the Control in majority mode (a leader cut off from the
+    /// majority stops satisfying it within the lease, before another can be elected).
+    pub fn leads_with_quorum(&self) -> bool {
+        let leads = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.state == ServerState::Leader && m.current_leader == Some(self.inner.me.0)
+        };
+        let acked_at = *self
+            .inner
+            .quorum_acked_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        leads && acked_at.is_some_and(|t| t.elapsed() <= self.inner.config.quorum_lease)
+    }
+
+    /// Waits until `pred` holds for this node's status, at most `timeout`; the last status
+    /// seen either way.
+    pub async fn wait_status(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&DesiredStatus) -> bool,
+    ) -> Result<DesiredStatus, DesiredStatus> {
+        let mut rx = self.inner.raft.metrics();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = DesiredStatus::from_metrics(&rx.borrow_and_update());
+            if pred(&status) {
+                return Ok(status);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(self.status()),
+            }
+        }
+    }
+
+    /// Appends `cmd` to the log and waits until it is committed and applied here, at most
+    /// `timeout`. On a follower the write goes to the leader ([`RaftRpc::ClientWrite`]);
+    /// while no leader is known, or the one known does not answer, it waits for one.
+    pub async fn write(&self, cmd: DesiredCmd, timeout: Duration) -> Result<Written, WriteError> {
+        let deadline = Instant::now() + timeout;
+        let bytes = encoded_len(&cmd);
+        if bytes > CMD_MAX {
+            return Err(WriteError::TooLarge {
+                bytes,
+                max: CMD_MAX,
+            });
+        }
+        let me = self.inner.me;
+        let mut metrics = self.inner.raft.metrics();
+        // A leader named by a node that refused the write, tried before the local view.
+        let mut hint: Option<NodeId> = None;
+        loop {
+            let leader = hint
+                .take()
+                .or_else(|| metrics.borrow_and_update().current_leader.map(NodeId));
+            let outcome = match leader {
+                Some(l) if l == me => self.propose(cmd.clone(), deadline).await,
+                Some(l) => self.forward(l, cmd.clone(), deadline).await,
+                None => Err(WriteRefusal::NotLeader { leader: None }),
+            };
+            match outcome {
+                Ok(written) => return Ok(written),
+                Err(WriteRefusal::NotLeader { leader: next }) => {
+                    if next.is_some() && next != leader {
+                        hint = next;
+                    }
+                }
+                Err(WriteRefusal::TimedOut) => return Err(self.classify(timeout)),
+                Err(refusal) => return Err(WriteError::from_refusal(refusal, timeout)),
+            }
+            if Instant::now() >= deadline {
+                return Err(self.classify(timeout));
+            }
+            if hint.is_none() {
+                // Wait for news of a leader, for at most an election timeout.
+                let pause = Instant::now() + self.inner.config.election_timeout_min;
+                let _ = tokio::time::timeout_at(pause.min(deadline), metrics.changed()).await;
+            }
+        }
+    }
+
+    /// Proposes `cmd` on this node, which believes it leads.
+    async fn propose(&self, cmd: DesiredCmd, deadline: Instant) -> Result<Written, WriteRefusal> {
+        match tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd)).await {
+            Err(_) => Err(WriteRefusal::TimedOut),
+            Ok(Ok(resp)) => Ok(Written {
+                index: resp.log_id.index,
+                result: resp.data,
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(WriteRefusal::NotLeader {
+                    leader: f.leader_id.map(NodeId),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(WriteRefusal::Stopped(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(WriteRefusal::Stopped(f.to_string())),
+        }
+    }
+
+    /// Sends `cmd` to `leader`, asking it to answer before our deadline.
+    async fn forward(
+        &self,
+        leader: NodeId,
+        cmd: DesiredCmd,
+        deadline: Instant,
+    ) -> Result<Written, WriteRefusal> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // The leader answers a little before our deadline, so that its reason (no
+        // majority) reaches us instead of our own time-out.
+        let within = left.mul_f64(0.9);
+        let rpc = RaftRpc::ClientWrite {
+            cmd,
+            within_ms: within.as_millis() as u64,
+        };
+        match tokio::time::timeout_at(deadline, self.inner.transport.call(leader, rpc, left)).await
+        {
+            Err(_) => Err(WriteRefusal::TimedOut),
+            Ok(Err(e)) => {
+                tracing::debug!(node = %self.inner.me, %leader, error = %e, "forwarding a desired-state write failed");
+                Err(WriteRefusal::NotLeader { leader: None })
+            }
+            Ok(Ok(RaftRpcAnswer::Write(result))) => {
+                self.inner.reach.answered(leader.0);
+                result
+            }
+            Ok(Ok(other)) => {
+                tracing::warn!(node = %self.inner.me, %leader, answer = ?other, "unexpected answer to a forwarded write");
+                Err(WriteRefusal::NotLeader { leader: None })
+            }
+        }
+    }
+
+    /// Why a write did not commit in time: no majority reachable, or just slow.
+    fn classify(&self, timeout: Duration) -> WriteError {
+        let (reachable, needed) = self.majority();
+        if reachable < needed {
+            WriteError::NoMajority { reachable, needed }
+        } else {
+            WriteError::TimedOut(timeout)
+        }
+    }
+
+    /// Voters heard from recently (this one included), and a majority of the voters.
+    fn majority(&self) -> (usize, usize) {
+        let inner = &self.inner;
+        let window = inner.config.election_timeout_max * 2;
+        let peers = inner.voters.iter().filter(|n| **n != inner.me).map(|n| n.0);
+        let reachable = 1 + inner.reach.answered_within(peers, window);
+        (reachable, inner.voters.len() / 2 + 1)
+    }
+
+    /// Answers a Raft message from another control node. A payload that does not decode
+    /// is answered [`RaftRpcAnswer::Malformed`] and changes nothing.
+    pub async fn handle_rpc(&self, rpc: RaftRpc) -> RaftRpcAnswer {
+        let raft = &self.inner.raft;
+        match rpc {
+            RaftRpc::AppendEntries(bytes) => {
+                let req: AppendEntriesRequest<TypeConfig> = match decode(&bytes) {
+                    Ok(req) => req,
+                    Err(e) => return malformed("append-entries", e),
+                };
+                self.heard_from(req.vote.leader_id().voted_for());
+                reply(&raft.append_entries(req).await)
+            }
+            RaftRpc::Vote(bytes) => {
+                let req: VoteRequest<u64> = match decode(&bytes) {
+                    Ok(req) => req,
+                    Err(e) => return malformed("vote", e),
+                };
+                self.heard_from(req.vote.leader_id().voted_for());
+                reply(&raft.vote(req).await)
+            }
+            RaftRpc::InstallSnapshot(bytes) => {
+                let req: InstallSnapshotRequest<TypeConfig> = match decode(&bytes) {
+                    Ok(req) => req,
+                    Err(e) => return malformed("install-snapshot", e),
+                };
+                self.heard_from(req.vote.leader_id().voted_for());
+                reply(&raft.install_snapshot(req).await)
+            }
+            RaftRpc::ClientWrite { cmd, within_ms } => {
+                let bytes = encoded_len(&cmd);
+                if bytes > CMD_MAX {
+                    return RaftRpcAnswer::Write(Err(WriteRefusal::TooLarge {
+                        bytes: bytes as u64,
+                        max: CMD_MAX as u64,
+                    }));
+                }
+                let leader = raft.metrics().borrow().current_leader.map(NodeId);
+                if leader != Some(self.inner.me) {
+                    return RaftRpcAnswer::Write(Err(WriteRefusal::NotLeader { leader }));
+                }
+                // Bounded: a sender's number never overflows the clock.
+                let within = Duration::from_millis(within_ms.min(MAX_FORWARDED_WAIT_MS));
+                let deadline = Instant::now() + within;
+                let result = match self.propose(cmd, deadline).await {
+                    Err(WriteRefusal::TimedOut) => {
+                        let (reachable, needed) = self.majority();
+                        Err(if reachable < needed {
+                            WriteRefusal::NoMajority {
+                                reachable: reachable as u32,
+                                needed: needed as u32,
+                            }
+                        } else {
+                            WriteRefusal::TimedOut
+                        })
+                    }
+                    other => other,
+                };
+                RaftRpcAnswer::Write(result)
+            }
+        }
+    }
+
+    /// A message from `peer` arrived: it reaches us.
+    fn heard_from(&self, peer: Option<u64>) {
+        if let Some(p) = peer
+            && p != self.inner.me.0
+        {
+            self.inner.reach.answered(p);
+        }
+    }
+
+    /// Stops this node's Raft member and closes its store file (it may be opened again
+    /// once this returns).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(node = %self.inner.me, error = %e, "desired-state raft did not stop cleanly");
+        }
+        // Raft's storage and state-machine tasks end shortly after its core: wait (bounded)
+        // until the last of them has closed the file.
+        let mut closed = self.inner.closed.clone();
+        let all_closed = async move { while closed.changed().await.is_ok() {} };
+        if tokio::time::timeout(Duration::from_secs(5), all_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = %self.inner.me, "desired-state store still open after shutdown");
+        }
+    }
+}
+
+/// Initialises the group with `voters` when this node's log is pristine; the voters of the
+/// group as it is.
+async fn join_group(
+    raft: &Raft<TypeConfig>,
+    me: NodeId,
+    voters: BTreeSet<NodeId>,
+) -> Result<BTreeSet<NodeId>, OpenError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| OpenError::Raft(e.to_string()))?;
+    if !initialized {
+        let ids: BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
+        match raft.initialize(ids).await {
+            Ok(()) => tracing::info!(node = %me, ?voters, "desired-state group initialised"),
+            // Another voter's leader reached this node first: already initialised.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(OpenError::Raft(e.to_string())),
+        }
+        return Ok(voters);
+    }
+    let stored: BTreeSet<NodeId> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .voter_ids()
+        .map(NodeId)
+        .collect();
+    if stored != voters {
+        // Changing the set of control nodes is not supported yet: the group's own wins, and
+        // majorities are counted in it.
+        tracing::warn!(node = %me, ?stored, configured = ?voters,
+            "configured control nodes differ from the desired-state group's; keeping the group's");
+        return Ok(stored);
+    }
+    Ok(voters)
+}
+
+/// Keeps `acked_at` at the time a quorum last acknowledged this node as leader (None when
+/// it does not lead). openraft reports the acknowledgement's age with each metrics update
+/// (at least every tick); turned into a time here, its age keeps growing between updates,
+/// so a leader cut off stops counting as acting once the lease runs out, not at the next
+/// update.
+fn watch_quorum_acks(raft: &Raft<TypeConfig>, acked_at: Arc<Mutex<Option<Instant>>>) {
+    let mut rx = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            let at = {
+                let m = rx.borrow_and_update();
+                match (m.state, m.millis_since_quorum_ack) {
+                    (ServerState::Leader, Some(ms)) => {
+                        Instant::now().checked_sub(Duration::from_millis(ms))
+                    }
+                    _ => None,
+                }
+            };
+            *acked_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
+            // Ends when Raft stops.
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn encoded_len<T: Serialize>(v: &T) -> usize {
+    postcard::to_allocvec(v).map_or(usize::MAX, |b| b.len())
+}
+
+fn malformed(kind: &str, e: impl std::fmt::Display) -> RaftRpcAnswer {
+    tracing::warn!(kind, error = %e, "malformed raft message");
+    RaftRpcAnswer::Malformed(format!("{kind}: {e}"))
+}
+
+fn reply<T: Serialize>(result: &T) -> RaftRpcAnswer {
+    match encode(result) {
+        Ok(bytes) => RaftRpcAnswer::Reply(bytes),
+        Err(e) => RaftRpcAnswer::Malformed(format!("answer not encodable: {e}")),
+    }
+}
