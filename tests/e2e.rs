@@ -542,3 +542,110 @@ async fn viewers_who_leave_are_released_from_the_distributors_client_count() {
         assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
     }
 }
+
+/// Admits `n` distributors through the message API (no viewers: only the Control's state
+/// and the desired-state log know them).
+async fn admit_api_services(c: &LocalCluster, n: usize) {
+    let cl = c
+        .client(fe_node(c))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(15));
+    let fe_cfg =
+        smart_config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(c)))).unwrap();
+    for v in 0..n {
+        let spec = smart_frontend::spec_for(
+            &fe_cfg.frontend,
+            &format!("v{v}"),
+            fe_cfg.frontend.bitrate_bps,
+            None,
+        );
+        let r = cl.request(Request::AdmitService(spec)).await.unwrap();
+        assert!(matches!(r, Response::Placed(_)), "{r:?}");
+    }
+}
+
+/// Desired state survives a whole-cluster stop: every node stopped (SIGTERM), every node
+/// started again, and the services admitted before run again, restored from the
+/// desired-state log (no registry copy survives a restart: it lives in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restart_restores_admitted_services() {
+    let (mut c, _, _) = case(3, 60, 4).await;
+    admit_api_services(&c, 3).await;
+    assert_eq!(wait_services(&c, 3).await.len(), 3);
+    let all = c.running();
+    for &n in &all {
+        c.terminate(n).unwrap();
+    }
+    for &n in &all {
+        c.wait_exit(n, Duration::from_secs(15)).unwrap();
+    }
+    for &n in &all {
+        c.start_node(n).unwrap();
+    }
+    c.wait_agreed_control(&all, Duration::from_secs(15), |_, _| true)
+        .await
+        .unwrap();
+    let back = wait_services(&c, 3).await;
+    let mut names: Vec<String> = back
+        .iter()
+        .map(|s| s.placement.service.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["video-v0", "video-v1", "video-v2"], "{back:?}");
+}
+
+/// A change of the desired state on a side without a majority of the control nodes is
+/// refused, naming why, and nothing is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_without_a_majority_of_control_nodes_is_refused_naming_why() {
+    let (mut c, (control, epoch), _) = case(1, 60, 4).await;
+    // Two of the four members stay: three are needed.
+    let stop: Vec<u64> = c
+        .running()
+        .into_iter()
+        .filter(|&n| n != fe_node(&c))
+        .take(2)
+        .collect();
+    for &n in &stop {
+        c.kill(n).unwrap();
+    }
+    let rest: Vec<u64> = c.running();
+    c.wait_agreed_control(&rest, Duration::from_secs(15), |n, e| {
+        !stop.contains(&n) && (n == control || e > epoch)
+    })
+    .await
+    .unwrap();
+    let cl = c
+        .client(fe_node(&c))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let fe_cfg =
+        smart_config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(&c)))).unwrap();
+    let spec = smart_frontend::spec_for(&fe_cfg.frontend, "v0", fe_cfg.frontend.bitrate_bps, None);
+    // The new Control may still be rebuilding: retry only what says so.
+    let mut r = cl
+        .request(Request::AdmitService(spec.clone()))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        match &r {
+            Response::Error(smart_api::ApiError::Rebuilding | smart_api::ApiError::NoControl) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                r = cl
+                    .request(Request::AdmitService(spec.clone()))
+                    .await
+                    .unwrap();
+            }
+            _ => break,
+        }
+    }
+    match &r {
+        Response::Error(smart_api::ApiError::NotCommitted { reason }) => {
+            assert!(reason.contains("no majority"), "{reason}")
+        }
+        other => panic!("expected NotCommitted, got {other:?}"),
+    }
+    assert!(services(&c, fe_node(&c)).await.is_empty());
+}

@@ -341,10 +341,10 @@ impl Membership {
             });
         }
         agents.sort_by_key(|a| a.node);
-        let others: Vec<SocketAddr> = members
+        let others = members
             .iter()
             .filter(|m| m.alive && m.node_id != cfg.id())
-            .map(|m| m.tcp_addr)
+            .map(|m| (m.node_id, m.tcp_addr))
             .collect();
         let view = ClusterView {
             control,

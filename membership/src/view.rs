@@ -2,6 +2,7 @@
 //! the other actors (the Control reads the live agents, the forwarder the Control's
 //! address, event fan-out the other members).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use smart_proto::{Epoch, NodeId};
@@ -33,8 +34,8 @@ pub struct ClusterView {
     pub control: Option<ControlAt>,
     /// Live members with the agent role, this node included, by node id.
     pub agents: Vec<AgentAddr>,
-    /// Transport addresses of the other live members (any role).
-    pub others: Vec<SocketAddr>,
+    /// Transport addresses of the other live members (any role), by node id.
+    pub others: BTreeMap<NodeId, SocketAddr>,
 }
 
 /// Whether a request only the Control may send (an agent command, a registry copy) comes

@@ -14,8 +14,8 @@ use crate::profile::{ClassProfile, ProfileSource, ProfileSummary, ServiceProfile
 /// Version of the message API's types.
 /// 3: `Version`, `Nodes`, `MemberStatus::http`, events travel as [`EventNote`].
 /// 4: `AdmitClient::key` (idempotent admissions), `ApiError::TimedOut`; `Event::ProfileProgress`
-/// (never sent) removed.
-pub const API_VERSION: u8 = 4;
+/// (never sent) removed. 5: `ApiError::NotCommitted` (the desired-state log).
+pub const API_VERSION: u8 = 5;
 
 /// What a service needs, as given by the front-end when it asks for admission. Also the
 /// JSON body of the HTTP API's `POST /v1/services` (`env` is an object there; unknown
@@ -532,10 +532,20 @@ pub enum ApiError {
     /// `AdmitClient` repeated with the same key answers the same client).
     #[error("the request's deadline passed before it was answered")]
     TimedOut,
+    /// The change could not be written to the desired-state log (docs/DESIGN.md, "Desired
+    /// state in a Raft log"): nothing was done. `reason` names why (typically: no majority
+    /// of the control nodes reachable from this side of a partition).
+    #[error("the desired state could not be changed: {reason}")]
+    NotCommitted {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ApiError {
-    /// True when retrying the same request later can succeed.
+    /// True when retrying the same request shortly can succeed (a node forwarding it retries
+    /// these within the request's deadline). Not `NotCommitted`: a side without a majority
+    /// stays so for as long as the partition lasts; the caller decides.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

@@ -51,6 +51,7 @@ pub fn error_code(e: &ApiError) -> (&'static str, u16) {
         ApiError::NoControl => ("no_control", 503),
         ApiError::Rebuilding => ("rebuilding", 503),
         ApiError::NoMajority => ("no_majority", 503),
+        ApiError::NotCommitted { .. } => ("not_committed", 503),
         ApiError::NotFound { .. } => ("not_found", 404),
         ApiError::BadRequest { .. } => ("bad_request", 400),
         ApiError::Internal { .. } => ("internal", 500),

@@ -1,7 +1,9 @@
 //! What a node's TCP port speaks (inside `smart_transport`'s authenticated
 //! envelope): the message API, which any authenticated client may send, and the
 //! node-to-node messages, which the port accepts only from other nodes. Every variant is a
-//! typed message: nothing travels as bytes inside bytes.
+//! typed message, except the Raft RPCs of the desired-state log ([`crate::desired::RaftRpc`]):
+//! those carry the Raft engine's own messages encoded inside, bounded and checked by
+//! their decoder (see that module).
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +41,9 @@ pub enum NodeRequest {
         /// Milliseconds the sender waits, from when it sent the request.
         within_ms: u64,
     },
+    /// A message of the desired-state Raft group (docs/DESIGN.md, "Desired state in a Raft
+    /// log"), between its voters. Answered `Raft`. Nodes only.
+    Raft(crate::desired::RaftRpc),
 }
 
 impl NodeRequest {
@@ -57,6 +62,8 @@ pub enum NodeResponse {
     Agent(AgentReply),
     /// Answer to [`NodeRequest::Replica`] and [`NodeRequest::Event`].
     Done,
+    /// Answer to [`NodeRequest::Raft`].
+    Raft(crate::desired::RaftRpcAnswer),
 }
 
 /// The Control's registry, as replicated to every agent node. Stamped with the Control's

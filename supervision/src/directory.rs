@@ -79,7 +79,7 @@ impl MemberDirectory {
         timeout: Duration,
     ) {
         loop {
-            let others = view.borrow_and_update().others.clone();
+            let others: Vec<_> = view.borrow_and_update().others.values().copied().collect();
             let now = Instant::now();
             let asks = self.due(&others, now).into_iter().map(|addr| {
                 let peers = peers.clone();

@@ -29,6 +29,7 @@
 
 pub mod api_http;
 pub mod dashboard;
+pub mod desired_link;
 pub mod directory;
 pub mod dispatch;
 pub mod metrics;
@@ -198,6 +199,24 @@ pub async fn run(
         Some(observer),
     ));
     let view = Arc::new(watch::channel(Default::default()).0);
+    // The desired-state log: a Raft group of the configured members over this transport,
+    // persisted under the data directory (docs/DESIGN.md, "Desired state in a Raft log").
+    let desired = smart_desired::DesiredStore::open(
+        &cfg.data_dir,
+        cfg.id(),
+        cfg.election
+            .members
+            .iter()
+            .map(|m| smart_proto::NodeId(*m))
+            .collect(),
+        Arc::new(desired_link::NodeRaftLink {
+            peers: peers.clone(),
+            view: view.subscribe(),
+        }),
+        smart_desired::DesiredConfig::default(),
+    )
+    .await
+    .map_err(|e| NodeError::Start(format!("desired-state log: {e}")))?;
     let directory = Arc::new(directory::MemberDirectory::default());
     // Learns the members' HTTP addresses; ends with the view (below) or is aborted.
     let learner = tokio::spawn(directory.clone().run(
@@ -228,6 +247,7 @@ pub async fn run(
             agent86_panics: faults.agent86_panics.map(|n| Arc::new(AtomicU32::new(n))),
             agent_core: agent_core.clone(),
             admission,
+            desired: desired.clone(),
         },
         (),
     )
@@ -251,6 +271,8 @@ pub async fn run(
         error!(node = %cfg.id(), "supervision tree did not stop within 5 s");
     }
     learner.abort();
+    // Closes the log's file: a node restarted in the same process (tests) reopens it.
+    desired.shutdown().await;
     peers.stop_all();
     // Our instances do not outlive the node (a killed node's are killed by its next start).
     tokio::task::spawn_blocking(move || agent_core.stop_all())

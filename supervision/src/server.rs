@@ -143,6 +143,8 @@ pub struct PortContext {
     pub view: watch::Receiver<ClusterView>,
     /// Rate-limited WARN lines for refused traffic.
     pub warnings: Arc<WarnLimiter>,
+    /// The desired-state log (its Raft messages arrive here).
+    pub desired: Option<smart_desired::DesiredStore>,
 }
 
 /// Serves the node's TCP port.
@@ -305,6 +307,14 @@ impl Handler<NodeProtocol> for NodeHandler {
                     self.ctx.subscribers.publish(&ev);
                     Ok(NodeResponse::Done)
                 }
+                // From another member (nodes only, authenticated); the Raft engine checks
+                // terms and the voter set, the decoder sizes.
+                NodeRequest::Raft(rpc) => match &self.ctx.desired {
+                    Some(store) => Ok(NodeResponse::Raft(store.handle_rpc(rpc).await)),
+                    None => Err(RemoteError::Unavailable {
+                        what: "the desired-state log (not open yet)".into(),
+                    }),
+                },
             }
         }
         .instrument(span)

@@ -92,6 +92,8 @@ enum Child {
 pub struct NodeSupervisor {
     /// The node's configuration.
     pub cfg: Arc<NodeConfig>,
+    /// The desired-state log.
+    pub desired: smart_desired::DesiredStore,
     /// The cluster key (heartbeats).
     pub key: ClusterKey,
     /// The heartbeat keyring (the cluster key alone unless `[heartbeat] keys_file`).
@@ -218,6 +220,7 @@ impl NodeSupervisor {
             }
             Child::PeerServer => {
                 let ctx = PortContext {
+                    desired: Some(self.desired.clone()),
                     cfg: self.cfg.clone(),
                     routes: self.routes.readers(),
                     dispatch: self.dispatcher(),
@@ -326,7 +329,7 @@ impl NodeSupervisor {
             let t = self.cfg.timing.request_timeout;
             Arc::new(move |ev: smart_api::Event| {
                 subscribers.publish(&ev);
-                let to = view.borrow().others.clone();
+                let to: Vec<_> = view.borrow().others.values().copied().collect();
                 let peers = peers.clone();
                 tokio::spawn(async move {
                     for addr in to {
@@ -347,6 +350,7 @@ impl NodeSupervisor {
                 publish,
                 refresh: Duration::from_secs(1),
                 replica: self.replica.get(),
+                desired: Some(self.desired.clone()),
                 tuning: ControlTuning {
                     anomaly_move_every: self.cfg.timing.anomaly_move_every,
                     release_grace: self.cfg.timing.client_release_grace,

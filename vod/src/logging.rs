@@ -58,7 +58,18 @@ pub fn init(format: Option<LogFormat>, default: &str) {
             })
             .unwrap_or_default()
     });
-    let filter = EnvFilter::try_from_env(FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter =
+        EnvFilter::try_from_env(FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(default));
+    // The Raft engine of the desired-state log reports an unreachable peer at WARN and
+    // ERROR ten times a second while it is down: what the failure detector already says
+    // once. Quiet unless the filter names it.
+    if !std::env::var(FILTER_ENV).is_ok_and(|f| f.contains("openraft")) {
+        for d in ["openraft=error", "openraft::replication=off"] {
+            if let Ok(d) = d.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -49,10 +49,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use smart_desired::DesiredStore;
 use smart_proto::agent::{AgentCommand, AgentReply};
 use smart_proto::api::{Event, Request, Response};
-use smart_proto::node::{NodeRequest, NodeResponse, Replica};
-use smart_proto::{Epoch, NodeId};
+use smart_proto::desired::{DesiredCmd, DesiredState};
+use smart_proto::node::{NodeRequest, NodeResponse, Replica, ReplicaEntry};
+use smart_proto::{Epoch, NodeId, ServiceName};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
@@ -121,6 +123,16 @@ pub enum ControlMsg {
     Api(Request, RpcReplyPort<Response>),
     /// The Control's own view.
     Status(RpcReplyPort<ControlStatus>),
+    /// A message-API request whose desired-state change was written to the log (or could
+    /// not be): now decided by the engine, or refused with the reason.
+    Committed {
+        /// The request.
+        req: Request,
+        /// Where its answer goes.
+        reply: RpcReplyPort<Response>,
+        /// The write's outcome.
+        written: Result<(), String>,
+    },
     /// The election engine re-asserted this Control at a higher epoch: use it from now on.
     SetEpoch(Epoch),
     /// Whether the Control may act (rebuilt and, in majority mode, holding a majority of
@@ -154,6 +166,10 @@ pub struct Control {
     pub refresh: Duration,
     /// The registry copy this node last received from a Control.
     pub replica: Replica,
+    /// The desired-state log (docs/DESIGN.md, "Desired state in a Raft log"): what an
+    /// operator changes is written there before the engine acts on it, and a new Control
+    /// restores from it what no agent runs. `None` in tests of the Control alone.
+    pub desired: Option<DesiredStore>,
     /// Reactions and timeouts.
     pub tuning: ControlTuning,
 }
@@ -165,6 +181,65 @@ pub struct ControlState {
     next_api: ApiId,
     /// Every task the actor started: aborted when the state is dropped (the actor stops).
     tasks: JoinSet<()>,
+    /// Admissions whose service was written to the desired-state log before the engine
+    /// decided: a refusal removes it again.
+    written_admits: HashMap<ApiId, ServiceName>,
+    /// The profile versions this Control asked the log to keep (asked once each).
+    profiles_written: HashMap<String, u64>,
+}
+
+/// The desired-state change an operator's request makes, if any (docs/DESIGN.md, "Desired
+/// state in a Raft log"). Viewers (clients) are observed state: never written.
+fn desired_change(req: &Request) -> Option<DesiredCmd> {
+    match req {
+        Request::AdmitService(spec) => Some(DesiredCmd::PutService(spec.clone())),
+        Request::StopService { service } => Some(DesiredCmd::RemoveService {
+            name: service.clone(),
+        }),
+        Request::Drain { node } => Some(DesiredCmd::Drain {
+            node: *node,
+            by_health: false,
+        }),
+        Request::Undrain { node } => Some(DesiredCmd::Undrain {
+            node: *node,
+            by_health: false,
+        }),
+        _ => None,
+    }
+}
+
+/// What a new Control starts from: the registry copy (where services ran, their viewers)
+/// and the desired-state log (what must run, drains, profiles), so that a service the log
+/// holds is restored even when no registry copy survived (a whole-cluster restart). A
+/// service only in the log has no node: the rebuild restarts it where admission says.
+fn restore_from(mut replica: Replica, desired: &DesiredState) -> Replica {
+    for spec in desired.services.values() {
+        if !replica.services.iter().any(|e| e.spec.name == spec.name) {
+            replica.services.push(ReplicaEntry {
+                spec: spec.clone(),
+                node: NodeId(0),
+                clients: 0,
+            });
+        }
+    }
+    for n in &desired.drained {
+        if !replica.drained.contains(n) {
+            replica.drained.push(*n);
+        }
+    }
+    for n in &desired.health_drained {
+        if !replica.health_drained.contains(n) {
+            replica.health_drained.push(*n);
+        }
+    }
+    for p in desired.profiles.values() {
+        match replica.profiles.iter_mut().find(|q| q.class == p.class) {
+            Some(q) if q.version >= p.version => {}
+            Some(q) => *q = p.clone(),
+            None => replica.profiles.push(p.clone()),
+        }
+    }
+    replica
 }
 
 /// One command to an agent and its answer, as the engine wants it.
@@ -188,6 +263,57 @@ async fn agent_call(
 }
 
 impl Control {
+    /// Hands a message-API request to the engine.
+    fn api(
+        &self,
+        myself: &ActorRef<ControlMsg>,
+        st: &mut ControlState,
+        req: Request,
+        reply: RpcReplyPort<Response>,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = st.next_api;
+        st.next_api += 1;
+        st.replies.insert(id, reply);
+        self.feed(myself, st, Input::Api { id, req })
+    }
+
+    /// Whether a desired-state change is worth writing before the engine sees `req`: the
+    /// engine acts now, and an admission names a service it does not have yet.
+    fn worth_writing(&self, st: &ControlState, req: &Request) -> bool {
+        let s = st.engine.status();
+        s.rebuilt
+            && s.acting
+            && match req {
+                Request::AdmitService(spec) => !s.services.contains_key(&spec.name),
+                _ => true,
+            }
+    }
+
+    /// Class profiles are decided by the engine (measured, refined, put): the newer ones
+    /// it replicates are written to the desired-state log after the fact.
+    fn sync_profiles(&self, st: &mut ControlState, replica: &Replica) {
+        let Some(store) = &self.desired else { return };
+        let kept = store.state();
+        for p in &replica.profiles {
+            if kept
+                .profiles
+                .get(&p.class)
+                .is_some_and(|k| k.version >= p.version)
+                || st.profiles_written.get(&p.class) >= Some(&p.version)
+            {
+                continue;
+            }
+            st.profiles_written.insert(p.class.clone(), p.version);
+            let (store, within, node) = (store.clone(), self.tuning.request_timeout, self.node);
+            let cmd = DesiredCmd::PutProfile(Box::new(p.clone()));
+            st.tasks.spawn(async move {
+                if let Err(e) = store.write(cmd, within).await {
+                    warn!(%node, error = %e, "class profile not written to the desired-state log");
+                }
+            });
+        }
+    }
+
     /// Executes the engine's outputs. Returns the deposition, if one was among them.
     fn execute(
         &self,
@@ -225,12 +351,30 @@ impl Control {
                     });
                 }
                 Output::Reply { id, resp } => {
+                    if let Some(name) = st.written_admits.remove(&id)
+                        && matches!(resp, Response::Error(_))
+                        && let Some(store) = &self.desired
+                    {
+                        // Refused after its write: the log must not keep a service that
+                        // was never admitted.
+                        let (store, within) = (store.clone(), self.tuning.request_timeout);
+                        let node = self.node;
+                        st.tasks.spawn(async move {
+                            if let Err(e) = store
+                                .write(DesiredCmd::RemoveService { name: name.clone() }, within)
+                                .await
+                            {
+                                warn!(%node, service = %name, error = %e, "refused admission still in the desired-state log");
+                            }
+                        });
+                    }
                     if let Some(port) = st.replies.remove(&id) {
                         let _ = port.send(resp);
                     }
                 }
                 Output::Publish(ev) => (self.publish)(ev),
                 Output::Replicate { to, replica } => {
+                    self.sync_profiles(st, &replica);
                     let t = self.tuning.request_timeout;
                     for a in to {
                         let (peers, r) = (self.peers.clone(), replica.clone());
@@ -328,13 +472,12 @@ impl Actor for Control {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let agents = self.view.borrow().agents.clone();
-        let mut engine = ControlEngine::new(
-            self.node,
-            self.epoch,
-            self.tuning.clone(),
-            self.replica.clone(),
-            &agents,
-        )?;
+        let replica = match &self.desired {
+            Some(store) => restore_from(self.replica.clone(), &store.state()),
+            None => self.replica.clone(),
+        };
+        let mut engine =
+            ControlEngine::new(self.node, self.epoch, self.tuning.clone(), replica, &agents)?;
         if self.acting {
             engine.handle(
                 Input::SetActing {
@@ -349,6 +492,8 @@ impl Actor for Control {
             replies: HashMap::new(),
             next_api: 1,
             tasks: JoinSet::new(),
+            written_admits: HashMap::new(),
+            profiles_written: HashMap::new(),
         })
     }
 
@@ -439,12 +584,54 @@ impl Actor for Control {
                 });
                 Ok(())
             }
-            ControlMsg::Api(req, reply) => {
-                let id = st.next_api;
-                st.next_api += 1;
-                st.replies.insert(id, reply);
-                self.feed(&myself, st, Input::Api { id, req })
-            }
+            ControlMsg::Api(req, reply) => match (&self.desired, desired_change(&req)) {
+                // A change of the desired state is written first and acknowledged only once
+                // committed; the engine decides after that. Not while the engine would
+                // refuse anyway (not acting, rebuilding), nor for a service it already
+                // has (an admission of a known name is the engine's to answer).
+                (Some(store), Some(cmd)) if self.worth_writing(st, &req) => {
+                    let (store, me) = (store.clone(), myself.clone());
+                    let within = self.tuning.request_timeout;
+                    st.tasks.spawn(async move {
+                        let written = store
+                            .write(cmd, within)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        let _ = me.send_message(ControlMsg::Committed {
+                            req,
+                            reply,
+                            written,
+                        });
+                    });
+                    Ok(())
+                }
+                _ => self.api(&myself, st, req, reply),
+            },
+            ControlMsg::Committed {
+                req,
+                reply,
+                written,
+            } => match written {
+                Ok(()) => {
+                    let admit = match &req {
+                        Request::AdmitService(spec) => Some(spec.name.clone()),
+                        _ => None,
+                    };
+                    let id = st.next_api;
+                    if let Some(name) = admit {
+                        st.written_admits.insert(id, name);
+                    }
+                    self.api(&myself, st, req, reply)
+                }
+                Err(reason) => {
+                    warn!(node = %self.node, %reason, ?req, "desired-state change not committed; nothing done");
+                    let _ = reply.send(Response::Error(smart_proto::api::ApiError::NotCommitted {
+                        reason,
+                    }));
+                    Ok(())
+                }
+            },
             ControlMsg::Status(reply) => {
                 let _ = reply.send(st.engine.status());
                 Ok(())

@@ -181,6 +181,7 @@ mod rebuild_tests {
                 publish: Arc::new(|_| {}),
                 refresh: Duration::from_millis(20),
                 replica: Replica::default(),
+                desired: None,
                 tuning: ControlTuning {
                     request_timeout: Duration::from_millis(500),
                     admission: super::engine::tests::settings(),
@@ -259,6 +260,7 @@ mod admission_tests {
                 publish: Arc::new(move |e| p2.lock().unwrap().push(e)),
                 refresh: Duration::from_millis(200),
                 replica: Replica::default(),
+                desired: None,
                 tuning: ControlTuning {
                     request_timeout: Duration::from_secs(2),
                     admission: super::engine::tests::settings(),
@@ -459,6 +461,7 @@ mod reaction_tests {
                     publish: Arc::new(move |e| p2.lock().unwrap().push(e)),
                     refresh: Duration::from_millis(200),
                     replica: Replica::default(),
+                    desired: None,
                     tuning: ControlTuning {
                         request_timeout: Duration::from_secs(2),
                         admission: super::super::engine::tests::settings(),

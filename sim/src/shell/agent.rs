@@ -52,6 +52,15 @@ impl Sim {
             }
             NodeRequest::Api(req) => self.forward(to, req, super::BUDGET, Origin::Rpc { rpc }),
             NodeRequest::Event(_) => self.respond(to, from, rpc, Ok(NodeResponse::Done)),
+            // The desired-state Raft group is not modelled here (see the crate docs).
+            NodeRequest::Raft(_) => self.respond(
+                to,
+                from,
+                rpc,
+                Ok(NodeResponse::Raft(
+                    smart_proto::desired::RaftRpcAnswer::Malformed("not simulated".into()),
+                )),
+            ),
         }
     }
 

@@ -166,7 +166,7 @@ impl Sim {
         let others = members
             .iter()
             .filter(|m| m.alive && m.node_id != me.id)
-            .map(|m| m.tcp_addr)
+            .map(|m| (m.node_id, m.tcp_addr))
             .collect();
         let view = ClusterView {
             control,
