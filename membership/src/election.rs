@@ -262,10 +262,13 @@ impl Election {
     /// The next epoch above `highest` in this node's class, or `None` (said once) when the
     /// space is used up.
     fn next_epoch(&mut self) -> Option<Epoch> {
-        let next = self.highest.checked_add(1).and_then(|base| match self.class {
-            Some((count, index)) => base.checked_add((index + count - base % count) % count),
-            None => Some(base),
-        });
+        let next = self
+            .highest
+            .checked_add(1)
+            .and_then(|base| match self.class {
+                Some((count, index)) => base.checked_add((index + count - base % count) % count),
+                None => Some(base),
+            });
         match next.filter(|e| *e <= EPOCH_CEILING) {
             Some(e) => Some(e),
             None => {
