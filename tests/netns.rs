@@ -1158,10 +1158,13 @@ struct Round {
     round: usize,
     fault: String,
     /// From the fault's last act (kill, heal, SIGCONT, drain request, SIGTERM; round 7: the
-    /// viewers' return after the restart) to settled; `None`: not within [`NEM_SETTLE`] of the check's start.
+    /// viewers' return after the restart) to settled; `None`: not within [`NEM_SETTLE`] of
+    /// the check's start.
     settle_ms: Option<u64>,
     /// Services whose settled instance is not the one that ran before the fault.
     replaced: usize,
+    /// Services seen running twice or more between the fault and settling.
+    duplicates_before_settle: usize,
     lost: usize,
     duplicates_after_settle: usize,
     corrupt: u64,
@@ -1222,7 +1225,7 @@ impl Nemesis {
         };
         n.start_viewers();
         let t = Instant::now();
-        let (settled, snap) = n.settle(None);
+        let (settled, snap, _) = n.settle(None);
         assert!(
             settled.is_some(),
             "{mode}: the services did not start within {NEM_SETTLE:?}: {snap:?}\n{}",
@@ -1338,16 +1341,19 @@ impl Nemesis {
     }
 
     /// Polls until settled (see [`Snapshot::settled`]) or [`NEM_SETTLE`]; returns the
-    /// time it took and the last look.
-    fn settle(&self, avoid: Option<usize>) -> (Option<Duration>, Snapshot) {
+    /// time it took, the last look, and the services seen running twice or more on the
+    /// way (the faults that leave a stale copy must show one here before it is stopped).
+    fn settle(&self, avoid: Option<usize>) -> (Option<Duration>, Snapshot, usize) {
         let t = Instant::now();
+        let mut doubled = std::collections::BTreeSet::new();
         loop {
             let snap = self.snapshot();
+            doubled.extend(snap.duplicated().into_iter().map(|(s, _)| s));
             if snap.settled(&self.services, avoid) {
-                return (Some(t.elapsed()), snap);
+                return (Some(t.elapsed()), snap, doubled.len());
             }
             if t.elapsed() >= NEM_SETTLE {
-                return (None, snap);
+                return (None, snap, doubled.len());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -1398,7 +1404,7 @@ impl Nemesis {
         (corrupt0, before): (u64, Snapshot),
         at: Instant,
     ) {
-        let (settled, snap) = self.settle(avoid);
+        let (settled, snap, doubled_before) = self.settle(avoid);
         let settled = settled.map(|_| at.elapsed());
         let replaced = self
             .services
@@ -1449,6 +1455,7 @@ impl Nemesis {
             fault,
             settle_ms: settled.map(|d| d.as_millis() as u64),
             replaced,
+            duplicates_before_settle: doubled_before,
             lost: lost_after.len(),
             duplicates_after_settle: doubled.len(),
             corrupt,
@@ -1480,7 +1487,7 @@ impl Nemesis {
                 .push(format!("{} round {round}: undrain n{d}: {e}", self.mode));
         }
         // The restarted nodes must be heard and counted before the next fault.
-        let (settled, snap) = self.settle(None);
+        let (settled, snap, _) = self.settle(None);
         if settled.is_none() {
             panic!(
                 "{} round {round}: the cluster did not recover: {snap:?}\nfailures so far: {:#?}\n{}",
@@ -1682,15 +1689,12 @@ impl Nemesis {
                 snap.lost(&self.services)
             ));
         }
-        // Viewers come back and ask: every service runs again, once, and plays.
+        // Viewers come back and ask: every service runs again, once, and plays. The settle
+        // time counts from their return (the wait above is the test's, not the cluster's).
         self.start_viewers();
-        self.finish_round(
-            7,
-            "whole-cluster SIGTERM and start".into(),
-            None,
-            before,
-            at,
-        );
+        let at = Instant::now();
+        let fault = "whole-cluster SIGTERM and start (settle from the viewers' return)";
+        self.finish_round(7, fault.into(), None, before, at);
         if let Some(r) = self.rounds.last_mut() {
             // Lost across the restart: what did not come back by itself.
             r.lost += NEM_SERVICES - back;
