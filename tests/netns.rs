@@ -1587,9 +1587,36 @@ impl Nemesis {
 
         // 3. A service host cut off past the dead time, then healed.
         let (_, h, before) = self.targets();
+        let had: Vec<String> = before
+            .1
+            .running
+            .values()
+            .flatten()
+            .filter(|(host, _)| *host == h)
+            .map(|(_, i)| i.clone())
+            .collect();
         self.s.net.unplug(h);
-        std::thread::sleep(NEM_CUT);
+        // In majority mode the cut-off host is a minority of one: nothing may start there
+        // until it is back (its instances may only stop).
+        let cut = Instant::now();
+        let mut started = std::collections::BTreeSet::new();
+        while cut.elapsed() < NEM_CUT {
+            for (host, inst) in self.running().into_values().flatten() {
+                if host == h && !had.contains(&inst) {
+                    started.insert(inst);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         self.s.net.plug(h);
+        println!(
+            "{mode} round 3: instances started on the cut-off n{h} while cut off: {started:?}"
+        );
+        if mode == "majority" && !started.is_empty() {
+            self.failures.push(format!(
+                "{mode} round 3: the cut-off host n{h}, a minority, started {started:?} while cut off (a Control without a majority acted)"
+            ));
+        }
         let at = Instant::now();
         let fault = format!("partition of service host n{h} for {NEM_CUT:?}");
         self.finish_round(3, fault, None, before, at);
