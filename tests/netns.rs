@@ -1,6 +1,8 @@
 //! Real `smart node` processes in Linux network namespaces joined by a bridge (docs/DESIGN.md §7
 //! level 4): heartbeats by multicast across the bridge, a host partitioned by taking its
-//! bridge port down or by nftables drop rules, both election modes, heal → one Control.
+//! bridge port down or by nftables drop rules, both election modes, heal → one Control;
+//! services moved across hosts by a drain; and the nemesis (seven faults with services and
+//! byte-checking viewers, docs/figures.md "Faults with services on namespace hosts").
 //!
 //! Needs root and iproute2 (nftables for the nft tests). Without them each test prints why
 //! it is skipped and returns, unless `SMART_REQUIRE_NETNS=1` (CI), where that is a failure.
@@ -1064,8 +1066,9 @@ fn bench_cross_host_migration_of_a_72_mb_cache_with_100_viewers() {
 // one running instance of every service (the processes in the hosts' namespaces, each named
 // by the control socket its agent gave it, not what any node says), the Control's listing
 // naming that instance, and one Control that every running host agrees on and that alone
-// acts. Then a watch: no service lost or doubled and every viewer receiving bytes. Rounds
-// that fail are collected and reported together with the figures.
+// acts. Then a watch: no service lost or doubled and every viewer receiving bytes. In
+// majority mode a host cut off alone must start nothing while cut off. Rounds that fail are
+// collected and reported together with the figures.
 
 const NEM_HOSTS: usize = 5;
 const NEM_SERVICES: usize = 4;
