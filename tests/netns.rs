@@ -1,6 +1,8 @@
 //! Real `smart node` processes in Linux network namespaces joined by a bridge (docs/DESIGN.md §7
 //! level 4): heartbeats by multicast across the bridge, a host partitioned by taking its
-//! bridge port down or by nftables drop rules, both election modes, heal → one Control.
+//! bridge port down or by nftables drop rules, both election modes, heal → one Control;
+//! services moved across hosts by a drain; and the nemesis (seven faults with services and
+//! byte-checking viewers, docs/figures.md "Faults with services on namespace hosts").
 //!
 //! Needs root and iproute2 (nftables for the nft tests). Without them each test prints why
 //! it is skipped and returns, unless `SMART_REQUIRE_NETNS=1` (CI), where that is a failure.
@@ -235,7 +237,12 @@ impl Net {
     }
 
     fn spawn(&self, i: usize) -> Child {
-        let log = std::fs::File::create(self.dir.join(format!("n{i}.log"))).unwrap();
+        // Appended: a restarted node's log follows its earlier life's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("n{i}.log")))
+            .unwrap();
         Command::new("ip")
             .args(["netns", "exec", &self.ns(i), BIN, "node", "--config"])
             .arg(self.dir.join(format!("n{i}.toml")))
@@ -546,22 +553,39 @@ impl Net {
 // agent decides by data-plane address and this suite checks the logs for the network path.
 
 const SVC_HOSTS: usize = 4;
-const FE: usize = 4;
 const KBPS: u64 = 400;
 const EXPORT_PORT: u16 = 7105;
 
 struct Services {
     net: Net,
     token: String,
+    /// The front-end's host (the last one).
+    fe: usize,
 }
 
 fn services_net(dist_args: &str, bitrate_bps: u64, extra: &str) -> Services {
+    services_net_on(SVC_HOSTS, "available", dist_args, bitrate_bps, "", extra)
+}
+
+/// `hosts` hosts in election `mode`: the last one the front-end only, the others agents
+/// that may lead, all running distributors with `dist_args` from the client namespace's
+/// origin; `frontend` more keys of the `[frontend]` table, `extra` TOML tables for every
+/// node.
+fn services_net_on(
+    hosts: usize,
+    mode: &str,
+    dist_args: &str,
+    bitrate_bps: u64,
+    frontend: &str,
+    extra: &str,
+) -> Services {
     let profile = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/profiles/distributor.json"
     );
+    let fe = hosts;
     let top = |i: usize| {
-        if i == FE {
+        if i == fe {
             format!(
                 "roles = [\"front-end\"]\nfrontend_http = \"{}:7102\"\n",
                 Net::ip(i)
@@ -571,18 +595,18 @@ fn services_net(dist_args: &str, bitrate_bps: u64, extra: &str) -> Services {
         }
     };
     let tables = format!(
-        "\n[frontend]\ndistributor_command = [{BIN:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"{dist_args}]\norigin = \"http://{CLIENT_IP}:8000\"\nbitrate_bps = {bitrate_bps}\n\n[agent]\nruntime = \"process\"\ncheckpoint_port = {EXPORT_PORT}\n\n[admission]\ndefault_profile = {profile:?}\n{extra}",
+        "\n[frontend]\ndistributor_command = [{BIN:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"{dist_args}]\norigin = \"http://{CLIENT_IP}:8000\"\nbitrate_bps = {bitrate_bps}\n{frontend}\n[agent]\nruntime = \"process\"\ncheckpoint_port = {EXPORT_PORT}\n\n[admission]\ndefault_profile = {profile:?}\n{extra}",
     );
     // Wildcard binds: what peers and viewers use must come from `advertise`.
-    let net = Net::start_with(SVC_HOSTS, "available", &top, &tables, true, true);
+    let net = Net::start_with(hosts, mode, &top, &tables, true, true);
     let token = net.token.clone();
-    Services { net, token }
+    Services { net, token, fe }
 }
 
 impl Services {
     /// `smart <args> --json --addr <front-end API>` run in the client namespace.
     fn cli(&self, args: &[&str]) -> Result<serde_json::Value, String> {
-        let addr = format!("http://{}:7104", Net::ip(FE));
+        let addr = format!("http://{}:7104", Net::ip(self.fe));
         let out = Command::new("ip")
             .args(["netns", "exec", &self.net.client_ns(), BIN])
             .args(args)
@@ -651,73 +675,108 @@ impl Services {
     }
 }
 
+/// Moves this thread into network namespace `ns`: sockets it makes from now on belong there.
+fn enter_namespace(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
+/// Serves `videos` generated videos (`v0`, `v1`, ...) at [`CLIENT_IP`]`:8000` on the
+/// current runtime (the thread must be in the client namespace).
+async fn serve_origin(videos: usize, (bitrate_bps, duration_ms): (u64, u64)) {
+    use smart_vod::origin::{Origin, Video};
+    use smart_vod::ts::VideoParams;
+    let mut o = Origin::new();
+    for v in 0..videos {
+        let video = Video::generated(VideoParams {
+            bitrate_bps,
+            duration_ms,
+        })
+        .unwrap();
+        o.add(&format!("v{v}"), video);
+    }
+    let l = tokio::net::TcpListener::bind(format!("{CLIENT_IP}:8000"))
+        .await
+        .unwrap();
+    tokio::spawn(std::sync::Arc::new(o).serve(l));
+}
+
+/// One viewer per `progress` (viewer `i` watches `v{i % videos}` through the front-end on
+/// host `fe`, reconnecting through it as players do), started over 2 s, until `stop`;
+/// returns each viewer's video and report.
+async fn play(
+    fe: usize,
+    videos: usize,
+    bitrate_bps: u64,
+    progress: Vec<std::sync::Arc<smart_vod::viewer::Progress>>,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> Vec<(String, smart_vod::viewer::ViewerReport)> {
+    use smart_vod::http::Url;
+    use smart_vod::viewer::{Shared, ViewerConfig, run_viewer_watched};
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let shared = std::sync::Arc::new(Shared::default());
+    let fe = format!("http://{}:7102", Net::ip(fe));
+    let n = progress.len();
+    let mut handles = Vec::new();
+    for (i, p) in progress.into_iter().enumerate() {
+        let video = format!("v{}", i % videos);
+        let url = Url::parse(&format!("{fe}/watch/{video}")).unwrap();
+        let cfg = ViewerConfig {
+            url: url.clone(),
+            frontend: Some(url),
+            bitrate_bps,
+            prefetch_bytes: 0,
+            start_buffer: Duration::from_millis(500),
+            start_offset: 0,
+        };
+        let (shared, rx) = (shared.clone(), rx.clone());
+        let delay = Duration::from_secs(2) * i as u32 / n.max(1) as u32;
+        handles.push((
+            video,
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                run_viewer_watched(&cfg, &shared, &p, rx).await
+            }),
+        ));
+    }
+    let _ = tokio::task::spawn_blocking(move || stop.recv()).await;
+    let _ = tx.send(true);
+    let mut out = Vec::new();
+    for (v, h) in handles {
+        out.push((v, h.await.unwrap()));
+    }
+    out
+}
+
+/// Runs `f` on a new thread in the client namespace `ns`, on its own runtime.
+fn in_client<T: Send + 'static, F: std::future::Future<Output = T>>(
+    ns: String,
+    f: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        enter_namespace(&ns);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+}
+
 /// The origin and `n` viewers in the client namespace, until `stop` is sent; returns each
 /// viewer's video and report.
 fn client_side(
     ns: String,
+    fe: usize,
     videos: usize,
     n: usize,
-    (bitrate_bps, duration_ms): (u64, u64),
+    params: (u64, u64),
     stop: std::sync::mpsc::Receiver<()>,
 ) -> std::thread::JoinHandle<Vec<(String, smart_vod::viewer::ViewerReport)>> {
-    use smart_vod::http::Url;
-    use smart_vod::origin::{Origin, Video};
-    use smart_vod::ts::VideoParams;
-    use smart_vod::viewer::{Shared, ViewerConfig, run_viewer};
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut o = Origin::new();
-            for v in 0..videos {
-                let video = Video::generated(VideoParams {
-                    bitrate_bps,
-                    duration_ms,
-                })
-                .unwrap();
-                o.add(&format!("v{v}"), video);
-            }
-            let l = tokio::net::TcpListener::bind(format!("{CLIENT_IP}:8000"))
-                .await
-                .unwrap();
-            tokio::spawn(std::sync::Arc::new(o).serve(l));
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            let shared = std::sync::Arc::new(Shared::default());
-            let fe = format!("http://{}:7102", Net::ip(FE));
-            let mut handles = Vec::new();
-            for i in 0..n {
-                let video = format!("v{}", i % videos);
-                let url = Url::parse(&format!("{fe}/watch/{video}")).unwrap();
-                let cfg = ViewerConfig {
-                    url: url.clone(),
-                    frontend: Some(url),
-                    bitrate_bps,
-                    prefetch_bytes: 0,
-                    start_buffer: Duration::from_millis(500),
-                    start_offset: 0,
-                };
-                let (shared, rx) = (shared.clone(), rx.clone());
-                let delay = Duration::from_secs(2) * i as u32 / n.max(1) as u32;
-                handles.push((
-                    video,
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        run_viewer(&cfg, &shared, rx).await
-                    }),
-                ));
-            }
-            let _ = tokio::task::spawn_blocking(move || stop.recv()).await;
-            let _ = tx.send(true);
-            let mut out = Vec::new();
-            for (v, h) in handles {
-                out.push((v, h.await.unwrap()));
-            }
-            out
-        })
+    in_client(ns, move || async move {
+        serve_origin(videos, params).await;
+        let progress = (0..n).map(|_| Default::default()).collect();
+        play(fe, videos, params.0, progress, stop).await
     })
 }
 
@@ -763,6 +822,7 @@ fn services_with_viewers(
     let (stop, rx) = std::sync::mpsc::channel();
     let viewers = client_side(
         s.net.client_ns(),
+        s.fe,
         load.videos,
         load.viewers,
         (load.bitrate_bps, load.duration_ms),
@@ -995,4 +1055,748 @@ fn bench_cross_host_migration_of_a_72_mb_cache_with_100_viewers() {
         assert_eq!(r.stalls, 0, "{video}: {r:?}");
         assert!(r.reconnects >= 1, "{video}: did not move {r:?}");
     }
+}
+
+// ---- Faults with services: the nemesis ------------------------------------------------------
+//
+// Five hosts (four agents that may lead, the fifth the front-end), four distributor services
+// admitted by the front-end when their first viewer asks, and two byte-checking viewers per
+// service in the client namespace that reconnect through the front-end as players do. Seven
+// faults, one per round, each followed by a bounded wait for the cluster to settle: exactly
+// one running instance of every service (the processes in the hosts' namespaces, each named
+// by the control socket its agent gave it, not what any node says), the Control's listing
+// naming that instance, and one Control that every running host agrees on and that alone
+// acts. Then a watch: no service lost or doubled and every viewer receiving bytes. In
+// majority mode a host cut off alone must start nothing while cut off. Rounds that fail are
+// collected and reported together with the figures.
+
+const NEM_HOSTS: usize = 5;
+const NEM_SERVICES: usize = 4;
+const NEM_VIEWERS_PER_SERVICE: usize = 2;
+/// The failure detector's dead time in these clusters: five nodes, four distributors and
+/// the viewers share two cores, and a node starved for half a second must not be declared
+/// dead between faults.
+const NEM_DEAD_AFTER: Duration = Duration::from_millis(1500);
+/// How long a partition or a SIGSTOP lasts: well past the dead time.
+const NEM_CUT: Duration = Duration::from_millis(4000);
+/// The bound on settling after a fault.
+const NEM_SETTLE: Duration = Duration::from_secs(30);
+/// After settling: how long the cluster and the viewers are watched, and the longest a
+/// viewer may go without a byte in that time before it counts as stalled.
+const NEM_WATCH: Duration = Duration::from_secs(6);
+const NEM_STALL: Duration = Duration::from_secs(4);
+/// How long after a whole-cluster restart (its new Control acting) the services are given
+/// to come back with no viewer asking for them.
+const NEM_RESTART_WINDOW: Duration = Duration::from_secs(12);
+/// Whether admitted services come back after a whole-cluster stop by themselves. False
+/// today: the Control keeps admissions in memory, and a stop of every node forgets them
+/// (viewers asking again re-admit them). Set to true when the desired state is kept in the
+/// replicated log; round 7 then requires every service back with no viewer asking.
+const SERVICES_SURVIVE_CLUSTER_RESTART: bool = false;
+
+/// What one look at the cluster found.
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// Running instance processes by service: `(host, instance)`.
+    running: std::collections::BTreeMap<String, Vec<(usize, String)>>,
+    /// The Control each running host sees.
+    views: Vec<(usize, Option<(u64, u64)>)>,
+    /// Running hosts whose Control acts (`control_acting` = 1).
+    acting: Vec<usize>,
+    /// The Control's listing, `(service, node, instance)` (empty when it did not answer).
+    listed: Vec<(String, u64, String)>,
+}
+
+impl Snapshot {
+    fn count(&self, svc: &str) -> usize {
+        self.running.get(svc).map_or(0, Vec::len)
+    }
+
+    fn lost(&self, services: &[String]) -> Vec<String> {
+        services
+            .iter()
+            .filter(|s| self.count(s) == 0)
+            .cloned()
+            .collect()
+    }
+
+    fn duplicated(&self) -> Vec<(String, Vec<(usize, String)>)> {
+        self.running
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(s, v)| (s.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The one Control: every running host sees it, and it alone acts.
+    fn control(&self) -> Option<u64> {
+        let first = self.views.first()?.1?;
+        let agreed = self.views.iter().all(|(_, v)| *v == Some(first));
+        (agreed && self.acting == [first.0 as usize]).then_some(first.0)
+    }
+
+    /// Settled: one Control, exactly one instance of each service (none on `avoid`), and
+    /// the Control lists each service at that instance.
+    fn settled(&self, services: &[String], avoid: Option<usize>) -> bool {
+        self.control().is_some()
+            && services.iter().all(|svc| {
+                let Some([(host, inst)]) = self.running.get(svc).map(Vec::as_slice) else {
+                    return false;
+                };
+                Some(*host) != avoid
+                    && self
+                        .listed
+                        .iter()
+                        .filter(|(s, _, _)| s == svc)
+                        .map(|(_, n, i)| (*n as usize, i))
+                        .eq([(*host, inst)])
+            })
+    }
+}
+
+/// One round's figures.
+#[derive(Debug, serde::Serialize)]
+struct Round {
+    mode: &'static str,
+    round: usize,
+    fault: String,
+    /// From the fault's last act (kill, heal, SIGCONT, drain request, SIGTERM; round 7: the
+    /// viewers' return after the restart) to settled; `None`: not within [`NEM_SETTLE`] of
+    /// the check's start.
+    settle_ms: Option<u64>,
+    /// Services whose settled instance is not the one that ran before the fault.
+    replaced: usize,
+    /// Services seen running twice or more between the fault and settling.
+    duplicates_before_settle: usize,
+    lost: usize,
+    duplicates_after_settle: usize,
+    corrupt: u64,
+    stalled_viewers: usize,
+    longest_silence_after_settle_ms: u64,
+}
+
+struct Viewers {
+    stop: std::sync::mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<Vec<(String, smart_vod::viewer::ViewerReport)>>,
+    progress: Vec<std::sync::Arc<smart_vod::viewer::Progress>>,
+}
+
+struct Nemesis {
+    s: Services,
+    mode: &'static str,
+    services: Vec<String>,
+    /// Whether host `i`'s node runs (index `i - 1`).
+    up: Vec<bool>,
+    origin: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    viewers: Option<Viewers>,
+    /// Reports of viewer sets already stopped.
+    reports: Vec<(String, smart_vod::viewer::ViewerReport)>,
+    /// Integrity errors of viewer sets already stopped.
+    corrupt_before: u64,
+    rounds: Vec<Round>,
+    failures: Vec<String>,
+}
+
+impl Nemesis {
+    fn start(mode: &'static str) -> Nemesis {
+        let tables = format!(
+            "\n[timing]\ndead_after = \"{}ms\"\n",
+            NEM_DEAD_AFTER.as_millis()
+        );
+        // All viewers come from the client namespace's one address, where a real audience
+        // has many: the front-end's per-address rate of new services must not refuse them
+        // (a refused viewer gives up) when their services are started again after a fault.
+        let frontend = "new_services_per_sec = 1000.0\nnew_services_burst = 1000\n";
+        let s = services_net_on(NEM_HOSTS, mode, "", KBPS * 1000, frontend, &tables);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let params = (KBPS * 1000, 600_000);
+        let origin = in_client(s.net.client_ns(), move || async move {
+            serve_origin(NEM_SERVICES, params).await;
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+        });
+        let mut n = Nemesis {
+            s,
+            mode,
+            services: (0..NEM_SERVICES).map(|v| format!("video-v{v}")).collect(),
+            up: vec![true; NEM_HOSTS],
+            origin: Some((tx, origin)),
+            viewers: None,
+            reports: Vec::new(),
+            corrupt_before: 0,
+            rounds: Vec::new(),
+            failures: Vec::new(),
+        };
+        n.start_viewers();
+        let t = Instant::now();
+        let (settled, snap, _) = n.settle(None);
+        assert!(
+            settled.is_some(),
+            "{mode}: the services did not start within {NEM_SETTLE:?}: {snap:?}\n{}",
+            n.s.net.logs()
+        );
+        println!(
+            "{mode}: {} services running {:?}s after the viewers started",
+            NEM_SERVICES,
+            t.elapsed().as_secs()
+        );
+        n
+    }
+
+    fn start_viewers(&mut self) {
+        let progress: Vec<std::sync::Arc<smart_vod::viewer::Progress>> = (0..NEM_SERVICES
+            * NEM_VIEWERS_PER_SERVICE)
+            .map(|_| Default::default())
+            .collect();
+        let (stop, rx) = std::sync::mpsc::channel();
+        let (fe, p) = (self.s.fe, progress.clone());
+        let handle = in_client(self.s.net.client_ns(), move || {
+            play(fe, NEM_SERVICES, KBPS * 1000, p, rx)
+        });
+        self.viewers = Some(Viewers {
+            stop,
+            handle,
+            progress,
+        });
+    }
+
+    fn stop_viewers(&mut self) {
+        if let Some(v) = self.viewers.take() {
+            self.corrupt_before += v.progress.iter().map(|p| p.integrity_errors()).sum::<u64>();
+            let _ = v.stop.send(());
+            self.reports.extend(v.handle.join().unwrap());
+        }
+    }
+
+    fn corrupt(&self) -> u64 {
+        self.corrupt_before
+            + self.viewers.as_ref().map_or(0, |v| {
+                v.progress.iter().map(|p| p.integrity_errors()).sum::<u64>()
+            })
+    }
+
+    /// The instance processes in every host's namespace: the agent starts each with
+    /// `SMART_CONTROL_SOCKET=<data dir>/instances/<instance>.sock`, and instance names are
+    /// `<service>.<generation>`.
+    fn running(&self) -> std::collections::BTreeMap<String, Vec<(usize, String)>> {
+        let mut out: std::collections::BTreeMap<String, Vec<(usize, String)>> = Default::default();
+        for i in 1..=NEM_HOSTS {
+            let pids = sh(&["ip", "netns", "pids", &self.s.net.ns(i)]).unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                // A zombie (killed, not reaped yet) has an empty environment.
+                let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                    continue;
+                };
+                let Some(sock) = env
+                    .split(|b| *b == 0)
+                    .find_map(|kv| kv.strip_prefix(b"SMART_CONTROL_SOCKET="))
+                else {
+                    continue;
+                };
+                let sock = String::from_utf8_lossy(sock).into_owned();
+                let Some(inst) = std::path::Path::new(&sock)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                else {
+                    continue;
+                };
+                let svc = inst.rsplit_once('.').map_or(inst.as_str(), |(s, _)| s);
+                out.entry(svc.to_string()).or_default().push((i, inst));
+            }
+        }
+        out
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let hosts: Vec<usize> = (1..=NEM_HOSTS).filter(|&i| self.up[i - 1]).collect();
+        let net = &self.s.net;
+        let statuses: Vec<(usize, Option<serde_json::Value>)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = hosts
+                .iter()
+                .map(|&i| sc.spawn(move || (i, net.status(i))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut snap = Snapshot {
+            running: self.running(),
+            listed: self.s.placed(),
+            ..Default::default()
+        };
+        for (i, st) in statuses {
+            let view = st.as_ref().and_then(|s| {
+                Some((
+                    s["control"]["node_id"].as_u64()?,
+                    s["control"]["epoch"].as_u64()?,
+                ))
+            });
+            let acting = st.as_ref().and_then(|s| {
+                s["counters"]
+                    .as_array()?
+                    .iter()
+                    .find(|kv| kv[0] == "control_acting")?[1]
+                    .as_u64()
+            });
+            snap.views.push((i, view));
+            if acting == Some(1) {
+                snap.acting.push(i);
+            }
+        }
+        snap
+    }
+
+    /// Polls until settled (see [`Snapshot::settled`]) or [`NEM_SETTLE`]; returns the
+    /// time it took, the last look, and the services seen running twice or more on the
+    /// way (the faults that leave a stale copy must show one here before it is stopped).
+    fn settle(&self, avoid: Option<usize>) -> (Option<Duration>, Snapshot, usize) {
+        let t = Instant::now();
+        let mut doubled = std::collections::BTreeSet::new();
+        loop {
+            let snap = self.snapshot();
+            doubled.extend(snap.duplicated().into_iter().map(|(s, _)| s));
+            if snap.settled(&self.services, avoid) {
+                return (Some(t.elapsed()), snap, doubled.len());
+            }
+            if t.elapsed() >= NEM_SETTLE {
+                return (None, snap, doubled.len());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// After settling at `since`: watches the instances and the viewers for
+    /// [`NEM_WATCH`]; returns (services seen doubled, services seen lost, stalled viewers,
+    /// longest silence).
+    fn watch(&self, since: Instant) -> (Vec<String>, Vec<String>, usize, Duration) {
+        let mut doubled = std::collections::BTreeSet::new();
+        let mut lost = std::collections::BTreeSet::new();
+        let progress = self.viewers.as_ref().map_or(&[][..], |v| &v.progress[..]);
+        let mut silence = vec![Duration::ZERO; progress.len()];
+        while since.elapsed() < NEM_WATCH {
+            let running = self.running();
+            for svc in &self.services {
+                match running.get(svc).map_or(0, Vec::len) {
+                    0 => lost.insert(svc.clone()),
+                    1 => false,
+                    _ => doubled.insert(format!("{svc} {:?}", running[svc])),
+                };
+            }
+            let now = Instant::now();
+            for (p, s) in progress.iter().zip(silence.iter_mut()) {
+                let last = p.last_byte().map_or(since, |l| l.max(since));
+                *s = (*s).max(now.saturating_duration_since(last));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let stalled = silence.iter().filter(|s| **s > NEM_STALL).count();
+        let longest = silence.iter().copied().max().unwrap_or_default();
+        (
+            doubled.into_iter().collect(),
+            lost.into_iter().collect(),
+            stalled,
+            longest,
+        )
+    }
+
+    /// Settles after a fault (none on `avoid`), watches, records the round and its
+    /// failures. `before`: the look before the fault (the viewers' integrity errors and
+    /// the instances), `at`: the fault's last act.
+    fn finish_round(
+        &mut self,
+        round: usize,
+        fault: String,
+        avoid: Option<usize>,
+        (corrupt0, before): (u64, Snapshot),
+        at: Instant,
+    ) {
+        let (settled, snap, doubled_before) = self.settle(avoid);
+        let settled = settled.map(|_| at.elapsed());
+        let replaced = self
+            .services
+            .iter()
+            .filter(|svc| snap.running.get(*svc) != before.running.get(*svc))
+            .count();
+        let tag = format!("{} round {round} ({fault})", self.mode);
+        let (doubled, lost_after, stalled, longest) = match settled {
+            Some(_) => self.watch(Instant::now()),
+            None => {
+                self.failures.push(format!(
+                    "{tag}: not settled within {NEM_SETTLE:?}: lost {:?}, duplicated {:?}, control views {:?}, acting {:?}, listed {:?}",
+                    snap.lost(&self.services),
+                    snap.duplicated(),
+                    snap.views,
+                    snap.acting,
+                    snap.listed
+                ));
+                (vec![], snap.lost(&self.services), 0, Duration::ZERO)
+            }
+        };
+        let control_after = self.snapshot().control();
+        if settled.is_some() && control_after.is_none() {
+            self.failures
+                .push(format!("{tag}: no single acting Control after the watch"));
+        }
+        if !doubled.is_empty() {
+            self.failures
+                .push(format!("{tag}: duplicates after settling: {doubled:?}"));
+        }
+        if !lost_after.is_empty() {
+            self.failures
+                .push(format!("{tag}: services not running: {lost_after:?}"));
+        }
+        if stalled > 0 {
+            self.failures.push(format!(
+                "{tag}: {stalled} viewers got no byte for more than {NEM_STALL:?} after settling (longest {longest:?})"
+            ));
+        }
+        let corrupt = self.corrupt() - corrupt0;
+        if corrupt > 0 {
+            self.failures
+                .push(format!("{tag}: {corrupt} integrity errors at viewers"));
+        }
+        let r = Round {
+            mode: self.mode,
+            round,
+            fault,
+            settle_ms: settled.map(|d| d.as_millis() as u64),
+            replaced,
+            duplicates_before_settle: doubled_before,
+            lost: lost_after.len(),
+            duplicates_after_settle: doubled.len(),
+            corrupt,
+            stalled_viewers: stalled,
+            longest_silence_after_settle_ms: longest.as_millis() as u64,
+        };
+        println!("{}", serde_json::to_string(&r).unwrap());
+        self.rounds.push(r);
+    }
+
+    /// Brings back every stopped node and undrains `drained`, then requires the cluster
+    /// settled: the next round starts from a whole cluster.
+    fn recover(&mut self, round: usize, drained: Option<usize>) {
+        for i in 1..=NEM_HOSTS {
+            if !self.up[i - 1] {
+                if let Some(mut c) = self.s.net.procs[i - 1].take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                let child = self.s.net.spawn(i);
+                self.s.net.procs[i - 1] = Some(child);
+                self.up[i - 1] = true;
+            }
+        }
+        if let Some(d) = drained
+            && let Err(e) = self.s.cli(&["undrain", &d.to_string()])
+        {
+            self.failures
+                .push(format!("{} round {round}: undrain n{d}: {e}", self.mode));
+        }
+        // The restarted nodes must be heard and counted before the next fault.
+        let (settled, snap, _) = self.settle(None);
+        if settled.is_none() {
+            panic!(
+                "{} round {round}: the cluster did not recover: {snap:?}\nfailures so far: {:#?}\n{}",
+                self.mode,
+                self.failures,
+                self.s.net.logs()
+            );
+        }
+    }
+
+    /// The acting Control, an agent host other than it running a service (the lowest), and
+    /// the look before a fault (the viewers' integrity errors and the cluster).
+    fn targets(&self) -> (usize, usize, (u64, Snapshot)) {
+        let corrupt = self.corrupt();
+        let snap = self.snapshot();
+        let c = snap
+            .control()
+            .unwrap_or_else(|| panic!("{}: no single acting Control: {snap:?}", self.mode))
+            as usize;
+        let other = snap
+            .running
+            .values()
+            .flatten()
+            .map(|(h, _)| *h)
+            .filter(|&h| h != c)
+            .min()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: every service runs on the Control's host n{c}: {snap:?}",
+                    self.mode
+                )
+            });
+        (c, other, (corrupt, snap))
+    }
+
+    /// kill -9 of every process of host `i` (its node and instances: the machine dies).
+    fn kill_host(&mut self, i: usize) {
+        kill_namespace(&self.s.net.ns(i));
+        if let Some(c) = self.s.net.procs[i - 1].as_mut() {
+            let _ = c.wait();
+        }
+        self.up[i - 1] = false;
+    }
+
+    /// Sends `sig` to every process of host `i`.
+    fn signal_host(&self, i: usize, sig: nix::sys::signal::Signal) {
+        let pids = sh(&["ip", "netns", "pids", &self.s.net.ns(i)]).unwrap_or_default();
+        for p in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
+        }
+    }
+
+    /// SIGTERM to host `i`'s node; waits (10 s at most) for it to exit. Returns false if it
+    /// had to be killed.
+    fn term_node(&mut self, i: usize) -> bool {
+        let Some(c) = self.s.net.procs[i - 1].as_mut() else {
+            return true;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut clean = true;
+        while !matches!(c.try_wait(), Ok(Some(_))) {
+            if Instant::now() >= deadline {
+                clean = false;
+                let _ = c.kill();
+                let _ = c.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.up[i - 1] = false;
+        clean
+    }
+
+    fn run(mut self) {
+        let mode = self.mode;
+        // 1. kill -9 of a service host that is not the Control's.
+        let (_, h, before) = self.targets();
+        self.kill_host(h);
+        let at = Instant::now();
+        self.finish_round(1, format!("kill -9 of service host n{h}"), None, before, at);
+        self.recover(1, None);
+
+        // 2. kill -9 of the Control's host.
+        let (c, _, before) = self.targets();
+        self.kill_host(c);
+        let at = Instant::now();
+        let fault = format!("kill -9 of the Control's host n{c}");
+        self.finish_round(2, fault, None, before, at);
+        self.recover(2, None);
+
+        // 3. A service host cut off past the dead time, then healed.
+        let (_, h, before) = self.targets();
+        let had: Vec<String> = before
+            .1
+            .running
+            .values()
+            .flatten()
+            .filter(|(host, _)| *host == h)
+            .map(|(_, i)| i.clone())
+            .collect();
+        self.s.net.unplug(h);
+        // In majority mode the cut-off host is a minority of one: nothing may start there
+        // until it is back (its instances may only stop).
+        let cut = Instant::now();
+        let mut started = std::collections::BTreeSet::new();
+        while cut.elapsed() < NEM_CUT {
+            for (host, inst) in self.running().into_values().flatten() {
+                if host == h && !had.contains(&inst) {
+                    started.insert(inst);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        self.s.net.plug(h);
+        println!(
+            "{mode} round 3: instances started on the cut-off n{h} while cut off: {started:?}"
+        );
+        if mode == "majority" && !started.is_empty() {
+            self.failures.push(format!(
+                "{mode} round 3: the cut-off host n{h}, a minority, started {started:?} while cut off (a Control without a majority acted)"
+            ));
+        }
+        let at = Instant::now();
+        let fault = format!("partition of service host n{h} for {NEM_CUT:?}");
+        self.finish_round(3, fault, None, before, at);
+        self.recover(3, None);
+
+        // 4. The Control's host frozen past the dead time, then resumed.
+        let (c, _, before) = self.targets();
+        self.signal_host(c, nix::sys::signal::Signal::SIGSTOP);
+        std::thread::sleep(NEM_CUT);
+        self.signal_host(c, nix::sys::signal::Signal::SIGCONT);
+        let at = Instant::now();
+        let fault = format!("SIGSTOP of the Control's host n{c} for {NEM_CUT:?}");
+        self.finish_round(4, fault, None, before, at);
+        self.recover(4, None);
+
+        // 5. A drain of a service host.
+        let (_, h, before) = self.targets();
+        let at = Instant::now();
+        if let Err(e) = self.s.cli(&["drain", &h.to_string()]) {
+            self.failures
+                .push(format!("{mode} round 5: drain of n{h} refused: {e}"));
+        }
+        let fault = format!("drain of service host n{h}");
+        self.finish_round(5, fault, Some(h), before, at);
+        self.recover(5, Some(h));
+
+        // 6. SIGTERM of the Control's node: a planned stop that hands over.
+        let (c, _, before) = self.targets();
+        let at = Instant::now();
+        if !self.term_node(c) {
+            self.failures.push(format!(
+                "{mode} round 6: the Control's node n{c} did not stop within 10 s of SIGTERM"
+            ));
+        }
+        let fault = format!("SIGTERM of the Control's node n{c}");
+        self.finish_round(6, fault, None, before, at);
+        self.recover(6, None);
+
+        // 7. Every node stopped (SIGTERM) and started again. The viewers stop first, so
+        // that what comes back is what the cluster kept, not what viewers asked for again.
+        self.stop_viewers();
+        let before = (self.corrupt(), self.snapshot());
+        for i in 1..=NEM_HOSTS {
+            if !self.term_node(i) {
+                self.failures.push(format!(
+                    "{mode} round 7: n{i} did not stop within 10 s of SIGTERM"
+                ));
+            }
+        }
+        let orphans = self.running();
+        if !orphans.is_empty() {
+            self.failures.push(format!(
+                "{mode} round 7: instances outlived their stopped nodes: {orphans:?}"
+            ));
+        }
+        for i in 1..=NEM_HOSTS {
+            let child = self.s.net.spawn(i);
+            self.s.net.procs[i - 1] = Some(child);
+            self.up[i - 1] = true;
+        }
+        let t = Instant::now();
+        let mut snap = self.snapshot();
+        while snap.control().is_none() && t.elapsed() < NEM_SETTLE {
+            std::thread::sleep(Duration::from_millis(200));
+            snap = self.snapshot();
+        }
+        let acting_ms = t.elapsed().as_millis() as u64;
+        let t_act = Instant::now();
+        while snap.control().is_some()
+            && !snap.lost(&self.services).is_empty()
+            && t_act.elapsed() < NEM_RESTART_WINDOW
+        {
+            std::thread::sleep(Duration::from_millis(300));
+            snap = self.snapshot();
+        }
+        let back = NEM_SERVICES - snap.lost(&self.services).len();
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": mode,
+                "round": 7,
+                "control_acting_after_start_ms": acting_ms,
+                "services_back_without_viewers": back,
+                "services_admitted": NEM_SERVICES,
+                "window_ms": NEM_RESTART_WINDOW.as_millis() as u64,
+                "required": SERVICES_SURVIVE_CLUSTER_RESTART,
+            })
+        );
+        if snap.control().is_none() {
+            self.failures.push(format!(
+                "{mode} round 7: no single acting Control {NEM_SETTLE:?} after the restart: {snap:?}"
+            ));
+        }
+        if SERVICES_SURVIVE_CLUSTER_RESTART && back < NEM_SERVICES {
+            self.failures.push(format!(
+                "{mode} round 7: {back} of {NEM_SERVICES} services came back after a whole-cluster restart: {:?} missing",
+                snap.lost(&self.services)
+            ));
+        }
+        // Viewers come back and ask: every service runs again, once, and plays. The settle
+        // time counts from their return (the wait above is the test's, not the cluster's).
+        self.start_viewers();
+        let at = Instant::now();
+        let fault = "whole-cluster SIGTERM and start (settle from the viewers' return)";
+        self.finish_round(7, fault.into(), None, before, at);
+        if let Some(r) = self.rounds.last_mut() {
+            // Lost across the restart: what did not come back by itself.
+            r.lost += NEM_SERVICES - back;
+        }
+        self.stop_viewers();
+        self.summary();
+    }
+
+    fn summary(&mut self) {
+        let mode = self.mode;
+        let settles: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter_map(|r| r.settle_ms.map(|m| m as f64))
+            .collect();
+        let sum = |f: &dyn Fn(&Round) -> u64| self.rounds.iter().map(f).sum::<u64>();
+        let max_settle = settles.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": mode,
+                "rounds": self.rounds.len(),
+                "lost_rounds_1_6": sum(&|r| if r.round < 7 { r.lost as u64 } else { 0 }),
+                "lost_round_7": sum(&|r| if r.round == 7 { r.lost as u64 } else { 0 }),
+                "duplicates_after_settle": sum(&|r| r.duplicates_after_settle as u64),
+                "corrupt": sum(&|r| r.corrupt),
+                "stalled_viewers": sum(&|r| r.stalled_viewers as u64),
+                "settle_p50_ms": p50(settles.clone()),
+                "settle_max_ms": max_settle,
+                "viewers": self.reports.len(),
+                "viewer_reconnects": self.reports.iter().map(|(_, r)| r.reconnects as u64).sum::<u64>(),
+                "viewer_bytes": self.reports.iter().map(|(_, r)| r.bytes).sum::<u64>(),
+            })
+        );
+        for (video, r) in &self.reports {
+            if r.integrity_errors > 0 || r.http_error.is_some() {
+                self.failures
+                    .push(format!("{mode}: viewer of {video} ended with {r:?}"));
+            }
+        }
+        if let Some((stop, h)) = self.origin.take() {
+            let _ = stop.send(());
+            let _ = h.join();
+        }
+        assert!(
+            self.failures.is_empty(),
+            "{} failure(s) in {mode} mode:\n{}\n{}",
+            self.failures.len(),
+            self.failures.join("\n"),
+            self.s.net.logs()
+        );
+    }
+}
+
+/// The faults of docs/figures.md ("Faults with services on namespace hosts") in available
+/// mode. `cargo nextest run -p smart --test netns --run-ignored only -E 'test(nemesis)'
+/// --no-capture` (root) prints one JSON line per round and a summary.
+#[test]
+#[ignore = "nemesis (minutes): run by .ci/run's benchmark step (--run-ignored only)"]
+fn nemesis_available_mode_with_services_and_viewers() {
+    if !can_run(false) {
+        return;
+    }
+    Nemesis::start("available").run();
+}
+
+/// [`nemesis_available_mode_with_services_and_viewers`] in majority mode.
+#[test]
+#[ignore = "nemesis (minutes): run by .ci/run's benchmark step (--run-ignored only)"]
+fn nemesis_majority_mode_with_services_and_viewers() {
+    if !can_run(false) {
+        return;
+    }
+    Nemesis::start("majority").run();
 }

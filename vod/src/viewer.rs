@@ -11,7 +11,8 @@
 //!
 //! ## Layout
 //! - [`Playback`]: pure playback-buffer model.
-//! - [`ViewerConfig`], [`run_viewer`], [`ViewerReport`]: one viewer.
+//! - [`ViewerConfig`], [`run_viewer`], [`ViewerReport`]: one viewer; [`run_viewer_watched`]
+//!   with [`Progress`], its live figures (a fault test watches each viewer while it plays).
 //! - [`Histogram`], [`LoadConfig`], [`run_load`], [`QoeSummary`]: the load generator.
 
 use std::cell::RefCell;
@@ -319,8 +320,52 @@ enum ReadOutcome {
     Failed,
 }
 
+/// One viewer's live figures, read while it plays: a [`ViewerReport`] arrives only when the
+/// viewer ends, but a test that injects faults must know, fault by fault, whether bytes
+/// still flow and whether any was wrong. One per viewer (no shared cache line).
+#[derive(Debug)]
+pub struct Progress {
+    base: Instant,
+    /// Microseconds from `base` to the last byte received, plus one (0: none yet).
+    last_byte_us: AtomicU64,
+    bytes: AtomicU64,
+    integrity_errors: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            last_byte_us: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            integrity_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress {
+    /// Bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Integrity errors so far (as [`ViewerReport::integrity_errors`] will count them).
+    pub fn integrity_errors(&self) -> u64 {
+        self.integrity_errors.load(Ordering::Relaxed)
+    }
+
+    /// When the last byte arrived (`None` before the first).
+    pub fn last_byte(&self) -> Option<Instant> {
+        match self.last_byte_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(self.base + Duration::from_micros(us - 1)),
+        }
+    }
+}
+
 struct Session<'a> {
     shared: &'a Shared,
+    progress: Option<&'a Progress>,
     t0: Instant,
     play: Playback,
     checker: TsChecker,
@@ -362,6 +407,15 @@ impl Session<'_> {
         self.play.on_data(now_i.duration_since(self.t0), n);
         self.report.bytes += n;
         self.report.offset += n;
+        if let Some(p) = self.progress {
+            let us = now_i.duration_since(p.base).as_micros() as u64 + 1;
+            p.last_byte_us.store(us, Ordering::Relaxed);
+            p.bytes.store(self.report.bytes, Ordering::Relaxed);
+            p.integrity_errors.store(
+                self.report.integrity_errors + self.checker.errors(),
+                Ordering::Relaxed,
+            );
+        }
         conn.1 += n;
         let due = conn.1.saturating_sub(conn.2) as f64 / conn.3;
         let late_ms = (now_i.duration_since(conn.0).as_secs_f64() - due) * 1000.0;
@@ -386,10 +440,30 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 pub async fn run_viewer(
     cfg: &ViewerConfig,
     shared: &Shared,
+    stop: watch::Receiver<bool>,
+) -> ViewerReport {
+    viewer_loop(cfg, shared, None, stop).await
+}
+
+/// [`run_viewer`] that keeps `progress` up to date while it plays.
+pub async fn run_viewer_watched(
+    cfg: &ViewerConfig,
+    shared: &Shared,
+    progress: &Progress,
+    stop: watch::Receiver<bool>,
+) -> ViewerReport {
+    viewer_loop(cfg, shared, Some(progress), stop).await
+}
+
+async fn viewer_loop(
+    cfg: &ViewerConfig,
+    shared: &Shared,
+    progress: Option<&Progress>,
     mut stop: watch::Receiver<bool>,
 ) -> ViewerReport {
     let mut s = Session {
         shared,
+        progress,
         t0: Instant::now(),
         play: Playback::new(cfg.bitrate_bps, cfg.start_buffer),
         checker: TsChecker::new(cfg.start_offset),
@@ -467,6 +541,9 @@ pub async fn run_viewer(
         if start != Some(s.report.offset) {
             // The server would hand us bytes we did not ask for: an integrity failure.
             s.report.integrity_errors += 1;
+            if let Some(p) = progress {
+                p.integrity_errors.fetch_add(1, Ordering::Relaxed);
+            }
             break;
         }
         let size = resp

@@ -513,3 +513,76 @@ async fn control_socket_speaks_the_documented_line_protocol() {
     let (status, _) = raw(&dist.url, "GET /v.ts HTTP/1.1\r\n\r\n").await;
     assert_eq!(status, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_shows_live_bytes_silence_and_corruption() {
+    // A playing viewer: its progress moves while bytes flow and stands still once its
+    // distributor is gone; at the end it agrees with the report.
+    let env = origin(400_000, 30_000).await;
+    let a = distributor(&env, |c| c.prefetch_ms = 500).await;
+    let progress = Arc::new(viewer::Progress::default());
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let v = {
+        let (cfg, p) = (viewer_cfg(&a.url), progress.clone());
+        tokio::spawn(
+            async move { viewer::run_viewer_watched(&cfg, &Shared::default(), &p, rx).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let first = progress.last_byte().expect("bytes arrived");
+    assert!(progress.bytes() > 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        progress.last_byte().unwrap() > first,
+        "paced bytes keep coming"
+    );
+    a.d.stop();
+    a.task.abort();
+    let _ = a.task.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let silent_since = progress.last_byte().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        progress.last_byte(),
+        Some(silent_since),
+        "nothing after the stop"
+    );
+    tx.send(true).unwrap();
+    let r = v.await.unwrap();
+    assert_eq!(progress.bytes(), r.bytes);
+    assert_eq!(progress.integrity_errors(), 0);
+    assert_eq!(r.integrity_errors, 0);
+
+    // A server that answers 200 with bytes that are no transport stream: the errors show
+    // while the viewer is still connected.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("http://{}/v.ts", l.local_addr().unwrap())).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = [0u8; 1024];
+        let _ = s.read(&mut req).await.unwrap();
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[0u8; 188 * 10]).await.unwrap();
+        // Held open: the viewer is still connected when the test reads its progress.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let progress = Arc::new(viewer::Progress::default());
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let v = {
+        let (cfg, p) = (viewer_cfg(&url), progress.clone());
+        tokio::spawn(
+            async move { viewer::run_viewer_watched(&cfg, &Shared::default(), &p, rx).await },
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while progress.integrity_errors() == 0 {
+        assert!(Instant::now() < deadline, "no live integrity error");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(progress.bytes(), 188 * 10);
+    tx.send(true).unwrap();
+    let r = v.await.unwrap();
+    assert_eq!(r.integrity_errors, progress.integrity_errors());
+    server.abort();
+}
