@@ -167,6 +167,9 @@ enum BenchCmd {
     /// HTTP API latency (`/v1/status`, `/v1/services`) under a steady load, and the
     /// dashboard's update delay after a node dies.
     Api(smart_bench::bench_api::ApiBenchArgs),
+    /// The desired-state log: admission latency with its commit, and a whole-cluster
+    /// restart until every admitted service is back.
+    Desired(smart_bench::bench_desired::DesiredBenchArgs),
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
@@ -376,6 +379,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Distributor(args) => distributor(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Api(args)) => {
             smart_bench::bench_api::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::Desired(args)) => {
+            smart_bench::bench_desired::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Frontend(args)) => {

@@ -72,7 +72,8 @@ pub struct ApiBench {
     pub dashboard_skipped: Option<String>,
 }
 
-fn other(what: impl std::fmt::Display) -> ClusterError {
+/// A failure of the benchmark itself (not of one node), as a [`ClusterError`].
+pub(crate) fn other(what: impl std::fmt::Display) -> ClusterError {
     ClusterError::Node {
         node: 0,
         reason: what.to_string(),

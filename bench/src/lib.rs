@@ -12,12 +12,15 @@
 //! - [`case_study`]: the demo itself, the Smart-GloVE case study.
 //! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
 //! - [`bench_api`]: `smart bench api`, the HTTP API's latency and the dashboard's delay.
+//! - [`bench_desired`]: `smart bench desired`, the desired-state log's write latency and a
+//!   whole-cluster restart.
 //! - [`videos`]: real H.264 + AAC videos (ffmpeg, cached) and an in-process origin.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 pub mod bench_api;
+pub mod bench_desired;
 pub mod bench_frontend;
 pub mod case_study;
 pub mod cluster;
