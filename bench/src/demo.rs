@@ -61,6 +61,9 @@ pub struct FailoverBenchArgs {
     /// How the Control's node is stopped.
     #[arg(long, value_enum, default_value_t = StopKind::Kill)]
     pub stop: StopKind,
+    /// Run the cluster in majority mode (default: available).
+    #[arg(long)]
+    pub majority: bool,
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
@@ -150,6 +153,9 @@ pub async fn bench_failover(args: FailoverBenchArgs) -> Result<(), ClusterError>
     // The nodes' log filter: quiet unless asked (`SMART_BENCH_LOG=debug`, with
     // `SMART_KEEP_CLUSTER=1` to keep the logs).
     spec.log = std::env::var("SMART_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    if args.majority {
+        spec.mode = crate::cluster::ElectionMode::Majority;
+    }
     let mut cluster = LocalCluster::start(spec)?;
     let mut times = Vec::new();
     for t in 0..args.trials {
@@ -184,14 +190,19 @@ pub async fn bench_failover(args: FailoverBenchArgs) -> Result<(), ClusterError>
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"trials": times.len(), "stop": args.stop, "nodes": args.nodes, "failover_p50_ms": p50, "failover_p99_ms": p99, "failover_max_ms": max})
+            serde_json::json!({"trials": times.len(), "stop": args.stop, "majority": args.majority, "nodes": args.nodes, "failover_p50_ms": p50, "failover_p99_ms": p99, "failover_max_ms": max})
         );
     } else {
         println!(
-            "control failover ({}) over {} trials ({} nodes, default timings): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            "control failover ({}, {} mode) over {} trials ({} nodes, default timings): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             match args.stop {
                 StopKind::Kill => "kill -9",
                 StopKind::Term => "SIGTERM, hand-over",
+            },
+            if args.majority {
+                "majority"
+            } else {
+                "available"
             },
             times.len(),
             args.nodes,
