@@ -42,7 +42,7 @@ use smart_api::NodeRequest;
 use smart_control::peer::PeerClient;
 use smart_control::{Control, ControlEvent, ControlMsg, ControlTuning, Deposed};
 use smart_membership::epoch::Fatal;
-use smart_membership::view::ClusterView;
+use smart_membership::view::{ActingLease, ClusterView};
 use smart_proto::{ClusterKey, Epoch, Role};
 use smart_transport::Endpoint;
 use tokio::sync::watch;
@@ -106,6 +106,8 @@ pub struct NodeSupervisor {
     pub endpoint: Endpoint,
     /// The cluster view membership publishes.
     pub view: Arc<watch::Sender<ClusterView>>,
+    /// Whether (and until when) the local Control may act, as membership publishes it.
+    pub acting: Arc<watch::Sender<ActingLease>>,
     /// Node counters.
     pub counters: Arc<Counters>,
     /// Event subscribers of this node (and its ring of recent events).
@@ -187,6 +189,7 @@ impl NodeSupervisor {
                         warnings: self.warnings.clone(),
                         durable: self.durable.clone(),
                         view: self.view.clone(),
+                        acting: self.acting.clone(),
                         counters: self.counters.clone(),
                         subscribers: self.subscribers.clone(),
                         load: self.routes.readers().load_source(),
@@ -341,6 +344,8 @@ impl NodeSupervisor {
                 node: self.cfg.id(),
                 epoch: slot.epoch,
                 acting: slot.acting,
+                // The one source of whether this Control may act.
+                acting_source: Arc::new(self.acting.subscribe()),
                 peers: self.peers.clone(),
                 view: self.view.subscribe(),
                 events,
@@ -493,7 +498,7 @@ impl NodeSupervisor {
                 {
                     slot.acting = acting;
                     if let Some(a) = &slot.actor {
-                        let _ = a.send_message(ControlMsg::SetActing { epoch, acting });
+                        let _ = a.send_message(ControlMsg::ActingChanged);
                     }
                 }
             }

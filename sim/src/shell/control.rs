@@ -40,7 +40,8 @@ impl Sim {
             engine.handle(
                 Input::SetActing {
                     epoch: slot.epoch,
-                    acting: true,
+                    acting: p.acting.epoch == Some(slot.epoch),
+                    until: p.acting.until,
                 },
                 now,
             );
@@ -143,19 +144,55 @@ impl Sim {
                 Input::Api { id, req }
             }
             CtlMsg::SetEpoch(e) => Input::SetEpoch(e),
-            CtlMsg::SetActing { epoch, acting } => Input::SetActing { epoch, acting },
+            CtlMsg::ActingChanged => {
+                // `ActingChanged`: only the acting source is read.
+                let out = self.sync_acting(n);
+                self.execute_control(n, cid, out);
+                return;
+            }
         };
         let out = self.control_handle(n, input);
         self.execute_control(n, cid, out);
     }
 
-    /// One step of the engine, and the per-epoch acting record it may change.
+    /// One step of the engine (`Control::step`: told first what the acting source says
+    /// now, and again after a re-assertion), and the per-epoch acting record it may change.
     fn control_handle(&mut self, n: usize, input: Input) -> Vec<Output> {
         let now = self.clock(n);
+        let mut out = self.sync_acting(n);
         let Some(c) = self.proc_mut(n).and_then(|p| p.control.as_mut()) else {
             return Vec::new();
         };
-        let out = c.engine.handle(input, now);
+        let epoch = c.engine.epoch();
+        out.extend(c.engine.handle(input, now));
+        let reasserted = c.engine.epoch() != epoch;
+        crate::invariants::acting::record(self, n);
+        if reasserted {
+            out.extend(self.sync_acting(n));
+        }
+        out
+    }
+
+    /// `Control::sync_acting`: the engine told whether it may act at its epoch, and until
+    /// when, from what membership published last.
+    fn sync_acting(&mut self, n: usize) -> Vec<Output> {
+        let now = self.clock(n);
+        let Some(p) = self.proc_mut(n) else {
+            return Vec::new();
+        };
+        let lease = p.acting;
+        let Some(c) = p.control.as_mut() else {
+            return Vec::new();
+        };
+        let epoch = c.engine.epoch();
+        let out = c.engine.handle(
+            Input::SetActing {
+                epoch,
+                acting: lease.epoch == Some(epoch),
+                until: lease.until,
+            },
+            now,
+        );
         crate::invariants::acting::record(self, n);
         out
     }

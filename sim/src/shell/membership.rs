@@ -126,6 +126,10 @@ impl Sim {
         if publish {
             self.publish_view(n);
         }
+        // The acting lease, after the outputs (as the real actor, after every input).
+        if let Some(p) = self.proc_mut(n) {
+            p.acting = p.membership.acting_lease(now);
+        }
     }
 
     fn sup(&mut self, n: usize, boot: u64, msg: SupMsg) {
@@ -227,7 +231,7 @@ impl Sim {
                 {
                     slot.acting = acting;
                     if let Some(cid) = slot.actor {
-                        self.tell_control(n, cid, CtlMsg::SetActing { epoch, acting });
+                        self.tell_control(n, cid, CtlMsg::ActingChanged);
                     }
                 }
             }

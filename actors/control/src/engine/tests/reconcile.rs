@@ -91,11 +91,11 @@ fn the_rebuild_keeps_the_copy_with_more_viewers_even_of_a_lower_generation() {
     assert_eq!(
         out,
         vec![
-            stop_cmd(1, 1, "video-a.1001"),
             Output::Rebuilt {
                 epoch: EPOCH,
                 agents: 2
-            }
+            },
+            stop_cmd(1, 1, "video-a.1001"),
         ]
     );
     // Admitted with the viewers of both copies.
@@ -494,6 +494,7 @@ fn rebuilt_from(
         Input::SetActing {
             epoch: EPOCH,
             acting: true,
+            until: None,
         },
         now,
     );
