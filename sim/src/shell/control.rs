@@ -49,13 +49,15 @@ impl Sim {
         let cid = self.next_cid;
         self.next_cid += 1;
         let Some(p) = self.proc_mut(n) else { return };
+        // What post_start's rebuild knows (`known`), the agents watcher's starting point.
+        let known = p.view.agents.clone();
         p.control = Some(ControlActor {
             cid,
             engine,
             started: false,
             mailbox: VecDeque::new(),
             post_rest: Vec::new(),
-            last_agents: Vec::new(),
+            last_agents: known,
             next_api: 1,
             calls: HashMap::new(),
             rounds: HashMap::new(),
@@ -425,8 +427,14 @@ impl Sim {
             return;
         };
         c.started = true;
-        c.last_agents = agents;
+        // The agents watcher starts from the agents the rebuild knew: a change while it ran
+        // is sent at once.
+        let changed = c.last_agents != agents;
+        c.last_agents = agents.clone();
         let mailbox = std::mem::take(&mut c.mailbox);
+        if changed {
+            self.tell_control(n, cid, CtlMsg::Input(Input::Agents(agents)));
+        }
         self.push(self.timer(n, REFRESH), Ev::CTick { n, cid });
         for msg in mailbox {
             self.on_ctl(n, cid, msg);
