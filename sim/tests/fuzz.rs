@@ -1,7 +1,7 @@
 //! Random scenarios from seeds, in both election modes, every invariant checked after every
 //! event: `cargo test -p smart-sim --release --test fuzz -- --nocapture`. `SIM_SEEDS=<n>`
 //! sets how many seeds per mode (default 400 in release, about half a minute per mode on a
-//! 2-core machine; 40 in a debug build, which runs about ten times slower),
+//! 2-core machine; 16 in a debug build, which runs about thirty times slower),
 //! `SIM_FIRST_SEED=<s>` where they start.
 //! A failing seed is replayed alone with
 //! `SIM_SEED=<seed> SIM_MODE=<available|majority> cargo test -p smart-sim --release --test fuzz replay -- --nocapture`.
@@ -17,8 +17,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use smart_sim::{Failure, Mode, Op, Options, Outcome, Setup, generate, run};
 
-/// Seeds per mode when `SIM_SEEDS` is not set (a debug build runs about ten times slower).
-const DEFAULT_SEEDS: u64 = if cfg!(debug_assertions) { 40 } else { 400 };
+/// Seeds per mode when `SIM_SEEDS` is not set (a debug build runs about thirty times slower).
+const DEFAULT_SEEDS: u64 = if cfg!(debug_assertions) { 16 } else { 400 };
 /// Operations per random scenario (plus the start and the final settle).
 const LEN: usize = 24;
 
