@@ -4,6 +4,9 @@
 //! - `post_start`: `Start`, its report round run to completion (each request bounded by
 //!   the request timeout), the `Reports` fed, the rest executed; then a `Tick` every
 //!   refresh and the agents watcher; messages that came meanwhile wait in the mailbox;
+//! - before every step of the engine, what membership published last (its acting source:
+//!   whether, and until when, it may act) is fed as `SetActing`; `ActingChanged` only
+//!   reads it;
 //! - every command and round in a task of its own whose answer comes back as an input;
 //! - `Stale` ends the actor (`Deposed`): the supervisor keeps the slot without an actor and
 //!   restarts nothing; membership is told (`ControlStale`).
