@@ -25,7 +25,7 @@ use crate::engine::{Dest, EngineConfig, Input, NodeEngine, Output};
 use crate::epoch::{EpochStore, Fatal, PersistError};
 use crate::udp::{self, MulticastParams};
 use crate::view::AgentAddr;
-use crate::view::{ClusterView, ControlAt};
+use crate::view::{ActingLease, ClusterView, ControlAt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -79,6 +79,9 @@ pub struct Membership {
     pub durable: Arc<DurableState>,
     /// Where the cluster view is published.
     pub view: Arc<watch::Sender<ClusterView>>,
+    /// Where whether (and until when) the local Control may act is published, after every
+    /// input: the Control reads it right before each decision.
+    pub acting: Arc<watch::Sender<ActingLease>>,
     /// Counters.
     pub counters: Arc<Counters>,
     /// Event subscribers of this node.
@@ -604,6 +607,14 @@ impl Membership {
         if datagram {
             self.publish(st);
         }
+        // After the outputs: a step-down is visible to the Control at once, before the
+        // supervisor stops it.
+        let lease = st.engine.acting_lease(now);
+        self.acting.send_if_modified(|l| {
+            let changed = *l != lease;
+            *l = lease;
+            changed
+        });
         Ok(())
     }
 }

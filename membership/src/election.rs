@@ -625,6 +625,24 @@ impl LeaseHolder {
             .count()
     }
 
+    /// The instant from which fewer than `quorum` of `members` hold a grant valid at `now`
+    /// (`None` when fewer hold one already): the `quorum`-th latest expiry.
+    pub fn quorum_until(
+        &self,
+        members: &BTreeSet<NodeId>,
+        quorum: usize,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut valid: Vec<Instant> = self
+            .expiry
+            .iter()
+            .filter(|(n, until)| members.contains(n) && now < **until)
+            .map(|(_, until)| *until)
+            .collect();
+        valid.sort_unstable_by(|a, b| b.cmp(a));
+        valid.get(quorum.checked_sub(1)?).copied()
+    }
+
     /// Forgets all grants (on stepping down).
     pub fn clear(&mut self) {
         self.expiry.clear();
@@ -907,6 +925,11 @@ mod tests {
         h.record(NodeId(2), t0 + ms(200));
         assert_eq!(h.valid(&members, t0 + ms(250)), 2, "keeps the later expiry");
         assert_eq!(h.next_expiry(t0), Some(t0 + ms(300)));
+        // Two of three valid until the second-latest expiry among members (n9 is none).
+        assert_eq!(h.quorum_until(&members, 2, t0), Some(t0 + ms(300)));
+        assert_eq!(h.quorum_until(&members, 1, t0), Some(t0 + ms(500)));
+        assert_eq!(h.quorum_until(&members, 2, t0 + ms(300)), None);
+        assert_eq!(h.quorum_until(&members, 3, t0), None);
         h.clear();
         assert_eq!(h.valid(&members, t0), 0);
         assert_eq!(

@@ -20,7 +20,10 @@
 //! unexpired grants of configured members and reports [`Output::ControlActing`]. The Control
 //! dates a grant from when it *sent* the datagram the granter acknowledged (`ack_seq`), minus
 //! a 10 % margin, so its view of the lease always ends before the granter's promise does. The
-//! shell should also check [`NodeEngine::may_act`] right before executing a decision.
+//! shell publishes [`NodeEngine::acting_lease`] after every input (the instant until which the
+//! Control may act, as a majority of those leases allows) for the Control to check right
+//! before every decision: a lease that ran out during a pause is never acted on, whichever
+//! of the Control and membership runs first after it.
 //!
 //! Asymmetric cuts: a heartbeat also says which Control its sender hears *directly*. A node
 //! that cannot hear the Control itself but hears live members that do keeps following it
@@ -74,6 +77,7 @@ use crate::election::{
     Action, Candidate, Election, ElectionConfig, ElectionState, LeaseGranter, LeaseHolder, Mode,
     StepDownReason,
 };
+use crate::view::ActingLease;
 use smart_proto::heartbeat::{
     CHALLENGE_NONCE_LEN, Challenge, Claim, ControlAssert, ControlView, Handover, Heartbeat,
     LeaseGrant, LoadSummary, Message, Proof, ReplayError, ReplayGuard,
@@ -1399,6 +1403,30 @@ impl<R: Rng> NodeEngine<R> {
             .last_input
             .is_some_and(|l| now.saturating_duration_since(l) <= self.cfg.detector.dead_after);
         fresh && self.compute_acting(now).is_some()
+    }
+
+    /// Whether, and until when, the local Control may act, as of `now`: what the shell
+    /// publishes for the Control to check right before each decision
+    /// ([`crate::view::ActingLease`]). Majority mode: valid until a majority of leases is no
+    /// longer held (each lease already dated with the margin); available mode: no limit.
+    pub fn acting_lease(&self, now: Instant) -> ActingLease {
+        let Some(epoch) = self.compute_acting(now) else {
+            return ActingLease::default();
+        };
+        let until = match &self.cfg.election.mode {
+            Mode::Available => None,
+            Mode::Majority { members } => {
+                let quorum = members.len() / 2 + 1;
+                match self.holder.quorum_until(members, quorum, now) {
+                    Some(u) => Some(u.into_std()),
+                    None => return ActingLease::default(),
+                }
+            }
+        };
+        ActingLease {
+            epoch: Some(epoch),
+            until,
+        }
     }
 
     /// Counters.

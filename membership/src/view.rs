@@ -27,6 +27,29 @@ pub struct ControlAt {
     pub addr: SocketAddr,
 }
 
+/// Whether, and until when, this node's Control may act, as its election engine last
+/// computed it ([`crate::engine::NodeEngine::acting_lease`]). Membership publishes it after
+/// every input in a `watch` of its own; the Control's shell reads it right before every
+/// decision, so a Control never acts on a lease that ran out while it was not looking (a
+/// pause, a slow membership actor): `until` is an instant, not a flag that waits for the
+/// next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ActingLease {
+    /// The epoch the local Control may act at (`None`: it may not act).
+    pub epoch: Option<Epoch>,
+    /// The instant acting stops being valid (majority mode: when fewer than a majority of
+    /// leases remain, each dated with the engine's margin); `None`: no limit (available
+    /// mode).
+    pub until: Option<std::time::Instant>,
+}
+
+impl ActingLease {
+    /// Whether the Control may act at `epoch` at `now`.
+    pub fn valid(&self, epoch: Epoch, now: std::time::Instant) -> bool {
+        self.epoch == Some(epoch) && self.until.is_none_or(|u| now < u)
+    }
+}
+
 /// What membership publishes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterView {

@@ -71,10 +71,7 @@ pub(crate) enum CtlMsg {
         req: Request,
     },
     SetEpoch(Epoch),
-    SetActing {
-        epoch: Epoch,
-        acting: bool,
-    },
+    ActingChanged,
 }
 
 /// What the simulated instance runtime finishes later.
@@ -256,6 +253,9 @@ pub(crate) struct Proc {
     pub(crate) boot: u64,
     pub(crate) membership: NodeEngine<ChaCha8Rng>,
     pub(crate) view: ClusterView,
+    /// What membership publishes after every input: whether, and until when, the Control
+    /// may act (the Control's acting source).
+    pub(crate) acting: smart_membership::view::ActingLease,
     pub(crate) agent: Agent86Engine,
     pub(crate) agent_waits: HashMap<u64, AgentWait>,
     pub(crate) next_areq: u64,

@@ -167,10 +167,6 @@ fn isolate_control_available() {
 }
 
 #[test]
-#[ignore = "engine bug (Control engine): the isolated Control loses its lease (acting false) \
-            but still reconciles the report round it began while acting: when the round's \
-            requests time out, it re-admits the services of the nodes it cannot hear and \
-            sends them Start commands while the new Control acts (seed 7)"]
 fn isolate_control_majority() {
     check(
         "isolate_control_majority",
@@ -193,10 +189,6 @@ fn pause_control_available() {
 }
 
 #[test]
-#[ignore = "engine bug (Control shell): a Control paused past its lease acts on the tick \
-            queued during the pause (registry copy and report round at its old epoch) before \
-            its membership's step-down reaches it, while the new Control acts; the shell does \
-            not check NodeEngine::may_act before deciding (seed 7)"]
 fn pause_control_majority() {
     check(
         "pause_control_majority",

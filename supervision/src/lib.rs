@@ -235,6 +235,7 @@ pub async fn run(
             durable,
             peers: peers.clone(),
             view,
+            acting: Arc::new(watch::channel(Default::default()).0),
             counters: Default::default(),
             subscribers,
             metrics,

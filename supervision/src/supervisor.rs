@@ -42,7 +42,7 @@ use smart_api::NodeRequest;
 use smart_control::peer::PeerClient;
 use smart_control::{Control, ControlEvent, ControlMsg, ControlTuning, Deposed};
 use smart_membership::epoch::Fatal;
-use smart_membership::view::ClusterView;
+use smart_membership::view::{ActingLease, ClusterView};
 use smart_proto::{ClusterKey, Epoch, Role};
 use smart_transport::Endpoint;
 use tokio::sync::watch;
@@ -108,6 +108,8 @@ pub struct NodeSupervisor {
     pub endpoint: Endpoint,
     /// The cluster view membership publishes.
     pub view: Arc<watch::Sender<ClusterView>>,
+    /// Whether (and until when) the local Control may act, as membership publishes it.
+    pub acting: Arc<watch::Sender<ActingLease>>,
     /// Node counters.
     pub counters: Arc<Counters>,
     /// Event subscribers of this node (and its ring of recent events).
@@ -189,6 +191,7 @@ impl NodeSupervisor {
                         warnings: self.warnings.clone(),
                         durable: self.durable.clone(),
                         view: self.view.clone(),
+                        acting: self.acting.clone(),
                         counters: self.counters.clone(),
                         subscribers: self.subscribers.clone(),
                         load: self.routes.readers().load_source(),
@@ -344,6 +347,8 @@ impl NodeSupervisor {
                 node: self.cfg.id(),
                 epoch: slot.epoch,
                 acting: slot.acting,
+                // The one source of whether this Control may act.
+                acting_source: Arc::new(self.acting.subscribe()),
                 peers: self.peers.clone(),
                 view: self.view.subscribe(),
                 events,
@@ -497,7 +502,7 @@ impl NodeSupervisor {
                 {
                     slot.acting = acting;
                     if let Some(a) = &slot.actor {
-                        let _ = a.send_message(ControlMsg::SetActing { epoch, acting });
+                        let _ = a.send_message(ControlMsg::ActingChanged);
                     }
                 }
             }

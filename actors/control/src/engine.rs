@@ -145,12 +145,16 @@ pub enum Input {
     /// The election engine re-asserted this Control at a higher epoch.
     SetEpoch(Epoch),
     /// Whether the Control may act (rebuilt and, in majority mode, holding a majority of
-    /// leases), as decided by the election engine.
+    /// leases), as decided by the election engine, and until when: the shell feeds it from
+    /// its acting source right before every other input, so the engine never decides on a
+    /// lease that ran out (see [`ControlEngine::handle`]).
     SetActing {
         /// The epoch the decision is about.
         epoch: Epoch,
         /// May act.
         acting: bool,
+        /// The instant acting stops being valid (`None`: no limit).
+        until: Option<Instant>,
     },
 }
 
@@ -254,6 +258,12 @@ pub struct ControlEngine {
     epoch: Epoch,
     rebuilt: bool,
     acting: bool,
+    /// Until when `acting` is valid (`None`: no limit).
+    acting_until: Option<Instant>,
+    /// Decisions (agent commands, registry copies, answers, events) that steps taken while
+    /// the Control could not act produced: the rebuild's, or those that follow an agent's
+    /// answer. Sent at the first step at which it may act; dropped with the engine.
+    held: Vec<Output>,
     stale: bool,
     round_in_flight: bool,
     /// Live agents (membership).
@@ -335,6 +345,8 @@ impl ControlEngine {
             epoch,
             rebuilt: false,
             acting: false,
+            acting_until: None,
+            held: Vec::new(),
             stale: false,
             round_in_flight: false,
             live: agents.iter().map(|a| (a.node, a.addr)).collect(),
@@ -363,6 +375,13 @@ impl ControlEngine {
     }
 
     /// The step function.
+    ///
+    /// Nothing is decided while the Control may not act (not rebuilt, not told it may act,
+    /// or past the instant its acting is valid until): a refresh tick does nothing, API
+    /// requests are refused as retryable, a refresh round begun while it acted is abandoned
+    /// when its answers come back (only a refusal of our epoch is heeded), and whatever
+    /// another input leads to (the rebuild's stops and restarts, the next step of a start
+    /// after its agent answered) is held until it may act again.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
         self.clock = Some(now);
         if self.stale {
@@ -372,6 +391,7 @@ impl ControlEngine {
             }
             return std::mem::take(&mut self.out);
         }
+        let api = matches!(input, Input::Api { .. });
         match input {
             Input::Start => {
                 self.round_in_flight = true;
@@ -383,7 +403,7 @@ impl ControlEngine {
                 });
             }
             Input::Tick => {
-                if self.rebuilt && self.acting && !self.round_in_flight {
+                if self.may_act(now) && !self.round_in_flight {
                     self.replicate();
                     self.round_in_flight = true;
                     let agents = self.live_agents();
@@ -396,7 +416,7 @@ impl ControlEngine {
             }
             Input::Agents(agents) => {
                 self.live = agents.iter().map(|a| (a.node, a.addr)).collect();
-                if self.rebuilt && self.acting {
+                if self.may_act(now) {
                     // Dead nodes at once (the failure detector already waited); new ones
                     // are added by the next report round.
                     self.remove_dead(now);
@@ -404,26 +424,76 @@ impl ControlEngine {
             }
             Input::Reports { started, results } => {
                 self.round_in_flight = false;
-                self.on_reports(started, results, now);
+                if self.rebuilt && !self.may_act(now) {
+                    self.abandon_round(results);
+                } else {
+                    self.on_reports(started, results, now);
+                }
             }
             Input::Reply { req, result } => self.on_reply(req, result, now),
             Input::Api { id, req } => {
                 if !self.rebuilt {
                     self.reply(id, Response::Error(ApiError::Rebuilding));
-                } else if !self.acting {
+                } else if !self.may_act(now) {
                     self.reply(id, Response::Error(ApiError::NoMajority));
                 } else {
                     self.api(id, req, now);
                 }
             }
             Input::SetEpoch(e) => self.epoch = self.epoch.max(e),
-            Input::SetActing { epoch, acting } => {
+            Input::SetActing {
+                epoch,
+                acting,
+                until,
+            } => {
                 if epoch == self.epoch {
                     self.acting = acting;
+                    self.acting_until = until;
                 }
             }
         }
+        if self.stale {
+            self.held.clear();
+        } else if self.may_act(now) {
+            if !self.held.is_empty() {
+                let mut out = std::mem::take(&mut self.held);
+                out.append(&mut self.out);
+                self.out = out;
+            }
+        } else if !api {
+            // Only the answers to refused API requests (above) leave now.
+            let (hold, now_out): (Vec<Output>, Vec<Output>) =
+                std::mem::take(&mut self.out).into_iter().partition(|o| {
+                    matches!(
+                        o,
+                        Output::Command { .. }
+                            | Output::Replicate { .. }
+                            | Output::Reply { .. }
+                            | Output::Publish(_)
+                    )
+                });
+            self.held.extend(hold);
+            self.out = now_out;
+        }
         std::mem::take(&mut self.out)
+    }
+
+    /// Whether the Control may decide at `now`: rebuilt, told it may act, and within the
+    /// instant its acting is valid until.
+    pub fn may_act(&self, now: Instant) -> bool {
+        self.rebuilt && self.acting && self.acting_until.is_none_or(|u| now < u)
+    }
+
+    /// The answers of a refresh round that came back when the Control may no longer act:
+    /// nothing is decided from them (its lease ran out while they travelled), but an
+    /// agent that refused our epoch still deposes us.
+    fn abandon_round(&mut self, results: Vec<(AgentAddr, Result<AgentReply, PeerError>)>) {
+        tracing::info!(node = %self.node, epoch = self.epoch, "may not act: refresh round abandoned");
+        for (_, r) in results {
+            if let Ok(AgentReply::Refused { highest, .. }) = r {
+                return self.go_stale(highest);
+            }
+        }
     }
 
     /// The Control's view.

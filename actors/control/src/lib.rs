@@ -16,8 +16,9 @@
 //! 2. **rebuilds** before it serves anything: `post_start` runs the first report round to
 //!    completion (each request bounded by the request timeout) and emits
 //!    [`ControlEvent::Rebuilt`];
-//! 3. refreshes every `refresh`; acts only while the election engine says so
-//!    ([`ControlMsg::SetActing`]);
+//! 3. refreshes every `refresh`; acts only while its [`ActingSource`] says so: the shell
+//!    reads it right before every step of the engine (so a lease that ran out during a
+//!    pause is never acted on), and [`ControlMsg::ActingChanged`] wakes it when it changes;
 //! 4. deposed when an agent refuses its epoch: it emits [`ControlEvent::Stale`] and stops
 //!    with the typed error [`Deposed`], which the supervisor recognises as "not a failure".
 //!
@@ -67,7 +68,7 @@ pub use engine::{
 };
 
 use crate::peer::{PeerClient, PeerError};
-use smart_membership::view::ClusterView;
+use smart_membership::view::{ActingLease, ClusterView};
 
 /// What the Control tells the node runtime (for the election engine).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,14 +136,23 @@ pub enum ControlMsg {
     },
     /// The election engine re-asserted this Control at a higher epoch: use it from now on.
     SetEpoch(Epoch),
-    /// Whether the Control may act (rebuilt and, in majority mode, holding a majority of
-    /// leases), as decided by the election engine.
-    SetActing {
-        /// The epoch the decision is about.
-        epoch: Epoch,
-        /// May act.
-        acting: bool,
-    },
+    /// The election engine changed whether the Control may act: read the [`ActingSource`]
+    /// (what was held while it could not act may leave now).
+    ActingChanged,
+}
+
+/// Where the Control learns, right before every step of its engine, whether and until when
+/// it may act: the node's membership (its election engine's leases, published after every
+/// input, see [`ActingLease`]), or any other authority that can say so without going stale.
+pub trait ActingSource: Send + Sync {
+    /// The latest word.
+    fn lease(&self) -> ActingLease;
+}
+
+impl ActingSource for watch::Receiver<ActingLease> {
+    fn lease(&self) -> ActingLease {
+        *self.borrow()
+    }
 }
 
 /// Control's fixed configuration.
@@ -154,6 +164,8 @@ pub struct Control {
     /// Whether the election engine lets it act from the start (a restart of the actor
     /// within a term that was already acting).
     pub acting: bool,
+    /// Whether and until when it may act, read before every step.
+    pub acting_source: Arc<dyn ActingSource>,
     /// Outgoing requests.
     pub peers: Arc<dyn PeerClient>,
     /// The cluster as the node's membership sees it (the live agents).
@@ -282,7 +294,10 @@ impl Control {
     fn worth_writing(&self, st: &ControlState, req: &Request) -> bool {
         let s = st.engine.status();
         s.rebuilt
-            && s.acting
+            && self
+                .acting_source
+                .lease()
+                .valid(st.engine.epoch(), Instant::now())
             && match req {
                 Request::AdmitService(spec) => !s.services.contains_key(&spec.name),
                 _ => true,
@@ -312,6 +327,32 @@ impl Control {
                 }
             });
         }
+    }
+
+    /// One step of the engine, told first what the acting source says now (and again after
+    /// a re-assertion, which changes the epoch the word is about).
+    fn step(&self, st: &mut ControlState, input: Input, now: Instant) -> Vec<Output> {
+        let mut out = self.sync_acting(st, now);
+        let epoch = st.engine.epoch();
+        out.extend(st.engine.handle(input, now));
+        if st.engine.epoch() != epoch {
+            out.extend(self.sync_acting(st, now));
+        }
+        out
+    }
+
+    /// Tells the engine whether it may act at its epoch, and until when.
+    fn sync_acting(&self, st: &mut ControlState, now: Instant) -> Vec<Output> {
+        let lease = self.acting_source.lease();
+        let epoch = st.engine.epoch();
+        st.engine.handle(
+            Input::SetActing {
+                epoch,
+                acting: lease.epoch == Some(epoch),
+                until: lease.until,
+            },
+            now,
+        )
     }
 
     /// Executes the engine's outputs. Returns the deposition, if one was among them.
@@ -416,7 +457,7 @@ impl Control {
             _ => None,
         };
         let t0 = Instant::now();
-        let outputs = st.engine.handle(input, t0);
+        let outputs = self.step(st, input, t0);
         if let Some((id, request)) = admission {
             let took = t0.elapsed();
             let reply = outputs.iter().find_map(|o| match o {
@@ -479,10 +520,12 @@ impl Actor for Control {
         let mut engine =
             ControlEngine::new(self.node, self.epoch, self.tuning.clone(), replica, &agents)?;
         if self.acting {
+            let lease = self.acting_source.lease();
             engine.handle(
                 Input::SetActing {
                     epoch: self.epoch,
-                    acting: true,
+                    acting: lease.epoch == Some(self.epoch),
+                    until: lease.until,
                 },
                 Instant::now(),
             );
@@ -511,7 +554,7 @@ impl Actor for Control {
             // §2.5); before the rebuild this only sets the engine's live set.
             let known = self.view.borrow().agents.clone();
             st.engine.handle(Input::Agents(known.clone()), t0);
-            let outputs = st.engine.handle(Input::Start, t0);
+            let outputs = self.step(st, Input::Start, t0);
             let mut rest = Vec::new();
             for out in outputs {
                 match out {
@@ -521,7 +564,8 @@ impl Actor for Control {
                         timeout,
                     } => {
                         let results = round(&*self.peers, agents, epoch, timeout).await;
-                        rest.extend(st.engine.handle(
+                        rest.extend(self.step(
+                            st,
                             Input::Reports {
                                 started: t0,
                                 results,
@@ -637,8 +681,12 @@ impl Actor for Control {
                 Ok(())
             }
             ControlMsg::SetEpoch(epoch) => self.feed(&myself, st, Input::SetEpoch(epoch)),
-            ControlMsg::SetActing { epoch, acting } => {
-                self.feed(&myself, st, Input::SetActing { epoch, acting })
+            ControlMsg::ActingChanged => {
+                let outputs = self.sync_acting(st, Instant::now());
+                match self.execute(&myself, st, outputs) {
+                    Some(d) => Err(Box::new(d)),
+                    None => Ok(()),
+                }
             }
         }
     }

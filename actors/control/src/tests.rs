@@ -169,12 +169,14 @@ mod rebuild_tests {
         let (_tx, rx) = watch::channel(test_support::view(addrs));
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
+        let (acting_tx, acting_rx) = watch::channel(ActingLease::default());
         let (c, handle) = Actor::spawn(
             None,
             Control {
                 node: NodeId(1),
                 epoch: 3,
                 acting: false,
+                acting_source: Arc::new(acting_rx),
                 peers,
                 view: rx,
                 events: Arc::new(move |e| ev.lock().unwrap().push(e)),
@@ -197,11 +199,11 @@ mod rebuild_tests {
             s.rebuilt && !s.acting,
             "rebuilt, but not acting until the engine says so"
         );
-        c.send_message(ControlMsg::SetActing {
-            epoch: 3,
-            acting: true,
-        })
-        .unwrap();
+        acting_tx.send_replace(ActingLease {
+            epoch: Some(3),
+            until: None,
+        });
+        c.send_message(ControlMsg::ActingChanged).unwrap();
         assert_eq!(s.agents.len(), 2);
         assert_eq!(
             events.lock().unwrap()[0],
@@ -248,12 +250,14 @@ mod admission_tests {
         let (tx, rx) = watch::channel(test_support::view(addrs.clone()));
         let published = Arc::new(Mutex::new(Vec::new()));
         let p2 = published.clone();
+        let (acting_tx, acting_rx) = watch::channel(ActingLease::default());
         let (c, _) = Actor::spawn(
             None,
             Control {
                 node: NodeId(1),
                 epoch: 1,
                 acting: false,
+                acting_source: Arc::new(acting_rx),
                 peers: Arc::new(Direct(routes)),
                 view: rx,
                 events: Arc::new(|_| {}),
@@ -271,11 +275,11 @@ mod admission_tests {
         )
         .await
         .unwrap();
-        c.send_message(ControlMsg::SetActing {
-            epoch: 1,
-            acting: true,
-        })
-        .unwrap();
+        acting_tx.send_replace(ActingLease {
+            epoch: Some(1),
+            until: None,
+        });
+        c.send_message(ControlMsg::ActingChanged).unwrap();
         let api = |r: Request| {
             let c = c.clone();
             async move { call_t!(c, ControlMsg::Api, 10_000, r).unwrap() }
@@ -449,12 +453,14 @@ mod reaction_tests {
             std::mem::forget(tx);
             let published = Arc::new(Mutex::new(Vec::new()));
             let p2 = published.clone();
+            let (acting_tx, acting_rx) = watch::channel(ActingLease::default());
             let (c, _) = Actor::spawn(
                 None,
                 Control {
                     node: NodeId(1),
                     epoch: 1,
                     acting: false,
+                    acting_source: Arc::new(acting_rx),
                     peers: Arc::new(Direct(routes)),
                     view: rx,
                     events: Arc::new(|_| {}),
@@ -472,11 +478,11 @@ mod reaction_tests {
             )
             .await
             .unwrap();
-            c.send_message(ControlMsg::SetActing {
-                epoch: 1,
-                acting: true,
-            })
-            .unwrap();
+            acting_tx.send_replace(ActingLease {
+                epoch: Some(1),
+                until: None,
+            });
+            c.send_message(ControlMsg::ActingChanged).unwrap();
             Cluster {
                 c,
                 published,

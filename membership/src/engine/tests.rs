@@ -153,12 +153,21 @@ fn lone_node_claims_after_listening_and_acts_after_rebuild() {
     );
     assert!(e.is_control());
     assert!(!e.may_act(t0 + ms(720)), "rebuilding");
+    assert_eq!(e.acting_lease(t0 + ms(720)), ActingLease::default());
     assert_eq!(
         e.handle(Input::RebuildDone { epoch: 1 }, t0 + ms(725)),
         vec![Output::ControlActing {
             epoch: 1,
             acting: true
         }]
+    );
+    // Available mode: acting has no limit in time.
+    assert_eq!(
+        e.acting_lease(t0 + ms(725)),
+        ActingLease {
+            epoch: Some(1),
+            until: None
+        }
     );
     // Its heartbeats now assert Control.
     let out = tick_until(&mut e, t0 + ms(725), t0 + ms(900));
@@ -944,6 +953,18 @@ fn majority_control_acts_only_while_a_majority_of_grants_is_valid() {
         ]
     );
     assert!(e.may_act(at));
+    // What the Control reads before each decision: valid exactly until the majority lapses,
+    // whether or not the engine is fed meanwhile (a pause).
+    let lease = e.acting_lease(at);
+    assert_eq!(lease.epoch, Some(epoch));
+    let until = lease.until.expect("majority mode has a limit");
+    let until_t = Instant::from_std(until);
+    assert!(until_t > at && until_t <= t0 + ms(1550));
+    assert!(lease.valid(epoch, until - ms(1)));
+    assert!(!lease.valid(epoch, until), "not at the instant it lapses");
+    assert!(!lease.valid(epoch + 1, at.into_std()), "another epoch");
+    assert_eq!(e.acting_lease(until_t).epoch, None);
+    assert_eq!(e.acting_lease(until_t - ms(1)).epoch, Some(epoch));
     // n2 falls silent: Down after 400 ms; its grant, dated from n1's send time (≤ 1100)
     // minus 10 %, lapses by 1550 at the latest.
     let out = tick_until(&mut e, at, t0 + ms(1560));

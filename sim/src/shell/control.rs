@@ -4,6 +4,9 @@
 //! - `post_start`: `Start`, its report round run to completion (each request bounded by
 //!   the request timeout), the `Reports` fed, the rest executed; then a `Tick` every
 //!   refresh and the agents watcher; messages that came meanwhile wait in the mailbox;
+//! - before every step of the engine, what membership published last (its acting source:
+//!   whether, and until when, it may act) is fed as `SetActing`; `ActingChanged` only
+//!   reads it;
 //! - every command and round in a task of its own whose answer comes back as an input;
 //! - `Stale` ends the actor (`Deposed`): the supervisor keeps the slot without an actor and
 //!   restarts nothing; membership is told (`ControlStale`).
@@ -40,7 +43,8 @@ impl Sim {
             engine.handle(
                 Input::SetActing {
                     epoch: slot.epoch,
-                    acting: true,
+                    acting: p.acting.epoch == Some(slot.epoch),
+                    until: p.acting.until,
                 },
                 now,
             );
@@ -48,13 +52,15 @@ impl Sim {
         let cid = self.next_cid;
         self.next_cid += 1;
         let Some(p) = self.proc_mut(n) else { return };
+        // What post_start's rebuild knows (`known`), the agents watcher's starting point.
+        let known = p.view.agents.clone();
         p.control = Some(ControlActor {
             cid,
             engine,
             started: false,
             mailbox: VecDeque::new(),
             post_rest: Vec::new(),
-            last_agents: Vec::new(),
+            last_agents: known,
             next_api: 1,
             calls: HashMap::new(),
             rounds: HashMap::new(),
@@ -143,19 +149,55 @@ impl Sim {
                 Input::Api { id, req }
             }
             CtlMsg::SetEpoch(e) => Input::SetEpoch(e),
-            CtlMsg::SetActing { epoch, acting } => Input::SetActing { epoch, acting },
+            CtlMsg::ActingChanged => {
+                // `ActingChanged`: only the acting source is read.
+                let out = self.sync_acting(n);
+                self.execute_control(n, cid, out);
+                return;
+            }
         };
         let out = self.control_handle(n, input);
         self.execute_control(n, cid, out);
     }
 
-    /// One step of the engine, and the per-epoch acting record it may change.
+    /// One step of the engine (`Control::step`: told first what the acting source says
+    /// now, and again after a re-assertion), and the per-epoch acting record it may change.
     fn control_handle(&mut self, n: usize, input: Input) -> Vec<Output> {
         let now = self.clock(n);
+        let mut out = self.sync_acting(n);
         let Some(c) = self.proc_mut(n).and_then(|p| p.control.as_mut()) else {
             return Vec::new();
         };
-        let out = c.engine.handle(input, now);
+        let epoch = c.engine.epoch();
+        out.extend(c.engine.handle(input, now));
+        let reasserted = c.engine.epoch() != epoch;
+        crate::invariants::acting::record(self, n);
+        if reasserted {
+            out.extend(self.sync_acting(n));
+        }
+        out
+    }
+
+    /// `Control::sync_acting`: the engine told whether it may act at its epoch, and until
+    /// when, from what membership published last.
+    fn sync_acting(&mut self, n: usize) -> Vec<Output> {
+        let now = self.clock(n);
+        let Some(p) = self.proc_mut(n) else {
+            return Vec::new();
+        };
+        let lease = p.acting;
+        let Some(c) = p.control.as_mut() else {
+            return Vec::new();
+        };
+        let epoch = c.engine.epoch();
+        let out = c.engine.handle(
+            Input::SetActing {
+                epoch,
+                acting: lease.epoch == Some(epoch),
+                until: lease.until,
+            },
+            now,
+        );
         crate::invariants::acting::record(self, n);
         out
     }
@@ -388,8 +430,14 @@ impl Sim {
             return;
         };
         c.started = true;
-        c.last_agents = agents;
+        // The agents watcher starts from the agents the rebuild knew: a change while it ran
+        // is sent at once.
+        let changed = c.last_agents != agents;
+        c.last_agents = agents.clone();
         let mailbox = std::mem::take(&mut c.mailbox);
+        if changed {
+            self.tell_control(n, cid, CtlMsg::Input(Input::Agents(agents)));
+        }
         self.push(self.timer(n, REFRESH), Ev::CTick { n, cid });
         for msg in mailbox {
             self.on_ctl(n, cid, msg);

@@ -4,9 +4,11 @@
 //! cluster key, the outputs executed in order (an epoch raise is durable at once; Control
 //! changes go to the supervisor; the view is published on Control and member changes).
 //! Messages between actors travel as events at the same instant (mailboxes), never as
-//! nested calls. As `supervisor.rs`: `StartControl` replaces the Control, `ControlEpoch`
-//! re-asserts it, `ControlActing` forwards the decision to the actor when it is about the
-//! slot's epoch, `StopControl` stops it; a deposed Control leaves its slot without an actor.
+//! nested calls. The acting lease (`NodeEngine::acting_lease`) is published after every
+//! input, for the Control to read before each step. As `supervisor.rs`: `StartControl`
+//! replaces the Control, `ControlEpoch` re-asserts it, `ControlActing` wakes the actor
+//! (`ActingChanged`) when it is about the slot's epoch, `StopControl` stops it; a deposed
+//! Control leaves its slot without an actor.
 
 use std::net::SocketAddr;
 
@@ -126,6 +128,10 @@ impl Sim {
         if publish {
             self.publish_view(n);
         }
+        // The acting lease, after the outputs (as the real actor, after every input).
+        if let Some(p) = self.proc_mut(n) {
+            p.acting = p.membership.acting_lease(now);
+        }
     }
 
     fn sup(&mut self, n: usize, boot: u64, msg: SupMsg) {
@@ -227,7 +233,7 @@ impl Sim {
                 {
                     slot.acting = acting;
                     if let Some(cid) = slot.actor {
-                        self.tell_control(n, cid, CtlMsg::SetActing { epoch, acting });
+                        self.tell_control(n, cid, CtlMsg::ActingChanged);
                     }
                 }
             }

@@ -112,6 +112,7 @@ pub(crate) fn new_proc(sim: &Sim, i: usize) -> Proc {
         boot: n.incarnation,
         membership: NodeEngine::new(e, n.disk_highest, rng),
         view: ClusterView::default(),
+        acting: Default::default(),
         agent: Agent86Engine::new(acfg, n.disk_highest),
         agent_waits: HashMap::new(),
         next_areq: 1,

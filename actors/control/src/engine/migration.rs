@@ -52,14 +52,19 @@ impl ControlEngine {
                     tried,
                 },
             ),
-            None => self.start_failed(name, from, why, tried, format!("{node} has no address")),
+            None => {
+                let reason = format!("{node} has no address");
+                self.start_failed(name, from, why, tried, reason, false)
+            }
         }
     }
 
     /// A start failed on the service's node: it is retried on a node where it has not
     /// failed yet. With none left, a service that never ran is refused (its waiters are
     /// told; it was never running, so nothing is lost) and a running one is lost unless a
-    /// reachable agent reports a copy of it.
+    /// reachable agent reports a copy of it — except when the start may have run
+    /// (`maybe_running`: no answer in time, or the agent already has that instance): then
+    /// the node's next report decides (see `reconcile`), as nothing is known to be gone.
     fn start_failed(
         &mut self,
         name: &str,
@@ -67,6 +72,7 @@ impl ControlEngine {
         why: Why,
         mut tried: Vec<NodeId>,
         reason: String,
+        maybe_running: bool,
     ) {
         let Some(s) = self.table.get(name) else {
             return;
@@ -86,6 +92,19 @@ impl ControlEngine {
                     reason: format!("start failed on {node} ({reason}); retrying on {next}"),
                 });
                 self.start_on(name, from, why, tried);
+            }
+            Err(r) if maybe_running => {
+                warn!(service = %name, %node, %reason, "start may have run: its node's next report decides");
+                if let Some(now) = self.clock {
+                    self.table.get_mut(name).expect("present").unconfirmed(now);
+                }
+                self.publish(Event::Notice {
+                    service: name.to_string(),
+                    node,
+                    reason: format!(
+                        "start on {node} unconfirmed ({reason}) and no other node can take it ({r}): its next report decides"
+                    ),
+                });
             }
             Err(r) => {
                 let reason = format!("{reason}; no other node can take it ({r})");
@@ -237,12 +256,28 @@ impl ControlEngine {
             return;
         }
         let node = s.node();
+        // The start may have run: the agent got it and did not answer in time, or already
+        // has that instance.
+        let maybe_running = matches!(
+            result,
+            Err(PeerError::Timeout(_)) | Ok(AgentReply::Failed(AgentError::AlreadyExists))
+        );
         let next = self
             .moves
             .op(&service)
             .clone()
             .next(&service, node, outcome(result));
-        self.carry_out(&service, next, now);
+        match next {
+            Next::StartFailed(reason) if maybe_running => {
+                if let Op::Starting {
+                    from, why, tried, ..
+                } = self.moves.op(&service).clone()
+                {
+                    self.start_failed(&service, from, why, tried, reason, true);
+                }
+            }
+            next => self.carry_out(&service, next, now),
+        }
     }
 
     /// Does what a step's answer (or a node's death) leads to.
@@ -260,7 +295,7 @@ impl ControlEngine {
                     from, why, tried, ..
                 } = self.moves.op(name).clone()
                 {
-                    self.start_failed(name, from, why, tried, reason);
+                    self.start_failed(name, from, why, tried, reason, false);
                 }
             }
             Next::HandOff { mv, new, note } => self.hand_off(name, mv, new, note, now),

@@ -222,6 +222,8 @@ impl ControlEngine {
                 continue;
             }
             let Some(own) = s.instance().map(str::to_string) else {
+                // A start whose outcome was unknown: a copy reported since is its instance.
+                self.keep_one(&name, list, now);
                 continue;
             };
             let node = s.node();

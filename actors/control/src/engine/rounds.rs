@@ -224,7 +224,8 @@ impl ControlEngine {
         // elsewhere is taken over there rather than started again.
         self.converge(started, answered, now);
         // Lost instances: the node answered a round that began after the instance was
-        // confirmed, and does not list it (the agent restarted, or gave up on it).
+        // confirmed (or its start went unanswered), and does not list it (the agent
+        // restarted, or gave up on it).
         let lost: Vec<String> = self
             .table
             .iter()
@@ -232,8 +233,10 @@ impl ControlEngine {
                 !self.moves.busy(n) && s.placed_at() < started && answered.contains(&s.node())
             })
             .filter(|(_, s)| {
+                // No instance and nothing in flight: a start whose outcome was unknown, and
+                // no copy of it reported (`converge` took one if there was).
                 let Some(instance) = s.instance() else {
-                    return false;
+                    return true;
                 };
                 self.registry
                     .get(&s.node())

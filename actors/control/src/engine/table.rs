@@ -139,6 +139,13 @@ impl Svc {
         self.info = None;
     }
 
+    /// A start whose outcome is unknown (no answer): no instance, and only a report of a
+    /// round begun after `now` shows whether it runs.
+    pub(crate) fn unconfirmed(&mut self, now: Instant) {
+        self.info = None;
+        self.placed_at = now;
+    }
+
     /// A running instance found in a report (rebuild).
     pub(crate) fn adopt(&mut self, info: InstanceReport) {
         self.info = Some(info);

@@ -135,6 +135,7 @@ fn profiles_survive_a_failover_in_the_registry_copy() {
         Input::SetActing {
             epoch: EPOCH + 1,
             acting: true,
+            until: None,
         },
         h.now,
     );

@@ -91,11 +91,11 @@ fn the_rebuild_keeps_the_copy_with_more_viewers_even_of_a_lower_generation() {
     assert_eq!(
         out,
         vec![
-            stop_cmd(1, 1, "video-a.1001"),
             Output::Rebuilt {
                 epoch: EPOCH,
                 agents: 2
-            }
+            },
+            stop_cmd(1, 1, "video-a.1001"),
         ]
     );
     // Admitted with the viewers of both copies.
@@ -494,6 +494,7 @@ fn rebuilt_from(
         Input::SetActing {
             epoch: EPOCH,
             acting: true,
+            until: None,
         },
         now,
     );
@@ -791,5 +792,87 @@ fn fault_a_failed_start_counted_as_a_lost_service() {
     assert_eq!(
         h.ok(3, instance(&a, 3, 1, true)),
         vec![migrated("video-a", 1, 1, "node-failure")]
+    );
+}
+
+/// What a timed-out start of `video-a` on n2, with no other node for it, publishes: not
+/// `Lost`.
+fn unconfirmed_a() -> Output {
+    kept_notice(
+        "video-a",
+        2,
+        "start on n2 unconfirmed (request to 127.0.0.2:7000 timed out) and no other node can \
+         take it (no node fits the load, even after trying to migrate smaller services): its \
+         next report decides",
+    )
+}
+
+#[test]
+fn fault_a_start_that_timed_out_declares_nothing_lost() {
+    // Seed 202 (majority): the restart of a dead node's service timed out on the only node
+    // left; the agent may have started it, yet the service was declared lost. Its node's
+    // next report decides: it runs there (kept), or a round begun after shows it does not
+    // (started again).
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[2 * GB, GB], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
+    assert_eq!(h.live(&[2]), vec![start_cmd(2, 2, &a, 2, 0)]);
+    assert_eq!(h.timeout(2, 2), vec![unconfirmed_a()]);
+    h.at(Duration::from_secs(1));
+    let out = h.rounds(vec![(2, vec![instance(&a, 2, 2, true)])]);
+    assert_eq!(
+        out,
+        vec![kept_notice(
+            "video-a",
+            2,
+            "its instance was gone; took over video-a.2 (0 viewer(s))"
+        )]
+    );
+    assert_eq!(
+        h.e.status().services["video-a"],
+        (NodeId(2), "video-a.2".into(), 0)
+    );
+}
+
+#[test]
+fn fault_a_start_that_timed_out_and_never_ran_is_started_again() {
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[2 * GB, GB], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
+    assert_eq!(h.live(&[2]), vec![start_cmd(2, 2, &a, 2, 0)]);
+    assert_eq!(h.timeout(2, 2), vec![unconfirmed_a()]);
+    h.at(Duration::from_secs(1));
+    assert_eq!(h.rounds(vec![(2, vec![])]), vec![start_cmd(3, 2, &a, 3, 0)]);
+}
+
+#[test]
+fn fault_a_start_refused_already_exists_declares_nothing_lost() {
+    // Seed 43 (majority): a start refused because the agent already has that instance (it
+    // runs) was taken for a failure and the service declared lost.
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[2 * GB, GB], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
+    assert_eq!(h.live(&[2]), vec![start_cmd(2, 2, &a, 2, 0)]);
+    let exists = smart_proto::agent::AgentError::AlreadyExists;
+    assert_eq!(
+        h.reply(2, Ok(AgentReply::Failed(exists.clone()))),
+        vec![kept_notice(
+            "video-a",
+            2,
+            &format!(
+                "start on n2 unconfirmed ({exists}) and no other node can take it (no node \
+                 fits the load, even after trying to migrate smaller services): its next \
+                 report decides"
+            ),
+        )]
+    );
+    h.at(Duration::from_secs(1));
+    assert_eq!(
+        h.rounds(vec![(2, vec![instance(&a, 2, 2, true)])]),
+        vec![kept_notice(
+            "video-a",
+            2,
+            "its instance was gone; took over video-a.2 (0 viewer(s))"
+        )]
     );
 }

@@ -179,7 +179,8 @@ pub(super) struct H {
 
 impl H {
     /// A rebuilt, acting engine over nodes with these memory sizes (node ids from 1), whose
-    /// agents reported `reports` (empty nodes when not given).
+    /// agents reported `reports` (empty nodes when not given), and the outputs of the
+    /// rebuild then of being let act.
     pub(super) fn new(mems: &[u64], reports: Vec<AgentReport>) -> (H, Vec<Output>) {
         Self::with(tuning(), mems, &[], reports)
     }
@@ -226,20 +227,22 @@ impl H {
                 )
             })
             .collect();
-        let out = e.handle(
+        let mut out = e.handle(
             Input::Reports {
                 started: now,
                 results,
             },
             now,
         );
-        e.handle(
+        // The rebuild's decisions leave once the engine may act.
+        out.extend(e.handle(
             Input::SetActing {
                 epoch: EPOCH,
                 acting: true,
+                until: None,
             },
             now,
-        );
+        ));
         (
             H {
                 e,
