@@ -40,6 +40,9 @@ pub enum Op {
     Kill(Who),
     /// Kill a node and start it again at once.
     Restart(Who),
+    /// A planned stop (SIGTERM): the node stops its Control actor, hands over (membership's
+    /// `Leave`: a successor named, a last heartbeat), then exits; its instances stop.
+    Term(Who),
     /// SIGSTOP a node for this long, then SIGCONT: it handles nothing meanwhile, what was
     /// sent to it waits, and its clock jumps.
     Pause(Who, Duration),
@@ -77,6 +80,7 @@ impl fmt::Display for Op {
             Op::StartAll => write!(f, "start all nodes"),
             Op::Kill(w) => write!(f, "kill {w}"),
             Op::Restart(w) => write!(f, "restart {w}"),
+            Op::Term(w) => write!(f, "stop {w} (SIGTERM)"),
             Op::Pause(w, d) => write!(f, "pause {w} for {d:?}"),
             Op::Partition(sides) => write!(f, "partition {sides:?}"),
             Op::Isolate(w) => write!(f, "isolate {w}"),
@@ -141,6 +145,7 @@ pub fn generate<R: Rng>(rng: &mut R, nodes: usize, len: usize) -> Vec<Op> {
             72..=75 => Op::Start(rng.random_range(0..nodes)),
             76..=77 => Op::StartAll,
             78 => Op::StopAll,
+            79..=82 => Op::Term(who(rng, services)),
             _ => Op::Wait(Duration::from_millis(rng.random_range(100..4000))),
         };
         let fault = !matches!(op, Op::Admit { .. } | Op::Wait(_));

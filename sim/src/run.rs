@@ -160,6 +160,13 @@ impl Sim {
                 Some(i) => self.kill(i),
                 None => self.note(format!("no {w} to kill")),
             },
+            Op::Term(w) => match self.who(w) {
+                Some(i) => {
+                    self.leave(i);
+                    self.kill(i);
+                }
+                None => self.note(format!("no {w} to stop")),
+            },
             Op::Restart(w) => match self.who(w) {
                 Some(i) => {
                     self.kill(i);

@@ -79,6 +79,18 @@ fn kill_control() -> Vec<Op> {
     ops
 }
 
+fn stop_control() -> Vec<Op> {
+    let mut ops = admitted();
+    ops.extend([
+        Op::Term(Who::Control),
+        Op::Wait(s(1)),
+        admit("d", 1),
+        Op::Settle,
+    ]);
+    ops.extend([Op::StartAll, Op::Settle]);
+    ops
+}
+
 fn isolate_control() -> Vec<Op> {
     let mut ops = admitted();
     ops.extend([
@@ -140,6 +152,30 @@ fn kill_control_available() {
         Mode::Available,
         5,
         kill_control(),
+        false,
+    );
+}
+
+/// A planned stop of the Control's node hands over: a successor acts, services whose node
+/// stopped are restarted once, and the old node's return changes nothing.
+#[test]
+fn stop_control_available() {
+    check(
+        "stop_control_available",
+        Mode::Available,
+        4,
+        stop_control(),
+        false,
+    );
+}
+
+#[test]
+fn stop_control_majority() {
+    check(
+        "stop_control_majority",
+        Mode::Majority,
+        5,
+        stop_control(),
         false,
     );
 }

@@ -242,6 +242,17 @@ impl Sim {
     }
 
     /// `stop_control`: the slot is emptied and the actor stopped (its tasks with it).
+    /// The supervisor's `Shutdown`: the Control actor stops first, then membership leaves
+    /// (naming a successor if it was Control); the process exits after.
+    pub(crate) fn leave(&mut self, n: usize) {
+        if self.proc(n).is_none() {
+            return;
+        }
+        self.stop_control(n);
+        self.note(format!("n{n} leaves (SIGTERM)"));
+        self.feed_membership(n, Input::Leave);
+    }
+
     fn stop_control(&mut self, n: usize) {
         let Some(p) = self.proc_mut(n) else { return };
         if let Some(slot) = p.slot.take() {
