@@ -130,6 +130,11 @@ pub(crate) enum OpsCmd {
     Drain {
         /// The node (`3` or `n3`).
         node: NodeId,
+        /// Wait until no service runs on the node any more, at most this long (`60s`); exit
+        /// non-zero if some still do. Before a planned stop: the SIGTERM that follows then
+        /// has nothing to hand over but the Control, if the node holds it.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -306,7 +311,7 @@ pub(crate) async fn run(cmd: OpsCmd) -> Result<(), OpsError> {
                 println!("{} runs on {} at {}", p.service, p.node, p.endpoint);
             }
         }
-        OpsCmd::Drain { node, conn } => {
+        OpsCmd::Drain { node, wait, conn } => {
             let d: Done = conn
                 .client()?
                 .send::<(), _>(Method::POST, &format!("/v1/nodes/{}/drain", node.0), None)
@@ -320,6 +325,9 @@ pub(crate) async fn run(cmd: OpsCmd) -> Result<(), OpsError> {
                 print_json(&d);
             } else {
                 println!("draining {node}: its services are moving to other nodes");
+            }
+            if let Some(within) = wait {
+                drain_wait(&conn, node, within).await?;
             }
         }
         OpsCmd::Undrain { node, conn } => {
@@ -409,6 +417,41 @@ async fn profiles(cmd: ProfilesCmd) -> Result<(), OpsError> {
         }
     }
     Ok(())
+}
+
+/// `smart drain N --wait D`: polls `/v1/services` until none runs on `node`, at most `within`.
+async fn drain_wait(
+    conn: &Conn,
+    node: NodeId,
+    within: std::time::Duration,
+) -> Result<(), OpsError> {
+    let c = conn.client()?;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left: Vec<String> = c
+            .get::<Services>("/v1/services")
+            .await?
+            .services
+            .into_iter()
+            .filter(|s| s.node == node)
+            .map(|s| s.name.to_string())
+            .collect();
+        if left.is_empty() {
+            if !conn.json {
+                println!("{node} runs no service any more");
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(OpsError::Usage(format!(
+                "{} still on {node} after {}: {}",
+                left.len(),
+                humantime::format_duration(within),
+                left.join(", ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 async fn admit(a: AdmitArgs) -> Result<(), OpsError> {

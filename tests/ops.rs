@@ -258,25 +258,29 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     })
     .await;
 
-    // Drain its node: the service moves; undrain; undrain again is a 400.
-    let (s, v) = h
-        .call(
-            Method::POST,
-            &format!("{base}/v1/nodes/n{node}/drain"),
-            Some(admin),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    cluster::eventually(
-        Duration::from_secs(20),
-        "the service to leave the drained node",
-        || async {
-            let (_, v) = h.get(&format!("{base}/v1/services/video-a"), read).await;
-            (v["node"].as_u64().is_some_and(|x| x != node)).then_some(())
-        },
-    )
-    .await;
+    // Drain its node with the CLI, waiting until it runs nothing: the service has moved
+    // when it returns; undrain; undrain again is a 400.
+    let out = {
+        let (bin, base, admin, node) = (SMART.to_string(), base.clone(), admin.to_string(), node);
+        tokio::task::spawn_blocking(move || {
+            cluster::smart_cli(
+                &bin,
+                &["drain", &format!("n{node}"), "--wait", "20s"],
+                &base,
+                &admin,
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("runs no service any more"));
+    let (_, v) = h.get(&format!("{base}/v1/services/video-a"), read).await;
+    assert!(v["node"].as_u64().is_some_and(|x| x != node), "{v}");
     let (s, _) = h
         .call(
             Method::POST,
