@@ -13,7 +13,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
   -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 cargo build --release --bins --target "$triple" --quiet
-targets=(wire_decode wire_engine frame_decode handshake_decode api_message http_request_head control_line checkpoint_header)
+targets=(wire_decode wire_engine frame_decode handshake_decode api_message http_request_head control_line checkpoint_header raft_payload)
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
   echo "fuzz: $t for ${secs}s"

@@ -35,6 +35,24 @@ pub(crate) enum CodecError {
     Postcard(#[from] postcard::Error),
 }
 
+/// Decodes the Raft library's message an RPC carries, as [`crate::DesiredStore::handle_rpc`]
+/// does before acting on it, and acts on nothing: for the decoder's fuzz target and for
+/// diagnostics. `ClientWrite` carries a typed command (decoded with the envelope): `Ok`.
+pub fn check_payload(rpc: &smart_proto::desired::RaftRpc) -> Result<(), String> {
+    use smart_proto::desired::RaftRpc;
+    let r = match rpc {
+        RaftRpc::AppendEntries(b) => {
+            decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(b).map(drop)
+        }
+        RaftRpc::Vote(b) => decode::<openraft::raft::VoteRequest<u64>>(b).map(drop),
+        RaftRpc::InstallSnapshot(b) => {
+            decode::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(b).map(drop)
+        }
+        RaftRpc::ClientWrite { .. } => Ok(()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
 /// Encodes a Raft payload (no size check: the caller decides what an oversized one means).
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(postcard::to_allocvec(value)?)
