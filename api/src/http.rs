@@ -50,6 +50,7 @@
 //! | `unsupported_media_type` | 415 | a body without `Content-Type: application/json` |
 //! | `internal` | 500 | a node could not carry the request out |
 //! | `no_control`, `rebuilding`, `no_majority` | 503 | retryable: no Control right now |
+//! | `not_committed` | 503 | the desired-state log could not take the change (the message says why, e.g. no majority of the control nodes reachable); nothing was done; retry once the partition heals |
 //! | `timeout` | 504 | no answer in time (retryable) |
 //! | `too_many_streams` | 503 | too many open event streams on this node (retryable) |
 //!
