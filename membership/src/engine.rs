@@ -769,11 +769,12 @@ impl<R: Rng> NodeEngine<R> {
             asserted: None,
         });
         if msg.incarnation() > member.incarnation {
-            // A new life: whatever it asserted before is void.
+            // A new life: whatever it asserted before is void (and it has not left).
             member.incarnation = msg.incarnation();
             member.asserts = None;
             member.asserted = None;
             member.last_seq = msg.seq();
+            self.departed.remove(&from);
             self.reports.remove(&from);
             self.dirty = true;
             out.push(Output::MemberRestarted {
@@ -990,10 +991,12 @@ impl<R: Rng> NodeEngine<R> {
         if let Some(member) = self.members.get_mut(&p.from)
             && member.incarnation != p.incarnation
         {
-            // A new life: whatever it asserted before is void.
+            // A new life: whatever it asserted before is void (and it has not left).
             member.incarnation = p.incarnation;
             member.asserts = None;
+            member.asserted = None;
             member.last_seq = p.seq;
+            self.departed.remove(&p.from);
             self.asserting.remove(&p.from);
             self.reports.remove(&p.from);
             self.dirty = true;
@@ -1060,6 +1063,7 @@ impl<R: Rng> NodeEngine<R> {
             self.asserting.remove(&n);
             self.answered.remove(&n);
             self.far.remove(&n);
+            self.departed.remove(&n);
             self.dirty = true;
             self.counters.forgotten += 1;
             tracing::info!(member = %n, "forgot a member dead for longer than forget_after");

@@ -733,6 +733,38 @@ fn leaving_control_hands_over_without_waiting_for_the_detector() {
     assert!(out.contains(&Output::BecomeControl { epoch: 6 }), "{out:?}");
 }
 
+/// A Control that handed over is down at once; its trailing heartbeat of the same life is
+/// dropped, and its next life is a member again.
+#[test]
+fn a_departed_control_stays_down_until_its_next_life() {
+    let t0 = Instant::now();
+    let mut f = engine(2, 5);
+    f.handle(Input::Tick, t0);
+    f.handle(Input::Received(heartbeat(1, 1, Some((5, 5)))), t0);
+    let handover = Message::Handover(Handover {
+        from: NodeId(1),
+        incarnation: 1,
+        seq: 2,
+        epoch: 5,
+        successor: Some(NodeId(3)),
+    });
+    let out = f.handle(Input::Received(handover), t0 + ms(1));
+    assert!(out.contains(&Output::MemberDown(NodeId(1))), "{out:?}");
+    assert_eq!(
+        f.handle(Input::Received(heartbeat(1, 3, None)), t0 + ms(2)),
+        vec![Output::Dropped {
+            from: NodeId(1),
+            reason: DropReason::Left
+        }]
+    );
+    let mut reborn = heartbeat(1, 1, None);
+    if let Message::Heartbeat(h) = &mut reborn {
+        h.incarnation = 2;
+    }
+    let out = f.handle(Input::Received(reborn), t0 + ms(3));
+    assert!(out.contains(&Output::MemberUp(NodeId(1))), "{out:?}");
+}
+
 /// A handover is believed only from the node asserting Control: a follower's (or a
 /// forged one in a follower's name) changes nothing.
 #[test]
