@@ -439,24 +439,8 @@ async fn kill_9_of_the_control_and_a_service_node_together_loses_no_service() {
     let (mut c, (control, epoch), _) = case(4, 60, 5).await;
     let all = c.running();
     // Services admitted through the message API, with no viewers to bring them back: only
-    // the Control's registry knows them.
-    let cl = c
-        .client(fe_node(&c))
-        .await
-        .unwrap()
-        .with_timeout(Duration::from_secs(15));
-    let fe_cfg =
-        smart_config::NodeConfig::load(&c.dir().join(format!("n{}.toml", fe_node(&c)))).unwrap();
-    for v in 0..4 {
-        let spec = smart_frontend::spec_for(
-            &fe_cfg.frontend,
-            &format!("v{v}"),
-            fe_cfg.frontend.bitrate_bps,
-            None,
-        );
-        let r = cl.request(Request::AdmitService(spec)).await.unwrap();
-        assert!(matches!(r, Response::Placed(_)), "{r:?}");
-    }
+    // the Control's registry and the desired-state log know them.
+    admit_api_services(&c, 4).await;
     let placed = services(&c, fe_node(&c)).await;
     assert_eq!(placed.len(), 4);
     let victim = placed

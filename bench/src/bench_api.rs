@@ -72,6 +72,17 @@ pub struct ApiBench {
     pub dashboard_skipped: Option<String>,
 }
 
+/// The spec of benchmark service `i`, as `POST /v1/services` takes it: a distributor of this
+/// binary with an origin that never answers (it serves no viewer; only its admission counts).
+pub(crate) fn bench_service(exe: &std::path::Path, i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "name": format!("bench-{i}"),
+        "class": "distributor",
+        "command": [exe.display().to_string(), "distributor", "--listen", "{listen}", "--origin", "http://127.0.0.1:9"],
+        "per_client_bps": 400_000,
+    })
+}
+
 /// A failure of the benchmark itself (not of one node), as a [`ClusterError`].
 pub(crate) fn other(what: impl std::fmt::Display) -> ClusterError {
     ClusterError::Node {
@@ -196,12 +207,7 @@ pub async fn run(args: ApiBenchArgs) -> Result<ApiBench, ClusterError> {
         .build()
         .map_err(other)?;
     for i in 0..args.services {
-        let spec = serde_json::json!({
-            "name": format!("bench-{i}"),
-            "class": "distributor",
-            "command": [exe.display().to_string(), "distributor", "--listen", "{listen}", "--origin", "http://127.0.0.1:9"],
-            "per_client_bps": 400_000,
-        });
+        let spec = bench_service(&exe, i);
         let r = http
             .post(format!("{base}/v1/services"))
             .bearer_auth(c.admin_token())

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench_api::other;
+use crate::bench_api::{bench_service, other};
 use crate::cluster::{ClusterError, ClusterSpec, LocalCluster};
 use crate::demo::percentile;
 
@@ -65,12 +65,7 @@ pub async fn run(args: DesiredBenchArgs) -> Result<DesiredBench, ClusterError> {
         .map_err(other)?;
     let mut admit = Vec::new();
     for i in 0..args.services {
-        let spec = serde_json::json!({
-            "name": format!("bench-{i}"),
-            "class": "distributor",
-            "command": [exe.display().to_string(), "distributor", "--listen", "{listen}", "--origin", "http://127.0.0.1:9"],
-            "per_client_bps": 400_000,
-        });
+        let spec = bench_service(&exe, i);
         let t0 = Instant::now();
         let r = http
             .post(format!("{}/v1/services", c.http_url(follower)))

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{Config, EmptyNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use smart_proto::NodeId;
@@ -20,7 +19,7 @@ use tokio::time::Instant;
 use crate::log_store::{LogStore, open_db};
 use crate::network::{NetworkFactory, RaftTransport, Reach};
 use crate::state_machine::StateMachine;
-use crate::types::{TypeConfig, decode, encode};
+use crate::types::{Incoming, TypeConfig, decode_rpc, encode};
 
 /// The store's file in its directory.
 pub const STORE_FILE: &str = "desired.redb";
@@ -563,32 +562,24 @@ impl DesiredStore {
     /// is answered [`RaftRpcAnswer::Malformed`] and changes nothing.
     pub async fn handle_rpc(&self, rpc: RaftRpc) -> RaftRpcAnswer {
         let raft = &self.inner.raft;
-        match rpc {
-            RaftRpc::AppendEntries(bytes) => {
-                let req: AppendEntriesRequest<TypeConfig> = match decode(&bytes) {
-                    Ok(req) => req,
-                    Err(e) => return malformed("append-entries", e),
-                };
+        let incoming = match decode_rpc(rpc) {
+            Ok(incoming) => incoming,
+            Err(e) => return malformed(e),
+        };
+        match incoming {
+            Incoming::AppendEntries(req) => {
                 self.heard_from(req.vote.leader_id().voted_for());
                 reply(&raft.append_entries(req).await)
             }
-            RaftRpc::Vote(bytes) => {
-                let req: VoteRequest<u64> = match decode(&bytes) {
-                    Ok(req) => req,
-                    Err(e) => return malformed("vote", e),
-                };
+            Incoming::Vote(req) => {
                 self.heard_from(req.vote.leader_id().voted_for());
                 reply(&raft.vote(req).await)
             }
-            RaftRpc::InstallSnapshot(bytes) => {
-                let req: InstallSnapshotRequest<TypeConfig> = match decode(&bytes) {
-                    Ok(req) => req,
-                    Err(e) => return malformed("install-snapshot", e),
-                };
+            Incoming::InstallSnapshot(req) => {
                 self.heard_from(req.vote.leader_id().voted_for());
                 reply(&raft.install_snapshot(req).await)
             }
-            RaftRpc::ClientWrite { cmd, within_ms } => {
+            Incoming::ClientWrite { cmd, within_ms } => {
                 let bytes = encoded_len(&cmd);
                 if bytes > CMD_MAX {
                     return RaftRpcAnswer::Write(Err(WriteRefusal::TooLarge {
@@ -719,9 +710,9 @@ fn encoded_len<T: Serialize>(v: &T) -> usize {
     postcard::to_allocvec(v).map_or(usize::MAX, |b| b.len())
 }
 
-fn malformed(kind: &str, e: impl std::fmt::Display) -> RaftRpcAnswer {
-    tracing::warn!(kind, error = %e, "malformed raft message");
-    RaftRpcAnswer::Malformed(format!("{kind}: {e}"))
+fn malformed(why: String) -> RaftRpcAnswer {
+    tracing::warn!(error = %why, "malformed raft message");
+    RaftRpcAnswer::Malformed(why)
 }
 
 fn reply<T: Serialize>(result: &T) -> RaftRpcAnswer {

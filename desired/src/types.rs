@@ -35,22 +35,40 @@ pub(crate) enum CodecError {
     Postcard(#[from] postcard::Error),
 }
 
-/// Decodes the Raft library's message an RPC carries, as [`crate::DesiredStore::handle_rpc`]
-/// does before acting on it, and acts on nothing: for the decoder's fuzz target and for
-/// diagnostics. `ClientWrite` carries a typed command (decoded with the envelope): `Ok`.
-pub fn check_payload(rpc: &smart_proto::desired::RaftRpc) -> Result<(), String> {
+/// A Raft message from another member, decoded (what [`crate::DesiredStore::handle_rpc`]
+/// acts on).
+pub enum Incoming {
+    /// Replicate entries, or a heartbeat.
+    AppendEntries(openraft::raft::AppendEntriesRequest<TypeConfig>),
+    /// A candidate's vote request.
+    Vote(openraft::raft::VoteRequest<u64>),
+    /// A chunk of a snapshot.
+    InstallSnapshot(openraft::raft::InstallSnapshotRequest<TypeConfig>),
+    /// A write forwarded to the leader (typed already).
+    ClientWrite {
+        /// The command.
+        cmd: DesiredCmd,
+        /// Milliseconds the sender waits.
+        within_ms: u64,
+    },
+}
+
+/// Decodes the Raft library's message an RPC carries, size checked first. The error names
+/// the kind of message and why (the receiver answers `Malformed` with it). Its fuzz target
+/// is `raft_payload`.
+pub fn decode_rpc(rpc: smart_proto::desired::RaftRpc) -> Result<Incoming, String> {
     use smart_proto::desired::RaftRpc;
-    let r = match rpc {
+    let named = |kind: &str, e: CodecError| format!("{kind}: {e}");
+    Ok(match rpc {
         RaftRpc::AppendEntries(b) => {
-            decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(b).map(drop)
+            Incoming::AppendEntries(decode(&b).map_err(|e| named("append-entries", e))?)
         }
-        RaftRpc::Vote(b) => decode::<openraft::raft::VoteRequest<u64>>(b).map(drop),
+        RaftRpc::Vote(b) => Incoming::Vote(decode(&b).map_err(|e| named("vote", e))?),
         RaftRpc::InstallSnapshot(b) => {
-            decode::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(b).map(drop)
+            Incoming::InstallSnapshot(decode(&b).map_err(|e| named("install-snapshot", e))?)
         }
-        RaftRpc::ClientWrite { .. } => Ok(()),
-    };
-    r.map_err(|e| e.to_string())
+        RaftRpc::ClientWrite { cmd, within_ms } => Incoming::ClientWrite { cmd, within_ms },
+    })
 }
 
 /// Encodes a Raft payload (no size check: the caller decides what an oversized one means).

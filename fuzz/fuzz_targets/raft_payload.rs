@@ -8,13 +8,13 @@ use smart_proto::desired::RaftRpc;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(rpc) = postcard::from_bytes::<RaftRpc>(data) {
-        let _ = smart_desired::types::check_payload(&rpc);
+        let _ = smart_desired::types::decode_rpc(rpc);
     }
     for rpc in [
         RaftRpc::AppendEntries(data.to_vec()),
         RaftRpc::Vote(data.to_vec()),
         RaftRpc::InstallSnapshot(data.to_vec()),
     ] {
-        let _ = smart_desired::types::check_payload(&rpc);
+        let _ = smart_desired::types::decode_rpc(rpc);
     }
 });

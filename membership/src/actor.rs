@@ -24,8 +24,7 @@ use crate::election::Mode;
 use crate::engine::{Dest, EngineConfig, Input, NodeEngine, Output};
 use crate::epoch::{EpochStore, Fatal, PersistError};
 use crate::udp::{self, MulticastParams};
-use crate::view::AgentAddr;
-use crate::view::{ActingLease, ClusterView, ControlAt};
+use crate::view::{ActingLease, ClusterView};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -313,47 +312,11 @@ impl Membership {
     /// Publishes the view other actors read: the Control, the live agents, the others.
     fn publish(&self, st: &MembershipState) {
         let cfg = &self.cfg;
-        let members = st.engine.members();
-        let control = st.engine.control().and_then(|c| {
-            let addr = if c.node_id == cfg.id() {
-                Some(cfg.advertise_addr())
-            } else {
-                members
-                    .iter()
-                    .find(|m| m.node_id == c.node_id)
-                    .map(|m| m.tcp_addr)
-            }?;
-            Some(ControlAt {
-                node: c.node_id,
-                epoch: c.epoch,
-                addr,
-            })
-        });
-        let mut agents: Vec<AgentAddr> = members
-            .iter()
-            .filter(|m| m.alive && m.roles.contains(&Role::Agent))
-            .map(|m| AgentAddr {
-                node: m.node_id,
-                addr: m.tcp_addr,
-            })
-            .collect();
-        if cfg.has_role(Role::Agent) {
-            agents.push(AgentAddr {
-                node: cfg.id(),
-                addr: cfg.advertise_addr(),
-            });
-        }
-        agents.sort_by_key(|a| a.node);
-        let others = members
-            .iter()
-            .filter(|m| m.alive && m.node_id != cfg.id())
-            .map(|m| (m.node_id, m.tcp_addr))
-            .collect();
-        let view = ClusterView {
-            control,
-            agents,
-            others,
-        };
+        let view = ClusterView::derive(
+            (cfg.id(), cfg.advertise_addr(), cfg.has_role(Role::Agent)),
+            st.engine.control(),
+            &st.engine.members(),
+        );
         self.view.send_if_modified(|cur| {
             let changed = *cur != view;
             *cur = view;

@@ -82,6 +82,51 @@ pub enum FromControl {
 }
 
 impl ClusterView {
+    /// The view from what the engine knows: `me` (id, transport address, whether it runs
+    /// an agent), the Control it sees, and its members. A Control whose address is not
+    /// known yet (heard by its claim before its first heartbeat) is no Control here.
+    pub fn derive(
+        me: (NodeId, SocketAddr, bool),
+        control: Option<crate::engine::ControlInfo>,
+        members: &[crate::engine::MemberView],
+    ) -> Self {
+        let (id, addr, agent) = me;
+        let control = control.and_then(|c| {
+            let at = if c.node_id == id {
+                addr
+            } else {
+                members.iter().find(|m| m.node_id == c.node_id)?.tcp_addr
+            };
+            Some(ControlAt {
+                node: c.node_id,
+                epoch: c.epoch,
+                addr: at,
+            })
+        });
+        let mut agents: Vec<AgentAddr> = members
+            .iter()
+            .filter(|m| m.alive && m.roles.contains(&smart_proto::Role::Agent))
+            .map(|m| AgentAddr {
+                node: m.node_id,
+                addr: m.tcp_addr,
+            })
+            .collect();
+        if agent {
+            agents.push(AgentAddr { node: id, addr });
+        }
+        agents.sort_by_key(|a| a.node);
+        let others = members
+            .iter()
+            .filter(|m| m.alive && m.node_id != id)
+            .map(|m| (m.node_id, m.tcp_addr))
+            .collect();
+        ClusterView {
+            control,
+            agents,
+            others,
+        }
+    }
+
     /// Judges a request from the authenticated node `from`, stamped with `epoch` (see
     /// [`FromControl`]).
     pub fn sender_is_control(&self, from: NodeId, epoch: Epoch) -> FromControl {

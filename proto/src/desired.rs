@@ -170,11 +170,6 @@ impl DesiredState {
             &mut self.drained
         }
     }
-
-    /// True when the node is drained, by an operator or for its health.
-    pub fn is_drained(&self, node: NodeId) -> bool {
-        self.drained.contains(&node) || self.health_drained.contains(&node)
-    }
 }
 
 /// A Raft message between two control nodes (`NodeRequest::Raft`). The Raft protocol's
@@ -382,12 +377,11 @@ mod tests {
         assert_eq!(s.apply(&drain(true)), ApplyResult::Applied);
         // The node recovers: the health drain goes, the operator's stays.
         assert_eq!(s.apply(&undrain(true)), ApplyResult::Applied);
-        assert!(s.is_drained(n));
         assert_eq!(s.drained, BTreeSet::from([n]));
         assert!(s.health_drained.is_empty());
         assert_eq!(s.apply(&undrain(true)), ApplyResult::Unchanged);
         assert_eq!(s.apply(&undrain(false)), ApplyResult::Applied);
-        assert!(!s.is_drained(n));
+        assert!(s.drained.is_empty() && s.health_drained.is_empty());
     }
 
     #[test]
@@ -414,7 +408,7 @@ mod tests {
         assert_eq!(ra, rb);
         assert_eq!(a.services.keys().collect::<Vec<_>>(), vec!["b"]);
         assert_eq!(a.profiles["d"].version, 5);
-        assert!(a.is_drained(NodeId(1)));
+        assert!(a.drained.contains(&NodeId(1)) || a.health_drained.contains(&NodeId(1)));
     }
 
     fn round_trip<T>(v: &T)

@@ -74,11 +74,6 @@ impl Network {
         self.loss_pct
     }
 
-    /// Whether the network is healed and loss-free.
-    pub fn is_clean(&self) -> bool {
-        self.loss_pct == 0 && self.cuts.is_empty() && self.side.iter().all(|s| *s == 0)
-    }
-
     /// The delay of one datagram, or `None` when it is lost.
     pub fn datagram<R: Rng>(&self, rng: &mut R) -> Option<Duration> {
         if rng.random_range(0..100) < self.loss_pct {

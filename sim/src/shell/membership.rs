@@ -10,11 +10,9 @@
 //! (`ActingChanged`) when it is about the slot's epoch, `StopControl` stops it; a deposed
 //! Control leaves its slot without an actor.
 
-use std::net::SocketAddr;
-
 use smart_membership::engine::{Input, Output};
-use smart_membership::view::{AgentAddr, ClusterView, ControlAt};
-use smart_proto::{Epoch, Role, heartbeat};
+use smart_membership::view::ClusterView;
+use smart_proto::{Epoch, heartbeat};
 
 use crate::world::{CtlMsg, Ev, MemMsg, Sim, Slot, SupMsg, TICK};
 
@@ -143,42 +141,12 @@ impl Sim {
     fn publish_view(&mut self, n: usize) {
         let Some(p) = self.proc(n) else { return };
         let me = &self.nodes[n];
-        let members = p.membership.members();
-        let control = p.membership.control().and_then(|c| {
-            let addr: SocketAddr = if c.node_id == me.id {
-                me.addr
-            } else {
-                members.iter().find(|m| m.node_id == c.node_id)?.tcp_addr
-            };
-            Some(ControlAt {
-                node: c.node_id,
-                epoch: c.epoch,
-                addr,
-            })
-        });
-        let mut agents: Vec<AgentAddr> = members
-            .iter()
-            .filter(|m| m.alive && m.roles.contains(&Role::Agent))
-            .map(|m| AgentAddr {
-                node: m.node_id,
-                addr: m.tcp_addr,
-            })
-            .collect();
-        agents.push(AgentAddr {
-            node: me.id,
-            addr: me.addr,
-        });
-        agents.sort_by_key(|a| a.node);
-        let others = members
-            .iter()
-            .filter(|m| m.alive && m.node_id != me.id)
-            .map(|m| (m.node_id, m.tcp_addr))
-            .collect();
-        let view = ClusterView {
-            control,
-            agents,
-            others,
-        };
+        // Every simulated node runs an agent.
+        let view = ClusterView::derive(
+            (me.id, me.addr, true),
+            p.membership.control(),
+            &p.membership.members(),
+        );
         let Some(p) = self.proc_mut(n) else { return };
         if p.view == view {
             return;

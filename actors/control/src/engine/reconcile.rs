@@ -287,7 +287,7 @@ impl ControlEngine {
     /// The service `name` (in the table) runs `kept`: admission places it (with its
     /// clients and `extra` more) on `kept`'s node, and the table follows. False (and
     /// nothing changed) when `kept`'s node cannot take it.
-    pub(crate) fn take_copy(&mut self, name: &str, kept: &Copy, extra: u64, now: Instant) -> bool {
+    fn take_copy(&mut self, name: &str, kept: &Copy, extra: u64, now: Instant) -> bool {
         let s = &self.table[name];
         let (sid, profile, clients) = (s.sid(), s.profile(), s.clients().to_vec());
         let placed_on = self.admission.node_of(sid);
@@ -396,7 +396,7 @@ impl ControlEngine {
     }
 
     /// The best running copy of `name` a reachable agent reported last, if any.
-    pub(crate) fn reported_copy(&self, name: &str) -> Option<Copy> {
+    fn reported_copy(&self, name: &str) -> Option<Copy> {
         let heard: BTreeSet<NodeId> = self
             .registry
             .keys()
@@ -429,7 +429,7 @@ impl ControlEngine {
     }
 
     /// Whether every live agent has answered at least once since this Control started.
-    pub(crate) fn heard_all(&self) -> bool {
+    fn heard_all(&self) -> bool {
         self.live.keys().all(|n| self.registry.contains_key(n))
     }
 
