@@ -62,7 +62,8 @@ pub enum ElectionMode {
     /// Thesis behaviour: any live node can become Control and regenerate the cluster.
     #[default]
     Available,
-    /// The Control acts only while a majority of `election.members` grant it a lease.
+    /// The Control is the leader of the desired-state log's Raft group (the
+    /// `election.members`) and acts only while a majority of them acknowledged it.
     Majority,
 }
 

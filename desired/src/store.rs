@@ -3,15 +3,17 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::raft::VoteResponse;
 use openraft::{Config, EmptyNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use smart_proto::NodeId;
 use smart_proto::desired::{
-    DesiredCmd, DesiredState, RAFT_PAYLOAD_MAX, RaftRpc, RaftRpcAnswer, WriteRefusal, Written,
+    DesiredCmd, DesiredState, Leadership, RAFT_PAYLOAD_MAX, RaftRpc, RaftRpcAnswer, WriteRefusal,
+    Written,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -267,14 +269,18 @@ impl DesiredStatus {
 
 struct Inner {
     me: NodeId,
+    /// When this member started: it grants no vote for a leader lease after (see
+    /// [`DesiredStore::handle_rpc`]).
+    opened_at: Instant,
     voters: BTreeSet<NodeId>,
     config: DesiredConfig,
     raft: Raft<TypeConfig>,
     transport: Arc<dyn RaftTransport>,
     reach: Arc<Reach>,
     state: watch::Receiver<Arc<DesiredState>>,
-    /// When leader: when a quorum last acknowledged it (see `watch_quorum_acks`).
-    quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+    /// Raft's word on this node: leader, and until when its quorum lease runs (see
+    /// `watch_leadership`).
+    leadership: watch::Receiver<Leadership>,
     /// Hears its sender drop when the store file is closed (Raft's tasks have all let it
     /// go).
     closed: watch::Receiver<()>,
@@ -354,10 +360,10 @@ impl DesiredStore {
                 return Err(e);
             }
         };
-        let quorum_acked_at = Arc::new(Mutex::new(None));
-        watch_quorum_acks(&raft, quorum_acked_at.clone());
+        let leadership = watch_leadership(&raft, me, config.quorum_lease);
         Ok(DesiredStore {
             inner: Arc::new(Inner {
+                opened_at: Instant::now(),
                 me,
                 voters,
                 config,
@@ -365,7 +371,7 @@ impl DesiredStore {
                 transport,
                 reach,
                 state,
-                quorum_acked_at,
+                leadership,
                 closed,
             }),
         })
@@ -406,17 +412,44 @@ impl DesiredStore {
     /// condition for acting as the Control in majority mode (a leader cut off from the
     /// majority stops satisfying it within the lease, before another can be elected).
     pub fn leads_with_quorum(&self) -> bool {
-        let leads = {
-            let m = self.inner.raft.metrics();
-            let m = m.borrow();
-            m.state == ServerState::Leader && m.current_leader == Some(self.inner.me.0)
+        self.inner.leadership.borrow().valid(Instant::now())
+    }
+
+    /// Raft's word on this node as it changes: whether it leads, and until when the latest
+    /// acknowledgement by a quorum lets it act (renewed with every heartbeat round a quorum
+    /// answers). Majority mode's election follows it.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.inner.leadership.clone()
+    }
+
+    /// Asks Raft for an election now (the Control handed over to this node). A follower
+    /// whose log is current wins it at once when the leaving leader still answers, without
+    /// waiting for its election timeout. Returns at once.
+    pub async fn elect_now(&self) {
+        if let Err(e) = self.inner.raft.trigger().elect().await {
+            tracing::warn!(node = %self.inner.me, error = %e, "could not start an election");
+        }
+    }
+
+    /// Waits until another node leads (or this one no longer does), at most `timeout`: a
+    /// leaving leader keeps its member running meanwhile, so that the successor it named
+    /// gets its vote. Returns whether leadership moved.
+    pub async fn wait_leadership_moved(&self, timeout: Duration) -> bool {
+        let me = self.inner.me.0;
+        let moved = |m: &RaftMetrics<u64, EmptyNode>| {
+            m.current_leader.is_some_and(|l| l != me) || m.state != ServerState::Leader
         };
-        let acked_at = *self
-            .inner
-            .quorum_acked_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        leads && acked_at.is_some_and(|t| t.elapsed() <= self.inner.config.quorum_lease)
+        let mut rx = self.inner.raft.metrics();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if moved(&rx.borrow_and_update()) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
     }
 
     /// Waits until `pred` holds for this node's status, at most `timeout`; the last status
@@ -573,6 +606,16 @@ impl DesiredStore {
             }
             Incoming::Vote(req) => {
                 self.heard_from(req.vote.leader_id().voted_for());
+                // A member that just started may have acknowledged a leader in its previous
+                // life, within that leader's quorum lease: Raft forgets it (the lease is not
+                // persisted), so voting at once could elect a second leader while the first
+                // still acts. Refuse votes for one leader lease (the longest election
+                // timeout) after the start.
+                if self.inner.opened_at.elapsed() < self.inner.config.election_timeout_max {
+                    let refused: Result<VoteResponse<u64>, RaftError<u64>> =
+                        Ok(VoteResponse::new(req.vote, None, false));
+                    return reply(&refused);
+                }
                 reply(&raft.vote(req).await)
             }
             Incoming::InstallSnapshot(req) => {
@@ -684,26 +727,45 @@ async fn join_group(
 /// (at least every tick); turned into a time here, its age keeps growing between updates,
 /// so a leader cut off stops counting as acting once the lease runs out, not at the next
 /// update.
-fn watch_quorum_acks(raft: &Raft<TypeConfig>, acked_at: Arc<Mutex<Option<Instant>>>) {
+/// Publishes Raft's word on this node, from its metrics (refreshed as Raft works, with
+/// every heartbeat round at least): leader, and the quorum lease, dated from when the
+/// acknowledged heartbeat round was sent (openraft measures `millis_since_quorum_ack` so),
+/// hence ending before any voter that acknowledged it can elect another.
+fn watch_leadership(
+    raft: &Raft<TypeConfig>,
+    me: NodeId,
+    quorum_lease: Duration,
+) -> watch::Receiver<Leadership> {
     let mut rx = raft.metrics();
+    let (tx, out) = watch::channel(Leadership::default());
     tokio::spawn(async move {
         loop {
-            let at = {
+            let lead = {
                 let m = rx.borrow_and_update();
-                match (m.state, m.millis_since_quorum_ack) {
-                    (ServerState::Leader, Some(ms)) => {
-                        Instant::now().checked_sub(Duration::from_millis(ms))
-                    }
+                let leader = m.state == ServerState::Leader && m.current_leader == Some(me.0);
+                let lease_until = match (leader, m.millis_since_quorum_ack) {
+                    (true, Some(ms)) => Instant::now()
+                        .checked_sub(Duration::from_millis(ms))
+                        .map(|acked| acked + quorum_lease),
                     _ => None,
+                };
+                Leadership {
+                    leader,
+                    lease_until,
                 }
             };
-            *acked_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
+            tx.send_if_modified(|cur| {
+                let changed = *cur != lead;
+                *cur = lead;
+                changed
+            });
             // Ends when Raft stops.
             if rx.changed().await.is_err() {
                 break;
             }
         }
     });
+    out
 }
 
 fn encoded_len<T: Serialize>(v: &T) -> usize {

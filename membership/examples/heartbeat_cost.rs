@@ -18,9 +18,7 @@ use std::time::{Duration, Instant as WallInstant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use smart_membership::engine::{EngineConfig, Input, NodeEngine, Output};
-use smart_proto::heartbeat::{
-    self, ControlAssert, ControlView, Heartbeat, LeaseGrant, LoadSummary, Message,
-};
+use smart_proto::heartbeat::{self, ControlAssert, ControlView, Heartbeat, LoadSummary, Message};
 use smart_proto::{ClusterKey, NodeId, Role};
 use tokio::time::Instant;
 
@@ -42,12 +40,6 @@ fn peer_heartbeat(from: u64, seq: u64, control: bool) -> Message {
         as_control: control.then_some(ControlAssert {
             established_epoch: 10,
             epoch: 12,
-        }),
-        lease: Some(LeaseGrant {
-            control: NodeId(2),
-            epoch: 12,
-            ack_seq: seq,
-            duration_ms: 500,
         }),
         load: LoadSummary {
             cpu_milli: 2350,

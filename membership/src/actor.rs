@@ -20,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::detector::DetectorConfig;
-use crate::election::Mode;
+use crate::election::{Leadership, Mode};
 use crate::engine::{Dest, EngineConfig, Input, NodeEngine, Output};
 use crate::epoch::{EpochStore, Fatal, PersistError};
 use crate::udp::{self, MulticastParams};
@@ -66,6 +66,16 @@ fn member_load(l: LoadSummary) -> MemberLoad {
 pub type LoadSource =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<LoadSummary>> + Send>> + Send + Sync>;
 
+/// Majority mode: the desired-state log's Raft, as membership uses it.
+#[derive(Clone)]
+pub struct RaftLink {
+    /// Raft's word on this node, as it changes (fed to the engine as
+    /// [`Input::Leadership`]).
+    pub leadership: watch::Receiver<Leadership>,
+    /// Asks Raft for an election now: the Control handed over to this node.
+    pub elect: Arc<dyn Fn() + Send + Sync>,
+}
+
 /// The actor.
 pub struct Membership {
     /// The node's configuration.
@@ -92,6 +102,8 @@ pub struct Membership {
     pub supervisor: ActorRef<NodeMsg>,
     /// A restart of membership within the node's life: it takes a new incarnation.
     pub restart: bool,
+    /// Majority mode: the Raft group whose leader is the Control.
+    pub raft: Option<RaftLink>,
 }
 
 /// Its state.
@@ -105,6 +117,24 @@ pub struct MembershipState {
     load: LoadSummary,
     /// Ticks since the load was last asked for.
     ticks: u32,
+}
+
+/// Feeds Raft's word on this node to the actor as it changes (majority mode).
+fn spawn_leadership(
+    mut rx: watch::Receiver<Leadership>,
+    me: ActorRef<MembershipMsg>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let lead = *rx.borrow_and_update();
+            if me.send_message(MembershipMsg::Leadership(lead)).is_err() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 fn engine_config(cfg: &NodeConfig, incarnation: u64) -> EngineConfig {
@@ -290,6 +320,13 @@ impl Membership {
                     self.subscribers
                         .publish(&Event::MemberChanged { node, alive: true });
                 }
+                Output::ElectNow => {
+                    info!(node = %id, "named successor: asking raft for an election");
+                    self.counters.incr("handover_elections");
+                    if let Some(raft) = &self.raft {
+                        (raft.elect)();
+                    }
+                }
                 Output::Dropped { from, reason } => {
                     debug!(node = %id, %from, ?reason, "datagram dropped");
                 }
@@ -465,6 +502,9 @@ impl Actor for Membership {
             ));
             group = Some(SocketAddr::from((m.group, m.port)));
         }
+        if let Some(raft) = &self.raft {
+            readers.push(spawn_leadership(raft.leadership.clone(), myself.clone()));
+        }
         let engine = NodeEngine::new(
             engine_config(cfg, incarnation),
             self.durable.highest(),
@@ -551,6 +591,7 @@ impl Membership {
                 st.engine.handle(Input::RebuildDone { epoch }, now)
             }
             MembershipMsg::Reassert => st.engine.handle(Input::Reassert, now),
+            MembershipMsg::Leadership(lead) => st.engine.handle(Input::Leadership(lead), now),
             MembershipMsg::ControlStale(highest) => {
                 st.engine.handle(Input::ControlFenced { highest }, now)
             }

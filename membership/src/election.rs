@@ -21,8 +21,13 @@
 //!    when it executes them.
 //! 5. A new Control starts *rebuilding*; it may act only after the shell reports the rebuild
 //!    from Agent86 reports done ([`Election::rebuild_done`]).
-//! 6. [`Mode::Majority`]: a Control acts only while it holds unexpired lease grants from a
-//!    majority of the configured members ([`LeaseGranter`], [`LeaseHolder`]).
+//! 6. [`Mode::Majority`]: the Control is the leader of the desired-state log's Raft group
+//!    ([`Leadership`], fed by the shell). No backoff: Raft's randomized election timeout is
+//!    the random wait. A node claims once it leads with a quorum's recent acknowledgement,
+//!    acts only while that acknowledgement is fresh, and steps down when it stops leading or
+//!    stays without one for the listen time; a Control without one steps down before any
+//!    other Control it hears. A node that cannot reach a majority never leads, so it never
+//!    claims nor acts.
 //!
 //! A Control whose process could not run for longer than the failure detector's dead time
 //! (SIGSTOP, a stalled VM) steps down on its own ([`Election::paused`]): the others may have
@@ -32,10 +37,10 @@
 //! ## Layout
 //! - [`Mode`], [`ElectionConfig`]: configuration.
 //! - [`Election`], [`ElectionState`], [`Candidate`], [`Action`], [`StepDownReason`].
+//! - [`Leadership`]: majority mode's input from Raft.
 //! - [`Fence`], [`Stale`]: epoch fencing for command execution.
-//! - [`LeaseGranter`], [`LeaseHolder`]: majority-mode leases.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rand::Rng;
@@ -55,8 +60,9 @@ pub enum Mode {
     /// partition ("while one component lives it can regenerate all the others").
     #[default]
     Available,
-    /// A Control acts only while a majority of `members` (configured node ids, itself
-    /// included) grant it a lease.
+    /// The Control is the Raft leader of the desired-state log, whose voters are `members`
+    /// (configured node ids, itself included), and acts only while a majority of them
+    /// acknowledged it recently ([`Leadership`]).
     Majority {
         /// All configured members.
         members: BTreeSet<NodeId>,
@@ -64,14 +70,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Grants needed to act, or `None` in available mode.
-    pub fn quorum(&self) -> Option<usize> {
-        match self {
-            Mode::Available => None,
-            Mode::Majority { members } => Some(members.len() / 2 + 1),
-        }
+    /// Whether this is majority mode.
+    pub fn is_majority(&self) -> bool {
+        matches!(self, Mode::Majority { .. })
     }
 }
+
+pub use smart_proto::desired::Leadership;
 
 /// Election timings and switches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,8 +96,6 @@ pub struct ElectionConfig {
     pub listen: Duration,
     /// Available or majority.
     pub mode: Mode,
-    /// Majority mode: length of a lease grant (default 500 ms).
-    pub lease: Duration,
 }
 
 impl ElectionConfig {
@@ -106,7 +109,6 @@ impl ElectionConfig {
             profiler_backoff: Duration::from_millis(100),
             listen: Duration::from_millis(400),
             mode: Mode::Available,
-            lease: Duration::from_millis(500),
         }
     }
 
@@ -179,6 +181,9 @@ pub enum StepDownReason {
     },
     /// The node is shutting down ([`Election::leave`]).
     Leaving,
+    /// Majority mode: this node no longer leads the Raft group, or no quorum acknowledged
+    /// it for the listen time, or another Control is heard while it cannot act.
+    NotLeading,
     /// The highest epoch could not be made durable: acting on it could let a restarted
     /// node reuse it ([`Election::persist_failed`]).
     NotDurable,
@@ -229,6 +234,8 @@ pub struct Election {
     /// `(members, our index)`: the epochs this node may claim (see
     /// [`Election::set_epoch_class`]).
     class: Option<(u64, u64)>,
+    /// Majority mode: the latest [`Leadership`] report.
+    lead: Leadership,
 }
 
 impl Election {
@@ -242,7 +249,19 @@ impl Election {
             hold: false,
             exhausted: false,
             class: None,
+            lead: Leadership::default(),
         }
+    }
+
+    /// Majority mode: the Raft group's latest word on this node (the engine then runs
+    /// [`Election::on_controls`], which claims or steps down accordingly).
+    pub fn set_leadership(&mut self, lead: Leadership) {
+        self.lead = lead;
+    }
+
+    /// Majority mode: the latest [`Leadership`] report.
+    pub fn leadership(&self) -> Leadership {
+        self.lead
     }
 
     /// Holds (or releases) the election: while held, a follower does not wait nor claim.
@@ -368,6 +387,10 @@ impl Election {
         rng: &mut R,
         out: &mut Vec<Action>,
     ) {
+        if self.cfg.mode.is_majority() {
+            self.on_controls_majority(others, now, out);
+            return;
+        }
         if let ElectionState::Control {
             established, epoch, ..
         } = self.state
@@ -425,27 +448,72 @@ impl Election {
         }
     }
 
+    /// Majority mode's rule 6: the Raft leader with a fresh quorum acknowledgement keeps
+    /// (or takes) office whatever other Control it hears, and moves above their epochs; a
+    /// Control without one steps down when it no longer leads, when it has had none for
+    /// the listen time, or when it hears another Control; a follower never waits.
+    fn on_controls_majority(&mut self, others: &[Candidate], now: Instant, out: &mut Vec<Action>) {
+        for c in others {
+            self.observe_epoch(c.epoch, out);
+        }
+        let valid = self.lead.valid(now);
+        if let ElectionState::Control { epoch, .. } = self.state {
+            if valid {
+                if self.highest > epoch || others.iter().any(|c| c.epoch >= epoch) {
+                    self.reassert(out);
+                }
+                return;
+            }
+            let lapsed = self
+                .lead
+                .lease_until
+                .is_none_or(|u| now.saturating_duration_since(u) >= self.cfg.listen);
+            if !self.lead.leader || lapsed || others.iter().any(|c| c.direct) {
+                self.state = ElectionState::Follower;
+                out.push(Action::StepDown {
+                    epoch,
+                    reason: StepDownReason::NotLeading,
+                });
+            }
+            return;
+        }
+        self.state = ElectionState::Follower;
+        if valid
+            && self.cfg.eligible
+            && !self.hold
+            && !self.exhausted
+            && self.quiet_until.is_some_and(|q| now >= q)
+        {
+            self.claim(out);
+        }
+    }
+
     /// Time passed: claims when the backoff ends.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         if let ElectionState::Waiting { deadline } = self.state
             && now >= deadline
         {
-            // Only a hostile insider or a corrupt disk can push epochs that far: refuse,
-            // never wrap.
-            let Some(epoch) = self.next_epoch() else {
-                self.state = ElectionState::Follower;
-                return;
-            };
-            self.highest = epoch;
-            self.state = ElectionState::Control {
-                established: epoch,
-                epoch,
-                rebuilding: true,
-            };
-            out.push(Action::Persist(epoch));
-            out.push(Action::Claim { epoch });
-            out.push(Action::BecomeControl { epoch });
+            self.claim(out);
         }
+    }
+
+    /// Claims the next epoch of this node's class and becomes a rebuilding Control.
+    fn claim(&mut self, out: &mut Vec<Action>) {
+        // Only a hostile insider or a corrupt disk can push epochs that far: refuse, never
+        // wrap.
+        let Some(epoch) = self.next_epoch() else {
+            self.state = ElectionState::Follower;
+            return;
+        };
+        self.highest = epoch;
+        self.state = ElectionState::Control {
+            established: epoch,
+            epoch,
+            rebuilding: true,
+        };
+        out.push(Action::Persist(epoch));
+        out.push(Action::Claim { epoch });
+        out.push(Action::BecomeControl { epoch });
     }
 
     /// An epoch write failed: step down if Control and drop any wait. The engine holds
@@ -462,12 +530,15 @@ impl Election {
 
     /// The Control handed over to this node ([`smart_proto::heartbeat::Handover`]): claim at
     /// the next tick, without a backoff, when this node may claim at all. Returns whether it
-    /// will.
+    /// will. Never in majority mode: there the successor asks Raft for an election and claims
+    /// once it leads.
     pub fn take_over(&mut self, now: Instant) -> bool {
-        let may = matches!(
-            self.state,
-            ElectionState::Follower | ElectionState::Waiting { .. }
-        ) && self.cfg.eligible
+        let may = !self.cfg.mode.is_majority()
+            && matches!(
+                self.state,
+                ElectionState::Follower | ElectionState::Waiting { .. }
+            )
+            && self.cfg.eligible
             && !self.hold
             && !self.exhausted;
         if may {
@@ -479,17 +550,20 @@ impl Election {
     /// The Control handed over to another node: hold our own claim for `hold` (the
     /// failure detector's dead time: the successor persists its epoch before it claims, and
     /// a slow disk must not make us race it) plus a random backoff; if the claim never
-    /// comes (the successor died too), we claim as after a crash of the Control.
+    /// comes (the successor died too), we claim as after a crash of the Control. Nothing to
+    /// hold in majority mode, where nobody claims without leading.
     pub fn defer_to_successor<R: Rng + ?Sized>(
         &mut self,
         hold: Duration,
         now: Instant,
         rng: &mut R,
     ) {
-        if matches!(
-            self.state,
-            ElectionState::Follower | ElectionState::Waiting { .. }
-        ) && self.cfg.eligible
+        if !self.cfg.mode.is_majority()
+            && matches!(
+                self.state,
+                ElectionState::Follower | ElectionState::Waiting { .. }
+            )
+            && self.cfg.eligible
         {
             let backoff = rng.random_range(0..=self.cfg.window().as_micros() as u64);
             let until = now + hold + Duration::from_micros(backoff);
@@ -547,112 +621,6 @@ impl Election {
 }
 
 pub use smart_proto::fence::{Fence, Stale};
-
-/// Majority mode, granter side: a node grants its lease to at most one Control at a time. A
-/// grant to `X` until `T` forbids granting to anyone else before `T`; renewing the grant to
-/// the same node is always allowed.
-#[derive(Debug, Clone)]
-pub struct LeaseGranter {
-    lease: Duration,
-    grant: Option<(NodeId, Instant)>,
-    /// A freshly started node may have granted a lease in its previous life: it grants
-    /// nothing for one lease length.
-    not_before: Option<Instant>,
-}
-
-impl LeaseGranter {
-    /// A granter with lease length `lease`.
-    pub fn new(lease: Duration) -> Self {
-        Self {
-            lease,
-            grant: None,
-            not_before: None,
-        }
-    }
-
-    /// Starts the no-grant period after boot (idempotent).
-    pub fn start(&mut self, now: Instant) {
-        if self.not_before.is_none() {
-            self.not_before = Some(now + self.lease);
-        }
-    }
-
-    /// Tries to grant (or renew) a lease to `to` at `now`; returns the lease length if
-    /// granted. The grant is recorded until `now + lease`.
-    pub fn grant(&mut self, to: NodeId, now: Instant) -> Option<Duration> {
-        if self.not_before.is_some_and(|nb| now < nb) {
-            return None;
-        }
-        if let Some((holder, until)) = self.grant
-            && holder != to
-            && now < until
-        {
-            return None;
-        }
-        self.grant = Some((to, now + self.lease));
-        Some(self.lease)
-    }
-
-    /// The current (possibly expired) grant.
-    pub fn current(&self) -> Option<(NodeId, Instant)> {
-        self.grant
-    }
-}
-
-/// Majority mode, Control side: lease expiries per granter, counted against the quorum.
-#[derive(Debug, Clone, Default)]
-pub struct LeaseHolder {
-    expiry: BTreeMap<NodeId, Instant>,
-}
-
-impl LeaseHolder {
-    /// An empty holder.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records a grant from `granter` valid until `until` (keeps the later one).
-    pub fn record(&mut self, granter: NodeId, until: Instant) {
-        let e = self.expiry.entry(granter).or_insert(until);
-        *e = (*e).max(until);
-    }
-
-    /// Number of `members` whose grant is valid at `now`.
-    pub fn valid(&self, members: &BTreeSet<NodeId>, now: Instant) -> usize {
-        self.expiry
-            .iter()
-            .filter(|(n, until)| members.contains(n) && now < **until)
-            .count()
-    }
-
-    /// The instant from which fewer than `quorum` of `members` hold a grant valid at `now`
-    /// (`None` when fewer hold one already): the `quorum`-th latest expiry.
-    pub fn quorum_until(
-        &self,
-        members: &BTreeSet<NodeId>,
-        quorum: usize,
-        now: Instant,
-    ) -> Option<Instant> {
-        let mut valid: Vec<Instant> = self
-            .expiry
-            .iter()
-            .filter(|(n, until)| members.contains(n) && now < **until)
-            .map(|(_, until)| *until)
-            .collect();
-        valid.sort_unstable_by(|a, b| b.cmp(a));
-        valid.get(quorum.checked_sub(1)?).copied()
-    }
-
-    /// Forgets all grants (on stepping down).
-    pub fn clear(&mut self) {
-        self.expiry.clear();
-    }
-
-    /// The earliest instant at which the count may drop (for scheduling).
-    pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
-        self.expiry.values().copied().filter(|u| *u > now).min()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -898,44 +866,129 @@ mod tests {
         assert_eq!(n1.highest(), 5);
     }
 
-    #[test]
-    fn granter_grants_one_control_at_a_time() {
-        let t0 = Instant::now();
-        let mut g = LeaseGranter::new(ms(500));
-        g.start(t0);
-        assert_eq!(g.grant(NodeId(1), t0 + ms(100)), None, "boot quiet period");
-        assert_eq!(g.grant(NodeId(1), t0 + ms(500)), Some(ms(500)));
-        assert_eq!(g.grant(NodeId(1), t0 + ms(600)), Some(ms(500)), "renewal");
-        assert_eq!(g.grant(NodeId(2), t0 + ms(700)), None);
-        assert_eq!(g.grant(NodeId(2), t0 + ms(1099)), None);
-        assert_eq!(g.grant(NodeId(2), t0 + ms(1100)), Some(ms(500)));
-        assert_eq!(g.grant(NodeId(1), t0 + ms(1200)), None);
+    fn majority(node: u64) -> Election {
+        let mut cfg = ElectionConfig::new(NodeId(node));
+        cfg.mode = Mode::Majority {
+            members: [1, 2, 3].map(NodeId).into(),
+        };
+        Election::new(cfg, 4)
     }
 
+    fn leading(until: Instant) -> Leadership {
+        Leadership {
+            leader: true,
+            lease_until: Some(until),
+        }
+    }
+
+    /// Majority mode: no backoff, no claim without Raft's leadership and a fresh quorum
+    /// acknowledgement; the claim comes as soon as both hold (after the listen time).
     #[test]
-    fn holder_counts_valid_grants_of_members() {
+    fn majority_claims_only_while_leading_with_a_quorum() {
         let t0 = Instant::now();
-        let members: BTreeSet<_> = [1, 2, 3].map(NodeId).into();
-        let mut h = LeaseHolder::new();
-        h.record(NodeId(1), t0 + ms(500));
-        h.record(NodeId(2), t0 + ms(300));
-        h.record(NodeId(9), t0 + ms(900));
-        assert_eq!(h.valid(&members, t0), 2);
-        assert_eq!(h.valid(&members, t0 + ms(300)), 1);
-        h.record(NodeId(2), t0 + ms(200));
-        assert_eq!(h.valid(&members, t0 + ms(250)), 2, "keeps the later expiry");
-        assert_eq!(h.next_expiry(t0), Some(t0 + ms(300)));
-        // Two of three valid until the second-latest expiry among members (n9 is none).
-        assert_eq!(h.quorum_until(&members, 2, t0), Some(t0 + ms(300)));
-        assert_eq!(h.quorum_until(&members, 1, t0), Some(t0 + ms(500)));
-        assert_eq!(h.quorum_until(&members, 2, t0 + ms(300)), None);
-        assert_eq!(h.quorum_until(&members, 3, t0), None);
-        h.clear();
-        assert_eq!(h.valid(&members, t0), 0);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut e = majority(1);
+        e.start(t0);
+        let mut out = vec![];
+        e.on_controls(&[], t0 + ms(500), &mut rng, &mut out);
+        e.tick(t0 + ms(5000), &mut out);
+        assert_eq!(e.state(), ElectionState::Follower, "no backoff wait");
+        assert!(out.is_empty());
+        e.set_leadership(Leadership {
+            leader: true,
+            lease_until: None,
+        });
+        e.on_controls(&[], t0 + ms(500), &mut rng, &mut out);
+        assert!(out.is_empty(), "leader without a quorum's acknowledgement");
+        e.set_leadership(leading(t0 + ms(100)));
+        e.on_controls(&[], t0 + ms(50), &mut rng, &mut out);
+        assert!(out.is_empty(), "still listening");
+        e.set_leadership(leading(t0 + ms(600)));
+        e.on_controls(&[], t0 + ms(500), &mut rng, &mut out);
         assert_eq!(
-            Mode::Majority { members }.quorum(),
-            Some(2),
-            "majority of 3"
+            out,
+            vec![
+                Action::Persist(5),
+                Action::Claim { epoch: 5 },
+                Action::BecomeControl { epoch: 5 }
+            ]
+        );
+    }
+
+    /// The leader keeps office over an older Control and moves above it; that Control,
+    /// no longer leading, steps down as soon as it is told, and a Control whose quorum
+    /// acknowledgement lapsed steps down after the listen time or when it hears another.
+    #[test]
+    fn majority_leader_wins_and_a_control_without_quorum_steps_down() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut e = majority(2);
+        e.start(t0);
+        e.set_leadership(leading(t0 + ms(500)));
+        let mut out = vec![];
+        e.on_controls(&[], t0 + ms(400), &mut rng, &mut out);
+        assert_eq!(e.my_control(), Some((5, 5)));
+        out.clear();
+        // An older Control (established 3) heard directly, at epoch 7: we re-assert above.
+        e.on_controls(&[cand(1, 3, 7)], t0 + ms(450), &mut rng, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Action::Persist(7),
+                Action::Persist(8),
+                Action::Reassert { epoch: 8 }
+            ]
+        );
+        // The quorum acknowledgement lapses: no step-down before the listen time ...
+        out.clear();
+        e.on_controls(&[], t0 + ms(600), &mut rng, &mut out);
+        assert!(out.is_empty());
+        // ... but at once when another Control is heard.
+        e.on_controls(&[cand(3, 9, 9)], t0 + ms(650), &mut rng, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Action::Persist(9),
+                Action::StepDown {
+                    epoch: 8,
+                    reason: StepDownReason::NotLeading
+                }
+            ]
+        );
+        // Leading again, then told it is not: steps down.
+        let mut e = majority(2);
+        e.start(t0);
+        e.set_leadership(leading(t0 + ms(500)));
+        e.on_controls(&[], t0 + ms(400), &mut rng, &mut out);
+        out.clear();
+        e.set_leadership(Leadership::default());
+        e.on_controls(&[], t0 + ms(410), &mut rng, &mut out);
+        assert_eq!(
+            out,
+            vec![Action::StepDown {
+                epoch: 5,
+                reason: StepDownReason::NotLeading
+            }]
+        );
+        // Lapsed for the listen time (400 ms) with nobody else heard: steps down too.
+        let mut e = majority(2);
+        e.start(t0);
+        e.set_leadership(leading(t0 + ms(500)));
+        e.on_controls(&[], t0 + ms(400), &mut rng, &mut out);
+        out.clear();
+        e.on_controls(&[], t0 + ms(899), &mut rng, &mut out);
+        assert!(out.is_empty());
+        e.on_controls(&[], t0 + ms(900), &mut rng, &mut out);
+        assert_eq!(
+            out,
+            vec![Action::StepDown {
+                epoch: 5,
+                reason: StepDownReason::NotLeading
+            }]
+        );
+        assert!(
+            !e.take_over(t0 + ms(900)),
+            "no hand-over claim in majority mode"
         );
     }
 

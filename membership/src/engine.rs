@@ -9,22 +9,21 @@
 //! batch is executed (docs/DESIGN.md §2 rule 1). The engine never reads a clock, never sleeps and
 //! never does I/O; randomness (the election backoff) comes from the injected `R: Rng`.
 //!
-//! Only the monotonic [`tokio::time::Instant`] is used and no absolute time crosses the wire
-//! (lease grants carry durations), so wall-clock jumps and clock offsets between nodes have
+//! Only the monotonic [`tokio::time::Instant`] is used and no absolute time crosses the wire,
+//! so wall-clock jumps and clock offsets between nodes have
 //! no effect. A jump of the *monotonic* clock between two inputs longer than the dead time
 //! means this process did not run (SIGSTOP, stalled VM): the engine then steps down if it was
 //! Control and gives every peer a fresh grace period instead of declaring them all dead.
 //!
-//! Majority mode: every heartbeat carries a [`LeaseGrant`] to the Control the sender follows
-//! (at most one Control at a time per granter, see [`LeaseGranter`]); the Control counts the
-//! unexpired grants of configured members and reports [`Output::ControlActing`]. The Control
-//! dates a grant from when it *sent* the datagram the granter acknowledged (`ack_seq`), minus
-//! a 10 % margin, so its view of the lease always ends before the granter's promise does. The
-//! shell publishes [`NodeEngine::acting_lease`] after every input (the instant until which the
-//! Control may act, as a majority of those leases allows) for the Control to check right
-//! before every decision: a lease that ran out during a pause is never acted on, whichever
-//! of the Control and membership runs first after it.
-//!
+//! Majority mode: the Control is the leader of the desired-state log's Raft group. The shell
+//! reports Raft's word on this node ([`Input::Leadership`]: leader or not, and until when
+//! a quorum's latest acknowledgement lets it act); the election claims and steps down by it
+//! (see [`crate::election`], rule 6). The shell publishes [`NodeEngine::acting_lease`] after
+//! every input (the instant until which the Control may act) for the Control to check right
+//! before every decision: a quorum acknowledgement that ran out during a pause is never acted
+//! on, whichever of the Control and membership runs first after it. A Control that hands over
+//! names its successor, which asks Raft for an election at once ([`Output::ElectNow`]).
+
 //! Asymmetric cuts: a heartbeat also says which Control its sender hears *directly*. A node
 //! that cannot hear the Control itself but hears live members that do keeps following it
 //! instead of electing a rival (otherwise a single broken link makes two Controls leapfrog
@@ -65,7 +64,7 @@
 //! - [`Input`], [`Output`], [`Dest`], [`DropReason`], [`ControlInfo`]: the step interface.
 //! - [`NodeEngine`] — `handle` and the queries ([`MemberView`], [`Counters`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -74,17 +73,16 @@ use tokio::time::Instant;
 
 use crate::detector::{Detector, DetectorConfig, DetectorEvent};
 use crate::election::{
-    Action, Candidate, Election, ElectionConfig, ElectionState, LeaseGranter, LeaseHolder, Mode,
-    StepDownReason,
+    Action, Candidate, Election, ElectionConfig, ElectionState, Mode, StepDownReason,
 };
 use crate::view::ActingLease;
 use smart_proto::heartbeat::{
     CHALLENGE_NONCE_LEN, Challenge, Claim, ControlAssert, ControlView, Handover, Heartbeat,
-    LeaseGrant, LoadSummary, Message, Proof, ReplayError, ReplayGuard,
+    LoadSummary, Message, Proof, ReplayError, ReplayGuard,
 };
 use smart_proto::{Epoch, Incarnation, NodeId, Role};
 
-pub use crate::election::EPOCH_CEILING;
+pub use crate::election::{EPOCH_CEILING, Leadership};
 pub use smart_proto::heartbeat::DEFAULT_MAX_EPOCH_STEP;
 
 /// How often a failed epoch write is retried.
@@ -204,6 +202,9 @@ pub enum Input {
         /// The highest epoch the refusing agent has seen.
         highest: Epoch,
     },
+    /// Majority mode: the desired-state log's Raft changed its word on this node (leader
+    /// or not, the quorum lease). Ignored in available mode.
+    Leadership(Leadership),
     /// Graceful shutdown: step down if Control, announce it at once (one last heartbeat that
     /// no longer asserts Control, so a successor is elected without waiting for the failure
     /// detector), then stay silent. The shell exits after executing the outputs.
@@ -275,8 +276,8 @@ pub enum Output {
         epoch: Epoch,
     },
     /// Whether the local Control may act (admit, place, command agents) at `epoch`. Emitted
-    /// on every change: true once rebuilt (and, in majority mode, while a majority of
-    /// leases is held), false when that stops.
+    /// on every change: true once rebuilt (and, in majority mode, while Raft's quorum lease
+    /// holds), false when that stops.
     ControlActing {
         /// The epoch.
         epoch: Epoch,
@@ -298,6 +299,9 @@ pub enum Output {
         /// Why.
         reason: StepDownReason,
     },
+    /// Majority mode: the Control handed over to this node; ask Raft for an election now
+    /// (the claim follows once this node leads).
+    ElectNow,
     /// The Control this node sees changed (node or epoch), or there is none.
     ControlChanged(Option<ControlInfo>),
     /// A member is alive (first heard, or back).
@@ -388,8 +392,6 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 struct Member {
     incarnation: Incarnation,
-    /// Sequence number of the latest datagram from it (for lease acknowledgements).
-    last_seq: u64,
     /// Filled by its first heartbeat (a claim alone does not carry it).
     info: Option<HbInfo>,
     /// Set while it asserts being Control.
@@ -406,10 +408,6 @@ struct HbInfo {
     load: LoadSummary,
     highest_epoch: Epoch,
 }
-
-/// How many of our own recent sends we remember to date lease acknowledgements (at 100 ms
-/// this covers 6.4 s, far more than a lease).
-const SENT_MEMORY: usize = 64;
 
 /// The engine of one node. See the module docs.
 #[derive(Debug)]
@@ -436,9 +434,6 @@ pub struct NodeEngine<R> {
     view: Option<ControlInfo>,
     /// Last emitted acting state: `Some(epoch)` while acting.
     acting: Option<Epoch>,
-    granter: LeaseGranter,
-    holder: LeaseHolder,
-    sent: VecDeque<(u64, Instant)>,
     counters: Counters,
     /// After [`Input::Leave`]: no more heartbeats.
     left: bool,
@@ -482,8 +477,6 @@ impl<R: Rng> NodeEngine<R> {
             guard: ReplayGuard::new(),
             detector: Detector::new(cfg.detector),
             election,
-            granter: LeaseGranter::new(cfg.election.lease),
-            holder: LeaseHolder::new(),
             members: BTreeMap::new(),
             asserting: BTreeSet::new(),
             reports: BTreeMap::new(),
@@ -495,7 +488,6 @@ impl<R: Rng> NodeEngine<R> {
             load: LoadSummary::default(),
             view: None,
             acting: None,
-            sent: VecDeque::with_capacity(SENT_MEMORY),
             counters: Counters::default(),
             left: false,
             handover: None,
@@ -547,6 +539,10 @@ impl<R: Rng> NodeEngine<R> {
             Input::Received(msg) => {
                 self.receive(msg, now, &mut out);
                 match self.handover.take() {
+                    Some(true) if self.cfg.election.mode.is_majority() => {
+                        out.push(Output::ElectNow);
+                        self.counters.took_over += 1;
+                    }
                     Some(true) if self.election.take_over(now) => {
                         self.settle(now, &mut out);
                         let mut actions = Vec::new();
@@ -568,6 +564,13 @@ impl<R: Rng> NodeEngine<R> {
                 self.settle(now, &mut out);
             }
             Input::SetLoad(load) => self.load = load,
+            Input::Leadership(lead) => {
+                if self.cfg.election.mode.is_majority() {
+                    self.election.set_leadership(lead);
+                    self.dirty = true;
+                    self.settle(now, &mut out);
+                }
+            }
             Input::Reassert => {
                 let mut actions = Vec::new();
                 self.election.reassert_now(&mut actions);
@@ -609,7 +612,7 @@ impl<R: Rng> NodeEngine<R> {
                     && !self.left
                 {
                     let successor = self.successor();
-                    let seq = self.next_seq(now);
+                    let seq = self.next_seq();
                     self.push_send(
                         Message::Handover(Handover {
                             from: self.cfg.node_id,
@@ -640,7 +643,6 @@ impl<R: Rng> NodeEngine<R> {
         match self.last_input {
             None => {
                 self.election.start(now);
-                self.granter.start(now);
             }
             Some(last) => {
                 let gap = now.saturating_duration_since(last);
@@ -651,7 +653,6 @@ impl<R: Rng> NodeEngine<R> {
                     );
                     self.counters.pauses += 1;
                     self.detector.grace_all(now);
-                    self.holder.clear();
                     let mut actions = Vec::new();
                     self.election.paused(gap, now, &mut actions);
                     self.apply(actions, now, out);
@@ -763,7 +764,6 @@ impl<R: Rng> NodeEngine<R> {
         }
         let member = self.members.entry(from).or_insert(Member {
             incarnation: msg.incarnation(),
-            last_seq: msg.seq(),
             info: None,
             asserts: None,
             asserted: None,
@@ -773,7 +773,6 @@ impl<R: Rng> NodeEngine<R> {
             member.incarnation = msg.incarnation();
             member.asserts = None;
             member.asserted = None;
-            member.last_seq = msg.seq();
             self.departed.remove(&from);
             self.reports.remove(&from);
             self.dirty = true;
@@ -782,7 +781,6 @@ impl<R: Rng> NodeEngine<R> {
                 incarnation: msg.incarnation(),
             });
         }
-        member.last_seq = member.last_seq.max(msg.seq());
         let asserted_before = member.asserts;
         let mut epochs = Vec::new();
         match msg {
@@ -804,9 +802,6 @@ impl<R: Rng> NodeEngine<R> {
                     None => self.reports.remove(&from).is_some(),
                 };
                 self.dirty |= changed;
-                if let Some(g) = h.lease {
-                    self.lease_received(from, g);
-                }
             }
             Message::Claim(c) => {
                 member.asserts = Some(ControlAssert {
@@ -922,7 +917,7 @@ impl<R: Rng> NodeEngine<R> {
         let nonce: [u8; CHALLENGE_NONCE_LEN] = self.rng.random();
         let prev = self.challenge.map_or(nonce, |(n, _, _)| n);
         self.challenge = Some((nonce, prev, now));
-        let seq = self.next_seq(now);
+        let seq = self.next_seq();
         self.counters.challenges_sent += 1;
         let msg = Message::Challenge(Challenge {
             from: self.cfg.node_id,
@@ -943,7 +938,7 @@ impl<R: Rng> NodeEngine<R> {
             return;
         }
         self.answered.insert(c.from, now);
-        let seq = self.next_seq(now);
+        let seq = self.next_seq();
         self.counters.proofs_sent += 1;
         let msg = Message::Proof(Proof {
             from: self.cfg.node_id,
@@ -995,7 +990,6 @@ impl<R: Rng> NodeEngine<R> {
             member.incarnation = p.incarnation;
             member.asserts = None;
             member.asserted = None;
-            member.last_seq = p.seq;
             self.departed.remove(&p.from);
             self.asserting.remove(&p.from);
             self.reports.remove(&p.from);
@@ -1072,19 +1066,6 @@ impl<R: Rng> NodeEngine<R> {
             .retain(|_, at| now.saturating_duration_since(*at) <= forget_after);
     }
 
-    fn lease_received(&mut self, from: NodeId, g: LeaseGrant) {
-        let Some((established, _)) = self.election.my_control() else {
-            return;
-        };
-        if g.control != self.cfg.node_id || g.epoch < established {
-            return;
-        }
-        if let Some(&(_, sent_at)) = self.sent.iter().find(|(s, _)| *s == g.ack_seq) {
-            let d = Duration::from_millis(u64::from(g.duration_ms));
-            self.holder.record(from, sent_at + d - d / 10);
-        }
-    }
-
     /// Runs the election over the current live Controls, then reports view/acting changes.
     fn settle(&mut self, now: Instant, out: &mut Vec<Output>) {
         self.refresh_candidates();
@@ -1136,10 +1117,7 @@ impl<R: Rng> NodeEngine<R> {
         };
         match &self.cfg.election.mode {
             Mode::Available => Some(epoch),
-            Mode::Majority { members } => {
-                let quorum = members.len() / 2 + 1;
-                (self.holder.valid(members, now) >= quorum).then_some(epoch)
-            }
+            Mode::Majority { .. } => self.election.leadership().valid(now).then_some(epoch),
         }
     }
 
@@ -1244,7 +1222,7 @@ impl<R: Rng> NodeEngine<R> {
             match a {
                 Action::Persist(e) => out.push(Output::PersistEpoch(e)),
                 Action::Claim { epoch } => {
-                    let seq = self.next_seq(now);
+                    let seq = self.next_seq();
                     let msg = Message::Claim(Claim {
                         from: self.cfg.node_id,
                         incarnation: self.cfg.incarnation,
@@ -1256,7 +1234,6 @@ impl<R: Rng> NodeEngine<R> {
                     self.push_send(msg, out);
                 }
                 Action::BecomeControl { epoch } => {
-                    self.holder.clear();
                     out.push(Output::BecomeControl { epoch });
                 }
                 Action::Reassert { epoch } => {
@@ -1266,7 +1243,6 @@ impl<R: Rng> NodeEngine<R> {
                 }
                 Action::StepDown { epoch, reason } => {
                     tracing::warn!(node = %self.cfg.node_id, epoch, ?reason, "stepping down");
-                    self.holder.clear();
                     self.next_heartbeat = Some(now);
                     out.push(Output::StepDown { epoch, reason });
                 }
@@ -1274,12 +1250,8 @@ impl<R: Rng> NodeEngine<R> {
         }
     }
 
-    fn next_seq(&mut self, now: Instant) -> u64 {
+    fn next_seq(&mut self) -> u64 {
         self.seq += 1;
-        if self.sent.len() == SENT_MEMORY {
-            self.sent.pop_front();
-        }
-        self.sent.push_back((self.seq, now));
         self.seq
     }
 
@@ -1302,8 +1274,7 @@ impl<R: Rng> NodeEngine<R> {
     }
 
     fn send_heartbeat(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let seq = self.next_seq(now);
-        let lease = self.grant_lease(seq, now);
+        let seq = self.next_seq();
         let as_control = self
             .election
             .my_control()
@@ -1320,7 +1291,6 @@ impl<R: Rng> NodeEngine<R> {
             highest_epoch: self.election.highest(),
             control: self.direct_view(),
             as_control,
-            lease,
             load: self.load,
         };
         self.counters.heartbeats_sent += 1;
@@ -1332,30 +1302,6 @@ impl<R: Rng> NodeEngine<R> {
             _ => now + interval,
         });
         self.push_send(Message::Heartbeat(hb), out);
-        // A self-grant may have completed the quorum.
-        self.settle(now, out);
-    }
-
-    /// Majority mode: the grant this heartbeat carries, to the Control we follow.
-    fn grant_lease(&mut self, seq: u64, now: Instant) -> Option<LeaseGrant> {
-        if !matches!(self.cfg.election.mode, Mode::Majority { .. }) {
-            return None;
-        }
-        let view = self.view?;
-        let d = self.granter.grant(view.node_id, now)?;
-        let ack_seq = if view.node_id == self.cfg.node_id {
-            // Our own grant is exact: no transit, same clock.
-            self.holder.record(view.node_id, now + d);
-            seq
-        } else {
-            self.members.get(&view.node_id)?.last_seq
-        };
-        Some(LeaseGrant {
-            control: view.node_id,
-            epoch: view.epoch,
-            ack_seq,
-            duration_ms: u32::try_from(d.as_millis()).unwrap_or(u32::MAX),
-        })
     }
 
     /// Members known from at least one heartbeat, by node id.
@@ -1398,8 +1344,8 @@ impl<R: Rng> NodeEngine<R> {
         self.election.state()
     }
 
-    /// Whether the local Control may act at `now`: Control, rebuilt, and in majority mode a
-    /// majority of leases valid at `now` (checked against the clock, not the last tick).
+    /// Whether the local Control may act at `now`: Control, rebuilt, and in majority mode
+    /// Raft's quorum lease valid at `now` (checked against the clock, not the last tick).
     /// Also false when the engine has not been fed for longer than the dead time: right after
     /// a SIGCONT the Control actor may wake up before the engine notices the pause.
     pub fn may_act(&self, now: Instant) -> bool {
@@ -1411,21 +1357,19 @@ impl<R: Rng> NodeEngine<R> {
 
     /// Whether, and until when, the local Control may act, as of `now`: what the shell
     /// publishes for the Control to check right before each decision
-    /// ([`crate::view::ActingLease`]). Majority mode: valid until a majority of leases is no
-    /// longer held (each lease already dated with the margin); available mode: no limit.
+    /// ([`crate::view::ActingLease`]). Majority mode: valid until Raft's quorum lease ends;
+    /// available mode: no limit.
     pub fn acting_lease(&self, now: Instant) -> ActingLease {
         let Some(epoch) = self.compute_acting(now) else {
             return ActingLease::default();
         };
         let until = match &self.cfg.election.mode {
             Mode::Available => None,
-            Mode::Majority { members } => {
-                let quorum = members.len() / 2 + 1;
-                match self.holder.quorum_until(members, quorum, now) {
-                    Some(u) => Some(u.into_std()),
-                    None => return ActingLease::default(),
-                }
-            }
+            Mode::Majority { .. } => self
+                .election
+                .leadership()
+                .lease_until
+                .map(Instant::into_std),
         };
         ActingLease {
             epoch: Some(epoch),
@@ -1446,7 +1390,6 @@ fn max_epoch(msg: &Message) -> Option<Epoch> {
             Some(h.highest_epoch),
             h.control.map(|v| v.epoch.max(v.established_epoch)),
             h.as_control.map(|a| a.epoch.max(a.established_epoch)),
-            h.lease.map(|l| l.epoch),
         ]
         .into_iter()
         .flatten()

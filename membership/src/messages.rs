@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use ractor::RpcReplyPort;
 use smart_proto::Epoch;
+
+use crate::election::Leadership;
 use smart_proto::api::ClusterStatus;
 use smart_proto::heartbeat::LoadSummary;
 
@@ -57,4 +59,6 @@ pub enum MembershipMsg {
     Leave(RpcReplyPort<()>),
     /// This node's load, from Agent86's last sample, for the next heartbeats.
     Load(LoadSummary),
+    /// Majority mode: Raft's word on this node changed.
+    Leadership(Leadership),
 }

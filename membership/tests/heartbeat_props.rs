@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::prelude::*;
 use smart_proto::heartbeat::{
-    self as wire, Challenge, Claim, ControlAssert, ControlView, Heartbeat, LeaseGrant, LoadSummary,
+    self as wire, Challenge, Claim, ControlAssert, ControlView, Heartbeat, LoadSummary,
     MAX_DATAGRAM, Message, Proof, ReplayGuard, WireError,
 };
 use smart_proto::{ClusterKey, NodeId, Role};
@@ -46,11 +46,10 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         any::<u64>(),
         proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>())),
         proptest::option::of((any::<u64>(), any::<u64>())),
-        proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>())),
         (any::<u32>(), any::<u32>(), any::<u32>(), any::<u16>()),
     )
         .prop_map(
-            |((from, inc, seq, tcp_addr), roles, highest, view, assert, lease, load)| Heartbeat {
+            |((from, inc, seq, tcp_addr), roles, highest, view, assert, load)| Heartbeat {
                 from: NodeId(from),
                 incarnation: inc,
                 seq,
@@ -65,12 +64,6 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                 as_control: assert.map(|(a, b)| ControlAssert {
                     established_epoch: a,
                     epoch: b,
-                }),
-                lease: lease.map(|(c, e, s, d)| LeaseGrant {
-                    control: NodeId(c),
-                    epoch: e,
-                    ack_seq: s,
-                    duration_ms: d,
                 }),
                 load: LoadSummary {
                     cpu_milli: load.0,

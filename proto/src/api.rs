@@ -507,7 +507,7 @@ pub enum ApiError {
     /// The Control is rebuilding its state after a failover; retry shortly.
     #[error("the Control is rebuilding its state after a failover; retry in a moment")]
     Rebuilding,
-    /// Majority mode: this Control lacks a majority of leases.
+    /// Majority mode: this Control no longer has a majority of the control nodes behind it.
     #[error("the Control has no majority (partition?); retry later")]
     NoMajority,
     /// Unknown service or node.

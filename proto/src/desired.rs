@@ -22,6 +22,26 @@ use crate::api::ServiceSpec;
 use crate::ids::{NodeId, ServiceName};
 use crate::profile::ClassProfile;
 
+/// What the desired-state log's Raft says of one node: whether it leads and until when a
+/// quorum's acknowledgement lets it act. Majority mode's Control is this leader (the node's
+/// election reads it); it never crosses a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Leadership {
+    /// This node is the Raft leader.
+    pub leader: bool,
+    /// While leader: until when the latest acknowledgement by a quorum lets it act (Raft's
+    /// quorum lease, shorter than its election timeout: a leader cut off stops acting
+    /// before another can be elected). `None`: no quorum has acknowledged it.
+    pub lease_until: Option<tokio::time::Instant>,
+}
+
+impl Leadership {
+    /// Leads with a quorum's acknowledgement valid at `now`.
+    pub fn valid(&self, now: tokio::time::Instant) -> bool {
+        self.leader && self.lease_until.is_some_and(|u| now < u)
+    }
+}
+
 /// The largest Raft payload (the bytes inside one [`RaftRpc`] or [`RaftRpcAnswer`]): the
 /// node transport refuses frames over 1 MiB, and this leaves room for the envelope.
 pub const RAFT_PAYLOAD_MAX: usize = 1024 * 1024 - 16 * 1024;

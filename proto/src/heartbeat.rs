@@ -15,8 +15,8 @@
 //! else), the minimum length, the magic, the version, the tag (constant time), then decodes
 //! the payload with `postcard::take_from_bytes` and rejects trailing bytes. Nothing in the
 //! payload is parsed before the tag has been verified, so an unauthenticated sender can only
-//! make us compute one HMAC. No absolute timestamps cross the wire (lease grants carry a
-//! duration), so wall-clock differences between nodes never matter.
+//! make us compute one HMAC. No absolute timestamps cross the wire, so wall-clock
+//! differences between nodes never matter.
 //!
 //! ## Why claims are a message of their own
 //! A claim could be folded into heartbeats (a Control's heartbeat asserts its epoch anyway).
@@ -55,7 +55,9 @@ use crate::key::{ClusterKey, TAG_LEN};
 /// First bytes of every datagram: lets us drop foreign traffic on the port cheaply.
 pub const MAGIC: [u8; 4] = *b"SMRT";
 /// Version of this format. A node refuses other versions (rolling upgrades bump it with care).
-pub const VERSION: u8 = 1;
+/// 3: heartbeats no longer carry lease grants (majority mode follows the desired-state
+/// log's Raft leader).
+pub const VERSION: u8 = 3;
 /// Header length: magic, version, kind.
 pub const HEADER_LEN: usize = MAGIC.len() + 2;
 /// How far above the highest epoch it has seen a node accepts a claim or heartbeat by
@@ -98,23 +100,6 @@ pub struct ControlAssert {
     pub epoch: Epoch,
 }
 
-/// Majority mode: the sender grants a lease to one Control.
-///
-/// The grant is valid for `duration_ms` from the moment the *granter* sent it. The Control
-/// cannot know that moment, so it counts from the moment it sent its own datagram `ack_seq`,
-/// which the granter had received before granting: that is earlier, hence safe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LeaseGrant {
-    /// The Control the lease is granted to.
-    pub control: NodeId,
-    /// The Control's epoch the granter saw.
-    pub epoch: Epoch,
-    /// Sequence number of the latest datagram the granter received from that Control.
-    pub ack_seq: u64,
-    /// Length of the lease in milliseconds, from the granter's send time.
-    pub duration_ms: u32,
-}
-
 /// A small load summary, enough for a status view and a rough placement hint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LoadSummary {
@@ -147,8 +132,6 @@ pub struct Heartbeat {
     pub control: Option<ControlView>,
     /// Set when the sender is itself the Control.
     pub as_control: Option<ControlAssert>,
-    /// Majority mode: the lease the sender grants.
-    pub lease: Option<LeaseGrant>,
     /// Sender's load.
     pub load: LoadSummary,
 }
@@ -360,7 +343,8 @@ fn finish<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, WireError> {
 }
 
 /// Version of the encrypted datagram format ([`Keyring::encrypted`]).
-pub const VERSION_ENCRYPTED: u8 = 2;
+/// 4: as [`VERSION`] 3.
+pub const VERSION_ENCRYPTED: u8 = 4;
 
 /// Length of the XChaCha20 nonce of an encrypted datagram (random per datagram: 192 bits
 /// make collisions negligible without any state).
@@ -708,12 +692,6 @@ mod tests {
                 epoch: 9,
             }),
             as_control: None,
-            lease: Some(LeaseGrant {
-                control: NodeId(1),
-                epoch: 9,
-                ack_seq: 1000,
-                duration_ms: 500,
-            }),
             load: LoadSummary {
                 cpu_milli: 1500,
                 mem_used_mib: 2048,

@@ -54,6 +54,7 @@ pub mod history;
 pub mod invariants;
 pub mod net;
 pub mod op;
+mod raft;
 pub mod run;
 mod shell;
 mod world;

@@ -163,6 +163,11 @@ impl Sim {
             Op::Term(w) => match self.who(w) {
                 Some(i) => {
                     self.leave(i);
+                    // A Raft leader's member stays up for its successor's vote.
+                    let now = self.now;
+                    if let Some(raft) = self.raft.as_mut() {
+                        raft.terminate(i, now);
+                    }
                     self.kill(i);
                 }
                 None => self.note(format!("no {w} to stop")),
@@ -209,6 +214,9 @@ impl Sim {
             Op::StopAll => {
                 for i in 0..self.nodes.len() {
                     self.kill(i);
+                    if let Some(raft) = self.raft.as_mut() {
+                        raft.kill(i);
+                    }
                 }
             }
         }

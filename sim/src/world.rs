@@ -25,13 +25,16 @@ use smart_proto::{ClusterKey, Epoch, NodeId};
 
 use crate::history::History;
 use crate::net::Network;
+use crate::raft::{Lead, RaftModel};
+use smart_proto::desired::Leadership;
 
 /// Election mode of the simulated cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Available mode: any node with the Control role may be elected.
     Available,
-    /// Majority mode: a Control acts only while it holds a majority of leases.
+    /// Majority mode: the Control is the desired-state log's Raft leader (modelled,
+    /// [`crate::raft`]) and acts only while a quorum acknowledged it.
     Majority,
 }
 
@@ -156,6 +159,8 @@ pub(crate) enum Ev {
         fwd: u64,
         attempt: u64,
     },
+    /// Majority mode: the Raft model's step.
+    Raft,
 }
 
 pub(crate) struct Queued {
@@ -363,6 +368,10 @@ pub struct Sim {
     pub(crate) stats: Stats,
     /// The first invariant violated, if any.
     pub(crate) failure: Option<String>,
+    /// Majority mode: the desired-state log's Raft leadership, and what each node's
+    /// membership was last told of it.
+    pub(crate) raft: Option<RaftModel>,
+    pub(crate) raft_told: Vec<Option<Lead>>,
 }
 
 /// How often a Control refreshes (the supervisor's `refresh`).
@@ -371,6 +380,8 @@ pub(crate) const REFRESH: Duration = Duration::from_secs(1);
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// Agent86's sampling interval.
 pub(crate) const SAMPLE: Duration = Duration::from_secs(1);
+/// How often the Raft model steps (majority mode).
+const RAFT_STEP: Duration = Duration::from_millis(5);
 /// How many log lines a failure shows.
 const LOG_LINES: usize = 200;
 
@@ -413,6 +424,57 @@ impl Sim {
             log: VecDeque::new(),
             stats: Stats::default(),
             failure: None,
+            raft: None,
+            raft_told: Vec::new(),
+        }
+        .with_raft()
+    }
+
+    /// Majority mode: the Raft model and its periodic step.
+    fn with_raft(mut self) -> Self {
+        if self.setup.mode == Mode::Majority {
+            self.raft = Some(RaftModel::new(self.nodes.len()));
+            self.raft_told = vec![None; self.nodes.len()];
+            self.push(RAFT_STEP, Ev::Raft);
+        }
+        self
+    }
+
+    /// Node `i`'s clock at virtual time `at`.
+    pub(crate) fn clock_at(&self, i: usize, at: Duration) -> std::time::Instant {
+        let n = &self.nodes[i];
+        self.base + n.offset + at.mul_f64(n.rate)
+    }
+
+    /// One step of the Raft model; what changed for a node goes to its membership.
+    fn on_raft(&mut self) {
+        self.push(RAFT_STEP, Ev::Raft);
+        let Some(mut raft) = self.raft.take() else {
+            return;
+        };
+        let now = self.now;
+        let paused: Vec<bool> = (0..self.nodes.len()).map(|i| self.paused(i)).collect();
+        let net = self.net.clone();
+        raft.step(
+            now,
+            |i| !paused[i],
+            |a, b| net.reachable(a, b),
+            &mut self.rng,
+        );
+        let leads: Vec<Lead> = (0..self.nodes.len()).map(|i| raft.lead(i)).collect();
+        self.raft = Some(raft);
+        for (i, lead) in leads.into_iter().enumerate() {
+            if self.proc(i).is_none() || paused[i] || self.raft_told[i] == Some(lead) {
+                continue;
+            }
+            self.raft_told[i] = Some(lead);
+            let leadership = Leadership {
+                leader: lead.leader,
+                lease_until: lead
+                    .lease_until
+                    .map(|u| tokio::time::Instant::from_std(self.clock_at(i, u))),
+            };
+            self.feed_membership(i, smart_membership::engine::Input::Leadership(leadership));
         }
     }
 
@@ -569,6 +631,7 @@ impl Sim {
             Ev::FwdWake { fwd, .. } | Ev::CallTimeout { fwd, .. } => {
                 self.fwds.get(fwd).map(|f| f.node)
             }
+            Ev::Raft => None,
         }
     }
 
@@ -627,6 +690,7 @@ impl Sim {
             }
             Ev::FwdWake { fwd, attempt } => self.on_fwd_wake(fwd, attempt),
             Ev::CallTimeout { fwd, attempt } => self.on_call_timeout(fwd, attempt),
+            Ev::Raft => self.on_raft(),
         }
         crate::invariants::after_event(self);
         true
@@ -678,6 +742,10 @@ impl Sim {
         let proc = crate::shell::new_proc(self, i);
         let boot = proc.boot;
         self.nodes[i].proc = Some(proc);
+        if let Some(raft) = self.raft.as_mut() {
+            raft.start(i, self.now, &mut self.rng);
+            self.raft_told[i] = None;
+        }
         self.note(format!(
             "n{i} started (incarnation {}, highest epoch {})",
             self.nodes[i].incarnation, self.nodes[i].disk_highest
@@ -695,6 +763,11 @@ impl Sim {
             return;
         };
         self.nodes[i].paused_until = None;
+        if let Some(raft) = self.raft.as_mut()
+            && !raft.lingering(i)
+        {
+            raft.kill(i);
+        }
         let instances: Vec<String> = p.runtime.keys().cloned().collect();
         self.note(format!(
             "n{i} killed (its instances {instances:?} die with it)"

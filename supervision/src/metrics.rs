@@ -573,7 +573,7 @@ impl Sample {
             let mut grouped: BTreeMap<(String, Option<LabelPair>), (u64, String)> = BTreeMap::new();
             for (name, v) in &st.counters {
                 match name.as_str() {
-                    "control_acting" => s.gauge("smart_control_acting", "1 while this node is a Control allowed to act (rebuilt, holding its leases).", &[], *v as f64),
+                    "control_acting" => s.gauge("smart_control_acting", "1 while this node is a Control allowed to act (rebuilt; in majority mode, leading the desired-state log with a quorum).", &[], *v as f64),
                     "uptime_ms" => s.gauge("smart_membership_uptime_seconds", "Time since membership (re)started on this node.", &[], *v as f64 / 1000.0),
                     _ => {}
                 }

@@ -57,10 +57,10 @@ use crate::replica::ReplicaStore;
 use crate::routes::Routes;
 use crate::server::{PeerServer, PortContext};
 use crate::tokens::TokenStore;
-use smart_config::NodeConfig;
+use smart_config::{ElectionMode, NodeConfig};
 use smart_control::forward::Forwarder;
 use smart_frontend::HttpFrontEnd;
-use smart_membership::actor::Membership;
+use smart_membership::actor::{Membership, RaftLink};
 use smart_membership::durable::DurableState;
 use smart_membership::messages::{MembershipMsg, NodeMsg};
 use smart_node::counters::Counters;
@@ -76,6 +76,10 @@ pub enum Exit {
     /// Restart intensity exceeded, or a fatal error: the process must exit non-zero.
     Escalated(String),
 }
+
+/// How long a leaving Raft leader stays up for its successor's vote (majority mode): an
+/// election round trip on a LAN takes milliseconds; past this the others elect without it.
+const HANDOVER_VOTE_WAIT: Duration = Duration::from_secs(1);
 
 /// Which child an actor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +158,22 @@ pub struct SupervisorState {
 }
 
 impl NodeSupervisor {
+    /// Majority mode: membership's link to the desired-state log's Raft, whose leader is
+    /// the Control.
+    fn raft_link(&self) -> Option<RaftLink> {
+        if self.cfg.election.mode != ElectionMode::Majority {
+            return None;
+        }
+        let desired = self.desired.clone();
+        Some(RaftLink {
+            leadership: self.desired.leadership(),
+            elect: Arc::new(move || {
+                let desired = desired.clone();
+                tokio::spawn(async move { desired.elect_now().await });
+            }),
+        })
+    }
+
     fn forwarder(&self) -> Forwarder {
         Forwarder {
             node: self.cfg.id(),
@@ -197,6 +217,7 @@ impl NodeSupervisor {
                         load: self.routes.readers().load_source(),
                         supervisor: myself.clone(),
                         restart,
+                        raft: self.raft_link(),
                     },
                     (),
                     myself.get_cell(),
@@ -520,6 +541,15 @@ impl NodeSupervisor {
                     if !matches!(left, Ok(ractor::rpc::CallResult::Success(()))) {
                         warn!(node = %self.cfg.id(), "membership did not confirm the leave");
                     }
+                }
+                // Majority mode: the successor asks Raft for an election at once; the
+                // other voters still honour our lease, so it needs our vote. Keep the
+                // transport and the Raft member up until it has it (bounded).
+                if self.cfg.election.mode == ElectionMode::Majority
+                    && self.desired.leadership().borrow().leader
+                    && !self.desired.wait_leadership_moved(HANDOVER_VOTE_WAIT).await
+                {
+                    warn!(node = %self.cfg.id(), "no successor took the raft leadership in time");
                 }
                 let _ = self.exit.send(Exit::Shutdown);
                 myself.stop(Some("shutdown".into()));

@@ -144,8 +144,8 @@ pub enum Input {
     },
     /// The election engine re-asserted this Control at a higher epoch.
     SetEpoch(Epoch),
-    /// Whether the Control may act (rebuilt and, in majority mode, holding a majority of
-    /// leases), as decided by the election engine, and until when: the shell feeds it from
+    /// Whether the Control may act (rebuilt and, in majority mode, leading the Raft group
+    /// with a fresh quorum acknowledgement), as decided by the election engine, and until when: the shell feeds it from
     /// its acting source right before every other input, so the engine never decides on a
     /// lease that ran out (see [`ControlEngine::handle`]).
     SetActing {
@@ -402,24 +402,19 @@ impl ControlEngine {
                     timeout: self.tuning.request_timeout,
                 });
             }
-            Input::Tick => {
-                if self.may_act(now) && !self.round_in_flight {
-                    self.replicate();
-                    self.round_in_flight = true;
-                    let agents = self.live_agents();
-                    self.out.push(Output::Round {
-                        agents,
-                        epoch: self.epoch,
-                        timeout: self.tuning.request_timeout,
-                    });
-                }
-            }
+            Input::Tick => self.start_round(now),
             Input::Agents(agents) => {
+                let before = std::mem::take(&mut self.live);
                 self.live = agents.iter().map(|a| (a.node, a.addr)).collect();
                 if self.may_act(now) {
-                    // Dead nodes at once (the failure detector already waited); new ones
-                    // are added by the next report round.
+                    // Dead nodes at once (the failure detector already waited).
                     self.remove_dead(now);
+                    // A node that joins or comes back (a healed partition) may run copies
+                    // of our services started on its side: hear it now rather than at the
+                    // next refresh, so that duplicates are stopped without delay.
+                    if self.live.keys().any(|n| !before.contains_key(n)) {
+                        self.start_round(now);
+                    }
                 }
             }
             Input::Reports { started, results } => {
@@ -530,6 +525,20 @@ impl ControlEngine {
     // ---------------------------------------------------------------------------------
     // Helpers shared by the submodules
     // ---------------------------------------------------------------------------------
+
+    /// Asks every live agent for its report, unless a round is in flight or we may not act.
+    fn start_round(&mut self, now: Instant) {
+        if self.may_act(now) && !self.round_in_flight {
+            self.replicate();
+            self.round_in_flight = true;
+            let agents = self.live_agents();
+            self.out.push(Output::Round {
+                agents,
+                epoch: self.epoch,
+                timeout: self.tuning.request_timeout,
+            });
+        }
+    }
 
     pub(crate) fn live_agents(&self) -> Vec<AgentAddr> {
         self.live

@@ -142,8 +142,8 @@ pub enum ControlMsg {
 }
 
 /// Where the Control learns, right before every step of its engine, whether and until when
-/// it may act: the node's membership (its election engine's leases, published after every
-/// input, see [`ActingLease`]), or any other authority that can say so without going stale.
+/// it may act: the node's membership (its election engine's word, with Raft's quorum lease
+/// in majority mode, published after every input, see [`ActingLease`]), or any other authority that can say so without going stale.
 pub trait ActingSource: Send + Sync {
     /// The latest word.
     fn lease(&self) -> ActingLease;

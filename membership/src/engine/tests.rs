@@ -46,7 +46,6 @@ fn heartbeat(from: u64, seq: u64, as_control: Option<(Epoch, Epoch)>) -> Message
             established_epoch,
             epoch,
         }),
-        lease: None,
         load: LoadSummary::default(),
     })
 }
@@ -86,7 +85,6 @@ fn first_tick_sends_a_heartbeat_to_multicast_and_seeds() {
         highest_epoch: 3,
         control: None,
         as_control: None,
-        lease: None,
         load: LoadSummary::default(),
     });
     assert_eq!(
@@ -452,6 +450,20 @@ struct Net {
     /// `side[i]`: partition side of node i; messages cross only within a side.
     side: Vec<u8>,
     outputs: Vec<Vec<Output>>,
+    /// Majority mode: a model of the desired-state log's Raft leadership (see `raft_step`).
+    raft: Option<RaftModel>,
+}
+
+/// Raft leadership as the engine sees it, modelled: a leader keeps its quorum lease while
+/// its side holds a majority (renewed every tick, 100 ms long); without a leader in the
+/// majority side for 500 ms (openraft's leader lease plus an election timeout) the lowest
+/// node of that side leads. A cut-off leader is told it no longer leads only once it is
+/// back with the majority (as openraft learns of a higher term).
+struct RaftModel {
+    leader: Option<usize>,
+    leaderless: Duration,
+    /// Nodes told they lead that have not been told otherwise.
+    believing: BTreeSet<usize>,
 }
 
 impl Net {
@@ -470,7 +482,50 @@ impl Net {
             now: Duration::ZERO,
             side: vec![0; n as usize],
             outputs: vec![vec![]; n as usize],
+            raft: mode.is_majority().then_some(RaftModel {
+                leader: None,
+                leaderless: Duration::ZERO,
+                believing: BTreeSet::new(),
+            }),
         }
+    }
+
+    /// One tick of the Raft model: the leadership inputs it delivers.
+    fn raft_step(&mut self) -> Vec<(usize, Input)> {
+        let n = self.nodes.len();
+        let majority = (0..=u8::MAX).find(|s| self.side.iter().filter(|x| *x == s).count() > n / 2);
+        let Some(raft) = self.raft.as_mut() else {
+            return vec![];
+        };
+        let mut inputs = vec![];
+        let in_majority = |i: usize| Some(self.side[i]) == majority;
+        if raft.leader.is_some_and(|l| !in_majority(l)) || raft.leader.is_none() {
+            raft.leaderless += ms(10);
+            if raft.leaderless >= ms(500)
+                && let Some(l) = (0..n).find(|i| in_majority(*i))
+            {
+                raft.leader = Some(l);
+                raft.leaderless = Duration::ZERO;
+            }
+        }
+        for i in raft.believing.clone() {
+            if Some(i) != raft.leader && in_majority(i) {
+                raft.believing.remove(&i);
+                inputs.push((i, Input::Leadership(Leadership::default())));
+            }
+        }
+        if let Some(l) = raft.leader.filter(|l| in_majority(*l)) {
+            raft.believing.insert(l);
+            let lease_until = Some(self.base + self.offsets[l] + self.now + ms(100));
+            inputs.push((
+                l,
+                Input::Leadership(Leadership {
+                    leader: true,
+                    lease_until,
+                }),
+            ));
+        }
+        inputs
     }
 
     fn at(&self, i: usize) -> Instant {
@@ -485,6 +540,7 @@ impl Net {
             self.now += ms(10);
             let mut queue: Vec<(usize, Input)> =
                 (0..self.nodes.len()).map(|i| (i, Input::Tick)).collect();
+            queue.extend(self.raft_step());
             while let Some((i, input)) = queue.pop() {
                 let now = self.at(i);
                 let out = self.nodes[i].handle(input, now);
@@ -600,27 +656,47 @@ fn majority_mode_minority_control_never_acts() {
     assert_eq!(c.len(), 1);
     let first = c[0];
     let t = net.at(first);
-    assert!(net.nodes[first].may_act(t), "holds 3 of 3 leases");
-    // Isolate the Control: it loses its leases and stops acting; the majority side elects
-    // a new Control which acts once the old grants have expired.
+    assert!(net.nodes[first].may_act(t), "leads with a quorum");
+    // Isolate the Control: its quorum lease lapses and it stops acting, then steps down;
+    // the majority side elects a new leader, which claims and acts. Never two acting.
     net.side = vec![1; 3];
     net.side[first] = 0;
-    net.run(ms(2000));
+    for _ in 0..200 {
+        net.run(ms(10));
+        let acting = (0..3).filter(|i| net.nodes[*i].may_act(net.at(*i))).count();
+        assert!(acting <= 1, "two acting Controls");
+    }
     assert!(
         net.outputs[first]
             .iter()
             .any(|o| matches!(o, Output::ControlActing { acting: false, .. }))
     );
-    assert!(
-        net.nodes[first].is_control(),
-        "still Control in isolation, but not acting"
-    );
+    assert!(net.outputs[first].iter().any(|o| matches!(
+        o,
+        Output::StepDown {
+            reason: StepDownReason::NotLeading,
+            ..
+        }
+    )));
     assert!(!net.nodes[first].may_act(net.at(first)));
     let acting: Vec<usize> = (0..3)
         .filter(|i| net.nodes[*i].may_act(net.at(*i)))
         .collect();
     assert_eq!(acting.len(), 1);
     assert_ne!(acting[0], first);
+    // Heal: the old Control stays a follower, one Control for everyone.
+    net.side = vec![0; 3];
+    for _ in 0..100 {
+        net.run(ms(10));
+        let acting = (0..3).filter(|i| net.nodes[*i].may_act(net.at(*i))).count();
+        assert!(acting <= 1, "two acting Controls");
+    }
+    assert_eq!(net.controls(), acting);
+    assert!(
+        net.views()
+            .iter()
+            .all(|v| v.map(|v| v.node_id) == Some(NodeId(acting[0] as u64 + 1)))
+    );
 }
 
 #[test]
@@ -919,7 +995,7 @@ fn simultaneous_claims_resolve_to_the_lower_node_id_at_a_higher_epoch() {
 }
 
 #[test]
-fn majority_control_acts_only_while_a_majority_of_grants_is_valid() {
+fn majority_control_claims_acts_and_stops_by_raft_leadership() {
     let t0 = Instant::now();
     let mut c = cfg(1);
     c.election.mode = Mode::Majority {
@@ -928,89 +1004,105 @@ fn majority_control_acts_only_while_a_majority_of_grants_is_valid() {
     let mut e = NodeEngine::new(c, 0, ChaCha8Rng::seed_from_u64(2));
     e.handle(Input::Tick, t0);
     let out = tick_until(&mut e, t0, t0 + ms(1000));
-    let epoch = out
-        .iter()
-        .find_map(|o| match o {
-            Output::BecomeControl { epoch } => Some(*epoch),
-            _ => None,
-        })
-        .expect("claimed");
-    let out = e.handle(Input::RebuildDone { epoch }, t0 + ms(1000));
-    assert_eq!(
-        out,
-        vec![],
-        "rebuilt, but 1 grant (its own) of 3 is no majority"
+    assert!(
+        non_sends(&out).is_empty(),
+        "no backoff claim in majority mode"
     );
-    // Find the seq of the latest heartbeat n1 sent: n2 acknowledges it in its grant.
-    let out = tick_until(&mut e, t0 + ms(1000), t0 + ms(1100));
-    let acked = out
-        .iter()
-        .rev()
-        .find_map(|o| match o {
-            Output::Send {
-                msg: Message::Heartbeat(h),
-                ..
-            } => Some(h.seq),
-            _ => None,
+    let lead = |until: Instant| {
+        Input::Leadership(Leadership {
+            leader: true,
+            lease_until: Some(until),
         })
-        .unwrap();
-    // Its own grant is in its heartbeats.
-    assert!(out.iter().any(
-        |o| matches!(o, Output::Send { msg: Message::Heartbeat(h), .. }
-        if h.lease.is_some_and(|g| g.control == NodeId(1)))
-    ));
-    let mut grant = heartbeat(2, 1, None);
-    if let Message::Heartbeat(h) = &mut grant {
-        h.control = Some(ControlView {
-            node_id: NodeId(1),
-            established_epoch: epoch,
-            epoch,
-        });
-        h.lease = Some(LeaseGrant {
-            control: NodeId(1),
-            epoch,
-            ack_seq: acked,
-            duration_ms: 500,
-        });
-    }
-    let at = t0 + ms(1105);
-    assert_eq!(
-        e.handle(Input::Received(grant), at),
-        vec![
-            Output::MemberUp(NodeId(2)),
-            Output::ControlActing {
-                epoch,
-                acting: true
-            }
-        ]
-    );
-    assert!(e.may_act(at));
-    // What the Control reads before each decision: valid exactly until the majority lapses,
-    // whether or not the engine is fed meanwhile (a pause).
-    let lease = e.acting_lease(at);
-    assert_eq!(lease.epoch, Some(epoch));
-    let until = lease.until.expect("majority mode has a limit");
-    let until_t = Instant::from_std(until);
-    assert!(until_t > at && until_t <= t0 + ms(1550));
-    assert!(lease.valid(epoch, until - ms(1)));
-    assert!(!lease.valid(epoch, until), "not at the instant it lapses");
-    assert!(!lease.valid(epoch + 1, at.into_std()), "another epoch");
-    assert_eq!(e.acting_lease(until_t).epoch, None);
-    assert_eq!(e.acting_lease(until_t - ms(1)).epoch, Some(epoch));
-    // n2 falls silent: Down after 400 ms; its grant, dated from n1's send time (≤ 1100)
-    // minus 10 %, lapses by 1550 at the latest.
-    let out = tick_until(&mut e, at, t0 + ms(1560));
+    };
+    let at = t0 + ms(1000);
+    let out = e.handle(lead(at + ms(100)), at);
     assert_eq!(
         non_sends(&out),
         vec![
-            Output::MemberDown(NodeId(2)),
-            Output::ControlActing {
-                epoch,
-                acting: false
-            }
+            Output::PersistEpoch(1),
+            Output::BecomeControl { epoch: 1 },
+            Output::ControlChanged(Some(ControlInfo {
+                node_id: NodeId(1),
+                epoch: 1
+            })),
         ]
     );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send { msg: Message::Claim(c), .. } if c.epoch == 1))
+    );
+    assert_eq!(
+        e.handle(Input::RebuildDone { epoch: 1 }, at),
+        vec![Output::ControlActing {
+            epoch: 1,
+            acting: true
+        }]
+    );
+    // What the Control reads before each decision: valid exactly until Raft's quorum lease
+    // ends, whether or not the engine is fed meanwhile (a pause).
+    let lease = e.acting_lease(at);
+    assert_eq!(lease.epoch, Some(1));
+    let until = lease.until.expect("majority mode has a limit");
+    assert_eq!(Instant::from_std(until), at + ms(100));
+    assert!(lease.valid(1, until - ms(1)));
+    assert!(!lease.valid(1, until), "not at the instant it lapses");
+    assert!(!lease.valid(2, at.into_std()), "another epoch");
+    // Renewed by the next acknowledgement; lapses when none comes.
+    e.handle(lead(at + ms(150)), at + ms(50));
+    assert!(e.may_act(at + ms(149)));
+    let out = tick_until(&mut e, at + ms(50), at + ms(160));
+    assert_eq!(
+        non_sends(&out),
+        vec![Output::ControlActing {
+            epoch: 1,
+            acting: false
+        }]
+    );
     assert!(e.is_control(), "still Control, only not acting");
+    // Raft says another node leads: step down at once.
+    let out = e.handle(Input::Leadership(Leadership::default()), at + ms(170));
+    assert_eq!(
+        non_sends(&out),
+        vec![
+            Output::StepDown {
+                epoch: 1,
+                reason: StepDownReason::NotLeading
+            },
+            Output::ControlChanged(None),
+        ]
+    );
+}
+
+/// In majority mode the named successor asks Raft for an election instead of claiming.
+#[test]
+fn majority_successor_asks_raft_for_an_election() {
+    let t0 = Instant::now();
+    let mut c = cfg(2);
+    c.election.mode = Mode::Majority {
+        members: (1..=3).map(NodeId).collect(),
+    };
+    let mut e = NodeEngine::new(c, 4, ChaCha8Rng::seed_from_u64(2));
+    e.handle(Input::Tick, t0);
+    let mut hb = heartbeat(1, 1, None);
+    if let Message::Heartbeat(h) = &mut hb {
+        h.as_control = Some(ControlAssert {
+            established_epoch: 4,
+            epoch: 4,
+        });
+    }
+    e.handle(Input::Received(hb), t0 + ms(10));
+    let out = e.handle(
+        Input::Received(Message::Handover(Handover {
+            from: NodeId(1),
+            incarnation: 1,
+            seq: 2,
+            epoch: 4,
+            successor: Some(NodeId(2)),
+        })),
+        t0 + ms(20),
+    );
+    assert!(out.contains(&Output::ElectNow), "{out:?}");
+    assert!(!e.is_control(), "claims only once it leads");
 }
 
 fn reporting(from: u64, seq: u64, sees: Option<(u64, Epoch, Epoch)>) -> Message {

@@ -6,7 +6,7 @@
 //! epoch means two Controls whose commands agents cannot tell apart by fencing.
 //!
 //! At an instant (majority mode), a Control acts when its engine believes it may and its
-//! node runs and holds a majority of leases (`NodeEngine::may_act`): the engine's belief
+//! node runs and its Raft quorum lease holds (`NodeEngine::may_act`): the engine's belief
 //! lags membership by a message (a resumed node's Control learns it stepped down after its
 //! membership does), so the belief alone is not the lease. What the lag must never allow
 //! is checked at every decision instead ([`decision`]): a Control that sends an agent
@@ -72,6 +72,18 @@ pub(crate) fn one_at_a_time(sim: &mut Sim) {
     }
     let acting = acting_now(sim);
     sim.stats.checks += 1;
+    // The model's own promise, which the above rests on: one leader with a quorum lease.
+    let leaders = sim
+        .raft
+        .as_ref()
+        .map(|r| r.leading(sim.now))
+        .unwrap_or_default();
+    if leaders.len() > 1 {
+        sim.fail(format!(
+            "majority mode: two raft leaders hold a quorum lease: {leaders:?}"
+        ));
+        return;
+    }
     if acting.len() > 1 {
         sim.fail(format!(
             "majority mode: {} Controls acting at once (node index, epoch): {acting:?}",

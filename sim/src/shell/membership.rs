@@ -120,6 +120,12 @@ impl Sim {
                 Output::MemberUp(_) | Output::MemberDown(_) | Output::MemberRestarted { .. } => {
                     publish = true
                 }
+                Output::ElectNow => {
+                    self.note(format!("n{n} named successor: asks raft for an election"));
+                    if let Some(raft) = self.raft.as_mut() {
+                        raft.elect_now(n);
+                    }
+                }
                 Output::Dropped { .. } => {}
             }
         }
