@@ -532,6 +532,40 @@ impl LocalCluster {
         })
     }
 
+    /// Waits until `nodes` agree on the desired-state log's leader and have all applied
+    /// the same last entry (a restarted node has caught up): majority mode's Control
+    /// cannot move to a node whose log is behind.
+    pub async fn wait_desired_caught_up(
+        &self,
+        nodes: &[u64],
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = std::collections::BTreeSet::new();
+            for &n in nodes {
+                let figures = self.status(n).await.ok().map(|s| {
+                    let get = |k: &str| s.counters.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+                    (get("desired_leader"), get("desired_last_applied"))
+                });
+                seen.insert(figures);
+            }
+            if seen.len() == 1
+                && let Some(Some((Some(leader), Some(_)))) = seen.first()
+                && *leader != 0
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    what: format!("nodes {nodes:?} to catch up with the desired-state log"),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until every node in `nodes` reports the same Control, which satisfies `pred`,
     /// polling every 10 ms. Returns that Control's `(node id, epoch)`.
     pub async fn wait_agreed_control(

@@ -42,6 +42,8 @@ pub struct Dispatcher {
     pub transport: Arc<smart_transport::Counters>,
     /// The members' HTTP addresses.
     pub directory: Arc<MemberDirectory>,
+    /// The desired-state log (its Raft status goes into status answers).
+    pub desired: smart_desired::DesiredStore,
 }
 
 impl Dispatcher {
@@ -110,8 +112,26 @@ impl Dispatcher {
         Ok(s)
     }
 
-    /// Adds the transport's counters and Agent86's fencing figures to a status answer.
+    /// Adds the transport's counters, the desired-state log's Raft status and Agent86's
+    /// fencing figures to a status answer.
     async fn extend_counters(&self, counters: &mut Vec<(String, u64)>) {
+        let d = self.desired.status();
+        counters.extend([
+            ("desired_term".to_string(), d.term),
+            ("desired_leader".to_string(), d.leader.map_or(0, |l| l.0)),
+            (
+                "desired_leads_with_quorum".to_string(),
+                u64::from(self.desired.leads_with_quorum()),
+            ),
+            (
+                "desired_last_log_index".to_string(),
+                d.last_log_index.unwrap_or(0),
+            ),
+            (
+                "desired_last_applied".to_string(),
+                d.last_applied.unwrap_or(0),
+            ),
+        ]);
         if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self.transport.snapshot())
         {
             for (k, v) in map {

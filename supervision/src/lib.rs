@@ -209,10 +209,10 @@ pub async fn run(
             .iter()
             .map(|m| smart_proto::NodeId(*m))
             .collect(),
-        Arc::new(desired_link::NodeRaftLink {
-            peers: peers.clone(),
-            view: view.subscribe(),
-        }),
+        Arc::new(desired_link::NodeRaftLink::new(
+            peers.clone(),
+            view.subscribe(),
+        )),
         smart_desired::DesiredConfig::default(),
     )
     .await

@@ -191,6 +191,7 @@ impl NodeSupervisor {
             forwarder: self.forwarder(),
             transport: self.endpoint.counters.clone(),
             directory: self.directory.clone(),
+            desired: self.desired.clone(),
         }
     }
 

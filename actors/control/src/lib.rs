@@ -45,7 +45,7 @@ pub mod nodes;
 pub mod peer;
 pub mod settings;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,21 @@ pub struct ControlState {
     written_admits: HashMap<ApiId, ServiceName>,
     /// The profile versions this Control asked the log to keep (asked once each).
     profiles_written: HashMap<String, u64>,
+    /// The health drains this Control last asked the log to keep (each change asked once).
+    health_written: Option<BTreeSet<NodeId>>,
+}
+
+/// The log writes that take the health drains from `before` to `now`.
+fn health_drain_changes(before: &BTreeSet<NodeId>, now: &BTreeSet<NodeId>) -> Vec<DesiredCmd> {
+    let drains = now.difference(before).map(|&node| DesiredCmd::Drain {
+        node,
+        by_health: true,
+    });
+    let undrains = before.difference(now).map(|&node| DesiredCmd::Undrain {
+        node,
+        by_health: true,
+    });
+    drains.chain(undrains).collect()
 }
 
 /// The desired-state change an operator's request makes, if any (docs/DESIGN.md, "Desired
@@ -329,6 +344,34 @@ impl Control {
         }
     }
 
+    /// Health drains are decided by the engine from the agents' checks: each change of the
+    /// set it replicates is written to the desired-state log after the fact (a drain for a
+    /// node newly failing, an undrain for one that recovered), so that a whole-cluster
+    /// restart keeps a sick node out of placement.
+    fn sync_health_drains(&self, st: &mut ControlState, replica: &Replica) {
+        let Some(store) = &self.desired else { return };
+        let now: BTreeSet<NodeId> = replica.health_drained.iter().copied().collect();
+        let before = st
+            .health_written
+            .clone()
+            .unwrap_or_else(|| store.state().health_drained.clone());
+        if now == before {
+            st.health_written = Some(now);
+            return;
+        }
+        let cmds = health_drain_changes(&before, &now);
+        st.health_written = Some(now);
+        let (store, within, node) = (store.clone(), self.tuning.request_timeout, self.node);
+        st.tasks.spawn(async move {
+            for cmd in cmds {
+                let what = cmd.summary();
+                if let Err(e) = store.write(cmd, within).await {
+                    warn!(%node, error = %e, change = %what, "health drain not written to the desired-state log");
+                }
+            }
+        });
+    }
+
     /// One step of the engine, told first what the acting source says now (and again after
     /// a re-assertion, which changes the epoch the word is about).
     fn step(&self, st: &mut ControlState, input: Input, now: Instant) -> Vec<Output> {
@@ -416,6 +459,7 @@ impl Control {
                 Output::Publish(ev) => (self.publish)(ev),
                 Output::Replicate { to, replica } => {
                     self.sync_profiles(st, &replica);
+                    self.sync_health_drains(st, &replica);
                     let t = self.tuning.request_timeout;
                     for a in to {
                         let (peers, r) = (self.peers.clone(), replica.clone());
@@ -537,6 +581,7 @@ impl Actor for Control {
             tasks: JoinSet::new(),
             written_admits: HashMap::new(),
             profiles_written: HashMap::new(),
+            health_written: None,
         })
     }
 

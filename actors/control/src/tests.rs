@@ -744,3 +744,24 @@ mod reaction_tests {
         ));
     }
 }
+
+/// A health drain's changes go to the desired-state log as such: drains for the nodes
+/// newly failing, undrains (of the health kind only) for the ones that recovered.
+#[test]
+fn health_drain_changes_are_written_as_drains_and_undrains_of_the_health_kind() {
+    let set = |ns: &[u64]| ns.iter().map(|n| NodeId(*n)).collect::<BTreeSet<_>>();
+    assert_eq!(
+        health_drain_changes(&set(&[1, 2]), &set(&[2, 3])),
+        vec![
+            DesiredCmd::Drain {
+                node: NodeId(3),
+                by_health: true
+            },
+            DesiredCmd::Undrain {
+                node: NodeId(1),
+                by_health: true
+            },
+        ]
+    );
+    assert_eq!(health_drain_changes(&set(&[4]), &set(&[4])), vec![]);
+}
