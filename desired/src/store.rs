@@ -65,6 +65,10 @@ pub struct DesiredConfig {
     pub quorum_lease: Duration,
     /// Pause before retrying a peer that did not answer.
     pub unreachable_backoff: Duration,
+    /// Whether this member may lead. False on a voter without the Control role (majority
+    /// mode's Control is the leader): it votes, stores and applies the log, but never
+    /// stands for election nor initialises the group.
+    pub may_lead: bool,
 }
 
 impl Default for DesiredConfig {
@@ -80,6 +84,7 @@ impl Default for DesiredConfig {
             install_snapshot_timeout: Duration::from_secs(2),
             quorum_lease: Duration::from_millis(100),
             unreachable_backoff: Duration::from_millis(100),
+            may_lead: true,
         }
     }
 }
@@ -352,7 +357,8 @@ impl DesiredStore {
         let raft = Raft::new(me.0, raft_config, network, log, sm)
             .await
             .map_err(|e| OpenError::Raft(e.to_string()))?;
-        let voters = match join_group(&raft, me, voters).await {
+        raft.runtime_config().elect(config.may_lead);
+        let voters = match join_group(&raft, me, voters, config.may_lead).await {
             Ok(voters) => voters,
             Err(e) => {
                 // Stop the member, so that its tasks let the file go.
@@ -684,17 +690,23 @@ impl DesiredStore {
     }
 }
 
-/// Initialises the group with `voters` when this node's log is pristine; the voters of the
+/// Initialises the group with `voters` when this node's log is pristine and it may lead (the
+/// initialising member stands for election at once); the voters of the
 /// group as it is.
 async fn join_group(
     raft: &Raft<TypeConfig>,
     me: NodeId,
     voters: BTreeSet<NodeId>,
+    may_lead: bool,
 ) -> Result<BTreeSet<NodeId>, OpenError> {
     let initialized = raft
         .is_initialized()
         .await
         .map_err(|e| OpenError::Raft(e.to_string()))?;
+    // Initialising starts an election at once: left to the members that may lead.
+    if !initialized && !may_lead {
+        return Ok(voters);
+    }
     if !initialized {
         let ids: BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
         match raft.initialize(ids).await {
@@ -722,11 +734,6 @@ async fn join_group(
     Ok(voters)
 }
 
-/// Keeps `acked_at` at the time a quorum last acknowledged this node as leader (None when
-/// it does not lead). openraft reports the acknowledgement's age with each metrics update
-/// (at least every tick); turned into a time here, its age keeps growing between updates,
-/// so a leader cut off stops counting as acting once the lease runs out, not at the next
-/// update.
 /// Publishes Raft's word on this node, from its metrics (refreshed as Raft works, with
 /// every heartbeat round at least): leader, and the quorum lease, dated from when the
 /// acknowledged heartbeat round was sent (openraft measures `millis_since_quorum_ack` so),

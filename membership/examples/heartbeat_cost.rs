@@ -103,7 +103,7 @@ fn main() {
     let follower = heartbeat::encode(&peer_heartbeat(3, 1000, false), &key);
     let control = heartbeat::encode(&peer_heartbeat(2, 1000, true), &key);
     println!(
-        "heartbeat datagram size: follower {} B, Control (asserting, with lease grant) {} B (limit {} B)",
+        "heartbeat datagram size: follower {} B, Control (asserting) {} B (limit {} B)",
         follower.len(),
         control.len(),
         heartbeat::MAX_DATAGRAM

@@ -28,6 +28,11 @@
 //! Each node's timers (membership ticks, refreshes, sampling, request timeouts) run at its
 //! clock's rate.
 //!
+//! Majority mode runs a model of the desired-state log's Raft leadership (`raft`), and both
+//! modes a model of the log's contents: a write commits when its node reaches a majority,
+//! the Control writes an operator's change before acting, restores from the log at start
+//! and hears of its changes once per refresh.
+//!
 //! What is not modelled: the transport's handshakes and per-connection ordering (each
 //! request and answer has its own delay); the actors' processing time (a step takes no
 //! virtual time; messages between a node's actors are delivered in order at the same

@@ -26,7 +26,7 @@ use smart_proto::{ClusterKey, Epoch, NodeId};
 use crate::history::History;
 use crate::net::Network;
 use crate::raft::{Lead, RaftModel};
-use smart_proto::desired::Leadership;
+use smart_proto::desired::{DesiredCmd, DesiredState, Leadership};
 
 /// Election mode of the simulated cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +251,11 @@ pub(crate) struct ControlActor {
     /// The epoch it acts at, when its engine is rebuilt and acting (kept by
     /// `invariants::acting::record` after every step).
     pub(crate) acting: Option<Epoch>,
+    /// The version of the desired-state log it was last told of (`post_start` reads it).
+    pub(crate) desired_seen: u64,
+    /// Admissions written to the desired-state log before the engine decided, by API id: a
+    /// refusal removes the service again.
+    pub(crate) written_admits: HashMap<u64, String>,
 }
 
 /// A running `smart node` process.
@@ -372,6 +377,10 @@ pub struct Sim {
     /// membership was last told of it.
     pub(crate) raft: Option<RaftModel>,
     pub(crate) raft_told: Vec<Option<Lead>>,
+    /// The desired-state log's committed state (durable once committed: it survives every
+    /// kill and whole-cluster stop), and how many writes changed it.
+    pub(crate) desired: DesiredState,
+    pub(crate) desired_version: u64,
 }
 
 /// How often a Control refreshes (the supervisor's `refresh`).
@@ -426,6 +435,8 @@ impl Sim {
             failure: None,
             raft: None,
             raft_told: Vec::new(),
+            desired: DesiredState::default(),
+            desired_version: 0,
         }
         .with_raft()
     }
@@ -438,6 +449,38 @@ impl Sim {
             self.push(RAFT_STEP, Ev::Raft);
         }
         self
+    }
+
+    /// Whether node `n` reaches, both ways, a majority of the nodes running (itself
+    /// included): its writes commit, and its replica of the log is current.
+    pub(crate) fn reaches_majority(&self, n: usize) -> bool {
+        let reachable = (0..self.nodes.len())
+            .filter(|j| self.running(*j) && self.net.reachable(n, *j) && self.net.reachable(*j, n))
+            .count();
+        reachable > self.nodes.len() / 2
+    }
+
+    /// A desired-state write from node `n`: committed (and applied) when `n` reaches, both
+    /// ways, a majority of the nodes, itself included, running (the log's voters are every
+    /// node); else refused with the reason the store gives.
+    pub(crate) fn write_desired(&mut self, n: usize, cmd: &DesiredCmd) -> Result<(), String> {
+        let needed = self.nodes.len() / 2 + 1;
+        let reachable = (0..self.nodes.len())
+            .filter(|j| self.running(*j) && self.net.reachable(n, *j) && self.net.reachable(*j, n))
+            .count();
+        if reachable < needed {
+            return Err(format!(
+                "no majority of control nodes reachable ({reachable} reachable, {needed} needed)"
+            ));
+        }
+        if self.desired.apply(cmd) == smart_proto::desired::ApplyResult::Applied {
+            self.desired_version += 1;
+        }
+        self.note(format!(
+            "n{n} wrote {} to the desired-state log",
+            cmd.summary()
+        ));
+        Ok(())
     }
 
     /// Node `i`'s clock at virtual time `at`.

@@ -44,7 +44,7 @@ fn scenario(seed: u64, mode: Mode) -> (Setup, Vec<Op>) {
 fn one(seed: u64, mode: Mode) -> Result<Outcome, Box<Failure>> {
     let (setup, ops) = scenario(seed, mode);
     let opts = Options {
-        durable_registry: false,
+        durable_registry: true,
         replay: format!(
             "SIM_SEED={seed} SIM_MODE={} cargo test -p smart-sim --release --test fuzz replay -- --nocapture",
             mode_name(mode)

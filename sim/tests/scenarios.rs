@@ -279,12 +279,9 @@ fn whole_cluster_restart_majority() {
     );
 }
 
-/// The hook for "no acknowledged desired-state write lost": the services acknowledged
-/// before a whole-cluster restart must be kept after it.
+/// No acknowledged desired-state write lost: the services acknowledged before a
+/// whole-cluster restart are kept after it (restored from the desired-state log).
 #[test]
-#[ignore = "missing feature: the registry copy lives in memory only, so a whole-cluster \
-            restart forgets every admitted service; enable when the replicated log lands \
-            (seed 7)"]
 fn whole_cluster_restart_keeps_acknowledged_services() {
     for mode in [Mode::Available, Mode::Majority] {
         let _ = check(

@@ -213,7 +213,12 @@ pub async fn run(
             peers.clone(),
             view.subscribe(),
         )),
-        smart_desired::DesiredConfig::default(),
+        smart_desired::DesiredConfig {
+            // A voter without the Control role never leads: majority mode's Control is
+            // the leader.
+            may_lead: cfg.has_role(smart_proto::Role::Control),
+            ..smart_desired::DesiredConfig::default()
+        },
     )
     .await
     .map_err(|e| NodeError::Start(format!("desired-state log: {e}")))?;

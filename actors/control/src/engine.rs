@@ -120,6 +120,12 @@ pub enum Input {
     Tick,
     /// The live agents changed (membership): dead nodes are handled at once.
     Agents(Vec<AgentAddr>),
+    /// The desired-state log changed (this node applied new entries): the services it
+    /// holds. One this Control does not keep (another Control admitted it, on the side of a
+    /// partition this one was not on) is restored at the next refresh round, unless a
+    /// report shows a copy of it first. Nothing is stopped for being absent: services
+    /// admitted on a viewer's demand are not in the log.
+    Desired(Vec<ServiceSpec>),
     /// The answers of a report round (every agent answered or timed out), and when the
     /// round started.
     Reports {
@@ -290,6 +296,9 @@ pub struct ControlEngine {
     /// Entries of that copy whose node is live but has not answered yet: restored when it
     /// answers without them, dies, or stays silent (see `reconcile`).
     awaiting: Vec<ReplicaEntry>,
+    /// Services this Control stopped on purpose (idle, an operator's stop): not restored
+    /// from the desired-state log while it still lists them (its removal is on its way).
+    stopped: BTreeSet<ServiceName>,
     /// Refresh rounds since the rebuild (how long `awaiting` has waited).
     rounds_since_rebuild: u32,
     /// Agents the rebuild asked (it asks again the live ones it did not).
@@ -362,6 +371,7 @@ impl ControlEngine {
             notices_seen: HashMap::new(),
             replica,
             awaiting: Vec::new(),
+            stopped: BTreeSet::new(),
             rounds_since_rebuild: 0,
             asked: BTreeSet::new(),
             rebuild_rounds: 0,
@@ -403,6 +413,22 @@ impl ControlEngine {
                 });
             }
             Input::Tick => self.start_round(now),
+            Input::Desired(specs) => {
+                self.stopped.retain(|n| specs.iter().any(|s| &s.name == n));
+                for spec in specs {
+                    let name = &spec.name;
+                    if !self.table.contains(name)
+                        && !self.stopped.contains(name)
+                        && !self.awaiting.iter().any(|e| &e.spec.name == name)
+                    {
+                        self.awaiting.push(ReplicaEntry {
+                            spec,
+                            node: NodeId(0),
+                            clients: 0,
+                        });
+                    }
+                }
+            }
             Input::Agents(agents) => {
                 let before = std::mem::take(&mut self.live);
                 self.live = agents.iter().map(|a| (a.node, a.addr)).collect();
@@ -649,6 +675,7 @@ impl ControlEngine {
         now: Instant,
     ) -> ServiceName {
         let name = self.table.insert(spec, a, source, node, generation, now);
+        self.stopped.remove(&name);
         // Nothing of a former service of that name survives in the other books.
         self.moves.forget(&name);
         self.qos.track(&name, now);

@@ -27,6 +27,7 @@
 //!
 //! ## Layout
 //! - [`engine`]: the pure engine, its inputs and outputs, the migration state machine.
+//! - [`desired`]: what the Control writes to and restores from the desired-state log.
 //! - [`Control`], [`ControlMsg`], [`ControlEvent`], [`Deposed`]: the actor.
 //! - [`settings`]: the Control's admission settings from the node's `[admission]` config.
 //! - [`peer`]: the [`peer::PeerClient`] seam through which the Control (and whoever
@@ -39,6 +40,7 @@
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
+pub mod desired;
 pub mod engine;
 pub mod forward;
 pub mod nodes;
@@ -53,8 +55,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use smart_desired::DesiredStore;
 use smart_proto::agent::{AgentCommand, AgentReply};
 use smart_proto::api::{Event, Request, Response};
-use smart_proto::desired::{DesiredCmd, DesiredState};
-use smart_proto::node::{NodeRequest, NodeResponse, Replica, ReplicaEntry};
+use smart_proto::desired::DesiredCmd;
+use smart_proto::node::{NodeRequest, NodeResponse, Replica};
 use smart_proto::{Epoch, NodeId, ServiceName};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -202,73 +204,6 @@ pub struct ControlState {
     health_written: Option<BTreeSet<NodeId>>,
 }
 
-/// The log writes that take the health drains from `before` to `now`.
-fn health_drain_changes(before: &BTreeSet<NodeId>, now: &BTreeSet<NodeId>) -> Vec<DesiredCmd> {
-    let drains = now.difference(before).map(|&node| DesiredCmd::Drain {
-        node,
-        by_health: true,
-    });
-    let undrains = before.difference(now).map(|&node| DesiredCmd::Undrain {
-        node,
-        by_health: true,
-    });
-    drains.chain(undrains).collect()
-}
-
-/// The desired-state change an operator's request makes, if any (docs/DESIGN.md, "Desired
-/// state in a Raft log"). Viewers (clients) are observed state: never written.
-fn desired_change(req: &Request) -> Option<DesiredCmd> {
-    match req {
-        Request::AdmitService(spec) => Some(DesiredCmd::PutService(spec.clone())),
-        Request::StopService { service } => Some(DesiredCmd::RemoveService {
-            name: service.clone(),
-        }),
-        Request::Drain { node } => Some(DesiredCmd::Drain {
-            node: *node,
-            by_health: false,
-        }),
-        Request::Undrain { node } => Some(DesiredCmd::Undrain {
-            node: *node,
-            by_health: false,
-        }),
-        _ => None,
-    }
-}
-
-/// What a new Control starts from: the registry copy (where services ran, their viewers)
-/// and the desired-state log (what must run, drains, profiles), so that a service the log
-/// holds is restored even when no registry copy survived (a whole-cluster restart). A
-/// service only in the log has no node: the rebuild restarts it where admission says.
-fn restore_from(mut replica: Replica, desired: &DesiredState) -> Replica {
-    for spec in desired.services.values() {
-        if !replica.services.iter().any(|e| e.spec.name == spec.name) {
-            replica.services.push(ReplicaEntry {
-                spec: spec.clone(),
-                node: NodeId(0),
-                clients: 0,
-            });
-        }
-    }
-    for n in &desired.drained {
-        if !replica.drained.contains(n) {
-            replica.drained.push(*n);
-        }
-    }
-    for n in &desired.health_drained {
-        if !replica.health_drained.contains(n) {
-            replica.health_drained.push(*n);
-        }
-    }
-    for p in desired.profiles.values() {
-        match replica.profiles.iter_mut().find(|q| q.class == p.class) {
-            Some(q) if q.version >= p.version => {}
-            Some(q) => *q = p.clone(),
-            None => replica.profiles.push(p.clone()),
-        }
-    }
-    replica
-}
-
 /// One command to an agent and its answer, as the engine wants it.
 async fn agent_call(
     peers: &dyn PeerClient,
@@ -307,16 +242,30 @@ impl Control {
     /// Whether a desired-state change is worth writing before the engine sees `req`: the
     /// engine acts now, and an admission names a service it does not have yet.
     fn worth_writing(&self, st: &ControlState, req: &Request) -> bool {
-        let s = st.engine.status();
-        s.rebuilt
-            && self
-                .acting_source
-                .lease()
-                .valid(st.engine.epoch(), Instant::now())
-            && match req {
-                Request::AdmitService(spec) => !s.services.contains_key(&spec.name),
-                _ => true,
+        let may_act = self
+            .acting_source
+            .lease()
+            .valid(st.engine.epoch(), Instant::now());
+        desired::worth_writing(&st.engine.status(), may_act, req)
+    }
+
+    /// A service the engine stopped for good (idle, an operator's stop) leaves the desired
+    /// state: a whole-cluster restart must not start it again. (An operator's stop was
+    /// written before; the log then no longer holds it and nothing is written.)
+    fn forget_stopped(&self, st: &mut ControlState, service: &ServiceName) {
+        let Some(store) = &self.desired else { return };
+        if !store.state().services.contains_key(service) {
+            return;
+        }
+        let (store, within, node) = (store.clone(), self.tuning.request_timeout, self.node);
+        let cmd = DesiredCmd::RemoveService {
+            name: service.clone(),
+        };
+        st.tasks.spawn(async move {
+            if let Err(e) = store.write(cmd, within).await {
+                warn!(%node, error = %e, "stopped service not removed from the desired-state log");
             }
+        });
     }
 
     /// Class profiles are decided by the engine (measured, refined, put): the newer ones
@@ -359,7 +308,7 @@ impl Control {
             st.health_written = Some(now);
             return;
         }
-        let cmds = health_drain_changes(&before, &now);
+        let cmds = desired::health_drain_changes(&before, &now);
         st.health_written = Some(now);
         let (store, within, node) = (store.clone(), self.tuning.request_timeout, self.node);
         st.tasks.spawn(async move {
@@ -456,7 +405,12 @@ impl Control {
                         let _ = port.send(resp);
                     }
                 }
-                Output::Publish(ev) => (self.publish)(ev),
+                Output::Publish(ev) => {
+                    if let Event::Stopped { service, .. } = &ev {
+                        self.forget_stopped(st, service);
+                    }
+                    (self.publish)(ev)
+                }
                 Output::Replicate { to, replica } => {
                     self.sync_profiles(st, &replica);
                     self.sync_health_drains(st, &replica);
@@ -558,7 +512,7 @@ impl Actor for Control {
     ) -> Result<Self::State, ActorProcessingErr> {
         let agents = self.view.borrow().agents.clone();
         let replica = match &self.desired {
-            Some(store) => restore_from(self.replica.clone(), &store.state()),
+            Some(store) => desired::restore_from(self.replica.clone(), &store.state()),
             None => self.replica.clone(),
         };
         let mut engine =
@@ -646,6 +600,26 @@ impl Actor for Control {
                     }
                 }
             });
+            // The desired-state log as this node applies it: what another Control admitted
+            // (on a side of a partition this one was not on) is restored here too.
+            if let Some(store) = &self.desired {
+                let mut rx = store.subscribe();
+                let me = myself.clone();
+                st.tasks.spawn(async move {
+                    // The rebuild read the state at start: only changes from now on.
+                    rx.borrow_and_update();
+                    while rx.changed().await.is_ok() {
+                        let specs: Vec<smart_proto::api::ServiceSpec> =
+                            rx.borrow_and_update().services.values().cloned().collect();
+                        if me
+                            .send_message(ControlMsg::Input(Input::Desired(specs)))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
             Ok(())
         }
         .instrument(span)
@@ -673,7 +647,7 @@ impl Actor for Control {
                 });
                 Ok(())
             }
-            ControlMsg::Api(req, reply) => match (&self.desired, desired_change(&req)) {
+            ControlMsg::Api(req, reply) => match (&self.desired, desired::desired_change(&req)) {
                 // A change of the desired state is written first and acknowledged only once
                 // committed; the engine decides after that. Not while the engine would
                 // refuse anyway (not acting, rebuilding), nor for a service it already

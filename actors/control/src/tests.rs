@@ -751,7 +751,7 @@ mod reaction_tests {
 fn health_drain_changes_are_written_as_drains_and_undrains_of_the_health_kind() {
     let set = |ns: &[u64]| ns.iter().map(|n| NodeId(*n)).collect::<BTreeSet<_>>();
     assert_eq!(
-        health_drain_changes(&set(&[1, 2]), &set(&[2, 3])),
+        desired::health_drain_changes(&set(&[1, 2]), &set(&[2, 3])),
         vec![
             DesiredCmd::Drain {
                 node: NodeId(3),
@@ -763,5 +763,8 @@ fn health_drain_changes_are_written_as_drains_and_undrains_of_the_health_kind() 
             },
         ]
     );
-    assert_eq!(health_drain_changes(&set(&[4]), &set(&[4])), vec![]);
+    assert_eq!(
+        desired::health_drain_changes(&set(&[4]), &set(&[4])),
+        vec![]
+    );
 }

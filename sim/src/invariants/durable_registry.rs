@@ -1,15 +1,12 @@
-//! **No acknowledged desired-state write lost** — the hook for the replicated log.
+//! **No acknowledged desired-state write lost.**
 //!
 //! Every service the operator was told is admitted (`Placed`), in any era (an era ends
 //! when no node runs: a whole-cluster outage), must be kept by the acting Control after a
-//! settle, and therefore run (see `settled::one_instance_per_service`).
-//!
-//! Today the Control's registry copy (`Replica`) lives in each node's memory only and is
-//! sent every refresh: a whole-cluster restart forgets every service, and a Control dying
-//! with the node of a service admitted within the last refresh forgets that one. So this
-//! is not among the invariants checked by default: a scenario turns it on with
-//! `Options::durable_registry`, and the test that does is ignored until the registry is
-//! replicated durably (see the report of that test).
+//! settle, and therefore run (see `settled::one_instance_per_service`). The admission was
+//! written to the desired-state log (modelled: committed when the writer reaches a
+//! majority) before the engine decided, and a new Control restores from the log what no
+//! registry copy lists. Checked at every settle when `Options::durable_registry` is set (the
+//! fuzz loop and the whole-cluster restart scenario set it).
 
 use crate::invariants::settled::acting_control;
 use crate::world::Sim;

@@ -7,10 +7,9 @@
 //! - [`settled`]: after `Settle` (a quiet period on a healed, loss-free network): exactly one
 //!   running instance per service the Control keeps and never two of any, every API request
 //!   answered, no wedged Control;
-//! - [`durable_registry`]: the hook for "no acknowledged desired-state write lost": every
-//!   service acknowledged to the operator, even before a whole-cluster restart, is kept.
-//!   Today the registry copy lives in memory only, so this is checked only when a scenario
-//!   asks for it (see the module).
+//! - [`durable_registry`]: no acknowledged desired-state write lost: every service
+//!   acknowledged to the operator, even before a whole-cluster restart, is kept (at every
+//!   settle, when the run asks for it: the fuzz loop does).
 
 pub mod acting;
 pub mod durable_registry;

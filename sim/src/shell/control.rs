@@ -17,7 +17,8 @@ use std::time::Duration;
 use smart_control::peer::PeerError;
 use smart_control::{ControlEngine, Input, Output};
 use smart_proto::agent::{AgentCommand, AgentReply};
-use smart_proto::api::{ApiError, Event};
+use smart_proto::api::{ApiError, Event, Request, Response};
+use smart_proto::desired::DesiredCmd;
 use smart_proto::node::NodeRequest;
 
 use crate::world::{ControlActor, CtlMsg, Ev, MemMsg, REFRESH, RoundAcc, RpcKind, Sim};
@@ -30,15 +31,18 @@ impl Sim {
         let now = self.clock(n);
         let Some(p) = self.proc_mut(n) else { return };
         let Some(slot) = p.slot.clone() else { return };
-        let mut engine =
-            match ControlEngine::new(id, slot.epoch, tuning, p.replica.clone(), &p.view.agents) {
-                Ok(e) => e,
-                Err(e) => {
-                    let msg = format!("n{n}: the control engine cannot be made: {e}");
-                    self.fail(msg);
-                    return;
-                }
-            };
+        // `pre_start`: the registry copy and the desired-state log.
+        let restored = smart_control::desired::restore_from(p.replica.clone(), &self.desired);
+        let Some(p) = self.proc_mut(n) else { return };
+        let mut engine = match ControlEngine::new(id, slot.epoch, tuning, restored, &p.view.agents)
+        {
+            Ok(e) => e,
+            Err(e) => {
+                let msg = format!("n{n}: the control engine cannot be made: {e}");
+                self.fail(msg);
+                return;
+            }
+        };
         if slot.acting {
             engine.handle(
                 Input::SetActing {
@@ -51,6 +55,7 @@ impl Sim {
         }
         let cid = self.next_cid;
         self.next_cid += 1;
+        let desired_seen = self.desired_version;
         let Some(p) = self.proc_mut(n) else { return };
         // What post_start's rebuild knows (`known`), the agents watcher's starting point.
         let known = p.view.agents.clone();
@@ -65,6 +70,8 @@ impl Sim {
             calls: HashMap::new(),
             rounds: HashMap::new(),
             acting: None,
+            written_admits: HashMap::new(),
+            desired_seen,
         });
         if let Some(s) = p.slot.as_mut() {
             s.actor = Some(cid);
@@ -125,6 +132,18 @@ impl Sim {
             return;
         }
         self.push(self.timer(n, REFRESH), Ev::CTick { n, cid });
+        // The log's subscription: a node that reaches a majority has applied what was
+        // committed, and its Control hears of each change (modelled once per refresh).
+        let version = self.desired_version;
+        if self.reaches_majority(n)
+            && let Some(c) = self.actor_mut(n, cid)
+            && c.started
+            && c.desired_seen < version
+        {
+            c.desired_seen = version;
+            let specs = self.desired.services.values().cloned().collect();
+            self.on_ctl(n, cid, CtlMsg::Input(Input::Desired(specs)));
+        }
         self.on_ctl(n, cid, CtlMsg::Tick);
     }
 
@@ -143,9 +162,38 @@ impl Sim {
             CtlMsg::Tick => Input::Tick,
             CtlMsg::Input(i) => i,
             CtlMsg::Api { fwd, attempt, req } => {
+                // A change of the desired state is written first (`ControlMsg::Api`, then
+                // `Committed`): refused when it cannot commit, the engine deciding after.
+                let status = c.engine.status();
+                let epoch = c.engine.epoch();
+                let may_act = self
+                    .proc(n)
+                    .is_some_and(|p| p.acting.valid(epoch, self.clock(n)));
+                let mut admit = None;
+                if let Some(cmd) = smart_control::desired::desired_change(&req)
+                    && smart_control::desired::worth_writing(&status, may_act, &req)
+                {
+                    if let Err(reason) = self.write_desired(n, &cmd) {
+                        self.forward_answer(
+                            fwd,
+                            attempt,
+                            Response::Error(ApiError::NotCommitted { reason }),
+                        );
+                        return;
+                    }
+                    if let Request::AdmitService(spec) = &req {
+                        admit = Some(spec.name.clone());
+                    }
+                }
+                let Some(c) = self.actor_mut(n, cid) else {
+                    return;
+                };
                 let id = c.next_api;
                 c.next_api += 1;
                 c.calls.insert(id, (fwd, attempt));
+                if let Some(name) = admit {
+                    c.written_admits.insert(id, name);
+                }
                 Input::Api { id, req }
             }
             CtlMsg::SetEpoch(e) => Input::SetEpoch(e),
@@ -252,6 +300,15 @@ impl Sim {
                     ),
                 },
                 Output::Reply { id, resp } => {
+                    let written = self
+                        .actor_mut(n, cid)
+                        .and_then(|c| c.written_admits.remove(&id));
+                    if let Some(name) = written
+                        && matches!(resp, Response::Error(_))
+                    {
+                        // Refused after its write: the log must not keep it.
+                        let _ = self.write_desired(n, &DesiredCmd::RemoveService { name });
+                    }
                     let call = self.actor_mut(n, cid).and_then(|c| c.calls.remove(&id));
                     if let Some((fwd, attempt)) = call {
                         self.forward_answer(fwd, attempt, resp);

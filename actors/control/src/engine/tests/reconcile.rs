@@ -886,3 +886,37 @@ fn fault_a_start_refused_already_exists_declares_nothing_lost() {
         )]
     );
 }
+
+/// A service another Control wrote to the desired-state log (on a side of a partition this
+/// one was not on) is restored at the next refresh round; one this Control stopped on
+/// purpose is not, while the log still lists it.
+#[test]
+fn a_service_only_the_desired_log_holds_is_restored_at_the_next_round() {
+    let a = spec("video-a", 400_000);
+    let b = spec("video-b", 400_000);
+    let (mut h, _) = H::new(&[GB, GB], vec![]);
+    assert_eq!(h.running(1, &a, true), 1);
+    h.api(
+        2,
+        Request::StopService {
+            service: "video-a".into(),
+        },
+    );
+    assert_eq!(
+        h.e.handle(Input::Desired(vec![a.clone(), b.clone()]), h.now),
+        vec![]
+    );
+    h.at(Duration::from_secs(1));
+    let out = h.rounds(vec![(1, vec![]), (2, vec![])]);
+    let started: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Command {
+                cmd: AgentCommand::Start { instance, .. },
+                ..
+            } => Some(instance.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, vec!["video-b.1001"], "{out:?}");
+}
