@@ -102,6 +102,10 @@ struct RepairArgs {
     /// node shows `highest epoch`).
     #[arg(long)]
     epoch: u64,
+    /// Store an epoch above 2^32 all the same (a cluster that elects a Control every
+    /// second needs 136 years to get there: such a value is a typo or a forgery).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +219,9 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The highest epoch `smart repair` stores without `--force`.
+const REPAIR_EPOCH_SANE: u64 = 1 << 32;
+
 fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let dir = match (&args.data_dir, &args.config) {
         (Some(d), _) => d.clone(),
@@ -226,6 +233,13 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
             "epoch {} is beyond the usable range (at most {})",
             args.epoch,
             smart_membership::engine::EPOCH_CEILING
+        );
+    }
+    if args.epoch > REPAIR_EPOCH_SANE && !args.force {
+        bail!(
+            "epoch {} is above {REPAIR_EPOCH_SANE}: no real cluster gets there; check `smart status` \
+             on a healthy node, or pass --force",
+            args.epoch
         );
     }
     let (found, now) = smart_membership::persist::StateFile::repair(&dir, args.epoch)

@@ -175,3 +175,45 @@ fn the_three_host_deployment_configs_pass_config_check() {
         );
     }
 }
+
+/// `smart repair` refuses a data dir a running node holds (its lock), and an epoch no real
+/// cluster reaches unless forced; it repairs a stopped node's.
+#[test]
+fn repair_refuses_a_live_data_dir_and_an_absurd_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // A running node holds the lock (the kernel's flock, as `smart node` takes it).
+    let lock = std::fs::File::create(dir.path().join("lock")).unwrap();
+    lock.try_lock().unwrap();
+    let o = smart(&["repair", "--data-dir", d, "--epoch", "12"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+    drop(lock);
+    let o = smart(&[
+        "repair",
+        "--data-dir",
+        d,
+        "--epoch",
+        &(1u64 << 40).to_string(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout(&smart(&["repair", "--data-dir", d, "--epoch", "12"])).contains("12"));
+    let big = (1u64 << 40).to_string();
+    assert!(
+        stdout(&smart(&[
+            "repair",
+            "--data-dir",
+            d,
+            "--epoch",
+            &big,
+            "--force"
+        ]))
+        .contains(&big)
+    );
+}

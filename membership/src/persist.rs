@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,13 @@ pub enum PersistError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// Another process holds the data directory: a node runs on it (two nodes on one data
+    /// dir would reuse each other's epochs and incarnations), or `smart repair` does.
+    #[error("data dir {dir} is in use by another process (a running `smart node`?): stop it first")]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
     },
     /// The state file exists but is corrupt: refuse to start rather than reuse epochs.
     #[error(
@@ -69,7 +77,7 @@ impl PersistError {
                     std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
                 )
             }
-            PersistError::Corrupt { .. } => false,
+            PersistError::Corrupt { .. } | PersistError::Locked { .. } => false,
         }
     }
 }
@@ -112,9 +120,33 @@ impl EpochWriteError {
 pub struct StateFile {
     path: PathBuf,
     current: Durable,
+    /// The data dir's exclusive lock, held as long as any clone of this lives.
+    _lock: Arc<File>,
 }
 
 const FILE_NAME: &str = "node-state.json";
+
+/// The lock file in a data directory: a process that uses the directory holds an exclusive
+/// lock on it (`flock`, released by the kernel when the process dies, however it dies).
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the data dir's exclusive lock, or says who holds it.
+fn lock(data_dir: &Path) -> Result<Arc<File>, PersistError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Arc::new(file)),
+        Err(fs::TryLockError::WouldBlock) => Err(PersistError::Locked {
+            dir: data_dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
+}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
     move |source| PersistError::Io {
@@ -124,9 +156,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
 }
 
 impl StateFile {
-    /// Opens (creating the directory if needed), bumps the incarnation and persists it.
+    /// Opens (creating the directory if needed) and locks the data dir for as long as the
+    /// value lives ([`PersistError::Locked`] when another process holds it), bumps the
+    /// incarnation and persists it.
     pub fn open_and_boot(data_dir: &Path) -> Result<Self, PersistError> {
         fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+        let lock = lock(data_dir)?;
         let path = data_dir.join(FILE_NAME);
         let current = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| PersistError::Corrupt {
@@ -136,7 +171,11 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Durable::default(),
             Err(e) => return Err(io(&path)(e)),
         };
-        let mut file = Self { path, current };
+        let mut file = Self {
+            path,
+            current,
+            _lock: lock,
+        };
         file.boot()?;
         Ok(file)
     }
@@ -165,9 +204,11 @@ impl StateFile {
     /// Operator repair (`smart repair`): sets the highest epoch to `epoch`, even lower than
     /// the stored one, keeping the incarnation; a corrupt or missing file is replaced.
     /// Returns the value found (`None` if missing or corrupt) and the value written. Only for
-    /// a stopped node: `epoch` must be at least the cluster's highest (from `smart status`).
+    /// a stopped node (refused with [`PersistError::Locked`] while a node runs on it):
+    /// `epoch` must be at least the cluster's highest (from `smart status`).
     pub fn repair(data_dir: &Path, epoch: u64) -> Result<(Option<Durable>, Durable), PersistError> {
         fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+        let lock = lock(data_dir)?;
         let path = data_dir.join(FILE_NAME);
         let found: Option<Durable> = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).ok(),
@@ -177,6 +218,7 @@ impl StateFile {
         let mut file = Self {
             path,
             current: found.unwrap_or_default(),
+            _lock: lock,
         };
         let value = Durable {
             highest_epoch: epoch,
@@ -300,6 +342,33 @@ mod tests {
                 EpochWriteError::Fatal { .. }
             ));
         }
+    }
+
+    /// Two processes on one data dir would reuse each other's epochs: the second open, and
+    /// a repair while a node runs, are refused; both work once the holder is gone.
+    #[test]
+    fn a_data_dir_in_use_is_refused_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateFile::open_and_boot(dir.path()).unwrap();
+        let held = s.clone();
+        drop(s);
+        assert!(matches!(
+            StateFile::open_and_boot(dir.path()),
+            Err(PersistError::Locked { .. })
+        ));
+        assert!(matches!(
+            StateFile::repair(dir.path(), 3),
+            Err(PersistError::Locked { .. })
+        ));
+        drop(held);
+        StateFile::repair(dir.path(), 3).unwrap();
+        assert_eq!(
+            StateFile::open_and_boot(dir.path())
+                .unwrap()
+                .get()
+                .highest_epoch,
+            3
+        );
     }
 
     #[test]

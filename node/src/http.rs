@@ -3,8 +3,12 @@
 //! and an axum router for the routes.
 //!
 //! A connection over the cap is closed at once and counted (a client retries; a flood of
-//! idle connections cannot starve the listener of file descriptors). A client that does not
-//! send a complete request head within `header_timeout` is disconnected (slowloris), and
+//! idle connections cannot starve the listener of file descriptors). A client that sends no
+//! byte within `header_timeout` of its connection is closed and counted (hyper's own head
+//! timer starts only at the first byte, so silent sockets would be kept forever), one that
+//! does not send a complete request head within `header_timeout` is disconnected
+//! (slowloris), a request head may not exceed [`MAX_HEAD`] (half-sent huge heads cannot
+//! grow the node's memory), and
 //! one that takes no response byte for `write_stall` is disconnected too ([`StallGuard`]):
 //! a viewer that stops reading a relayed video cannot hold its upstream connection and its
 //! admission forever.
@@ -26,6 +30,10 @@ use tokio::time::Sleep;
 use tracing::{Instrument, debug};
 
 use crate::counters::Counters;
+
+/// The largest request head (request line and headers) a connection may send, and its
+/// read buffer: what a browser or a player sends is a few hundred bytes.
+pub const MAX_HEAD: usize = 16 * 1024;
 
 /// Limits of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +158,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refused = format!("{name}_refused_over_cap");
+    let silent: Arc<str> = format!("{name}_closed_silent").into();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -173,12 +182,26 @@ pub async fn serve(
         );
         let svc = TowerToHyperService::new(app);
         let span = tracing::Span::current();
+        let (counters, silent) = (counters.clone(), silent.clone());
         tokio::spawn(
             async move {
+                // The head's timer starts at accept: a socket that sends nothing holds a
+                // slot for `header_timeout` at most.
+                match tokio::time::timeout(limits.header_timeout, stream.peek(&mut [0u8; 1])).await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        counters.incr(&silent);
+                        return;
+                    }
+                }
                 let mut b = auto::Builder::new(TokioExecutor::new());
                 b.http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout);
+                    .header_read_timeout(limits.header_timeout)
+                    .max_buf_size(MAX_HEAD);
+                b.http2().max_header_list_size(MAX_HEAD as u32);
                 let io = TokioIo::new(StallGuard::new(stream, limits.write_stall));
                 if let Err(e) = b.serve_connection(io, svc).await {
                     debug!(%peer, error = %e, "http connection ended");
@@ -217,5 +240,62 @@ mod tests {
             got += b.read(&mut [0u8; 64]).await.unwrap();
         }
         w.await.unwrap().unwrap();
+    }
+
+    async fn server(limits: HttpLimits) -> (std::net::SocketAddr, Arc<Counters>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(serve(l, app, limits, counters.clone(), "t"));
+        (addr, counters)
+    }
+
+    /// A socket that sends nothing is closed `header_timeout` after it connected (not
+    /// kept until its first byte), and counted; a client that speaks is served.
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_after_the_head_timeout_from_accept() {
+        let limits = HttpLimits {
+            header_timeout: Duration::from_millis(200),
+            ..HttpLimits::default()
+        };
+        let (addr, counters) = server(limits).await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = tokio::time::Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut [0u8; 16]))
+            .await
+            .expect("closed by the server")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        assert!(t.elapsed() >= Duration::from_millis(190));
+        assert_eq!(counters.snapshot().get("t_closed_silent"), Some(&1));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    }
+
+    /// A request head larger than [`MAX_HEAD`] is refused, not buffered.
+    #[tokio::test]
+    async fn a_head_over_the_limit_is_refused() {
+        let (addr, _) = server(HttpLimits::default()).await;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let big = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD * 2)
+        );
+        // The server may close while we still write: either way no 200 comes back.
+        let _ = c.write_all(big.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
     }
 }

@@ -50,6 +50,32 @@ pub enum KeyError {
     },
 }
 
+/// A secret file that others than its owner may read or write: a node refuses it, as ssh
+/// refuses a private key with such permissions.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "permissions {mode:04o} on {path} are too open: a secret key must be readable by its owner only (chmod 600 {path})"
+)]
+pub struct TooOpen {
+    /// The file.
+    pub path: String,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+/// Checks that the secret file at `path` grants nothing to its group or to others. A file
+/// that cannot be inspected is left to the read that follows (which says why).
+pub fn require_private(path: &std::path::Path) -> Result<(), TooOpen> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(TooOpen {
+            path: path.display().to_string(),
+            mode: m.permissions().mode() & 0o7777,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl ClusterKey {
     /// A key from raw bytes (tests and the demo); refuses keys shorter than [`MIN_KEY_LEN`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
@@ -121,5 +147,23 @@ mod tests {
             ClusterKey::from_bytes(b"short"),
             Err(KeyError::TooShort { len: 5, .. })
         ));
+    }
+
+    /// A key readable by its group or by others is refused with the fix in the message; one
+    /// its owner alone may read passes.
+    #[test]
+    fn a_secret_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("smart-key-mode-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789abcdef0123456789abcdef").unwrap();
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = require_private(&path);
+            assert_eq!(r.is_ok(), ok, "mode {mode:o}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("chmod 600"), "{e}");
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -75,6 +75,9 @@ pub enum NodeError {
     /// The API tokens file could not be used.
     #[error(transparent)]
     Tokens(#[from] tokens::TokenFileError),
+    /// A secret key file is readable by others than its owner.
+    #[error(transparent)]
+    TooOpen(#[from] smart_proto::key::TooOpen),
     /// The stored highest epoch is beyond what any cluster can reach.
     #[error(
         "stored highest epoch {epoch} in {data_dir} is unusable (corrupt or forged): stop the node and run `smart repair --data-dir {data_dir} --epoch N` with N at least the cluster's highest epoch (`smart status` on a healthy node)"
@@ -124,6 +127,9 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let admission = smart_control::AdmissionSettings::from_config(&cfg.admission)
         .map_err(|e| NodeError::Start(e.to_string()))?;
+    // Secrets readable by others are refused, as ssh refuses such private keys.
+    smart_proto::key::require_private(&cfg.cluster_key_file)?;
+    smart_proto::key::require_private(&cfg.node_key_file)?;
     let key = ClusterKey::load(&cfg.cluster_key_file)?;
     let tokens = Arc::new(tokens::TokenStore::open(cfg.tokens_file.as_deref())?);
     let state = StateFile::open_and_boot(&cfg.data_dir)?;
