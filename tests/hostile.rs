@@ -867,3 +867,38 @@ async fn a_thousand_unknown_videos_from_one_address_are_404_or_429_and_start_not
     let r = http.get(format!("{fe}/watch/v0")).send().await.unwrap();
     assert_eq!(r.status(), 302);
 }
+
+/// Only the Control publishes cluster events: a member that is not the Control cannot push
+/// one (a forged placement would steer the front-end's viewers); it is refused and counted,
+/// and the Control's own events still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_a_member_that_is_not_the_control_is_refused() {
+    let c = LocalCluster::start(steady(3)).unwrap();
+    let all = c.running();
+    let (ctl, _) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
+    let (intruder, target) = (others[0], others[1]);
+    let forged = smart_api::Event::Stopped {
+        service: "video-x".into(),
+        node: smart_proto::NodeId(intruder),
+        reason: "forged".into(),
+    };
+    let before = cluster::node_counter(&c, target, "event_not_from_control").await;
+    let r = node_request_as(
+        &c,
+        intruder,
+        target,
+        smart_api::NodeRequest::Event(forged.clone()),
+    )
+    .await;
+    assert!(r.is_err(), "a forged event was accepted: {r:?}");
+    assert_eq!(
+        cluster::node_counter(&c, target, "event_not_from_control").await,
+        before + 1
+    );
+    let r = node_request_as(&c, ctl, target, smart_api::NodeRequest::Event(forged)).await;
+    assert!(r.is_ok(), "the Control's event was refused: {r:?}");
+}

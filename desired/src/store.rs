@@ -501,7 +501,16 @@ impl DesiredStore {
                 .or_else(|| metrics.borrow_and_update().current_leader.map(NodeId));
             let outcome = match leader {
                 Some(l) if l == me => self.propose(cmd.clone(), deadline).await,
-                Some(l) => self.forward(l, cmd.clone(), deadline).await,
+                Some(l) => match self.forward(l, cmd.clone(), deadline).await {
+                    // Committed on the leader: applied here once this node learns the commit
+                    // (the leader's next heartbeat). Waited for, within the deadline, so
+                    // that a reader of this node's state after the write sees it.
+                    Ok(written) => {
+                        self.wait_applied(written.index, deadline).await;
+                        Ok(written)
+                    }
+                    other => other,
+                },
                 None => Err(WriteRefusal::NotLeader { leader: None }),
             };
             match outcome {
@@ -521,6 +530,24 @@ impl DesiredStore {
                 // Wait for news of a leader, for at most an election timeout.
                 let pause = Instant::now() + self.inner.config.election_timeout_min;
                 let _ = tokio::time::timeout_at(pause.min(deadline), metrics.changed()).await;
+            }
+        }
+    }
+
+    /// Waits until this node has applied the entry at `index`, at most until `deadline`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if rx
+                .borrow_and_update()
+                .last_applied
+                .is_some_and(|l| l.index >= index)
+            {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
             }
         }
     }

@@ -128,7 +128,7 @@ const FILE_NAME: &str = "node-state.json";
 
 /// The lock file in a data directory: a process that uses the directory holds an exclusive
 /// lock on it (`flock`, released by the kernel when the process dies, however it dies).
-pub const LOCK_FILE: &str = "lock";
+const LOCK_FILE: &str = "lock";
 
 /// Takes the data dir's exclusive lock, or says who holds it.
 fn lock(data_dir: &Path) -> Result<Arc<File>, PersistError> {

@@ -97,6 +97,10 @@ pub enum DesiredCmd {
         /// True to lift the health drain, false to lift the operator's drain.
         by_health: bool,
     },
+    /// Changes nothing. A new Control writes one before it reads the state: once it is
+    /// applied on its node, so is everything committed before it (a follower's applied
+    /// state may otherwise lag a stop the old Control had committed, and resurrect it).
+    Barrier,
 }
 
 impl DesiredCmd {
@@ -116,6 +120,7 @@ impl DesiredCmd {
                     if *by_health { " (health)" } else { "" }
                 )
             }
+            DesiredCmd::Barrier => "barrier".to_string(),
         }
     }
 }
@@ -180,6 +185,7 @@ impl DesiredState {
                     ApplyResult::Unchanged
                 }
             }
+            DesiredCmd::Barrier => ApplyResult::Unchanged,
         }
     }
 
@@ -401,6 +407,9 @@ mod tests {
         assert!(s.health_drained.is_empty());
         assert_eq!(s.apply(&undrain(true)), ApplyResult::Unchanged);
         assert_eq!(s.apply(&undrain(false)), ApplyResult::Applied);
+        let before = s.clone();
+        assert_eq!(s.apply(&DesiredCmd::Barrier), ApplyResult::Unchanged);
+        assert_eq!(s, before, "a barrier changes nothing");
         assert!(s.drained.is_empty() && s.health_drained.is_empty());
     }
 

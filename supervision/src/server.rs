@@ -11,7 +11,8 @@
 //! - `Replica` (nodes only): accepted from the view's Control only (else counted in
 //!   `replica_not_from_control`), kept when newer than the copy this node has by (epoch,
 //!   version);
-//! - `Event` (nodes only): pushed to this node's subscribers;
+//! - `Event` (nodes only): from the view's Control only (else counted in
+//!   `event_not_from_control`), pushed to this node's subscribers;
 //! - `Api(Subscribe)`: the connection joins the event subscribers;
 //! - any other `Api` request: to the [`Dispatcher`] (status and version here, the rest to
 //!   the local Control or forwarded to the Control with retries across a failover), by the
@@ -303,7 +304,19 @@ impl Handler<NodeProtocol> for NodeHandler {
                     }
                     Ok(NodeResponse::Done)
                 }
+                // Only the Control publishes cluster events; what another member says in its
+                // name (a placement, a service moved) could steer viewers: refused, counted.
                 NodeRequest::Event(ev) => {
+                    let from = from.expect("checked: nodes only");
+                    let control = self.ctx.view.borrow().control.map(|c| c.node);
+                    if control != Some(from) {
+                        self.ctx.counters.incr("event_not_from_control");
+                        return Err(RemoteError::Refused {
+                            reason: format!(
+                                "events are accepted from the Control only; {from} is not"
+                            ),
+                        });
+                    }
                     self.ctx.subscribers.publish(&ev);
                     Ok(NodeResponse::Done)
                 }

@@ -676,6 +676,9 @@ impl ControlEngine {
     ) -> ServiceName {
         let name = self.table.insert(spec, a, source, node, generation, now);
         self.stopped.remove(&name);
+        // Admitted: whatever waited to restore it (the log's word arrives before the
+        // engine decides, a registry copy's entry) is done.
+        self.awaiting.retain(|e| e.spec.name != name);
         // Nothing of a former service of that name survives in the other books.
         self.moves.forget(&name);
         self.qos.track(&name, now);

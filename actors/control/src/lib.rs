@@ -500,6 +500,9 @@ async fn round(
     futures::future::join_all(asks).await
 }
 
+/// How long a new Control waits for its node to catch up with the desired-state log.
+const BARRIER_WAIT: Duration = Duration::from_millis(300);
+
 impl Actor for Control {
     type Msg = ControlMsg;
     type State = ControlState;
@@ -512,7 +515,15 @@ impl Actor for Control {
     ) -> Result<Self::State, ActorProcessingErr> {
         let agents = self.view.borrow().agents.clone();
         let replica = match &self.desired {
-            Some(store) => desired::restore_from(self.replica.clone(), &store.state()),
+            Some(store) => {
+                // Read the log once this node has applied everything committed: a barrier
+                // written now is applied after them. Bounded: without a majority (a
+                // minority side in available mode) the local state is all there is.
+                if let Err(e) = store.write(DesiredCmd::Barrier, BARRIER_WAIT).await {
+                    warn!(node = %self.node, error = %e, "desired-state log not caught up; restoring from the local copy");
+                }
+                desired::restore_from(self.replica.clone(), &store.state())
+            }
             None => self.replica.clone(),
         };
         let mut engine =

@@ -205,6 +205,12 @@ pub(super) fn join(base: &Uri, location: &str) -> Option<Uri> {
         .ok()
 }
 
+/// Whether `next` is on the server `uri` names (same host and port).
+fn same_server(uri: &Uri, next: &Uri) -> bool {
+    let port = |u: &Uri| u.port_u16().unwrap_or(80);
+    uri.host() == next.host() && port(uri) == port(next)
+}
+
 /// One `GET` with `Range: bytes={from}-` when `from > 0`: connect, send, read the head.
 async fn get(uri: &Uri, from: u64) -> Result<hyper::Response<Incoming>, String> {
     let authority = uri.authority().ok_or("no authority")?;
@@ -317,10 +323,19 @@ pub(super) async fn open(
                         .and_then(|l| l.to_str().ok())
                         .and_then(|l| join(&uri, l));
                     match next {
-                        Some(next) => {
+                        Some(next) if same_server(&uri, &next) => {
                             uri = next;
                             redirects += 1;
                             continue;
+                        }
+                        // Endpoints come from the Control's answers only: a distributor (or
+                        // whoever answers in its place) cannot send the relay elsewhere
+                        // (an internal address, another node's `/metrics`). The placement
+                        // is asked for again.
+                        Some(next) => {
+                            break Err(format!(
+                                "redirect {s} to another server ({next}) not followed"
+                            ));
                         }
                         None => break Err(format!("redirect {s} without a usable Location")),
                     }
@@ -510,6 +525,16 @@ mod tests {
             Some("http://127.0.0.1:9001/v1/seg/4.ts")
         );
         assert_eq!(j(&seg, "http://bad host/"), None);
+    }
+
+    /// A redirect is followed only on the same server: never to another host or port.
+    #[test]
+    fn redirects_stay_on_the_placements_server() {
+        let u = |s: &str| s.parse::<Uri>().unwrap();
+        let seg = u("http://127.0.0.1:9001/v1/seg/3.ts");
+        assert!(same_server(&seg, &u("http://127.0.0.1:9001/v1/seg/4.ts")));
+        assert!(!same_server(&seg, &u("http://127.0.0.1:7100/metrics")));
+        assert!(!same_server(&seg, &u("http://10.0.0.9:9001/v1/seg/3.ts")));
     }
 
     #[test]

@@ -253,6 +253,7 @@ impl ControlEngine {
     /// Stops a service: its instance, its admission, its waiters; says so.
     pub(crate) fn stop_service(&mut self, name: &str, reason: String) -> bool {
         self.stopped.insert(name.to_string());
+        self.awaiting.retain(|e| e.spec.name != name);
         // Every instance it has: the current one where it runs (the source, during a
         // move) and the one a start or move in flight is making on its node; none may be
         // left running unaccounted (a later report would show it as a service to adopt).

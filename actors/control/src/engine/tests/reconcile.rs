@@ -920,3 +920,32 @@ fn a_service_only_the_desired_log_holds_is_restored_at_the_next_round() {
         .collect();
     assert_eq!(started, vec!["video-b.1001"], "{out:?}");
 }
+
+/// The log's word on an admission arrives before the engine decides (the write comes
+/// first): once the service is admitted, and then stopped before the next round, nothing
+/// restores it.
+#[test]
+fn the_logs_word_ahead_of_an_admission_restores_nothing_once_it_is_stopped() {
+    let a = spec("video-a", 400_000);
+    let (mut h, _) = H::new(&[GB, GB], vec![]);
+    assert_eq!(h.e.handle(Input::Desired(vec![a.clone()]), h.now), vec![]);
+    let n = h.running(1, &a, true);
+    h.api(
+        2,
+        Request::StopService {
+            service: "video-a".into(),
+        },
+    );
+    h.at(Duration::from_secs(1));
+    let out = h.rounds(vec![(1, vec![]), (2, vec![])]);
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Command {
+                cmd: AgentCommand::Start { .. },
+                ..
+            }
+        )),
+        "restarted on n{n}'s stop: {out:?}"
+    );
+}
