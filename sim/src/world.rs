@@ -454,20 +454,23 @@ impl Sim {
     /// Whether node `n` reaches, both ways, a majority of the nodes running (itself
     /// included): its writes commit, and its replica of the log is current.
     pub(crate) fn reaches_majority(&self, n: usize) -> bool {
+        let (reachable, needed) = self.reach(n);
+        reachable >= needed
+    }
+
+    /// The running nodes `n` reaches both ways (itself included), and a majority of all.
+    fn reach(&self, n: usize) -> (usize, usize) {
         let reachable = (0..self.nodes.len())
             .filter(|j| self.running(*j) && self.net.reachable(n, *j) && self.net.reachable(*j, n))
             .count();
-        reachable > self.nodes.len() / 2
+        (reachable, self.nodes.len() / 2 + 1)
     }
 
     /// A desired-state write from node `n`: committed (and applied) when `n` reaches, both
     /// ways, a majority of the nodes, itself included, running (the log's voters are every
     /// node); else refused with the reason the store gives.
     pub(crate) fn write_desired(&mut self, n: usize, cmd: &DesiredCmd) -> Result<(), String> {
-        let needed = self.nodes.len() / 2 + 1;
-        let reachable = (0..self.nodes.len())
-            .filter(|j| self.running(*j) && self.net.reachable(n, *j) && self.net.reachable(*j, n))
-            .count();
+        let (reachable, needed) = self.reach(n);
         if reachable < needed {
             return Err(format!(
                 "no majority of control nodes reachable ({reachable} reachable, {needed} needed)"
