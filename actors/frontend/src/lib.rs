@@ -340,7 +340,10 @@ impl Ctx {
             },
             Answer::Unavailable(reason) => {
                 self.counters.incr("frontend_503");
-                let reason = reason.replace(['\r', '\n'], " ");
+                debug!(%reason, "answering 503");
+                // Viewers are told why in words, never where: the cluster's addresses stay
+                // inside.
+                let reason = viewer_reason(&reason.replace(['\r', '\n'], " "));
                 let mut r = (StatusCode::SERVICE_UNAVAILABLE, reason.clone()).into_response();
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
@@ -677,6 +680,28 @@ impl Actor for HttpFrontEnd {
     }
 }
 
+/// `reason` with every network address in it (`10.0.0.3:7101`, `[::1]:80`, a URL's host)
+/// replaced by "a node": what a viewer may read of why it was refused.
+fn viewer_reason(reason: &str) -> String {
+    let is_address = |word: &str| {
+        let core = word.trim_matches(|c: char| matches!(c, ',' | ';' | '(' | ')' | '\'' | '"'));
+        let core = core.strip_suffix(['.', ':']).unwrap_or(core);
+        let host = core
+            .split_once("://")
+            .map_or(core, |(_, rest)| rest.split('/').next().unwrap_or(rest));
+        host.parse::<std::net::SocketAddr>().is_ok()
+            || host.parse::<std::net::IpAddr>().is_ok()
+            || host.rsplit_once(':').is_some_and(|(h, p)| {
+                p.parse::<u16>().is_ok() && h.parse::<std::net::IpAddr>().is_ok()
+            })
+    };
+    reason
+        .split(' ')
+        .map(|w| if is_address(w) { "a node" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,5 +748,28 @@ mod tests {
         assert_eq!(s.command, vec!["d", "--origin", "http://o:1", "{listen}"]);
         assert_eq!(s.per_client_bps, Some(4_000_000));
         assert_eq!(s.duration_ms, Some(7_200_000));
+    }
+
+    /// A viewer's 503 names no internal address, and keeps the words that say why.
+    #[test]
+    fn viewer_reasons_name_no_address() {
+        assert_eq!(
+            viewer_reason("cannot reach 10.0.0.3:7101: connection refused"),
+            "cannot reach a node connection refused"
+        );
+        assert_eq!(
+            viewer_reason(
+                "redirect 302 to another server (http://127.0.0.1:7100/metrics) not followed"
+            ),
+            "redirect 302 to another server a node not followed"
+        );
+        assert_eq!(
+            viewer_reason("upstream [::1]:9001 gone"),
+            "upstream a node gone"
+        );
+        assert_eq!(
+            viewer_reason("admission refused: no room (0.8 of 1.0 cores)"),
+            "admission refused: no room (0.8 of 1.0 cores)"
+        );
     }
 }
