@@ -225,9 +225,10 @@ impl Default for ElectionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Authenticated connections held at once; more are closed after their handshake.
+    /// Authenticated client connections held at once; more are closed after their
+    /// handshake. Members have a pool of their own (clients never keep one out).
     pub max_connections: usize,
-    /// Authenticated connections from one IP address at once.
+    /// Authenticated client connections from one IP address at once.
     pub max_connections_per_addr: usize,
     /// Connections still handshaking at once; a new one beyond it evicts the oldest.
     pub max_handshaking: usize,

@@ -248,11 +248,14 @@ pub struct Limits {
     pub send_queue: usize,
     /// Requests served concurrently per inbound connection; beyond it reading pauses.
     pub max_in_flight: usize,
-    /// Authenticated connections a server holds at once; beyond it a connection that
+    /// Authenticated *client* connections a server holds at once; beyond it a client that
     /// completes its handshake is closed and counted in `connections_refused`.
     pub max_connections: usize,
-    /// Authenticated connections from one address (IP) at once; beyond it, as above.
+    /// Authenticated client connections from one address (IP) at once; beyond it, as above.
     pub max_connections_per_addr: usize,
+    /// Authenticated *node* connections (peers that proved a node key of the key book) at
+    /// once: a pool of their own, so that clients, however many, never keep a member out.
+    pub max_node_connections: usize,
     /// Connections accepted that have sent nothing yet (what a stranger's idle sockets look
     /// like), at once; a new one beyond it evicts the oldest silent one
     /// (`handshakes_evicted`). Real clients speak at once and leave this pool in
@@ -278,6 +281,7 @@ impl Default for Limits {
             max_in_flight: 64,
             max_connections: 1024,
             max_connections_per_addr: 256,
+            max_node_connections: 1024,
             max_silent: 2048,
             silent_timeout: Duration::from_millis(500),
             max_handshaking: 128,

@@ -312,6 +312,8 @@ struct Admission {
     handshaking_per_addr: HashMap<String, usize>,
     established: std::collections::HashSet<u64>,
     established_per_addr: HashMap<String, usize>,
+    /// Established connections of nodes: their own pool.
+    nodes: std::collections::HashSet<u64>,
     /// Connections that spoke before their task was registered (first frame raced the
     /// accept loop): moved to the handshaking pool when registered.
     early: std::collections::HashSet<u64>,
@@ -388,10 +390,18 @@ impl Admission {
         Some(abort)
     }
 
-    /// The handshake of `id` succeeded: an established slot, if one is free.
-    fn promote(&mut self, id: u64, host: &str, limits: &super::Limits) -> bool {
+    /// The handshake of `id` succeeded: an established slot, if one is free in its pool
+    /// (nodes and clients have one each).
+    fn promote(&mut self, id: u64, host: &str, node: bool, limits: &super::Limits) -> bool {
         self.remove_handshaking(id);
         self.silent.remove(&id);
+        if node {
+            if self.nodes.len() >= limits.max_node_connections {
+                return false;
+            }
+            self.nodes.insert(id);
+            return true;
+        }
         let per = self.established_per_addr.get(host).copied().unwrap_or(0);
         if self.established.len() >= limits.max_connections
             || per >= limits.max_connections_per_addr
@@ -469,8 +479,8 @@ impl super::FrameSource for Spoken {
 }
 
 impl AdmissionGuard {
-    fn promote(&mut self, limits: &super::Limits) -> bool {
-        lock(&self.admission).promote(self.id, &self.host, limits)
+    fn promote(&mut self, node: bool, limits: &super::Limits) -> bool {
+        lock(&self.admission).promote(self.id, &self.host, node, limits)
     }
 }
 
@@ -484,6 +494,8 @@ impl Drop for AdmissionGuard {
             adm.remove_handshaking(self.id);
         } else if adm.established.remove(&self.id) {
             decrement(&mut adm.established_per_addr, &self.host);
+        } else {
+            adm.nodes.remove(&self.id);
         }
     }
 }
@@ -522,7 +534,8 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
             return;
         }
     };
-    if !guard.promote(&ep.limits) {
+    let node = matches!(session.peer, crate::handshake::Identity::Node { .. });
+    if !guard.promote(node, &ep.limits) {
         Counters::inc(&ep.counters.connections_refused);
         ep.warnings.warn(
             "connection_refused",

@@ -561,6 +561,15 @@ async fn connection_limit(fx: &dyn Fixture) {
     let second = client(fx, &s, "second").await;
     assert!(second.request(Req::Echo("x".into()), T).await.is_err());
     assert!(eventually(T, || s.counters().connections_refused == 1).await);
+    // Nodes have a pool of their own: a full client pool never keeps a member out.
+    let n = Client::<Test>::connect(fx.transport("n").as_ref(), s.local_addr(), node_endpoint(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        n.request(Req::Echo("member".into()), T).await.unwrap(),
+        Resp::Text("member".into())
+    );
+    assert_eq!(s.counters().connections_refused, 1);
     // Once the slot frees up (when the server notices the close, which takes its own time),
     // clients are served again: wait for a served request, not for a fixed time.
     drop(good);
