@@ -902,3 +902,29 @@ async fn an_event_from_a_member_that_is_not_the_control_is_refused() {
     let r = node_request_as(&c, ctl, target, smart_api::NodeRequest::Event(forged)).await;
     assert!(r.is_ok(), "the Control's event was refused: {r:?}");
 }
+
+/// A registry copy stamped above the view's epoch is refused, even from the Control's own
+/// node: kept, it would outrank every real copy for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_copy_above_the_views_epoch_is_refused() {
+    use smart_proto::node::Replica;
+    let c = LocalCluster::start(steady(3)).unwrap();
+    let all = c.running();
+    let (ctl, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let target = all.iter().copied().find(|&n| n != ctl).unwrap();
+    let before = cluster::node_counter(&c, target, "replica_above_view_epoch").await;
+    let forged = Replica {
+        epoch: epoch + 1_000,
+        version: 1,
+        ..Replica::default()
+    };
+    let r = node_request_as(&c, ctl, target, smart_api::NodeRequest::Replica(forged)).await;
+    assert!(r.is_err(), "a copy above the view's epoch was kept: {r:?}");
+    assert_eq!(
+        cluster::node_counter(&c, target, "replica_above_view_epoch").await,
+        before + 1
+    );
+}

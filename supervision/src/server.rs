@@ -9,7 +9,8 @@
 //!   node's view, then executed with Agent86's fencing; from any other node refused and
 //!   counted in `agent_command_not_from_control` (see [`FromControl`]);
 //! - `Replica` (nodes only): accepted from the view's Control only (else counted in
-//!   `replica_not_from_control`), kept when newer than the copy this node has by (epoch,
+//!   `replica_not_from_control`) and at most at the view's epoch (else counted in
+//!   `replica_above_view_epoch`), kept when newer than the copy this node has by (epoch,
 //!   version);
 //! - `Event` (nodes only): from the view's Control only (else counted in
 //!   `event_not_from_control`), pushed to this node's subscribers;
@@ -293,6 +294,19 @@ impl Handler<NodeProtocol> for NodeHandler {
                         return Err(RemoteError::Refused {
                             reason: format!(
                                 "registry copies are accepted from the Control only; {from} is not"
+                            ),
+                        });
+                    }
+                    // Bounded by the view's epoch: a copy stamped far above it (even by the
+                    // Control's own node) would outrank every real copy for good. The
+                    // Control's next copy, once the view has its epoch, is taken.
+                    let view_epoch = self.ctx.view.borrow().control.map_or(0, |c| c.epoch);
+                    if r.epoch > view_epoch {
+                        self.ctx.counters.incr("replica_above_view_epoch");
+                        return Err(RemoteError::Refused {
+                            reason: format!(
+                                "registry copy at epoch {} is above the view's ({view_epoch})",
+                                r.epoch
                             ),
                         });
                     }
