@@ -476,7 +476,7 @@ fn majority_mode_minority_control_stops_acting_and_heal_leaves_one_control() {
     net.unplug(c);
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != c).collect();
     let (c2, _) = net.wait_agree(&rest, Duration::from_secs(10), |n| n as usize != c);
-    // The isolated Control lost its majority of leases: it must not act.
+    // The isolated Control lost its majority (its Raft quorum lease): it must not act.
     net.wait_until(Duration::from_secs(5), || {
         net.counter(c, "control_acting") == Some(0)
     });

@@ -24,7 +24,7 @@ pub enum ElectionMode {
     /// Any live node can become Control.
     #[default]
     Available,
-    /// The Control acts only with a majority of leases.
+    /// The Control is the desired-state log's Raft leader and acts only with a majority.
     Majority,
 }
 

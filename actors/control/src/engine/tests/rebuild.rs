@@ -305,7 +305,7 @@ fn a_round_begun_while_acting_is_abandoned_when_acting_is_lost() {
 #[test]
 fn the_rebuild_holds_its_restarts_until_the_control_may_act() {
     // Seed 20 (majority): a Control elected in a minority rebuilt and restarted what only
-    // its registry copy knew, though it never held a majority of leases.
+    // its registry copy knew, though it never had a majority behind it.
     let a = spec("video-a", 400_000);
     let agents = vec![agent(1)];
     let replica = Replica {
