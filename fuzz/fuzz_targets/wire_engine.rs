@@ -1,10 +1,11 @@
 //! Authenticated but hostile datagrams (an insider with the key, or a buggy peer): the fuzzer
 //! writes kind byte + payload, we sign them so that `heartbeat::decode` reaches the postcard
 //! decoder, and every message that decodes is fed to a `NodeEngine` between ticks. Neither
-//! the decoder nor the engine may panic, whatever the values (epochs at u64::MAX, huge lease
+//! the decoder nor the engine may panic, whatever the values (epochs at u64::MAX, huge
 //! durations, claims from ourselves, ...).
 //!
-//! Input layout: repeated `[len: u8][delay_ms: u8][kind: u8][payload: len bytes]`.
+//! Input layout: repeated `[len: u8][delay_ms: u8][kind: u8][payload: len bytes]`; kind
+//! 0xFE feeds Raft's word on leadership instead of a datagram.
 #![no_main]
 
 use std::time::Duration;
@@ -46,6 +47,16 @@ fuzz_target!(|data: &[u8]| {
         rest = next;
         now += Duration::from_millis(u64::from(*delay));
         engine.handle(Input::Tick, now);
+        // Kind 0xFE: Raft's word on this node instead of a datagram (majority mode's
+        // claims and step-downs, with leases ending anywhere around now).
+        if *kind == 0xFE {
+            let lead = smart_membership::engine::Leadership {
+                leader: *delay & 1 == 1,
+                lease_until: (*delay & 2 == 2).then(|| now + Duration::from_millis(len as u64)),
+            };
+            engine.handle(Input::Leadership(lead), now);
+            continue;
+        }
         let mut datagram = MAGIC.to_vec();
         datagram.push(VERSION);
         datagram.push(*kind);
