@@ -411,6 +411,19 @@ async fn encrypted_heartbeats_elect_and_fail_over_and_plain_forgeries_are_refuse
     );
 }
 
+/// A steady 3-node cluster once every node agrees on its Control: the cluster, the
+/// Control's node and epoch, and the two other nodes.
+async fn steady_three() -> (LocalCluster, u64, u64, Vec<u64>) {
+    let c = LocalCluster::start(steady(3)).unwrap();
+    let all = c.running();
+    let (ctl, epoch) = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let others = all.into_iter().filter(|&n| n != ctl).collect();
+    (c, ctl, epoch, others)
+}
+
 /// Sends `req` to node `to` as node `from`, with `from`'s real key.
 async fn node_request_as(
     c: &LocalCluster,
@@ -434,13 +447,8 @@ async fn node_request_as(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
     use smart_proto::agent::{AgentCommand, AgentReply, LaunchSpec};
-    let c = LocalCluster::start(steady(3)).unwrap();
+    let (c, ctl, epoch, others) = steady_three().await;
     let all = c.running();
-    let (ctl, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
-    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
     let (intruder, target) = (others[0], others[1]);
     let marker = c.dir().join("intruder-start-ran");
     let start = |instance: &str| AgentCommand::Start {
@@ -540,13 +548,8 @@ async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
 async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
     use smart_api::{Request, Response, ServiceSpec};
     use smart_proto::node::{Replica, ReplicaEntry};
-    let mut c = LocalCluster::start(steady(3)).unwrap();
+    let (mut c, ctl, epoch, others) = steady_three().await;
     let all = c.running();
-    let (ctl, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
-    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
     let marker = c.dir().join("lazarus-starts");
     let spec = ServiceSpec {
         name: "lazarus".into(),
@@ -873,13 +876,7 @@ async fn a_thousand_unknown_videos_from_one_address_are_404_or_429_and_start_not
 /// and the Control's own events still arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_from_a_member_that_is_not_the_control_is_refused() {
-    let c = LocalCluster::start(steady(3)).unwrap();
-    let all = c.running();
-    let (ctl, _) = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
-    let others: Vec<u64> = all.iter().copied().filter(|&n| n != ctl).collect();
+    let (c, ctl, _, others) = steady_three().await;
     let (intruder, target) = (others[0], others[1]);
     let forged = smart_api::Event::Stopped {
         service: "video-x".into(),
@@ -908,13 +905,8 @@ async fn an_event_from_a_member_that_is_not_the_control_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_copy_above_the_views_epoch_is_refused() {
     use smart_proto::node::Replica;
-    let c = LocalCluster::start(steady(3)).unwrap();
-    let all = c.running();
-    let (ctl, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
-    let target = all.iter().copied().find(|&n| n != ctl).unwrap();
+    let (c, ctl, epoch, others) = steady_three().await;
+    let target = others[0];
     let before = cluster::node_counter(&c, target, "replica_above_view_epoch").await;
     let forged = Replica {
         epoch: epoch + 1_000,

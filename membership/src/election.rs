@@ -874,6 +874,17 @@ mod tests {
         Election::new(cfg, 4)
     }
 
+    /// A majority-mode Control on `node`, claimed at t0 + 400 ms (epoch 5) while leading
+    /// with a quorum acknowledgement valid until t0 + 500 ms.
+    fn majority_control(node: u64, t0: Instant, rng: &mut ChaCha8Rng) -> Election {
+        let mut e = majority(node);
+        e.start(t0);
+        e.set_leadership(leading(t0 + ms(500)));
+        e.on_controls(&[], t0 + ms(400), rng, &mut vec![]);
+        assert_eq!(e.my_control(), Some((5, 5)));
+        e
+    }
+
     fn leading(until: Instant) -> Leadership {
         Leadership {
             leader: true,
@@ -922,13 +933,8 @@ mod tests {
     fn majority_leader_wins_and_a_control_without_quorum_steps_down() {
         let t0 = Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut e = majority(2);
-        e.start(t0);
-        e.set_leadership(leading(t0 + ms(500)));
+        let mut e = majority_control(2, t0, &mut rng);
         let mut out = vec![];
-        e.on_controls(&[], t0 + ms(400), &mut rng, &mut out);
-        assert_eq!(e.my_control(), Some((5, 5)));
-        out.clear();
         // An older Control (established 3) heard directly, at epoch 7: we re-assert above.
         e.on_controls(&[cand(1, 3, 7)], t0 + ms(450), &mut rng, &mut out);
         assert_eq!(
@@ -956,10 +962,7 @@ mod tests {
             ]
         );
         // Leading again, then told it is not: steps down.
-        let mut e = majority(2);
-        e.start(t0);
-        e.set_leadership(leading(t0 + ms(500)));
-        e.on_controls(&[], t0 + ms(400), &mut rng, &mut out);
+        let mut e = majority_control(2, t0, &mut rng);
         out.clear();
         e.set_leadership(Leadership::default());
         e.on_controls(&[], t0 + ms(410), &mut rng, &mut out);
@@ -971,10 +974,7 @@ mod tests {
             }]
         );
         // Lapsed for the listen time (400 ms) with nobody else heard: steps down too.
-        let mut e = majority(2);
-        e.start(t0);
-        e.set_leadership(leading(t0 + ms(500)));
-        e.on_controls(&[], t0 + ms(400), &mut rng, &mut out);
+        let mut e = majority_control(2, t0, &mut rng);
         out.clear();
         e.on_controls(&[], t0 + ms(899), &mut rng, &mut out);
         assert!(out.is_empty());

@@ -566,8 +566,8 @@ impl<R: Rng> NodeEngine<R> {
             Input::SetLoad(load) => self.load = load,
             Input::Leadership(lead) => {
                 if self.cfg.election.mode.is_majority() {
+                    // The live Controls did not change: no need to recompute them.
                     self.election.set_leadership(lead);
-                    self.dirty = true;
                     self.settle(now, &mut out);
                 }
             }

@@ -441,16 +441,15 @@ impl Sim {
     }
 
     /// Records the most Controls acting at one instant.
-    fn check_acting(&mut self) -> SimResult {
-        let acting: Vec<usize> = (0..self.nodes.len())
+    fn record_acting(&mut self) {
+        let acting = (0..self.nodes.len())
             .filter(|i| self.running(*i))
             .filter(|i| {
                 let now = self.clock(*i);
                 self.nodes[*i].engine.as_ref().unwrap().may_act(now)
             })
-            .collect();
-        self.max_acting = self.max_acting.max(acting.len());
-        Ok(())
+            .count();
+        self.max_acting = self.max_acting.max(acting);
     }
 
     fn step(&mut self) -> SimResult {
@@ -531,7 +530,8 @@ impl Sim {
                 }
             }
         }
-        self.check_acting()
+        self.record_acting();
+        Ok(())
     }
 
     fn deliver(&mut self, to: usize, bytes: &[u8]) -> SimResult {

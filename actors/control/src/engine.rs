@@ -403,15 +403,7 @@ impl ControlEngine {
         }
         let api = matches!(input, Input::Api { .. });
         match input {
-            Input::Start => {
-                self.round_in_flight = true;
-                let agents = self.live_agents();
-                self.out.push(Output::Round {
-                    agents,
-                    epoch: self.epoch,
-                    timeout: self.tuning.request_timeout,
-                });
-            }
+            Input::Start => self.push_round(),
             Input::Tick => self.start_round(now),
             Input::Desired(specs) => {
                 self.stopped.retain(|n| specs.iter().any(|s| &s.name == n));
@@ -556,14 +548,19 @@ impl ControlEngine {
     fn start_round(&mut self, now: Instant) {
         if self.may_act(now) && !self.round_in_flight {
             self.replicate();
-            self.round_in_flight = true;
-            let agents = self.live_agents();
-            self.out.push(Output::Round {
-                agents,
-                epoch: self.epoch,
-                timeout: self.tuning.request_timeout,
-            });
+            self.push_round();
         }
+    }
+
+    /// A report round of every live agent, in flight from now.
+    fn push_round(&mut self) {
+        self.round_in_flight = true;
+        let agents = self.live_agents();
+        self.out.push(Output::Round {
+            agents,
+            epoch: self.epoch,
+            timeout: self.tuning.request_timeout,
+        });
     }
 
     pub(crate) fn live_agents(&self) -> Vec<AgentAddr> {

@@ -753,16 +753,7 @@ fn fault_a_short_lived_control_declared_services_lost_that_were_still_playing() 
             .any(|o| matches!(o, Output::Publish(Event::Lost { .. }))),
         "{out:?}"
     );
-    let started: Vec<&str> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Command {
-                cmd: AgentCommand::Start { instance, .. },
-                ..
-            } => Some(instance.as_str()),
-            _ => None,
-        })
-        .collect();
+    let started = started_instances(&out);
     assert_eq!(started, vec!["video-b.1001", "video-c.1001"]);
     assert_eq!(
         h.e.status().services["video-a"],
@@ -908,16 +899,7 @@ fn a_service_only_the_desired_log_holds_is_restored_at_the_next_round() {
     );
     h.at(Duration::from_secs(1));
     let out = h.rounds(vec![(1, vec![]), (2, vec![])]);
-    let started: Vec<&str> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Command {
-                cmd: AgentCommand::Start { instance, .. },
-                ..
-            } => Some(instance.as_str()),
-            _ => None,
-        })
-        .collect();
+    let started = started_instances(&out);
     assert_eq!(started, vec!["video-b.1001"], "{out:?}");
 }
 
@@ -939,13 +921,7 @@ fn the_logs_word_ahead_of_an_admission_restores_nothing_once_it_is_stopped() {
     h.at(Duration::from_secs(1));
     let out = h.rounds(vec![(1, vec![]), (2, vec![])]);
     assert!(
-        !out.iter().any(|o| matches!(
-            o,
-            Output::Command {
-                cmd: AgentCommand::Start { .. },
-                ..
-            }
-        )),
+        started_instances(&out).is_empty(),
         "restarted on n{n}'s stop: {out:?}"
     );
 }

@@ -349,6 +349,19 @@ impl H {
     }
 }
 
+/// The instances `out` starts, in order.
+pub(super) fn started_instances(out: &[Output]) -> Vec<&str> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Command {
+                cmd: AgentCommand::Start { instance, .. },
+                ..
+            } => Some(instance.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) fn start_cmd(
     req: ReqId,
     n: u64,
