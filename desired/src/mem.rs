@@ -119,7 +119,7 @@ impl RaftTransport for MemTransport {
             let wire = postcard::to_allocvec(&rpc).map_err(|e| unreachable(e.to_string()))?;
             let rpc: RaftRpc =
                 postcard::from_bytes(&wire).map_err(|e| unreachable(e.to_string()))?;
-            let answer = tokio::time::timeout(timeout, store.handle_rpc(rpc))
+            let answer = tokio::time::timeout(timeout, store.handle_rpc(from, rpc))
                 .await
                 .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?;
             // A link cut while the request was in flight loses the answer.

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -248,10 +249,12 @@ pub struct DesiredStatus {
     pub purged: Option<u64>,
     /// When leader: milliseconds since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+    /// Raft messages refused because they spoke for another member than their sender.
+    pub impostor_rpcs: u64,
 }
 
 impl DesiredStatus {
-    fn from_metrics(m: &RaftMetrics<u64, EmptyNode>) -> Self {
+    fn from_metrics(m: &RaftMetrics<u64, EmptyNode>, impostor_rpcs: u64) -> Self {
         DesiredStatus {
             me: NodeId(m.id),
             role: match m.state {
@@ -268,6 +271,7 @@ impl DesiredStatus {
             snapshot: m.snapshot.map(|l| l.index),
             purged: m.purged.map(|l| l.index),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
+            impostor_rpcs,
         }
     }
 }
@@ -277,6 +281,8 @@ struct Inner {
     /// When this member started: it grants no vote for a leader lease after (see
     /// [`DesiredStore::handle_rpc`]).
     opened_at: Instant,
+    /// Raft messages refused for speaking in another member's name.
+    impostor_rpcs: AtomicU64,
     voters: BTreeSet<NodeId>,
     config: DesiredConfig,
     raft: Raft<TypeConfig>,
@@ -370,6 +376,7 @@ impl DesiredStore {
         Ok(DesiredStore {
             inner: Arc::new(Inner {
                 opened_at: Instant::now(),
+                impostor_rpcs: AtomicU64::new(0),
                 me,
                 voters,
                 config,
@@ -411,7 +418,10 @@ impl DesiredStore {
 
     /// This node's Raft status.
     pub fn status(&self) -> DesiredStatus {
-        DesiredStatus::from_metrics(&self.inner.raft.metrics().borrow())
+        DesiredStatus::from_metrics(
+            &self.inner.raft.metrics().borrow(),
+            self.inner.impostor_rpcs.load(Ordering::Relaxed),
+        )
     }
 
     /// True when this node leads and a quorum acknowledged it within the quorum lease: the
@@ -468,7 +478,10 @@ impl DesiredStore {
         let mut rx = self.inner.raft.metrics();
         let deadline = Instant::now() + timeout;
         loop {
-            let status = DesiredStatus::from_metrics(&rx.borrow_and_update());
+            let status = DesiredStatus::from_metrics(
+                &rx.borrow_and_update(),
+                self.inner.impostor_rpcs.load(Ordering::Relaxed),
+            );
             if pred(&status) {
                 return Ok(status);
             }
@@ -624,14 +637,26 @@ impl DesiredStore {
         (reachable, inner.voters.len() / 2 + 1)
     }
 
-    /// Answers a Raft message from another control node. A payload that does not decode
-    /// is answered [`RaftRpcAnswer::Malformed`] and changes nothing.
-    pub async fn handle_rpc(&self, rpc: RaftRpc) -> RaftRpcAnswer {
+    /// Answers a Raft message from member `from` (the sender the transport authenticated).
+    /// A payload that does not decode is answered [`RaftRpcAnswer::Malformed`] and changes
+    /// nothing; so is a vote request, entries or a snapshot in the name of another member
+    /// than `from` (a member cannot stand, nor lead, for someone else).
+    pub async fn handle_rpc(&self, from: NodeId, rpc: RaftRpc) -> RaftRpcAnswer {
         let raft = &self.inner.raft;
         let incoming = match decode_rpc(rpc) {
             Ok(incoming) => incoming,
             Err(e) => return malformed(e),
         };
+        if let Some(named) = incoming.speaks_for()
+            && named != Some(from.0)
+        {
+            self.inner.impostor_rpcs.fetch_add(1, Ordering::Relaxed);
+            return malformed(format!(
+                "{}: in the name of node {}, sent by {from}",
+                incoming.kind(),
+                named.map_or("(none)".to_string(), |n| n.to_string()),
+            ));
+        }
         match incoming {
             Incoming::AppendEntries(req) => {
                 self.heard_from(req.vote.leader_id().voted_for());

@@ -53,6 +53,30 @@ pub enum Incoming {
     },
 }
 
+impl Incoming {
+    /// The member a Raft message speaks for: the candidate of a vote request, the leader of
+    /// entries or of a snapshot (`Some(None)` if it names none); `None` for a forwarded
+    /// write, which any member may send.
+    pub fn speaks_for(&self) -> Option<Option<u64>> {
+        match self {
+            Incoming::AppendEntries(r) => Some(r.vote.leader_id().voted_for()),
+            Incoming::Vote(r) => Some(r.vote.leader_id().voted_for()),
+            Incoming::InstallSnapshot(r) => Some(r.vote.leader_id().voted_for()),
+            Incoming::ClientWrite { .. } => None,
+        }
+    }
+
+    /// The message's kind, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Incoming::AppendEntries(_) => "append-entries",
+            Incoming::Vote(_) => "vote",
+            Incoming::InstallSnapshot(_) => "install-snapshot",
+            Incoming::ClientWrite { .. } => "client-write",
+        }
+    }
+}
+
 /// Decodes the Raft library's message an RPC carries, size checked first. The error names
 /// the kind of message and why (the receiver answers `Malformed` with it). Its fuzz target
 /// is `raft_payload`.

@@ -477,7 +477,7 @@ async fn malformed_messages_are_answered_as_such_and_change_nothing() {
             RaftRpc::InstallSnapshot(vec![0; RAFT_PAYLOAD_MAX + 1]),
         ] {
             let kind = rpc.kind();
-            match node.handle_rpc(rpc).await {
+            match node.handle_rpc(id, rpc).await {
                 RaftRpcAnswer::Malformed(why) => assert!(why.starts_with(kind), "{why}"),
                 other => panic!("{id} answered {other:?} to a garbage {kind}"),
             }
@@ -485,10 +485,13 @@ async fn malformed_messages_are_answered_as_such_and_change_nothing() {
         // A command too large for one Raft payload is refused before it is proposed.
         let huge = DesiredCmd::PutService(spec("huge", RAFT_PAYLOAD_MAX));
         match node
-            .handle_rpc(RaftRpc::ClientWrite {
-                cmd: huge.clone(),
-                within_ms: 100,
-            })
+            .handle_rpc(
+                id,
+                RaftRpc::ClientWrite {
+                    cmd: huge.clone(),
+                    within_ms: 100,
+                },
+            )
             .await
         {
             RaftRpcAnswer::Write(Err(WriteRefusal::TooLarge { .. })) => {}
@@ -505,11 +508,11 @@ async fn malformed_messages_are_answered_as_such_and_change_nothing() {
         cmd: put(name),
         within_ms: u64::MAX,
     };
-    match c.node(l).handle_rpc(forever("forever")).await {
+    match c.node(l).handle_rpc(f, forever("forever")).await {
         RaftRpcAnswer::Write(Ok(w)) => assert_eq!(w.result, ApplyResult::Applied),
         other => panic!("the leader answered {other:?}"),
     }
-    match c.node(f).handle_rpc(forever("elsewhere")).await {
+    match c.node(f).handle_rpc(l, forever("elsewhere")).await {
         RaftRpcAnswer::Write(Err(WriteRefusal::NotLeader { leader })) => {
             assert_eq!(leader, Some(l))
         }
@@ -523,6 +526,35 @@ async fn malformed_messages_are_answered_as_such_and_change_nothing() {
         .expect("still writable");
     assert_eq!(w.result, ApplyResult::Applied);
     assert_eq!(names(&c.node(l).state()), ["a", "b", "forever"]);
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_stand_or_lead_in_another_members_name() {
+    let mut c = Cluster::start(3, DesiredConfig::default()).await;
+    let l = c.leader().await;
+    c.wait_leads(l).await;
+    let others: Vec<NodeId> = c.voters.iter().copied().filter(|n| *n != l).collect();
+    let (f, impostor) = (others[0], others[1]);
+    let before = c.node(f).status();
+    // The impostor asks f for a vote for the leader (a far term: granted, it would depose
+    // the leader), and sends entries as the leader.
+    let vote =
+        openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(before.term + 100, l.0), None);
+    let rpc = RaftRpc::Vote(postcard::to_allocvec(&vote).unwrap());
+    match c.node(f).handle_rpc(impostor, rpc.clone()).await {
+        RaftRpcAnswer::Malformed(why) => assert!(why.contains("in the name of"), "{why}"),
+        other => panic!("an impostor's vote request was answered {other:?}"),
+    }
+    assert_eq!(c.node(f).status().term, before.term, "the term moved");
+    assert_eq!(c.node(f).status().impostor_rpcs, 1);
+    assert_eq!(c.node(l).leader(), Some(l));
+    assert!(c.node(l).leads_with_quorum());
+    // The same request from the member it names is a Raft message like any other.
+    assert!(matches!(
+        c.node(f).handle_rpc(l, rpc).await,
+        RaftRpcAnswer::Reply(_)
+    ));
     c.stop_all().await;
 }
 

@@ -1,6 +1,8 @@
 //! Authenticated but hostile datagrams (an insider with the key, or a buggy peer): the fuzzer
-//! writes kind byte + payload, we sign them so that `heartbeat::decode` reaches the postcard
-//! decoder, and every message that decodes is fed to a `NodeEngine` between ticks. Neither
+//! writes kind byte + payload, we tag them with the cluster key and with the pair key of the
+//! member the payload names (a member speaking as itself), so that `heartbeat::decode`
+//! reaches the postcard decoder and the pair-tag check, and every message that decodes is
+//! fed to a `NodeEngine` between ticks. Neither
 //! the decoder nor the engine may panic, whatever the values (epochs at u64::MAX, huge
 //! durations, claims from ourselves, ...).
 //!
@@ -15,7 +17,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use smart_membership::engine::{EngineConfig, Input, NodeEngine};
 use smart_proto::{ClusterKey, NodeId, Role};
-use smart_proto::heartbeat::{self, MAGIC, VERSION};
+use smart_proto::heartbeat::{self, MAGIC, VERSION, WireError};
+use smart_proto::pair::{public_key, MemberKeys};
 use tokio::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
@@ -57,13 +60,10 @@ fuzz_target!(|data: &[u8]| {
             engine.handle(Input::Leadership(lead), now);
             continue;
         }
-        let mut datagram = MAGIC.to_vec();
-        datagram.push(VERSION);
-        datagram.push(*kind);
-        datagram.extend_from_slice(payload);
-        let tag = key.sign(&[&datagram]);
-        datagram.extend_from_slice(&tag);
-        if let Ok(msg) = heartbeat::decode(&datagram, &key) {
+        let Some((datagram, ours)) = tagged_by_sender(*kind, payload, &key) else {
+            continue;
+        };
+        if let Ok(msg) = heartbeat::decode(&datagram, &key, &ours) {
             let before = engine.highest_epoch();
             for o in engine.handle(Input::Received(msg), now) {
                 if let smart_membership::engine::Output::PersistEpoch(e) = o {
@@ -76,3 +76,40 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = engine.members();
 });
+
+/// A node key per id.
+fn secret(id: u64) -> [u8; 32] {
+    let mut s = [9u8; 32];
+    s[..8].copy_from_slice(&id.to_le_bytes());
+    s
+}
+
+/// The datagram of `kind` and `payload` (the fuzzer's bytes), tagged with the cluster key
+/// and with the pair key of the member its payload names, and node 1's keys that check it;
+/// `None` when the payload names no one (it does not decode).
+fn tagged_by_sender(kind: u8, payload: &[u8], key: &ClusterKey) -> Option<(Vec<u8>, MemberKeys)> {
+    let mut signed = MAGIC.to_vec();
+    signed.push(VERSION);
+    signed.push(kind);
+    signed.extend_from_slice(payload);
+    let datagram = |tags: &[smart_proto::pair::PairTag]| {
+        let mut d = signed.clone();
+        d.extend_from_slice(&postcard::to_allocvec(tags).unwrap());
+        let tag = key.sign(&[&d]);
+        d.extend_from_slice(&tag);
+        d
+    };
+    // Keys that know no one name the sender of a payload that decodes.
+    let nobody = MemberKeys::derive(NodeId(1), &secret(1), []);
+    let from = match heartbeat::decode(&datagram(&[]), key, &nobody) {
+        Err(WireError::UnknownSender(from)) => from,
+        _ => return None,
+    };
+    if from == 1 {
+        return None;
+    }
+    let sender = MemberKeys::derive(NodeId(from), &secret(from), [(NodeId(1), public_key(&secret(1)))]);
+    let ours = MemberKeys::derive(NodeId(1), &secret(1), [(NodeId(from), public_key(&secret(from)))]);
+    let tag = sender.tag(NodeId(1), &signed)?;
+    Some((datagram(&[tag]), ours))
+}

@@ -1,6 +1,7 @@
 //! Prints the heartbeat datagram size and the CPU one node spends on the membership protocol
-//! at 10 and 100 simulated members: its own ticks and heartbeats (engine + encode + sign)
-//! plus, for every peer heartbeat, decode + verify + engine handling.
+//! at 10 and 100 simulated members: its own ticks and heartbeats (engine + encode + a pair
+//! tag per member + the cluster tag) plus, for every peer heartbeat, decode + the cluster
+//! tag + its own pair tag + engine handling.
 //!
 //! ```text
 //! cargo run --release -p smart-supervision --example heartbeat_cost [-- SECONDS]
@@ -19,6 +20,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use smart_membership::engine::{EngineConfig, Input, NodeEngine, Output};
 use smart_proto::heartbeat::{self, ControlAssert, ControlView, Heartbeat, LoadSummary, Message};
+use smart_proto::pair::{MemberKeys, public_key};
 use smart_proto::{ClusterKey, NodeId, Role};
 use tokio::time::Instant;
 
@@ -50,7 +52,33 @@ fn peer_heartbeat(from: u64, seq: u64, control: bool) -> Message {
     })
 }
 
+/// Node `id`'s key.
+fn secret(id: u64) -> [u8; 32] {
+    let mut s = [3u8; 32];
+    s[..8].copy_from_slice(&id.to_le_bytes());
+    s
+}
+
+/// The pair keys of every member of a cluster of `members` (ids 1..=members).
+fn cluster_keys(members: u64) -> Vec<MemberKeys> {
+    let publics: Vec<(NodeId, [u8; 32])> = (1..=members)
+        .map(|i| (NodeId(i), public_key(&secret(i))))
+        .collect();
+    (1..=members)
+        .map(|i| MemberKeys::derive(NodeId(i), &secret(i), publics.clone()))
+        .collect()
+}
+
+/// The datagram of `msg` that carries node 1's tag.
+fn for_node_1(datagrams: Vec<Vec<u8>>, key: &ClusterKey, me: &MemberKeys) -> Vec<u8> {
+    datagrams
+        .into_iter()
+        .find(|d| heartbeat::decode(d, key, me).is_ok())
+        .expect("a datagram for node 1")
+}
+
 fn run(members: u64, seconds: u64, key: &ClusterKey) -> (Duration, u64, u64) {
+    let keys = cluster_keys(members);
     let mut cfg = EngineConfig::new(
         NodeId(1),
         1,
@@ -68,7 +96,9 @@ fn run(members: u64, seconds: u64, key: &ClusterKey) -> (Duration, u64, u64) {
         if tick % 10 == 0 {
             for p in 2..=members {
                 let seq = tick / 10 + 1;
-                batch.push(heartbeat::encode(&peer_heartbeat(p, seq, p == 2), key));
+                let msg = peer_heartbeat(p, seq, p == 2);
+                let all = heartbeat::encode(&msg, key, &keys[p as usize - 1]);
+                batch.push(for_node_1(all, key, &keys[0]));
             }
         }
         inbound.push(batch);
@@ -80,11 +110,13 @@ fn run(members: u64, seconds: u64, key: &ClusterKey) -> (Duration, u64, u64) {
         let now = t0 + Duration::from_millis(tick as u64 * 10);
         for o in engine.handle(Input::Tick, now) {
             if let Output::Send { msg, .. } = o {
-                sent_bytes += heartbeat::encode(&msg, key).len() as u64;
+                for d in heartbeat::encode(&msg, key, &keys[0]) {
+                    sent_bytes += d.len() as u64;
+                }
             }
         }
         for d in batch {
-            let msg = heartbeat::decode(d, key).expect("valid datagram");
+            let msg = heartbeat::decode(d, key, &keys[0]).expect("valid datagram");
             std::hint::black_box(engine.handle(Input::Received(msg), now));
             handled += 1;
         }
@@ -100,13 +132,24 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let key = ClusterKey::from_bytes(b"benchmark-cluster-key-0123456789").unwrap();
-    let follower = heartbeat::encode(&peer_heartbeat(3, 1000, false), &key);
-    let control = heartbeat::encode(&peer_heartbeat(2, 1000, true), &key);
-    println!(
-        "heartbeat datagram size: follower {} B, Control (asserting) {} B (limit {} B)",
-        follower.len(),
-        control.len(),
-        heartbeat::MAX_DATAGRAM
+    for members in [3u64, 10, 100] {
+        let keys = cluster_keys(members);
+        let follower = heartbeat::encode(&peer_heartbeat(3, 1000, false), &key, &keys[2]);
+        let control = heartbeat::encode(&peer_heartbeat(2, 1000, true), &key, &keys[1]);
+        println!(
+            "heartbeat datagrams, {members} members: follower {} × {} B, Control (asserting) {} × {} B (limit {} B)",
+            follower.len(),
+            follower[0].len(),
+            control.len(),
+            control[0].len(),
+            heartbeat::MAX_DATAGRAM
+        );
+    }
+    let keys = cluster_keys(10);
+    let follower = for_node_1(
+        heartbeat::encode(&peer_heartbeat(3, 1000, false), &key, &keys[2]),
+        &key,
+        &keys[0],
     );
 
     // Per-operation costs.
@@ -114,16 +157,22 @@ fn main() {
     let msg = peer_heartbeat(3, 1000, false);
     let s = WallInstant::now();
     for _ in 0..n {
-        std::hint::black_box(heartbeat::encode(std::hint::black_box(&msg), &key));
+        std::hint::black_box(heartbeat::encode(
+            std::hint::black_box(&msg),
+            &key,
+            &keys[2],
+        ));
     }
     let enc = s.elapsed() / n;
     let s = WallInstant::now();
     for _ in 0..n {
-        std::hint::black_box(heartbeat::decode(std::hint::black_box(&follower), &key).unwrap());
+        std::hint::black_box(
+            heartbeat::decode(std::hint::black_box(&follower), &key, &keys[0]).unwrap(),
+        );
     }
     let dec = s.elapsed() / n;
     println!(
-        "encode+sign: {:.2} µs, decode+verify: {:.2} µs",
+        "10 members: encode + 9 pair tags + HMAC: {:.2} µs, decode + HMAC + pair tag: {:.2} µs",
         enc.as_secs_f64() * 1e6,
         dec.as_secs_f64() * 1e6
     );

@@ -31,6 +31,7 @@ use rand::rngs::StdRng;
 use smart_proto::api::{ClusterStatus, ControlView, Event, MemberLoad, MemberStatus};
 use smart_proto::heartbeat::Keyring;
 use smart_proto::heartbeat::LoadSummary;
+use smart_proto::pair::MemberKeys;
 use smart_proto::{Role, heartbeat as wire};
 use smart_transport::ratelog::WarnLimiter;
 use tokio::net::UdpSocket;
@@ -82,6 +83,10 @@ pub struct Membership {
     pub cfg: Arc<NodeConfig>,
     /// Authenticates (and may encrypt) heartbeats.
     pub ring: Keyring,
+    /// This node's pair keys with every member: every datagram it sends carries a tag for
+    /// each, and a datagram is believed only with the tag of the member it names (a
+    /// cluster-key holder cannot speak in another member's name).
+    pub member_keys: MemberKeys,
     /// Rate-limited WARN lines.
     pub warnings: Arc<WarnLimiter>,
     /// Durable epochs and incarnation.
@@ -215,16 +220,19 @@ impl Membership {
         for out in outputs {
             match out {
                 Output::Send { dest, msg } => {
-                    let bytes = wire::encode_with(&msg, &self.ring);
+                    // One datagram unless the cluster is too large for one (pair tags).
+                    let datagrams = wire::encode_with(&msg, &self.ring, &self.member_keys);
                     let targets: Vec<SocketAddr> = match dest {
                         Dest::Multicast => st.group.into_iter().collect(),
                         Dest::Seeds => self.cfg.seeds.clone(),
                         Dest::Addr(a) => vec![a],
                     };
                     for t in targets {
-                        if let Err(e) = st.socket.send_to(&bytes, t).await {
-                            self.counters.incr("udp_send_errors");
-                            debug!(node = %id, to = %t, error = %e, "heartbeat send failed");
+                        for bytes in &datagrams {
+                            if let Err(e) = st.socket.send_to(bytes, t).await {
+                                self.counters.incr("udp_send_errors");
+                                debug!(node = %id, to = %t, error = %e, "heartbeat send failed");
+                            }
                         }
                     }
                 }
@@ -579,14 +587,19 @@ impl Membership {
                 st.load = load;
                 st.engine.handle(Input::SetLoad(load), now)
             }
-            MembershipMsg::Datagram(bytes, from) => match wire::decode_with(&bytes, &self.ring) {
-                Ok(m) => st.engine.handle(Input::Received(m), now),
-                Err(e) => {
-                    self.counters.incr(&format!("dropped_{}", drop_name(&e)));
-                    debug!(%from, error = %e, "datagram dropped");
-                    Vec::new()
+            MembershipMsg::Datagram(bytes, from) => {
+                match wire::decode_with(&bytes, &self.ring, &self.member_keys) {
+                    Ok(m) => st.engine.handle(Input::Received(m), now),
+                    // Our own multicast, looped back to us (nodes sharing a host hear the group
+                    // on loopback).
+                    Err(wire::WireError::FromSelf) => Vec::new(),
+                    Err(e) => {
+                        self.counters.incr(&format!("dropped_{}", drop_name(&e)));
+                        debug!(%from, error = %e, "datagram dropped");
+                        Vec::new()
+                    }
                 }
-            },
+            }
             MembershipMsg::RebuildDone(epoch) => {
                 st.engine.handle(Input::RebuildDone { epoch }, now)
             }

@@ -40,6 +40,7 @@ use rand_chacha::ChaCha8Rng;
 use smart_membership::election::{ElectionState, Fence, StepDownReason};
 use smart_membership::engine::{ControlInfo, EngineConfig, Input, NodeEngine, Output};
 use smart_proto::heartbeat;
+use smart_proto::pair::{MemberKeys, public_key};
 use smart_proto::stats::percentile_sorted;
 use smart_proto::{ClusterKey, Epoch, NodeId, Role};
 use tokio::time::Instant;
@@ -207,6 +208,8 @@ struct Sim {
     setup: Setup,
     seed: u64,
     key: ClusterKey,
+    /// Each node's pair keys with the others.
+    keys: Vec<MemberKeys>,
     rng: ChaCha8Rng,
     base: Instant,
     now: Duration,
@@ -227,6 +230,12 @@ struct Sim {
 }
 
 type SimResult = Result<(), String>;
+
+/// The one datagram of a message in this small cluster (pair tags of a few members fit).
+fn one(mut datagrams: Vec<Vec<u8>>) -> Vec<u8> {
+    assert_eq!(datagrams.len(), 1, "a few members' tags fit one datagram");
+    datagrams.remove(0)
+}
 
 impl Sim {
     fn new(setup: Setup, seed: u64) -> Self {
@@ -249,7 +258,15 @@ impl Sim {
                 step_downs_paused: 0,
             })
             .collect();
+        let secret = |i: usize| [i as u8 + 1; 32];
+        let publics: Vec<(NodeId, [u8; 32])> = (0..setup.nodes)
+            .map(|i| (NodeId(i as u64 + 1), public_key(&secret(i))))
+            .collect();
+        let keys = (0..setup.nodes)
+            .map(|i| MemberKeys::derive(NodeId(i as u64 + 1), &secret(i), publics.clone()))
+            .collect();
         Sim {
+            keys,
             side: vec![0; setup.nodes],
             setup,
             seed,
@@ -367,7 +384,7 @@ impl Sim {
     fn execute(&mut self, i: usize, o: Output) -> SimResult {
         match o {
             Output::Send { dest, msg } => {
-                let bytes = heartbeat::encode(&msg, &self.key);
+                let bytes = one(heartbeat::encode(&msg, &self.key, &self.keys[i]));
                 if dest == smart_membership::engine::Dest::Multicast {
                     let r = &mut self.nodes[i].recent;
                     if r.len() == 20 {
@@ -535,7 +552,7 @@ impl Sim {
     }
 
     fn deliver(&mut self, to: usize, bytes: &[u8]) -> SimResult {
-        match heartbeat::decode(bytes, &self.key) {
+        match heartbeat::decode(bytes, &self.key, &self.keys[to]) {
             Ok(msg) => self.feed(to, Input::Received(msg)),
             Err(_) => {
                 self.decode_failures += 1;
@@ -723,15 +740,28 @@ impl Sim {
                 for k in 0..*count {
                     let to = k % self.nodes.len();
                     let src = (to + 1) % self.nodes.len();
-                    let bytes = match (k % 3, self.nodes[src].recent.back().cloned()) {
+                    let bytes = match (k % 4, self.nodes[src].recent.back().cloned()) {
                         (0, Some(mut b)) => {
                             let bit = self.rng.random_range(0..b.len() * 8);
                             b[bit / 8] ^= 1 << (bit % 8);
                             b
                         }
                         (1, Some(b)) => {
-                            let msg = heartbeat::decode(&b, &self.key).unwrap();
-                            heartbeat::encode(&msg, &wrong)
+                            let msg = heartbeat::decode(&b, &self.key, &self.keys[to]).unwrap();
+                            one(heartbeat::encode(&msg, &wrong, &self.keys[src]))
+                        }
+                        // A cluster-key holder with a node key of its own speaking in the
+                        // sender's name, with a newer incarnation and a far sequence number.
+                        (3, Some(b)) => {
+                            let mut msg = heartbeat::decode(&b, &self.key, &self.keys[to]).unwrap();
+                            if let heartbeat::Message::Heartbeat(h) = &mut msg {
+                                h.seq += 1 << 40;
+                                h.incarnation += 1;
+                            }
+                            let publics = (0..self.nodes.len())
+                                .map(|i| (NodeId(i as u64 + 1), public_key(&[i as u8 + 1; 32])));
+                            let impostor = MemberKeys::derive(msg.from(), &[0xEE; 32], publics);
+                            one(heartbeat::encode(&msg, &self.key, &impostor))
                         }
                         _ => (0..self.rng.random_range(0..1500))
                             .map(|_| self.rng.random())
@@ -741,7 +771,7 @@ impl Sim {
                         self.deliver(to, &bytes)?;
                     } else {
                         // Decode is what the shell does first, node or not.
-                        if heartbeat::decode(&bytes, &self.key).is_err() {
+                        if heartbeat::decode(&bytes, &self.key, &self.keys[to]).is_err() {
                             self.decode_failures += 1;
                         }
                     }

@@ -15,10 +15,52 @@ use smart_proto::heartbeat::{
     self as wire, Challenge, Claim, ControlAssert, ControlView, Heartbeat, LoadSummary,
     MAX_DATAGRAM, Message, Proof, ReplayGuard, WireError,
 };
+use smart_proto::pair::{MemberKeys, public_key};
 use smart_proto::{ClusterKey, NodeId, Role};
 
 fn key() -> ClusterKey {
     ClusterKey::from_bytes(b"property-test-cluster-key!!").unwrap()
+}
+
+/// A node key per id.
+fn secret(id: NodeId) -> [u8; 32] {
+    let mut s = [7u8; 32];
+    s[..8].copy_from_slice(&id.0.to_le_bytes());
+    s
+}
+
+/// The receiver of every datagram in these tests (no generated message is from it).
+const RECEIVER: NodeId = NodeId(u64::MAX - 1);
+
+/// The pair keys of `m`'s sender with the receiver.
+fn sender_keys(m: &Message) -> MemberKeys {
+    MemberKeys::derive(
+        m.from(),
+        &secret(m.from()),
+        [(RECEIVER, public_key(&secret(RECEIVER)))],
+    )
+}
+
+/// `encode` by the message's sender, for the receiver.
+fn enc(m: &Message, k: &ClusterKey) -> Vec<u8> {
+    let mut d = wire::encode(m, k, &sender_keys(m));
+    assert_eq!(d.len(), 1);
+    d.remove(0)
+}
+
+/// The receiver's pair key with `m`'s sender.
+fn book(m: &Message) -> MemberKeys {
+    MemberKeys::derive(
+        RECEIVER,
+        &secret(RECEIVER),
+        [(m.from(), public_key(&secret(m.from())))],
+    )
+}
+
+/// The receiver's pair keys with a few members.
+fn some_book() -> MemberKeys {
+    let publics = (0..4u64).map(|i| (NodeId(i), public_key(&secret(NodeId(i)))));
+    MemberKeys::derive(RECEIVER, &secret(RECEIVER), publics)
 }
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
@@ -121,30 +163,30 @@ proptest! {
     #[test]
     fn round_trip(m in message()) {
         let k = key();
-        let bytes = wire::encode(&m, &k);
+        let bytes = enc(&m, &k);
         prop_assert!(bytes.len() <= MAX_DATAGRAM);
-        prop_assert_eq!(wire::decode(&bytes, &k), Ok(m));
+        prop_assert_eq!(wire::decode(&bytes, &k, &book(&m)), Ok(m));
     }
 
     #[test]
     fn arbitrary_bytes_never_panic_nor_authenticate(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
-        prop_assert!(wire::decode(&bytes, &key()).is_err());
+        prop_assert!(wire::decode(&bytes, &key(), &some_book()).is_err());
     }
 
     #[test]
     fn arbitrary_payload_behind_a_valid_header_is_refused(tail in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut bytes = b"SMRT\x01\x01".to_vec();
         bytes.extend_from_slice(&tail);
-        prop_assert!(wire::decode(&bytes, &key()).is_err());
+        prop_assert!(wire::decode(&bytes, &key(), &some_book()).is_err());
     }
 
     #[test]
     fn any_single_bit_flip_is_rejected(m in message(), bit in any::<prop::sample::Index>()) {
         let k = key();
-        let mut bytes = wire::encode(&m, &k);
+        let mut bytes = enc(&m, &k);
         let i = bit.index(bytes.len() * 8);
         bytes[i / 8] ^= 1 << (i % 8);
-        let r = wire::decode(&bytes, &k);
+        let r = wire::decode(&bytes, &k, &book(&m));
         prop_assert!(
             matches!(r, Err(WireError::BadMagic | WireError::BadVersion(_) | WireError::BadTag)),
             "bit {} flipped: {:?}", i, r
@@ -154,15 +196,28 @@ proptest! {
     #[test]
     fn wrong_key_is_rejected(m in message()) {
         let other = ClusterKey::from_bytes(b"some-other-cluster-key-xyz").unwrap();
-        prop_assert_eq!(wire::decode(&wire::encode(&m, &key()), &other), Err(WireError::BadTag));
+        prop_assert_eq!(wire::decode(&enc(&m, &key()), &other, &book(&m)), Err(WireError::BadTag));
+    }
+
+    #[test]
+    fn another_members_tag_is_rejected(m in message(), seed in any::<[u8; 32]>()) {
+        // A cluster-key holder with a node key of its own, speaking in `m`'s sender's name.
+        prop_assume!(public_key(&seed) != public_key(&secret(m.from())));
+        let impostor =
+            MemberKeys::derive(m.from(), &seed, [(RECEIVER, public_key(&secret(RECEIVER)))]);
+        let bytes = wire::encode(&m, &key(), &impostor).remove(0);
+        prop_assert_eq!(
+            wire::decode(&bytes, &key(), &book(&m)),
+            Err(WireError::BadPairTag(m.from().0))
+        );
     }
 
     #[test]
     fn truncations_are_rejected(m in message(), cut in any::<prop::sample::Index>()) {
         let k = key();
-        let bytes = wire::encode(&m, &k);
+        let bytes = enc(&m, &k);
         let n = cut.index(bytes.len());
-        prop_assert!(wire::decode(&bytes[..n], &k).is_err());
+        prop_assert!(wire::decode(&bytes[..n], &k, &book(&m)).is_err());
     }
 
     #[test]
@@ -218,7 +273,7 @@ mod hostile_peers {
                 cfg.election.mode = Mode::Majority { members: [1, 2, 3].map(NodeId).into() };
             }
             let mut e = NodeEngine::new(cfg, 0, ChaCha8Rng::seed_from_u64(0));
-            let k = key();
+            let k = super::key();
             let mut now = Instant::now();
             let mut persisted = 0u64;
             for (delay, msg) in steps {
@@ -226,7 +281,7 @@ mod hostile_peers {
                 let before = e.highest_epoch();
                 let mut out = e.handle(Input::Tick, now);
                 // Through the codec, as the shell does.
-                let msg = wire::decode(&wire::encode(&msg, &k), &k).unwrap();
+                let msg = wire::decode(&super::enc(&msg, &k), &k, &super::book(&msg)).unwrap();
                 out.extend(e.handle(Input::Received(msg), now));
                 prop_assert!(e.highest_epoch() >= before);
                 for o in out {

@@ -4,19 +4,27 @@
 //! Every datagram is
 //!
 //! ```text
-//! +-------+---------+------+---------------------+------------------+
-//! | magic | version | kind | postcard payload    | HMAC-SHA256 tag  |
-//! | 4 B   | 1 B     | 1 B  | (kind 1-4, below)   | 32 B             |
-//! +-------+---------+------+---------------------+------------------+
+//! +-------+---------+------+------------------+------------------------+-----------------+
+//! | magic | version | kind | postcard payload | pair tags (postcard:   | HMAC-SHA256 tag |
+//! | 4 B   | 1 B     | 1 B  | (kinds below)    | [(receiver, 8 B tag)]) | 32 B            |
+//! +-------+---------+------+------------------+------------------------+-----------------+
 //! ```
 //!
-//! The tag covers the 6 header bytes and the payload, keyed with the [`ClusterKey`]. Decoding
-//! checks, in order: the size (never more than [`MAX_DATAGRAM`], checked before anything
-//! else), the minimum length, the magic, the version, the tag (constant time), then decodes
-//! the payload with `postcard::take_from_bytes` and rejects trailing bytes. Nothing in the
-//! payload is parsed before the tag has been verified, so an unauthenticated sender can only
-//! make us compute one HMAC. No absolute timestamps cross the wire, so wall-clock
-//! differences between nodes never matter.
+//! The pair tags say that the member named in the payload's `from` sent it: one per member
+//! the datagram is for, made over the header and the payload with the key that sender and
+//! receiver alone share ([`crate::pair`]). The last tag covers everything before it, keyed
+//! with the [`ClusterKey`]. Decoding checks, in order: the size (never more than
+//! [`MAX_DATAGRAM`], checked before anything else), the minimum length, the magic, the
+//! version, the cluster tag (constant time), then decodes the payload and the pair tags with
+//! `postcard::take_from_bytes` (rejecting trailing bytes), and last checks the receiver's own
+//! pair tag under its key with the sender. Nothing is parsed before the cluster tag has been
+//! verified, so a sender without the cluster key can only make us compute one HMAC; a key
+//! holder who is not the member it names fails the pair tag. No absolute timestamps cross
+//! the wire, so wall-clock differences between nodes never matter.
+//!
+//! A heartbeat carries a pair tag for every other member, so one datagram holds about a
+//! hundred; [`encode`] splits a larger cluster's message into several datagrams, each for
+//! some of the members (every receiver finds its tag in one of them).
 //!
 //! ## Why claims are a message of their own
 //! A claim could be folded into heartbeats (a Control's heartbeat asserts its epoch anyway).
@@ -51,13 +59,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, Incarnation, NodeId, Role};
 use crate::key::{ClusterKey, TAG_LEN};
+use crate::pair::{MemberKeys, PAIR_TAG_LEN, PairTag};
 
 /// First bytes of every datagram: lets us drop foreign traffic on the port cheaply.
 pub const MAGIC: [u8; 4] = *b"SMRT";
 /// Version of this format. A node refuses other versions (rolling upgrades bump it with care).
 /// 3: heartbeats no longer carry lease grants (majority mode follows the desired-state
-/// log's Raft leader).
-pub const VERSION: u8 = 3;
+/// log's Raft leader). 5: every datagram carries its sender's pair tags.
+pub const VERSION: u8 = 5;
 /// Header length: magic, version, kind.
 pub const HEADER_LEN: usize = MAGIC.len() + 2;
 /// How far above the highest epoch it has seen a node accepts a claim or heartbeat by
@@ -282,33 +291,96 @@ pub enum WireError {
     /// The payload decoded but bytes were left over.
     #[error("{0} trailing bytes after payload")]
     TrailingBytes(usize),
+    /// The payload names this node as its sender: our own multicast looped back (not an
+    /// error; the shell ignores it), or a key holder speaking in our name.
+    #[error("a datagram in this node's own name")]
+    FromSelf,
+    /// The payload names a sender this node shares no key with (not in the key book).
+    #[error("no pair key with node {0} (not in the key book)")]
+    UnknownSender(u64),
+    /// The datagram carries no pair tag for this node (a datagram of a large cluster meant
+    /// for other members, or one that was not meant for us).
+    #[error("no pair tag for this node")]
+    NotForUs,
+    /// The pair tag is not the named sender's: a cluster-key holder speaking in a member's
+    /// name.
+    #[error("pair tag of node {0} does not verify")]
+    BadPairTag(u64),
 }
 
-/// Encodes and signs a message.
+/// Room a datagram's envelope takes besides the payload and the pair tags: the header, the
+/// larger of the two trailers (the plain format's HMAC, or the encrypted one's nonce and
+/// AEAD tag), and the pair tags' length prefix.
+const ENVELOPE: usize = HEADER_LEN + AEAD_NONCE_LEN + AEAD_TAG_LEN + 2;
+
+/// Encodes a message from this node (`keys.me()`, which must be its `from`): the payload,
+/// the pair tags of every member `keys` knows, then the cluster key's HMAC. One datagram
+/// unless the pair tags do not fit in [`MAX_DATAGRAM`]; then as many as needed, each with
+/// the tags of some of the members.
 ///
 /// Messages are bounded (roles are at most the four [`Role`]s, everything else is fixed
-/// size), so a datagram is far below [`MAX_DATAGRAM`]; a test pins the largest one.
-pub fn encode(msg: &Message, key: &ClusterKey) -> Vec<u8> {
-    let (kind, payload) = payload_of(msg);
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(kind);
-    out.extend_from_slice(&payload);
-    let tag = key.sign(&[&out]);
-    out.extend_from_slice(&tag);
-    out
+/// size), so a datagram of a small cluster is far below [`MAX_DATAGRAM`]; a test pins the
+/// largest one.
+pub fn encode(msg: &Message, key: &ClusterKey, keys: &MemberKeys) -> Vec<Vec<u8>> {
+    encode_as(msg, keys, VERSION, |signed, tags| {
+        let mut out = signed.to_vec();
+        out.extend_from_slice(tags);
+        let tag = key.sign(&[&out]);
+        out.extend_from_slice(&tag);
+        out
+    })
 }
 
-/// Checks and decodes a datagram. Never panics, whatever the bytes.
-pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Message, WireError> {
+/// The datagrams of `msg` in format `version`: `seal` makes one datagram from the signed
+/// part (header and payload) and the encoded pair tags of some members.
+fn encode_as(
+    msg: &Message,
+    keys: &MemberKeys,
+    version: u8,
+    seal: impl Fn(&[u8], &[u8]) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
+    debug_assert_eq!(msg.from(), keys.me(), "a node speaks only for itself");
+    let (kind, payload) = payload_of(msg);
+    let mut signed = Vec::with_capacity(HEADER_LEN + payload.len());
+    signed.extend_from_slice(&MAGIC);
+    signed.push(version);
+    signed.push(kind);
+    signed.extend_from_slice(&payload);
+    let room = MAX_DATAGRAM.saturating_sub(ENVELOPE + payload.len());
+    let mut chunks: Vec<Vec<PairTag>> = vec![Vec::new()];
+    let mut used = 0;
+    for peer in keys.peers() {
+        let Some(tag) = keys.tag(peer, &signed) else {
+            continue;
+        };
+        let size = varint_len(peer.0) + PAIR_TAG_LEN;
+        if used + size > room && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        chunks.last_mut().expect("one chunk at least").push(tag);
+    }
+    chunks
+        .iter()
+        .map(|tags| {
+            let tags = postcard::to_allocvec(tags).expect("postcard serialises a Vec of tags");
+            seal(&signed, &tags)
+        })
+        .collect()
+}
+
+/// Checks and decodes a datagram for this node (`keys.me()`): the cluster key's tag, then
+/// the payload and the pair tags, then the pair tag for this node under its key with the
+/// sender the payload names. Never panics, whatever the bytes.
+pub fn decode(bytes: &[u8], key: &ClusterKey, keys: &MemberKeys) -> Result<Message, WireError> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(WireError::TooLarge {
             len: bytes.len(),
             max: MAX_DATAGRAM,
         });
     }
-    if bytes.len() < HEADER_LEN + TAG_LEN {
+    if bytes.len() < HEADER_LEN + 1 + TAG_LEN {
         return Err(WireError::Truncated { len: bytes.len() });
     }
     if bytes[..MAGIC.len()] != MAGIC {
@@ -318,33 +390,65 @@ pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Message, WireError> {
     if version != VERSION {
         return Err(WireError::BadVersion(version));
     }
-    let (signed, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-    if !key.verify(&[signed], tag) {
+    let (authenticated, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+    if !key.verify(&[authenticated], tag) {
         return Err(WireError::BadTag);
     }
-    let kind = signed[MAGIC.len() + 1];
-    let payload = &signed[HEADER_LEN..];
-    match kind {
-        KIND_HEARTBEAT => finish(payload).map(Message::Heartbeat),
-        KIND_CLAIM => finish(payload).map(Message::Claim),
-        KIND_CHALLENGE => finish(payload).map(Message::Challenge),
-        KIND_PROOF => finish(payload).map(Message::Proof),
-        KIND_HANDOVER => finish(payload).map(Message::Handover),
-        _ => Err(WireError::Malformed),
-    }
+    open(
+        &authenticated[..HEADER_LEN],
+        &authenticated[HEADER_LEN..],
+        keys,
+    )
 }
 
-fn finish<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, WireError> {
-    let (value, rest) = postcard::take_from_bytes(payload).map_err(|_| WireError::Malformed)?;
-    if !rest.is_empty() {
-        return Err(WireError::TrailingBytes(rest.len()));
+/// The message of a datagram whose envelope has been checked: `header` (magic, version,
+/// kind) and `body` (payload and pair tags), if its pair tag for this node is the sender's.
+fn open(header: &[u8], body: &[u8], keys: &MemberKeys) -> Result<Message, WireError> {
+    let kind = header[MAGIC.len() + 1];
+    let (msg, rest) = match kind {
+        KIND_HEARTBEAT => take(body).map(|(m, r)| (Message::Heartbeat(m), r)),
+        KIND_CLAIM => take(body).map(|(m, r)| (Message::Claim(m), r)),
+        KIND_CHALLENGE => take(body).map(|(m, r)| (Message::Challenge(m), r)),
+        KIND_PROOF => take(body).map(|(m, r)| (Message::Proof(m), r)),
+        KIND_HANDOVER => take(body).map(|(m, r)| (Message::Handover(m), r)),
+        _ => Err(WireError::Malformed),
+    }?;
+    let (tags, trailing): (Vec<PairTag>, _) = take(rest)?;
+    if !trailing.is_empty() {
+        return Err(WireError::TrailingBytes(trailing.len()));
     }
-    Ok(value)
+    let from = msg.from();
+    if from == keys.me() {
+        return Err(WireError::FromSelf);
+    }
+    if !keys.knows(from) {
+        return Err(WireError::UnknownSender(from.0));
+    }
+    let Some(mine) = tags.iter().find(|t| t.to == keys.me()) else {
+        return Err(WireError::NotForUs);
+    };
+    let payload_len = body.len() - rest.len();
+    let mut signed = Vec::with_capacity(HEADER_LEN + payload_len);
+    signed.extend_from_slice(header);
+    signed.extend_from_slice(&body[..payload_len]);
+    if !keys.check(from, &signed, &mine.tag) {
+        return Err(WireError::BadPairTag(from.0));
+    }
+    Ok(msg)
+}
+
+/// Bytes of `v` as a postcard varint.
+fn varint_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+fn take<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(T, &'a [u8]), WireError> {
+    postcard::take_from_bytes(bytes).map_err(|_| WireError::Malformed)
 }
 
 /// Version of the encrypted datagram format ([`Keyring::encrypted`]).
-/// 4: as [`VERSION`] 3.
-pub const VERSION_ENCRYPTED: u8 = 4;
+/// 4: as [`VERSION`] 3. 6: as [`VERSION`] 5 (the pair tags are sealed with the payload).
+pub const VERSION_ENCRYPTED: u8 = 6;
 
 /// Length of the XChaCha20 nonce of an encrypted datagram (random per datagram: 192 bits
 /// make collisions negligible without any state).
@@ -361,13 +465,15 @@ pub const AEAD_TAG_LEN: usize = 16;
 /// Two formats, told apart by the version byte:
 ///
 /// ```text
-/// v1 (plain):     magic | 1 | kind | payload                      | HMAC-SHA256(key, header || payload)
-/// v2 (encrypted): magic | 2 | kind | nonce (24) | XChaCha20-Poly1305(aead_key, payload, aad = header || nonce)
-///                 aead_key = HMAC-SHA256(key, "smart/heartbeat-aead/v1")
+/// plain (5):     magic | 5 | kind | payload | tags | HMAC-SHA256(key, header || payload || tags)
+/// encrypted (6): magic | 6 | kind | nonce (24) | XChaCha20-Poly1305(aead_key, payload || tags, aad = header || nonce)
+///                aead_key = HMAC-SHA256(key, "smart/heartbeat-aead/v1")
+///                tags = the sender's pair tags of header || payload (crate::pair)
 /// ```
 ///
 /// Both are always accepted (under a ring key); [`Keyring::encrypted`] decides what this node
-/// sends. Either way only a ring key holder can produce an accepted datagram.
+/// sends. Either way only a ring key holder can produce a datagram that is even parsed, and
+/// only the member it names can make its pair tags.
 #[derive(Clone)]
 pub struct Keyring {
     keys: Vec<ClusterKey>,
@@ -387,7 +493,7 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
-    /// A ring of one key, sending plain (v1) datagrams: the format of [`encode`].
+    /// A ring of one key, sending plain datagrams: the format of [`encode`].
     pub fn new(primary: ClusterKey) -> Self {
         Self::with_keys(primary, Vec::new())
     }
@@ -411,7 +517,7 @@ impl Keyring {
         }
     }
 
-    /// The same ring, sending encrypted (v2) datagrams when `on`.
+    /// The same ring, sending encrypted datagrams when `on`.
     pub fn encrypted(mut self, on: bool) -> Self {
         self.encrypt = on;
         self
@@ -470,29 +576,33 @@ fn payload_of(msg: &Message) -> (u8, Vec<u8>) {
     )
 }
 
-/// Encodes `msg` under the ring's primary key, plain or encrypted as the ring says.
-pub fn encode_with(msg: &Message, ring: &Keyring) -> Vec<u8> {
+/// Encodes `msg` from this node under the ring's primary key, plain or encrypted as the
+/// ring says (see [`encode`]: one datagram unless the pair tags need more).
+pub fn encode_with(msg: &Message, ring: &Keyring, keys: &MemberKeys) -> Vec<Vec<u8>> {
     if !ring.encrypt {
-        return encode(msg, &ring.keys[0]);
+        return encode(msg, &ring.keys[0], keys);
     }
     use chacha20poly1305::AeadInPlace;
-    let (kind, mut payload) = payload_of(msg);
-    let nonce: [u8; AEAD_NONCE_LEN] = rand::random();
-    let mut out = Vec::with_capacity(HEADER_LEN + AEAD_NONCE_LEN + payload.len() + AEAD_TAG_LEN);
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION_ENCRYPTED);
-    out.push(kind);
-    out.extend_from_slice(&nonce);
-    ring.aead[0]
-        .encrypt_in_place((&nonce).into(), &out, &mut payload)
-        .expect("XChaCha20-Poly1305 encrypts any datagram-sized buffer");
-    out.extend_from_slice(&payload);
-    out
+    encode_as(msg, keys, VERSION_ENCRYPTED, |signed, tags| {
+        let nonce: [u8; AEAD_NONCE_LEN] = rand::random();
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + AEAD_NONCE_LEN + signed.len() + tags.len() + AEAD_TAG_LEN,
+        );
+        out.extend_from_slice(&signed[..HEADER_LEN]);
+        out.extend_from_slice(&nonce);
+        let mut body = signed[HEADER_LEN..].to_vec();
+        body.extend_from_slice(tags);
+        ring.aead[0]
+            .encrypt_in_place((&nonce).into(), &out, &mut body)
+            .expect("XChaCha20-Poly1305 encrypts any datagram-sized buffer");
+        out.extend_from_slice(&body);
+        out
+    })
 }
 
-/// Checks and decodes a datagram under any key of the ring (plain or encrypted). Never
-/// panics, whatever the bytes.
-pub fn decode_with(bytes: &[u8], ring: &Keyring) -> Result<Message, WireError> {
+/// Checks and decodes a datagram for this node under any key of the ring (plain or
+/// encrypted), and its sender's pair tag. Never panics, whatever the bytes.
+pub fn decode_with(bytes: &[u8], ring: &Keyring, keys: &MemberKeys) -> Result<Message, WireError> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(WireError::TooLarge {
             len: bytes.len(),
@@ -512,20 +622,13 @@ pub fn decode_with(bytes: &[u8], ring: &Keyring) -> Result<Message, WireError> {
         for aead in &ring.aead {
             let mut buf = sealed.to_vec();
             if aead.decrypt_in_place(nonce.into(), aad, &mut buf).is_ok() {
-                return match aad[MAGIC.len() + 1] {
-                    KIND_HEARTBEAT => finish(&buf).map(Message::Heartbeat),
-                    KIND_CLAIM => finish(&buf).map(Message::Claim),
-                    KIND_CHALLENGE => finish(&buf).map(Message::Challenge),
-                    KIND_PROOF => finish(&buf).map(Message::Proof),
-                    KIND_HANDOVER => finish(&buf).map(Message::Handover),
-                    _ => Err(WireError::Malformed),
-                };
+                return open(&aad[..HEADER_LEN], &buf, keys);
             }
         }
         return Err(WireError::BadTag);
     }
     for k in &ring.keys {
-        match decode(bytes, k) {
+        match decode(bytes, k, keys) {
             Err(WireError::BadTag) => {}
             other => return other,
         }
@@ -678,6 +781,38 @@ mod tests {
         ClusterKey::from_bytes(b"test-cluster-key-0123456789").unwrap()
     }
 
+    /// Member `id`'s node key (a secret per id).
+    fn secret(id: NodeId) -> [u8; 32] {
+        [id.0 as u8; 32]
+    }
+
+    /// Member `id`'s pair keys with members 1 to 4.
+    fn keys_of(id: NodeId) -> MemberKeys {
+        let publics = (1..=4).map(|i| (NodeId(i), crate::pair::public_key(&secret(NodeId(i)))));
+        MemberKeys::derive(id, &secret(id), publics)
+    }
+
+    /// The receiver of every datagram in these tests: member 4 (no test message is from 4).
+    fn book() -> MemberKeys {
+        keys_of(NodeId(4))
+    }
+
+    /// The one datagram of `m` from its sender.
+    fn only(mut datagrams: Vec<Vec<u8>>) -> Vec<u8> {
+        assert_eq!(datagrams.len(), 1);
+        datagrams.remove(0)
+    }
+
+    /// `encode`, by the message's sender.
+    fn enc(m: &Message, k: &ClusterKey) -> Vec<u8> {
+        only(encode(m, k, &keys_of(m.from())))
+    }
+
+    /// `encode_with`, by the message's sender.
+    fn enc_with(m: &Message, ring: &Keyring) -> Vec<u8> {
+        only(encode_with(m, ring, &keys_of(m.from())))
+    }
+
     fn hb() -> Heartbeat {
         Heartbeat {
             from: NodeId(3),
@@ -705,14 +840,14 @@ mod tests {
     fn round_trip_both_kinds() {
         let k = key();
         let m = Message::Heartbeat(hb());
-        assert_eq!(decode(&encode(&m, &k), &k), Ok(m));
+        assert_eq!(decode(&enc(&m, &k), &k, &book()), Ok(m));
         let c = Message::Claim(Claim {
             from: NodeId(2),
             incarnation: 1,
             seq: 5,
             epoch: 10,
         });
-        assert_eq!(decode(&encode(&c, &k), &k), Ok(c));
+        assert_eq!(decode(&enc(&c, &k), &k, &book()), Ok(c));
     }
 
     #[test]
@@ -730,7 +865,8 @@ mod tests {
             established_epoch: u64::MAX,
             epoch: u64::MAX,
         });
-        let bytes = encode(&Message::Heartbeat(h), &key());
+        let m = Message::Heartbeat(h);
+        let bytes = only(encode(&m, &key(), &keys_of(m.from())));
         assert!(
             bytes.len() < 256,
             "largest heartbeat is {} bytes",
@@ -741,31 +877,35 @@ mod tests {
     #[test]
     fn typed_errors() {
         let k = key();
-        let good = encode(&Message::Heartbeat(hb()), &k);
+        let good = enc(&Message::Heartbeat(hb()), &k);
         assert_eq!(
-            decode(&vec![0u8; MAX_DATAGRAM + 1], &k),
+            decode(&vec![0u8; MAX_DATAGRAM + 1], &k, &book()),
             Err(WireError::TooLarge {
                 len: MAX_DATAGRAM + 1,
                 max: MAX_DATAGRAM
             })
         );
         assert_eq!(
-            decode(&good[..10], &k),
+            decode(&good[..10], &k, &book()),
             Err(WireError::Truncated { len: 10 })
         );
         let mut m = good.clone();
         m[0] = b'X';
-        assert_eq!(decode(&m, &k), Err(WireError::BadMagic));
+        assert_eq!(decode(&m, &k, &book()), Err(WireError::BadMagic));
         let mut v = good.clone();
         v[4] = 2;
-        assert_eq!(decode(&v, &k), Err(WireError::BadVersion(2)));
+        assert_eq!(decode(&v, &k, &book()), Err(WireError::BadVersion(2)));
         let other = ClusterKey::from_bytes(b"another-cluster-key-xxxxxx").unwrap();
-        assert_eq!(decode(&good, &other), Err(WireError::BadTag));
+        assert_eq!(decode(&good, &other, &book()), Err(WireError::BadTag));
         // Cutting the datagram short moves the tag: still refused as unauthenticated.
-        assert_eq!(decode(&good[..good.len() - 1], &k), Err(WireError::BadTag));
+        assert_eq!(
+            decode(&good[..good.len() - 1], &k, &book()),
+            Err(WireError::BadTag)
+        );
     }
 
-    /// Builds a validly signed datagram around an arbitrary payload.
+    /// Builds a datagram with a valid cluster tag around an arbitrary body (payload and
+    /// pair tags).
     fn signed(kind: u8, payload: &[u8], k: &ClusterKey) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.push(VERSION);
@@ -779,9 +919,12 @@ mod tests {
     #[test]
     fn authenticated_garbage_is_malformed_or_trailing() {
         let k = key();
-        assert_eq!(decode(&signed(99, &[], &k), &k), Err(WireError::Malformed));
         assert_eq!(
-            decode(&signed(KIND_CLAIM, &[1, 2], &k), &k),
+            decode(&signed(99, &[0], &k), &k, &book()),
+            Err(WireError::Malformed)
+        );
+        assert_eq!(
+            decode(&signed(KIND_CLAIM, &[1, 2], &k), &k, &book()),
             Err(WireError::Malformed)
         );
         let mut payload = postcard::to_allocvec(&Claim {
@@ -791,11 +934,105 @@ mod tests {
             epoch: 1,
         })
         .unwrap();
-        payload.extend_from_slice(&[0, 0, 0]);
+        // No pair tags (an empty list), then three bytes too many.
+        payload.extend_from_slice(&[0, 0, 0, 0]);
         assert_eq!(
-            decode(&signed(KIND_CLAIM, &payload, &k), &k),
+            decode(&signed(KIND_CLAIM, &payload, &k), &k, &book()),
             Err(WireError::TrailingBytes(3))
         );
+    }
+
+    #[test]
+    fn a_cluster_key_holder_cannot_speak_in_a_members_name() {
+        let k = key();
+        let ring = Keyring::new(k.clone());
+        let sealed = Keyring::new(k.clone()).encrypted(true);
+        // Someone with a node key of its own (not member 3's) speaks in 3's name.
+        let m = Message::Heartbeat(hb());
+        let publics = (1..=4).map(|i| (NodeId(i), crate::pair::public_key(&secret(NodeId(i)))));
+        let impostor = MemberKeys::derive(NodeId(3), &[0x55; 32], publics);
+        for bytes in [
+            only(encode(&m, &k, &impostor)),
+            only(encode_with(&m, &sealed, &impostor)),
+        ] {
+            assert_eq!(
+                decode_with(&bytes, &ring, &book()),
+                Err(WireError::BadPairTag(3))
+            );
+        }
+        // A member the key book does not list.
+        let mut stranger = hb();
+        stranger.from = NodeId(9);
+        let m = Message::Heartbeat(stranger);
+        assert_eq!(
+            decode(&enc(&m, &k), &k, &book()),
+            Err(WireError::UnknownSender(9))
+        );
+        // The tags cover the header: a datagram re-tagged with another kind byte by a key
+        // holder fails even where the payload still decodes.
+        let claim = Message::Claim(Claim {
+            from: NodeId(1),
+            incarnation: 1,
+            seq: 1,
+            epoch: 1,
+        });
+        let mut bytes = enc(&claim, &k);
+        bytes[5] = KIND_HANDOVER;
+        let body = bytes.len() - TAG_LEN;
+        let tag = k.sign(&[&bytes[..body]]);
+        bytes[body..].copy_from_slice(&tag);
+        assert!(decode(&bytes, &k, &book()).is_err());
+        // A datagram whose sender shares no key with us carries no tag for us.
+        let publics = (1..=2).map(|i| (NodeId(i), crate::pair::public_key(&secret(NodeId(i)))));
+        let partial = MemberKeys::derive(NodeId(3), &secret(NodeId(3)), publics);
+        let m = Message::Heartbeat(hb());
+        assert_eq!(
+            decode(&only(encode(&m, &k, &partial)), &k, &book()),
+            Err(WireError::NotForUs)
+        );
+    }
+
+    #[test]
+    fn a_large_clusters_message_is_split_and_every_member_finds_its_tag_once() {
+        let k = key();
+        let sender = NodeId(1);
+        let members: Vec<NodeId> = (1..=300).map(NodeId).chain([NodeId(u64::MAX)]).collect();
+        let secret_of = |n: NodeId| {
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&n.0.to_le_bytes());
+            s[8] = 1;
+            s
+        };
+        let publics: Vec<(NodeId, [u8; 32])> = members
+            .iter()
+            .map(|&n| (n, crate::pair::public_key(&secret_of(n))))
+            .collect();
+        let keys = MemberKeys::derive(sender, &secret_of(sender), publics.clone());
+        let mut h = hb();
+        h.from = sender;
+        let m = Message::Heartbeat(h);
+        for ring in [
+            Keyring::new(k.clone()),
+            Keyring::new(k.clone()).encrypted(true),
+        ] {
+            let datagrams = encode_with(&m, &ring, &keys);
+            assert!(datagrams.len() > 1, "300 tags do not fit one datagram");
+            assert!(datagrams.iter().all(|d| d.len() <= MAX_DATAGRAM));
+            for &n in members.iter().filter(|&&n| n != sender) {
+                // The receiver's keys with the sender alone (one Diffie-Hellman).
+                let rx = MemberKeys::derive(n, &secret_of(n), [publics[0]]);
+                let found: Vec<_> = datagrams
+                    .iter()
+                    .map(|d| decode_with(d, &ring, &rx))
+                    .collect();
+                assert_eq!(found.iter().filter(|r| r.is_ok()).count(), 1, "{n}");
+                assert!(
+                    found
+                        .iter()
+                        .all(|r| matches!(r, Ok(_) | Err(WireError::NotForUs)))
+                );
+            }
+        }
     }
 
     #[test]
@@ -870,32 +1107,35 @@ mod tests {
         let a = Keyring::new(old.clone());
         let b = Keyring::with_keys(new.clone(), vec![old.clone()]);
         let c = Keyring::new(new.clone());
-        assert_eq!(decode_with(&encode_with(&m, &a), &b), Ok(m.clone()));
-        assert_eq!(decode_with(&encode_with(&m, &b), &c), Ok(m.clone()));
+        assert_eq!(decode_with(&enc_with(&m, &a), &b, &book()), Ok(m.clone()));
+        assert_eq!(decode_with(&enc_with(&m, &b), &c, &book()), Ok(m.clone()));
         assert_eq!(
-            decode_with(&encode_with(&m, &a), &c),
+            decode_with(&enc_with(&m, &a), &c, &book()),
             Err(WireError::BadTag)
         );
         // Plain v1 under the ring's primary is exactly `encode`.
-        assert_eq!(decode(&encode_with(&m, &a), &old), Ok(m.clone()));
+        assert_eq!(decode(&enc_with(&m, &a), &old, &book()), Ok(m.clone()));
         // Encrypted: the payload is not readable, any bit flip is refused.
         let e = b.clone().encrypted(true);
-        let bytes = encode_with(&m, &e);
+        let bytes = enc_with(&m, &e);
         assert_eq!(bytes[4], VERSION_ENCRYPTED);
         assert!(
             !bytes.windows(4).any(|w| w == [127, 0, 0, 3]),
             "address in clear"
         );
-        assert_eq!(decode_with(&bytes, &c), Ok(m.clone()));
-        assert_eq!(decode_with(&bytes, &a), Err(WireError::BadTag));
+        assert_eq!(decode_with(&bytes, &c, &book()), Ok(m.clone()));
+        assert_eq!(decode_with(&bytes, &a, &book()), Err(WireError::BadTag));
         for i in 0..bytes.len() {
             let mut f = bytes.clone();
             f[i] ^= 0x10;
-            assert!(decode_with(&f, &c).is_err(), "flip at {i} accepted");
+            assert!(
+                decode_with(&f, &c, &book()).is_err(),
+                "flip at {i} accepted"
+            );
         }
         assert!(bytes.len() <= MAX_DATAGRAM);
         assert!(matches!(
-            decode_with(&bytes[..20], &c),
+            decode_with(&bytes[..20], &c, &book()),
             Err(WireError::Truncated { .. })
         ));
     }
@@ -918,7 +1158,7 @@ mod tests {
                 nonce: [9; CHALLENGE_NONCE_LEN],
             }),
         ] {
-            assert_eq!(decode(&encode(&m, &k), &k), Ok(m));
+            assert_eq!(decode(&enc(&m, &k), &k, &book()), Ok(m));
         }
     }
 }

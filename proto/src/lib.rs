@@ -44,6 +44,7 @@ pub mod http;
 pub mod ids;
 pub mod key;
 pub mod node;
+pub mod pair;
 pub mod player;
 pub mod profile;
 pub mod pull;

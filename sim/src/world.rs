@@ -21,6 +21,7 @@ use smart_membership::view::{AgentAddr, ClusterView};
 use smart_proto::agent::AgentReply;
 use smart_proto::api::{ApiError, Request, Response};
 use smart_proto::node::{NodeRequest, NodeResponse, Replica};
+use smart_proto::pair::{MemberKeys, public_key};
 use smart_proto::{ClusterKey, Epoch, NodeId};
 
 use crate::history::History;
@@ -356,6 +357,9 @@ pub struct Sim {
     pub(crate) seed: u64,
     pub(crate) rng: ChaCha8Rng,
     pub(crate) key: ClusterKey,
+    /// Each node's pair keys with the others (index = node index): every datagram carries
+    /// and is checked for its sender's pair tags as on real nodes.
+    pub(crate) member_keys: Vec<MemberKeys>,
     base: std::time::Instant,
     pub(crate) now: Duration,
     queue: BinaryHeap<Reverse<Queued>>,
@@ -381,6 +385,17 @@ pub struct Sim {
     /// kill and whole-cluster stop), and how many writes changed it.
     pub(crate) desired: DesiredState,
     pub(crate) desired_version: u64,
+}
+
+/// The pair keys of `n` nodes (ids 1..=n, a node key per id).
+fn member_keys(n: usize) -> Vec<MemberKeys> {
+    let secret = |i: usize| [i as u8 + 1; 32];
+    let publics: Vec<(NodeId, [u8; 32])> = (0..n)
+        .map(|i| (NodeId(i as u64 + 1), public_key(&secret(i))))
+        .collect();
+    (0..n)
+        .map(|i| MemberKeys::derive(NodeId(i as u64 + 1), &secret(i), publics.clone()))
+        .collect()
 }
 
 /// How often a Control refreshes (the supervisor's `refresh`).
@@ -411,7 +426,9 @@ impl Sim {
                 paused_until: None,
             })
             .collect();
+        let member_keys = member_keys(setup.nodes);
         Sim {
+            member_keys,
             net: Network::new(setup.nodes),
             setup,
             seed,

@@ -131,6 +131,7 @@ impl Dispatcher {
                 "desired_last_applied".to_string(),
                 d.last_applied.unwrap_or(0),
             ),
+            ("desired_rpc_impostor".to_string(), d.impostor_rpcs),
         ]);
         if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self.transport.snapshot())
         {

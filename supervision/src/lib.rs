@@ -158,6 +158,8 @@ pub async fn run(
             )));
         }
     }
+    // Pair keys with every member of the book: what proves our heartbeats are ours.
+    let member_keys = node_key.member_keys(cfg.id(), &book);
     let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation(), key.clone())
         .with_limits(cfg.limits.transport())
         .with_keys(node_key, book);
@@ -242,6 +244,7 @@ pub async fn run(
             cfg: cfg.clone(),
             key,
             ring,
+            member_keys,
             warnings: Default::default(),
             durable,
             peers: peers.clone(),

@@ -334,10 +334,14 @@ impl Handler<NodeProtocol> for NodeHandler {
                     self.ctx.subscribers.publish(&ev);
                     Ok(NodeResponse::Done)
                 }
-                // From another member (nodes only, authenticated); the Raft engine checks
+                // From another member (nodes only, authenticated); the store refuses one
+                // that speaks for another member than the sender, the Raft engine checks
                 // terms and the voter set, the decoder sizes.
                 NodeRequest::Raft(rpc) => match &self.ctx.desired {
-                    Some(store) => Ok(NodeResponse::Raft(store.handle_rpc(rpc).await)),
+                    Some(store) => {
+                        let from = from.expect("checked: nodes only");
+                        Ok(NodeResponse::Raft(store.handle_rpc(from, rpc).await))
+                    }
                     None => Err(RemoteError::Unavailable {
                         what: "the desired-state log (not open yet)".into(),
                     }),

@@ -102,6 +102,9 @@ pub struct NodeSupervisor {
     pub key: ClusterKey,
     /// The heartbeat keyring (the cluster key alone unless `[heartbeat] keys_file`).
     pub ring: smart_proto::heartbeat::Keyring,
+    /// This node's pair keys with every member (from its node key and the key book): a
+    /// datagram is believed only with the tag of the member it names.
+    pub member_keys: smart_proto::pair::MemberKeys,
     /// Rate-limited WARN lines.
     pub warnings: Arc<smart_transport::ratelog::WarnLimiter>,
     /// Durable epochs and incarnation.
@@ -209,6 +212,7 @@ impl NodeSupervisor {
                     Membership {
                         cfg: self.cfg.clone(),
                         ring: self.ring.clone(),
+                        member_keys: self.member_keys.clone(),
                         warnings: self.warnings.clone(),
                         durable: self.durable.clone(),
                         view: self.view.clone(),

@@ -32,6 +32,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::FrameError;
+use smart_proto::pair::MemberKeys;
 use smart_proto::{ClusterKey, NodeId};
 
 /// The Noise protocol name used on every connection.
@@ -141,6 +142,12 @@ impl NodeKey {
 
     pub(crate) fn private(&self) -> &[u8; KEY_LEN] {
         &self.private
+    }
+
+    /// The pair keys of node `me`, the owner of this key, with every other member of
+    /// `book`: what proves its heartbeat datagrams are its own ([`smart_proto::pair`]).
+    pub fn member_keys(&self, me: NodeId, book: &KeyBook) -> MemberKeys {
+        MemberKeys::derive(me, &self.private, book.keys.iter().map(|(n, k)| (*n, *k)))
     }
 
     /// Loads a private key file (64 hex characters; surrounding whitespace ignored).
@@ -415,6 +422,19 @@ mod tests {
         assert!(KeyBook::parse("1 00\n", "x").is_err());
         let dup = format!("1 {}\n1 {}\n", k.public_hex(), k.public_hex());
         assert!(KeyBook::parse(&dup, "x").is_err());
+        // Two members of the book share a pair key; it is theirs alone.
+        let k2 = NodeKey::generate();
+        let mut book = KeyBook::new();
+        book.insert(NodeId(1), k.public());
+        book.insert(NodeId(2), k2.public());
+        book.insert(NodeId(3), NodeKey::generate().public());
+        let (a, b) = (
+            k.member_keys(NodeId(1), &book),
+            k2.member_keys(NodeId(2), &book),
+        );
+        let t = a.tag(NodeId(2), b"hb").unwrap();
+        assert!(b.check(NodeId(1), b"hb", &t.tag));
+        assert!(!b.check(NodeId(3), b"hb", &t.tag));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,7 +1,7 @@
 //! The Membership actor's shell and the node supervisor's part in the Control's life.
 //!
 //! As `membership/src/actor.rs`: a tick every 10 ms, every datagram that decodes with the
-//! cluster key, the outputs executed in order (an epoch raise is durable at once; Control
+//! cluster key and its sender's pair tag, the outputs executed in order (an epoch raise is durable at once; Control
 //! changes go to the supervisor; the view is published on Control and member changes).
 //! Messages between actors travel as events at the same instant (mailboxes), never as
 //! nested calls. The acting lease (`NodeEngine::acting_lease`) is published after every
@@ -30,7 +30,7 @@ impl Sim {
             return;
         }
         self.stats.datagrams += 1;
-        if let Ok(msg) = heartbeat::decode(bytes, &self.key) {
+        if let Ok(msg) = heartbeat::decode(bytes, &self.key, &self.member_keys[to]) {
             self.feed_membership(to, Input::Received(msg));
             // As the real actor: a datagram may complete the view (a member's address).
             self.publish_view(to);
@@ -64,19 +64,21 @@ impl Sim {
         for o in out {
             match o {
                 Output::Send { msg, .. } => {
-                    let bytes = heartbeat::encode(&msg, &self.key);
-                    for j in 0..self.nodes.len() {
-                        if j == n || !self.net.reachable(n, j) {
-                            continue;
-                        }
-                        if let Some(d) = self.net.datagram(&mut self.rng) {
-                            self.push(
-                                d,
-                                Ev::Datagram {
-                                    to: j,
-                                    bytes: bytes.clone(),
-                                },
-                            );
+                    // One datagram for the simulator's few nodes (pair tags fit).
+                    for bytes in heartbeat::encode(&msg, &self.key, &self.member_keys[n]) {
+                        for j in 0..self.nodes.len() {
+                            if j == n || !self.net.reachable(n, j) {
+                                continue;
+                            }
+                            if let Some(d) = self.net.datagram(&mut self.rng) {
+                                self.push(
+                                    d,
+                                    Ev::Datagram {
+                                        to: j,
+                                        bytes: bytes.clone(),
+                                    },
+                                );
+                            }
                         }
                     }
                 }
