@@ -36,10 +36,11 @@ fn spec(nodes: usize) -> ClusterSpec {
     cluster::spec(env!("CARGO_BIN_EXE_smart"), nodes, "info")
 }
 
-/// [`spec`] for the tests that count refusals under a Control that must stay in place.
+/// [`spec`] for the tests that count refusals under a Control that must stay in place
+/// (their workloads are shell commands, allowed as an operator would).
 fn steady(nodes: usize) -> ClusterSpec {
     let mut s = spec(nodes);
-    s.extra_toml = cluster::STEADY_TIMING.into();
+    s.extra_toml = format!("{}{}", cluster::STEADY_TIMING, cluster::ALLOW_SHELL);
     s
 }
 
@@ -288,6 +289,62 @@ async fn a_members_own_far_epoch_is_not_believed() {
         .await
         .unwrap();
     assert_eq!(after, (ctl, epoch));
+}
+
+/// A client admits a service whose command is a shell: under the default configuration
+/// no node runs it (the agent refuses it, the admission fails and says why), and nothing
+/// is left reserved or in the desired state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_shell_command_runs_nowhere_by_default() {
+    use smart_api::{Request, Response, ServiceSpec};
+    let c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let marker = c.dir().join("shell-ran");
+    let cl = c.client(all[0]).await.unwrap();
+    for (i, command) in [
+        vec![
+            "sh".to_string(),
+            "-c".into(),
+            format!("touch {}", marker.display()),
+        ],
+        // The node's own binary, but not the distributor.
+        vec![
+            env!("CARGO_BIN_EXE_smart").to_string(),
+            "keys".into(),
+            "--dir".into(),
+            marker.display().to_string(),
+            "--nodes".into(),
+            "1".into(),
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = cl
+            .request(Request::AdmitService(ServiceSpec {
+                name: format!("root-shell-{i}"),
+                class: "distributor".into(),
+                command,
+                env: vec![],
+                per_client_bps: None,
+                duration_ms: None,
+            }))
+            .await
+            .unwrap();
+        match r {
+            Response::Error(e) => assert!(e.to_string().contains("not allowed"), "{e}"),
+            other => panic!("admitted: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!marker.exists(), "a node ran the client's command");
+    match cl.request(Request::Services).await.unwrap() {
+        Response::Services(list) => assert!(list.is_empty(), "{list:?}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

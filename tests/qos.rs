@@ -199,8 +199,11 @@ async fn profiles_are_stored_by_the_cli_drive_reservations_and_survive_a_control
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_loop_is_held_at_its_reservation_by_the_cgroup_driver() {
     // Limits at the reservation itself (no headroom), so the cap is the profile's 0.25.
-    let (c, control, _) =
-        cluster::start(spec("cpu_headroom = 1.0\nidle_stop_after = \"0s\"", "")).await;
+    let (c, control, _) = cluster::start(spec(
+        "cpu_headroom = 1.0\nidle_stop_after = \"0s\"",
+        cluster::ALLOW_SHELL,
+    ))
+    .await;
     let base = c.http_url(control);
     let (admin, read) = (c.admin_token().to_string(), c.read_token().to_string());
     let h = Http::new();

@@ -329,6 +329,12 @@ pub struct AgentConfig {
     /// cluster key). 0 (default): any free port, told to the Control in the agent's
     /// reports; set one to open it in a firewall.
     pub checkpoint_port: u16,
+    /// The commands service instances may run: each entry is a prefix of a command line
+    /// (the program, then optionally its first arguments); `"smart"` also matches this
+    /// binary wherever it lies; `[["*"]]` allows any command. Default: `smart distributor`
+    /// only. The front-end's own `distributor_command` is always allowed (up to its first
+    /// `{placeholder}`).
+    pub allowed_commands: Vec<Vec<String>>,
 }
 
 impl Default for AgentConfig {
@@ -338,6 +344,7 @@ impl Default for AgentConfig {
             sample_interval: Duration::from_secs(1),
             stop_grace: Duration::from_secs(1),
             checkpoint_port: 0,
+            allowed_commands: vec![vec!["smart".into(), "distributor".into()]],
         }
     }
 }
@@ -614,6 +621,23 @@ fn default_nic_bps() -> u64 {
 }
 
 impl NodeConfig {
+    /// The command prefixes instances may run here: `[agent] allowed_commands`, and the
+    /// front-end's `distributor_command` up to its first `{placeholder}` (the operator
+    /// named it to be run).
+    pub fn allowed_commands(&self) -> Vec<Vec<String>> {
+        let mut allowed = self.agent.allowed_commands.clone();
+        let own: Vec<String> = self
+            .frontend
+            .distributor_command
+            .iter()
+            .take_while(|w| !w.contains('{'))
+            .cloned()
+            .collect();
+        if !own.is_empty() && !allowed.contains(&own) {
+            allowed.push(own);
+        }
+        allowed
+    }
     /// Reads, parses, resolves relative paths and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

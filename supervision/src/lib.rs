@@ -191,6 +191,10 @@ pub async fn run(
                 &key.sign(&[b"smart/pull/v1/key"]),
             )),
             checkpoint_port: Some(cfg.agent.checkpoint_port),
+            commands: smart_agent86::engine::CommandPolicy::new(
+                cfg.allowed_commands(),
+                std::env::current_exe().ok(),
+            ),
             health: smart_agent86::HealthSettings::from_config(&cfg.health),
         },
         durable.highest(),

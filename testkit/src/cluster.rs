@@ -20,6 +20,11 @@ pub const QUIET_LOG: &str = "info,smart_supervision=warn";
 /// middle of the test, which would change what the test counts.
 pub const STEADY_TIMING: &str = "[timing]\ndead_after = \"3s\"\n";
 
+/// `[agent]` of a test that runs shell workloads as services: `sh -c` allowed besides the
+/// default `smart distributor` (as an operator would allow a workload's program).
+pub const ALLOW_SHELL: &str =
+    "[agent]\nallowed_commands = [[\"smart\", \"distributor\"], [\"sh\", \"-c\"]]\n";
+
 /// A cluster of `nodes` nodes of the `smart` binary `bin` (a suite passes
 /// `env!("CARGO_BIN_EXE_smart")`), logging at `log`.
 pub fn spec(bin: &str, nodes: usize, log: &str) -> ClusterSpec {

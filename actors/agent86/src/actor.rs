@@ -100,6 +100,8 @@ pub struct Agent86Settings {
     pub pull_key: Option<PullKey>,
     /// Port of the checkpoint export on `host` (0: any); `None`: no export.
     pub checkpoint_port: Option<u16>,
+    /// The commands instances may run.
+    pub commands: crate::engine::CommandPolicy,
 }
 
 /// The node's health checks (`[health]`): memory pressure, thermal zones (thresholds in the
@@ -156,6 +158,7 @@ impl Agent86Settings {
             health: HealthSettings::default(),
             pull_key: None,
             checkpoint_port: None,
+            commands: crate::engine::CommandPolicy::any(),
         }
     }
 }
@@ -227,6 +230,7 @@ impl AgentCore {
         }
         cfg.stop_grace = settings.stop_grace;
         cfg.enforces_limits = enforces;
+        cfg.commands = settings.commands.clone();
         cfg.health.fail_after = settings.health.fail_after;
         cfg.health.recover_after = settings.health.recover_after;
         let sampler = Sampler::new(SamplerConfig {

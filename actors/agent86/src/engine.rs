@@ -366,6 +366,8 @@ pub struct Agent86Config {
     /// This node's checkpoint export (`ip:port` on its data-plane address), listed in its
     /// instances' reports so that targets on other hosts can pull from it.
     pub checkpoint_export: Option<String>,
+    /// The commands instances may run (the node's `[agent] allowed_commands`).
+    pub commands: CommandPolicy,
 }
 
 impl Agent86Config {
@@ -393,6 +395,7 @@ impl Agent86Config {
             },
             enforces_limits: false,
             checkpoint_export: None,
+            commands: CommandPolicy::any(),
         }
     }
 }
@@ -750,6 +753,11 @@ impl Agent86Engine {
     ) {
         if self.instances.contains_key(&instance) {
             reply(out, waiter, Err(Refusal::AlreadyExists));
+            return;
+        }
+        if let Err(e) = self.cfg.commands.check(&launch.command, &launch.env) {
+            tracing::warn!(node = %self.cfg.node, %instance, error = %e, "refused to start an instance");
+            reply(out, waiter, Err(Refusal::Failed(e.to_string())));
             return;
         }
         out.push(Command::Start {
@@ -1132,6 +1140,9 @@ pub fn read_health(proc_root: &Path, sys_root: &Path) -> HealthReading {
 }
 
 pub use smart_instance::procfs::parse_psi_some_avg10;
+
+mod commands;
+pub use commands::{CommandPolicy, CommandRefused};
 
 #[cfg(test)]
 mod tests;
