@@ -347,6 +347,66 @@ async fn a_clients_shell_command_runs_nowhere_by_default() {
     }
 }
 
+/// The cluster key is not a client credential: a client that holds it (and no token) is
+/// refused at the handshake; a read token reads but may not admit, drain or stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_need_their_own_token_and_a_read_token_only_reads() {
+    use smart_api::client::ApiClient;
+    use smart_api::{Request, Response};
+    use smart_transport::Client;
+    use smart_transport::tcp::TcpTransport;
+    let c = LocalCluster::start(spec(3)).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let addr = c.nodes[0].addr.to_string();
+    let key_holder = Client::<smart_transport::NodeProtocol>::connect(
+        &TcpTransport,
+        &addr,
+        smart_transport::Endpoint::client(c.key().clone()),
+    )
+    .await;
+    assert!(
+        key_holder.is_err(),
+        "a client with only the cluster key got in"
+    );
+    let reader = ApiClient::connect(&addr, c.credentials(false))
+        .await
+        .unwrap();
+    assert!(matches!(
+        reader.request(Request::Status).await.unwrap(),
+        Response::Status(_)
+    ));
+    for req in [
+        Request::Drain {
+            node: smart_api::NodeId(2),
+        },
+        Request::StopService {
+            service: "anything".into(),
+        },
+    ] {
+        let err = reader
+            .request(req)
+            .await
+            .expect_err("a read token changed the cluster");
+        assert!(err.to_string().contains("admin token"), "{err}");
+    }
+    let s = wait_status(&c, 1, Duration::from_secs(5), |s| {
+        counter(s, "clients_without_token_refused") >= 1
+    })
+    .await;
+    assert_eq!(counter(&s, "client_requests_forbidden"), 2, "{s:?}");
+    // The admin token may.
+    let admin = ApiClient::connect(&addr, c.credentials(true))
+        .await
+        .unwrap();
+    assert!(matches!(
+        admin.request(Request::Services).await.unwrap(),
+        Response::Services(_)
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_hundred_idle_connections_do_not_block_status_nor_node_requests() {
     let c = LocalCluster::start(spec(3)).unwrap();

@@ -364,7 +364,7 @@ async fn every_route_works_through_a_follower_with_tokens_and_clear_errors() {
     // The message-API client: fail-over at connect, the version, typed errors returned.
     let dead = "127.0.0.1:1".to_string();
     let live = c.nodes[(f - 1) as usize].addr.to_string();
-    let api = ApiClient::connect_any(&[&dead, &live], c.key().clone())
+    let api = ApiClient::connect_any(&[&dead, &live], c.credentials(true))
         .await
         .unwrap();
     assert_eq!(api.connected_to(), live);

@@ -214,12 +214,11 @@ async fn hostile_datagrams_and_frames_are_dropped_and_counted() {
     for d in &datagrams {
         udp.send_to(d, addr).await.unwrap();
     }
-    // A client with the wrong key is refused at the handshake.
-    // (The client checks the node's proof first, so it is the client that detects the
-    // wrong key; the node sees a failed handshake.)
-    let bad = smart_api::client::ApiClient::connect(&addr.to_string(), wrong_key.clone()).await;
-    let err = bad.expect_err("wrong key accepted").to_string();
-    assert!(err.contains("key"), "{err}");
+    // A client with a token the node does not know is refused at the handshake.
+    let creds = smart_api::client::Credentials::new("not-a-token", c.keys().book.clone());
+    let bad = smart_api::client::ApiClient::connect(&addr.to_string(), creds).await;
+    let err = bad.expect_err("an unknown token was accepted").to_string();
+    assert!(err.contains("token"), "{err}");
     // Raw garbage and a hostile length prefix on the TCP port.
     for bytes in [
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
@@ -236,6 +235,7 @@ async fn hostile_datagrams_and_frames_are_dropped_and_counted() {
             // The cut-short copy, the other key's and the flipped one.
             && counter(s, "dropped_bad_tag") >= 3
             && counter(s, "transport_handshakes_failed") >= 3
+            && counter(s, "transport_handshakes_bad_token") >= 1
     })
     .await;
     assert!(counter(&after, "dropped_bad_magic") >= 1, "{after:?}");

@@ -1,7 +1,7 @@
 //! A minimal external front-end (GloVE's Supervisor) over the SMART message API.
 //!
 //! ```text
-//! cargo run -p smart-api --example supervisor -- NODE_ADDR[,NODE_ADDR...] KEY_FILE VIDEO ORIGIN_URL
+//! SMART_TOKEN=<admin token> cargo run -p smart-api --example supervisor -- NODE_ADDR[,NODE_ADDR...] NODES_PUB VIDEO ORIGIN_URL
 //! ```
 //!
 //! It connects to any of the nodes given (requests reach the Control through it, and the
@@ -18,20 +18,23 @@
 
 use std::time::Duration;
 
-use smart_api::client::{ApiClient, ClientError};
+use smart_api::client::{ApiClient, ClientError, Credentials};
 use smart_api::{ApiError, Request, Response, ServiceSpec};
-use smart_proto::ClusterKey;
 
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, key_file, video, origin] = args.as_slice() else {
-        eprintln!("usage: supervisor NODE_ADDR KEY_FILE VIDEO ORIGIN_URL");
+    let [addr, nodes_pub, video, origin] = args.as_slice() else {
+        eprintln!(
+            "usage: SMART_TOKEN=<admin token> supervisor NODE_ADDR NODES_PUB VIDEO ORIGIN_URL"
+        );
         std::process::exit(2);
     };
-    let key = ClusterKey::load(key_file.as_ref()).map_err(|e| ClientError::Key(e.to_string()))?;
+    let token = std::env::var("SMART_TOKEN")
+        .map_err(|_| ClientError::Key("SMART_TOKEN is not set".into()))?;
+    let creds = Credentials::load(token, nodes_pub.as_ref())?;
     let addrs: Vec<&str> = addr.split(',').collect();
-    let client = ApiClient::connect_any(&addrs, key)
+    let client = ApiClient::connect_any(&addrs, creds)
         .await?
         .with_timeout(Duration::from_secs(15));
     client.subscribe().await?;

@@ -4,10 +4,12 @@
 //! # async fn demo() -> Result<(), smart_api::client::ClientError> {
 //! use smart_api::client::ApiClient;
 //! use smart_api::{Request, Response};
-//! let key = smart_proto::ClusterKey::load("cluster.key".as_ref())
-//!     .map_err(|e| smart_api::client::ClientError::Key(e.to_string()))?;
+//! use smart_api::client::Credentials;
+//! // An API token (`smart tokens new`), and the key book that says which key each node
+//! // proves: the client never holds the cluster key.
+//! let creds = Credentials::load("my-admin-token", "nodes.pub".as_ref())?;
 //! // Any node will do; the client fails over to the next when one is lost.
-//! let client = ApiClient::connect_any(&["10.0.0.1:7101", "10.0.0.2:7101"], key).await?;
+//! let client = ApiClient::connect_any(&["10.0.0.1:7101", "10.0.0.2:7101"], creds).await?;
 //! println!("node speaks API v{:?}", client.server_version().map(|v| v.api_version));
 //! match client.request(Request::Services).await? {
 //!     Response::Services(s) => println!("{} services", s.len()),
@@ -18,6 +20,9 @@
 //! ```
 //!
 //! ## Behaviour
+//! - **A client is not a node**: it presents an API token (a read token may only read; an
+//!   admin token may do everything), never the cluster key, and it believes only a node
+//!   that proves the key its key book lists for it.
 //! - **Typed errors reach the caller**: [`ApiClient::request`] returns the node's answer,
 //!   [`Response::Error`] included, so callers can tell a retryable refusal
 //!   ([`ApiError::is_retryable`]) from a final one. Only transport failures are `Err`. The
@@ -41,8 +46,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smart_proto::ClusterKey;
 use smart_transport::client::ConnectError;
+use smart_transport::noise::KeyBook;
 use smart_transport::tcp::TcpTransport;
 use smart_transport::{Client, Endpoint, RequestError};
 
@@ -57,8 +62,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The key could not be loaded.
-    #[error("cluster key: {0}")]
+    /// The credentials could not be loaded.
+    #[error("credentials: {0}")]
     Key(String),
     /// Could not connect or authenticate (to any of the addresses).
     #[error(transparent)]
@@ -82,10 +87,47 @@ struct Conn {
     version: Option<VersionInfo>,
 }
 
+/// What a client presents and checks: its API token, and the nodes' public keys.
+#[derive(Clone)]
+pub struct Credentials {
+    token: String,
+    book: KeyBook,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        write!(f, "Credentials({} nodes)", self.book.nodes().count())
+    }
+}
+
+impl Credentials {
+    /// `token`, checking nodes against `book`.
+    pub fn new(token: impl Into<String>, book: KeyBook) -> Self {
+        Self {
+            token: token.into(),
+            book,
+        }
+    }
+
+    /// `token`, checking nodes against the key book file `nodes_pub` (`nodes.pub`).
+    pub fn load(
+        token: impl Into<String>,
+        nodes_pub: &std::path::Path,
+    ) -> Result<Self, ClientError> {
+        let book = KeyBook::load(nodes_pub).map_err(|e| ClientError::Key(e.to_string()))?;
+        Ok(Self::new(token, book))
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::token_client(&self.token, self.book.clone())
+    }
+}
+
 /// A message-API client over one or several nodes' addresses (see the module docs).
 pub struct ApiClient {
     addrs: Vec<String>,
-    key: ClusterKey,
+    creds: Credentials,
     timeout: Duration,
     conn: Mutex<Arc<Conn>>,
     /// Serialises fail-overs, so that tasks that lose the connection together reconnect once.
@@ -119,19 +161,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ApiClient {
-    /// Connects to `addr` (a node's `listen` address) and authenticates with `key`.
-    pub async fn connect(addr: &str, key: ClusterKey) -> Result<Self, ClientError> {
-        Self::connect_any(&[addr], key).await
+    /// Connects to `addr` (a node's `listen` address) with `creds`.
+    pub async fn connect(addr: &str, creds: Credentials) -> Result<Self, ClientError> {
+        Self::connect_any(&[addr], creds).await
     }
 
     /// Connects to the first of `addrs` that accepts and answers `Version`; later failures
     /// move to the next address (see the module docs).
-    pub async fn connect_any(addrs: &[&str], key: ClusterKey) -> Result<Self, ClientError> {
+    pub async fn connect_any(addrs: &[&str], creds: Credentials) -> Result<Self, ClientError> {
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        let conn = open(&addrs, &key, 0, DEFAULT_TIMEOUT).await?;
+        let conn = open(&addrs, &creds, 0, DEFAULT_TIMEOUT).await?;
         Ok(Self {
             addrs,
-            key,
+            creds,
             timeout: DEFAULT_TIMEOUT,
             conn: Mutex::new(Arc::new(conn)),
             failing_over: tokio::sync::Mutex::new(()),
@@ -174,7 +216,7 @@ impl ApiClient {
             return Ok(now); // another task already moved on
         }
         let start = (failed.at + 1) % self.addrs.len();
-        let conn = Arc::new(open(&self.addrs, &self.key, start, self.timeout).await?);
+        let conn = Arc::new(open(&self.addrs, &self.creds, start, self.timeout).await?);
         tracing::info!(to = %self.addrs[conn.at], "message API client failed over");
         if self.subscribed.load(Ordering::SeqCst) {
             let r = conn
@@ -280,16 +322,14 @@ fn api_answer(r: NodeResponse) -> Result<Response, ClientError> {
 /// and answers; asks it for its version.
 async fn open(
     addrs: &[String],
-    key: &ClusterKey,
+    creds: &Credentials,
     start: usize,
     timeout: Duration,
 ) -> Result<Conn, ClientError> {
     let mut last: Option<ClientError> = None;
     for i in 0..addrs.len() {
         let at = (start + i) % addrs.len();
-        let client = match Client::connect(&TcpTransport, &addrs[at], Endpoint::client(key.clone()))
-            .await
-        {
+        let client = match Client::connect(&TcpTransport, &addrs[at], creds.endpoint()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(addr = %addrs[at], cause = %e, "node not reachable, trying the next");

@@ -40,10 +40,10 @@
 //!
 //! ## Wire format
 //! Messages travel inside the SMART TCP transport (`smart_transport`): frames with a
-//! 4-byte big-endian length, opened by the Noise handshake
-//! `Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s` with the cluster key as the pre-shared key (a
-//! client presents `Identity::Client` with a throw-away static key; the wire format is in
-//! `smart_transport::handshake`), then postcard envelopes encrypted and authenticated with
+//! 4-byte big-endian length, opened by a client's Noise handshake
+//! `Noise_XX_25519_ChaChaPoly_BLAKE2s` (`ClientHello`: a throw-away static key, the API
+//! token in the encrypted third message, the node's key checked against `nodes.pub`; the
+//! wire format is in `smart_transport::handshake`), then postcard envelopes encrypted and authenticated with
 //! ChaCha20-Poly1305. A client sends `NodeRequest::Api(Request)` and receives
 //! `NodeResponse::Api(Response)`; subscribers receive [`EventNote`] notifications: an
 //! [`Event`]'s postcard bytes inside a byte string, so that a client skips (and counts) an

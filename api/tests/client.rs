@@ -1,7 +1,8 @@
 //! `ApiClient` against stand-in nodes on loopback (real TCP transport, real handshake): the
 //! version on connect, typed error answers, unknown event variants skipped and counted, and
 //! fail-over to the next address when the connected node goes away, with the subscription
-//! renewed there.
+//! renewed there; a token the node does not accept, and a node whose key is not the one the
+//! client's key book lists, end the connection.
 
 // A test, example or bench target links every dependency of its package; the lint
 // is meant for the library.
@@ -10,12 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use smart_api::client::ApiClient;
+use smart_api::client::{ApiClient, Credentials};
 use smart_api::{
     API_VERSION, ApiError, ClusterStatus, Event, EventNote, NodeId, NodeProtocol, NodeRequest,
     NodeResponse, Request, Response, VersionInfo,
 };
 use smart_proto::ClusterKey;
+use smart_transport::handshake::{ClientAuth, ClientScope};
+use smart_transport::noise::{KeyBook, NodeKey};
 use smart_transport::tcp::TcpTransport;
 use smart_transport::{Endpoint, Handler, RequestContext, Server, ServerHandle};
 
@@ -75,8 +78,33 @@ fn key() -> ClusterKey {
     ClusterKey::from_bytes(b"a test cluster key, long enough").unwrap()
 }
 
+/// Node `id`'s key.
+fn node_key(id: u64) -> NodeKey {
+    NodeKey::from_private([id as u8; 32])
+}
+
+/// The key book of nodes 1 to 3.
+fn book() -> KeyBook {
+    let mut b = KeyBook::new();
+    for id in 1..=3 {
+        b.insert(smart_proto::NodeId(id), node_key(id).public());
+    }
+    b
+}
+
+/// The stand-in nodes' one token.
+const TOKEN: &str = "the-admin-token";
+
+fn creds() -> Credentials {
+    Credentials::new(TOKEN, book())
+}
+
 async fn node(id: u64) -> ServerHandle {
-    let ep = Endpoint::node(smart_proto::NodeId(id), 1, key());
+    let ep = Endpoint::node(smart_proto::NodeId(id), 1, key())
+        .with_keys(node_key(id), book())
+        .with_client_auth(ClientAuth::new(|t| {
+            (t == TOKEN).then_some(ClientScope::Admin)
+        }));
     Server::bind(&TcpTransport, "127.0.0.1:0", ep, Arc::new(FakeNode(id)))
         .await
         .unwrap()
@@ -85,7 +113,7 @@ async fn node(id: u64) -> ServerHandle {
 #[tokio::test]
 async fn typed_errors_reach_the_caller_and_unknown_events_are_skipped() {
     let a = node(1).await;
-    let c = ApiClient::connect(a.local_addr(), key()).await.unwrap();
+    let c = ApiClient::connect(a.local_addr(), creds()).await.unwrap();
     assert_eq!(c.server_version().unwrap().api_version, API_VERSION);
     // The error is an answer, not a failure.
     match c.request(Request::Services).await.unwrap() {
@@ -119,7 +147,7 @@ async fn typed_errors_reach_the_caller_and_unknown_events_are_skipped() {
 async fn the_client_fails_over_to_the_next_node_and_renews_its_subscription() {
     let (a, b) = (node(1).await, node(2).await);
     let addrs = [a.local_addr().to_string(), b.local_addr().to_string()];
-    let c = ApiClient::connect_any(&[&addrs[0], &addrs[1]], key())
+    let c = ApiClient::connect_any(&[&addrs[0], &addrs[1]], creds())
         .await
         .unwrap()
         .with_timeout(Duration::from_secs(2));
@@ -149,4 +177,26 @@ async fn the_client_fails_over_to_the_next_node_and_renews_its_subscription() {
         ),
         "{next:?}"
     );
+}
+
+#[tokio::test]
+async fn a_wrong_token_or_a_node_with_another_key_ends_the_connection() {
+    let a = node(1).await;
+    let wrong_token = ApiClient::connect(a.local_addr(), Credentials::new("guess", book())).await;
+    assert!(
+        wrong_token
+            .expect_err("a wrong token connected")
+            .to_string()
+            .contains("token"),
+        "a wrong token is named as the cause"
+    );
+    // A client whose key book lists another key for node 1 does not believe it.
+    let mut other = KeyBook::new();
+    other.insert(smart_proto::NodeId(1), node_key(9).public());
+    let impostor = ApiClient::connect(a.local_addr(), Credentials::new(TOKEN, other)).await;
+    assert!(
+        impostor.is_err(),
+        "a node not in the client's key book was believed"
+    );
+    assert!(ApiClient::connect(a.local_addr(), creds()).await.is_ok());
 }

@@ -307,6 +307,17 @@ impl LocalCluster {
         &self.read_token
     }
 
+    /// What a message-API client of this cluster presents: the admin token, or the read
+    /// token, and the cluster's key book.
+    pub fn credentials(&self, admin: bool) -> smart_api::client::Credentials {
+        let token = if admin {
+            &self.admin_token
+        } else {
+            &self.read_token
+        };
+        smart_api::client::Credentials::new(token.clone(), self.keys.book.clone())
+    }
+
     /// The cluster's key files and node keys.
     pub fn keys(&self) -> &smart_transport::keys::ClusterKeys {
         &self.keys
@@ -432,10 +443,10 @@ impl LocalCluster {
         })
     }
 
-    /// An API client connected to node `id`.
+    /// An API client connected to node `id`, with the admin token.
     pub async fn client(&self, id: u64) -> Result<ApiClient, ClusterError> {
         let addr = self.nodes[(id - 1) as usize].addr.to_string();
-        ApiClient::connect(&addr, self.key.clone())
+        ApiClient::connect(&addr, self.credentials(true))
             .await
             .map_err(|e| ClusterError::Node {
                 node: id,
@@ -519,7 +530,7 @@ impl LocalCluster {
     /// Asks node `id` for its status (one connection per call).
     pub async fn status(&self, id: u64) -> Result<ClusterStatus, ClusterError> {
         let addr = self.nodes[(id - 1) as usize].addr.to_string();
-        let client = ApiClient::connect(&addr, self.key.clone())
+        let client = ApiClient::connect(&addr, self.credentials(false))
             .await
             .map_err(|e| ClusterError::Node {
                 node: id,

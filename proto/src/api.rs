@@ -159,6 +159,23 @@ pub enum Request {
     Nodes,
 }
 
+impl Request {
+    /// True for requests that only read (what a read-scope client may send).
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status
+                | Request::Subscribe
+                | Request::Locate { .. }
+                | Request::Services
+                | Request::Profiles
+                | Request::Profile { .. }
+                | Request::Version
+                | Request::Nodes
+        )
+    }
+}
+
 /// Where an admitted service or client goes.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -160,9 +160,23 @@ pub async fn run(
     }
     // Pair keys with every member of the book: what proves our heartbeats are ours.
     let member_keys = node_key.member_keys(cfg.id(), &book);
+    // Message-API clients present an API token of the tokens file, never the cluster key.
+    let client_auth = {
+        let tokens = tokens.clone();
+        smart_transport::handshake::ClientAuth::new(move |token| {
+            tokens
+                .check(Some(token), tokens::Scope::Read)
+                .ok()
+                .map(|g| match g.scope {
+                    tokens::Scope::Read => smart_transport::handshake::ClientScope::Read,
+                    tokens::Scope::Admin => smart_transport::handshake::ClientScope::Admin,
+                })
+        })
+    };
     let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation(), key.clone())
         .with_limits(cfg.limits.transport())
-        .with_keys(node_key, book);
+        .with_keys(node_key, book)
+        .with_client_auth(client_auth);
     endpoint.epoch = durable.cell();
     let peers = Arc::new(TransportPeers::new(endpoint.clone()));
     let ring = match &cfg.heartbeat.keys_file {

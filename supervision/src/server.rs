@@ -40,6 +40,7 @@ use smart_membership::view::{ClusterView, FromControl};
 use smart_proto::agent::AgentReply;
 use smart_proto::error::RemoteError;
 use smart_proto::{Epoch, NodeId};
+use smart_transport::handshake::{ClientScope, Identity};
 use smart_transport::peer::{self, Peer, PeerArgs, PeerMsg};
 use smart_transport::ratelog::WarnLimiter;
 use smart_transport::tcp::TcpTransport;
@@ -195,6 +196,18 @@ impl NodeHandler {
 }
 
 impl Handler<NodeProtocol> for NodeHandler {
+    /// Members (their node key) and clients with an API token; not a client that holds
+    /// only the cluster key.
+    fn allow(&self, peer: &Identity) -> bool {
+        match peer {
+            Identity::Node { .. } | Identity::Client { scope: Some(_), .. } => true,
+            Identity::Client { scope: None, .. } => {
+                self.ctx.counters.incr("clients_without_token_refused");
+                false
+            }
+        }
+    }
+
     async fn handle(
         &self,
         ctx: RequestContext<NodeProtocol>,
@@ -207,6 +220,19 @@ impl Handler<NodeProtocol> for NodeHandler {
                 self.ctx.counters.incr("refused_internal_from_client");
                 return Err(RemoteError::Refused {
                     reason: "node-internal requests are accepted from nodes only".into(),
+                });
+            }
+            if let Identity::Client {
+                scope: Some(ClientScope::Read),
+                ..
+            } = ctx.conn.peer()
+                && let NodeRequest::Api(r) | NodeRequest::ApiWithin { req: r, .. } = &req
+                && !r.is_read_only()
+            {
+                self.ctx.counters.incr("client_requests_forbidden");
+                return Err(RemoteError::Refused {
+                    reason: "this client's token may only read; the request needs an admin token"
+                        .into(),
                 });
             }
             let now = tokio::time::Instant::now();

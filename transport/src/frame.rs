@@ -86,7 +86,8 @@ use smart_proto::{Epoch, Incarnation, NodeId};
 /// 3: `Fault` carries a typed `smart_proto::error::RemoteError` instead of a string; the
 /// Control ↔ Agent86 vocabulary lost `Reserve`/`Release` and `MigrateIn.reserved_as`, and
 /// `LaunchSpec` carries the service's identity. 4: `NodeRequest::Raft` (the desired-state log).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// 5: clients present an API token (`ClientHello`, `Identity::Client` carries its scope).
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Length of the frame length prefix.
 pub const LEN_PREFIX: usize = 4;

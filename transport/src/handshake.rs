@@ -7,8 +7,16 @@
 //! the [`Identity`] it claims inside its (encrypted) handshake payload, and the other side
 //! checks it against its [`KeyBook`](super::noise::KeyBook): a node id is accepted only with the static key listed
 //! for it (a node presenting another node's id is refused with [`Refusal::WrongKey`] and
-//! counted in `handshakes_wrong_identity`). Message-API clients present
-//! [`Identity::Client`] with any static key: the cluster key (the PSK) is what admits them.
+//! counted in `handshakes_wrong_identity`).
+//!
+//! Message-API clients do not hold the cluster key: they open with `ClientHello` and run
+//! `Noise_XX_25519_ChaChaPoly_BLAKE2s` (no pre-shared key, its own prologue label), with a
+//! throw-away static key; message 3 carries their [`ClientCredential`] (an API token, at
+//! most [`MAX_TOKEN_LEN`] bytes), and the acceptor admits them as [`Identity::Client`] with
+//! the scope its [`ClientAuth`] gives the token, or refuses with `BadToken`. The client
+//! believes only an acceptor that proves the key its key book lists for the node id it
+//! claims. A client that comes by `Hello` with the cluster key is [`Identity::Client`]
+//! without a scope: it can never claim one, and a SMART node refuses it.
 //!
 //! # Wire format
 //!
@@ -17,22 +25,27 @@
 //! handshake. The initiator is the side that opened the connection.
 //!
 //! ```text
-//! initiator -> acceptor   0 Hello   { magic: "SMRT" (4 raw bytes), version: u8 = 2,
+//! initiator -> acceptor   0 Hello   { magic: "SMRT" (4 raw bytes), version: u8 = 5,
 //!                                     noise: bytes }    Noise message 1: e
+//!                   or    3 ClientHello { magic, version, noise }  (a token client)
 //! acceptor  -> initiator  1 Noise   { noise: bytes }    Noise message 2: e, ee, s, es;
 //!                                                       payload = postcard(Identity)
 //!                   or    2 Refused { reason }          (bad version), then close
 //! initiator -> acceptor   1 Noise   { noise: bytes }    Noise message 3: s, se, psk;
 //!                                                       payload = postcard(Identity)
+//!                                                       (a token client: s, se;
+//!                                                       payload = postcard(ClientCredential))
 //! acceptor  -> initiator  1 Noise   { noise: bytes }    first transport message (sealed):
 //!                                                       postcard(Verdict)
 //!                   or    2 Refused { reason: BadProof } (message 3 did not decrypt: a
 //!                                                       wrong cluster key), then close
 //!
-//! Identity = 0 Node { id: u64 varint, incarnation: u64 varint } | 1 Client { id: u64 varint }
+//! Identity = 0 Node { id: u64 varint, incarnation: u64 varint }
+//!          | 1 Client { id: u64 varint, scope: Option<0 Read | 1 Admin> }
+//! ClientCredential = { id: u64 varint, token: string }
 //! Verdict  = 0 Welcome | 1 Refused(Refusal)
-//! Refusal  = 0 BadVersion | 1 BadProof | 2 NotAllowed | 3 WrongKey
-//! prologue = "smart/noise/v2" || "SMRT" || version
+//! Refusal  = 0 BadVersion | 1 BadProof | 2 NotAllowed | 3 WrongKey | 4 BadToken
+//! prologue = "smart/noise/v2" || "SMRT" || version  (a token client: "smart/noise-client/v1" || ...)
 //! ```
 //!
 //! The first bytes of `Hello` (`00 'S' 'M' 'R' 'T' version`) are frozen across versions so
@@ -65,6 +78,7 @@ use smart_proto::{Incarnation, NodeId};
 pub const MAGIC: [u8; 4] = *b"SMRT";
 
 const PROLOGUE_LABEL: &[u8] = b"smart/noise/v2";
+const CLIENT_PROLOGUE_LABEL: &[u8] = b"smart/noise-client/v1";
 
 /// Who is at the other end of a connection, proven by the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -80,7 +94,57 @@ pub enum Identity {
     Client {
         /// A random id chosen by the client, for logs and for the envelope's `from`.
         id: u64,
+        /// What its token allows, when it presented one (set by the acceptor, never taken
+        /// from the client's word); `None` for a client admitted by the cluster key.
+        scope: Option<ClientScope>,
     },
+}
+
+/// What a client's token allows on the message API (the HTTP API's token scopes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ClientScope {
+    /// Requests that only read.
+    Read,
+    /// Every request.
+    Admin,
+}
+
+/// Decides whether a client's token admits it, and with what scope (the node's tokens
+/// file).
+#[derive(Clone)]
+pub struct ClientAuth(Arc<TokenCheck>);
+
+/// The function behind a [`ClientAuth`].
+type TokenCheck = dyn Fn(&str) -> Option<ClientScope> + Send + Sync;
+
+impl ClientAuth {
+    /// Judges tokens with `check`.
+    pub fn new(check: impl Fn(&str) -> Option<ClientScope> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(check))
+    }
+
+    /// The scope `token` grants, if any.
+    pub fn scope(&self, token: &str) -> Option<ClientScope> {
+        (self.0)(token)
+    }
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientAuth")
+    }
+}
+
+/// Longest token a client may present.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+/// A token client's message 3 payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCredential {
+    /// Its random id (for logs and the envelope's `from`).
+    pub id: u64,
+    /// Its API token.
+    pub token: String,
 }
 
 impl Identity {
@@ -88,7 +152,7 @@ impl Identity {
     pub fn envelope_sender(&self) -> (NodeId, Incarnation) {
         match *self {
             Identity::Node { id, incarnation } => (id, incarnation),
-            Identity::Client { id } => (NodeId(id), 0),
+            Identity::Client { id, .. } => (NodeId(id), 0),
         }
     }
 
@@ -105,7 +169,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Node { id, incarnation } => write!(f, "{id}/{incarnation}"),
-            Identity::Client { id } => write!(f, "client-{id:016x}"),
+            Identity::Client { id, .. } => write!(f, "client-{id:016x}"),
         }
     }
 }
@@ -125,6 +189,9 @@ pub enum Refusal {
     /// The static key presented is not the one listed for the node id claimed.
     #[error("the key presented is not this node id's key")]
     WrongKey,
+    /// The client's token is not one this node accepts.
+    #[error("unknown or revoked API token")]
+    BadToken,
 }
 
 /// A handshake message (see the module docs for the encoding).
@@ -148,6 +215,16 @@ pub enum HandshakeMsg {
     Refused {
         /// Why.
         reason: Refusal,
+    },
+    /// A token client's opening: as [`HandshakeMsg::Hello`], for the handshake without the
+    /// cluster key ([`noise::NOISE_PARAMS_CLIENT`]).
+    ClientHello {
+        /// [`MAGIC`].
+        magic: [u8; 4],
+        /// [`PROTOCOL_VERSION`].
+        version: u8,
+        /// Noise message 1.
+        noise: Vec<u8>,
     },
 }
 
@@ -224,6 +301,15 @@ fn prologue() -> Vec<u8> {
     p
 }
 
+/// The prologue of a token client's handshake (another label: a transcript of one kind
+/// never passes for the other).
+fn client_prologue() -> Vec<u8> {
+    let mut p = CLIENT_PROLOGUE_LABEL.to_vec();
+    p.extend_from_slice(&MAGIC);
+    p.push(PROTOCOL_VERSION);
+    p
+}
+
 async fn send(conn: &mut RawConn, msg: &HandshakeMsg) -> Result<(), HandshakeError> {
     let frame = encode_value(msg, HANDSHAKE_MAX_FRAME)?;
     conn.sink.send(frame).await.map_err(FrameError::Io)?;
@@ -278,6 +364,15 @@ fn genuine(ep: &Endpoint, peer: &Identity, key: &[u8; KEY_LEN]) -> bool {
     }
 }
 
+/// Whether an acceptor that claims `peer` (a token client's view) is genuine: a node of
+/// the client's key book when it has one.
+fn genuine_node(ep: &Endpoint, peer: &Identity, key: &[u8; KEY_LEN]) -> bool {
+    match peer {
+        Identity::Node { .. } => genuine(ep, peer, key),
+        Identity::Client { .. } => false,
+    }
+}
+
 /// Runs the initiator's side on a fresh connection. With `expect`, the peer must be that
 /// node. Counts the outcome in `ep.counters`.
 pub async fn initiate(
@@ -288,24 +383,37 @@ pub async fn initiate(
     with_timeout(ep, async {
         let me = ep.identity;
         let psk = noise::psk(&ep.key);
-        let prologue = prologue();
-        let mut hs = noise::builder(&ep.node_key, &psk, &prologue)
-            .and_then(|b| b.build_initiator())
-            .map_err(|_| HandshakeError::Unexpected("a usable local key"))?;
+        let token_client = ep.client_token.as_ref().filter(|_| me.node_id().is_none());
+        let prologue = if token_client.is_some() {
+            client_prologue()
+        } else {
+            prologue()
+        };
+        let mut hs = match token_client {
+            Some(_) => noise::client_builder(&ep.node_key, &prologue),
+            None => noise::builder(&ep.node_key, &psk, &prologue),
+        }
+        .and_then(|b| b.build_initiator())
+        .map_err(|_| HandshakeError::Unexpected("a usable local key"))?;
         let mut buf = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
         let mut pl = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
         let n = hs
             .write_message(&[], &mut buf)
             .map_err(|_| HandshakeError::Unexpected("Noise message 1"))?;
-        send(
-            conn,
-            &HandshakeMsg::Hello {
+        let noise1 = buf[..n].to_vec();
+        let hello = match token_client {
+            Some(_) => HandshakeMsg::ClientHello {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
-                noise: buf[..n].to_vec(),
+                noise: noise1,
             },
-        )
-        .await?;
+            None => HandshakeMsg::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                noise: noise1,
+            },
+        };
+        send(conn, &hello).await?;
         let peer: Identity = match recv(conn).await? {
             HandshakeMsg::Noise { noise } => {
                 let n = hs
@@ -317,12 +425,19 @@ pub async fn initiate(
                 reason: Refusal::BadVersion,
             } => return Err(HandshakeError::BadVersion { got: 0 }),
             HandshakeMsg::Refused { reason } => return Err(HandshakeError::Refused(reason)),
-            HandshakeMsg::Hello { .. } => {
+            HandshakeMsg::Hello { .. } | HandshakeMsg::ClientHello { .. } => {
                 return Err(HandshakeError::Unexpected("Noise message 2"));
             }
         };
         let peer_key = remote_key(&hs)?;
-        if !genuine(ep, &peer, &peer_key) {
+        // A token client knows the nodes by their keys, not by a shared secret: the node
+        // that answers must be one its key book lists, with that node's key.
+        let checked = if token_client.is_some() {
+            genuine_node(ep, &peer, &peer_key)
+        } else {
+            genuine(ep, &peer, &peer_key)
+        };
+        if !checked {
             return Err(HandshakeError::WrongKey { claimed: peer });
         }
         if let Some(expected) = expect
@@ -333,7 +448,16 @@ pub async fn initiate(
                 got: peer,
             });
         }
-        let me_bytes = postcard::to_allocvec(&me).expect("an identity serialises");
+        let me_bytes = match (token_client, me) {
+            (Some(token), Identity::Client { id, .. }) => {
+                postcard::to_allocvec(&ClientCredential {
+                    id,
+                    token: token.clone(),
+                })
+            }
+            _ => postcard::to_allocvec(&me),
+        }
+        .expect("an identity serialises");
         let n = hs
             .write_message(&me_bytes, &mut buf)
             .map_err(|_| HandshakeError::Unexpected("Noise message 3"))?;
@@ -365,7 +489,9 @@ pub async fn initiate(
                 reason: Refusal::BadProof,
             } => Err(HandshakeError::BadKey),
             HandshakeMsg::Refused { reason } => Err(HandshakeError::Refused(reason)),
-            HandshakeMsg::Hello { .. } => Err(HandshakeError::Unexpected("the verdict")),
+            HandshakeMsg::Hello { .. } | HandshakeMsg::ClientHello { .. } => {
+                Err(HandshakeError::Unexpected("the verdict"))
+            }
         }
     })
     .await
@@ -384,34 +510,56 @@ pub async fn accept(
         let prologue = prologue();
         let mut buf = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
         let mut pl = vec![0u8; HANDSHAKE_MAX_FRAME as usize];
-        let mut hs = match recv(conn).await? {
+        let (magic, version, noise, token_client) = match recv(conn).await? {
             HandshakeMsg::Hello {
                 magic,
                 version,
                 noise,
-            } => {
-                if magic != MAGIC {
-                    return Err(HandshakeError::BadMagic);
-                }
-                if version != PROTOCOL_VERSION {
-                    let _ = send(
-                        conn,
-                        &HandshakeMsg::Refused {
-                            reason: Refusal::BadVersion,
-                        },
-                    )
-                    .await;
-                    return Err(HandshakeError::BadVersion { got: version });
-                }
-                let mut hs = noise::builder(&ep.node_key, &psk, &prologue)
-                    .and_then(|b| b.build_responder())
-                    .map_err(|_| HandshakeError::Unexpected("a usable local key"))?;
-                hs.read_message(&noise, &mut pl)
-                    .map_err(|_| HandshakeError::Unexpected("Noise message 1"))?;
-                hs
-            }
+            } => (magic, version, noise, false),
+            HandshakeMsg::ClientHello {
+                magic,
+                version,
+                noise,
+            } => (magic, version, noise, true),
             _ => return Err(HandshakeError::Unexpected("Hello")),
         };
+        if magic != MAGIC {
+            return Err(HandshakeError::BadMagic);
+        }
+        if version != PROTOCOL_VERSION {
+            let _ = send(
+                conn,
+                &HandshakeMsg::Refused {
+                    reason: Refusal::BadVersion,
+                },
+            )
+            .await;
+            return Err(HandshakeError::BadVersion { got: version });
+        }
+        let auth = match (token_client, &ep.client_auth) {
+            (false, _) => None,
+            (true, Some(auth)) => Some(auth.clone()),
+            // No token is accepted here: tell the client so, rather than failing later.
+            (true, None) => {
+                let _ = send(
+                    conn,
+                    &HandshakeMsg::Refused {
+                        reason: Refusal::NotAllowed,
+                    },
+                )
+                .await;
+                return Err(HandshakeError::Refused(Refusal::NotAllowed));
+            }
+        };
+        let client_prologue = client_prologue();
+        let mut hs = match auth {
+            Some(_) => noise::client_builder(&ep.node_key, &client_prologue),
+            None => noise::builder(&ep.node_key, &psk, &prologue),
+        }
+        .and_then(|b| b.build_responder())
+        .map_err(|_| HandshakeError::Unexpected("a usable local key"))?;
+        hs.read_message(&noise, &mut pl)
+            .map_err(|_| HandshakeError::Unexpected("Noise message 1"))?;
         let me_bytes = postcard::to_allocvec(&me).expect("an identity serialises");
         let n = hs
             .write_message(&me_bytes, &mut buf)
@@ -425,7 +573,38 @@ pub async fn accept(
         .await?;
         let peer: Identity = match recv(conn).await? {
             HandshakeMsg::Noise { noise } => match hs.read_message(&noise, &mut pl) {
-                Ok(n) => decode_value(&pl[..n])?,
+                Ok(n) => match &auth {
+                    // A token client: its scope is what its token says, or it is refused.
+                    Some(auth) => {
+                        let cred: ClientCredential = decode_value(&pl[..n])?;
+                        let scope = (cred.token.len() <= MAX_TOKEN_LEN)
+                            .then(|| auth.scope(&cred.token))
+                            .flatten();
+                        match scope {
+                            Some(scope) => Identity::Client {
+                                id: cred.id,
+                                scope: Some(scope),
+                            },
+                            None => {
+                                Counters::inc(&ep.counters.handshakes_bad_token);
+                                let _ = send(
+                                    conn,
+                                    &HandshakeMsg::Refused {
+                                        reason: Refusal::BadToken,
+                                    },
+                                )
+                                .await;
+                                return Err(HandshakeError::Refused(Refusal::BadToken));
+                            }
+                        }
+                    }
+                    // A client admitted by the cluster key: whatever scope it claims, it
+                    // has none.
+                    None => match decode_value(&pl[..n])? {
+                        Identity::Client { id, .. } => Identity::Client { id, scope: None },
+                        node => node,
+                    },
+                },
                 Err(_) => {
                     // The PSK is mixed in here: a wrong cluster key fails this message.
                     let _ = send(
@@ -499,8 +678,20 @@ mod tests {
         };
         assert_eq!(postcard::to_allocvec(&id).unwrap(), [0, 2, 5]);
         assert_eq!(
-            postcard::to_allocvec(&Identity::Client { id: 300 }).unwrap(),
-            [1, 0xac, 0x02]
+            postcard::to_allocvec(&Identity::Client {
+                id: 300,
+                scope: None
+            })
+            .unwrap(),
+            [1, 0xac, 0x02, 0]
+        );
+        assert_eq!(
+            postcard::to_allocvec(&Identity::Client {
+                id: 300,
+                scope: Some(ClientScope::Admin)
+            })
+            .unwrap(),
+            [1, 0xac, 0x02, 1, 1]
         );
         assert_eq!(postcard::to_allocvec(&Verdict::Welcome).unwrap(), [0]);
         assert_eq!(

@@ -330,6 +330,8 @@ counters! {
     handshakes_bad_key,
     /// Handshakes refused because the peer claimed a node id whose key it does not hold.
     handshakes_wrong_identity,
+    /// Client handshakes refused because the token is not one this node accepts.
+    handshakes_bad_token,
     /// Inbound connections accepted by a server (before the handshake).
     connections_accepted,
     /// Authenticated inbound connections closed because the server (or their address)
@@ -377,6 +379,11 @@ pub struct Endpoint {
     pub epoch: Arc<AtomicU64>,
     /// Rate limit of the WARN lines about refused or failed connections.
     pub warnings: Arc<crate::ratelog::WarnLimiter>,
+    /// A client's API token: with it, a client connects without the cluster key (see
+    /// [`handshake`]).
+    pub client_token: Option<String>,
+    /// How an acceptor judges clients' tokens; `None`: it admits no token client.
+    pub client_auth: Option<handshake::ClientAuth>,
 }
 
 impl Endpoint {
@@ -394,9 +401,40 @@ impl Endpoint {
         self
     }
 
-    /// The endpoint of a message-API client, with a random client id.
+    /// The endpoint of a message-API client admitted by the cluster key, with a random
+    /// client id (in-process tools and tests of the transport; `smart node` admits only
+    /// token clients: [`Endpoint::token_client`]).
     pub fn client(key: ClusterKey) -> Self {
-        Self::new(Identity::Client { id: rand::random() }, key)
+        Self::new(
+            Identity::Client {
+                id: rand::random(),
+                scope: None,
+            },
+            key,
+        )
+    }
+
+    /// The endpoint of a message-API client that presents `token` (no cluster key): the
+    /// node that answers must prove a key that `book` lists for it.
+    pub fn token_client(token: &str, book: noise::KeyBook) -> Self {
+        let mut ep = Self::new(
+            Identity::Client {
+                id: rand::random(),
+                scope: None,
+            },
+            // Unused by a token client's handshake; a random key so that nothing a
+            // client holds is a cluster secret.
+            ClusterKey::from_bytes(&rand::random::<[u8; 32]>()).expect("32 bytes is long enough"),
+        );
+        ep.client_token = Some(token.to_string());
+        ep.book = Arc::new(book);
+        ep
+    }
+
+    /// The same endpoint judging token clients with `auth`.
+    pub fn with_client_auth(mut self, auth: handshake::ClientAuth) -> Self {
+        self.client_auth = Some(auth);
+        self
     }
 
     /// An endpoint with default limits and fresh counters, a random static key and an
@@ -411,6 +449,8 @@ impl Endpoint {
             counters: Arc::new(Counters::default()),
             epoch: Arc::new(AtomicU64::new(0)),
             warnings: Arc::new(crate::ratelog::WarnLimiter::default()),
+            client_token: None,
+            client_auth: None,
         }
     }
 

@@ -388,6 +388,24 @@ impl Cipher {
     }
 }
 
+/// The Noise protocol of a message-API client that presents a token instead of the
+/// cluster key: the same handshake without a pre-shared key (the token, sent encrypted in
+/// message 3, is what admits it).
+pub const NOISE_PARAMS_CLIENT: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
+/// A handshake builder for a token client's connection (either side).
+pub(crate) fn client_builder<'a>(
+    key: &'a NodeKey,
+    prologue: &'a [u8],
+) -> Result<snow::Builder<'a>, snow::Error> {
+    let params: snow::params::NoiseParams = NOISE_PARAMS_CLIENT
+        .parse()
+        .expect("the Noise protocol name is a constant");
+    snow::Builder::new(params)
+        .local_private_key(key.private())?
+        .prologue(prologue)
+}
+
 pub(crate) fn builder<'a>(
     key: &'a NodeKey,
     psk: &'a [u8; 32],

@@ -131,7 +131,7 @@ proptest! {
         };
         let frame = smart_transport::frame::encode_value(&m, HANDSHAKE_MAX_FRAME).unwrap();
         prop_assert_eq!(decode_value::<HandshakeMsg>(&frame[LEN_PREFIX..]).unwrap(), m);
-        for ident in [Identity::Node { id: NodeId(id), incarnation: inc }, Identity::Client { id }] {
+        for ident in [Identity::Node { id: NodeId(id), incarnation: inc }, Identity::Client { id, scope: None }] {
             let b = postcard::to_allocvec(&ident).unwrap();
             prop_assert_eq!(decode_value::<Identity>(&b).unwrap(), ident);
         }
