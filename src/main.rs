@@ -160,6 +160,10 @@ struct DistributorArgs {
     /// that migrate a full cache).
     #[arg(long)]
     prefill: bool,
+    /// The one video to serve (e.g. `v1.ts`); any other request is `404`. The front-end
+    /// names its video in `SMART_VIDEO` when it admits a distributor.
+    #[arg(long, env = "SMART_VIDEO")]
+    video: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -213,8 +217,8 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let d = cfg.timing.derived();
     println!(
         "  timing: request budget {:?} (each viewer/API request's deadline), exchange {:?}, \
-         start/stop {:?}, migrate out {:?}, migrate in {:?}, control wait {:?}",
-        d.request_budget, d.exchange, d.start, d.migrate_out, d.migrate_in, d.control_wait
+         start/stop {:?}, migrate out {:?}, migrate in {:?}",
+        d.request_budget, d.exchange, d.start, d.migrate_out, d.migrate_in
     );
     Ok(())
 }
@@ -302,6 +306,9 @@ async fn distributor(args: DistributorArgs) -> anyhow::Result<()> {
     if args.prefill {
         cfg.readahead = None;
     }
+    cfg.only_video = args
+        .video
+        .map(|v| format!("/{}", v.trim_start_matches('/')));
     let d = Distributor::new(cfg);
     let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
     let control = std::env::var_os(smart_vod::workload::ENV_SOCKET).map(PathBuf::from);

@@ -690,6 +690,13 @@ async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
         async move { cluster::node_counter(c, n, "agent_command_not_from_control").await }
     };
     let (target_before, ctl_before) = (refused_before(target).await, refused_before(ctl).await);
+    // Likewise for commands above the view's epoch (a new Control's first round may reach
+    // a node before its claim does).
+    let above = |n: u64| {
+        let c = &c;
+        async move { cluster::node_counter(c, n, "agent_command_above_view").await }
+    };
+    let (target_above, ctl_above) = (above(target).await, above(ctl).await);
     // At the Control's own epoch, and one above it (as if the intruder were a new Control
     // the target had not heard of yet), to the target and to the Control's own agent.
     for (to, e, instance) in [
@@ -716,6 +723,14 @@ async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
             ),
             "n{to} executed n{intruder}'s start at epoch {e}: {r:?}"
         );
+        // Above the view's epoch: refused at once, to ask again, never waited for.
+        if e > epoch {
+            let err = r.expect_err("a start above the view's epoch was answered");
+            assert!(
+                err.to_string().contains(smart_proto::error::VIEW_BEHIND),
+                "{err}"
+            );
+        }
     }
     // A deposed-looking epoch is told it is stale, as Agent86's fencing would.
     let r = node_request_as(
@@ -733,18 +748,28 @@ async fn agent_commands_from_a_member_that_is_not_the_control_are_refused() {
         "{r:?}"
     );
     // A node counts a refusal before it answers, and every answer is in: the counts are
-    // exactly what this test sent (two starts and the report to the target, one start to
-    // the Control).
+    // exactly what this test sent (a start and the report to the target at or below the
+    // view's epoch, one start above it to the target and one to the Control).
     let st = wait_status(&c, target, Duration::from_secs(5), |_| true).await;
     assert_eq!(
         counter(&st, "agent_command_not_from_control") - target_before,
-        3,
+        2,
+        "{st:?}"
+    );
+    assert_eq!(
+        counter(&st, "agent_command_above_view") - target_above,
+        1,
         "{st:?}"
     );
     assert_eq!(st.highest_epoch, epoch, "the intruder's epoch was adopted");
     let sc = wait_status(&c, ctl, Duration::from_secs(5), |_| true).await;
     assert_eq!(
         counter(&sc, "agent_command_not_from_control") - ctl_before,
+        0,
+        "{sc:?}"
+    );
+    assert_eq!(
+        counter(&sc, "agent_command_above_view") - ctl_above,
         1,
         "{sc:?}"
     );
@@ -811,7 +836,10 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
     // meanwhile has its late copies refused too): the attack's are counted from here.
     let mut refused_before = Vec::new();
     for &n in &all {
-        refused_before.push(cluster::node_counter(&c, n, "replica_not_from_control").await);
+        refused_before.push((
+            cluster::node_counter(&c, n, "replica_not_from_control").await,
+            cluster::node_counter(&c, n, "replica_above_view").await,
+        ));
     }
     // A member that is not the Control pushes a copy that still lists it, "newer" by
     // (epoch, version) than anything the Control sent.
@@ -845,12 +873,19 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
             );
         }
     }
-    // Counted before the refusal is answered: exactly the two forged copies sent to each.
-    for (&to, &before) in all.iter().zip(&refused_before) {
+    // Counted before the refusal is answered: exactly the two forged copies sent to each,
+    // the one at the view's epoch as not from the Control, the one above it as above the
+    // view (refused at once, not waited for).
+    for (&to, &(before, above)) in all.iter().zip(&refused_before) {
         let s = wait_status(&c, to, Duration::from_secs(5), |_| true).await;
         assert_eq!(
             counter(&s, "replica_not_from_control") - before,
-            2,
+            1,
+            "n{to}: {s:?}"
+        );
+        assert_eq!(
+            counter(&s, "replica_above_view") - above,
+            1,
             "n{to}: {s:?}"
         );
     }

@@ -170,8 +170,6 @@ pub struct DerivedTimings {
     pub migrate_out: Duration,
     /// An agent's `MigrateIn` (a restore that may copy a cache across hosts).
     pub migrate_in: Duration,
-    /// How long an agent command from an unknown Control waits for the view to catch up.
-    pub control_wait: Duration,
 }
 
 impl TimingConfig {
@@ -190,7 +188,6 @@ impl TimingConfig {
             start: self.request_timeout * START_TIMEOUT_MULTIPLE,
             migrate_out: self.request_timeout * MIGRATE_OUT_TIMEOUT_MULTIPLE,
             migrate_in: self.request_timeout * MIGRATE_IN_TIMEOUT_MULTIPLE,
-            control_wait: self.request_timeout / 2,
         }
     }
 }
@@ -1208,7 +1205,6 @@ members = [1, 2, 3]
                 start: Duration::from_secs(10),
                 migrate_out: Duration::from_secs(20),
                 migrate_in: Duration::from_secs(60),
-                control_wait: Duration::from_secs(1),
             }
         );
         let text = MINIMAL.replace(
@@ -1220,6 +1216,5 @@ members = [1, 2, 3]
         assert_eq!(d.request_budget, Duration::from_secs(12));
         assert_eq!(d.start, Duration::from_secs(5));
         assert_eq!(d.migrate_in, Duration::from_secs(30));
-        assert_eq!(d.control_wait, Duration::from_millis(500));
     }
 }

@@ -35,6 +35,12 @@ pub enum RemoteError {
     },
 }
 
+/// What a node answers `Unavailable` with when a request stamped by a Control at an epoch
+/// above its view arrives (a new Control it has not heard of yet): it refuses at once
+/// rather than wait for gossip, and the sender, which knows it is the Control, asks again
+/// shortly (within its own deadline).
+pub const VIEW_BEHIND: &str = "this node's view of the Control (behind the sender's epoch)";
+
 impl RemoteError {
     /// True when the same request at the same node may succeed later.
     pub fn is_retryable(&self) -> bool {

@@ -127,11 +127,6 @@ pub(crate) enum Ev {
         boot: u64,
         areq: u64,
     },
-    ParkExpire {
-        n: usize,
-        boot: u64,
-        park: u64,
-    },
     Sup {
         n: usize,
         boot: u64,
@@ -198,15 +193,6 @@ pub(crate) struct RtProc {
     pub(crate) stopping: bool,
     /// Started in restore mode (a migration target).
     pub(crate) restore: bool,
-}
-
-/// A request parked until the view decides whether its sender is the Control.
-#[derive(Debug)]
-pub(crate) struct Parked {
-    pub(crate) id: u64,
-    pub(crate) rpc: u64,
-    pub(crate) from: usize,
-    pub(crate) req: NodeRequest,
 }
 
 /// An agent command being executed: who waits for the answer.
@@ -278,8 +264,6 @@ pub(crate) struct Proc {
     pub(crate) replica: Replica,
     pub(crate) slot: Option<Slot>,
     pub(crate) control: Option<ControlActor>,
-    pub(crate) parked: Vec<Parked>,
-    pub(crate) next_park: u64,
 }
 
 /// A node: what survives its process, and the process.
@@ -313,6 +297,9 @@ pub(crate) struct Rpc {
     pub(crate) boot: u64,
     pub(crate) to: usize,
     pub(crate) kind: RpcKind,
+    /// An agent command (`agent_call`): the request and when its caller's timeout ends,
+    /// to ask again when the agent's node has not heard of this Control yet.
+    pub(crate) retry: Option<(NodeRequest, Duration)>,
 }
 
 /// Where a forwarded API request's answer goes.
@@ -640,12 +627,32 @@ impl Sim {
         timeout: Duration,
         kind: RpcKind,
     ) {
+        let until = self.now + self.timer(from, timeout);
+        self.rpc_until(from, to, req, until, kind, Duration::ZERO);
+    }
+
+    /// [`Sim::rpc`] sent `after` from now, whose caller gives up at sim time `until`.
+    fn rpc_until(
+        &mut self,
+        from: usize,
+        to: usize,
+        req: NodeRequest,
+        until: Duration,
+        kind: RpcKind,
+        after: Duration,
+    ) {
         let Some(boot) = self.boot(from) else {
             return;
         };
         let rpc = self.next_rpc;
         self.next_rpc += 1;
         self.stats.rpcs += 1;
+        let retry = match (&kind, &req) {
+            (RpcKind::Round { .. } | RpcKind::Command { .. }, NodeRequest::Agent { .. }) => {
+                Some((req.clone(), until))
+            }
+            _ => None,
+        };
         self.rpcs.insert(
             rpc,
             Rpc {
@@ -653,12 +660,13 @@ impl Sim {
                 boot,
                 to,
                 kind,
+                retry,
             },
         );
-        self.push(self.timer(from, timeout), Ev::RpcTimeout { rpc });
+        self.push(until.saturating_sub(self.now), Ev::RpcTimeout { rpc });
         if self.net.reachable(from, to) {
             let d = self.net.segment(&mut self.rng);
-            self.push(d, Ev::Arrive { rpc, to, from, req });
+            self.push(after + d, Ev::Arrive { rpc, to, from, req });
         }
     }
 
@@ -684,7 +692,6 @@ impl Sim {
             | Ev::ATick { n, .. }
             | Ev::CTick { n, .. }
             | Ev::AgentBudget { n, .. }
-            | Ev::ParkExpire { n, .. }
             | Ev::Sup { n, .. }
             | Ev::Mem { n, .. }
             | Ev::Ctl { n, .. }
@@ -734,7 +741,6 @@ impl Sim {
                 }
             }
             Ev::AgentBudget { n, boot, areq } => self.on_agent_budget(n, boot, areq),
-            Ev::ParkExpire { n, boot, park } => self.on_park_expire(n, boot, park),
             Ev::Sup { n, boot, msg } => {
                 if self.boot(n) == Some(boot) {
                     self.on_sup(n, msg);
@@ -766,6 +772,17 @@ impl Sim {
         };
         if self.boot(r.caller) != Some(r.boot) {
             return;
+        }
+        // `agent_call`: a node that has not heard of this Control yet is asked again.
+        if let (Err(PeerError::Unavailable { what, .. }), Some((req, until))) = (&result, &r.retry)
+            && what == smart_proto::error::VIEW_BEHIND
+        {
+            let again = self.timer(r.caller, smart_control::VIEW_BEHIND_RETRY);
+            if self.now + again < *until {
+                let (req, until) = (req.clone(), *until);
+                self.rpc_until(r.caller, r.to, req, until, r.kind, again);
+                return;
+            }
         }
         match r.kind {
             RpcKind::Round { cid, round, idx } => {

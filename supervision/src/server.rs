@@ -158,25 +158,12 @@ pub struct NodeHandler {
 impl NodeHandler {
     /// How long a request from a node that may be a Control this node has not heard of
     /// yet waits for the view to catch up (half a request timeout).
-    fn control_wait(&self) -> Duration {
-        self.ctx.cfg.timing.derived().control_wait
-    }
-
-    /// Whether `from` stamping `epoch` is the Control, waiting (bounded) while the view is
-    /// undecided; still undecided after the wait counts as not.
-    async fn wait_sender_is_control(&self, from: NodeId, epoch: Epoch) -> FromControl {
-        let mut view = self.ctx.view.clone();
-        let until = tokio::time::Instant::now() + self.control_wait();
-        loop {
-            let verdict = view.borrow_and_update().sender_is_control(from, epoch);
-            if verdict != FromControl::NotYet {
-                return verdict;
-            }
-            match tokio::time::timeout_at(until, view.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return FromControl::NotYet,
-            }
-        }
+    /// Whether `from` stamping `epoch` is the Control of this node's view, judged at once:
+    /// a sender above the view's epoch (a Control this node has not heard of yet) is told
+    /// to ask again ([`smart_proto::error::VIEW_BEHIND`]), never waited for, so that no
+    /// member can hold a handler while it tries to move the view.
+    fn judge_sender(&self, from: NodeId, epoch: Epoch) -> FromControl {
+        self.ctx.view.borrow().sender_is_control(from, epoch)
     }
 
     async fn api(
@@ -249,8 +236,14 @@ impl Handler<NodeProtocol> for NodeHandler {
                 }
                 NodeRequest::Agent { epoch, cmd } => {
                     let from = from.expect("checked: nodes only");
-                    match self.wait_sender_is_control(from, epoch).await {
+                    match self.judge_sender(from, epoch) {
                         FromControl::Yes => {}
+                        FromControl::NotYet => {
+                            self.ctx.counters.incr("agent_command_above_view");
+                            return Err(RemoteError::Unavailable {
+                                what: smart_proto::error::VIEW_BEHIND.into(),
+                            });
+                        }
                         verdict => {
                             self.ctx.counters.incr("agent_command_not_from_control");
                             self.ctx.warnings.warn(
@@ -306,7 +299,14 @@ impl Handler<NodeProtocol> for NodeHandler {
                 }
                 NodeRequest::Replica(r) => {
                     let from = from.expect("checked: nodes only");
-                    let verdict = self.wait_sender_is_control(from, r.epoch).await;
+                    let verdict = self.judge_sender(from, r.epoch);
+                    if verdict == FromControl::NotYet {
+                        // The next copy is sent anyway; this one is not waited for.
+                        self.ctx.counters.incr("replica_above_view");
+                        return Err(RemoteError::Unavailable {
+                            what: smart_proto::error::VIEW_BEHIND.into(),
+                        });
+                    }
                     if verdict != FromControl::Yes {
                         self.ctx.counters.incr("replica_not_from_control");
                         self.ctx.warnings.warn(

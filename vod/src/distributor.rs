@@ -78,6 +78,10 @@ pub struct DistributorConfig {
     /// Paced writes with `MSG_MORE` (like nginx's `tcp_nopush`): only full segments leave
     /// at once, a partial one waits for more data or the kernel's probe timer (≤ 200 ms).
     pub cork: bool,
+    /// The one video this distributor serves (its path, e.g. `/v1.ts`), when it was started
+    /// for one: the admission that started it was for that video, so any other is `404`
+    /// (a viewer cannot use it to fetch the origin's other videos outside admission).
+    pub only_video: Option<String>,
 }
 
 impl DistributorConfig {
@@ -99,6 +103,7 @@ impl DistributorConfig {
             write_timeout: Duration::from_secs(30),
             pacers: 0,
             cork: false,
+            only_video: None,
         }
     }
 }
@@ -450,7 +455,21 @@ impl Distributor {
                 return;
             }
         };
-        if let Some(route) = crate::hls::route(&req.path) {
+        let route = crate::hls::route(&req.path);
+        if let Some(only) = &self.cfg.only_video {
+            let asked = match &route {
+                Some(Ok(crate::hls::Route::Playlist { video }))
+                | Some(Ok(crate::hls::Route::Segment { video, .. })) => video.as_str(),
+                _ => req.path.as_str(),
+            };
+            if asked != only {
+                self.stats.other_video.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                http::write_error(&mut stream, 404, &[]).await;
+                return;
+            }
+        }
+        if let Some(route) = route {
             return crate::hls_server::serve(&self, stream, req, route).await;
         }
         match self.mode() {

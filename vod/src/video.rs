@@ -52,6 +52,8 @@ pub struct Stats {
     pub write_timeouts: AtomicU64,
     /// Connections dropped because their request head did not arrive in time.
     pub head_timeouts: AtomicU64,
+    /// Requests for another video than the one this distributor was started for (404).
+    pub other_video: AtomicU64,
 }
 
 /// Why a video cannot be served.

@@ -208,6 +208,49 @@ async fn cache_never_exceeds_window_and_evicts_behind_viewers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributor_started_for_one_video_serves_no_other() {
+    let env = origin(400_000, 5_000).await;
+    let other = Video::generated(VideoParams {
+        bitrate_bps: 400_000,
+        duration_ms: 5_000,
+    })
+    .unwrap();
+    // The origin has a second video, which this distributor was not admitted for.
+    let mut o = Origin::new();
+    o.add(
+        "v.ts",
+        Video::generated(VideoParams {
+            bitrate_bps: 400_000,
+            duration_ms: 5_000,
+        })
+        .unwrap(),
+    );
+    o.add("secret.ts", other);
+    let o = Arc::new(o);
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let origin_url = Url::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
+    tokio::spawn(o.clone().serve(l));
+    let env = Env { origin_url, ..env };
+    let dist = distributor(&env, |c| c.only_video = Some("/v.ts".into())).await;
+    let (ok, body) = fetch_all(&dist.url, None, 1000).await;
+    assert_eq!(ok.status, 200);
+    assert!(!body.is_empty());
+    for path in ["/secret.ts", "/secret.ts.m3u8", "/secret.ts/seg/0.ts"] {
+        let (status, _) = raw(
+            &dist.url,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 404, "{path}");
+    }
+    assert_eq!(dist.d.stats.other_video.load(Ordering::Relaxed), 3);
+    // Its own video's playlist is served.
+    let (status, _) = raw(&dist.url, "GET /v.ts.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    dist.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_at_arbitrary_offsets_returns_exact_bytes() {
     let env = origin(400_000, 4_000).await; // 200 KB
     let dist = distributor(&env, |c| c.prefetch_ms = 60_000).await;

@@ -204,7 +204,13 @@ pub struct ControlState {
     health_written: Option<BTreeSet<NodeId>>,
 }
 
-/// One command to an agent and its answer, as the engine wants it.
+/// How long a Control waits before asking again an agent whose node has not heard of it
+/// yet ([`smart_proto::error::VIEW_BEHIND`]).
+pub const VIEW_BEHIND_RETRY: Duration = Duration::from_millis(20);
+
+/// One command to an agent and its answer, as the engine wants it. An agent whose node
+/// has not heard of this Control yet is asked again every [`VIEW_BEHIND_RETRY`] until
+/// `timeout` (its view catches up within a heartbeat).
 async fn agent_call(
     peers: &dyn PeerClient,
     to: AgentAddr,
@@ -212,15 +218,30 @@ async fn agent_call(
     cmd: AgentCommand,
     timeout: Duration,
 ) -> Result<AgentReply, PeerError> {
-    match peers
-        .request(to.addr, NodeRequest::Agent { epoch, cmd }, timeout)
-        .await?
-    {
-        NodeResponse::Agent(r) => Ok(r),
-        other => Err(PeerError::Failed {
-            addr: to.addr,
-            reason: format!("unexpected answer {other:?}"),
-        }),
+    // Tokio's clock: tests that pause time see the retries' sleeps.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let req = NodeRequest::Agent {
+            epoch,
+            cmd: cmd.clone(),
+        };
+        match peers.request(to.addr, req, left).await {
+            Ok(NodeResponse::Agent(r)) => return Ok(r),
+            Ok(other) => {
+                return Err(PeerError::Failed {
+                    addr: to.addr,
+                    reason: format!("unexpected answer {other:?}"),
+                });
+            }
+            Err(PeerError::Unavailable { what, .. })
+                if what == smart_proto::error::VIEW_BEHIND
+                    && tokio::time::Instant::now() + VIEW_BEHIND_RETRY < deadline =>
+            {
+                tokio::time::sleep(VIEW_BEHIND_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

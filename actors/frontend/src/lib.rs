@@ -91,6 +91,9 @@ pub fn service_of(video: &str) -> String {
     format!("video-{video}")
 }
 
+/// The environment variable that names a distributor's one video.
+pub const VIDEO_ENV: &str = "SMART_VIDEO";
+
 /// The distributor spec of `video` from the node's `[frontend]` template, for a video of
 /// `bitrate_bps` and `duration_ms` (the origin's `X-Bitrate` and `X-Duration-Ms`).
 pub fn spec_for(
@@ -107,7 +110,8 @@ pub fn spec_for(
             .iter()
             .map(|a| a.replace("{origin}", &cfg.origin).replace("{video}", video))
             .collect(),
-        env: Vec::new(),
+        // The distributor serves this video only (`smart distributor` reads it).
+        env: vec![(VIDEO_ENV.to_string(), video.to_string())],
         per_client_bps: Some(bitrate_bps),
         duration_ms,
     }
@@ -746,6 +750,7 @@ mod tests {
         let s = spec_for(&cfg, "v1", 4_000_000, Some(7_200_000));
         assert_eq!(s.name, "video-v1");
         assert_eq!(s.command, vec!["d", "--origin", "http://o:1", "{listen}"]);
+        assert_eq!(s.env, vec![(VIDEO_ENV.to_string(), "v1".to_string())]);
         assert_eq!(s.per_client_bps, Some(4_000_000));
         assert_eq!(s.duration_ms, Some(7_200_000));
     }

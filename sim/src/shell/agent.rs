@@ -2,9 +2,10 @@
 //! (`actors/agent86/src/actor.rs`) and the simulated instance runtime.
 //!
 //! The port: an agent command or a registry copy is served only when the view says its
-//! sender is the Control (waiting up to `control_wait` while the view is undecided; a
-//! deposed sender is told `Refused` as the agent would); an `ApiWithin` starts a forwarder
-//! here with the sender's deadline capped by this node's budget.
+//! sender is the Control (a sender above the view's epoch is told `Unavailable`
+//! ([`smart_proto::error::VIEW_BEHIND`]) at once and asks again; a deposed sender is told
+//! `Refused` as the agent would); an `ApiWithin` starts a forwarder here with the sender's
+//! deadline capped by this node's budget.
 //!
 //! Agent86: before each command the engine sees the node's durable highest epoch; the
 //! engine's commands are executed in order, an epoch raise durable at once; an answer goes
@@ -23,7 +24,7 @@ use smart_proto::agent::{AgentReply, ExitInfo, NodeUsage, UsageReading};
 use smart_proto::error::RemoteError;
 use smart_proto::node::{NodeRequest, NodeResponse};
 
-use crate::world::{AgentWait, Ev, Origin, Parked, RtEv, RtProc, SAMPLE, Sim};
+use crate::world::{AgentWait, Ev, Origin, RtEv, RtProc, SAMPLE, Sim};
 
 impl Sim {
     /// A request reaches node `to`.
@@ -44,7 +45,7 @@ impl Sim {
         }
         match req {
             NodeRequest::Agent { .. } | NodeRequest::Replica(_) => {
-                self.judge_sender(rpc, to, from, req, None)
+                self.judge_sender(rpc, to, from, req)
             }
             NodeRequest::ApiWithin { req, within_ms } => {
                 let within = Duration::from_millis(within_ms).min(super::BUDGET);
@@ -64,16 +65,8 @@ impl Sim {
         }
     }
 
-    /// `wait_sender_is_control`: serve, refuse, or park until the view decides (`park`:
-    /// the id of a request already parked, whose expiry stands).
-    fn judge_sender(
-        &mut self,
-        rpc: u64,
-        to: usize,
-        from: usize,
-        req: NodeRequest,
-        park: Option<u64>,
-    ) {
+    /// `judge_sender`: serve, refuse, or tell a sender above the view to ask again.
+    fn judge_sender(&mut self, rpc: u64, to: usize, from: usize, req: NodeRequest) {
         let from_id = self.nodes[from].id;
         let epoch = match &req {
             NodeRequest::Agent { epoch, .. } => *epoch,
@@ -84,22 +77,16 @@ impl Sim {
         match p.view.sender_is_control(from_id, epoch) {
             FromControl::Yes => self.serve_from_control(rpc, to, from, req),
             FromControl::NotYet => {
-                let id = park.unwrap_or_else(|| {
-                    p.next_park += 1;
-                    p.next_park
-                });
-                let boot = p.boot;
-                p.parked.push(Parked { id, rpc, from, req });
-                if park.is_none() {
-                    self.push(
-                        self.timer(to, super::CONTROL_WAIT),
-                        Ev::ParkExpire {
-                            n: to,
-                            boot,
-                            park: id,
-                        },
-                    );
-                }
+                let addr = self.nodes[to].addr;
+                self.respond(
+                    to,
+                    from,
+                    rpc,
+                    Err(PeerError::Unavailable {
+                        addr,
+                        what: smart_proto::error::VIEW_BEHIND.into(),
+                    }),
+                );
             }
             FromControl::No { epoch: highest, .. } => {
                 let answer = match req {
@@ -111,28 +98,6 @@ impl Sim {
                 self.respond(to, from, rpc, answer);
             }
         }
-    }
-
-    /// The view changed: parked requests are judged again.
-    pub(crate) fn recheck_parked(&mut self, n: usize) {
-        let Some(p) = self.proc_mut(n) else { return };
-        for k in std::mem::take(&mut p.parked) {
-            self.judge_sender(k.rpc, n, k.from, k.req, Some(k.id));
-        }
-    }
-
-    pub(crate) fn on_park_expire(&mut self, n: usize, boot: u64, park: u64) {
-        if self.boot(n) != Some(boot) {
-            return;
-        }
-        let Some(p) = self.proc_mut(n) else { return };
-        let Some(pos) = p.parked.iter().position(|k| k.id == park) else {
-            return;
-        };
-        let k = p.parked.remove(pos);
-        // Still undecided after the wait: not the Control.
-        let addr = self.nodes[n].addr;
-        self.respond(n, k.from, k.rpc, Err(refused(addr)));
     }
 
     fn serve_from_control(&mut self, rpc: u64, to: usize, from: usize, req: NodeRequest) {

@@ -176,7 +176,6 @@ impl Sim {
                 },
             );
         }
-        self.recheck_parked(n);
     }
 
     /// The supervisor's `on_msg` for the Control's messages.

@@ -36,8 +36,6 @@ pub(crate) const PROFILER_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// `request_budget` defaults to the timeout of a start (5 × the request timeout).
 pub(crate) const BUDGET: Duration = Duration::from_secs(10);
-/// `control_wait`: half a request timeout.
-pub(crate) const CONTROL_WAIT: Duration = Duration::from_secs(1);
 
 /// The class profile every simulated service is admitted with: the synthetic distributor
 /// the Control's own tests use (a 400 kbit/s, 10-minute video).
@@ -122,7 +120,5 @@ pub(crate) fn new_proc(sim: &Sim, i: usize) -> Proc {
         replica: Default::default(),
         slot: None,
         control: None,
-        parked: Vec::new(),
-        next_park: 1,
     }
 }
