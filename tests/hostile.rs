@@ -883,11 +883,7 @@ async fn a_forged_registry_copy_does_not_resurrect_a_stopped_service() {
             1,
             "n{to}: {s:?}"
         );
-        assert_eq!(
-            counter(&s, "replica_above_view") - above,
-            1,
-            "n{to}: {s:?}"
-        );
+        assert_eq!(counter(&s, "replica_above_view") - above, 1, "n{to}: {s:?}");
     }
     // The Control dies: its successor restores what its copy lists, and that is not the
     // stopped service.

@@ -567,9 +567,26 @@ async fn metrics_pass_promtool_and_move_when_a_node_dies() {
     let urls: Vec<String> = (1..=3)
         .map(|n| format!("{}/metrics", c.http_url(n)))
         .collect();
+    // Without a token: 401 (the figures name every service and node).
+    let anonymous = h.client().get(&urls[0]).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let read = c.read_token().to_string();
     let scrape = |id: u64| {
-        let (h, url) = (h.client().clone(), urls[(id - 1) as usize].clone());
-        async move { h.get(url).send().await.unwrap().text().await.unwrap() }
+        let (h, url, read) = (
+            h.client().clone(),
+            urls[(id - 1) as usize].clone(),
+            read.clone(),
+        );
+        async move {
+            h.get(url)
+                .bearer_auth(read)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
     };
     // Per-service figures come with the Control's next report of the node (1 s refresh).
     let on_control =

@@ -6,10 +6,10 @@
 //! [`smart_node::http::serve`] (connection cap, request-head timeout); on top of it every request
 //! has a deadline ([`REQUEST_DEADLINE`], 504 past it), bodies are limited to
 //! [`MAX_BODY`], event streams to [`MAX_STREAMS`] at once, and every refusal is a JSON
-//! error with a stable code. `/v1` needs a token (see [`crate::tokens`]): `read` for `GET`,
-//! `admin` for the rest; `/metrics`, `/openapi.json` (the API's OpenAPI document) and the
-//! dashboard's static files need none (the dashboard asks for a token and sends it with its
-//! own `/v1` requests).
+//! error with a stable code. `/v1` and `/metrics` need a token (see [`crate::tokens`]):
+//! `read` for `GET`, `admin` for the rest; `/openapi.json` (the API's OpenAPI document) and
+//! the dashboard's static files need none (the dashboard asks for a token and sends it with
+//! its own `/v1` requests).
 //!
 //! The actor also samples every member's load (from this node's heartbeats) every
 //! [`USAGE_EVERY`] for [`USAGE_KEEP`], which `/v1/usage` serves and the dashboard charts.
@@ -302,10 +302,11 @@ fn router(state: AppState) -> Router {
                 .put(put_profile)
                 .layer(DefaultBodyLimit::max(MAX_PROFILE_BODY)),
         )
+        // Behind a read token too: the figures name every service and node.
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/ui", get(dashboard::page))
