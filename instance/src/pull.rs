@@ -24,7 +24,19 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 /// How long the puller may take to answer the challenge (an idle connection is not kept).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many checkpoints are exported at once (each holds a control connection).
+/// A slot is taken only once the puller's proof checks, so strangers cannot hold them.
 pub const MAX_CONCURRENT_EXPORTS: usize = 4;
+/// At most this many connections wait for their proof at once (each for at most
+/// [`HELLO_TIMEOUT`]); a newer one closes the oldest, so that connections held open by a
+/// stranger never keep a member's pull out.
+pub const MAX_PENDING_PULLS: usize = 64;
+/// A write to the puller that makes no progress for this long ends the export.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The export never paces slower than this, whatever the puller asks: a puller that
+/// reads slower is cut off by the export's overall deadline.
+pub const MIN_RATE_BPS: u64 = 1_000_000;
+/// The overall deadline of an export beyond the copy's time at its rate.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// How long the relay waits for the source's export to accept (a dropped SYN would
 /// otherwise hold the restore for the kernel's retries, minutes).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,34 +55,71 @@ pub fn valid_instance_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// The connections waiting for their proof, oldest first: the oldest is closed to make
+/// room for a new one.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+fn pending_lock(p: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Accepts pulls on `listener` for the instances whose control sockets are
 /// `<dir>/<instance>.sock`, until the task is dropped.
 pub async fn serve_exports(listener: TcpListener, key: PullKey, dir: PathBuf) {
+    let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS));
+    let warnings = Arc::new(smart_transport::ratelog::WarnLimiter::default());
     let key = Arc::new(key);
     loop {
         let (s, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(cause = %e, "checkpoint export: accept failed");
+                warnings.warn(
+                    "export_accept",
+                    format_args!("checkpoint export: accept failed: {e}"),
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "checkpoint export: too many pulls at once, refused");
-            continue;
+        // Held while the task is spawned and queued, so that it cannot leave the queue
+        // before it is in it (and be closed later as a waiting connection).
+        let mut p = pending_lock(&pending);
+        if p.queue.len() >= MAX_PENDING_PULLS
+            && let Some((_, oldest)) = p.queue.pop_front()
+        {
+            oldest.abort();
+            warnings.warn(
+                "export_pending_full",
+                format_args!(
+                    "checkpoint export: {MAX_PENDING_PULLS} connections waited for their proof; closed the oldest"
+                ),
+            );
+        }
+        p.next += 1;
+        let id = p.next;
+        let (key, dir, slots, warnings) =
+            (key.clone(), dir.clone(), slots.clone(), warnings.clone());
+        let done_waiting = {
+            let pending = pending.clone();
+            move || pending_lock(&pending).queue.retain(|(i, _)| *i != id)
         };
-        let (key, dir) = (key.clone(), dir.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            match export(s, &key, &dir).await {
+        let task = tokio::spawn(async move {
+            match export(s, &key, &dir, done_waiting, &slots).await {
                 Ok((instance, bytes)) => {
                     tracing::info!(%peer, %instance, bytes, "checkpoint exported")
                 }
-                Err(e) => tracing::warn!(%peer, error = %e, "checkpoint export failed"),
+                Err(e) => warnings.warn(
+                    "export_failed",
+                    format_args!("checkpoint export to {peer} failed: {e}"),
+                ),
             }
         });
+        p.queue.push_back((id, task.abort_handle()));
     }
 }
 
@@ -126,7 +175,7 @@ async fn copy_exact<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if hold_last && done == len {
             held = buf[..n].to_vec();
         } else {
-            wr.write_all(&buf[..n]).await.map_err(io)?;
+            write_within(wr, &buf[..n]).await?;
         }
         if let Some(rate) = rate_bps.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(done as f64 * 8.0 / rate as f64);
@@ -134,6 +183,14 @@ async fn copy_exact<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
     }
     Ok(held)
+}
+
+/// Writes `bytes`, failing if the reader takes none of them for [`WRITE_TIMEOUT`].
+async fn write_within<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> Result<(), PullError> {
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(bytes))
+        .await
+        .map_err(|_| PullError::Timeout(WRITE_TIMEOUT))?
+        .map_err(io)
 }
 
 /// Tells the puller why, then fails.
@@ -144,9 +201,16 @@ async fn refuse<T, W: AsyncWrite + Unpin>(wr: &mut W, e: PullError) -> Result<T,
     Err(e)
 }
 
-/// One export connection: challenge, proof, then the checkpoint. Returns the instance and
-/// the bytes sent.
-async fn export(s: TcpStream, key: &PullKey, dir: &Path) -> Result<(String, u64), PullError> {
+/// One export connection: challenge, proof, then (holding one of `slots`) the checkpoint,
+/// within an overall deadline. `done_waiting` takes it off the connections that wait for
+/// their proof once its proof is judged. Returns the instance and the bytes sent.
+async fn export(
+    s: TcpStream,
+    key: &PullKey,
+    dir: &Path,
+    done_waiting: impl FnOnce(),
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Result<(String, u64), PullError> {
     s.set_nodelay(true).ok();
     let (rd, mut wr) = s.into_split();
     let mut rd = BufReader::new(rd);
@@ -165,10 +229,20 @@ async fn export(s: TcpStream, key: &PullKey, dir: &Path) -> Result<(String, u64)
         Ok(r) => r,
         Err(e) => return refuse(&mut wr, PullError::Protocol(e.to_string())).await,
     };
+    done_waiting();
     // Nothing about the instances is revealed before the proof checks.
     if let Err(e) = pull::verify_pull(key, &nonce, &req) {
         return refuse(&mut wr, e).await;
     }
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        return refuse(
+            &mut wr,
+            PullError::Refused(format!(
+                "{MAX_CONCURRENT_EXPORTS} checkpoints are being exported already; retry"
+            )),
+        )
+        .await;
+    };
     if !valid_instance_name(&req.instance) {
         return refuse(&mut wr, PullError::Refused("invalid instance name".into())).await;
     }
@@ -195,18 +269,31 @@ async fn export(s: TcpStream, key: &PullKey, dir: &Path) -> Result<(String, u64)
     };
     let mut mac = DataMac::new(key, &nonce);
     mac.update(hl.as_bytes());
-    wr.write_all(hl.as_bytes()).await.map_err(io)?;
-    copy_exact(
-        &mut lrd,
-        &mut wr,
-        header.data_len,
-        &mut mac,
-        req.rate_bps,
-        false,
-    )
-    .await?;
-    wr.write_all(&mac.tag()).await.map_err(io)?;
-    wr.flush().await.map_err(io)?;
+    // Never slower than the floor, and done within the copy's time at that pace, doubled,
+    // and a margin: a puller that reads slower loses the export, not the node its slot.
+    let rate = req.rate_bps.unwrap_or(u64::MAX).max(MIN_RATE_BPS);
+    let at_rate = Duration::from_secs_f64(header.data_len as f64 * 8.0 / rate as f64);
+    let deadline = DEADLINE_MARGIN + at_rate * 2;
+    let copy = async {
+        write_within(&mut wr, hl.as_bytes()).await?;
+        copy_exact(
+            &mut lrd,
+            &mut wr,
+            header.data_len,
+            &mut mac,
+            req.rate_bps.map(|r| r.max(MIN_RATE_BPS)),
+            false,
+        )
+        .await?;
+        write_within(&mut wr, &mac.tag()).await?;
+        tokio::time::timeout(WRITE_TIMEOUT, wr.flush())
+            .await
+            .map_err(|_| PullError::Timeout(WRITE_TIMEOUT))?
+            .map_err(io)
+    };
+    tokio::time::timeout(deadline, copy)
+        .await
+        .map_err(|_| PullError::Timeout(deadline))??;
     Ok((req.instance, header.data_len))
 }
 

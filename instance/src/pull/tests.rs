@@ -191,6 +191,24 @@ async fn a_tampered_copy_never_completes_a_restore() {
 }
 
 #[tokio::test]
+async fn idle_connections_hold_no_export_slot_and_a_members_pull_still_goes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(200_000);
+    fake_instance(dir.path(), "vod-1.2", d.clone(), 65_536);
+    let addr = export_on(dir.path(), KEY).await;
+    // A stranger holds more connections than there are places to wait for a proof, and
+    // far more than there are export slots, and says nothing.
+    let mut idle = Vec::new();
+    for _ in 0..(MAX_PENDING_PULLS + MAX_CONCURRENT_EXPORTS + 20) {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let (got, relayed) = pull_through(dir.path(), addr, KEY, None).await;
+    assert_eq!(relayed.unwrap(), Relayed { bytes: 200_000 });
+    assert_eq!(got.unwrap().data.concat(), d);
+    drop(idle);
+}
+
+#[tokio::test]
 async fn the_source_paces_the_copy_at_the_asked_rate() {
     let dir = tempfile::tempdir().unwrap();
     fake_instance(dir.path(), "vod-1.2", data(500_000), 65_536);
