@@ -11,7 +11,9 @@
 //! grow the node's memory), and
 //! one that takes no response byte for `write_stall` is disconnected too ([`StallGuard`]):
 //! a viewer that stops reading a relayed video cannot hold its upstream connection and its
-//! admission forever.
+//! admission forever. One address may hold at most `max_per_address` connections (an IPv6
+//! address counts by its /64, what one host or one subscriber usually holds): a stranger
+//! cannot take the whole cap from real viewers.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -44,6 +46,8 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// A response write that makes no progress for this long fails the connection.
     pub write_stall: Duration,
+    /// Open connections at most from one address (IPv6: from one /64).
+    pub max_per_address: usize,
 }
 
 impl Default for HttpLimits {
@@ -54,6 +58,72 @@ impl Default for HttpLimits {
             // Longer than any pause of a player that reads at its own pace (a browser
             // with a full buffer stops reading for a while, then asks for more).
             write_stall: Duration::from_secs(60),
+            // Room for the viewers behind one NAT, far below the cap.
+            max_per_address: 256,
+        }
+    }
+}
+
+/// Whose connections count together: an IPv4 address (an IPv4-mapped IPv6 address is its
+/// IPv4 address), or an IPv6 address's /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressKey {
+    /// One IPv4 address.
+    V4(std::net::Ipv4Addr),
+    /// The first 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl AddressKey {
+    /// The key of `ip`.
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        match ip {
+            std::net::IpAddr::V4(v4) => AddressKey::V4(v4),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey::V4(v4),
+                None => AddressKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Open connections per address; a [`PerAddressSlot`] gives its place back when dropped.
+#[derive(Debug, Default)]
+struct PerAddress {
+    open: std::sync::Mutex<std::collections::HashMap<AddressKey, usize>>,
+}
+
+/// One connection's place in its address's count.
+struct PerAddressSlot {
+    table: Arc<PerAddress>,
+    key: AddressKey,
+}
+
+impl PerAddress {
+    /// A place for a connection from `ip`, unless it already holds `max`.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PerAddressSlot> {
+        let key = AddressKey::of(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerAddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for PerAddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
         }
     }
 }
@@ -157,7 +227,9 @@ pub async fn serve(
     name: &'static str,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let refused = format!("{name}_refused_over_cap");
+    let refused_address = format!("{name}_refused_per_address");
     let silent: Arc<str> = format!("{name}_closed_silent").into();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -168,6 +240,11 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
+        };
+        let Some(place) = per_address.take(peer.ip(), limits.max_per_address) else {
+            counters.incr(&refused_address);
+            drop(stream);
+            continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             counters.incr(&refused);
@@ -207,6 +284,7 @@ pub async fn serve(
                     debug!(%peer, error = %e, "http connection ended");
                 }
                 drop(permit);
+                drop(place);
             }
             .instrument(span),
         );
@@ -276,6 +354,51 @@ mod tests {
         let mut body = String::new();
         c.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    }
+
+    #[test]
+    fn addresses_count_by_ipv4_address_and_ipv6_slash_64() {
+        let k = |s: &str| AddressKey::of(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+    }
+
+    /// One address holds at most `max_per_address` connections; the next is closed at
+    /// once and counted, and a place comes back when a connection ends.
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share() {
+        let limits = HttpLimits {
+            max_per_address: 2,
+            ..HttpLimits::default()
+        };
+        let (addr, counters) = server(limits).await;
+        let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut [0u8; 16]))
+            .await
+            .expect("closed by the server")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(counters.snapshot().get("t_refused_per_address"), Some(&1));
+        drop(a);
+        // Its place is given back once the server sees it closed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut d = tokio::net::TcpStream::connect(addr).await.unwrap();
+            d.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .ok();
+            let mut body = String::new();
+            let _ = d.read_to_string(&mut body).await;
+            if body.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no place came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A request head larger than [`MAX_HEAD`] is refused, not buffered.
