@@ -1066,6 +1066,50 @@ async fn the_front_end_admits_only_the_origins_videos_at_their_bitrate_and_rate_
     assert_eq!(services().await.len(), 3);
 }
 
+/// A stranger holds 4,200 idle sockets to the front-end (more than its whole cap of
+/// 4,096) from one address: only its address's share is kept, and real viewers, from their
+/// own addresses, still get their `302`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_idle_sockets_do_not_keep_viewers_out() {
+    use std::net::IpAddr;
+    let (origin, _origin_task) = origin_with(&[("v0", 400_000, 10)]).await;
+    let mut s = spec(2);
+    s.frontends = vec![2];
+    s.origin = origin;
+    let c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(2).unwrap();
+    let fe_addr: SocketAddr = fe.trim_start_matches("http://").parse().unwrap();
+    let stranger: IpAddr = "127.250.0.9".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4200 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(stranger, 0)).unwrap();
+        if let Ok(s) = sock.connect(fe_addr).await {
+            held.push(s);
+        }
+    }
+    assert_eq!(held.len(), 4200, "the kernel took every connection");
+    for k in 1..=5u8 {
+        let viewer = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(IpAddr::from([127, 251, 0, k]))
+            .build()
+            .unwrap();
+        let r = viewer.get(format!("{fe}/watch/v0")).send().await.unwrap();
+        assert_eq!(r.status(), 302, "viewer {k}");
+    }
+    let st = wait_status(&c, 2, Duration::from_secs(10), |s| {
+        counter(s, "frontend_refused_per_address") >= 4200 - 256
+    })
+    .await;
+    assert_eq!(counter(&st, "frontend_refused_over_cap"), 0, "{st:?}");
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_unknown_videos_from_one_address_are_404_or_429_and_start_nothing() {
     let (origin, _origin_task) = origin_with(&[("v0", 400_000, 10)]).await;
