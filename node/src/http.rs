@@ -401,6 +401,42 @@ mod tests {
         }
     }
 
+    /// A kept-alive connection that sends no further request is closed about
+    /// `header_timeout` after its last response (hyper's head timer also runs between
+    /// requests): an idle keep-alive socket does not hold its place.
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_head_timeout() {
+        let limits = HttpLimits {
+            header_timeout: Duration::from_millis(300),
+            ..HttpLimits::default()
+        };
+        let (addr, _) = server(limits).await;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let t = tokio::time::Instant::now();
+        // Then nothing: the server closes it.
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "an idle keep-alive connection was kept");
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
     /// A request head larger than [`MAX_HEAD`] is refused, not buffered.
     #[tokio::test]
     async fn a_head_over_the_limit_is_refused() {
