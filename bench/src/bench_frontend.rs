@@ -34,6 +34,10 @@ pub struct FrontendBenchArgs {
     /// Service nodes (a front-end node is added).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// Idle sockets a stranger holds to the front-end (from another address, reopened as
+    /// the front-end closes them) while the joining viewers are timed again (0: not).
+    #[arg(long, default_value_t = 0)]
+    pub idle_sockets: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +68,38 @@ pub struct FrontendBench {
     pub first_viewer: Latency,
     /// A viewer joining a running distributor.
     pub joining_viewer: Latency,
+    /// The same while a stranger holds `--idle-sockets` idle sockets to the front-end.
+    pub joining_under_idle_sockets: Option<Latency>,
+}
+
+/// Holds `n` idle sockets to `to` from `from`, reopening each as it closes, until aborted.
+fn hold_idle(
+    to: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    n: usize,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        set.spawn(async move {
+            loop {
+                let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+                    return;
+                };
+                if sock.bind(std::net::SocketAddr::new(from, 0)).is_err() {
+                    return;
+                }
+                match sock.connect(to).await {
+                    Ok(mut s) => {
+                        use tokio::io::AsyncReadExt;
+                        // Says nothing; waits for the front-end to close it.
+                        let _ = s.read(&mut [0u8; 16]).await;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+    }
+    set
 }
 
 fn latency(samples: Vec<(f64, bool)>) -> Latency {
@@ -153,9 +189,34 @@ pub async fn run(args: FrontendBenchArgs) -> Result<FrontendBench, ClusterError>
     for k in 0..args.joins {
         joins.push(watch(&fe, &format!("v{}", k % args.first.max(1))).await?);
     }
+    let under_idle = if args.idle_sockets > 0 {
+        let to: std::net::SocketAddr =
+            format!("{}:{}", fe.host, fe.port)
+                .parse()
+                .map_err(|e| ClusterError::Node {
+                    node: fe_node,
+                    reason: format!("front-end address: {e}"),
+                })?;
+        let held = hold_idle(
+            to,
+            std::net::IpAddr::from([127, 250, 0, 9]),
+            args.idle_sockets,
+        );
+        // Let them all connect before timing.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut joins = Vec::new();
+        for k in 0..args.joins {
+            joins.push(watch(&fe, &format!("v{}", k % args.first.max(1))).await?);
+        }
+        drop(held);
+        Some(latency(joins))
+    } else {
+        None
+    };
     let out = FrontendBench {
         first_viewer: latency(first),
         joining_viewer: latency(joins),
+        joining_under_idle_sockets: under_idle,
     };
     if args.json {
         println!(
@@ -163,10 +224,15 @@ pub async fn run(args: FrontendBenchArgs) -> Result<FrontendBench, ClusterError>
             serde_json::to_string_pretty(&out).expect("serialisable")
         );
     } else {
-        for (what, l) in [
+        let idle_label = format!("joining, {} idle sockets", args.idle_sockets);
+        let mut rows = vec![
             ("first viewer", &out.first_viewer),
             ("joining viewer", &out.joining_viewer),
-        ] {
+        ];
+        if let Some(l) = &out.joining_under_idle_sockets {
+            rows.push((idle_label.as_str(), l));
+        }
+        for (what, l) in rows {
             println!(
                 "{what:<15} {:>5} requests, {} admitted: p50 {:.1} ms, p99 {:.1} ms, mean {:.1} ms; {} refused{}",
                 l.requests,
@@ -178,6 +244,13 @@ pub async fn run(args: FrontendBenchArgs) -> Result<FrontendBench, ClusterError>
                 l.refused_p50_ms
                     .map(|p| format!(" (p50 {p:.1} ms)"))
                     .unwrap_or_default()
+            );
+        }
+        if let Some(l) = &out.joining_under_idle_sockets {
+            println!(
+                "under idle sockets / without: p50 {:.2}x, p99 {:.2}x",
+                l.p50_ms / out.joining_viewer.p50_ms,
+                l.p99_ms / out.joining_viewer.p99_ms
             );
         }
     }
