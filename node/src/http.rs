@@ -37,6 +37,23 @@ use crate::counters::Counters;
 /// read buffer: what a browser or a player sends is a few hundred bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
 
+/// The accept queue of an HTTP listener (the kernel caps it at `net.core.somaxconn`): a
+/// connect flood from one stranger, whose connections are closed at once, should not
+/// overflow it and drop a viewer's SYN (retransmitted only a second later).
+pub const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a [`BACKLOG`]-deep accept queue (tokio's `bind` asks 1,024).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Limits of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {

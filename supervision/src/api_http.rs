@@ -40,7 +40,6 @@ use smart_api::http::{
 use smart_api::{ApiError, NodeReport, Placement, Request, Response};
 use smart_control::ControlMsg;
 use smart_proto::NodeId;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
@@ -205,8 +204,7 @@ impl Actor for ApiHttp {
         let Some(addr) = ctx.cfg.http_listen else {
             return Ok(ApiHttpState { tasks: Vec::new() });
         };
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = smart_node::http::listen(addr)
             .map_err(|e| format!("cannot listen on http_listen {addr}: {e}"))?;
         let state = AppState {
             dispatch: ctx.dispatch.clone(),

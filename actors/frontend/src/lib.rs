@@ -71,7 +71,6 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use smart_proto::api::{Placement, Request, Response, ServiceSpec};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span};
 
@@ -610,8 +609,7 @@ impl Actor for HttpFrontEnd {
             .cfg
             .frontend_http
             .ok_or("front-end role without frontend_http")?;
-        let l = TcpListener::bind(addr)
-            .await
+        let l = http::listen(addr)
             .map_err(|e| format!("cannot listen on {addr} (frontend_http): {e}"))?;
         let node = self.cfg.id();
         let fc = &self.cfg.frontend;
