@@ -102,6 +102,18 @@ impl Drop for Holder {
     }
 }
 
+/// A cluster of `s` once every node agrees on its Control: the cluster, its nodes and the
+/// Control's (node, epoch).
+async fn started(s: ClusterSpec) -> (LocalCluster, Vec<u64>, (u64, u64)) {
+    let c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    let control = c
+        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    (c, all, control)
+}
+
 async fn send_to_all(c: &LocalCluster, datagram: &[u8]) {
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for n in &c.nodes {
@@ -127,12 +139,7 @@ async fn send_msg_to_all(c: &LocalCluster, msg: &Message, keys: &MemberKeys) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_max_claim_from_a_node_the_key_book_does_not_list_is_ignored() {
-    let c = LocalCluster::start(spec(3)).unwrap();
-    let all = c.running();
-    let before = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
+    let (c, all, before) = started(spec(3)).await;
     // Tagged with the real cluster key, from node 99, which has no key in the book.
     let keys = impostor(&c, 99);
     for seq in 1..=20 {
@@ -171,12 +178,7 @@ async fn a_forged_max_claim_from_a_node_the_key_book_does_not_list_is_ignored() 
 /// tag; nothing is persisted, no one is evicted, the Control stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_key_holder_cannot_speak_in_a_members_name() {
-    let c = LocalCluster::start(steady(3)).unwrap();
-    let all = c.running();
-    let before = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
+    let (c, all, before) = started(steady(3)).await;
     let far = smart_membership::engine::EPOCH_CEILING;
     let impostors: Vec<MemberKeys> = all.iter().map(|&m| impostor(&c, m)).collect();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -409,12 +411,7 @@ async fn clients_need_their_own_token_and_a_read_token_only_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_hundred_idle_connections_do_not_block_status_nor_node_requests() {
-    let c = LocalCluster::start(spec(3)).unwrap();
-    let all = c.running();
-    let (ctl, _) = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
+    let (c, all, (ctl, _)) = started(spec(3)).await;
     // The Control's node is flooded: `smart status` asks it directly, and API requests
     // that other nodes forward to the Control are node-to-node requests into it.
     let flooded = ctl;
@@ -479,12 +476,7 @@ async fn eleven_hundred_idle_connections_do_not_block_status_nor_node_requests()
 async fn under_ulimit_150_and_held_connections_a_killed_control_is_replaced_and_no_node_exits() {
     let mut s = spec(3);
     s.nofile = Some(150);
-    let mut c = LocalCluster::start(s).unwrap();
-    let all = c.running();
-    let (old, old_epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
+    let (mut c, all, (old, old_epoch)) = started(s).await;
     let holders: Vec<Holder> = c.nodes.iter().map(|n| Holder::start(n.addr, 200)).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.kill(old).unwrap();
@@ -633,12 +625,7 @@ async fn encrypted_heartbeats_elect_and_fail_over_and_plain_forgeries_are_refuse
 /// A steady 3-node cluster once every node agrees on its Control: the cluster, the
 /// Control's node and epoch, and the two other nodes.
 async fn steady_three() -> (LocalCluster, u64, u64, Vec<u64>) {
-    let c = LocalCluster::start(steady(3)).unwrap();
-    let all = c.running();
-    let (ctl, epoch) = c
-        .wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
+    let (c, all, (ctl, epoch)) = started(steady(3)).await;
     let others = all.into_iter().filter(|&n| n != ctl).collect();
     (c, ctl, epoch, others)
 }

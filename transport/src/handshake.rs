@@ -316,6 +316,11 @@ async fn send(conn: &mut RawConn, msg: &HandshakeMsg) -> Result<(), HandshakeErr
     Ok(())
 }
 
+/// Tells the initiator why it is refused (best effort: it may be gone already).
+async fn tell_refused(conn: &mut RawConn, reason: Refusal) {
+    let _ = send(conn, &HandshakeMsg::Refused { reason }).await;
+}
+
 async fn recv(conn: &mut RawConn) -> Result<HandshakeMsg, HandshakeError> {
     let payload = conn.source.recv(HANDSHAKE_MAX_FRAME).await?;
     Ok(decode_value(&payload)?)
@@ -527,13 +532,7 @@ pub async fn accept(
             return Err(HandshakeError::BadMagic);
         }
         if version != PROTOCOL_VERSION {
-            let _ = send(
-                conn,
-                &HandshakeMsg::Refused {
-                    reason: Refusal::BadVersion,
-                },
-            )
-            .await;
+            tell_refused(conn, Refusal::BadVersion).await;
             return Err(HandshakeError::BadVersion { got: version });
         }
         let auth = match (token_client, &ep.client_auth) {
@@ -541,13 +540,7 @@ pub async fn accept(
             (true, Some(auth)) => Some(auth.clone()),
             // No token is accepted here: tell the client so, rather than failing later.
             (true, None) => {
-                let _ = send(
-                    conn,
-                    &HandshakeMsg::Refused {
-                        reason: Refusal::NotAllowed,
-                    },
-                )
-                .await;
+                tell_refused(conn, Refusal::NotAllowed).await;
                 return Err(HandshakeError::Refused(Refusal::NotAllowed));
             }
         };
@@ -587,13 +580,7 @@ pub async fn accept(
                             },
                             None => {
                                 Counters::inc(&ep.counters.handshakes_bad_token);
-                                let _ = send(
-                                    conn,
-                                    &HandshakeMsg::Refused {
-                                        reason: Refusal::BadToken,
-                                    },
-                                )
-                                .await;
+                                tell_refused(conn, Refusal::BadToken).await;
                                 return Err(HandshakeError::Refused(Refusal::BadToken));
                             }
                         }
@@ -607,13 +594,7 @@ pub async fn accept(
                 },
                 Err(_) => {
                     // The PSK is mixed in here: a wrong cluster key fails this message.
-                    let _ = send(
-                        conn,
-                        &HandshakeMsg::Refused {
-                            reason: Refusal::BadProof,
-                        },
-                    )
-                    .await;
+                    tell_refused(conn, Refusal::BadProof).await;
                     return Err(HandshakeError::BadKey);
                 }
             },
