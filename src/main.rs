@@ -78,6 +78,34 @@ enum Cmd {
     /// Repair a stopped node's data dir: set its highest epoch (e.g. after a corrupt or
     /// forged value made it unusable). Use the cluster's highest epoch from `smart status`.
     Repair(RepairArgs),
+    /// Certificates for the HTTP API's TLS (`[http_tls]`): a cluster CA, and node
+    /// certificates signed by it.
+    #[command(subcommand)]
+    Tls(TlsCmd),
+}
+
+#[derive(clap::Subcommand)]
+enum TlsCmd {
+    /// Make the cluster's CA in a directory (api-ca.crt, api-ca.key); an existing one is
+    /// kept.
+    Ca {
+        /// Where to write it.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a node's certificate (NAME-api.crt, NAME-api.key) signed by the CA in the
+    /// directory, for the names and addresses the node's API is reached by.
+    Cert {
+        /// The directory holding the CA; the certificate is written there too.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's file name prefix, e.g. n1.
+        #[arg(long)]
+        name: String,
+        /// A DNS name or IP address of the node's `http_listen` (repeat or comma-separate).
+        #[arg(long = "host", value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -343,6 +371,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Node { config } => {
             let cfg = NodeConfig::load(&config)?;
+            // A broken certificate stops the node at once, with the file named (as a bad
+            // key does), instead of an API that never comes up.
+            if let Some(t) = &cfg.http_tls {
+                smart_node::tls::acceptor(&t.cert_file, &t.key_file)
+                    .map_err(|e| anyhow::anyhow!("http_tls: {e}"))?;
+            }
             raise_nofile_limit();
             match node::run(cfg, Faults::from_env(), shutdown_signal()).await? {
                 Exit::Escalated(reason) => {
@@ -411,6 +445,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Repair(args) => repair(args).map(|_| ExitCode::SUCCESS),
+        Cmd::Tls(TlsCmd::Ca { dir }) => {
+            let ca = smart_node::tls::make_ca(&dir)?;
+            println!("{}", ca.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tls(TlsCmd::Cert { dir, name, hosts }) => {
+            let (cert, key) = smart_node::tls::issue(&dir, &name, &hosts)?;
+            println!("{}\n{}", cert.display(), key.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Keys(args) => {
             let k = smart_transport::keys::generate(&args.dir, &args.nodes)?;
             println!(
@@ -429,6 +473,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one crypto provider of every HTTPS client and server in this process.
+    smart_node::tls::install_provider();
     smart_vod::logging::init(cli.log_format, "info");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(real_main(cli)) {

@@ -51,6 +51,11 @@ pub(crate) struct Conn {
     /// Take the address from a node's config (its `http_listen`) when `--addr` is not given.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// The CA certificate (PEM) an `https://` API is checked against, e.g. the cluster's
+    /// `api-ca.crt` from `smart tls ca`; default: the config's `[http_tls] ca_file`, else
+    /// the system's roots.
+    #[arg(long, env = "SMART_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -63,11 +68,15 @@ impl Conn {
     /// The client these options describe.
     pub(crate) fn client(&self) -> Result<HttpClient, OpsError> {
         let mut bases = self.addr.clone();
+        let mut ca = self.ca_file.clone();
         bases.retain(|a| !a.trim().is_empty());
         if bases.is_empty()
             && let Some(p) = &self.config
         {
             let cfg = NodeConfig::load(p).map_err(|e| OpsError::Usage(e.to_string()))?;
+            if ca.is_none() {
+                ca = cfg.http_tls.as_ref().and_then(|t| t.ca_file.clone());
+            }
             let url = cfg.http_url().ok_or_else(|| {
                 OpsError::Usage(format!(
                     "{} has no http_listen: give --addr URL",
@@ -76,7 +85,7 @@ impl Conn {
             })?;
             bases.push(url);
         }
-        HttpClient::new(bases, self.token.clone(), self.timeout)
+        HttpClient::new(bases, self.token.clone(), self.timeout, ca.as_deref())
     }
 }
 

@@ -1201,3 +1201,174 @@ async fn a_registry_copy_above_the_views_epoch_is_refused() {
         before + 1
     );
 }
+
+/// A stranger floods `/watch` of a playing video from one address with six threads and
+/// never follows a redirect, while 30 real viewers, each from its own address, join over
+/// ten seconds and stay. Every real viewer gets its `302` (the worst real-viewer `503`
+/// share is printed: the goal is 0), the stranger is answered `429` beyond its address's
+/// bucket, and the reservations it holds stay far below the node's capacity, in the
+/// shipped default configuration (`[frontend] viewer_admissions_*`,
+/// `timing.client_arrival_window`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_watch_flood_does_not_keep_real_viewers_out() {
+    use std::net::IpAddr;
+    let (origin, _origin_task) = origin_with(&[("v0", 400_000, 120)]).await;
+    let mut s = spec(2);
+    s.frontends = vec![2];
+    s.origin = origin;
+    s.viewer_admissions = None;
+    // Room for a few dozen viewers of the video's distributor: a flood that costs a
+    // reservation per request fills it in well under a second.
+    s.nic_bps = 40_000_000;
+    let c = LocalCluster::start(s).unwrap();
+    let all = c.running();
+    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
+        .await
+        .unwrap();
+    let fe = c.frontend_url(2).unwrap();
+    let client = |ip: IpAddr| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(ip)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    // The first viewer starts the video's distributor.
+    let first = client(IpAddr::from([127, 251, 1, 1]));
+    let r = first.get(format!("{fe}/watch/v0")).send().await.unwrap();
+    assert_eq!(r.status(), 302, "{:?}", r.text().await);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let mut held = vec![first.get(&location).send().await.unwrap()];
+    assert_eq!(held[0].status(), 200);
+    // Past the grace period after the start (in which no client is released, viewers
+    // still connecting).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+
+    // The flood: six tasks from one address, as fast as the front-end answers.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, got_302, got_429) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let stranger = client(IpAddr::from([127, 250, 0, 7]));
+    let flood_started = Instant::now();
+    let mut flood = Vec::new();
+    for _ in 0..6 {
+        let (stranger, fe, stop) = (stranger.clone(), fe.clone(), stop.clone());
+        let (sent, got_302, got_429) = (sent.clone(), got_302.clone(), got_429.clone());
+        flood.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                if let Ok(r) = stranger.get(format!("{fe}/watch/v0")).send().await {
+                    match r.status().as_u16() {
+                        302 => got_302.fetch_add(1, Ordering::Relaxed),
+                        429 => got_429.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                }
+            }
+        }));
+    }
+    // The most clients the Control holds for the video while the flood runs.
+    let peak = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (http, url, token, peak, stop) = (
+            reqwest::Client::new(),
+            format!("{}/v1/services", c.http_url(1)),
+            c.read_token().to_string(),
+            peak.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(r) = http.get(&url).bearer_auth(&token).send().await
+                    && let Ok(v) = r.json::<serde_json::Value>().await
+                    && let Some(list) = v["services"].as_array()
+                {
+                    for s in list.iter().filter(|s| s["name"] == "video-v0") {
+                        peak.fetch_max(s["clients"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // Real viewers: one every ~330 ms, each from its own address; each follows its
+    // redirect and stays connected.
+    let mut refused = Vec::new();
+    for k in 2..=31u8 {
+        tokio::time::sleep(Duration::from_millis(330)).await;
+        let viewer = client(IpAddr::from([127, 251, 1, k]));
+        let r = viewer.get(format!("{fe}/watch/v0")).send().await.unwrap();
+        if r.status() != 302 {
+            refused.push((k, r.status().as_u16()));
+            continue;
+        }
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let mut body = viewer.get(&location).send().await.unwrap();
+        assert_eq!(body.status(), 200, "viewer {k} at its distributor");
+        // Bytes flow to it.
+        assert!(body.chunk().await.unwrap().is_some(), "viewer {k}");
+        held.push(body);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in flood {
+        t.await.unwrap();
+    }
+    let flood_secs = flood_started.elapsed().as_secs_f64();
+    watcher.await.unwrap();
+    let (sent, got_302, got_429) = (
+        sent.load(Ordering::Relaxed),
+        got_302.load(Ordering::Relaxed),
+        got_429.load(Ordering::Relaxed),
+    );
+    let peak = peak.load(Ordering::Relaxed);
+    println!(
+        "phantom /watch flood: stranger sent {sent}, {got_302} admitted, {got_429} refused 429; \
+         real viewers refused {}/30 ({:.1}% 503 or other); peak clients held for the video {peak}; \
+         flood {flood_secs:.1} s",
+        refused.len(),
+        100.0 * refused.len() as f64 / 30.0
+    );
+    assert!(refused.is_empty(), "real viewers refused: {refused:?}");
+    assert!(sent > 500, "the flood was a flood: {sent} requests");
+    assert!(got_429 > sent / 2, "{got_429} of {sent} refused");
+    // Its bucket: 10 at once and 2 per second, for as long as the flood ran.
+    let bound = (10.0 + 2.0 * flood_secs).floor() as u64;
+    assert!(
+        got_302 <= bound,
+        "{got_302} admitted in {flood_secs:.1} s (bucket: {bound})"
+    );
+    // 31 real viewers, plus the stranger's admissions of the last arrival window and
+    // refresh rounds (its burst, then 2 per second for about 5 s).
+    assert!(peak <= 31 + 24, "peak {peak}");
+    let st = wait_status(&c, 2, Duration::from_secs(5), |s| {
+        counter(s, "frontend_429_address") >= got_429
+    })
+    .await;
+    assert_eq!(counter(&st, "frontend_503"), 0, "{st:?}");
+    // Once the flood stops, its last admissions go too; every real viewer stays admitted.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{}/v1/services", c.http_url(1)))
+            .bearer_auth(c.read_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let clients = v["services"][0]["clients"].as_u64().unwrap();
+        if clients == 31 {
+            break;
+        }
+        assert!(clients > 31, "a real viewer was released: {v}");
+        assert!(Instant::now() < deadline, "phantoms never released: {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(held);
+}

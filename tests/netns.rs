@@ -594,8 +594,11 @@ fn services_net_on(
             "roles = [\"agent\", \"control\"]\n".to_string()
         }
     };
+    // Every viewer comes from the client namespace's one address, where a real audience
+    // has many: its per-address (and per-video) rate of admissions must not refuse them.
+    let viewers = "viewer_admissions_per_sec = 10000.0\nviewer_admissions_burst = 10000\nvideo_admissions_per_sec = 10000.0\nvideo_admissions_burst = 10000\n";
     let tables = format!(
-        "\n[frontend]\ndistributor_command = [{BIN:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"{dist_args}]\norigin = \"http://{CLIENT_IP}:8000\"\nbitrate_bps = {bitrate_bps}\n{frontend}\n[agent]\nruntime = \"process\"\ncheckpoint_port = {EXPORT_PORT}\n\n[admission]\ndefault_profile = {profile:?}\n{extra}",
+        "\n[frontend]\ndistributor_command = [{BIN:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"{dist_args}]\norigin = \"http://{CLIENT_IP}:8000\"\nbitrate_bps = {bitrate_bps}\n{viewers}{frontend}\n[agent]\nruntime = \"process\"\ncheckpoint_port = {EXPORT_PORT}\n\n[admission]\ndefault_profile = {profile:?}\n{extra}",
     );
     // Wildcard binds: what peers and viewers use must come from `advertise`.
     let net = Net::start_with(hosts, mode, &top, &tables, true, true);

@@ -835,3 +835,65 @@ async fn json_logs_are_one_object_per_line_with_the_node_id() {
         "{log}"
     );
 }
+
+/// With `[http_tls]` the API answers only over HTTPS, to a client that checks the node's
+/// certificate against the cluster CA: `smart status` with `--ca-file` (or a node config
+/// naming `ca_file`) works, without it the certificate is refused (exit 3), and plain HTTP
+/// gets nothing; the failed handshakes are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_over_tls_answers_smart_only_with_the_cluster_ca() {
+    let mut s = cluster::spec(SMART, 2, cluster::QUIET_LOG);
+    s.http_tls = true;
+    let (c, _, _) = cluster::start(s).await;
+    let base = c.http_url(1);
+    assert!(base.starts_with("https://"), "{base}");
+    let ca = c.api_ca_file();
+    let status = |extra: &[&str], addr: &str| {
+        let mut args = vec!["status", "--json"];
+        args.extend_from_slice(extra);
+        cluster::smart_cli(SMART, &args, addr, c.read_token())
+    };
+    let out = status(&["--ca-file", ca.to_str().unwrap()], &base);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["members"].as_array().unwrap().len(), 2, "{v}");
+    // The node's own config names the CA: `--config` is enough.
+    let out = std::process::Command::new(SMART)
+        .args(["status", "--config"])
+        .arg(c.config_path(2))
+        .env("SMART_TOKEN", c.read_token())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the CA, the node's certificate is not trusted.
+    let out = status(&[], &base);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    // Plain HTTP to the TLS port: no answer.
+    let out = status(&[], &base.replacen("https://", "http://", 1));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = status(&["--ca-file", ca.to_str().unwrap()], &base);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let failed = v["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == "api_http_tls_failed")
+            .and_then(|p| p[1].as_u64())
+            .unwrap_or(0);
+        if failed >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

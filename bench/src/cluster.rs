@@ -101,6 +101,13 @@ pub struct ClusterSpec {
     /// `[frontend] new_services_per_sec` and `new_services_burst`: generous by default
     /// (every viewer of a test comes from one address), tight in the rate-limit tests.
     pub new_services: (f64, u32),
+    /// `[frontend] viewer_admissions_*` and `video_admissions_*` (the same rate and burst
+    /// for both): generous by default (every viewer of a test comes from one address);
+    /// `None` leaves the shipped defaults, as the flood tests do.
+    pub viewer_admissions: Option<(f64, u32)>,
+    /// Serve every node's HTTP API over TLS (`[http_tls]`), with a cluster CA and node
+    /// certificates made by `smart_node::tls` in the cluster's directory.
+    pub http_tls: bool,
     /// `ulimit -n` (soft and hard) of every node process, e.g. to test descriptor exhaustion.
     pub nofile: Option<u64>,
 }
@@ -124,6 +131,8 @@ impl ClusterSpec {
             nic_bps: 1_000_000_000,
             frontend_toml: String::new(),
             new_services: (1000.0, 1000),
+            viewer_admissions: Some((10_000.0, 10_000)),
+            http_tls: false,
             nofile: None,
         }
     }
@@ -164,6 +173,9 @@ static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 impl LocalCluster {
     /// Writes the configs and key, and starts every node.
     pub fn start(spec: ClusterSpec) -> Result<Self, ClusterError> {
+        // The process's HTTPS clients (the API over `[http_tls]`) need it before they are
+        // built; every suite starts its cluster first.
+        smart_node::tls::install_provider();
         let seq = CLUSTERS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         // 127.X.Y.n: X from the pid, Y from the counter, so that parallel clusters differ.
@@ -246,8 +258,16 @@ impl LocalCluster {
             }
             let roles = format!("[{}]", roles.join(", "));
             let exe = spec.exe.display().to_string();
+            let viewers = spec
+                .viewer_admissions
+                .map(|(rate, burst)| {
+                    format!(
+                        "viewer_admissions_per_sec = {rate:?}\nviewer_admissions_burst = {burst}\nvideo_admissions_per_sec = {rate:?}\nvideo_admissions_burst = {burst}\n"
+                    )
+                })
+                .unwrap_or_default();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\nnew_services_per_sec = {:?}\nnew_services_burst = {}\n{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\nnew_services_per_sec = {:?}\nnew_services_burst = {}\n{viewers}{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
                 spec.origin,
                 spec.bitrate_bps,
@@ -258,10 +278,22 @@ impl LocalCluster {
                 members.join(", "),
                 spec.extra_toml
             );
-            let toml = format!(
+            let mut toml = format!(
                 "{toml}\n[admission]\ndefault_profile = \"distributor.profile.json\"\n{}\n",
                 spec.admission_toml
             );
+            if spec.http_tls {
+                let tls_err = |e: smart_node::tls::TlsError| ClusterError::Io {
+                    what: "making the API's certificates".into(),
+                    source: std::io::Error::other(e.to_string()),
+                };
+                smart_node::tls::make_ca(&dir).map_err(tls_err)?;
+                smart_node::tls::issue(&dir, &format!("n{i}"), &[addr.ip().to_string()])
+                    .map_err(tls_err)?;
+                toml.push_str(&format!(
+                    "\n[http_tls]\ncert_file = \"n{i}-api.crt\"\nkey_file = \"n{i}-api.key\"\nca_file = \"api-ca.crt\"\n"
+                ));
+            }
             let config = dir.join(format!("n{i}.toml"));
             fs::write(&config, toml).map_err(io("writing node config"))?;
             nodes.push(NodeProc {
@@ -291,10 +323,21 @@ impl LocalCluster {
         &self.key
     }
 
-    /// Node `id`'s HTTP API, `http://addr:port+3`.
+    /// Node `id`'s HTTP API, `http://addr:port+3` (`https://` with `http_tls`).
     pub fn http_url(&self, id: u64) -> String {
         let a = self.nodes[(id - 1) as usize].addr;
-        format!("http://{}:{}", a.ip(), a.port() + 3)
+        let scheme = if self.spec.http_tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", a.ip(), a.port() + 3)
+    }
+
+    /// Node `id`'s configuration file.
+    pub fn config_path(&self, id: u64) -> PathBuf {
+        self.nodes[(id - 1) as usize].config.clone()
+    }
+
+    /// The CA certificate of the API's TLS (`api-ca.crt`; made only with `http_tls`).
+    pub fn api_ca_file(&self) -> PathBuf {
+        self.dir.join("api-ca.crt")
     }
 
     /// A token with the admin scope.

@@ -132,9 +132,15 @@ pub struct TimingConfig {
     #[serde(with = "humantime_serde")]
     pub anomaly_move_every: Duration,
     /// The Control releases clients that left (from the distributors' client counts) only
-    /// this long after the service's last admission, start or migration.
+    /// this long after the service's start or migration (viewers are reconnecting).
     #[serde(with = "humantime_serde")]
     pub client_release_grace: Duration,
+    /// An admitted client is tentative for this long: its distributor may not count it
+    /// yet. After it, a client its distributor does not count is released (a viewer that
+    /// took its redirect and never came), so a `/watch` costs a reservation for about this
+    /// long unless its viewer arrives.
+    #[serde(with = "humantime_serde")]
+    pub client_arrival_window: Duration,
     /// A member dead for this long is forgotten (member table, replay guard, detector).
     #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
@@ -151,6 +157,7 @@ impl Default for TimingConfig {
             request_budget: None,
             anomaly_move_every: Duration::from_secs(60),
             client_release_grace: Duration::from_secs(10),
+            client_arrival_window: Duration::from_secs(3),
             forget_after: Duration::from_secs(600),
         }
     }
@@ -235,6 +242,10 @@ pub struct LimitsConfig {
     /// A connection that has not completed its handshake within this is closed.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// A client connection with no frame either way and no request in progress for this
+    /// long is closed (its client reconnects when it next asks).
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -246,6 +257,7 @@ impl Default for LimitsConfig {
             max_handshaking: l.max_handshaking,
             max_handshaking_per_addr: l.max_handshaking_per_addr,
             handshake_timeout: l.handshake_timeout,
+            client_idle_timeout: l.client_idle_timeout,
         }
     }
 }
@@ -259,6 +271,7 @@ impl LimitsConfig {
             max_handshaking: self.max_handshaking,
             max_handshaking_per_addr: self.max_handshaking_per_addr,
             handshake_timeout: self.handshake_timeout,
+            client_idle_timeout: self.client_idle_timeout,
             ..Default::default()
         }
     }
@@ -476,6 +489,23 @@ pub struct FrontendConfig {
     pub new_services_per_sec: f64,
     /// The token bucket's size: a client address may start this many at once.
     pub new_services_burst: u32,
+    /// Viewer admissions (every request that admits a client: a redirect, a relayed
+    /// connection, a new HLS session), per second and per client address (IPv6 by /64): a
+    /// token bucket's refill rate. A stranger's flood of `/watch` requests that never
+    /// connect can then hold only a few reservations (see `timing.client_arrival_window`).
+    pub viewer_admissions_per_sec: f64,
+    /// That bucket's size: a client address may be admitted this many times at once.
+    pub viewer_admissions_burst: u32,
+    /// Viewer admissions per second of one video at this front-end, from all addresses.
+    pub video_admissions_per_sec: f64,
+    /// That bucket's size.
+    pub video_admissions_burst: u32,
+    /// Proxies in front of the front-end (addresses or CIDR blocks, e.g. `10.0.0.0/8`): a
+    /// request from one of them is limited by the client address it names in
+    /// `X-Forwarded-For` (the rightmost address that is not itself a trusted proxy), and
+    /// the proxy's own connections are not capped per address. Empty (default): the
+    /// connection's address is the client's, and `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Progressive `GET /watch/{video}`: `redirect` (default) or `relay`.
     pub progressive: Delivery,
     /// HLS segments `GET /watch/{video}/seg/{n}.ts`: `relay` (default) or `redirect`. The
@@ -519,6 +549,11 @@ impl Default for FrontendConfig {
             origin_timeout: Duration::from_secs(2),
             new_services_per_sec: 1.0,
             new_services_burst: 10,
+            viewer_admissions_per_sec: 2.0,
+            viewer_admissions_burst: 10,
+            video_admissions_per_sec: 100.0,
+            video_admissions_burst: 200,
+            trusted_proxies: Vec::new(),
             progressive: Delivery::Redirect,
             hls: Delivery::Relay,
             hls_session_timeout: Duration::from_secs(15),
@@ -607,6 +642,24 @@ pub struct NodeConfig {
     /// is refused with 401.
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// TLS for `http_listen`: when set, the API, `/metrics` and the dashboard are served
+    /// over HTTPS only (see `smart tls`).
+    #[serde(default)]
+    pub http_tls: Option<HttpTlsConfig>,
+}
+
+/// `[http_tls]`: the HTTP API's certificate (PEM files, relative to the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// This node's certificate chain (its own certificate first).
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, SEC1 or PKCS#1); refused when group or others may read it.
+    pub key_file: PathBuf,
+    /// The CA certificate(s) that `smart` commands given this config (`--config`) trust
+    /// for the cluster's nodes; without it, the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_roles() -> Vec<Role> {
@@ -667,6 +720,16 @@ impl NodeConfig {
         }
         if let Some(t) = cfg.tokens_file.as_mut().filter(|t| t.is_relative()) {
             *t = base.join(&*t);
+        }
+        if let Some(tls) = cfg.http_tls.as_mut() {
+            for p in [&mut tls.cert_file, &mut tls.key_file]
+                .into_iter()
+                .chain(tls.ca_file.as_mut())
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
         }
         if let Some(d) = cfg.frontend.player_dir.as_mut()
             && d.is_relative()
@@ -826,6 +889,7 @@ impl NodeConfig {
             || l.max_handshaking == 0
             || l.max_handshaking_per_addr == 0
             || l.handshake_timeout.is_zero()
+            || l.client_idle_timeout.is_zero()
         {
             return Err(bad("limits", "every limit must be > 0".into()));
         }
@@ -887,6 +951,12 @@ impl NodeConfig {
                 "must name the distributor program".into(),
             ));
         }
+        if self.http_tls.is_some() && self.http_listen.is_none() {
+            return Err(bad(
+                "http_tls",
+                "is for the HTTP API: set http_listen too".into(),
+            ));
+        }
         if let Some(h) = self.http_listen {
             if h.port() == 0 {
                 return Err(bad(
@@ -916,18 +986,42 @@ impl NodeConfig {
         if self.frontend.origin_timeout.is_zero() {
             return Err(bad("frontend.origin_timeout", "must be > 0".into()));
         }
-        let rate = self.frontend.new_services_per_sec;
-        if !rate.is_finite() || rate <= 0.0 {
-            return Err(bad(
-                "frontend.new_services_per_sec",
-                format!("{rate} is not a positive rate"),
-            ));
+        let f = &self.frontend;
+        for (rate, burst, keys) in [
+            (
+                f.new_services_per_sec,
+                f.new_services_burst,
+                [
+                    "frontend.new_services_per_sec",
+                    "frontend.new_services_burst",
+                ],
+            ),
+            (
+                f.viewer_admissions_per_sec,
+                f.viewer_admissions_burst,
+                [
+                    "frontend.viewer_admissions_per_sec",
+                    "frontend.viewer_admissions_burst",
+                ],
+            ),
+            (
+                f.video_admissions_per_sec,
+                f.video_admissions_burst,
+                [
+                    "frontend.video_admissions_per_sec",
+                    "frontend.video_admissions_burst",
+                ],
+            ),
+        ] {
+            if !rate.is_finite() || rate <= 0.0 {
+                return Err(bad(keys[0], format!("{rate} is not a positive rate")));
+            }
+            if burst == 0 {
+                return Err(bad(keys[1], "must be at least 1".into()));
+            }
         }
-        if self.frontend.new_services_burst == 0 {
-            return Err(bad(
-                "frontend.new_services_burst",
-                "must be at least 1".into(),
-            ));
+        if self.timing.client_arrival_window.is_zero() {
+            return Err(bad("timing.client_arrival_window", "must be > 0".into()));
         }
         if self.has_role(Role::FrontEnd) && self.frontend_http.is_none() {
             return Err(bad(
@@ -938,9 +1032,15 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// Base URL of this node's HTTP API (`http://ip:port`), when it serves one.
+    /// Base URL of this node's HTTP API (`http://ip:port`, or `https://` with
+    /// `[http_tls]`), when it serves one.
     pub fn http_url(&self) -> Option<String> {
-        self.http_listen.map(|a| format!("http://{a}"))
+        let scheme = if self.http_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.http_listen.map(|a| format!("{scheme}://{a}"))
     }
 
     /// The IP heartbeats are sent from when the interface is given by address (the
@@ -1147,6 +1247,18 @@ members = [1, 2, 3]
             (
                 format!("{MINIMAL}[frontend]\nnew_services_per_sec = nan\n"),
                 "frontend.new_services_per_sec",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\nviewer_admissions_per_sec = 0.0\n"),
+                "frontend.viewer_admissions_per_sec",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\nvideo_admissions_burst = 0\n"),
+                "frontend.video_admissions_burst",
+            ),
+            (
+                format!("{MINIMAL}[frontend]\ntrusted_proxies = [\"10.0.0.0/33\"]\n"),
+                "trusted_proxies",
             ),
             (
                 format!("{MINIMAL}[frontend]\nnew_services_burst = 0\n"),

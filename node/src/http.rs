@@ -55,7 +55,7 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Limits of one HTTP listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// Open connections at most.
     pub max_connections: usize,
@@ -65,6 +65,8 @@ pub struct HttpLimits {
     pub write_stall: Duration,
     /// Open connections at most from one address (IPv6: from one /64).
     pub max_per_address: usize,
+    /// Addresses not capped per address (trusted proxies: many clients behind one).
+    pub uncapped: Arc<[ipnet::IpNet]>,
 }
 
 impl Default for HttpLimits {
@@ -77,6 +79,7 @@ impl Default for HttpLimits {
             write_stall: Duration::from_secs(60),
             // Room for the viewers behind one NAT, far below the cap.
             max_per_address: 256,
+            uncapped: Arc::from([]),
         }
     }
 }
@@ -234,12 +237,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
     }
 }
 
-/// Serves `app` on `listener` until the task is aborted. `name` prefixes the counters
-/// (`{name}_refused_over_cap`).
+/// Serves `app` on `listener` until the task is aborted, over TLS when `tls` is given
+/// (see [`crate::tls`]). `name` prefixes the counters (`{name}_refused_over_cap`,
+/// `{name}_tls_failed`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     counters: Arc<Counters>,
     name: &'static str,
 ) {
@@ -248,6 +253,7 @@ pub async fn serve(
     let refused = format!("{name}_refused_over_cap");
     let refused_address = format!("{name}_refused_per_address");
     let silent: Arc<str> = format!("{name}_closed_silent").into();
+    let tls_failed: Arc<str> = format!("{name}_tls_failed").into();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -258,10 +264,17 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(place) = per_address.take(peer.ip(), limits.max_per_address) else {
-            counters.incr(&refused_address);
-            drop(stream);
-            continue;
+        let capped = !limits.uncapped.iter().any(|n| n.contains(&peer.ip()));
+        let place = match capped {
+            true => match per_address.take(peer.ip(), limits.max_per_address) {
+                Some(place) => Some(place),
+                None => {
+                    counters.incr(&refused_address);
+                    drop(stream);
+                    continue;
+                }
+            },
+            false => None,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             counters.incr(&refused);
@@ -276,13 +289,14 @@ pub async fn serve(
         );
         let svc = TowerToHyperService::new(app);
         let span = tracing::Span::current();
-        let (counters, silent) = (counters.clone(), silent.clone());
+        let (counters, silent, tls_failed) = (counters.clone(), silent.clone(), tls_failed.clone());
+        let (header_timeout, write_stall) = (limits.header_timeout, limits.write_stall);
+        let tls = tls.clone();
         tokio::spawn(
             async move {
                 // The head's timer starts at accept: a socket that sends nothing holds a
                 // slot for `header_timeout` at most.
-                match tokio::time::timeout(limits.header_timeout, stream.peek(&mut [0u8; 1])).await
-                {
+                match tokio::time::timeout(header_timeout, stream.peek(&mut [0u8; 1])).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => return,
                     Err(_) => {
@@ -290,14 +304,26 @@ pub async fn serve(
                         return;
                     }
                 }
-                let mut b = auto::Builder::new(TokioExecutor::new());
-                b.http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .max_buf_size(MAX_HEAD);
-                b.http2().max_header_list_size(MAX_HEAD as u32);
-                let io = TokioIo::new(StallGuard::new(stream, limits.write_stall));
-                if let Err(e) = b.serve_connection(io, svc).await {
+                let stream = StallGuard::new(stream, write_stall);
+                let ended = match tls {
+                    None => serve_connection(stream, svc, header_timeout).await,
+                    // The handshake shares the head's deadline: a client that stalls it
+                    // holds its slot no longer than one that stalls its head.
+                    Some(tls) => {
+                        match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, svc, header_timeout).await,
+                            Ok(Err(e)) => {
+                                counters.incr(&tls_failed);
+                                Err(e.to_string())
+                            }
+                            Err(_) => {
+                                counters.incr(&tls_failed);
+                                Err("TLS handshake timed out".into())
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = ended {
                     debug!(%peer, error = %e, "http connection ended");
                 }
                 drop(permit);
@@ -306,6 +332,30 @@ pub async fn serve(
             .instrument(span),
         );
     }
+}
+
+/// A connection's router, with its client's address for `ConnectInfo`.
+type App = axum::middleware::AddExtension<Router, axum::extract::ConnectInfo<std::net::SocketAddr>>;
+
+/// Serves one connection (plain, or TLS once the handshake is done) with hyper's HTTP/1.1
+/// and HTTP/2 under the head limits.
+async fn serve_connection<S>(
+    io: S,
+    svc: TowerToHyperService<App>,
+    header_timeout: Duration,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD);
+    b.http2().max_header_list_size(MAX_HEAD as u32);
+    b.serve_connection(TokioIo::new(io), svc)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -342,8 +392,66 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let counters = Arc::new(Counters::default());
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(serve(l, app, limits, counters.clone(), "t"));
+        tokio::spawn(serve(l, app, limits, None, counters.clone(), "t"));
         (addr, counters)
+    }
+
+    /// With TLS, the same routes answer over HTTPS to a client that trusts the cluster CA;
+    /// a plain-HTTP client gets nothing and the failed handshake is counted.
+    #[tokio::test]
+    async fn with_tls_only_https_is_served() {
+        crate::tls::install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::make_ca(dir.path()).unwrap();
+        let (cert, key) = crate::tls::issue(dir.path(), "n1", &["127.0.0.1".into()]).unwrap();
+        let tls = crate::tls::acceptor(&cert, &key).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(serve(
+            l,
+            app,
+            HttpLimits::default(),
+            Some(tls),
+            counters.clone(),
+            "t",
+        ));
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+        let https = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .unwrap();
+        let r = https.get(format!("https://{addr}/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+        // Not trusted without the CA.
+        let untrusting = reqwest::Client::builder().build().unwrap();
+        assert!(
+            untrusting
+                .get(format!("https://{addr}/"))
+                .send()
+                .await
+                .is_err()
+        );
+        // Plain HTTP: no answer.
+        let plain = reqwest::Client::new();
+        assert!(plain.get(format!("http://{addr}/")).send().await.is_err());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while counters
+            .snapshot()
+            .get("t_tls_failed")
+            .copied()
+            .unwrap_or(0)
+            < 2
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                counters.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A socket that sends nothing is closed `header_timeout` after it connected (not
@@ -416,6 +524,29 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no place came back");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A trusted proxy's address is not capped: its many clients share it.
+    #[tokio::test]
+    async fn an_uncapped_address_holds_more_than_the_share() {
+        let limits = HttpLimits {
+            max_per_address: 1,
+            uncapped: Arc::from(["127.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]),
+            ..HttpLimits::default()
+        };
+        let (addr, counters) = server(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut d = tokio::net::TcpStream::connect(addr).await.unwrap();
+            d.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = [0u8; 12];
+            d.read_exact(&mut head).await.unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200");
+            held.push(d);
+        }
+        assert_eq!(counters.snapshot().get("t_refused_per_address"), None);
     }
 
     /// A kept-alive connection that sends no further request is closed about

@@ -11,6 +11,7 @@
 //! - [`counters`]: named counters.
 //! - [`events`]: event subscribers and the ring.
 //! - [`http`]: HTTP serving with connection caps and head timeouts (axum on hyper).
+//! - [`tls`]: TLS for the HTTP API (rustls), and the certificates `smart tls` makes.
 
 // Unit tests link the dev-dependencies too; the lint is meant for the library.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
@@ -18,3 +19,4 @@
 pub mod counters;
 pub mod events;
 pub mod http;
+pub mod tls;

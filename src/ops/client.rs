@@ -79,21 +79,35 @@ pub(crate) struct HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `bases` (`http://host:port`, tried in order), with `token`; each
-    /// request may take `timeout`.
+    /// A client for `bases` (`http://host:port` or `https://`, tried in order), with
+    /// `token`; each request may take `timeout`. An `https://` node is checked against the
+    /// CA certificates of `ca` (PEM) when given, else the system's roots.
     pub(crate) fn new(
         bases: Vec<String>,
         token: Option<String>,
         timeout: Duration,
+        ca: Option<&std::path::Path>,
     ) -> Result<Self, OpsError> {
         if bases.is_empty() {
             return Err(OpsError::Usage(
                 "no node address: give --addr URL (or SMART_ADDR), or --config NODE.toml".into(),
             ));
         }
-        let http = reqwest::Client::builder()
+        smart_node::tls::install_provider();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .read_timeout(timeout)
+            .read_timeout(timeout);
+        if let Some(ca) = ca {
+            let bad = |e: String| OpsError::Usage(format!("CA file {}: {e}", ca.display()));
+            let certs = smart_node::tls::load_certs(ca).map_err(|e| bad(e.to_string()))?;
+            let certs = certs
+                .iter()
+                .map(|c| reqwest::Certificate::from_der(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| OpsError::Usage(format!("HTTP client: {e}")))?;
         let bases = bases

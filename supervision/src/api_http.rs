@@ -204,6 +204,13 @@ impl Actor for ApiHttp {
         let Some(addr) = ctx.cfg.http_listen else {
             return Ok(ApiHttpState { tasks: Vec::new() });
         };
+        let tls = match &ctx.cfg.http_tls {
+            Some(t) => Some(
+                smart_node::tls::acceptor(&t.cert_file, &t.key_file)
+                    .map_err(|e| format!("http_tls: {e}"))?,
+            ),
+            None => None,
+        };
         let listener = smart_node::http::listen(addr)
             .map_err(|e| format!("cannot listen on http_listen {addr}: {e}"))?;
         let state = AppState {
@@ -222,12 +229,13 @@ impl Actor for ApiHttp {
                 listener,
                 app,
                 HttpLimits::default(),
+                tls.clone(),
                 ctx.counters.clone(),
                 "api_http",
             )
             .instrument(span),
         );
-        info!(%node, %addr, "HTTP API, metrics and dashboard listening");
+        info!(%node, %addr, tls = tls.is_some(), "HTTP API, metrics and dashboard listening");
         Ok(ApiHttpState {
             tasks: vec![server, sampler],
         })

@@ -385,6 +385,7 @@ impl NodeSupervisor {
                 tuning: ControlTuning {
                     anomaly_move_every: self.cfg.timing.anomaly_move_every,
                     release_grace: self.cfg.timing.client_release_grace,
+                    arrival_window: self.cfg.timing.client_arrival_window,
                     request_timeout: self.cfg.timing.request_timeout,
                     admission: self.admission.clone(),
                     ..Default::default()

@@ -139,6 +139,7 @@ impl Default for Http {
 impl Http {
     /// A client whose requests time out after 30 s.
     pub fn new() -> Self {
+        smart_node::tls::install_provider();
         Self {
             c: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))

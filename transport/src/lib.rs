@@ -269,6 +269,12 @@ pub struct Limits {
     /// Connections still handshaking from one address at once; a new one beyond it evicts
     /// that address's oldest.
     pub max_handshaking_per_addr: usize,
+    /// An authenticated *client* connection that has neither sent a frame nor been sent one
+    /// (an answer, an event) for this long, and has no request in progress, is closed
+    /// (`clients_idle_closed`): a client that went quiet does not keep its place in the
+    /// client pool; it reconnects when it next asks. Node connections are never closed for
+    /// being idle.
+    pub client_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -286,6 +292,7 @@ impl Default for Limits {
             silent_timeout: Duration::from_millis(500),
             max_handshaking: 128,
             max_handshaking_per_addr: 16,
+            client_idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -349,6 +356,8 @@ counters! {
     requests_failed,
     /// Notifications dropped because a queue was full.
     notifications_dropped,
+    /// Client connections closed after `client_idle_timeout` without a frame either way.
+    clients_idle_closed,
 }
 
 impl Counters {

@@ -554,6 +554,7 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
         tx,
         mut reader,
         writer,
+        sent,
     } = est;
     let conn = Connection {
         id,
@@ -566,8 +567,40 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
     handler.connected(&conn);
     let in_flight = Arc::new(Semaphore::new(ep.limits.max_in_flight.max(1)));
     let mut handlers = JoinSet::new();
+    let max_in_flight = ep.limits.max_in_flight.max(1);
+    // Clients only: nodes keep their connections however quiet.
+    let idle_after = (!node).then_some(ep.limits.client_idle_timeout);
     let why = loop {
-        let env = match reader.next().await {
+        let next = match idle_after {
+            None => reader.next().await,
+            Some(idle) => {
+                // One read future for the whole wait (a frame half read when the timer
+                // fires must not be lost): the timer only looks at the connection's
+                // activity, and closes it when there was none either way.
+                let read = reader.next();
+                tokio::pin!(read);
+                let mut seen = sent.load(std::sync::atomic::Ordering::Relaxed);
+                loop {
+                    tokio::select! {
+                        r = &mut read => break r,
+                        () = tokio::time::sleep(idle) => {
+                            let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                            let busy = in_flight.available_permits() < max_in_flight;
+                            if now != seen || busy {
+                                seen = now;
+                                continue;
+                            }
+                            Counters::inc(&ep.counters.clients_idle_closed);
+                            break Err(FrameError::Io(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("idle client: no frame either way for {idle:?}"),
+                            )));
+                        }
+                    }
+                }
+            }
+        };
+        let env = match next {
             Ok(env) => env,
             Err(e) => break e,
         };
@@ -617,6 +650,10 @@ async fn serve_conn<P: Protocol, H: Handler<P>>(
     };
     match &why {
         FrameError::Closed => tracing::debug!(%peer, "inbound connection closed"),
+        // An idle client's close is routine (counted, not logged at WARN).
+        FrameError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+            tracing::debug!(%peer, peer_addr = %addr, cause = %e, "inbound connection closed")
+        }
         e => tracing::warn!(%peer, peer_addr = %addr, cause = %e, "inbound connection dropped"),
     }
     handler.disconnected(&conn);

@@ -14,6 +14,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -97,6 +98,8 @@ pub struct Established<P: Protocol> {
     pub reader: SessionReader<P>,
     /// The writer task; dropping this closes the sending half.
     pub writer: AbortOnDrop,
+    /// Frames the writer has sent on this connection (its outbound activity).
+    pub sent: Arc<AtomicU64>,
 }
 
 /// Turns a handshaken raw connection into an [`Established`] one.
@@ -116,6 +119,8 @@ pub fn establish<P: Protocol>(
     let cipher = session.cipher.clone();
     let max = ep.limits.max_frame;
     let peer = session.peer;
+    let sent = Arc::new(AtomicU64::new(0));
+    let sent_here = sent.clone();
     let writer = tokio::spawn(async move {
         let mut seq = 0u64;
         while let Some(msg) = rx.recv().await {
@@ -179,6 +184,7 @@ pub fn establish<P: Protocol>(
                 break;
             }
             Counters::inc(&counters.frames_sent);
+            sent_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     });
     Established {
@@ -194,5 +200,6 @@ pub fn establish<P: Protocol>(
             _p: PhantomData,
         },
         writer: AbortOnDrop(writer),
+        sent,
     }
 }

@@ -616,6 +616,55 @@ macro_rules! suite {
     };
 }
 
+/// A client that neither asks nor is told anything for `client_idle_timeout` is closed and
+/// counted; one with a request in progress, or one that is sent events, is not.
+async fn idle_clients_are_closed_busy_ones_are_not(fx: &dyn Fixture) {
+    let idle = Duration::from_millis(300);
+    let h = Arc::new(TestHandler::default());
+    let s = Server::bind(
+        fx.transport("srv").as_ref(),
+        &fx.listen_addr(),
+        server_endpoint().with_limits(smart_transport::Limits {
+            client_idle_timeout: idle,
+            ..Default::default()
+        }),
+        h.clone(),
+    )
+    .await
+    .expect("bind");
+    let quiet = client(fx, &s, "quiet").await;
+    quiet.request(Req::Echo("once".into()), T).await.unwrap();
+    let sub = client(fx, &s, "sub").await;
+    sub.request(Req::Subscribe, T).await.unwrap();
+    let slow = client(fx, &s, "slow").await;
+    let pusher = client(fx, &s, "pusher").await;
+    // The slow client's one request lasts three idle periods; the subscriber hears an
+    // event every 100 ms from the pusher, which asks every 100 ms.
+    let slow_answer = tokio::spawn(async move {
+        let r = slow.request(Req::Sleep(900), T).await;
+        (r, slow)
+    });
+    for i in 0..10 {
+        pusher.request(Req::Push(format!("e{i}")), T).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (r, slow) = slow_answer.await.unwrap();
+    assert_eq!(r, Ok(Resp::Text("slept".into())));
+    assert!(!slow.is_closed() && !sub.is_closed() && !pusher.is_closed());
+    for i in 0..10 {
+        let n = tokio::time::timeout(T, sub.next_notification())
+            .await
+            .unwrap();
+        assert_eq!(n, Some(format!("e{i}")));
+    }
+    assert!(
+        eventually(T, || quiet.is_closed()).await,
+        "the quiet client stays"
+    );
+    assert!(s.counters().clients_idle_closed >= 1);
+    still_serving(fx, &s).await;
+}
+
 suite!(
     round_trip,
     notifications_both_ways,
@@ -636,4 +685,5 @@ suite!(
     server_shutdown_closes_clients,
     client_connects_to_any_reachable_node,
     connection_limit,
+    idle_clients_are_closed_busy_ones_are_not,
 );

@@ -86,12 +86,15 @@ pub struct ControlTuning {
     /// At most one anomaly-triggered move per service within this time: one anomaly (or
     /// a service that is over its profile wherever it runs) does not cause repeated moves.
     pub anomaly_move_every: Duration,
-    /// No client is released from usage reports within this time after a client admission,
-    /// a start or a migration of the service: viewers are still connecting or reconnecting.
+    /// No client is released from usage reports within this time after a start or a
+    /// migration of the service: viewers are still connecting or reconnecting.
     pub release_grace: Duration,
     /// Consecutive refreshes in which an instance must report fewer connected clients than
-    /// were admitted before the surplus is released.
+    /// were admitted (and settled) before the surplus is released.
     pub release_after: u32,
+    /// A client admitted less than this long ago is tentative: its viewer may not have
+    /// reached the distributor yet, so it is not released for being uncounted.
+    pub arrival_window: Duration,
     /// Timeout of one request to an agent (reports, stops); the steps of a start or a
     /// migration get multiples of it (see `moves`).
     pub request_timeout: Duration,
@@ -105,6 +108,7 @@ impl Default for ControlTuning {
             anomaly_move_every: Duration::from_secs(60),
             release_grace: Duration::from_secs(10),
             release_after: 2,
+            arrival_window: Duration::from_secs(3),
             request_timeout: Duration::from_secs(2),
             admission: AdmissionSettings::default(),
         }
@@ -525,7 +529,7 @@ impl ControlEngine {
                         (
                             s.node(),
                             s.instance().unwrap_or_default().to_string(),
-                            s.clients().len(),
+                            s.client_count(),
                         ),
                     )
                 })
@@ -632,7 +636,7 @@ impl ControlEngine {
                 .map(|s| ReplicaEntry {
                     spec: s.spec().clone(),
                     node: s.node(),
-                    clients: s.clients().len() as u64,
+                    clients: s.client_count() as u64,
                 })
                 // Services still waiting for their node to answer are not forgotten if
                 // this Control dies before it hears from it.
@@ -649,7 +653,7 @@ impl ControlEngine {
     /// The launch of `name`'s next instance and its reservation (at its current clients).
     pub(crate) fn launch_for(&self, name: &str) -> (LaunchSpec, Reservation) {
         let s = &self.table[name];
-        let reservation = self.profiles.reservation_of(s.profile(), s.clients().len());
+        let reservation = self.profiles.reservation_of(s.profile(), s.client_count());
         let (cpu, mem) = self.tuning.admission.limits_of(&reservation);
         let mut launch = launch_of(s.spec());
         launch.cpu_cores = cpu;

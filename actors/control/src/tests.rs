@@ -664,6 +664,7 @@ mod reaction_tests {
             1,
             ControlTuning {
                 release_grace: grace,
+                arrival_window: grace,
                 ..ControlTuning::default()
             },
         )
@@ -699,7 +700,8 @@ mod reaction_tests {
             r
         };
         let admitted = |s: &ControlStatus| s.services["video-a"].2;
-        // Within the grace period after the last admission: nothing is released.
+        // Within the grace period after the placement, and the clients' arrival window:
+        // nothing is released.
         cl.inject(with_clients(1));
         cl.inject(with_clients(1));
         let s = cl.status().await;
@@ -742,6 +744,69 @@ mod reaction_tests {
             .await,
             Response::Error(ApiError::NotFound { .. })
         ));
+    }
+
+    /// Admissions that never arrive (a `/watch` flood whose redirects are not followed)
+    /// are released one arrival window after they were made, however many new ones keep
+    /// coming; clients still inside their window are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_of_admissions_does_not_delay_the_release_of_those_that_never_came() {
+        let window = Duration::from_millis(400);
+        let cl = Cluster::new(
+            1,
+            ControlTuning {
+                release_grace: window,
+                arrival_window: window,
+                ..ControlTuning::default()
+            },
+        )
+        .await;
+        let a = cl.admit("video-a").await;
+        let admit = || async {
+            assert!(matches!(
+                cl.api(Request::AdmitClient {
+                    service: "video-a".into(),
+                    spec: None,
+                    key: None,
+                })
+                .await,
+                Response::Placed(_)
+            ));
+        };
+        // Four phantoms now; after their window, three more while the reports say 1.
+        for _ in 0..4 {
+            admit().await;
+        }
+        tokio::time::sleep(window + Duration::from_millis(100)).await;
+        for _ in 0..3 {
+            admit().await;
+        }
+        let inst = instance_of(&cl.status().await, "video-a");
+        let mut rep = cl.report_listing(a.node, &inst).await;
+        for i in &mut rep.instances {
+            if i.instance == inst {
+                i.usage = Some(UsageReading {
+                    instance: inst.clone(),
+                    cpu_cores: 0.0,
+                    net_bps: None,
+                    mem_bytes: 0,
+                    clients: Some(1),
+                    speaks_api: false,
+                });
+            }
+        }
+        cl.inject(rep.clone());
+        cl.inject(rep.clone());
+        // Settled: the first viewer's admission and the four phantoms; one is counted, so
+        // four go. The three tentative ones stay.
+        let s = cl.status().await;
+        assert_eq!((s.services["video-a"].2, s.engine_clients), (4, 4));
+        // Once their window passes too, they go as well.
+        tokio::time::sleep(window + Duration::from_millis(100)).await;
+        cl.inject(rep.clone());
+        cl.inject(rep);
+        let s = cl.status().await;
+        assert_eq!((s.services["video-a"].2, s.engine_clients), (1, 1));
     }
 }
 

@@ -6,13 +6,20 @@
 //!   distributor will need; the answer (known or unknown) is cached per video for
 //!   `[frontend] catalogue_ttl`. An unreachable origin is not cached (the next viewer asks
 //!   again).
-//! - [`RateLimiter`]: a token bucket per client address on admissions that may start a
-//!   service (`[frontend] new_services_per_sec`, `new_services_burst`).
+//! - [`RateLimiter`]: token buckets, one per key: per client address on admissions that may
+//!   start a service (`[frontend] new_services_per_sec`, `new_services_burst`), per client
+//!   address on every viewer admission (`viewer_admissions_*`) and per video on every
+//!   viewer admission (`video_admissions_*`). A stranger's `/watch` flood therefore holds
+//!   at most its bucket's worth of reservations, each for about the Control's arrival
+//!   window (`timing.client_arrival_window`) unless its viewer arrives.
+//! - [`client_address`]: whose bucket a request takes from: the connection's address, or,
+//!   from a trusted proxy (`[frontend] trusted_proxies`), the address it forwards for.
 //!
-//! The decisions are pure functions ([`video_info`], [`Bucket::take`]); the shells only add
-//! the clock, the HTTP request and the tables' bounds.
+//! The decisions are pure functions ([`video_info`], [`Bucket::take`], [`client_address`]);
+//! the shells only add the clock, the HTTP request and the tables' bounds.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -92,6 +99,7 @@ pub(super) struct Catalogue {
 impl Catalogue {
     /// The catalogue of `origin` (a base URL such as `http://10.0.0.1:8000`).
     pub(super) fn new(origin: &str, fallback_bps: u64, ttl: Duration, timeout: Duration) -> Self {
+        smart_node::tls::install_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -191,18 +199,18 @@ impl Bucket {
     }
 }
 
-/// Client addresses tracked at most; beyond that, new addresses are refused until buckets
-/// refill and are forgotten.
-const MAX_CLIENTS: usize = 100_000;
+/// Keys tracked at most; beyond that, new keys are refused until buckets refill and are
+/// forgotten.
+const MAX_KEYS: usize = 100_000;
 
-/// Token buckets per client address.
-pub(super) struct RateLimiter {
+/// Token buckets per key (a client address, a video).
+pub(super) struct RateLimiter<K> {
     rate: f64,
     burst: u32,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// `rate` tokens per second, `burst` at most (validated by the config).
     pub(super) fn new(rate: f64, burst: u32) -> Self {
         Self {
@@ -212,21 +220,50 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token of `ip`'s bucket; when there is none, how long until there is.
-    pub(super) fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Takes a token of `key`'s bucket; when there is none, how long until there is.
+    pub(super) fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let (rate, burst) = (self.rate, self.burst);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if !buckets.contains_key(&ip) && buckets.len() >= MAX_CLIENTS {
+        if !buckets.contains_key(key) && buckets.len() >= MAX_KEYS {
             buckets.retain(|_, b| !b.refilled(now, rate, burst));
-            if buckets.len() >= MAX_CLIENTS {
+            if buckets.len() >= MAX_KEYS {
                 return Err(Duration::from_secs_f64(1.0 / rate));
             }
         }
         buckets
-            .entry(ip)
+            .entry(key.clone())
             .or_insert_with(|| Bucket::full(burst, now))
             .take(now, rate, burst)
     }
+}
+
+/// The client a request comes from: `peer` (the connection's address), unless `peer` is a
+/// trusted proxy, in which case the rightmost address of its `X-Forwarded-For` values that
+/// is not a trusted proxy itself (addresses further left were written by the client and
+/// prove nothing). A trusted proxy that names no usable address is the client.
+pub(super) fn client_address<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops = forwarded_for
+        .rev()
+        .flat_map(|v| v.rsplit(','))
+        .map(str::trim);
+    for hop in hops.by_ref() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return ip,
+            // Junk where an address should be: nothing there can be believed, so the
+            // proxy's own address stands.
+            Err(_) => break,
+        }
+    }
+    peer
 }
 
 #[cfg(test)]
@@ -301,14 +338,43 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_per_address() {
+    fn buckets_are_per_key() {
         let l = RateLimiter::new(1.0, 2);
         let t0 = Instant::now();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert!(l.take(a, t0).is_ok());
-        assert!(l.take(a, t0).is_ok());
-        assert_eq!(l.take(a, t0), Err(Duration::from_secs(1)));
-        assert!(l.take(b, t0).is_ok());
-        assert!(l.take(a, t0 + Duration::from_secs(1)).is_ok());
+        assert!(l.take(&a, t0).is_ok());
+        assert!(l.take(&a, t0).is_ok());
+        assert_eq!(l.take(&a, t0), Err(Duration::from_secs(1)));
+        assert!(l.take(&b, t0).is_ok());
+        assert!(l.take(&a, t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let of = |peer: &str, xff: &[&str]| client_address(ip(peer), xff.iter().copied(), &trusted);
+        // Not a proxy: its header is ignored.
+        assert_eq!(of("192.0.2.7", &["198.51.100.1"]), ip("192.0.2.7"));
+        // A proxy: the rightmost untrusted hop, across headers and commas.
+        assert_eq!(of("10.1.1.1", &["198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(
+            of("10.1.1.1", &["1.2.3.4, 198.51.100.1", "10.2.2.2"]),
+            ip("198.51.100.1")
+        );
+        // What the client wrote further left does not count.
+        assert_eq!(
+            of("10.1.1.1", &["6.6.6.6, 198.51.100.2"]),
+            ip("198.51.100.2")
+        );
+        // Nothing, or junk, after trusted hops: the proxy's own address.
+        assert_eq!(of("10.1.1.1", &[]), ip("10.1.1.1"));
+        assert_eq!(of("10.1.1.1", &["junk, 10.3.3.3"]), ip("10.1.1.1"));
+        assert_eq!(of("10.1.1.1", &["2001:db8::1"]), ip("2001:db8::1"));
+        // No trusted proxies (the default): always the connection's address.
+        assert_eq!(
+            client_address(ip("10.1.1.1"), ["198.51.100.1"].into_iter(), &[]),
+            ip("10.1.1.1")
+        );
     }
 }

@@ -20,7 +20,12 @@
 //! and starts nothing (`frontend_unknown_video`), an origin that does not answer is `502`
 //! with the cause (`frontend_origin_unreachable`), and the distributor's spec carries the
 //! video's `X-Bitrate` as `per_client_bps` and its `X-Duration-Ms` as `duration_ms`, which
-//! the Control scales the class profile by.
+//! the Control scales the class profile by. Every viewer admission then takes a token of
+//! its client address's bucket and of the video's (`429` when either is empty:
+//! `frontend_429_address`, `frontend_429_video`), so a stranger's `/watch` flood holds few
+//! reservations (the Control releases a client its distributor does not count after the
+//! arrival window). The client address is the connection's, or the one a trusted proxy
+//! forwards for.
 //!
 //! Admission per viewer:
 //! - progressive, redirect: a viewer resuming (a `Range` starting past byte 0: its
@@ -83,7 +88,7 @@ use smart_config::{Delivery, NodeConfig};
 use smart_control::forward::Forwarder;
 use smart_node::counters::Counters;
 use smart_node::events::Subscribers;
-use smart_node::http::{self, HttpLimits};
+use smart_node::http::{self, AddressKey, HttpLimits};
 
 /// The service name of a video's distributor.
 pub fn service_of(video: &str) -> String {
@@ -168,8 +173,8 @@ enum Answer {
     Redirect(String),
     Unavailable(String),
     NotFound,
-    /// Over the client address's rate of new services: retry after this long.
-    TooMany(Duration),
+    /// Over a rate (which one, in words): retry after this long.
+    TooMany(&'static str, Duration),
     /// The origin could not say whether the video exists.
     BadGateway(String),
 }
@@ -201,7 +206,11 @@ struct Ctx {
     /// The origin's videos.
     catalogue: Catalogue,
     /// New services per client address.
-    limiter: RateLimiter,
+    limiter: RateLimiter<AddressKey>,
+    /// Viewer admissions per client address.
+    viewers: RateLimiter<AddressKey>,
+    /// Viewer admissions per video.
+    videos: RateLimiter<String>,
     /// Rate-limited WARN lines.
     warnings: Arc<smart_transport::ratelog::WarnLimiter>,
 }
@@ -237,6 +246,18 @@ fn release(forwarder: &Forwarder, service: String, client: Option<u64>) {
 }
 
 impl Ctx {
+    /// The viewer's address (see [`gate::client_address`]).
+    fn client_of(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        gate::client_address(
+            peer.ip(),
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &self.cfg.frontend.trusted_proxies,
+        )
+    }
+
     fn relay_cfg(&self) -> RelayCfg {
         RelayCfg {
             // An HLS segment may wait for its session's allowance (at most a few seconds).
@@ -249,15 +270,16 @@ impl Ctx {
 
     /// Admits one client of `video` for a viewer at `from`; what to answer when refused.
     async fn admit(&self, video: &str, from: IpAddr) -> Result<Placement, Answer> {
+        let key = AddressKey::of(from);
         if !self.placements.has(video)
-            && let Err(wait) = self.limiter.take(from, tokio::time::Instant::now())
+            && let Err(wait) = self.limiter.take(&key, tokio::time::Instant::now())
         {
-            self.counters.incr("frontend_429");
-            self.warnings.warn(
+            return Err(self.too_many(
                 "frontend_429",
+                "too many new videos from this address",
+                wait,
                 format_args!("{from} is over its rate of new videos (asked for {video:?})"),
-            );
-            return Err(Answer::TooMany(wait));
+            ));
         }
         let info = match self.catalogue.lookup(video).await {
             Ok(info) => info,
@@ -278,6 +300,25 @@ impl Ctx {
                 return Err(Answer::BadGateway(e.to_string()));
             }
         };
+        // Every admission costs a reservation until its viewer is counted or its arrival
+        // window passes: one address, and all addresses for one video, get so many.
+        let now = tokio::time::Instant::now();
+        if let Err(wait) = self.viewers.take(&key, now) {
+            return Err(self.too_many(
+                "frontend_429_address",
+                "too many viewers from this address",
+                wait,
+                format_args!("{from} is over its rate of viewer admissions ({video:?})"),
+            ));
+        }
+        if let Err(wait) = self.videos.take(&video.to_string(), now) {
+            return Err(self.too_many(
+                "frontend_429_video",
+                "too many new viewers of this video",
+                wait,
+                format_args!("{video:?} is over its rate of viewer admissions"),
+            ));
+        }
         let spec = spec_for(
             &self.cfg.frontend,
             video,
@@ -312,6 +353,23 @@ impl Ctx {
             }
             other => Err(Answer::Unavailable(format!("unexpected {other:?}"))),
         }
+    }
+
+    /// A `429` for being over a rate: counted under `counter` (and `frontend_429`), one
+    /// rate-limited WARN line, and `what` for the viewer.
+    fn too_many(
+        &self,
+        counter: &'static str,
+        what: &'static str,
+        wait: Duration,
+        warn: std::fmt::Arguments<'_>,
+    ) -> Answer {
+        if counter != "frontend_429" {
+            self.counters.incr("frontend_429");
+        }
+        self.counters.incr(counter);
+        self.warnings.warn(counter, warn);
+        Answer::TooMany(what, wait)
     }
 
     fn release(&self, video: &str, client: Option<u64>) {
@@ -360,11 +418,11 @@ impl Ctx {
                 r
             }
             Answer::NotFound => (StatusCode::NOT_FOUND, "no such video\n").into_response(),
-            Answer::TooMany(wait) => {
+            Answer::TooMany(what, wait) => {
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                 let mut r = (
                     StatusCode::TOO_MANY_REQUESTS,
-                    format!("too many new videos from this address; retry in {secs} s\n"),
+                    format!("{what}; retry in {secs} s\n"),
                 )
                     .into_response();
                 r.headers_mut()
@@ -482,20 +540,18 @@ async fn watch(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> HttpResponse {
+    let from = ctx.client_of(peer, &headers);
     if let Some(v) = video.strip_suffix(".m3u8") {
-        return hls::playlist(ctx, v, query.as_deref(), peer.ip()).await;
+        return hls::playlist(ctx, v, query.as_deref(), from).await;
     }
     if !valid_video(&video) {
         return ctx.respond(Answer::NotFound);
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     if ctx.cfg.frontend.progressive == Delivery::Relay {
-        return ctx
-            .clone()
-            .relay_progressive(&video, range, peer.ip())
-            .await;
+        return ctx.clone().relay_progressive(&video, range, from).await;
     }
-    let answer = ctx.decide(&video, range_start(range), peer.ip()).await;
+    let answer = ctx.decide(&video, range_start(range), from).await;
     debug!(%video, ?answer, "front-end answer");
     ctx.respond(answer)
 }
@@ -506,8 +562,10 @@ async fn segment(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((video, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> HttpResponse {
-    hls::segment(ctx, &video, &file, query.as_deref(), peer.ip()).await
+    let from = ctx.client_of(peer, &headers);
+    hls::segment(ctx, &video, &file, query.as_deref(), from).await
 }
 
 /// `GET /watch/{video}/where`.
@@ -632,6 +690,8 @@ impl Actor for HttpFrontEnd {
                 fc.origin_timeout,
             ),
             limiter: RateLimiter::new(fc.new_services_per_sec, fc.new_services_burst),
+            viewers: RateLimiter::new(fc.viewer_admissions_per_sec, fc.viewer_admissions_burst),
+            videos: RateLimiter::new(fc.video_admissions_per_sec, fc.video_admissions_burst),
             warnings: self.warnings.clone(),
         });
         let span = info_span!("frontend", %node);
@@ -640,7 +700,13 @@ impl Actor for HttpFrontEnd {
                 http::serve(
                     l,
                     router(ctx),
-                    HttpLimits::default(),
+                    HttpLimits {
+                        uncapped: fc.trusted_proxies.clone().into(),
+                        ..HttpLimits::default()
+                    },
+                    // Viewers' players speak plain HTTP to the front-end (a TLS front
+                    // belongs to the operator's proxy, see `trusted_proxies`).
+                    None,
                     self.counters.clone(),
                     "frontend",
                 )

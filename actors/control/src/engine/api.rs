@@ -132,10 +132,10 @@ impl ControlEngine {
                         Some(ServiceStatus {
                             placement: s.placement()?,
                             instance: info.instance.clone(),
-                            clients: s.clients().len() as u64,
+                            clients: s.client_count() as u64,
                             reservation: self
                                 .profiles
-                                .reservation_of(s.profile(), s.clients().len()),
+                                .reservation_of(s.profile(), s.client_count()),
                             usage: self
                                 .registry
                                 .get(&s.node())
@@ -277,8 +277,8 @@ impl ControlEngine {
         }
         let s = self.table.get_mut(service).expect("checked by the caller");
         match key {
-            Some(k) => s.add_keyed_client(d.client, k),
-            None => s.add_client(d.client),
+            Some(k) => s.add_keyed_client(d.client, k, now),
+            None => s.add_client(d.client, now),
         }
         self.qos.admitted(service, now);
         Ok(d.client)

@@ -1,11 +1,12 @@
 //! The QoS book: per service, the clocks and counters the QoS loop judges by (see
 //! [`qos_round`](super::qos_round) for what the loop does with them).
 //!
-//! - when its last client was admitted, which with the time its instance was placed opens
-//!   the grace period in which no viewer is released and no idle clock runs out (viewers
-//!   are still connecting or reconnecting);
-//! - how many consecutive refreshes its instance reported fewer clients than admitted
-//!   (one low report is not enough to release anyone);
+//! - when its instance was placed, which opens the grace period in which no viewer is
+//!   released (viewers are still connecting or reconnecting), and when its last client was
+//!   admitted, which with it keeps the idle clock from running out (a client's own arrival
+//!   window is the table's: a new admission does not delay the release of others);
+//! - how many consecutive refreshes its instance reported fewer clients than admitted and
+//!   settled (one low report is not enough to release anyone);
 //! - the resources it was already grown or moved for (never twice for the same cause, so
 //!   no back and forth) and when it last moved for an anomaly;
 //! - since when its instance has reported no clients (the idle stop).
@@ -101,29 +102,24 @@ impl QosBook {
         }
     }
 
-    /// When `name` last saw activity: its placement or a client's admission.
-    fn active_since(&self, c: &Clocks, placed_at: Instant) -> Instant {
-        placed_at.max(c.admitted_at)
-    }
-
     /// A refresh in which `name`'s instance (placed at `placed_at`) reports `reported`
-    /// connected clients of the `admitted`: whether the surplus is to be released now
-    /// (reported low `release_after` times in a row, outside the grace period).
+    /// connected clients of the `settled` (admitted long enough ago to have arrived):
+    /// whether the settled surplus is to be released now (reported low `release_after`
+    /// times in a row, outside the grace period after the placement).
     pub(crate) fn fewer_clients(
         &mut self,
         name: &str,
         reported: usize,
-        admitted: usize,
+        settled: usize,
         placed_at: Instant,
         now: Instant,
     ) -> bool {
         let (grace, after) = (self.release_grace, self.release_after);
-        let Some(c) = self.services.get(name) else {
+        let Some(c) = self.services.get_mut(name) else {
             return false;
         };
-        let recent = now.saturating_duration_since(self.active_since(c, placed_at)) < grace;
-        let c = self.services.get_mut(name).expect("checked");
-        if recent || reported >= admitted {
+        let recent = now.saturating_duration_since(placed_at) < grace;
+        if recent || reported >= settled {
             c.fewer_seen = 0;
             return false;
         }
@@ -212,7 +208,7 @@ mod tests {
     #[test]
     fn the_surplus_is_released_after_two_low_refreshes_outside_the_grace_period() {
         let (mut b, t0) = book(None);
-        // Within the grace period of the placement (or of an admission): never.
+        // Within the grace period of the placement: never.
         assert!(!b.fewer_clients("v", 1, 3, t0, t0 + 5 * S));
         assert!(!b.fewer_clients("v", 1, 3, t0, t0 + 9 * S));
         let t = t0 + 11 * S;
@@ -223,10 +219,15 @@ mod tests {
         assert!(b.fewer_clients("v", 1, 3, t0, t));
         // Counted from zero again after a release.
         assert!(!b.fewer_clients("v", 0, 1, t0, t));
-        // A new client reopens the grace period.
+        // A new client does not reopen it (its own arrival window is the caller's): a flood
+        // of admissions cannot keep the others from being released.
+        // (The low refresh above was the first in a row; this is the second.)
         b.admitted("v", t);
-        assert!(!b.fewer_clients("v", 0, 1, t0, t + S));
-        assert!(!b.fewer_clients("v", 0, 1, t0, t + 2 * S));
+        assert!(b.fewer_clients("v", 0, 1, t0, t + S));
+        // A new placement does.
+        let t1 = t + 3 * S;
+        assert!(!b.fewer_clients("v", 0, 1, t1, t1 + S));
+        assert!(!b.fewer_clients("v", 0, 1, t1, t1 + 9 * S));
         // Unknown services are never released.
         assert!(!b.fewer_clients("w", 0, 5, t0, t + 60 * S));
     }

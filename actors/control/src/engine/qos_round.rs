@@ -200,7 +200,7 @@ impl ControlEngine {
             else {
                 continue;
             };
-            let want = self.profiles.reservation_of(s.profile(), s.clients().len());
+            let want = self.profiles.reservation_of(s.profile(), s.client_count());
             if !differs(&cur.reservation, &want) {
                 continue;
             }
@@ -236,7 +236,7 @@ impl ControlEngine {
                 continue;
             };
             let s = &self.table[&name];
-            let unused = s.clients().is_empty() && !s.has_waiters();
+            let unused = (s.client_count() == 0) && !s.has_waiters();
             if self.qos.idle(&name, reported, unused, s.placed_at(), now) {
                 idle.push(name);
             }
@@ -317,7 +317,7 @@ impl ControlEngine {
         };
         let s = &self.table[&name];
         let what = format!("{resource:?} at {observed:.3}, reserved {reserved:.3}");
-        let (sid, profile, clients) = (s.sid(), s.profile(), s.clients().len());
+        let (sid, profile, clients) = (s.sid(), s.profile(), s.client_count());
         let kept = if self.moves.busy(&name) {
             Some("a start or move is already in progress".to_string())
         } else if self.qos.acted_on(&name, resource) {

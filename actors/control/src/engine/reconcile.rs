@@ -227,7 +227,7 @@ impl ControlEngine {
                 continue;
             };
             let node = s.node();
-            let admitted = s.clients().len() as u64;
+            let admitted = s.client_count() as u64;
             if let Some(c) = list.iter_mut().find(|c| c.is(node, &own)) {
                 if reported(&c.info).is_none() {
                     c.clients = admitted;
@@ -289,7 +289,7 @@ impl ControlEngine {
     /// nothing changed) when `kept`'s node cannot take it.
     fn take_copy(&mut self, name: &str, kept: &Copy, extra: u64, now: Instant) -> bool {
         let s = &self.table[name];
-        let (sid, profile, clients) = (s.sid(), s.profile(), s.clients().to_vec());
+        let (sid, profile, clients) = (s.sid(), s.profile(), s.client_id_list());
         let placed_on = self.admission.node_of(sid);
         if placed_on != Some(kept.node) {
             // Released where it was (if anywhere), adopted where it runs.
@@ -310,12 +310,12 @@ impl ControlEngine {
         let fresh = self.admission.adopt_clients(sid, extra).unwrap_or_default();
         let s = self.table.get_mut(name).expect("checked");
         for c in fresh {
-            s.add_client(c);
+            s.add_client(c, now);
         }
         s.at_least(kept.generation());
         let waiting = s.placed(kept.node, kept.info.clone(), now);
         info!(service = %name, node = %kept.node, instance = %kept.info.instance,
-            clients = s.clients().len(), "service kept on a running copy");
+            clients = s.client_count(), "service kept on a running copy");
         if let Some(p) = self.placement(name) {
             self.answer_waiting(waiting, &p);
         }

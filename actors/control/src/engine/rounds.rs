@@ -252,11 +252,17 @@ impl ControlEngine {
         self.qos_round(answered, now);
     }
 
-    /// Viewers leave without telling the front-end (it answered a redirect): when an
-    /// instance reports fewer connected clients than were admitted for its service, for
-    /// `tuning.release_after` consecutive refreshes and outside the grace period after an
-    /// admission, start or migration, the surplus is released in the admission engine.
+    /// Viewers leave without telling the front-end (it answered a redirect), and a
+    /// redirect may never be followed: when an instance reports fewer connected clients
+    /// than were admitted for its service and settled (admitted at least
+    /// `tuning.arrival_window` ago), for `tuning.release_after` consecutive refreshes and
+    /// outside the grace period after its start or migration, the settled surplus is
+    /// released in the admission engine. Tentative clients are never released this way
+    /// (their viewers may be on their way), and an admission does not delay the release of
+    /// others: a flood of `/watch` requests that never connect holds each reservation only
+    /// about an arrival window.
     fn release_departed(&mut self, answered: &BTreeSet<NodeId>, now: Instant) {
+        let window = self.tuning.arrival_window;
         let names: Vec<String> = self.table.iter().map(|(n, _)| n.clone()).collect();
         let mut released = Vec::new();
         for name in names {
@@ -265,15 +271,16 @@ impl ControlEngine {
             };
             let reported = reported as usize;
             let s = &self.table[&name];
-            let admitted = s.clients().len();
+            let admitted = s.client_count();
+            let settled = s.settled_clients(now, window);
             if !self
                 .qos
-                .fewer_clients(&name, reported, admitted, s.placed_at(), now)
+                .fewer_clients(&name, reported, settled, s.placed_at(), now)
             {
                 continue;
             }
             let s = self.table.get_mut(&name).expect("listed");
-            let gone = s.release_beyond(reported);
+            let gone = s.release_settled_beyond(reported, now, window);
             released.push((name, s.node(), gone, reported, admitted));
         }
         for (name, node, gone, reported, admitted) in released {

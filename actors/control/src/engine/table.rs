@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Index;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smart_admission::{ClientId, Evicted, ProfileId, ServiceId};
 use smart_proto::agent::InstanceReport;
@@ -19,6 +19,16 @@ use smart_proto::profile::ProfileSource;
 use smart_proto::{NodeId, ServiceName};
 
 use super::ApiId;
+
+/// One admitted client, and when it was admitted: within the arrival window it is
+/// *tentative* (its viewer may not have reached the distributor yet, so a count without it
+/// proves nothing), after it *settled* (a count without it means the viewer is gone, or
+/// never came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Admitted {
+    id: ClientId,
+    at: Instant,
+}
 
 /// A service as the Control knows it: who it is and where it runs.
 #[derive(Debug)]
@@ -34,7 +44,8 @@ pub(crate) struct Svc {
     generation: u64,
     /// Its current instance, once running (`None` while starting or restarting).
     info: Option<InstanceReport>,
-    clients: Vec<ClientId>,
+    /// Its admitted clients, oldest first.
+    clients: Vec<Admitted>,
     /// The idempotency key each keyed admission came with, and the client it admitted: a
     /// repeat of the key answers that client. A key lives as long as its client (released
     /// clients take their keys with them), so there are never more keys than clients.
@@ -82,8 +93,22 @@ impl Svc {
         self.info.as_ref().map(|i| i.instance.as_str())
     }
 
-    pub(crate) fn clients(&self) -> &[ClientId] {
-        &self.clients
+    /// How many clients are admitted.
+    pub(crate) fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Its admitted clients, oldest first.
+    pub(crate) fn client_id_list(&self) -> Vec<ClientId> {
+        self.clients.iter().map(|c| c.id).collect()
+    }
+
+    /// How many of its clients were admitted at least `window` before `now` (settled).
+    pub(crate) fn settled_clients(&self, now: Instant, window: Duration) -> usize {
+        self.clients
+            .iter()
+            .filter(|c| now.saturating_duration_since(c.at) >= window)
+            .count()
     }
 
     /// Whether API requests wait for its instance.
@@ -180,13 +205,14 @@ impl Svc {
         self.waiting.push((id, client));
     }
 
-    pub(crate) fn add_client(&mut self, c: ClientId) {
-        self.clients.push(c);
+    /// Client `c` was admitted at `now`.
+    pub(crate) fn add_client(&mut self, c: ClientId, now: Instant) {
+        self.clients.push(Admitted { id: c, at: now });
     }
 
-    /// Client `c` was admitted by a request with idempotency key `key`.
-    pub(crate) fn add_keyed_client(&mut self, c: ClientId, key: u64) {
-        self.clients.push(c);
+    /// Client `c` was admitted at `now` by a request with idempotency key `key`.
+    pub(crate) fn add_keyed_client(&mut self, c: ClientId, key: u64, now: Instant) {
+        self.add_client(c, now);
         self.keys.push((key, c));
     }
 
@@ -198,7 +224,8 @@ impl Svc {
     /// Drops the keys of clients no longer admitted.
     fn forget_released_keys(&mut self) {
         let clients = &self.clients;
-        self.keys.retain(|(_, c)| clients.contains(c));
+        self.keys
+            .retain(|(_, c)| clients.iter().any(|a| a.id == *c));
     }
 
     /// Releases client `c`, or the newest when `None`; `None` when there is no such client.
@@ -208,16 +235,35 @@ impl Svc {
             Some(c) => self
                 .clients
                 .iter()
-                .position(|x| x.0 == c)
+                .position(|x| x.id.0 == c)
                 .map(|i| self.clients.remove(i)),
         };
         self.forget_released_keys();
-        gone
+        gone.map(|a| a.id)
     }
 
-    /// Keeps the oldest `keep` clients; returns the others.
-    pub(crate) fn release_beyond(&mut self, keep: usize) -> Vec<ClientId> {
-        let gone = self.clients.split_off(keep);
+    /// Of the clients settled at `now` (admitted at least `window` before), keeps the
+    /// oldest `keep` and releases the others; tentative clients all stay. Returns the
+    /// released.
+    pub(crate) fn release_settled_beyond(
+        &mut self,
+        keep: usize,
+        now: Instant,
+        window: Duration,
+    ) -> Vec<ClientId> {
+        let mut settled = 0;
+        let mut gone = Vec::new();
+        self.clients.retain(|c| {
+            if now.saturating_duration_since(c.at) < window {
+                return true;
+            }
+            settled += 1;
+            if settled <= keep {
+                return true;
+            }
+            gone.push(c.id);
+            false
+        });
         self.forget_released_keys();
         gone
     }
@@ -266,7 +312,10 @@ impl ServiceTable {
                 node,
                 generation,
                 info: None,
-                clients,
+                clients: clients
+                    .into_iter()
+                    .map(|id| Admitted { id, at: now })
+                    .collect(),
                 keys: Vec::new(),
                 waiting: Vec::new(),
                 placed_at: now,
@@ -393,7 +442,7 @@ mod tests {
         let now = Instant::now();
         let mut t = table(now);
         assert_eq!(t.name_of(ServiceId(7)).map(String::as_str), Some("video-a"));
-        assert_eq!(t["video-a"].clients().len(), 3);
+        assert_eq!(t["video-a"].client_count(), 3);
         // Not running yet: no placement, no instance to find.
         assert_eq!(t["video-a"].placement(), None);
         assert_eq!(t.running(NodeId(1), "video-a.1"), None);
@@ -436,24 +485,38 @@ mod tests {
     }
 
     #[test]
-    fn clients_are_released_by_id_newest_first_or_beyond_a_count() {
-        let mut t = table(Instant::now());
+    fn clients_are_released_by_id_newest_first_or_beyond_a_count_of_settled_ones() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(3);
+        let mut t = table(t0);
         let s = t.get_mut("video-a").unwrap();
         assert_eq!(s.release_client(Some(2)), Some(ClientId(2)));
         assert_eq!(s.release_client(Some(2)), None);
         assert_eq!(s.release_client(None), Some(ClientId(3)));
-        s.add_client(ClientId(5));
-        s.add_client(ClientId(6));
-        assert_eq!(s.release_beyond(1), vec![ClientId(5), ClientId(6)]);
-        assert_eq!(s.clients(), &[ClientId(1)]);
+        s.add_client(ClientId(5), t0 + Duration::from_secs(1));
+        s.add_client(ClientId(6), t0 + Duration::from_secs(2));
+        s.add_client(ClientId(7), t0 + Duration::from_secs(4));
+        // At t0 + 5 s, 1, 5 and 6 are settled, 7 is tentative.
+        let now = t0 + Duration::from_secs(5);
+        assert_eq!(s.settled_clients(now, w), 3);
+        assert_eq!(
+            s.release_settled_beyond(1, now, w),
+            vec![ClientId(5), ClientId(6)]
+        );
+        assert_eq!(s.client_id_list(), vec![ClientId(1), ClientId(7)]);
+        // Nothing settled beyond the count: nothing released.
+        assert_eq!(s.release_settled_beyond(1, now, w), vec![]);
+        assert_eq!(s.release_settled_beyond(0, now, w), vec![ClientId(1)]);
+        assert_eq!(s.client_id_list(), vec![ClientId(7)]);
     }
 
     #[test]
     fn an_idempotency_key_names_its_client_until_that_client_is_released() {
         let mut t = table(Instant::now());
         let s = t.get_mut("video-a").unwrap();
-        s.add_keyed_client(ClientId(7), 70);
-        s.add_keyed_client(ClientId(8), 80);
+        let t0 = Instant::now();
+        s.add_keyed_client(ClientId(7), 70, t0);
+        s.add_keyed_client(ClientId(8), 80, t0);
         assert_eq!(s.client_of_key(70), Some(ClientId(7)));
         assert_eq!(s.client_of_key(80), Some(ClientId(8)));
         assert_eq!(s.client_of_key(90), None);
@@ -466,12 +529,15 @@ mod tests {
         assert_eq!(s.keys.len(), 0);
         // Released beyond a count: likewise.
         // (The fixture's service has clients 1, 2 and 3.)
-        s.add_keyed_client(ClientId(9), 90);
+        s.add_keyed_client(ClientId(9), 90, t0);
         assert_eq!(
-            s.clients(),
-            &[ClientId(1), ClientId(2), ClientId(3), ClientId(9)]
+            s.client_id_list(),
+            vec![ClientId(1), ClientId(2), ClientId(3), ClientId(9)]
         );
-        assert_eq!(s.release_beyond(3), vec![ClientId(9)]);
+        assert_eq!(
+            s.release_settled_beyond(3, t0, Duration::ZERO),
+            vec![ClientId(9)]
+        );
         assert_eq!(s.client_of_key(90), None);
         assert_eq!(s.keys.len(), 0);
     }
