@@ -72,34 +72,65 @@ pub struct FrontendBench {
     pub joining_under_idle_sockets: Option<Latency>,
 }
 
-/// Holds `n` idle sockets to `to` from `from`, reopening each as it closes, until aborted.
-fn hold_idle(
-    to: std::net::SocketAddr,
-    from: std::net::IpAddr,
-    n: usize,
-) -> tokio::task::JoinSet<()> {
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        set.spawn(async move {
-            loop {
-                let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
-                    return;
-                };
-                if sock.bind(std::net::SocketAddr::new(from, 0)).is_err() {
-                    return;
-                }
-                match sock.connect(to).await {
-                    Ok(mut s) => {
-                        use tokio::io::AsyncReadExt;
-                        // Says nothing; waits for the front-end to close it.
-                        let _ = s.read(&mut [0u8; 16]).await;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
+/// A stranger holding idle sockets, on its own thread and runtime (see [`hold_idle`]);
+/// dropping it stops the stranger and closes its sockets.
+struct Stranger {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
-    set
+}
+
+/// Holds `n` idle sockets to `to` from `from`, reopening each as it closes, until the
+/// returned [`Stranger`] is dropped. It runs on a thread and runtime of its own, as a
+/// stranger on another machine would: its thousands of tasks do not queue ahead of the
+/// timed viewers' in this process's scheduler (they still share the machine's CPUs).
+fn hold_idle(to: std::net::SocketAddr, from: std::net::IpAddr, n: usize) -> Stranger {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                set.spawn(async move {
+                    loop {
+                        let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+                            return;
+                        };
+                        if sock.bind(std::net::SocketAddr::new(from, 0)).is_err() {
+                            return;
+                        }
+                        match sock.connect(to).await {
+                            Ok(mut s) => {
+                                use tokio::io::AsyncReadExt;
+                                // Says nothing; waits for the front-end to close it.
+                                let _ = s.read(&mut [0u8; 16]).await;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                });
+            }
+            let _ = stopped.await;
+            set.abort_all();
+        });
+    });
+    Stranger {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
 }
 
 fn latency(samples: Vec<(f64, bool)>) -> Latency {
