@@ -13,7 +13,9 @@
 //! a viewer that stops reading a relayed video cannot hold its upstream connection and its
 //! admission forever. One address may hold at most `max_per_address` connections (an IPv6
 //! address counts by its /64, what one host or one subscriber usually holds): a stranger
-//! cannot take the whole cap from real viewers.
+//! cannot take the whole cap from real viewers; a connection over its address's share is
+//! held unread for a second before it is closed (`Tarpit`), so a stranger reconnecting in a
+//! loop does so about once a second per socket, not as fast as the listener can refuse.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -81,6 +83,52 @@ impl Default for HttpLimits {
             max_per_address: 256,
             uncapped: Arc::from([]),
         }
+    }
+}
+
+/// How long a connection refused for its address's share is kept open, unread, before it
+/// is closed.
+const TARPIT_HOLD: Duration = Duration::from_secs(1);
+
+/// Refused connections held at most; beyond, the oldest is closed.
+const TARPIT_MAX: usize = 4096;
+
+/// Connections refused for their address's share, held open (never read) for
+/// [`TARPIT_HOLD`] before they are closed: a stranger that reconnects as soon as it is
+/// closed then reconnects about once a second per socket, instead of as fast as the
+/// listener can accept and close, which is what its flood costs the viewers. Bounded by
+/// [`TARPIT_MAX`] descriptors, all given back when an accept fails (descriptors short).
+#[derive(Default)]
+struct Tarpit {
+    held: std::collections::VecDeque<(tokio::time::Instant, tokio::net::TcpStream)>,
+}
+
+impl Tarpit {
+    /// Closes the connections held for [`TARPIT_HOLD`] by `now`.
+    fn expire(&mut self, now: tokio::time::Instant) {
+        while self
+            .held
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= TARPIT_HOLD)
+        {
+            self.held.pop_front();
+        }
+    }
+
+    /// When the oldest held connection is due (never, when none is held).
+    async fn next_expiry(&self) {
+        match self.held.front() {
+            Some((at, _)) => tokio::time::sleep_until(*at + TARPIT_HOLD).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn hold(&mut self, stream: tokio::net::TcpStream, now: tokio::time::Instant) {
+        self.expire(now);
+        if self.held.len() >= TARPIT_MAX {
+            self.held.pop_front();
+        }
+        self.held.push_back((now, stream));
     }
 }
 
@@ -254,11 +302,22 @@ pub async fn serve(
     let refused_address = format!("{name}_refused_per_address");
     let silent: Arc<str> = format!("{name}_closed_silent").into();
     let tls_failed: Arc<str> = format!("{name}_tls_failed").into();
+    let mut tarpit = Tarpit::default();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        // `accept` is cancel-safe: the tarpit's timer may win and nothing is lost.
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = tarpit.next_expiry() => {
+                tarpit.expire(tokio::time::Instant::now());
+                continue;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
+                // EMFILE and friends: give back the tarpit's descriptors first, then back
+                // off instead of spinning.
+                tarpit.held.clear();
                 debug!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
@@ -270,7 +329,7 @@ pub async fn serve(
                 Some(place) => Some(place),
                 None => {
                     counters.incr(&refused_address);
-                    drop(stream);
+                    tarpit.hold(stream, tokio::time::Instant::now());
                     continue;
                 }
             },
@@ -490,8 +549,9 @@ mod tests {
         assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
     }
 
-    /// One address holds at most `max_per_address` connections; the next is closed at
-    /// once and counted, and a place comes back when a connection ends.
+    /// One address holds at most `max_per_address` connections; the next is counted,
+    /// held unread for the tarpit's second (a stranger's reconnect loop slows to it) and
+    /// closed, and a place comes back when a connection ends.
     #[tokio::test]
     async fn one_address_holds_at_most_its_share() {
         let limits = HttpLimits {
@@ -501,12 +561,14 @@ mod tests {
         let (addr, counters) = server(limits).await;
         let a = tokio::net::TcpStream::connect(addr).await.unwrap();
         let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = tokio::time::Instant::now();
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut [0u8; 16]))
             .await
             .expect("closed by the server")
             .unwrap_or(0);
         assert_eq!(n, 0);
+        assert!(t.elapsed() >= TARPIT_HOLD, "closed after {:?}", t.elapsed());
         assert_eq!(counters.snapshot().get("t_refused_per_address"), Some(&1));
         drop(a);
         // Its place is given back once the server sees it closed.
