@@ -70,6 +70,13 @@ pub struct Summary {
     pub node_failure_resume_max_ms: f64,
     /// Viewers of the drained node: migration gap, p99.
     pub migration_gap_p99_ms: f64,
+    /// The drain, in words: which node, and whether it was accepted or why not.
+    pub drain: String,
+    /// Distributors on the drained node when it was drained.
+    pub drained_services: u64,
+    /// Of those, how many still ran there at the end (a drain with no room elsewhere
+    /// leaves them, and the node stays in service; 0 when it completed).
+    pub drained_left_behind: u64,
     /// Stalls over all viewers.
     pub stalls: u64,
     /// Rebuffer time / session time over all viewers.
@@ -320,6 +327,8 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     };
     let mut killed_services: BTreeSet<String> = BTreeSet::new();
     let mut drained_services: BTreeSet<String> = BTreeSet::new();
+    let mut drained_node: Option<u64> = None;
+    summary.drain = "not done (no busy node other than the Control and the front-end)".into();
     let (mut did_control, mut did_node, mut did_drain) = (false, false, false);
     let mut last_progress = Instant::now();
     while t0.elapsed() < args.duration {
@@ -389,17 +398,22 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
                     "drain n{node} ({} distributors) ...",
                     drained_services.len()
                 ));
+                drained_node = Some(node);
                 let cl = cluster.client(fe).await?;
-                match cl
+                let outcome = match cl
                     .with_timeout(Duration::from_secs(30))
                     .request(Request::Drain {
                         node: smart_proto::NodeId(node),
                     })
                     .await
                 {
-                    Ok(Response::Ok) => say("  drain accepted".into()),
-                    other => say(format!("  drain: {other:?}")),
-                }
+                    Ok(Response::Ok) => "accepted".to_string(),
+                    Ok(Response::Error(e)) => format!("refused: {e}"),
+                    Ok(_) => "answered with something other than a yes or a refusal".to_string(),
+                    Err(e) => format!("failed: {e}"),
+                };
+                say(format!("  drain of n{node} {outcome}"));
+                summary.drain = format!("n{node} {outcome}");
             }
         }
         if last_progress.elapsed() >= Duration::from_secs(2) {
@@ -489,6 +503,16 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     if let Ok(s) = cluster.status(fe).await {
         summary.rejected_requests = counter(&s, "frontend_503");
     }
+    summary.drained_services = drained_services.len() as u64;
+    if let Some(node) = drained_node {
+        summary.drained_left_behind = services(&cluster, fe)
+            .await
+            .iter()
+            .filter(|s| {
+                s.placement.node.0 == node && drained_services.contains(&s.placement.service)
+            })
+            .count() as u64;
+    }
     if args.json {
         println!(
             "{}",
@@ -518,6 +542,20 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             summary.node_failure_resume_p99_ms,
             summary.node_failure_resume_max_ms,
             summary.migration_gap_p99_ms
+        );
+        println!(
+            "drain {}: {} of {} distributors moved off{}",
+            summary.drain,
+            summary.drained_services - summary.drained_left_behind,
+            summary.drained_services,
+            if summary.drained_left_behind > 0 {
+                format!(
+                    ", {} stayed (no room elsewhere: the node stays in service with them)",
+                    summary.drained_left_behind
+                )
+            } else {
+                String::new()
+            }
         );
         println!(
             "stalls {}, rebuffer ratio {:.4}, {:.1} MB delivered",
