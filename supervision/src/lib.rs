@@ -167,10 +167,7 @@ pub async fn run(
             tokens
                 .check(Some(token), tokens::Scope::Read)
                 .ok()
-                .map(|g| match g.scope {
-                    tokens::Scope::Read => smart_transport::handshake::ClientScope::Read,
-                    tokens::Scope::Admin => smart_transport::handshake::ClientScope::Admin,
-                })
+                .map(|g| g.scope)
         })
     };
     let mut endpoint = Endpoint::node(cfg.id(), durable.incarnation(), key.clone())

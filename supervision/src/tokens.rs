@@ -31,24 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scope {
-    /// Every `GET` route.
-    Read,
-    /// Every route.
-    Admin,
-}
-
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Scope::Read => "read",
-            Scope::Admin => "admin",
-        })
-    }
-}
+/// What a token may do: the transport's client scope, one type for both APIs.
+pub use smart_transport::handshake::ClientScope as Scope;
 
 /// One `[[token]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -100,13 +100,25 @@ pub enum Identity {
     },
 }
 
-/// What a client's token allows on the message API (the HTTP API's token scopes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What a client's token allows, on the message API and on the HTTP API alike (the scope
+/// of a token in a node's tokens file, written `read` or `admin`). Ordered: `Admin` allows
+/// what `Read` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ClientScope {
-    /// Requests that only read.
+    /// Requests that only read (every `GET` route).
     Read,
     /// Every request.
     Admin,
+}
+
+impl std::fmt::Display for ClientScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientScope::Read => "read",
+            ClientScope::Admin => "admin",
+        })
+    }
 }
 
 /// Decides whether a client's token admits it, and with what scope (the node's tokens
