@@ -1220,11 +1220,7 @@ async fn a_strangers_watch_flood_does_not_keep_real_viewers_out() {
     // Room for a few dozen viewers of the video's distributor: a flood that costs a
     // reservation per request fills it in well under a second.
     s.nic_bps = 40_000_000;
-    let c = LocalCluster::start(s).unwrap();
-    let all = c.running();
-    c.wait_agreed_control(&all, Duration::from_secs(20), |_, _| true)
-        .await
-        .unwrap();
+    let (c, _, _) = started(s).await;
     let fe = c.frontend_url(2).unwrap();
     let client = |ip: IpAddr| {
         reqwest::Client::builder()

@@ -657,6 +657,24 @@ mod reaction_tests {
         );
     }
 
+    /// `rep` with instance `inst` reporting `n` connected clients (and no load).
+    fn counting(rep: &AgentReport, inst: &str, n: u32) -> AgentReport {
+        let mut r = rep.clone();
+        for i in &mut r.instances {
+            if i.instance == inst {
+                i.usage = Some(UsageReading {
+                    instance: inst.to_string(),
+                    cpu_cores: 0.0,
+                    net_bps: None,
+                    mem_bytes: 0,
+                    clients: Some(n),
+                    speaks_api: false,
+                });
+            }
+        }
+        r
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn clients_that_left_are_released_after_two_refreshes_outside_the_grace_period() {
         let grace = Duration::from_millis(400);
@@ -683,22 +701,7 @@ mod reaction_tests {
         }
         let inst = instance_of(&cl.status().await, "video-a");
         let rep = cl.report_listing(a.node, &inst).await;
-        let with_clients = |n: u32| {
-            let mut r = rep.clone();
-            for i in &mut r.instances {
-                if i.instance == inst {
-                    i.usage = Some(UsageReading {
-                        instance: inst.clone(),
-                        cpu_cores: 0.0,
-                        net_bps: None,
-                        mem_bytes: 0,
-                        clients: Some(n),
-                        speaks_api: false,
-                    });
-                }
-            }
-            r
-        };
+        let with_clients = |n: u32| counting(&rep, &inst, n);
         let admitted = |s: &ControlStatus| s.services["video-a"].2;
         // Within the grace period after the placement, and the clients' arrival window:
         // nothing is released.
@@ -782,19 +785,7 @@ mod reaction_tests {
             admit().await;
         }
         let inst = instance_of(&cl.status().await, "video-a");
-        let mut rep = cl.report_listing(a.node, &inst).await;
-        for i in &mut rep.instances {
-            if i.instance == inst {
-                i.usage = Some(UsageReading {
-                    instance: inst.clone(),
-                    cpu_cores: 0.0,
-                    net_bps: None,
-                    mem_bytes: 0,
-                    clients: Some(1),
-                    speaks_api: false,
-                });
-            }
-        }
+        let rep = counting(&cl.report_listing(a.node, &inst).await, &inst, 1);
         cl.inject(rep.clone());
         cl.inject(rep.clone());
         // Settled: the first viewer's admission and the four phantoms; one is counted, so
