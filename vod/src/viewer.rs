@@ -330,6 +330,10 @@ pub struct Progress {
     last_byte_us: AtomicU64,
     bytes: AtomicU64,
     integrity_errors: AtomicU64,
+    /// Requests sent (every connection attempt, redirects included).
+    requests: AtomicU64,
+    /// The URL of the last request (what a stalled viewer is waiting on).
+    url: std::sync::Mutex<String>,
 }
 
 impl Default for Progress {
@@ -339,6 +343,8 @@ impl Default for Progress {
             last_byte_us: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             integrity_errors: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            url: Default::default(),
         }
     }
 }
@@ -352,6 +358,16 @@ impl Progress {
     /// Integrity errors so far (as [`ViewerReport::integrity_errors`] will count them).
     pub fn integrity_errors(&self) -> u64 {
         self.integrity_errors.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent so far (a viewer waiting on one connection does not add any).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The URL last asked.
+    pub fn url(&self) -> String {
+        self.url.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// When the last byte arrived (`None` before the first).
@@ -485,6 +501,10 @@ async fn viewer_loop(
             break;
         }
         let backoff = Duration::from_millis((10u64 << failures.min(6)).min(500));
+        if let Some(p) = progress {
+            p.requests.fetch_add(1, Ordering::Relaxed);
+            *p.url.lock().unwrap_or_else(|p| p.into_inner()) = url.to_string();
+        }
         let resp = tokio::select! {
             r = http::get(&url, Some(s.report.offset), Duration::from_secs(3)) => r,
             _ = stop.wait_for(|s| *s) => break,
