@@ -10,6 +10,7 @@
 #   ui/ uPlot (the dashboard's chart, embedded in the smart binary by build.rs) into
 #   ui/node_modules (neither committed; no browser download: Debian's chromium is used)
 # - prometheus: its promtool checks the nodes' /metrics in the tests
+# - keepalived: the front-end pair's shared address (VRRP) in the namespace suite and deploy/
 # - cargo-nextest, cargo-deny: the test runner and the supply-chain checks of .ci/run
 # Needs root (or sudo) for apt; skips packages that are already there.
 set -euo pipefail
@@ -24,6 +25,7 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v keepalived >/dev/null 2>&1 || need+=(keepalived)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use smart_testkit::{p50, p99};
+use smart_testkit::p50;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smart");
 
@@ -564,13 +564,14 @@ struct Services {
 }
 
 fn services_net(dist_args: &str, bitrate_bps: u64, extra: &str) -> Services {
-    services_net_on(SVC_HOSTS, "available", dist_args, bitrate_bps, "", extra)
+    services_net_on(SVC_HOSTS, "available", dist_args, bitrate_bps, "", extra, 1)
 }
 
-/// `hosts` hosts in election `mode`: the last one the front-end only, the others agents
-/// that may lead, all running distributors with `dist_args` from the client namespace's
-/// origin; `frontend` more keys of the `[frontend]` table, `extra` TOML tables for every
-/// node.
+/// `hosts` hosts in election `mode`: the last `frontends` the front-end only, the others
+/// agents that may lead, all running distributors with `dist_args` from the client
+/// namespace's origin; `frontend` more keys of the `[frontend]` table, `extra` TOML tables
+/// for every node. Several front-ends bind `0.0.0.0:7102` (an address they share arrives
+/// there); one binds its own address.
 fn services_net_on(
     hosts: usize,
     mode: &str,
@@ -578,6 +579,7 @@ fn services_net_on(
     bitrate_bps: u64,
     frontend: &str,
     extra: &str,
+    frontends: usize,
 ) -> Services {
     let profile = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -585,11 +587,13 @@ fn services_net_on(
     );
     let fe = hosts;
     let top = |i: usize| {
-        if i == fe {
-            format!(
-                "roles = [\"front-end\"]\nfrontend_http = \"{}:7102\"\n",
+        if i + frontends > hosts {
+            let bind = if frontends > 1 {
+                "0.0.0.0".to_string()
+            } else {
                 Net::ip(i)
-            )
+            };
+            format!("roles = [\"front-end\"]\nfrontend_http = \"{bind}:7102\"\n")
         } else {
             "roles = [\"agent\", \"control\"]\n".to_string()
         }
@@ -818,6 +822,25 @@ impl Load {
     }
 }
 
+/// The front-end's relay resumes as `smart status` shows them: (resumes, pause p50 and p99
+/// as the upper bounds of their buckets, longest pause), ms.
+fn relay_pauses(s: &Services) -> (u64, f64, f64, u64) {
+    let st = s.net.status(s.fe).expect("the front-end's status");
+    let get = |k: &str| -> u64 {
+        st["counters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|kv| kv[0] == k))
+            .and_then(|kv| kv[1].as_u64())
+            .unwrap_or(0)
+    };
+    (
+        get("frontend_relay_resumes"),
+        smart_frontend::resume_quantile(&get, 0.5).unwrap_or(f64::NAN),
+        smart_frontend::resume_quantile(&get, 0.99).unwrap_or(f64::NAN),
+        get("frontend_relay_resume_ms_max"),
+    )
+}
+
 /// Brings up the service cluster with the viewers of `load`; returns it, the viewers'
 /// stop and handle, and the placed services once all run and viewers have played a while.
 #[allow(clippy::type_complexity)]
@@ -924,21 +947,20 @@ fn drain_across_hosts_moves_every_viewer_and_copies_the_cache_over_tcp() {
     }
     let _ = stop.send(());
     let reports = viewers.join().unwrap();
-    let mut gaps = Vec::new();
     let moved_svcs: Vec<String> = moving.iter().map(|p| p.0.clone()).collect();
+    let mut moved_viewers = 0;
     for (video, r) in &reports {
         assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
         assert_eq!(r.stalls, 0, "{video}: {r:?}");
         assert!(r.http_error.is_none(), "{video}: {r:?}");
-        if moved_svcs.contains(&format!("video-{video}")) {
-            assert!(r.reconnects >= 1, "{video}: did not move {r:?}");
-            gaps.extend(r.gaps_ms.iter().copied());
-        }
+        // The default front-end relays: the move is hidden in one unbroken response.
+        assert_eq!(r.reconnects, 0, "{video}: {r:?}");
+        moved_viewers += moved_svcs.contains(&format!("video-{video}")) as u64;
     }
     // Every live move is reported as such (no "restarted" fallback).
     let events = s.cli(&["events", "--no-follow"]).unwrap().to_string();
     assert!(!events.contains("restore failed"), "{events}");
-    let (gap_p50, gap_p99) = (p50(gaps.clone()), p99(gaps));
+    let (resumes, pause_p50, pause_p99, pause_max) = relay_pauses(&s);
     println!(
         "{}",
         serde_json::json!({
@@ -946,12 +968,20 @@ fn drain_across_hosts_moves_every_viewer_and_copies_the_cache_over_tcp() {
             "drain_ms": took.as_millis() as u64,
             "cache_bytes_restored": restored_total,
             "target_origin_streams": origin_streams,
-            "gap_p50_ms": gap_p50,
-            "gap_p99_ms": gap_p99,
+            "relay_resumes": resumes,
+            "pause_p50_ms_at_most": pause_p50,
+            "pause_p99_ms_at_most": pause_p99,
+            "pause_max_ms": pause_max,
             "viewers": reports.len(),
         })
     );
-    assert!(gap_p99 <= 200.0, "gap p99 {gap_p99} ms");
+    assert!(
+        resumes >= moved_viewers,
+        "{resumes} relay resumes for {moved_viewers} moved viewers"
+    );
+    // Resumed when the source handed off, not when the relay's 3-s silence timeout would
+    // have noticed (the pause goal itself is the benchmark's figure).
+    assert!(pause_p99 <= 2_000.0, "relay pause p99 over {pause_p99} ms");
 }
 
 #[test]
@@ -1033,10 +1063,7 @@ fn bench_cross_host_migration_of_a_72_mb_cache_with_100_viewers() {
     let (bytes, restore_ms) = (field("bytes"), field("ms"));
     let _ = stop.send(());
     let reports = viewers.join().unwrap();
-    let gaps: Vec<f64> = reports
-        .iter()
-        .flat_map(|(_, r)| r.gaps_ms.iter().copied())
-        .collect();
+    let (resumes, pause_p50, pause_p99, pause_max) = relay_pauses(&s);
     println!(
         "{}",
         serde_json::json!({
@@ -1046,8 +1073,10 @@ fn bench_cross_host_migration_of_a_72_mb_cache_with_100_viewers() {
             "restore_ms": restore_ms,
             "copy_bytes_per_s": bytes / (restore_ms / 1000.0),
             "drain_total_ms": total_ms,
-            "gap_p50_ms": p50(gaps.clone()),
-            "gap_p99_ms": p99(gaps),
+            "relay_resumes": resumes,
+            "pause_p50_ms_at_most": pause_p50,
+            "pause_p99_ms_at_most": pause_p99,
+            "pause_max_ms": pause_max,
             "reconnects": reports.iter().map(|(_, r)| r.reconnects as u64).sum::<u64>(),
             "stalls": reports.iter().map(|(_, r)| r.stalls as u64).sum::<u64>(),
             "corrupt": reports.iter().map(|(_, r)| r.integrity_errors).sum::<u64>(),
@@ -1066,7 +1095,329 @@ fn bench_cross_host_migration_of_a_72_mb_cache_with_100_viewers() {
         assert_eq!(r.integrity_errors, 0, "{video}: {r:?}");
         assert!(r.http_error.is_none(), "{video}: {r:?}");
         assert_eq!(r.stalls, 0, "{video}: {r:?}");
-        assert!(r.reconnects >= 1, "{video}: did not move {r:?}");
+        assert_eq!(r.reconnects, 0, "{video}: the relay hid the move {r:?}");
+    }
+    assert!(
+        resumes >= 100,
+        "{resumes} relay resumes for 100 moved viewers"
+    );
+}
+
+// ---- Two front-ends, one address ------------------------------------------------------------
+
+/// The address the front-end pair shares.
+const VIP: &str = "10.77.0.50";
+/// The real video's length: the players play it to the end.
+const PAIR_SECS: u64 = 24;
+
+/// One ffmpeg player in the client namespace, decoding in real time (`-re`) to nowhere and
+/// reporting its media time every 250 ms.
+struct Player {
+    what: String,
+    child: Child,
+    /// (wall s since start, media s) samples.
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(f64, f64)>>>,
+    reader: std::thread::JoinHandle<()>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Player {
+    fn start(ns: &str, ffmpeg: &std::path::Path, input: &[&str], url: &str, what: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(ffmpeg)
+            .args(["-hide_banner", "-nostdin", "-v", "error", "-re"])
+            .args(input)
+            .args(["-i", url, "-f", "null", "-", "-progress", "pipe:1"])
+            .args(["-stats_period", "0.25"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let reader = {
+            let samples = samples.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(us) = line
+                        .strip_prefix("out_time_us=")
+                        .and_then(|v| v.trim().parse::<i64>().ok())
+                    {
+                        samples
+                            .lock()
+                            .unwrap()
+                            .push((t0.elapsed().as_secs_f64(), us as f64 / 1e6));
+                    }
+                }
+            })
+        };
+        let err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(err), &mut s);
+            s
+        });
+        Player {
+            what: what.to_string(),
+            child,
+            samples,
+            reader,
+            stderr,
+        }
+    }
+
+    fn media(&self) -> f64 {
+        self.samples.lock().unwrap().last().map_or(0.0, |s| s.1)
+    }
+
+    /// Waits for the end (killed at `deadline`): (exited well, stderr, media played, worst
+    /// lag of media behind wall time from the first played sample), s.
+    fn finish(mut self, deadline: Instant) -> (bool, String, f64, f64) {
+        let ok = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st.success();
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = self.reader.join();
+        let err = self.stderr.join().unwrap_or_default();
+        let samples = self.samples.lock().unwrap().clone();
+        let first = samples.iter().find(|s| s.1 > 0.0).copied();
+        let lag = first.map_or(f64::INFINITY, |f| {
+            samples
+                .iter()
+                .filter(|s| s.0 >= f.0)
+                .map(|s| (s.0 - f.0) - (s.1 - f.1))
+                .fold(0.0, f64::max)
+        });
+        (ok, err, samples.last().map_or(0.0, |s| s.1), lag)
+    }
+}
+
+/// keepalived on front-end host `i` of `net` with `priority`, from the deployment kit's
+/// configuration and check (deploy/frontend-pair), edited as docs/operations.md says.
+fn start_keepalived(net: &Net, keepalived: &std::path::Path, i: usize, priority: u32) -> Child {
+    let kit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/frontend-pair");
+    let conf = std::fs::read_to_string(format!("{kit}/keepalived.conf"))
+        .unwrap()
+        .replace("PRIORITY", &priority.to_string())
+        .replace("INTERFACE", "eth0")
+        .replace("VIRTUAL_IP/PREFIX", &format!("{VIP}/24"))
+        .replace(
+            "/usr/local/lib/smart/check-frontend",
+            &format!("{kit}/check-frontend"),
+        )
+        .replace(
+            "router_id smart_frontend",
+            &format!("router_id smart_fe{i}"),
+        );
+    let path = net.dir.join(format!("keepalived-{i}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    let pid = |k: &str| net.dir.join(format!("keepalived-{i}-{k}.pid"));
+    let log = std::fs::File::create(net.dir.join(format!("keepalived-{i}.log"))).unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", &net.ns(i)])
+        .arg(keepalived)
+        .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
+        .arg(&path)
+        .arg("--pid")
+        .arg(pid("main"))
+        .arg("--vrrp_pid")
+        .arg(pid("vrrp"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until host `i` holds the shared address (bounded by `within`; the keepalived
+/// logs in the failure).
+fn wait_for_vip(net: &Net, i: usize, within: Duration) {
+    let t = Instant::now();
+    let holds = || {
+        sh(&["ip", "-n", &net.ns(i), "-4", "addr", "show", "dev", "eth0"])
+            .is_ok_and(|a| a.contains(&format!("{VIP}/")))
+    };
+    while !holds() {
+        if t.elapsed() >= within {
+            let logs: String = (4..=5)
+                .map(|k| {
+                    let t = std::fs::read_to_string(net.dir.join(format!("keepalived-{k}.log")))
+                        .unwrap_or_default();
+                    format!("--- keepalived on h{k}\n{t}")
+                })
+                .collect();
+            panic!("h{i} did not take {VIP} within {within:?}\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two front-ends share [`VIP`] with keepalived as the deployment kit configures it
+/// (docs/operations.md, "Two front-ends, one address"). Twenty ffmpeg players (relayed
+/// progressive, with ffmpeg's reconnect options, and HLS) and ten byte-checking viewers
+/// play through the address; the machine holding it dies (kill -9 of its node and its
+/// keepalived); the other takes the address and every player plays the video to its end
+/// (media lag ≤ 7 s), every viewer's bytes check.
+#[test]
+fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() {
+    if !can_run(false) {
+        return;
+    }
+    let (Some(keepalived), Some(ffmpeg)) = (
+        smart_vod::tools::require_bin("keepalived"),
+        smart_vod::tools::require_bin("ffmpeg"),
+    ) else {
+        return;
+    };
+    let video =
+        smart_bench::videos::real_video(&ffmpeg, Duration::from_secs(PAIR_SECS), KBPS).unwrap();
+    let mut s = services_net_on(5, "available", "", KBPS * 1000, "", "", 2);
+    let all: Vec<usize> = (1..=5).collect();
+    s.net.wait_agree(&all, Duration::from_secs(30), |_| true);
+    let mut daemons = [
+        start_keepalived(&s.net, &keepalived, 4, 150),
+        start_keepalived(&s.net, &keepalived, 5, 100),
+    ];
+    wait_for_vip(&s.net, 4, Duration::from_secs(20));
+    // The origin with the real video, in the client namespace.
+    let (stop_origin, origin_rx) = std::sync::mpsc::channel::<()>();
+    let origin = in_client(s.net.client_ns(), move || async move {
+        let mut o = smart_vod::origin::Origin::new();
+        o.add("v0", video);
+        let l = tokio::net::TcpListener::bind(format!("{CLIENT_IP}:8000"))
+            .await
+            .unwrap();
+        tokio::spawn(std::sync::Arc::new(o).serve(l));
+        let _ = tokio::task::spawn_blocking(move || origin_rx.recv()).await;
+    });
+    let base = format!("http://{VIP}:7102/watch/v0");
+    let reconnect = [
+        "-reconnect",
+        "1",
+        "-reconnect_streamed",
+        "1",
+        "-reconnect_on_network_error",
+        "1",
+        "-reconnect_delay_max",
+        "2",
+    ];
+    let client = s.net.client_ns();
+    let mut players = Vec::new();
+    for k in 0..20 {
+        let (url, what) = if k % 2 == 0 {
+            (base.clone(), format!("progressive player {k}"))
+        } else {
+            (format!("{base}.m3u8"), format!("HLS player {k}"))
+        };
+        players.push(Player::start(&client, &ffmpeg, &reconnect, &url, &what));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Byte-checking viewers through the same address.
+    let (stop_viewers, viewers_rx) = std::sync::mpsc::channel::<()>();
+    let progress: Vec<std::sync::Arc<smart_vod::viewer::Progress>> =
+        (0..10).map(|_| Default::default()).collect();
+    let viewers = {
+        let progress = progress.clone();
+        let url = smart_vod::http::Url::parse(&base).unwrap();
+        in_client(client.clone(), move || async move {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let shared = std::sync::Arc::new(smart_vod::viewer::Shared::default());
+            let handles: Vec<_> = progress
+                .into_iter()
+                .map(|p| {
+                    let cfg = smart_vod::viewer::ViewerConfig {
+                        url: url.clone(),
+                        frontend: Some(url.clone()),
+                        bitrate_bps: KBPS * 1000,
+                        prefetch_bytes: 0,
+                        start_buffer: Duration::from_millis(500),
+                        start_offset: 0,
+                    };
+                    let (shared, rx) = (shared.clone(), rx.clone());
+                    tokio::spawn(async move {
+                        smart_vod::viewer::run_viewer_watched(&cfg, &shared, &p, rx).await
+                    })
+                })
+                .collect();
+            let _ = tokio::task::spawn_blocking(move || viewers_rx.recv()).await;
+            let _ = tx.send(true);
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await.unwrap());
+            }
+            out
+        })
+    };
+    // Everyone plays a while through h4.
+    let t = Instant::now();
+    while players.iter().any(|p| p.media() < 6.0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "players did not start: {:?}\n{}",
+            players.iter().map(Player::media).collect::<Vec<_>>(),
+            s.net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The machine holding the address dies.
+    kill_namespace(&s.net.ns(4));
+    let killed = Instant::now();
+    for d in &mut daemons[..1] {
+        let _ = d.wait();
+    }
+    if let Some(mut c) = s.net.procs[3].take() {
+        let _ = c.wait();
+    }
+    wait_for_vip(&s.net, 5, Duration::from_secs(10));
+    let takeover_ms = killed.elapsed().as_millis();
+    let deadline = Instant::now() + Duration::from_secs(PAIR_SECS + 30);
+    let mut results = Vec::new();
+    for p in players {
+        let what = p.what.clone();
+        results.push((what, p.finish(deadline)));
+    }
+    let _ = stop_viewers.send(());
+    let reports = viewers.join().unwrap();
+    let _ = stop_origin.send(());
+    let _ = origin.join();
+    let _ = daemons[1].kill();
+    let _ = daemons[1].wait();
+    let lags: Vec<f64> = results.iter().map(|(_, r)| r.3).collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "takeover_ms": takeover_ms as u64,
+            "players": results.len(),
+            "worst_lag_s_p50": p50(lags.clone()),
+            "worst_lag_s_max": lags.iter().copied().fold(0.0, f64::max),
+            "viewer_reconnects": reports.iter().map(|r| r.reconnects as u64).sum::<u64>(),
+        })
+    );
+    for (what, (ok, err, media, lag)) in &results {
+        assert!(*ok, "{what}: ffmpeg failed: {err}");
+        assert!(
+            *media >= PAIR_SECS as f64 - 0.5,
+            "{what}: played {media:.1} s of {PAIR_SECS}: {err}"
+        );
+        assert!(
+            *lag <= 7.0,
+            "{what}: media fell {lag:.2} s behind wall time"
+        );
+    }
+    for r in &reports {
+        assert_eq!(r.integrity_errors, 0, "{r:?}");
+        assert!(r.http_error.is_none(), "{r:?}");
     }
 }
 
@@ -1229,7 +1580,7 @@ impl Nemesis {
         // has many: the front-end's per-address rate of new services must not refuse them
         // (a refused viewer gives up) when their services are started again after a fault.
         let frontend = "new_services_per_sec = 1000.0\nnew_services_burst = 1000\n";
-        let s = services_net_on(NEM_HOSTS, mode, "", KBPS * 1000, frontend, &tables);
+        let s = services_net_on(NEM_HOSTS, mode, "", KBPS * 1000, frontend, &tables, 1);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let params = NEM_VIDEO;
         let origin = in_client(s.net.client_ns(), move || async move {
@@ -1480,11 +1831,15 @@ impl Nemesis {
     /// After settling at `since`: watches the instances and the viewers for
     /// [`NEM_WATCH`]; returns (services seen doubled, services seen lost, stalled viewers,
     /// longest silence).
-    fn watch(&self, since: Instant) -> (Vec<String>, Vec<String>, usize, Duration) {
+    fn watch(&self, since: Instant) -> (Vec<String>, Vec<String>, usize, Duration, String) {
         let mut doubled = std::collections::BTreeSet::new();
         let mut lost = std::collections::BTreeSet::new();
         let progress = self.viewers.as_ref().map_or(&[][..], |v| &v.progress[..]);
         let mut silence = vec![Duration::ZERO; progress.len()];
+        let requests0: Vec<u64> = progress.iter().map(|p| p.requests()).collect();
+        // What the sockets looked like when a viewer first went quiet for half the
+        // allowed stall: the evidence of a failure, printed with it.
+        let mut sockets = None;
         while since.elapsed() < NEM_WATCH {
             let running = self.running();
             for svc in &self.services {
@@ -1499,16 +1854,57 @@ impl Nemesis {
                 let last = p.last_byte().map_or(since, |l| l.max(since));
                 *s = (*s).max(now.saturating_duration_since(last));
             }
+            if sockets.is_none() && silence.iter().any(|s| *s > NEM_STALL / 2) {
+                sockets = Some(self.sockets());
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
         let stalled = silence.iter().filter(|s| **s > NEM_STALL).count();
         let longest = silence.iter().copied().max().unwrap_or_default();
+        let mut details = String::new();
+        for (i, (p, s)) in progress.iter().zip(&silence).enumerate() {
+            if *s > NEM_STALL {
+                details += &format!(
+                    "viewer {i} of v{}: silent {s:?}, {} requests during the watch, last asked {}\n",
+                    i % NEM_SERVICES,
+                    p.requests() - requests0[i],
+                    p.url()
+                );
+            }
+        }
+        if stalled > 0 {
+            details += &sockets.unwrap_or_default();
+        }
         (
             doubled.into_iter().collect(),
             lost.into_iter().collect(),
             stalled,
             longest,
+            details,
         )
+    }
+
+    /// `ss -tnoi` of the viewers' namespace and of every host's: where each viewer is
+    /// connected, and the senders' retransmission timers.
+    fn sockets(&self) -> String {
+        let mut out = String::new();
+        let mut nss = vec![("viewers".to_string(), self.s.net.client_ns())];
+        nss.extend((1..=NEM_HOSTS).map(|i| (format!("n{i}"), self.s.net.ns(i))));
+        for (name, ns) in nss {
+            let ss = sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "ss",
+                "-tnoi",
+                "state",
+                "established",
+            ])
+            .unwrap_or_else(|e| e);
+            out += &format!("--- sockets of {name}\n{ss}\n");
+        }
+        out
     }
 
     /// Settles after a fault (none on `avoid`), watches, records the round and its
@@ -1530,7 +1926,7 @@ impl Nemesis {
             .filter(|svc| snap.running.get(*svc) != before.running.get(*svc))
             .count();
         let tag = format!("{} round {round} ({fault})", self.mode);
-        let (doubled, lost_after, stalled, longest) = match settled {
+        let (doubled, lost_after, stalled, longest, details) = match settled {
             Some(_) => self.watch(Instant::now()),
             None => {
                 self.failures.push(format!(
@@ -1541,7 +1937,13 @@ impl Nemesis {
                     snap.acting,
                     snap.listed
                 ));
-                (vec![], snap.lost(&self.services), 0, Duration::ZERO)
+                (
+                    vec![],
+                    snap.lost(&self.services),
+                    0,
+                    Duration::ZERO,
+                    String::new(),
+                )
             }
         };
         let control_after = self.snapshot().control();
@@ -1559,7 +1961,7 @@ impl Nemesis {
         }
         if stalled > 0 {
             self.failures.push(format!(
-                "{tag}: {stalled} viewers got no byte for more than {NEM_STALL:?} after settling (longest {longest:?})"
+                "{tag}: {stalled} viewers got no byte for more than {NEM_STALL:?} after settling (longest {longest:?})\n{details}"
             ));
         }
         let corrupt = self.corrupt() - corrupt0;

@@ -4,8 +4,9 @@
 //! front-end, with no agent role), an in-process origin serving generated MPEG-TS videos
 //! (or, with `--real-video`, a real H.264 + AAC video made once with ffmpeg), and
 //! in-process viewers that ask the front-end for Zipf-popular videos
-//! (`GET /watch/{video}` → 302 to the distributor the Control placed), check every byte and
-//! resume by `Range` when a connection closes. Mid-run:
+//! (`GET /watch/{video}`, relayed by the front-end from the distributor the Control placed,
+//! in the default configuration), check every byte and resume by `Range` when a connection
+//! closes. Mid-run:
 //! - at 25 % of the run the Control is killed with `kill -9` (its node's distributors die
 //!   with it: the Control and a service node together); the node is restarted (a reboot)
 //!   and comes back empty;
@@ -64,12 +65,18 @@ pub struct Summary {
     pub node_intervals: u64,
     /// kill -9 of the Control until every survivor reports the new one.
     pub control_failover_ms: f64,
-    /// Viewers of the killed service node: first reconnect gap, p99.
+    /// Viewers of the killed service node: the pause until their stream resumed, p99. With
+    /// the front-end relaying (the default) it is the front-end's pause from the upstream
+    /// seen broken to the first byte of the next, as the upper bound of its histogram
+    /// bucket (`frontend_relay_resume_le_*`); with `redirect`, the viewers' own reconnect
+    /// gap.
     pub node_failure_resume_p99_ms: f64,
-    /// Its maximum.
+    /// Its maximum (relayed: the upper bound of the highest bucket reached).
     pub node_failure_resume_max_ms: f64,
-    /// Viewers of the drained node: migration gap, p99.
+    /// Viewers of the drained node: migration gap, p99 (measured as above).
     pub migration_gap_p99_ms: f64,
+    /// Relayed streams the front-end resumed after a break (node deaths, handoffs).
+    pub relay_resumes: u64,
     /// The drain, in words: which node, and whether it was accepted or why not.
     pub drain: String,
     /// Distributors on the drained node when it was drained.
@@ -97,6 +104,31 @@ fn zipf_pick(rng: &mut impl Rng, n: usize) -> usize {
         }
     }
     n - 1
+}
+
+/// The front-end's counters now (empty if it does not answer).
+async fn fe_counters(c: &LocalCluster, fe: u64) -> std::collections::BTreeMap<String, u64> {
+    c.status(fe)
+        .await
+        .map(|s| s.counters.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// The relay's resume pauses between two counter snapshots: (resumes, p99, highest
+/// bucket), ms as bucket upper bounds; `None` when nothing was resumed.
+fn relay_pauses(
+    from: &std::collections::BTreeMap<String, u64>,
+    to: &std::collections::BTreeMap<String, u64>,
+) -> Option<(u64, f64, f64)> {
+    let delta = |k: &str| {
+        to.get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(from.get(k).copied().unwrap_or(0))
+    };
+    let p99 = smart_frontend::resume_quantile(&delta, 0.99)?;
+    let max = smart_frontend::resume_quantile(&delta, 1.0)?;
+    Some((delta("frontend_relay_resumes"), p99, max))
 }
 
 async fn services(c: &LocalCluster, via: u64) -> Vec<ServiceStatus> {
@@ -331,6 +363,7 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     summary.drain = "not done (no busy node other than the Control and the front-end)".into();
     let (mut did_control, mut did_node, mut did_drain) = (false, false, false);
     let mut last_progress = Instant::now();
+    let (mut before_node, mut before_drain) = (Default::default(), Default::default());
     while t0.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = Instant::now();
@@ -349,6 +382,7 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
         }
         if !did_node && now >= at(0.45) {
             did_node = true;
+            before_node = fe_counters(&cluster, fe).await;
             let control = cluster
                 .wait_agreed_control(&cluster.running(), Duration::from_secs(10), |_, _| true)
                 .await?
@@ -374,6 +408,7 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
         }
         if !did_drain && now >= at(0.65) {
             did_drain = true;
+            before_drain = fe_counters(&cluster, fe).await;
             let control = cluster
                 .wait_agreed_control(&cluster.running(), Duration::from_secs(10), |_, _| true)
                 .await?
@@ -484,6 +519,22 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
     } else {
         percentile(&migration, 99.0)
     };
+    // Relayed viewers never reconnect: their pauses are the front-end's.
+    let end = fe_counters(&cluster, fe).await;
+    if did_node
+        && resume.is_empty()
+        && let Some((_, p99, max)) = relay_pauses(&before_node, &before_drain)
+    {
+        summary.node_failure_resume_p99_ms = p99;
+        summary.node_failure_resume_max_ms = max;
+    }
+    if did_drain
+        && migration.is_empty()
+        && let Some((_, p99, _)) = relay_pauses(&before_drain, &end)
+    {
+        summary.migration_gap_p99_ms = p99;
+    }
+    summary.relay_resumes = end.get("frontend_relay_resumes").copied().unwrap_or(0);
     summary.rebuffer_ratio = if session > 0.0 {
         rebuffer / session
     } else {
@@ -537,11 +588,19 @@ pub async fn run(args: DemoArgs) -> Result<(), ClusterError> {
             summary.node_intervals
         );
         println!(
-            "control failover {:.0} ms; dead node's viewers resumed p99 {:.0} ms (max {:.0}); drain gap p99 {:.0} ms",
+            "control failover {:.0} ms; dead node's viewers resumed p99 {:.0} ms (max {:.0}); drain gap p99 {:.0} ms{}",
             summary.control_failover_ms,
             summary.node_failure_resume_p99_ms,
             summary.node_failure_resume_max_ms,
-            summary.migration_gap_p99_ms
+            summary.migration_gap_p99_ms,
+            if summary.relay_resumes > 0 {
+                format!(
+                    " (the front-end relayed: {} streams resumed, pauses as histogram bucket bounds)",
+                    summary.relay_resumes
+                )
+            } else {
+                String::new()
+            }
         );
         println!(
             "drain {}: {} of {} distributors moved off{}",

@@ -455,12 +455,16 @@ impl Default for HealthConfig {
 pub enum Delivery {
     /// `302 Found` to the distributor the Control placed (the thesis's front-end): no video
     /// byte passes through the front-end, and a player whose distributor dies must come back
-    /// to the front-end by itself.
+    /// to the front-end by itself: reconnect to the front-end's URL (not the redirected
+    /// one) with `Range` at its next byte, and give up on a connection silent for a few
+    /// seconds (a partitioned node's TCP connection only resumes at the sender's next
+    /// retransmission, seconds after the network heals). Most players do neither.
     Redirect,
     /// The front-end fetches from the distributor and streams the body back; when that
-    /// connection breaks (node death, migration) it locates the service again and resumes
-    /// with `Range` at the exact byte, so the player sees one unbroken response. Costs the
-    /// front-end a copy of every byte (CPU and network in and out).
+    /// connection breaks or goes silent (node death, migration, partition) it locates the
+    /// service again and resumes with `Range` at the exact byte, so the player sees one
+    /// unbroken response. Costs the front-end a copy of every byte (CPU and network in and
+    /// out) and the viewer a hop.
     Relay,
 }
 
@@ -506,7 +510,8 @@ pub struct FrontendConfig {
     /// the proxy's own connections are not capped per address. Empty (default): the
     /// connection's address is the client's, and `X-Forwarded-For` is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Progressive `GET /watch/{video}`: `redirect` (default) or `relay`.
+    /// Progressive `GET /watch/{video}`: `relay` (default: an unmodified player keeps
+    /// playing through its distributor's death or move) or `redirect`.
     pub progressive: Delivery,
     /// HLS segments `GET /watch/{video}/seg/{n}.ts`: `relay` (default) or `redirect`. The
     /// playlist is always served by the front-end, so that segment requests come back to it.
@@ -554,7 +559,7 @@ impl Default for FrontendConfig {
             video_admissions_per_sec: 100.0,
             video_admissions_burst: 200,
             trusted_proxies: Vec::new(),
-            progressive: Delivery::Redirect,
+            progressive: Delivery::Relay,
             hls: Delivery::Relay,
             hls_session_timeout: Duration::from_secs(15),
             max_hls_sessions: 100_000,
@@ -1091,16 +1096,16 @@ members = [1, 2, 3]
     #[test]
     fn frontend_delivery_modes() {
         let c = NodeConfig::parse(MINIMAL, Path::new("n1.toml")).unwrap();
-        assert_eq!(c.frontend.progressive, Delivery::Redirect);
+        assert_eq!(c.frontend.progressive, Delivery::Relay);
         assert_eq!(c.frontend.hls, Delivery::Relay);
         let text = format!(
-            "{MINIMAL}[frontend]\nprogressive = \"relay\"\nhls = \"redirect\"\nhls_session_timeout = \"30s\"\nplayer_dir = \"ui\"\n"
+            "{MINIMAL}[frontend]\nprogressive = \"redirect\"\nhls = \"redirect\"\nhls_session_timeout = \"30s\"\nplayer_dir = \"ui\"\n"
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n1.toml");
         std::fs::write(&path, text).unwrap();
         let c = NodeConfig::load(&path).unwrap();
-        assert_eq!(c.frontend.progressive, Delivery::Relay);
+        assert_eq!(c.frontend.progressive, Delivery::Redirect);
         assert_eq!(c.frontend.hls, Delivery::Redirect);
         assert_eq!(c.frontend.hls_session_timeout, Duration::from_secs(30));
         assert_eq!(c.frontend.player_dir, Some(dir.path().join("ui")));

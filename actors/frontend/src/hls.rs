@@ -239,6 +239,7 @@ pub(super) async fn segment(
         cfg,
         counters: ctx.counters.clone(),
         _guards: vec![Box::new(active)],
+        broke_at: None,
     });
     let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();

@@ -9,6 +9,7 @@
 //! | `GET /watch/{video}/seg/{n}.ts?s=ID` | the segment, relayed from the current distributor (`hls = "relay"`) or `302` to it (`"redirect"`) |
 //! | `GET /watch/{video}/where` | the player page's JSON: node, endpoint and events of the video (`page`) |
 //! | `GET /play/{video}`, `GET /play/hls.min.js` | the player page and hls.js (files in `[frontend] player_dir`; contract in `smart_vod::player`) |
+//! | `GET /healthz` | `200` while it serves and knows a Control, else `503` (for a failover daemon's check) |
 //!
 //! When admission says no: `503 Service Unavailable` with `Retry-After` and the reason (body
 //! and `X-Reason`). Bad names, session ids and segment numbers get `4xx`.
@@ -62,6 +63,7 @@ mod hls;
 mod page;
 mod placements;
 mod relay;
+pub use relay::{RESUME_BUCKETS, resume_quantile};
 mod sessions;
 
 use std::net::{IpAddr, SocketAddr};
@@ -500,6 +502,7 @@ impl Ctx {
             cfg,
             counters: self.counters.clone(),
             _guards: vec![Box::new(guard)],
+            broke_at: None,
         });
         self.counters.incr("frontend_relayed");
         let code = if range.is_some() {
@@ -623,9 +626,25 @@ async fn play(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> HttpResp
     }
 }
 
+/// `GET /healthz`: `200` while this front-end serves and knows a Control (it can admit
+/// viewers), `503` when it knows none. What a failover daemon beside it checks (see
+/// docs/operations.md, "Two front-ends, one address"): a front-end cut off from the
+/// cluster should hand the shared address to one that is not.
+async fn healthz(State(ctx): State<Arc<Ctx>>) -> HttpResponse {
+    let control = ctx.forwarder.view.borrow().control.as_ref().map(|c| c.node);
+    let mut r = match control {
+        Some(node) => (StatusCode::OK, format!("ok: control {node}\n")).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no control known\n").into_response(),
+    };
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 /// The front-end's routes.
 fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
+        .route("/healthz", get(healthz))
         .route("/watch/{video}", get(watch))
         .route("/watch/{video}/where", get(where_is))
         .route("/watch/{video}/seg/{file}", get(segment))

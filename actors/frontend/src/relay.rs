@@ -410,6 +410,61 @@ pub(super) struct Relay {
     pub counters: Arc<Counters>,
     /// Dropped with the body: admission releases, session activity.
     pub _guards: Vec<Box<dyn Send + Sync>>,
+    /// When the upstream was seen broken, until the first byte of its replacement.
+    pub broke_at: Option<Instant>,
+}
+
+/// Upper bounds of the resume-pause buckets, ms, and their counters' names (cumulative,
+/// as a Prometheus histogram's: a pause counts in every bucket at or above it).
+pub const RESUME_BUCKETS: [(u64, &str); 9] = [
+    (10, "frontend_relay_resume_le_10ms"),
+    (25, "frontend_relay_resume_le_25ms"),
+    (50, "frontend_relay_resume_le_50ms"),
+    (100, "frontend_relay_resume_le_100ms"),
+    (200, "frontend_relay_resume_le_200ms"),
+    (500, "frontend_relay_resume_le_500ms"),
+    (1_000, "frontend_relay_resume_le_1s"),
+    (2_000, "frontend_relay_resume_le_2s"),
+    (5_000, "frontend_relay_resume_le_5s"),
+];
+
+/// The `q` quantile of the pauses counted in `counters` (name → value, e.g. the difference
+/// of two snapshots) as the upper bound of its bucket, ms; `None` when no resume was
+/// counted, `Some(f64::INFINITY)` when it lies over the last bucket.
+pub fn resume_quantile(counters: &dyn Fn(&str) -> u64, q: f64) -> Option<f64> {
+    let total = RESUME_BUCKETS
+        .last()
+        .map_or(0, |(_, name)| counters(name))
+        .saturating_add(counters("frontend_relay_resume_over_5s"));
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    Some(
+        RESUME_BUCKETS
+            .iter()
+            .find(|(_, name)| counters(name) >= rank)
+            .map_or(f64::INFINITY, |(le, _)| *le as f64),
+    )
+}
+
+/// Records one resume's pause (from the upstream seen broken to the first byte of the
+/// next): a cumulative histogram in counters (`frontend_relay_resume_le_*`, `_over_5s`),
+/// with `frontend_relay_resume_ms_sum` and `frontend_relay_resume_ms_max`.
+fn record_resume(counters: &Counters, pause: Duration) {
+    let ms = pause.as_millis().min(u64::MAX as u128) as u64;
+    let mut within = false;
+    for (le, name) in RESUME_BUCKETS {
+        if ms <= le {
+            counters.incr(name);
+            within = true;
+        }
+    }
+    if !within {
+        counters.incr("frontend_relay_resume_over_5s");
+    }
+    counters.add("frontend_relay_resume_ms_sum", ms);
+    counters.raise("frontend_relay_resume_ms_max", ms);
 }
 
 impl Relay {
@@ -457,6 +512,9 @@ impl Relay {
             };
             match r {
                 Ok(Some(mut c)) => {
+                    if let Some(at) = self.broke_at.take() {
+                        record_resume(&self.counters, at.elapsed());
+                    }
                     let left = self.end - self.pos;
                     if c.len() as u64 > left {
                         c.truncate(left as usize);
@@ -467,10 +525,12 @@ impl Relay {
                 Ok(None) => {
                     debug!(path = %self.res.path, at = self.pos, "upstream ended early; resuming");
                     self.up = None;
+                    self.broke_at.get_or_insert_with(Instant::now);
                 }
                 Err(why) => {
                     debug!(path = %self.res.path, at = self.pos, cause = %why, "upstream broke; resuming");
                     self.up = None;
+                    self.broke_at.get_or_insert_with(Instant::now);
                 }
             }
         }
@@ -498,6 +558,27 @@ pub(super) fn body(relay: Relay) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_pause_lands_in_every_bucket_at_or_above_it() {
+        let c = Counters::default();
+        record_resume(&c, Duration::from_millis(120));
+        record_resume(&c, Duration::from_millis(30));
+        record_resume(&c, Duration::from_secs(7));
+        let m = c.snapshot();
+        let get = |k: &str| m.get(k).copied().unwrap_or(0);
+        assert_eq!(get("frontend_relay_resume_le_50ms"), 1);
+        assert_eq!(get("frontend_relay_resume_le_200ms"), 2);
+        assert_eq!(get("frontend_relay_resume_le_1s"), 2);
+        assert_eq!(get("frontend_relay_resume_le_5s"), 2);
+        assert_eq!(get("frontend_relay_resume_over_5s"), 1);
+        assert_eq!(get("frontend_relay_resume_ms_sum"), 7_150);
+        assert_eq!(get("frontend_relay_resume_ms_max"), 7_000);
+        assert_eq!(resume_quantile(&get, 0.3), Some(50.0));
+        assert_eq!(resume_quantile(&get, 0.5), Some(200.0));
+        assert_eq!(resume_quantile(&get, 0.99), Some(f64::INFINITY));
+        assert_eq!(resume_quantile(&|_: &str| 0, 0.99), None);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
