@@ -279,6 +279,10 @@ async fn drain_moves_every_viewer_with_a_short_gap() {
     // The default configuration: the front-end relays, so the move is the front-end's to
     // hide (each relayed viewer's upstream is handed off and resumed by `Range`).
     let (c, _, fe) = case(2, 120, 3).await;
+    // The front-end's health (what a failover daemon checks): it serves and knows a Control.
+    let h = reqwest::get(format!("{fe}/healthz")).await.unwrap();
+    assert_eq!(h.status(), 200);
+    assert!(h.text().await.unwrap().starts_with("ok: control "));
     let v = viewers(&fe, 100, 2, Duration::from_secs(2));
     let placed = wait_services(&c, 2).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -289,16 +293,14 @@ async fn drain_moves_every_viewer_with_a_short_gap() {
         .map(|s| s.placement.service.clone())
         .collect();
     let resumes_before = cluster::node_counter(&c, fe_node(&c), "frontend_relay_resumes").await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(["drain", &node.to_string(), "--config"])
-        .arg(c.dir().join(format!("n{}.toml", fe_node(&c))))
-        .env("SMART_TOKEN", c.admin_token())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "smart drain: {}",
-        String::from_utf8_lossy(&out.stderr)
+    cluster::succeeded(
+        "smart drain",
+        std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
+            .args(["drain", &node.to_string(), "--config"])
+            .arg(c.dir().join(format!("n{}.toml", fe_node(&c))))
+            .env("SMART_TOKEN", c.admin_token())
+            .output()
+            .unwrap(),
     );
     let mut moved = false;
     for _ in 0..200 {

@@ -574,15 +574,13 @@ async fn a_node_presenting_another_nodes_id_is_refused() {
         .request(smart_api::Request::Status)
         .await
         .expect("status over the message API");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(["status", "--json", "--addr", &c.http_url(1), "--token"])
-        .arg(c.read_token())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cluster::succeeded(
+        "smart status --addr --token",
+        std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
+            .args(["status", "--json", "--addr", &c.http_url(1), "--token"])
+            .arg(c.read_token())
+            .output()
+            .unwrap(),
     );
 }
 

@@ -1191,14 +1191,7 @@ impl Player {
         let _ = self.reader.join();
         let err = self.stderr.join().unwrap_or_default();
         let samples = self.samples.lock().unwrap().clone();
-        let first = samples.iter().find(|s| s.1 > 0.0).copied();
-        let lag = first.map_or(f64::INFINITY, |f| {
-            samples
-                .iter()
-                .filter(|s| s.0 >= f.0)
-                .map(|s| (s.0 - f.0) - (s.1 - f.1))
-                .fold(0.0, f64::max)
-        });
+        let lag = smart_testkit::worst_lag(samples.iter().copied());
         (ok, err, samples.last().map_or(0.0, |s| s.1), lag)
     }
 }
@@ -1290,6 +1283,15 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
         start_keepalived(&s.net, &keepalived, 5, 100),
     ];
     wait_for_vip(&s.net, 4, Duration::from_secs(20));
+    // The kit's check passes on both (each front-end serves and knows the Control).
+    for i in [4, 5] {
+        let check = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/frontend-pair/check-frontend"
+        );
+        sh(&["ip", "netns", "exec", &s.net.ns(i), check])
+            .unwrap_or_else(|e| panic!("check-frontend on h{i}: {e}"));
+    }
     // The origin with the real video, in the client namespace.
     let (stop_origin, origin_rx) = std::sync::mpsc::channel::<()>();
     let origin = in_client(s.net.client_ns(), move || async move {

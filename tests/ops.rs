@@ -862,16 +862,14 @@ async fn the_api_over_tls_answers_smart_only_with_the_cluster_ca() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["members"].as_array().unwrap().len(), 2, "{v}");
     // The node's own config names the CA: `--config` is enough.
-    let out = std::process::Command::new(SMART)
-        .args(["status", "--config"])
-        .arg(c.config_path(2))
-        .env("SMART_TOKEN", c.read_token())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cluster::succeeded(
+        "smart status --config",
+        std::process::Command::new(SMART)
+            .args(["status", "--config"])
+            .arg(c.config_path(2))
+            .env("SMART_TOKEN", c.read_token())
+            .output()
+            .unwrap(),
     );
     // Without the CA, the node's certificate is not trusted.
     let out = status(&[], &base);

@@ -235,14 +235,7 @@ impl Ffmpeg {
 
 /// How far media time fell behind wall time, at worst, from the first sample that played.
 fn worst_lag(samples: &[Sample]) -> f64 {
-    let Some(first) = samples.iter().find(|s| s.media > 0.0).copied() else {
-        return f64::INFINITY;
-    };
-    samples
-        .iter()
-        .filter(|s| s.wall >= first.wall)
-        .map(|s| (s.wall - first.wall) - (s.media - first.media))
-        .fold(0.0, f64::max)
+    smart_testkit::worst_lag(samples.iter().map(|s| (s.wall, s.media)))
 }
 
 /// Asserts an ffmpeg run played the whole real video cleanly and in real time.

@@ -255,16 +255,14 @@ async fn status_command_prints_json_with_control_and_members() {
         .await
         .unwrap();
     // Over the HTTP API of node 2, address and token from the environment.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smart"))
-        .args(["status", "--json"])
-        .env("SMART_ADDR", c.http_url(2))
-        .env("SMART_TOKEN", c.read_token())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = smart_testkit::cluster::succeeded(
+        "smart status",
+        smart_testkit::cluster::smart_cli(
+            env!("CARGO_BIN_EXE_smart"),
+            &["status", "--json"],
+            &c.http_url(2),
+            c.read_token(),
+        ),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["control"]["node_id"], ctl);

@@ -120,6 +120,18 @@ pub fn smart_cli(bin: &str, args: &[&str], addr: &str, token: &str) -> std::proc
         .unwrap()
 }
 
+/// `out` of a command that must have succeeded; panics with `what` and its stderr
+/// otherwise.
+#[track_caller]
+pub fn succeeded(what: &str, out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The `error.code` of an HTTP API error answer ("" when there is none).
 pub fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")

@@ -42,7 +42,38 @@ pub fn p50(mut v: Vec<f64>) -> f64 {
     smart_proto::stats::percentile(&mut v, 0.5).unwrap_or(0.0)
 }
 
+/// How far a player's media time fell behind wall time, at worst, from its first sample
+/// that played: `samples` are (wall s, media s) in order; infinite when none played.
+pub fn worst_lag(samples: impl IntoIterator<Item = (f64, f64)>) -> f64 {
+    let mut first = None;
+    let mut worst: f64 = 0.0;
+    for (wall, media) in samples {
+        if first.is_none() && media > 0.0 {
+            first = Some((wall, media));
+        }
+        if let Some((w0, m0)) = first {
+            worst = worst.max((wall - w0) - (media - m0));
+        }
+    }
+    if first.is_some() {
+        worst
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// The 99th percentile of `v` (nearest rank); 0 when empty.
 pub fn p99(mut v: Vec<f64>) -> f64 {
     smart_proto::stats::percentile(&mut v, 0.99).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worst_lag_counts_from_the_first_sample_that_played() {
+        // Starts at wall 2 s; by wall 5 s media is 1.5 s in: 1.5 s behind; then catches up.
+        let s = [(0.0, 0.0), (2.0, 0.1), (3.0, 1.1), (5.0, 1.6), (6.0, 3.1)];
+        assert!((super::worst_lag(s) - 1.5).abs() < 1e-9);
+        assert!(super::worst_lag([(0.0, 0.0), (1.0, 0.0)]).is_infinite());
+    }
 }

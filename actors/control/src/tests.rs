@@ -507,6 +507,29 @@ mod reaction_tests {
             }
         }
 
+        /// One node whose Control neither releases a client nor counts it settled for
+        /// `window` after its service's placement and its admission.
+        async fn with_release_window(window: Duration) -> Cluster {
+            let tuning = ControlTuning {
+                release_grace: window,
+                arrival_window: window,
+                ..ControlTuning::default()
+            };
+            Cluster::new(1, tuning).await
+        }
+
+        /// Admits one client of `service` (which must run).
+        async fn admit_client(&self, service: &str) {
+            let r = self
+                .api(Request::AdmitClient {
+                    service: service.into(),
+                    spec: None,
+                    key: None,
+                })
+                .await;
+            assert!(matches!(r, Response::Placed(_)), "{r:?}");
+        }
+
         /// The node's last report, once it lists `instance`.
         async fn report_listing(&self, node: NodeId, instance: &str) -> AgentReport {
             for _ in 0..100 {
@@ -678,26 +701,10 @@ mod reaction_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn clients_that_left_are_released_after_two_refreshes_outside_the_grace_period() {
         let grace = Duration::from_millis(400);
-        let cl = Cluster::new(
-            1,
-            ControlTuning {
-                release_grace: grace,
-                arrival_window: grace,
-                ..ControlTuning::default()
-            },
-        )
-        .await;
+        let cl = Cluster::with_release_window(grace).await;
         let a = cl.admit("video-a").await;
         for _ in 0..3 {
-            assert!(matches!(
-                cl.api(Request::AdmitClient {
-                    service: "video-a".into(),
-                    spec: None,
-                    key: None,
-                })
-                .await,
-                Response::Placed(_)
-            ));
+            cl.admit_client("video-a").await;
         }
         let inst = instance_of(&cl.status().await, "video-a");
         let rep = cl.report_listing(a.node, &inst).await;
@@ -755,34 +762,15 @@ mod reaction_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stream_of_admissions_does_not_delay_the_release_of_those_that_never_came() {
         let window = Duration::from_millis(400);
-        let cl = Cluster::new(
-            1,
-            ControlTuning {
-                release_grace: window,
-                arrival_window: window,
-                ..ControlTuning::default()
-            },
-        )
-        .await;
+        let cl = Cluster::with_release_window(window).await;
         let a = cl.admit("video-a").await;
-        let admit = || async {
-            assert!(matches!(
-                cl.api(Request::AdmitClient {
-                    service: "video-a".into(),
-                    spec: None,
-                    key: None,
-                })
-                .await,
-                Response::Placed(_)
-            ));
-        };
         // Four phantoms now; after their window, three more while the reports say 1.
         for _ in 0..4 {
-            admit().await;
+            cl.admit_client("video-a").await;
         }
         tokio::time::sleep(window + Duration::from_millis(100)).await;
         for _ in 0..3 {
-            admit().await;
+            cl.admit_client("video-a").await;
         }
         let inst = instance_of(&cl.status().await, "video-a");
         let rep = counting(&cl.report_listing(a.node, &inst).await, &inst, 1);
