@@ -47,6 +47,9 @@ pub enum ClusterError {
         /// How long.
         after: Duration,
     },
+    /// The user stopped the run (Ctrl-C); what it started is removed on the way out.
+    #[error("interrupted")]
+    Interrupted,
     /// A node could not be asked.
     #[error("node n{node}: {reason}")]
     Node {
@@ -110,6 +113,10 @@ pub struct ClusterSpec {
     pub http_tls: bool,
     /// `ulimit -n` (soft and hard) of every node process, e.g. to test descriptor exhaustion.
     pub nofile: Option<u64>,
+    /// Run node `i` on host `i` of these namespaces (its own address, multicast on `eth0`,
+    /// front-ends bound to every address so that a shared one arrives) instead of on
+    /// loopback.
+    pub hosts: Option<std::sync::Arc<crate::netns::Hosts>>,
 }
 
 impl ClusterSpec {
@@ -134,6 +141,7 @@ impl ClusterSpec {
             viewer_admissions: Some((10_000.0, 10_000)),
             http_tls: false,
             nofile: None,
+            hosts: None,
         }
     }
 }
@@ -181,7 +189,12 @@ impl LocalCluster {
         // 127.X.Y.n: X from the pid, Y from the counter, so that parallel clusters differ.
         let x = 100 + (pid % 100) as u8;
         let y = (seq % 250) as u8 + 1;
-        let port = 20_000 + ((pid * 7 + seq * 13) % 20_000) as u16;
+        // On namespace hosts every node has an address of its own: the ports an operator
+        // would pick.
+        let port = match spec.hosts {
+            Some(_) => 7101,
+            None => 20_000 + ((pid * 7 + seq * 13) % 20_000) as u16,
+        };
         let mport = port + 1;
         let group = Ipv4Addr::new(239, 255, 78, y);
         let dir = std::env::temp_dir().join(format!("smart-cluster-{pid}-{seq}"));
@@ -223,7 +236,15 @@ impl LocalCluster {
         )
         .map_err(io("writing tokens.toml"))?;
         let members: Vec<String> = (1..=spec.nodes).map(|i| i.to_string()).collect();
-        let addr_of = |i: usize| SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port));
+        let hosts = spec.hosts.clone();
+        let addr_of = |i: usize| match &hosts {
+            Some(h) => SocketAddr::from((h.ip(i), port)),
+            None => SocketAddr::from((Ipv4Addr::new(127, x, y, i as u8), port)),
+        };
+        let multicast_if = match spec.hosts {
+            Some(_) => "\"eth0\"\nloopback = false",
+            None => "\"127.0.0.1\"",
+        };
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes {
             let addr = addr_of(i);
@@ -253,7 +274,11 @@ impl LocalCluster {
             );
             if spec.frontends.contains(&(i as u64)) {
                 roles.push("\"front-end\"");
-                let http = SocketAddr::new(addr.ip(), port + 2);
+                let ip = match spec.hosts {
+                    Some(_) => Ipv4Addr::UNSPECIFIED.into(),
+                    None => addr.ip(),
+                };
+                let http = SocketAddr::new(ip, port + 2);
                 top.push_str(&format!("frontend_http = \"{http}\"\n"));
             }
             let roles = format!("[{}]", roles.join(", "));
@@ -267,7 +292,7 @@ impl LocalCluster {
                 })
                 .unwrap_or_default();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\nnew_services_per_sec = {:?}\nnew_services_burst = {}\n{viewers}{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = \"127.0.0.1\"\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\nnew_services_per_sec = {:?}\nnew_services_burst = {}\n{viewers}{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = {multicast_if}\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
                 spec.origin,
                 spec.bitrate_bps,
@@ -394,6 +419,7 @@ impl LocalCluster {
         let env = self.spec.env.clone();
         let filter = self.spec.log.clone();
         let nofile = self.spec.nofile;
+        let netns = self.spec.hosts.as_ref().map(|h| h.ns(id as usize));
         let n = self.node(id);
         let log = fs::OpenOptions::new()
             .create(true)
@@ -401,7 +427,14 @@ impl LocalCluster {
             .open(&log_path)
             .map_err(io("opening node log"))?;
         let log2 = log.try_clone().map_err(io("cloning log handle"))?;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
         if let Some(limit) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
@@ -484,6 +517,11 @@ impl LocalCluster {
             let a = self.nodes[(id - 1) as usize].addr;
             format!("http://{}:{}", a.ip(), a.port() + 2)
         })
+    }
+
+    /// The namespace hosts the nodes run on, if they do.
+    pub fn hosts(&self) -> Option<&std::sync::Arc<crate::netns::Hosts>> {
+        self.spec.hosts.as_ref()
     }
 
     /// An API client connected to node `id`, with the admin token.

@@ -40,6 +40,13 @@ pub struct DemoArgs {
     /// the deterministic baseline the thesis compares against.
     #[arg(long)]
     pub estimator: Option<String>,
+    /// Run on hosts (root): every node, the origin and the viewers in a network namespace
+    /// of its own on a bridge (own addresses, multicast across the bridge), with a second
+    /// front-end sharing the viewers' address through keepalived. Adds two faults: a
+    /// service host cut off the network that then heals (at 50 %), and the death of the
+    /// front-end the viewers use (at 80 %).
+    #[arg(long)]
+    pub netns: bool,
 }
 
 /// How the Control's node is stopped.

@@ -7,7 +7,8 @@
 //! `demo` and `bench` commands.
 //!
 //! ## Layout
-//! - [`cluster`]: a local cluster of real node processes on loopback.
+//! - [`cluster`]: a local cluster of real node processes on loopback or namespace hosts.
+//! - [`netns`]: hosts as network namespaces on a bridge (`smart demo --netns`).
 //! - [`demo`]: `smart demo` options and `smart bench failover`.
 //! - [`case_study`]: the demo itself, the Smart-GloVE case study.
 //! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
@@ -25,4 +26,5 @@ pub mod bench_frontend;
 pub mod case_study;
 pub mod cluster;
 pub mod demo;
+pub mod netns;
 pub mod videos;

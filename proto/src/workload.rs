@@ -170,6 +170,13 @@ pub struct Usage {
     /// HLS requests held back by the per-session fetch allowance.
     #[serde(default)]
     pub hls_delayed: u64,
+    /// Cache bytes loaded by restores (a migration's pre-copy).
+    #[serde(default)]
+    pub restored_bytes: u64,
+    /// Bytes fetched from the origin again for blocks a restore had delivered (evicted
+    /// before use): what a migration cost the origin that the copy should have saved.
+    #[serde(default)]
+    pub origin_refetched_bytes: u64,
 }
 
 /// Metadata of one video in a checkpoint.

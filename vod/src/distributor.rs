@@ -324,6 +324,7 @@ impl Distributor {
             let (off, ours) = (b * bs, c.block_size());
             if off % ours == 0 && data.len() as u64 == c.block_len(off / ours) {
                 stored += data.len() as u64;
+                lock(&e.restored).insert(off / ours);
                 c.insert(off / ours, data);
             }
         }
@@ -331,6 +332,9 @@ impl Distributor {
         for e in &entries {
             e.data_ready.notify_waiters();
         }
+        self.stats
+            .restored_bytes
+            .fetch_add(stored, Ordering::Relaxed);
         stored
     }
 
@@ -366,6 +370,7 @@ impl Distributor {
             cache: Mutex::new(cache),
             data_ready: Notify::new(),
             fetch_wake: Notify::new(),
+            restored: Mutex::new(Default::default()),
         });
         tokio::spawn(fetch_loop(self.clone(), entry.clone()));
         entry
@@ -771,6 +776,11 @@ async fn fetch_loop(d: Arc<Distributor>, e: Arc<VideoEntry>) {
                 d.stats
                     .bytes_received
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if lock(&e.restored).contains(&b) {
+                    d.stats
+                        .refetched_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 lock(&e.cache).insert(b, data);
                 e.data_ready.notify_waiters();
             }

@@ -54,6 +54,10 @@ pub struct Stats {
     pub head_timeouts: AtomicU64,
     /// Requests for another video than the one this distributor was started for (404).
     pub other_video: AtomicU64,
+    /// Cache bytes loaded by restores.
+    pub restored_bytes: AtomicU64,
+    /// Origin bytes fetched for blocks a restore had delivered.
+    pub refetched_bytes: AtomicU64,
 }
 
 /// Why a video cannot be served.
@@ -76,6 +80,8 @@ pub(crate) struct VideoEntry {
     pub(crate) cache: Mutex<BlockCache>,
     pub(crate) data_ready: Notify,
     pub(crate) fetch_wake: Notify,
+    /// Blocks a restore stored: fetching one from the origin again is a refetch.
+    pub(crate) restored: Mutex<std::collections::HashSet<u64>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

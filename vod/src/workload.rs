@@ -98,6 +98,8 @@ fn usage(d: &Distributor) -> Usage {
         hls_segments: ld(&hs.segments),
         hls_segment_bytes: ld(&hs.segment_bytes),
         hls_delayed: ld(&hs.delayed),
+        restored_bytes: ld(&st.restored_bytes),
+        origin_refetched_bytes: ld(&st.refetched_bytes),
         cache_bytes: d.cache_bytes(),
         origin_streams: ld(&st.origin_streams),
         viewers_total: ld(&st.viewers_total),

@@ -496,12 +496,13 @@ async fn viewer_returns_to_frontend_when_its_distributor_is_gone() {
         control_socket(&a.d, dir.path(), "a.sock"),
         control_socket(&b.d, dir.path(), "b.sock"),
     );
-    WorkloadClient::connect(&sb, Duration::from_secs(5))
+    let restored = WorkloadClient::connect(&sb, Duration::from_secs(5))
         .await
         .unwrap()
         .restore(&sa.to_string_lossy(), None)
         .await
         .unwrap();
+    assert!(restored.bytes > 0);
     // A dies without a handoff; the front-end now points at B.
     fe.set_target(b.url.with_path("/"));
     a.d.stop();
@@ -519,6 +520,16 @@ async fn viewer_returns_to_frontend_when_its_distributor_is_gone() {
         1,
         "B read ahead from the origin once"
     );
+    // B's usage tells what the restore brought and that none of it came from the origin
+    // again (its cache holds the whole video).
+    let u = WorkloadClient::connect(&sb, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .usage()
+        .await
+        .unwrap();
+    assert_eq!(u.restored_bytes, restored.bytes, "{u:?}");
+    assert_eq!(u.origin_refetched_bytes, 0, "{u:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
