@@ -246,7 +246,11 @@ impl Net {
         Command::new("ip")
             .args(["netns", "exec", &self.ns(i), BIN, "node", "--config"])
             .arg(self.dir.join(format!("n{i}.toml")))
-            .env("SMART_LOG", "info")
+            // `SMART_NETNS_LOG=smart_frontend=debug,info` to look closer.
+            .env(
+                "SMART_LOG",
+                std::env::var("SMART_NETNS_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -1117,6 +1121,8 @@ struct Player {
     child: Child,
     /// (wall s since start, media s) samples.
     samples: std::sync::Arc<std::sync::Mutex<Vec<(f64, f64)>>>,
+    /// The last progress block ffmpeg printed (for a failure's message).
+    last: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
     reader: std::thread::JoinHandle<()>,
     stderr: std::thread::JoinHandle<String>,
 }
@@ -1137,12 +1143,20 @@ impl Player {
             .unwrap();
         let t0 = Instant::now();
         let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let last = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let out = child.stdout.take().unwrap();
         let reader = {
-            let samples = samples.clone();
+            let (samples, last) = (samples.clone(), last.clone());
             std::thread::spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    {
+                        let mut l = last.lock().unwrap();
+                        if l.len() >= 14 {
+                            l.pop_front();
+                        }
+                        l.push_back(line.clone());
+                    }
                     if let Some(us) = line
                         .strip_prefix("out_time_us=")
                         .and_then(|v| v.trim().parse::<i64>().ok())
@@ -1165,6 +1179,7 @@ impl Player {
             what: what.to_string(),
             child,
             samples,
+            last,
             reader,
             stderr,
         }
@@ -1196,9 +1211,16 @@ impl Player {
     }
 }
 
-/// keepalived on front-end host `i` of `net` with `priority`, from the deployment kit's
-/// configuration and check (deploy/frontend-pair), edited as docs/operations.md says.
-fn start_keepalived(net: &Net, keepalived: &std::path::Path, i: usize, priority: u32) -> Child {
+/// keepalived in namespace `ns` (front-end `i`, files in `dir`) with `priority`, from the
+/// deployment kit's configuration and check (deploy/frontend-pair), edited as
+/// docs/operations.md says.
+fn start_keepalived(
+    ns: &str,
+    dir: &std::path::Path,
+    keepalived: &std::path::Path,
+    i: usize,
+    priority: u32,
+) -> Child {
     let kit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/frontend-pair");
     let conf = std::fs::read_to_string(format!("{kit}/keepalived.conf"))
         .unwrap()
@@ -1213,12 +1235,12 @@ fn start_keepalived(net: &Net, keepalived: &std::path::Path, i: usize, priority:
             "router_id smart_frontend",
             &format!("router_id smart_fe{i}"),
         );
-    let path = net.dir.join(format!("keepalived-{i}.conf"));
+    let path = dir.join(format!("keepalived-{i}.conf"));
     std::fs::write(&path, conf).unwrap();
-    let pid = |k: &str| net.dir.join(format!("keepalived-{i}-{k}.pid"));
-    let log = std::fs::File::create(net.dir.join(format!("keepalived-{i}.log"))).unwrap();
+    let pid = |k: &str| dir.join(format!("keepalived-{i}-{k}.pid"));
+    let log = std::fs::File::create(dir.join(format!("keepalived-{i}.log"))).unwrap();
     Command::new("ip")
-        .args(["netns", "exec", &net.ns(i)])
+        .args(["netns", "exec", ns])
         .arg(keepalived)
         .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
         .arg(&path)
@@ -1233,35 +1255,38 @@ fn start_keepalived(net: &Net, keepalived: &std::path::Path, i: usize, priority:
         .unwrap()
 }
 
-/// Waits until host `i` holds the shared address (bounded by `within`; the keepalived
-/// logs in the failure).
-fn wait_for_vip(net: &Net, i: usize, within: Duration) {
+/// Waits until namespace `ns` holds the shared address (bounded by `within`; the logs of
+/// keepalived `kept` in `dir` in the failure).
+fn wait_for_vip(ns: &str, dir: &std::path::Path, kept: &[usize], within: Duration) {
     let t = Instant::now();
     let holds = || {
-        sh(&["ip", "-n", &net.ns(i), "-4", "addr", "show", "dev", "eth0"])
+        sh(&["ip", "-n", ns, "-4", "addr", "show", "dev", "eth0"])
             .is_ok_and(|a| a.contains(&format!("{VIP}/")))
     };
     while !holds() {
         if t.elapsed() >= within {
-            let logs: String = (4..=5)
+            let logs: String = kept
+                .iter()
                 .map(|k| {
-                    let t = std::fs::read_to_string(net.dir.join(format!("keepalived-{k}.log")))
+                    let t = std::fs::read_to_string(dir.join(format!("keepalived-{k}.log")))
                         .unwrap_or_default();
-                    format!("--- keepalived on h{k}\n{t}")
+                    format!("--- keepalived {k}\n{t}")
                 })
                 .collect();
-            panic!("h{i} did not take {VIP} within {within:?}\n{logs}");
+            panic!("{ns} did not take {VIP} within {within:?}\n{logs}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Two front-ends share [`VIP`] with keepalived as the deployment kit configures it
-/// (docs/operations.md, "Two front-ends, one address"). Twenty ffmpeg players (relayed
-/// progressive, with ffmpeg's reconnect options, and HLS) and ten byte-checking viewers
-/// play through the address; the machine holding it dies (kill -9 of its node and its
-/// keepalived); the other takes the address and every player plays the video to its end
-/// (media lag ≤ 7 s), every viewer's bytes check.
+/// (docs/operations.md, "Two front-ends, one address"). Headless Chromium on the player
+/// page (6-s buffer goal), twenty ffmpeg players (relayed progressive, with ffmpeg's
+/// reconnect options, and HLS) and ten byte-checking viewers play through the address;
+/// the machine holding it dies (kill -9 of its node and its keepalived) in the middle of
+/// the page's, the viewers' and (at least 15 of 20) players' video; the other takes the address and every player plays the
+/// video to its end (media lag ≤ 7 s), the browser's video stands still at most 3 s with
+/// no error, every viewer reconnects through the other front-end and its bytes check.
 #[test]
 fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() {
     if !can_run(false) {
@@ -1273,16 +1298,21 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
     ) else {
         return;
     };
+    let found = smart_vod::browser::Browser::find().map_err(|e| e.to_string());
+    let hint = found.as_ref().err().cloned().unwrap_or_default();
+    let Some(browser_tools) = smart_vod::tools::require("a browser", found.ok(), &hint) else {
+        return;
+    };
     let video =
         smart_bench::videos::real_video(&ffmpeg, Duration::from_secs(PAIR_SECS), KBPS).unwrap();
     let mut s = services_net_on(5, "available", "", KBPS * 1000, "", "", 2);
     let all: Vec<usize> = (1..=5).collect();
     s.net.wait_agree(&all, Duration::from_secs(30), |_| true);
     let mut daemons = [
-        start_keepalived(&s.net, &keepalived, 4, 150),
-        start_keepalived(&s.net, &keepalived, 5, 100),
+        start_keepalived(&s.net.ns(4), &s.net.dir, &keepalived, 4, 150),
+        start_keepalived(&s.net.ns(5), &s.net.dir, &keepalived, 5, 100),
     ];
-    wait_for_vip(&s.net, 4, Duration::from_secs(20));
+    wait_for_vip(&s.net.ns(4), &s.net.dir, &[4, 5], Duration::from_secs(20));
     // The kit's check passes on both (each front-end serves and knows the Control).
     for i in [4, 5] {
         let check = concat!(
@@ -1315,16 +1345,33 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
         "2",
     ];
     let client = s.net.client_ns();
+    // The progressive players first: ffmpeg probes a paced progressive stream for several
+    // seconds before it plays. The others join once they play, so that the machine dies
+    // in the middle of everyone's video.
     let mut players = Vec::new();
-    for k in 0..20 {
-        let (url, what) = if k % 2 == 0 {
-            (base.clone(), format!("progressive player {k}"))
-        } else {
-            (format!("{base}.m3u8"), format!("HLS player {k}"))
-        };
-        players.push(Player::start(&client, &ffmpeg, &reconnect, &url, &what));
-        std::thread::sleep(Duration::from_millis(100));
+    let start_players = |players: &mut Vec<Player>, hls: bool| {
+        for k in (hls as usize..20).step_by(2) {
+            let (url, what) = if hls {
+                (format!("{base}.m3u8"), format!("HLS player {k}"))
+            } else {
+                (base.clone(), format!("progressive player {k}"))
+            };
+            players.push(Player::start(&client, &ffmpeg, &reconnect, &url, &what));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    start_players(&mut players, false);
+    let t = Instant::now();
+    while players.iter().any(|p| p.media() < 1.0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "progressive players did not start: {:?}\n{}",
+            players.iter().map(Player::media).collect::<Vec<_>>(),
+            s.net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
+    start_players(&mut players, true);
     // Byte-checking viewers through the same address.
     let (stop_viewers, viewers_rx) = std::sync::mpsc::channel::<()>();
     let progress: Vec<std::sync::Arc<smart_vod::viewer::Progress>> =
@@ -1361,18 +1408,110 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
             out
         })
     };
+    // Headless Chromium on the front-end's player page, through the shared address: its
+    // `currentTime` every 250 ms until told to stop.
+    let (stop_browser, browser_rx) = std::sync::mpsc::channel::<()>();
+    let browser_playing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Its `currentTime`, ms.
+    let browser_time = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let browser = {
+        let (tools, playing, time) = (
+            browser_tools.clone(),
+            browser_playing.clone(),
+            browser_time.clone(),
+        );
+        in_client(client.clone(), move || async move {
+            let mut br = smart_vod::browser::Browser::launch(&tools).await.unwrap();
+            // A 6-s buffer goal: the page keeps fetching through whichever front-end holds
+            // the address, instead of holding the whole short video early.
+            br.goto(&format!("http://{VIP}:7102/play/v0?buffer=6"))
+                .await
+                .unwrap();
+            let t0 = Instant::now();
+            let mut samples: Vec<(f64, f64)> = Vec::new();
+            let mut state = serde_json::Value::Null;
+            while browser_rx.try_recv().is_err() {
+                state = br
+                    .eval("({...window.smartPlayer, currentTime: document.getElementById('video').currentTime})")
+                    .await
+                    .unwrap_or(serde_json::Value::Null);
+                let ct = state["currentTime"].as_f64().unwrap_or(0.0);
+                samples.push((t0.elapsed().as_secs_f64(), ct));
+                time.store((ct * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
+                if ct > 2.0 {
+                    playing.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            br.close().await;
+            (samples, state)
+        })
+    };
     // Everyone plays a while through h4.
     let t = Instant::now();
-    while players.iter().any(|p| p.media() < 6.0) {
-        assert!(
-            t.elapsed() < Duration::from_secs(40),
-            "players did not start: {:?}\n{}",
-            players.iter().map(Player::media).collect::<Vec<_>>(),
-            s.net.logs()
-        );
+    while players.iter().any(|p| p.media() < 6.0)
+        || !browser_playing.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        if t.elapsed() >= Duration::from_secs(40) {
+            let media: Vec<f64> = players.iter().map(Player::media).collect();
+            let sockets = sh(&["ip", "netns", "exec", &client, "ss", "-tnpi"]).unwrap_or_default();
+            let fe_counters: Vec<serde_json::Value> = s
+                .net
+                .status(4)
+                .and_then(|st| st["counters"].as_array().cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|kv| kv[0].as_str().is_some_and(|k| k.starts_with("frontend")))
+                .collect();
+            eprintln!("front-end counters: {fe_counters:?}");
+            let stuck_pids: Vec<u32> = players
+                .iter()
+                .filter(|p| p.media() < 6.0)
+                .map(|p| p.child.id())
+                .collect();
+            let stuck: Vec<String> = players
+                .into_iter()
+                .filter(|p| p.media() < 6.0)
+                .map(|p| {
+                    let what = p.what.clone();
+                    let progress: Vec<String> = p.last.lock().unwrap().iter().cloned().collect();
+                    let (_, err, media, _) = p.finish(Instant::now());
+                    format!("{what} at {media:.1} s: {err}; last progress: {progress:?}")
+                })
+                .collect();
+            panic!(
+                "players did not start: {media:?} (stuck: pids {stuck_pids:?}), the browser {}\n{}\nclient sockets:\n{sockets}\n{}",
+                if browser_playing.load(std::sync::atomic::Ordering::Relaxed) {
+                    "plays"
+                } else {
+                    "does not play"
+                },
+                stuck.join("\n"),
+                s.net.logs()
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     // The machine holding the address dies.
+    let media_at_kill: Vec<f64> = players.iter().map(Player::media).collect();
+    // Viewer connections each front-end holds at that moment.
+    let held = |i: usize| {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &s.net.ns(i),
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "( sport = :7102 )",
+        ])
+        .map(|o| o.lines().count())
+        .unwrap_or(0)
+    };
+    let held_at_kill = (held(4), held(5));
+    let browser_at_kill = browser_time.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0;
     kill_namespace(&s.net.ns(4));
     let killed = Instant::now();
     for d in &mut daemons[..1] {
@@ -1381,7 +1520,7 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
     if let Some(mut c) = s.net.procs[3].take() {
         let _ = c.wait();
     }
-    wait_for_vip(&s.net, 5, Duration::from_secs(10));
+    wait_for_vip(&s.net.ns(5), &s.net.dir, &[4, 5], Duration::from_secs(10));
     let takeover_ms = killed.elapsed().as_millis();
     let deadline = Instant::now() + Duration::from_secs(PAIR_SECS + 30);
     let mut results = Vec::new();
@@ -1391,11 +1530,24 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
     }
     let _ = stop_viewers.send(());
     let reports = viewers.join().unwrap();
+    let _ = stop_browser.send(());
+    let (samples, page) = browser.join().unwrap();
     let _ = stop_origin.send(());
     let _ = origin.join();
     let _ = daemons[1].kill();
     let _ = daemons[1].wait();
     let lags: Vec<f64> = results.iter().map(|(_, r)| r.3).collect();
+    // The browser's longest stall after it started: wall time in which `currentTime` did
+    // not advance, up to the end of the video.
+    let started = samples.iter().position(|s| s.1 > 2.0).unwrap_or(0);
+    let mut browser_stall: f64 = 0.0;
+    let mut still_since = samples[started];
+    for &(t, ct) in &samples[started..] {
+        if ct > still_since.1 || ct >= PAIR_SECS as f64 - 1.0 {
+            still_since = (t, ct);
+        }
+        browser_stall = browser_stall.max(t - still_since.0);
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -1404,7 +1556,23 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
             "worst_lag_s_p50": p50(lags.clone()),
             "worst_lag_s_max": lags.iter().copied().fold(0.0, f64::max),
             "viewer_reconnects": reports.iter().map(|r| r.reconnects as u64).sum::<u64>(),
+            "viewer_bytes_min": reports.iter().map(|r| r.bytes).min(),
+            "player_media_at_kill_s": media_at_kill,
+            "connections_at_kill_h4_h5": held_at_kill,
+            "browser_at_kill_s": browser_at_kill,
+            "viewer_longest_gap_ms": reports.iter().flat_map(|r| r.gaps_ms.iter().copied()).fold(0.0, f64::max),
+            "browser_stall_s": browser_stall,
+            "browser_played_s": samples.last().map_or(0.0, |s| s.1),
         })
+    );
+    assert!(
+        browser_stall <= 3.0,
+        "the browser stood still {browser_stall:.2} s: {samples:?}\n{page}"
+    );
+    assert_eq!(
+        page["errors"].as_array().map(Vec::len),
+        Some(0),
+        "video errors on the page: {page}"
     );
     for (what, (ok, err, media, lag)) in &results {
         assert!(*ok, "{what}: ffmpeg failed: {err}");
@@ -1420,7 +1588,27 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
     for r in &reports {
         assert_eq!(r.integrity_errors, 0, "{r:?}");
         assert!(r.http_error.is_none(), "{r:?}");
+        // Its connection went with the machine: it came back through the other one.
+        assert!(r.reconnects >= 1, "the viewer never saw the death: {r:?}");
     }
+    // The death came in the middle of the players' video (an HLS player fetches up to 10 s
+    // ahead and then 1.5× real time: at 14 s it still has segments to fetch). A player
+    // whose ffmpeg got its whole input early is not carried by the takeover; most must be.
+    let done_early: Vec<(&String, f64)> = results
+        .iter()
+        .zip(&media_at_kill)
+        .filter(|(_, m)| **m > PAIR_SECS as f64 - 10.0)
+        .map(|((what, _), m)| (what, *m))
+        .collect();
+    assert!(
+        done_early.len() <= 5,
+        "players past {} s of {PAIR_SECS} when the machine died: {done_early:?}",
+        PAIR_SECS - 10
+    );
+    assert!(
+        browser_at_kill <= PAIR_SECS as f64 - 8.0,
+        "the page was at {browser_at_kill:.1} s of {PAIR_SECS} when the machine died"
+    );
 }
 
 // ---- Faults with services: the nemesis ------------------------------------------------------
@@ -2389,4 +2577,208 @@ fn the_demo_on_namespace_hosts_loses_nothing_through_every_fault() {
         "left behind: {left}"
     );
     assert!(!std::path::Path::new(&format!("/run/{prefix}")).exists());
+}
+
+// ---- The three-host walkthrough --------------------------------------------------------------
+
+/// docs/operations.md, "Three machines", on three namespace hosts: the shipped
+/// `deploy/three-hosts` configurations with the namespaces' addresses (10.77.0.1–3 for
+/// 10.0.0.11–13, the shared address 10.77.0.50 for 10.0.0.50) and this build's paths put
+/// in (binaries, data directories, the profile and the player page; the `process` runtime
+/// instead of `cgroup`, which needs the unit's delegated subtree), keys and a token made by
+/// `smart keys` and `smart tokens new`, the `vod origin` of `deploy/origin` on host 1, the
+/// front-end pair's keepalived on hosts 2 and 3; then a browser on the viewers' network
+/// opens `/play/v1` on the shared address and plays.
+#[test]
+fn the_three_host_walkthrough_ends_with_a_browser_playing() {
+    if !can_run(false) {
+        return;
+    }
+    let (Some(keepalived), Some(ffmpeg)) = (
+        smart_vod::tools::require_bin("keepalived"),
+        smart_vod::tools::require_bin("ffmpeg"),
+    ) else {
+        return;
+    };
+    let found = smart_vod::browser::Browser::find().map_err(|e| e.to_string());
+    let hint = found.as_ref().err().cloned().unwrap_or_default();
+    let Some(browser_tools) = smart_vod::tools::require("a browser", found.ok(), &hint) else {
+        return;
+    };
+    // `cargo nextest run --workspace` builds it beside `smart`.
+    let vod = std::path::Path::new(BIN).with_file_name("vod");
+    let Some(vod) = smart_vod::tools::require(
+        "the vod binary",
+        vod.exists().then_some(vod),
+        "cargo build -p smart-vod",
+    ) else {
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let hosts = smart_bench::netns::Hosts::create("smwalk", 3, &[("c", 100)]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "smart {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["keys", "--dir", d.to_str().unwrap(), "--nodes", "1,2,3"]);
+    let tokens = d.join("tokens.toml");
+    let token = run(&[
+        "tokens",
+        "new",
+        "--scope",
+        "admin",
+        "--name",
+        "ops",
+        "--file",
+        tokens.to_str().unwrap(),
+    ])
+    .trim()
+    .to_string();
+    // The origin's videos, as the walkthrough makes them (shorter).
+    let video = smart_bench::videos::real_video(&ffmpeg, Duration::from_secs(60), KBPS).unwrap();
+    let ts = d.join("v1.ts");
+    std::fs::write(&ts, &video.data).unwrap();
+    let mut daemons: Vec<Child> = Vec::new();
+    let origin_args =
+        std::fs::read_to_string(format!("{root}/deploy/origin/vod-origin.default")).unwrap();
+    assert!(origin_args.contains("VOD_ORIGIN_LISTEN=10.0.0.11:8000"));
+    daemons.push(
+        Command::new("ip")
+            .args(["netns", "exec", &hosts.ns(1)])
+            .arg(&vod)
+            .args(["origin", "--listen", "10.77.0.1:8000", "--file"])
+            .arg(format!("v1={}", ts.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("origin.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    for i in 1..=3usize {
+        let shipped =
+            std::fs::read_to_string(format!("{root}/deploy/three-hosts/n{i}.toml")).unwrap();
+        let mut cfg = shipped.clone();
+        for k in 1..=3 {
+            cfg = cfg.replace(&format!("10.0.0.1{k}"), &format!("10.77.0.{k}"));
+        }
+        cfg = cfg
+            .replace("10.0.0.50", VIP)
+            .replace("\"/var/lib/smart\"", &format!("\"n{i}\""))
+            .replace("/usr/local/bin/smart", BIN)
+            .replace(
+                "/etc/smart/distributor.profile.json",
+                &format!("{root}/config/profiles/distributor.json"),
+            )
+            .replace("/usr/local/share/smart/player", &format!("{root}/vod/ui"))
+            .replace("runtime = \"cgroup\"", "runtime = \"process\"");
+        assert_ne!(cfg, shipped);
+        std::fs::write(d.join(format!("n{i}.toml")), cfg).unwrap();
+        let check = run(&[
+            "config",
+            "check",
+            d.join(format!("n{i}.toml")).to_str().unwrap(),
+        ]);
+        assert!(
+            check.contains(&format!("advertise 10.77.0.{i}:7101")),
+            "{check}"
+        );
+        let log = std::fs::File::create(d.join(format!("n{i}.log"))).unwrap();
+        daemons.push(
+            Command::new("ip")
+                .args(["netns", "exec", &hosts.ns(i), BIN, "node", "--config"])
+                .arg(d.join(format!("n{i}.toml")))
+                .env("SMART_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // `smart status` from host 3: three members, one Control.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &hosts.ns(3), BIN, "status", "--json"])
+            .args(["--addr", "http://10.77.0.3:7180", "--timeout", "2s"])
+            .env("SMART_TOKEN", &token)
+            .output()
+            .unwrap();
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if s["control"]["node_id"].as_u64().is_some()
+            && s["members"].as_array().is_some_and(|m| m.len() == 3)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Control with three members: {s}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (i, prio) in [(2, 150), (3, 100)] {
+        daemons.push(start_keepalived(&hosts.ns(i), d, &keepalived, i, prio));
+    }
+    wait_for_vip(&hosts.ns(2), d, &[2, 3], Duration::from_secs(20));
+    // The browser, on the viewers' network.
+    let played = in_client(hosts.named("c"), move || async move {
+        let mut br = smart_vod::browser::Browser::launch(&browser_tools)
+            .await
+            .unwrap();
+        br.goto(&format!("http://{VIP}:7102/play/v1")).await.unwrap();
+        let t0 = Instant::now();
+        let mut state = serde_json::Value::Null;
+        while t0.elapsed() < Duration::from_secs(40) {
+            state = br
+                .eval("({...window.smartPlayer, currentTime: document.getElementById('video').currentTime})")
+                .await
+                .unwrap_or(serde_json::Value::Null);
+            if state["currentTime"].as_f64().unwrap_or(0.0) >= 5.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        br.close().await;
+        (t0.elapsed(), state)
+    })
+    .join()
+    .unwrap();
+    for mut c in daemons {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let logs = || {
+        (1..=3)
+            .map(|i| {
+                let t = std::fs::read_to_string(d.join(format!("n{i}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                format!(
+                    "--- n{i}\n{}",
+                    lines[lines.len().saturating_sub(10)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (took, state) = played;
+    println!("the browser played 5 s of v1 within {took:?}: {state}");
+    assert!(
+        state["currentTime"].as_f64().unwrap_or(0.0) >= 5.0,
+        "the page did not play: {state}\n{}",
+        logs()
+    );
+    assert_eq!(
+        state["errors"].as_array().map(Vec::len),
+        Some(0),
+        "video errors: {state}"
+    );
+    drop(hosts);
 }

@@ -476,7 +476,7 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
         cluster.dir().display()
     ));
     say(format!(
-        "dashboard: {}/ (read token: {}); CLI: smart status --addr {} with SMART_TOKEN set to it{}",
+        "dashboard: {}/ui#token={} (a read token); CLI: SMART_TOKEN=<it> smart status --addr {}{}",
         cluster.http_url(fe),
         cluster.read_token(),
         cluster.http_url(fe),
