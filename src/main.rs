@@ -206,6 +206,9 @@ enum BenchCmd {
     /// The desired-state log: admission latency with its commit, and a whole-cluster
     /// restart until every admitted service is back.
     Desired(smart_bench::bench_desired::DesiredBenchArgs),
+    /// Live migration across network-namespace hosts (root): total time and viewers'
+    /// pauses against cache size and against viewers (the thesis's Figures 5.4 and 5.9).
+    Migration(smart_bench::bench_migration::MigrationBenchArgs),
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
@@ -466,6 +469,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench(BenchCmd::Failover(args)) => {
             smart_bench::demo::bench_failover(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::Migration(args)) => {
+            smart_bench::bench_migration::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -2782,3 +2782,60 @@ fn the_three_host_walkthrough_ends_with_a_browser_playing() {
     );
     drop(hosts);
 }
+
+/// `smart bench migration` as a user runs it, two small points: each migration restores the
+/// whole cache the source held, the viewers stall on nothing and get no corrupt byte, and
+/// the plots are written.
+#[test]
+fn the_migration_sweep_command_measures_each_point() {
+    if !can_run(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "migration",
+            "--cache-mb",
+            "4",
+            "--cache-sweep-viewers",
+            "5",
+            "--viewers",
+            "2",
+            "--viewer-sweep-cache-mb",
+            "4",
+            "--json",
+            "--svg-dir",
+        ])
+        .arg(dir.path())
+        .env("SMART_LOG", "error")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let points: Vec<&serde_json::Value> = v["cache_sweep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["viewer_sweep"].as_array().unwrap())
+        .collect();
+    assert_eq!(points.len(), 2, "{stdout}");
+    for p in points {
+        let n = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{k} in {p}"));
+        assert!(n("cache_bytes") >= 3_000_000.0, "{p}");
+        assert!(n("restored_bytes") >= n("cache_bytes"), "{p}");
+        assert!(n("total_ms") > 0.0 && n("restore_ms") > 0.0, "{p}");
+        assert!(n("resumes") >= n("viewers"), "every viewer moved: {p}");
+        assert_eq!((n("stalls"), n("corrupt")), (0.0, 0.0), "{p}");
+    }
+    for f in ["migration-vs-cache.svg", "migration-vs-viewers.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert!(svg.contains("<svg"), "{f}");
+    }
+}

@@ -117,6 +117,8 @@ pub struct ClusterSpec {
     /// front-ends bound to every address so that a shared one arrives) instead of on
     /// loopback.
     pub hosts: Option<std::sync::Arc<crate::netns::Hosts>>,
+    /// More arguments of the front-ends' distributor command (e.g. `--window-mb 72`).
+    pub distributor_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -142,6 +144,7 @@ impl ClusterSpec {
             http_tls: false,
             nofile: None,
             hosts: None,
+            distributor_args: Vec::new(),
         }
     }
 }
@@ -283,6 +286,11 @@ impl LocalCluster {
             }
             let roles = format!("[{}]", roles.join(", "));
             let exe = spec.exe.display().to_string();
+            let more: String = spec
+                .distributor_args
+                .iter()
+                .map(|a| format!(", {a:?}"))
+                .collect();
             let viewers = spec
                 .viewer_admissions
                 .map(|(rate, burst)| {
@@ -292,7 +300,7 @@ impl LocalCluster {
                 })
                 .unwrap_or_default();
             let toml = format!(
-                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"]\norigin = {:?}\nbitrate_bps = {}\nnew_services_per_sec = {:?}\nnew_services_burst = {}\n{viewers}{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = {multicast_if}\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
+                "node_id = {i}\ndata_dir = \"n{i}\"\nlisten = \"{addr}\"\ncluster_key_file = \"cluster.key\"\nnode_key_file = \"n{i}.key\"\nnode_public_keys_file = \"nodes.pub\"\nroles = {roles}\nseeds = [{}]\n{top}\n[frontend]\ndistributor_command = [{exe:?}, \"distributor\", \"--listen\", \"{{listen}}\", \"--origin\", \"{{origin}}\"{more}]\norigin = {:?}\nbitrate_bps = {}\nnew_services_per_sec = {:?}\nnew_services_burst = {}\n{viewers}{}\n\n[multicast]\nenabled = {}\ngroup = \"{group}\"\nport = {mport}\ninterface = {multicast_if}\n\n[election]\nmode = \"{mode}\"\nmembers = [{}]\n{}\n",
                 seeds.join(", "),
                 spec.origin,
                 spec.bitrate_bps,

@@ -13,6 +13,8 @@
 //! - [`case_study`]: the demo itself, the Smart-GloVE case study.
 //! - [`bench_frontend`]: `smart bench frontend`, the front-end's `/watch` latency.
 //! - [`bench_api`]: `smart bench api`, the HTTP API's latency and the dashboard's delay.
+//! - [`bench_migration`]: `smart bench migration`, the thesis's migration experiments
+//!   across namespace hosts (root).
 //! - [`bench_desired`]: `smart bench desired`, the desired-state log's write latency and a
 //!   whole-cluster restart.
 //! - [`videos`]: real H.264 + AAC videos (ffmpeg, cached) and an in-process origin.
@@ -23,6 +25,7 @@
 pub mod bench_api;
 pub mod bench_desired;
 pub mod bench_frontend;
+pub mod bench_migration;
 pub mod case_study;
 pub mod cluster;
 pub mod demo;
