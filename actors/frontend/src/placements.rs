@@ -26,6 +26,10 @@ use smart_control::forward::Forwarder;
 
 /// A broken endpoint is asked about again at most this often per video.
 pub(super) const RELOCATE_EVERY: Duration = Duration::from_millis(100);
+/// After a handoff, how often the Control is asked until it names the new endpoint, and
+/// for how long.
+const HANDOFF_POLL: Duration = Duration::from_millis(5);
+const HANDOFF_WAIT: Duration = Duration::from_millis(250);
 /// A cached placement older than this is refreshed by [`Placements::fresh`] (the player
 /// page's `where`); events keep it current in between.
 const MAX_AGE: Duration = Duration::from_secs(5);
@@ -155,6 +159,40 @@ impl Placements {
             }
         }
         self.current(video, None).await.ok()
+    }
+
+    /// Where `video`'s clients connect now, after the distributor at `broken` said (by
+    /// redirecting elsewhere) that it handed its viewers off: the Control is asked at once
+    /// unless the cache already names another endpoint (another viewer of the video asked,
+    /// or an event came), and asked again every [`HANDOFF_POLL`] while it still names
+    /// `broken` (it learns of the cut-over from the source's agent a moment after the
+    /// viewers were closed), for [`HANDOFF_WAIT`] at most. One `Locate` per video at a
+    /// time, as with [`Self::current`].
+    pub(super) async fn moved(&self, video: &str, broken: &str) -> Result<Placement, ApiError> {
+        let Some(slot) = self.slot(video) else {
+            return self.locate(video).await;
+        };
+        let mut s = slot.lock().await;
+        if let Some(p) = &s.placement
+            && p.endpoint != broken
+            && self.alive(p.node)
+        {
+            return Ok(p.clone());
+        }
+        let t = Instant::now();
+        let p = loop {
+            let p = self.locate(video).await?;
+            if p.endpoint != broken || t.elapsed() >= HANDOFF_WAIT {
+                break p;
+            }
+            tokio::time::sleep(HANDOFF_POLL).await;
+        };
+        s.placement = Some(p.clone());
+        s.at = Some(Instant::now());
+        if !self.alive(p.node) {
+            return Err(ApiError::NoControl);
+        }
+        Ok(p)
     }
 
     /// Where `video`'s clients connect now. `broken` names an endpoint the caller could not

@@ -7,9 +7,11 @@
 //! node's membership declared it dead), the front-end locates the service again
 //! ([`Placements::current`]) and asks the new distributor for the rest with
 //! `Range: bytes={next}-`: the viewer sees one response, possibly with a pause, never a
-//! gap or a repeated byte. Redirects (`307` after a handoff) are followed; `503` (draining,
-//! stopped), `5xx` and unreachable endpoints are retried until
-//! [`RelayCfg::resume_deadline`].
+//! gap or a repeated byte. Redirects within the same distributor are followed; a redirect
+//! elsewhere (`307` after a handoff) is not (endpoints come from the Control only) but
+//! tells the relay the viewers were handed off, so it asks the Control at once until it
+//! names the new endpoint ([`Placements::moved`]); `503` (draining, stopped), `5xx` and
+//! unreachable endpoints are retried until [`RelayCfg::resume_deadline`].
 //!
 //! The upstream side is hyper's HTTP/1.1 client, one connection per request (the
 //! distributor closes after each response). Body chunks are handed from hyper's read
@@ -269,6 +271,10 @@ pub(super) async fn open(
     let mut broken: Option<String> = None;
     let mut attempt = 0u32;
     let mut gone = NodeWatch::new(placements);
+    // A distributor redirecting elsewhere has handed its viewers off: the Control already
+    // names the target. The next attempt asks at once (once per opening: a distributor
+    // that keeps redirecting gets the usual backoff).
+    let (mut handed_off, mut fast_used) = (false, false);
     loop {
         if attempt > 0 {
             if Instant::now() >= deadline {
@@ -276,10 +282,19 @@ pub(super) async fn open(
                     "the service could not be reached in time".into(),
                 ));
             }
-            tokio::time::sleep(backoff(attempt)).await;
+            if !handed_off {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
         }
         attempt += 1;
-        let p = match placements.current(&res.video, broken.as_deref()).await {
+        let asked = if std::mem::take(&mut handed_off) {
+            placements
+                .moved(&res.video, broken.as_deref().unwrap_or_default())
+                .await
+        } else {
+            placements.current(&res.video, broken.as_deref()).await
+        };
+        let p = match asked {
             Ok(p) => p,
             Err(ApiError::NotFound { .. }) => return Err(RelayError::NotFound),
             Err(e) => {
@@ -333,6 +348,10 @@ pub(super) async fn open(
                         // (an internal address, another node's `/metrics`). The placement
                         // is asked for again.
                         Some(next) => {
+                            if !fast_used {
+                                fast_used = true;
+                                handed_off = true;
+                            }
                             break Err(format!(
                                 "redirect {s} to another server ({next}) not followed"
                             ));
