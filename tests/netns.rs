@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use smart_bench::netns::kill_namespace;
 use smart_testkit::p50;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smart");
@@ -378,37 +379,6 @@ impl Net {
             path.to_str().unwrap(),
         ])
         .unwrap();
-    }
-}
-
-/// Kills every process in network namespace `ns` (this test process excepted) and waits,
-/// 5 s at most, until none is left. A node's instances are its children in its namespace:
-/// killing the node with SIGKILL leaves them running (reparented to init), and deleting the
-/// namespace's name does not end them either; their namespace is what they all share.
-fn kill_namespace(ns: &str) {
-    let me = std::process::id();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pids: Vec<i32> = sh(&["ip", "netns", "pids", ns])
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .filter(|&p| p > 1 && p as u32 != me)
-            .collect();
-        if pids.is_empty() {
-            return;
-        }
-        for p in &pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if Instant::now() >= deadline {
-            eprintln!("netns {ns}: processes {pids:?} survived SIGKILL for 5 s");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -233,7 +233,11 @@ pub fn kill_namespace(ns: &str) {
             .filter_map(|p| p.parse().ok())
             .filter(|&p| p > 1 && p != me)
             .collect();
-        if pids.is_empty() || Instant::now() >= deadline {
+        if pids.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("netns {ns}: processes {pids:?} survived SIGKILL for 5 s");
             return;
         }
         for p in pids {
