@@ -1056,8 +1056,11 @@ fn bench_cross_host_migration_of_a_72_mb_cache_with_100_viewers() {
             "corrupt": reports.iter().map(|(_, r)| r.integrity_errors).sum::<u64>(),
             "source_origin_streams": before.origin_streams,
             "target_origin_streams": u.origin_streams,
+            "target_origin_refetched_bytes": u.origin_refetched_bytes,
         })
     );
+    // Nothing the pre-copy brought is fetched from the origin again.
+    assert_eq!(u.origin_refetched_bytes, 0, "{u:?}");
     assert!(
         bytes >= before.cache_bytes as f64,
         "restored {bytes} of {}",
@@ -2802,6 +2805,8 @@ fn the_migration_sweep_command_measures_each_point() {
         assert!(n("restored_bytes") >= n("cache_bytes"), "{p}");
         assert!(n("total_ms") > 0.0 && n("restore_ms") > 0.0, "{p}");
         assert!(n("resumes") >= n("viewers"), "every viewer moved: {p}");
+        // Nothing the pre-copy brought is fetched from the origin again.
+        assert_eq!(n("refetched_bytes"), 0.0, "{p}");
         assert_eq!((n("stalls"), n("corrupt")), (0.0, 0.0), "{p}");
     }
     for f in ["migration-vs-cache.svg", "migration-vs-viewers.svg"] {

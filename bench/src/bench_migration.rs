@@ -75,6 +75,9 @@ pub struct Point {
     pub restored_bytes: u64,
     /// Bytes the target fetched from the origin again for restored blocks.
     pub refetched_bytes: u64,
+    /// Bytes the target received from the origin at all, by 3 s after the move (blocks
+    /// the pre-copy lacked, such as those its source fetched after its checkpoint).
+    pub target_origin_bytes: u64,
     /// Relayed streams resumed (each moved viewer once).
     pub resumes: u64,
     /// Viewers' pauses: p50 and p99 as the upper bounds of their histogram buckets, the
@@ -202,7 +205,7 @@ async fn sweeps(args: MigrationBenchArgs, hosts: Arc<Hosts>) -> Result<(), Clust
 
 fn row(p: &Point) -> String {
     format!(
-        "| {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {} | ≤ {:.0} | ≤ {:.0} | {:.0} | {:.0} | {} | {} |",
+        "| {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {} | {} | ≤ {:.0} | ≤ {:.0} | {:.0} | {:.0} | {} | {} |",
         p.cache_mb,
         p.viewers,
         p.cache_bytes as f64 / 1e6,
@@ -210,6 +213,7 @@ fn row(p: &Point) -> String {
         p.restore_ms,
         p.restored_bytes as f64 / 1e6,
         p.refetched_bytes,
+        p.target_origin_bytes,
         p.pause_p50_ms_at_most,
         p.pause_p99_ms_at_most,
         p.pause_mean_ms,
@@ -221,7 +225,7 @@ fn row(p: &Point) -> String {
 
 fn table(title: &str, points: &[Point]) -> String {
     let mut t = format!(
-        "{title}\n\n| cache MB | viewers | held MB | migration ms | pre-copy ms | restored MB | refetched B | pause p50 ms | pause p99 ms | pause mean ms | pause max ms | stalls | corrupt |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "{title}\n\n| cache MB | viewers | held MB | migration ms | pre-copy ms | restored MB | refetched B | target's origin B | pause p50 ms | pause p99 ms | pause mean ms | pause max ms | stalls | corrupt |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for p in points {
         t.push_str(&row(p));
@@ -415,6 +419,7 @@ async fn point(
         restore_ms,
         restored_bytes: u.restored_bytes,
         refetched_bytes: u.origin_refetched_bytes,
+        target_origin_bytes: u.bytes_received,
         resumes,
         pause_p50_ms_at_most: smart_frontend::resume_quantile(&delta, 0.5).unwrap_or(f64::NAN),
         pause_p99_ms_at_most: smart_frontend::resume_quantile(&delta, 0.99).unwrap_or(f64::NAN),

@@ -110,6 +110,9 @@ impl DistributorConfig {
 
 /// How long restored viewer positions stay pinned in the cache (see [`Distributor::restore`]).
 pub const PIN_TTL: Duration = Duration::from_secs(10);
+/// How far behind the source's position a restored viewer is pinned: more than the bytes a
+/// viewer's path can hold in flight (the source's send buffer, a relay's buffers).
+pub const PIN_BEHIND_BYTES: u64 = 1024 * 1024;
 
 pub use crate::video::{Mode, Stats, VideoError, VideoMeta};
 use crate::video::{VideoEntry, handed_off, lock, wait_block};
@@ -305,6 +308,39 @@ impl Distributor {
             }
             pins.push((e.clone(), b, n.min(1_000_000)));
         }
+        for (vi, b, bs, data) in snap.blocks {
+            let Some(e) = entries.get(vi) else { continue };
+            let mut c = lock(&e.cache);
+            let (off, ours) = (b * bs, c.block_size());
+            if off % ours == 0 && data.len() as u64 == c.block_len(off / ours) {
+                stored += data.len() as u64;
+                lock(&e.restored).insert(off / ours);
+                c.insert(off / ours, data);
+            }
+        }
+        // A handed-off viewer comes back from the byte it *received*, which lags the
+        // source's position by what was in flight (socket buffers, a relay's). The pins move
+        // back over the restored blocks just behind them (up to PIN_BEHIND_BYTES), so that
+        // those are not behind the slowest viewer, which eviction takes first, and are not
+        // fetched from the origin again; never over a hole, which the fetcher would fill.
+        let pins: Vec<(Arc<VideoEntry>, u64, u32)> = pins
+            .into_iter()
+            .map(|(e, b, n)| {
+                let mut c = lock(&e.cache);
+                let floor = b.saturating_sub(PIN_BEHIND_BYTES.div_ceil(c.block_size()));
+                let mut p = b;
+                while p > floor && c.contains(p - 1) {
+                    p -= 1;
+                }
+                if p != b {
+                    for _ in 0..n {
+                        c.move_viewer(b, p);
+                    }
+                }
+                drop(c);
+                (e, p, n)
+            })
+            .collect();
         if !pins.is_empty() {
             tokio::spawn(async move {
                 tokio::time::sleep(PIN_TTL).await;
@@ -317,16 +353,6 @@ impl Distributor {
                     e.fetch_wake.notify_one();
                 }
             });
-        }
-        for (vi, b, bs, data) in snap.blocks {
-            let Some(e) = entries.get(vi) else { continue };
-            let mut c = lock(&e.cache);
-            let (off, ours) = (b * bs, c.block_size());
-            if off % ours == 0 && data.len() as u64 == c.block_len(off / ours) {
-                stored += data.len() as u64;
-                lock(&e.restored).insert(off / ours);
-                c.insert(off / ours, data);
-            }
         }
         self.hls.restore(snap.hls, &entries);
         for e in &entries {
@@ -804,4 +830,54 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(8192)?;
     TcpListener::from_std(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BS: u64 = 64 * 1024;
+
+    /// A snapshot of one 64-block video holding `blocks`, with `n` viewers at block `at`.
+    fn snapshot(blocks: std::ops::Range<u64>, at: u64, n: u32) -> Snapshot {
+        Snapshot {
+            videos: vec![VideoMeta {
+                path: "/v.ts".into(),
+                size: 64 * BS,
+                bitrate_bps: 400_000,
+                duration_ms: 64 * BS * 8 * 1000 / 400_000,
+            }],
+            blocks: blocks
+                .map(|b| (0, b, BS, Bytes::from(vec![b as u8; BS as usize])))
+                .collect(),
+            viewers: vec![(0, at * BS, n)],
+            hls: Default::default(),
+        }
+    }
+
+    fn pinned(d: &Arc<Distributor>) -> Vec<(u64, u32)> {
+        let e = d.entries().pop().expect("one video");
+        lock(&e.cache).viewer_blocks().collect()
+    }
+
+    fn distributor() -> Arc<Distributor> {
+        let mut cfg = DistributorConfig::new(Url::parse("http://127.0.0.1:9/").unwrap());
+        cfg.window_bytes = Some(64 * BS);
+        Distributor::new(cfg)
+    }
+
+    #[tokio::test]
+    async fn restored_viewers_are_pinned_back_over_the_restored_blocks_behind_them() {
+        // Everything behind the viewers was restored: the pin goes back the whole margin
+        // (1 MiB: 16 blocks), where a viewer with bytes in flight resumes.
+        let d = distributor();
+        assert_eq!(d.restore(snapshot(0..40, 30, 3)), 40 * BS);
+        assert_eq!(pinned(&d), vec![(30 - PIN_BEHIND_BYTES / BS, 3)]);
+        assert_eq!(d.stats.restored_bytes.load(Ordering::Relaxed), 40 * BS);
+        // The source had evicted what lay behind its slowest viewer: the pin stops at the
+        // first restored block, never over a hole the fetcher would then fill.
+        let d = distributor();
+        d.restore(snapshot(27..40, 30, 2));
+        assert_eq!(pinned(&d), vec![(27, 2)]);
+    }
 }
