@@ -1252,6 +1252,22 @@ fn wait_for_vip(ns: &str, dir: &std::path::Path, kept: &[usize], within: Duratio
     }
 }
 
+/// keepalived, ffmpeg and a browser, or `None` (the test skips, or fails under
+/// `SMART_REQUIRE_TOOLS=1`).
+fn pair_tools() -> Option<(PathBuf, PathBuf, smart_vod::browser::Tools)> {
+    let keepalived = smart_vod::tools::require_bin("keepalived")?;
+    let ffmpeg = smart_vod::tools::require_bin("ffmpeg")?;
+    let found = smart_vod::browser::Browser::find().map_err(|e| e.to_string());
+    let hint = found.as_ref().err().cloned().unwrap_or_default();
+    let tools = smart_vod::tools::require("a browser", found.ok(), &hint)?;
+    Some((keepalived, ffmpeg, tools))
+}
+
+/// The player page's state with its video's `currentTime` (the page's contract:
+/// vod/src/player.rs).
+const PAGE_STATE: &str =
+    "({...window.smartPlayer, currentTime: document.getElementById('video').currentTime})";
+
 /// Two front-ends share [`VIP`] with keepalived as the deployment kit configures it
 /// (docs/operations.md, "Two front-ends, one address"). Headless Chromium on the player
 /// page (6-s buffer goal), twenty ffmpeg players (relayed progressive, with ffmpeg's
@@ -1265,15 +1281,7 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
     if !can_run(false) {
         return;
     }
-    let (Some(keepalived), Some(ffmpeg)) = (
-        smart_vod::tools::require_bin("keepalived"),
-        smart_vod::tools::require_bin("ffmpeg"),
-    ) else {
-        return;
-    };
-    let found = smart_vod::browser::Browser::find().map_err(|e| e.to_string());
-    let hint = found.as_ref().err().cloned().unwrap_or_default();
-    let Some(browser_tools) = smart_vod::tools::require("a browser", found.ok(), &hint) else {
+    let Some((keepalived, ffmpeg, browser_tools)) = pair_tools() else {
         return;
     };
     let video =
@@ -1404,10 +1412,7 @@ fn a_front_end_pair_keeps_players_playing_through_the_death_of_the_active_one() 
             let mut samples: Vec<(f64, f64)> = Vec::new();
             let mut state = serde_json::Value::Null;
             while browser_rx.try_recv().is_err() {
-                state = br
-                    .eval("({...window.smartPlayer, currentTime: document.getElementById('video').currentTime})")
-                    .await
-                    .unwrap_or(serde_json::Value::Null);
+                state = br.eval(PAGE_STATE).await.unwrap_or(serde_json::Value::Null);
                 let ct = state["currentTime"].as_f64().unwrap_or(0.0);
                 samples.push((t0.elapsed().as_secs_f64(), ct));
                 time.store((ct * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
@@ -1903,34 +1908,12 @@ impl Nemesis {
             })
     }
 
-    /// The instance processes in every host's namespace: the agent starts each with
-    /// `SMART_CONTROL_SOCKET=<data dir>/instances/<instance>.sock`, and instance names are
-    /// `<service>.<generation>`.
+    /// The instance processes of every host, from the processes themselves
+    /// ([`smart_bench::cluster::running_instances`]).
     fn running(&self) -> std::collections::BTreeMap<String, Vec<(usize, String)>> {
         let mut out: std::collections::BTreeMap<String, Vec<(usize, String)>> = Default::default();
-        for i in 1..=NEM_HOSTS {
-            let pids = sh(&["ip", "netns", "pids", &self.s.net.ns(i)]).unwrap_or_default();
-            for pid in pids.split_whitespace() {
-                // A zombie (killed, not reaped yet) has an empty environment.
-                let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-                    continue;
-                };
-                let Some(sock) = env
-                    .split(|b| *b == 0)
-                    .find_map(|kv| kv.strip_prefix(b"SMART_CONTROL_SOCKET="))
-                else {
-                    continue;
-                };
-                let sock = String::from_utf8_lossy(sock).into_owned();
-                let Some(inst) = std::path::Path::new(&sock)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                else {
-                    continue;
-                };
-                let svc = inst.rsplit_once('.').map_or(inst.as_str(), |(s, _)| s);
-                out.entry(svc.to_string()).or_default().push((i, inst));
-            }
+        for (svc, node, inst) in smart_bench::cluster::running_instances(&self.s.net.dir) {
+            out.entry(svc).or_default().push((node as usize, inst));
         }
         out
     }
@@ -2567,15 +2550,7 @@ fn the_three_host_walkthrough_ends_with_a_browser_playing() {
     if !can_run(false) {
         return;
     }
-    let (Some(keepalived), Some(ffmpeg)) = (
-        smart_vod::tools::require_bin("keepalived"),
-        smart_vod::tools::require_bin("ffmpeg"),
-    ) else {
-        return;
-    };
-    let found = smart_vod::browser::Browser::find().map_err(|e| e.to_string());
-    let hint = found.as_ref().err().cloned().unwrap_or_default();
-    let Some(browser_tools) = smart_vod::tools::require("a browser", found.ok(), &hint) else {
+    let Some((keepalived, ffmpeg, browser_tools)) = pair_tools() else {
         return;
     };
     // `cargo nextest run --workspace` builds it beside `smart`.
@@ -2706,14 +2681,13 @@ fn the_three_host_walkthrough_ends_with_a_browser_playing() {
         let mut br = smart_vod::browser::Browser::launch(&browser_tools)
             .await
             .unwrap();
-        br.goto(&format!("http://{VIP}:7102/play/v1")).await.unwrap();
+        br.goto(&format!("http://{VIP}:7102/play/v1"))
+            .await
+            .unwrap();
         let t0 = Instant::now();
         let mut state = serde_json::Value::Null;
         while t0.elapsed() < Duration::from_secs(40) {
-            state = br
-                .eval("({...window.smartPlayer, currentTime: document.getElementById('video').currentTime})")
-                .await
-                .unwrap_or(serde_json::Value::Null);
+            state = br.eval(PAGE_STATE).await.unwrap_or(serde_json::Value::Null);
             if state["currentTime"].as_f64().unwrap_or(0.0) >= 5.0 {
                 break;
             }

@@ -14,13 +14,12 @@
 //! ## Layout
 //! - [`MigrationBenchArgs`], [`Point`], [`run`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use smart_api::{Request, Response, ServiceStatus};
+use smart_api::{Request, Response};
 use smart_vod::http::Url;
 use smart_vod::origin::{Origin, Video};
 use smart_vod::ts::VideoParams;
@@ -234,28 +233,6 @@ fn table(title: &str, points: &[Point]) -> String {
     t
 }
 
-/// The front-end's counters.
-async fn counters(c: &LocalCluster, fe: u64) -> BTreeMap<String, u64> {
-    c.status(fe)
-        .await
-        .map(|s| s.counters.into_iter().collect())
-        .unwrap_or_default()
-}
-
-async fn services(c: &LocalCluster, via: u64) -> Vec<ServiceStatus> {
-    let Ok(cl) = c.client(via).await else {
-        return Vec::new();
-    };
-    match cl
-        .with_timeout(Duration::from_secs(5))
-        .request(Request::Services)
-        .await
-    {
-        Ok(Response::Services(s)) => s,
-        _ => Vec::new(),
-    }
-}
-
 async fn usage(dir: &Path, node: u64, inst: &str) -> Option<smart_proto::workload::Usage> {
     let sock = dir.join(format!("n{node}/instances/{inst}.sock"));
     smart_proto::workload::WorkloadClient::connect(&sock, Duration::from_secs(2))
@@ -338,7 +315,7 @@ async fn point(
         "the service to be placed",
         Duration::from_secs(60),
         || async {
-            services(&c, 4)
+            c.services(4)
                 .await
                 .into_iter()
                 .find(|s| s.placement.service == "video-v0" && !s.instance.is_empty())
@@ -357,7 +334,7 @@ async fn point(
     .await?;
     // Every viewer playing for a while.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = counters(&c, 4).await;
+    let before = c.counters(4).await;
     let t = Instant::now();
     let cl = c.client(4).await?;
     match cl
@@ -371,7 +348,7 @@ async fn point(
         other => return Err(err(format!("drain of n{src}: {other:?}"))),
     }
     let moved = until("the migration", Duration::from_secs(120), || async {
-        services(&c, 4).await.into_iter().find(|s| {
+        c.services(4).await.into_iter().find(|s| {
             s.placement.service == "video-v0"
                 && s.placement.node.0 != src
                 && !s.instance.is_empty()
@@ -384,7 +361,7 @@ async fn point(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (to, new) = (moved.placement.node.0, moved.instance.clone());
     let u = usage(c.dir(), to, &new).await.unwrap_or_default();
-    let after = counters(&c, 4).await;
+    let after = c.counters(4).await;
     let _ = stop.send(true);
     let (mut stalls, mut corrupt) = (0, 0);
     for t in tasks {

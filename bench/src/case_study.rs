@@ -152,14 +152,6 @@ fn zipf_pick(rng: &mut impl Rng, n: usize) -> usize {
     n - 1
 }
 
-/// The front-end's counters now (empty if it does not answer).
-async fn fe_counters(c: &LocalCluster, fe: u64) -> std::collections::BTreeMap<String, u64> {
-    c.status(fe)
-        .await
-        .map(|s| s.counters.into_iter().collect())
-        .unwrap_or_default()
-}
-
 /// The relay's resume pauses between two counter snapshots: (resumes, p99, highest
 /// bucket), ms as bucket upper bounds; `None` when nothing was resumed.
 fn relay_pauses(
@@ -177,18 +169,16 @@ fn relay_pauses(
     Some((delta("frontend_relay_resumes"), p99, max))
 }
 
-async fn services(c: &LocalCluster, via: u64) -> Vec<ServiceStatus> {
-    let Ok(cl) = c.client(via).await else {
-        return Vec::new();
-    };
-    match cl
-        .with_timeout(Duration::from_secs(5))
-        .request(Request::Services)
-        .await
-    {
-        Ok(Response::Services(s)) => s,
-        _ => Vec::new(),
-    }
+/// The Control every running node agrees on, and its listing of services (through `fe`).
+async fn control_and_listing(
+    cluster: &LocalCluster,
+    fe: u64,
+) -> Result<(u64, Vec<ServiceStatus>), ClusterError> {
+    let control = cluster
+        .wait_agreed_control(&cluster.running(), Duration::from_secs(10), |_, _| true)
+        .await?
+        .0;
+    Ok((control, cluster.services(fe).await))
 }
 
 /// Runs the demo: on loopback, or with `--netns` on namespace hosts (the whole run on a
@@ -315,59 +305,12 @@ async fn wait_for_vip(hosts: &Hosts, i: usize, within: Duration) -> Result<Durat
     Ok(t.elapsed())
 }
 
-/// The service instance processes of the cluster in `dir`: `(service, node, instance)`.
-/// The agent starts each with `SMART_CONTROL_SOCKET=<data dir>/instances/<instance>.sock`
-/// (data dir `n<node>` in `dir`), and instance names are `<service>.<generation>`.
-fn running_instances(dir: &std::path::Path) -> Vec<(String, u64, String)> {
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let pid = p.file_name();
-        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        // A zombie (killed, not reaped yet) has an empty environment.
-        let Ok(env) = std::fs::read(p.path().join("environ")) else {
-            continue;
-        };
-        let Some(sock) = env
-            .split(|b| *b == 0)
-            .find_map(|kv| kv.strip_prefix(b"SMART_CONTROL_SOCKET="))
-        else {
-            continue;
-        };
-        let mut sock = std::path::PathBuf::from(String::from_utf8_lossy(sock).into_owned());
-        if sock.is_relative()
-            && let Ok(cwd) = std::fs::read_link(p.path().join("cwd"))
-        {
-            sock = cwd.join(sock);
-        }
-        let Ok(rest) = sock.strip_prefix(dir) else {
-            continue;
-        };
-        let mut parts = rest.iter().map(|c| c.to_string_lossy().into_owned());
-        let (Some(node), Some(inst)) = (
-            parts
-                .next()
-                .and_then(|n| n.strip_prefix('n')?.parse::<u64>().ok()),
-            sock.file_stem().map(|s| s.to_string_lossy().into_owned()),
-        ) else {
-            continue;
-        };
-        let svc = inst.rsplit_once('.').map_or(inst.as_str(), |(s, _)| s);
-        out.push((svc.to_string(), node, inst));
-    }
-    out
-}
-
 /// `(restored, refetched)` bytes of each instance's last answer, by instance name.
 type RestoreFigures = std::collections::BTreeMap<String, (u64, u64)>;
 
 /// Asks every running instance for its `usage` and keeps its restore figures.
 async fn poll_restores(dir: &std::path::Path, seen: &mut RestoreFigures) {
-    for (_, node, inst) in running_instances(dir) {
+    for (_, node, inst) in crate::cluster::running_instances(dir) {
         let sock = dir.join(format!("n{node}/instances/{inst}.sock"));
         let Ok(mut c) =
             smart_proto::workload::WorkloadClient::connect(&sock, Duration::from_secs(1)).await
@@ -733,12 +676,8 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
         }
         if !did_node && now >= at(t_node) {
             did_node = true;
-            before_node = fe_counters(&cluster, primary).await;
-            let control = cluster
-                .wait_agreed_control(&cluster.running(), Duration::from_secs(10), |_, _| true)
-                .await?
-                .0;
-            let placed = services(&cluster, fe).await;
+            before_node = cluster.counters(primary).await;
+            let (control, placed) = control_and_listing(&cluster, fe).await?;
             let victim = placed
                 .iter()
                 .map(|s| s.placement.node.0)
@@ -760,12 +699,8 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
         }
         if !did_partition && now >= at(t_partition.unwrap_or(f64::INFINITY)) {
             did_partition = true;
-            before_partition = fe_counters(&cluster, primary).await;
-            let control = cluster
-                .wait_agreed_control(&cluster.running(), Duration::from_secs(10), |_, _| true)
-                .await?
-                .0;
-            let placed = services(&cluster, fe).await;
+            before_partition = cluster.counters(primary).await;
+            let (control, placed) = control_and_listing(&cluster, fe).await?;
             let victim = placed
                 .iter()
                 .map(|s| s.placement.node.0)
@@ -782,12 +717,8 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
         }
         if !did_drain && now >= at(t_drain) {
             did_drain = true;
-            before_drain = fe_counters(&cluster, primary).await;
-            let control = cluster
-                .wait_agreed_control(&cluster.running(), Duration::from_secs(10), |_, _| true)
-                .await?
-                .0;
-            let placed = services(&cluster, fe).await;
+            before_drain = cluster.counters(primary).await;
+            let (control, placed) = control_and_listing(&cluster, fe).await?;
             // Drain a busy node that is not the Control (nor cut off).
             let mut load: std::collections::BTreeMap<u64, u64> = Default::default();
             for s in &placed {
@@ -832,7 +763,7 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
             && let Some(h) = &hosts
         {
             did_frontend = true;
-            before_frontend = fe_counters(&cluster, primary).await;
+            before_frontend = cluster.counters(primary).await;
             say(format!(
                 "the machine of front-end n{primary}, which holds the viewers' address, dies (kill -9 of everything on it, link down) ..."
             ));
@@ -863,7 +794,7 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
         if last_progress.elapsed() >= Duration::from_secs(2) {
             last_progress = Instant::now();
             poll_restores(cluster.dir(), &mut restores).await;
-            let placed = services(&cluster, fe).await;
+            let placed = cluster.services(fe).await;
             let clients: u64 = placed.iter().map(|s| s.clients).sum();
             let mut nodes: Vec<String> = Vec::new();
             for node in cluster
@@ -948,7 +879,7 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
     let end = if did_frontend && on_hosts {
         before_frontend.clone()
     } else {
-        fe_counters(&cluster, primary).await
+        cluster.counters(primary).await
     };
     let after_node = if before_partition.is_empty() {
         &before_drain
@@ -966,7 +897,7 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
         summary.migration_gap_p99_ms = p99;
     }
     let backup = if primary != fe {
-        fe_counters(&cluster, fe).await
+        cluster.counters(fe).await
     } else {
         Default::default()
     };
@@ -1002,8 +933,8 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
     let settle = Instant::now();
     loop {
         poll_restores(cluster.dir(), &mut restores).await;
-        let listed = services(&cluster, fe).await;
-        let running = running_instances(cluster.dir());
+        let listed = cluster.services(fe).await;
+        let running = crate::cluster::running_instances(cluster.dir());
         let count = |svc: &str| running.iter().filter(|(s, _, _)| s == svc).count();
         let mut names: Vec<&str> = running.iter().map(|(s, _, _)| s.as_str()).collect();
         names.sort_unstable();
@@ -1025,7 +956,8 @@ async fn case_study(args: DemoArgs, hosts: Option<Arc<Hosts>>) -> Result<(), Clu
     summary.origin_bytes_refetched = restores.values().map(|r| r.1).sum();
     summary.drained_services = drained_services.len() as u64;
     if let Some(node) = drained_node {
-        summary.drained_left_behind = services(&cluster, fe)
+        summary.drained_left_behind = cluster
+            .services(fe)
             .await
             .iter()
             .filter(|s| {

@@ -706,6 +706,30 @@ impl LocalCluster {
         }
     }
 
+    /// The Control's listing of services, asked through node `via` (empty when it does not
+    /// answer: an election).
+    pub async fn services(&self, via: u64) -> Vec<smart_api::ServiceStatus> {
+        let Ok(cl) = self.client(via).await else {
+            return Vec::new();
+        };
+        match cl
+            .with_timeout(Duration::from_secs(5))
+            .request(smart_api::Request::Services)
+            .await
+        {
+            Ok(smart_api::Response::Services(s)) => s,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Node `id`'s counters now (empty if it does not answer).
+    pub async fn counters(&self, id: u64) -> std::collections::BTreeMap<String, u64> {
+        self.status(id)
+            .await
+            .map(|s| s.counters.into_iter().collect())
+            .unwrap_or_default()
+    }
+
     /// The last lines of node `id`'s log, for failure messages.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let text = fs::read_to_string(self.dir.join(format!("n{id}.log"))).unwrap_or_default();
@@ -724,4 +748,57 @@ impl Drop for LocalCluster {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The service instance processes of the cluster whose files are in `dir`:
+/// `(service, node, instance)`, from the processes themselves, not from what a node says.
+/// The agent starts each with `SMART_CONTROL_SOCKET=<data dir>/instances/<instance>.sock`
+/// (data dir `n<node>` in `dir`), and instance names are `<service>.<generation>`.
+pub fn running_instances(dir: &Path) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        // A zombie (killed, not reaped yet) has an empty environment.
+        let Ok(env) = fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        let Some(sock) = env
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"SMART_CONTROL_SOCKET="))
+        else {
+            continue;
+        };
+        let mut sock = PathBuf::from(String::from_utf8_lossy(sock).into_owned());
+        if sock.is_relative()
+            && let Ok(cwd) = fs::read_link(p.path().join("cwd"))
+        {
+            sock = cwd.join(sock);
+        }
+        let Ok(rest) = sock.strip_prefix(dir) else {
+            continue;
+        };
+        let node = rest
+            .iter()
+            .next()
+            .and_then(|n| n.to_str()?.strip_prefix('n')?.parse::<u64>().ok());
+        let (Some(node), Some(inst)) = (
+            node,
+            sock.file_stem().map(|s| s.to_string_lossy().into_owned()),
+        ) else {
+            continue;
+        };
+        let svc = inst.rsplit_once('.').map_or(inst.as_str(), |(s, _)| s);
+        out.push((svc.to_string(), node, inst));
+    }
+    out
 }

@@ -134,11 +134,6 @@ impl Hosts {
         ip(i as u8)
     }
 
-    /// An extra host's address.
-    pub fn extra_ip(&self, name: &str) -> Option<Ipv4Addr> {
-        self.extras.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
-    }
-
     /// The prefix every name starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
